@@ -1,0 +1,10 @@
+/* Subcommands of the quantd binary. Each takes argc/argv starting at the subcommand name and
+ * returns the process exit status. */
+#ifndef QD_CLI_H
+#define QD_CLI_H
+
+int cmd_inspect(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+
+#endif

@@ -1,0 +1,104 @@
+/* The one in-memory representation of a LLaMA-family model: a config plus FP32 tensors that
+ * live in a single allocation, with named views into it. Every reader (GGUF, Hugging Face
+ * safetensors, llama2.c) produces this; everything downstream consumes only this.
+ *
+ * Conventions (fixed here, relied on everywhere):
+ *  - Linear weights are row-major [out][in] (y = W x), as PyTorch and GGUF store them.
+ *  - q and k rows use the Hugging Face rotate-half RoPE layout: within a head, element i pairs
+ *    with i + head_dim/2. Readers of interleaved formats (GGUF, llama2.c) permute at load.
+ *  - lm_head points at tok_emb when the embeddings are tied (cfg.tied_embeddings). */
+#ifndef QD_MODEL_H
+#define QD_MODEL_H
+
+#include "quant/qd.h"
+
+struct qd_vocab;
+
+/* Bounds applied to every count read from a file before it is used. */
+#define QD_MAX_LAYERS 512
+#define QD_MAX_DIM (1 << 16)
+#define QD_MAX_VOCAB (1 << 20)
+#define QD_MAX_HEADS 1024
+#define QD_MAX_CTX (1 << 20)
+
+typedef struct qd_config {
+    char arch[32];         /* "llama" (Qwen2 and Mistral map onto it) */
+    int dim;               /* hidden size */
+    int hidden_dim;        /* FFN size */
+    int n_layers;
+    int n_heads;
+    int n_kv_heads;
+    int head_dim;
+    int vocab_size;
+    int max_seq_len;
+    float norm_eps;
+    float rope_theta;
+    int tied_embeddings;   /* lm_head shares tok_emb */
+    int qkv_bias;          /* q/k/v projections carry biases (Qwen2) */
+    int bos_id, eos_id;    /* -1 when unknown */
+} qd_config;
+
+typedef struct qd_layer {
+    float *attn_norm;      /* (dim) */
+    float *wq;             /* (n_heads*head_dim, dim) */
+    float *wk;             /* (n_kv_heads*head_dim, dim) */
+    float *wv;             /* (n_kv_heads*head_dim, dim) */
+    float *bq, *bk, *bv;   /* biases or NULL */
+    float *wo;             /* (dim, n_heads*head_dim) */
+    float *ffn_norm;       /* (dim) */
+    float *w_gate;         /* (hidden_dim, dim) */
+    float *w_up;           /* (hidden_dim, dim) */
+    float *w_down;         /* (dim, hidden_dim) */
+} qd_layer;
+
+/* What the source file held for one tensor (for `quantd inspect`). */
+typedef struct qd_tensor_info {
+    char name[96];
+    char dtype[8];         /* "F32", "F16", "BF16" */
+    int ndim;
+    int64_t shape[4];      /* outermost first, as PyTorch prints it */
+    size_t bytes;          /* bytes in the source file */
+} qd_tensor_info;
+
+typedef struct qd_model {
+    qd_config cfg;
+    float *mem;            /* the single allocation holding every tensor */
+    size_t n_floats;       /* floats in mem */
+    float *tok_emb;        /* (vocab_size, dim) */
+    qd_layer *layers;      /* n_layers */
+    float *final_norm;     /* (dim) */
+    float *lm_head;        /* (vocab_size, dim); == tok_emb when tied */
+    struct qd_vocab *vocab;/* vocabulary carried by the checkpoint (GGUF), or NULL */
+    char format[16];       /* "gguf", "safetensors", "llama2c" */
+    qd_tensor_info *tinfo; /* n_tinfo entries describing the source tensors */
+    int n_tinfo;
+} qd_model;
+
+/* Checks a config for consistency and bounds; QD_ERR with err naming the field. */
+int qd_config_validate(const qd_config *cfg, const char *path, qd_err *err);
+
+/* Allocates a zeroed model for cfg with every tensor carved out of one allocation.
+ * NULL on failure. Free with qd_model_free. */
+qd_model *qd_model_alloc(const qd_config *cfg, qd_err *err);
+
+/* Loads a checkpoint, detecting the format: a .gguf file, a Hugging Face directory (or its
+ * config.json / model.safetensors / index file), or a llama2.c .bin. Weights are checked for
+ * NaN/Inf. NULL on failure with err naming the file and the field. */
+qd_model *qd_model_load(const char *path, qd_err *err);
+
+/* Format-specific readers behind qd_model_load. */
+qd_model *qd_load_gguf(const char *path, qd_err *err);
+qd_model *qd_load_hf(const char *path, qd_err *err);
+qd_model *qd_load_llama2c(const char *path, qd_err *err);
+
+/* Deep copy of config and weights into a new single allocation; vocab and tinfo are not
+ * copied (NULL in the clone). NULL on failure. */
+qd_model *qd_model_clone(const qd_model *m, qd_err *err);
+
+/* Number of parameters (tied embeddings counted once). */
+size_t qd_model_n_params(const qd_model *m);
+
+/* Frees everything the model owns; NULL is a no-op. */
+void qd_model_free(qd_model *m);
+
+#endif

@@ -1,0 +1,47 @@
+/* A minimal test harness: each test binary runs its cases, prints "PASS name" or
+ * "FAIL name: why" per case, and exits non-zero when any case failed. tests/run.sh adds the
+ * lines up. Fixtures are found through $QD_FIXTURES (default ../shared/fixtures). */
+#ifndef QD_CHECK_H
+#define QD_CHECK_H
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int check_failed_total;
+static int check_case_failed;
+
+/* Fails the current case (and keeps going) when cond is false. */
+#define CHECK(cond, ...)                                                            \
+    do {                                                                            \
+        if (!(cond)) {                                                              \
+            check_case_failed = 1;                                                  \
+            fprintf(stderr, "  %s:%d: check failed: %s: ", __FILE__, __LINE__, #cond); \
+            fprintf(stderr, __VA_ARGS__);                                           \
+            fputc('\n', stderr);                                                    \
+        }                                                                           \
+    } while (0)
+
+#define RUN(fn)                                                                     \
+    do {                                                                            \
+        check_case_failed = 0;                                                      \
+        fn();                                                                       \
+        printf("%s %s\n", check_case_failed ? "FAIL" : "PASS", #fn);                \
+        fflush(stdout);                                                             \
+        check_failed_total += check_case_failed;                                    \
+    } while (0)
+
+#define CHECK_DONE() (check_failed_total ? 1 : 0)
+
+/* Path of a fixture file, in a static buffer per call site rotation of 8. */
+static inline const char *fixture(const char *rel) {
+    static char bufs[8][1024];
+    static int k;
+    const char *root = getenv("QD_FIXTURES");
+    if (!root || !*root) root = "../shared/fixtures";
+    char *b = bufs[k++ & 7];
+    snprintf(b, sizeof bufs[0], "%s/%s", root, rel);
+    return b;
+}
+
+#endif
