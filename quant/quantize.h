@@ -1,0 +1,51 @@
+/* The whole quantization pipeline, offline: load model and data, split calibration and
+ * evaluation tokens, run the chosen method (rtn | smoothquant | omniquant | mobilequant),
+ * evaluate FP32 and the baselines, export artifacts and write report.json into out_dir.
+ * `quantd quantize` and `quantd work JOBDIR` both call qd_quantize: one code path. */
+#ifndef QD_QUANTIZE_H
+#define QD_QUANTIZE_H
+
+#include <signal.h>
+#include <stdint.h>
+
+#include "quant/qd.h"
+
+typedef struct qd_progress {
+    const char *phase;     /* "load", "calibrate", "optimize", "fold", "eval", "export" */
+    long step, total;      /* steps done / planned within the phase (0/0 when not counted) */
+    double loss;           /* current training loss, NAN when none */
+    double lr;             /* current learning rate of the LET group, NAN when none */
+    double elapsed_s;      /* seconds since qd_quantize started */
+    double eta_s;          /* estimated seconds left in the phase, NAN when unknown */
+} qd_progress;
+
+typedef void (*qd_progress_fn)(void *ctx, const qd_progress *p);
+
+typedef struct qd_quant_opts {
+    const char *model_path;      /* checkpoint (any supported format) */
+    const char *calib_path;      /* calibration data */
+    const char *eval_path;       /* evaluation data, or NULL to use eval_split */
+    const char *tokenizer_path;  /* NULL: the checkpoint's own vocabulary */
+    double eval_split;           /* fraction of calibration tokens held out (when no eval_path) */
+    char method[16];             /* "mobilequant" (default), "omniquant", "smoothquant", "rtn" */
+    int wbits;                   /* 8 or 4 */
+    int abits_override[16];      /* per activation class; 0 = bit map default (see qsim.h) */
+    int samples, seq_len, epochs;
+    uint64_t seed;
+    int threads;
+    const char *out_dir;         /* report.json and artifacts go here (created) */
+    const char *checkpoint_path; /* optimizer state for resume, or NULL */
+    int checkpoint_every;        /* steps between checkpoints (0: only on stop) */
+    volatile sig_atomic_t *stop; /* set non-zero (e.g. by SIGTERM) to checkpoint and stop */
+    qd_progress_fn progress;     /* may be NULL */
+    void *progress_ctx;
+    double max_ppl_increase;     /* gate: < 0 when not set; recorded in the report */
+} qd_quant_opts;
+
+void qd_quant_defaults(qd_quant_opts *o);
+
+/* Runs the pipeline. QD_OK on success (report written), QD_ERR with err set on failure.
+ * Returns 1 when stopped through opts->stop after writing a checkpoint. */
+int qd_quantize(const qd_quant_opts *o, qd_err *err);
+
+#endif
