@@ -1,0 +1,90 @@
+/* quantd eval: perplexity of a checkpoint over non-overlapping windows of a text or token
+ * file. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/args.h"
+#include "cli/cli.h"
+#include "quant/data.h"
+#include "quant/forward.h"
+#include "quant/loadtok.h"
+
+static int fp32_logits(void *ctx, const int *tokens, int B, int T, float *logits, qd_err *err) {
+    return qd_forward((const qd_model *)ctx, tokens, B, T, logits, err);
+}
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: quantd eval --model PATH --data PATH [--tokenizer PATH] [--ctx N] [--json]\n"
+               "  --model      checkpoint: .gguf, Hugging Face directory, llama2.c .bin\n"
+               "  --data       .txt, .jsonl (\"text\" field) or pre-tokenized .bin\n"
+               "  --tokenizer  tokenizer.bin / tokenizer.json / .gguf (default: the model's own)\n"
+               "  --ctx        window length in tokens (default: 256, at most the model's)\n"
+               "  --json       print one JSON object instead of text\n");
+}
+
+int cmd_eval(int argc, char **argv) {
+    const char *model_path = NULL, *data_path = NULL, *tok_path = NULL;
+    long ctx = 0;
+    int json = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "--model")) {
+            if (!(model_path = arg_next(argc, argv, &i))) return 2;
+        } else if (!strcmp(a, "--data")) {
+            if (!(data_path = arg_next(argc, argv, &i))) return 2;
+        } else if (!strcmp(a, "--tokenizer")) {
+            if (!(tok_path = arg_next(argc, argv, &i))) return 2;
+        } else if (!strcmp(a, "--ctx")) {
+            const char *v = arg_next(argc, argv, &i);
+            if (!v || arg_int("--ctx", v, 2, QD_MAX_CTX, &ctx)) return 2;
+        } else if (!strcmp(a, "--json")) {
+            json = 1;
+        } else {
+            fprintf(stderr, "quantd eval: unknown option '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!model_path || !data_path) {
+        fprintf(stderr, "quantd eval: --model and --data are required\n");
+        usage(stderr);
+        return 2;
+    }
+    qd_err err = {{0}};
+    qd_model *m = qd_model_load(model_path, &err);
+    if (!m) {
+        fprintf(stderr, "quantd eval: %s\n", err.msg);
+        return 1;
+    }
+    int rc = 1;
+    qd_tokens toks = {0};
+    qd_tokenizer *tok = NULL;
+    const char *ext = strrchr(data_path, '.');
+    int pretokenized = ext && !strcmp(ext, ".bin");
+    if (!pretokenized && !(tok = qd_tok_for_model(m, model_path, tok_path, &err))) goto out;
+    if (qd_data_load(data_path, tok, m->cfg.vocab_size, &toks, &err)) goto out;
+    if (ctx == 0) ctx = m->cfg.max_seq_len < 256 ? m->cfg.max_seq_len : 256;
+    qd_eval_result r;
+    if (qd_eval_ppl(fp32_logits, m, m->cfg.vocab_size, toks.ids, toks.n, (int)ctx, &r, &err))
+        goto out;
+    double tps = r.seconds > 0 ? (double)toks.n / r.seconds : 0;
+    if (json)
+        printf("{\"model\":\"%s\",\"ppl\":%.6f,\"nll\":%.6f,\"tokens\":%zu,\"ctx\":%ld,"
+               "\"seconds\":%.4f,\"tokens_per_s\":%.1f}\n",
+               m->format, r.ppl, r.nll, r.tokens, ctx, r.seconds, tps);
+    else
+        printf("perplexity %.4f  (nll %.5f nats/token, %zu predicted tokens, ctx %ld, "
+               "%.2f s, %.0f tokens/s)\n",
+               r.ppl, r.nll, r.tokens, ctx, r.seconds, tps);
+    rc = 0;
+out:
+    if (rc) fprintf(stderr, "quantd eval: %s\n", err.msg);
+    qd_tokens_free(&toks);
+    qd_tok_free(tok);
+    qd_model_free(m);
+    return rc;
+}

@@ -1,0 +1,133 @@
+/* quantd generate: greedy or temperature sampling from a checkpoint with the KV-cache decode
+ * path. Without a prompt it starts from BOS alone. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/args.h"
+#include "cli/cli.h"
+#include "quant/forward.h"
+#include "quant/loadtok.h"
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: quantd generate --model PATH [--prompt S] [-n N] [--temp T] [--seed S]\n"
+               "                       [--tokenizer PATH]\n"
+               "  -n         tokens to generate (default 128; stops early at BOS/EOS)\n"
+               "  --temp     0 = greedy (default), else softmax temperature\n"
+               "  --seed     sampling seed (default 0)\n");
+}
+
+/* xorshift64*: small, fast, and the same sequence on every platform. */
+static uint64_t rng_next(uint64_t *s) {
+    *s ^= *s >> 12;
+    *s ^= *s << 25;
+    *s ^= *s >> 27;
+    return *s * 0x2545F4914F6CDD1DULL;
+}
+
+static int sample(const float *logits, int V, float temp, uint64_t *rng) {
+    int best = 0;
+    for (int i = 1; i < V; i++)
+        if (logits[i] > logits[best]) best = i;
+    if (temp <= 0) return best;
+    double sum = 0;
+    for (int i = 0; i < V; i++) sum += exp((logits[i] - logits[best]) / temp);
+    double r = (double)(rng_next(rng) >> 11) / 9007199254740992.0 * sum, acc = 0;
+    for (int i = 0; i < V; i++) {
+        acc += exp((logits[i] - logits[best]) / temp);
+        if (acc >= r) return i;
+    }
+    return V - 1;
+}
+
+int cmd_generate(int argc, char **argv) {
+    const char *model_path = NULL, *tok_path = NULL, *prompt = NULL;
+    long n = 128;
+    double temp = 0;
+    uint64_t seed = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "--model")) {
+            if (!(model_path = arg_next(argc, argv, &i))) return 2;
+        } else if (!strcmp(a, "--tokenizer")) {
+            if (!(tok_path = arg_next(argc, argv, &i))) return 2;
+        } else if (!strcmp(a, "--prompt")) {
+            if (!(prompt = arg_next(argc, argv, &i))) return 2;
+        } else if (!strcmp(a, "-n")) {
+            if (!(v = arg_next(argc, argv, &i)) || arg_int("-n", v, 1, QD_MAX_CTX, &n)) return 2;
+        } else if (!strcmp(a, "--temp")) {
+            if (!(v = arg_next(argc, argv, &i)) || arg_double("--temp", v, 0, 100, &temp))
+                return 2;
+        } else if (!strcmp(a, "--seed")) {
+            if (!(v = arg_next(argc, argv, &i)) || arg_u64("--seed", v, &seed)) return 2;
+        } else {
+            fprintf(stderr, "quantd generate: unknown option '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!model_path) {
+        fprintf(stderr, "quantd generate: --model is required\n");
+        usage(stderr);
+        return 2;
+    }
+    qd_err err = {{0}};
+    qd_model *m = qd_model_load(model_path, &err);
+    if (!m) {
+        fprintf(stderr, "quantd generate: %s\n", err.msg);
+        return 1;
+    }
+    int rc = 1, *ids = NULL;
+    size_t n_ids = 0;
+    float *logits = NULL;
+    qd_kv *kv = NULL;
+    qd_tokenizer *tok = qd_tok_for_model(m, model_path, tok_path, &err);
+    if (!tok) goto out;
+    int bos = qd_tok_bos(tok), eos = qd_tok_eos(tok);
+    if (prompt) {
+        if (qd_tok_encode(tok, prompt, strlen(prompt), 1, &ids, &n_ids, &err)) goto out;
+    } else {
+        ids = malloc(sizeof(int));
+        if (!ids) goto out;
+        ids[0] = bos >= 0 ? bos : 1;
+        n_ids = 1;
+    }
+    long total = (long)n_ids + n;
+    if (!(kv = qd_kv_new(m, (int)total, &err))) goto out;
+    if (!(logits = malloc(sizeof(float) * m->cfg.vocab_size))) goto out;
+    uint64_t rng = seed * 0x9E3779B97F4A7C15ULL + 1;
+    int prev = ids[0], pos = 0;
+    for (size_t i = 0; i < n_ids; i++, pos++) {
+        if (qd_decode_step(m, kv, ids[i], pos, logits, &err)) goto out;
+        if (i > 0) {
+            size_t len;
+            const char *p = qd_tok_piece(tok, prev, ids[i], &len);
+            fwrite(p, 1, len, stdout);
+            prev = ids[i];
+        }
+    }
+    for (long s = 0; s < n; s++, pos++) {
+        int next = sample(logits, m->cfg.vocab_size, (float)temp, &rng);
+        if (next == bos || next == eos) break;
+        size_t len;
+        const char *p = qd_tok_piece(tok, prev, next, &len);
+        fwrite(p, 1, len, stdout);
+        fflush(stdout);
+        prev = next;
+        if (s + 1 < n && qd_decode_step(m, kv, next, pos, logits, &err)) goto out;
+    }
+    putchar('\n');
+    rc = 0;
+out:
+    if (rc) fprintf(stderr, "quantd generate: %s\n", err.msg[0] ? err.msg : "out of memory");
+    free(ids);
+    free(logits);
+    qd_kv_free(kv);
+    qd_tok_free(tok);
+    qd_model_free(m);
+    return rc;
+}

@@ -1,0 +1,74 @@
+/* quantd inspect: what a checkpoint holds: architecture, tensors with shapes and dtypes,
+ * parameter count, bytes. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "quant/model.h"
+
+int cmd_inspect(int argc, char **argv) {
+    const char *path = NULL;
+    int json = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--json")) json = 1;
+        else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            printf("usage: quantd inspect [--json] PATH\n");
+            return 0;
+        } else if (argv[i][0] == '-') {
+            fprintf(stderr, "quantd inspect: unknown option '%s'\n", argv[i]);
+            return 2;
+        } else path = argv[i];
+    }
+    if (!path) {
+        fprintf(stderr, "usage: quantd inspect [--json] PATH\n");
+        return 2;
+    }
+    qd_err err = {{0}};
+    qd_model *m = qd_model_load(path, &err);
+    if (!m) {
+        fprintf(stderr, "quantd inspect: %s\n", err.msg);
+        return 1;
+    }
+    const qd_config *c = &m->cfg;
+    size_t bytes = 0;
+    for (int i = 0; i < m->n_tinfo; i++) bytes += m->tinfo[i].bytes;
+    size_t np = qd_model_n_params(m);
+    if (json) {
+        printf("{\"format\":\"%s\",\"arch\":\"%s\",\"dim\":%d,\"hidden_dim\":%d,\"n_layers\":%d,"
+               "\"n_heads\":%d,\"n_kv_heads\":%d,\"head_dim\":%d,\"vocab_size\":%d,"
+               "\"max_seq_len\":%d,\"norm_eps\":%g,\"rope_theta\":%g,\"tied_embeddings\":%s,"
+               "\"qkv_bias\":%s,\"params\":%zu,\"tensor_bytes\":%zu,\"tensors\":[",
+               m->format, c->arch, c->dim, c->hidden_dim, c->n_layers, c->n_heads,
+               c->n_kv_heads, c->head_dim, c->vocab_size, c->max_seq_len, c->norm_eps,
+               c->rope_theta, c->tied_embeddings ? "true" : "false",
+               c->qkv_bias ? "true" : "false", np, bytes);
+        for (int i = 0; i < m->n_tinfo; i++) {
+            const qd_tensor_info *t = &m->tinfo[i];
+            printf("%s{\"name\":\"%s\",\"dtype\":\"%s\",\"shape\":[", i ? "," : "", t->name,
+                   t->dtype);
+            for (int d = 0; d < t->ndim; d++) printf("%s%lld", d ? "," : "", (long long)t->shape[d]);
+            printf("],\"bytes\":%zu}", t->bytes);
+        }
+        printf("]}\n");
+    } else {
+        printf("%s: %s (%s)\n", path, c->arch, m->format);
+        printf("  dim %d, hidden %d, layers %d, heads %d, kv heads %d, head_dim %d\n", c->dim,
+               c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim);
+        printf("  vocab %d, context %d, rms eps %g, rope theta %g, tied embeddings %s, "
+               "qkv bias %s\n", c->vocab_size, c->max_seq_len, c->norm_eps, c->rope_theta,
+               c->tied_embeddings ? "yes" : "no", c->qkv_bias ? "yes" : "no");
+        printf("  parameters %zu (%.3f M), tensor bytes %zu\n", np, np / 1e6, bytes);
+        printf("  %-48s %-5s %-16s %s\n", "tensor", "dtype", "shape", "bytes");
+        for (int i = 0; i < m->n_tinfo; i++) {
+            const qd_tensor_info *t = &m->tinfo[i];
+            char shape[64] = "";
+            size_t o = 0;
+            for (int d = 0; d < t->ndim && o < sizeof shape; d++)
+                o += snprintf(shape + o, sizeof shape - o, "%s%lld", d ? "x" : "",
+                              (long long)t->shape[d]);
+            printf("  %-48s %-5s %-16s %zu\n", t->name, t->dtype, shape, t->bytes);
+        }
+    }
+    qd_model_free(m);
+    return 0;
+}
