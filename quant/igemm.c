@@ -243,37 +243,70 @@ static inline uint32_t load_a4(const int8_t *a, int k, int K) {
 }
 
 #define AINL __attribute__((always_inline)) inline
+/* the row/panel loops have constant trip counts per call site; unrolled, the accumulators
+ * stay in registers */
+#define UNROLL _Pragma("GCC unroll 16")
+
+static inline int ld4(const uint8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+/* Copy of A for the VNNI paths: sign bit flipped (a + 128 as unsigned) and rows padded to the
+ * packed K so the kernels read whole groups without tail cases. Padding holds 0x80 (a = 0);
+ * the padded weights are zero anyway. Small copies use the caller's stack buffer. */
+static uint8_t *bias_a(const qd_igemm_w *w, int M, const int8_t *A, size_t lda, size_t *ldu,
+                       uint8_t *stackbuf, size_t stackbytes) {
+    size_t kp = (size_t)w->n_groups * (w->bits == 8 ? 4 : 8);
+    size_t bytes = (size_t)M * kp;
+    uint8_t *u = bytes <= stackbytes ? stackbuf : malloc(bytes);
+    if (!u) return NULL;
+    for (int m = 0; m < M; m++) {
+        const int8_t *a = A + (size_t)m * lda;
+        uint8_t *d = u + (size_t)m * kp;
+        for (int k = 0; k < w->K; k++) d[k] = (uint8_t)a[k] ^ 0x80u;
+        for (size_t k = (size_t)w->K; k < kp; k++) d[k] = 0x80;
+    }
+    *ldu = kp;
+    return u;
+}
 
 /* ---------------------------------------------------------------- AVX-512 VNNI */
 
 #define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
-#define MR512 4
+#define MR512 6
 #define NP512 4
 
 /* One block: rows m0..m0+MR-1 x panels p0..p0+NP-1. MR and NP are constants at each call site,
  * so the accumulator arrays live in registers. */
-static AINL T512 void blk512(const qd_igemm_w *w, const int8_t *A, size_t lda, int32_t *C,
+static AINL T512 void blk512(const qd_igemm_w *w, const uint8_t *A, size_t lda, int32_t *C,
                              size_t ldc, int m0, int p0, const int MR, const int NP) {
     __m512i acc[MR512][NP512];
+    UNROLL
     for (int r = 0; r < MR; r++)
+        UNROLL
         for (int j = 0; j < NP; j++) acc[r][j] = _mm512_setzero_si512();
     const uint8_t *wp = w->data + (size_t)p0 * w->panel_stride;
-    const int K = w->K;
+    const int G = w->n_groups;
     if (w->bits == 8) {
-        for (int g = 0; g < w->n_groups; g++) {
+        for (int g = 0; g < G; g++) {
             __m512i b[NP512];
+            UNROLL
             for (int j = 0; j < NP; j++)
                 b[j] = _mm512_load_si512((const void *)(wp + j * w->panel_stride + (size_t)g * 64));
+            UNROLL
             for (int r = 0; r < MR; r++) {
-                __m512i a = _mm512_set1_epi32(
-                    (int)(load_a4(A + (size_t)(m0 + r) * lda, 4 * g, K) ^ 0x80808080u));
+                __m512i a = _mm512_set1_epi32(ld4(A + (size_t)(m0 + r) * lda + 4 * g));
+                UNROLL
                 for (int j = 0; j < NP; j++) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], a, b[j]);
             }
         }
     } else {
         const __m512i m4 = _mm512_set1_epi8(15), s8 = _mm512_set1_epi8(8);
-        for (int g = 0; g < w->n_groups; g++) {
+        for (int g = 0; g < G; g++) {
             __m512i lo[NP512], hi[NP512];
+            UNROLL
             for (int j = 0; j < NP; j++) {
                 __m512i v = _mm512_load_si512((const void *)(wp + j * w->panel_stride + (size_t)g * 64));
                 __m512i l = _mm512_and_si512(v, m4);
@@ -282,10 +315,12 @@ static AINL T512 void blk512(const qd_igemm_w *w, const int8_t *A, size_t lda, i
                 lo[j] = _mm512_sub_epi8(_mm512_xor_si512(l, s8), s8);
                 hi[j] = _mm512_sub_epi8(_mm512_xor_si512(h, s8), s8);
             }
+            UNROLL
             for (int r = 0; r < MR; r++) {
-                const int8_t *a = A + (size_t)(m0 + r) * lda;
-                __m512i al = _mm512_set1_epi32((int)(load_a4(a, 8 * g, K) ^ 0x80808080u));
-                __m512i ah = _mm512_set1_epi32((int)(load_a4(a, 8 * g + 4, K) ^ 0x80808080u));
+                const uint8_t *a = A + (size_t)(m0 + r) * lda + 8 * g;
+                __m512i al = _mm512_set1_epi32(ld4(a));
+                __m512i ah = _mm512_set1_epi32(ld4(a + 4));
+                UNROLL
                 for (int j = 0; j < NP; j++) {
                     acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], al, lo[j]);
                     acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], ah, hi[j]);
@@ -293,18 +328,20 @@ static AINL T512 void blk512(const qd_igemm_w *w, const int8_t *A, size_t lda, i
             }
         }
     }
+    UNROLL
     for (int j = 0; j < NP; j++) {
         int n0 = (p0 + j) * PANEL;
         int nv = w->N - n0 < PANEL ? w->N - n0 : PANEL;
         __mmask16 mask = (__mmask16)((1u << nv) - 1);
         __m512i corr = _mm512_loadu_si512((const void *)(w->corr + n0));
+        UNROLL
         for (int r = 0; r < MR; r++)
             _mm512_mask_storeu_epi32(C + (size_t)(m0 + r) * ldc + n0, mask,
                                      _mm512_sub_epi32(acc[r][j], corr));
     }
 }
 
-static T512 void gemm_avx512(const qd_igemm_w *w, int M, const int8_t *A, size_t lda,
+static T512 void gemm_avx512(const qd_igemm_w *w, int M, const uint8_t *A, size_t lda,
                              int32_t *C, size_t ldc) {
     /* panel blocks outside, rows inside: a block of 4 panels (64 channels x K bytes) stays in
      * cache while every row of A streams past it */
@@ -313,13 +350,12 @@ static T512 void gemm_avx512(const qd_igemm_w *w, int M, const int8_t *A, size_t
         for (int m0 = 0; m0 < M; m0 += MR512) {
             int mr = M - m0 < MR512 ? M - m0 : MR512;
 #define B512(mr_, np_) case (mr_) * 8 + (np_): blk512(w, A, lda, C, ldc, m0, p0, mr_, np_); break
+#define B512R(mr_) B512(mr_, 1); B512(mr_, 2); B512(mr_, 3); B512(mr_, 4)
             switch (mr * 8 + np) {
-                B512(1, 1); B512(1, 2); B512(1, 3); B512(1, 4);
-                B512(2, 1); B512(2, 2); B512(2, 3); B512(2, 4);
-                B512(3, 1); B512(3, 2); B512(3, 3); B512(3, 4);
-                B512(4, 1); B512(4, 2); B512(4, 3); B512(4, 4);
+                B512R(1); B512R(2); B512R(3); B512R(4); B512R(5); B512R(6);
             default: abort();
             }
+#undef B512R
 #undef B512
         }
     }
@@ -331,30 +367,35 @@ static T512 void gemm_avx512(const qd_igemm_w *w, int M, const int8_t *A, size_t
 #define MRV 4
 #define NPV 2 /* 16-channel panels; each is two ymm halves */
 
-static AINL TVNNI void blkvnni(const qd_igemm_w *w, const int8_t *A, size_t lda, int32_t *C,
+static AINL TVNNI void blkvnni(const qd_igemm_w *w, const uint8_t *A, size_t lda, int32_t *C,
                                size_t ldc, int m0, int p0, const int MR, const int NP) {
     __m256i acc[MRV][NPV * 2];
+    UNROLL
     for (int r = 0; r < MR; r++)
+        UNROLL
         for (int j = 0; j < 2 * NP; j++) acc[r][j] = _mm256_setzero_si256();
     const uint8_t *wp = w->data + (size_t)p0 * w->panel_stride;
-    const int K = w->K;
+    const int G = w->n_groups;
     if (w->bits == 8) {
-        for (int g = 0; g < w->n_groups; g++) {
+        for (int g = 0; g < G; g++) {
             __m256i b[NPV * 2];
+            UNROLL
             for (int j = 0; j < 2 * NP; j++)
                 b[j] = _mm256_load_si256(
                     (const __m256i *)(wp + (j / 2) * w->panel_stride + (size_t)g * 64 + (j & 1) * 32));
+            UNROLL
             for (int r = 0; r < MR; r++) {
-                __m256i a = _mm256_set1_epi32(
-                    (int)(load_a4(A + (size_t)(m0 + r) * lda, 4 * g, K) ^ 0x80808080u));
+                __m256i a = _mm256_set1_epi32(ld4(A + (size_t)(m0 + r) * lda + 4 * g));
+                UNROLL
                 for (int j = 0; j < 2 * NP; j++)
                     acc[r][j] = _mm256_dpbusd_avx_epi32(acc[r][j], a, b[j]);
             }
         }
     } else {
         const __m256i m4 = _mm256_set1_epi8(15), s8 = _mm256_set1_epi8(8);
-        for (int g = 0; g < w->n_groups; g++) {
+        for (int g = 0; g < G; g++) {
             __m256i lo[NPV * 2], hi[NPV * 2];
+            UNROLL
             for (int j = 0; j < 2 * NP; j++) {
                 __m256i v = _mm256_load_si256(
                     (const __m256i *)(wp + (j / 2) * w->panel_stride + (size_t)g * 64 + (j & 1) * 32));
@@ -363,10 +404,12 @@ static AINL TVNNI void blkvnni(const qd_igemm_w *w, const int8_t *A, size_t lda,
                 lo[j] = _mm256_sub_epi8(_mm256_xor_si256(l, s8), s8);
                 hi[j] = _mm256_sub_epi8(_mm256_xor_si256(h, s8), s8);
             }
+            UNROLL
             for (int r = 0; r < MR; r++) {
-                const int8_t *a = A + (size_t)(m0 + r) * lda;
-                __m256i al = _mm256_set1_epi32((int)(load_a4(a, 8 * g, K) ^ 0x80808080u));
-                __m256i ah = _mm256_set1_epi32((int)(load_a4(a, 8 * g + 4, K) ^ 0x80808080u));
+                const uint8_t *a = A + (size_t)(m0 + r) * lda + 8 * g;
+                __m256i al = _mm256_set1_epi32(ld4(a));
+                __m256i ah = _mm256_set1_epi32(ld4(a + 4));
+                UNROLL
                 for (int j = 0; j < 2 * NP; j++) {
                     acc[r][j] = _mm256_dpbusd_avx_epi32(acc[r][j], al, lo[j]);
                     acc[r][j] = _mm256_dpbusd_avx_epi32(acc[r][j], ah, hi[j]);
@@ -374,11 +417,13 @@ static AINL TVNNI void blkvnni(const qd_igemm_w *w, const int8_t *A, size_t lda,
             }
         }
     }
+    UNROLL
     for (int j = 0; j < 2 * NP; j++) {
         int n0 = p0 * PANEL + j * 8;
         if (n0 >= w->N) break;
         int nv = w->N - n0 < 8 ? w->N - n0 : 8;
         __m256i corr = _mm256_loadu_si256((const __m256i *)(w->corr + n0));
+        UNROLL
         for (int r = 0; r < MR; r++) {
             __m256i v = _mm256_sub_epi32(acc[r][j], corr);
             int32_t *dst = C + (size_t)(m0 + r) * ldc + n0;
@@ -393,7 +438,7 @@ static AINL TVNNI void blkvnni(const qd_igemm_w *w, const int8_t *A, size_t lda,
     }
 }
 
-static TVNNI void gemm_avxvnni(const qd_igemm_w *w, int M, const int8_t *A, size_t lda,
+static TVNNI void gemm_avxvnni(const qd_igemm_w *w, int M, const uint8_t *A, size_t lda,
                                int32_t *C, size_t ldc) {
     for (int p0 = 0; p0 < w->n_panels; p0 += NPV) {
         int np = w->n_panels - p0 < NPV ? w->n_panels - p0 : NPV;
@@ -441,7 +486,9 @@ static AINL TAVX2 void fold_store16(__m256i acc[4], int32_t *dst, int nv) {
 static AINL TAVX2 void blkavx2(const qd_igemm_w *w, const int8_t *A, size_t lda, int32_t *C,
                                size_t ldc, int m0, int p, const int MR) {
     __m256i acc[MR2][4];
+    UNROLL
     for (int r = 0; r < MR; r++)
+        UNROLL
         for (int j = 0; j < 4; j++) acc[r][j] = _mm256_setzero_si256();
     const uint8_t *wp = w->data + (size_t)p * w->panel_stride;
     const int K = w->K;
@@ -455,8 +502,10 @@ static AINL TAVX2 void blkavx2(const qd_igemm_w *w, const int8_t *A, size_t lda,
                 _mm256_cvtepi8_epi16(_mm256_castsi256_si128(v1)),
                 _mm256_cvtepi8_epi16(_mm256_extracti128_si256(v1, 1)),
             };
+            UNROLL
             for (int r = 0; r < MR; r++) {
                 __m256i a = bcast_a4_16(A + (size_t)(m0 + r) * lda, 4 * g, K);
+                UNROLL
                 for (int j = 0; j < 4; j++)
                     acc[r][j] = _mm256_add_epi32(acc[r][j], _mm256_madd_epi16(a, b[j]));
             }
@@ -479,8 +528,10 @@ static AINL TAVX2 void blkavx2(const qd_igemm_w *w, const int8_t *A, size_t lda,
                     _mm256_cvtepi8_epi16(_mm256_castsi256_si128(v1)),
                     _mm256_cvtepi8_epi16(_mm256_extracti128_si256(v1, 1)),
                 };
+                UNROLL
                 for (int r = 0; r < MR; r++) {
                     __m256i a = bcast_a4_16(A + (size_t)(m0 + r) * lda, 8 * g + 4 * half, K);
+                    UNROLL
                     for (int j = 0; j < 4; j++)
                         acc[r][j] = _mm256_add_epi32(acc[r][j], _mm256_madd_epi16(a, b[j]));
                 }
@@ -489,6 +540,7 @@ static AINL TAVX2 void blkavx2(const qd_igemm_w *w, const int8_t *A, size_t lda,
     }
     int n0 = p * PANEL;
     int nv = w->N - n0 < PANEL ? w->N - n0 : PANEL;
+    UNROLL
     for (int r = 0; r < MR; r++) fold_store16(acc[r], C + (size_t)(m0 + r) * ldc + n0, nv);
 }
 
@@ -507,9 +559,20 @@ void qd_igemm(const qd_igemm_w *w, int M, const int8_t *A, size_t lda, int32_t *
               qd_isa isa) {
     if (M <= 0) return;
     if (isa == QD_ISA_AUTO || !qd_isa_supported(isa)) isa = qd_isa_best();
+    if (isa == QD_ISA_AVX512_VNNI || isa == QD_ISA_AVX_VNNI) {
+        uint8_t stackbuf[16384];
+        size_t ldu;
+        uint8_t *u = bias_a(w, M, A, lda, &ldu, stackbuf, sizeof stackbuf);
+        if (!u) { /* out of memory for the copy: the AVX2 path needs none */
+            isa = QD_ISA_AVX2;
+        } else {
+            if (isa == QD_ISA_AVX512_VNNI) gemm_avx512(w, M, u, ldu, C, ldc);
+            else gemm_avxvnni(w, M, u, ldu, C, ldc);
+            if (u != stackbuf) free(u);
+            return;
+        }
+    }
     switch (isa) {
-    case QD_ISA_AVX512_VNNI: gemm_avx512(w, M, A, lda, C, ldc); break;
-    case QD_ISA_AVX_VNNI:    gemm_avxvnni(w, M, A, lda, C, ldc); break;
     case QD_ISA_AVX2:        gemm_avx2(w, M, A, lda, C, ldc); break;
     default:                 gemm_scalar(w, M, A, lda, C, ldc); break;
     }
