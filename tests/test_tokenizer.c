@@ -1,0 +1,665 @@
+/* Tokenizer tests: the three sources of one vocabulary give the same ids (tokenizer.bin,
+ * GGUF, a generated tokenizer.json), the whole fixture text round-trips through each, known
+ * LLaMA ids, byte fallback, decode rules, and every malformed-input error. */
+#include "quant/tokenizer.h"
+
+#include "check.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <unistd.h>
+
+#define TOK512 "models/tok512.bin"
+#define LLAMA2 "models/llama2-tokenizer.bin"
+#define TEXT "text/tinystories-valid-excerpt.txt"
+#define HF512 "tests/data/tok512.tokenizer.json"
+#define HF512_PAIRS "tests/data/tok512-pairs.tokenizer.json"
+
+static const char *UNICODE_TEXT = "héllo wörld — 日本語 🙂";
+
+static char tmpdir[256];
+
+static const char *tmp_path(const char *name) {
+    static char bufs[4][512];
+    static int k;
+    char *b = bufs[k++ & 3];
+    snprintf(b, sizeof bufs[0], "%s/%s", tmpdir, name);
+    return b;
+}
+
+static const char *write_tmp(const char *name, const void *data, size_t len) {
+    const char *p = tmp_path(name);
+    FILE *f = fopen(p, "wb");
+    if (!f) return p;
+    if (len) fwrite(data, 1, len, f);
+    fclose(f);
+    return p;
+}
+
+static char *read_text(size_t *len) {
+    qd_err e = {{0}};
+    char *s = qd_read_file(fixture(TEXT), 1 << 24, len, &e);
+    if (!s) fprintf(stderr, "  %s\n", e.msg);
+    return s;
+}
+
+static qd_tokenizer *load(const char *path) {
+    qd_err e = {{0}};
+    qd_tokenizer *t = qd_tok_load(path, &e);
+    CHECK(t != NULL, "%s", e.msg);
+    return t;
+}
+
+/* Encodes s (with BOS), checks the ids decode back to s exactly, returns the ids. */
+static int *roundtrip(const qd_tokenizer *t, const char *s, size_t len, size_t *n) {
+    qd_err e = {{0}};
+    int *ids = NULL;
+    *n = 0;
+    int rc = qd_tok_encode(t, s, len, 1, &ids, n, &e);
+    CHECK(rc == QD_OK, "%s", e.msg);
+    if (rc != QD_OK) return NULL;
+    CHECK(*n > 0 && ids[0] == qd_tok_bos(t), "first id %d", *n ? ids[0] : -1);
+    size_t dl = 0;
+    char *d = qd_tok_decode_len(t, ids, *n, &dl, &e);
+    CHECK(d != NULL, "%s", e.msg);
+    if (d) {
+        CHECK(dl == len && memcmp(d, s, len) == 0, "decoded %zu bytes differ from %zu", dl, len);
+        free(d);
+    }
+    return ids;
+}
+
+static int same_ids(const int *a, size_t na, const int *b, size_t nb) {
+    return na == nb && (na == 0 || memcmp(a, b, na * sizeof *a) == 0);
+}
+
+/* ---- fixtures ----------------------------------------------------------------------- */
+
+static void test_tok512_fixture(void) {
+    size_t len;
+    char *text = read_text(&len);
+    CHECK(text != NULL, "fixture text");
+    qd_tokenizer *t = load(fixture(TOK512));
+    if (!text || !t) goto out;
+    CHECK(qd_tok_vocab_size(t) == 512, "%d", qd_tok_vocab_size(t));
+    CHECK(qd_tok_bos(t) == 1 && qd_tok_eos(t) == 2, "%d %d", qd_tok_bos(t), qd_tok_eos(t));
+    CHECK(strcmp(qd_tok_token(t, 1), "<s>") == 0, "bos spelled %s", qd_tok_token(t, 1));
+    CHECK(strcmp(qd_tok_token(t, 259), "\xe2\x96\x81t") == 0, "space spelled %s",
+          qd_tok_token(t, 259));
+    double t0 = qd_now();
+    size_t n;
+    int *ids = roundtrip(t, text, len, &n);
+    double dt = qd_now() - t0;
+    printf("  tok512: %zu bytes -> %zu tokens, encode+decode %.3f s\n", len, n, dt);
+    CHECK(n >= 14000 && n <= 17000, "%zu tokens", n);
+    CHECK(dt < 10.0, "encoding took %.1f s (quadratic?)", dt);
+    /* merged pieces dominate: fewer than half the tokens are single bytes/characters */
+    size_t short_pieces = 0;
+    for (size_t i = 0; i < n; i++) short_pieces += strlen(qd_tok_token(t, ids[i])) <= 1;
+    CHECK(short_pieces < n / 2, "%zu of %zu tokens are one byte", short_pieces, n);
+    free(ids);
+out:
+    qd_tok_free(t);
+    free(text);
+}
+
+static void test_llama2_fixture(void) {
+    size_t len;
+    char *text = read_text(&len);
+    qd_tokenizer *t = load(fixture(LLAMA2));
+    if (!text || !t) goto out;
+    CHECK(qd_tok_vocab_size(t) == 32000, "%d", qd_tok_vocab_size(t));
+    double t0 = qd_now();
+    size_t n;
+    int *ids = roundtrip(t, text, len, &n);
+    printf("  llama2: %zu bytes -> %zu tokens, encode+decode %.3f s\n", len, n,
+           qd_now() - t0);
+    CHECK(n > 5000 && n < 12000, "%zu tokens", n);
+    free(ids);
+out:
+    qd_tok_free(t);
+    free(text);
+}
+
+/* Ids the real LLaMA tokenizer gives (SentencePiece, add_bos, dummy prefix). */
+static void test_llama2_known_ids(void) {
+    qd_tokenizer *t = load(fixture(LLAMA2));
+    if (!t) return;
+    static const struct {
+        const char *text;
+        int n;
+        int ids[8];
+    } cases[] = {
+        {"Hello world", 3, {1, 15043, 3186}},
+        {"Once upon a time", 5, {1, 9038, 2501, 263, 931}},
+        {"", 1, {1}},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        qd_err e = {{0}};
+        int *ids;
+        size_t n;
+        int rc = qd_tok_encode(t, cases[c].text, strlen(cases[c].text), 1, &ids, &n, &e);
+        CHECK(rc == QD_OK, "%s", e.msg);
+        if (rc != QD_OK) continue;
+        CHECK(same_ids(ids, n, cases[c].ids, (size_t)cases[c].n), "\"%s\": %zu ids, first %d %d",
+              cases[c].text, n, n > 1 ? ids[1] : -1, n > 2 ? ids[2] : -1);
+        free(ids);
+    }
+    /* two spaces: "▁x" (score -920) beats "▁▁" (score -1e9), leaving a lone "▁" */
+    int *ids;
+    size_t n;
+    qd_err e = {{0}};
+    CHECK(qd_tok_encode(t, "a  x", 4, 0, &ids, &n, &e) == QD_OK, "%s", e.msg);
+    CHECK(n == 3 && strcmp(qd_tok_token(t, ids[1]), "\xe2\x96\x81") == 0 &&
+              strcmp(qd_tok_token(t, ids[2]), "\xe2\x96\x81x") == 0,
+          "%zu ids", n);
+    free(ids);
+    qd_tok_free(t);
+}
+
+static void test_tok512_short(void) {
+    qd_tokenizer *t = load(fixture(TOK512));
+    if (!t) return;
+    const char *s = "Once upon a time";
+    qd_err e = {{0}};
+    int *ids;
+    size_t n;
+    CHECK(qd_tok_encode(t, s, strlen(s), 1, &ids, &n, &e) == QD_OK, "%s", e.msg);
+    CHECK(n > 1 && n < 10, "%zu tokens", n);
+    char cat[256] = "";
+    for (size_t i = 1; i < n; i++) strncat(cat, qd_tok_token(t, ids[i]), sizeof cat - 1 - strlen(cat));
+    CHECK(strcmp(cat, "\xe2\x96\x81Once\xe2\x96\x81upon\xe2\x96\x81" "a\xe2\x96\x81time") == 0,
+          "pieces concatenate to %s", cat);
+    /* every word of this phrase is one piece of the 512 vocabulary */
+    static const int want[] = {1, 403, 407, 261, 378};
+    CHECK(same_ids(ids, n, want, 5), "ids differ");
+    free(ids);
+    /* without BOS and without text: no ids, but a valid (freeable) array */
+    CHECK(qd_tok_encode(t, "", 0, 0, &ids, &n, &e) == QD_OK && n == 0, "%zu", n);
+    free(ids);
+    qd_tok_free(t);
+}
+
+static void test_unicode_byte_fallback(void) {
+    const char *paths[] = {fixture(TOK512), fixture(LLAMA2), HF512, HF512_PAIRS};
+    for (size_t k = 0; k < 4; k++) {
+        qd_tokenizer *t = load(paths[k]);
+        if (!t) continue;
+        size_t n;
+        int *ids = roundtrip(t, UNICODE_TEXT, strlen(UNICODE_TEXT), &n);
+        /* 🙂 (F0 9F 99 82) is in neither vocabulary: it must come out as four byte tokens */
+        int found = 0;
+        for (size_t i = 0; ids && i + 3 < n; i++)
+            found |= qd_tok_type(t, ids[i]) == QD_TOK_BYTE &&
+                     strcmp(qd_tok_token(t, ids[i]), "<0xF0>") == 0 &&
+                     strcmp(qd_tok_token(t, ids[i + 3]), "<0x82>") == 0;
+        CHECK(found, "%s: no byte fallback for the emoji", paths[k]);
+        free(ids);
+        /* control characters, a NUL byte and a lone CR survive as well */
+        static const char odd[] = "a\0b\r\n\tc\x7f";
+        ids = roundtrip(t, odd, sizeof odd - 1, &n);
+        free(ids);
+        qd_tok_free(t);
+    }
+}
+
+static void test_hf_matches_spm(void) {
+    size_t len;
+    char *text = read_text(&len);
+    qd_tokenizer *spm = load(fixture(TOK512));
+    qd_tokenizer *hf = load(HF512);
+    qd_tokenizer *hfp = load(HF512_PAIRS);
+    if (!text || !spm || !hf || !hfp) goto out;
+    CHECK(qd_tok_vocab_size(hf) == 512 && qd_tok_bos(hf) == 1 && qd_tok_eos(hf) == 2 &&
+              qd_tok_add_bos(hf),
+          "n %d bos %d eos %d", qd_tok_vocab_size(hf), qd_tok_bos(hf), qd_tok_eos(hf));
+    const char *texts[] = {text, UNICODE_TEXT, " leading space", "trailing  spaces  ", "x"};
+    size_t lens[] = {len, strlen(UNICODE_TEXT), 14, 18, 1};
+    for (size_t k = 0; k < 5; k++) {
+        size_t na, nb, nc;
+        int *a = roundtrip(spm, texts[k], lens[k], &na);
+        int *b = roundtrip(hf, texts[k], lens[k], &nb);
+        int *c = roundtrip(hfp, texts[k], lens[k], &nc);
+        CHECK(a && b && same_ids(a, na, b, nb), "text %zu: spm %zu ids, hf %zu ids", k, na, nb);
+        CHECK(a && c && same_ids(a, na, c, nc), "text %zu: spm %zu ids, hf pairs %zu", k, na, nc);
+        free(a);
+        free(b);
+        free(c);
+    }
+    /* special-token text is split out by the HF tokenizer, kept as characters by SentencePiece */
+    qd_err e = {{0}};
+    int *ids;
+    size_t n;
+    CHECK(qd_tok_encode(hf, "a</s>b", 6, 0, &ids, &n, &e) == QD_OK, "%s", e.msg);
+    int has_eos = 0;
+    for (size_t i = 0; i < n; i++) has_eos |= ids[i] == 2;
+    CHECK(has_eos, "HF: </s> in text should become the EOS id");
+    free(ids);
+    CHECK(qd_tok_encode(spm, "a</s>b", 6, 0, &ids, &n, &e) == QD_OK, "%s", e.msg);
+    for (size_t i = 0; i < n; i++) CHECK(ids[i] != 2, "SPM: </s> text became EOS");
+    free(ids);
+out:
+    qd_tok_free(spm);
+    qd_tok_free(hf);
+    qd_tok_free(hfp);
+    free(text);
+}
+
+static void test_gguf_vocab(void) {
+    size_t len;
+    char *text = read_text(&len);
+    const char *pairs[2][2] = {{"models/stories260K.gguf", TOK512},
+                               {"models/llama-2-tiny-random.gguf", LLAMA2}};
+    for (int k = 0; k < 2 && text; k++) {
+        qd_tokenizer *g = load(fixture(pairs[k][0]));
+        qd_tokenizer *b = load(fixture(pairs[k][1]));
+        if (g && b) {
+            CHECK(qd_tok_vocab_size(g) == qd_tok_vocab_size(b), "%d vs %d",
+                  qd_tok_vocab_size(g), qd_tok_vocab_size(b));
+            size_t na, nb;
+            int *x = roundtrip(g, text, len, &na);
+            int *y = roundtrip(b, text, len, &nb);
+            CHECK(x && y && same_ids(x, na, y, nb), "%s: %zu ids vs %zu from %s", pairs[k][0],
+                  na, nb, pairs[k][1]);
+            free(x);
+            free(y);
+            x = roundtrip(g, UNICODE_TEXT, strlen(UNICODE_TEXT), &na);
+            y = roundtrip(b, UNICODE_TEXT, strlen(UNICODE_TEXT), &nb);
+            CHECK(x && y && same_ids(x, na, y, nb), "unicode: %zu vs %zu ids", na, nb);
+            free(x);
+            free(y);
+        }
+        qd_tok_free(g);
+        qd_tok_free(b);
+    }
+    free(text);
+}
+
+/* ---- decoding ----------------------------------------------------------------------- */
+
+static void test_decode_rules(void) {
+    qd_tokenizer *t = load(fixture(TOK512));
+    if (!t) return;
+    size_t l;
+    const char *p = qd_tok_piece(t, -1, 1, &l);
+    CHECK(p && l == 0, "BOS decodes to %zu bytes", l);
+    p = qd_tok_piece(t, 5, 2, &l);
+    CHECK(p && l == 0, "EOS decodes to %zu bytes", l);
+    int nl = qd_tok_find(t, "<0x0A>");
+    CHECK(nl >= 3, "<0x0A> id %d", nl);
+    p = qd_tok_piece(t, 1, nl, &l);
+    CHECK(l == 1 && p[0] == '\n', "byte token gives %zu bytes", l);
+    int the = qd_tok_find(t, "\xe2\x96\x81the");
+    CHECK(the > 0, "no ▁the");
+    p = qd_tok_piece(t, 1, the, &l);
+    CHECK(l == 3 && memcmp(p, "the", 3) == 0, "after BOS: '%.*s'", (int)l, p);
+    p = qd_tok_piece(t, -1, the, &l);
+    CHECK(l == 3 && memcmp(p, "the", 3) == 0, "at start: '%.*s'", (int)l, p);
+    p = qd_tok_piece(t, the, the, &l);
+    CHECK(l == 4 && memcmp(p, " the", 4) == 0, "mid-text: '%.*s'", (int)l, p);
+    p = qd_tok_piece(t, 0, 512, &l);
+    CHECK(p == NULL && l == 0, "out of range id gives a piece");
+    /* BOS in mid-stream starts a new document; EOS produces nothing */
+    int ids[] = {1, the, the, 2, 1, the};
+    qd_err e = {{0}};
+    char *d = qd_tok_decode(t, ids, 6, &e);
+    CHECK(d && strcmp(d, "the thethe") == 0, "decoded '%s'", d ? d : e.msg);
+    free(d);
+    qd_tok_free(t);
+}
+
+/* ---- errors ------------------------------------------------------------------------- */
+
+static void test_encode_errors(void) {
+    qd_tokenizer *t = load(fixture(TOK512));
+    if (!t) return;
+    static const struct {
+        const char *s;
+        size_t len, off;
+    } bad[] = {
+        {"ab\xff" "cd", 5, 2},          /* never valid */
+        {"ok \xc0\x80", 5, 3},          /* overlong NUL */
+        {"\xe0\x80\xaf", 3, 0},         /* overlong '/' */
+        {"x\xed\xa0\x80y", 5, 1},       /* UTF-16 surrogate */
+        {"end \xe6\x97", 6, 4},         /* truncated at the end */
+        {"\xf4\x90\x80\x80", 4, 0},     /* above U+10FFFF */
+        {"a\x80", 2, 1},                /* stray continuation */
+        {"\xe6\x97z", 3, 0},            /* bad continuation */
+    };
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        qd_err e = {{0}};
+        int *ids = (int *)&e;
+        size_t n = 99;
+        int rc = qd_tok_encode(t, bad[k].s, bad[k].len, 1, &ids, &n, &e);
+        char want[64];
+        snprintf(want, sizeof want, "byte offset %zu", bad[k].off);
+        CHECK(rc == QD_ERR && strstr(e.msg, "UTF-8") && strstr(e.msg, want),
+              "case %zu: rc %d msg '%s'", k, rc, e.msg);
+        CHECK(ids == NULL && n == 0, "case %zu: outputs not cleared", k);
+        CHECK(qd_utf8_valid_prefix(bad[k].s, bad[k].len) == bad[k].off, "case %zu", k);
+    }
+    CHECK(qd_utf8_valid_prefix(UNICODE_TEXT, strlen(UNICODE_TEXT)) == strlen(UNICODE_TEXT),
+          "valid text rejected");
+    qd_tok_free(t);
+}
+
+static void test_decode_errors(void) {
+    qd_tokenizer *t = load(fixture(TOK512));
+    if (!t) return;
+    int bad1[] = {1, 300, 512};
+    int bad2[] = {-1};
+    qd_err e = {{0}};
+    char *d = qd_tok_decode(t, bad1, 3, &e);
+    CHECK(d == NULL && strstr(e.msg, "token 2") && strstr(e.msg, "512"), "'%s'", e.msg);
+    d = qd_tok_decode(t, bad2, 1, &e);
+    CHECK(d == NULL && strstr(e.msg, "token 0") && strstr(e.msg, "-1"), "'%s'", e.msg);
+    d = qd_tok_decode(t, bad2, 0, &e);
+    CHECK(d && d[0] == 0, "empty decode");
+    free(d);
+    qd_tok_free(t);
+}
+
+/* Builds a tokenizer.bin in memory: max_len, then (score, len, bytes) per token. */
+typedef struct bbuf {
+    unsigned char b[4096];
+    size_t n;
+} bbuf;
+
+static void put_i32(bbuf *b, int32_t v) {
+    memcpy(b->b + b->n, &v, 4);
+    b->n += 4;
+}
+
+static void put_tok(bbuf *b, float score, int32_t len, const char *s) {
+    memcpy(b->b + b->n, &score, 4);
+    b->n += 4;
+    put_i32(b, len);
+    if (len > 0 && s) {
+        memcpy(b->b + b->n, s, (size_t)len);
+        b->n += (size_t)len;
+    }
+}
+
+static void expect_load_error(const char *path, const char *field) {
+    qd_err e = {{0}};
+    qd_tokenizer *t = qd_tok_load(path, &e);
+    CHECK(t == NULL, "%s loaded", path);
+    CHECK(strstr(e.msg, path) != NULL, "message does not name the file: '%s'", e.msg);
+    CHECK(strstr(e.msg, field) != NULL, "message does not name '%s': '%s'", field, e.msg);
+    qd_tok_free(t);
+}
+
+static void test_tokbin_errors(void) {
+    bbuf b;
+    expect_load_error(tmp_path("missing.bin"), "cannot open");
+    expect_load_error(write_tmp("empty.bin", "", 0), "max_token_length");
+    b.n = 0;
+    put_i32(&b, 0);
+    put_tok(&b, 0, 1, "a");
+    expect_load_error(write_tmp("maxlen0.bin", b.b, b.n), "max_token_length");
+    b.n = 0;
+    put_i32(&b, 8);
+    expect_load_error(write_tmp("notokens.bin", b.b, b.n), "no tokens");
+    b.n = 0;
+    put_i32(&b, 8);
+    put_tok(&b, 0, 5, "\n<s>\n");
+    put_tok(&b, 0, -3, NULL);
+    expect_load_error(write_tmp("neglen.bin", b.b, b.n), "token 1: length -3");
+    b.n = 0;
+    put_i32(&b, 8);
+    put_tok(&b, 0, 5000, NULL);
+    expect_load_error(write_tmp("hugelen.bin", b.b, b.n), "token 0: length 5000");
+    b.n = 0;
+    put_i32(&b, 8);
+    put_tok(&b, 0, 1, "a");
+    put_tok(&b, 0, 6, "abcdef");
+    b.n -= 3; /* only three of six bytes present */
+    expect_load_error(write_tmp("truncbytes.bin", b.b, b.n), "token 1: truncated bytes");
+    b.n = 0;
+    put_i32(&b, 8);
+    put_tok(&b, 0, 1, "a");
+    b.b[b.n++] = 0;
+    b.b[b.n++] = 0;
+    expect_load_error(write_tmp("truncscore.bin", b.b, b.n), "token 1: truncated score");
+    b.n = 0;
+    put_i32(&b, 8);
+    put_tok(&b, 0, 3, "a\0b");
+    expect_load_error(write_tmp("nul.bin", b.b, b.n), "token 0: contains a NUL");
+    b.n = 0;
+    put_i32(&b, 8);
+    put_tok(&b, 0, 1, "a");
+    put_tok(&b, NAN, 1, "b");
+    expect_load_error(write_tmp("nan.bin", b.b, b.n), "token 1: score");
+    /* the real file, cut short in the middle of a token */
+    qd_err e = {{0}};
+    size_t len;
+    char *real = qd_read_file(fixture(TOK512), 1 << 20, &len, &e);
+    CHECK(real != NULL, "%s", e.msg);
+    if (real) {
+        expect_load_error(write_tmp("cut.bin", real, len - 3), "token 511: truncated");
+        free(real);
+    }
+    /* a minimal valid file: <unk>, <s>, </s>, a byte token and two pieces */
+    b.n = 0;
+    put_i32(&b, 6);
+    put_tok(&b, 0, 5, "<unk>");
+    put_tok(&b, 0, 5, "\n<s>\n");
+    put_tok(&b, 0, 6, "\n</s>\n");
+    put_tok(&b, 0, 6, "<0x61>");
+    put_tok(&b, -1, 2, " a");
+    put_tok(&b, -2, 1, " ");
+    qd_tokenizer *t = load(write_tmp("tiny.bin", b.b, b.n));
+    if (t) {
+        CHECK(qd_tok_bos(t) == 1 && qd_tok_eos(t) == 2 && qd_tok_type(t, 0) == QD_TOK_UNKNOWN &&
+                  qd_tok_type(t, 1) == QD_TOK_CONTROL && qd_tok_type(t, 3) == QD_TOK_BYTE,
+              "ids/types");
+        int *ids;
+        size_t n;
+        CHECK(qd_tok_encode(t, "a ab", 4, 1, &ids, &n, &e) == QD_OK, "%s", e.msg);
+        /* "▁a▁ab" -> ▁a ▁a then 'b' is unknown with no byte token -> <unk> */
+        static const int want[] = {1, 4, 4, 0};
+        CHECK(same_ids(ids, n, want, 4), "%zu ids", n);
+        char *d = qd_tok_decode(t, ids, n, &e);
+        CHECK(d && strcmp(d, "a a \xe2\x81\x87 ") == 0, "'%s'", d);
+        free(d);
+        free(ids);
+        qd_tok_free(t);
+    }
+}
+
+static void expect_hf_error(const char *name, const char *json, const char *field) {
+    expect_load_error(write_tmp(name, json, strlen(json)), field);
+}
+
+#define HF_HEAD "{\"added_tokens\":[],\"normalizer\":null,\"pre_tokenizer\":null,"
+static void test_hf_errors(void) {
+    expect_hf_error("bad1.json", "{\"model\": {", "not valid JSON");
+    expect_hf_error("bad2.json", "[1,2]", "not a JSON object");
+    expect_hf_error("bad3.json", "{}", "model");
+    expect_hf_error("bad4.json", "{\"model\":{\"type\":\"Unigram\",\"vocab\":[]}}", "model.type");
+    expect_hf_error("bad5.json", "{\"model\":{\"type\":\"BPE\",\"merges\":[]}}", "model.vocab");
+    expect_hf_error("bad6.json", "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0}}}",
+                    "model.merges");
+    expect_hf_error("bad7.json",
+                    "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0.5},\"merges\":[]}}",
+                    "model.vocab[\"a\"]");
+    expect_hf_error("bad8.json",
+                    "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":99999999},\"merges\":[]}}",
+                    "model.vocab[\"a\"]");
+    expect_hf_error("bad9.json",
+                    "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":0},\"merges\":[]}}",
+                    "already used");
+    expect_hf_error("bad10.json",
+                    "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1},"
+                    "\"merges\":[\"a b\"]}}",
+                    "model.merges[0]: \"ab\"");
+    expect_hf_error("bad11.json",
+                    "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"ab\":2},"
+                    "\"merges\":[\"a b\", \"ab\"]}}",
+                    "model.merges[1]");
+    expect_hf_error("bad12.json",
+                    "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[[\"a\",1]]}}",
+                    "model.merges[0]");
+    expect_hf_error("bad13.json",
+                    "{\"pre_tokenizer\":{\"type\":\"ByteLevel\"},\"model\":{\"type\":\"BPE\","
+                    "\"vocab\":{\"a\":0},\"merges\":[]}}",
+                    "pre_tokenizer.type");
+    expect_hf_error("bad14.json",
+                    "{\"normalizer\":{\"type\":\"NFKC\"},\"model\":{\"type\":\"BPE\","
+                    "\"vocab\":{\"a\":0},\"merges\":[]}}",
+                    "normalizer.type");
+    expect_hf_error("bad15.json",
+                    "{\"added_tokens\":[{\"id\":0,\"content\":\"b\"}],\"model\":{\"type\":\"BPE\","
+                    "\"vocab\":{\"a\":0},\"merges\":[]}}",
+                    "added_tokens[0]");
+    expect_hf_error("bad16.json",
+                    "{\"model\":{\"type\":\"BPE\",\"unk_token\":\"<unk>\",\"vocab\":{\"a\":0},"
+                    "\"merges\":[]}}",
+                    "model.unk_token");
+    expect_hf_error("bad17.json",
+                    "{\"added_tokens\":[{\"id\":-4,\"content\":\"x\"}],\"model\":{\"type\":"
+                    "\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}",
+                    "added_tokens[0]");
+    expect_hf_error("bad18.json",
+                    "{\"model\":{\"type\":\"BPE\",\"dropout\":0.1,\"vocab\":{\"a\":0},"
+                    "\"merges\":[]}}",
+                    "model.dropout");
+    expect_hf_error("bad19.json",
+                    "{\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}", "model.vocab");
+}
+
+/* A hand-written tokenizer.json: Metaspace pre-tokenizer (prepend "first", split on ▁),
+ * [a, b] merges, no byte fallback, fused unknowns. */
+static void test_hf_metaspace(void) {
+    const char *json =
+        "{\"added_tokens\":[{\"id\":0,\"content\":\"<unk>\",\"special\":true},"
+        "{\"id\":1,\"content\":\"<s>\",\"special\":true},"
+        "{\"id\":9,\"content\":\"[X]\",\"special\":false}],"
+        "\"normalizer\":null,"
+        "\"pre_tokenizer\":{\"type\":\"Metaspace\",\"replacement\":\"\xe2\x96\x81\","
+        "\"prepend_scheme\":\"first\",\"split\":true},"
+        "\"post_processor\":null,"
+        "\"model\":{\"type\":\"BPE\",\"unk_token\":\"<unk>\",\"fuse_unk\":true,"
+        "\"byte_fallback\":false,"
+        "\"vocab\":{\"<unk>\":0,\"<s>\":1,\"\xe2\x96\x81\":2,\"a\":3,\"b\":4,"
+        "\"\xe2\x96\x81" "a\":5,\"ab\":6,\"\xe2\x96\x81" "ab\":7,\"bb\":8},"
+        "\"merges\":[[\"a\",\"b\"],[\"\xe2\x96\x81\",\"ab\"],[\"\xe2\x96\x81\",\"a\"],"
+        "[\"b\",\"b\"]]}}";
+    qd_tokenizer *t = load(write_tmp("meta.json", json, strlen(json)));
+    if (!t) return;
+    CHECK(qd_tok_vocab_size(t) == 10 && qd_tok_bos(t) == 1 && !qd_tok_add_bos(t), "n %d bos %d",
+          qd_tok_vocab_size(t), qd_tok_bos(t));
+    static const struct {
+        const char *text;
+        int n;
+        int ids[12];
+    } cases[] = {
+        /* ▁ab wins over ▁a because a+b has the best rank */
+        {"ab", 1, {7}},
+        /* split at ▁: "▁ab" "▁bbb" -> ▁ab | ▁ bb b */
+        {"ab bbb", 4, {7, 2, 8, 4}},
+        /* unknown characters fuse into one <unk>; "[X]" is an added token; only the first
+         * segment gets the ▁ */
+        {"xyz[X]a", 4, {2, 0, 9, 3}},
+        /* prepend only at the very start, and not when the text starts with a space */
+        {" a", 1, {5}},
+    };
+    for (size_t c = 0; c < 4; c++) {
+        qd_err e = {{0}};
+        int *ids;
+        size_t n;
+        int rc = qd_tok_encode(t, cases[c].text, strlen(cases[c].text), 0, &ids, &n, &e);
+        CHECK(rc == QD_OK, "%s", e.msg);
+        if (rc != QD_OK) continue;
+        CHECK(same_ids(ids, n, cases[c].ids, (size_t)cases[c].n), "\"%s\": %zu ids: %d %d %d %d",
+              cases[c].text, n, n > 0 ? ids[0] : -1, n > 1 ? ids[1] : -1, n > 2 ? ids[2] : -1,
+              n > 3 ? ids[3] : -1);
+        free(ids);
+    }
+    qd_tok_free(t);
+}
+
+static void test_vocab_api(void) {
+    qd_err e = {{0}};
+    CHECK(qd_vocab_new(0, &e) == NULL && strstr(e.msg, "vocabulary size"), "'%s'", e.msg);
+    qd_vocab_free(NULL);
+    qd_tok_free(NULL);
+    qd_vocab *v = qd_vocab_new(4, &e);
+    CHECK(v != NULL, "%s", e.msg);
+    if (!v) return;
+    v->tokens[0] = strdup("<unk>");
+    v->tokens[1] = strdup("<s>");
+    v->tokens[2] = strdup("x");
+    qd_tokenizer *t = qd_tok_from_vocab(v, &e);
+    CHECK(t == NULL && strstr(e.msg, "token 3"), "'%s'", e.msg);
+    v->tokens[3] = strdup("<0x79>");
+    v->bos_id = 7;
+    t = qd_tok_from_vocab(v, &e);
+    CHECK(t == NULL && strstr(e.msg, "bos"), "'%s'", e.msg);
+    /* no types given: inferred from the spelling and the special ids */
+    v->bos_id = 1;
+    v->unk_id = 0;
+    free(v->types);
+    v->types = NULL;
+    free(v->scores);
+    v->scores = NULL;
+    t = qd_tok_from_vocab(v, &e);
+    CHECK(t != NULL, "%s", e.msg);
+    if (t) {
+        CHECK(qd_tok_type(t, 0) == QD_TOK_UNKNOWN && qd_tok_type(t, 1) == QD_TOK_CONTROL &&
+                  qd_tok_type(t, 2) == QD_TOK_NORMAL && qd_tok_type(t, 3) == QD_TOK_BYTE &&
+                  qd_tok_type(t, 4) == 0,
+              "types");
+        CHECK(qd_tok_find(t, "x") == 2 && qd_tok_find(t, "nope") == -1, "find");
+        int *ids;
+        size_t n;
+        /* no space piece and no dummy prefix piece: "▁" falls back to <unk>; y is a byte */
+        v->add_space_prefix = 0;
+        qd_tok_free(t);
+        t = qd_tok_from_vocab(v, &e);
+        CHECK(qd_tok_encode(t, "xy", 2, 1, &ids, &n, &e) == QD_OK, "%s", e.msg);
+        static const int want[] = {1, 2, 3};
+        CHECK(same_ids(ids, n, want, 3), "%zu ids", n);
+        free(ids);
+        qd_tok_free(t);
+    }
+    qd_vocab_free(v);
+}
+
+static void test_dispatch(void) {
+    qd_err e = {{0}};
+    CHECK(qd_tok_load(tmp_path("nothing.json"), &e) == NULL && strstr(e.msg, "nothing.json"),
+          "'%s'", e.msg);
+    CHECK(qd_tok_load(tmp_path("nothing.gguf"), &e) == NULL && strstr(e.msg, "nothing.gguf"),
+          "'%s'", e.msg);
+    /* a tokenizer.bin fed as GGUF: the GGUF reader must refuse it and say so */
+    CHECK(qd_tok_load(write_tmp("fake.gguf", "abcd", 4), &e) == NULL && strstr(e.msg, "fake.gguf"),
+          "'%s'", e.msg);
+}
+
+int main(void) {
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/qd_test_tok_XXXXXX");
+    if (!mkdtemp(tmpdir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    RUN(test_tok512_fixture);
+    RUN(test_llama2_fixture);
+    RUN(test_llama2_known_ids);
+    RUN(test_tok512_short);
+    RUN(test_unicode_byte_fallback);
+    RUN(test_hf_matches_spm);
+    RUN(test_gguf_vocab);
+    RUN(test_decode_rules);
+    RUN(test_encode_errors);
+    RUN(test_decode_errors);
+    RUN(test_tokbin_errors);
+    RUN(test_hf_errors);
+    RUN(test_hf_metaspace);
+    RUN(test_vocab_api);
+    RUN(test_dispatch);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
+    return CHECK_DONE();
+}
