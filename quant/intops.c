@@ -1,0 +1,240 @@
+/* Integer primitives of the integer-only runtime (see intops.h for the conventions and the
+ * rounding rule). The *_init functions turn real-valued encodings into multipliers and tables
+ * with doubles, once; the per-row functions use integers only. */
+#include "quant/intops.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+int qd_qmul_make(double M, qd_qmul *out, qd_err *err) {
+    if (!(M >= 0) || !isfinite(M) || M >= 1073741824.0)
+        return qd_errf(err, "%s: multiplier %g outside [0, 2^30)", __func__, M);
+    if (M == 0) {
+        out->m = 0;
+        out->shift = 0;
+        return QD_OK;
+    }
+    int ex;
+    double f = frexp(M, &ex); /* M = f * 2^ex, f in [0.5, 1) */
+    int64_t m = (int64_t)rint(f * 2147483648.0);
+    if (m == ((int64_t)1 << 31)) { /* f rounded up to 1 */
+        m >>= 1;
+        ex++;
+    }
+    out->m = (int32_t)m;
+    out->shift = 31 - ex;
+    return QD_OK;
+}
+
+int32_t qd_quantize_val(double x, double s, int32_t zp, int bits) {
+    double q = rint(x / s) + zp;
+    double lo = qd_qmin(bits), hi = qd_qmax(bits);
+    return (int32_t)(q < lo ? lo : q > hi ? hi : q);
+}
+
+/* ---------------------------------------------------------------- residual add */
+
+int qd_qadd_init(qd_qadd *p, double sa, int32_t za, double sb, int32_t zb, double so, int32_t zo,
+                 int out_bits, qd_err *err) {
+    if (!(sa > 0 && sb > 0 && so > 0))
+        return qd_errf(err, "%s: scales must be positive (%g %g %g)", __func__, sa, sb, so);
+    double Ma = sa / so, Mb = sb / so, mx = Ma > Mb ? Ma : Mb;
+    if (mx >= 1073741824.0) return qd_errf(err, "%s: ratio %g too large", __func__, mx);
+    int ex;
+    frexp(mx, &ex);
+    int shift = 31 - ex; /* the larger multiplier gets a mantissa in [2^30, 2^31) */
+    for (;; shift--) {
+        double a = rint(ldexp(Ma, shift)), b = rint(ldexp(Mb, shift));
+        if (a < 2147483648.0 && b < 2147483648.0) {
+            p->ma = (int32_t)a;
+            p->mb = (int32_t)b;
+            break;
+        }
+    }
+    p->shift = shift;
+    p->za = za;
+    p->zb = zb;
+    p->zo = zo;
+    p->lo = qd_qmin(out_bits);
+    p->hi = qd_qmax(out_bits);
+    return QD_OK;
+}
+
+void qd_qadd_i16(const qd_qadd *p, const int16_t *a, const int16_t *b, int16_t *out, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        int64_t v = (int64_t)(a[i] - p->za) * p->ma + (int64_t)(b[i] - p->zb) * p->mb;
+        out[i] = (int16_t)qd_clamp32(qd_rshift_rne(v, p->shift) + p->zo, p->lo, p->hi);
+    }
+}
+
+/* ---------------------------------------------------------------- inverse square root */
+
+uint64_t qd_isqrt64(uint64_t v) {
+    if (v < 2) return v;
+    int b = 64 - __builtin_clzll(v);
+    uint64_t x = (uint64_t)1 << ((b + 1) / 2); /* >= sqrt(v): Newton descends from above */
+    for (;;) {
+        uint64_t y = (x + v / x) / 2;
+        if (y >= x) return x;
+        x = y;
+    }
+}
+
+int32_t qd_isqrt_inv(uint64_t v, int *e) {
+    if (v == 0) v = 1;
+    int b = 64 - __builtin_clzll(v);
+    int k = (62 - b) >> 1; /* v * 4^k in [2^60, 2^62) (k < 0 shifts right) */
+    uint64_t w = k >= 0 ? v << (2 * k) : v >> (-2 * k);
+    uint64_t s = qd_isqrt64(w); /* [2^30, 2^31) */
+    uint64_t r = (((uint64_t)1 << 61) + s / 2) / s; /* (2^30, 2^31] */
+    if (r >= ((uint64_t)1 << 31)) { /* keep the mantissa in int32 */
+        r >>= 1;
+        k += 1;
+    }
+    /* 1/sqrt(v) = 2^k / sqrt(w) ~= r * 2^(k - 61) */
+    *e = 61 - k;
+    return (int32_t)r;
+}
+
+/* ---------------------------------------------------------------- RMSNorm */
+
+int qd_qnorm_init(qd_qnorm *p, int n, double sx, int32_t zx, double sg, int32_t zg, double sy,
+                  int32_t zy, int out_bits, float eps, qd_err *err) {
+    if (n <= 0 || !(sx > 0 && sg > 0 && sy > 0))
+        return qd_errf(err, "%s: bad arguments (n=%d sx=%g sg=%g sy=%g)", __func__, n, sx, sg, sy);
+    p->n = n;
+    p->zx = zx;
+    p->zg = zg;
+    p->zy = zy;
+    double en = rint((double)n * eps / (sx * sx));
+    p->eps_n = en > 4e18 ? (int64_t)4e18 : (int64_t)en;
+    p->out_bits = out_bits;
+    p->lo = qd_qmin(out_bits);
+    p->hi = qd_qmax(out_bits);
+    return qd_qmul_make(sg * sqrt((double)n) / sy, &p->m, err);
+}
+
+void qd_qnorm_row(const qd_qnorm *p, const int16_t *x, const int16_t *g, void *out) {
+    int64_t ss = 0;
+    for (int i = 0; i < p->n; i++) {
+        int64_t d = x[i] - p->zx;
+        ss += d * d;
+    }
+    uint64_t v = (uint64_t)ss + (uint64_t)p->eps_n;
+    int e;
+    int64_t r = qd_isqrt_inv(v, &e);
+    /* one per-token multiplier: static (m, shift) times 1/sqrt(v) = r 2^-e */
+    int64_t mt = qd_rshift_rne((int64_t)p->m.m * r, 31);
+    int shift = p->m.shift + e - 31;
+    for (int i = 0; i < p->n; i++) {
+        int64_t t = (int64_t)(x[i] - p->zx) * (g[i] - p->zg);
+        int64_t y = (int64_t)qd_rshift_rne128((__int128)t * mt, shift) + p->zy;
+        int32_t c = qd_clamp32(y, p->lo, p->hi);
+        if (p->out_bits == 8) ((int8_t *)out)[i] = (int8_t)c;
+        else ((int16_t *)out)[i] = (int16_t)c;
+    }
+}
+
+/* ---------------------------------------------------------------- softmax */
+
+int qd_qsoftmax_init(qd_qsoftmax *p, double s_in, double s_out, int32_t z_out, int out_bits,
+                     qd_err *err) {
+    if (!(s_in > 0 && s_out > 0))
+        return qd_errf(err, "%s: scales must be positive (%g %g)", __func__, s_in, s_out);
+    if (qd_qmul_make(s_in * M_LOG2E * 65536.0, &p->to_log2, err)) return QD_ERR;
+    if (qd_qmul_make(1.0 / (s_out * 1073741824.0), &p->out, err)) return QD_ERR;
+    p->zo = z_out;
+    p->lo = qd_qmin(out_bits);
+    p->hi = qd_qmax(out_bits);
+    for (int i = 0; i < 256; i++) {
+        p->exp_hi[i] = (int32_t)rint(1073741824.0 * exp2(-i / 256.0));
+        p->exp_lo[i] = (int32_t)rint(1073741824.0 * exp2(-i / 65536.0));
+    }
+    return QD_OK;
+}
+
+int64_t qd_qexp_q30(const qd_qsoftmax *p, int32_t d) {
+    int64_t u = qd_qmul32(d, p->to_log2); /* d * s_in * log2(e) in Q16 */
+    int64_t ip = u >> 16;
+    int f = (int)(u & 0xffff);
+    if (ip > 40) return 0; /* below 2^-40: nothing left at Q30 */
+    int64_t m = (int64_t)p->exp_hi[f >> 8] * p->exp_lo[f & 255]; /* Q60 */
+    return qd_rshift_rne(m, 30 + (int)ip);
+}
+
+void qd_qsoftmax_row(const qd_qsoftmax *p, const int16_t *x, int n, int16_t *out, int64_t *work) {
+    int32_t mx = x[0];
+    for (int j = 1; j < n; j++) mx = x[j] > mx ? x[j] : mx;
+    int64_t sum = 0;
+    for (int j = 0; j < n; j++) {
+        work[j] = qd_qexp_q30(p, mx - x[j]);
+        sum += work[j];
+    }
+    /* sum >= 2^30 (the maximum contributes exactly 2^30): r = 2^62 / sum <= 2^32 */
+    uint64_t r = (((uint64_t)1 << 62) + (uint64_t)sum / 2) / (uint64_t)sum;
+    for (int j = 0; j < n; j++) {
+        int64_t pq30 = qd_rshift_rne(work[j] * (int64_t)r, 32);
+        out[j] = (int16_t)qd_clamp32(qd_qmul32((int32_t)pq30, p->out) + p->zo, p->lo, p->hi);
+    }
+}
+
+/* ---------------------------------------------------------------- tables */
+
+double qd_silu(double x) { return x / (1.0 + exp(-x)); }
+
+void qd_lut8_build(int8_t table[256], double (*f)(double), double si, int32_t zi, double so,
+                   int32_t zo) {
+    for (int q = -128; q < 128; q++)
+        table[q + 128] = (int8_t)qd_quantize_val(f(si * (q - zi)), so, zo, 8);
+}
+
+int qd_qrope_init(qd_qrope *p, int max_T, int head_dim, float theta, double sx, int32_t zx,
+                  double sy, int32_t zy, qd_err *err) {
+    if (max_T <= 0 || head_dim <= 0 || head_dim % 2)
+        return qd_errf(err, "%s: bad shape T=%d hd=%d", __func__, max_T, head_dim);
+    int h = head_dim / 2;
+    p->head_dim = head_dim;
+    p->max_T = max_T;
+    p->zx = zx;
+    p->zy = zy;
+    p->cos_t = malloc((size_t)max_T * h * sizeof(int16_t));
+    p->sin_t = malloc((size_t)max_T * h * sizeof(int16_t));
+    if (!p->cos_t || !p->sin_t) {
+        qd_qrope_free(p);
+        return qd_errf(err, "%s: out of memory", __func__);
+    }
+    for (int t = 0; t < max_T; t++)
+        for (int i = 0; i < h; i++) {
+            double freq = pow((double)theta, -2.0 * i / head_dim);
+            double a = t * freq;
+            p->cos_t[(size_t)t * h + i] = (int16_t)rint(cos(a) * (1 << QD_ROPE_FRAC));
+            p->sin_t[(size_t)t * h + i] = (int16_t)rint(sin(a) * (1 << QD_ROPE_FRAC));
+        }
+    if (qd_qmul_make(sx / sy / (1 << QD_ROPE_FRAC), &p->m, err)) {
+        qd_qrope_free(p);
+        return QD_ERR;
+    }
+    return QD_OK;
+}
+
+void qd_qrope_free(qd_qrope *p) {
+    if (!p) return;
+    free(p->cos_t);
+    free(p->sin_t);
+    p->cos_t = p->sin_t = NULL;
+}
+
+void qd_qrope_apply(const qd_qrope *p, const int8_t *x, int8_t *out, int n_heads, int pos) {
+    int h = p->head_dim / 2;
+    const int16_t *c = p->cos_t + (size_t)pos * h, *s = p->sin_t + (size_t)pos * h;
+    for (int hh = 0; hh < n_heads; hh++) {
+        const int8_t *xh = x + (size_t)hh * p->head_dim;
+        int8_t *oh = out + (size_t)hh * p->head_dim;
+        for (int i = 0; i < h; i++) {
+            int32_t a = xh[i] - p->zx, b = xh[i + h] - p->zx;
+            int32_t y1 = a * c[i] - b * s[i], y2 = b * c[i] + a * s[i];
+            oh[i] = (int8_t)qd_clamp32(qd_qmul32(y1, p->m) + p->zy, -128, 127);
+            oh[i + h] = (int8_t)qd_clamp32(qd_qmul32(y2, p->m) + p->zy, -128, 127);
+        }
+    }
+}
