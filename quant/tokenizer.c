@@ -432,7 +432,7 @@ static int try_pair(const qd_tokenizer *t, const char *s, const sym *sy, int l, 
 }
 
 /* Encodes one normalized string s (valid UTF-8) and appends the ids. split_mark starts a new
- * word at every "▁" (Metaspace split). off is where s began in the caller's text (messages). */
+ * word at every "▁" (Metaspace split): merges never cross a word boundary. */
 static int bpe_encode(const qd_tokenizer *t, const char *s, size_t n, int split_mark,
                       ivec *out, qd_err *err) {
     if (n == 0) return QD_OK;
@@ -911,7 +911,8 @@ static int cmp_added_len(const void *x, const void *y, void *ctx) {
     return a < b ? 1 : a > b ? -1 : 0;
 }
 
-/* Fills v->tokens from model.vocab and added_tokens; returns the number of ids seen. */
+/* Builds a Hugging Face BPE tokenizer from a parsed tokenizer.json: ids from model.vocab and
+ * added_tokens (holes in the id space become empty UNUSED tokens), the pair map from merges. */
 static qd_tokenizer *hf_build(const cJSON *root, const char *path, qd_err *err) {
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
     if (!cJSON_IsObject(model)) return qd_errf(err, "%s: model: missing", path), NULL;

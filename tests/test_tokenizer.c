@@ -275,6 +275,68 @@ static void test_gguf_vocab(void) {
     free(text);
 }
 
+/* Ids from tests/gen_golden_ids.py, a naive quadratic SentencePiece BPE written separately in
+ * Python: every tokenizer built from the same vocabulary must reproduce them. */
+static void test_golden_ids(void) {
+    FILE *f = fopen("tests/data/golden_ids.txt", "r");
+    CHECK(f != NULL, "tests/data/golden_ids.txt missing");
+    if (!f) return;
+    size_t tlen;
+    char *text = read_text(&tlen);
+    qd_tokenizer *tok[2][3] = {
+        {load(fixture(TOK512)), load(fixture("models/stories260K.gguf")), load(HF512)},
+        {load(fixture(LLAMA2)), load(fixture("models/llama-2-tiny-random.gguf")), NULL}};
+    static char line[1 << 16];
+    int cases = 0;
+    while (text && fgets(line, sizeof line, f)) {
+        if (line[0] == '#') continue;
+        char vocab[16], src[512];
+        int n, off;
+        if (sscanf(line, "%15s %511s %d%n", vocab, src, &n, &off) != 3 || n < 1 || n > 4096) {
+            CHECK(0, "bad golden line: %.60s", line);
+            break;
+        }
+        int want[4096];
+        char *p = line + off;
+        for (int i = 0; i < n; i++) want[i] = (int)strtol(p, &p, 10);
+        char buf[4096];
+        const char *s;
+        size_t len;
+        if (strncmp(src, "fixture:", 8) == 0) {
+            s = text;
+            len = strtoul(src + 8, NULL, 10);
+            CHECK(len <= tlen, "%zu", len);
+        } else {
+            len = strlen(src + 4) / 2;
+            for (size_t i = 0; i < len && i < sizeof buf; i++) {
+                unsigned v;
+                sscanf(src + 4 + 2 * i, "%2x", &v);
+                buf[i] = (char)v;
+            }
+            s = buf;
+        }
+        int v = strcmp(vocab, "tok512") == 0 ? 0 : 1;
+        for (int k = 0; k < 3; k++) {
+            if (!tok[v][k]) continue;
+            int *ids;
+            size_t m;
+            qd_err e = {{0}};
+            CHECK(qd_tok_encode(tok[v][k], s, len, 1, &ids, &m, &e) == QD_OK, "%s", e.msg);
+            size_t at = 0;
+            while (at < m && at < (size_t)n && ids[at] == want[at]) at++;
+            CHECK(m == (size_t)n && at == m, "%s %s (form %d): %zu ids, want %d; first "
+                  "difference at %zu", vocab, src, k, m, n, at);
+            free(ids);
+            cases++;
+        }
+    }
+    CHECK(cases >= 30, "only %d golden cases", cases);
+    for (int v = 0; v < 2; v++)
+        for (int k = 0; k < 3; k++) qd_tok_free(tok[v][k]);
+    free(text);
+    fclose(f);
+}
+
 /* ---- decoding ----------------------------------------------------------------------- */
 
 static void test_decode_rules(void) {
@@ -650,6 +712,7 @@ int main(void) {
     RUN(test_unicode_byte_fallback);
     RUN(test_hf_matches_spm);
     RUN(test_gguf_vocab);
+    RUN(test_golden_ids);
     RUN(test_decode_rules);
     RUN(test_encode_errors);
     RUN(test_decode_errors);
