@@ -135,7 +135,7 @@ static void three_forms_greedy_text(void) {
         qd_tokenizer *tok = qd_tok_for_model(m, fixture(FORMS[i]), tp, &err);
         CHECK(tok != NULL, "%s", err.msg);
         if (tok) {
-            char *text = greedy(m, tok, 50);
+            char *text = greedy(m, tok, 80);
             CHECK(strncmp(text, EXPECTED, strlen(EXPECTED)) == 0, "%s gave: %s", FORMS[i], text);
             free(text);
         }
