@@ -337,6 +337,81 @@ static void test_golden_ids(void) {
     fclose(f);
 }
 
+/* Appends the UTF-8 form of code point c. */
+static size_t put_utf8(char *p, unsigned c) {
+    if (c < 0x80) { p[0] = (char)c; return 1; }
+    if (c < 0x800) { p[0] = (char)(0xC0 | c >> 6); p[1] = (char)(0x80 | (c & 63)); return 2; }
+    if (c < 0x10000) {
+        p[0] = (char)(0xE0 | c >> 12);
+        p[1] = (char)(0x80 | (c >> 6 & 63));
+        p[2] = (char)(0x80 | (c & 63));
+        return 3;
+    }
+    p[0] = (char)(0xF0 | c >> 18);
+    p[1] = (char)(0x80 | (c >> 12 & 63));
+    p[2] = (char)(0x80 | (c >> 6 & 63));
+    p[3] = (char)(0x80 | (c & 63));
+    return 4;
+}
+
+/* Random strings mixing ASCII words, runs of spaces, Latin-1, CJK, emoji and control bytes
+ * round-trip through every form, and the forms of one vocabulary agree. */
+static void test_random_roundtrip(void) {
+    qd_tokenizer *spm = load(fixture(TOK512)), *hf = load(HF512), *big = load(fixture(LLAMA2));
+    if (!spm || !hf || !big) goto out;
+    uint32_t rng = 12345;
+    static const unsigned ranges[][2] = {{'a', 'z'}, {' ', ' '}, {'!', '~'}, {0xA0, 0x17F},
+                                         {0x4E00, 0x4FFF}, {0x1F600, 0x1F64F}, {1, 31},
+                                         {0x2581, 0x2581}};
+    for (int iter = 0; iter < 300; iter++) {
+        char s[1024];
+        size_t len = 0;
+        int nch = 1 + iter % 60;
+        for (int c = 0; c < nch; c++) {
+            rng = rng * 1664525u + 1013904223u;
+            unsigned r = (rng >> 8) % 100;
+            int k = r < 55 ? 0 : r < 70 ? 1 : r < 78 ? 2 : r < 85 ? 3 : r < 91 ? 4 : r < 95 ? 5
+                  : r < 99 ? 6 : 7;
+            rng = rng * 1664525u + 1013904223u;
+            unsigned cp = ranges[k][0] + (rng >> 8) % (ranges[k][1] - ranges[k][0] + 1);
+            len += put_utf8(s + len, cp);
+        }
+        s[len] = 0;
+        int has_mark = strstr(s, "\xe2\x96\x81") != NULL;
+        qd_tokenizer *ts[3] = {spm, hf, big};
+        int *prev = NULL;
+        size_t nprev = 0;
+        for (int k = 0; k < 3; k++) {
+            int *ids;
+            size_t n;
+            qd_err e = {{0}};
+            if (qd_tok_encode(ts[k], s, len, 1, &ids, &n, &e) != QD_OK) {
+                CHECK(0, "iter %d: %s", iter, e.msg);
+                continue;
+            }
+            size_t dl;
+            char *d = qd_tok_decode_len(ts[k], ids, n, &dl, &e);
+            /* a literal U+2581 in the input decodes as a space, as in SentencePiece */
+            if (!has_mark)
+                CHECK(d && dl == len && memcmp(d, s, len) == 0, "iter %d form %d: round trip",
+                      iter, k);
+            free(d);
+            if (k == 1) CHECK(same_ids(prev, nprev, ids, n), "iter %d: hf differs from spm", iter);
+            if (k == 0) {
+                prev = ids;
+                nprev = n;
+            } else {
+                free(ids);
+            }
+        }
+        free(prev);
+    }
+out:
+    qd_tok_free(spm);
+    qd_tok_free(hf);
+    qd_tok_free(big);
+}
+
 /* ---- decoding ----------------------------------------------------------------------- */
 
 static void test_decode_rules(void) {
@@ -713,6 +788,7 @@ int main(void) {
     RUN(test_hf_matches_spm);
     RUN(test_gguf_vocab);
     RUN(test_golden_ids);
+    RUN(test_random_roundtrip);
     RUN(test_decode_rules);
     RUN(test_encode_errors);
     RUN(test_decode_errors);
