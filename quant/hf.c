@@ -549,7 +549,7 @@ int qd_save_hf_sharded(const qd_model *m, const char *dir, const char *dtype,
     if (strlen(dir) > 4000) return qd_errf(err, "%s: path too long", dir);
     if (mkdir(dir, 0755) != 0 && errno != EEXIST)
         return qd_errf(err, "%s: cannot create directory: %s", dir, strerror(errno));
-    int cap = 4 + 10 * m->cfg.n_layers;
+    int cap = 3 + 12 * m->cfg.n_layers; /* 9 tensors + 3 biases per layer */
     qd_st_wtensor *t = calloc((size_t)cap, sizeof *t);
     char (*names)[128] = calloc((size_t)cap, sizeof *names);
     int *shard = calloc((size_t)cap, sizeof *shard);

@@ -98,12 +98,17 @@ qd_model *qd_load_llama2c(const char *path, qd_err *err) {
     if (!(m = qd_model_alloc(&c, err))) goto fail;
     snprintf(m->format, sizeof m->format, "llama2c");
     const uint8_t *b = map.data;
+    char nm[48];
+    /* Per-layer slices are named "wq[layer 3]" so a bad element can be found in the file. */
 #define CONV(dst, part, idx, count)                                                          \
-    qd_convert_f32((dst), b + off[part] + (uint64_t)(idx) * 4, QD_SRC_F32, (size_t)(count), path, \
-                   parts[part].name, err)
+    (snprintf(nm, sizeof nm, parts[part].nl ? "%s[layer %llu]" : "%s", parts[part].name,      \
+              (unsigned long long)l),                                                        \
+     qd_convert_f32((dst), b + off[part] + (uint64_t)(idx) * 4, QD_SRC_F32, (size_t)(count),  \
+                    path, nm, err))
+    uint64_t l = 0;
     if (CONV(m->tok_emb, P_EMB, 0, V * D) || CONV(m->final_norm, P_FIN, 0, D)) goto fail;
     if (!shared && CONV(m->lm_head, P_CLS, 0, V * D)) goto fail;
-    for (uint64_t l = 0; l < NL; l++) {
+    for (l = 0; l < NL; l++) {
         qd_layer *L = &m->layers[l];
         if (CONV(L->attn_norm, P_ATT, l * D, D) || CONV(L->wq, P_WQ, l * Q * D, Q * D) ||
             CONV(L->wk, P_WK, l * KV * D, KV * D) || CONV(L->wv, P_WV, l * KV * D, KV * D) ||

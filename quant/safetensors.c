@@ -105,7 +105,10 @@ static int parse_tensor(qd_st_file *f, const cJSON *j, qd_st_tensor *t, size_t d
     uint64_t b, e;
     if (!cJSON_IsArray(off) || cJSON_GetArraySize(off) != 2 || json_uint(off->child, &b) ||
         json_uint(off->child->next, &e))
-        return qd_errf(err, "%s: tensor '%s': data_offsets must be [begin, end]", p, nm);
+        return qd_errf(err,
+                       "%s: tensor '%s': data_offsets must be [begin, end] with integers in "
+                       "[0, 2^53]",
+                       p, nm);
     if (b > e || e > data_size)
         return qd_errf(err,
                        "%s: tensor '%s': data_offsets [%llu, %llu] out of range (data block "
