@@ -18,6 +18,7 @@ static double best_of(int reps, double (*fn)(void *), void *ctx) {
 
 typedef struct {
     qd_model *m;
+    qd_fwd_ws *ws;
     int *tok;
     float *logits;
     int B, T;
@@ -27,7 +28,7 @@ static double run_fwd(void *p) {
     fwd_ctx *c = p;
     qd_err err;
     double t0 = qd_now();
-    if (qd_forward(c->m, c->tok, c->B, c->T, c->logits, &err)) {
+    if (qd_forward_ws(c->m, c->ws, c->tok, c->B, c->T, c->logits, &err)) {
         fprintf(stderr, "%s\n", err.msg);
         exit(1);
     }
@@ -79,7 +80,7 @@ int main(void) {
         for (int i = 0; i < c.dim; i++) m->layers[l].attn_norm[i] = m->layers[l].ffn_norm[i] = 1;
     for (int i = 0; i < c.dim; i++) m->final_norm[i] = 1;
     int B = 1, T = 512;
-    fwd_ctx fc = {m, malloc(sizeof(int) * B * T), malloc(sizeof(float) * (size_t)B * T * c.vocab_size), B, T};
+    fwd_ctx fc = {m, qd_fwd_ws_new(), malloc(sizeof(int) * B * T), malloc(sizeof(float) * (size_t)B * T * c.vocab_size), B, T};
     for (int i = 0; i < B * T; i++) fc.tok[i] = (i * 7919) % c.vocab_size;
     run_fwd(&fc); /* warm-up */
     double t = best_of(3, run_fwd, &fc);
@@ -101,6 +102,7 @@ int main(void) {
            flops / ts * 1e-9);
     printf("  ratio forward/sgemm %.2f\n", ts / t);
     free(fc.tok), free(fc.logits);
+    qd_fwd_ws_free(fc.ws);
     qd_model_free(m);
     return 0;
 }

@@ -10,8 +10,14 @@
 #include "quant/forward.h"
 #include "quant/loadtok.h"
 
+typedef struct {
+    const qd_model *m;
+    qd_fwd_ws *ws;
+} fp32_ctx;
+
 static int fp32_logits(void *ctx, const int *tokens, int B, int T, float *logits, qd_err *err) {
-    return qd_forward((const qd_model *)ctx, tokens, B, T, logits, err);
+    fp32_ctx *c = ctx;
+    return qd_forward_ws(c->m, c->ws, tokens, B, T, logits, err);
 }
 
 static void usage(FILE *f) {
@@ -69,8 +75,12 @@ int cmd_eval(int argc, char **argv) {
     if (qd_data_load(data_path, tok, m->cfg.vocab_size, &toks, &err)) goto out;
     if (ctx == 0) ctx = m->cfg.max_seq_len < 256 ? m->cfg.max_seq_len : 256;
     qd_eval_result r;
-    if (qd_eval_ppl(fp32_logits, m, m->cfg.vocab_size, toks.ids, toks.n, (int)ctx, &r, &err))
-        goto out;
+    fp32_ctx fc = {m, qd_fwd_ws_new()};
+    int erc = fc.ws ? qd_eval_ppl(fp32_logits, &fc, m->cfg.vocab_size, toks.ids, toks.n,
+                                  (int)ctx, &r, &err)
+                    : qd_errf(&err, "out of memory");
+    qd_fwd_ws_free(fc.ws);
+    if (erc) goto out;
     double tps = r.seconds > 0 ? (double)toks.n / r.seconds : 0;
     if (json)
         printf("{\"model\":\"%s\",\"ppl\":%.6f,\"nll\":%.6f,\"tokens\":%zu,\"ctx\":%ld,"

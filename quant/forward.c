@@ -78,7 +78,28 @@ static void linear(float *y, const float *x, const float *W, const float *b, int
             for (int o = 0; o < out; o++) y[(size_t)n * out + o] += b[o];
 }
 
+struct qd_fwd_ws {
+    float *mem;
+    size_t cap;   /* floats */
+};
+
+qd_fwd_ws *qd_fwd_ws_new(void) { return calloc(1, sizeof(qd_fwd_ws)); }
+
+void qd_fwd_ws_free(qd_fwd_ws *ws) {
+    if (!ws) return;
+    free(ws->mem);
+    free(ws);
+}
+
 int qd_forward(const qd_model *m, const int *tokens, int B, int T, float *logits, qd_err *err) {
+    qd_fwd_ws ws = {0};
+    int rc = qd_forward_ws(m, &ws, tokens, B, T, logits, err);
+    free(ws.mem);
+    return rc;
+}
+
+int qd_forward_ws(const qd_model *m, qd_fwd_ws *ws, const int *tokens, int B, int T,
+                  float *logits, qd_err *err) {
     const qd_config *c = &m->cfg;
     if (B <= 0 || T <= 0) return qd_errf(err, "forward: empty batch");
     size_t N = (size_t)B * T;
@@ -87,8 +108,14 @@ int qd_forward(const qd_model *m, const int *tokens, int B, int T, float *logits
     int qd = H * hd, kvd = KV * hd, group = H / KV;
     size_t fl = N * D * 2 + N * qd * 2 + N * kvd * 2 + N * F * 2 + (size_t)T * T +
                 (size_t)T * hd;
-    float *mem = malloc(fl * sizeof(float));
-    if (!mem) return qd_errf(err, "forward: out of memory for %zu tokens", N);
+    if (ws->cap < fl) {
+        free(ws->mem);
+        ws->cap = 0;
+        if (!(ws->mem = malloc(fl * sizeof(float))))
+            return qd_errf(err, "forward: out of memory for %zu tokens", N);
+        ws->cap = fl;
+    }
+    float *mem = ws->mem;
     float *x = mem, *xn = x + N * D, *q = xn + N * D, *att = q + N * qd, *k = att + N * qd,
           *v = k + N * kvd, *g = v + N * kvd, *u = g + N * F, *P = u + N * F,
           *cs = P + (size_t)T * T, *sn = cs + (size_t)T * hd / 2;
@@ -137,7 +164,6 @@ int qd_forward(const qd_model *m, const int *tokens, int B, int T, float *logits
     rmsnorm(xn, x, m->final_norm, N, D, c->norm_eps);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, c->vocab_size, D, 1.0f, xn, D,
                 m->lm_head, D, 0.0f, logits, c->vocab_size);
-    free(mem);
     return QD_OK;
 }
 

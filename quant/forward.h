@@ -11,6 +11,15 @@
  * 0..T-1 in each). Allocates its own scratch. QD_ERR on bad ids or out of memory. */
 int qd_forward(const qd_model *m, const int *tokens, int B, int T, float *logits, qd_err *err);
 
+/* Scratch memory kept across forward calls: repeated calls (evaluation loops) then touch
+ * already-mapped pages instead of faulting in fresh ones each time. */
+typedef struct qd_fwd_ws qd_fwd_ws;
+qd_fwd_ws *qd_fwd_ws_new(void);
+void qd_fwd_ws_free(qd_fwd_ws *ws);
+/* qd_forward with a reusable workspace (grown as needed). */
+int qd_forward_ws(const qd_model *m, qd_fwd_ws *ws, const int *tokens, int B, int T,
+                  float *logits, qd_err *err);
+
 /* The same computation with plain loops (no BLAS): the reference for tests. */
 int qd_forward_ref(const qd_model *m, const int *tokens, int B, int T, float *logits,
                    qd_err *err);
