@@ -14,6 +14,7 @@ static const subcommand commands[] = {
     {"eval", cmd_eval, "perplexity of a checkpoint on a text or token file"},
     {"generate", cmd_generate, "sample text from a checkpoint"},
     {"inspect", cmd_inspect, "architecture, tensors, dtypes and sizes of a checkpoint"},
+    {"serve", cmd_serve, "the HTTP service: uploads, job queue, workers, artifacts"},
 };
 
 static void usage(FILE *f) {

@@ -1,0 +1,119 @@
+/* Config file parsing. The format is deliberately tiny (key = value) so that a systemd unit
+ * or a container can template it without a YAML library. */
+#include "server/config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void srv_config_defaults(srv_config *c) {
+    memset(c, 0, sizeof *c);
+    snprintf(c->listen, sizeof c->listen, "127.0.0.1:8080");
+    snprintf(c->data_dir, sizeof c->data_dir, "./var");
+    c->workers = 1;
+    c->max_upload_bytes = (size_t)16 << 30;
+    c->min_free_bytes = (size_t)256 << 20;
+    c->max_queue = 1000;
+    c->worker_mem_bytes = (size_t)32 << 30;
+    c->worker_max_threads = 64;
+    c->max_timeout_s = 7 * 24 * 3600;
+    c->cancel_grace_s = 10;
+    c->max_connections = 512;
+    c->per_ip_connections = 128;
+    c->conn_timeout_s = 120;
+}
+
+static int parse_size(const char *v, size_t *out) {
+    char *end;
+    errno = 0;
+    unsigned long long n = strtoull(v, &end, 10);
+    if (errno || end == v) return -1;
+    unsigned shift = 0;
+    switch (toupper((unsigned char)*end)) {
+    case 'K': shift = 10; end++; break;
+    case 'M': shift = 20; end++; break;
+    case 'G': shift = 30; end++; break;
+    case 'T': shift = 40; end++; break;
+    default: break;
+    }
+    if (*end == 'B' || *end == 'b') end++;
+    if (*end) return -1;
+    if (shift && n > (~0ULL >> shift)) return -1;
+    *out = (size_t)(n << shift);
+    return 0;
+}
+
+static int parse_int(const char *v, int lo, int hi, int *out) {
+    char *end;
+    errno = 0;
+    long n = strtol(v, &end, 10);
+    if (errno || end == v || *end || n < lo || n > hi) return -1;
+    *out = (int)n;
+    return 0;
+}
+
+static int set_str(char *dst, size_t n, const char *v) {
+    if (strlen(v) >= n) return -1;
+    snprintf(dst, n, "%s", v);
+    return 0;
+}
+
+int srv_config_set(srv_config *c, const char *k, const char *v, qd_err *err) {
+    int bad = 0;
+    if (!strcmp(k, "listen")) bad = set_str(c->listen, sizeof c->listen, v);
+    else if (!strcmp(k, "data_dir") || !strcmp(k, "data")) bad = set_str(c->data_dir, sizeof c->data_dir, v);
+    else if (!strcmp(k, "workers")) bad = parse_int(v, 1, 1024, &c->workers);
+    else if (!strcmp(k, "token_file")) bad = set_str(c->token_file, sizeof c->token_file, v);
+    else if (!strcmp(k, "max_upload_bytes")) bad = parse_size(v, &c->max_upload_bytes);
+    else if (!strcmp(k, "min_free_bytes")) bad = parse_size(v, &c->min_free_bytes);
+    else if (!strcmp(k, "max_queue")) bad = parse_int(v, 1, 1000000, &c->max_queue);
+    else if (!strcmp(k, "worker_mem_bytes")) bad = parse_size(v, &c->worker_mem_bytes);
+    else if (!strcmp(k, "worker_max_threads")) bad = parse_int(v, 1, 256, &c->worker_max_threads);
+    else if (!strcmp(k, "max_timeout_s")) bad = parse_int(v, 1, 7 * 24 * 3600, &c->max_timeout_s);
+    else if (!strcmp(k, "cancel_grace_s")) {
+        char *end;
+        c->cancel_grace_s = strtod(v, &end);
+        bad = end == v || *end || c->cancel_grace_s < 0 || c->cancel_grace_s > 3600;
+    } else if (!strcmp(k, "max_connections")) bad = parse_int(v, 1, 100000, &c->max_connections);
+    else if (!strcmp(k, "per_ip_connections")) bad = parse_int(v, 0, 100000, &c->per_ip_connections);
+    else if (!strcmp(k, "conn_timeout_s")) bad = parse_int(v, 0, 86400, &c->conn_timeout_s);
+    else if (!strcmp(k, "static_dir")) bad = set_str(c->static_dir, sizeof c->static_dir, v);
+    else return qd_errf(err, "unknown setting '%s'", k);
+    if (bad) return qd_errf(err, "bad value '%s' for %s", v, k);
+    return QD_OK;
+}
+
+static char *trim(char *s) {
+    while (isspace((unsigned char)*s)) s++;
+    char *e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1])) *--e = 0;
+    return s;
+}
+
+int srv_config_load(srv_config *c, const char *path, qd_err *err) {
+    FILE *f = fopen(path, "r");
+    if (!f) return qd_errf(err, "%s: %s", path, strerror(errno));
+    char line[2048];
+    int ln = 0;
+    while (fgets(line, sizeof line, f)) {
+        ln++;
+        char *s = trim(line);
+        if (!*s || *s == '#') continue;
+        char *eq = strchr(s, '=');
+        if (!eq) {
+            fclose(f);
+            return qd_errf(err, "%s:%d: expected key = value", path, ln);
+        }
+        *eq = 0;
+        char *k = trim(s), *v = trim(eq + 1);
+        qd_err e2;
+        if (srv_config_set(c, k, v, &e2)) {
+            fclose(f);
+            return qd_errf(err, "%s:%d: %s", path, ln, e2.msg);
+        }
+    }
+    fclose(f);
+    return QD_OK;
+}

@@ -1,0 +1,37 @@
+/* Settings of `quantd serve`: defaults, a `key = value` config file, then command-line flags,
+ * later sources overriding earlier ones. */
+#ifndef QD_SRV_CONFIG_H
+#define QD_SRV_CONFIG_H
+
+#include <stddef.h>
+
+#include "quant/qd.h"
+
+typedef struct srv_config {
+    char listen[128];        /* ADDR:PORT, [v6addr]:PORT; port 0 picks a free one */
+    char data_dir[1024];
+    int workers;             /* concurrent worker processes */
+    char token_file[1024];   /* empty: no auth (refused unless the listener is loopback) */
+    size_t max_upload_bytes; /* one blob */
+    size_t min_free_bytes;   /* uploads are refused (507) when the disk would drop below */
+    int max_queue;           /* queued jobs before POST /v1/jobs answers 429 */
+    size_t worker_mem_bytes; /* RLIMIT_AS per worker, 0 for none */
+    int worker_max_threads;  /* a spec may ask for at most this many */
+    int max_timeout_s;       /* a spec's timeout_s is capped to this */
+    double cancel_grace_s;   /* SIGTERM -> SIGKILL */
+    int max_connections;
+    int per_ip_connections;
+    int conn_timeout_s;      /* idle connection timeout */
+    char static_dir[1024];   /* dashboard files served under /, empty for the built-in page */
+} srv_config;
+
+void srv_config_defaults(srv_config *c);
+
+/* Reads a config file of `key = value` lines (# comments). QD_OK, or QD_ERR naming the line. */
+int srv_config_load(srv_config *c, const char *path, qd_err *err);
+
+/* Sets one key from text (the keys are the field names above, sizes in bytes with an optional
+ * K/M/G suffix). QD_OK or QD_ERR. */
+int srv_config_set(srv_config *c, const char *key, const char *value, qd_err *err);
+
+#endif

@@ -1,0 +1,1003 @@
+/* The HTTP front end on libmicrohttpd.
+ *
+ * Threading: one thread per connection (MHD_USE_THREAD_PER_CONNECTION), bounded by the
+ * connection limit, with small stacks. SSE streams are long-lived and wait on the job index's
+ * condition variable; in a thread of their own that wait is a plain blocking call, and no
+ * upload or GET ever queues behind a slow stream.
+ *
+ * Request life: the first access-handler call sees only the headers. Routing, auth and the
+ * checks that need no body (content type, declared length, free disk) happen there, so a 401,
+ * 413 or 415 goes out before the client sends its body. Upload chunks stream into the store as
+ * they arrive; the final call (no more data) answers. Per-request state lives in *req_cls and
+ * is freed in the completion callback, which also counts the request for /metrics and drops
+ * an interrupted upload's temp file. */
+#include "server/server.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <microhttpd.h>
+
+#include "api/api.h"
+#include "server/auth.h"
+#include "server/jobs.h"
+#include "server/metrics.h"
+#include "server/store.h"
+
+#define MAX_JSON_BODY (1u << 20)
+
+typedef struct srv srv;
+typedef struct req req;
+typedef enum MHD_Result (*handler)(srv *s, struct MHD_Connection *c, req *r);
+
+typedef struct route {
+    const char *method;
+    const char *path;
+    const char *name; /* metrics label */
+    srv_role role;
+    handler fn;
+    bool body; /* answers on the final call, after the body */
+} route;
+
+struct srv {
+    srv_config cfg;
+    srv_store *store;
+    srv_jobs *jobs;
+    srv_metrics *metrics;
+    srv_auth *auth;
+};
+
+struct req {
+    double t0;
+    int route;
+    int status;
+    char id[40];
+    char name[512];
+    bool answered;
+    /* POST /v1/blobs */
+    srv_upload *up;
+    int up_status; /* non-zero: an error to send once the body is drained */
+    char up_code[40], up_msg[160];
+    /* JSON bodies */
+    char *body;
+    size_t body_len;
+    bool body_too_big;
+};
+
+/* ---- responses ---- */
+
+static enum MHD_Result send_buf(struct MHD_Connection *c, req *r, int status, const char *ctype,
+                                char *buf, size_t len, const char *extra_h, const char *extra_v) {
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, buf, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(buf);
+        return MHD_NO;
+    }
+    if (ctype) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    if (extra_h) MHD_add_response_header(resp, extra_h, extra_v);
+    r->status = status;
+    r->answered = true;
+    enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+static enum MHD_Result send_json(struct MHD_Connection *c, req *r, int status, char *json) {
+    if (!json) return MHD_NO;
+    return send_buf(c, r, status, "application/json", json, strlen(json), NULL, NULL);
+}
+
+static enum MHD_Result send_err(struct MHD_Connection *c, req *r, int status, const char *code,
+                                const char *msg, const char *field) {
+    char *b = api_error_body(code, msg, field);
+    if (status == 401)
+        return send_buf(c, r, status, "application/json", b, strlen(b),
+                        MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"quantd\"");
+    return send_buf(c, r, status, "application/json", b, strlen(b), NULL, NULL);
+}
+
+static enum MHD_Result send_text(struct MHD_Connection *c, req *r, int status, const char *ctype,
+                                 const char *text, size_t len) {
+    char *b = malloc(len ? len : 1);
+    if (!b) return MHD_NO;
+    memcpy(b, text, len);
+    return send_buf(c, r, status, ctype, b, len, NULL, NULL);
+}
+
+/* ---- helpers ---- */
+
+static const char *header(struct MHD_Connection *c, const char *name) {
+    return MHD_lookup_connection_value(c, MHD_HEADER_KIND, name);
+}
+
+static bool ctype_is(const char *ct, const char *want) {
+    if (!ct) return false;
+    size_t n = strlen(want);
+    return !strncasecmp(ct, want, n) && (ct[n] == 0 || ct[n] == ';' || ct[n] == ' ');
+}
+
+static bool uuid_like(const char *s) {
+    if (strlen(s) != 36) return false;
+    for (int i = 0; i < 36; i++) {
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (s[i] != '-') return false;
+        } else if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'))) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Artifact names are relative paths of plain segments: no "..", no hidden files, no empty
+ * segments, nothing but [A-Za-z0-9._-]. The resolved path is checked again after realpath. */
+static bool artifact_name_ok(const char *n) {
+    size_t len = strlen(n);
+    if (len == 0 || len > 255) return false;
+    const char *seg = n;
+    for (const char *p = n;; p++) {
+        if (*p == '/' || *p == 0) {
+            if (p == seg || *seg == '.') return false;
+            if (*p == 0) break;
+            seg = p + 1;
+        } else if (!(isalnum((unsigned char)*p) || *p == '.' || *p == '_' || *p == '-')) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static enum MHD_Result need_job(srv *s, struct MHD_Connection *c, req *r, api_state *st) {
+    if (!uuid_like(r->id) || srv_jobs_state(s->jobs, r->id, st) != SRV_OK)
+        return send_err(c, r, 404, "not_found", "no such job", "id");
+    return MHD_YES;
+}
+
+/* Serves a regular file with ETag / If-None-Match and a single byte Range. */
+static enum MHD_Result serve_file(struct MHD_Connection *c, req *r, const char *path,
+                                  const char *root, const char *ctype, bool attachment) {
+    char real[PATH_MAX], realroot[PATH_MAX];
+    if (!realpath(path, real) || !realpath(root, realroot))
+        return send_err(c, r, 404, "not_found", "no such file", "name");
+    size_t rl = strlen(realroot);
+    if (strncmp(real, realroot, rl) || real[rl] != '/')
+        return send_err(c, r, 404, "not_found", "no such file", "name");
+    int fd = open(real, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        if (fd >= 0) close(fd);
+        return send_err(c, r, 404, "not_found", "no such file", "name");
+    }
+    char etag[96];
+    snprintf(etag, sizeof etag, "\"%llx-%llx-%llx\"", (unsigned long long)st.st_ino,
+             (unsigned long long)st.st_size,
+             (unsigned long long)st.st_mtim.tv_sec * 1000000000ULL + (unsigned long long)st.st_mtim.tv_nsec);
+    const char *inm = header(c, MHD_HTTP_HEADER_IF_NONE_MATCH);
+    if (inm && (strstr(inm, etag) || !strcmp(inm, "*"))) {
+        close(fd);
+        struct MHD_Response *resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_ETAG, etag);
+        r->status = 304;
+        r->answered = true;
+        enum MHD_Result ret = MHD_queue_response(c, 304, resp);
+        MHD_destroy_response(resp);
+        return ret;
+    }
+    uint64_t size = (uint64_t)st.st_size, start = 0, end = size ? size - 1 : 0;
+    int status = 200;
+    const char *range = header(c, MHD_HTTP_HEADER_RANGE);
+    const char *if_range = header(c, MHD_HTTP_HEADER_IF_RANGE);
+    if (range && if_range && strcmp(if_range, etag)) range = NULL; /* changed: send it whole */
+    if (range && !strncmp(range, "bytes=", 6) && !strchr(range, ',')) {
+        const char *spec = range + 6;
+        char *e1;
+        bool ok = true;
+        if (*spec == '-') { /* suffix: the last N bytes */
+            unsigned long long nlast = strtoull(spec + 1, &e1, 10);
+            if (e1 == spec + 1 || *e1 || nlast == 0) ok = false;
+            else {
+                start = nlast >= size ? 0 : size - nlast;
+                end = size - 1;
+            }
+        } else {
+            unsigned long long a = strtoull(spec, &e1, 10), b = size ? size - 1 : 0;
+            if (e1 == spec || *e1 != '-') ok = false;
+            else if (e1[1]) {
+                char *e2;
+                b = strtoull(e1 + 1, &e2, 10);
+                if (*e2 || b < a) ok = false;
+            }
+            if (ok) {
+                start = a;
+                end = b >= size ? size - 1 : b;
+            }
+        }
+        if (ok && (size == 0 || start >= size)) {
+            close(fd);
+            char cr[64];
+            snprintf(cr, sizeof cr, "bytes */%llu", (unsigned long long)size);
+            char *b = api_error_body("range_not_satisfiable", "the range lies past the end", NULL);
+            return send_buf(c, r, 416, "application/json", b, strlen(b),
+                            MHD_HTTP_HEADER_CONTENT_RANGE, cr);
+        }
+        if (ok) status = 206;
+    }
+    uint64_t len = size ? end - start + 1 : 0;
+    struct MHD_Response *resp = MHD_create_response_from_fd_at_offset64(len, fd, start);
+    if (!resp) {
+        close(fd);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_ETAG, etag);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCEPT_RANGES, "bytes");
+    if (status == 206) {
+        char cr[96];
+        snprintf(cr, sizeof cr, "bytes %llu-%llu/%llu", (unsigned long long)start,
+                 (unsigned long long)end, (unsigned long long)size);
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_RANGE, cr);
+    }
+    if (attachment) {
+        const char *base = strrchr(path, '/');
+        char cd[320];
+        snprintf(cd, sizeof cd, "attachment; filename=\"%.256s\"", base ? base + 1 : path);
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_DISPOSITION, cd);
+    }
+    r->status = status;
+    r->answered = true;
+    enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+static const char *content_type_for(const char *name) {
+    const char *dot = strrchr(name, '.');
+    if (!dot) return "application/octet-stream";
+    if (!strcmp(dot, ".json")) return "application/json";
+    if (!strcmp(dot, ".jsonl")) return "application/x-ndjson";
+    if (!strcmp(dot, ".txt") || !strcmp(dot, ".md") || !strcmp(dot, ".log")) return "text/plain; charset=utf-8";
+    return "application/octet-stream";
+}
+
+/* ---- handlers ---- */
+
+static enum MHD_Result h_healthz(srv *s, struct MHD_Connection *c, req *r) {
+    long by[API_STATE_COUNT], q, busy, max;
+    srv_jobs_counts(s->jobs, by, &q, &busy, &max);
+    uint64_t fb = srv_store_free_bytes(s->store);
+    bool disk_ok = fb >= s->cfg.min_free_bytes;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "status", disk_ok ? "ok" : "degraded");
+    cJSON_AddNumberToObject(o, "queue_length", (double)q);
+    cJSON_AddNumberToObject(o, "workers_busy", (double)busy);
+    cJSON_AddNumberToObject(o, "workers_max", (double)max);
+    cJSON_AddNumberToObject(o, "disk_free_bytes", (double)fb);
+    char *t = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return send_json(c, r, disk_ok ? 200 : 503, t);
+}
+
+static enum MHD_Result h_metrics(srv *s, struct MHD_Connection *c, req *r) {
+    long by[API_STATE_COUNT], q, busy, max;
+    srv_jobs_counts(s->jobs, by, &q, &busy, &max);
+    char *t = srv_metrics_render(s->metrics, by, q, busy, max);
+    if (!t) return MHD_NO;
+    return send_buf(c, r, 200, "text/plain; version=0.0.4; charset=utf-8", t, strlen(t), NULL, NULL);
+}
+
+static enum MHD_Result h_openapi(srv *s, struct MHD_Connection *c, req *r) {
+    size_t n;
+    const char *t = srv_openapi_text(&n);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(n, (void *)t, MHD_RESPMEM_PERSISTENT);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/yaml");
+    r->status = 200;
+    r->answered = true;
+    enum MHD_Result ret = MHD_queue_response(c, 200, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+static const char dashboard_html[] =
+    "<!doctype html><html><head><meta charset=\"utf-8\"><title>quantd</title>"
+    "<style>body{font:14px system-ui,sans-serif;margin:2em}td,th{padding:2px 8px;text-align:left}"
+    "</style></head><body><h1>quantd</h1><p><a href=\"/v1/openapi.yaml\">API</a> · "
+    "<a href=\"/metrics\">metrics</a></p><table id=\"jobs\"><tr><th>id</th><th>state</th>"
+    "<th>method</th><th>phase</th><th>step</th><th>loss</th><th>created</th></tr></table>"
+    "<script>fetch('/v1/jobs?limit=100').then(r=>r.json()).then(d=>{const t="
+    "document.getElementById('jobs');for(const j of d.jobs){const tr=t.insertRow();"
+    "for(const v of [j.id,j.state,j.spec.method,j.progress.phase,j.progress.step+'/'+"
+    "j.progress.total,j.progress.loss,j.created_at]){tr.insertCell().textContent=(v==null?'':v)}}})"
+    "</script></body></html>";
+
+static enum MHD_Result h_dashboard(srv *s, struct MHD_Connection *c, req *r) {
+    if (s->cfg.static_dir[0]) {
+        char p[PATH_MAX + 32];
+        snprintf(p, sizeof p, "%s/index.html", s->cfg.static_dir);
+        if (access(p, R_OK) == 0)
+            return serve_file(c, r, p, s->cfg.static_dir, "text/html; charset=utf-8", false);
+    }
+    return send_text(c, r, 200, "text/html; charset=utf-8", dashboard_html, sizeof dashboard_html - 1);
+}
+
+/* First call of POST /v1/blobs: everything that can be refused before the body arrives. */
+static enum MHD_Result blob_begin(srv *s, struct MHD_Connection *c, req *r) {
+    const char *ct = header(c, MHD_HTTP_HEADER_CONTENT_TYPE);
+    if (!ctype_is(ct, "application/octet-stream"))
+        return send_err(c, r, 415, "unsupported_media_type",
+                        "POST /v1/blobs takes a raw body with Content-Type: application/octet-stream",
+                        "Content-Type");
+    const char *cl = header(c, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    uint64_t declared = 0;
+    if (cl) {
+        declared = strtoull(cl, NULL, 10);
+        if (declared > s->cfg.max_upload_bytes) {
+            char m[128];
+            snprintf(m, sizeof m, "the body is %llu bytes; the limit is %zu",
+                     (unsigned long long)declared, s->cfg.max_upload_bytes);
+            return send_err(c, r, 413, "payload_too_large", m, NULL);
+        }
+    }
+    uint64_t fb = srv_store_free_bytes(s->store);
+    if (fb < s->cfg.min_free_bytes || declared > fb - s->cfg.min_free_bytes)
+        return send_err(c, r, 507, "insufficient_storage", "not enough free disk for this upload",
+                        NULL);
+    qd_err err;
+    r->up = srv_upload_begin(s->store, &err);
+    if (!r->up) return send_err(c, r, 500, "internal", err.msg, NULL);
+    return MHD_YES;
+}
+
+static void blob_chunk(srv *s, req *r, const char *data, size_t n) {
+    if (r->up_status) return; /* already failed: drain the rest of the body */
+    srv_metrics_add_upload(s->metrics, n);
+    if (srv_upload_size(r->up) + n > s->cfg.max_upload_bytes) {
+        r->up_status = 413;
+        snprintf(r->up_code, sizeof r->up_code, "payload_too_large");
+        snprintf(r->up_msg, sizeof r->up_msg, "the upload exceeds the limit of %zu bytes",
+                 s->cfg.max_upload_bytes);
+    } else {
+        int e = srv_upload_write(r->up, data, n);
+        if (!e) return;
+        bool full = e == ENOSPC || e == EDQUOT;
+        r->up_status = full ? 507 : 500;
+        snprintf(r->up_code, sizeof r->up_code, full ? "insufficient_storage" : "internal");
+        snprintf(r->up_msg, sizeof r->up_msg, "writing the upload failed: %s", strerror(e));
+    }
+    srv_upload_abort(r->up);
+    r->up = NULL;
+}
+
+static enum MHD_Result h_blob_upload(srv *s, struct MHD_Connection *c, req *r) {
+    if (r->up_status) return send_err(c, r, r->up_status, r->up_code, r->up_msg, NULL);
+    char id[72];
+    uint64_t size;
+    bool existed;
+    qd_err err;
+    srv_upload *u = r->up;
+    r->up = NULL;
+    if (srv_upload_finish(u, id, &size, &existed, &err) != QD_OK)
+        return send_err(c, r, 500, "internal", err.msg, NULL);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", id);
+    cJSON_AddNumberToObject(o, "size", (double)size);
+    char *t = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return send_json(c, r, existed ? 200 : 201, t);
+}
+
+static enum MHD_Result json_begin(srv *s, struct MHD_Connection *c, req *r) {
+    const char *ct = header(c, MHD_HTTP_HEADER_CONTENT_TYPE);
+    if (!ctype_is(ct, "application/json"))
+        return send_err(c, r, 415, "unsupported_media_type",
+                        "send the job spec as Content-Type: application/json", "Content-Type");
+    const char *cl = header(c, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl && strtoull(cl, NULL, 10) > MAX_JSON_BODY)
+        return send_err(c, r, 413, "payload_too_large", "a job spec is at most 1 MiB", NULL);
+    return MHD_YES;
+}
+
+static void json_chunk(req *r, const char *data, size_t n) {
+    if (r->body_too_big) return;
+    if (r->body_len + n > MAX_JSON_BODY) {
+        r->body_too_big = true;
+        free(r->body);
+        r->body = NULL;
+        return;
+    }
+    char *nb = realloc(r->body, r->body_len + n + 1);
+    if (!nb) {
+        r->body_too_big = true;
+        return;
+    }
+    memcpy(nb + r->body_len, data, n);
+    r->body = nb;
+    r->body_len += n;
+    r->body[r->body_len] = 0;
+}
+
+static enum MHD_Result h_job_submit(srv *s, struct MHD_Connection *c, req *r) {
+    if (r->body_too_big) return send_err(c, r, 413, "payload_too_large", "a job spec is at most 1 MiB", NULL);
+    const char *endp = NULL;
+    cJSON *root = r->body ? cJSON_ParseWithLengthOpts(r->body, r->body_len + 1, &endp, true) : NULL;
+    if (!root) return send_err(c, r, 400, "invalid_json", "the body is not valid JSON", NULL);
+    api_spec spec;
+    api_field_err fe;
+    int rc = api_spec_from_json(root, &spec, &fe);
+    cJSON_Delete(root);
+    if (rc) return send_err(c, r, 422, fe.code, fe.message, fe.field);
+    if (spec.threads > s->cfg.worker_max_threads) {
+        char m[96];
+        snprintf(m, sizeof m, "threads must be at most %d on this server", s->cfg.worker_max_threads);
+        return send_err(c, r, 422, "out_of_range", m, "threads");
+    }
+    if (spec.timeout_s > s->cfg.max_timeout_s) {
+        char m[96];
+        snprintf(m, sizeof m, "timeout_s must be at most %d on this server", s->cfg.max_timeout_s);
+        return send_err(c, r, 422, "out_of_range", m, "timeout_s");
+    }
+    const char *fields[] = {"model", "calibration", "eval", "tokenizer"};
+    const char *ids[] = {spec.model, spec.calibration, spec.eval, spec.tokenizer};
+    for (int i = 0; i < 4; i++)
+        if (ids[i][0] && !srv_blob_exists(s->store, ids[i], NULL)) {
+            char m[160];
+            snprintf(m, sizeof m, "no blob %s; upload it with POST /v1/blobs first", ids[i]);
+            return send_err(c, r, 422, "blob_not_found", m, fields[i]);
+        }
+    char *json = NULL;
+    qd_err err;
+    rc = srv_jobs_submit(s->jobs, &spec, &json, &err);
+    if (rc == SRV_QUEUE_FULL) return send_err(c, r, 429, "queue_full", err.msg, NULL);
+    if (rc != SRV_OK) return send_err(c, r, 500, "internal", err.msg, NULL);
+    cJSON *o = cJSON_Parse(json);
+    char loc[64];
+    snprintf(loc, sizeof loc, "/v1/jobs/%s",
+             cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "id")));
+    cJSON_Delete(o);
+    return send_buf(c, r, 201, "application/json", json, strlen(json), MHD_HTTP_HEADER_LOCATION, loc);
+}
+
+static enum MHD_Result h_job_list(srv *s, struct MHD_Connection *c, req *r) {
+    const char *state = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "state");
+    const char *label = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "label");
+    const char *off = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "offset");
+    const char *lim = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "limit");
+    api_state st;
+    if (state && api_state_parse(state, &st))
+        return send_err(c, r, 422, "invalid_value", "unknown state", "state");
+    long offset = 0, limit = 50;
+    char *e;
+    if (off && (offset = strtol(off, &e, 10), *e || e == off || offset < 0 || offset > 100000000))
+        return send_err(c, r, 422, "out_of_range", "offset must be a non-negative integer", "offset");
+    if (lim && (limit = strtol(lim, &e, 10), *e || e == lim || limit < 1 || limit > 500))
+        return send_err(c, r, 422, "out_of_range", "limit must be between 1 and 500", "limit");
+    return send_json(c, r, 200, srv_jobs_list_json(s->jobs, state, label, (int)offset, (int)limit));
+}
+
+static enum MHD_Result h_job_get(srv *s, struct MHD_Connection *c, req *r) {
+    char *t = uuid_like(r->id) ? srv_jobs_get_json(s->jobs, r->id) : NULL;
+    if (!t) return send_err(c, r, 404, "not_found", "no such job", "id");
+    return send_json(c, r, 200, t);
+}
+
+static enum MHD_Result h_job_delete(srv *s, struct MHD_Connection *c, req *r) {
+    if (!uuid_like(r->id)) return send_err(c, r, 404, "not_found", "no such job", "id");
+    qd_err err;
+    int rc = srv_jobs_delete(s->jobs, r->id, &err);
+    if (rc == SRV_NOT_FOUND) return send_err(c, r, 404, "not_found", "no such job", "id");
+    if (rc == SRV_CONFLICT)
+        return send_err(c, r, 409, "conflict", "the job has not finished; cancel it first", "state");
+    if (rc != SRV_OK) return send_err(c, r, 500, "internal", err.msg, NULL);
+    return send_buf(c, r, 204, NULL, NULL, 0, NULL, NULL);
+}
+
+static enum MHD_Result h_job_cancel(srv *s, struct MHD_Connection *c, req *r) {
+    char *t = NULL;
+    int rc = uuid_like(r->id) ? srv_jobs_cancel(s->jobs, r->id, &t) : SRV_NOT_FOUND;
+    if (rc == SRV_NOT_FOUND) return send_err(c, r, 404, "not_found", "no such job", "id");
+    if (rc == SRV_CONFLICT) {
+        free(t);
+        return send_err(c, r, 409, "conflict", "the job has already finished", "state");
+    }
+    return send_json(c, r, 202, t);
+}
+
+static enum MHD_Result h_job_report(srv *s, struct MHD_Connection *c, req *r) {
+    api_state st;
+    if (need_job(s, c, r, &st) != MHD_YES || r->answered) return MHD_YES;
+    char dir[PATH_MAX], p[PATH_MAX + 64], root[PATH_MAX + 32];
+    srv_job_dir(s->store, r->id, dir, sizeof dir);
+    snprintf(p, sizeof p, "%s/artifacts/report.json", dir);
+    snprintf(root, sizeof root, "%s/artifacts", dir);
+    if (access(p, R_OK) != 0) {
+        if (!api_state_terminal(st))
+            return send_err(c, r, 409, "not_ready", "the job has not finished yet", "state");
+        return send_err(c, r, 404, "not_found", "this job has no report", NULL);
+    }
+    return serve_file(c, r, p, root, "application/json", false);
+}
+
+static enum MHD_Result h_artifact_list(srv *s, struct MHD_Connection *c, req *r) {
+    api_state st;
+    if (need_job(s, c, r, &st) != MHD_YES || r->answered) return MHD_YES;
+    char dir[PATH_MAX], p[PATH_MAX + 32];
+    srv_job_dir(s->store, r->id, dir, sizeof dir);
+    snprintf(p, sizeof p, "%s/artifacts", dir);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "state", api_state_name(st));
+    cJSON_AddItemToObject(o, "artifacts", srv_artifacts_json(p));
+    char *t = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return send_json(c, r, 200, t);
+}
+
+static enum MHD_Result h_artifact_get(srv *s, struct MHD_Connection *c, req *r) {
+    api_state st;
+    if (need_job(s, c, r, &st) != MHD_YES || r->answered) return MHD_YES;
+    if (!artifact_name_ok(r->name))
+        return send_err(c, r, 400, "invalid_value",
+                        "artifact names are relative paths of [A-Za-z0-9._-] segments", "name");
+    char dir[PATH_MAX], p[PATH_MAX * 2], root[PATH_MAX + 32];
+    srv_job_dir(s->store, r->id, dir, sizeof dir);
+    snprintf(root, sizeof root, "%s/artifacts", dir);
+    snprintf(p, sizeof p, "%s/%s", root, r->name);
+    return serve_file(c, r, p, root, content_type_for(r->name), true);
+}
+
+/* ---- SSE ---- */
+
+typedef struct sse {
+    srv *s;
+    srv_job *job;
+    int fd;
+    off_t off;
+    long id;   /* events consumed so far: the id of the last one sent */
+    long skip; /* Last-Event-ID: events up to this id are not sent again */
+    char *pend;
+    size_t pend_len, pend_pos, pend_cap;
+    double last_send;
+    srv_job_watch w;
+    bool started;
+} sse;
+
+static void pend_add(sse *x, const char *data, size_t n) {
+    if (x->pend_len + n > x->pend_cap) {
+        size_t cap = x->pend_cap ? x->pend_cap : 4096;
+        while (cap < x->pend_len + n) cap *= 2;
+        char *np = realloc(x->pend, cap);
+        if (!np) return;
+        x->pend = np;
+        x->pend_cap = cap;
+    }
+    memcpy(x->pend + x->pend_len, data, n);
+    x->pend_len += n;
+}
+
+/* Turns complete new lines of events.jsonl into SSE events; returns true when any were read. */
+static bool sse_read_file(sse *x) {
+    char buf[65536];
+    bool any = false;
+    for (;;) {
+        ssize_t k = pread(x->fd, buf, sizeof buf, x->off);
+        if (k <= 0) return any;
+        ssize_t used = 0;
+        for (ssize_t i = 0; i < k; i++) {
+            if (buf[i] != '\n') continue;
+            size_t len = (size_t)(i - used);
+            const char *line = buf + used;
+            used = i + 1;
+            if (len == 0) continue;
+            x->id++;
+            any = true;
+            if (x->id <= x->skip) continue;
+            char type[32] = "message";
+            cJSON *o = cJSON_ParseWithLength(line, len);
+            const char *t = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "type"));
+            if (t) snprintf(type, sizeof type, "%s", t);
+            cJSON_Delete(o);
+            char head[96];
+            int hn = snprintf(head, sizeof head, "id: %ld\nevent: %s\ndata: ", x->id, type);
+            pend_add(x, head, (size_t)hn);
+            pend_add(x, line, len);
+            pend_add(x, "\n\n", 2);
+        }
+        if (used == 0) {
+            if (k == (ssize_t)sizeof buf) x->off += k; /* a line longer than 64 KiB: skip it */
+            return any;
+        }
+        x->off += used;
+        if (x->pend_len > 256 * 1024) return true;
+    }
+}
+
+static ssize_t sse_reader(void *cls, uint64_t pos, char *out, size_t max) {
+    (void)pos;
+    sse *x = cls;
+    if (!x->started) {
+        x->started = true;
+        const char *hello = "retry: 2000\n\n";
+        pend_add(x, hello, strlen(hello));
+    }
+    for (;;) {
+        if (x->pend_pos < x->pend_len) {
+            size_t n = x->pend_len - x->pend_pos;
+            if (n > max) n = max;
+            memcpy(out, x->pend + x->pend_pos, n);
+            x->pend_pos += n;
+            if (x->pend_pos == x->pend_len) x->pend_pos = x->pend_len = 0;
+            x->last_send = qd_now();
+            return (ssize_t)n;
+        }
+        srv_job_watch w;
+        srv_jobs_watch(x->s->jobs, x->job, &w);
+        if (sse_read_file(x)) continue;
+        if (w.terminal || w.gone) return MHD_CONTENT_READER_END_OF_STREAM;
+        /* comments keep proxies from timing the stream out and reveal dead clients */
+        if (qd_now() - x->last_send > 15) {
+            pend_add(x, ": keepalive\n\n", 13);
+            continue;
+        }
+        srv_jobs_wait(x->s->jobs, x->job, &w, 1.0);
+    }
+}
+
+static void sse_free(void *cls) {
+    sse *x = cls;
+    if (x->fd >= 0) close(x->fd);
+    free(x->pend);
+    free(x);
+}
+
+static enum MHD_Result h_job_events(srv *s, struct MHD_Connection *c, req *r) {
+    srv_job *job = uuid_like(r->id) ? srv_jobs_find(s->jobs, r->id) : NULL;
+    if (!job) return send_err(c, r, 404, "not_found", "no such job", "id");
+    const char *last = header(c, "Last-Event-ID");
+    if (!last) last = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "last_event_id");
+    long skip = 0;
+    if (last) {
+        char *e;
+        skip = strtol(last, &e, 10);
+        if (*e || e == last || skip < 0)
+            return send_err(c, r, 400, "invalid_value", "Last-Event-ID must be an event id",
+                            "Last-Event-ID");
+    }
+    char dir[PATH_MAX], p[PATH_MAX + 32];
+    srv_job_dir(s->store, r->id, dir, sizeof dir);
+    snprintf(p, sizeof p, "%s/events.jsonl", dir);
+    sse *x = calloc(1, sizeof *x);
+    x->s = s;
+    x->job = job;
+    x->skip = skip;
+    x->fd = open(p, O_RDONLY | O_CLOEXEC);
+    x->last_send = qd_now();
+    if (x->fd < 0) {
+        sse_free(x);
+        return send_err(c, r, 404, "not_found", "the job has no event log", NULL);
+    }
+    struct MHD_Response *resp =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, sse_reader, x, sse_free);
+    if (!resp) {
+        sse_free(x);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+    r->status = 200;
+    r->answered = true;
+    enum MHD_Result ret = MHD_queue_response(c, 200, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+/* ---- routing ---- */
+
+#define R(m, p, role, fn, body) {m, p, m " " p, role, fn, body}
+static const route routes[] = {
+    R("GET", "/", SRV_ROLE_NONE, h_dashboard, false),
+    R("GET", "/healthz", SRV_ROLE_NONE, h_healthz, false),
+    R("GET", "/metrics", SRV_ROLE_READ, h_metrics, false),
+    R("GET", "/v1/openapi.yaml", SRV_ROLE_NONE, h_openapi, false),
+    R("POST", "/v1/blobs", SRV_ROLE_SUBMIT, h_blob_upload, true),
+    R("POST", "/v1/jobs", SRV_ROLE_SUBMIT, h_job_submit, true),
+    R("GET", "/v1/jobs", SRV_ROLE_READ, h_job_list, false),
+    R("GET", "/v1/jobs/{id}", SRV_ROLE_READ, h_job_get, false),
+    R("DELETE", "/v1/jobs/{id}", SRV_ROLE_ADMIN, h_job_delete, false),
+    R("POST", "/v1/jobs/{id}/cancel", SRV_ROLE_SUBMIT, h_job_cancel, false),
+    R("GET", "/v1/jobs/{id}/events", SRV_ROLE_READ, h_job_events, false),
+    R("GET", "/v1/jobs/{id}/report", SRV_ROLE_READ, h_job_report, false),
+    R("GET", "/v1/jobs/{id}/artifacts", SRV_ROLE_READ, h_artifact_list, false),
+    R("GET", "/v1/jobs/{id}/artifacts/{name}", SRV_ROLE_READ, h_artifact_get, false),
+};
+#undef R
+#define N_ROUTES ((int)(sizeof routes / sizeof routes[0]))
+
+int srv_route_count(void) { return N_ROUTES; }
+const char *srv_route_method(int i) { return i >= 0 && i < N_ROUTES ? routes[i].method : NULL; }
+const char *srv_route_path(int i) { return i >= 0 && i < N_ROUTES ? routes[i].path : NULL; }
+
+/* Matches url against a pattern; {id} takes one segment, a final {name} the rest of the path. */
+static bool match(const char *pat, const char *url, req *r) {
+    const char *p = pat, *u = url;
+    while (*p) {
+        if (*p == '{') {
+            const char *close = strchr(p, '}');
+            bool last = close[1] == 0;
+            bool is_name = !strncmp(p, "{name}", 6);
+            const char *end = (last && is_name) ? u + strlen(u) : strchrnul(u, '/');
+            size_t n = (size_t)(end - u);
+            if (n == 0) return false;
+            char *dst = is_name ? r->name : r->id;
+            size_t cap = is_name ? sizeof r->name : sizeof r->id;
+            if (n >= cap) n = cap - 1; /* too long: fails validation later */
+            memcpy(dst, u, n);
+            dst[n] = 0;
+            if (n >= 36 && !is_name) dst[n] = 0;
+            p = close + 1;
+            u = end;
+        } else {
+            if (*p != *u) return false;
+            p++;
+            u++;
+        }
+    }
+    return *u == 0;
+}
+
+/* 0 when allowed; else the status to send (401 or 403). */
+static int authorize(srv *s, struct MHD_Connection *c, srv_role need) {
+    if (!s->auth || need == SRV_ROLE_NONE) return 0;
+    const char *h = header(c, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (!h || strncasecmp(h, "Bearer ", 7)) return 401;
+    const char *tok = h + 7;
+    while (*tok == ' ') tok++;
+    srv_role have = srv_auth_check(s->auth, tok);
+    if (have == SRV_ROLE_NONE) return 401;
+    return have >= need ? 0 : 403;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_data_size,
+                                  void **req_cls) {
+    (void)version;
+    srv *s = cls;
+    req *r = *req_cls;
+    if (!r) {
+        r = calloc(1, sizeof *r);
+        if (!r) return MHD_NO;
+        *req_cls = r;
+        r->t0 = qd_now();
+        r->route = -1;
+        const char *m = strcmp(method, "HEAD") ? method : "GET";
+        bool path_known = false;
+        char allow[64] = "";
+        for (int i = 0; i < N_ROUTES; i++) {
+            if (!match(routes[i].path, url, r)) continue;
+            path_known = true;
+            if (!strcmp(routes[i].method, m)) {
+                r->route = i;
+                break;
+            }
+            size_t al = strlen(allow);
+            snprintf(allow + al, sizeof allow - al, "%s%s", al ? ", " : "", routes[i].method);
+        }
+        if (r->route < 0) {
+            if (!path_known) return send_err(c, r, 404, "not_found", "no such endpoint", NULL);
+            char *b = api_error_body("method_not_allowed", "method not allowed here", NULL);
+            return send_buf(c, r, 405, "application/json", b, strlen(b), MHD_HTTP_HEADER_ALLOW, allow);
+        }
+        const route *rt = &routes[r->route];
+        int a = authorize(s, c, rt->role);
+        if (a == 401)
+            return send_err(c, r, 401, "unauthorized", "a valid bearer token is required", NULL);
+        if (a == 403) {
+            char m2[96];
+            snprintf(m2, sizeof m2, "this needs the %s role", srv_role_name(rt->role));
+            return send_err(c, r, 403, "forbidden", m2, NULL);
+        }
+        if (rt->fn == h_blob_upload) return blob_begin(s, c, r);
+        if (rt->fn == h_job_submit) return json_begin(s, c, r);
+        if (!rt->body) return rt->fn(s, c, r);
+        return MHD_YES;
+    }
+    if (r->answered) {
+        *upload_data_size = 0; /* answered early; whatever still arrives is dropped */
+        return MHD_YES;
+    }
+    const route *rt = &routes[r->route];
+    if (*upload_data_size) {
+        if (rt->fn == h_blob_upload) blob_chunk(s, r, upload_data, *upload_data_size);
+        else if (rt->fn == h_job_submit) json_chunk(r, upload_data, *upload_data_size);
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    return rt->fn(s, c, r);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
+                         enum MHD_RequestTerminationCode toe) {
+    (void)c;
+    (void)toe;
+    srv *s = cls;
+    req *r = *req_cls;
+    if (!r) return;
+    /* an upload cut off by the client or a timeout: no partial blob may stay behind */
+    srv_upload_abort(r->up);
+    free(r->body);
+    srv_metrics_request(s->metrics, r->route, r->answered ? r->status : 499, qd_now() - r->t0);
+    free(r);
+    *req_cls = NULL;
+}
+
+/* ---- start and stop ---- */
+
+static bool addr_is_loopback(const struct sockaddr *sa) {
+    if (sa->sa_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
+    if (sa->sa_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+        if (IN6_IS_ADDR_LOOPBACK(a)) return true;
+        if (IN6_IS_ADDR_V4MAPPED(a)) return a->s6_addr[12] == 127;
+    }
+    return false;
+}
+
+/* Binds ADDR:PORT ("[v6]:PORT" for IPv6). Returns the listening fd, or -1 with err set. */
+static int bind_listen(const char *spec, bool *loopback, char *bound, size_t bn, qd_err *err) {
+    char host[128], port[16];
+    const char *colon = strrchr(spec, ':');
+    if (!colon) return qd_errf(err, "listen address '%s' is not ADDR:PORT", spec), -1;
+    size_t hl = (size_t)(colon - spec);
+    if (hl >= sizeof host || strlen(colon + 1) >= sizeof port || !colon[1])
+        return qd_errf(err, "listen address '%s' is not ADDR:PORT", spec), -1;
+    memcpy(host, spec, hl);
+    host[hl] = 0;
+    snprintf(port, sizeof port, "%s", colon + 1);
+    char *h = host;
+    if (h[0] == '[' && hl >= 2 && h[hl - 1] == ']') {
+        h[hl - 1] = 0;
+        h++;
+    }
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *ai;
+    int rc = getaddrinfo(*h ? h : NULL, port, &hints, &ai);
+    if (rc) return qd_errf(err, "listen address '%s': %s", spec, gai_strerror(rc)), -1;
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (fd < 0 || bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 256) != 0) {
+        int e = errno;
+        if (fd >= 0) close(fd);
+        freeaddrinfo(ai);
+        return qd_errf(err, "cannot listen on %s: %s", spec, strerror(e)), -1;
+    }
+    *loopback = addr_is_loopback(ai->ai_addr);
+    freeaddrinfo(ai);
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    getsockname(fd, (struct sockaddr *)&ss, &sl);
+    char a[INET6_ADDRSTRLEN];
+    if (ss.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&ss;
+        inet_ntop(AF_INET6, &s6->sin6_addr, a, sizeof a);
+        snprintf(bound, bn, "[%s]:%u", a, ntohs(s6->sin6_port));
+    } else {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)&ss;
+        inet_ntop(AF_INET, &s4->sin_addr, a, sizeof a);
+        snprintf(bound, bn, "%s:%u", a, ntohs(s4->sin_port));
+    }
+    return fd;
+}
+
+int srv_main(const srv_config *cfg) {
+    srv s;
+    memset(&s, 0, sizeof s);
+    s.cfg = *cfg;
+    qd_err err;
+    char bound[160];
+    bool loopback = false;
+    int lfd = bind_listen(cfg->listen, &loopback, bound, sizeof bound, &err);
+    if (lfd < 0) {
+        fprintf(stderr, "quantd serve: %s\n", err.msg);
+        return 1;
+    }
+    if (cfg->token_file[0]) {
+        s.auth = srv_auth_load(cfg->token_file, &err);
+        if (!s.auth) {
+            fprintf(stderr, "quantd serve: token file: %s\n", err.msg);
+            close(lfd);
+            return 1;
+        }
+    } else if (!loopback) {
+        fprintf(stderr, "quantd serve: refusing to listen on %s without a token file: set "
+                        "token_file (--tokens FILE) or listen on a loopback address\n", bound);
+        close(lfd);
+        return 1;
+    }
+    s.store = srv_store_open(cfg->data_dir, &err);
+    if (!s.store) {
+        fprintf(stderr, "quantd serve: %s\n", err.msg);
+        close(lfd);
+        srv_auth_free(s.auth);
+        return 1;
+    }
+    char exe[PATH_MAX];
+    ssize_t el = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (el <= 0) {
+        fprintf(stderr, "quantd serve: cannot find my own binary: %s\n", strerror(errno));
+        return 1;
+    }
+    exe[el] = 0;
+    const char *names[N_ROUTES];
+    for (int i = 0; i < N_ROUTES; i++) names[i] = routes[i].name;
+    s.metrics = srv_metrics_new(N_ROUTES, names);
+
+    /* SIGINT/SIGTERM are taken by sigwait below; every thread created from here on inherits
+     * the blocked mask (workers reset it in the child before exec). */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    srv_jobs_opts jo = {.store = s.store, .metrics = s.metrics, .exe = exe, .workers = cfg->workers,
+                        .worker_mem_bytes = cfg->worker_mem_bytes, .grace_s = cfg->cancel_grace_s,
+                        .max_queue = cfg->max_queue};
+    s.jobs = srv_jobs_start(&jo, &err);
+    if (!s.jobs) {
+        fprintf(stderr, "quantd serve: %s\n", err.msg);
+        return 1;
+    }
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
+                     MHD_USE_POLL | MHD_USE_ERROR_LOG;
+    struct MHD_Daemon *d = MHD_start_daemon(
+        flags, 0, NULL, NULL, on_request, &s,
+        MHD_OPTION_LISTEN_SOCKET, (MHD_socket)lfd,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)cfg->per_ip_connections,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->conn_timeout_s,
+        /* a larger connection pool means larger reads per upload chunk */
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(1u << 20),
+        MHD_OPTION_THREAD_STACK_SIZE, (size_t)(512u << 10),
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, &s,
+        MHD_OPTION_END);
+    if (!d) {
+        fprintf(stderr, "quantd serve: libmicrohttpd did not start on %s\n", bound);
+        srv_jobs_free(s.jobs);
+        return 1;
+    }
+    char addrfile[PATH_MAX + 32], line[200];
+    snprintf(addrfile, sizeof addrfile, "%s/server.addr", srv_store_dir(s.store));
+    int ln = snprintf(line, sizeof line, "%s\n", bound);
+    srv_atomic_write(addrfile, line, (size_t)ln, NULL);
+    printf("listening on %s\n", bound);
+    fflush(stdout);
+    fprintf(stderr, "quantd serve: data %s, %d worker%s, auth %s\n", srv_store_dir(s.store),
+            cfg->workers, cfg->workers == 1 ? "" : "s", s.auth ? "on" : "off (loopback only)");
+
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    fprintf(stderr, "quantd serve: %s: stopping\n", strsignal(sig));
+    unlink(addrfile);
+    srv_jobs_close_watchers(s.jobs);
+    MHD_stop_daemon(d);
+    srv_jobs_free(s.jobs); /* running workers checkpoint and their jobs are requeued */
+    srv_metrics_free(s.metrics);
+    srv_store_close(s.store);
+    srv_auth_free(s.auth);
+    return 0;
+}

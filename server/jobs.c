@@ -1,0 +1,718 @@
+/* Job index and scheduler. One mutex guards the index; the scheduler thread holds it only
+ * between polls, never while waiting. State changes follow one order everywhere: append the
+ * event line to events.jsonl, change the in-memory record, rewrite job.json, then wake the
+ * watchers. So a watcher that sees a terminal state knows the final event is already on disk. */
+#include "server/jobs.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <uuid/uuid.h>
+
+#include "quant/qd.h"
+#include "worker/worker.h"
+
+struct srv_job {
+    api_job job;
+    bool deleted;
+    long seq;              /* FIFO order among queued jobs */
+    unsigned long version; /* watchers wait for this to change */
+    /* while a worker runs */
+    pid_t pid;
+    int fd;
+    char line[8192];
+    size_t line_len;
+    bool line_overflow;
+    double start_mono, deadline_mono, term_sent_mono;
+    bool timed_out, shutdown_stop, killed;
+};
+
+struct srv_jobs {
+    srv_jobs_opts o;
+    char exe[PATH_MAX];
+    pthread_mutex_t mu;
+    pthread_cond_t changed;
+    srv_job **all;
+    int n, cap;
+    long next_seq;
+    int running;
+    bool stopping, closing;
+    int wake[2];
+    pthread_t thread;
+    bool thread_started;
+};
+
+static void wake(srv_jobs *j) {
+    char c = 1;
+    if (write(j->wake[1], &c, 1) < 0) { /* a full wake pipe already means "wake up" */ }
+}
+
+static void bump(srv_jobs *j, srv_job *e) {
+    e->version++;
+    pthread_cond_broadcast(&j->changed);
+}
+
+static void persist(srv_jobs *j, srv_job *e) {
+    qd_err err;
+    if (srv_store_write_job(j->o.store, &e->job, &err))
+        fprintf(stderr, "quantd: job %s: %s\n", e->job.id, err.msg);
+}
+
+static void append_event(srv_jobs *j, srv_job *e, char *line) {
+    if (!line) return;
+    qd_err err;
+    if (srv_store_append_event(j->o.store, e->job.id, line, &err))
+        fprintf(stderr, "quantd: job %s: %s\n", e->job.id, err.msg);
+    free(line);
+}
+
+/* The one way a job changes state: event, record, job.json, watchers. */
+static void set_state(srv_jobs *j, srv_job *e, api_state s, const char *reason) {
+    append_event(j, e, api_event_state(s, reason));
+    e->job.state = s;
+    if (api_state_terminal(s)) e->job.finished_at = api_wall_now();
+    persist(j, e);
+    bump(j, e);
+}
+
+static srv_job *find_locked(srv_jobs *j, const char *id) {
+    for (int i = 0; i < j->n; i++)
+        if (!j->all[i]->deleted && !strcmp(j->all[i]->job.id, id)) return j->all[i];
+    return NULL;
+}
+
+static int add_entry(srv_jobs *j, srv_job *e) {
+    if (j->n == j->cap) {
+        int cap = j->cap ? j->cap * 2 : 64;
+        srv_job **na = realloc(j->all, (size_t)cap * sizeof *na);
+        if (!na) return -1;
+        j->all = na;
+        j->cap = cap;
+    }
+    j->all[j->n++] = e;
+    return 0;
+}
+
+static int queue_position(srv_jobs *j, const srv_job *e) {
+    if (e->job.state != API_QUEUED) return -1;
+    int pos = 0;
+    for (int i = 0; i < j->n; i++) {
+        const srv_job *o = j->all[i];
+        if (!o->deleted && o->job.state == API_QUEUED && o->seq < e->seq) pos++;
+    }
+    return pos;
+}
+
+static char *job_text_locked(srv_jobs *j, const srv_job *e) {
+    cJSON *o = api_job_to_json(&e->job, queue_position(j, e));
+    char *t = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return t;
+}
+
+/* ---- artifacts and results ---- */
+
+static void list_dir(cJSON *arr, const char *root, const char *rel, int depth) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s%s%s", root, rel[0] ? "/" : "", rel);
+    DIR *d = opendir(path);
+    if (!d) return;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (de->d_name[0] == '.') continue;
+        char r[PATH_MAX], full[PATH_MAX * 2];
+        snprintf(r, sizeof r, "%s%s%s", rel, rel[0] ? "/" : "", de->d_name);
+        snprintf(full, sizeof full, "%s/%s", root, r);
+        struct stat st;
+        if (lstat(full, &st) != 0) continue;
+        if (S_ISDIR(st.st_mode) && depth < 4) {
+            list_dir(arr, root, r, depth + 1);
+        } else if (S_ISREG(st.st_mode)) {
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddStringToObject(o, "name", r);
+            cJSON_AddNumberToObject(o, "size", (double)st.st_size);
+            cJSON_AddItemToArray(arr, o);
+        }
+    }
+    closedir(d);
+}
+
+cJSON *srv_artifacts_json(const char *dir) {
+    cJSON *arr = cJSON_CreateArray();
+    list_dir(arr, dir, "", 0);
+    return arr;
+}
+
+/* A finished job's result: its artifacts and the report's headline figures, so that a CI
+ * pipeline can gate on GET /v1/jobs/{id} alone. */
+static cJSON *build_result(const char *jobdir) {
+    char p[PATH_MAX + 64];
+    snprintf(p, sizeof p, "%s/artifacts", jobdir);
+    cJSON *r = cJSON_CreateObject();
+    cJSON_AddItemToObject(r, "artifacts", srv_artifacts_json(p));
+    snprintf(p, sizeof p, "%s/artifacts/report.json", jobdir);
+    size_t len;
+    qd_err err;
+    char *text = qd_read_file(p, 64 << 20, &len, &err);
+    cJSON *rep = text ? cJSON_Parse(text) : NULL;
+    free(text);
+    if (rep) {
+        const char *keys[] = {"eval", "sizes", "size", "gates", "passed", "compute"};
+        for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+            const cJSON *v = cJSON_GetObjectItemCaseSensitive(rep, keys[i]);
+            if (v) cJSON_AddItemToObject(r, keys[i], cJSON_Duplicate(v, 1));
+        }
+        cJSON_Delete(rep);
+    }
+    return r;
+}
+
+static void read_log_tail(const char *jobdir, char *out, size_t n) {
+    out[0] = 0;
+    char p[PATH_MAX + 64];
+    snprintf(p, sizeof p, "%s/worker.log", jobdir);
+    int fd = open(p, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return;
+    off_t end = lseek(fd, 0, SEEK_END);
+    off_t start = end > (off_t)(n - 1) ? end - (off_t)(n - 1) : 0;
+    ssize_t k = pread(fd, out, n - 1, start);
+    close(fd);
+    if (k <= 0) {
+        out[0] = 0;
+        return;
+    }
+    out[k] = 0;
+    /* start at a line boundary when we cut into the middle of the file */
+    if (start > 0) {
+        char *nl = strchr(out, '\n');
+        if (nl) memmove(out, nl + 1, strlen(nl + 1) + 1);
+    }
+}
+
+/* ---- the scheduler ---- */
+
+static void start_job(srv_jobs *j, srv_job *e) {
+    char dir[PATH_MAX];
+    srv_job_dir(j->o.store, e->job.id, dir, sizeof dir);
+    e->job.attempts++;
+    e->job.started_at = api_wall_now();
+    e->job.exit_code = -1;
+    e->job.term_signal = 0;
+    e->job.error[0] = 0;
+    e->job.log_tail[0] = 0;
+    e->timed_out = e->shutdown_stop = e->killed = false;
+    e->term_sent_mono = 0;
+    e->line_len = 0;
+    e->line_overflow = false;
+    char reason[64];
+    snprintf(reason, sizeof reason, "attempt %d", e->job.attempts);
+    set_state(j, e, API_RUNNING, reason);
+    wk_spawn_opts so = {.exe = j->exe, .jobdir = dir, .threads = e->job.spec.threads,
+                        .mem_limit = j->o.worker_mem_bytes};
+    qd_err err;
+    pid_t pid;
+    int fd;
+    if (wk_spawn(&so, &pid, &fd, &err) != QD_OK) {
+        snprintf(e->job.error, sizeof e->job.error, "cannot start worker: %.400s", err.msg);
+        set_state(j, e, API_FAILED, e->job.error);
+        return;
+    }
+    e->pid = pid;
+    e->fd = fd;
+    e->start_mono = qd_now();
+    e->deadline_mono = e->start_mono + e->job.spec.timeout_s;
+    e->job.worker_pid = (int)pid;
+    persist(j, e); /* the pid lets a restarted server find an orphaned worker */
+    j->running++;
+}
+
+static void handle_line(srv_jobs *j, srv_job *e, const char *line) {
+    cJSON *o = cJSON_Parse(line);
+    if (o && api_event_apply(o, &e->job.progress)) { /* progress kept in memory */ }
+    cJSON_Delete(o);
+    bump(j, e);
+}
+
+/* Reads what the worker sent; returns false at EOF. */
+static bool drain_pipe(srv_jobs *j, srv_job *e) {
+    char buf[16384];
+    for (;;) {
+        ssize_t k = read(e->fd, buf, sizeof buf);
+        if (k == 0) return false;
+        if (k < 0) return errno == EAGAIN || errno == EINTR ? true : false;
+        for (ssize_t i = 0; i < k; i++) {
+            char c = buf[i];
+            if (c == '\n') {
+                if (!e->line_overflow) {
+                    e->line[e->line_len] = 0;
+                    handle_line(j, e, e->line);
+                }
+                e->line_len = 0;
+                e->line_overflow = false;
+            } else if (e->line_len + 1 < sizeof e->line) {
+                e->line[e->line_len++] = c;
+            } else {
+                e->line_overflow = true; /* an over-long line is dropped, not split */
+            }
+        }
+    }
+}
+
+static void finish_job(srv_jobs *j, srv_job *e, int status) {
+    if (e->fd >= 0) {
+        drain_pipe(j, e);
+        close(e->fd);
+        e->fd = -1;
+    }
+    double secs = qd_now() - e->start_mono;
+    if (j->o.metrics) srv_metrics_add_worker_seconds(j->o.metrics, secs);
+    e->pid = 0;
+    j->running--;
+    char dir[PATH_MAX];
+    srv_job_dir(j->o.store, e->job.id, dir, sizeof dir);
+    if (WIFEXITED(status)) {
+        e->job.exit_code = WEXITSTATUS(status);
+        e->job.term_signal = 0;
+    } else {
+        e->job.exit_code = -1;
+        e->job.term_signal = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+    }
+    int code = e->job.exit_code;
+    char msg[512];
+    if (code == WK_EXIT_OK && !e->job.cancel_requested) {
+        char rp[PATH_MAX + 64];
+        snprintf(rp, sizeof rp, "%s/artifacts/report.json", dir);
+        if (access(rp, R_OK) == 0) {
+            cJSON_Delete(e->job.result);
+            e->job.result = build_result(dir);
+            set_state(j, e, API_SUCCEEDED, NULL);
+            return;
+        }
+        snprintf(e->job.error, sizeof e->job.error, "worker exited 0 without a report.json");
+    } else if (e->job.cancel_requested) {
+        set_state(j, e, API_CANCELLED, "cancelled by request");
+        return;
+    } else if (e->timed_out) {
+        snprintf(e->job.error, sizeof e->job.error, "exceeded timeout_s=%d", e->job.spec.timeout_s);
+        read_log_tail(dir, e->job.log_tail, sizeof e->job.log_tail);
+        set_state(j, e, API_TIMED_OUT, e->job.error);
+        return;
+    } else if (e->shutdown_stop || (code == WK_EXIT_STOPPED && e->job.attempts < 5)) {
+        /* Stopped with a checkpoint: by our shutdown, or by someone else's SIGTERM. Either way
+         * the job can go on, from its checkpoint, on the next free slot. */
+        e->seq = -1000000 + e->seq; /* ahead of jobs that never started */
+        snprintf(msg, sizeof msg, "worker stopped (%s); requeued to resume from its checkpoint",
+                 e->shutdown_stop ? "server shutting down" : "SIGTERM");
+        set_state(j, e, API_QUEUED, msg);
+        return;
+    } else if (e->job.term_signal) {
+        snprintf(e->job.error, sizeof e->job.error, "worker killed by signal %d (%s)",
+                 e->job.term_signal, strsignal(e->job.term_signal));
+    } else {
+        snprintf(e->job.error, sizeof e->job.error, "worker exited with status %d", code);
+    }
+    read_log_tail(dir, e->job.log_tail, sizeof e->job.log_tail);
+    set_state(j, e, API_FAILED, e->job.error);
+}
+
+static srv_job *next_queued(srv_jobs *j) {
+    srv_job *best = NULL;
+    for (int i = 0; i < j->n; i++) {
+        srv_job *e = j->all[i];
+        if (!e->deleted && e->job.state == API_QUEUED && (!best || e->seq < best->seq)) best = e;
+    }
+    return best;
+}
+
+static void *scheduler(void *arg) {
+    srv_jobs *j = arg;
+    struct pollfd *pf = NULL;
+    srv_job **pe = NULL;
+    int pcap = 0;
+    pthread_mutex_lock(&j->mu);
+    for (;;) {
+        if (j->stopping && j->running == 0) break;
+        while (!j->stopping && j->running < j->o.workers) {
+            srv_job *e = next_queued(j);
+            if (!e) break;
+            start_job(j, e);
+        }
+        if (pcap < j->running + 1) {
+            pcap = j->running + 16;
+            pf = realloc(pf, (size_t)pcap * sizeof *pf);
+            pe = realloc(pe, (size_t)pcap * sizeof *pe);
+        }
+        int np = 0;
+        pf[np++] = (struct pollfd){.fd = j->wake[0], .events = POLLIN};
+        for (int i = 0; i < j->n; i++) {
+            srv_job *e = j->all[i];
+            if (e->pid > 0 && e->fd >= 0) {
+                pe[np] = e;
+                pf[np++] = (struct pollfd){.fd = e->fd, .events = POLLIN};
+            }
+        }
+        pthread_mutex_unlock(&j->mu);
+        poll(pf, (nfds_t)np, 200);
+        pthread_mutex_lock(&j->mu);
+        if (pf[0].revents) {
+            char buf[256];
+            while (read(j->wake[0], buf, sizeof buf) > 0) {}
+        }
+        for (int i = 1; i < np; i++)
+            if (pf[i].revents && pe[i]->fd >= 0 && !drain_pipe(j, pe[i])) {
+                close(pe[i]->fd);
+                pe[i]->fd = -1; /* EOF: the exit status follows through waitpid */
+            }
+        double now = qd_now();
+        for (int i = 0; i < j->n; i++) {
+            srv_job *e = j->all[i];
+            if (e->pid <= 0) continue;
+            int status;
+            pid_t r = waitpid(e->pid, &status, WNOHANG);
+            if (r == e->pid) {
+                finish_job(j, e, status);
+                continue;
+            }
+            bool want_stop = e->job.cancel_requested || j->stopping;
+            if (!e->timed_out && !want_stop && now > e->deadline_mono) e->timed_out = true;
+            if ((want_stop || e->timed_out) && e->term_sent_mono == 0) {
+                e->shutdown_stop = j->stopping && !e->job.cancel_requested && !e->timed_out;
+                kill(e->pid, SIGTERM);
+                e->term_sent_mono = now;
+            } else if (e->term_sent_mono > 0 && !e->killed && now - e->term_sent_mono > j->o.grace_s) {
+                kill(-e->pid, SIGKILL); /* the whole process group: no stray helpers */
+                kill(e->pid, SIGKILL);
+                e->killed = true;
+            }
+        }
+    }
+    pthread_mutex_unlock(&j->mu);
+    free(pf);
+    free(pe);
+    return NULL;
+}
+
+/* ---- recovery ---- */
+
+static bool is_our_worker(pid_t pid, const char *jobdir) {
+    char p[64], cmd[8192];
+    snprintf(p, sizeof p, "/proc/%d/cmdline", (int)pid);
+    int fd = open(p, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    ssize_t k = read(fd, cmd, sizeof cmd - 1);
+    close(fd);
+    if (k <= 0) return false;
+    cmd[k] = 0;
+    /* argv is NUL-separated: look for "work" followed by the job directory */
+    for (ssize_t i = 0; i < k; i += (ssize_t)strlen(cmd + i) + 1)
+        if (!strcmp(cmd + i, "work") && i + 5 < k && !strcmp(cmd + i + 5, jobdir)) return true;
+    return false;
+}
+
+/* A job recorded as running when the server starts lost its server mid-run. Its worker got
+ * SIGTERM through PR_SET_PDEATHSIG and is writing a checkpoint, or is already gone; wait for it
+ * (then force it) and requeue the job to resume. */
+static void recover_orphan(srv_jobs *j, srv_job *e) {
+    char dir[PATH_MAX];
+    srv_job_dir(j->o.store, e->job.id, dir, sizeof dir);
+    pid_t pid = e->job.worker_pid;
+    if (pid > 0 && is_our_worker(pid, dir)) {
+        kill(pid, SIGTERM);
+        double t0 = qd_now();
+        while (kill(pid, 0) == 0 && is_our_worker(pid, dir)) {
+            if (qd_now() - t0 > j->o.grace_s) {
+                kill(-pid, SIGKILL);
+                kill(pid, SIGKILL);
+            }
+            if (qd_now() - t0 > j->o.grace_s + 5) break;
+            usleep(50 * 1000);
+        }
+    }
+    char ck[PATH_MAX + 32];
+    snprintf(ck, sizeof ck, "%s/checkpoint", dir);
+    bool have_ck = access(ck, F_OK) == 0;
+    e->job.worker_pid = 0;
+    e->seq = -1000000 + e->seq;
+    set_state(j, e, API_QUEUED,
+              have_ck ? "server restarted; requeued to resume from its checkpoint"
+                      : "server restarted; requeued");
+}
+
+static int cmp_created(const void *a, const void *b) {
+    const api_job *x = a, *y = b;
+    return x->created_at < y->created_at ? -1 : x->created_at > y->created_at;
+}
+
+srv_jobs *srv_jobs_start(const srv_jobs_opts *o, qd_err *err) {
+    srv_jobs *j = calloc(1, sizeof *j);
+    if (!j) {
+        qd_errf(err, "%s: out of memory", __func__);
+        return NULL;
+    }
+    j->o = *o;
+    snprintf(j->exe, sizeof j->exe, "%s", o->exe);
+    j->o.exe = j->exe;
+    if (j->o.workers < 1) j->o.workers = 1;
+    pthread_mutex_init(&j->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&j->changed, &ca);
+    pthread_condattr_destroy(&ca);
+    if (pipe2(j->wake, O_CLOEXEC | O_NONBLOCK) != 0) {
+        qd_errf(err, "%s: pipe: %s", __func__, strerror(errno));
+        free(j);
+        return NULL;
+    }
+    api_job *loaded;
+    int n;
+    if (srv_store_load_jobs(o->store, &loaded, &n, err) != QD_OK) {
+        srv_jobs_free(j);
+        return NULL;
+    }
+    qsort(loaded, (size_t)n, sizeof *loaded, cmp_created);
+    for (int i = 0; i < n; i++) {
+        srv_job *e = calloc(1, sizeof *e);
+        e->job = loaded[i];
+        e->fd = -1;
+        e->seq = j->next_seq++;
+        add_entry(j, e);
+    }
+    free(loaded);
+    pthread_mutex_lock(&j->mu);
+    for (int i = 0; i < j->n; i++)
+        if (j->all[i]->job.state == API_RUNNING) recover_orphan(j, j->all[i]);
+    pthread_mutex_unlock(&j->mu);
+    if (pthread_create(&j->thread, NULL, scheduler, j) != 0) {
+        qd_errf(err, "%s: cannot start the scheduler thread", __func__);
+        srv_jobs_free(j);
+        return NULL;
+    }
+    j->thread_started = true;
+    return j;
+}
+
+void srv_jobs_close_watchers(srv_jobs *j) {
+    pthread_mutex_lock(&j->mu);
+    j->closing = true;
+    pthread_cond_broadcast(&j->changed);
+    pthread_mutex_unlock(&j->mu);
+}
+
+void srv_jobs_free(srv_jobs *j) {
+    if (!j) return;
+    if (j->thread_started) {
+        pthread_mutex_lock(&j->mu);
+        j->stopping = true;
+        j->closing = true;
+        pthread_cond_broadcast(&j->changed);
+        pthread_mutex_unlock(&j->mu);
+        wake(j);
+        pthread_join(j->thread, NULL);
+    }
+    for (int i = 0; i < j->n; i++) {
+        api_job_clear(&j->all[i]->job);
+        free(j->all[i]);
+    }
+    free(j->all);
+    close(j->wake[0]);
+    close(j->wake[1]);
+    pthread_cond_destroy(&j->changed);
+    pthread_mutex_destroy(&j->mu);
+    free(j);
+}
+
+/* ---- API operations ---- */
+
+int srv_jobs_submit(srv_jobs *j, const api_spec *spec, char **json, qd_err *err) {
+    srv_job *e = calloc(1, sizeof *e);
+    if (!e) return qd_errf(err, "out of memory"), SRV_INTERNAL;
+    api_job_init(&e->job);
+    uuid_t u;
+    uuid_generate_random(u);
+    uuid_unparse_lower(u, e->job.id);
+    e->job.spec = *spec;
+    e->job.state = API_QUEUED;
+    e->job.created_at = api_wall_now();
+    e->fd = -1;
+    pthread_mutex_lock(&j->mu);
+    long queued = 0;
+    for (int i = 0; i < j->n; i++)
+        if (!j->all[i]->deleted && j->all[i]->job.state == API_QUEUED) queued++;
+    if (queued >= j->o.max_queue) {
+        pthread_mutex_unlock(&j->mu);
+        free(e);
+        qd_errf(err, "the queue holds %ld jobs, its limit", queued);
+        return SRV_QUEUE_FULL;
+    }
+    char *ev = api_event_state(API_QUEUED, "submitted");
+    int rc = srv_store_create_job(j->o.store, &e->job, ev, err);
+    free(ev);
+    if (rc != QD_OK || add_entry(j, e) != 0) {
+        pthread_mutex_unlock(&j->mu);
+        free(e);
+        return SRV_INTERNAL;
+    }
+    e->seq = j->next_seq++;
+    *json = job_text_locked(j, e);
+    pthread_mutex_unlock(&j->mu);
+    wake(j);
+    return SRV_OK;
+}
+
+char *srv_jobs_get_json(srv_jobs *j, const char *id) {
+    pthread_mutex_lock(&j->mu);
+    srv_job *e = find_locked(j, id);
+    char *t = e ? job_text_locked(j, e) : NULL;
+    pthread_mutex_unlock(&j->mu);
+    return t;
+}
+
+int srv_jobs_state(srv_jobs *j, const char *id, api_state *st) {
+    pthread_mutex_lock(&j->mu);
+    srv_job *e = find_locked(j, id);
+    if (e) *st = e->job.state;
+    pthread_mutex_unlock(&j->mu);
+    return e ? SRV_OK : SRV_NOT_FOUND;
+}
+
+static bool has_label(const api_spec *s, const char *label) {
+    const char *eq = strchr(label, '=');
+    size_t kl = eq ? (size_t)(eq - label) : strlen(label);
+    for (int i = 0; i < s->n_labels; i++)
+        if (strlen(s->label_key[i]) == kl && !strncmp(s->label_key[i], label, kl) &&
+            (!eq || !strcmp(s->label_val[i], eq + 1)))
+            return true;
+    return false;
+}
+
+static int cmp_newest(const void *a, const void *b) {
+    const srv_job *x = *(srv_job *const *)a, *y = *(srv_job *const *)b;
+    return x->job.created_at > y->job.created_at ? -1 : x->job.created_at < y->job.created_at;
+}
+
+char *srv_jobs_list_json(srv_jobs *j, const char *state, const char *label, int offset, int limit) {
+    api_state want = API_QUEUED;
+    bool by_state = state && api_state_parse(state, &want) == 0;
+    pthread_mutex_lock(&j->mu);
+    srv_job **sel = malloc((size_t)(j->n + 1) * sizeof *sel);
+    int k = 0;
+    for (int i = 0; i < j->n; i++) {
+        srv_job *e = j->all[i];
+        if (e->deleted || (by_state && e->job.state != want) || (label && !has_label(&e->job.spec, label)))
+            continue;
+        sel[k++] = e;
+    }
+    qsort(sel, (size_t)k, sizeof *sel, cmp_newest);
+    cJSON *o = cJSON_CreateObject();
+    cJSON *arr = cJSON_AddArrayToObject(o, "jobs");
+    for (int i = offset; i < k && i < offset + limit; i++)
+        cJSON_AddItemToArray(arr, api_job_to_json(&sel[i]->job, queue_position(j, sel[i])));
+    pthread_mutex_unlock(&j->mu);
+    cJSON_AddNumberToObject(o, "total", k);
+    cJSON_AddNumberToObject(o, "offset", offset);
+    cJSON_AddNumberToObject(o, "limit", limit);
+    if (offset + limit < k) cJSON_AddNumberToObject(o, "next_offset", offset + limit);
+    else cJSON_AddNullToObject(o, "next_offset");
+    free(sel);
+    char *t = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return t;
+}
+
+int srv_jobs_cancel(srv_jobs *j, const char *id, char **json) {
+    pthread_mutex_lock(&j->mu);
+    srv_job *e = find_locked(j, id);
+    int rc = SRV_OK;
+    if (!e) rc = SRV_NOT_FOUND;
+    else if (api_state_terminal(e->job.state)) rc = SRV_CONFLICT;
+    else if (e->job.state == API_QUEUED) {
+        e->job.cancel_requested = true;
+        set_state(j, e, API_CANCELLED, "cancelled by request before it started");
+    } else if (!e->job.cancel_requested) {
+        e->job.cancel_requested = true;
+        persist(j, e);
+        bump(j, e);
+    }
+    if (e && json) *json = job_text_locked(j, e);
+    pthread_mutex_unlock(&j->mu);
+    if (rc == SRV_OK) wake(j);
+    return rc;
+}
+
+int srv_jobs_delete(srv_jobs *j, const char *id, qd_err *err) {
+    pthread_mutex_lock(&j->mu);
+    srv_job *e = find_locked(j, id);
+    int rc = SRV_OK;
+    if (!e) rc = SRV_NOT_FOUND;
+    else if (!api_state_terminal(e->job.state)) rc = SRV_CONFLICT;
+    else if (srv_store_delete_job(j->o.store, id, err) != QD_OK) rc = SRV_INTERNAL;
+    else {
+        /* the entry stays allocated (SSE streams may hold it) but leaves the index */
+        e->deleted = true;
+        bump(j, e);
+    }
+    pthread_mutex_unlock(&j->mu);
+    return rc;
+}
+
+srv_job *srv_jobs_find(srv_jobs *j, const char *id) {
+    pthread_mutex_lock(&j->mu);
+    srv_job *e = find_locked(j, id);
+    pthread_mutex_unlock(&j->mu);
+    return e;
+}
+
+static void watch_locked(srv_jobs *j, srv_job *e, srv_job_watch *w) {
+    w->version = e->version;
+    w->terminal = api_state_terminal(e->job.state);
+    w->gone = e->deleted || j->closing;
+}
+
+void srv_jobs_watch(srv_jobs *j, srv_job *e, srv_job_watch *w) {
+    pthread_mutex_lock(&j->mu);
+    watch_locked(j, e, w);
+    pthread_mutex_unlock(&j->mu);
+}
+
+void srv_jobs_wait(srv_jobs *j, srv_job *e, srv_job_watch *w, double timeout_s) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    double frac = timeout_s - floor(timeout_s);
+    ts.tv_sec += (time_t)floor(timeout_s);
+    ts.tv_nsec += (long)(frac * 1e9);
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&j->mu);
+    while (e->version == w->version && !e->deleted && !j->closing)
+        if (pthread_cond_timedwait(&j->changed, &j->mu, &ts) == ETIMEDOUT) break;
+    watch_locked(j, e, w);
+    pthread_mutex_unlock(&j->mu);
+}
+
+void srv_jobs_counts(srv_jobs *j, long by_state[API_STATE_COUNT], long *queue_len, long *busy,
+                     long *max) {
+    memset(by_state, 0, sizeof(long) * API_STATE_COUNT);
+    pthread_mutex_lock(&j->mu);
+    for (int i = 0; i < j->n; i++)
+        if (!j->all[i]->deleted) by_state[j->all[i]->job.state]++;
+    *busy = j->running;
+    *max = j->o.workers;
+    pthread_mutex_unlock(&j->mu);
+    *queue_len = by_state[API_QUEUED];
+}

@@ -1,0 +1,198 @@
+/* The job runner behind `quantd work JOBDIR`. It maps the job's spec onto qd_quant_opts and
+ * runs the same pipeline as `quantd quantize`. Every progress report becomes one JSON line,
+ * appended to events.jsonl first (the durable record the server's SSE streams read) and then
+ * written to the event pipe (so the server's job state follows without polling the file).
+ * SIGTERM only raises the pipeline's stop flag: the optimizer then writes its checkpoint and
+ * returns, and this process exits with WK_EXIT_STOPPED so the job can be resumed. */
+#include "worker/worker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "api/api.h"
+#include "quant/quantize.h"
+
+static volatile sig_atomic_t stop_flag;
+
+static void on_stop(int sig) {
+    (void)sig;
+    stop_flag = 1;
+}
+
+typedef struct emitter {
+    int file_fd;
+    int pipe_fd;
+    double last_emit;
+    char last_phase[16];
+} emitter;
+
+/* One whole line per write(): with O_APPEND a line lands in the file in one piece, and the
+ * server never sees half a line on the pipe except across reads, which it buffers. */
+static void emit_line(emitter *e, char *line) {
+    if (!line) return;
+    size_t n = strlen(line);
+    char *buf = malloc(n + 2);
+    if (!buf) {
+        free(line);
+        return;
+    }
+    memcpy(buf, line, n);
+    buf[n] = '\n';
+    free(line);
+    if (e->file_fd >= 0 && write(e->file_fd, buf, n + 1) < 0)
+        fprintf(stderr, "worker: events.jsonl: %s\n", strerror(errno));
+    if (e->pipe_fd >= 0) {
+        ssize_t w = write(e->pipe_fd, buf, n + 1);
+        /* A full pipe drops the line (the file has it); a closed one is a server that went away:
+         * carry on, the job's files are what counts. */
+        if (w < 0 && errno == EPIPE) {
+            close(e->pipe_fd);
+            e->pipe_fd = -1;
+        }
+    }
+    free(buf);
+}
+
+static void on_progress(void *ctx, const qd_progress *p) {
+    emitter *e = ctx;
+    double now = qd_now();
+    const char *phase = p->phase ? p->phase : "";
+    bool boundary = strcmp(phase, e->last_phase) || p->step == p->total || p->step <= 1;
+    /* Optimizer steps on small models take milliseconds; 4 lines a second is plenty for a
+     * progress bar and keeps events.jsonl small. */
+    if (!boundary && now - e->last_emit < 0.25) return;
+    e->last_emit = now;
+    snprintf(e->last_phase, sizeof e->last_phase, "%s", phase);
+    emit_line(e, api_event_progress(phase, p->step, p->total, p->loss, p->lr, p->elapsed_s,
+                                    p->eta_s));
+}
+
+static int blob_path(const char *datadir, const char *id, char *out, size_t n) {
+    if (!id[0]) return 0;
+    int k = snprintf(out, n, "%s/blobs/sha256/%s", datadir, id + 7);
+    return k > 0 && (size_t)k < n ? 0 : -1;
+}
+
+int wk_run(const char *jobdir, int events_fd) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    char path[PATH_MAX + 32], datadir[PATH_MAX];
+    if (!realpath(jobdir, datadir)) {
+        fprintf(stderr, "worker: %s: %s\n", jobdir, strerror(errno));
+        return WK_EXIT_USAGE;
+    }
+    char jdir[PATH_MAX];
+    snprintf(jdir, sizeof jdir, "%s", datadir);
+    /* JOBDIR is DATA/jobs/<id>: blobs live two levels up. */
+    for (int up = 0; up < 2; up++) {
+        char *slash = strrchr(datadir, '/');
+        if (!slash || slash == datadir) {
+            fprintf(stderr, "worker: %s is not DATA/jobs/<id>\n", jdir);
+            return WK_EXIT_USAGE;
+        }
+        *slash = 0;
+    }
+
+    qd_err err = {{0}};
+    snprintf(path, sizeof path, "%s/job.json", jdir);
+    size_t len;
+    char *text = qd_read_file(path, 1 << 20, &len, &err);
+    if (!text) {
+        fprintf(stderr, "worker: %s\n", err.msg);
+        return WK_EXIT_USAGE;
+    }
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    api_job job;
+    if (api_job_from_json(root, &job, &err)) {
+        cJSON_Delete(root);
+        fprintf(stderr, "worker: %s: %s\n", path, err.msg);
+        return WK_EXIT_USAGE;
+    }
+    cJSON_Delete(root);
+
+    emitter em = {.file_fd = -1, .pipe_fd = events_fd, .last_emit = 0, .last_phase = ""};
+    snprintf(path, sizeof path, "%s/events.jsonl", jdir);
+    em.file_fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (em.file_fd < 0) fprintf(stderr, "worker: %s: %s\n", path, strerror(errno));
+    if (events_fd >= 0) fcntl(events_fd, F_SETFL, fcntl(events_fd, F_GETFL) | O_NONBLOCK);
+
+    char model[PATH_MAX + 96], calib[PATH_MAX + 96], evalp[PATH_MAX + 96], tok[PATH_MAX + 96];
+    char out_dir[PATH_MAX + 32], ckpt[PATH_MAX + 32];
+    model[0] = calib[0] = evalp[0] = tok[0] = 0;
+    if (blob_path(datadir, job.spec.model, model, sizeof model) ||
+        blob_path(datadir, job.spec.calibration, calib, sizeof calib) ||
+        blob_path(datadir, job.spec.eval, evalp, sizeof evalp) ||
+        blob_path(datadir, job.spec.tokenizer, tok, sizeof tok) ||
+        snprintf(out_dir, sizeof out_dir, "%s/artifacts", jdir) >= (int)sizeof out_dir ||
+        snprintf(ckpt, sizeof ckpt, "%s/checkpoint", jdir) >= (int)sizeof ckpt) {
+        fprintf(stderr, "worker: path too long\n");
+        return WK_EXIT_USAGE;
+    }
+
+    qd_quant_opts o;
+    qd_quant_defaults(&o);
+    o.model_path = model;
+    o.calib_path = calib;
+    o.eval_path = evalp[0] ? evalp : NULL;
+    o.tokenizer_path = tok[0] ? tok : NULL;
+    o.eval_split = job.spec.eval_split;
+    snprintf(o.method, sizeof o.method, "%s", job.spec.method);
+    o.wbits = job.spec.wbits;
+    for (int i = 0; i < API_N_ABITS && i < (int)(sizeof o.abits_override / sizeof o.abits_override[0]); i++)
+        o.abits_override[i] = job.spec.abits[i];
+    o.samples = job.spec.samples;
+    o.seq_len = job.spec.seq_len;
+    o.epochs = job.spec.epochs;
+    o.seed = job.spec.seed;
+    o.threads = job.spec.threads;
+    o.out_dir = out_dir;
+    o.checkpoint_path = ckpt;
+    o.checkpoint_every = 20;
+    o.stop = &stop_flag;
+    o.progress = on_progress;
+    o.progress_ctx = &em;
+    o.max_ppl_increase = job.spec.max_ppl_increase;
+
+    char msg[256];
+    bool resume = access(ckpt, F_OK) == 0;
+    snprintf(msg, sizeof msg, "worker %d started (%s), method %s", (int)getpid(),
+             resume ? "resuming from checkpoint" : "fresh", job.spec.method);
+    emit_line(&em, api_event_log("info", msg));
+    fprintf(stderr, "worker: %s\n", msg);
+
+    int rc = qd_quantize(&o, &err);
+    int status;
+    if (rc == QD_OK) {
+        emit_line(&em, api_event_log("info", "pipeline finished"));
+        status = WK_EXIT_OK;
+    } else if (rc == 1) {
+        emit_line(&em, api_event_log("info", "stopped; checkpoint written"));
+        fprintf(stderr, "worker: stopped; checkpoint written\n");
+        status = WK_EXIT_STOPPED;
+    } else {
+        emit_line(&em, api_event_log("error", err.msg));
+        fprintf(stderr, "worker: %s\n", err.msg);
+        status = WK_EXIT_FAILED;
+    }
+    if (em.file_fd >= 0) {
+        fsync(em.file_fd);
+        close(em.file_fd);
+    }
+    if (em.pipe_fd >= 0) close(em.pipe_fd);
+    api_job_clear(&job);
+    return status;
+}

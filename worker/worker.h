@@ -1,0 +1,38 @@
+/* One job from start to end, in its own process (`quantd work JOBDIR`): reads JOBDIR/job.json,
+ * runs the quantization pipeline with the job's spec, and reports progress as JSON lines into
+ * JOBDIR/events.jsonl and, when started by the local dispatcher, over a pipe. Artifacts and
+ * report.json land in JOBDIR/artifacts; optimizer state in JOBDIR/checkpoint so that a stopped
+ * job resumes where it left off. */
+#ifndef QD_WORKER_H
+#define QD_WORKER_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "quant/qd.h"
+
+/* Exit statuses of `quantd work`, read by the dispatchers. */
+#define WK_EXIT_OK 0      /* report written */
+#define WK_EXIT_FAILED 1  /* the pipeline failed; stderr says why */
+#define WK_EXIT_USAGE 2   /* bad arguments or an unreadable job directory */
+#define WK_EXIT_STOPPED 3 /* stopped by SIGTERM after writing a checkpoint: resumable */
+
+/* Runs the job in jobdir; events_fd >= 0 also receives every event line. Installs SIGTERM and
+ * SIGINT handlers (a worker process's top level only). Returns one of WK_EXIT_*. */
+int wk_run(const char *jobdir, int events_fd);
+
+/* How the local dispatcher starts a worker. */
+typedef struct wk_spawn_opts {
+    const char *exe;        /* path of the quantd binary */
+    const char *jobdir;     /* absolute job directory */
+    int threads;            /* OPENBLAS/OMP thread count for the child */
+    size_t mem_limit;       /* RLIMIT_AS in bytes, 0 for none */
+} wk_spawn_opts;
+
+/* Starts `exe work JOBDIR --events-fd 3` by fork+exec with the limits applied in the child,
+ * stdout/stderr appended to JOBDIR/worker.log, and the child in its own process group, told
+ * to stop (SIGTERM) if the spawning thread dies. On success *pid is the child and *events_fd
+ * the non-blocking, close-on-exec read end of its event pipe (caller closes). QD_OK/QD_ERR. */
+int wk_spawn(const wk_spawn_opts *o, pid_t *pid, int *events_fd, qd_err *err);
+
+#endif
