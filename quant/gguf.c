@@ -725,7 +725,7 @@ qd_model *qd_load_gguf(const char *path, qd_err *err) {
     if (!g) return NULL;
     qd_model *m = NULL;
     qd_config c;
-    int permute;
+    int permute = 0;
     if (gguf_config(g, &c, &permute, err)) goto fail;
     const qd_gguf_tensor *emb = qd_gguf_find_tensor(g, "token_embd.weight");
     if (!emb) {

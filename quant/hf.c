@@ -75,7 +75,7 @@ static int check_rope_type(hf *h, const cJSON *obj, const char *field) {
     if (t && strcmp(t, "default") != 0)
         return qd_errf(h->err, "%s: unsupported %s type '%.32s' (only default RoPE)", h->cfg_path,
                        field, t);
-    double f;
+    double f = 1.0;
     int rc = cfg_num(h, obj, "factor", &f);
     if (rc < 0) return QD_ERR;
     if (rc == 0 && f != 1.0)
@@ -115,7 +115,7 @@ static int hf_config(hf *h, qd_config *c, int *qwen2) {
                        h->cfg_path, act);
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "mlp_bias")))
         return qd_errf(h->err, "%s: unsupported mlp_bias = true (MLP biases)", h->cfg_path);
-    double prf;
+    double prf = 1.0;
     int rc = cfg_num(h, root, "partial_rotary_factor", &prf);
     if (rc < 0) return QD_ERR;
     if (rc == 0 && prf != 1.0)
@@ -365,7 +365,7 @@ qd_model *qd_load_hf(const char *path, qd_err *err) {
         goto fail;
     }
     qd_config c;
-    int qwen2;
+    int qwen2 = 0;
     if (hf_config(h, &c, &qwen2)) goto fail;
 
     char p[4400];
