@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "quant/encodings.h"
 #include "quant/igemm.h"
 #include "quant/safetensors.h"
 
@@ -32,12 +33,12 @@ int qd_qint_enc_init(qd_qint_enc *e, const qd_config *cfg, int wbits, const int 
     e->n_layers = cfg->n_layers;
     for (int l = 0; l < cfg->n_layers; l++)
         for (int s = 0; s < QD_AQ_PER_LAYER; s++) {
-            qd_aenc *a = &e->act[qd_act_index(cfg->n_layers, l, s)];
+            qd_qenc *a = &e->act[qd_act_index(cfg->n_layers, l, s)];
             a->bits = site_bits(qd_aq_site_class(s), abits);
             a->scale = 1;
         }
     for (int g = 0; g < QD_AQG_COUNT; g++) {
-        qd_aenc *a = &e->act[qd_act_index(cfg->n_layers, -1, g)];
+        qd_qenc *a = &e->act[qd_act_index(cfg->n_layers, -1, g)];
         a->bits = site_bits(qd_aqg_class(g), abits);
         a->scale = 1;
     }
@@ -52,10 +53,49 @@ int qd_qint_enc_init(qd_qint_enc *e, const qd_config *cfg, int wbits, const int 
 void qd_qint_enc_free(qd_qint_enc *e) {
     if (!e) return;
     free(e->act);
+    free(e->wscale);
+    free(e->wzero);
     e->act = NULL;
+    e->wscale = NULL;
+    e->wzero = NULL;
 }
 
-static void aenc_from_aq(qd_aenc *a, const qd_aq *q) {
+int qd_qint_enc_from_encodings(qd_qint_enc *out, const qd_encodings *e, qd_err *err) {
+    const qd_config *c = &e->folded->cfg;
+    if (qd_qint_enc_init(out, c, e->wbits, NULL, err)) return QD_ERR;
+    int nl = c->n_layers;
+    for (int i = 0; i < e->n_a; i++) {
+        const qd_aenc *a = &e->a[i];
+        if (a->layer >= nl || a->site < 0 ||
+            a->site >= (a->layer < 0 ? QD_AQG_COUNT : QD_AQ_PER_LAYER)) continue;
+        qd_qenc *d = &out->act[qd_act_index(nl, a->layer, a->site)];
+        d->bits = a->bits;
+        d->scale = a->scale;
+        d->zero_point = a->zero - (1 << (a->bits - 1));
+    }
+    out->wscale = calloc((size_t)nl * QD_W_PER_LAYER, sizeof *out->wscale);
+    out->wzero = calloc((size_t)nl * QD_W_PER_LAYER, sizeof *out->wzero);
+    if (!out->wscale || !out->wzero) {
+        qd_qint_enc_free(out);
+        return qd_errf(err, "%s: out of memory", __func__);
+    }
+    for (int l = 0; l < nl; l++)
+        for (int w = 0; w < QD_W_PER_LAYER; w++) {
+            const qd_wenc *we = qd_enc_weight(e, l, w);
+            if (!we) {
+                qd_qint_enc_free(out);
+                return qd_errf(err, "%s: no encoding for layer %d %s", __func__, l, qd_wsite_name(w));
+            }
+            out->wspec[w] = (qd_wq_spec){we->bits, we->sym, we->per_channel};
+            out->wscale[l * QD_W_PER_LAYER + w] = we->scale;
+            out->wzero[l * QD_W_PER_LAYER + w] = we->zero;
+        }
+    const qd_wenc *h = qd_enc_weight(e, -1, QD_WENC_HEAD);
+    if (h) out->head_bits = h->bits;
+    return QD_OK;
+}
+
+static void aenc_from_aq(qd_qenc *a, const qd_aq *q) {
     a->bits = q->bits;
     a->scale = (float)qd_aq_scale(q);
     a->zero_point = (int32_t)rint(*q->z) - (1 << (q->bits - 1));
@@ -155,7 +195,7 @@ static int qlin_fill(qd_qlin *w, const float *W, const float *scale, const float
 
 /* Grid of W from its min/max (no clipping) through the simulation's quantizer. */
 static int qlin_quantize(qd_qlin *w, const float *W, qd_wq_spec sp, const float *esc,
-                         const float *ezp, qd_err *err) {
+                         const int32_t *ezp, qd_err *err) {
     size_t ng = sp.per_channel ? (size_t)w->rows : 1;
     float *sc = malloc(ng * sizeof(float)), *zp = malloc(ng * sizeof(float));
     float *hat = malloc((size_t)w->rows * w->cols * sizeof(float));
@@ -165,8 +205,7 @@ static int qlin_quantize(qd_qlin *w, const float *W, qd_wq_spec sp, const float 
     }
     if (esc) {
         memcpy(sc, esc, ng * sizeof(float));
-        if (ezp) memcpy(zp, ezp, ng * sizeof(float));
-        else memset(zp, 0, ng * sizeof(float));
+        for (size_t g = 0; g < ng; g++) zp[g] = ezp ? (float)ezp[g] : 0;
     } else {
         qd_wq_forward(hat, W, w->rows, w->cols, sp, NULL, NULL, sc, zp, NULL, 0);
     }
@@ -265,7 +304,7 @@ qd_qint *qd_qint_build(const qd_model *m, const qd_qint_enc *e, qd_err *err) {
             wsite_shape(c, w, &rows, &cols);
             const float *bias = w == QD_W_Q ? ml->bq : w == QD_W_K ? ml->bk : w == QD_W_V ? ml->bv : NULL;
             const float *esc = e->wscale ? e->wscale[l * QD_W_PER_LAYER + w] : NULL;
-            const float *ezp = e->wzero ? e->wzero[l * QD_W_PER_LAYER + w] : NULL;
+            const int32_t *ezp = e->wzero ? e->wzero[l * QD_W_PER_LAYER + w] : NULL;
             if (qlin_alloc(&L->w[w], rows, cols, e->wspec[w], bias != NULL, err) ||
                 qlin_quantize(&L->w[w], layer_w(ml, w), e->wspec[w], esc, ezp, err))
                 goto fail;
@@ -738,7 +777,7 @@ qd_qint *qd_qint_load(const char *path, qd_err *err) {
     for (int l = -1; l < nl; l++) {
         int ns = l < 0 ? QD_AQG_COUNT : QD_AQ_PER_LAYER;
         for (int s = 0; s < ns; s++) {
-            qd_aenc *a = &q->act[qd_act_index(nl, l, s)];
+            qd_qenc *a = &q->act[qd_act_index(nl, l, s)];
             char base[200];
             site_fullname(base, sizeof base, l, s);
             snprintf(n, sizeof n, "%s.scale", base);

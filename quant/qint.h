@@ -23,23 +23,24 @@
 #define QD_QINT_VERSION 1
 
 /* One activation encoding (stored-form zero point). */
-typedef struct qd_aenc {
+typedef struct qd_qenc {
     float scale;
     int32_t zero_point;
     int bits;
-} qd_aenc;
+} qd_qenc;
 
 /* The encodings the optimizer (or RTN) settles on: every activation site, and optionally the
  * weight grids. */
 typedef struct qd_qint_enc {
     int n_layers;
-    qd_aenc *act;                    /* n_layers*QD_AQ_PER_LAYER + QD_AQG_COUNT, layers first */
+    qd_qenc *act;                    /* n_layers*QD_AQ_PER_LAYER + QD_AQG_COUNT, layers first */
     qd_wq_spec wspec[QD_W_PER_LAYER];/* weight grid per linear (same for every layer) */
     int head_bits;                   /* embedding / LM head, asymmetric per row */
     /* Optional explicit weight grids, [l*QD_W_PER_LAYER + w] -> (per_channel ? rows : 1)
-     * floats in the simulation's convention (zero in [0, 2^b-1] for asymmetric). NULL: min/max
-     * of the given weights (qd_wq_forward without clipping). */
-    float **wscale, **wzero;
+     * entries in the simulation's convention (zero in [0, 2^b-1] for asymmetric). NULL: min/max
+     * of the given weights (qd_wq_forward without clipping). Not owned. */
+    const float **wscale;
+    const int32_t **wzero;
 } qd_qint_enc;
 
 /* Index of an activation site in qd_qint_enc.act / qd_qint.act. */
@@ -56,6 +57,12 @@ void qd_qint_enc_free(qd_qint_enc *e);
 /* Activation encodings from a simulation's quantizers (its trained LRL parameters):
  * scale = qd_aq_scale, zero point = rint(z) - 2^(bits-1). */
 int qd_qint_enc_from_qsim(qd_qint_enc *e, const qd_qsim *q, qd_err *err);
+
+struct qd_encodings;
+/* Everything from the optimizer's final encodings (encodings.h): activation encodings, and
+ * weight grids pointing into e (which must outlive the qd_qint_enc until qd_qint_build). Build
+ * with e->folded as the model. */
+int qd_qint_enc_from_encodings(qd_qint_enc *out, const struct qd_encodings *e, qd_err *err);
 
 /* Min/max RTN encodings: FP statistics pass of m over n_windows windows of T tokens, then
  * ranges as qd_qsim_init_ranges sets them. */
@@ -92,7 +99,7 @@ typedef struct qd_qint_layer {
 typedef struct qd_qint {
     qd_config cfg;
     int wbits, head_bits;
-    qd_aenc *act;          /* n_layers*QD_AQ_PER_LAYER + QD_AQG_COUNT */
+    qd_qenc *act;          /* n_layers*QD_AQ_PER_LAYER + QD_AQG_COUNT */
     qd_qint_layer *L;
     qd_qlin emb;           /* (vocab, dim) per row */
     qd_qlin head;          /* (vocab, dim) per row; shares emb's buffers when tied */

@@ -90,7 +90,7 @@ static void lin_free(lin_rt *l) {
 }
 
 /* in/out: encodings; extra_rowsum: added to the weights' row sum for the hi/lo split */
-static int lin_init(lin_rt *L, const qd_qlin *w, const qd_aenc *in, const qd_aenc *out,
+static int lin_init(lin_rt *L, const qd_qlin *w, const qd_qenc *in, const qd_qenc *out,
                     int pack, const char *what, qd_err *err) {
     memset(L, 0, sizeof *L);
     L->rows = w->rows, L->cols = w->cols;
@@ -152,7 +152,7 @@ static void lin_run(qd_qrt *rt, const lin_rt *L, int M, const int8_t *A, void *o
     lin_epilogue(L, M, rt->acc, rs, out);
 }
 
-static const qd_aenc *enc(const qd_qint *q, int l, int site) {
+static const qd_qenc *enc(const qd_qint *q, int l, int site) {
     return &q->act[qd_act_index(q->cfg.n_layers, l, site)];
 }
 
@@ -214,7 +214,7 @@ qd_qrt *qd_qrt_new(const qd_qint *q, const qd_qrt_opts *o, qd_err *err) {
     for (int l = 0; l < nl; l++) {
         layer_rt *L = &rt->L[l];
         const qd_qint_layer *ql = &q->L[l];
-        const qd_aenc *xin = l == 0 ? enc(q, -1, QD_AQG_EMB) : enc(q, l - 1, QD_AQ_RES2);
+        const qd_qenc *xin = l == 0 ? enc(q, -1, QD_AQG_EMB) : enc(q, l - 1, QD_AQ_RES2);
         static const int in_site[QD_W_PER_LAYER] = {QD_AQ_ATTN_NORM, QD_AQ_ATTN_NORM,
                                                      QD_AQ_ATTN_NORM, QD_AQ_PV, QD_AQ_FFN_NORM,
                                                      QD_AQ_FFN_NORM, QD_AQ_DOWN_IN};
@@ -224,8 +224,8 @@ qd_qrt *qd_qrt_new(const qd_qint *q, const qd_qrt_opts *o, qd_err *err) {
             if (lin_init(&L->w[w], &ql->w[w], enc(q, l, in_site[w]), enc(q, l, out_site[w]), 1,
                          qd_wsite_name(w), err))
                 goto fail;
-        const qd_aenc *e_n1 = enc(q, l, QD_AQ_ATTN_NORM), *e_r1 = enc(q, l, QD_AQ_RES1);
-        const qd_aenc *e_n2 = enc(q, l, QD_AQ_FFN_NORM);
+        const qd_qenc *e_n1 = enc(q, l, QD_AQ_ATTN_NORM), *e_r1 = enc(q, l, QD_AQ_RES1);
+        const qd_qenc *e_n2 = enc(q, l, QD_AQ_FFN_NORM);
         if (qd_qnorm_init(&L->n1, D, xin->scale, xin->zero_point, ql->attn_norm.scale,
                           ql->attn_norm.zero_point, e_n1->scale, e_n1->zero_point, 8, c->norm_eps, err) ||
             qd_qnorm_init(&L->n2, D, e_r1->scale, e_r1->zero_point, ql->ffn_norm.scale,
@@ -233,8 +233,8 @@ qd_qrt *qd_qrt_new(const qd_qint *q, const qd_qrt_opts *o, qd_err *err) {
             goto fail;
         L->g1 = ql->attn_norm.q;
         L->g2 = ql->ffn_norm.q;
-        const qd_aenc *eq = enc(q, l, QD_AQ_Q), *ek = enc(q, l, QD_AQ_K), *ev = enc(q, l, QD_AQ_V);
-        const qd_aenc *eqr = enc(q, l, QD_AQ_QROPE), *ekr = enc(q, l, QD_AQ_KROPE);
+        const qd_qenc *eq = enc(q, l, QD_AQ_Q), *ek = enc(q, l, QD_AQ_K), *ev = enc(q, l, QD_AQ_V);
+        const qd_qenc *eqr = enc(q, l, QD_AQ_QROPE), *ekr = enc(q, l, QD_AQ_KROPE);
         L->rq = rt->rope_master;
         L->rk = rt->rope_master;
         L->rq.zx = eq->zero_point, L->rq.zy = eqr->zero_point;
@@ -243,8 +243,8 @@ qd_qrt *qd_qrt_new(const qd_qint *q, const qd_qrt_opts *o, qd_err *err) {
             qd_qmul_make((double)ek->scale / ekr->scale / (1 << QD_ROPE_FRAC), &L->rk.m, err))
             goto fail;
         L->zq = eqr->zero_point, L->zk = ekr->zero_point, L->zv = ev->zero_point;
-        const qd_aenc *es = enc(q, l, QD_AQ_SCORE), *ep = enc(q, l, QD_AQ_PROB);
-        const qd_aenc *epv = enc(q, l, QD_AQ_PV);
+        const qd_qenc *es = enc(q, l, QD_AQ_SCORE), *ep = enc(q, l, QD_AQ_PROB);
+        const qd_qenc *epv = enc(q, l, QD_AQ_PV);
         if (qd_qmul_make((double)eqr->scale * ekr->scale / sqrt((double)hd) / es->scale,
                          &L->score_m, err) ||
             qd_qsoftmax_init(&L->sm, es->scale, ep->scale, ep->zero_point, ep->bits, err) ||
@@ -254,21 +254,21 @@ qd_qrt *qd_qrt_new(const qd_qint *q, const qd_qrt_opts *o, qd_err *err) {
         L->score_lo = qd_qmin(es->bits), L->score_hi = qd_qmax(es->bits);
         L->z_prob = ep->zero_point;
         L->z_pv = epv->zero_point;
-        const qd_aenc *eo = enc(q, l, QD_AQ_O), *ed = enc(q, l, QD_AQ_DOWN);
-        const qd_aenc *er2 = enc(q, l, QD_AQ_RES2);
+        const qd_qenc *eo = enc(q, l, QD_AQ_O), *ed = enc(q, l, QD_AQ_DOWN);
+        const qd_qenc *er2 = enc(q, l, QD_AQ_RES2);
         if (qd_qadd_init(&L->res1, xin->scale, xin->zero_point, eo->scale, eo->zero_point,
                          e_r1->scale, e_r1->zero_point, e_r1->bits, err) ||
             qd_qadd_init(&L->res2, e_r1->scale, e_r1->zero_point, ed->scale, ed->zero_point,
                          er2->scale, er2->zero_point, er2->bits, err))
             goto fail;
-        const qd_aenc *eg = enc(q, l, QD_AQ_GATE), *eu = enc(q, l, QD_AQ_UP);
-        const qd_aenc *esl = enc(q, l, QD_AQ_SILU), *edi = enc(q, l, QD_AQ_DOWN_IN);
+        const qd_qenc *eg = enc(q, l, QD_AQ_GATE), *eu = enc(q, l, QD_AQ_UP);
+        const qd_qenc *esl = enc(q, l, QD_AQ_SILU), *edi = enc(q, l, QD_AQ_DOWN_IN);
         qd_lut8_build(L->silu, qd_silu, eg->scale, eg->zero_point, esl->scale, esl->zero_point);
         if (qd_qmul_make((double)esl->scale * eu->scale / edi->scale, &L->mul_m, err)) goto fail;
         L->z_silu = esl->zero_point, L->z_up = eu->zero_point, L->z_dn = edi->zero_point;
     }
     /* embedding rows -> EMB encoding */
-    const qd_aenc *eemb = enc(q, -1, QD_AQG_EMB);
+    const qd_qenc *eemb = enc(q, -1, QD_AQG_EMB);
     rt->emb_m = malloc((size_t)V * sizeof *rt->emb_m);
     if (!rt->emb_m) goto oom;
     for (int v = 0; v < V; v++)
@@ -276,8 +276,8 @@ qd_qrt *qd_qrt_new(const qd_qint *q, const qd_qrt_opts *o, qd_err *err) {
                          &rt->emb_m[v], err))
             goto fail;
     rt->z_emb = eemb->zero_point;
-    const qd_aenc *ex = enc(q, nl - 1, QD_AQ_RES2), *ehi = enc(q, -1, QD_AQG_HEAD_IN);
-    const qd_aenc *elg = enc(q, -1, QD_AQG_LOGITS);
+    const qd_qenc *ex = enc(q, nl - 1, QD_AQ_RES2), *ehi = enc(q, -1, QD_AQG_HEAD_IN);
+    const qd_qenc *elg = enc(q, -1, QD_AQG_LOGITS);
     if (qd_qnorm_init(&rt->nf, D, ex->scale, ex->zero_point, q->final_norm.scale,
                       q->final_norm.zero_point, ehi->scale, ehi->zero_point, 16, c->norm_eps, err))
         goto fail;

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "quant/data.h"
+#include "quant/encodings.h"
 #include "quant/forward.h"
 #include "quant/loadtok.h"
 #include "quant/qrt.h"
@@ -124,6 +125,39 @@ out:
     qd_qsim_free(sim);
 }
 
+/* The optimizer's encodings struct (encodings.h) gives the same integer model as reading the
+ * simulation directly. */
+static void test_from_encodings(void) {
+    qd_err err;
+    qd_qint_enc e1, e2;
+    qd_qsim *sim = make_sim(8, &e1);
+    if (!sim) return;
+    qd_encodings *E = qd_encodings_build(sim, model, &err);
+    CHECK(E != NULL, "%s", err.msg);
+    qd_qint *a = qd_qint_build(model, &e1, &err), *b = NULL;
+    if (E && qd_qint_enc_from_encodings(&e2, E, &err) == QD_OK) {
+        b = qd_qint_build(E->folded, &e2, &err);
+        qd_qint_enc_free(&e2);
+    }
+    CHECK(a && b, "%s", err.msg);
+    if (a && b) {
+        qd_qrt *ra = qd_qrt_new(a, NULL, &err), *rb = qd_qrt_new(b, NULL, &err);
+        int V = model->cfg.vocab_size, T = 32;
+        int16_t *la = malloc(sizeof(int16_t) * T * V), *lb = malloc(sizeof(int16_t) * T * V);
+        qd_qrt_kv *kv = qd_qrt_kv_new(ra, T, &err);
+        CHECK(qd_qrt_forward_int(ra, kv, toks.ids + 3000, T, 0, la, &err) == QD_OK, "%s", err.msg);
+        CHECK(qd_qrt_forward_int(rb, kv, toks.ids + 3000, T, 0, lb, &err) == QD_OK, "%s", err.msg);
+        CHECK(!memcmp(la, lb, sizeof(int16_t) * T * V), "integer logits differ");
+        qd_qrt_kv_free(kv);
+        free(la), free(lb);
+        qd_qrt_free(ra), qd_qrt_free(rb);
+    }
+    qd_qint_free(a), qd_qint_free(b);
+    qd_encodings_free(E);
+    qd_qint_enc_free(&e1);
+    qd_qsim_free(sim);
+}
+
 static void test_w8a8_vs_sim(void) { compare_case(8); }
 static void test_w4a8_vs_sim(void) { compare_case(4); }
 
@@ -204,6 +238,7 @@ int main(void) {
     }
     RUN(test_version_refused);
     RUN(test_roundtrip_decode_isa);
+    RUN(test_from_encodings);
     RUN(test_w8a8_vs_sim);
     RUN(test_w4a8_vs_sim);
     qd_tokens_free(&toks);
