@@ -38,6 +38,7 @@ AUX_OBJ  := $(TEST_AUX:%.c=$(BUILD)/%.o)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 BENCH_BIN:= $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
+.SECONDARY:
 .PHONY: all deps ensure-deps test test-unit test-asan run bench clean
 all: $(BUILD)/quantd $(TEST_BIN) $(BENCH_BIN)
 
