@@ -99,3 +99,6 @@ clean:
 	rm -rf build build-asan
 
 -include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(AUX_OBJ:.o=.d) $(TEST_BIN:=.d) $(BENCH_BIN:=.d)
+
+# Files embedded with .incbin: -MMD cannot see them, so name them here.
+$(BUILD)/server/openapi_blob.o: api/openapi.yaml
