@@ -6,7 +6,9 @@
 int cmd_inspect(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
+int cmd_quantize(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_work(int argc, char **argv);
+int cmd_client(int argc, char **argv);
 
 #endif

@@ -945,3 +945,19 @@ QD_API int qd_qsim_fold(const qd_qsim *qc, qd_model *out, qd_err *err) {
     for (int i = 0; i < D; i++) out->final_norm[i] = (float)P->final_norm[i];
     return QD_OK;
 }
+
+QD_API void qd_qsim_weight_enc(const qd_qsim *qc, int l, int w, qd_real *scale, qd_real *zero) {
+    qd_qsim *q = (qd_qsim *)qc; /* scratch only */
+    struct qd_qsim_priv *P = q->priv;
+    qd_qlayer *L = &q->L[l];
+    int rows = L->wrows[w], cols = L->wcols[w];
+    qd_real *c, *r, *gc, *gr;
+    let_cr(L, w, &c, &r, &gc, &gr);
+    const qd_real *t = L->w[w];
+    if (q->let_on && (c || r)) {
+        qd_let_weight_forward(P->scrA, L->w[w], rows, cols, c, r);
+        t = P->scrA;
+    }
+    qd_wq_forward(P->scrB, t, rows, cols, L->wspec[w], q->lwc_on ? L->gam[w] : NULL,
+                  q->lwc_on ? L->bet[w] : NULL, scale, zero, NULL, 0);
+}

@@ -176,4 +176,9 @@ QD_API int qd_qsim_collect(qd_qsim *q, const int *tokens, int n_windows, int T, 
  * range (the grid's end points). Embedding/LM head are copied unchanged. */
 QD_API int qd_qsim_fold(const qd_qsim *q, qd_model *out, qd_err *err);
 
+/* Final encodings of linear weight w of layer l: per group (rows when per channel, else 1)
+ * the scale and the rounded zero point (0 when symmetric), from the LET-transformed weight and
+ * the LWC range — exactly the grid the simulation uses. */
+QD_API void qd_qsim_weight_enc(const qd_qsim *q, int l, int w, qd_real *scale, qd_real *zero);
+
 #endif
