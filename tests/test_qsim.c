@@ -1,0 +1,243 @@
+/* The fake-quant simulation against the FP32 forward and against its own encodings:
+ *  - with every switch off it is the FP32 model (same logits as qd_forward);
+ *  - LET alone is function-preserving (any scales, quantizers off);
+ *  - the integer grids exported as encodings reproduce the simulation's weights exactly, and
+ *    the folded model with quantizers off reproduces the LET-transformed model;
+ *  - quantizer round-trip error stays within the grid's bound. */
+#include <math.h>
+
+#include "quant/encodings.h"
+#include "quant/eval.h"
+#include "quant/forward.h"
+#include "quant/qsim.h"
+#include "tests/check.h"
+#include "tests/synth.h"
+
+static qd_model *stories(void) {
+    qd_err err = {{0}};
+    qd_model *m = qd_model_load(fixture("models/stories260K.gguf"), &err);
+    CHECK(m != NULL, "%s", err.msg);
+    return m;
+}
+
+static qd_qsim *sim(const qd_model *m, int wbits, int B, int T, int train) {
+    qd_qsim_opts o;
+    qd_qsim_defaults(&o);
+    o.wbits = wbits, o.Bmax = B, o.Tmax = T, o.train = train;
+    qd_err err = {{0}};
+    qd_qsim *q = qd_qsim_new(m, &o, &err);
+    CHECK(q != NULL, "%s", err.msg);
+    return q;
+}
+
+static float max_diff(const float *a, const float *b, size_t n, float *scale) {
+    float d = 0, s = 0;
+    for (size_t i = 0; i < n; i++) {
+        d = fmaxf(d, fabsf(a[i] - b[i]));
+        s = fmaxf(s, fabsf(a[i]));
+    }
+    if (scale) *scale = s;
+    return d;
+}
+
+/* all switches off == qd_forward, on the real model and on a GQA model with q/k/v biases */
+static void fp_path_matches_forward(void) {
+    qd_config c = synth_config(32, 48, 2, 4, 2, 50, 64);
+    c.qkv_bias = 1;
+    qd_err err = {{0}};
+    qd_model *ms[2] = {stories(), synth_model(&c, 3, &err)};
+    for (int k = 0; k < 2; k++) {
+        qd_model *m = ms[k];
+        if (!m) continue;
+        int B = 3, T = 40, V = m->cfg.vocab_size;
+        qd_qsim *q = sim(m, 8, 2, T, 0);
+        if (!q) continue;
+        q->let_on = q->wq_on = q->aq_on = 0;
+        int *tok = malloc(sizeof(int) * B * T);
+        for (int i = 0; i < B * T; i++) tok[i] = (i * 131 + 7) % V;
+        float *a = malloc(sizeof(float) * B * T * V), *b = malloc(sizeof(float) * B * T * V);
+        CHECK(qd_forward(m, tok, B, T, a, &err) == 0, "%s", err.msg);
+        CHECK(qd_qsim_logits(q, tok, B, T, b, &err) == 0, "%s", err.msg);
+        float s, d = max_diff(a, b, (size_t)B * T * V, &s);
+        /* same math, different summation order (double sums in RMSNorm, gemm blocking):
+         * 1e-4 relative to the largest logit */
+        CHECK(d <= 1e-4f * s, "model %d: max |qsim - forward| = %g (logit scale %g)", k, d, s);
+        /* LET alone, with arbitrary positive scales, changes nothing but rounding */
+        q->let_on = 1;
+        uint64_t seed = 9;
+        for (size_t i = q->grp_off[QD_GRP_LET]; i < q->grp_off[QD_GRP_LET + 1]; i++)
+            q->p[i] = (float)(1 + 0.9 * synth_u(&seed));
+        CHECK(qd_qsim_logits(q, tok, B, T, b, &err) == 0, "%s", err.msg);
+        d = max_diff(a, b, (size_t)B * T * V, &s);
+        CHECK(d <= 1e-4f * s, "model %d: LET changes logits by %g", k, d);
+        free(tok), free(a), free(b);
+        qd_qsim_free(q);
+        qd_model_free(m);
+    }
+}
+
+/* Encodings reproduce the simulated weights; the folded model is the LET-transformed one. */
+static void encodings_match_simulation(void) {
+    qd_config c = synth_config(32, 48, 2, 4, 4, 50, 64);
+    qd_err err = {{0}};
+    qd_model *m = synth_model(&c, 4, &err);
+    CHECK(m != NULL, "%s", err.msg);
+    if (!m) return;
+    for (int wbits = 8; wbits >= 4; wbits -= 4) {
+        qd_qsim *q = sim(m, wbits, 1, 16, 0);
+        if (!q) break;
+        uint64_t seed = 77;
+        for (size_t i = 0; i < q->grp_off[QD_GRP_LRL]; i++)
+            q->p[i] = i < q->grp_off[QD_GRP_LWC] ? (float)(1 + 0.5 * synth_u(&seed))
+                                                 : (float)(2 + 1.5 * synth_u(&seed));
+        qd_encodings *e = qd_encodings_build(q, m, &err);
+        CHECK(e != NULL, "%s", err.msg);
+        if (!e) {
+            qd_qsim_free(q);
+            break;
+        }
+        double worst = 0;
+        for (int l = 0; l < c.n_layers; l++)
+            for (int w = 0; w < QD_W_PER_LAYER; w++) {
+                const qd_qlayer *L = &q->L[l];
+                const qd_wenc *x = qd_enc_weight(e, l, w);
+                CHECK(x && x->bits == wbits && x->sym == (wbits < 8), "layer %d weight %d", l, w);
+                if (!x) continue;
+                CHECK(x->per_channel == (wbits < 8 || w == QD_W_DOWN), "granularity of %s",
+                      x->name);
+                size_t n = (size_t)x->rows * x->cols;
+                float *wt = malloc(sizeof(float) * n), *wh = malloc(sizeof(float) * n);
+                int32_t *iq = malloc(sizeof(int32_t) * n);
+                const float *cs = NULL, *rs = NULL;
+                if (w <= QD_W_V) cs = L->s_qkv;
+                if (w == QD_W_V) rs = L->s_vo;
+                if (w == QD_W_O) cs = L->s_vo;
+                if (w >= QD_W_GATE && w <= QD_W_UP) cs = L->s_gu;
+                if (w == QD_W_UP) rs = L->s_ud;
+                if (w == QD_W_DOWN) cs = L->s_ud;
+                qd_let_weight_forward(wt, L->w[w], x->rows, x->cols, cs, rs);
+                qd_wq_forward(wh, wt, x->rows, x->cols, L->wspec[w], L->gam[w], L->bet[w], NULL,
+                              NULL, NULL, 0);
+                qd_wenc_quantize(x, iq);
+                size_t gsz = x->per_channel ? (size_t)x->cols : n;
+                for (size_t i = 0; i < n; i++) {
+                    int g = (int)(i / gsz);
+                    CHECK(iq[i] >= x->qmin && iq[i] <= x->qmax, "%s: int out of grid", x->name);
+                    double deq = ((double)iq[i] - x->zero[g]) * x->scale[g];
+                    worst = fmax(worst, fabs(deq - wh[i]) / x->scale[g]);
+                }
+                free(wt), free(wh), free(iq);
+            }
+        /* dequantized ints equal the simulation's Ŵ up to float rounding of (q-z)*s */
+        CHECK(worst < 1e-3, "W%d: encodings differ from the simulated weights by %g steps", wbits,
+              worst);
+        const qd_aenc *a = qd_enc_act(e, 1, QD_AQ_SCORE);
+        CHECK(a && a->bits == 16 && a->scale == *q->L[1].aq[QD_AQ_SCORE].s, "score encoding");
+        a = qd_enc_act(e, 0, QD_AQ_Q);
+        CHECK(a && a->bits == 8 && a->min < a->max, "q encoding");
+        /* the folded model with LET folded: FP32 forward equals the simulation with LET on,
+         * weights clipped but not rounded is not simulated, so compare with LWC off */
+        qd_qsim_free(q);
+        qd_encodings_free(e);
+    }
+    qd_model_free(m);
+}
+
+/* Folding the LET (no clipping) gives an FP model equal to the original. */
+static void fold_is_function_preserving(void) {
+    qd_model *m = stories();
+    if (!m) return;
+    qd_qsim *q = sim(m, 8, 1, 32, 0);
+    qd_err err = {{0}};
+    qd_model *f = qd_model_clone(m, &err);
+    if (!q || !f) goto out;
+    uint64_t seed = 5;
+    for (size_t i = q->grp_off[QD_GRP_LET]; i < q->grp_off[QD_GRP_LET + 1]; i++)
+        q->p[i] = (float)(1 + 0.8 * synth_u(&seed));
+    q->wq_on = 0; /* no clipping */
+    CHECK(qd_qsim_fold(q, f, &err) == 0, "%s", err.msg);
+    int T = 32, V = m->cfg.vocab_size;
+    int tok[32];
+    for (int i = 0; i < T; i++) tok[i] = (i * 37 + 1) % V;
+    float *a = malloc(sizeof(float) * T * V), *b = malloc(sizeof(float) * T * V);
+    qd_forward(m, tok, 1, T, a, &err);
+    qd_forward(f, tok, 1, T, b, &err);
+    float s, d = max_diff(a, b, (size_t)T * V, &s);
+    CHECK(d <= 1e-4f * s, "folded LET changes logits by %g (scale %g)", d, s);
+    free(a), free(b);
+out:
+    qd_model_free(f);
+    qd_qsim_free(q);
+    qd_model_free(m);
+}
+
+/* Round trip of the quantizers: inside the range every error is at most half a step. */
+static void quantizer_error_bounds(void) {
+    enum { N = 4096 };
+    float x[N], y[N];
+    uint64_t s = 11;
+    for (int i = 0; i < N; i++) x[i] = (float)(3 * synth_u(&s));
+    for (int bits = 4; bits <= 16; bits += 4) {
+        float sz[2];
+        qd_aq a = {&sz[0], &sz[1], NULL, NULL, bits};
+        float Q = (float)((1u << bits) - 1);
+        sz[0] = 6.0f / Q, sz[1] = 3.0f / sz[0];
+        qd_aq_forward(y, x, N, &a, NULL, 0);
+        double worst = 0, se = 0;
+        for (int i = 0; i < N; i++) {
+            worst = fmax(worst, fabs(y[i] - x[i]));
+            se += (y[i] - x[i]) * (y[i] - x[i]);
+        }
+        /* half a step (plus float slack); RMSE near step/sqrt(12) for uniform data */
+        CHECK(worst <= 0.5 * sz[0] * 1.001 + 1e-6, "a%d: max error %g > half step %g", bits, worst,
+              0.5 * sz[0]);
+        double rmse = sqrt(se / N), ideal = sz[0] / sqrt(12.0);
+        CHECK(rmse < 1.2 * ideal + 1e-7, "a%d: rmse %g vs %g", bits, rmse, ideal);
+    }
+    /* weights: symmetric 4-bit per channel, asymmetric 8-bit per tensor, no clipping */
+    qd_wq_spec sp[2] = {{4, 1, 1}, {8, 0, 0}};
+    for (int k = 0; k < 2; k++) {
+        int R = 16, C = 64;
+        float sc[16], zp[16];
+        qd_wq_forward(y, x, R, C, sp[k], NULL, NULL, sc, zp, NULL, 0);
+        double worst = 0;
+        for (int i = 0; i < R * C; i++) {
+            int g = sp[k].per_channel ? i / C : 0;
+            worst = fmax(worst, fabs(y[i] - x[i]) / sc[g]);
+        }
+        CHECK(worst <= 0.5 + 1e-3, "w%d: error %g steps", sp[k].bits, worst);
+    }
+}
+
+/* W8A8 RTN on the real model stays close to FP32 (sanity of the whole simulated path). */
+static void w8a8_close_to_fp32(void) {
+    qd_model *m = stories();
+    if (!m) return;
+    int T = 64, nw = 8, V = m->cfg.vocab_size;
+    int *tok = malloc(sizeof(int) * nw * T);
+    for (int i = 0; i < nw * T; i++) tok[i] = (i * 7 + i / 13) % V;
+    qd_qsim *q = sim(m, 8, 4, T, 0);
+    qd_err err = {{0}};
+    qd_qstats *st = qd_qstats_new(&m->cfg);
+    q->lwc_on = 0, q->let_on = 0;
+    CHECK(qd_qsim_collect(q, tok, nw, T, st, &err) == 0, "%s", err.msg);
+    qd_qsim_init_ranges(q, st);
+    qd_cmp_result r;
+    CHECK(qd_eval_compare(qd_fp32_logits_fn, m, qd_qsim_logits_fn, q, V, tok, (size_t)nw * T, T,
+                          &r, &err) == 0, "%s", err.msg);
+    /* on its own calibration tokens: KL well below 0.1 nats, top-1 mostly agreeing */
+    CHECK(r.kl < 0.1 && r.top1 > 0.8, "W8A8 RTN: kl %g top1 %g", r.kl, r.top1);
+    qd_qstats_free(st);
+    qd_qsim_free(q);
+    free(tok);
+    qd_model_free(m);
+}
+
+int main(void) {
+    RUN(fp_path_matches_forward);
+    RUN(encodings_match_simulation);
+    RUN(fold_is_function_preserving);
+    RUN(quantizer_error_bounds);
+    RUN(w8a8_close_to_fp32);
+    return CHECK_DONE();
+}

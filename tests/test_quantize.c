@@ -1,0 +1,297 @@
+/* The methods and the pipeline:
+ *  - mobilequant is deterministic, and a run stopped mid-way and resumed from its checkpoint
+ *    ends with exactly the parameters of an uninterrupted run;
+ *  - a damaged or foreign checkpoint is refused;
+ *  - qd_quantize writes a complete report.json on stories260K (small budget), with FP32
+ *    perplexity equal to qd_eval_ppl's on the same held-out tokens;
+ *  - outliers: a function-preserving outlier variant of stories260K (a few RMSNorm channels
+ *    scaled up, the consuming columns down) breaks RTN W8A8 while MobileQuant recovers. */
+#include <math.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "quant/data.h"
+#include "quant/eval.h"
+#include "quant/loadtok.h"
+#include "quant/forward.h"
+#include "quant/mobilequant.h"
+#include "quant/optim.h"
+#include "tests/check.h"
+#include "tests/synth.h"
+
+static int *rand_tokens(size_t n, int V, uint64_t seed) {
+    int *t = malloc(sizeof(int) * n);
+    for (size_t i = 0; i < n; i++) t[i] = (int)(synth_next(&seed) % (uint64_t)V);
+    return t;
+}
+
+typedef struct {
+    long stop_at;
+    volatile sig_atomic_t *flag;
+} stopper;
+
+static void stop_cb(void *ctx, const qd_progress *p) {
+    stopper *s = ctx;
+    if (!strcmp(p->phase, "optimize") && p->step >= s->stop_at) *s->flag = 1;
+}
+
+static qd_qsim *run_mq(const qd_model *m, const int *tok, size_t n, const char *ckpt,
+                       long stop_at, int *rc_out, qd_mq_result *res) {
+    qd_mq_opts o;
+    qd_mq_defaults(&o, 8);
+    o.samples = 6, o.seq_len = 16, o.epochs = 3, o.batch = 2, o.seed = 42;
+    /* larger LRs than the reference so that the parameters actually move in 9 steps */
+    o.lr_let[0] = 1e-2, o.lr_lrl[0] = 1e-4;
+    o.checkpoint_path = ckpt, o.checkpoint_every = 2, o.fingerprint = 0xABCDEF;
+    static volatile sig_atomic_t flag;
+    flag = 0;
+    stopper s = {stop_at, &flag};
+    o.stop = &flag;
+    if (stop_at > 0) o.progress = stop_cb, o.progress_ctx = &s;
+    o.t0 = qd_now();
+    qd_qsim *q = NULL;
+    qd_err err = {{0}};
+    *rc_out = qd_mq_run(m, tok, n, &o, &q, res, &err);
+    CHECK(*rc_out != QD_ERR, "%s", err.msg);
+    return q;
+}
+
+static void resume_same_trajectory(void) {
+    qd_config c = synth_config(32, 48, 2, 4, 4, 40, 32);
+    qd_err err = {{0}};
+    qd_model *m = synth_model(&c, 8, &err);
+    CHECK(m != NULL, "%s", err.msg);
+    if (!m) return;
+    size_t n = 6 * 16;
+    int *tok = rand_tokens(n, c.vocab_size, 3);
+    char ck[] = "/tmp/qd_test_ckpt_XXXXXX";
+    int fd = mkstemp(ck);
+    close(fd);
+    unlink(ck);
+    int rc;
+    qd_mq_result ra = {0}, rb = {0}, rc2 = {0};
+    qd_qsim *a = run_mq(m, tok, n, NULL, 0, &rc, &ra);            /* uninterrupted */
+    CHECK(rc == QD_OK && ra.steps == 9, "rc %d steps %ld", rc, ra.steps);
+    qd_qsim *b = run_mq(m, tok, n, ck, 4, &rc, &rb);              /* stopped after step 4 */
+    CHECK(rc == 1 && b == NULL && rb.stopped, "stop: rc %d", rc);
+    CHECK(access(ck, F_OK) == 0, "no checkpoint written on stop");
+    qd_qsim *r = run_mq(m, tok, n, ck, 0, &rc, &rc2);             /* resumed */
+    CHECK(rc == QD_OK && rc2.resumed_at == 4 && rc2.steps == 5, "resume: rc %d at %ld steps %ld",
+          rc, rc2.resumed_at, rc2.steps);
+    if (a && r) {
+        size_t diff = 0;
+        for (size_t i = 0; i < a->n_params; i++) diff += a->p[i] != r->p[i];
+        CHECK(diff == 0, "%zu of %zu parameters differ after resume", diff, a->n_params);
+        size_t moved = 0; /* the clipping logits start at 4: training must move them */
+        for (size_t i = a->grp_off[QD_GRP_LWC]; i < a->grp_off[QD_GRP_LRL]; i++)
+            moved += a->p[i] != 4.0f;
+        CHECK(moved > 0, "training did not move any clipping parameter");
+        CHECK(ra.n_loss == rc2.n_loss, "loss curve length %ld vs %ld", ra.n_loss, rc2.n_loss);
+        for (long i = 0; i < ra.n_loss && i < rc2.n_loss; i++)
+            CHECK(ra.loss[i] == rc2.loss[i], "loss[%ld] %g vs %g", i, ra.loss[i], rc2.loss[i]);
+    }
+    /* same seed, fresh run: identical (determinism) */
+    qd_mq_result rd = {0};
+    qd_qsim *d = run_mq(m, tok, n, NULL, 0, &rc, &rd);
+    if (a && d) CHECK(!memcmp(a->p, d->p, sizeof(float) * a->n_params), "rerun differs");
+    unlink(ck);
+    qd_qsim_free(a), qd_qsim_free(r), qd_qsim_free(d);
+    qd_mq_result_free(&ra), qd_mq_result_free(&rb), qd_mq_result_free(&rc2);
+    qd_mq_result_free(&rd);
+    free(tok);
+    qd_model_free(m);
+}
+
+static void checkpoint_refuses_bad_files(void) {
+    size_t off[4] = {0, 3, 5, 8};
+    qd_err err = {{0}};
+    qd_adam *a = qd_adam_new(8, off, 3, &err);
+    float p[8] = {1, 2, 3, 4, 5, 6, 7, 8}, q[8];
+    float loss[2] = {0.5f, 0.25f};
+    char path[] = "/tmp/qd_test_ck2_XXXXXX";
+    close(mkstemp(path));
+    qd_ckpt c = {77, 3, 10, 1234, loss, 2};
+    a->step = 3;
+    CHECK(qd_ckpt_save(path, &c, a, p, &err) == 0, "%s", err.msg);
+    qd_ckpt r = {0};
+    CHECK(qd_ckpt_load(path, 77, &r, a, q, &err) == 0 && r.step == 3 && r.n_loss == 2 &&
+              !memcmp(p, q, sizeof p) && r.rng == 1234, "round trip: %s", err.msg);
+    free(r.loss);
+    r.loss = NULL;
+    CHECK(qd_ckpt_load(path, 78, &r, a, q, &err) == QD_ERR && strstr(err.msg, "other settings"),
+          "foreign fingerprint accepted: %s", err.msg);
+    /* flip one byte in the parameters */
+    FILE *f = fopen(path, "r+b");
+    fseek(f, 80, SEEK_SET);
+    int ch = fgetc(f);
+    fseek(f, 80, SEEK_SET);
+    fputc(ch ^ 0x5A, f);
+    fclose(f);
+    CHECK(qd_ckpt_load(path, 77, &r, a, q, &err) == QD_ERR && strstr(err.msg, "checksum"),
+          "corrupt checkpoint accepted: %s", err.msg);
+    CHECK(truncate(path, 10) == 0, "truncate");
+    CHECK(qd_ckpt_load(path, 77, &r, a, q, &err) == QD_ERR, "truncated checkpoint accepted");
+    unlink(path);
+    CHECK(qd_ckpt_load(path, 77, &r, a, q, &err) == 1, "missing file should report 'none'");
+    qd_adam_free(a);
+}
+
+static cJSON *get(cJSON *o, const char *a, const char *b) {
+    cJSON *x = cJSON_GetObjectItemCaseSensitive(o, a);
+    return b ? cJSON_GetObjectItemCaseSensitive(x, b) : x;
+}
+
+static int fp_logits(void *ctx, const int *t, int B, int T, float *lg, qd_err *e) {
+    return qd_forward(ctx, t, B, T, lg, e);
+}
+
+static void pipeline_report(void) {
+    char dir[] = "/tmp/qd_test_out_XXXXXX";
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    qd_quant_opts o;
+    qd_quant_defaults(&o);
+    o.model_path = fixture("models/stories260K.gguf");
+    o.calib_path = fixture("text/tinystories-valid-excerpt.txt");
+    o.eval_split = 0.5;
+    o.samples = 4, o.seq_len = 64, o.epochs = 1;
+    o.out_dir = dir;
+    o.max_ppl_increase = 0.5;
+    qd_err err = {{0}};
+    int rc = qd_quantize(&o, &err);
+    CHECK(rc == QD_OK, "%s", err.msg);
+    char path[256];
+    snprintf(path, sizeof path, "%s/report.json", dir);
+    size_t n;
+    char *text = qd_read_file(path, 1 << 24, &n, &err);
+    CHECK(text != NULL, "%s", err.msg);
+    cJSON *r = text ? cJSON_Parse(text) : NULL;
+    CHECK(r != NULL, "report is not JSON");
+    if (r) {
+        const char *vars[] = {"fp32", "rtn", "smoothquant", "mobilequant"};
+        for (int k = 0; k < 4; k++) {
+            cJSON *v = get(get(r, "eval", NULL), vars[k], NULL);
+            double ppl = cJSON_GetNumberValue(get(v, "ppl", NULL));
+            double kl = cJSON_GetNumberValue(get(v, "kl", NULL));
+            double t1 = cJSON_GetNumberValue(get(v, "top1", NULL));
+            CHECK(ppl > 1 && ppl < 100 && kl >= 0 && t1 > 0.5 && t1 <= 1, "%s: ppl %g kl %g top1 %g",
+                  vars[k], ppl, kl, t1);
+        }
+        double tokens = cJSON_GetNumberValue(get(r, "eval", "tokens"));
+        CHECK(tokens > 1000, "eval.tokens %g", tokens);
+        CHECK(cJSON_GetArraySize(get(r, "loss_curve", NULL)) == 4, "loss curve length %d",
+              cJSON_GetArraySize(get(r, "loss_curve", NULL)));
+        CHECK(cJSON_GetNumberValue(get(r, "compute", "peak_rss_bytes")) > 0, "peak rss");
+        CHECK(cJSON_GetNumberValue(get(r, "compute", "tokens_processed")) > tokens, "tokens");
+        CHECK(cJSON_GetNumberValue(get(r, "compute", "wall_seconds")) > 0, "wall");
+        CHECK(cJSON_IsBool(get(r, "gates", "passed")), "gate outcome");
+        /* FP32 perplexity equals the lead's qd_eval_ppl on the same held-out tokens */
+        qd_model *m = qd_model_load(o.model_path, &err);
+        qd_tokenizer *tok = m ? qd_tok_for_model(m, o.model_path, NULL, &err) : NULL;
+        qd_tokens t = {0};
+        if (tok && !qd_data_load(o.calib_path, tok, m->cfg.vocab_size, &t, &err)) {
+            size_t ne = (size_t)floor(t.n * 0.5);
+            qd_eval_result er;
+            CHECK(qd_eval_ppl(fp_logits, m, m->cfg.vocab_size, t.ids + (t.n - ne), ne, 64, &er,
+                              &err) == 0, "%s", err.msg);
+            double ppl = cJSON_GetNumberValue(get(get(r, "eval", "fp32"), "ppl", NULL));
+            CHECK(fabs(er.ppl - ppl) < 1e-6 * ppl && (double)er.tokens == tokens,
+                  "fp32 ppl %g (%zu tokens) vs qd_eval_ppl %g (%g)", ppl, er.tokens, er.ppl, tokens);
+        }
+        qd_tokens_free(&t);
+        qd_tok_free(tok);
+        qd_model_free(m);
+    }
+    cJSON_Delete(r);
+    free(text);
+    unlink(path);
+    rmdir(dir);
+}
+
+/* The outlier fixture: channels ch of every RMSNorm weight scaled by f, the columns of the
+ * linears that consume the norm output divided by f. Exact in real arithmetic. */
+static void make_outliers(qd_model *m, const int *ch, int nch, float f) {
+    const qd_config *c = &m->cfg;
+    int D = c->dim, QD = c->n_heads * c->head_dim, KV = c->n_kv_heads * c->head_dim;
+    for (int l = 0; l < c->n_layers; l++) {
+        qd_layer *L = &m->layers[l];
+        for (int k = 0; k < nch; k++) {
+            int j = ch[k];
+            L->attn_norm[j] *= f;
+            L->ffn_norm[j] *= f;
+            for (int r = 0; r < QD; r++) L->wq[(size_t)r * D + j] /= f;
+            for (int r = 0; r < KV; r++) L->wk[(size_t)r * D + j] /= f, L->wv[(size_t)r * D + j] /= f;
+            for (int r = 0; r < c->hidden_dim; r++)
+                L->w_gate[(size_t)r * D + j] /= f, L->w_up[(size_t)r * D + j] /= f;
+        }
+    }
+}
+
+static void outliers_break_rtn_not_mobilequant(void) {
+    qd_err err = {{0}};
+    qd_model *m = qd_model_load(fixture("models/stories260K.gguf"), &err);
+    CHECK(m != NULL, "%s", err.msg);
+    if (!m) return;
+    qd_tokenizer *tok = qd_tok_for_model(m, fixture("models/stories260K.gguf"), NULL, &err);
+    qd_tokens t = {0};
+    if (!tok || qd_data_load(fixture("text/tinystories-valid-excerpt.txt"), tok,
+                             m->cfg.vocab_size, &t, &err)) {
+        CHECK(0, "%s", err.msg);
+        goto out;
+    }
+    qd_model *o = qd_model_clone(m, &err);
+    int ch[3] = {5, 17, 40};
+    make_outliers(o, ch, 3, 64.0f);
+    int T = 128, V = m->cfg.vocab_size;
+    size_t n_cal = 8 * (size_t)T, n_ev = 6 * (size_t)T;
+    const int *cal = t.ids, *ev = t.ids + t.n - n_ev;
+    /* the variant is the same function in FP32 */
+    float *a = malloc(sizeof(float) * T * V), *b = malloc(sizeof(float) * T * V);
+    qd_forward(m, ev, 1, T, a, &err);
+    qd_forward(o, ev, 1, T, b, &err);
+    float d = 0, s = 0;
+    for (int i = 0; i < T * V; i++) d = fmaxf(d, fabsf(a[i] - b[i])), s = fmaxf(s, fabsf(a[i]));
+    CHECK(d < 1e-4f * s, "outlier variant changes FP32 logits by %g", d);
+    free(a), free(b);
+    qd_cmp_result fp, res[3];
+    qd_eval_compare(qd_fp32_logits_fn, o, qd_fp32_logits_fn, o, V, ev, n_ev, T, &fp, &err);
+    const char *methods[3] = {"rtn", "smoothquant", "mobilequant"};
+    for (int k = 0; k < 3; k++) {
+        qd_mq_opts mo;
+        qd_mq_defaults(&mo, 8);
+        strcpy(mo.method, methods[k]);
+        mo.samples = 8, mo.seq_len = T, mo.epochs = 2;
+        mo.t0 = qd_now();
+        qd_qsim *q = NULL;
+        qd_mq_result r = {0};
+        CHECK(qd_mq_run(o, cal, n_cal, &mo, &q, &r, &err) == QD_OK, "%s", err.msg);
+        if (q)
+            qd_eval_compare(qd_fp32_logits_fn, o, qd_qsim_logits_fn, q, V, ev, n_ev, T, &res[k],
+                            &err);
+        printf("  outliers x64: %-12s ppl %.3f (fp32 %.3f) kl %.4f top1 %.3f\n", methods[k],
+               res[k].ppl, fp.ppl, res[k].kl, res[k].top1);
+        qd_qsim_free(q);
+        qd_mq_result_free(&r);
+    }
+    /* RTN: the outlier channels stretch the 8-bit norm-output grid; every other channel
+     * collapses onto a few levels */
+    CHECK(res[0].ppl > 1.2 * fp.ppl, "RTN should fail on outliers: ppl %g vs fp32 %g", res[0].ppl,
+          fp.ppl);
+    /* MobileQuant: the LET absorbs the outliers back into the norm */
+    CHECK(res[2].ppl < 1.05 * fp.ppl, "MobileQuant should recover: ppl %g vs fp32 %g", res[2].ppl,
+          fp.ppl);
+    qd_model_free(o);
+out:
+    qd_tokens_free(&t);
+    qd_tok_free(tok);
+    qd_model_free(m);
+}
+
+int main(void) {
+    RUN(checkpoint_refuses_bad_files);
+    RUN(resume_same_trajectory);
+    RUN(pipeline_report);
+    RUN(outliers_break_rtn_not_mobilequant);
+    return CHECK_DONE();
+}
