@@ -11,7 +11,25 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef QD_REAL_DOUBLE
+#ifdef QD_GEMM_PROFILE
+/* Benchmarks compile this file with QD_GEMM_PROFILE to split step time into gemm and the rest
+ * (bench/bench_optimizer.c); the library never does. */
+#include "quant/qd.h"
+static double qd_gemm_seconds, qd_gemm_flops;
+static void gemm_prof(enum CBLAS_ORDER o, enum CBLAS_TRANSPOSE ta, enum CBLAS_TRANSPOSE tb, int M,
+                      int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                      float beta, float *C, int ldc) {
+    double t = qd_now();
+    cblas_sgemm(o, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    qd_gemm_seconds += qd_now() - t;
+    qd_gemm_flops += 2.0 * M * N * K;
+}
+#define GEMM gemm_prof
+#define R_RINT rintf
+#define R_EXP expf
+#define R_SQRT sqrtf
+#define R_FABS fabsf
+#elif defined(QD_REAL_DOUBLE)
 #define GEMM cblas_dgemm
 #define R_RINT rint
 #define R_EXP exp
