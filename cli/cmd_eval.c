@@ -8,24 +8,15 @@
 #include "cli/cli.h"
 #include "quant/data.h"
 #include "quant/forward.h"
-#include "quant/loadtok.h"
-
-typedef struct {
-    const qd_model *m;
-    qd_fwd_ws *ws;
-} fp32_ctx;
-
-static int fp32_logits(void *ctx, const int *tokens, int B, int T, float *logits, qd_err *err) {
-    fp32_ctx *c = ctx;
-    return qd_forward_ws(c->m, c->ws, tokens, B, T, logits, err);
-}
+#include "cli/runner.h"
 
 static void usage(FILE *f) {
     fprintf(f, "usage: quantd eval --model PATH --data PATH [--tokenizer PATH] [--ctx N] [--json]\n"
-               "  --model      checkpoint: .gguf, Hugging Face directory, llama2.c .bin\n"
+               "  --model      checkpoint: .gguf, Hugging Face directory, llama2.c .bin, or an\n"
+               "               integer artifact model.qint.safetensors (integer runtime)\n"
                "  --data       .txt, .jsonl (\"text\" field) or pre-tokenized .bin\n"
                "  --tokenizer  tokenizer.bin / tokenizer.json / .gguf (default: the model's own)\n"
-               "  --ctx        window length in tokens (default: 256, at most the model's)\n"
+               "  --ctx        window length in tokens (default: 256)\n"
                "  --json       print one JSON object instead of text\n");
 }
 
@@ -61,8 +52,8 @@ int cmd_eval(int argc, char **argv) {
         return 2;
     }
     qd_err err = {{0}};
-    qd_model *m = qd_model_load(model_path, &err);
-    if (!m) {
+    runner r;
+    if (runner_open(&r, model_path, &err)) {
         fprintf(stderr, "quantd eval: %s\n", err.msg);
         return 1;
     }
@@ -71,30 +62,26 @@ int cmd_eval(int argc, char **argv) {
     qd_tokenizer *tok = NULL;
     const char *ext = strrchr(data_path, '.');
     int pretokenized = ext && !strcmp(ext, ".bin");
-    if (!pretokenized && !(tok = qd_tok_for_model(m, model_path, tok_path, &err))) goto out;
-    if (qd_data_load(data_path, tok, m->cfg.vocab_size, &toks, &err)) goto out;
-    if (ctx == 0) ctx = m->cfg.max_seq_len < 256 ? m->cfg.max_seq_len : 256;
-    qd_eval_result r;
-    fp32_ctx fc = {m, qd_fwd_ws_new()};
-    int erc = fc.ws ? qd_eval_ppl(fp32_logits, &fc, m->cfg.vocab_size, toks.ids, toks.n,
-                                  (int)ctx, &r, &err)
-                    : qd_errf(&err, "out of memory");
-    qd_fwd_ws_free(fc.ws);
-    if (erc) goto out;
-    double tps = r.seconds > 0 ? (double)toks.n / r.seconds : 0;
+    if (!pretokenized && !(tok = runner_tokenizer(&r, model_path, tok_path, &err))) goto out;
+    if (qd_data_load(data_path, tok, r.vocab_size, &toks, &err)) goto out;
+    if (ctx == 0) ctx = 256;
+    qd_eval_result res;
+    if (qd_eval_ppl(runner_logits, &r, r.vocab_size, toks.ids, toks.n, (int)ctx, &res, &err))
+        goto out;
+    double tps = res.seconds > 0 ? (double)toks.n / res.seconds : 0;
     if (json)
-        printf("{\"model\":\"%s\",\"ppl\":%.6f,\"nll\":%.6f,\"tokens\":%zu,\"ctx\":%ld,"
+        printf("{\"runtime\":\"%s\",\"ppl\":%.6f,\"nll\":%.6f,\"tokens\":%zu,\"ctx\":%ld,"
                "\"seconds\":%.4f,\"tokens_per_s\":%.1f}\n",
-               m->format, r.ppl, r.nll, r.tokens, ctx, r.seconds, tps);
+               r.kind, res.ppl, res.nll, res.tokens, ctx, res.seconds, tps);
     else
-        printf("perplexity %.4f  (nll %.5f nats/token, %zu predicted tokens, ctx %ld, "
+        printf("perplexity %.4f  (%s, nll %.5f nats/token, %zu predicted tokens, ctx %ld, "
                "%.2f s, %.0f tokens/s)\n",
-               r.ppl, r.nll, r.tokens, ctx, r.seconds, tps);
+               res.ppl, r.kind, res.nll, res.tokens, ctx, res.seconds, tps);
     rc = 0;
 out:
     if (rc) fprintf(stderr, "quantd eval: %s\n", err.msg);
     qd_tokens_free(&toks);
     qd_tok_free(tok);
-    qd_model_free(m);
+    runner_close(&r);
     return rc;
 }

@@ -7,11 +7,10 @@
 
 #include "cli/args.h"
 #include "cli/cli.h"
-#include "quant/forward.h"
-#include "quant/loadtok.h"
+#include "cli/runner.h"
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: quantd generate --model PATH [--prompt S] [-n N] [--temp T] [--seed S]\n"
+    fprintf(f, "usage: quantd generate --model PATH|ART.qint.safetensors [--prompt S] [-n N] [--temp T] [--seed S]\n"
                "                       [--tokenizer PATH]\n"
                "  -n         tokens to generate (default 128; stops early at BOS/EOS)\n"
                "  --temp     0 = greedy (default), else softmax temperature\n"
@@ -76,16 +75,15 @@ int cmd_generate(int argc, char **argv) {
         return 2;
     }
     qd_err err = {{0}};
-    qd_model *m = qd_model_load(model_path, &err);
-    if (!m) {
+    runner r;
+    if (runner_open(&r, model_path, &err)) {
         fprintf(stderr, "quantd generate: %s\n", err.msg);
         return 1;
     }
     int rc = 1, *ids = NULL;
     size_t n_ids = 0;
     float *logits = NULL;
-    qd_kv *kv = NULL;
-    qd_tokenizer *tok = qd_tok_for_model(m, model_path, tok_path, &err);
+    qd_tokenizer *tok = runner_tokenizer(&r, model_path, tok_path, &err);
     if (!tok) goto out;
     int bos = qd_tok_bos(tok), eos = qd_tok_eos(tok);
     if (prompt) {
@@ -97,12 +95,12 @@ int cmd_generate(int argc, char **argv) {
         n_ids = 1;
     }
     long total = (long)n_ids + n;
-    if (!(kv = qd_kv_new(m, (int)total, &err))) goto out;
-    if (!(logits = malloc(sizeof(float) * m->cfg.vocab_size))) goto out;
+    if (runner_decode_init(&r, (int)total, &err)) goto out;
+    if (!(logits = malloc(sizeof(float) * r.vocab_size))) goto out;
     uint64_t rng = seed * 0x9E3779B97F4A7C15ULL + 1;
     int prev = ids[0], pos = 0;
     for (size_t i = 0; i < n_ids; i++, pos++) {
-        if (qd_decode_step(m, kv, ids[i], pos, logits, &err)) goto out;
+        if (runner_decode(&r, ids[i], pos, logits, &err)) goto out;
         if (i > 0) {
             size_t len;
             const char *p = qd_tok_piece(tok, prev, ids[i], &len);
@@ -111,14 +109,14 @@ int cmd_generate(int argc, char **argv) {
         }
     }
     for (long s = 0; s < n; s++, pos++) {
-        int next = sample(logits, m->cfg.vocab_size, (float)temp, &rng);
+        int next = sample(logits, r.vocab_size, (float)temp, &rng);
         if (next == bos || next == eos) break;
         size_t len;
         const char *p = qd_tok_piece(tok, prev, next, &len);
         fwrite(p, 1, len, stdout);
         fflush(stdout);
         prev = next;
-        if (s + 1 < n && qd_decode_step(m, kv, next, pos, logits, &err)) goto out;
+        if (s + 1 < n && runner_decode(&r, next, pos, logits, &err)) goto out;
     }
     putchar('\n');
     rc = 0;
@@ -126,8 +124,7 @@ out:
     if (rc) fprintf(stderr, "quantd generate: %s\n", err.msg[0] ? err.msg : "out of memory");
     free(ids);
     free(logits);
-    qd_kv_free(kv);
     qd_tok_free(tok);
-    qd_model_free(m);
+    runner_close(&r);
     return rc;
 }

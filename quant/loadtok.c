@@ -20,11 +20,16 @@ static int is_file(const char *p) {
 
 qd_tokenizer *qd_tok_for_model(const qd_model *m, const char *model_path, const char *tok_path,
                                qd_err *err) {
+    return qd_tok_resolve(m->vocab, m->cfg.vocab_size, model_path, tok_path, err);
+}
+
+qd_tokenizer *qd_tok_resolve(const qd_vocab *vocab, int vocab_size, const char *model_path,
+                             const char *tok_path, qd_err *err) {
     qd_tokenizer *t = NULL;
     if (tok_path) {
         t = qd_tok_load(tok_path, err);
-    } else if (m->vocab) {
-        t = qd_tok_from_vocab(m->vocab, err);
+    } else if (vocab) {
+        t = qd_tok_from_vocab(vocab, err);
     } else {
         char dir[4096], cand[4200];
         snprintf(dir, sizeof dir, "%s", model_path);
@@ -33,8 +38,9 @@ qd_tokenizer *qd_tok_for_model(const qd_model *m, const char *model_path, const 
             snprintf(tmp, sizeof tmp, "%s", model_path);
             snprintf(dir, sizeof dir, "%s", dirname(tmp));
         }
-        static const char *names[] = {"tokenizer.json", "tokenizer.bin"};
-        for (size_t i = 0; i < 2 && !t; i++) {
+        static const char *names[] = {"tokenizer.json", "tokenizer.bin",
+                                      "fp-folded/tokenizer.json", "fp-folded/tokenizer.bin"};
+        for (size_t i = 0; i < 4 && !t; i++) {
             snprintf(cand, sizeof cand, "%s/%s", dir, names[i]);
             if (is_file(cand)) t = qd_tok_load(cand, err);
             if (!t && is_file(cand)) return NULL;
@@ -46,9 +52,9 @@ qd_tokenizer *qd_tok_for_model(const qd_model *m, const char *model_path, const 
         }
     }
     if (!t) return NULL;
-    if (qd_tok_vocab_size(t) != m->cfg.vocab_size) {
+    if (qd_tok_vocab_size(t) != vocab_size) {
         qd_errf(err, "%s: tokenizer has %d tokens but the model's vocab_size is %d",
-                tok_path ? tok_path : model_path, qd_tok_vocab_size(t), m->cfg.vocab_size);
+                tok_path ? tok_path : model_path, qd_tok_vocab_size(t), vocab_size);
         qd_tok_free(t);
         return NULL;
     }
