@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Jobs end to end through the real pipeline: upload stories260K and the TinyStories excerpt,
+# run an RTN job and a small MobileQuant job to success following SSE, download the report and
+# artifacts (ETag, Range), then the hard cases: two jobs queued behind one worker, cancel,
+# timeout, a worker killed mid-job, and kill -9 of the server followed by a restart that
+# finishes the job.
+set -u
+. "$(dirname "$0")/e2e_common.inc"
+if ! "$Q" work --help >/dev/null 2>&1; then
+    echo "SKIP e2e_serve_jobs: this quantd has no 'work' command (the pipeline is not linked in)"
+    exit 0
+fi
+
+# budgets: SMALL finishes in seconds; LONG keeps the optimizer busy until we act on it
+SMALL='"budget":{"samples":4,"seq_len":64,"epochs":1}'
+LONG='"budget":{"samples":64,"seq_len":64,"epochs":1000}'
+RESUME='"budget":{"samples":8,"seq_len":64,"epochs":40}'
+
+D=$TMP/data
+start_server "$D" --workers 1 --set cancel_grace_s=3 || { bad start "$(cat "$D.err")"; exit 1; }
+MID=$(upload "$MODEL")
+CID=$(upload "$TEXT")
+check uploads '[ "${MID#sha256:}" != "$MID" ] && [ "${CID#sha256:}" != "$CID" ]'
+IN="\"model\":\"$MID\",\"calibration\":\"$CID\""
+
+# --- RTN to success, followed over SSE
+J=$(submit "{$IN,\"method\":\"rtn\",$SMALL,\"gates\":{\"max_ppl_increase\":10}}")
+check rtn_submitted '[ -n "$J" ]' "$(body)"
+timeout 180 curl -sN "$URL/v1/jobs/$J/events" >"$TMP/sse" 2>/dev/null
+last_state=$(grep '^data: ' "$TMP/sse" | sed 's/^data: //' | jq -r 'select(.type=="state") | .state' | tail -1)
+check rtn_sse_ends_succeeded '[ "$last_state" = succeeded ]' "last state '$last_state'; $(tail -c 600 "$D/jobs/$J/worker.log" 2>/dev/null)"
+check sse_has_ids '[ "$(grep -c "^id: " "$TMP/sse")" -ge 3 ] && grep -q "^event: state" "$TMP/sse"'
+check sse_has_progress 'grep -q "^event: progress" "$TMP/sse"'
+n=$(grep -c '^id: ' "$TMP/sse")
+timeout 10 curl -sN -H "Last-Event-ID: $((n - 1))" "$URL/v1/jobs/$J/events" >"$TMP/sse2"
+check sse_last_event_id '[ "$(grep -c "^id: " "$TMP/sse2")" = 1 ] && grep -q "^id: $n\$" "$TMP/sse2"'
+curl -s "$URL/v1/jobs/$J" >"$TMP/job"
+check rtn_job_succeeded '[ "$(jq -r .state "$TMP/job")" = succeeded ] && [ "$(jq -r .worker.exit_code "$TMP/job")" = 0 ]'
+check rtn_result_lists_artifacts '[ "$(jq "[.result.artifacts[].name] | index(\"report.json\") != null" "$TMP/job")" = true ]'
+check report_200_json '[ "$(code GET "/v1/jobs/$J/report")" = 200 ] && jq -e ".eval.fp32.ppl > 0" "$TMP/body" >/dev/null' "$(head -c 400 "$TMP/body")"
+check report_has_rtn_and_int 'jq -e "(.eval.rtn.ppl > 0) and (.eval.int.ppl > 0)" "$TMP/body" >/dev/null'
+etag=$(curl -s -D - -o /dev/null "$URL/v1/jobs/$J/report" | tr -d '\r' | sed -n 's/^[Ee][Tt]ag: //p')
+check report_etag_304 '[ -n "$etag" ] && [ "$(code GET "/v1/jobs/$J/report" -H "If-None-Match: $etag")" = 304 ]'
+art=$(jq -r '.result.artifacts | map(select(.name != "report.json")) | max_by(.size) | .name' "$TMP/job")
+size=$(jq -r ".result.artifacts[] | select(.name == \"$art\") | .size" "$TMP/job")
+check artifact_download '[ "$(code GET "/v1/jobs/$J/artifacts/$art")" = 200 ] && [ "$(stat -c %s "$TMP/body")" = "$size" ] && cmp -s "$TMP/body" "$D/jobs/$J/artifacts/$art"' "$art $size"
+check artifact_range_206 '[ "$(code GET "/v1/jobs/$J/artifacts/$art" -r 100-199)" = 206 ] && [ "$(stat -c %s "$TMP/body")" = 100 ] && cmp -s "$TMP/body" <(tail -c +101 "$D/jobs/$J/artifacts/$art" | head -c 100)'
+check artifact_range_416 '[ "$(code GET "/v1/jobs/$J/artifacts/$art" -H "Range: bytes=$((size + 10))-")" = 416 ]'
+check artifact_list '[ "$(code GET "/v1/jobs/$J/artifacts")" = 200 ] && [ "$(jq ".artifacts | length" "$TMP/body")" -ge 2 ]'
+
+# --- MobileQuant, tiny budget
+J=$(submit "{$IN,\"method\":\"mobilequant\",$SMALL}")
+wait_state "$J" "succeeded|failed|timed_out" 180
+check mobilequant_succeeded '[ "$(job_state "$J")" = succeeded ]' "$(curl -s "$URL/v1/jobs/$J" | jq -c '{state,error,log_tail}')"
+check mobilequant_report '[ "$(code GET "/v1/jobs/$J/report")" = 200 ] && jq -e ".eval.mobilequant.ppl > 0" "$TMP/body" >/dev/null'
+
+# --- two jobs behind one worker: FIFO
+A=$(submit "{$IN,\"method\":\"rtn\",$SMALL,\"labels\":{\"k\":\"a\"}}")
+B=$(submit "{$IN,\"method\":\"rtn\",$SMALL,\"labels\":{\"k\":\"b\"}}")
+check second_job_waits '[ "$(curl -s "$URL/v1/jobs/$B" | jq -r "[.state, .queue_position] | @tsv")" = "$(printf "queued\t0")" ]'
+wait_state "$B" "succeeded|failed" 180
+check both_succeed '[ "$(job_state "$A")" = succeeded ] && [ "$(job_state "$B")" = succeeded ]'
+fa=$(curl -s "$URL/v1/jobs/$A" | jq -r .finished_at); sb=$(curl -s "$URL/v1/jobs/$B" | jq -r .started_at)
+check fifo_one_at_a_time '[[ "$sb" > "$fa" || "$sb" == "$fa" ]]' "A finished $fa, B started $sb"
+
+# --- cancel a running job
+J=$(submit "{$IN,\"method\":\"mobilequant\",$LONG}")
+wait_optimizing "$J" 120
+check cancel_202 '[ "$(code POST "/v1/jobs/$J/cancel")" = 202 ] && [ "$(jq -r .cancel_requested "$TMP/body")" = true ]'
+wait_state "$J" "cancelled|failed|succeeded" 30
+check cancelled '[ "$(job_state "$J")" = cancelled ]'
+check cancel_frees_slot '[ "$(curl -s "$URL/healthz" | jq .workers_busy)" = 0 ]'
+
+# --- a queued job cancelled before it starts
+A=$(submit "{$IN,\"method\":\"mobilequant\",$LONG}")
+B=$(submit "{$IN,\"method\":\"rtn\",$SMALL}")
+check cancel_queued '[ "$(code POST "/v1/jobs/$B/cancel")" = 202 ] && [ "$(job_state "$B")" = cancelled ]'
+code POST "/v1/jobs/$A/cancel" >/dev/null
+wait_state "$A" "cancelled|failed" 30
+
+# --- timeout
+J=$(submit "{$IN,\"method\":\"mobilequant\",$LONG,\"timeout_s\":3}")
+wait_state "$J" "timed_out|failed|succeeded" 60
+check timed_out '[ "$(job_state "$J")" = timed_out ] && curl -s "$URL/v1/jobs/$J" | jq -r .error | grep -q timeout'
+
+# --- a worker killed mid-job
+J=$(submit "{$IN,\"method\":\"mobilequant\",$LONG}")
+wait_optimizing "$J" 120
+wp=$(curl -s "$URL/v1/jobs/$J" | jq .worker.pid)
+kill -KILL "$wp"
+wait_state "$J" "failed|succeeded|cancelled" 30
+curl -s "$URL/v1/jobs/$J" >"$TMP/job"
+check killed_worker_fails '[ "$(jq -r .state "$TMP/job")" = failed ] && [ "$(jq -r .worker.signal "$TMP/job")" = 9 ] && jq -r .error "$TMP/job" | grep -q "signal 9"' "$(jq -c '{state,worker,error}' "$TMP/job")"
+check killed_worker_log_tail '[ -n "$(jq -r ".log_tail // empty" "$TMP/job")" ]'
+
+# --- kill -9 of the server while a job runs; a restarted server finishes it
+J=$(submit "{$IN,\"method\":\"mobilequant\",$RESUME}")
+wait_optimizing "$J" 120
+kill -KILL "$SPID"; wait "$SPID" 2>/dev/null; SPID=
+start_server "$D" --workers 1 --set cancel_grace_s=3 || bad restart "$(cat "$D.err")"
+check restart_keeps_blobs '[ -f "$D/blobs/sha256/${MID#sha256:}" ] && [ -f "$D/blobs/sha256/${CID#sha256:}" ]'
+check restart_keeps_jobs '[ "$(curl -s "$URL/v1/jobs?limit=500" | jq .total)" -ge 9 ]'
+wait_state "$J" "succeeded|failed|timed_out" 180
+curl -s "$URL/v1/jobs/$J" >"$TMP/job"
+check restarted_job_succeeds '[ "$(jq -r .state "$TMP/job")" = succeeded ] && [ "$(jq .attempts "$TMP/job")" -ge 2 ]' "$(jq -c '{state,attempts,error,log_tail}' "$TMP/job")"
+check restart_requeue_event 'grep -q "server restarted" "$D/jobs/$J/events.jsonl"'
+check restart_resumed_from_checkpoint 'grep -q "resuming from checkpoint" "$D/jobs/$J/worker.log"' "$(cat "$D/jobs/$J/worker.log")"
+check metrics_jobs_by_state 'curl -s "$URL/metrics" | grep -q "^quantd_jobs{state=\"succeeded\"} [1-9]"'
+stop_server
