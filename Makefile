@@ -102,3 +102,4 @@ clean:
 
 # Files embedded with .incbin: -MMD cannot see them, so name them here.
 $(BUILD)/server/openapi_blob.o: api/openapi.yaml
+$(BUILD)/server/dashboard.o: web/index.html

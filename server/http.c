@@ -34,6 +34,7 @@
 
 #include "api/api.h"
 #include "server/auth.h"
+#include "server/dashboard.h"
 #include "server/jobs.h"
 #include "server/metrics.h"
 #include "server/store.h"
@@ -310,18 +311,6 @@ static enum MHD_Result h_openapi(srv *s, struct MHD_Connection *c, req *r) {
     return ret;
 }
 
-static const char dashboard_html[] =
-    "<!doctype html><html><head><meta charset=\"utf-8\"><title>quantd</title>"
-    "<style>body{font:14px system-ui,sans-serif;margin:2em}td,th{padding:2px 8px;text-align:left}"
-    "</style></head><body><h1>quantd</h1><p><a href=\"/v1/openapi.yaml\">API</a> · "
-    "<a href=\"/metrics\">metrics</a></p><table id=\"jobs\"><tr><th>id</th><th>state</th>"
-    "<th>method</th><th>phase</th><th>step</th><th>loss</th><th>created</th></tr></table>"
-    "<script>fetch('/v1/jobs?limit=100').then(r=>r.json()).then(d=>{const t="
-    "document.getElementById('jobs');for(const j of d.jobs){const tr=t.insertRow();"
-    "for(const v of [j.id,j.state,j.spec.method,j.progress.phase,j.progress.step+'/'+"
-    "j.progress.total,j.progress.loss,j.created_at]){tr.insertCell().textContent=(v==null?'':v)}}})"
-    "</script></body></html>";
-
 static enum MHD_Result h_dashboard(srv *s, struct MHD_Connection *c, req *r) {
     if (s->cfg.static_dir[0]) {
         char p[PATH_MAX + 32];
@@ -329,7 +318,9 @@ static enum MHD_Result h_dashboard(srv *s, struct MHD_Connection *c, req *r) {
         if (access(p, R_OK) == 0)
             return serve_file(c, r, p, s->cfg.static_dir, "text/html; charset=utf-8", false);
     }
-    return send_text(c, r, 200, "text/html; charset=utf-8", dashboard_html, sizeof dashboard_html - 1);
+    size_t n;
+    const char *page = srv_dashboard_html(&n);
+    return send_text(c, r, 200, "text/html; charset=utf-8", page, n);
 }
 
 /* First call of POST /v1/blobs: everything that can be refused before the body arrives. */

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The dashboard in a real browser: starts the real binary on port 0 (once without auth, once
+# with a token file), then tests/browser/dashboard.test.mjs drives headless Debian chromium
+# through playwright-core: upload the fixtures through the form, see the API's 422 next to its
+# field, submit a small job, watch it finish, read the report, save a screenshot.
+# Needs node + npm and chromium (Debian packages nodejs, npm, chromium); installs them when
+# running as root, and SKIPs, saying so, only when they cannot be installed.
+set -u
+cd "$(dirname "$0")/.."
+Q=${QUANTD:?set QUANTD to the quantd binary}
+FX=${QD_FIXTURES:?set QD_FIXTURES to the fixtures directory}
+CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
+BR=tests/browser
+SHOT=$(realpath -m "${BUILD:-build}/e2e/dashboard.png")
+
+skip() { echo "SKIP dashboard: $1"; exit 0; }
+apt_install() { # installs Debian packages when we are root and apt-get exists
+    [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || return 1
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >/dev/null 2>&1 ||
+        { apt-get update >/dev/null 2>&1 &&
+          DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >/dev/null 2>&1; }
+}
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    apt_install nodejs npm || skip "node/npm missing and could not be installed (Debian: nodejs npm)"
+fi
+if [ ! -x "$CHROMIUM" ]; then
+    apt_install chromium || skip "chromium missing and could not be installed (Debian: chromium)"
+fi
+if [ ! -d "$BR/node_modules/playwright-core" ]; then
+    (cd "$BR" && npm ci --no-audit --no-fund >/dev/null 2>&1) ||
+        skip "playwright-core could not be installed (npm ci in $BR failed)"
+fi
+
+TMP=$(mktemp -d /tmp/quantd-dash.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
+    for p in "${PIDS[@]}"; do
+        for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.05; done
+        kill -KILL "$p" 2>/dev/null; wait "$p" 2>/dev/null
+    done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+# start NAME [flags]: quantd serve on 127.0.0.1:0; prints the base URL.
+start() {
+    local d=$TMP/$1; shift
+    "$Q" serve --listen 127.0.0.1:0 --data "$d" "$@" >"$d.out" 2>"$d.err" &
+    PIDS+=($!)
+    for _ in $(seq 200); do
+        local a; a=$(sed -n 's/^listening on //p' "$d.out" 2>/dev/null)
+        if [ -n "$a" ]; then echo "http://$a"; return 0; fi
+        sleep 0.05
+    done
+    return 1
+}
+
+URL=$(start open) || { echo "FAIL dashboard_server_start: $(cat "$TMP/open.err")"; exit 1; }
+TOK=$("$Q" serve --gen-token admin 2>"$TMP/tok.err" >"$TMP/tokens")
+TOKEN=$(sed -n 's/^token[^:]*: //p' "$TMP/tok.err")
+AUTH_URL=
+if [ -n "$TOKEN" ]; then
+    AUTH_URL=$(start auth --tokens "$TMP/tokens") || AUTH_URL=
+fi
+[ -n "$AUTH_URL" ] || echo "  (no auth server: the token checks are left out)"
+
+QD_URL=$URL QD_AUTH_URL=$AUTH_URL QD_AUTH_TOKEN=$TOKEN QD_SHOT=$SHOT CHROMIUM=$CHROMIUM \
+QD_MODEL=$FX/models/stories260K.gguf QD_CALIB=$FX/text/tinystories-valid-excerpt.txt \
+    timeout 240 node "$BR/dashboard.test.mjs"
+rc=$?
+if [ $rc -ne 0 ]; then
+    echo "  server log:"; tail -n 20 "$TMP/open.err" | sed 's/^/    /'
+fi
+exit $rc
