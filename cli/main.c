@@ -16,6 +16,7 @@ static const subcommand commands[] = {
     {"quantize", cmd_quantize, "the whole quantization pipeline offline, writes report.json"},
     {"inspect", cmd_inspect, "architecture, tensors, dtypes and sizes of a checkpoint"},
     {"serve", cmd_serve, "the HTTP service: uploads, job queue, workers, artifacts"},
+    {"work", cmd_work, "run one job directory (what the service's dispatcher starts)"},
     {"client", cmd_client, "CI client: submit, wait, gate, download (quantd client --help)"},
 };
 
