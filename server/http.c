@@ -68,6 +68,7 @@ struct req {
     int status;
     char id[40];
     char name[512];
+    bool routed;
     bool answered;
     /* POST /v1/blobs */
     srv_upload *up;
@@ -759,6 +760,42 @@ static int authorize(srv *s, struct MHD_Connection *c, srv_role need) {
     return have >= need ? 0 : 403;
 }
 
+/* Routing, auth and the checks that need no body; answers body-less routes at once. */
+static enum MHD_Result route_request(srv *s, struct MHD_Connection *c, req *r, const char *url,
+                                     const char *method) {
+    r->routed = true;
+    const char *m = strcmp(method, "HEAD") ? method : "GET";
+    bool path_known = false;
+    char allow[64] = "";
+    for (int i = 0; i < N_ROUTES; i++) {
+        if (!match(routes[i].path, url, r)) continue;
+        path_known = true;
+        if (!strcmp(routes[i].method, m)) {
+            r->route = i;
+            break;
+        }
+        size_t al = strlen(allow);
+        snprintf(allow + al, sizeof allow - al, "%s%s", al ? ", " : "", routes[i].method);
+    }
+    if (r->route < 0) {
+        if (!path_known) return send_err(c, r, 404, "not_found", "no such endpoint", NULL);
+        char *b = api_error_body("method_not_allowed", "method not allowed here", NULL);
+        return send_buf(c, r, 405, "application/json", b, strlen(b), MHD_HTTP_HEADER_ALLOW, allow);
+    }
+    const route *rt = &routes[r->route];
+    int a = authorize(s, c, rt->role);
+    if (a == 401) return send_err(c, r, 401, "unauthorized", "a valid bearer token is required", NULL);
+    if (a == 403) {
+        char m2[96];
+        snprintf(m2, sizeof m2, "this needs the %s role", srv_role_name(rt->role));
+        return send_err(c, r, 403, "forbidden", m2, NULL);
+    }
+    if (rt->fn == h_blob_upload) return blob_begin(s, c, r);
+    if (rt->fn == h_job_submit) return json_begin(s, c, r);
+    if (!rt->body) return rt->fn(s, c, r);
+    return MHD_YES;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
                                   const char *method, const char *version,
                                   const char *upload_data, size_t *upload_data_size,
@@ -772,38 +809,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *req_cls = r;
         r->t0 = qd_now();
         r->route = -1;
-        const char *m = strcmp(method, "HEAD") ? method : "GET";
-        bool path_known = false;
-        char allow[64] = "";
-        for (int i = 0; i < N_ROUTES; i++) {
-            if (!match(routes[i].path, url, r)) continue;
-            path_known = true;
-            if (!strcmp(routes[i].method, m)) {
-                r->route = i;
-                break;
-            }
-            size_t al = strlen(allow);
-            snprintf(allow + al, sizeof allow - al, "%s%s", al ? ", " : "", routes[i].method);
-        }
-        if (r->route < 0) {
-            if (!path_known) return send_err(c, r, 404, "not_found", "no such endpoint", NULL);
-            char *b = api_error_body("method_not_allowed", "method not allowed here", NULL);
-            return send_buf(c, r, 405, "application/json", b, strlen(b), MHD_HTTP_HEADER_ALLOW, allow);
-        }
-        const route *rt = &routes[r->route];
-        int a = authorize(s, c, rt->role);
-        if (a == 401)
-            return send_err(c, r, 401, "unauthorized", "a valid bearer token is required", NULL);
-        if (a == 403) {
-            char m2[96];
-            snprintf(m2, sizeof m2, "this needs the %s role", srv_role_name(rt->role));
-            return send_err(c, r, 403, "forbidden", m2, NULL);
-        }
-        if (rt->fn == h_blob_upload) return blob_begin(s, c, r);
-        if (rt->fn == h_job_submit) return json_begin(s, c, r);
-        if (!rt->body) return rt->fn(s, c, r);
-        return MHD_YES;
+        /* A request that may carry a body is judged on its headers alone, so that a refusal
+         * (401, 413, 415) goes out before the body is sent. Other requests are answered on the
+         * next call: libmicrohttpd closes a connection whose answer was queued this early, and
+         * GETs should keep their connection alive. */
+        if (strcmp(method, "POST") && strcmp(method, "PUT") && strcmp(method, "PATCH"))
+            return MHD_YES;
+        return route_request(s, c, r, url, method);
     }
+    if (!r->routed) return route_request(s, c, r, url, method);
     if (r->answered) {
         *upload_data_size = 0; /* answered early; whatever still arrives is dropped */
         return MHD_YES;
