@@ -1,0 +1,304 @@
+/* Benchmark of the HTTP service, printing figures (never pass/fail):
+ *   1. upload throughput of POST /v1/blobs for one large body (default 1 GiB) and the server's
+ *      peak RSS afterwards (VmHWM: the upload must stream, so this stays far below the body);
+ *   2. requests/s and latency percentiles of GET /v1/jobs/{id} at 64 concurrent keep-alive
+ *      connections, from a small load generator in this file.
+ * It starts the real binary (build/quantd, or $QUANTD) on 127.0.0.1:0 with a temporary data
+ * directory. Flags: --upload-mb N, --seconds S, --conns C. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/statvfs.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static char host[64];
+static int port;
+
+static int connect_server(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    inet_pton(AF_INET, host, &a.sin_addr);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        close(fd);
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return fd;
+}
+
+static int write_all(int fd, const char *p, size_t n) {
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Reads one HTTP response (Content-Length bodies only) into buf; returns the status or -1. */
+static int read_response(int fd, char *buf, size_t cap, size_t *body_off, size_t *total) {
+    size_t have = 0;
+    for (;;) {
+        if (have == cap) return -1;
+        ssize_t k = read(fd, buf + have, cap - have - 1);
+        if (k <= 0) return -1;
+        have += (size_t)k;
+        buf[have] = 0;
+        char *end = strstr(buf, "\r\n\r\n");
+        if (!end) continue;
+        size_t hlen = (size_t)(end - buf) + 4;
+        const char *cl = strcasestr(buf, "\r\nContent-Length:");
+        size_t blen = cl ? strtoul(cl + 17, NULL, 10) : 0;
+        if (hlen + blen >= cap) return -1;
+        while (have < hlen + blen) {
+            k = read(fd, buf + have, hlen + blen - have);
+            if (k <= 0) return -1;
+            have += (size_t)k;
+        }
+        buf[have] = 0;
+        if (body_off) *body_off = hlen;
+        if (total) *total = have;
+        return atoi(buf + 9);
+    }
+}
+
+static pid_t start_server(const char *exe, const char *data) {
+    int p[2];
+    if (pipe(p) != 0) return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(p[1], 1);
+        int dn = open("/dev/null", O_WRONLY);
+        if (dn >= 0) dup2(dn, 2);
+        close(p[0]);
+        close(p[1]);
+        execl(exe, exe, "serve", "--listen", "127.0.0.1:0", "--data", data, (char *)NULL);
+        _exit(127);
+    }
+    close(p[1]);
+    FILE *f = fdopen(p[0], "r");
+    char line[256];
+    while (fgets(line, sizeof line, f)) {
+        if (sscanf(line, "listening on %63[^:]:%d", host, &port) == 2) break;
+    }
+    /* keep the pipe open in a detached reader-less state: the server only prints once */
+    return port > 0 ? pid : -1;
+}
+
+static long vm_hwm_kb(pid_t pid) {
+    char p[64], line[256];
+    snprintf(p, sizeof p, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(p, "r");
+    long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmHWM:", 6)) kb = strtol(line + 6, NULL, 10);
+    if (f) fclose(f);
+    return kb;
+}
+
+typedef struct worker {
+    pthread_t t;
+    const char *req;
+    size_t req_len;
+    double t_end, t_measure;
+    double *lat;
+    size_t n, cap;
+    long errors;
+} worker;
+
+static void *load(void *arg) {
+    worker *w = arg;
+    int fd = connect_server();
+    char *buf = malloc(1 << 16);
+    while (fd >= 0) {
+        double t0 = now();
+        if (t0 >= w->t_end) break;
+        if (write_all(fd, w->req, w->req_len) != 0 ||
+            read_response(fd, buf, 1 << 16, NULL, NULL) != 200) {
+            w->errors++;
+            close(fd);
+            fd = connect_server();
+            continue;
+        }
+        double t1 = now();
+        if (t0 >= w->t_measure) {
+            if (w->n == w->cap) {
+                w->cap = w->cap ? w->cap * 2 : 4096;
+                w->lat = realloc(w->lat, w->cap * sizeof *w->lat);
+            }
+            w->lat[w->n++] = t1 - t0;
+        }
+    }
+    if (fd >= 0) close(fd);
+    free(buf);
+    return NULL;
+}
+
+static int cmp_d(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int rm_rf(const char *dir) {
+    char cmd[PATH_MAX + 16];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    return system(cmd);
+}
+
+int main(int argc, char **argv) {
+    long upload_mb = 1024, conns = 64;
+    double seconds = 5;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--upload-mb")) upload_mb = atol(argv[i + 1]);
+        else if (!strcmp(argv[i], "--seconds")) seconds = atof(argv[i + 1]);
+        else if (!strcmp(argv[i], "--conns")) conns = atol(argv[i + 1]);
+    }
+    if (conns < 1 || conns > 1000 || upload_mb < 1 || seconds <= 0) {
+        fprintf(stderr, "usage: bench_server [--upload-mb N] [--seconds S] [--conns C]\n");
+        return 2;
+    }
+    char exe[PATH_MAX];
+    const char *env = getenv("QUANTD");
+    if (env) snprintf(exe, sizeof exe, "%s", env);
+    else {
+        ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 16);
+        if (n < 0) return 1;
+        exe[n] = 0;
+        char *slash = strrchr(exe, '/');
+        *slash = 0;
+        slash = strrchr(exe, '/'); /* build/bench -> build */
+        if (slash) *slash = 0;
+        strcat(exe, "/quantd");
+    }
+    char data[] = "/tmp/quantd-bench-XXXXXX";
+    if (!mkdtemp(data)) return 1;
+    struct statvfs v;
+    if (statvfs(data, &v) == 0) {
+        long free_mb = (long)((double)v.f_bavail * (double)v.f_frsize / 1048576.0);
+        if (upload_mb > free_mb - 512) {
+            upload_mb = free_mb - 512 > 64 ? free_mb - 512 : 64;
+            printf("note: disk is short; uploading %ld MB instead\n", upload_mb);
+        }
+    }
+    signal(SIGPIPE, SIG_IGN);
+    pid_t srv = start_server(exe, data);
+    if (srv < 0) {
+        fprintf(stderr, "bench_server: could not start %s serve\n", exe);
+        rm_rf(data);
+        return 1;
+    }
+    long rss0 = vm_hwm_kb(srv);
+
+    /* 1. one large upload, streamed from a 1 MiB buffer */
+    size_t chunk = 1 << 20;
+    char *buf = malloc(chunk);
+    uint64_t x = 88172645463325252ULL;
+    for (size_t i = 0; i < chunk; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        buf[i] = (char)x;
+    }
+    uint64_t total = (uint64_t)upload_mb << 20;
+    int fd = connect_server();
+    char head[256];
+    int hn = snprintf(head, sizeof head,
+                      "POST /v1/blobs HTTP/1.1\r\nHost: %s\r\nContent-Type: application/octet-stream"
+                      "\r\nContent-Length: %llu\r\n\r\n", host, (unsigned long long)total);
+    double t0 = now();
+    int ok = write_all(fd, head, (size_t)hn) == 0;
+    for (uint64_t sent = 0; ok && sent < total; sent += chunk) {
+        buf[0] = (char)(sent >> 20); /* no two chunks alike */
+        ok = write_all(fd, buf, chunk) == 0;
+    }
+    char resp[4096];
+    size_t boff = 0;
+    int st = ok ? read_response(fd, resp, sizeof resp, &boff, NULL) : -1;
+    double up_s = now() - t0;
+    close(fd);
+    long rss1 = vm_hwm_kb(srv);
+    char blob[80] = "";
+    const char *idp = st >= 200 && st < 300 ? strstr(resp + boff, "\"id\":\"") : NULL;
+    if (idp) sscanf(idp + 6, "%79[^\"]", blob);
+    printf("upload: %llu MB in %.2f s = %.1f MB/s (status %d, sha256 + fsync included)\n",
+           (unsigned long long)(total >> 20), up_s, (double)(total >> 20) / up_s, st);
+    printf("server peak RSS: %.1f MB before upload, %.1f MB after a %llu MB upload\n",
+           rss0 / 1024.0, rss1 / 1024.0, (unsigned long long)(total >> 20));
+
+    /* 2. GET /v1/jobs/{id} under load: a job whose blob is not a model fails fast, which is
+     * fine, it only has to exist */
+    char body[512], req[1024], job[64] = "";
+    int bn = snprintf(body, sizeof body, "{\"model\":\"%s\",\"calibration\":\"%s\",\"method\":\"rtn\"}",
+                      blob, blob);
+    int rn = snprintf(req, sizeof req,
+                      "POST /v1/jobs HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                      "Content-Length: %d\r\n\r\n%s", host, bn, body);
+    fd = connect_server();
+    st = write_all(fd, req, (size_t)rn) == 0 ? read_response(fd, resp, sizeof resp, &boff, NULL) : -1;
+    close(fd);
+    idp = st == 201 ? strstr(resp + boff, "\"id\":\"") : NULL;
+    if (idp) sscanf(idp + 6, "%63[^\"]", job);
+    if (!job[0]) {
+        fprintf(stderr, "bench_server: could not create a job (status %d)\n", st);
+    } else {
+        rn = snprintf(req, sizeof req, "GET /v1/jobs/%s HTTP/1.1\r\nHost: %s\r\n\r\n", job, host);
+        worker *w = calloc((size_t)conns, sizeof *w);
+        double start = now();
+        for (long i = 0; i < conns; i++) {
+            w[i].req = req;
+            w[i].req_len = (size_t)rn;
+            w[i].t_measure = start + 0.5;
+            w[i].t_end = start + 0.5 + seconds;
+            pthread_create(&w[i].t, NULL, load, &w[i]);
+        }
+        size_t n = 0;
+        long errors = 0;
+        for (long i = 0; i < conns; i++) {
+            pthread_join(w[i].t, NULL);
+            n += w[i].n;
+            errors += w[i].errors;
+        }
+        double *all = malloc((n + 1) * sizeof *all);
+        size_t k = 0;
+        for (long i = 0; i < conns; i++) {
+            memcpy(all + k, w[i].lat, w[i].n * sizeof *all);
+            k += w[i].n;
+            free(w[i].lat);
+        }
+        qsort(all, n, sizeof *all, cmp_d);
+        if (n) {
+            printf("GET /v1/jobs/{id}: %ld connections, %.1f s: %.0f requests/s, latency p50 %.2f ms, "
+                   "p99 %.2f ms, max %.2f ms, %ld errors\n",
+                   conns, seconds, (double)n / seconds, 1e3 * all[n / 2], 1e3 * all[(size_t)(n * 0.99)],
+                   1e3 * all[n - 1], errors);
+        }
+        printf("server peak RSS after the load: %.1f MB\n", vm_hwm_kb(srv) / 1024.0);
+        free(all);
+        free(w);
+    }
+    kill(srv, SIGTERM);
+    waitpid(srv, NULL, 0);
+    free(buf);
+    rm_rf(data);
+    return 0;
+}
