@@ -29,7 +29,8 @@ static void usage(FILE *f) {
             "                       [--samples N] [--seq-len T] [--epochs E] [--seed S]\n"
             "                       [--threads K] [--abits CLASS=BITS,...] [--tokenizer PATH]\n"
             "                       [--checkpoint PATH] [--checkpoint-every N]\n"
-            "                       [--max-ppl-increase F] [--quiet]\n"
+            "                       [--max-ppl-increase F] [--batch B] [--lr-let A,B]\n"
+            "                       [--lr-lwc A,B] [--lr-lrl A,B] [--quiet]\n"
             "  --model       checkpoint: .gguf, Hugging Face directory, llama2.c .bin\n"
             "  --calib       calibration data: .txt, .jsonl, pre-tokenized .bin\n"
             "  --eval        evaluation data; or --eval-split F holds out the last fraction F of\n"
@@ -42,7 +43,9 @@ static void usage(FILE *f) {
             "                qk_in score prob pv oproj gateup silu down_in down_out head)\n"
             "  --checkpoint  optimizer state file (default DIR/checkpoint); saved every N steps\n"
             "                (default 50) and on SIGTERM/SIGINT; a rerun resumes from it\n"
-            "  --max-ppl-increase F  gate recorded in the report; exit status 3 when missed\n");
+            "  --max-ppl-increase F  gate recorded in the report; exit status 3 when missed\n"
+            "  --lr-let/--lr-lwc/--lr-lrl START,END  cosine schedules (default: DESIGN.md's\n"
+            "                reference values for the weight width)\n");
 }
 
 typedef struct {
@@ -98,6 +101,21 @@ static int parse_abits(const char *s, int *abits) {
 bad:
     fprintf(stderr, "quantd quantize: --abits: expected CLASS=BITS[,...] with a known class\n");
     return -1;
+}
+
+/* "START,END" learning rates */
+static int parse_lr(const char *flag, const char *s, double *lr) {
+    char buf[128];
+    snprintf(buf, sizeof buf, "%s", s);
+    char *comma = strchr(buf, ',');
+    if (!comma) {
+        fprintf(stderr, "quantd quantize: %s: expected START,END\n", flag);
+        return -1;
+    }
+    *comma = 0;
+    if (arg_double(flag, buf, 1e-12, 10, &lr[0]) || arg_double(flag, comma + 1, 0, 10, &lr[1]))
+        return -1;
+    return 0;
 }
 
 int cmd_quantize(int argc, char **argv) {
@@ -175,6 +193,14 @@ int cmd_quantize(int argc, char **argv) {
             NEXT();
             if (arg_double("--max-ppl-increase", val, 0, 1e6, &d)) return 2;
             o.max_ppl_increase = d;
+        } else if (!strcmp(a, "--lr-let") || !strcmp(a, "--lr-lwc") || !strcmp(a, "--lr-lrl")) {
+            NEXT();
+            double *dst = a[6] == 'e' ? o.lr_let : (a[6] == 'w' ? o.lr_lwc : o.lr_lrl);
+            if (parse_lr(a, val, dst)) return 2;
+        } else if (!strcmp(a, "--batch")) {
+            NEXT();
+            if (arg_int("--batch", val, 1, 4096, &v)) return 2;
+            o.batch = (int)v;
         } else if (!strcmp(a, "--quiet")) {
             quiet = 1;
         } else {

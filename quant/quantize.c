@@ -113,6 +113,10 @@ static int run_variant(const qd_quant_opts *o, const qd_model *m, const int *cal
     memcpy(mo.abits, o->abits_override, sizeof mo.abits);
     mo.samples = o->samples, mo.seq_len = o->seq_len, mo.epochs = o->epochs;
     mo.seed = o->seed;
+    if (o->batch > 0) mo.batch = o->batch;
+    if (o->lr_let[0] > 0) memcpy(mo.lr_let, o->lr_let, sizeof mo.lr_let);
+    if (o->lr_lwc[0] > 0) memcpy(mo.lr_lwc, o->lr_lwc, sizeof mo.lr_lwc);
+    if (o->lr_lrl[0] > 0) memcpy(mo.lr_lrl, o->lr_lrl, sizeof mo.lr_lrl);
     mo.stop = o->stop, mo.progress = o->progress, mo.progress_ctx = o->progress_ctx, mo.t0 = t0;
     int main_method = !strcmp(method, o->method);
     if (main_method) {
@@ -206,10 +210,13 @@ int qd_quantize(const qd_quant_opts *o, qd_err *err) {
     fp = file_fingerprint(fp, o->model_path);
     fp = qd_fnv64(fp, calib, sizeof(int) * n_calib);
     fp = qd_fnv64(fp, o->method, strlen(o->method));
-    int32_t knobs[24] = {o->wbits, o->samples, o->seq_len, o->epochs};
+    int32_t knobs[24] = {o->wbits, o->samples, o->seq_len, o->epochs, o->batch};
     memcpy(knobs + 5, o->abits_override, sizeof(int) * 16);
     fp = qd_fnv64(fp, knobs, sizeof knobs);
     fp = qd_fnv64(fp, &o->seed, sizeof o->seed);
+    double lrs[6] = {o->lr_let[0], o->lr_let[1], o->lr_lwc[0], o->lr_lwc[1], o->lr_lrl[0],
+                     o->lr_lrl[1]};
+    fp = qd_fnv64(fp, lrs, sizeof lrs);
 
     /* FP32 reference */
     progress(o, "eval", t0);
@@ -250,6 +257,7 @@ int qd_quantize(const qd_quant_opts *o, qd_err *err) {
     cJSON_AddNumberToObject(bud, "seq_len", o->seq_len);
     cJSON_AddNumberToObject(bud, "epochs", o->epochs);
     cJSON_AddNumberToObject(bud, "windows_used", vars[0].res.windows);
+    cJSON_AddNumberToObject(bud, "batch", o->batch > 0 ? o->batch : 1);
     cJSON_AddNumberToObject(rep, "seed", (double)o->seed);
     cJSON_AddNumberToObject(rep, "threads", o->threads);
     cJSON *inp = cJSON_AddObjectToObject(rep, "inputs");

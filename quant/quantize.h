@@ -40,6 +40,10 @@ typedef struct qd_quant_opts {
     qd_progress_fn progress;     /* may be NULL */
     void *progress_ctx;
     double max_ppl_increase;     /* gate: < 0 when not set; recorded in the report */
+    /* learning-rate schedules {start, end} per group; {0, 0}: DESIGN.md's reference values for
+     * the weight width (qd_mq_defaults) */
+    double lr_let[2], lr_lwc[2], lr_lrl[2];
+    int batch;                   /* windows per optimizer step (0: 1) */
 } qd_quant_opts;
 
 void qd_quant_defaults(qd_quant_opts *o);
