@@ -80,6 +80,13 @@ check artifact_hidden_400 '[ "$(code GET "/v1/jobs/$J/artifacts/.x")" = 400 ]'
 check artifact_absent_404 '[ "$(code GET "/v1/jobs/$J/artifacts/nope.bin")" = 404 ]'
 check cancel_finished_409 '[ "$(code POST "/v1/jobs/$J/cancel")" = 409 ]'
 check delete_finished_204 '[ "$(code DELETE "/v1/jobs/$J")" = 204 ] && [ ! -e "$D/jobs/$J" ] && [ "$(code GET "/v1/jobs/$J")" = 404 ]'
+# the queue is bounded (max_queue=3 here): a burst of submissions ends in 429
+codes=
+for i in 1 2 3 4 5 6; do codes="$codes $(jpost "{$GOOD,\"method\":\"rtn\",\"budget\":{\"samples\":2,\"seq_len\":16,\"epochs\":0}}")"; done
+check queue_full_429 'grep -q 429 <<<"$codes" && [ "$(err_code)" = queue_full ]' "codes:$codes"
+for id in $(curl -s "$URL/v1/jobs?limit=500" | jq -r '.jobs[] | select(.state == "queued" or .state == "running") | .id'); do
+    code POST "/v1/jobs/$id/cancel" >/dev/null
+done
 check metrics_text '[ "$(code GET /metrics)" = 200 ] && grep -q "^quantd_http_requests_total{route=\"POST /v1/jobs\",status=\"422\"}" "$TMP/body" && grep -q "^quantd_upload_bytes_total " "$TMP/body" && grep -q "quantd_http_request_duration_seconds_bucket" "$TMP/body"'
 stop_server
 
