@@ -80,10 +80,13 @@ check artifact_hidden_400 '[ "$(code GET "/v1/jobs/$J/artifacts/.x")" = 400 ]'
 check artifact_absent_404 '[ "$(code GET "/v1/jobs/$J/artifacts/nope.bin")" = 404 ]'
 check cancel_finished_409 '[ "$(code POST "/v1/jobs/$J/cancel")" = 409 ]'
 check delete_finished_204 '[ "$(code DELETE "/v1/jobs/$J")" = 204 ] && [ ! -e "$D/jobs/$J" ] && [ "$(code GET "/v1/jobs/$J")" = 404 ]'
-# the queue is bounded (max_queue=3 here): a burst of submissions ends in 429
+# the queue is bounded (max_queue=3 here): with the one worker busy, the fourth waiting job is
+# refused with 429
+L=$(submit "{$GOOD,\"method\":\"mobilequant\",\"budget\":{\"samples\":64,\"seq_len\":64,\"epochs\":1000}}")
+wait_state "$L" running 30
 codes=
-for i in 1 2 3 4 5 6; do codes="$codes $(jpost "{$GOOD,\"method\":\"rtn\",\"budget\":{\"samples\":2,\"seq_len\":16,\"epochs\":0}}")"; done
-check queue_full_429 'grep -q 429 <<<"$codes" && [ "$(err_code)" = queue_full ]' "codes:$codes"
+for i in 1 2 3 4; do codes="$codes $(jpost "{$GOOD,\"method\":\"rtn\",\"budget\":{\"samples\":2,\"seq_len\":16,\"epochs\":0}}")"; done
+check queue_full_429 '[ "$codes" = " 201 201 201 429" ] && [ "$(err_code)" = queue_full ]' "codes:$codes (first job: $(curl -s "$URL/v1/jobs/$L" | jq -c "{state,error,log_tail}"))"
 for id in $(curl -s "$URL/v1/jobs?limit=500" | jq -r '.jobs[] | select(.state == "queued" or .state == "running") | .id'); do
     code POST "/v1/jobs/$id/cancel" >/dev/null
 done
