@@ -187,6 +187,23 @@ qd_igemm_w *qd_igemm_pack_s4(const uint8_t *W4, int N, int K, size_t ldw4, qd_er
     return w;
 }
 
+qd_igemm_w *qd_igemm_w_new_s8(int N, int K, qd_err *err) { return w_alloc(N, K, 8, err); }
+
+void qd_igemm_w_set_rows(qd_igemm_w *w, int n0, int nrows, const int8_t *rows, size_t ld) {
+    for (int i = 0; i < nrows; i++) {
+        int n = n0 + i;
+        uint8_t *panel = w->data + (size_t)(n / PANEL) * w->panel_stride + (n % PANEL) * 4;
+        const int8_t *r = rows + (size_t)i * ld;
+        int32_t s = 0;
+        for (int k = 0; k < w->K; k++) {
+            panel[(size_t)(k / 4) * 64 + k % 4] = (uint8_t)r[k];
+            s += r[k];
+        }
+        w->rowsum[n] = s;
+        w->corr[n] = (int32_t)((uint32_t)s * 128u);
+    }
+}
+
 void qd_igemm_w_free(qd_igemm_w *w) {
     if (!w) return;
     free(w->data);
@@ -554,6 +571,15 @@ static TAVX2 void gemm_avx2(const qd_igemm_w *w, int M, const int8_t *A, size_t 
 }
 
 /* ---------------------------------------------------------------- dispatch */
+
+void qd_igemm_n(const qd_igemm_w *w, int n_end, int M, const int8_t *A, size_t lda, int32_t *C,
+                size_t ldc, qd_isa isa) {
+    /* a view with fewer output channels: the panels are the same bytes, only fewer of them */
+    qd_igemm_w v = *w;
+    v.N = n_end < w->N ? n_end : w->N;
+    v.n_panels = (v.N + PANEL - 1) / PANEL;
+    qd_igemm(&v, M, A, lda, C, ldc, isa);
+}
 
 void qd_igemm(const qd_igemm_w *w, int M, const int8_t *A, size_t lda, int32_t *C, size_t ldc,
               qd_isa isa) {

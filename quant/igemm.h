@@ -83,6 +83,19 @@ const int32_t *qd_igemm_w_rowsum(const qd_igemm_w *w);
 /* Bytes held by the packed weights (for reports). */
 size_t qd_igemm_w_bytes(const qd_igemm_w *w);
 
+/* An all-zero packed int8 matrix of N rows and K columns, to be filled row by row with
+ * qd_igemm_w_set_rows (the integer runtime keeps its K cache this way). NULL on bad shape. */
+qd_igemm_w *qd_igemm_w_new_s8(int N, int K, qd_err *err);
+
+/* Writes rows n0..n0+nrows-1 of an int8 w from rows (K values each, ld elements apart) and
+ * updates their row sums. */
+void qd_igemm_w_set_rows(qd_igemm_w *w, int n0, int nrows, const int8_t *rows, size_t ld);
+
+/* qd_igemm restricted to output channels 0..n_end-1 (1 <= n_end <= N): columns from n_end on
+ * are neither computed nor written. */
+void qd_igemm_n(const qd_igemm_w *w, int n_end, int M, const int8_t *A, size_t lda, int32_t *C,
+                size_t ldc, qd_isa isa);
+
 /* C (M, N) = A (M, K) x W^T with the chosen path (QD_ISA_AUTO: the best; an unsupported path
  * falls back to the best supported one). */
 void qd_igemm(const qd_igemm_w *w, int M, const int8_t *A, size_t lda, int32_t *C, size_t ldc,

@@ -3,6 +3,7 @@
  * with doubles, once; the per-row functions use integers only. */
 #include "quant/intops.h"
 
+#include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
 
@@ -236,5 +237,135 @@ void qd_qrope_apply(const qd_qrope *p, const int8_t *x, int8_t *out, int n_heads
             oh[i] = (int8_t)qd_clamp32(qd_qmul32(y1, p->m) + p->zy, -128, 127);
             oh[i + h] = (int8_t)qd_clamp32(qd_qmul32(y2, p->m) + p->zy, -128, 127);
         }
+    }
+}
+
+/* ---------------------------------------------------------------- fast softmax and scores */
+
+/* The SIMD paths below use 64-bit lanes for every product (a 32-bit value times a Q31
+ * mantissa) and round half to even by the identity
+ *     rne(x / 2^n) = floor((x + 2^(n-1) - 1 + bit_n(x)) / 2^n),   1 <= n <= 62,
+ * (bit_n(x) = floor(x / 2^n) & 1 decides the tie), exact for |x| < 2^62. */
+
+int qd_qsoftmax_tab(const qd_qsoftmax *p, int in_bits, int32_t *tab) {
+    int n = 1 << in_bits, len = 1;
+    for (int d = 0; d < n; d++) {
+        int64_t e = qd_qexp_q30(p, d);
+        if (tab) tab[d] = (int32_t)e;
+        if (e) len = d + 1;
+    }
+    return len;
+}
+
+int qd_qsoftmax_fast_ok(const qd_qsoftmax *p) { return p->out.shift >= 1 && p->out.shift <= 62; }
+
+#define T512 __attribute__((target("avx512f,avx512bw,avx512vl")))
+
+static inline T512 __m512i rne_shift512(__m512i x, __m512i n, __m512i hm1) {
+    __m512i bit = _mm512_and_si512(_mm512_srlv_epi64(x, n), _mm512_set1_epi64(1));
+    return _mm512_srav_epi64(_mm512_add_epi64(_mm512_add_epi64(x, hm1), bit), n);
+}
+
+/* 16 int32 lanes times a non-negative Q31 mantissa, rounded shift, + zo, clamped: returns the
+ * 16 results as int32. sgn: the lanes are signed (else non-negative, < 2^32). */
+static inline T512 __m512i rq16_512(__m512i v, __m512i m, __m512i n, __m512i hm1, __m512i zo,
+                                    __m512i lo, __m512i hi, int sgn) {
+    __m512i ve = v, vo = _mm512_srli_epi64(v, 32);
+    __m512i xe = sgn ? _mm512_mul_epi32(ve, m) : _mm512_mul_epu32(ve, m);
+    __m512i xo = sgn ? _mm512_mul_epi32(vo, m) : _mm512_mul_epu32(vo, m);
+    xe = _mm512_add_epi64(rne_shift512(xe, n, hm1), zo);
+    xo = _mm512_add_epi64(rne_shift512(xo, n, hm1), zo);
+    xe = _mm512_min_epi64(_mm512_max_epi64(xe, lo), hi);
+    xo = _mm512_min_epi64(_mm512_max_epi64(xo, lo), hi);
+    return _mm512_mask_blend_epi32(0xaaaa, xe, _mm512_slli_epi64(xo, 32));
+}
+
+static T512 void qscore_512(const int32_t *S, const int32_t *ksum, int32_t zq, int32_t off,
+                            int n, qd_qmul q, int32_t zo, int32_t lo, int32_t hi, int16_t *out) {
+    const __m512i m = _mm512_set1_epi64(q.m), sh = _mm512_set1_epi64(q.shift);
+    const __m512i hm1 = _mm512_set1_epi64(((int64_t)1 << (q.shift - 1)) - 1);
+    const __m512i z = _mm512_set1_epi64(zo), l = _mm512_set1_epi64(lo), h = _mm512_set1_epi64(hi);
+    const __m512i vzq = _mm512_set1_epi32(zq), voff = _mm512_set1_epi32(off);
+    for (int j = 0; j < n; j += 16) {
+        __mmask16 k = n - j >= 16 ? 0xffff : (__mmask16)((1u << (n - j)) - 1);
+        __m512i s = _mm512_maskz_loadu_epi32(k, S + j);
+        __m512i ks = _mm512_maskz_loadu_epi32(k, ksum + j);
+        s = _mm512_sub_epi32(_mm512_sub_epi32(s, _mm512_mullo_epi32(vzq, ks)), voff);
+        _mm512_mask_cvtepi32_storeu_epi16(out + j, k, rq16_512(s, m, sh, hm1, z, l, h, 1));
+    }
+}
+
+void qd_qscore_row(const int32_t *S, const int32_t *ksum, int32_t zq, int32_t off, int n,
+                   qd_qmul m, int32_t zo, int32_t lo, int32_t hi, int16_t *out, qd_isa isa) {
+    if (isa == QD_ISA_AVX512_VNNI && qd_isa_supported(isa)) {
+        qscore_512(S, ksum, zq, off, n, m, zo, lo, hi, out);
+        return;
+    }
+    for (int j = 0; j < n; j++) {
+        int32_t s = (int32_t)((uint32_t)S[j] - (uint32_t)zq * (uint32_t)ksum[j] - (uint32_t)off);
+        out[j] = (int16_t)qd_clamp32(qd_qmul32(s, m) + zo, lo, hi);
+    }
+}
+
+static T512 void softmax_tab_512(const qd_qsoftmax *p, const int32_t *tab, int len,
+                                 const int16_t *x, int n, int16_t *out, int32_t *work) {
+    __m512i vmx = _mm512_set1_epi16(INT16_MIN);
+    for (int j = 0; j < n; j += 32) {
+        __mmask32 k = n - j >= 32 ? 0xffffffffu : (__mmask32)((1u << (n - j)) - 1);
+        vmx = _mm512_max_epi16(vmx, _mm512_mask_loadu_epi16(_mm512_set1_epi16(INT16_MIN), k, x + j));
+    }
+    int32_t mx = _mm512_reduce_max_epi32(_mm512_max_epi32(
+        _mm512_cvtepi16_epi32(_mm512_castsi512_si256(vmx)),
+        _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(vmx, 1))));
+    const __m512i vm = _mm512_set1_epi32(mx), vlen = _mm512_set1_epi32(len);
+    __m512i sum = _mm512_setzero_si512();
+    for (int j = 0; j < n; j += 16) {
+        __mmask16 k = n - j >= 16 ? 0xffff : (__mmask16)((1u << (n - j)) - 1);
+        __m512i d = _mm512_sub_epi32(vm, _mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(k, x + j)));
+        __mmask16 g = _mm512_mask_cmplt_epi32_mask(k, d, vlen);
+        __m512i e = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), g, d, tab, 4);
+        _mm512_mask_storeu_epi32(work + j, k, e);
+        sum = _mm512_add_epi64(sum, _mm512_cvtepu32_epi64(_mm512_castsi512_si256(e)));
+        sum = _mm512_add_epi64(sum, _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(e, 1)));
+    }
+    uint64_t s = (uint64_t)_mm512_reduce_add_epi64(sum);
+    uint64_t r = (((uint64_t)1 << 62) + s / 2) / s; /* <= 2^32, see qd_qsoftmax_row */
+    const __m512i vr = _mm512_set1_epi64((int64_t)r), c32 = _mm512_set1_epi64(32);
+    const __m512i h32 = _mm512_set1_epi64(((int64_t)1 << 31) - 1);
+    const __m512i m = _mm512_set1_epi64(p->out.m), sh = _mm512_set1_epi64(p->out.shift);
+    const __m512i hm1 = _mm512_set1_epi64(((int64_t)1 << (p->out.shift - 1)) - 1);
+    const __m512i z = _mm512_set1_epi64(p->zo), l = _mm512_set1_epi64(p->lo),
+                  h = _mm512_set1_epi64(p->hi);
+    for (int j = 0; j < n; j += 16) {
+        __mmask16 k = n - j >= 16 ? 0xffff : (__mmask16)((1u << (n - j)) - 1);
+        __m512i e = _mm512_maskz_loadu_epi32(k, work + j), pq = e;
+        if (r < ((uint64_t)1 << 32)) {
+            /* pq30 = rne(e * r / 2^32), e <= 2^30 and r < 2^32: unsigned 64-bit lanes */
+            __m512i xe = rne_shift512(_mm512_mul_epu32(e, vr), c32, h32);
+            __m512i xo = rne_shift512(_mm512_mul_epu32(_mm512_srli_epi64(e, 32), vr), c32, h32);
+            pq = _mm512_mask_blend_epi32(0xaaaa, xe, _mm512_slli_epi64(xo, 32));
+        } /* r == 2^32: e * 2^32 / 2^32 = e exactly */
+        _mm512_mask_cvtepi32_storeu_epi16(out + j, k, rq16_512(pq, m, sh, hm1, z, l, h, 0));
+    }
+}
+
+void qd_qsoftmax_row_tab(const qd_qsoftmax *p, const int32_t *tab, int len, const int16_t *x,
+                         int n, int16_t *out, int32_t *work, qd_isa isa) {
+    if (isa == QD_ISA_AVX512_VNNI && qd_isa_supported(isa)) {
+        softmax_tab_512(p, tab, len, x, n, out, work);
+        return;
+    }
+    int32_t mx = x[0];
+    for (int j = 1; j < n; j++) mx = x[j] > mx ? x[j] : mx;
+    int64_t sum = 0;
+    for (int j = 0; j < n; j++) {
+        int32_t d = mx - x[j];
+        work[j] = d < len ? tab[d] : 0;
+        sum += work[j];
+    }
+    uint64_t r = (((uint64_t)1 << 62) + (uint64_t)sum / 2) / (uint64_t)sum;
+    for (int j = 0; j < n; j++) {
+        int64_t pq30 = qd_rshift_rne(work[j] * (int64_t)r, 32);
+        out[j] = (int16_t)qd_clamp32(qd_qmul32((int32_t)pq30, p->out) + p->zo, p->lo, p->hi);
     }
 }

@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "quant/igemm.h"
 #include "quant/qd.h"
 
 /* x / 2^n rounded half to even (n <= 0: x * 2^-n). */
@@ -117,6 +118,26 @@ int qd_qsoftmax_init(qd_qsoftmax *p, double s_in, double s_out, int32_t z_out, i
 void qd_qsoftmax_row(const qd_qsoftmax *p, const int16_t *x, int n, int16_t *out, int64_t *work);
 /* e^(-d * s_in) in Q30 for an integer distance d >= 0 from the row maximum (exposed for tests). */
 int64_t qd_qexp_q30(const qd_qsoftmax *p, int32_t d);
+
+/* ---- the fast softmax: the same integers from a table ----
+ * qd_qexp_q30 depends only on the distance d from the row maximum, d in [0, 2^in_bits), and
+ * is zero from some d on: the fast paths read it from a table built with qd_qexp_q30 itself,
+ * so the table cannot disagree with the reference. */
+/* Length of the table (1 + the largest d with a nonzero value); fills tab when not NULL. */
+int qd_qsoftmax_tab(const qd_qsoftmax *p, int in_bits, int32_t *tab);
+/* 1 when the output multiplier's shift is in [1, 62], which the fast row needs. */
+int qd_qsoftmax_fast_ok(const qd_qsoftmax *p);
+/* qd_qsoftmax_row's integers, bit for bit, from the table (len entries); isa QD_ISA_AVX512_VNNI
+ * uses AVX-512 (gathers), anything else plain C. work: n int32. */
+void qd_qsoftmax_row_tab(const qd_qsoftmax *p, const int32_t *tab, int len, const int16_t *x,
+                         int n, int16_t *out, int32_t *work, qd_isa isa);
+
+/* ---- attention scores ----
+ * out[j] = clamp(qmul32(S[j] - zq*ksum[j] - off, m) + zo, lo, hi) for j < n (int32 wrap-around
+ * arithmetic before the multiply, as the reference's int32 dot product). Needs m.shift in
+ * [1, 62]; isa as above. */
+void qd_qscore_row(const int32_t *S, const int32_t *ksum, int32_t zq, int32_t off, int n,
+                   qd_qmul m, int32_t zo, int32_t lo, int32_t hi, int16_t *out, qd_isa isa);
 
 /* ---- lookup table of an 8-bit -> 8-bit elementwise function (SiLU) ----
  * table[q + 128] = clamp(round(f(si * (q - zi)) / so) + zo), built in double at load. */

@@ -10,6 +10,7 @@
  * byte and an unsigned low byte (a = 256*hi + lo), two int8 matmuls, exact. */
 #include "quant/qrt.h"
 
+#include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,10 @@ typedef struct lin_rt {
     int any_zw;
     int32_t zo, lo, hi;
     int out_bits;
+    /* fast epilogue (SIMD paths), when every row's |value * multiplier| < 2^61 and shift in
+     * [1, 62]: per-row constants padded to a multiple of 8, in 64-bit lanes */
+    int fast;
+    int64_t *fm, *fsh, *fhm1, *fc; /* mantissa, shift, 2^(shift-1)-1, c (+ 128*rowsum: head) */
 } lin_rt;
 
 typedef struct layer_rt {
@@ -43,6 +48,11 @@ typedef struct layer_rt {
     int8_t silu[256];
     qd_qmul mul_m;            /* s_silu s_up / s_downin */
     int32_t z_silu, z_up, z_dn;
+    /* fast attention (SIMD paths): the softmax's exp as a table, and whether the layer's
+     * encodings allow it (else the reference attention runs) */
+    int fast_attn;
+    int32_t *exp_tab;
+    int exp_len;
 } layer_rt;
 
 struct qd_qrt {
@@ -69,16 +79,30 @@ struct qd_qrt {
     int32_t *pv32;
     int16_t *qc;
     int max_T;
+    /* fast attention scratch: QB query rows at a time */
+    int32_t *S, *work32;      /* (QB, ldS), ldS */
+    int16_t *P, *sc;          /* (QB, ldS), ldS */
+    int64_t *acc64, *vsum;    /* (QB, hdp), hdp */
+    int ldS, hdp;
 };
 
+#define QB 16 /* query rows per attention block */
+
+/* The cache is kept in two forms, both always written: plain rows for the reference path and
+ * packed for the fast one: K as igemm weights (rows = positions, K = head_dim) per (layer, kv
+ * head), V in pairs of positions (pairs, hdp, 2) int16 per (layer, kv head), hdp = head_dim
+ * rounded up to 16, for vpdpwssd/vpmaddwd. */
 struct qd_qrt_kv {
-    int max_T, n_layers, kvdim;
+    int max_T, n_layers, kvdim, n_kv, hd, hdp, JP;
     int8_t *k, *v; /* (n_layers, max_T, kvdim) */
+    qd_igemm_w **kp;  /* n_layers * n_kv */
+    int16_t *vp;      /* (n_layers, n_kv, JP, hdp, 2), JP = ceil(max_T / 2) */
 };
 
 void qd_qrt_defaults(qd_qrt_opts *o) {
     o->isa = QD_ISA_AUTO;
     o->chunk = 64;
+    o->threads = 1;
 }
 
 static void lin_free(lin_rt *l) {
@@ -86,6 +110,10 @@ static void lin_free(lin_rt *l) {
     free(l->m);
     free(l->c);
     free(l->zw);
+    free(l->fm);
+    free(l->fsh);
+    free(l->fhm1);
+    free(l->fc);
     memset(l, 0, sizeof *l);
 }
 
@@ -119,6 +147,30 @@ static int lin_init(lin_rt *L, const qd_qlin *w, const qd_qenc *in, const qd_qen
         if (qd_qmul_make((double)in->scale * w->scale[g] / out->scale, &L->m[r], err))
             return qd_errf(err, "%s: %s row %d: %s", __func__, what, r, err->msg);
     }
+    /* The fast epilogue multiplies in 64 bits: it needs |v * m| < 2^61 for every value v =
+     * sum (a-za)(w-zw) + bias the row can produce, with |a - za| <= amax over the input grid,
+     * and |sum a| < 2^31 (one 32-bit product). Otherwise the reference epilogue runs. */
+    size_t np = ((size_t)w->rows + 7) & ~(size_t)7;
+    L->fm = calloc(np, 8), L->fsh = calloc(np, 8), L->fhm1 = calloc(np, 8), L->fc = calloc(np, 8);
+    if (!L->fm || !L->fsh || !L->fhm1 || !L->fc) return qd_errf(err, "%s: out of memory", __func__);
+    int64_t lo_in = qd_qmin(in->bits), hi_in = qd_qmax(in->bits);
+    int64_t amax = llabs(lo_in - za) > llabs(hi_in - za) ? llabs(lo_in - za) : llabs(hi_in - za);
+    L->fast = K * (llabs(lo_in) > hi_in ? llabs(lo_in) : hi_in) < ((int64_t)1 << 31);
+    for (int r = 0; r < w->rows; r++) {
+        const uint8_t *row = w->q + (size_t)r * qd_qlin_row_bytes(w);
+        int64_t wdev = 0;
+        for (int k = 0; k < w->cols; k++) {
+            int64_t d = llabs((int64_t)(w->bits == 8 ? (int8_t)row[k] : qd_s4_get(row, k)) - L->zw[r]);
+            wdev = d > wdev ? d : wdev;
+        }
+        __int128 B = (__int128)K * amax * wdev + llabs(w->bias ? w->bias[r] : 0);
+        if (!(B * L->m[r].m < ((__int128)1 << 61)) || L->m[r].shift < 1 || L->m[r].shift > 62)
+            L->fast = 0;
+        L->fm[r] = L->m[r].m;
+        L->fsh[r] = L->m[r].shift;
+        L->fhm1[r] = L->fsh[r] >= 1 && L->fsh[r] <= 62 ? ((int64_t)1 << (L->fsh[r] - 1)) - 1 : 0;
+        L->fc[r] = L->c[r];
+    }
     return QD_OK;
 }
 
@@ -138,6 +190,70 @@ static void lin_epilogue(const lin_rt *L, int M, const int32_t *acc, const int64
     }
 }
 
+/* ---------------------------------------------------------------- fast epilogue */
+
+/* The same integers as lin_epilogue when L->fast: v fits a 64-bit product with the mantissa,
+ * so round(v * M) is an int64 multiply and a rounded shift. acc2 (the LM head's low bytes):
+ * v = 256*acc + acc2 + fc (fc then holds c + 128*rowsum(w)). */
+static void lin_epilogue_fast_c(const lin_rt *L, int M, const int32_t *acc, const int32_t *acc2,
+                                const int64_t *rowsum_a, void *out) {
+    for (int i = 0; i < M; i++) {
+        const int32_t *a = acc + (size_t)i * L->rows, *a2 = acc2 ? acc2 + (size_t)i * L->rows : NULL;
+        int64_t sa = rowsum_a ? rowsum_a[i] : 0;
+        for (int n = 0; n < L->rows; n++) {
+            int64_t v = (a2 ? 256 * (int64_t)a[n] + a2[n] : a[n]) + L->fc[n] - (int64_t)L->zw[n] * sa;
+            int32_t y = qd_clamp32(qd_rshift_rne(v * L->fm[n], (int)L->fsh[n]) + L->zo, L->lo, L->hi);
+            if (L->out_bits <= 8) ((int8_t *)out)[(size_t)i * L->rows + n] = (int8_t)y;
+            else ((int16_t *)out)[(size_t)i * L->rows + n] = (int16_t)y;
+        }
+    }
+}
+
+#define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+
+/* rne(x / 2^n) for |x| < 2^62, 1 <= n <= 62: floor((x + 2^(n-1) - 1 + bit_n(x)) / 2^n) */
+static inline T512 __m512i rne512(__m512i x, __m512i n, __m512i hm1) {
+    __m512i bit = _mm512_and_si512(_mm512_srlv_epi64(x, n), _mm512_set1_epi64(1));
+    return _mm512_srav_epi64(_mm512_add_epi64(_mm512_add_epi64(x, hm1), bit), n);
+}
+
+static T512 void lin_epilogue_512(const lin_rt *L, int M, const int32_t *acc, const int32_t *acc2,
+                                  const int64_t *rowsum_a, void *out) {
+    const __m512i zo = _mm512_set1_epi64(L->zo), lo = _mm512_set1_epi64(L->lo),
+                  hi = _mm512_set1_epi64(L->hi);
+    const int N = L->rows;
+    for (int i = 0; i < M; i++) {
+        const int32_t *a = acc + (size_t)i * N, *a2 = acc2 ? acc2 + (size_t)i * N : NULL;
+        const __m512i sa = _mm512_set1_epi64(rowsum_a ? rowsum_a[i] : 0);
+        for (int n = 0; n < N; n += 8) {
+            __mmask8 k = N - n >= 8 ? 0xff : (__mmask8)((1u << (N - n)) - 1);
+            __m512i v = _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(k, a + n));
+            if (a2)
+                v = _mm512_add_epi64(_mm512_slli_epi64(v, 8),
+                                     _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(k, a2 + n)));
+            __m512i zw = _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(k, L->zw + n));
+            v = _mm512_sub_epi64(_mm512_add_epi64(v, _mm512_loadu_si512(L->fc + n)),
+                                 _mm512_mul_epi32(zw, sa));
+            /* v * m exactly mod 2^64 (|v * m| < 2^61): low half unsigned, high half signed */
+            __m512i m = _mm512_loadu_si512(L->fm + n);
+            __m512i x = _mm512_add_epi64(
+                _mm512_mul_epu32(v, m),
+                _mm512_slli_epi64(_mm512_mul_epi32(_mm512_shuffle_epi32(v, (_MM_PERM_ENUM)0xf5), m), 32));
+            __m512i y = rne512(x, _mm512_loadu_si512(L->fsh + n), _mm512_loadu_si512(L->fhm1 + n));
+            y = _mm512_min_epi64(_mm512_max_epi64(_mm512_add_epi64(y, zo), lo), hi);
+            if (L->out_bits <= 8) _mm512_mask_cvtepi64_storeu_epi8((int8_t *)out + (size_t)i * N + n, k, y);
+            else _mm512_mask_cvtepi64_storeu_epi16((int16_t *)out + (size_t)i * N + n, k, y);
+        }
+    }
+}
+
+static void lin_requant(const qd_qrt *rt, const lin_rt *L, int M, const int32_t *acc,
+                        const int64_t *rowsum_a, void *out) {
+    if (rt->isa == QD_ISA_SCALAR || !L->fast) lin_epilogue(L, M, acc, rowsum_a, out);
+    else if (rt->isa == QD_ISA_AVX512_VNNI) lin_epilogue_512(L, M, acc, NULL, rowsum_a, out);
+    else lin_epilogue_fast_c(L, M, acc, NULL, rowsum_a, out);
+}
+
 static void lin_run(qd_qrt *rt, const lin_rt *L, int M, const int8_t *A, void *out) {
     qd_igemm(L->pw, M, A, (size_t)L->cols, rt->acc, (size_t)L->rows, rt->isa);
     int64_t *rs = NULL;
@@ -149,7 +265,7 @@ static void lin_run(qd_qrt *rt, const lin_rt *L, int M, const int8_t *A, void *o
             rs[i] = s;
         }
     }
-    lin_epilogue(L, M, rt->acc, rs, out);
+    lin_requant(rt, L, M, rt->acc, rs, out);
 }
 
 static const qd_qenc *enc(const qd_qint *q, int l, int site) {
@@ -181,6 +297,8 @@ void qd_qrt_free(qd_qrt *rt) {
     if (rt->L)
         for (int l = 0; l < rt->q->cfg.n_layers; l++)
             for (int w = 0; w < QD_W_PER_LAYER; w++) lin_free(&rt->L[l].w[w]);
+    if (rt->L)
+        for (int l = 0; l < rt->q->cfg.n_layers; l++) free(rt->L[l].exp_tab);
     free(rt->L);
     qd_qrope_free(&rt->rope_master);
     free(rt->emb_m);
@@ -188,7 +306,8 @@ void qd_qrt_free(qd_qrt *rt) {
     qd_igemm_w_free(rt->head_pw);
     void *bufs[] = {rt->x, rt->x2, rt->t16, rt->hf, rt->h8, rt->q8, rt->k8, rt->v8, rt->o8,
                     rt->g8, rt->u8, rt->s8, rt->m8, rt->hi8, rt->lo8, rt->acc, rt->acc2,
-                    rt->score, rt->prob, rt->work, rt->pvacc, rt->pv32, rt->qc};
+                    rt->score, rt->prob, rt->work, rt->pvacc, rt->pv32, rt->qc,
+                    rt->S, rt->work32, rt->P, rt->sc, rt->acc64, rt->vsum};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     qd_qint_free(rt->owned);
     free(rt);
@@ -254,6 +373,14 @@ qd_qrt *qd_qrt_new(const qd_qint *q, const qd_qrt_opts *o, qd_err *err) {
         L->score_lo = qd_qmin(es->bits), L->score_hi = qd_qmax(es->bits);
         L->z_prob = ep->zero_point;
         L->z_pv = epv->zero_point;
+        /* the fast attention's conditions: q - zq fits int16 as in the reference, the padding
+         * value z_prob fits int16, both multipliers shift by 1..62 */
+        L->fast_attn = L->zq >= -32640 && L->zq <= 32639 && L->z_prob >= -32768 &&
+                       L->z_prob <= 32767 && L->score_m.shift >= 1 && L->score_m.shift <= 62 &&
+                       qd_qsoftmax_fast_ok(&L->sm);
+        L->exp_tab = malloc(sizeof(int32_t) << es->bits);
+        if (!L->exp_tab) goto oom;
+        L->exp_len = qd_qsoftmax_tab(&L->sm, es->bits, L->exp_tab);
         const qd_qenc *eo = enc(q, l, QD_AQ_O), *ed = enc(q, l, QD_AQ_DOWN);
         const qd_qenc *er2 = enc(q, l, QD_AQ_RES2);
         if (qd_qadd_init(&L->res1, xin->scale, xin->zero_point, eo->scale, eo->zero_point,
@@ -286,6 +413,8 @@ qd_qrt *qd_qrt_new(const qd_qint *q, const qd_qrt_opts *o, qd_err *err) {
         goto fail;
     }
     if (lin_init(&rt->head, &q->head, ehi, elg, 1, "lm_head", err)) goto fail;
+    for (int v = 0; v < V; v++) /* the hi/lo split's +128 * rowsum folded into the constant */
+        rt->head.fc[v] = rt->head.c[v] + 128 * (int64_t)qd_igemm_w_rowsum(rt->head.pw)[v];
     rt->logit_scale = elg->scale;
     rt->logit_zp = elg->zero_point;
     /* scratch */
@@ -303,6 +432,12 @@ qd_qrt *qd_qrt_new(const qd_qint *q, const qd_qrt_opts *o, qd_err *err) {
     rt->work = malloc((size_t)(T > C ? T : C) * 8);
     rt->pvacc = malloc((size_t)hd * 8), rt->pv32 = malloc((size_t)hd * 4);
     rt->qc = malloc((size_t)hd * 2);
+    rt->ldS = (T + 1 + 15) & ~15;
+    rt->hdp = (hd + 15) & ~15;
+    rt->S = malloc((size_t)QB * rt->ldS * 4), rt->work32 = malloc((size_t)rt->ldS * 4);
+    rt->P = malloc((size_t)QB * rt->ldS * 2), rt->sc = malloc((size_t)rt->ldS * 2);
+    rt->acc64 = malloc((size_t)QB * rt->hdp * 8), rt->vsum = malloc((size_t)rt->hdp * 8);
+    if (!rt->S || !rt->work32 || !rt->P || !rt->sc || !rt->acc64 || !rt->vsum) goto oom;
     if (!rt->x || !rt->x2 || !rt->t16 || !rt->hf || !rt->h8 || !rt->q8 || !rt->k8 || !rt->v8 ||
         !rt->o8 || !rt->g8 || !rt->u8 || !rt->s8 || !rt->m8 || !rt->hi8 || !rt->lo8 || !rt->acc ||
         !rt->acc2 || !rt->score || !rt->prob || !rt->work || !rt->pvacc || !rt->pv32 || !rt->qc)
@@ -340,21 +475,53 @@ qd_qrt_kv *qd_qrt_kv_new(const qd_qrt *rt, int max_T, qd_err *err) {
     kv->max_T = max_T;
     kv->n_layers = c->n_layers;
     kv->kvdim = c->n_kv_heads * c->head_dim;
+    kv->n_kv = c->n_kv_heads;
+    kv->hd = c->head_dim;
+    kv->hdp = (c->head_dim + 15) & ~15;
+    kv->JP = (max_T + 1) / 2;
     size_t n = (size_t)c->n_layers * max_T * kv->kvdim;
+    size_t nvp = (size_t)c->n_layers * kv->n_kv * kv->JP * kv->hdp * 2;
     kv->k = malloc(n);
     kv->v = malloc(n);
-    if (!kv->k || !kv->v) {
+    kv->vp = calloc(nvp, sizeof *kv->vp); /* zero: lanes past head_dim are read, never used */
+    kv->kp = calloc((size_t)c->n_layers * kv->n_kv, sizeof *kv->kp);
+    if (!kv->k || !kv->v || !kv->vp || !kv->kp) {
         qd_qrt_kv_free(kv);
-        return qd_errf(err, "%s: out of memory for %zu bytes", __func__, 2 * n), NULL;
+        return qd_errf(err, "%s: out of memory for %zu bytes", __func__, 2 * n + 2 * nvp), NULL;
     }
+    for (int i = 0; i < c->n_layers * kv->n_kv; i++)
+        if (!(kv->kp[i] = qd_igemm_w_new_s8(max_T, kv->hd, err))) {
+            qd_qrt_kv_free(kv);
+            return NULL;
+        }
     return kv;
 }
 
 void qd_qrt_kv_free(qd_qrt_kv *kv) {
     if (!kv) return;
+    if (kv->kp)
+        for (int i = 0; i < kv->n_layers * kv->n_kv; i++) qd_igemm_w_free(kv->kp[i]);
+    free(kv->kp);
+    free(kv->vp);
     free(kv->k);
     free(kv->v);
     free(kv);
+}
+
+/* Positions pos0..pos0+n-1 of layer l (already in the plain cache) into the packed forms. */
+static void kv_pack(qd_qrt_kv *kv, int l, int pos0, int n) {
+    int KVd = kv->kvdim, hd = kv->hd, hdp = kv->hdp;
+    const int8_t *kc = kv->k + (size_t)l * kv->max_T * KVd, *vc = kv->v + (size_t)l * kv->max_T * KVd;
+    for (int h = 0; h < kv->n_kv; h++) {
+        qd_igemm_w_set_rows(kv->kp[l * kv->n_kv + h], pos0, n, kc + (size_t)pos0 * KVd + (size_t)h * hd,
+                            (size_t)KVd);
+        int16_t *vp = kv->vp + ((size_t)l * kv->n_kv + h) * kv->JP * hdp * 2;
+        for (int p = pos0; p < pos0 + n; p++) {
+            const int8_t *v = vc + (size_t)p * KVd + (size_t)h * hd;
+            int16_t *dst = vp + (size_t)(p / 2) * hdp * 2 + (p & 1);
+            for (int d = 0; d < hd; d++) dst[2 * d] = v[d];
+        }
+    }
 }
 
 /* ---------------------------------------------------------------- attention */
@@ -406,6 +573,147 @@ static void attend(qd_qrt *rt, const layer_rt *L, const int8_t *kc, const int8_t
     }
 }
 
+/* ---------------------------------------------------------------- fast attention */
+
+/* acc (nb, hdp) int64 = P (nb rows of J int16, ldp apart) x V (J positions of the packed
+ * cache vp, hdp columns), J even. int32 partial sums over 256 positions at most: |p v| <= 2^22,
+ * so 128 pairs stay below 2^31. */
+static void pv_c(const int16_t *vp, int hdp, const int16_t *P, size_t ldp, int nb, int J,
+                 int64_t *acc) {
+    int32_t a32[256];
+    for (int r = 0; r < nb; r++) {
+        const int16_t *p = P + (size_t)r * ldp;
+        for (int d0 = 0; d0 < hdp; d0 += 256) {
+            int nd = hdp - d0 < 256 ? hdp - d0 : 256;
+            for (int d = 0; d < nd; d++) acc[(size_t)r * hdp + d0 + d] = 0;
+            for (int j0 = 0; j0 < J; j0 += 256) {
+                int j1 = j0 + 256 < J ? j0 + 256 : J;
+                for (int d = 0; d < nd; d++) a32[d] = 0;
+                for (int j = j0; j < j1; j += 2) {
+                    const int16_t *v = vp + (size_t)(j / 2) * hdp * 2 + (size_t)d0 * 2;
+                    int32_t p0 = p[j], p1 = p[j + 1];
+                    for (int d = 0; d < nd; d++) a32[d] += p0 * v[2 * d] + p1 * v[2 * d + 1];
+                }
+                for (int d = 0; d < nd; d++) acc[(size_t)r * hdp + d0 + d] += a32[d];
+            }
+        }
+    }
+}
+
+/* The same with vpdpwssd: MR rows x NV vectors of 16 columns per block, accumulators in
+ * registers. */
+static inline __attribute__((always_inline)) T512 void pv_blk512(
+    const int16_t *vp, int hdp, const int16_t *P, size_t ldp, int r0, int d0, int J, int64_t *acc,
+    const int MR, const int NV) {
+    for (int j0 = 0; j0 < J; j0 += 256) {
+        int j1 = j0 + 256 < J ? j0 + 256 : J;
+        __m512i a[4][4];
+        _Pragma("GCC unroll 4") for (int r = 0; r < MR; r++)
+            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) a[r][v] = _mm512_setzero_si512();
+        for (int j = j0; j < j1; j += 2) {
+            const int16_t *vr = vp + (size_t)(j / 2) * hdp * 2 + (size_t)d0 * 2;
+            __m512i b[4];
+            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) b[v] = _mm512_loadu_si512(vr + 32 * v);
+            _Pragma("GCC unroll 4") for (int r = 0; r < MR; r++) {
+                int32_t pp;
+                memcpy(&pp, P + (size_t)(r0 + r) * ldp + j, 4);
+                __m512i pb = _mm512_set1_epi32(pp);
+                _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)
+                    a[r][v] = _mm512_dpwssd_epi32(a[r][v], pb, b[v]);
+            }
+        }
+        _Pragma("GCC unroll 4") for (int r = 0; r < MR; r++)
+            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) {
+                int64_t *dst = acc + (size_t)(r0 + r) * hdp + d0 + 16 * v;
+                __m512i lo = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(a[r][v]));
+                __m512i hi = _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(a[r][v], 1));
+                if (j0) {
+                    lo = _mm512_add_epi64(lo, _mm512_loadu_si512(dst));
+                    hi = _mm512_add_epi64(hi, _mm512_loadu_si512(dst + 8));
+                }
+                _mm512_storeu_si512(dst, lo);
+                _mm512_storeu_si512(dst + 8, hi);
+            }
+    }
+}
+
+static T512 void pv_512(const int16_t *vp, int hdp, const int16_t *P, size_t ldp, int nb, int J,
+                        int64_t *acc) {
+    for (int d0 = 0; d0 < hdp; d0 += 64) {
+        int nv = (hdp - d0) / 16 < 4 ? (hdp - d0) / 16 : 4;
+        for (int r0 = 0; r0 < nb; r0 += 4) {
+            int mr = nb - r0 < 4 ? nb - r0 : 4;
+#define PVB(mr_, nv_) case (mr_) * 8 + (nv_): pv_blk512(vp, hdp, P, ldp, r0, d0, J, acc, mr_, nv_); break
+#define PVR(mr_) PVB(mr_, 1); PVB(mr_, 2); PVB(mr_, 3); PVB(mr_, 4)
+            switch (mr * 8 + nv) {
+                PVR(1); PVR(2); PVR(3); PVR(4);
+            default: abort();
+            }
+#undef PVR
+#undef PVB
+        }
+    }
+}
+
+/* Attention of the chunk's n query rows (positions pos0..) for every head, the reference's
+ * integers: per head, QB queries at a time, QK^T by the int8 GEMM on the packed K cache, the
+ * scores requantized and softmaxed row by row (table exp), PV by pv_*, in exact integer
+ * arithmetic before the one rounding. Rows are padded to an even J with p = z_prob, whose
+ * terms (p - zp)(v - zv) vanish. */
+static void attend_fast(qd_qrt *rt, const layer_rt *L, qd_qrt_kv *kv, int l, int n, int pos0) {
+    const qd_config *c = &rt->q->cfg;
+    int hd = c->head_dim, nh = c->n_heads, grp = nh / c->n_kv_heads, QD = nh * hd;
+    int hdp = kv->hdp, ldS = rt->ldS;
+    for (int h = 0; h < nh; h++) {
+        int kvh = h / grp;
+        const qd_igemm_w *kp = kv->kp[l * kv->n_kv + kvh];
+        const int32_t *ksum = qd_igemm_w_rowsum(kp);
+        const int16_t *vp = kv->vp + ((size_t)l * kv->n_kv + kvh) * kv->JP * hdp * 2;
+        for (int i0 = 0; i0 < n; i0 += QB) {
+            int nb = n - i0 < QB ? n - i0 : QB;
+            int last = pos0 + i0 + nb - 1;      /* the block's last position */
+            int J = (last + 2) & ~1;            /* even, > last */
+            const int8_t *qb = rt->q8 + (size_t)i0 * QD + (size_t)h * hd;
+            qd_igemm_n(kp, last + 1, nb, qb, (size_t)QD, rt->S, (size_t)ldS, rt->isa);
+            int64_t psum[QB];
+            for (int r = 0; r < nb; r++) {
+                int lim = pos0 + i0 + r;
+                const int8_t *qh = qb + (size_t)r * QD;
+                uint32_t qcs = 0;
+                for (int d = 0; d < hd; d++) qcs += (uint32_t)(qh[d] - L->zq);
+                qd_qscore_row(rt->S + (size_t)r * ldS, ksum, L->zq, (int32_t)((uint32_t)L->zk * qcs),
+                              lim + 1, L->score_m, L->z_score, L->score_lo, L->score_hi, rt->sc,
+                              rt->isa);
+                int16_t *pr = rt->P + (size_t)r * ldS;
+                qd_qsoftmax_row_tab(&L->sm, L->exp_tab, L->exp_len, rt->sc, lim + 1, pr, rt->work32,
+                                    rt->isa);
+                int64_t ps = 0;
+                for (int j = lim + 1; j < J; j++) pr[j] = (int16_t)L->z_prob;
+                for (int j = 0; j < J; j++) ps += pr[j];
+                psum[r] = ps;
+            }
+            int64_t *vs = rt->vsum;
+            for (int d = 0; d < hd; d++) vs[d] = 0;
+            for (int j = 0; j < J; j += 2) {
+                const int16_t *v = vp + (size_t)(j / 2) * hdp * 2;
+                for (int d = 0; d < hd; d++) vs[d] += v[2 * d] + v[2 * d + 1];
+            }
+            if (rt->isa == QD_ISA_AVX512_VNNI) pv_512(vp, hdp, rt->P, (size_t)ldS, nb, J, rt->acc64);
+            else pv_c(vp, hdp, rt->P, (size_t)ldS, nb, J, rt->acc64);
+            int64_t zz = (int64_t)J * L->z_prob * L->zv;
+            for (int r = 0; r < nb; r++) {
+                int8_t *o = rt->o8 + (size_t)(i0 + r) * QD + (size_t)h * hd;
+                const int64_t *a = rt->acc64 + (size_t)r * hdp;
+                for (int d = 0; d < hd; d++) {
+                    int64_t v = a[d] - (int64_t)L->zv * psum[r] - (int64_t)L->z_prob * vs[d] + zz;
+                    int64_t y = v == (int32_t)v ? qd_qmul32((int32_t)v, L->pv_m) : qd_qmul64(v, L->pv_m);
+                    o[d] = (int8_t)qd_clamp32(y + L->z_pv, -128, 127);
+                }
+            }
+        }
+    }
+}
+
 /* ---------------------------------------------------------------- forward */
 
 static int forward_chunk(qd_qrt *rt, qd_qrt_kv *kv, const int *tokens, int n, int pos0,
@@ -437,8 +745,12 @@ static int forward_chunk(qd_qrt *rt, qd_qrt_kv *kv, const int *tokens, int n, in
             qd_qrope_apply(&L->rk, rt->k8 + (size_t)i * KVd, kc + (size_t)p * KVd, c->n_kv_heads, p);
             memcpy(vc + (size_t)p * KVd, rt->v8 + (size_t)i * KVd, (size_t)KVd);
         }
-        for (int i = 0; i < n; i++)
-            attend(rt, L, kc, vc, rt->q8 + (size_t)i * QD, pos0 + i, rt->o8 + (size_t)i * QD);
+        kv_pack(kv, l, pos0, n);
+        if (rt->isa != QD_ISA_SCALAR && L->fast_attn)
+            attend_fast(rt, L, kv, l, n, pos0);
+        else
+            for (int i = 0; i < n; i++)
+                attend(rt, L, kc, vc, rt->q8 + (size_t)i * QD, pos0 + i, rt->o8 + (size_t)i * QD);
         lin_run(rt, &L->w[QD_W_O], n, rt->o8, rt->t16);
         qd_qadd_i16(&L->res1, rt->x, rt->t16, rt->x2, (size_t)n * D);
         for (int i = 0; i < n; i++) qd_qnorm_row(&L->n2, rt->x2 + (size_t)i * D, L->g2, rt->h8 + (size_t)i * D);
@@ -464,6 +776,17 @@ static int forward_chunk(qd_qrt *rt, qd_qrt_kv *kv, const int *tokens, int n, in
     qd_igemm(H->pw, n, rt->hi8, (size_t)D, rt->acc, (size_t)V, rt->isa);
     qd_igemm(H->pw, n, rt->lo8, (size_t)D, rt->acc2, (size_t)V, rt->isa);
     const int32_t *wrs = qd_igemm_w_rowsum(H->pw);
+    if (rt->isa != QD_ISA_SCALAR && H->fast) {
+        int64_t *sa = rt->work;
+        for (int i = 0; i < n; i++) {
+            int64_t s = 0;
+            for (int d = 0; d < D; d++) s += rt->hf[(size_t)i * D + d];
+            sa[i] = s;
+        }
+        if (rt->isa == QD_ISA_AVX512_VNNI) lin_epilogue_512(H, n, rt->acc, rt->acc2, sa, logits_q);
+        else lin_epilogue_fast_c(H, n, rt->acc, rt->acc2, sa, logits_q);
+        return QD_OK;
+    }
     for (int i = 0; i < n; i++) {
         int64_t sa = 0;
         for (int d = 0; d < D; d++) sa += rt->hf[(size_t)i * D + d];
