@@ -110,6 +110,7 @@ int qd_qnorm_init(qd_qnorm *p, int n, double sx, int32_t zx, double sg, int32_t 
     double en = rint((double)n * eps / (sx * sx));
     p->eps_n = en > 4e18 ? (int64_t)4e18 : (int64_t)en;
     p->out_bits = out_bits;
+    p->gmax = 0;
     p->lo = qd_qmin(out_bits);
     p->hi = qd_qmax(out_bits);
     return qd_qmul_make(sg * sqrt((double)n) / sy, &p->m, err);
@@ -368,4 +369,124 @@ void qd_qsoftmax_row_tab(const qd_qsoftmax *p, const int32_t *tab, int len, cons
         int64_t pq30 = qd_rshift_rne(work[j] * (int64_t)r, 32);
         out[j] = (int16_t)qd_clamp32(qd_qmul32((int32_t)pq30, p->out) + p->zo, p->lo, p->hi);
     }
+}
+
+/* ---------------------------------------------------------------- elementwise SIMD paths */
+
+static T512 void qadd_512(const qd_qadd *p, const int16_t *a, const int16_t *b, int16_t *out,
+                          size_t n) {
+    const __m512i ma = _mm512_set1_epi64(p->ma), mb = _mm512_set1_epi64(p->mb);
+    const __m512i za = _mm512_set1_epi32(p->za), zb = _mm512_set1_epi32(p->zb);
+    const __m512i sh = _mm512_set1_epi64(p->shift);
+    const __m512i hm1 = _mm512_set1_epi64(((int64_t)1 << (p->shift - 1)) - 1);
+    const __m512i zo = _mm512_set1_epi64(p->zo), lo = _mm512_set1_epi64(p->lo),
+                  hi = _mm512_set1_epi64(p->hi);
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 k = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        __m512i va = _mm512_sub_epi32(_mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(k, a + i)), za);
+        __m512i vb = _mm512_sub_epi32(_mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(k, b + i)), zb);
+        __m512i xe = _mm512_add_epi64(_mm512_mul_epi32(va, ma), _mm512_mul_epi32(vb, mb));
+        __m512i xo = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(va, 32), ma),
+                                      _mm512_mul_epi32(_mm512_srli_epi64(vb, 32), mb));
+        xe = _mm512_min_epi64(_mm512_max_epi64(_mm512_add_epi64(rne_shift512(xe, sh, hm1), zo), lo), hi);
+        xo = _mm512_min_epi64(_mm512_max_epi64(_mm512_add_epi64(rne_shift512(xo, sh, hm1), zo), lo), hi);
+        __m512i y = _mm512_mask_blend_epi32(0xaaaa, xe, _mm512_slli_epi64(xo, 32));
+        _mm512_mask_cvtepi32_storeu_epi16(out + i, k, y);
+    }
+}
+
+/* zero points far outside the grid would overflow the 32-bit differences: reference then */
+static int small_zp(int64_t z) { return z >= -(1 << 30) && z <= (1 << 30); }
+
+void qd_qadd_i16_isa(const qd_qadd *p, const int16_t *a, const int16_t *b, int16_t *out,
+                     size_t n, qd_isa isa) {
+    if (isa == QD_ISA_AVX512_VNNI && qd_isa_supported(isa) && p->shift >= 1 && p->shift <= 62 &&
+        small_zp(p->za) && small_zp(p->zb))
+        qadd_512(p, a, b, out, n);
+    else
+        qd_qadd_i16(p, a, b, out, n);
+}
+
+static T512 void qmul_i8_512(const int8_t *a, int32_t za, const int8_t *b, int32_t zb,
+                             qd_qmul q, int32_t zo, int8_t *out, size_t n) {
+    const __m512i m = _mm512_set1_epi64(q.m), sh = _mm512_set1_epi64(q.shift);
+    const __m512i hm1 = _mm512_set1_epi64(((int64_t)1 << (q.shift - 1)) - 1);
+    const __m512i z = _mm512_set1_epi64(zo), l = _mm512_set1_epi64(-128), h = _mm512_set1_epi64(127);
+    const __m512i vza = _mm512_set1_epi32(za), vzb = _mm512_set1_epi32(zb);
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 k = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        __m512i va = _mm512_sub_epi32(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, a + i)), vza);
+        __m512i vb = _mm512_sub_epi32(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, b + i)), vzb);
+        __m512i v = _mm512_mullo_epi32(va, vb);
+        _mm512_mask_cvtepi32_storeu_epi8(out + i, k, rq16_512(v, m, sh, hm1, z, l, h, 1));
+    }
+}
+
+void qd_qmul_i8(const int8_t *a, int32_t za, const int8_t *b, int32_t zb, qd_qmul m, int32_t zo,
+                int8_t *out, size_t n, qd_isa isa) {
+    if (isa == QD_ISA_AVX512_VNNI && qd_isa_supported(isa) && m.shift >= 1 && m.shift <= 62) {
+        qmul_i8_512(a, za, b, zb, m, zo, out, n);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        int32_t v = (int32_t)((uint32_t)(a[i] - za) * (uint32_t)(b[i] - zb));
+        out[i] = (int8_t)qd_clamp32(qd_qmul32(v, m) + zo, -128, 127);
+    }
+}
+
+/* One row with AVX-512; returns 0 (nothing written) when the row's products might not fit 64
+ * bits, so that the caller runs the reference. */
+static T512 int qnorm_512(const qd_qnorm *p, const int16_t *x, const int16_t *g, void *out) {
+    const int n = p->n;
+    const __m512i zx = _mm512_set1_epi32(p->zx), zg = _mm512_set1_epi32(p->zg);
+    __m512i ss = _mm512_setzero_si512(), amax = _mm512_setzero_si512();
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 k = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        __m512i d = _mm512_maskz_sub_epi32(k, _mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(k, x + i)), zx);
+        amax = _mm512_max_epi32(amax, _mm512_abs_epi32(d));
+        ss = _mm512_add_epi64(ss, _mm512_mul_epi32(d, d));
+        __m512i dodd = _mm512_srli_epi64(d, 32);
+        ss = _mm512_add_epi64(ss, _mm512_mul_epi32(dodd, dodd));
+    }
+    uint64_t v = (uint64_t)_mm512_reduce_add_epi64(ss) + (uint64_t)p->eps_n;
+    int e;
+    int64_t r = qd_isqrt_inv(v, &e);
+    int64_t mt = qd_rshift_rne((int64_t)p->m.m * r, 31);
+    int shift = p->m.shift + e - 31;
+    int64_t dmax = (uint32_t)_mm512_reduce_max_epi32(amax);
+    if (shift < 1 || shift > 62 || mt < 0 || mt >= ((int64_t)1 << 31) ||
+        (__int128)dmax * p->gmax * mt >= ((__int128)1 << 61))
+        return 0;
+    const __m512i vm = _mm512_set1_epi64(mt), sh = _mm512_set1_epi64(shift);
+    const __m512i hm1 = _mm512_set1_epi64(((int64_t)1 << (shift - 1)) - 1);
+    const __m512i zy = _mm512_set1_epi64(p->zy), lo = _mm512_set1_epi64(p->lo),
+                  hi = _mm512_set1_epi64(p->hi);
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 k = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        __m512i d = _mm512_sub_epi32(_mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(k, x + i)), zx);
+        __m512i gd = _mm512_sub_epi32(_mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(k, g + i)), zg);
+        __m512i res[2];
+        for (int half = 0; half < 2; half++) {
+            __m512i a = half ? _mm512_srli_epi64(d, 32) : d, b = half ? _mm512_srli_epi64(gd, 32) : gd;
+            __m512i t = _mm512_mul_epi32(a, b); /* exact int64 */
+            /* t * mt exactly (|t * mt| < 2^61): low 32 bits unsigned, high 32 bits signed */
+            __m512i x64 = _mm512_add_epi64(
+                _mm512_mul_epu32(t, vm),
+                _mm512_slli_epi64(_mm512_mul_epi32(_mm512_shuffle_epi32(t, (_MM_PERM_ENUM)0xf5), vm), 32));
+            __m512i y = _mm512_add_epi64(rne_shift512(x64, sh, hm1), zy);
+            res[half] = _mm512_min_epi64(_mm512_max_epi64(y, lo), hi);
+        }
+        __m512i y = _mm512_mask_blend_epi32(0xaaaa, res[0], _mm512_slli_epi64(res[1], 32));
+        if (p->out_bits == 8) _mm512_mask_cvtepi32_storeu_epi8((int8_t *)out + i, k, y);
+        else _mm512_mask_cvtepi32_storeu_epi16((int16_t *)out + i, k, y);
+    }
+    return 1;
+}
+
+void qd_qnorm_row_isa(const qd_qnorm *p, const int16_t *x, const int16_t *g, void *out,
+                      qd_isa isa) {
+    if (isa == QD_ISA_AVX512_VNNI && qd_isa_supported(isa) && p->gmax > 0 && small_zp(p->zx) &&
+        small_zp(p->zg) && qnorm_512(p, x, g, out))
+        return;
+    qd_qnorm_row(p, x, g, out);
 }

@@ -77,6 +77,15 @@ typedef struct qd_qadd {
 int qd_qadd_init(qd_qadd *p, double sa, int32_t za, double sb, int32_t zb, double so, int32_t zo,
                  int out_bits, qd_err *err);
 void qd_qadd_i16(const qd_qadd *p, const int16_t *a, const int16_t *b, int16_t *out, size_t n);
+/* The same integers with the SIMD path for isa (AVX-512 when QD_ISA_AVX512_VNNI and the shift
+ * allows; otherwise qd_qadd_i16). */
+void qd_qadd_i16_isa(const qd_qadd *p, const int16_t *a, const int16_t *b, int16_t *out,
+                     size_t n, qd_isa isa);
+
+/* ---- product of two 8-bit tensors into an 8-bit one (SwiGLU's silu(gate) * up) ----
+ * out[i] = clamp(qmul32((a[i]-za)*(b[i]-zb), m) + zo, -128, 127); isa as qd_qadd_i16_isa. */
+void qd_qmul_i8(const int8_t *a, int32_t za, const int8_t *b, int32_t zb, qd_qmul m, int32_t zo,
+                int8_t *out, size_t n, qd_isa isa);
 
 /* ---- integer inverse square root ----
  * For v >= 1: returns r and sets *e with 1/sqrt(v) ~= r * 2^-e, r in [2^30, 2^31]. Integer
@@ -95,11 +104,17 @@ typedef struct qd_qnorm {
     qd_qmul m;          /* sg * sqrt(n) / sy */
     int32_t lo, hi;
     int out_bits;
+    int64_t gmax;       /* max |g - zg| of the weights the caller passes, 0: unknown (the SIMD
+                         * path needs it to prove a row's products fit 64 bits) */
 } qd_qnorm;
 int qd_qnorm_init(qd_qnorm *p, int n, double sx, int32_t zx, double sg, int32_t zg, double sy,
                   int32_t zy, int out_bits, float eps, qd_err *err);
 /* One row: x (n), g (n), out int8 or int16 per out_bits. */
 void qd_qnorm_row(const qd_qnorm *p, const int16_t *x, const int16_t *g, void *out);
+/* The same integers; with QD_ISA_AVX512_VNNI, rows whose products provably fit 64 bits
+ * (p->gmax set) take an AVX-512 path, the others qd_qnorm_row. */
+void qd_qnorm_row_isa(const qd_qnorm *p, const int16_t *x, const int16_t *g, void *out,
+                      qd_isa isa);
 
 /* ---- softmax over a row of 16-bit scores -> 16-bit probabilities ----
  * exp by base 2: x*log2(e) in Q16 fixed point, 2^-int by shift, 2^-frac by two 256-entry Q30

@@ -292,6 +292,13 @@ static int check_bits(const qd_qint *q, qd_err *err) {
     return QD_OK;
 }
 
+/* max |g - zg| over a norm weight (qd_qnorm.gmax) */
+static int64_t gdev(const int16_t *g, int n, int32_t zg) {
+    int64_t m = 0;
+    for (int i = 0; i < n; i++) m = llabs((int64_t)g[i] - zg) > m ? llabs((int64_t)g[i] - zg) : m;
+    return m;
+}
+
 void qd_qrt_free(qd_qrt *rt) {
     if (!rt) return;
     if (rt->L)
@@ -352,6 +359,8 @@ qd_qrt *qd_qrt_new(const qd_qint *q, const qd_qrt_opts *o, qd_err *err) {
             goto fail;
         L->g1 = ql->attn_norm.q;
         L->g2 = ql->ffn_norm.q;
+        L->n1.gmax = gdev(L->g1, D, L->n1.zg);
+        L->n2.gmax = gdev(L->g2, D, L->n2.zg);
         const qd_qenc *eq = enc(q, l, QD_AQ_Q), *ek = enc(q, l, QD_AQ_K), *ev = enc(q, l, QD_AQ_V);
         const qd_qenc *eqr = enc(q, l, QD_AQ_QROPE), *ekr = enc(q, l, QD_AQ_KROPE);
         L->rq = rt->rope_master;
@@ -412,6 +421,7 @@ qd_qrt *qd_qrt_new(const qd_qint *q, const qd_qrt_opts *o, qd_err *err) {
         qd_errf(err, "%s: the LM head must be 8-bit (is %d)", __func__, q->head.bits);
         goto fail;
     }
+    rt->nf.gmax = gdev(q->final_norm.q, D, rt->nf.zg);
     if (lin_init(&rt->head, &q->head, ehi, elg, 1, "lm_head", err)) goto fail;
     for (int v = 0; v < V; v++) /* the hi/lo split's +128 * rowsum folded into the constant */
         rt->head.fc[v] = rt->head.c[v] + 128 * (int64_t)qd_igemm_w_rowsum(rt->head.pw)[v];
@@ -735,7 +745,7 @@ static int forward_chunk(qd_qrt *rt, qd_qrt_kv *kv, const int *tokens, int n, in
     for (int l = 0; l < c->n_layers; l++) {
         layer_rt *L = &rt->L[l];
         int8_t *kc = kv->k + (size_t)l * kv->max_T * KVd, *vc = kv->v + (size_t)l * kv->max_T * KVd;
-        for (int i = 0; i < n; i++) qd_qnorm_row(&L->n1, rt->x + (size_t)i * D, L->g1, rt->h8 + (size_t)i * D);
+        for (int i = 0; i < n; i++) qd_qnorm_row_isa(&L->n1, rt->x + (size_t)i * D, L->g1, rt->h8 + (size_t)i * D, rt->isa);
         lin_run(rt, &L->w[QD_W_Q], n, rt->h8, rt->q8);
         lin_run(rt, &L->w[QD_W_K], n, rt->h8, rt->k8);
         lin_run(rt, &L->w[QD_W_V], n, rt->h8, rt->v8);
@@ -752,20 +762,24 @@ static int forward_chunk(qd_qrt *rt, qd_qrt_kv *kv, const int *tokens, int n, in
             for (int i = 0; i < n; i++)
                 attend(rt, L, kc, vc, rt->q8 + (size_t)i * QD, pos0 + i, rt->o8 + (size_t)i * QD);
         lin_run(rt, &L->w[QD_W_O], n, rt->o8, rt->t16);
-        qd_qadd_i16(&L->res1, rt->x, rt->t16, rt->x2, (size_t)n * D);
-        for (int i = 0; i < n; i++) qd_qnorm_row(&L->n2, rt->x2 + (size_t)i * D, L->g2, rt->h8 + (size_t)i * D);
+        qd_qadd_i16_isa(&L->res1, rt->x, rt->t16, rt->x2, (size_t)n * D, rt->isa);
+        for (int i = 0; i < n; i++) qd_qnorm_row_isa(&L->n2, rt->x2 + (size_t)i * D, L->g2, rt->h8 + (size_t)i * D, rt->isa);
         lin_run(rt, &L->w[QD_W_GATE], n, rt->h8, rt->g8);
         lin_run(rt, &L->w[QD_W_UP], n, rt->h8, rt->u8);
         size_t nf = (size_t)n * F;
         qd_lut8_apply(L->silu, rt->g8, rt->s8, nf);
-        for (size_t i = 0; i < nf; i++) {
-            int32_t v = (rt->s8[i] - L->z_silu) * (rt->u8[i] - L->z_up);
-            rt->m8[i] = (int8_t)qd_clamp32(qd_qmul32(v, L->mul_m) + L->z_dn, -128, 127);
+        if (rt->isa == QD_ISA_SCALAR) {
+            for (size_t i = 0; i < nf; i++) {
+                int32_t v = (rt->s8[i] - L->z_silu) * (rt->u8[i] - L->z_up);
+                rt->m8[i] = (int8_t)qd_clamp32(qd_qmul32(v, L->mul_m) + L->z_dn, -128, 127);
+            }
+        } else {
+            qd_qmul_i8(rt->s8, L->z_silu, rt->u8, L->z_up, L->mul_m, L->z_dn, rt->m8, nf, rt->isa);
         }
         lin_run(rt, &L->w[QD_W_DOWN], n, rt->m8, rt->t16);
-        qd_qadd_i16(&L->res2, rt->x2, rt->t16, rt->x, (size_t)n * D);
+        qd_qadd_i16_isa(&L->res2, rt->x2, rt->t16, rt->x, (size_t)n * D, rt->isa);
     }
-    for (int i = 0; i < n; i++) qd_qnorm_row(&rt->nf, rt->x + (size_t)i * D, q->final_norm.q, rt->hf + (size_t)i * D);
+    for (int i = 0; i < n; i++) qd_qnorm_row_isa(&rt->nf, rt->x + (size_t)i * D, q->final_norm.q, rt->hf + (size_t)i * D, rt->isa);
     /* LM head on a 16-bit input: a = 256*hi + lo, hi = a >> 8 (signed), lo - 128 signed */
     for (size_t i = 0; i < (size_t)n * D; i++) {
         int32_t a = rt->hf[i];
