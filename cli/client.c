@@ -357,6 +357,8 @@ typedef struct sse {
     char type[64];
     long id;
     bool stopped;
+    double deadline;
+    bool timed_out;
 } sse;
 
 static int grow(char **buf, size_t *cap, size_t need) {
@@ -432,8 +434,25 @@ static size_t sse_write(char *p, size_t sz, size_t nm, void *ud) {
     return n;
 }
 
+double qc_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Called by curl about once a second even on an idle stream: the place to notice a deadline. */
+static int sse_tick(void *ud, curl_off_t dlt, curl_off_t dln, curl_off_t ult, curl_off_t uln) {
+    (void)dlt, (void)dln, (void)ult, (void)uln;
+    sse *s = ud;
+    if (s->deadline > 0 && qc_now() >= s->deadline) {
+        s->timed_out = true;
+        return 1;
+    }
+    return 0;
+}
+
 int qc_events(const qc_conn *c, const char *path_url, long *last_id, qc_event_fn fn, void *ctx,
-              qc_resp *r) {
+              double deadline, qc_resp *r) {
     memset(r, 0, sizeof *r);
     char errbuf[CURL_ERROR_SIZE] = "";
     struct curl_slist *hdrs = NULL;
@@ -442,7 +461,13 @@ int qc_events(const qc_conn *c, const char *path_url, long *last_id, qc_event_fn
         snprintf(r->error, sizeof r->error, "cannot set up a request");
         return -1;
     }
-    sse s = {.h = h, .fn = fn, .ctx = ctx, .last_id = last_id, .err = {r, false}, .id = -1};
+    sse s = {.h = h, .fn = fn, .ctx = ctx, .last_id = last_id, .err = {r, false}, .id = -1,
+             .deadline = deadline};
+    if (deadline > 0) {
+        curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+        curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, sse_tick);
+        curl_easy_setopt(h, CURLOPT_XFERINFODATA, &s);
+    }
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, sse_write);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &s);
     curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
@@ -455,6 +480,7 @@ int qc_events(const qc_conn *c, const char *path_url, long *last_id, qc_event_fn
     }
     int ret = easy_run(h, hdrs, errbuf, r);
     if (s.stopped) ret = 0, r->error[0] = 0;
+    if (s.timed_out) ret = 1, r->error[0] = 0;
     free(s.line);
     free(s.data);
     return ret;

@@ -63,10 +63,14 @@ typedef int (*qc_event_fn)(void *ctx, const qc_event *e);
 
 /* Follows an SSE stream at base+path_url, starting after last_id (-1: from the start), calling
  * fn per event, until the server ends it. *last_id follows the events seen. An error answer
- * (status >= 300) is returned in r with its body. 0 when the stream ended normally or was
- * closed by fn, -1 when the connection failed or broke. */
+ * (status >= 300) is returned in r with its body. deadline: a CLOCK_MONOTONIC time in seconds
+ * at which to give up (0: none). 0 when the stream ended normally or was closed by fn, 1 when
+ * the deadline passed, -1 when the connection failed or broke. */
 int qc_events(const qc_conn *c, const char *path_url, long *last_id, qc_event_fn fn, void *ctx,
-              qc_resp *r);
+              double deadline, qc_resp *r);
+
+/* CLOCK_MONOTONIC in seconds. */
+double qc_now(void);
 
 /* sha256 of a file as 64 lower-case hex digits, and its size. 0, or -1 with err set. */
 int qc_sha256_file(const char *file, char hex[65], uint64_t *size, char *err, size_t errn);

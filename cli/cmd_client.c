@@ -102,12 +102,6 @@ static bool job_id_ok(const char *s) {
     return true;
 }
 
-static double wall_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static void sleep_s(double s) {
     struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
     nanosleep(&ts, NULL);
@@ -461,7 +455,7 @@ static int on_event(void *ctx, const qc_event *ev) {
         fflush(stdout);
     } else if (!fl->o->quiet) {
         bool progress = !strcmp(type, "progress");
-        double now = wall_now();
+        double now = qc_now();
         const char *phase = str_or(e, "phase", "");
         bool phase_change = progress && strcmp(phase, fl->phase);
         bool last = progress && num_or_nan(e, "step") >= num_or_nan(e, "total");
@@ -493,11 +487,17 @@ static int wait_job(const opts *o, const char *id, bool raw, long from, cJSON **
     snprintf(jpath, sizeof jpath, "/v1/jobs/%s", id);
     follow fl = {.o = o, .tty = isatty(2), .raw = raw};
     long last = from;
-    double t0 = wall_now(), down_since = 0;
+    double t0 = qc_now(), down_since = 0;
     for (;;) {
         qc_resp r;
-        int rc = qc_events(&o->conn, path, &last, on_event, &fl, &r);
+        double deadline = o->wait_timeout > 0 ? t0 + o->wait_timeout : 0;
+        int rc = qc_events(&o->conn, path, &last, on_event, &fl, deadline, &r);
         end_line(&fl);
+        if (rc == 1) {
+            qc_resp_free(&r);
+            fprintf(stderr, "quantd client: job %s still not finished after %.0f s\n", id, o->wait_timeout);
+            return EXIT_WAIT_TIMEOUT;
+        }
         if (rc == 0 && r.status >= 300) {
             int ex = fail_resp("events", &r);
             qc_resp_free(&r);
@@ -527,7 +527,7 @@ static int wait_job(const opts *o, const char *id, bool raw, long from, cJSON **
             }
             cJSON_Delete(job);
         }
-        double now = wall_now();
+        double now = qc_now();
         if (!reached) {
             if (down_since == 0) {
                 down_since = now;

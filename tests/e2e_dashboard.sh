@@ -44,24 +44,25 @@ cleanup() {
 trap cleanup EXIT
 
 # start NAME [flags]: quantd serve on 127.0.0.1:0; prints the base URL.
-start() {
+start() { # start NAME [flags]: sets SURL to the base URL (no subshell: PIDS must see the pid)
     local d=$TMP/$1; shift
+    SURL=
     "$Q" serve --listen 127.0.0.1:0 --data "$d" "$@" >"$d.out" 2>"$d.err" &
     PIDS+=($!)
     for _ in $(seq 200); do
         local a; a=$(sed -n 's/^listening on //p' "$d.out" 2>/dev/null)
-        if [ -n "$a" ]; then echo "http://$a"; return 0; fi
+        if [ -n "$a" ]; then SURL=http://$a; return 0; fi
         sleep 0.05
     done
     return 1
 }
 
-URL=$(start open) || { echo "FAIL dashboard_server_start: $(cat "$TMP/open.err")"; exit 1; }
-TOK=$("$Q" serve --gen-token admin 2>"$TMP/tok.err" >"$TMP/tokens")
+start open && URL=$SURL || { echo "FAIL dashboard_server_start: $(cat "$TMP/open.err")"; exit 1; }
+"$Q" serve --gen-token admin 2>"$TMP/tok.err" >"$TMP/tokens"
 TOKEN=$(sed -n 's/^token[^:]*: //p' "$TMP/tok.err")
 AUTH_URL=
 if [ -n "$TOKEN" ]; then
-    AUTH_URL=$(start auth --tokens "$TMP/tokens") || AUTH_URL=
+    start auth --tokens "$TMP/tokens" && AUTH_URL=$SURL
 fi
 [ -n "$AUTH_URL" ] || echo "  (no auth server: the token checks are left out)"
 
