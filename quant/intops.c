@@ -199,6 +199,7 @@ int qd_qrope_init(qd_qrope *p, int max_T, int head_dim, float theta, double sx, 
     p->max_T = max_T;
     p->zx = zx;
     p->zy = zy;
+    p->cx = p->sx = NULL;
     p->cos_t = malloc((size_t)max_T * h * sizeof(int16_t));
     p->sin_t = malloc((size_t)max_T * h * sizeof(int16_t));
     if (!p->cos_t || !p->sin_t) {
@@ -212,6 +213,23 @@ int qd_qrope_init(qd_qrope *p, int max_T, int head_dim, float theta, double sx, 
             p->cos_t[(size_t)t * h + i] = (int16_t)rint(cos(a) * (1 << QD_ROPE_FRAC));
             p->sin_t[(size_t)t * h + i] = (int16_t)rint(sin(a) * (1 << QD_ROPE_FRAC));
         }
+    p->cx = p->sx = NULL;
+    p->W = head_dim <= 16 && 16 % head_dim == 0 ? 16 : head_dim % 32 == 0 ? head_dim : 0;
+    if (p->W) {
+        p->cx = malloc((size_t)max_T * p->W * sizeof(int16_t));
+        p->sx = malloc((size_t)max_T * p->W * sizeof(int16_t));
+        if (!p->cx || !p->sx) {
+            qd_qrope_free(p);
+            return qd_errf(err, "%s: out of memory", __func__);
+        }
+        for (int t = 0; t < max_T; t++)
+            for (int e = 0; e < p->W; e++) {
+                int i = e % head_dim, ii = i % h;
+                p->cx[(size_t)t * p->W + e] = p->cos_t[(size_t)t * h + ii];
+                p->sx[(size_t)t * p->W + e] = (int16_t)(i < h ? -p->sin_t[(size_t)t * h + ii]
+                                                              : p->sin_t[(size_t)t * h + ii]);
+            }
+    }
     if (qd_qmul_make(sx / sy / (1 << QD_ROPE_FRAC), &p->m, err)) {
         qd_qrope_free(p);
         return QD_ERR;
@@ -223,7 +241,9 @@ void qd_qrope_free(qd_qrope *p) {
     if (!p) return;
     free(p->cos_t);
     free(p->sin_t);
-    p->cos_t = p->sin_t = NULL;
+    free(p->cx);
+    free(p->sx);
+    p->cos_t = p->sin_t = p->cx = p->sx = NULL;
 }
 
 void qd_qrope_apply(const qd_qrope *p, const int8_t *x, int8_t *out, int n_heads, int pos) {
@@ -489,4 +509,60 @@ void qd_qnorm_row_isa(const qd_qnorm *p, const int16_t *x, const int16_t *g, voi
         small_zp(p->zg) && qnorm_512(p, x, g, out))
         return;
     qd_qnorm_row(p, x, g, out);
+}
+
+/* y[e] = (x[e]-zx) C[e] + (x[partner(e)]-zx) S[e], partner(e) the element h away in the same
+ * head: the reference's a*c - b*s and b*c + a*s in one expression. */
+static T512 void rope_512(const qd_qrope *p, const int8_t *x, int8_t *out, int n_heads, int pos) {
+    const int hd = p->head_dim, h = hd / 2, row = n_heads * hd;
+    const int16_t *C = p->cx + (size_t)pos * p->W, *S = p->sx + (size_t)pos * p->W;
+    const __m512i m = _mm512_set1_epi64(p->m.m), sh = _mm512_set1_epi64(p->m.shift);
+    const __m512i hm1 = _mm512_set1_epi64(((int64_t)1 << (p->m.shift - 1)) - 1);
+    const __m512i z = _mm512_set1_epi64(p->zy), l = _mm512_set1_epi64(-128), hi = _mm512_set1_epi64(127);
+    const __m512i zx = _mm512_set1_epi32(p->zx);
+    if (p->W == 16) { /* whole heads per 16 lanes: the partner is a lane permutation */
+        int32_t idx[16];
+        for (int e = 0; e < 16; e++) {
+            int i = e % hd;
+            idx[e] = e - i + (i < h ? i + h : i - h);
+        }
+        const __m512i vi = _mm512_loadu_si512(idx);
+        const __m512i vc = _mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)C));
+        const __m512i vs = _mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)S));
+        for (int e = 0; e < row; e += 16) {
+            __mmask16 k = row - e >= 16 ? 0xffff : (__mmask16)((1u << (row - e)) - 1);
+            __m512i xv = _mm512_sub_epi32(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, x + e)), zx);
+            __m512i xp = _mm512_permutexvar_epi32(vi, xv);
+            __m512i y = _mm512_add_epi32(_mm512_mullo_epi32(xv, vc), _mm512_mullo_epi32(xp, vs));
+            _mm512_mask_cvtepi32_storeu_epi8(out + e, k, rq16_512(y, m, sh, hm1, z, l, hi, 1));
+        }
+        return;
+    }
+    for (int hh = 0; hh < n_heads; hh++) { /* head_dim a multiple of 32: halves of 16-lane blocks */
+        const int8_t *xh = x + (size_t)hh * hd;
+        int8_t *oh = out + (size_t)hh * hd;
+        __m512i y[64];
+        int nb = hd / 16;
+        for (int b = 0; b < nb && b < 64; b++) {
+            int i0 = 16 * b, pi = i0 < h ? i0 + h : i0 - h;
+            __m512i xv = _mm512_sub_epi32(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(xh + i0))), zx);
+            __m512i xp = _mm512_sub_epi32(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(xh + pi))), zx);
+            __m512i vc = _mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)(C + i0)));
+            __m512i vs = _mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)(S + i0)));
+            y[b] = _mm512_add_epi32(_mm512_mullo_epi32(xv, vc), _mm512_mullo_epi32(xp, vs));
+        }
+        /* stores after all loads: out may alias x */
+        for (int b = 0; b < nb && b < 64; b++)
+            _mm_storeu_si128((__m128i *)(oh + 16 * b),
+                             _mm512_cvtepi32_epi8(rq16_512(y[b], m, sh, hm1, z, l, hi, 1)));
+    }
+}
+
+void qd_qrope_apply_isa(const qd_qrope *p, const int8_t *x, int8_t *out, int n_heads, int pos,
+                        qd_isa isa) {
+    if (isa == QD_ISA_AVX512_VNNI && qd_isa_supported(isa) && p->cx && p->head_dim <= 1024 &&
+        p->m.shift >= 1 && p->m.shift <= 62 && small_zp(p->zx))
+        rope_512(p, x, out, n_heads, pos);
+    else
+        qd_qrope_apply(p, x, out, n_heads, pos);
 }

@@ -171,6 +171,10 @@ static inline void qd_lut8_apply(const int8_t table[256], const int8_t *x, int8_
 typedef struct qd_qrope {
     int head_dim, max_T;
     int16_t *cos_t, *sin_t; /* (max_T, head_dim/2) */
+    /* for the SIMD path: per position, W lanes of cos and of +-sin laid out along a head
+     * (W = 16 when head_dim divides 16, head_dim when it is a multiple of 32; else NULL) */
+    int16_t *cx, *sx;
+    int W;
     qd_qmul m;              /* sx / sy * 2^-14 */
     int32_t zx, zy;
 } qd_qrope;
@@ -179,6 +183,9 @@ int qd_qrope_init(qd_qrope *p, int max_T, int head_dim, float theta, double sx, 
 void qd_qrope_free(qd_qrope *p);
 /* n_heads heads of head_dim values at position pos: x -> out (may alias). */
 void qd_qrope_apply(const qd_qrope *p, const int8_t *x, int8_t *out, int n_heads, int pos);
+/* The same integers; AVX-512 with QD_ISA_AVX512_VNNI where the tables allow. */
+void qd_qrope_apply_isa(const qd_qrope *p, const int8_t *x, int8_t *out, int n_heads, int pos,
+                        qd_isa isa);
 
 /* ---- quantization helpers (load time, float) ---- */
 /* q = clamp(rint(x / s) + zp) in stored form for bits. */

@@ -751,8 +751,8 @@ static int forward_chunk(qd_qrt *rt, qd_qrt_kv *kv, const int *tokens, int n, in
         lin_run(rt, &L->w[QD_W_V], n, rt->h8, rt->v8);
         for (int i = 0; i < n; i++) {
             int p = pos0 + i;
-            qd_qrope_apply(&L->rq, rt->q8 + (size_t)i * QD, rt->q8 + (size_t)i * QD, c->n_heads, p);
-            qd_qrope_apply(&L->rk, rt->k8 + (size_t)i * KVd, kc + (size_t)p * KVd, c->n_kv_heads, p);
+            qd_qrope_apply_isa(&L->rq, rt->q8 + (size_t)i * QD, rt->q8 + (size_t)i * QD, c->n_heads, p, rt->isa);
+            qd_qrope_apply_isa(&L->rk, rt->k8 + (size_t)i * KVd, kc + (size_t)p * KVd, c->n_kv_heads, p, rt->isa);
             memcpy(vc + (size_t)p * KVd, rt->v8 + (size_t)i * KVd, (size_t)KVd);
         }
         kv_pack(kv, l, pos0, n);
