@@ -83,6 +83,7 @@ static void usage(FILE *f) {
         "  --token T     bearer token (default $QUANTD_TOKEN)\n"
         "  --json        JSON on stdout instead of text\n"
         "  --quiet       no progress on stderr\n"
+        "  --retry S     how long wait/events keep trying a server that went away (default 120)\n"
         "\n"
         "gates: max_ppl_increase=X (relative perplexity increase of the integer model over\n"
         "FP32; X as 0.02 or 2%%), max_kl=X, min_top1=X (of the integer model; 0.9 or 90%%).\n"
@@ -749,6 +750,16 @@ static int cmd_submit(opts *o, int argc, char **argv) {
             cJSON_AddNumberToObject(g, "max_ppl_increase", gates[i].limit);
             break;
         }
+    /* file names as labels, so that job lists (and the dashboard) can say which model a job
+     * quantized; the blob ids alone do not */
+    const char *files[2][2] = {{"model_file", model}, {"calib_file", calib}};
+    for (int i = 0; i < 2; i++) {
+        if (get(labels, files[i][0]) || cJSON_GetArraySize(labels) >= API_MAX_LABELS) continue;
+        const char *b = strrchr(files[i][1], '/');
+        char v[API_MAX_LABEL_VALUE + 1];
+        snprintf(v, sizeof v, "%s", b ? b + 1 : files[i][1]);
+        cJSON_AddStringToObject(labels, files[i][0], v);
+    }
     if (cJSON_GetArraySize(labels)) {
         cJSON_AddItemToObject(spec, "labels", labels);
         labels = NULL;

@@ -101,9 +101,16 @@ try {
     return l ? l.getAttribute('points').trim().split(/\s+/).length : 0;
   });
   check('loss_curve_plotted', nLoss >= 2, `${nLoss} points`);
+  // what the page should show follows what the report holds
+  const report = await (await page.request.get(`${URL}/v1/jobs/${jobId}/report`)).json();
   const layers = await page.evaluate(() => document.querySelectorAll('#layer-svg .layer-bar').length);
-  const layersNone = await page.isVisible('#layer-none');
-  check('per_layer_chart_or_note', layers > 0 || layersNone, 'neither bars nor a note');
+  if (Array.isArray(report.per_layer) && report.per_layer.length)
+    check('per_layer_chart', layers >= report.per_layer.length, `${layers} bars for ${report.per_layer.length} layers`);
+  else
+    check('per_layer_note', await page.isVisible('#layer-none'), 'no note for a report without per_layer');
+  if (report.eval && report.eval.int)
+    check('report_int_runtime_row', byV.int && Math.abs(num(byV.int[1]) - report.eval.int.ppl) < 1e-3,
+          JSON.stringify(byV.int));
   const arts = await page.$$eval('#artifacts a[data-artifact]', as => as.map(a => [a.dataset.artifact, a.href]));
   check('artifact_links', arts.some(([n]) => n === 'report.json'), JSON.stringify(arts));
   if (arts.length) {
