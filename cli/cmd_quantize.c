@@ -1,5 +1,5 @@
-/* quantd quantize: the whole pipeline offline (load, calibrate, optimize, evaluate, report),
- * the same code path as a job (qd_quantize). SIGTERM/SIGINT checkpoint and stop; a rerun with
+/* quantd quantize: the whole pipeline offline (load, calibrate, optimize, evaluate, export
+ * the artifacts, report), the same code path as a job (qd_quantize). SIGTERM/SIGINT checkpoint and stop; a rerun with
  * the same arguments resumes. A progress bar when stderr is a terminal, plain lines otherwise. */
 #include <math.h>
 #include <signal.h>
@@ -30,12 +30,15 @@ static void usage(FILE *f) {
             "                       [--threads K] [--abits CLASS=BITS,...] [--tokenizer PATH]\n"
             "                       [--checkpoint PATH] [--checkpoint-every N]\n"
             "                       [--max-ppl-increase F] [--batch B] [--lr-let A,B]\n"
-            "                       [--lr-lwc A,B] [--lr-lrl A,B] [--quiet]\n"
+            "                       [--lr-lwc A,B] [--lr-lrl A,B] [--encodings-version V]\n"
+            "                       [--quiet]\n"
             "  --model       checkpoint: .gguf, Hugging Face directory, llama2.c .bin\n"
             "  --calib       calibration data: .txt, .jsonl, pre-tokenized .bin\n"
             "  --eval        evaluation data; or --eval-split F holds out the last fraction F of\n"
             "                the calibration tokens (default 0.5)\n"
-            "  --out         directory for report.json (created)\n"
+            "  --out         output directory (created): model.qint.safetensors (integer\n"
+            "                model), encodings.json (AIMET), fp-folded/ (HF checkpoint with the\n"
+            "                transforms folded in, and the tokenizer), report.json\n"
             "  --method      default mobilequant; rtn and smoothquant are always evaluated too\n"
             "  --wbits       8 (W8A8, default) or 4 (W4A8)\n"
             "  --samples/--seq-len/--epochs   budget (default 64 / 256 / 10)\n"
@@ -45,7 +48,8 @@ static void usage(FILE *f) {
             "                (default 50) and on SIGTERM/SIGINT; a rerun resumes from it\n"
             "  --max-ppl-increase F  gate recorded in the report; exit status 3 when missed\n"
             "  --lr-let/--lr-lwc/--lr-lrl START,END  cosine schedules (default: DESIGN.md's\n"
-            "                reference values for the weight width)\n");
+            "                reference values for the weight width)\n"
+            "  --encodings-version 1.0.0|0.6.1  AIMET encodings.json format (default 1.0.0)\n");
 }
 
 typedef struct {
@@ -201,6 +205,13 @@ int cmd_quantize(int argc, char **argv) {
             NEXT();
             if (arg_int("--batch", val, 1, 4096, &v)) return 2;
             o.batch = (int)v;
+        } else if (!strcmp(a, "--encodings-version")) {
+            NEXT();
+            if (strcmp(val, "1.0.0") && strcmp(val, "0.6.1")) {
+                fprintf(stderr, "quantd quantize: --encodings-version: 1.0.0 or 0.6.1\n");
+                return 2;
+            }
+            snprintf(o.encodings_version, sizeof o.encodings_version, "%s", val);
         } else if (!strcmp(a, "--quiet")) {
             quiet = 1;
         } else {

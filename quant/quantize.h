@@ -1,7 +1,15 @@
 /* The whole quantization pipeline, offline: load model and data, split calibration and
  * evaluation tokens, run the chosen method (rtn | smoothquant | omniquant | mobilequant),
  * evaluate FP32 and the baselines, export artifacts and write report.json into out_dir.
- * `quantd quantize` and `quantd work JOBDIR` both call qd_quantize: one code path. */
+ * `quantd quantize` and `quantd work JOBDIR` both call qd_quantize: one code path.
+ *
+ * out_dir after a successful run (DESIGN.md §3, artifacts):
+ *   model.qint.safetensors  the integer model (qint.h), evaluated with the integer runtime
+ *                           (report eval.int) after being read back from disk;
+ *   encodings.json          AIMET encodings (aimet.h), format opts.encodings_version;
+ *   fp-folded/              config.json + model.safetensors (F32, LET folded in, weights
+ *                           clipped) and the tokenizer (tokenizer.json or tokenizer.bin);
+ *   report.json             figures for every variant, sizes, per-layer errors, input hashes. */
 #ifndef QD_QUANTIZE_H
 #define QD_QUANTIZE_H
 
@@ -44,6 +52,7 @@ typedef struct qd_quant_opts {
      * the weight width (qd_mq_defaults) */
     double lr_let[2], lr_lwc[2], lr_lrl[2];
     int batch;                   /* windows per optimizer step (0: 1) */
+    char encodings_version[8];   /* AIMET encodings.json format: "1.0.0" (default) or "0.6.1" */
 } qd_quant_opts;
 
 void qd_quant_defaults(qd_quant_opts *o);
