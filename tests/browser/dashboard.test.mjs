@@ -122,6 +122,29 @@ try {
   check('screenshot_saved', fs.statSync(SHOT).size > 10000, SHOT);
   console.log(`  screenshot: ${SHOT}`);
 
+  // ---- a long job: live progress while it runs, then Cancel ----
+  const done = await (await page.request.get(`${URL}/v1/jobs/${jobId}`)).json();
+  const r2 = await page.request.post(`${URL}/v1/jobs`, { data: {
+    model: done.spec.model, calibration: done.spec.calibration,
+    budget: { samples: 64, seq_len: 64, epochs: 1000 }, labels: { suite: 'e2e-cancel' } } });
+  check('long_job_submitted', r2.status() === 201, `HTTP ${r2.status()}`);
+  const longId = (await r2.json()).id;
+  await page.goto(`${URL}/#/jobs/${longId}`);
+  await page.waitForFunction(() => document.querySelector('#p-phase').textContent === 'optimize' &&
+    /^\d+\/\d+$/.test(document.querySelector('#p-step').textContent) &&
+    document.querySelector('#p-loss').textContent !== '-', null, { timeout: 60000 });
+  check('live_progress_from_sse', true);
+  await page.waitForFunction(() => {
+    const l = document.querySelector('#loss-line');
+    return l && l.getAttribute('points').trim().split(/\s+/).length >= 2;
+  }, null, { timeout: 30000 });
+  check('live_loss_curve', true);
+  check('eta_shown', (await page.textContent('#p-eta')) !== '-', await page.textContent('#p-eta'));
+  await page.click('#cancel-btn');
+  await page.waitForFunction(() => document.querySelector('#job-state').textContent === 'cancelled',
+                             null, { timeout: 60000 });
+  check('cancel_button', await page.isHidden('#cancel-btn'));
+
   // ---- back to the table: the job is listed, filters apply ----
   await page.goto(URL + '/#/');
   const row = page.locator(`#jobs-table tr[data-job="${jobId}"]`);
