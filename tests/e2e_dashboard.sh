@@ -23,6 +23,8 @@ apt_install() { # installs Debian packages when we are root and apt-get exists
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     apt_install nodejs npm || skip "node/npm missing and could not be installed (Debian: nodejs npm)"
 fi
+major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+[ "$major" -ge 20 ] || skip "playwright-core needs node >= 20, found $(node --version 2>/dev/null || echo none)"
 if [ ! -x "$CHROMIUM" ]; then
     apt_install chromium || skip "chromium missing and could not be installed (Debian: chromium)"
 fi
