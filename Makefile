@@ -11,7 +11,9 @@ CC      ?= cc
 BUILD   ?= build
 PKGS     = libmicrohttpd libcjson openblas uuid libcrypto libcurl
 DEB_PKGS = build-essential pkg-config libmicrohttpd-dev libcjson-dev libopenblas-dev uuid-dev \
-           libssl-dev libcurl4-openssl-dev curl
+           libssl-dev libcurl4-openssl-dev curl jq chromium
+# Commands the tests need besides the libraries (chromium: the dashboard's browser test).
+TEST_CMDS = curl jq chromium
 
 OPT     ?= -O2
 CFLAGS  ?= $(OPT) -g
@@ -62,7 +64,8 @@ $(BUILD)/%.o: %.c
 # Install the Debian packages when pkg-config cannot find a library (root: apt-get; otherwise
 # print the command to run).
 deps:
-	@if pkg-config --exists $(PKGS) && command -v curl >/dev/null && command -v cc >/dev/null; then \
+	@if pkg-config --exists $(PKGS) && command -v cc >/dev/null && \
+	   (for c in $(TEST_CMDS); do command -v $$c >/dev/null || exit 1; done); then \
 	  echo "deps: all present"; \
 	elif [ "$$(id -u)" = 0 ]; then \
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(DEB_PKGS); \
@@ -71,7 +74,8 @@ deps:
 	fi
 
 ensure-deps:
-	@pkg-config --exists $(PKGS) && command -v curl >/dev/null || $(MAKE) --no-print-directory deps
+	@(pkg-config --exists $(PKGS) && for c in $(TEST_CMDS); do command -v $$c >/dev/null || exit 1; done) || \
+	  $(MAKE) --no-print-directory deps
 
 # Recursive make so that pkg-config is asked again after deps installed the packages.
 test: ensure-deps
