@@ -4,7 +4,7 @@
  * fixed-point RoPE, int8 KV cache (intops.h). Floats are used only in qd_qrt_new (tables and
  * multipliers) and to hand back logits as float at the API boundary (q_logit * scale).
  *
- * Not thread-safe per instance: a qd_qrt owns its scratch buffers. */
+ * Single-threaded; not thread-safe per instance: a qd_qrt owns its scratch buffers. */
 #ifndef QD_QRT_H
 #define QD_QRT_H
 
@@ -17,7 +17,6 @@ typedef struct qd_qrt_kv qd_qrt_kv;
 typedef struct qd_qrt_opts {
     qd_isa isa;        /* QD_ISA_AUTO: the best path the CPU supports */
     int chunk;         /* tokens processed per batch of matmuls (default 64) */
-    int threads;       /* worker threads (default 1; results do not depend on it) */
 } qd_qrt_opts;
 
 void qd_qrt_defaults(qd_qrt_opts *o);
