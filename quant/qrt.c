@@ -102,6 +102,7 @@ struct qd_qrt_kv {
 void qd_qrt_defaults(qd_qrt_opts *o) {
     o->isa = QD_ISA_AUTO;
     o->chunk = 64;
+    o->threads = 1;
 }
 
 static void lin_free(lin_rt *l) {

@@ -17,6 +17,8 @@ typedef struct qd_qrt_kv qd_qrt_kv;
 typedef struct qd_qrt_opts {
     qd_isa isa;        /* QD_ISA_AUTO: the best path the CPU supports */
     int chunk;         /* tokens processed per batch of matmuls (default 64) */
+    int threads;       /* threads the caller allows (default 1). The runtime currently runs on
+                        * one thread whatever the value; results never depend on it. */
 } qd_qrt_opts;
 
 void qd_qrt_defaults(qd_qrt_opts *o);
