@@ -14,6 +14,9 @@ void qd_mq_defaults(qd_mq_opts *o, int wbits) {
     o->wbits = wbits;
     o->samples = 64, o->seq_len = 256, o->epochs = 10, o->batch = 1;
     o->alpha = 0.5f;
+    o->lwc_grid = 51, o->lwc_rmin = 0.5;
+    o->gptq = -1;
+    o->overlap = 1;
     o->lr_let[0] = 1e-3, o->lr_let[1] = 1e-4;
     o->lr_lwc[0] = 1e-2, o->lr_lwc[1] = 1e-3;
     o->lr_lrl[0] = 1e-6, o->lr_lrl[1] = 1e-7;
@@ -295,6 +298,26 @@ int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_o
     if (avail < 1)
         return qd_errf(err, "calibration: %zu tokens, fewer than one window of %d", n_calib, T);
     int nw = (int)(avail < (size_t)o->samples ? avail : (size_t)o->samples);
+    const int *win = calib;
+    int *own = NULL;
+    if (o->overlap && avail < (size_t)o->samples) {
+        /* short data: the budget's samples as overlapping windows at evenly spaced offsets,
+         * starts at least T/8 tokens apart, instead of only the few disjoint windows */
+        size_t span = n_calib - (size_t)T, stride = T / 8 > 0 ? (size_t)T / 8 : 1;
+        size_t most = 1 + span / stride;
+        nw = (int)(most < (size_t)o->samples ? most : (size_t)o->samples);
+        if (nw > (int)avail) {
+            own = malloc(sizeof(int) * (size_t)nw * T);
+            if (!own) return qd_errf(err, "%s: out of memory", __func__);
+            for (int i = 0; i < nw; i++) {
+                size_t off = (size_t)((double)i * (double)span / (nw - 1));
+                memcpy(own + (size_t)i * T, calib + off, sizeof(int) * (size_t)T);
+            }
+            win = own;
+        } else {
+            nw = (int)avail;
+        }
+    }
     res->windows = nw;
     int B = o->batch < nw ? o->batch : nw;
     int training = method >= 2;
@@ -314,15 +337,16 @@ int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_o
     /* 1. statistics with identity LET -> SmoothQuant scales */
     report(o, "calibrate", 0, 2, NAN, NAN, ph0);
     q->let_on = 0;
-    if (collect(q, calib, nw, T, &st, res, err)) goto out;
+    if (collect(q, win, nw, T, &st, res, err)) goto out;
     q->let_on = method != 0;
     if (method != 0) qd_qsim_smoothquant(q, st, o->alpha);
     qd_qstats_free(st);
     st = NULL;
     /* 2. activation ranges of the smoothed model */
     report(o, "calibrate", 1, 2, NAN, NAN, ph0);
-    if (collect(q, calib, nw, T, &st, res, err)) goto out;
+    if (collect(q, win, nw, T, &st, res, err)) goto out;
     qd_qsim_init_ranges(q, st);
+    if (training && o->lwc_grid > 0) qd_qsim_search_lwc(q, st, o->lwc_grid, o->lwc_rmin);
     qd_qstats_free(st);
     st = NULL;
     report(o, "calibrate", 2, 2, NAN, NAN, ph0);
@@ -330,7 +354,7 @@ int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_o
 
     /* 3. training */
     if (training && o->epochs > 0) {
-        tr.q = q, tr.o = o, tr.win = calib, tr.nw = nw, tr.T = T, tr.D = m->cfg.dim;
+        tr.q = q, tr.o = o, tr.win = win, tr.nw = nw, tr.T = T, tr.D = m->cfg.dim;
         size_t bs = (size_t)B * T * m->cfg.dim;
         tr.x0 = malloc(sizeof(qd_real) * bs), tr.out = malloc(sizeof(qd_real) * bs);
         tr.tgt = malloc(sizeof(qd_real) * bs), tr.dout = malloc(sizeof(qd_real) * bs);
@@ -349,7 +373,7 @@ int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_o
         }
         if (method == 2) {
             /* block-wise training moved the LET scales: re-measure the static ranges */
-            if (collect(q, calib, nw, T, &st, res, err)) goto out;
+            if (collect(q, win, nw, T, &st, res, err)) goto out;
             qd_qsim_init_ranges(q, st);
         }
     }
@@ -361,10 +385,22 @@ int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_o
     if (!ev) goto out;
     memcpy(ev->p, q->p, sizeof(qd_real) * q->n_params);
     ev->let_on = q->let_on, ev->lwc_on = q->lwc_on;
+    /* 5. the final integers: error-compensating rounding onto the trained grids */
+    if (o->gptq > 0 || (o->gptq < 0 && method == 3)) {
+        qd_gptq_opts go;
+        qd_gptq_defaults(&go);
+        report(o, "calibrate", 0, 1, NAN, NAN, ph0);
+        if (qd_gptq_qsim(ev, win, nw, T, &go, err)) {
+            qd_qsim_free(ev);
+            goto out;
+        }
+        res->tokens += (size_t)nw * T * 4 * (size_t)m->cfg.n_layers;
+    }
     *out = ev;
     rc = QD_OK;
 out:
     qd_qstats_free(st);
+    free(own);
     free(tr.x0), free(tr.out), free(tr.tgt), free(tr.dout), free(tr.tok);
     qd_qsim_free(q);
     return rc;

@@ -12,6 +12,7 @@
 
 #include <signal.h>
 
+#include "quant/gptq.h"
 #include "quant/qsim.h"
 #include "quant/quantize.h"
 
@@ -22,6 +23,13 @@ typedef struct qd_mq_opts {
     int samples, seq_len, epochs, batch;
     uint64_t seed;
     float alpha;                       /* SmoothQuant migration strength */
+    int lwc_grid;                      /* LWC init: clipping ratios searched per weight group
+                                          (qd_qsim_search_lwc); 0: logits 4 (the paper's) */
+    double lwc_rmin;                   /* smallest ratio of that grid */
+    int overlap;                       /* data with fewer than `samples` disjoint windows:
+                                          `samples` overlapping windows, evenly spaced (1) */
+    int gptq;                          /* final integers by GPTQ rounding (gptq.h) onto the
+                                          trained grids: 1 on, 0 off, -1 auto (mobilequant) */
     double lr_let[2], lr_lwc[2], lr_lrl[2];   /* {start, end} of each cosine */
     const char *checkpoint_path;       /* NULL: no checkpoints */
     int checkpoint_every;              /* steps; 0: only when stopped */

@@ -134,7 +134,12 @@ QD_API qd_qstats *qd_qstats_new(const qd_config *c) {
     s->ch_ffn = calloc((size_t)c->n_layers * c->dim, sizeof(float));
     s->ch_down = calloc((size_t)c->n_layers * c->hidden_dim, sizeof(float));
     s->ch_o = calloc((size_t)c->n_layers * s->qdim, sizeof(float));
-    if (!s->mn || !s->mx || !s->ch_attn || !s->ch_ffn || !s->ch_down || !s->ch_o) {
+    s->sq_attn = calloc((size_t)c->n_layers * c->dim, sizeof(double));
+    s->sq_ffn = calloc((size_t)c->n_layers * c->dim, sizeof(double));
+    s->sq_down = calloc((size_t)c->n_layers * c->hidden_dim, sizeof(double));
+    s->sq_o = calloc((size_t)c->n_layers * s->qdim, sizeof(double));
+    if (!s->mn || !s->mx || !s->ch_attn || !s->ch_ffn || !s->ch_down || !s->ch_o ||
+        !s->sq_attn || !s->sq_ffn || !s->sq_down || !s->sq_o) {
         qd_qstats_free(s);
         return NULL;
     }
@@ -145,6 +150,7 @@ QD_API qd_qstats *qd_qstats_new(const qd_config *c) {
 QD_API void qd_qstats_free(qd_qstats *s) {
     if (!s) return;
     free(s->mn), free(s->mx), free(s->ch_attn), free(s->ch_ffn), free(s->ch_down), free(s->ch_o);
+    free(s->sq_attn), free(s->sq_ffn), free(s->sq_down), free(s->sq_o);
     free(s);
 }
 
@@ -157,11 +163,14 @@ static void st_minmax(qd_qstats *s, size_t idx, const qd_real *x, size_t n) {
     s->mn[idx] = mn, s->mx[idx] = mx;
 }
 
-static void st_chmax(float *ch, const qd_real *x, size_t N, int C) {
+/* per-channel max|x| into ch and Σx² into sq */
+static void st_chmax(float *ch, double *sq, const qd_real *x, size_t N, int C) {
     for (size_t n = 0; n < N; n++)
         for (int c = 0; c < C; c++) {
-            float a = (float)fabs((double)x[n * C + c]);
+            double v = (double)x[n * C + c];
+            float a = (float)fabs(v);
             if (a > ch[c]) ch[c] = a;
+            sq[c] += v * v;
         }
 }
 
@@ -411,6 +420,7 @@ static const qd_real *prep_weight(qd_qsim *q, int l, int w, const qd_real **wt, 
     }
     *wt = t;
     if (!q->wq_on) return t;
+    if (L->wfix[w]) return L->wfix[w];
     if (fwd) A->pos_w[w] = qd_rctx_take(&q->rc, (size_t)rows * cols + rows);
     qd_wq_forward(P->scrB, t, rows, cols, L->wspec[w], q->lwc_on ? L->gam[w] : NULL,
                   q->lwc_on ? L->bet[w] : NULL, NULL, NULL, &q->rc, A->pos_w[w]);
@@ -437,6 +447,7 @@ static void lin_bwd(qd_qsim *q, int l, int w, const qd_real *x, const qd_real *d
     let_cr(L, w, &c, &r, &gc, &gr);
     int need_let = q->let_on && (c || r);
     int need_lwc = q->wq_on && q->lwc_on;
+    if (q->wq_on && L->wfix[w]) return; /* fixed integers: nothing upstream of Ŵ is trained */
     if (!need_let && !need_lwc) return;
     size_t n = (size_t)rows * cols;
     memset(P->scrC, 0, n * sizeof(qd_real));
@@ -522,7 +533,7 @@ QD_API void qd_qsim_layer_forward(qd_qsim *q, int l, const qd_real *x, qd_real *
     /* attention */
     norm_w_fwd(q, L->attn_norm, L->s_qkv, A->g1t, A->g1h, &A->pos_n1, D);
     qd_rmsnorm_forward(A->h1, A->rstd1, A->x, A->g1h, N, D, c->norm_eps);
-    if (st) st_chmax(st->ch_attn + (size_t)l * D, A->h1, N, D);
+    if (st) st_chmax(st->ch_attn + (size_t)l * D, st->sq_attn + (size_t)l * D, A->h1, N, D);
     aqf(q, l, QD_AQ_ATTN_NORM, A->h1q, A->h1, (size_t)N * D);
     lin_fwd(q, l, QD_W_Q, A->h1q, L->bq, A->q, N);
     aqf(q, l, QD_AQ_Q, A->qq, A->q, (size_t)N * QD);
@@ -551,7 +562,7 @@ QD_API void qd_qsim_layer_forward(qd_qsim *q, int l, const qd_real *x, qd_real *
     if (st) {
         st_tri(st, sbase + QD_AQ_SCORE, A->S, B * nh, T);
         st_tri(st, sbase + QD_AQ_PROB, A->P, B * nh, T);
-        st_chmax(st->ch_o + (size_t)l * QD, A->o, N, QD);
+        st_chmax(st->ch_o + (size_t)l * QD, st->sq_o + (size_t)l * QD, A->o, N, QD);
     }
     aqf(q, l, QD_AQ_PV, A->oq, A->o, (size_t)N * QD);
     lin_fwd(q, l, QD_W_O, A->oq, NULL, A->a, N);
@@ -561,7 +572,7 @@ QD_API void qd_qsim_layer_forward(qd_qsim *q, int l, const qd_real *x, qd_real *
     /* MLP */
     norm_w_fwd(q, L->ffn_norm, L->s_gu, A->g2t, A->g2h, &A->pos_n2, D);
     qd_rmsnorm_forward(A->h2, A->rstd2, A->x2q, A->g2h, N, D, c->norm_eps);
-    if (st) st_chmax(st->ch_ffn + (size_t)l * D, A->h2, N, D);
+    if (st) st_chmax(st->ch_ffn + (size_t)l * D, st->sq_ffn + (size_t)l * D, A->h2, N, D);
     aqf(q, l, QD_AQ_FFN_NORM, A->h2q, A->h2, (size_t)N * D);
     lin_fwd(q, l, QD_W_GATE, A->h2q, NULL, A->g, N);
     aqf(q, l, QD_AQ_GATE, A->gq, A->g, (size_t)N * F);
@@ -570,7 +581,7 @@ QD_API void qd_qsim_layer_forward(qd_qsim *q, int l, const qd_real *x, qd_real *
     qd_silu_forward(A->sl, A->gq, (size_t)N * F);
     aqf(q, l, QD_AQ_SILU, A->slq, A->sl, (size_t)N * F);
     qd_mul_forward(A->m, A->slq, A->uq, (size_t)N * F);
-    if (st) st_chmax(st->ch_down + (size_t)l * F, A->m, N, F);
+    if (st) st_chmax(st->ch_down + (size_t)l * F, st->sq_down + (size_t)l * F, A->m, N, F);
     aqf(q, l, QD_AQ_DOWN_IN, A->mq, A->m, (size_t)N * F);
     lin_fwd(q, l, QD_W_DOWN, A->mq, NULL, A->d, N);
     aqf(q, l, QD_AQ_DOWN, A->dqq, A->d, (size_t)N * D);
@@ -902,6 +913,11 @@ QD_API int qd_qsim_fold(const qd_qsim *qc, qd_model *out, qd_err *err) {
             int groups = sp.per_channel ? rows : 1;
             size_t gsz = sp.per_channel ? (size_t)cols : (size_t)rows * cols;
             qd_real *sc = P->nb0, *zp = P->nb1;
+            if (q->wq_on && L->wfix[w]) {
+                /* already on the grid: the encodings' rounding reproduces the integers */
+                for (size_t i = 0; i < (size_t)rows * cols; i++) dst[w][i] = (float)L->wfix[w][i];
+                continue;
+            }
             if (q->wq_on) {
                 qd_wq_forward(P->scrB, t, rows, cols, sp, q->lwc_on ? L->gam[w] : NULL,
                               q->lwc_on ? L->bet[w] : NULL, sc, zp, NULL, 0);
@@ -960,4 +976,100 @@ QD_API void qd_qsim_weight_enc(const qd_qsim *qc, int l, int w, qd_real *scale, 
     }
     qd_wq_forward(P->scrB, t, rows, cols, L->wspec[w], q->lwc_on ? L->gam[w] : NULL,
                   q->lwc_on ? L->bet[w] : NULL, scale, zero, NULL, 0);
+}
+
+QD_API void qd_qsim_weight_let(const qd_qsim *qc, int l, int w, qd_real *t) {
+    qd_qlayer *L = &qc->L[l];
+    int rows = L->wrows[w], cols = L->wcols[w];
+    qd_real *c, *r, *gc, *gr;
+    let_cr(L, w, &c, &r, &gc, &gr);
+    if (qc->let_on && (c || r)) qd_let_weight_forward(t, L->w[w], rows, cols, c, r);
+    else memcpy(t, L->w[w], sizeof(qd_real) * (size_t)rows * cols);
+}
+
+QD_API int qd_qsim_set_wfix(qd_qsim *q, int l, int w, const qd_real *what) {
+    qd_qlayer *L = &q->L[l];
+    size_t n = (size_t)L->wrows[w] * L->wcols[w];
+    if (!what) {
+        L->wfix[w] = NULL; /* the buffer stays with the simulation's allocations */
+        return QD_OK;
+    }
+    if (!L->wfix[w]) {
+        int f = 0;
+        L->wfix[w] = ralloc(q->priv, n, &f);
+        if (f) return QD_ERR;
+    }
+    memcpy(L->wfix[w], what, sizeof(qd_real) * n);
+    return QD_OK;
+}
+
+QD_API const qd_real *qd_qsim_weight_input(const qd_qsim *q, int l, int w, int *n_rows) {
+    const qd_qact *A = act_of((qd_qsim *)q, l);
+    *n_rows = A->B * A->T;
+    switch (w) {
+    case QD_W_Q: case QD_W_K: case QD_W_V: return A->h1q;
+    case QD_W_O: return A->oq;
+    case QD_W_GATE: case QD_W_UP: return A->h2q;
+    default: return A->mq;
+    }
+}
+
+/* The mean square of each input channel of weight w (NULL when no statistics were taken). */
+static const double *input_sq(const qd_qstats *st, int l, int w) {
+    switch (w) {
+    case QD_W_Q: case QD_W_K: case QD_W_V: return st->sq_attn + (size_t)l * st->dim;
+    case QD_W_O: return st->sq_o + (size_t)l * st->qdim;
+    case QD_W_GATE: case QD_W_UP: return st->sq_ffn + (size_t)l * st->dim;
+    default: return st->sq_down + (size_t)l * st->hidden;
+    }
+}
+
+QD_API double qd_qsim_search_lwc(qd_qsim *q, const qd_qstats *st, int n, double r_min) {
+    struct qd_qsim_priv *P = q->priv;
+    const double no_clip = 6; /* logit of 0.9975: the grid's r = 1 */
+    double rsum = 0;
+    long rcnt = 0;
+    if (n < 2) n = 2;
+    for (int l = 0; l < q->cfg.n_layers; l++) {
+        qd_qlayer *L = &q->L[l];
+        for (int w = 0; w < QD_W_PER_LAYER; w++) {
+            int rows = L->wrows[w], cols = L->wcols[w];
+            qd_wq_spec sp = L->wspec[w];
+            int groups = sp.per_channel ? rows : 1;
+            size_t gsz = sp.per_channel ? (size_t)cols : (size_t)rows * cols;
+            const double *sq = st && st->tokens ? input_sq(st, l, w) : NULL;
+            qd_real *lg = malloc(sizeof(qd_real) * (size_t)groups);
+            double *best = malloc(sizeof(double) * (size_t)groups);
+            qd_real *bl = malloc(sizeof(qd_real) * (size_t)groups);
+            if (!lg || !best || !bl) { /* keep the current logits */
+                free(lg), free(best), free(bl);
+                continue;
+            }
+            qd_qsim_weight_let(q, l, w, P->scrA);
+            for (int g = 0; g < groups; g++) best[g] = INFINITY, bl[g] = (qd_real)no_clip;
+            for (int k = 0; k < n; k++) {
+                double r = 1 - (1 - r_min) * k / (n - 1);
+                qd_real v = (qd_real)(k == 0 ? no_clip : log(r / (1 - r)));
+                for (int g = 0; g < groups; g++) lg[g] = v;
+                qd_wq_forward(P->scrB, P->scrA, rows, cols, sp, lg, lg, NULL, NULL, NULL, 0);
+                for (int g = 0; g < groups; g++) {
+                    double e = 0;
+                    for (size_t i = 0; i < gsz; i++) {
+                        size_t idx = (size_t)g * gsz + i;
+                        double d = (double)P->scrA[idx] - P->scrB[idx];
+                        e += (sq ? sq[idx % (size_t)cols] : 1.0) * d * d;
+                    }
+                    if (e < best[g]) best[g] = e, bl[g] = v;
+                }
+            }
+            for (int g = 0; g < groups; g++) {
+                L->gam[w][g] = bl[g];
+                L->bet[w][g] = bl[g];
+                rsum += 1 / (1 + exp(-(double)bl[g]));
+                rcnt++;
+            }
+            free(lg), free(best), free(bl);
+        }
+    }
+    return rcnt ? rsum / (double)rcnt : 1;
 }

@@ -90,6 +90,9 @@ typedef struct qd_qstats {
     float *ch_ffn;        /* (n_layers, dim)    FFN norm output */
     float *ch_down;       /* (n_layers, hidden) down_proj input */
     float *ch_o;          /* (n_layers, qdim)   o_proj input */
+    /* per-channel sums of x² of the same four inputs (divide by tokens for the mean square):
+     * the weights of the output-error proxy the clipping search minimises */
+    double *sq_attn, *sq_ffn, *sq_down, *sq_o;
     size_t tokens;
 } qd_qstats;
 
@@ -109,6 +112,9 @@ typedef struct qd_qlayer {
     int wrows[QD_W_PER_LAYER], wcols[QD_W_PER_LAYER];
     /* activation quantizers (s, z point into p; ds, dz into g) */
     qd_aq aq[QD_AQ_PER_LAYER];
+    /* fixed dequantized weights (rows*cols, owned) replacing the fake-quantized LET/LWC weight
+     * when set: the integers chosen by error-compensating rounding (gptq.h). NULL: none. */
+    qd_real *wfix[QD_W_PER_LAYER];
     /* source weights (float library: views of the model; double build: owned copies) */
     const qd_real *w[QD_W_PER_LAYER], *attn_norm, *ffn_norm, *bq, *bk, *bv;
     qd_qact *act;
@@ -166,6 +172,12 @@ QD_API void qd_qsim_init_ranges(qd_qsim *q, const qd_qstats *st);
 QD_API void qd_qsim_smoothquant(qd_qsim *q, const qd_qstats *st, float alpha);
 /* Sets every LWC logit to v (4 is the MobileQuant initialisation). */
 QD_API void qd_qsim_set_lwc(qd_qsim *q, float v);
+/* LWC initialisation by search: for every weight group (row or tensor) the clipping ratio r of
+ * a grid of n ratios from 1 down to r_min that minimises Σ_j E[x_j²] (w_j - ŵ_j)², the weight's
+ * quantization error weighted by the mean square of its input channel j (from st, measured with
+ * the current LET: a proxy of the layer's output error), on the LET-transformed weight; then
+ * γ = β = logit(r) (r = 1 is represented by logit 6). Returns the mean chosen ratio. */
+QD_API double qd_qsim_search_lwc(qd_qsim *q, const qd_qstats *st, int n, double r_min);
 
 /* Runs the FP statistics pass (quantizers off, LET as set) over n windows of T tokens. */
 QD_API int qd_qsim_collect(qd_qsim *q, const int *tokens, int n_windows, int T, qd_qstats *st,
@@ -180,5 +192,18 @@ QD_API int qd_qsim_fold(const qd_qsim *q, qd_model *out, qd_err *err);
  * the scale and the rounded zero point (0 when symmetric), from the LET-transformed weight and
  * the LWC range — exactly the grid the simulation uses. */
 QD_API void qd_qsim_weight_enc(const qd_qsim *q, int l, int w, qd_real *scale, qd_real *zero);
+
+/* The LET-transformed FP weight w of layer l (rows*cols into t): what the grid quantizes. */
+QD_API void qd_qsim_weight_let(const qd_qsim *q, int l, int w, qd_real *t);
+
+/* Fixes weight w of layer l to the dequantized grid weights what (rows*cols, copied; NULL
+ * clears): forward, fold and encodings use them instead of rounding to nearest. Every value must
+ * lie on the grid of qd_qsim_weight_enc. QD_OK, or QD_ERR when out of memory. */
+QD_API int qd_qsim_set_wfix(qd_qsim *q, int l, int w, const qd_real *what);
+
+/* The input of weight w (the quantized activation it multiplies: (rows N, cols) row-major,
+ * *n_rows = B*T) in the last forward of layer l. Valid until the next layer forward of a
+ * simulation that keeps one layer's activations (train = 0), or of layer l. */
+QD_API const qd_real *qd_qsim_weight_input(const qd_qsim *q, int l, int w, int *n_rows);
 
 #endif

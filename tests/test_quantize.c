@@ -44,6 +44,8 @@ static qd_qsim *run_mq(const qd_model *m, const int *tok, size_t n, const char *
     o.samples = 6, o.seq_len = 16, o.epochs = 3, o.batch = 2, o.seed = 42;
     /* larger LRs than the reference so that the parameters actually move in 9 steps */
     o.lr_let[0] = 1e-2, o.lr_lrl[0] = 1e-4;
+    /* the paper's LWC start (logits 4) so the check below sees training move them */
+    o.lwc_grid = 0;
     o.checkpoint_path = ckpt, o.checkpoint_every = 2, o.fingerprint = 0xABCDEF;
     static volatile sig_atomic_t flag;
     flag = 0;
