@@ -390,6 +390,7 @@ cJSON *api_job_to_json(const api_job *j, int queue_pos) {
     add_num_or_null(p, "eta_s", j->progress.eta_s);
     cJSON_AddNumberToObject(p, "elapsed_s", j->progress.elapsed_s);
     cJSON_AddNumberToObject(o, "attempts", j->attempts);
+    cJSON_AddNumberToObject(o, "run_s", round(j->run_s * 1000) / 1000);
     cJSON_AddBoolToObject(o, "cancel_requested", j->cancel_requested);
     cJSON *w = cJSON_AddObjectToObject(o, "worker");
     cJSON_AddNumberToObject(w, "pid", j->worker_pid);
@@ -439,6 +440,8 @@ int api_job_from_json(const cJSON *o, api_job *j, qd_err *err) {
         j->progress.elapsed_s = num_or(p, "elapsed_s", 0);
     }
     j->attempts = (int)num_or(o, "attempts", 0);
+    j->run_s = num_or(o, "run_s", 0);
+    if (!isfinite(j->run_s) || j->run_s < 0) j->run_s = 0;
     j->cancel_requested = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "cancel_requested"));
     const cJSON *w = cJSON_GetObjectItemCaseSensitive(o, "worker");
     if (cJSON_IsObject(w)) {

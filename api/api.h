@@ -103,6 +103,7 @@ typedef struct api_job {
     double created_at, started_at, finished_at; /* unix seconds; 0 when not yet */
     api_progress progress;
     int attempts;         /* worker starts so far */
+    double run_s;         /* seconds spent in workers over all attempts; counts against timeout_s */
     int worker_pid;       /* last worker's pid, 0 when none */
     int exit_code;        /* last worker's exit status, -1 when none */
     int term_signal;      /* signal that ended the last worker, 0 when none */

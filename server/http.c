@@ -22,6 +22,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,23 +63,43 @@ struct srv {
     srv_auth *auth;
 };
 
+/* One file part of a multipart POST /v1/jobs: streamed into the store like POST /v1/blobs,
+ * kept as an unfinished upload until the job is accepted. */
+#define MP_MAX_PARTS 8
+#define MP_BUFFER (64u << 10)
+typedef struct mp_part {
+    char name[64];
+    srv_upload *up;
+    char id[72];
+    bool used; /* the spec takes it */
+} mp_part;
+
 struct req {
+    srv *s;
     double t0;
     int route;
     int status;
-    char id[40];
+    char id[80]; /* a job uuid or a blob id */
     char name[512];
     bool routed;
     bool answered;
     /* POST /v1/blobs */
     srv_upload *up;
     int up_status; /* non-zero: an error to send once the body is drained */
-    char up_code[40], up_msg[160];
-    /* JSON bodies */
+    char up_code[40], up_msg[200], up_field[64];
+    uint64_t since_disk_check; /* bytes written since free space was last looked at */
+    /* JSON bodies (and the spec part of a multipart job) */
     char *body;
     size_t body_len;
     bool body_too_big;
+    /* multipart POST /v1/jobs */
+    struct MHD_PostProcessor *pp;
+    mp_part parts[MP_MAX_PARTS];
+    int n_parts;
+    int mp_cur; /* the part being received: an index into parts, MP_SPEC, or MP_NONE */
+    bool have_spec;
 };
+enum { MP_NONE = -2, MP_SPEC = -1 };
 
 /* ---- responses ---- */
 
@@ -324,6 +345,93 @@ static enum MHD_Result h_dashboard(srv *s, struct MHD_Connection *c, req *r) {
     return send_text(c, r, 200, "text/html; charset=utf-8", page, n);
 }
 
+/* ---- uploads: POST /v1/blobs and the file parts of a multipart POST /v1/jobs ---- */
+
+/* Free space is looked at again every few MiB of an upload, so that a disk filled by someone
+ * else while a long upload streams answers 507 before it runs out, not after. */
+#define DISK_CHECK_EVERY (4u << 20)
+
+static void mp_abort_parts(req *r) {
+    srv_upload_abort(r->up);
+    r->up = NULL;
+    for (int i = 0; i < r->n_parts; i++) {
+        srv_upload_abort(r->parts[i].up);
+        r->parts[i].up = NULL;
+    }
+}
+
+/* Records the error to answer once the body has been drained and drops every unfinished
+ * upload of the request at once (their disk space comes back before the body ends). The first
+ * error wins. */
+static void req_fail(req *r, int status, const char *code, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static void req_fail(req *r, int status, const char *code, const char *field, const char *fmt, ...) {
+    if (!r->up_status) {
+        r->up_status = status;
+        snprintf(r->up_code, sizeof r->up_code, "%s", code);
+        snprintf(r->up_field, sizeof r->up_field, "%s", field ? field : "");
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(r->up_msg, sizeof r->up_msg, fmt, ap);
+        va_end(ap);
+    }
+    mp_abort_parts(r);
+}
+
+static enum MHD_Result send_req_err(struct MHD_Connection *c, req *r) {
+    return send_err(c, r, r->up_status, r->up_code, r->up_msg, r->up_field[0] ? r->up_field : NULL);
+}
+
+/* Header-time checks of a streamed body: its declared length against max_body (413) and the
+ * free disk (507). Returns false when it has answered. */
+static bool admit_body(srv *s, struct MHD_Connection *c, req *r, uint64_t max_body) {
+    const char *cl = header(c, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    uint64_t declared = 0;
+    if (cl) {
+        declared = strtoull(cl, NULL, 10);
+        if (declared > max_body) {
+            char m[128];
+            snprintf(m, sizeof m, "the body is %llu bytes; the limit is %llu",
+                     (unsigned long long)declared, (unsigned long long)max_body);
+            send_err(c, r, 413, "payload_too_large", m, NULL);
+            return false;
+        }
+    }
+    uint64_t fb = srv_store_free_bytes(s->store);
+    if (fb < s->cfg.min_free_bytes || declared > fb - s->cfg.min_free_bytes) {
+        send_err(c, r, 507, "insufficient_storage", "not enough free disk for this upload", NULL);
+        return false;
+    }
+    return true;
+}
+
+/* Appends a chunk to upload u (field names it in errors): the size limit (413), the free disk
+ * (507) and write errors. False after req_fail. */
+static bool stream_write(srv *s, req *r, srv_upload *u, const char *data, size_t n,
+                         const char *field) {
+    srv_metrics_add_upload(s->metrics, n);
+    if (srv_upload_size(u) + n > s->cfg.max_upload_bytes) {
+        req_fail(r, 413, "payload_too_large", field, "the upload exceeds the limit of %zu bytes",
+                 s->cfg.max_upload_bytes);
+        return false;
+    }
+    r->since_disk_check += n;
+    if (r->since_disk_check >= DISK_CHECK_EVERY) {
+        r->since_disk_check = 0;
+        if (srv_store_free_bytes(s->store) < s->cfg.min_free_bytes) {
+            req_fail(r, 507, "insufficient_storage", field,
+                     "the disk ran short during the upload (min_free_bytes)");
+            return false;
+        }
+    }
+    int e = srv_upload_write(u, data, n);
+    if (!e) return true;
+    bool full = e == ENOSPC || e == EDQUOT;
+    req_fail(r, full ? 507 : 500, full ? "insufficient_storage" : "internal", field,
+             "writing the upload failed: %s", strerror(e));
+    return false;
+}
+
 /* First call of POST /v1/blobs: everything that can be refused before the body arrives. */
 static enum MHD_Result blob_begin(srv *s, struct MHD_Connection *c, req *r) {
     const char *ct = header(c, MHD_HTTP_HEADER_CONTENT_TYPE);
@@ -331,21 +439,7 @@ static enum MHD_Result blob_begin(srv *s, struct MHD_Connection *c, req *r) {
         return send_err(c, r, 415, "unsupported_media_type",
                         "POST /v1/blobs takes a raw body with Content-Type: application/octet-stream",
                         "Content-Type");
-    const char *cl = header(c, MHD_HTTP_HEADER_CONTENT_LENGTH);
-    uint64_t declared = 0;
-    if (cl) {
-        declared = strtoull(cl, NULL, 10);
-        if (declared > s->cfg.max_upload_bytes) {
-            char m[128];
-            snprintf(m, sizeof m, "the body is %llu bytes; the limit is %zu",
-                     (unsigned long long)declared, s->cfg.max_upload_bytes);
-            return send_err(c, r, 413, "payload_too_large", m, NULL);
-        }
-    }
-    uint64_t fb = srv_store_free_bytes(s->store);
-    if (fb < s->cfg.min_free_bytes || declared > fb - s->cfg.min_free_bytes)
-        return send_err(c, r, 507, "insufficient_storage", "not enough free disk for this upload",
-                        NULL);
+    if (!admit_body(s, c, r, s->cfg.max_upload_bytes)) return MHD_YES;
     qd_err err;
     r->up = srv_upload_begin(s->store, &err);
     if (!r->up) return send_err(c, r, 500, "internal", err.msg, NULL);
@@ -354,26 +448,11 @@ static enum MHD_Result blob_begin(srv *s, struct MHD_Connection *c, req *r) {
 
 static void blob_chunk(srv *s, req *r, const char *data, size_t n) {
     if (r->up_status) return; /* already failed: drain the rest of the body */
-    srv_metrics_add_upload(s->metrics, n);
-    if (srv_upload_size(r->up) + n > s->cfg.max_upload_bytes) {
-        r->up_status = 413;
-        snprintf(r->up_code, sizeof r->up_code, "payload_too_large");
-        snprintf(r->up_msg, sizeof r->up_msg, "the upload exceeds the limit of %zu bytes",
-                 s->cfg.max_upload_bytes);
-    } else {
-        int e = srv_upload_write(r->up, data, n);
-        if (!e) return;
-        bool full = e == ENOSPC || e == EDQUOT;
-        r->up_status = full ? 507 : 500;
-        snprintf(r->up_code, sizeof r->up_code, full ? "insufficient_storage" : "internal");
-        snprintf(r->up_msg, sizeof r->up_msg, "writing the upload failed: %s", strerror(e));
-    }
-    srv_upload_abort(r->up);
-    r->up = NULL;
+    stream_write(s, r, r->up, data, n, NULL);
 }
 
 static enum MHD_Result h_blob_upload(srv *s, struct MHD_Connection *c, req *r) {
-    if (r->up_status) return send_err(c, r, r->up_status, r->up_code, r->up_msg, NULL);
+    if (r->up_status) return send_req_err(c, r);
     char id[72];
     uint64_t size;
     bool existed;
@@ -390,11 +469,130 @@ static enum MHD_Result h_blob_upload(srv *s, struct MHD_Connection *c, req *r) {
     return send_json(c, r, existed ? 200 : 201, t);
 }
 
+/* GET and HEAD /v1/blobs/{id}: whether the server holds a blob, so that a client can skip an
+ * upload whose bytes are already here. */
+static enum MHD_Result h_blob_get(srv *s, struct MHD_Connection *c, req *r) {
+    if (!api_blob_id_valid(r->id))
+        return send_err(c, r, 400, "invalid_value", "a blob id is \"sha256:<64 hex digits>\"", "id");
+    uint64_t size;
+    if (!srv_blob_exists(s->store, r->id, &size))
+        return send_err(c, r, 404, "not_found", "no such blob", "id");
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", r->id);
+    cJSON_AddNumberToObject(o, "size", (double)size);
+    char *t = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return send_json(c, r, 200, t);
+}
+
+/* ---- POST /v1/jobs ---- */
+
+static const char *const blob_fields[] = {"model", "calibration", "eval", "tokenizer"};
+#define N_BLOB_FIELDS 4
+
+static bool part_name_ok(const char *n) {
+    size_t len = strlen(n);
+    if (len == 0 || len >= sizeof((mp_part *)0)->name) return false;
+    for (size_t i = 0; i < len; i++)
+        if (!(isalnum((unsigned char)n[i]) || n[i] == '.' || n[i] == '_' || n[i] == '-'))
+            return false;
+    return true;
+}
+
+/* The post processor's callback: called with consecutive pieces of each part (a part's first
+ * call has off 0, possibly with size 0). File parts stream into uploads; the spec part is
+ * buffered (at most MAX_JSON_BODY). MHD_NO stops the parsing after req_fail. */
+static enum MHD_Result mp_iter(void *cls, enum MHD_ValueKind kind, const char *key,
+                               const char *filename, const char *content_type,
+                               const char *transfer_encoding, const char *data, uint64_t off,
+                               size_t size) {
+    (void)kind;
+    (void)filename;
+    (void)content_type;
+    req *r = cls;
+    srv *s = r->s;
+    if (r->up_status) return MHD_NO;
+    const char *cur = r->mp_cur == MP_SPEC ? "spec" : r->mp_cur >= 0 ? r->parts[r->mp_cur].name : NULL;
+    uint64_t cur_size = r->mp_cur == MP_SPEC ? r->body_len
+                        : r->mp_cur >= 0 ? srv_upload_size(r->parts[r->mp_cur].up) : 0;
+    if (off == 0 && (!cur || !key || strcmp(key, cur) || cur_size > 0)) { /* a new part */
+        if (!key || !part_name_ok(key)) {
+            req_fail(r, 400, "invalid_multipart", "parts",
+                     "every part needs a name of 1-63 characters of [A-Za-z0-9._-]");
+            return MHD_NO;
+        }
+        if (transfer_encoding && strcasecmp(transfer_encoding, "binary") &&
+            strcasecmp(transfer_encoding, "8bit") && strcasecmp(transfer_encoding, "7bit")) {
+            req_fail(r, 415, "unsupported_media_type", key,
+                     "part %s: Content-Transfer-Encoding %.40s is not supported; send binary",
+                     key, transfer_encoding);
+            return MHD_NO;
+        }
+        bool dup = !strcmp(key, "spec") && r->have_spec;
+        for (int i = 0; i < r->n_parts; i++) dup |= !strcmp(r->parts[i].name, key);
+        if (dup) {
+            req_fail(r, 400, "invalid_multipart", key, "part %s appears twice", key);
+            return MHD_NO;
+        }
+        if (!strcmp(key, "spec")) {
+            r->have_spec = true;
+            r->mp_cur = MP_SPEC;
+        } else {
+            if (r->n_parts == MP_MAX_PARTS) {
+                req_fail(r, 400, "invalid_multipart", key, "at most %d file parts", MP_MAX_PARTS);
+                return MHD_NO;
+            }
+            qd_err err;
+            mp_part *p = &r->parts[r->n_parts];
+            memset(p, 0, sizeof *p);
+            snprintf(p->name, sizeof p->name, "%s", key);
+            p->up = srv_upload_begin(s->store, &err);
+            if (!p->up) {
+                req_fail(r, 500, "internal", key, "%s", err.msg);
+                return MHD_NO;
+            }
+            r->mp_cur = r->n_parts++;
+        }
+    }
+    if (size == 0) return MHD_YES;
+    if (r->mp_cur == MP_SPEC) {
+        if (r->body_len + size > MAX_JSON_BODY) {
+            req_fail(r, 413, "payload_too_large", "spec", "the spec part is at most 1 MiB");
+            return MHD_NO;
+        }
+        char *nb = realloc(r->body, r->body_len + size + 1);
+        if (!nb) {
+            req_fail(r, 500, "internal", "spec", "out of memory");
+            return MHD_NO;
+        }
+        memcpy(nb + r->body_len, data, size);
+        r->body = nb;
+        r->body_len += size;
+        r->body[r->body_len] = 0;
+        return MHD_YES;
+    }
+    mp_part *p = &r->parts[r->mp_cur];
+    return stream_write(s, r, p->up, data, size, p->name) ? MHD_YES : MHD_NO;
+}
+
 static enum MHD_Result json_begin(srv *s, struct MHD_Connection *c, req *r) {
     const char *ct = header(c, MHD_HTTP_HEADER_CONTENT_TYPE);
+    if (ctype_is(ct, "multipart/form-data")) {
+        /* the files plus a 1 MiB spec, and room for the part headers */
+        uint64_t max_body = (uint64_t)MP_MAX_PARTS * s->cfg.max_upload_bytes + 2 * MAX_JSON_BODY;
+        if (!admit_body(s, c, r, max_body)) return MHD_YES;
+        r->mp_cur = MP_NONE;
+        r->pp = MHD_create_post_processor(c, MP_BUFFER, mp_iter, r);
+        if (!r->pp)
+            return send_err(c, r, 400, "invalid_multipart",
+                            "multipart/form-data needs a boundary parameter (of at most 70 "
+                            "characters) in its Content-Type", "Content-Type");
+        return MHD_YES;
+    }
     if (!ctype_is(ct, "application/json"))
         return send_err(c, r, 415, "unsupported_media_type",
-                        "send the job spec as Content-Type: application/json", "Content-Type");
+                        "send the job spec as Content-Type: application/json, or the files and a "
+                        "spec part as multipart/form-data", "Content-Type");
     const char *cl = header(c, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (cl && strtoull(cl, NULL, 10) > MAX_JSON_BODY)
         return send_err(c, r, 413, "payload_too_large", "a job spec is at most 1 MiB", NULL);
@@ -420,16 +618,25 @@ static void json_chunk(req *r, const char *data, size_t n) {
     r->body[r->body_len] = 0;
 }
 
-static enum MHD_Result h_job_submit(srv *s, struct MHD_Connection *c, req *r) {
-    if (r->body_too_big) return send_err(c, r, 413, "payload_too_large", "a job spec is at most 1 MiB", NULL);
-    const char *endp = NULL;
-    cJSON *root = r->body ? cJSON_ParseWithLengthOpts(r->body, r->body_len + 1, &endp, true) : NULL;
-    if (!root) return send_err(c, r, 400, "invalid_json", "the body is not valid JSON", NULL);
+static void mp_chunk(req *r, const char *data, size_t n) {
+    if (r->up_status) return; /* failed: drain the rest */
+    if (MHD_post_process(r->pp, data, n) != MHD_YES)
+        req_fail(r, 400, "invalid_multipart", NULL, "the multipart/form-data body is malformed");
+}
+
+static bool pending_has(const req *r, const char *id) {
+    for (int i = 0; i < r->n_parts; i++)
+        if (r->parts[i].up && !strcmp(r->parts[i].id, id)) return true;
+    return false;
+}
+
+/* Validates a spec object and queues the job: the one path of both forms of POST /v1/jobs.
+ * Blob ids that are parts of this (multipart) request count as present; those parts are
+ * stored only once the spec has passed, so that a refused job leaves no blob behind. */
+static enum MHD_Result submit_spec(srv *s, struct MHD_Connection *c, req *r, const cJSON *root) {
     api_spec spec;
     api_field_err fe;
-    int rc = api_spec_from_json(root, &spec, &fe);
-    cJSON_Delete(root);
-    if (rc) return send_err(c, r, 422, fe.code, fe.message, fe.field);
+    if (api_spec_from_json(root, &spec, &fe)) return send_err(c, r, 422, fe.code, fe.message, fe.field);
     if (spec.threads > s->cfg.worker_max_threads) {
         char m[96];
         snprintf(m, sizeof m, "threads must be at most %d on this server", s->cfg.worker_max_threads);
@@ -440,17 +647,28 @@ static enum MHD_Result h_job_submit(srv *s, struct MHD_Connection *c, req *r) {
         snprintf(m, sizeof m, "timeout_s must be at most %d on this server", s->cfg.max_timeout_s);
         return send_err(c, r, 422, "out_of_range", m, "timeout_s");
     }
-    const char *fields[] = {"model", "calibration", "eval", "tokenizer"};
     const char *ids[] = {spec.model, spec.calibration, spec.eval, spec.tokenizer};
-    for (int i = 0; i < 4; i++)
-        if (ids[i][0] && !srv_blob_exists(s->store, ids[i], NULL)) {
+    for (int i = 0; i < N_BLOB_FIELDS; i++)
+        if (ids[i][0] && !pending_has(r, ids[i]) && !srv_blob_exists(s->store, ids[i], NULL)) {
             char m[160];
             snprintf(m, sizeof m, "no blob %s; upload it with POST /v1/blobs first", ids[i]);
-            return send_err(c, r, 422, "blob_not_found", m, fields[i]);
+            return send_err(c, r, 422, "blob_not_found", m, blob_fields[i]);
         }
-    char *json = NULL;
     qd_err err;
-    rc = srv_jobs_submit(s->jobs, &spec, &json, &err);
+    for (int i = 0; i < r->n_parts; i++) {
+        mp_part *p = &r->parts[i];
+        char id[72];
+        uint64_t size;
+        bool existed;
+        srv_upload *u = p->up;
+        p->up = NULL;
+        if (srv_upload_finish(u, id, &size, &existed, &err) != QD_OK) {
+            mp_abort_parts(r);
+            return send_err(c, r, 500, "internal", err.msg, p->name);
+        }
+    }
+    char *json = NULL;
+    int rc = srv_jobs_submit(s->jobs, &spec, &json, &err);
     if (rc == SRV_QUEUE_FULL) return send_err(c, r, 429, "queue_full", err.msg, NULL);
     if (rc != SRV_OK) return send_err(c, r, 500, "internal", err.msg, NULL);
     cJSON *o = cJSON_Parse(json);
@@ -459,6 +677,86 @@ static enum MHD_Result h_job_submit(srv *s, struct MHD_Connection *c, req *r) {
              cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "id")));
     cJSON_Delete(o);
     return send_buf(c, r, 201, "application/json", json, strlen(json), MHD_HTTP_HEADER_LOCATION, loc);
+}
+
+static int part_index(const req *r, const char *name) {
+    for (int i = 0; i < r->n_parts; i++)
+        if (!strcmp(r->parts[i].name, name)) return i;
+    return -1;
+}
+
+/* The final call of a multipart job: the body must have ended cleanly; the parts are hashed,
+ * the spec's blob fields are taken from the parts (a field left out takes the part of its own
+ * name; a field that holds a part's name takes that part), and every part must be used. */
+static enum MHD_Result mp_finish(srv *s, struct MHD_Connection *c, req *r) {
+    if (r->up_status) return send_req_err(c, r);
+    bool clean = MHD_destroy_post_processor(r->pp) == MHD_YES;
+    r->pp = NULL;
+    if (!clean || (!r->have_spec && r->n_parts == 0)) {
+        mp_abort_parts(r);
+        return send_err(c, r, 400, "invalid_multipart",
+                        clean ? "the multipart/form-data body has no parts"
+                              : "the multipart/form-data body is malformed or cut short", NULL);
+    }
+    for (int i = 0; i < r->n_parts; i++) srv_upload_seal(r->parts[i].up, r->parts[i].id);
+    cJSON *root = NULL;
+    if (r->have_spec) {
+        const char *endp = NULL;
+        root = r->body ? cJSON_ParseWithLengthOpts(r->body, r->body_len + 1, &endp, true) : NULL;
+        if (!cJSON_IsObject(root)) {
+            cJSON_Delete(root);
+            mp_abort_parts(r);
+            return send_err(c, r, 400, "invalid_json", "the spec part is not a JSON object", "spec");
+        }
+    } else {
+        root = cJSON_CreateObject(); /* no spec part: every setting at its default */
+    }
+    for (int f = 0; f < N_BLOB_FIELDS; f++) {
+        cJSON *v = cJSON_GetObjectItemCaseSensitive(root, blob_fields[f]);
+        int k = -1;
+        if (!v) {
+            k = part_index(r, blob_fields[f]);
+        } else if (cJSON_IsString(v) && strncmp(v->valuestring, "sha256:", 7)) {
+            k = part_index(r, v->valuestring);
+            if (k < 0) {
+                char m[200];
+                snprintf(m, sizeof m, "%s is neither a blob id nor the name of a part of this "
+                                      "request", blob_fields[f]);
+                cJSON_Delete(root);
+                mp_abort_parts(r);
+                return send_err(c, r, 422, "invalid_value", m, blob_fields[f]);
+            }
+        }
+        if (k < 0) continue;
+        r->parts[k].used = true;
+        cJSON_DeleteItemFromObjectCaseSensitive(root, blob_fields[f]);
+        cJSON_AddStringToObject(root, blob_fields[f], r->parts[k].id);
+    }
+    for (int i = 0; i < r->n_parts; i++)
+        if (!r->parts[i].used) {
+            char m[200];
+            snprintf(m, sizeof m, "part %s is not used: name a part model, calibration, eval or "
+                                  "tokenizer, or name it in one of those spec fields",
+                     r->parts[i].name);
+            cJSON_Delete(root);
+            mp_abort_parts(r);
+            return send_err(c, r, 422, "unknown_field", m, r->parts[i].name);
+        }
+    enum MHD_Result ret = submit_spec(s, c, r, root);
+    cJSON_Delete(root);
+    mp_abort_parts(r); /* refused: the parts are dropped (accepted ones are already stored) */
+    return ret;
+}
+
+static enum MHD_Result h_job_submit(srv *s, struct MHD_Connection *c, req *r) {
+    if (r->pp) return mp_finish(s, c, r);
+    if (r->body_too_big) return send_err(c, r, 413, "payload_too_large", "a job spec is at most 1 MiB", NULL);
+    const char *endp = NULL;
+    cJSON *root = r->body ? cJSON_ParseWithLengthOpts(r->body, r->body_len + 1, &endp, true) : NULL;
+    if (!root) return send_err(c, r, 400, "invalid_json", "the body is not valid JSON", NULL);
+    enum MHD_Result ret = submit_spec(s, c, r, root);
+    cJSON_Delete(root);
+    return ret;
 }
 
 static enum MHD_Result h_job_list(srv *s, struct MHD_Connection *c, req *r) {
@@ -703,6 +1001,7 @@ static const route routes[] = {
     R("GET", "/metrics", SRV_ROLE_READ, h_metrics, false),
     R("GET", "/v1/openapi.yaml", SRV_ROLE_NONE, h_openapi, false),
     R("POST", "/v1/blobs", SRV_ROLE_SUBMIT, h_blob_upload, true),
+    R("GET", "/v1/blobs/{id}", SRV_ROLE_READ, h_blob_get, false),
     R("POST", "/v1/jobs", SRV_ROLE_SUBMIT, h_job_submit, true),
     R("GET", "/v1/jobs", SRV_ROLE_READ, h_job_list, false),
     R("GET", "/v1/jobs/{id}", SRV_ROLE_READ, h_job_get, false),
@@ -807,6 +1106,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         r = calloc(1, sizeof *r);
         if (!r) return MHD_NO;
         *req_cls = r;
+        r->s = s;
         r->t0 = qd_now();
         r->route = -1;
         /* A request that may carry a body is judged on its headers alone, so that a refusal
@@ -825,6 +1125,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     const route *rt = &routes[r->route];
     if (*upload_data_size) {
         if (rt->fn == h_blob_upload) blob_chunk(s, r, upload_data, *upload_data_size);
+        else if (rt->fn == h_job_submit && r->pp) mp_chunk(r, upload_data, *upload_data_size);
         else if (rt->fn == h_job_submit) json_chunk(r, upload_data, *upload_data_size);
         *upload_data_size = 0;
         return MHD_YES;
@@ -840,7 +1141,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
     req *r = *req_cls;
     if (!r) return;
     /* an upload cut off by the client or a timeout: no partial blob may stay behind */
-    srv_upload_abort(r->up);
+    mp_abort_parts(r);
+    MHD_destroy_post_processor(r->pp);
     free(r->body);
     srv_metrics_request(s->metrics, r->route, r->answered ? r->status : 499, qd_now() - r->t0);
     free(r);

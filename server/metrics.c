@@ -115,7 +115,7 @@ char *srv_metrics_render(srv_metrics *m, const long by_state[API_STATE_COUNT], l
     sb_printf(&b, "# HELP quantd_worker_seconds_total Wall-clock seconds spent by workers.\n"
                   "# TYPE quantd_worker_seconds_total counter\nquantd_worker_seconds_total %.3f\n",
               m->worker_seconds);
-    sb_printf(&b, "# HELP quantd_upload_bytes_total Bytes received by POST /v1/blobs.\n"
+    sb_printf(&b, "# HELP quantd_upload_bytes_total File bytes received (POST /v1/blobs, multipart POST /v1/jobs).\n"
                   "# TYPE quantd_upload_bytes_total counter\nquantd_upload_bytes_total %llu\n",
               (unsigned long long)m->upload_bytes);
     sb_printf(&b, "# HELP quantd_http_requests_total HTTP requests by route and status.\n"

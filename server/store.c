@@ -31,6 +31,8 @@ struct srv_upload {
     char tmp[PATH_MAX + 64];
     EVP_MD_CTX *md;
     uint64_t size;
+    bool sealed;
+    char id[72];
 };
 
 static int mkdir_p(const char *path) {
@@ -159,6 +161,7 @@ srv_upload *srv_upload_begin(srv_store *s, qd_err *err) {
 }
 
 int srv_upload_write(srv_upload *u, const void *data, size_t n) {
+    if (u->sealed) return EINVAL;
     const char *p = data;
     size_t left = n;
     while (left) {
@@ -185,13 +188,20 @@ void srv_upload_abort(srv_upload *u) {
     free(u);
 }
 
+void srv_upload_seal(srv_upload *u, char id[72]) {
+    if (!u->sealed) {
+        unsigned char h[32];
+        unsigned int hl = 32;
+        EVP_DigestFinal_ex(u->md, h, &hl);
+        memcpy(u->id, "sha256:", 7);
+        for (int i = 0; i < 32; i++) snprintf(u->id + 7 + 2 * i, 3, "%02x", h[i]);
+        u->sealed = true;
+    }
+    memcpy(id, u->id, 72);
+}
+
 int srv_upload_finish(srv_upload *u, char id[72], uint64_t *size, bool *existed, qd_err *err) {
-    unsigned char h[32];
-    unsigned int hl = 32;
-    EVP_DigestFinal_ex(u->md, h, &hl);
-    char hex[65];
-    for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", h[i]);
-    snprintf(id, 72, "sha256:%s", hex);
+    srv_upload_seal(u, id);
     *size = u->size;
     char dst[PATH_MAX + 128];
     srv_blob_path(u->s, id, dst, sizeof dst);

@@ -38,6 +38,10 @@ srv_upload *srv_upload_begin(srv_store *s, qd_err *err);
 /* Appends bytes; 0 on success or an errno value (ENOSPC, EDQUOT, EIO ...). */
 int srv_upload_write(srv_upload *u, const void *data, size_t n);
 uint64_t srv_upload_size(const srv_upload *u);
+/* Ends the hash of an upload that is complete but not yet stored: id gets "sha256:<hex>". The
+ * upload takes no more writes; srv_upload_finish stores it, srv_upload_abort drops it. Lets a
+ * multipart job name its parts by id before deciding to keep them. */
+void srv_upload_seal(srv_upload *u, char id[72]);
 /* Syncs and moves the upload to its content address; frees u. *existed is true when the same
  * content was already stored (the temp file is then dropped). QD_OK or QD_ERR. */
 int srv_upload_finish(srv_upload *u, char id[72], uint64_t *size, bool *existed, qd_err *err);
