@@ -37,8 +37,16 @@ struct srv_job {
     size_t line_len;
     bool line_overflow;
     double start_mono, deadline_mono, term_sent_mono;
+    double run_s_before;   /* job.run_s when this attempt started */
+    double persisted_mono; /* when job.json was last written during this attempt */
+    bool progress_dirty;   /* progress newer than job.json */
     bool timed_out, shutdown_stop, killed;
 };
+
+/* While a worker runs, job.json is rewritten at most this often (when progress changed), so a
+ * restarted server shows recent progress and knows how much of timeout_s is used. */
+#define PERSIST_EVERY_S 1.0
+#define RUN_S_EVERY_S 5.0
 
 struct srv_jobs {
     srv_jobs_opts o;
@@ -204,9 +212,25 @@ static void read_log_tail(const char *jobdir, char *out, size_t n) {
 
 /* ---- the scheduler ---- */
 
+/* Brings job.run_s up to date for a running attempt. */
+static void update_run_s(srv_job *e, double now) {
+    if (e->pid > 0) e->job.run_s = e->run_s_before + (now - e->start_mono);
+}
+
 static void start_job(srv_jobs *j, srv_job *e) {
     char dir[PATH_MAX];
     srv_job_dir(j->o.store, e->job.id, dir, sizeof dir);
+    /* timeout_s bounds the job's whole time in workers, over every attempt: a job that keeps
+     * being restarted (server restarts, SIGTERMs) still ends */
+    double left = e->job.spec.timeout_s - e->job.run_s;
+    if (left <= 0) {
+        snprintf(e->job.error, sizeof e->job.error,
+                 "exceeded timeout_s=%d over %d attempt%s (%.1f s in workers)",
+                 e->job.spec.timeout_s, e->job.attempts, e->job.attempts == 1 ? "" : "s",
+                 e->job.run_s);
+        set_state(j, e, API_TIMED_OUT, e->job.error);
+        return;
+    }
     e->job.attempts++;
     e->job.started_at = api_wall_now();
     e->job.exit_code = -1;
@@ -233,15 +257,34 @@ static void start_job(srv_jobs *j, srv_job *e) {
     e->pid = pid;
     e->fd = fd;
     e->start_mono = qd_now();
-    e->deadline_mono = e->start_mono + e->job.spec.timeout_s;
+    e->deadline_mono = e->start_mono + left;
+    e->run_s_before = e->job.run_s;
+    e->persisted_mono = e->start_mono;
+    e->progress_dirty = false;
     e->job.worker_pid = (int)pid;
     persist(j, e); /* the pid lets a restarted server find an orphaned worker */
     j->running++;
 }
 
+/* Rewrites a running job's job.json when its progress changed and the last write is at least
+ * PERSIST_EVERY_S old, and every RUN_S_EVERY_S regardless (run_s moves on through long quiet
+ * phases). The scheduler also calls this on every poll, so the last progress of a burst
+ * reaches the disk within about a second even when no further line arrives. */
+static void persist_progress(srv_jobs *j, srv_job *e, double now) {
+    double age = now - e->persisted_mono;
+    if (age < PERSIST_EVERY_S || (!e->progress_dirty && age < RUN_S_EVERY_S)) return;
+    update_run_s(e, now);
+    persist(j, e);
+    e->persisted_mono = now;
+    e->progress_dirty = false;
+}
+
 static void handle_line(srv_jobs *j, srv_job *e, const char *line) {
     cJSON *o = cJSON_Parse(line);
-    if (o && api_event_apply(o, &e->job.progress)) { /* progress kept in memory */ }
+    if (o && api_event_apply(o, &e->job.progress)) {
+        e->progress_dirty = true;
+        persist_progress(j, e, qd_now());
+    }
     cJSON_Delete(o);
     bump(j, e);
 }
@@ -277,8 +320,9 @@ static void finish_job(srv_jobs *j, srv_job *e, int status) {
         close(e->fd);
         e->fd = -1;
     }
-    double secs = qd_now() - e->start_mono;
+    double now = qd_now(), secs = now - e->start_mono;
     if (j->o.metrics) srv_metrics_add_worker_seconds(j->o.metrics, secs);
+    update_run_s(e, now);
     e->pid = 0;
     j->running--;
     char dir[PATH_MAX];
@@ -306,7 +350,8 @@ static void finish_job(srv_jobs *j, srv_job *e, int status) {
         set_state(j, e, API_CANCELLED, "cancelled by request");
         return;
     } else if (e->timed_out) {
-        snprintf(e->job.error, sizeof e->job.error, "exceeded timeout_s=%d", e->job.spec.timeout_s);
+        snprintf(e->job.error, sizeof e->job.error, "exceeded timeout_s=%d (%.1f s in workers over %d attempt%s)",
+                 e->job.spec.timeout_s, e->job.run_s, e->job.attempts, e->job.attempts == 1 ? "" : "s");
         read_log_tail(dir, e->job.log_tail, sizeof e->job.log_tail);
         set_state(j, e, API_TIMED_OUT, e->job.error);
         return;
@@ -386,6 +431,7 @@ static void *scheduler(void *arg) {
                 finish_job(j, e, status);
                 continue;
             }
+            persist_progress(j, e, now);
             bool want_stop = e->job.cancel_requested || j->stopping;
             if (!e->timed_out && !want_stop && now > e->deadline_mono) e->timed_out = true;
             if ((want_stop || e->timed_out) && e->term_sent_mono == 0) {

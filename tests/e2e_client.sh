@@ -61,13 +61,15 @@ C submit --model "$MODEL" --calib "$TEXT" "${SMALL[@]}" --gate max_ppl_increase=
 rc=$?
 if [ $rc = 3 ] && grep -q 'FAILED' "$TMP/gate.out"; then ok failing_gate_exit_3
 else bad failing_gate_exit_3 "rc=$rc $(cat "$TMP/gate.out") $(tail -3 "$TMP/gate.err")"; fi
-if grep -q 'model: .*already on the server, upload skipped' "$TMP/gate.err"; then
+# the client asks HEAD /v1/blobs/{id} first: a file the server holds is not sent again
+if grep -q 'model: .*already on the server, upload skipped' "$TMP/gate.err" &&
+   grep -q 'calibration: .*already on the server, upload skipped' "$TMP/gate.err"; then
     ok dedup_upload_skipped
-elif grep -q 'model: .*sent; the server already had it' "$TMP/gate.err"; then
-    # the server has no HEAD /v1/blobs/{id}: the bytes travel, the server dedups (200)
-    ok dedup_upload_skipped
-    echo "  note: the server cannot be asked for a blob first; it deduplicated the re-upload"
 else bad dedup_upload_skipped "$(grep -E '^(model|calibration):' "$TMP/gate.err")"; fi
+# ... and the server saw no second upload: POST /v1/blobs answered 201 twice (model and
+# calibration, in step 1) and nothing else
+posts=$(curl -s "$URL/metrics" | grep '^quantd_http_requests_total{route="POST /v1/blobs"' | awk '{s += $NF} END {print s + 0}')
+[ "$posts" = 2 ] && ok dedup_no_bytes_sent || bad dedup_no_bytes_sent "POST /v1/blobs was called $posts times"
 n2=$(ls "$TMP/data/blobs/sha256" | wc -l)
 [ "$nblobs" = 2 ] && [ "$n2" = 2 ] && ok dedup_no_new_blob || bad dedup_no_new_blob "$nblobs -> $n2 blobs"
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Jobs end to end through the real pipeline: upload stories260K and the TinyStories excerpt,
 # run an RTN job and a small MobileQuant job to success following SSE, download the report and
-# artifacts (ETag, Range), then the hard cases: two jobs queued behind one worker, cancel,
-# timeout, a worker killed mid-job, and kill -9 of the server followed by a restart that
-# finishes the job.
+# artifacts (ETag, Range), a multipart submission, then the hard cases: two jobs queued behind
+# one worker, cancel, timeout, a worker killed mid-job, kill -9 of the server followed by a
+# restart that finishes the job, and progress persisted while a job runs with its timeout
+# counting the time of earlier attempts across a restart.
 set -u
 . "$(dirname "$0")/e2e_common.inc"
 if ! "$Q" work --help >/dev/null 2>&1; then
@@ -50,8 +51,11 @@ check artifact_range_416 '[ "$(code GET "/v1/jobs/$J/artifacts/$art" -H "Range: 
 check artifact_list '[ "$(code GET "/v1/jobs/$J/artifacts")" = 200 ] && [ "$(jq ".artifacts | length" "$TMP/body")" = "$(jq ".result.artifacts | length" "$TMP/job")" ]'
 check artifact_model_exported 'jq -e ".result.artifacts | map(.name) | index(\"model.qint.safetensors\") != null" "$TMP/job" >/dev/null' "artifacts: $(jq -c "[.result.artifacts[].name]" "$TMP/job")"
 
-# --- MobileQuant, tiny budget
-J=$(submit "{$IN,\"method\":\"mobilequant\",$SMALL}")
+# --- MobileQuant, tiny budget, submitted as multipart/form-data: the files travel with the
+# spec (already stored here, so deduplicated) and the spec names one part itself
+J=$(curl -s -F "model=@$MODEL" -F "text=@$TEXT" -F "spec={\"calibration\":\"text\",\"method\":\"mobilequant\",$SMALL}" \
+    "$URL/v1/jobs" | tee "$TMP/body" | jq -r '.id // empty')
+check multipart_submitted '[ -n "$J" ] && [ "$(jq -r .spec.model "$TMP/body")" = "$MID" ] && [ "$(jq -r .spec.calibration "$TMP/body")" = "$CID" ]' "$(body)"
 wait_state "$J" "succeeded|failed|timed_out" 180
 check mobilequant_succeeded '[ "$(job_state "$J")" = succeeded ]' "$(curl -s "$URL/v1/jobs/$J" | jq -c '{state,error,log_tail}')"
 check mobilequant_report '[ "$(code GET "/v1/jobs/$J/report")" = 200 ] && jq -e ".eval.mobilequant.ppl > 0" "$TMP/body" >/dev/null'
@@ -108,4 +112,26 @@ check restarted_job_succeeds '[ "$(jq -r .state "$TMP/job")" = succeeded ] && [ 
 check restart_requeue_event 'grep -q "server restarted" "$D/jobs/$J/events.jsonl"'
 check restart_resumed_from_checkpoint 'grep -q "resuming from checkpoint" "$D/jobs/$J/worker.log"' "$(cat "$D/jobs/$J/worker.log")"
 check metrics_jobs_by_state 'curl -s "$URL/metrics" | grep -q "^quantd_jobs{state=\"succeeded\"} [1-9]"'
+
+# --- job.json follows a running job's progress (about once a second), and timeout_s bounds
+# the time of all attempts together: after kill -9 and a restart the job times out on time
+J=$(submit "{$IN,\"method\":\"mobilequant\",$LONG,\"timeout_s\":9}")
+wait_optimizing "$J" 120
+for _ in $(seq 150); do
+    jq -e '.progress.step >= 1 and .run_s >= 4' "$D/jobs/$J/job.json" >/dev/null 2>&1 && break
+    sleep 0.1
+done
+jq . "$D/jobs/$J/job.json" >"$TMP/ondisk"
+check progress_persisted_while_running 'jq -e ".state == \"running\" and .progress.phase == \"optimize\" and .progress.step >= 1 and .progress.loss != null and .run_s >= 4" "$TMP/ondisk" >/dev/null' "$(jq -c '{state,progress,run_s}' "$TMP/ondisk")"
+kill -KILL "$SPID"; wait "$SPID" 2>/dev/null; SPID=
+sleep 0.3
+# what a restarted server will show is at most about a second behind the worker's last report
+last=$(grep '"type":"progress"' "$D/jobs/$J/events.jsonl" | tail -1)
+check progress_on_disk_is_recent 'jq -e --argjson ev "$last" ".progress.phase == \$ev.phase and (\$ev.elapsed_s - .progress.elapsed_s) < 2" "$D/jobs/$J/job.json" >/dev/null' "job.json: $(jq -c .progress "$D/jobs/$J/job.json"); last event: $last"
+start_server "$D" --workers 1 --set cancel_grace_s=3 || bad restart2 "$(cat "$D.err")"
+t0=$SECONDS
+wait_state "$J" "timed_out|failed|succeeded" 60
+took=$((SECONDS - t0))
+curl -s "$URL/v1/jobs/$J" >"$TMP/job"
+check timeout_counts_earlier_attempts '[ "$(jq -r .state "$TMP/job")" = timed_out ] && [ "$(jq .attempts "$TMP/job")" = 2 ] && [ "$took" -lt 9 ] && jq -e ".run_s >= 8 and .run_s < 14" "$TMP/job" >/dev/null' "$(jq -c '{state,attempts,run_s,error}' "$TMP/job"), ${took}s after the restart"
 stop_server
