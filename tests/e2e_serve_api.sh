@@ -217,6 +217,8 @@ check auth_read_cannot_upload_403 '[ "$(code POST /v1/blobs -H "Authorization: B
 check auth_submit_uploads '[ "$(code POST /v1/blobs -H "Authorization: Bearer $TS" -H "Content-Type: application/octet-stream" --data-binary @"$TEXT")" = 201 ]'
 check auth_blob_lookup_needs_token '[ "$(code GET "/v1/blobs/$CID")" = 401 ] && [ "$(code GET "/v1/blobs/$CID" -H "Authorization: Bearer $TR")" = 200 ]'
 check auth_read_cannot_submit_multipart_403 '[ "$(code POST /v1/jobs -H "Authorization: Bearer $TR" -F model=@"$MODEL" -F calibration=@"$TEXT")" = 403 ]'
+check auth_read_cannot_cancel_403 '[ "$(code POST /v1/jobs/00000000-0000-4000-8000-000000000000/cancel -H "Authorization: Bearer $TR")" = 403 ] && [ "$(code POST /v1/jobs/00000000-0000-4000-8000-000000000000/cancel -H "Authorization: Bearer $TS")" = 404 ]'
+check auth_read_reads_metrics '[ "$(code GET /metrics)" = 401 ] && [ "$(code GET /metrics -H "Authorization: Bearer $TR")" = 200 ]'
 check auth_submit_cannot_delete_403 '[ "$(code DELETE /v1/jobs/00000000-0000-4000-8000-000000000000 -H "Authorization: Bearer $TS")" = 403 ]'
 check auth_admin_delete_reaches_handler '[ "$(code DELETE /v1/jobs/00000000-0000-4000-8000-000000000000 -H "Authorization: Bearer $TA")" = 404 ]'
 stop_server

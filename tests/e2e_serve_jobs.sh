@@ -34,6 +34,8 @@ check sse_has_ids '[ "$(grep -c "^id: " "$TMP/sse")" -ge 3 ] && grep -q "^event:
 check sse_has_progress 'grep -q "^event: progress" "$TMP/sse"'
 n=$(grep -c '^id: ' "$TMP/sse")
 timeout 10 curl -sN -H "Last-Event-ID: $((n - 1))" "$URL/v1/jobs/$J/events" >"$TMP/sse2"
+check sse_last_event_id_query '[ "$(timeout 10 curl -sN "$URL/v1/jobs/$J/events?last_event_id=$((n - 2))" | grep -c "^id: ")" = 2 ]'
+check sse_bad_last_event_id_400 '[ "$(code GET "/v1/jobs/$J/events" -H "Last-Event-ID: x")" = 400 ]'
 check sse_last_event_id '[ "$(grep -c "^id: " "$TMP/sse2")" = 1 ] && grep -q "^id: $n\$" "$TMP/sse2"'
 curl -s "$URL/v1/jobs/$J" >"$TMP/job"
 check rtn_job_succeeded '[ "$(jq -r .state "$TMP/job")" = succeeded ] && [ "$(jq -r .worker.exit_code "$TMP/job")" = 0 ]'
@@ -47,6 +49,10 @@ art=$(jq -r '.result.artifacts | max_by(.size) | .name' "$TMP/job")
 size=$(jq -r ".result.artifacts[] | select(.name == \"$art\") | .size" "$TMP/job")
 check artifact_download '[ "$(code GET "/v1/jobs/$J/artifacts/$art")" = 200 ] && [ "$(stat -c %s "$TMP/body")" = "$size" ] && cmp -s "$TMP/body" "$D/jobs/$J/artifacts/$art"' "$art $size"
 check artifact_range_206 '[ "$(code GET "/v1/jobs/$J/artifacts/$art" -r 100-199)" = 206 ] && [ "$(stat -c %s "$TMP/body")" = 100 ] && cmp -s "$TMP/body" <(tail -c +101 "$D/jobs/$J/artifacts/$art" | head -c 100)'
+check artifact_range_suffix '[ "$(code GET "/v1/jobs/$J/artifacts/$art" -r -100)" = 206 ] && cmp -s "$TMP/body" <(tail -c 100 "$D/jobs/$J/artifacts/$art")'
+check artifact_if_range_stale_200 '[ "$(code GET "/v1/jobs/$J/artifacts/$art" -r 0-9 -H "If-Range: \"stale\"")" = 200 ] && [ "$(stat -c %s "$TMP/body")" = "$size" ]'
+check artifact_multirange_whole '[ "$(code GET "/v1/jobs/$J/artifacts/$art" -r 0-9,20-29)" = 200 ] && [ "$(stat -c %s "$TMP/body")" = "$size" ]'
+check artifact_head '[ "$(curl -s -I "$URL/v1/jobs/$J/artifacts/$art" | tr -d "\r" | sed -n "s/^[Cc]ontent-[Ll]ength: //p")" = "$size" ]'
 check artifact_range_416 '[ "$(code GET "/v1/jobs/$J/artifacts/$art" -H "Range: bytes=$((size + 10))-")" = 416 ]'
 check artifact_list '[ "$(code GET "/v1/jobs/$J/artifacts")" = 200 ] && [ "$(jq ".artifacts | length" "$TMP/body")" = "$(jq ".result.artifacts | length" "$TMP/job")" ]'
 check artifact_model_exported 'jq -e ".result.artifacts | map(.name) | index(\"model.qint.safetensors\") != null" "$TMP/job" >/dev/null' "artifacts: $(jq -c "[.result.artifacts[].name]" "$TMP/job")"
