@@ -11,18 +11,19 @@
 #include "cli/runner.h"
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: quantd eval --model PATH --data PATH [--tokenizer PATH] [--ctx N] [--json]\n"
+    fprintf(f, "usage: quantd eval --model PATH --data PATH [--tokenizer PATH] [--ctx N] [--threads N] [--json]\n"
                "  --model      checkpoint: .gguf, Hugging Face directory, llama2.c .bin, or an\n"
                "               integer artifact model.qint.safetensors (integer runtime)\n"
                "  --data       .txt, .jsonl (\"text\" field) or pre-tokenized .bin\n"
                "  --tokenizer  tokenizer.bin / tokenizer.json / .gguf (default: the model's own)\n"
                "  --ctx        window length in tokens (default: 256)\n"
+               "  --threads    integer runtime threads (default 0: all CPUs)\n"
                "  --json       print one JSON object instead of text\n");
 }
 
 int cmd_eval(int argc, char **argv) {
     const char *model_path = NULL, *data_path = NULL, *tok_path = NULL;
-    long ctx = 0;
+    long ctx = 0, threads = 0;
     int json = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -38,6 +39,9 @@ int cmd_eval(int argc, char **argv) {
         } else if (!strcmp(a, "--ctx")) {
             const char *v = arg_next(argc, argv, &i);
             if (!v || arg_int("--ctx", v, 2, QD_MAX_CTX, &ctx)) return 2;
+        } else if (!strcmp(a, "--threads")) {
+            const char *v = arg_next(argc, argv, &i);
+            if (!v || arg_int("--threads", v, 0, QD_QRT_MAX_THREADS, &threads)) return 2;
         } else if (!strcmp(a, "--json")) {
             json = 1;
         } else {
@@ -53,7 +57,7 @@ int cmd_eval(int argc, char **argv) {
     }
     qd_err err = {{0}};
     runner r;
-    if (runner_open(&r, model_path, &err)) {
+    if (runner_open(&r, model_path, (int)threads, &err)) {
         fprintf(stderr, "quantd eval: %s\n", err.msg);
         return 1;
     }

@@ -11,10 +11,11 @@
 
 static void usage(FILE *f) {
     fprintf(f, "usage: quantd generate --model PATH|ART.qint.safetensors [--prompt S] [-n N] [--temp T] [--seed S]\n"
-               "                       [--tokenizer PATH]\n"
+               "                       [--tokenizer PATH] [--threads N]\n"
                "  -n         tokens to generate (default 128; stops early at BOS/EOS)\n"
                "  --temp     0 = greedy (default), else softmax temperature\n"
-               "  --seed     sampling seed (default 0)\n");
+               "  --seed     sampling seed (default 0)\n"
+               "  --threads  integer runtime threads (default 0: all CPUs)\n");
 }
 
 /* xorshift64*: small, fast, and the same sequence on every platform. */
@@ -42,7 +43,7 @@ static int sample(const float *logits, int V, float temp, uint64_t *rng) {
 
 int cmd_generate(int argc, char **argv) {
     const char *model_path = NULL, *tok_path = NULL, *prompt = NULL;
-    long n = 128;
+    long n = 128, threads = 0;
     double temp = 0;
     uint64_t seed = 0;
     for (int i = 1; i < argc; i++) {
@@ -63,6 +64,9 @@ int cmd_generate(int argc, char **argv) {
                 return 2;
         } else if (!strcmp(a, "--seed")) {
             if (!(v = arg_next(argc, argv, &i)) || arg_u64("--seed", v, &seed)) return 2;
+        } else if (!strcmp(a, "--threads")) {
+            if (!(v = arg_next(argc, argv, &i)) || arg_int("--threads", v, 0, QD_QRT_MAX_THREADS, &threads))
+                return 2;
         } else {
             fprintf(stderr, "quantd generate: unknown option '%s'\n", a);
             usage(stderr);
@@ -76,7 +80,7 @@ int cmd_generate(int argc, char **argv) {
     }
     qd_err err = {{0}};
     runner r;
-    if (runner_open(&r, model_path, &err)) {
+    if (runner_open(&r, model_path, (int)threads, &err)) {
         fprintf(stderr, "quantd generate: %s\n", err.msg);
         return 1;
     }

@@ -11,11 +11,14 @@ static int is_qint(const char *path) {
     return n >= k && !strcmp(path + n - k, suf);
 }
 
-int runner_open(runner *r, const char *path, qd_err *err) {
+int runner_open(runner *r, const char *path, int threads, qd_err *err) {
     memset(r, 0, sizeof *r);
     if (is_qint(path)) {
         r->kind = "int";
-        if (!(r->rt = qd_qrt_load(path, NULL, err))) return QD_ERR;
+        qd_qrt_opts o;
+        qd_qrt_defaults(&o);
+        o.threads = threads;
+        if (!(r->rt = qd_qrt_load(path, &o, err))) return QD_ERR;
         r->vocab_size = qd_qrt_model(r->rt)->cfg.vocab_size;
         return QD_OK;
     }

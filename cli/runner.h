@@ -18,8 +18,9 @@ typedef struct runner {
 } runner;
 
 /* Opens path: a name ending in .qint.safetensors is an integer artifact, anything else a
- * checkpoint. QD_ERR with err set. */
-int runner_open(runner *r, const char *path, qd_err *err);
+ * checkpoint. threads: the integer runtime's (qd_qrt_opts.threads, 0 = all CPUs). QD_ERR with
+ * err set. */
+int runner_open(runner *r, const char *path, int threads, qd_err *err);
 void runner_close(runner *r);
 
 /* The tokenizer for what r runs (see qd_tok_resolve). */

@@ -13,6 +13,7 @@
  * vpmaddwd, which is exact. */
 #include "quant/igemm.h"
 
+#include <assert.h>
 #include <cpuid.h>
 #include <immintrin.h>
 #include <stdlib.h>
@@ -579,6 +580,20 @@ void qd_igemm_n(const qd_igemm_w *w, int n_end, int M, const int8_t *A, size_t l
     v.N = n_end < w->N ? n_end : w->N;
     v.n_panels = (v.N + PANEL - 1) / PANEL;
     qd_igemm(&v, M, A, lda, C, ldc, isa);
+}
+
+void qd_igemm_cols(const qd_igemm_w *w, int n0, int n1, int M, const int8_t *A, size_t lda,
+                   int32_t *C, size_t ldc, qd_isa isa) {
+    assert(n0 >= 0 && n0 % PANEL == 0 && n0 < n1 && n1 <= w->N);
+    /* a view starting at panel n0/16: panels are 64-byte multiples, so alignment is kept, and
+     * the row sums and corrections move with it */
+    qd_igemm_w v = *w;
+    v.data = w->data + (size_t)(n0 / PANEL) * w->panel_stride;
+    v.rowsum = w->rowsum + n0;
+    v.corr = w->corr + n0;
+    v.N = n1 - n0;
+    v.n_panels = (v.N + PANEL - 1) / PANEL;
+    qd_igemm(&v, M, A, lda, C + n0, ldc, isa);
 }
 
 void qd_igemm(const qd_igemm_w *w, int M, const int8_t *A, size_t lda, int32_t *C, size_t ldc,

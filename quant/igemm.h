@@ -96,6 +96,13 @@ void qd_igemm_w_set_rows(qd_igemm_w *w, int n0, int nrows, const int8_t *rows, s
 void qd_igemm_n(const qd_igemm_w *w, int n_end, int M, const int8_t *A, size_t lda, int32_t *C,
                 size_t ldc, qd_isa isa);
 
+/* qd_igemm restricted to output channels n0..n1-1, n0 a multiple of 16 (one packed panel),
+ * 0 <= n0 < n1 <= N: C points at column 0 and only columns n0..n1-1 are written. The integer
+ * runtime splits a product over threads this way; every column gets the same int32 as in the
+ * whole product. */
+void qd_igemm_cols(const qd_igemm_w *w, int n0, int n1, int M, const int8_t *A, size_t lda,
+                   int32_t *C, size_t ldc, qd_isa isa);
+
 /* C (M, N) = A (M, K) x W^T with the chosen path (QD_ISA_AUTO: the best; an unsupported path
  * falls back to the best supported one). */
 void qd_igemm(const qd_igemm_w *w, int M, const int8_t *A, size_t lda, int32_t *C, size_t ldc,

@@ -7,13 +7,24 @@
  *   sum_k (a-za)(w-zw) = sum a*w - zw*sum a - za*sum w + K*za*zw,
  * so the igemm result needs a per-row constant c_n = bias_n - za*rowsum(w_n) + K*za*zw_n and,
  * for asymmetric weights, the row sum of a. The 16-bit LM-head input is split into a signed high
- * byte and an unsigned low byte (a = 256*hi + lo), two int8 matmuls, exact. */
+ * byte and an unsigned low byte (a = 256*hi + lo), two int8 matmuls, exact.
+ *
+ * Threads: a pool created with the runtime (qrt_pool) runs jobs of independent tasks. Within a
+ * forward, the linear layers and the LM head are split over output-channel panels, attention
+ * over (head, block of query rows); the evaluation entry point (qd_qrt_logits_fn) runs whole
+ * windows on different threads instead. A task writes only its own outputs, with the thread's
+ * own scratch (qrt_ws), and computes them with the same code whatever thread runs it, so the
+ * integers never depend on the thread count. */
 #include "quant/qrt.h"
 
+#include <assert.h>
 #include <immintrin.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "quant/intops.h"
 
@@ -55,11 +66,36 @@ typedef struct layer_rt {
     int exp_len;
 } layer_rt;
 
+/* Scratch of one thread. The activations (chunk rows) belong to a thread that runs a whole
+ * forward: ws[0] always, the others once windows run in parallel (allocated then); the
+ * attention scratch to every thread. */
+typedef struct qrt_ws {
+    int has_act;
+    int16_t *x, *x2, *t16, *hf, *lq;
+    int8_t *h8, *q8, *k8, *v8, *o8, *g8, *u8, *s8, *m8, *hi8, *lo8;
+    int32_t *acc, *acc2;      /* acc: (chunk, max(V, QD + 2 KVd, 2 F, D)), acc2: (chunk, V) */
+    int64_t *rs;              /* chunk: row sums of a linear layer's input */
+    /* reference attention: one row */
+    int16_t *score, *prob, *qc;
+    int64_t *work, *pvacc;
+    int32_t *pv32;
+    /* fast attention: QB query rows at a time */
+    int32_t *S, *work32;      /* (QB, ldS), ldS */
+    int16_t *P, *sc;          /* (QB, ldS), ldS */
+    int64_t *acc64, *vsum;    /* (QB, hdp), hdp */
+} qrt_ws;
+
+typedef struct qrt_pool qrt_pool;
+
 struct qd_qrt {
     const qd_qint *q;
     qd_qint *owned;
     qd_qrt_opts o;
     qd_isa isa;
+    int nthr;                 /* threads, the caller included */
+    long grain;               /* opts.par_grain */
+    qrt_pool *pool;           /* NULL when nthr == 1 */
+    qrt_ws *ws;               /* nthr */
     layer_rt *L;
     qd_qrope rope_master;     /* owns the cos/sin tables */
     qd_qmul *emb_m;           /* vocab: s_row / s_emb */
@@ -69,20 +105,8 @@ struct qd_qrt {
     qd_igemm_w *head_pw;
     float logit_scale;
     int32_t logit_zp;
-    /* scratch for chunk rows */
     int chunk;
-    int16_t *x, *x2, *t16, *hf;
-    int8_t *h8, *q8, *k8, *v8, *o8, *g8, *u8, *s8, *m8, *hi8, *lo8;
-    int32_t *acc, *acc2;
-    int16_t *score, *prob;
-    int64_t *work, *pvacc;
-    int32_t *pv32;
-    int16_t *qc;
     int max_T;
-    /* fast attention scratch: QB query rows at a time */
-    int32_t *S, *work32;      /* (QB, ldS), ldS */
-    int16_t *P, *sc;          /* (QB, ldS), ldS */
-    int64_t *acc64, *vsum;    /* (QB, hdp), hdp */
     int ldS, hdp;
 };
 
@@ -102,7 +126,162 @@ struct qd_qrt_kv {
 void qd_qrt_defaults(qd_qrt_opts *o) {
     o->isa = QD_ISA_AUTO;
     o->chunk = 64;
-    o->threads = 1;
+    o->threads = 0;
+    o->par_grain = 1L << 18;
+}
+
+/* ---------------------------------------------------------------- thread pool */
+
+/* threads - 1 workers (the caller is thread 0) that sleep on a condition variable between
+ * jobs. A job is ntasks tasks claimed one at a time from an atomic counter. pool_run returns
+ * once every task is done and no worker is inside the job, so a worker that wakes late can
+ * never claim a task of the next job with the old job's function. */
+typedef void (*pool_fn)(void *ctx, int task, int tid);
+
+typedef struct pool_arg {
+    qrt_pool *p;
+    int tid;
+} pool_arg;
+
+struct qrt_pool {
+    int n, started;
+    pthread_t *th;
+    pool_arg *args;
+    pthread_mutex_t mu;
+    pthread_cond_t go, done;
+    unsigned long gen;        /* bumped when a job is posted */
+    int stop;
+    pool_fn fn;               /* the current job */
+    void *ctx;
+    int ntasks, finished, inside;
+    atomic_int next;
+};
+
+static int pool_work(qrt_pool *p, pool_fn fn, void *ctx, int ntasks, int tid) {
+    int k = 0;
+    for (int t; (t = atomic_fetch_add(&p->next, 1)) < ntasks; k++) fn(ctx, t, tid);
+    return k;
+}
+
+static void *pool_main(void *arg) {
+    const pool_arg *a = arg;
+    qrt_pool *p = a->p;
+    unsigned long seen = 0;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (p->gen == seen && !p->stop) pthread_cond_wait(&p->go, &p->mu);
+        if (p->stop) break;
+        seen = p->gen;
+        pool_fn fn = p->fn;
+        void *ctx = p->ctx;
+        int nt = p->ntasks;
+        p->inside++;
+        pthread_mutex_unlock(&p->mu);
+        int k = pool_work(p, fn, ctx, nt, a->tid);
+        pthread_mutex_lock(&p->mu);
+        p->inside--;
+        p->finished += k;
+        if (p->finished == p->ntasks && !p->inside) pthread_cond_signal(&p->done);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+static void pool_free(qrt_pool *p) {
+    if (!p) return;
+    pthread_mutex_lock(&p->mu);
+    p->stop = 1;
+    pthread_cond_broadcast(&p->go);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < p->started; i++) pthread_join(p->th[i], NULL);
+    pthread_cond_destroy(&p->go);
+    pthread_cond_destroy(&p->done);
+    pthread_mutex_destroy(&p->mu);
+    free(p->th);
+    free(p->args);
+    free(p);
+}
+
+static qrt_pool *pool_new(int n, qd_err *err) {
+    qrt_pool *p = calloc(1, sizeof *p);
+    if (!p) return qd_errf(err, "%s: out of memory", __func__), NULL;
+    p->n = n;
+    p->th = calloc((size_t)n, sizeof *p->th);
+    p->args = calloc((size_t)n, sizeof *p->args);
+    atomic_init(&p->next, 0);
+    if (!p->th || !p->args || pthread_mutex_init(&p->mu, NULL)) {
+        free(p->th), free(p->args), free(p);
+        return qd_errf(err, "%s: out of memory", __func__), NULL;
+    }
+    pthread_cond_init(&p->go, NULL);
+    pthread_cond_init(&p->done, NULL);
+    for (int i = 1; i < n; i++) {
+        p->args[i] = (pool_arg){p, i};
+        int rc = pthread_create(&p->th[p->started], NULL, pool_main, &p->args[i]);
+        if (rc) {
+            pool_free(p);
+            return qd_errf(err, "%s: cannot start thread %d of %d: %s", __func__, i + 1, n,
+                           strerror(rc)), NULL;
+        }
+        p->started++;
+    }
+    return p;
+}
+
+static void pool_run(qrt_pool *p, int ntasks, pool_fn fn, void *ctx) {
+    pthread_mutex_lock(&p->mu);
+    while (p->inside) pthread_cond_wait(&p->done, &p->mu); /* late joiners of the last job */
+    p->fn = fn;
+    p->ctx = ctx;
+    p->ntasks = ntasks;
+    p->finished = 0;
+    atomic_store(&p->next, 0);
+    p->gen++;
+    pthread_cond_broadcast(&p->go);
+    pthread_mutex_unlock(&p->mu);
+    int k = pool_work(p, fn, ctx, ntasks, 0);
+    pthread_mutex_lock(&p->mu);
+    p->finished += k;
+    while (p->finished < ntasks || p->inside) pthread_cond_wait(&p->done, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* A task of the runtime: ctx, the task's index, the running thread's scratch. */
+typedef void (*par_fn)(void *ctx, int task, qrt_ws *ws);
+
+typedef struct par_call {
+    qd_qrt *rt;
+    par_fn fn;
+    void *ctx;
+} par_call;
+
+static void par_tramp(void *ctx, int task, int tid) {
+    par_call *c = ctx;
+    c->fn(c->ctx, task, &c->rt->ws[tid]);
+}
+
+/* Whether an operation of this many multiply-adds (roughly) goes to the pool: par set (the
+ * caller is thread 0, outside any job), a pool, and work reaching the grain. */
+static int par_go(const qd_qrt *rt, int par, double work) {
+    return par && rt->pool && work >= (double)rt->grain;
+}
+
+/* Parts to cut n panels into: a few per thread when going parallel (a preempted thread then
+ * leaves work to the others), else one. */
+static int par_parts(const qd_qrt *rt, int go, int n) {
+    int want = go ? 4 * rt->nthr : 1;
+    return n < want ? n : want;
+}
+
+/* Runs tasks 0..ntasks-1 on the pool when go, else in order on the calling thread with its
+ * scratch ws. */
+static void par_run(qd_qrt *rt, qrt_ws *ws, int go, int ntasks, par_fn fn, void *ctx) {
+    if (go && ntasks > 1) {
+        par_call c = {rt, fn, ctx};
+        pool_run(rt->pool, ntasks, par_tramp, &c);
+        return;
+    }
+    for (int t = 0; t < ntasks; t++) fn(ctx, t, ws);
 }
 
 static void lin_free(lin_rt *l) {
@@ -174,14 +353,15 @@ static int lin_init(lin_rt *L, const qd_qlin *w, const qd_qenc *in, const qd_qen
     return QD_OK;
 }
 
-/* Requantizes accumulators of M rows into out (int8 or int16 per out_bits). A is the input
- * (for the row sums when the weights are asymmetric). */
+/* Requantizes accumulators of M rows, columns n0..n1-1 (rows of L->rows values), into out
+ * (int8 or int16 per out_bits). rowsum_a: the input's row sums when the weights are
+ * asymmetric. */
 static void lin_epilogue(const lin_rt *L, int M, const int32_t *acc, const int64_t *rowsum_a,
-                         void *out) {
+                         void *out, int n0, int n1) {
     for (int i = 0; i < M; i++) {
         const int32_t *a = acc + (size_t)i * L->rows;
         int64_t sa = rowsum_a ? rowsum_a[i] : 0;
-        for (int n = 0; n < L->rows; n++) {
+        for (int n = n0; n < n1; n++) {
             int64_t v = (int64_t)a[n] + L->c[n] - (int64_t)L->zw[n] * sa;
             int32_t y = qd_clamp32(qd_qmul64(v, L->m[n]) + L->zo, L->lo, L->hi);
             if (L->out_bits <= 8) ((int8_t *)out)[(size_t)i * L->rows + n] = (int8_t)y;
@@ -196,11 +376,11 @@ static void lin_epilogue(const lin_rt *L, int M, const int32_t *acc, const int64
  * so round(v * M) is an int64 multiply and a rounded shift. acc2 (the LM head's low bytes):
  * v = 256*acc + acc2 + fc (fc then holds c + 128*rowsum(w)). */
 static void lin_epilogue_fast_c(const lin_rt *L, int M, const int32_t *acc, const int32_t *acc2,
-                                const int64_t *rowsum_a, void *out) {
+                                const int64_t *rowsum_a, void *out, int n0, int n1) {
     for (int i = 0; i < M; i++) {
         const int32_t *a = acc + (size_t)i * L->rows, *a2 = acc2 ? acc2 + (size_t)i * L->rows : NULL;
         int64_t sa = rowsum_a ? rowsum_a[i] : 0;
-        for (int n = 0; n < L->rows; n++) {
+        for (int n = n0; n < n1; n++) {
             int64_t v = (a2 ? 256 * (int64_t)a[n] + a2[n] : a[n]) + L->fc[n] - (int64_t)L->zw[n] * sa;
             int32_t y = qd_clamp32(qd_rshift_rne(v * L->fm[n], (int)L->fsh[n]) + L->zo, L->lo, L->hi);
             if (L->out_bits <= 8) ((int8_t *)out)[(size_t)i * L->rows + n] = (int8_t)y;
@@ -218,15 +398,15 @@ static inline T512 __m512i rne512(__m512i x, __m512i n, __m512i hm1) {
 }
 
 static T512 void lin_epilogue_512(const lin_rt *L, int M, const int32_t *acc, const int32_t *acc2,
-                                  const int64_t *rowsum_a, void *out) {
+                                  const int64_t *rowsum_a, void *out, int n0, int n1) {
     const __m512i zo = _mm512_set1_epi64(L->zo), lo = _mm512_set1_epi64(L->lo),
                   hi = _mm512_set1_epi64(L->hi);
     const int N = L->rows;
     for (int i = 0; i < M; i++) {
         const int32_t *a = acc + (size_t)i * N, *a2 = acc2 ? acc2 + (size_t)i * N : NULL;
         const __m512i sa = _mm512_set1_epi64(rowsum_a ? rowsum_a[i] : 0);
-        for (int n = 0; n < N; n += 8) {
-            __mmask8 k = N - n >= 8 ? 0xff : (__mmask8)((1u << (N - n)) - 1);
+        for (int n = n0; n < n1; n += 8) {
+            __mmask8 k = n1 - n >= 8 ? 0xff : (__mmask8)((1u << (n1 - n)) - 1);
             __m512i v = _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(k, a + n));
             if (a2)
                 v = _mm512_add_epi64(_mm512_slli_epi64(v, 8),
@@ -248,24 +428,101 @@ static T512 void lin_epilogue_512(const lin_rt *L, int M, const int32_t *acc, co
 }
 
 static void lin_requant(const qd_qrt *rt, const lin_rt *L, int M, const int32_t *acc,
-                        const int64_t *rowsum_a, void *out) {
-    if (rt->isa == QD_ISA_SCALAR || !L->fast) lin_epilogue(L, M, acc, rowsum_a, out);
-    else if (rt->isa == QD_ISA_AVX512_VNNI) lin_epilogue_512(L, M, acc, NULL, rowsum_a, out);
-    else lin_epilogue_fast_c(L, M, acc, NULL, rowsum_a, out);
+                        const int64_t *rowsum_a, void *out, int n0, int n1) {
+    if (rt->isa == QD_ISA_SCALAR || !L->fast) lin_epilogue(L, M, acc, rowsum_a, out, n0, n1);
+    else if (rt->isa == QD_ISA_AVX512_VNNI) lin_epilogue_512(L, M, acc, NULL, rowsum_a, out, n0, n1);
+    else lin_epilogue_fast_c(L, M, acc, NULL, rowsum_a, out, n0, n1);
 }
 
-static void lin_run(qd_qrt *rt, const lin_rt *L, int M, const int8_t *A, void *out) {
-    qd_igemm(L->pw, M, A, (size_t)L->cols, rt->acc, (size_t)L->rows, rt->isa);
-    int64_t *rs = NULL;
-    if (L->any_zw) {
-        rs = rt->work;
-        for (int i = 0; i < M; i++) {
-            int64_t s = 0;
-            for (int k = 0; k < L->cols; k++) s += A[(size_t)i * L->cols + k];
-            rs[i] = s;
+/* ---------------------------------------------------------------- linear layers as jobs */
+
+/* Up to 3 linear layers on one input (Q, K, V), or the SwiGLU pair (gate, up: then the SiLU
+ * table and the product for the same columns follow in the same task). Each layer's output
+ * channels are cut into panel ranges, one task each; accumulators per layer in acc. */
+typedef struct lin_job {
+    const qd_qrt *rt;
+    const layer_rt *Ly;       /* swiglu: the layer (SiLU table, product encodings) */
+    int M, nl, swiglu;
+    const int8_t *A;
+    const int64_t *rs;        /* row sums of A (asymmetric weights), or NULL */
+    const lin_rt *L[3];
+    void *out[3];
+    int32_t *acc[3];
+    int parts[3];             /* tasks per layer */
+    int8_t *s8, *m8;          /* swiglu: SiLU(gate) and the product */
+} lin_job;
+
+/* Output channels of part j of parts over a layer of N rows: whole panels of 16. */
+static void part_cols(int N, int j, int parts, int *n0, int *n1) {
+    int np = (N + 15) / 16;
+    *n0 = 16 * (int)((long)np * j / parts);
+    *n1 = 16 * (int)((long)np * (j + 1) / parts);
+    if (*n1 > N) *n1 = N;
+}
+
+static void lin_task(void *ctx, int t, qrt_ws *ws) {
+    const lin_job *J = ctx;
+    int i = 0;
+    while (t >= J->parts[i]) t -= J->parts[i++];
+    int n0, n1;
+    part_cols(J->L[i]->rows, t, J->parts[i], &n0, &n1);
+    for (int k = 0; k < (J->swiglu ? 2 : 1); k++, i++) {
+        const lin_rt *L = J->L[i];
+        qd_igemm_cols(L->pw, n0, n1, J->M, J->A, (size_t)L->cols, J->acc[i], (size_t)L->rows,
+                      J->rt->isa);
+        lin_requant(J->rt, L, J->M, J->acc[i], L->any_zw ? J->rs : NULL, J->out[i], n0, n1);
+    }
+    if (!J->swiglu) return;
+    const layer_rt *Ly = J->Ly;
+    size_t F = (size_t)J->L[0]->rows;
+    const int8_t *g8 = J->out[0], *u8 = J->out[1];
+    for (int r = 0; r < J->M; r++) {
+        size_t o = (size_t)r * F + n0, nf = (size_t)(n1 - n0);
+        qd_lut8_apply(Ly->silu, g8 + o, J->s8 + o, nf);
+        if (J->rt->isa == QD_ISA_SCALAR) {
+            for (size_t k = o; k < o + nf; k++) {
+                int32_t v = (J->s8[k] - Ly->z_silu) * (u8[k] - Ly->z_up);
+                J->m8[k] = (int8_t)qd_clamp32(qd_qmul32(v, Ly->mul_m) + Ly->z_dn, -128, 127);
+            }
+        } else {
+            qd_qmul_i8(J->s8 + o, Ly->z_silu, u8 + o, Ly->z_up, Ly->mul_m, Ly->z_dn, J->m8 + o, nf,
+                       J->rt->isa);
         }
     }
-    lin_requant(rt, L, M, rt->acc, rs, out);
+}
+
+/* Splits each layer of J into as many panel ranges as threads allow (a few per thread, so a
+ * preempted thread leaves work to the others) and runs the job. */
+static void lin_job_run(qd_qrt *rt, qrt_ws *ws, int par, lin_job *J) {
+    double work = 0;
+    int nt = 0;
+    size_t off = 0;
+    for (int i = 0; i < J->nl; i++) {
+        const lin_rt *L = J->L[i];
+        if (L->any_zw && !J->rs) { /* row sums of the shared input, once */
+            for (int r = 0; r < J->M; r++) {
+                int64_t s = 0;
+                for (int k = 0; k < L->cols; k++) s += J->A[(size_t)r * L->cols + k];
+                ws->rs[r] = s;
+            }
+            J->rs = ws->rs;
+        }
+        J->acc[i] = ws->acc + off;
+        off += (size_t)J->M * L->rows;
+        work += (double)J->M * L->rows * L->cols;
+    }
+    int go = par_go(rt, par, work);
+    for (int i = 0; i < J->nl; i++) {
+        J->parts[i] = J->swiglu && i == 1 ? 0 : par_parts(rt, go, (J->L[i]->rows + 15) / 16);
+        nt += J->parts[i];
+    }
+    par_run(rt, ws, go, nt, lin_task, J);
+}
+
+static void lin_run(qd_qrt *rt, qrt_ws *ws, int par, const lin_rt *L, int M, const int8_t *A,
+                    void *out) {
+    lin_job J = {.rt = rt, .M = M, .nl = 1, .A = A, .L = {L}, .out = {out}};
+    lin_job_run(rt, ws, par, &J);
 }
 
 static const qd_qenc *enc(const qd_qint *q, int l, int site) {
@@ -299,6 +556,54 @@ static int64_t gdev(const int16_t *g, int n, int32_t zg) {
     return m;
 }
 
+/* Activations for chunk rows (a thread that runs whole forwards). */
+static int ws_alloc_act(const qd_qrt *rt, qrt_ws *w, qd_err *err) {
+    if (w->has_act) return QD_OK;
+    const qd_config *c = &rt->q->cfg;
+    size_t C = (size_t)rt->chunk, D = c->dim, F = c->hidden_dim, V = c->vocab_size;
+    size_t QD = (size_t)c->n_heads * c->head_dim, KV = (size_t)c->n_kv_heads * c->head_dim;
+    size_t accw = V;
+    accw = QD + 2 * KV > accw ? QD + 2 * KV : accw;
+    accw = 2 * F > accw ? 2 * F : accw;
+    accw = D > accw ? D : accw;
+    w->x = malloc(C * D * 2), w->x2 = malloc(C * D * 2), w->t16 = malloc(C * D * 2);
+    w->hf = malloc(C * D * 2), w->lq = malloc(C * V * 2);
+    w->h8 = malloc(C * D), w->q8 = malloc(C * QD), w->k8 = malloc(C * KV), w->v8 = malloc(C * KV);
+    w->o8 = malloc(C * QD), w->g8 = malloc(C * F), w->u8 = malloc(C * F), w->s8 = malloc(C * F);
+    w->m8 = malloc(C * F), w->hi8 = malloc(C * D), w->lo8 = malloc(C * D);
+    w->acc = malloc(C * accw * 4), w->acc2 = malloc(C * V * 4), w->rs = malloc(C * 8);
+    if (!w->x || !w->x2 || !w->t16 || !w->hf || !w->lq || !w->h8 || !w->q8 || !w->k8 || !w->v8 ||
+        !w->o8 || !w->g8 || !w->u8 || !w->s8 || !w->m8 || !w->hi8 || !w->lo8 || !w->acc ||
+        !w->acc2 || !w->rs)
+        return qd_errf(err, "%s: out of memory for a chunk of %zu rows", __func__, C);
+    w->has_act = 1;
+    return QD_OK;
+}
+
+/* Attention scratch (every thread). */
+static int ws_alloc_attn(const qd_qrt *rt, qrt_ws *w, qd_err *err) {
+    size_t T = (size_t)rt->max_T, hd = (size_t)rt->q->cfg.head_dim;
+    size_t ldS = (size_t)rt->ldS, hdp = (size_t)rt->hdp;
+    w->score = malloc(T * 2), w->prob = malloc(T * 2), w->qc = malloc(hd * 2);
+    w->work = malloc(T * 8), w->pvacc = malloc(hd * 8), w->pv32 = malloc(hd * 4);
+    w->S = malloc(QB * ldS * 4), w->work32 = malloc(ldS * 4);
+    w->P = malloc(QB * ldS * 2), w->sc = malloc(ldS * 2);
+    w->acc64 = malloc(QB * hdp * 8), w->vsum = malloc(hdp * 8);
+    if (!w->score || !w->prob || !w->qc || !w->work || !w->pvacc || !w->pv32 || !w->S ||
+        !w->work32 || !w->P || !w->sc || !w->acc64 || !w->vsum)
+        return qd_errf(err, "%s: out of memory", __func__);
+    return QD_OK;
+}
+
+static void ws_free(qrt_ws *w) {
+    void *bufs[] = {w->x, w->x2, w->t16, w->hf, w->lq, w->h8, w->q8, w->k8, w->v8, w->o8,
+                    w->g8, w->u8, w->s8, w->m8, w->hi8, w->lo8, w->acc, w->acc2, w->rs,
+                    w->score, w->prob, w->qc, w->work, w->pvacc, w->pv32, w->S, w->work32,
+                    w->P, w->sc, w->acc64, w->vsum};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+    memset(w, 0, sizeof *w);
+}
+
 void qd_qrt_free(qd_qrt *rt) {
     if (!rt) return;
     if (rt->L)
@@ -311,11 +616,9 @@ void qd_qrt_free(qd_qrt *rt) {
     free(rt->emb_m);
     lin_free(&rt->head);
     qd_igemm_w_free(rt->head_pw);
-    void *bufs[] = {rt->x, rt->x2, rt->t16, rt->hf, rt->h8, rt->q8, rt->k8, rt->v8, rt->o8,
-                    rt->g8, rt->u8, rt->s8, rt->m8, rt->hi8, rt->lo8, rt->acc, rt->acc2,
-                    rt->score, rt->prob, rt->work, rt->pvacc, rt->pv32, rt->qc,
-                    rt->S, rt->work32, rt->P, rt->sc, rt->acc64, rt->vsum};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+    pool_free(rt->pool);
+    for (int t = 0; rt->ws && t < rt->nthr; t++) ws_free(&rt->ws[t]);
+    free(rt->ws);
     qd_qint_free(rt->owned);
     free(rt);
 }
@@ -329,10 +632,16 @@ qd_qrt *qd_qrt_new(const qd_qint *q, const qd_qrt_opts *o, qd_err *err) {
     else qd_qrt_defaults(&rt->o);
     rt->isa = rt->o.isa == QD_ISA_AUTO || !qd_isa_supported(rt->o.isa) ? qd_isa_best() : rt->o.isa;
     const qd_config *c = &q->cfg;
-    int nl = c->n_layers, D = c->dim, F = c->hidden_dim, hd = c->head_dim;
-    int QD = c->n_heads * hd, KV = c->n_kv_heads * hd, V = c->vocab_size;
+    int nl = c->n_layers, D = c->dim, hd = c->head_dim, V = c->vocab_size;
     rt->max_T = c->max_seq_len;
     rt->chunk = rt->o.chunk > 0 ? rt->o.chunk : 64;
+    rt->grain = rt->o.par_grain >= 0 ? rt->o.par_grain : 0;
+    rt->nthr = rt->o.threads;
+    if (rt->nthr <= 0) { /* all online CPUs */
+        long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+        rt->nthr = ncpu > 0 ? (int)(ncpu < QD_QRT_MAX_THREADS ? ncpu : QD_QRT_MAX_THREADS) : 1;
+    }
+    if (rt->nthr > QD_QRT_MAX_THREADS) rt->nthr = QD_QRT_MAX_THREADS;
     rt->L = calloc((size_t)nl, sizeof *rt->L);
     if (!rt->L) goto oom;
     /* RoPE tables once; per-site copies share them */
@@ -427,31 +736,15 @@ qd_qrt *qd_qrt_new(const qd_qint *q, const qd_qrt_opts *o, qd_err *err) {
         rt->head.fc[v] = rt->head.c[v] + 128 * (int64_t)qd_igemm_w_rowsum(rt->head.pw)[v];
     rt->logit_scale = elg->scale;
     rt->logit_zp = elg->zero_point;
-    /* scratch */
-    int C = rt->chunk, T = rt->max_T, Wd = F > QD ? F : QD;
-    Wd = Wd > D ? Wd : D;
-    int accw = V > Wd ? V : Wd;
-    rt->x = malloc((size_t)C * D * 2), rt->x2 = malloc((size_t)C * D * 2);
-    rt->t16 = malloc((size_t)C * D * 2), rt->hf = malloc((size_t)C * D * 2);
-    rt->h8 = malloc((size_t)C * D), rt->q8 = malloc((size_t)C * QD), rt->k8 = malloc((size_t)C * KV);
-    rt->v8 = malloc((size_t)C * KV), rt->o8 = malloc((size_t)C * QD);
-    rt->g8 = malloc((size_t)C * F), rt->u8 = malloc((size_t)C * F), rt->s8 = malloc((size_t)C * F);
-    rt->m8 = malloc((size_t)C * F), rt->hi8 = malloc((size_t)C * D), rt->lo8 = malloc((size_t)C * D);
-    rt->acc = malloc((size_t)C * accw * 4), rt->acc2 = malloc((size_t)C * accw * 4);
-    rt->score = malloc((size_t)T * 2), rt->prob = malloc((size_t)T * 2);
-    rt->work = malloc((size_t)(T > C ? T : C) * 8);
-    rt->pvacc = malloc((size_t)hd * 8), rt->pv32 = malloc((size_t)hd * 4);
-    rt->qc = malloc((size_t)hd * 2);
-    rt->ldS = (T + 1 + 15) & ~15;
+    /* scratch: per thread; the pool last, once nothing else can fail */
+    rt->ldS = (rt->max_T + 1 + 15) & ~15;
     rt->hdp = (hd + 15) & ~15;
-    rt->S = malloc((size_t)QB * rt->ldS * 4), rt->work32 = malloc((size_t)rt->ldS * 4);
-    rt->P = malloc((size_t)QB * rt->ldS * 2), rt->sc = malloc((size_t)rt->ldS * 2);
-    rt->acc64 = malloc((size_t)QB * rt->hdp * 8), rt->vsum = malloc((size_t)rt->hdp * 8);
-    if (!rt->S || !rt->work32 || !rt->P || !rt->sc || !rt->acc64 || !rt->vsum) goto oom;
-    if (!rt->x || !rt->x2 || !rt->t16 || !rt->hf || !rt->h8 || !rt->q8 || !rt->k8 || !rt->v8 ||
-        !rt->o8 || !rt->g8 || !rt->u8 || !rt->s8 || !rt->m8 || !rt->hi8 || !rt->lo8 || !rt->acc ||
-        !rt->acc2 || !rt->score || !rt->prob || !rt->work || !rt->pvacc || !rt->pv32 || !rt->qc)
-        goto oom;
+    rt->ws = calloc((size_t)rt->nthr, sizeof *rt->ws);
+    if (!rt->ws) goto oom;
+    for (int t = 0; t < rt->nthr; t++)
+        if (ws_alloc_attn(rt, &rt->ws[t], err)) goto fail;
+    if (ws_alloc_act(rt, &rt->ws[0], err)) goto fail;
+    if (rt->nthr > 1 && !(rt->pool = pool_new(rt->nthr, err))) goto fail;
     return rt;
 oom:
     qd_errf(err, "%s: out of memory", __func__);
@@ -536,50 +829,48 @@ static void kv_pack(qd_qrt_kv *kv, int l, int pos0, int n) {
 
 /* ---------------------------------------------------------------- attention */
 
-/* One query row (all heads) at position p against cache positions 0..p. */
-static void attend(qd_qrt *rt, const layer_rt *L, const int8_t *kc, const int8_t *vc,
-                   const int8_t *qrow, int p, int8_t *out) {
+/* Head h of one query row at position p against cache positions 0..p; scratch in ws. */
+static void attend(const qd_qrt *rt, qrt_ws *ws, const layer_rt *L, const int8_t *kc,
+                   const int8_t *vc, const int8_t *qrow, int p, int8_t *out, int h) {
     const qd_config *c = &rt->q->cfg;
     int hd = c->head_dim, nh = c->n_heads, grp = nh / c->n_kv_heads, KVd = c->n_kv_heads * hd;
-    int16_t *qc = rt->qc;
-    for (int h = 0; h < nh; h++) {
-        const int8_t *qh = qrow + (size_t)h * hd;
-        int kvh = h / grp;
-        int32_t qsum = 0;
-        for (int d = 0; d < hd; d++) {
-            qc[d] = (int16_t)(qh[d] - L->zq);
-            qsum += qc[d];
+    int16_t *qc = ws->qc;
+    const int8_t *qh = qrow + (size_t)h * hd;
+    int kvh = h / grp;
+    int32_t qsum = 0;
+    for (int d = 0; d < hd; d++) {
+        qc[d] = (int16_t)(qh[d] - L->zq);
+        qsum += qc[d];
+    }
+    /* scores: sum (q-zq)(k-zk) = sum qc*k - zk*sum qc */
+    for (int j = 0; j <= p; j++) {
+        const int8_t *kj = kc + (size_t)j * KVd + (size_t)kvh * hd;
+        int32_t s = 0;
+        for (int d = 0; d < hd; d++) s += qc[d] * kj[d];
+        s -= L->zk * qsum;
+        ws->score[j] = (int16_t)qd_clamp32(qd_qmul32(s, L->score_m) + L->z_score, L->score_lo, L->score_hi);
+    }
+    qd_qsoftmax_row(&L->sm, ws->score, p + 1, ws->prob, ws->work);
+    /* PV: sum_j (p_j - zp)(v_j - zv); int32 partial sums over blocks of 128 positions
+     * (|p - zp| < 2^16, |v| <= 2^7: 128 terms stay below 2^31), then int64 */
+    int64_t *acc = ws->pvacc;
+    int32_t *a32 = ws->pv32;
+    int64_t psum = 0;
+    for (int d = 0; d < hd; d++) acc[d] = 0;
+    for (int j0 = 0; j0 <= p; j0 += 128) {
+        int j1 = j0 + 128 <= p + 1 ? j0 + 128 : p + 1;
+        for (int d = 0; d < hd; d++) a32[d] = 0;
+        for (int j = j0; j < j1; j++) {
+            int32_t pc = ws->prob[j] - L->z_prob;
+            psum += pc;
+            const int8_t *vj = vc + (size_t)j * KVd + (size_t)kvh * hd;
+            for (int d = 0; d < hd; d++) a32[d] += pc * vj[d];
         }
-        /* scores: sum (q-zq)(k-zk) = sum qc*k - zk*sum qc */
-        for (int j = 0; j <= p; j++) {
-            const int8_t *kj = kc + (size_t)j * KVd + (size_t)kvh * hd;
-            int32_t s = 0;
-            for (int d = 0; d < hd; d++) s += qc[d] * kj[d];
-            s -= L->zk * qsum;
-            rt->score[j] = (int16_t)qd_clamp32(qd_qmul32(s, L->score_m) + L->z_score, L->score_lo, L->score_hi);
-        }
-        qd_qsoftmax_row(&L->sm, rt->score, p + 1, rt->prob, rt->work);
-        /* PV: sum_j (p_j - zp)(v_j - zv); int32 partial sums over blocks of 128 positions
-         * (|p - zp| < 2^16, |v| <= 2^7: 128 terms stay below 2^31), then int64 */
-        int64_t *acc = rt->pvacc;
-        int32_t *a32 = rt->pv32;
-        int64_t psum = 0;
-        for (int d = 0; d < hd; d++) acc[d] = 0;
-        for (int j0 = 0; j0 <= p; j0 += 128) {
-            int j1 = j0 + 128 <= p + 1 ? j0 + 128 : p + 1;
-            for (int d = 0; d < hd; d++) a32[d] = 0;
-            for (int j = j0; j < j1; j++) {
-                int32_t pc = rt->prob[j] - L->z_prob;
-                psum += pc;
-                const int8_t *vj = vc + (size_t)j * KVd + (size_t)kvh * hd;
-                for (int d = 0; d < hd; d++) a32[d] += pc * vj[d];
-            }
-            for (int d = 0; d < hd; d++) acc[d] += a32[d];
-        }
-        for (int d = 0; d < hd; d++) {
-            int64_t v = acc[d] - (int64_t)L->zv * psum;
-            out[(size_t)h * hd + d] = (int8_t)qd_clamp32(qd_qmul64(v, L->pv_m) + L->z_pv, -128, 127);
-        }
+        for (int d = 0; d < hd; d++) acc[d] += a32[d];
+    }
+    for (int d = 0; d < hd; d++) {
+        int64_t v = acc[d] - (int64_t)L->zv * psum;
+        out[(size_t)h * hd + d] = (int8_t)qd_clamp32(qd_qmul64(v, L->pv_m) + L->z_pv, -128, 127);
     }
 }
 
@@ -670,67 +961,126 @@ static T512 void pv_512(const int16_t *vp, int hdp, const int16_t *P, size_t ldp
  * scores requantized and softmaxed row by row (table exp), PV by pv_*, in exact integer
  * arithmetic before the one rounding. Rows are padded to an even J with p = z_prob, whose
  * terms (p - zp)(v - zv) vanish. */
-static void attend_fast(qd_qrt *rt, const layer_rt *L, qd_qrt_kv *kv, int l, int n, int pos0) {
+static void attend_fast(const qd_qrt *rt, qrt_ws *ws, const layer_rt *L, qd_qrt_kv *kv, int l,
+                        const int8_t *q8, int8_t *o8, int n, int pos0, int h, int i0) {
     const qd_config *c = &rt->q->cfg;
     int hd = c->head_dim, nh = c->n_heads, grp = nh / c->n_kv_heads, QD = nh * hd;
     int hdp = kv->hdp, ldS = rt->ldS;
-    for (int h = 0; h < nh; h++) {
-        int kvh = h / grp;
-        const qd_igemm_w *kp = kv->kp[l * kv->n_kv + kvh];
-        const int32_t *ksum = qd_igemm_w_rowsum(kp);
-        const int16_t *vp = kv->vp + ((size_t)l * kv->n_kv + kvh) * kv->JP * hdp * 2;
-        for (int i0 = 0; i0 < n; i0 += QB) {
-            int nb = n - i0 < QB ? n - i0 : QB;
-            int last = pos0 + i0 + nb - 1;      /* the block's last position */
-            int J = (last + 2) & ~1;            /* even, > last */
-            const int8_t *qb = rt->q8 + (size_t)i0 * QD + (size_t)h * hd;
-            qd_igemm_n(kp, last + 1, nb, qb, (size_t)QD, rt->S, (size_t)ldS, rt->isa);
-            int64_t psum[QB];
-            for (int r = 0; r < nb; r++) {
-                int lim = pos0 + i0 + r;
-                const int8_t *qh = qb + (size_t)r * QD;
-                uint32_t qcs = 0;
-                for (int d = 0; d < hd; d++) qcs += (uint32_t)(qh[d] - L->zq);
-                qd_qscore_row(rt->S + (size_t)r * ldS, ksum, L->zq, (int32_t)((uint32_t)L->zk * qcs),
-                              lim + 1, L->score_m, L->z_score, L->score_lo, L->score_hi, rt->sc,
-                              rt->isa);
-                int16_t *pr = rt->P + (size_t)r * ldS;
-                qd_qsoftmax_row_tab(&L->sm, L->exp_tab, L->exp_len, rt->sc, lim + 1, pr, rt->work32,
-                                    rt->isa);
-                int64_t ps = 0;
-                for (int j = lim + 1; j < J; j++) pr[j] = (int16_t)L->z_prob;
-                for (int j = 0; j < J; j++) ps += pr[j];
-                psum[r] = ps;
-            }
-            int64_t *vs = rt->vsum;
-            for (int d = 0; d < hd; d++) vs[d] = 0;
-            for (int j = 0; j < J; j += 2) {
-                const int16_t *v = vp + (size_t)(j / 2) * hdp * 2;
-                for (int d = 0; d < hd; d++) vs[d] += v[2 * d] + v[2 * d + 1];
-            }
-            if (rt->isa == QD_ISA_AVX512_VNNI) pv_512(vp, hdp, rt->P, (size_t)ldS, nb, J, rt->acc64);
-            else pv_c(vp, hdp, rt->P, (size_t)ldS, nb, J, rt->acc64);
-            int64_t zz = (int64_t)J * L->z_prob * L->zv;
-            for (int r = 0; r < nb; r++) {
-                int8_t *o = rt->o8 + (size_t)(i0 + r) * QD + (size_t)h * hd;
-                const int64_t *a = rt->acc64 + (size_t)r * hdp;
-                for (int d = 0; d < hd; d++) {
-                    int64_t v = a[d] - (int64_t)L->zv * psum[r] - (int64_t)L->z_prob * vs[d] + zz;
-                    int64_t y = v == (int32_t)v ? qd_qmul32((int32_t)v, L->pv_m) : qd_qmul64(v, L->pv_m);
-                    o[d] = (int8_t)qd_clamp32(y + L->z_pv, -128, 127);
-                }
-            }
+    int kvh = h / grp;
+    const qd_igemm_w *kp = kv->kp[l * kv->n_kv + kvh];
+    const int32_t *ksum = qd_igemm_w_rowsum(kp);
+    const int16_t *vp = kv->vp + ((size_t)l * kv->n_kv + kvh) * kv->JP * hdp * 2;
+    int nb = n - i0 < QB ? n - i0 : QB;
+    int last = pos0 + i0 + nb - 1;      /* the block's last position */
+    int J = (last + 2) & ~1;            /* even, > last */
+    const int8_t *qb = q8 + (size_t)i0 * QD + (size_t)h * hd;
+    qd_igemm_n(kp, last + 1, nb, qb, (size_t)QD, ws->S, (size_t)ldS, rt->isa);
+    int64_t psum[QB];
+    for (int r = 0; r < nb; r++) {
+        int lim = pos0 + i0 + r;
+        const int8_t *qh = qb + (size_t)r * QD;
+        uint32_t qcs = 0;
+        for (int d = 0; d < hd; d++) qcs += (uint32_t)(qh[d] - L->zq);
+        qd_qscore_row(ws->S + (size_t)r * ldS, ksum, L->zq, (int32_t)((uint32_t)L->zk * qcs),
+                      lim + 1, L->score_m, L->z_score, L->score_lo, L->score_hi, ws->sc,
+                      rt->isa);
+        int16_t *pr = ws->P + (size_t)r * ldS;
+        qd_qsoftmax_row_tab(&L->sm, L->exp_tab, L->exp_len, ws->sc, lim + 1, pr, ws->work32,
+                            rt->isa);
+        int64_t ps = 0;
+        for (int j = lim + 1; j < J; j++) pr[j] = (int16_t)L->z_prob;
+        for (int j = 0; j < J; j++) ps += pr[j];
+        psum[r] = ps;
+    }
+    int64_t *vs = ws->vsum;
+    for (int d = 0; d < hd; d++) vs[d] = 0;
+    for (int j = 0; j < J; j += 2) {
+        const int16_t *v = vp + (size_t)(j / 2) * hdp * 2;
+        for (int d = 0; d < hd; d++) vs[d] += v[2 * d] + v[2 * d + 1];
+    }
+    if (rt->isa == QD_ISA_AVX512_VNNI) pv_512(vp, hdp, ws->P, (size_t)ldS, nb, J, ws->acc64);
+    else pv_c(vp, hdp, ws->P, (size_t)ldS, nb, J, ws->acc64);
+    int64_t zz = (int64_t)J * L->z_prob * L->zv;
+    for (int r = 0; r < nb; r++) {
+        int8_t *o = o8 + (size_t)(i0 + r) * QD + (size_t)h * hd;
+        const int64_t *a = ws->acc64 + (size_t)r * hdp;
+        for (int d = 0; d < hd; d++) {
+            int64_t v = a[d] - (int64_t)L->zv * psum[r] - (int64_t)L->z_prob * vs[d] + zz;
+            int64_t y = v == (int32_t)v ? qd_qmul32((int32_t)v, L->pv_m) : qd_qmul64(v, L->pv_m);
+            o[d] = (int8_t)qd_clamp32(y + L->z_pv, -128, 127);
+        }
+    }
+}
+
+/* Attention of a chunk as a job: task = (head, block of QB query rows) on the fast path, (row,
+ * head) on the reference one. Blocks are numbered from the chunk's end: the costly ones (more
+ * positions) are claimed first. */
+typedef struct attn_job {
+    const qd_qrt *rt;
+    const layer_rt *L;
+    qd_qrt_kv *kv;
+    int l, n, pos0, fast, nblk;
+    const int8_t *q8, *kc, *vc;
+    int8_t *o8;
+} attn_job;
+
+static void attn_task(void *ctx, int t, qrt_ws *ws) {
+    const attn_job *J = ctx;
+    const qd_config *c = &J->rt->q->cfg;
+    int nh = c->n_heads, QD = nh * c->head_dim, h = t % nh;
+    if (J->fast) {
+        int i0 = (J->nblk - 1 - t / nh) * QB;
+        attend_fast(J->rt, ws, J->L, J->kv, J->l, J->q8, J->o8, J->n, J->pos0, h, i0);
+    } else {
+        int i = J->n - 1 - t / nh;
+        attend(J->rt, ws, J->L, J->kc, J->vc, J->q8 + (size_t)i * QD, J->pos0 + i,
+               J->o8 + (size_t)i * QD, h);
+    }
+}
+
+/* The LM head as a job over vocabulary panel ranges: both byte halves and the epilogue. */
+typedef struct head_job {
+    const qd_qrt *rt;
+    const qrt_ws *w;          /* hi8, lo8, rs in; acc, acc2 scratch */
+    int M, parts;
+    int16_t *out;
+} head_job;
+
+static void head_task(void *ctx, int t, qrt_ws *ws) {
+    const head_job *J = ctx;
+    const qd_qrt *rt = J->rt;
+    const lin_rt *H = &rt->head;
+    const qrt_ws *w = J->w;
+    int D = rt->q->cfg.dim, V = H->rows, n0, n1;
+    part_cols(V, t, J->parts, &n0, &n1);
+    qd_igemm_cols(H->pw, n0, n1, J->M, w->hi8, (size_t)D, w->acc, (size_t)V, rt->isa);
+    qd_igemm_cols(H->pw, n0, n1, J->M, w->lo8, (size_t)D, w->acc2, (size_t)V, rt->isa);
+    if (rt->isa != QD_ISA_SCALAR && H->fast) {
+        if (rt->isa == QD_ISA_AVX512_VNNI) lin_epilogue_512(H, J->M, w->acc, w->acc2, w->rs, J->out, n0, n1);
+        else lin_epilogue_fast_c(H, J->M, w->acc, w->acc2, w->rs, J->out, n0, n1);
+        return;
+    }
+    const int32_t *wrs = qd_igemm_w_rowsum(H->pw);
+    for (int i = 0; i < J->M; i++) {
+        int64_t sa = w->rs[i];
+        for (int v = n0; v < n1; v++) {
+            size_t k = (size_t)i * V + v;
+            int64_t dot = 256 * (int64_t)w->acc[k] + w->acc2[k] + 128 * (int64_t)wrs[v];
+            int64_t a = dot + H->c[v] - (int64_t)H->zw[v] * sa;
+            J->out[k] = (int16_t)qd_clamp32(qd_qmul64(a, H->m[v]) + H->zo, H->lo, H->hi);
         }
     }
 }
 
 /* ---------------------------------------------------------------- forward */
 
-static int forward_chunk(qd_qrt *rt, qd_qrt_kv *kv, const int *tokens, int n, int pos0,
-                         int16_t *logits_q, qd_err *err) {
+/* One chunk of n tokens with the activations of w. par: the caller is thread 0 and may use
+ * the pool (not when it runs one window of a parallel evaluation). */
+static int forward_chunk(qd_qrt *rt, qrt_ws *w, int par, qd_qrt_kv *kv, const int *tokens, int n,
+                         int pos0, int16_t *logits_q, qd_err *err) {
     const qd_qint *q = rt->q;
     const qd_config *c = &q->cfg;
-    int D = c->dim, F = c->hidden_dim, hd = c->head_dim, V = c->vocab_size;
+    int D = c->dim, hd = c->head_dim, V = c->vocab_size;
     int QD = c->n_heads * hd, KVd = c->n_kv_heads * hd;
     /* embedding: 8-bit row -> EMB (16-bit) */
     for (int i = 0; i < n; i++) {
@@ -739,110 +1089,82 @@ static int forward_chunk(qd_qrt *rt, qd_qrt_kv *kv, const int *tokens, int n, in
         const int8_t *row = (const int8_t *)q->emb.q + (size_t)t * D;
         int32_t zr = q->emb.zero_point[q->emb.per_channel ? t : 0];
         for (int d = 0; d < D; d++)
-            rt->x[(size_t)i * D + d] =
+            w->x[(size_t)i * D + d] =
                 (int16_t)qd_clamp32(qd_qmul32(row[d] - zr, rt->emb_m[t]) + rt->z_emb, -32768, 32767);
     }
     for (int l = 0; l < c->n_layers; l++) {
         layer_rt *L = &rt->L[l];
         int8_t *kc = kv->k + (size_t)l * kv->max_T * KVd, *vc = kv->v + (size_t)l * kv->max_T * KVd;
-        for (int i = 0; i < n; i++) qd_qnorm_row_isa(&L->n1, rt->x + (size_t)i * D, L->g1, rt->h8 + (size_t)i * D, rt->isa);
-        lin_run(rt, &L->w[QD_W_Q], n, rt->h8, rt->q8);
-        lin_run(rt, &L->w[QD_W_K], n, rt->h8, rt->k8);
-        lin_run(rt, &L->w[QD_W_V], n, rt->h8, rt->v8);
+        for (int i = 0; i < n; i++) qd_qnorm_row_isa(&L->n1, w->x + (size_t)i * D, L->g1, w->h8 + (size_t)i * D, rt->isa);
+        lin_job qkv = {.rt = rt, .M = n, .nl = 3, .A = w->h8,
+                       .L = {&L->w[QD_W_Q], &L->w[QD_W_K], &L->w[QD_W_V]}, .out = {w->q8, w->k8, w->v8}};
+        lin_job_run(rt, w, par, &qkv);
         for (int i = 0; i < n; i++) {
             int p = pos0 + i;
-            qd_qrope_apply_isa(&L->rq, rt->q8 + (size_t)i * QD, rt->q8 + (size_t)i * QD, c->n_heads, p, rt->isa);
-            qd_qrope_apply_isa(&L->rk, rt->k8 + (size_t)i * KVd, kc + (size_t)p * KVd, c->n_kv_heads, p, rt->isa);
-            memcpy(vc + (size_t)p * KVd, rt->v8 + (size_t)i * KVd, (size_t)KVd);
+            qd_qrope_apply_isa(&L->rq, w->q8 + (size_t)i * QD, w->q8 + (size_t)i * QD, c->n_heads, p, rt->isa);
+            qd_qrope_apply_isa(&L->rk, w->k8 + (size_t)i * KVd, kc + (size_t)p * KVd, c->n_kv_heads, p, rt->isa);
+            memcpy(vc + (size_t)p * KVd, w->v8 + (size_t)i * KVd, (size_t)KVd);
         }
         kv_pack(kv, l, pos0, n);
-        if (rt->isa != QD_ISA_SCALAR && L->fast_attn)
-            attend_fast(rt, L, kv, l, n, pos0);
-        else
-            for (int i = 0; i < n; i++)
-                attend(rt, L, kc, vc, rt->q8 + (size_t)i * QD, pos0 + i, rt->o8 + (size_t)i * QD);
-        lin_run(rt, &L->w[QD_W_O], n, rt->o8, rt->t16);
-        qd_qadd_i16_isa(&L->res1, rt->x, rt->t16, rt->x2, (size_t)n * D, rt->isa);
-        for (int i = 0; i < n; i++) qd_qnorm_row_isa(&L->n2, rt->x2 + (size_t)i * D, L->g2, rt->h8 + (size_t)i * D, rt->isa);
-        lin_run(rt, &L->w[QD_W_GATE], n, rt->h8, rt->g8);
-        lin_run(rt, &L->w[QD_W_UP], n, rt->h8, rt->u8);
-        size_t nf = (size_t)n * F;
-        qd_lut8_apply(L->silu, rt->g8, rt->s8, nf);
-        if (rt->isa == QD_ISA_SCALAR) {
-            for (size_t i = 0; i < nf; i++) {
-                int32_t v = (rt->s8[i] - L->z_silu) * (rt->u8[i] - L->z_up);
-                rt->m8[i] = (int8_t)qd_clamp32(qd_qmul32(v, L->mul_m) + L->z_dn, -128, 127);
-            }
-        } else {
-            qd_qmul_i8(rt->s8, L->z_silu, rt->u8, L->z_up, L->mul_m, L->z_dn, rt->m8, nf, rt->isa);
-        }
-        lin_run(rt, &L->w[QD_W_DOWN], n, rt->m8, rt->t16);
-        qd_qadd_i16_isa(&L->res2, rt->x2, rt->t16, rt->x, (size_t)n * D, rt->isa);
+        attn_job aj = {.rt = rt, .L = L, .kv = kv, .l = l, .n = n, .pos0 = pos0,
+                       .fast = rt->isa != QD_ISA_SCALAR && L->fast_attn, .nblk = (n + QB - 1) / QB,
+                       .q8 = w->q8, .kc = kc, .vc = vc, .o8 = w->o8};
+        par_run(rt, w, par_go(rt, par, (double)c->n_heads * n * (pos0 + n) * hd),
+                c->n_heads * (aj.fast ? aj.nblk : n), attn_task, &aj);
+        lin_run(rt, w, par, &L->w[QD_W_O], n, w->o8, w->t16);
+        qd_qadd_i16_isa(&L->res1, w->x, w->t16, w->x2, (size_t)n * D, rt->isa);
+        for (int i = 0; i < n; i++) qd_qnorm_row_isa(&L->n2, w->x2 + (size_t)i * D, L->g2, w->h8 + (size_t)i * D, rt->isa);
+        lin_job ffn = {.rt = rt, .Ly = L, .M = n, .nl = 2, .swiglu = 1, .A = w->h8,
+                       .L = {&L->w[QD_W_GATE], &L->w[QD_W_UP]}, .out = {w->g8, w->u8},
+                       .s8 = w->s8, .m8 = w->m8};
+        lin_job_run(rt, w, par, &ffn);
+        lin_run(rt, w, par, &L->w[QD_W_DOWN], n, w->m8, w->t16);
+        qd_qadd_i16_isa(&L->res2, w->x2, w->t16, w->x, (size_t)n * D, rt->isa);
     }
-    for (int i = 0; i < n; i++) qd_qnorm_row_isa(&rt->nf, rt->x + (size_t)i * D, q->final_norm.q, rt->hf + (size_t)i * D, rt->isa);
+    for (int i = 0; i < n; i++) qd_qnorm_row_isa(&rt->nf, w->x + (size_t)i * D, q->final_norm.q, w->hf + (size_t)i * D, rt->isa);
     /* LM head on a 16-bit input: a = 256*hi + lo, hi = a >> 8 (signed), lo - 128 signed */
     for (size_t i = 0; i < (size_t)n * D; i++) {
-        int32_t a = rt->hf[i];
-        rt->hi8[i] = (int8_t)(a >> 8);
-        rt->lo8[i] = (int8_t)((a & 255) - 128);
-    }
-    const lin_rt *H = &rt->head;
-    qd_igemm(H->pw, n, rt->hi8, (size_t)D, rt->acc, (size_t)V, rt->isa);
-    qd_igemm(H->pw, n, rt->lo8, (size_t)D, rt->acc2, (size_t)V, rt->isa);
-    const int32_t *wrs = qd_igemm_w_rowsum(H->pw);
-    if (rt->isa != QD_ISA_SCALAR && H->fast) {
-        int64_t *sa = rt->work;
-        for (int i = 0; i < n; i++) {
-            int64_t s = 0;
-            for (int d = 0; d < D; d++) s += rt->hf[(size_t)i * D + d];
-            sa[i] = s;
-        }
-        if (rt->isa == QD_ISA_AVX512_VNNI) lin_epilogue_512(H, n, rt->acc, rt->acc2, sa, logits_q);
-        else lin_epilogue_fast_c(H, n, rt->acc, rt->acc2, sa, logits_q);
-        return QD_OK;
+        int32_t a = w->hf[i];
+        w->hi8[i] = (int8_t)(a >> 8);
+        w->lo8[i] = (int8_t)((a & 255) - 128);
     }
     for (int i = 0; i < n; i++) {
-        int64_t sa = 0;
-        for (int d = 0; d < D; d++) sa += rt->hf[(size_t)i * D + d];
-        for (int v = 0; v < V; v++) {
-            size_t k = (size_t)i * V + v;
-            int64_t dot = 256 * (int64_t)rt->acc[k] + rt->acc2[k] + 128 * (int64_t)wrs[v];
-            int64_t a = dot + H->c[v] - (int64_t)H->zw[v] * sa;
-            logits_q[k] = (int16_t)qd_clamp32(qd_qmul64(a, H->m[v]) + H->zo, H->lo, H->hi);
-        }
+        int64_t s = 0;
+        for (int d = 0; d < D; d++) s += w->hf[(size_t)i * D + d];
+        w->rs[i] = s;
     }
+    int go = par_go(rt, par, 2.0 * n * D * V);
+    head_job hj = {.rt = rt, .w = w, .M = n, .parts = par_parts(rt, go, (V + 15) / 16), .out = logits_q};
+    par_run(rt, w, go, hj.parts, head_task, &hj);
     return QD_OK;
 }
 
-int qd_qrt_forward_int(qd_qrt *rt, qd_qrt_kv *kv, const int *tokens, int n, int pos0,
-                       int16_t *logits_q, qd_err *err) {
+/* Feeds n tokens in chunks; logits as int16 (lq) and, when logits is not NULL, as floats. */
+static int forward_rows(qd_qrt *rt, qrt_ws *w, int par, qd_qrt_kv *kv, const int *tokens, int n,
+                        int pos0, int16_t *lq, float *logits, qd_err *err) {
     if (n <= 0 || pos0 < 0 || pos0 + n > kv->max_T)
         return qd_errf(err, "%s: positions %d..%d outside the cache of %d", __func__, pos0,
                        pos0 + n - 1, kv->max_T);
     int V = rt->q->cfg.vocab_size;
     for (int i = 0; i < n; i += rt->chunk) {
         int m = n - i < rt->chunk ? n - i : rt->chunk;
-        if (forward_chunk(rt, kv, tokens + i, m, pos0 + i, logits_q + (size_t)i * V, err))
-            return QD_ERR;
+        int16_t *dst = logits ? w->lq : lq + (size_t)i * V;
+        if (forward_chunk(rt, w, par, kv, tokens + i, m, pos0 + i, dst, err)) return QD_ERR;
+        /* the API boundary: logits leave the integer model as floats */
+        for (size_t k = 0; logits && k < (size_t)m * V; k++)
+            logits[(size_t)i * V + k] = rt->logit_scale * (float)(dst[k] - rt->logit_zp);
     }
     return QD_OK;
 }
 
+int qd_qrt_forward_int(qd_qrt *rt, qd_qrt_kv *kv, const int *tokens, int n, int pos0,
+                       int16_t *logits_q, qd_err *err) {
+    return forward_rows(rt, &rt->ws[0], 1, kv, tokens, n, pos0, logits_q, NULL, err);
+}
+
 int qd_qrt_forward(qd_qrt *rt, qd_qrt_kv *kv, const int *tokens, int n, int pos0, float *logits,
                    qd_err *err) {
-    int V = rt->q->cfg.vocab_size;
-    int16_t *lq = malloc((size_t)rt->chunk * V * sizeof *lq);
-    if (!lq) return qd_errf(err, "%s: out of memory", __func__);
-    int rc = QD_OK;
-    for (int i = 0; i < n && rc == QD_OK; i += rt->chunk) {
-        int m = n - i < rt->chunk ? n - i : rt->chunk;
-        rc = qd_qrt_forward_int(rt, kv, tokens + i, m, pos0 + i, lq, err);
-        /* the API boundary: logits leave the integer model as floats */
-        for (size_t k = 0; rc == QD_OK && k < (size_t)m * V; k++)
-            logits[(size_t)i * V + k] = rt->logit_scale * (float)(lq[k] - rt->logit_zp);
-    }
-    free(lq);
-    return rc;
+    return forward_rows(rt, &rt->ws[0], 1, kv, tokens, n, pos0, NULL, logits, err);
 }
 
 int qd_qrt_decode_step(qd_qrt *rt, qd_qrt_kv *kv, int token, int pos, float *logits,
@@ -850,14 +1172,58 @@ int qd_qrt_decode_step(qd_qrt *rt, qd_qrt_kv *kv, int token, int pos, float *log
     return qd_qrt_forward(rt, kv, &token, 1, pos, logits, err);
 }
 
+/* Evaluation windows on the pool: window b on whatever thread claims it, with that thread's
+ * activations and cache. */
+typedef struct win_job {
+    qd_qrt *rt;
+    qd_qrt_kv **kv;           /* per thread, made on first use */
+    const int *tokens;
+    int T;
+    float *logits;
+    int *rc;                  /* per window */
+    qd_err *errs;             /* per window */
+} win_job;
+
+static void win_task(void *ctx, int b, qrt_ws *ws) {
+    win_job *J = ctx;
+    qd_qrt *rt = J->rt;
+    int tid = (int)(ws - rt->ws);
+    if (!J->kv[tid] && !(J->kv[tid] = qd_qrt_kv_new(rt, J->T, &J->errs[b]))) {
+        J->rc[b] = QD_ERR;
+        return;
+    }
+    J->rc[b] = forward_rows(rt, ws, 0, J->kv[tid], J->tokens + (size_t)b * J->T, J->T, 0, NULL,
+                            J->logits + (size_t)b * J->T * rt->q->cfg.vocab_size, &J->errs[b]);
+}
+
 int qd_qrt_logits_fn(void *ctx, const int *tokens, int B, int T, float *logits, qd_err *err) {
     qd_qrt *rt = ctx;
+    int V = rt->q->cfg.vocab_size;
+    if (rt->pool && B > 1) {
+        for (int t = 1; t < rt->nthr; t++)
+            if (ws_alloc_act(rt, &rt->ws[t], err)) return QD_ERR;
+        qd_qrt_kv **kv = calloc((size_t)rt->nthr, sizeof *kv);
+        int *rc = calloc((size_t)B, sizeof *rc);
+        qd_err *errs = calloc((size_t)B, sizeof *errs);
+        int ret = QD_OK;
+        if (!kv || !rc || !errs) {
+            ret = qd_errf(err, "%s: out of memory", __func__);
+        } else {
+            win_job J = {rt, kv, tokens, T, logits, rc, errs};
+            par_call pc = {rt, win_task, &J};
+            pool_run(rt->pool, B, par_tramp, &pc);
+            for (int b = 0; b < B && ret == QD_OK; b++)
+                if (rc[b]) *err = errs[b], ret = QD_ERR;
+        }
+        for (int t = 0; kv && t < rt->nthr; t++) qd_qrt_kv_free(kv[t]);
+        free(kv), free(rc), free(errs);
+        return ret;
+    }
     qd_qrt_kv *kv = qd_qrt_kv_new(rt, T, err);
     if (!kv) return QD_ERR;
     int rc = QD_OK;
     for (int b = 0; b < B && rc == QD_OK; b++)
-        rc = qd_qrt_forward(rt, kv, tokens + (size_t)b * T, T, 0,
-                            logits + (size_t)b * T * rt->q->cfg.vocab_size, err);
+        rc = qd_qrt_forward(rt, kv, tokens + (size_t)b * T, T, 0, logits + (size_t)b * T * V, err);
     qd_qrt_kv_free(kv);
     return rc;
 }

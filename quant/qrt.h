@@ -4,7 +4,12 @@
  * fixed-point RoPE, int8 KV cache (intops.h). Floats are used only in qd_qrt_new (tables and
  * multipliers) and to hand back logits as float at the API boundary (q_logit * scale).
  *
- * Single-threaded; not thread-safe per instance: a qd_qrt owns its scratch buffers. */
+ * Threads: a qd_qrt owns a small pool (opts.threads, default all online CPUs) created with it
+ * and joined by qd_qrt_free; idle workers sleep on a condition variable. A forward splits its
+ * matmuls over output channels, attention over heads and query blocks, the LM head over
+ * vocabulary rows; qd_qrt_logits_fn runs whole windows on different threads. The integers are
+ * the same for every thread count and ISA-independent as before. One call at a time per
+ * instance: a qd_qrt owns its scratch buffers. */
 #ifndef QD_QRT_H
 #define QD_QRT_H
 
@@ -14,11 +19,17 @@
 typedef struct qd_qrt qd_qrt;
 typedef struct qd_qrt_kv qd_qrt_kv;
 
+#define QD_QRT_MAX_THREADS 256
+
 typedef struct qd_qrt_opts {
     qd_isa isa;        /* QD_ISA_AUTO: the best path the CPU supports */
     int chunk;         /* tokens processed per batch of matmuls (default 64) */
-    int threads;       /* threads the caller allows (default 1). The runtime currently runs on
-                        * one thread whatever the value; results never depend on it. */
+    int threads;       /* threads, the caller's included; 0 (default): the number of online
+                        * CPUs; 1: no pool. At most QD_QRT_MAX_THREADS. Results never depend
+                        * on it. */
+    long par_grain;    /* an operation of fewer multiply-adds than this runs on the calling
+                        * thread alone (waking the pool costs more); default 2^18, 0 splits
+                        * everything (tests) */
 } qd_qrt_opts;
 
 void qd_qrt_defaults(qd_qrt_opts *o);

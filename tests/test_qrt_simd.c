@@ -3,10 +3,15 @@
  * inputs with odd lengths and extreme values, the packed-K GEMM restricted to a column prefix,
  * and whole random models (GQA, odd and large head sizes, biases, odd chunking, incremental
  * decoding) run with every ISA against QD_ISA_SCALAR, which takes the reference code. Paths
- * this CPU cannot run print SKIP. */
+ * this CPU cannot run print SKIP. Threads: every ISA with 1, 2 and 3 threads (every operation
+ * split, par_grain 0), batched, incremental and through qd_qrt_logits_fn (windows on
+ * different threads), equals the single-thread scalar reference bit for bit, on the random
+ * models and on stories260K. */
 #include <stdint.h>
 
+#include "quant/data.h"
 #include "quant/intops.h"
+#include "quant/loadtok.h"
 #include "quant/qrt.h"
 #include "tests/check.h"
 
@@ -186,8 +191,59 @@ static qd_qint *rnd_qint(const qd_config *c, int wbits, uint64_t seed, int **ids
     return q;
 }
 
-static void test_models(void) {
+/* q run with every ISA x threads {1, 2, 3} against the scalar single-thread reference:
+ * a batched forward of T tokens, the same fed incrementally, and B windows through
+ * qd_qrt_logits_fn (float logits, compared bit for bit). ids: at least B * T tokens. */
+static void check_threads(const qd_qint *q, const int *ids, int T, int B, int chunk,
+                          const char *what) {
     qd_err err;
+    int V = q->cfg.vocab_size;
+    size_t nl = (size_t)T * V, nf = (size_t)B * T * V;
+    int16_t *l0 = malloc(sizeof(int16_t) * nl), *l1 = malloc(sizeof(int16_t) * nl);
+    float *f0 = malloc(sizeof(float) * nf), *f1 = malloc(sizeof(float) * nf);
+    qd_qrt_opts o;
+    qd_qrt_defaults(&o);
+    o.isa = QD_ISA_SCALAR;
+    o.threads = 1;
+    qd_qrt *ref = qd_qrt_new(q, &o, &err);
+    CHECK(ref != NULL, "%s", err.msg);
+    qd_qrt_kv *kv = ref ? qd_qrt_kv_new(ref, T, &err) : NULL;
+    if (!kv) goto out;
+    CHECK(qd_qrt_forward_int(ref, kv, ids, T, 0, l0, &err) == QD_OK, "%s", err.msg);
+    CHECK(qd_qrt_logits_fn(ref, ids, B, T, f0, &err) == QD_OK, "%s", err.msg);
+    for (int isa = 0; isa < QD_ISA_COUNT; isa++) {
+        if (!qd_isa_supported((qd_isa)isa)) { printf("SKIP %s\n", qd_isa_name((qd_isa)isa)); continue; }
+        for (int th = 1; th <= 3; th++) {
+            if (isa == QD_ISA_SCALAR && th == 1) continue; /* the reference itself */
+            o.isa = (qd_isa)isa;
+            o.threads = th;
+            o.chunk = chunk;
+            o.par_grain = 0; /* split every operation, however small */
+            qd_qrt *rt = qd_qrt_new(q, &o, &err);
+            CHECK(rt != NULL, "%s", err.msg);
+            if (!rt) continue;
+            const char *in = qd_isa_name((qd_isa)isa);
+            memset(l1, 0, sizeof(int16_t) * nl);
+            CHECK(qd_qrt_forward_int(rt, kv, ids, T, 0, l1, &err) == QD_OK, "%s", err.msg);
+            CHECK(!memcmp(l0, l1, sizeof(int16_t) * nl), "%s %s %dt: batched logits differ", what, in, th);
+            /* incremental: a few single tokens, then the rest */
+            for (int t = 0; t < 5; t++)
+                CHECK(qd_qrt_forward_int(rt, kv, ids + t, 1, t, l1 + (size_t)t * V, &err) == QD_OK, "%s", err.msg);
+            CHECK(qd_qrt_forward_int(rt, kv, ids + 5, T - 5, 5, l1 + (size_t)5 * V, &err) == QD_OK, "%s", err.msg);
+            CHECK(!memcmp(l0, l1, sizeof(int16_t) * nl), "%s %s %dt: incremental logits differ", what, in, th);
+            memset(f1, 0, sizeof(float) * nf);
+            CHECK(qd_qrt_logits_fn(rt, ids, B, T, f1, &err) == QD_OK, "%s", err.msg);
+            CHECK(!memcmp(f0, f1, sizeof(float) * nf), "%s %s %dt: windows differ", what, in, th);
+            qd_qrt_free(rt);
+        }
+    }
+out:
+    qd_qrt_kv_free(kv);
+    qd_qrt_free(ref);
+    free(l0), free(l1), free(f0), free(f1);
+}
+
+static void test_models(void) {
     qd_config cs[] = {
         {.arch = "llama", .dim = 48, .hidden_dim = 100, .n_layers = 2, .n_heads = 6, .n_kv_heads = 2, .head_dim = 8,
          .vocab_size = 300, .max_seq_len = 150, .norm_eps = 1e-5f, .rope_theta = 10000, .qkv_bias = 1,
@@ -201,43 +257,45 @@ static void test_models(void) {
     };
     for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++)
         for (int wb = 8; wb >= 4; wb -= 4) {
-            int T = cs[ci].max_seq_len, *ids = NULL, V = cs[ci].vocab_size;
+            int T = cs[ci].max_seq_len, *ids = NULL;
             qd_qint *q = rnd_qint(&cs[ci], wb, 77 + ci, &ids, T);
-            if (!q) { free(ids); continue; }
-            int16_t *l0 = malloc(sizeof(int16_t) * T * V), *l1 = malloc(sizeof(int16_t) * T * V);
-            qd_qrt_opts o;
-            qd_qrt_defaults(&o);
-            o.isa = QD_ISA_SCALAR;
-            qd_qrt *ref = qd_qrt_new(q, &o, &err);
-            CHECK(ref != NULL, "%s", err.msg);
-            qd_qrt_kv *kv = ref ? qd_qrt_kv_new(ref, T, &err) : NULL;
-            if (!kv) goto next;
-            CHECK(qd_qrt_forward_int(ref, kv, ids + 2 * T, T, 0, l0, &err) == QD_OK, "%s", err.msg);
-            for (int isa = 1; isa < QD_ISA_COUNT; isa++) {
-                if (!qd_isa_supported((qd_isa)isa)) { printf("SKIP %s\n", qd_isa_name((qd_isa)isa)); continue; }
-                o.isa = (qd_isa)isa;
-                o.chunk = ci % 2 ? 64 : 23;
-                qd_qrt *rt = qd_qrt_new(q, &o, &err);
-                CHECK(rt != NULL, "%s", err.msg);
-                if (!rt) continue;
-                memset(l1, 0, sizeof(int16_t) * T * V);
-                CHECK(qd_qrt_forward_int(rt, kv, ids + 2 * T, T, 0, l1, &err) == QD_OK, "%s", err.msg);
-                CHECK(!memcmp(l0, l1, sizeof(int16_t) * T * V), "model %zu W%d %s: batched logits differ", ci, wb,
-                      qd_isa_name((qd_isa)isa));
-                /* incremental: a few single tokens, then the rest */
-                for (int t = 0; t < 5; t++)
-                    CHECK(qd_qrt_forward_int(rt, kv, ids + 2 * T + t, 1, t, l1 + (size_t)t * V, &err) == QD_OK, "%s", err.msg);
-                CHECK(qd_qrt_forward_int(rt, kv, ids + 2 * T + 5, T - 5, 5, l1 + (size_t)5 * V, &err) == QD_OK, "%s", err.msg);
-                CHECK(!memcmp(l0, l1, sizeof(int16_t) * T * V), "model %zu W%d %s: incremental logits differ", ci, wb,
-                      qd_isa_name((qd_isa)isa));
-                qd_qrt_free(rt);
+            if (q) {
+                char what[64];
+                snprintf(what, sizeof what, "model %zu W%d", ci, wb);
+                /* ids: 3T tokens; the last window's are the evaluation ones */
+                check_threads(q, ids + T, T, 2, ci % 2 ? 64 : 23, what);
             }
-        next:
-            qd_qrt_kv_free(kv);
-            qd_qrt_free(ref);
-            free(l0), free(l1), free(ids);
+            free(ids);
             qd_qint_free(q);
         }
+}
+
+/* stories260K with RTN encodings (W8A8, W4A8): the same checks on a real model, 3 windows. */
+static void test_stories_threads(void) {
+    qd_err err;
+    qd_model *m = qd_model_load(fixture("models/stories260K.gguf"), &err);
+    CHECK(m != NULL, "%s", err.msg);
+    if (!m) return;
+    qd_tokenizer *tok = qd_tok_for_model(m, fixture("models/stories260K.gguf"), NULL, &err);
+    qd_tokens tk = {0};
+    int T = 96, B = 3;
+    CHECK(tok && qd_data_load(fixture("text/tinystories-valid-excerpt.txt"), tok, m->cfg.vocab_size, &tk, &err) == QD_OK,
+          "%s", err.msg);
+    if (tk.n >= (size_t)(4 + B) * T)
+        for (int wb = 8; wb >= 4; wb -= 4) {
+            qd_qint_enc e;
+            qd_qint *q = NULL;
+            if (qd_qint_enc_rtn(&e, m, wb, tk.ids, 4, T, &err) == QD_OK) {
+                q = qd_qint_build(m, &e, &err);
+                qd_qint_enc_free(&e);
+            }
+            CHECK(q != NULL, "%s", err.msg);
+            if (q) check_threads(q, tk.ids + 4 * T, T, B, 64, wb == 8 ? "stories260K W8A8" : "stories260K W4A8");
+            qd_qint_free(q);
+        }
+    qd_tokens_free(&tk);
+    qd_tok_free(tok);
+    qd_model_free(m);
 }
 
 int main(void) {
@@ -246,5 +304,6 @@ int main(void) {
     RUN(test_rope);
     RUN(test_igemm_prefix);
     RUN(test_models);
+    RUN(test_stories_threads);
     return CHECK_DONE();
 }
