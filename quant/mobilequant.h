@@ -28,6 +28,8 @@ typedef struct qd_mq_opts {
     double lwc_rmin;                   /* smallest ratio of that grid */
     int overlap;                       /* data with fewer than `samples` disjoint windows:
                                           `samples` overlapping windows, evenly spaced (1) */
+    int lrl_relative;                  /* LRL learning rates relative to each quantizer's
+                                          range (scale ·|s|, offset ·(2^b-1)) instead of raw */
     int gptq;                          /* final integers by GPTQ rounding (gptq.h) onto the
                                           trained grids: 1 on, 0 off, -1 auto (mobilequant) */
     double lr_let[2], lr_lwc[2], lr_lrl[2];   /* {start, end} of each cosine */
@@ -41,8 +43,10 @@ typedef struct qd_mq_opts {
     int eval_batch;                    /* windows the returned simulation holds at once */
 } qd_mq_opts;
 
-/* Defaults for a weight width: DESIGN.md's reference learning rates (W8A8: LET 1e-3 -> 1e-4,
- * LWC 1e-2 -> 1e-3, LRL 1e-6 -> 1e-7; W4A8: LWC 1e-3 -> 1e-4), budget 64 x 256 x 10, batch 1,
+/* Defaults for a weight width: LET 1e-3 -> 1e-4 and LWC 1e-2 -> 1e-3 (DESIGN.md's W8A8
+ * reference), W4A8: LET 5e-3 -> 5e-4, LWC 1e-2 -> 1e-3; LRL 1e-3 -> 1e-4 relative to each
+ * quantizer's range (lrl_relative); clipping search init (51 ratios down to 0.5); GPTQ final
+ * rounding for mobilequant; overlapping windows on short data; budget 64 x 256 x 10, batch 1,
  * α 0.5, method mobilequant. */
 void qd_mq_defaults(qd_mq_opts *o, int wbits);
 

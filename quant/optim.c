@@ -83,7 +83,7 @@ void qd_adam_step(qd_adam *a, qd_real *p, const qd_real *g) {
             double v = b2 * a->v[i] + (1 - b2) * gi * gi;
             a->m[i] = (float)m, a->v[i] = (float)v;
             double upd = (m / c1) / (sqrt(v / c2) + a->eps) + a->weight_decay * p[i];
-            p[i] = (qd_real)(p[i] - lr * upd);
+            p[i] = (qd_real)(p[i] - lr * (a->lr_scale ? a->lr_scale[i] : 1.0) * upd);
         }
     }
     a->step++;

@@ -32,6 +32,8 @@ typedef struct qd_adam {
     long step;                             /* steps taken */
     long total_steps;                      /* schedule length */
     float *m, *v;                          /* moments (n each) */
+    const float *lr_scale;                 /* per-parameter factor on the learning rate, or
+                                              NULL (1): set by the caller, not saved */
 } qd_adam;
 
 /* Allocates moments for n parameters split by grp_off (n_groups+1 offsets). Defaults: betas
@@ -42,7 +44,8 @@ void qd_adam_free(qd_adam *a);
 void qd_adam_reset(qd_adam *a);
 /* Learning rate of group k at the current step. */
 double qd_adam_lr(const qd_adam *a, int k);
-/* One AdamW update of p with gradient g; advances step. Groups with lr_max 0 are skipped. */
+/* One AdamW update of p with gradient g (each parameter's step times lr_scale[i] when set);
+ * advances step. Groups with lr_max 0 are skipped. */
 void qd_adam_step(qd_adam *a, qd_real *p, const qd_real *g);
 
 /* Checkpoint file: magic "QDCKPT01", version, a fingerprint of the run configuration (a resume

@@ -290,7 +290,52 @@ out:
     qd_model_free(m);
 }
 
+/* lr_scale multiplies each parameter's step: Adam's first step is lr·sign(g), so the step of
+ * parameter i is lr·lr_scale[i] (the relative LRL learning rates rely on it). */
+static void adam_lr_scale(void) {
+    size_t off[2] = {0, 4};
+    qd_err err = {{0}};
+    qd_adam *a = qd_adam_new(4, off, 1, &err);
+    if (!a) return;
+    a->lr_max[0] = a->lr_min[0] = 0.1, a->total_steps = 10;
+    float p[4] = {1, 1, 1, 1}, g[4] = {1, 1, -1, 2}, f[4] = {1, 0.5f, 2, 0};
+    a->lr_scale = f;
+    qd_adam_step(a, p, g);
+    float want[4] = {0.9f, 0.95f, 1.2f, 1};
+    for (int i = 0; i < 4; i++)
+        CHECK(fabsf(p[i] - want[i]) < 1e-6f, "p[%d] = %g, want %g", i, p[i], want[i]);
+    qd_adam_free(a);
+}
+
+/* Short data: the budget's samples become overlapping windows (spread over the data), or only
+ * the disjoint windows when overlap is off. */
+static void overlapping_windows(void) {
+    qd_config c = synth_config(16, 24, 1, 2, 2, 30, 32);
+    qd_err err = {{0}};
+    qd_model *m = synth_model(&c, 2, &err);
+    if (!m) return;
+    size_t n = 40; /* two disjoint windows of 16 */
+    int *tok = rand_tokens(n, c.vocab_size, 5);
+    for (int ov = 0; ov <= 1; ov++) {
+        qd_mq_opts o;
+        qd_mq_defaults(&o, 8);
+        strcpy(o.method, "rtn");
+        o.samples = 6, o.seq_len = 16, o.epochs = 0, o.overlap = ov;
+        qd_qsim *q = NULL;
+        qd_mq_result r = {0};
+        CHECK(qd_mq_run(m, tok, n, &o, &q, &r, &err) == QD_OK, "%s", err.msg);
+        /* starts at least T/8 = 2 apart over a span of 24: min(6, 13) windows */
+        CHECK(r.windows == (ov ? 6 : 2), "overlap %d: %d windows", ov, r.windows);
+        qd_qsim_free(q);
+        qd_mq_result_free(&r);
+    }
+    free(tok);
+    qd_model_free(m);
+}
+
 int main(void) {
+    RUN(adam_lr_scale);
+    RUN(overlapping_windows);
     RUN(checkpoint_refuses_bad_files);
     RUN(resume_same_trajectory);
     RUN(pipeline_report);
