@@ -47,8 +47,13 @@ static void usage(FILE *f) {
             "  --checkpoint  optimizer state file (default DIR/checkpoint); saved every N steps\n"
             "                (default 50) and on SIGTERM/SIGINT; a rerun resumes from it\n"
             "  --max-ppl-increase F  gate recorded in the report; exit status 3 when missed\n"
-            "  --lr-let/--lr-lwc/--lr-lrl START,END  cosine schedules (default: DESIGN.md's\n"
-            "                reference values for the weight width)\n"
+            "  --lr-let/--lr-lwc/--lr-lrl START,END  cosine learning-rate schedules of the LET\n"
+            "                scales, the LWC clipping logits and the activation ranges (LRL).\n"
+            "                Defaults: W8 LET 1e-3,1e-4  LWC 1e-2,1e-3  LRL 1e-3,1e-4;\n"
+            "                W4 LET 5e-3,5e-4  LWC 1e-2,1e-3  LRL 1e-3,1e-4. The LRL rate is\n"
+            "                relative to each quantizer's range: a step moves a scale by about\n"
+            "                lr x |scale| and an offset by lr x (2^bits - 1) steps, so one rate\n"
+            "                fits 8- and 16-bit quantizers (not DESIGN.md's raw 1e-6,1e-7)\n"
             "  --encodings-version 1.0.0|0.6.1  AIMET encodings.json format (default 1.0.0)\n");
 }
 

@@ -39,6 +39,23 @@ void qd_mq_result_free(qd_mq_result *r) {
     r->n_loss = 0;
 }
 
+uint64_t qd_mq_fingerprint(const qd_mq_opts *o, uint64_t h) {
+    /* field by field into fixed-width arrays: no struct padding in the hash */
+    static const char tag[] = "mq-settings-2";
+    h = qd_fnv64(h, tag, sizeof tag);
+    h = qd_fnv64(h, o->method, strlen(o->method));
+    int64_t k[8 + QD_AC_COUNT] = {o->wbits,    o->wgran,        o->samples, o->seq_len,
+                                  o->epochs,   o->batch,        o->lwc_grid, o->overlap};
+    for (int i = 0; i < QD_AC_COUNT; i++) k[8 + i] = o->abits[i];
+    h = qd_fnv64(h, k, sizeof k);
+    int64_t k2[2] = {o->lrl_relative, o->gptq};
+    h = qd_fnv64(h, k2, sizeof k2);
+    h = qd_fnv64(h, &o->seed, sizeof o->seed);
+    double d[8] = {o->alpha,     o->lwc_rmin,  o->lr_let[0], o->lr_let[1],
+                   o->lr_lwc[0], o->lr_lwc[1], o->lr_lrl[0], o->lr_lrl[1]};
+    return qd_fnv64(h, d, sizeof d);
+}
+
 static void report(const qd_mq_opts *o, const char *phase, long step, long total, double loss,
                    double lr, double phase_t0) {
     if (!o->progress) return;
@@ -149,10 +166,11 @@ static int train_e2e(trainer *t, qd_mq_result *res, qd_err *err) {
     long spe = (t->nw + B - 1) / B;
     a->total_steps = spe * o->epochs;
     set_lrs(a, o, 1);
+    uint64_t fprint = qd_mq_fingerprint(o, o->fingerprint);
     long start = 0;
     if (o->checkpoint_path) {
         qd_ckpt ck = {0};
-        int lr = qd_ckpt_load(o->checkpoint_path, o->fingerprint, &ck, a, q->p, err);
+        int lr = qd_ckpt_load(o->checkpoint_path, fprint, &ck, a, q->p, err);
         if (lr == QD_ERR) goto out;
         if (lr == QD_OK) {
             start = ck.step;
@@ -197,7 +215,7 @@ static int train_e2e(trainer *t, qd_mq_result *res, qd_err *err) {
         int stop = o->stop && *o->stop;
         int due = o->checkpoint_every > 0 && (step + 1) % o->checkpoint_every == 0;
         if (o->checkpoint_path && (stop || due) && step + 1 < a->total_steps) {
-            qd_ckpt ck = {o->fingerprint, step + 1, a->total_steps, rng_state, res->loss,
+            qd_ckpt ck = {fprint, step + 1, a->total_steps, rng_state, res->loss,
                           res->n_loss};
             if (qd_ckpt_save(o->checkpoint_path, &ck, a, q->p, err)) goto out;
         }

@@ -35,7 +35,9 @@ typedef struct qd_mq_opts {
     double lr_let[2], lr_lwc[2], lr_lrl[2];   /* {start, end} of each cosine */
     const char *checkpoint_path;       /* NULL: no checkpoints */
     int checkpoint_every;              /* steps; 0: only when stopped */
-    uint64_t fingerprint;              /* identifies the run in the checkpoint */
+    uint64_t fingerprint;              /* identifies the run's inputs (model, data) in the
+                                          checkpoint; qd_mq_run folds in every setting above
+                                          (qd_mq_fingerprint) */
     volatile sig_atomic_t *stop;
     qd_progress_fn progress;
     void *progress_ctx;
@@ -61,6 +63,11 @@ typedef struct qd_mq_result {
 } qd_mq_result;
 
 void qd_mq_result_free(qd_mq_result *r);
+
+/* h chained with every option that changes the trajectory or the result (method, widths,
+ * budget, seed, α, LWC search, windows, LRL lr meaning, GPTQ, learning rates): the checkpoint
+ * fingerprint, so that a resume with other settings, defaults included, is refused. */
+uint64_t qd_mq_fingerprint(const qd_mq_opts *o, uint64_t h);
 
 /* Runs the method on n_calib calibration tokens. On success *out is the trained simulation,
  * all quantizers on, ready for qd_qsim_logits (caller frees with qd_qsim_free); QD_OK.

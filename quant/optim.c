@@ -184,9 +184,15 @@ int qd_ckpt_load(const char *path, uint64_t fingerprint, qd_ckpt *c, qd_adam *a,
     }
     TAKE(&ver, 4);
     TAKE(&realsz, 4);
-    if (ver != QD_CKPT_VERSION || realsz != sizeof(qd_real)) {
-        qd_errf(err, "%s: checkpoint version %u (this build reads %u)", path, ver,
+    if (ver != QD_CKPT_VERSION) {
+        qd_errf(err, "%s: checkpoint version %u, this build reads only version %u (its "
+                "optimizer settings mean something else); remove it to start over", path, ver,
                 QD_CKPT_VERSION);
+        goto out;
+    }
+    if (realsz != sizeof(qd_real)) {
+        qd_errf(err, "%s: checkpoint of %u-byte parameters, this build uses %zu", path, realsz,
+                sizeof(qd_real));
         goto out;
     }
     TAKE(&fp, 8);
@@ -196,8 +202,8 @@ int qd_ckpt_load(const char *path, uint64_t fingerprint, qd_ckpt *c, qd_adam *a,
     TAKE(&rng, 8);
     TAKE(&nl, 8);
     if (fp != fingerprint) {
-        qd_errf(err, "%s: checkpoint belongs to a run with other settings (model, data, method "
-                "or budget); remove it to start over", path);
+        qd_errf(err, "%s: checkpoint belongs to a run with other settings (model, data, method, "
+                "budget or optimizer settings); remove it to start over", path);
         goto out;
     }
     if (n != a->n || step < 0 || nl < 0 || nl > (int64_t)1 << 30 || step > total) {

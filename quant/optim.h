@@ -50,8 +50,11 @@ void qd_adam_step(qd_adam *a, qd_real *p, const qd_real *g);
 
 /* Checkpoint file: magic "QDCKPT01", version, a fingerprint of the run configuration (a resume
  * with other settings is refused), then step, total, generator, loss curve, parameters and
- * both moments, closed by a 64-bit FNV-1a checksum. Written to path.tmp, fsync'ed, renamed. */
-#define QD_CKPT_VERSION 1u
+ * both moments, closed by a 64-bit FNV-1a checksum. Written to path.tmp, fsync'ed, renamed.
+ * The version counts changes of layout OR of meaning: version 2 is the first whose parameters
+ * follow the LWC clipping search init, relative LRL learning rates and overlapping windows
+ * (version 1 files would resume a different trajectory), so other versions are refused. */
+#define QD_CKPT_VERSION 2u
 typedef struct qd_ckpt {
     uint64_t fingerprint;
     long step, total_steps;

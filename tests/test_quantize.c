@@ -37,8 +37,12 @@ static void stop_cb(void *ctx, const qd_progress *p) {
     if (!strcmp(p->phase, "optimize") && p->step >= s->stop_at) *s->flag = 1;
 }
 
-static qd_qsim *run_mq(const qd_model *m, const int *tok, size_t n, const char *ckpt,
-                       long stop_at, int *rc_out, qd_mq_result *res) {
+/* test variants of the run's settings (NULL: none) */
+typedef void (*opts_tweak)(qd_mq_opts *o);
+
+static qd_qsim *run_mq_tw(const qd_model *m, const int *tok, size_t n, const char *ckpt,
+                          long stop_at, int *rc_out, qd_mq_result *res, opts_tweak tw,
+                          qd_err *err) {
     qd_mq_opts o;
     qd_mq_defaults(&o, 8);
     o.samples = 6, o.seq_len = 16, o.epochs = 3, o.batch = 2, o.seed = 42;
@@ -53,11 +57,65 @@ static qd_qsim *run_mq(const qd_model *m, const int *tok, size_t n, const char *
     o.stop = &flag;
     if (stop_at > 0) o.progress = stop_cb, o.progress_ctx = &s;
     o.t0 = qd_now();
+    if (tw) tw(&o);
     qd_qsim *q = NULL;
+    *rc_out = qd_mq_run(m, tok, n, &o, &q, res, err);
+    return q;
+}
+
+static qd_qsim *run_mq(const qd_model *m, const int *tok, size_t n, const char *ckpt,
+                       long stop_at, int *rc_out, qd_mq_result *res) {
     qd_err err = {{0}};
-    *rc_out = qd_mq_run(m, tok, n, &o, &q, res, &err);
+    qd_qsim *q = run_mq_tw(m, tok, n, ckpt, stop_at, rc_out, res, NULL, &err);
     CHECK(*rc_out != QD_ERR, "%s", err.msg);
     return q;
+}
+
+static void tw_gptq_off(qd_mq_opts *o) { o->gptq = 0; }
+static void tw_lrl_raw(qd_mq_opts *o) { o->lrl_relative = 0; }
+static void tw_lwc_search(qd_mq_opts *o) { o->lwc_grid = 51; }
+static void tw_no_overlap(qd_mq_opts *o) { o->overlap = 0; }
+static void tw_lr_lrl(qd_mq_opts *o) { o->lr_lrl[1] = 2e-5; }
+static void tw_alpha(qd_mq_opts *o) { o->alpha = 0.6f; }
+
+/* A checkpoint written under some settings is refused by a run with any other setting that
+ * changes the trajectory or the result, defaults included (the caller's fingerprint only
+ * names the inputs), and accepted by the same settings. */
+static void checkpoint_refuses_other_settings(void) {
+    qd_config c = synth_config(32, 48, 2, 4, 4, 40, 32);
+    qd_err err = {{0}};
+    qd_model *m = synth_model(&c, 8, &err);
+    CHECK(m != NULL, "%s", err.msg);
+    if (!m) return;
+    size_t n = 6 * 16;
+    int *tok = rand_tokens(n, c.vocab_size, 3);
+    char ck[] = "/tmp/qd_test_ck3_XXXXXX";
+    close(mkstemp(ck));
+    unlink(ck);
+    int rc;
+    qd_mq_result r0 = {0};
+    qd_qsim *q = run_mq(m, tok, n, ck, 4, &rc, &r0);
+    CHECK(rc == 1 && !q && access(ck, F_OK) == 0, "stop: rc %d", rc);
+    qd_mq_result_free(&r0);
+    opts_tweak tws[] = {tw_gptq_off, tw_lrl_raw, tw_lwc_search, tw_no_overlap, tw_lr_lrl,
+                        tw_alpha};
+    for (size_t i = 0; i < sizeof tws / sizeof *tws; i++) {
+        qd_mq_result r = {0};
+        err.msg[0] = 0;
+        q = run_mq_tw(m, tok, n, ck, 0, &rc, &r, tws[i], &err);
+        CHECK(rc == QD_ERR && !q && strstr(err.msg, "other settings"),
+              "tweak %zu: rc %d resumed at %ld: %s", i, rc, r.resumed_at, err.msg);
+        qd_qsim_free(q);
+        qd_mq_result_free(&r);
+    }
+    qd_mq_result r1 = {0};
+    q = run_mq(m, tok, n, ck, 0, &rc, &r1);
+    CHECK(rc == QD_OK && r1.resumed_at == 4, "same settings: rc %d at %ld", rc, r1.resumed_at);
+    qd_qsim_free(q);
+    qd_mq_result_free(&r1);
+    unlink(ck);
+    free(tok);
+    qd_model_free(m);
 }
 
 static void resume_same_trajectory(void) {
@@ -124,6 +182,28 @@ static void checkpoint_refuses_bad_files(void) {
     r.loss = NULL;
     CHECK(qd_ckpt_load(path, 78, &r, a, q, &err) == QD_ERR && strstr(err.msg, "other settings"),
           "foreign fingerprint accepted: %s", err.msg);
+    {
+        /* a version-1 file (valid checksum): refused, naming the file and the version */
+        size_t len;
+        unsigned char *b = qd_read_file(path, 1 << 20, &len, &err);
+        CHECK(b && len > 24, "read back");
+        if (b && len > 24) {
+            char old_path[64];
+            snprintf(old_path, sizeof old_path, "%s.v1", path);
+            uint32_t v1 = 1;
+            memcpy(b + 8, &v1, 4);
+            uint64_t h = qd_fnv64(QD_FNV_INIT, b, len - 8);
+            memcpy(b + len - 8, &h, 8);
+            FILE *fo = fopen(old_path, "wb");
+            fwrite(b, 1, len, fo);
+            fclose(fo);
+            CHECK(qd_ckpt_load(old_path, 77, &r, a, q, &err) == QD_ERR &&
+                      strstr(err.msg, old_path) && strstr(err.msg, "version 1"),
+                  "version-1 checkpoint: %s", err.msg);
+            unlink(old_path);
+        }
+        free(b);
+    }
     /* flip one byte in the parameters */
     FILE *f = fopen(path, "r+b");
     fseek(f, 80, SEEK_SET);
@@ -338,6 +418,7 @@ int main(void) {
     RUN(overlapping_windows);
     RUN(checkpoint_refuses_bad_files);
     RUN(resume_same_trajectory);
+    RUN(checkpoint_refuses_other_settings);
     RUN(pipeline_report);
     RUN(outliers_break_rtn_not_mobilequant);
     return CHECK_DONE();
