@@ -1,7 +1,10 @@
 /* GPTQ rounding onto fixed grids (gptq.h). Linear algebra in double: the inverse Hessian's
  * Cholesky factor drives every update, and float would lose the small pivots of nearly
  * dependent input channels. The lazy block update (the trailing columns are corrected once per
- * block, by one gemm) is the paper's; the column loop inside a block is plain C. */
+ * block, by one gemm) is the paper's; the column loop inside a block is plain C. The inverse
+ * Hessian's factor comes from LAPACK (dpotrf/dpotri, which OpenBLAS ships; Debian's
+ * libopenblas-dev has no lapacke.h, so the Fortran symbols are declared here), with a plain C
+ * reference beside it that the tests compare it with. */
 #include "quant/gptq.h"
 
 #include <cblas.h>
@@ -49,8 +52,44 @@ static int chol_lower(double *A, int n) {
     return QD_OK;
 }
 
+/* LAPACK's Fortran interface (column-major; the trailing argument is the hidden length of the
+ * character argument, which gfortran-built LAPACK expects and C-built routines ignore). */
+extern void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info,
+                    size_t uplo_len);
+extern void dpotri_(const char *uplo, const int *n, double *a, const int *lda, int *info,
+                    size_t uplo_len);
+
+int qd_gptq_inv_chol(const double *H, double *U, int n) {
+    /* H is symmetric, so the row-major buffer is also H in column-major order, and the lower
+     * triangle in column-major order is the upper triangle in row-major order: factor
+     * H = L Lᵀ, invert from the factor, and factor H⁻¹ = L2 L2ᵀ; read row-major, L2 is
+     * U = L2ᵀ (upper) with Uᵀ U = H⁻¹. */
+    int info = 0;
+    memcpy(U, H, sizeof(double) * (size_t)n * n);
+    dpotrf_("L", &n, U, &n, &info, 1);
+    if (info != 0) return QD_ERR;
+    dpotri_("L", &n, U, &n, &info, 1);
+    if (info != 0) return QD_ERR;
+    for (int i = 0; i < n; i++) /* row-major upper -> lower: the full symmetric H⁻¹ */
+        for (int j = i + 1; j < n; j++) U[(size_t)j * n + i] = U[(size_t)i * n + j];
+    dpotrf_("L", &n, U, &n, &info, 1);
+    if (info != 0) return QD_ERR;
+    for (int i = 1; i < n; i++) memset(U + (size_t)i * n, 0, sizeof(double) * (size_t)i);
+    return QD_OK;
+}
+
+static int inv_chol_upper(const double *H, double *U, double *work, int n);
+
+int qd_gptq_inv_chol_ref(const double *H, double *U, int n) {
+    double *work = malloc(sizeof(double) * (size_t)n * n);
+    if (!work) return QD_ERR;
+    int rc = inv_chol_upper(H, U, work, n);
+    free(work);
+    return rc;
+}
+
 /* U (upper, row-major) with H⁻¹ = Uᵀ U, from H. work: n*n. QD_ERR when H is not positive
- * definite. */
+ * definite. The plain reference of qd_gptq_inv_chol. */
 static int inv_chol_upper(const double *H, double *U, double *work, int n) {
     double *L = work;
     memcpy(L, H, sizeof(double) * (size_t)n * n);
@@ -167,7 +206,7 @@ int qd_gptq_round(const float *W, int rows, int cols, qd_wq_spec sp, const float
             *d += damp * mean;
         }
         memcpy(Hp, work, sizeof(double) * nn); /* damped H: the factorisation's input */
-        ok = inv_chol_upper(Hp, U, work, cols) == QD_OK;
+        ok = qd_gptq_inv_chol(Hp, U, cols) == QD_OK;
         if (!ok) /* undo this try's damping before the next */
             for (int a = 0; a < cols; a++) Hp[(size_t)a * cols + a] -= damp * mean;
     }

@@ -40,6 +40,14 @@ int qd_gptq_round(const float *W, int rows, int cols, qd_wq_spec sp, const float
                   const float *zero, const double *H, const qd_gptq_opts *o, float *what,
                   int32_t *iq, qd_err *err);
 
+/* U (n, n, row-major upper triangular, lower part zero) with H⁻¹ = Uᵀ U for a symmetric
+ * positive definite H (n, n): the factor that drives GPTQ's updates. LAPACK (dpotrf, dpotri,
+ * dpotrf). QD_ERR when H is not positive definite. */
+int qd_gptq_inv_chol(const double *H, double *U, int n);
+/* The same by plain O(n³) loops: the reference qd_gptq_inv_chol is tested against. QD_ERR also
+ * when out of memory. */
+int qd_gptq_inv_chol_ref(const double *H, double *U, int n);
+
 /* Plain round-to-nearest on the same grid (the reference GPTQ is compared with). */
 void qd_gptq_rtn(const float *W, int rows, int cols, qd_wq_spec sp, const float *scale,
                  const float *zero, float *what, int32_t *iq);

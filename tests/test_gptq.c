@@ -4,6 +4,7 @@
  *  - the lazy block update (gemm) gives the same integers as the plain column loop (block 1);
  *  - on a simulation, qd_gptq_qsim lowers the last block's error against FP, is deterministic,
  *    and the encodings reproduce its integers exactly (the runtime gets the same weights);
+ *  - the inverse Hessian's factor from LAPACK equals the plain reference's;
  *  - the clipping search never does worse than no clipping on its own objective. */
 #include <math.h>
 
@@ -44,6 +45,59 @@ static double out_err(const float *X, const float *W, const float *Wh, int n, in
             e += d * d;
         }
     return e;
+}
+
+/* The LAPACK factor of H⁻¹ equals the plain reference's, and Uᵀ U H = I, on Hessians of
+ * correlated inputs (damped as GPTQ does) of several sizes; a matrix that is not positive
+ * definite is refused by both. Tolerance 1e-8 relative to max|U|: both are backward-stable
+ * factorisations in double of matrices with condition numbers below ~1e6. */
+static void inv_chol_lapack_matches_reference(void) {
+    int sizes[] = {1, 7, 48, 130};
+    for (size_t t = 0; t < sizeof sizes / sizeof *sizes; t++) {
+        int n = sizes[t], rows = 4 * n + 8;
+        float *X = corr_inputs(rows, n > 3 ? n : 4, 11 + (uint64_t)t);
+        double *H = calloc((size_t)n * n, sizeof(double));
+        double *U = malloc(sizeof(double) * (size_t)n * n);
+        double *R = malloc(sizeof(double) * (size_t)n * n);
+        /* the first n columns of a (rows, max(n,4)) input: copy so the row stride is n */
+        int cs = n > 3 ? n : 4;
+        float *Xn = malloc(sizeof(float) * (size_t)rows * n);
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < n; c++) Xn[(size_t)r * n + c] = X[(size_t)r * cs + c];
+        qd_gptq_accum(H, Xn, rows, n);
+        double mean = 0;
+        for (int i = 0; i < n; i++) mean += H[(size_t)i * n + i] / n;
+        for (int i = 0; i < n; i++) {
+            double *h = &H[(size_t)i * n + i];
+            *h += (*h > 0 ? 0 : 1) + 0.01 * mean; /* dead inputs and damping, as GPTQ does */
+        }
+        CHECK(qd_gptq_inv_chol(H, U, n) == QD_OK, "n %d: LAPACK refused", n);
+        CHECK(qd_gptq_inv_chol_ref(H, R, n) == QD_OK, "n %d: reference refused", n);
+        double mx = 0, d = 0, id = 0;
+        for (size_t i = 0; i < (size_t)n * n; i++) {
+            mx = fmax(mx, fabs(R[i]));
+            d = fmax(d, fabs(U[i] - R[i]));
+        }
+        for (int i = 0; i < n; i++) /* (Uᵀ U H)_ij */
+            for (int j = 0; j < n; j++) {
+                double v = 0;
+                for (int k = 0; k < n; k++) {
+                    double hinv = 0;
+                    for (int m = 0; m <= (k < i ? k : i); m++)
+                        hinv += U[(size_t)m * n + i] * U[(size_t)m * n + k];
+                    v += hinv * H[(size_t)k * n + j];
+                }
+                id = fmax(id, fabs(v - (i == j)));
+            }
+        CHECK(d <= 1e-8 * mx, "n %d: LAPACK vs reference max diff %.3g (max|U| %.3g)", n, d, mx);
+        CHECK(id < 1e-6, "n %d: |Uᵀ U H - I| = %.3g", n, id);
+        for (int i = 1; i < n; i++)
+            for (int j = 0; j < i; j++) CHECK(U[(size_t)i * n + j] == 0, "n %d: U not upper", n);
+        H[0] = -1; /* not positive definite */
+        CHECK(qd_gptq_inv_chol(H, U, n) == QD_ERR && qd_gptq_inv_chol_ref(H, R, n) == QD_ERR,
+              "n %d: indefinite H accepted", n);
+        free(X), free(Xn), free(H), free(U), free(R);
+    }
 }
 
 static void gptq_beats_rtn_on_grid(void) {
@@ -233,6 +287,7 @@ out:
 }
 
 int main(void) {
+    RUN(inv_chol_lapack_matches_reference);
     RUN(gptq_beats_rtn_on_grid);
     RUN(gptq_on_simulation);
     RUN(lwc_search_not_worse);
