@@ -14,7 +14,6 @@ void qd_mq_defaults(qd_mq_opts *o, int wbits) {
     o->wbits = wbits;
     o->samples = 64, o->seq_len = 256, o->epochs = 10, o->batch = 1;
     o->alpha = 0.5f;
-    o->alpha_grid = 0, o->alpha_windows = 16;
     o->lwc_grid = 51, o->lwc_rmin = 0.5;
     o->gptq = -1;
     o->overlap = 1;
@@ -49,7 +48,7 @@ uint64_t qd_mq_fingerprint(const qd_mq_opts *o, uint64_t h) {
                                   o->epochs,   o->batch,        o->lwc_grid, o->overlap};
     for (int i = 0; i < QD_AC_COUNT; i++) k[8 + i] = o->abits[i];
     h = qd_fnv64(h, k, sizeof k);
-    int64_t k2[4] = {o->lrl_relative, o->gptq, o->alpha_grid, o->alpha_windows};
+    int64_t k2[2] = {o->lrl_relative, o->gptq};
     h = qd_fnv64(h, k2, sizeof k2);
     h = qd_fnv64(h, &o->seed, sizeof o->seed);
     double d[8] = {o->alpha,     o->lwc_rmin,  o->lr_let[0], o->lr_let[1],
@@ -386,23 +385,6 @@ int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_o
     if (collect(q, win, nw, T, &st, res, err)) goto out;
     q->let_on = method != 0;
     if (method != 0) qd_qsim_smoothquant(q, st, o->alpha);
-    int agrid = o->alpha_grid;
-    if (training && agrid > 1) {
-        /* per-layer α on a subset of the calibration windows, evenly picked */
-        int na = o->alpha_windows > 0 && o->alpha_windows < nw ? o->alpha_windows : nw;
-        int *aw = malloc(sizeof(int) * (size_t)na * T);
-        if (!aw) {
-            qd_errf(err, "%s: out of memory", __func__);
-            goto out;
-        }
-        for (int i = 0; i < na; i++)
-            memcpy(aw + (size_t)i * T, win + (size_t)((long)i * nw / na) * T,
-                   sizeof(int) * (size_t)T);
-        int r = qd_qsim_search_alpha(q, st, aw, na, T, agrid, o->alpha, NULL, NULL, NULL, err);
-        free(aw);
-        res->tokens += (size_t)na * T * (size_t)(2 * agrid * QD_LET_SITES);
-        if (r) goto out;
-    }
     qd_qstats_free(st);
     st = NULL;
     /* 2. activation ranges of the smoothed model */

@@ -23,12 +23,6 @@ typedef struct qd_mq_opts {
     int samples, seq_len, epochs, batch;
     uint64_t seed;
     float alpha;                       /* SmoothQuant migration strength */
-    int alpha_grid;                    /* per-layer, per-site α search on a grid of this many
-                                          points in [0, 1] (qd_qsim_search_alpha) from alpha,
-                                          for the trained methods: n > 1 on, 0 off (default:
-                                          on stories260K W4A8 it gave +8.96% ppl vs +9.21% at
-                                          10 epochs but +9.91% vs +8.04% at 20) */
-    int alpha_windows;                 /* calibration windows the search uses (evenly picked) */
     int lwc_grid;                      /* LWC init: clipping ratios searched per weight group
                                           (qd_qsim_search_lwc); 0: logits 4 (the paper's) */
     double lwc_rmin;                   /* smallest ratio of that grid */

@@ -861,167 +861,28 @@ static void smooth(qd_real *s, const float *xmax, int C, const qd_real *const *w
     }
 }
 
-/* The LET scales of one site of layer l (NULL when the pair is off) and their width. */
-static qd_real *let_site(qd_qsim *q, int l, int site, int *C) {
-    const qd_config *c = &q->cfg;
-    qd_qlayer *L = &q->L[l];
-    switch (site) {
-    case QD_LET_QKV: *C = c->dim; return L->s_qkv;
-    case QD_LET_VO: *C = c->n_heads * c->head_dim; return L->s_vo;
-    case QD_LET_GU: *C = c->dim; return L->s_gu;
-    default: *C = c->hidden_dim; return L->s_ud;
-    }
-}
-
-/* SmoothQuant scales of one LET site of layer l from the identity-LET statistics st. */
-static void smooth_site(qd_qsim *q, const qd_qstats *st, int l, int site, float alpha) {
+QD_API void qd_qsim_smoothquant(qd_qsim *q, const qd_qstats *st, float alpha) {
     const qd_config *c = &q->cfg;
     int D = c->dim, F = c->hidden_dim, QD = c->n_heads * c->head_dim;
-    qd_qlayer *L = &q->L[l];
-    switch (site) {
-    case QD_LET_QKV: {
-        const qd_real *w[3] = {L->w[QD_W_Q], L->w[QD_W_K], L->w[QD_W_V]};
-        int r[3] = {L->wrows[QD_W_Q], L->wrows[QD_W_K], L->wrows[QD_W_V]};
-        smooth(L->s_qkv, st->ch_attn + (size_t)l * D, D, w, r, 3, alpha);
-        break;
-    }
-    case QD_LET_VO: {
-        const qd_real *w[1] = {L->w[QD_W_O]};
-        int r[1] = {D};
-        if (L->s_vo) smooth(L->s_vo, st->ch_o + (size_t)l * QD, QD, w, r, 1, alpha);
-        break;
-    }
-    case QD_LET_GU: {
-        const qd_real *w[2] = {L->w[QD_W_GATE], L->w[QD_W_UP]};
-        int r[2] = {F, F};
-        smooth(L->s_gu, st->ch_ffn + (size_t)l * D, D, w, r, 2, alpha);
-        break;
-    }
-    default: {
-        const qd_real *w[1] = {L->w[QD_W_DOWN]};
-        int r[1] = {D};
-        if (L->s_ud) smooth(L->s_ud, st->ch_down + (size_t)l * F, F, w, r, 1, alpha);
-    }
-    }
-}
-
-QD_API void qd_qsim_smoothquant(qd_qsim *q, const qd_qstats *st, float alpha) {
-    for (int l = 0; l < q->cfg.n_layers; l++)
-        for (int site = 0; site < QD_LET_SITES; site++) smooth_site(q, st, l, site, alpha);
-}
-
-/* Squared error of layer l, fully quantized with activation ranges measured (FP, LET on) on the
- * same windows, against the FP outputs Y; the layer's quantizer ranges are left set. */
-static double alpha_trial(qd_qsim *q, int l, const qd_real *X, const qd_real *Y, qd_real *out,
-                          int nw, int T, qd_qstats *tmp) {
-    size_t per = (size_t)T * q->cfg.dim;
-    int Bm = q->o.Bmax;
-    for (int s = 0; s < QD_AQ_PER_LAYER; s++) {
-        size_t i = (size_t)l * QD_AQ_PER_LAYER + s;
-        tmp->mn[i] = INFINITY, tmp->mx[i] = -INFINITY;
-    }
-    q->let_on = 1, q->aq_on = q->wq_on = 0;
-    q->stats = tmp;
-    for (int w0 = 0; w0 < nw; w0 += Bm) {
-        int nb = nw - w0 < Bm ? nw - w0 : Bm;
-        q->rc.cursor = 0;
-        qd_qsim_layer_forward(q, l, X + (size_t)w0 * per, out, nb, T);
-    }
-    q->stats = NULL;
-    for (int s = 0; s < QD_AQ_PER_LAYER; s++) {
-        size_t i = (size_t)l * QD_AQ_PER_LAYER + s;
-        set_range(&q->L[l].aq[s], tmp->mn[i], tmp->mx[i]);
-    }
-    q->aq_on = q->wq_on = 1;
-    double e = 0;
-    for (int w0 = 0; w0 < nw; w0 += Bm) {
-        int nb = nw - w0 < Bm ? nw - w0 : Bm;
-        q->rc.cursor = 0;
-        qd_qsim_layer_forward(q, l, X + (size_t)w0 * per, out, nb, T);
-        const qd_real *y = Y + (size_t)w0 * per;
-        for (size_t i = 0; i < per * (size_t)nb; i++) {
-            double d = (double)out[i] - y[i];
-            e += d * d;
-        }
-    }
-    return e / ((double)per * nw);
-}
-
-QD_API int qd_qsim_search_alpha(qd_qsim *q, const qd_qstats *st, const int *tokens,
-                                int n_windows, int T, int n_grid, float alpha0, float *alpha_out,
-                                double *loss0, double *loss_best, qd_err *err) {
-    const qd_config *c = &q->cfg;
-    if (n_windows < 1 || T < 1 || T > q->o.Tmax || n_grid < 2)
-        return qd_errf(err, "%s: %d windows of %d tokens, grid %d", __func__, n_windows, T,
-                       n_grid);
-    size_t per = (size_t)T * c->dim;
-    int Bm = q->o.Bmax, Cmax = c->dim > c->hidden_dim ? c->dim : c->hidden_dim;
-    if (c->n_heads * c->head_dim > Cmax) Cmax = c->n_heads * c->head_dim;
-    qd_real *X = malloc(sizeof(qd_real) * per * (size_t)n_windows);
-    qd_real *Y = malloc(sizeof(qd_real) * per * (size_t)n_windows);
-    qd_real *out = malloc(sizeof(qd_real) * per * (size_t)Bm);
-    qd_real *keep = malloc(sizeof(qd_real) * (size_t)Cmax);
-    qd_qstats *tmp = qd_qstats_new(c);
-    int sl = q->let_on, sa = q->aq_on, sw = q->wq_on, sc = q->lwc_on, rc = QD_ERR;
-    if (!X || !Y || !out || !keep || !tmp) {
-        qd_errf(err, "%s: out of memory", __func__);
-        goto out;
-    }
-    /* plain min/max weight grids: the clipping is searched (and trained) afterwards */
-    q->lwc_on = 0;
-    q->let_on = q->aq_on = q->wq_on = 0;
-    for (int w0 = 0; w0 < n_windows; w0 += Bm) {
-        int nb = n_windows - w0 < Bm ? n_windows - w0 : Bm;
-        q->rc.cursor = 0;
-        qd_qsim_embed(q, tokens + (size_t)w0 * T, nb, T, X + (size_t)w0 * per);
-    }
     for (int l = 0; l < c->n_layers; l++) {
-        /* FP targets of this block on FP inputs (block-wise, as AWQ's search) */
-        q->let_on = q->aq_on = q->wq_on = 0;
-        for (int w0 = 0; w0 < n_windows; w0 += Bm) {
-            int nb = n_windows - w0 < Bm ? n_windows - w0 : Bm;
-            q->rc.cursor = 0;
-            qd_qsim_layer_forward(q, l, X + (size_t)w0 * per, Y + (size_t)w0 * per, nb, T);
+        qd_qlayer *L = &q->L[l];
+        const qd_real *wqkv[3] = {L->w[QD_W_Q], L->w[QD_W_K], L->w[QD_W_V]};
+        int rqkv[3] = {L->wrows[QD_W_Q], L->wrows[QD_W_K], L->wrows[QD_W_V]};
+        smooth(L->s_qkv, st->ch_attn + (size_t)l * D, D, wqkv, rqkv, 3, alpha);
+        const qd_real *wgu[2] = {L->w[QD_W_GATE], L->w[QD_W_UP]};
+        int rgu[2] = {F, F};
+        smooth(L->s_gu, st->ch_ffn + (size_t)l * D, D, wgu, rgu, 2, alpha);
+        if (L->s_ud) {
+            const qd_real *wd[1] = {L->w[QD_W_DOWN]};
+            int rd[1] = {D};
+            smooth(L->s_ud, st->ch_down + (size_t)l * F, F, wd, rd, 1, alpha);
         }
-        for (int site = 0; site < QD_LET_SITES; site++) smooth_site(q, st, l, site, alpha0);
-        double best = alpha_trial(q, l, X, Y, out, n_windows, T, tmp);
-        if (loss0) loss0[l] = best;
-        /* coordinate descent over the sites, each from the current best of the others; the
-         * start point (alpha0 everywhere) is kept unless a grid point is strictly better */
-        for (int site = 0; site < QD_LET_SITES; site++) {
-            int C;
-            qd_real *s = let_site(q, l, site, &C);
-            float *ao = alpha_out ? alpha_out + (size_t)l * QD_LET_SITES + site : NULL;
-            if (!s) {
-                if (ao) *ao = -1;
-                continue;
-            }
-            float ba = alpha0;
-            memcpy(keep, s, sizeof(qd_real) * (size_t)C);
-            for (int k = 0; k < n_grid; k++) {
-                float a = (float)k / (float)(n_grid - 1);
-                if (fabsf(a - alpha0) < 1e-6f) continue;
-                smooth_site(q, st, l, site, a);
-                double e = alpha_trial(q, l, X, Y, out, n_windows, T, tmp);
-                if (e < best) {
-                    best = e, ba = a;
-                    memcpy(keep, s, sizeof(qd_real) * (size_t)C);
-                }
-            }
-            memcpy(s, keep, sizeof(qd_real) * (size_t)C);
-            if (ao) *ao = ba;
+        if (L->s_vo) {
+            const qd_real *wo[1] = {L->w[QD_W_O]};
+            int ro[1] = {D};
+            smooth(L->s_vo, st->ch_o + (size_t)l * QD, QD, wo, ro, 1, alpha);
         }
-        if (loss_best) loss_best[l] = best;
-        qd_real *t = X; /* the next block's FP inputs */
-        X = Y, Y = t;
     }
-    rc = QD_OK;
-out:
-    q->let_on = sl, q->aq_on = sa, q->wq_on = sw, q->lwc_on = sc;
-    q->stats = NULL;
-    free(X), free(Y), free(out), free(keep);
-    qd_qstats_free(tmp);
-    return rc;
 }
 
 /* ---------------------------------------------------------------- folding */

@@ -170,21 +170,6 @@ QD_API void qd_qsim_zero_grad(qd_qsim *q);
 QD_API void qd_qsim_init_ranges(qd_qsim *q, const qd_qstats *st);
 /* SmoothQuant LET initialisation: s_j = max|X_j|^α / max|W_:,j|^(1-α), |s| >= 1e-2. */
 QD_API void qd_qsim_smoothquant(qd_qsim *q, const qd_qstats *st, float alpha);
-/* LET sites of a layer (the pairs' scales): norm->qkv, v->o, norm->gate/up, up->down. */
-enum { QD_LET_QKV, QD_LET_VO, QD_LET_GU, QD_LET_UD, QD_LET_SITES };
-
-/* Per-layer SmoothQuant strength (an AWQ-style grid search): for each layer, on FP inputs,
- * starting from α = alpha0 at every site, each LET site in turn takes the α of the grid
- * {0, 1/(n_grid-1), ..., 1} that minimises the mean squared error of the block's output (weights
- * quantized on plain min/max grids, activations fake-quantized with ranges measured for that α)
- * against the FP block; alpha0 is kept unless another point is strictly better, so no layer
- * ends worse than the uniform alpha0. st: identity-LET statistics (as for qd_qsim_smoothquant).
- * Leaves the chosen LET scales set (the activation ranges must be measured again). Optional
- * outputs: alpha_out (n_layers x QD_LET_SITES, -1 where a site is off), loss0 / loss_best per
- * layer (the block's MSE at alpha0 and at the choice). QD_OK, or QD_ERR (out of memory). */
-QD_API int qd_qsim_search_alpha(qd_qsim *q, const qd_qstats *st, const int *tokens,
-                                int n_windows, int T, int n_grid, float alpha0, float *alpha_out,
-                                double *loss0, double *loss_best, qd_err *err);
 /* Sets every LWC logit to v (4 is the MobileQuant initialisation). */
 QD_API void qd_qsim_set_lwc(qd_qsim *q, float v);
 /* LWC initialisation by search: for every weight group (row or tensor) the clipping ratio r of

@@ -3,8 +3,7 @@
  *  - LET alone is function-preserving (any scales, quantizers off);
  *  - the integer grids exported as encodings reproduce the simulation's weights exactly, and
  *    the folded model with quantizers off reproduces the LET-transformed model;
- *  - quantizer round-trip error stays within the grid's bound;
- *  - the per-layer α search never ends a layer worse than the uniform α = 0.5. */
+ *  - quantizer round-trip error stays within the grid's bound. */
 #include <math.h>
 
 #include "quant/encodings.h"
@@ -234,68 +233,11 @@ static void w8a8_close_to_fp32(void) {
     qd_model_free(m);
 }
 
-/* The per-layer α search: no layer's block error at the choice exceeds its error at the
- * uniform α = 0.5 (the start point, kept unless strictly beaten), every choice is a grid point,
- * the scales left set are SmoothQuant's at the chosen α, and a rerun is bit-identical. */
-static void alpha_search_not_worse(void) {
-    qd_config c = synth_config(32, 48, 2, 4, 4, 50, 64); /* no GQA: the v->o site is on */
-    qd_err err = {{0}};
-    qd_model *m = synth_model(&c, 6, &err);
-    CHECK(m != NULL, "%s", err.msg);
-    if (!m) return;
-    int nw = 4, T = 16, nl = c.n_layers;
-    int *tok = malloc(sizeof(int) * (size_t)nw * T);
-    uint64_t seed = 5;
-    for (int i = 0; i < nw * T; i++) tok[i] = (int)(synth_next(&seed) % (uint64_t)c.vocab_size);
-    float al[2][8 * QD_LET_SITES];
-    double l0[8], lb[8];
-    qd_qsim *q[2] = {NULL, NULL};
-    for (int run = 0; run < 2; run++) {
-        q[run] = sim(m, 4, 2, T, 0);
-        if (!q[run]) break;
-        qd_qstats *st = qd_qstats_new(&c);
-        q[run]->let_on = 0;
-        CHECK(qd_qsim_collect(q[run], tok, nw, T, st, &err) == QD_OK, "%s", err.msg);
-        q[run]->let_on = 1;
-        qd_qsim_smoothquant(q[run], st, 0.5f);
-        CHECK(qd_qsim_search_alpha(q[run], st, tok, nw, T, 11, 0.5f, al[run], l0, lb, &err) ==
-                  QD_OK, "%s", err.msg);
-        for (int l = 0; l < nl && run == 0; l++) {
-            CHECK(lb[l] <= l0[l] && lb[l] > 0, "layer %d: MSE %.6g at the choice vs %.6g at 0.5",
-                  l, lb[l], l0[l]);
-            for (int k = 0; k < QD_LET_SITES; k++) {
-                float a = al[0][l * QD_LET_SITES + k];
-                CHECK(fabsf(a * 10 - rintf(a * 10)) < 1e-5f && a >= 0 && a <= 1,
-                      "layer %d site %d: α %g off the grid", l, k, a);
-            }
-            /* the scales left set are SmoothQuant's at the chosen α (qkv and up->down) */
-            qd_qsim *r = sim(m, 4, 2, T, 0);
-            qd_qsim_smoothquant(r, st, al[0][l * QD_LET_SITES + QD_LET_QKV]);
-            CHECK(!memcmp(r->L[l].s_qkv, q[0]->L[l].s_qkv, sizeof(float) * (size_t)c.dim),
-                  "layer %d: qkv scales are not SmoothQuant's at the chosen α", l);
-            qd_qsim_smoothquant(r, st, al[0][l * QD_LET_SITES + QD_LET_UD]);
-            CHECK(!memcmp(r->L[l].s_ud, q[0]->L[l].s_ud, sizeof(float) * (size_t)c.hidden_dim),
-                  "layer %d: up->down scales are not SmoothQuant's at the chosen α", l);
-            qd_qsim_free(r);
-        }
-        qd_qstats_free(st);
-    }
-    if (q[0] && q[1]) {
-        CHECK(!memcmp(q[0]->p, q[1]->p, sizeof(float) * q[0]->n_params), "rerun differs");
-        CHECK(!memcmp(al[0], al[1], sizeof(float) * (size_t)nl * QD_LET_SITES),
-              "rerun chose other α");
-    }
-    qd_qsim_free(q[0]), qd_qsim_free(q[1]);
-    free(tok);
-    qd_model_free(m);
-}
-
 int main(void) {
     RUN(fp_path_matches_forward);
     RUN(encodings_match_simulation);
     RUN(fold_is_function_preserving);
     RUN(quantizer_error_bounds);
     RUN(w8a8_close_to_fp32);
-    RUN(alpha_search_not_worse);
     return CHECK_DONE();
 }

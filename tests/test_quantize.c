@@ -77,29 +77,6 @@ static void tw_lwc_search(qd_mq_opts *o) { o->lwc_grid = 51; }
 static void tw_no_overlap(qd_mq_opts *o) { o->overlap = 0; }
 static void tw_lr_lrl(qd_mq_opts *o) { o->lr_lrl[1] = 2e-5; }
 static void tw_alpha(qd_mq_opts *o) { o->alpha = 0.6f; }
-static void tw_alpha_grid(qd_mq_opts *o) { o->alpha_grid = 5, o->alpha_windows = 3; }
-
-/* mobilequant with the per-layer α search: runs, and a rerun is bit-identical. */
-static void alpha_search_run_deterministic(void) {
-    qd_config c = synth_config(32, 48, 2, 4, 4, 40, 32);
-    qd_err err = {{0}};
-    qd_model *m = synth_model(&c, 8, &err);
-    if (!m) return;
-    size_t n = 6 * 16;
-    int *tok = rand_tokens(n, c.vocab_size, 4);
-    int rc[2];
-    qd_mq_result r[2] = {{0}, {0}};
-    qd_qsim *q[2];
-    for (int i = 0; i < 2; i++) {
-        q[i] = run_mq_tw(m, tok, n, NULL, 0, &rc[i], &r[i], tw_alpha_grid, &err);
-        CHECK(rc[i] == QD_OK && q[i], "run %d: %s", i, err.msg);
-    }
-    if (q[0] && q[1])
-        CHECK(!memcmp(q[0]->p, q[1]->p, sizeof(float) * q[0]->n_params), "rerun differs");
-    for (int i = 0; i < 2; i++) qd_qsim_free(q[i]), qd_mq_result_free(&r[i]);
-    free(tok);
-    qd_model_free(m);
-}
 
 /* A checkpoint written under some settings is refused by a run with any other setting that
  * changes the trajectory or the result, defaults included (the caller's fingerprint only
@@ -120,8 +97,8 @@ static void checkpoint_refuses_other_settings(void) {
     qd_qsim *q = run_mq(m, tok, n, ck, 4, &rc, &r0);
     CHECK(rc == 1 && !q && access(ck, F_OK) == 0, "stop: rc %d", rc);
     qd_mq_result_free(&r0);
-    opts_tweak tws[] = {tw_gptq_off, tw_lrl_raw,  tw_lwc_search, tw_no_overlap,
-                        tw_lr_lrl,   tw_alpha,    tw_alpha_grid};
+    opts_tweak tws[] = {tw_gptq_off, tw_lrl_raw, tw_lwc_search, tw_no_overlap, tw_lr_lrl,
+                        tw_alpha};
     for (size_t i = 0; i < sizeof tws / sizeof *tws; i++) {
         qd_mq_result r = {0};
         err.msg[0] = 0;
@@ -442,7 +419,6 @@ int main(void) {
     RUN(checkpoint_refuses_bad_files);
     RUN(resume_same_trajectory);
     RUN(checkpoint_refuses_other_settings);
-    RUN(alpha_search_run_deterministic);
     RUN(pipeline_report);
     RUN(outliers_break_rtn_not_mobilequant);
     return CHECK_DONE();
