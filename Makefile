@@ -17,7 +17,7 @@ TEST_CMDS = curl jq chromium
 
 OPT     ?= -O2
 CFLAGS  ?= $(OPT) -g
-CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -MMD -MP -pthread \
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -MMD -MP -pthread \
            -I. $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 ifneq ($(filter 1 true,$(WERROR) $(CI)),)
 CFLAGS  += -Werror

@@ -461,6 +461,7 @@ static void part_cols(int N, int j, int parts, int *n0, int *n1) {
 }
 
 static void lin_task(void *ctx, int t, qrt_ws *ws) {
+    (void)ws; /* pool task signature; this task needs no scratch */
     const lin_job *J = ctx;
     int i = 0;
     while (t >= J->parts[i]) t -= J->parts[i++];
@@ -1047,6 +1048,7 @@ typedef struct head_job {
 } head_job;
 
 static void head_task(void *ctx, int t, qrt_ws *ws) {
+    (void)ws; /* pool task signature; this task needs no scratch */
     const head_job *J = ctx;
     const qd_qrt *rt = J->rt;
     const lin_rt *H = &rt->head;

@@ -322,6 +322,7 @@ static enum MHD_Result h_metrics(srv *s, struct MHD_Connection *c, req *r) {
 }
 
 static enum MHD_Result h_openapi(srv *s, struct MHD_Connection *c, req *r) {
+    (void)s; /* every route handler has the same signature */
     size_t n;
     const char *t = srv_openapi_text(&n);
     struct MHD_Response *resp = MHD_create_response_from_buffer(n, (void *)t, MHD_RESPMEM_PERSISTENT);
@@ -452,6 +453,7 @@ static void blob_chunk(srv *s, req *r, const char *data, size_t n) {
 }
 
 static enum MHD_Result h_blob_upload(srv *s, struct MHD_Connection *c, req *r) {
+    (void)s; /* every route handler has the same signature */
     if (r->up_status) return send_req_err(c, r);
     char id[72];
     uint64_t size;
