@@ -3,17 +3,14 @@
  *   bench_igemm [--quick]
  * GOP/s counts a multiply and an add as two operations for both, so the ratio is like for like.
  * OpenBLAS runs with the threads it was built for unless OPENBLAS_NUM_THREADS says otherwise;
- * the integer kernels are single-threaded, so the "1t" sgemm figure is the fair comparison. */
+ * the integer kernels are single-threaded, so the "1t" sgemm figure is the fair comparison.
+ * The integer runtime against the FP32 forward is bench_qrt's. */
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "quant/data.h"
-#include "quant/forward.h"
 #include "quant/igemm.h"
-#include "quant/loadtok.h"
-#include "quant/qrt.h"
 
 static uint64_t rng = 88172645463325252ull;
 static uint32_t rnd(void) {
@@ -37,60 +34,6 @@ static uint32_t rnd(void) {
     } while (0)
 
 extern void openblas_set_num_threads(int);
-
-static int fp_logits(void *ctx, const int *tokens, int B, int T, float *logits, qd_err *err) {
-    return qd_forward(ctx, tokens, B, T, logits, err);
-}
-
-/* Evaluation throughput on stories260K: the FP32 forward (OpenBLAS, 1 thread) against the
- * integer runtime (W8A8 and W4A8, RTN encodings), same tokens, same windows. */
-static void bench_runtime(void) {
-    const char *root = getenv("QD_FIXTURES");
-    char mp[1024], tp[1024];
-    snprintf(mp, sizeof mp, "%s/models/stories260K.gguf", root && *root ? root : "../shared/fixtures");
-    snprintf(tp, sizeof tp, "%s/text/tinystories-valid-excerpt.txt", root && *root ? root : "../shared/fixtures");
-    qd_err err;
-    qd_model *m = qd_model_load(mp, &err);
-    qd_tokenizer *tok = m ? qd_tok_for_model(m, mp, NULL, &err) : NULL;
-    qd_tokens tk = {0};
-    if (!tok || qd_data_load(tp, tok, m->cfg.vocab_size, &tk, &err)) {
-        printf("runtime bench skipped: %s\n", err.msg);
-        qd_tok_free(tok);
-        qd_model_free(m);
-        return;
-    }
-    int T = 256;
-    size_t n = tk.n - 8 * (size_t)T;
-    n -= n % T;
-    openblas_set_num_threads(1);
-    qd_eval_result r;
-    if (qd_eval_ppl(fp_logits, m, m->cfg.vocab_size, tk.ids + 8 * T, n, T, &r, &err) == QD_OK)
-        printf("eval stories260K T=%d: fp32 forward      %9.0f tok/s  ppl %.4f\n", T, r.tokens / r.seconds, r.ppl);
-    double fp_tps = r.tokens / r.seconds;
-    for (int wb = 8; wb >= 4; wb -= 4) {
-        qd_qint_enc e;
-        if (qd_qint_enc_rtn(&e, m, wb, tk.ids, 8, T, &err)) break;
-        qd_qint *qi = qd_qint_build(m, &e, &err);
-        qd_qrt_opts o;
-        qd_qrt_defaults(&o);
-        qd_qrt *rt = qi ? qd_qrt_new(qi, &o, &err) : NULL;
-        if (rt && qd_eval_ppl(qd_qrt_logits_fn, rt, m->cfg.vocab_size, tk.ids + 8 * T, n, T, &r, &err) == QD_OK)
-            printf("eval stories260K T=%d: int W%dA8 (%s) %9.0f tok/s  ppl %.4f  (%.2fx fp32)\n", T, wb,
-                   qd_isa_name(qd_qrt_isa(rt)), r.tokens / r.seconds, r.ppl, r.tokens / r.seconds / fp_tps);
-        if (qi) {
-            size_t nw, nb;
-            qd_qint_weight_bits(qi, &nw, &nb);
-            printf("  W%dA8 artifact payload %zu bytes vs FP32 %zu bytes (%.2f bits/weight)\n", wb,
-                   qd_qint_bytes(qi), qd_model_n_params(m) * 4, (double)nb / nw);
-        }
-        qd_qrt_free(rt);
-        qd_qint_free(qi);
-        qd_qint_enc_free(&e);
-    }
-    qd_tokens_free(&tk);
-    qd_tok_free(tok);
-    qd_model_free(m);
-}
 
 int main(int argc, char **argv) {
     int quick = argc > 1 && !strcmp(argv[1], "--quick");
@@ -149,6 +92,5 @@ int main(int argc, char **argv) {
         qd_igemm_w_free(p4);
         free(A); free(W); free(W4); free(C); free(Af); free(Wf); free(Cf);
     }
-    bench_runtime();
     return 0;
 }
