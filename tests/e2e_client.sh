@@ -5,36 +5,7 @@
 # holds, status / list / events / download, and bearer tokens from QUANTD_TOKEN.
 set -u
 cd "$(dirname "$0")/.."
-Q=${QUANTD:?set QUANTD to the quantd binary}
-FX=${QD_FIXTURES:?set QD_FIXTURES to the fixtures directory}
-MODEL=$FX/models/stories260K.gguf
-TEXT=$FX/text/tinystories-valid-excerpt.txt
-TMP=$(mktemp -d /tmp/quantd-client.XXXXXX)
-PIDS=()
-ok() { echo "PASS $1"; }
-bad() { echo "FAIL $1: ${2:-}"; }
-cleanup() {
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
-    for p in "${PIDS[@]}"; do
-        for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.05; done
-        kill -KILL "$p" 2>/dev/null; wait "$p" 2>/dev/null
-    done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-start() { # start NAME [flags]: sets SURL to the base URL (no subshell: PIDS must see the pid)
-    local d=$TMP/$1; shift
-    SURL=
-    "$Q" serve --listen 127.0.0.1:0 --data "$d" "$@" >"$d.out" 2>"$d.err" &
-    PIDS+=($!)
-    for _ in $(seq 200); do
-        local a; a=$(sed -n 's/^listening on //p' "$d.out" 2>/dev/null)
-        if [ -n "$a" ]; then SURL=http://$a; return 0; fi
-        sleep 0.05
-    done
-    return 1
-}
+. tests/e2e_common.inc
 
 start data && URL=$SURL || { bad server_start "$(cat "$TMP/data.err")"; exit 1; }
 export QUANTD_URL=$URL

@@ -33,31 +33,7 @@ if [ ! -d "$BR/node_modules/playwright-core" ]; then
         skip "playwright-core could not be installed (npm ci in $BR failed)"
 fi
 
-TMP=$(mktemp -d /tmp/quantd-dash.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
-    for p in "${PIDS[@]}"; do
-        for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.05; done
-        kill -KILL "$p" 2>/dev/null; wait "$p" 2>/dev/null
-    done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-# start NAME [flags]: quantd serve on 127.0.0.1:0; prints the base URL.
-start() { # start NAME [flags]: sets SURL to the base URL (no subshell: PIDS must see the pid)
-    local d=$TMP/$1; shift
-    SURL=
-    "$Q" serve --listen 127.0.0.1:0 --data "$d" "$@" >"$d.out" 2>"$d.err" &
-    PIDS+=($!)
-    for _ in $(seq 200); do
-        local a; a=$(sed -n 's/^listening on //p' "$d.out" 2>/dev/null)
-        if [ -n "$a" ]; then SURL=http://$a; return 0; fi
-        sleep 0.05
-    done
-    return 1
-}
+. tests/e2e_common.inc
 
 start open && URL=$SURL || { echo "FAIL dashboard_server_start: $(cat "$TMP/open.err")"; exit 1; }
 "$Q" serve --gen-token admin 2>"$TMP/tok.err" >"$TMP/tokens"
