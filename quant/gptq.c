@@ -4,7 +4,8 @@
  * block, by one gemm) is the paper's; the column loop inside a block is plain C. The inverse
  * Hessian's factor comes from LAPACK (dpotrf/dpotri, which OpenBLAS ships; Debian's
  * libopenblas-dev has no lapacke.h, so the Fortran symbols are declared here), with a plain C
- * reference beside it that the tests compare it with. */
+ * reference beside it that the tests compare it with. The FP-target step (qd_gptq_target) is one
+ * damped Cholesky solve (dpotrf/dpotrs) per weight. */
 #include "quant/gptq.h"
 
 #include <cblas.h>
@@ -16,6 +17,8 @@ void qd_gptq_defaults(qd_gptq_opts *o) {
     o->damp = 0.01;
     o->act_order = 1;
     o->block = 128;
+    o->fp_target = 1;
+    o->target_damp = 0.2;
 }
 
 void qd_gptq_accum(double *H, const float *X, int n, int cols) {
@@ -27,6 +30,19 @@ void qd_gptq_accum(double *H, const float *X, int n, int cols) {
             if (xi == 0) continue;
             double *h = H + (size_t)i * cols;
             for (int j = 0; j < cols; j++) h[j] += xi * x[j];
+        }
+    }
+}
+
+void qd_gptq_accum_cross(double *C, const float *X, const float *F, int n, int cols) {
+    /* as qd_gptq_accum, but C is not symmetric: every (i, j) pair */
+    for (int r = 0; r < n; r++) {
+        const float *x = X + (size_t)r * cols, *f = F + (size_t)r * cols;
+        for (int i = 0; i < cols; i++) {
+            double xi = x[i];
+            if (xi == 0) continue;
+            double *c = C + (size_t)i * cols;
+            for (int j = 0; j < cols; j++) c[j] += xi * f[j];
         }
     }
 }
@@ -56,6 +72,9 @@ static int chol_lower(double *A, int n) {
  * character argument, which gfortran-built LAPACK expects and C-built routines ignore). */
 extern void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info,
                     size_t uplo_len);
+/* solves A X = B from dpotrf's factor */
+extern void dpotrs_(const char *uplo, const int *n, const int *nrhs, const double *a,
+                    const int *lda, double *b, const int *ldb, int *info, size_t uplo_len);
 extern void dpotri_(const char *uplo, const int *n, double *a, const int *lda, int *info,
                     size_t uplo_len);
 
@@ -112,6 +131,57 @@ static int inv_chol_upper(const double *H, double *U, double *work, int n) {
     for (int i = 0; i < n; i++)
         for (int j = 0; j < n; j++) U[(size_t)i * n + j] = j >= i ? L[(size_t)j * n + i] : 0;
     return QD_OK;
+}
+
+int qd_gptq_target(const float *W, int rows, int cols, const double *H, const double *C,
+                   double damp, float *Wt, qd_err *err) {
+    size_t nn = (size_t)cols * cols, nw = (size_t)rows * cols;
+    double *A = malloc(sizeof(double) * nn), *Z = malloc(sizeof(double) * nw);
+    double *Wd = malloc(sizeof(double) * nw);
+    int rc = QD_ERR;
+    if (!A || !Z || !Wd) {
+        qd_errf(err, "%s: out of memory", __func__);
+        goto out;
+    }
+    double mean = 0;
+    for (int i = 0; i < cols; i++) {
+        double d = H[(size_t)i * cols + i];
+        mean += d > 0 ? d : 0;
+    }
+    mean = mean > 0 ? mean / cols : 1;
+    /* right-hand side (C - H) Wᵀ, (cols, rows) column-major = Z = W (C - H)ᵀ (rows, cols)
+     * row-major: the solution Δ of (H + λI) Δ = (C - H) Wᵀ, read row-major, is W' - W */
+    for (size_t i = 0; i < nw; i++) Wd[i] = W[i];
+    for (size_t i = 0; i < nn; i++) A[i] = C[i] - H[i];
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, cols, cols, 1, Wd, cols, A, cols,
+                0, Z, cols);
+    /* the same dead-input rule as qd_gptq_round; λ raised tenfold while not definite */
+    double dm = damp > 0 ? damp : 0.01;
+    int ok = 0, info = 0;
+    for (int tries = 0; tries < 4 && !ok; tries++, dm *= 10) {
+        memcpy(A, H, sizeof(double) * nn);
+        for (int i = 0; i < cols; i++) {
+            double *d = &A[(size_t)i * cols + i];
+            if (!(*d > 0)) *d = 1;
+            *d += dm * mean;
+        }
+        dpotrf_("L", &cols, A, &cols, &info, 1);
+        ok = info == 0;
+    }
+    if (!ok) {
+        qd_errf(err, "%s: input Hessian not positive definite after damping", __func__);
+        goto out;
+    }
+    dpotrs_("L", &cols, &rows, A, &cols, Z, &cols, &info, 1);
+    if (info != 0) {
+        qd_errf(err, "%s: solve failed (%d)", __func__, info);
+        goto out;
+    }
+    for (size_t i = 0; i < nw; i++) Wt[i] = (float)(Wd[i] + Z[i]);
+    rc = QD_OK;
+out:
+    free(A), free(Z), free(Wd);
+    return rc;
 }
 
 typedef struct {
@@ -255,7 +325,7 @@ int qd_gptq_qsim(qd_qsim *q, const int *tokens, int n_windows, int T, const qd_g
     if (T < 1 || T > q->o.Tmax || n_windows < 1)
         return qd_errf(err, "%s: %d windows of %d tokens (the simulation holds %d)", __func__,
                        n_windows, T, q->o.Tmax);
-    int D = c->dim, Bm = q->o.Bmax;
+    int D = c->dim, Bm = q->o.Bmax, fpt = o->fp_target;
     size_t per = (size_t)T * D;
     size_t wmax = 0, cmax = 0, gmax = 0;
     for (int w = 0; w < QD_W_PER_LAYER; w++) {
@@ -264,13 +334,19 @@ int qd_gptq_qsim(qd_qsim *q, const int *tokens, int n_windows, int T, const qd_g
         if ((size_t)q->L[0].wcols[w] > cmax) cmax = (size_t)q->L[0].wcols[w];
         if ((size_t)q->L[0].wrows[w] > gmax) gmax = (size_t)q->L[0].wrows[w];
     }
-    qd_real *X = malloc(sizeof(qd_real) * per * (size_t)n_windows);
+    size_t all = per * (size_t)n_windows;
+    qd_real *X = malloc(sizeof(qd_real) * all);
     qd_real *Y = malloc(sizeof(qd_real) * per * (size_t)Bm);
     double *H = malloc(sizeof(double) * cmax * cmax);
     qd_real *t = malloc(sizeof(qd_real) * wmax), *what = malloc(sizeof(qd_real) * wmax);
     qd_real *sc = malloc(sizeof(qd_real) * gmax), *zp = malloc(sizeof(qd_real) * gmax);
-    int rc = QD_ERR, sw = q->wq_on;
-    if (!X || !Y || !H || !t || !what || !sc || !zp) {
+    /* FP target: the FP stream, its linear inputs, and C = Xqᵀ Xfp */
+    qd_real *Xf = fpt ? malloc(sizeof(qd_real) * all) : NULL;
+    qd_real *F = fpt ? malloc(sizeof(qd_real) * (size_t)T * Bm * cmax) : NULL;
+    double *C = fpt ? malloc(sizeof(double) * cmax * cmax) : NULL;
+    qd_real *tt = fpt ? malloc(sizeof(qd_real) * wmax) : NULL;
+    int rc = QD_ERR, sw = q->wq_on, sa = q->aq_on;
+    if (!X || !Y || !H || !t || !what || !sc || !zp || (fpt && (!Xf || !F || !C || !tt))) {
         qd_errf(err, "%s: out of memory", __func__);
         goto out;
     }
@@ -279,24 +355,44 @@ int qd_gptq_qsim(qd_qsim *q, const int *tokens, int n_windows, int T, const qd_g
         int nb = n_windows - w0 < Bm ? n_windows - w0 : Bm;
         q->rc.cursor = 0;
         qd_qsim_embed(q, tokens + (size_t)w0 * T, nb, T, X + (size_t)w0 * per);
+        if (fpt) {
+            q->wq_on = q->aq_on = 0;
+            qd_qsim_embed(q, tokens + (size_t)w0 * T, nb, T, Xf + (size_t)w0 * per);
+            q->wq_on = 1, q->aq_on = sa;
+        }
     }
     for (int l = 0; l < c->n_layers; l++) {
         const qd_qlayer *L = &q->L[l];
         for (int st = 0; st < 4; st++) {
             int cols = L->wcols[stage_w[st][0]];
             memset(H, 0, sizeof(double) * (size_t)cols * cols);
+            if (fpt) memset(C, 0, sizeof(double) * (size_t)cols * cols);
             for (int w0 = 0; w0 < n_windows; w0 += Bm) {
                 int nb = n_windows - w0 < Bm ? n_windows - w0 : Bm, n;
+                if (fpt) {
+                    q->wq_on = q->aq_on = 0;
+                    q->rc.cursor = 0;
+                    qd_qsim_layer_forward(q, l, Xf + (size_t)w0 * per, Y, nb, T);
+                    const qd_real *in = qd_qsim_weight_input(q, l, stage_w[st][0], &n);
+                    memcpy(F, in, sizeof(qd_real) * (size_t)n * cols);
+                    q->wq_on = 1, q->aq_on = sa;
+                }
                 q->rc.cursor = 0;
                 qd_qsim_layer_forward(q, l, X + (size_t)w0 * per, Y, nb, T);
                 const qd_real *in = qd_qsim_weight_input(q, l, stage_w[st][0], &n);
                 qd_gptq_accum(H, in, n, cols);
+                if (fpt) qd_gptq_accum_cross(C, in, F, n, cols);
             }
             for (int k = 0; k < 3 && stage_w[st][k] >= 0; k++) {
                 int w = stage_w[st][k], rows = L->wrows[w];
                 qd_qsim_weight_let(q, l, w, t);
                 qd_qsim_weight_enc(q, l, w, sc, zp);
-                if (qd_gptq_round(t, rows, cols, L->wspec[w], sc, zp, H, o, what, NULL, err))
+                const qd_real *src = t;
+                if (fpt) {
+                    if (qd_gptq_target(t, rows, cols, H, C, o->target_damp, tt, err)) goto out;
+                    src = tt;
+                }
+                if (qd_gptq_round(src, rows, cols, L->wspec[w], sc, zp, H, o, what, NULL, err))
                     goto out;
                 if (qd_qsim_set_wfix(q, l, w, what)) {
                     qd_errf(err, "%s: out of memory", __func__);
@@ -304,17 +400,25 @@ int qd_gptq_qsim(qd_qsim *q, const int *tokens, int n_windows, int T, const qd_g
                 }
             }
         }
-        /* the next layer's inputs: this layer with its final integers */
+        /* the next layer's inputs: this layer with its final integers (and the FP layer) */
         for (int w0 = 0; w0 < n_windows; w0 += Bm) {
             int nb = n_windows - w0 < Bm ? n_windows - w0 : Bm;
             q->rc.cursor = 0;
             qd_qsim_layer_forward(q, l, X + (size_t)w0 * per, Y, nb, T);
             memcpy(X + (size_t)w0 * per, Y, sizeof(qd_real) * per * (size_t)nb);
+            if (fpt) {
+                q->wq_on = q->aq_on = 0;
+                q->rc.cursor = 0;
+                qd_qsim_layer_forward(q, l, Xf + (size_t)w0 * per, Y, nb, T);
+                memcpy(Xf + (size_t)w0 * per, Y, sizeof(qd_real) * per * (size_t)nb);
+                q->wq_on = 1, q->aq_on = sa;
+            }
         }
     }
     rc = QD_OK;
 out:
-    q->wq_on = sw;
+    q->wq_on = sw, q->aq_on = sa;
     free(X), free(Y), free(H), free(t), free(what), free(sc), free(zp);
+    free(Xf), free(F), free(C), free(tt);
     return rc;
 }

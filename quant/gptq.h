@@ -13,7 +13,15 @@
  * of a quantized simulation, layer by layer, with the inputs each linear sees in the quantized
  * model (the layers below and the earlier linears of the same layer already rounded), and fixes
  * the results in the simulation (qd_qsim_set_wfix) so evaluation, folding and the encodings use
- * the same integers. */
+ * the same integers.
+ *
+ * FP target (asymmetric calibration, as in GPTAQ: Li et al., 2025): the quantized model's input
+ * Xq of a linear differs from the FP model's Xf (activation quantization, the layers below), so
+ * the error that matters is ||Xq Ŵᵀ - Xf Wᵀ||², not ||Xq (Ŵ - W)ᵀ||². With H = XqᵀXq and
+ * C = XqᵀXf it equals ||Xq (Ŵ - W')ᵀ||² + const for the least-squares weight W', so GPTQ is run
+ * on W' instead of W (qd_gptq_target). W' is a ridge step from W, not a free refit: the trained
+ * LET/LWC weights already fit the end-to-end loss, and the step only has to absorb the
+ * per-layer input error. */
 #ifndef QD_GPTQ_H
 #define QD_GPTQ_H
 
@@ -24,12 +32,26 @@ typedef struct qd_gptq_opts {
     double damp;      /* added to H's diagonal, relative to its mean (default 0.01) */
     int act_order;    /* round columns in order of decreasing H_ii (default 1) */
     int block;        /* columns per lazy update block (default 128) */
+    int fp_target;    /* qd_gptq_qsim: round W' towards the FP model's outputs (default 1) */
+    double target_damp; /* ridge of that step towards W, relative to H's mean diagonal
+                           (default 0.2: measured on stories260K W4A8, 0.01..2 tried) */
 } qd_gptq_opts;
 
 void qd_gptq_defaults(qd_gptq_opts *o);
 
 /* H (cols, cols) += Xᵀ X for X (n, cols) row-major. Only accumulates; H starts zeroed. */
 void qd_gptq_accum(double *H, const float *X, int n, int cols);
+
+/* C (cols, cols) += Xᵀ F for X, F (n, cols) row-major (the same tokens in two models). */
+void qd_gptq_accum_cross(double *C, const float *X, const float *F, int n, int cols);
+
+/* The weight W' (rows, cols into Wt) whose layer output on the quantized inputs best matches
+ * the FP output: W' = W + (H + λI)⁻¹ (C - H) Wᵀ, transposed, with H = XqᵀXq, C = XqᵀXf (both
+ * (cols, cols)) and λ = damp·mean(diag H) (dead inputs get H_ii = 1 as in qd_gptq_round).
+ * damp -> 0 (<= 0 means 0.01) is the exact least-squares fit, damp -> ∞ leaves W. QD_OK, or QD_ERR with err set
+ * (out of memory, H not positive definite). */
+int qd_gptq_target(const float *W, int rows, int cols, const double *H, const double *C,
+                   double damp, float *Wt, qd_err *err);
 
 /* Rounds W (rows, cols) onto the grid of sp with the given scale and zero point per group
  * (rows when sp.per_channel, else 1; zero is the grid's rounded zero point, 0 when symmetric),
@@ -53,7 +75,9 @@ void qd_gptq_rtn(const float *W, int rows, int cols, qd_wq_spec sp, const float 
                  const float *zero, float *what, int32_t *iq);
 
 /* Runs GPTQ over every linear weight of q (weight quantization on) with calibration inputs from
- * n_windows windows of T tokens (T <= q's Tmax), and fixes the results in q. QD_OK or QD_ERR. */
+ * n_windows windows of T tokens (T <= q's Tmax), and fixes the results in q. With o->fp_target
+ * each weight is first moved to qd_gptq_target's W' against the same simulation with every
+ * quantizer off (the FP model, LET kept). QD_OK or QD_ERR. */
 int qd_gptq_qsim(qd_qsim *q, const int *tokens, int n_windows, int T, const qd_gptq_opts *o,
                  qd_err *err);
 

@@ -31,7 +31,8 @@ typedef struct qd_mq_opts {
     int lrl_relative;                  /* LRL learning rates relative to each quantizer's
                                           range (scale ·|s|, offset ·(2^b-1)) instead of raw */
     int gptq;                          /* final integers by GPTQ rounding (gptq.h) onto the
-                                          trained grids: 1 on, 0 off, -1 auto (mobilequant) */
+                                          trained grids: 1 on, 0 off, -1 auto (mobilequant);
+                                          below 8 bits towards the FP outputs (fp_target) */
     double lr_let[2], lr_lwc[2], lr_lrl[2];   /* {start, end} of each cosine */
     const char *checkpoint_path;       /* NULL: no checkpoints */
     int checkpoint_every;              /* steps; 0: only when stopped */
