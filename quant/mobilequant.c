@@ -442,7 +442,8 @@ int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_o
             qd_qsim_free(ev);
             goto out;
         }
-        res->tokens += (size_t)nw * T * 4 * (size_t)m->cfg.n_layers;
+        /* the calibration passes, twice with the FP stream */
+        res->tokens += (size_t)nw * T * 4 * (size_t)m->cfg.n_layers * (go.fp_target ? 2 : 1);
     }
     *out = ev;
     rc = QD_OK;
