@@ -6,6 +6,7 @@
 #include <stdlib.h>
 
 #include "quant/forward.h"
+#include "tests/synth.h"
 
 static double best_of(int reps, double (*fn)(void *), void *ctx) {
     double best = 1e30;
@@ -61,24 +62,13 @@ static double sgemm_seconds(const shape *s, int n) {
 }
 
 int main(void) {
-    qd_config c = {.arch = "llama", .dim = 1024, .hidden_dim = 2816, .n_layers = 4,
-                   .n_heads = 16, .n_kv_heads = 16, .head_dim = 64, .vocab_size = 32000,
-                   .max_seq_len = 512, .norm_eps = 1e-5f, .rope_theta = 10000.0f,
-                   .bos_id = 1, .eos_id = 2};
+    qd_config c = synth_config(1024, 2816, 4, 16, 16, 32000, 512);
     qd_err err;
-    qd_model *m = qd_model_alloc(&c, &err);
+    qd_model *m = synth_model(&c, 42, &err);
     if (!m) {
         fprintf(stderr, "%s\n", err.msg);
         return 1;
     }
-    uint64_t s = 42;
-    for (size_t i = 0; i < m->n_floats; i++) {
-        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
-        m->mem[i] = ((float)(s >> 40) / (float)(1 << 24) - 0.5f) * 0.06f;
-    }
-    for (int l = 0; l < c.n_layers; l++)
-        for (int i = 0; i < c.dim; i++) m->layers[l].attn_norm[i] = m->layers[l].ffn_norm[i] = 1;
-    for (int i = 0; i < c.dim; i++) m->final_norm[i] = 1;
     int B = 1, T = 512;
     fwd_ctx fc = {m, qd_fwd_ws_new(), malloc(sizeof(int) * B * T), malloc(sizeof(float) * (size_t)B * T * c.vocab_size), B, T};
     for (int i = 0; i < B * T; i++) fc.tok[i] = (i * 7919) % c.vocab_size;

@@ -21,6 +21,7 @@
 #include "quant/forward.h"
 #include "quant/loadtok.h"
 #include "quant/qrt.h"
+#include "tests/synth.h"
 
 extern void openblas_set_num_threads(int);
 extern int openblas_get_num_threads(void);
@@ -184,24 +185,14 @@ static void bench_stories(int reps) {
 /* The synthetic model of bench_forward (same weights), with tokens whose statistics are not
  * uniform (a few frequent ids), calibration on windows disjoint from the evaluation ones. */
 static void bench_synthetic(int reps, int quick) {
-    qd_config c = {.arch = "llama", .dim = 1024, .hidden_dim = 2816, .n_layers = 4,
-                   .n_heads = 16, .n_kv_heads = 16, .head_dim = 64, .vocab_size = 32000,
-                   .max_seq_len = 512, .norm_eps = 1e-5f, .rope_theta = 10000.0f,
-                   .bos_id = 1, .eos_id = 2};
+    qd_config c = synth_config(1024, 2816, 4, 16, 16, 32000, 512);
     qd_err err;
-    qd_model *m = qd_model_alloc(&c, &err);
+    qd_model *m = synth_model(&c, 42, &err);
     if (!m) {
         printf("synthetic skipped: %s\n", err.msg);
         return;
     }
     uint64_t s = 42;
-    for (size_t i = 0; i < m->n_floats; i++) {
-        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
-        m->mem[i] = ((float)(s >> 40) / (float)(1 << 24) - 0.5f) * 0.06f;
-    }
-    for (int l = 0; l < c.n_layers; l++)
-        for (int i = 0; i < c.dim; i++) m->layers[l].attn_norm[i] = m->layers[l].ffn_norm[i] = 1;
-    for (int i = 0; i < c.dim; i++) m->final_norm[i] = 1;
     int T = 512, n_cal = 2, n_eval = quick ? 2 : 4;
     int *ids = malloc(sizeof(int) * (size_t)(n_cal + n_eval) * T);
     for (int i = 0; i < (n_cal + n_eval) * T; i++) {
