@@ -686,8 +686,7 @@ static int gguf_config(const qd_gguf *g, qd_config *c, int *permute, qd_err *err
 
 /* Loads all weights; pass 0 only checks (ld->check_only), pass 1 converts into m. */
 static int gguf_weights(loader *ld, qd_model *m, const qd_config *c) {
-    uint64_t D = (uint64_t)c->dim, F = (uint64_t)c->hidden_dim, V = (uint64_t)c->vocab_size;
-    uint64_t Q = (uint64_t)c->n_heads * c->head_dim, KV = (uint64_t)c->n_kv_heads * c->head_dim;
+    uint64_t D = (uint64_t)c->dim, V = (uint64_t)c->vocab_size;
     char n[96];
 #define DST(field) (m ? (field) : NULL)
     if (take(ld, "token_embd.weight", V, D, DST(m->tok_emb))) return QD_ERR;
@@ -695,26 +694,14 @@ static int gguf_weights(loader *ld, qd_model *m, const qd_config *c) {
     if (!c->tied_embeddings && take(ld, "output.weight", V, D, DST(m->lm_head))) return QD_ERR;
     for (int l = 0; l < c->n_layers; l++) {
         qd_layer *L = m ? &m->layers[l] : NULL;
-#define T(suffix, rows, cols, field)                                           \
-    do {                                                                       \
-        snprintf(n, sizeof n, "blk.%d.%s", l, suffix);                         \
-        if (take(ld, n, rows, cols, L ? L->field : NULL)) return QD_ERR;       \
-    } while (0)
-        T("attn_norm.weight", 0, D, attn_norm);
-        T("attn_q.weight", Q, D, wq);
-        T("attn_k.weight", KV, D, wk);
-        T("attn_v.weight", KV, D, wv);
-        if (c->qkv_bias) {
-            T("attn_q.bias", 0, Q, bq);
-            T("attn_k.bias", 0, KV, bk);
-            T("attn_v.bias", 0, KV, bv);
+        for (int i = 0; i < qd_n_layer_tensors; i++) {
+            const qd_layer_tensor *t = &qd_layer_tensors[i];
+            if (!qd_layer_tensor_on(c, t)) continue;
+            snprintf(n, sizeof n, "blk.%d.%s", l, t->gguf);
+            if (take(ld, n, (uint64_t)qd_layer_dim(c, t->rows), (uint64_t)qd_layer_dim(c, t->cols),
+                     L ? *qd_layer_slot(L, t) : NULL))
+                return QD_ERR;
         }
-        T("attn_output.weight", D, Q, wo);
-        T("ffn_norm.weight", 0, D, ffn_norm);
-        T("ffn_gate.weight", F, D, w_gate);
-        T("ffn_up.weight", F, D, w_up);
-        T("ffn_down.weight", D, F, w_down);
-#undef T
     }
 #undef DST
     return QD_OK;

@@ -271,8 +271,7 @@ static int take(hf *h, const char *name, int64_t rows, int64_t cols, float *dst,
 
 static int hf_weights(hf *h, qd_model *m, const qd_config *c) {
     int ck = m == NULL;
-    int64_t D = c->dim, F = c->hidden_dim, V = c->vocab_size;
-    int64_t Q = (int64_t)c->n_heads * c->head_dim, KV = (int64_t)c->n_kv_heads * c->head_dim;
+    int64_t D = c->dim, V = c->vocab_size;
     char n[128];
     if (take(h, "model.embed_tokens.weight", V, D, m ? m->tok_emb : NULL, ck) ||
         take(h, "model.norm.weight", 0, D, m ? m->final_norm : NULL, ck))
@@ -281,26 +280,14 @@ static int hf_weights(hf *h, qd_model *m, const qd_config *c) {
         return QD_ERR;
     for (int l = 0; l < c->n_layers; l++) {
         qd_layer *L = m ? &m->layers[l] : NULL;
-#define T(suffix, rows, cols, field)                                                 \
-    do {                                                                             \
-        snprintf(n, sizeof n, "model.layers.%d.%s", l, suffix);                      \
-        if (take(h, n, rows, cols, L ? L->field : NULL, ck)) return QD_ERR;          \
-    } while (0)
-        T("input_layernorm.weight", 0, D, attn_norm);
-        T("self_attn.q_proj.weight", Q, D, wq);
-        T("self_attn.k_proj.weight", KV, D, wk);
-        T("self_attn.v_proj.weight", KV, D, wv);
-        if (c->qkv_bias) {
-            T("self_attn.q_proj.bias", 0, Q, bq);
-            T("self_attn.k_proj.bias", 0, KV, bk);
-            T("self_attn.v_proj.bias", 0, KV, bv);
+        for (int i = 0; i < qd_n_layer_tensors; i++) {
+            const qd_layer_tensor *t = &qd_layer_tensors[i];
+            if (!qd_layer_tensor_on(c, t)) continue;
+            snprintf(n, sizeof n, "model.layers.%d.%s", l, t->hf);
+            if (take(h, n, qd_layer_dim(c, t->rows), qd_layer_dim(c, t->cols),
+                     L ? *qd_layer_slot(L, t) : NULL, ck))
+                return QD_ERR;
         }
-        T("self_attn.o_proj.weight", D, Q, wo);
-        T("post_attention_layernorm.weight", 0, D, ffn_norm);
-        T("mlp.gate_proj.weight", F, D, w_gate);
-        T("mlp.up_proj.weight", F, D, w_up);
-        T("mlp.down_proj.weight", D, F, w_down);
-#undef T
         if (ck) {
             /* Biases the model has no place for would be silently dropped: refuse them. */
             static const char *const EXTRA[] = {"self_attn.o_proj.bias", "mlp.gate_proj.bias",
@@ -415,6 +402,24 @@ static void add_float(cJSON *o, const char *key, float v) {
     cJSON_AddRawToObject(o, key, b);
 }
 
+/* Prints o into dir/name atomically, with a trailing newline; deletes o either way. */
+static int write_json(const char *dir, const char *name, cJSON *o, qd_err *err) {
+    char *txt = cJSON_Print(o);
+    cJSON_Delete(o);
+    if (!txt) return qd_errf(err, "%s: out of memory", dir);
+    char p[4200];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    qd_atomic_file af;
+    int rc = qd_atomic_open(&af, p, err);
+    if (rc == QD_OK) {
+        fputs(txt, af.f);
+        fputc('\n', af.f);
+        rc = qd_atomic_commit(&af, err);
+    }
+    free(txt);
+    return rc;
+}
+
 static int write_config(const qd_model *m, const char *dir, const char *dtype, qd_err *err) {
     const qd_config *c = &m->cfg;
     cJSON *o = cJSON_CreateObject();
@@ -445,28 +450,14 @@ static int write_config(const qd_model *m, const char *dir, const char *dtype, q
     cJSON_AddStringToObject(o, "torch_dtype", strcmp(dtype, "F32") == 0   ? "float32"
                                               : strcmp(dtype, "F16") == 0 ? "float16"
                                                                           : "bfloat16");
-    char *txt = cJSON_Print(o);
-    cJSON_Delete(o);
-    if (!txt) return qd_errf(err, "%s: out of memory", dir);
-    char p[4200];
-    snprintf(p, sizeof p, "%s/config.json", dir);
-    qd_atomic_file af;
-    int rc = qd_atomic_open(&af, p, err);
-    if (rc == QD_OK) {
-        fputs(txt, af.f);
-        fputc('\n', af.f);
-        rc = qd_atomic_commit(&af, err);
-    }
-    free(txt);
-    return rc;
+    return write_json(dir, "config.json", o, err);
 }
 
 /* The model's tensors in HF names and order; returns the count written into t (and the
  * name storage in names, 128 bytes each). */
 static int hf_tensor_list(const qd_model *m, qd_st_dtype dt, qd_st_wtensor *t, char (*names)[128]) {
     const qd_config *c = &m->cfg;
-    int64_t D = c->dim, F = c->hidden_dim, V = c->vocab_size;
-    int64_t Q = (int64_t)c->n_heads * c->head_dim, KV = (int64_t)c->n_kv_heads * c->head_dim;
+    int64_t D = c->dim, V = c->vocab_size;
     int n = 0;
 #define ADD(rows, cols, ptr, ...)                                                    \
     do {                                                                             \
@@ -485,20 +476,12 @@ static int hf_tensor_list(const qd_model *m, qd_st_dtype dt, qd_st_wtensor *t, c
     ADD(V, D, m->tok_emb, "model.embed_tokens.weight");
     for (int l = 0; l < c->n_layers; l++) {
         const qd_layer *L = &m->layers[l];
-        ADD(0, D, L->attn_norm, "model.layers.%d.input_layernorm.weight", l);
-        ADD(Q, D, L->wq, "model.layers.%d.self_attn.q_proj.weight", l);
-        ADD(KV, D, L->wk, "model.layers.%d.self_attn.k_proj.weight", l);
-        ADD(KV, D, L->wv, "model.layers.%d.self_attn.v_proj.weight", l);
-        if (c->qkv_bias) {
-            ADD(0, Q, L->bq, "model.layers.%d.self_attn.q_proj.bias", l);
-            ADD(0, KV, L->bk, "model.layers.%d.self_attn.k_proj.bias", l);
-            ADD(0, KV, L->bv, "model.layers.%d.self_attn.v_proj.bias", l);
+        for (int i = 0; i < qd_n_layer_tensors; i++) {
+            const qd_layer_tensor *lt = &qd_layer_tensors[i];
+            if (qd_layer_tensor_on(c, lt))
+                ADD(qd_layer_dim(c, lt->rows), qd_layer_dim(c, lt->cols), qd_layer_get(L, lt),
+                    "model.layers.%d.%s", l, lt->hf);
         }
-        ADD(D, Q, L->wo, "model.layers.%d.self_attn.o_proj.weight", l);
-        ADD(0, D, L->ffn_norm, "model.layers.%d.post_attention_layernorm.weight", l);
-        ADD(F, D, L->w_gate, "model.layers.%d.mlp.gate_proj.weight", l);
-        ADD(F, D, L->w_up, "model.layers.%d.mlp.up_proj.weight", l);
-        ADD(D, F, L->w_down, "model.layers.%d.mlp.down_proj.weight", l);
     }
     ADD(0, D, m->final_norm, "model.norm.weight");
     if (!c->tied_embeddings) ADD(V, D, m->lm_head, "lm_head.weight");
@@ -524,20 +507,7 @@ static int write_index(const char *dir, const qd_st_wtensor *t, int n, const int
         snprintf(f, sizeof f, "model-%05d-of-%05d.safetensors", shard_of[i] + 1, n_shards);
         cJSON_AddStringToObject(wm, t[i].name, f);
     }
-    char *txt = cJSON_Print(o);
-    cJSON_Delete(o);
-    if (!txt) return qd_errf(err, "%s: out of memory", dir);
-    char p[4200];
-    snprintf(p, sizeof p, "%s/model.safetensors.index.json", dir);
-    qd_atomic_file af;
-    int rc = qd_atomic_open(&af, p, err);
-    if (rc == QD_OK) {
-        fputs(txt, af.f);
-        fputc('\n', af.f);
-        rc = qd_atomic_commit(&af, err);
-    }
-    free(txt);
-    return rc;
+    return write_json(dir, "model.safetensors.index.json", o, err);
 }
 
 int qd_save_hf_sharded(const qd_model *m, const char *dir, const char *dtype,
@@ -549,7 +519,7 @@ int qd_save_hf_sharded(const qd_model *m, const char *dir, const char *dtype,
     if (strlen(dir) > 4000) return qd_errf(err, "%s: path too long", dir);
     if (mkdir(dir, 0755) != 0 && errno != EEXIST)
         return qd_errf(err, "%s: cannot create directory: %s", dir, strerror(errno));
-    int cap = 3 + 12 * m->cfg.n_layers; /* 9 tensors + 3 biases per layer */
+    int cap = 3 + qd_n_layer_tensors * m->cfg.n_layers;
     qd_st_wtensor *t = calloc((size_t)cap, sizeof *t);
     char (*names)[128] = calloc((size_t)cap, sizeof *names);
     int *shard = calloc((size_t)cap, sizeof *shard);

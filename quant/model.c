@@ -3,9 +3,11 @@
  * conversion to FP32 with the NaN/Inf check, RoPE row permutation, tensor descriptions). */
 #include "quant/model.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,12 +60,41 @@ int qd_config_validate(const qd_config *c, const char *path, qd_err *err) {
     return QD_OK;
 }
 
+const qd_layer_tensor qd_layer_tensors[] = {
+#define LT(gguf, hf, rows, cols, field, bias) {gguf, hf, rows, cols, offsetof(qd_layer, field), bias}
+    LT("attn_norm.weight", "input_layernorm.weight", QD_DIM_VEC, QD_DIM_D, attn_norm, 0),
+    LT("attn_q.weight", "self_attn.q_proj.weight", QD_DIM_Q, QD_DIM_D, wq, 0),
+    LT("attn_k.weight", "self_attn.k_proj.weight", QD_DIM_KV, QD_DIM_D, wk, 0),
+    LT("attn_v.weight", "self_attn.v_proj.weight", QD_DIM_KV, QD_DIM_D, wv, 0),
+    LT("attn_q.bias", "self_attn.q_proj.bias", QD_DIM_VEC, QD_DIM_Q, bq, 1),
+    LT("attn_k.bias", "self_attn.k_proj.bias", QD_DIM_VEC, QD_DIM_KV, bk, 1),
+    LT("attn_v.bias", "self_attn.v_proj.bias", QD_DIM_VEC, QD_DIM_KV, bv, 1),
+    LT("attn_output.weight", "self_attn.o_proj.weight", QD_DIM_D, QD_DIM_Q, wo, 0),
+    LT("ffn_norm.weight", "post_attention_layernorm.weight", QD_DIM_VEC, QD_DIM_D, ffn_norm, 0),
+    LT("ffn_gate.weight", "mlp.gate_proj.weight", QD_DIM_F, QD_DIM_D, w_gate, 0),
+    LT("ffn_up.weight", "mlp.up_proj.weight", QD_DIM_F, QD_DIM_D, w_up, 0),
+    LT("ffn_down.weight", "mlp.down_proj.weight", QD_DIM_D, QD_DIM_F, w_down, 0),
+#undef LT
+};
+const int qd_n_layer_tensors = (int)(sizeof qd_layer_tensors / sizeof qd_layer_tensors[0]);
+
+int64_t qd_layer_dim(const qd_config *c, int kind) {
+    switch (kind) {
+    case QD_DIM_VEC: return 0;
+    case QD_DIM_D: return c->dim;
+    case QD_DIM_Q: return (int64_t)c->n_heads * c->head_dim;
+    case QD_DIM_KV: return (int64_t)c->n_kv_heads * c->head_dim;
+    case QD_DIM_F: return c->hidden_dim;
+    }
+    assert(!"qd_layer_dim: unknown dims kind");
+    return 0;
+}
+
 /* Walks the tensors in their fixed order: counts floats (base == NULL) or points the views
  * into base. Returns the total float count, or 0 on size_t overflow. */
 static size_t layout(qd_model *m, float *base) {
     const qd_config *c = &m->cfg;
-    size_t off = 0, q = (size_t)c->n_heads * c->head_dim, kv = (size_t)c->n_kv_heads * c->head_dim;
-    size_t D = (size_t)c->dim, F = (size_t)c->hidden_dim, V = (size_t)c->vocab_size;
+    size_t off = 0, D = (size_t)c->dim, V = (size_t)c->vocab_size;
     int overflow = 0;
 #define TENSOR(slot, rows, cols)                                                     \
     do {                                                                             \
@@ -77,22 +108,15 @@ static size_t layout(qd_model *m, float *base) {
     for (int l = 0; l < c->n_layers; l++) {
         /* Counting passes have no layers array yet; a scratch record takes the writes. */
         qd_layer scratch, *L = base ? &m->layers[l] : &scratch;
-        TENSOR(&L->attn_norm, 1, D);
-        TENSOR(&L->wq, q, D);
-        TENSOR(&L->wk, kv, D);
-        TENSOR(&L->wv, kv, D);
-        if (c->qkv_bias) {
-            TENSOR(&L->bq, 1, q);
-            TENSOR(&L->bk, 1, kv);
-            TENSOR(&L->bv, 1, kv);
-        } else {
-            L->bq = L->bk = L->bv = NULL;
+        for (int i = 0; i < qd_n_layer_tensors; i++) {
+            const qd_layer_tensor *t = &qd_layer_tensors[i];
+            if (!qd_layer_tensor_on(c, t)) {
+                *qd_layer_slot(L, t) = NULL;
+                continue;
+            }
+            size_t rows = t->rows ? (size_t)qd_layer_dim(c, t->rows) : 1;
+            TENSOR(qd_layer_slot(L, t), rows, (size_t)qd_layer_dim(c, t->cols));
         }
-        TENSOR(&L->wo, D, q);
-        TENSOR(&L->ffn_norm, 1, D);
-        TENSOR(&L->w_gate, F, D);
-        TENSOR(&L->w_up, F, D);
-        TENSOR(&L->w_down, D, F);
     }
     TENSOR(&m->final_norm, 1, D);
     if (c->tied_embeddings) {

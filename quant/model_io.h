@@ -9,6 +9,40 @@
 
 #include "quant/model.h"
 
+/* Dimension kinds for qd_layer_tensors; qd_layer_dim maps one to its size for a config. */
+enum { QD_DIM_VEC = 0, QD_DIM_D, QD_DIM_Q, QD_DIM_KV, QD_DIM_F };
+
+/* One tensor of a decoder layer, the single list every reader, writer and the allocator walk:
+ * GGUF and Hugging Face name suffixes (after "blk.%d." / "model.layers.%d."), shape as
+ * (rows, cols) dims kinds with rows == QD_DIM_VEC for a vector of cols, the qd_layer field at
+ * offset, and bias = 1 when the tensor exists only with cfg.qkv_bias. Order is file order. */
+typedef struct qd_layer_tensor {
+    const char *gguf, *hf;
+    int rows, cols;
+    size_t offset; /* offsetof(qd_layer, field) */
+    int bias;
+} qd_layer_tensor;
+
+extern const qd_layer_tensor qd_layer_tensors[];
+extern const int qd_n_layer_tensors;
+
+/* The size of dims kind for c (dim, n_heads*head_dim, n_kv_heads*head_dim, hidden_dim), 0 for
+ * QD_DIM_VEC. */
+int64_t qd_layer_dim(const qd_config *c, int kind);
+
+/* Whether tensor t is present in a model with config c. */
+static inline int qd_layer_tensor_on(const qd_config *c, const qd_layer_tensor *t) {
+    return !t->bias || c->qkv_bias;
+}
+
+/* The qd_layer field that tensor t describes. */
+static inline float **qd_layer_slot(qd_layer *L, const qd_layer_tensor *t) {
+    return (float **)(void *)((char *)L + t->offset);
+}
+static inline const float *qd_layer_get(const qd_layer *L, const qd_layer_tensor *t) {
+    return *(float *const *)(const void *)((const char *)L + t->offset);
+}
+
 /* A whole file mapped read-only. size 0 files map to data == NULL. */
 typedef struct qd_map {
     const uint8_t *data;
