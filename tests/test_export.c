@@ -2,14 +2,13 @@
  * field names and types, per-channel lengths, offset = -zero_point (unsigned), min/max
  * consistent with scale/offset, and every param name present in the Hugging Face export of the
  * dequantized model (what fp-folded/ holds). */
-#include <cjson/cJSON.h>
-#include <math.h>
 #include <unistd.h>
 
 #include "quant/aimet.h"
 #include "quant/data.h"
 #include "quant/loadtok.h"
 #include "quant/safetensors.h"
+#include "tests/aimet_check.h"
 #include "tests/check.h"
 
 static qd_model *model;
@@ -27,99 +26,14 @@ static int setup(void) {
     return 0;
 }
 
-static const cJSON *get(const cJSON *o, const char *k) { return cJSON_GetObjectItemCaseSensitive(o, k); }
-
+/* Writes the encodings in format ver and checks them against the model (tests/aimet_check.h:
+ * structure, one entry per site and parameter, AIMET's offset sign, min/max consistency). */
 static void check_version(const qd_qint *qi, const char *dir, const char *ver, const qd_st_file *hf) {
     qd_err err;
     char path[512];
     snprintf(path, sizeof path, "%s/encodings-%s.json", dir, ver);
     CHECK(qd_aimet_write(qi, path, ver, &err) == QD_OK, "%s", err.msg);
-    size_t len;
-    char *txt = qd_read_file(path, 1 << 26, &len, &err);
-    cJSON *root = txt ? cJSON_Parse(txt) : NULL;
-    CHECK(root != NULL, "%s: not JSON", path);
-    if (!root) { free(txt); return; }
-    int v1 = !strcmp(ver, "1.0.0");
-    CHECK(cJSON_IsString(get(root, "version")) && !strcmp(get(root, "version")->valuestring, ver), "version");
-    int nl = qi->cfg.n_layers;
-    int want_act = nl * QD_AQ_PER_LAYER + QD_AQG_COUNT, n_act = 0, n_par = 0;
-    for (int which = 0; which < 2; which++) {
-        const cJSON *sec = get(root, which ? "param_encodings" : "activation_encodings");
-        CHECK(v1 ? cJSON_IsArray(sec) : cJSON_IsObject(sec), "section %d type", which);
-        const cJSON *it;
-        cJSON_ArrayForEach(it, sec) {
-            const char *name;
-            int bw, sym, n;
-            double scale[4096], offset[4096];
-            if (v1) {
-                const cJSON *nm = get(it, "name"), *dt = get(it, "dtype"), *et = get(it, "enc_type");
-                const cJSON *bwj = get(it, "bw"), *isj = get(it, "is_sym"), *sc = get(it, "scale"), *of = get(it, "offset");
-                CHECK(cJSON_IsString(nm) && cJSON_IsString(dt) && !strcmp(dt->valuestring, "INT") &&
-                      cJSON_IsString(et) && cJSON_IsNumber(bwj) && cJSON_IsBool(isj) &&
-                      cJSON_IsArray(sc) && cJSON_IsArray(of), "fields of an entry");
-                if (check_case_failed) break;
-                name = nm->valuestring, bw = bwj->valueint, sym = cJSON_IsTrue(isj);
-                n = cJSON_GetArraySize(sc);
-                CHECK(n == cJSON_GetArraySize(of) && n <= 4096, "%s: scale/offset lengths", name);
-                CHECK(!strcmp(et->valuestring, n > 1 ? "PER_CHANNEL" : "PER_TENSOR"), "%s enc_type", name);
-                for (int i = 0; i < n && i < 4096; i++) {
-                    scale[i] = cJSON_GetArrayItem(sc, i)->valuedouble;
-                    offset[i] = cJSON_GetArrayItem(of, i)->valuedouble;
-                }
-            } else {
-                name = it->string;
-                n = cJSON_GetArraySize(it);
-                CHECK(cJSON_IsArray(it) && n >= 1 && n <= 4096, "%s: list", name);
-                bw = 0, sym = 0;
-                for (int i = 0; i < n && i < 4096; i++) {
-                    const cJSON *e = cJSON_GetArrayItem(it, i);
-                    const cJSON *b = get(e, "bitwidth"), *s = get(e, "is_symmetric"), *mn = get(e, "min"),
-                                *mx = get(e, "max"), *of = get(e, "offset"), *sc = get(e, "scale"), *dt = get(e, "dtype");
-                    CHECK(cJSON_IsNumber(b) && cJSON_IsString(s) && cJSON_IsNumber(mn) && cJSON_IsNumber(mx) &&
-                          cJSON_IsNumber(of) && cJSON_IsNumber(sc) && cJSON_IsString(dt), "%s fields", name);
-                    if (check_case_failed) break;
-                    bw = b->valueint, sym = !strcmp(s->valuestring, "True");
-                    scale[i] = sc->valuedouble, offset[i] = of->valuedouble;
-                    /* min = offset*scale, max = (2^bw - 1 + offset)*scale */
-                    double Q = pow(2, bw) - 1;
-                    CHECK(fabs(mn->valuedouble - offset[i] * scale[i]) <= 1e-6 * fabs(mn->valuedouble) + 1e-12 &&
-                          fabs(mx->valuedouble - (Q + offset[i]) * scale[i]) <= 1e-6 * fabs(mx->valuedouble) + 1e-12,
-                          "%s: min/max inconsistent", name);
-                }
-            }
-            if (check_case_failed) break;
-            CHECK(bw == 4 || bw == 8 || bw == 16, "%s bw %d", name, bw);
-            for (int i = 0; i < n; i++) {
-                CHECK(scale[i] > 0 && offset[i] == floor(offset[i]) && offset[i] <= 0 && offset[i] >= -(pow(2, bw) - 1),
-                      "%s[%d]: scale %g offset %g", name, i, scale[i], offset[i]);
-                if (sym) CHECK(offset[i] == -pow(2, bw - 1), "%s: symmetric offset %g", name, offset[i]);
-            }
-            if (which) {
-                n_par++;
-                const qd_st_tensor *t = qd_st_find(hf, name);
-                CHECK(t != NULL, "param %s not in the HF export", name);
-                if (t) CHECK(n == 1 || n == t->shape[0], "%s: %d channels, tensor has %lld rows", name, n, (long long)t->shape[0]);
-            } else {
-                n_act++;
-            }
-            if (check_case_failed) break;
-        }
-    }
-    CHECK(n_act == want_act, "%d activation encodings, want %d", n_act, want_act);
-    CHECK(n_par == nl * (QD_W_PER_LAYER + 2) + 2 + (qi->head.q != qi->emb.q), "%d param encodings", n_par);
-    /* offset = -zero_point on the unsigned grid: the q_proj output of layer 0 */
-    const qd_qenc *a = &qi->act[qd_act_index(nl, 0, QD_AQ_Q)];
-    const cJSON *sec = get(root, "activation_encodings");
-    const cJSON *e = NULL, *it;
-    if (v1) {
-        cJSON_ArrayForEach(it, sec) if (!strcmp(get(it, "name")->valuestring, "model.layers.0.self_attn.q_proj.output")) e = it;
-        CHECK(e && cJSON_GetArrayItem(get(e, "offset"), 0)->valuedouble == -(a->zero_point + 128), "offset sign");
-    } else {
-        e = cJSON_GetArrayItem(get(sec, "model.layers.0.self_attn.q_proj.output"), 0);
-        CHECK(e && get(e, "offset")->valuedouble == -(a->zero_point + 128), "offset sign");
-    }
-    cJSON_Delete(root);
-    free(txt);
+    aimet_check_file(path, ver, qi, hf);
 }
 
 static void run(int wbits) {
