@@ -57,6 +57,7 @@ void api_spec_defaults(api_spec *s) {
     s->threads = 1;
     s->timeout_s = 3600;
     s->max_ppl_increase = -1;
+    snprintf(s->encodings_version, sizeof s->encodings_version, "1.0.0");
 }
 
 bool api_blob_id_valid(const char *s) {
@@ -262,6 +263,13 @@ int api_spec_from_json(const cJSON *obj, api_spec *s, api_field_err *fe) {
             if (parse_gates(it, s, fe)) return -1;
         } else if (!strcmp(k, "labels")) {
             if (parse_labels(it, s, fe)) return -1;
+        } else if (!strcmp(k, "encodings_version")) {
+            if (!cJSON_IsString(it))
+                return fail(fe, k, "invalid_type", "encodings_version must be a string");
+            const char *ev = it->valuestring;
+            if (strcmp(ev, "1.0.0") && strcmp(ev, "0.6.1"))
+                return fail(fe, k, "invalid_value", "encodings_version must be 1.0.0 or 0.6.1");
+            snprintf(s->encodings_version, sizeof s->encodings_version, "%s", ev);
         } else {
             char field[96];
             snprintf(field, sizeof field, "%.90s", k);
@@ -302,6 +310,7 @@ cJSON *api_spec_to_json(const api_spec *s) {
     cJSON_AddNumberToObject(o, "timeout_s", s->timeout_s);
     cJSON *g = cJSON_AddObjectToObject(o, "gates");
     if (s->max_ppl_increase >= 0) cJSON_AddNumberToObject(g, "max_ppl_increase", s->max_ppl_increase);
+    cJSON_AddStringToObject(o, "encodings_version", s->encodings_version);
     cJSON *l = cJSON_AddObjectToObject(o, "labels");
     for (int i = 0; i < s->n_labels; i++) cJSON_AddStringToObject(l, s->label_key[i], s->label_val[i]);
     return o;

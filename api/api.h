@@ -64,6 +64,7 @@ typedef struct api_spec {
     int threads;
     int timeout_s;
     double max_ppl_increase; /* < 0 when the gate is not set */
+    char encodings_version[8]; /* AIMET encodings.json format: "1.0.0" or "0.6.1" */
     int n_labels;
     char label_key[API_MAX_LABELS][API_MAX_LABEL_KEY + 1];
     char label_val[API_MAX_LABELS][API_MAX_LABEL_VALUE + 1];

@@ -69,7 +69,8 @@ static void usage(FILE *f) {
         "         [--method mobilequant|omniquant|smoothquant|rtn] [--wbits 4|8]\n"
         "         [--abits CLASS=BITS]... [--samples N] [--seq-len N] [--epochs N]\n"
         "         [--seed N] [--threads N] [--timeout S] [--label K=V]...\n"
-        "         [--gate max_ppl_increase=2%%]... [--wait [--wait-timeout S]]\n"
+        "         [--gate max_ppl_increase=2%%]... [--encodings-version 1.0.0|0.6.1]\n"
+        "         [--wait [--wait-timeout S]]\n"
         "                      upload (skipping files the server has) and submit a job\n"
         "  wait ID [--gate ...] [--wait-timeout S]\n"
         "                      follow a job to its end and check its gates\n"
@@ -634,6 +635,7 @@ static int ensure_blob(const opts *o, const char *file, const char *label, char 
 
 static int cmd_submit(opts *o, int argc, char **argv) {
     const char *model = NULL, *calib = NULL, *evalf = NULL, *tok = NULL, *method = NULL;
+    const char *enc_version = NULL; /* validated by the server, as method is */
     double eval_split = -1;
     long wbits = 0, samples = 0, seq_len = 0, epochs = -1, threads = 0, timeout = 0;
     uint64_t seed = 0;
@@ -662,6 +664,7 @@ static int cmd_submit(opts *o, int argc, char **argv) {
         else if (!strcmp(a, "--eval")) evalf = v;
         else if (!strcmp(a, "--tokenizer")) tok = v;
         else if (!strcmp(a, "--method")) method = v;
+        else if (!strcmp(a, "--encodings-version")) enc_version = v;
         else if (!strcmp(a, "--eval-split")) {
             if (arg_double(a, v, 0, 1, &eval_split)) goto out;
         } else if (!strcmp(a, "--wbits")) {
@@ -743,6 +746,7 @@ static int cmd_submit(opts *o, int argc, char **argv) {
     if (have_seed) cJSON_AddNumberToObject(spec, "seed", (double)seed);
     if (threads) cJSON_AddNumberToObject(spec, "threads", (double)threads);
     if (timeout) cJSON_AddNumberToObject(spec, "timeout_s", (double)timeout);
+    if (enc_version) cJSON_AddStringToObject(spec, "encodings_version", enc_version);
     /* only the gate the server knows goes into the spec; the others are checked here */
     for (int i = 0; i < ngates; i++)
         if (!strcmp(gates[i].name, "max_ppl_increase")) {

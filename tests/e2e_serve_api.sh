@@ -66,6 +66,7 @@ check job_missing_blob_422 '[ "$(jpost "{\"model\":\"$nob\",\"calibration\":\"$C
 check job_missing_eval_blob_422 '[ "$(jpost "{$GOOD,\"eval\":\"$nob\"}")" = 422 ] && [ "$(err_field)" = eval ]'
 check job_wrong_method_422 '[ "$(jpost "{$GOOD,\"method\":\"gptq\"}")" = 422 ] && [ "$(err_field)" = method ]'
 check job_bad_wbits_422 '[ "$(jpost "{$GOOD,\"wbits\":3}")" = 422 ] && [ "$(err_field)" = wbits ]'
+check job_bad_encodings_version_422 '[ "$(jpost "{$GOOD,\"encodings_version\":\"2.0\"}")" = 422 ] && [ "$(err_field)" = encodings_version ] && [ "$(err_code)" = invalid_value ]'
 check job_budget_range_422 '[ "$(jpost "{$GOOD,\"budget\":{\"samples\":-4}}")" = 422 ] && [ "$(err_field)" = budget.samples ]'
 check job_path_in_blob_id_422 '[ "$(jpost "{\"model\":\"sha256:../../../etc/passwd\",\"calibration\":\"$CID\"}")" = 422 ] && [ "$(err_field)" = model ]'
 check job_threads_over_server_limit_422 '[ "$(jpost "{$GOOD,\"threads\":200}")" = 422 ] && [ "$(err_field)" = threads ]'

@@ -68,12 +68,13 @@ check mobilequant_report '[ "$(code GET "/v1/jobs/$J/report")" = 200 ] && jq -e 
 
 # --- two jobs behind one worker: FIFO
 A=$(submit "{$IN,\"method\":\"rtn\",$SMALL,\"labels\":{\"k\":\"a\"}}")
-B=$(submit "{$IN,\"method\":\"rtn\",$SMALL,\"labels\":{\"k\":\"b\"}}")
+B=$(submit "{$IN,\"method\":\"rtn\",$SMALL,\"labels\":{\"k\":\"b\"},\"encodings_version\":\"0.6.1\"}")
 check second_job_waits '[ "$(curl -s "$URL/v1/jobs/$B" | jq -r "[.state, .queue_position] | @tsv")" = "$(printf "queued\t0")" ]'
 wait_state "$B" "succeeded|failed" 180
 check both_succeed '[ "$(job_state "$A")" = succeeded ] && [ "$(job_state "$B")" = succeeded ]'
 fa=$(curl -s "$URL/v1/jobs/$A" | jq -r .finished_at); sb=$(curl -s "$URL/v1/jobs/$B" | jq -r .started_at)
 check fifo_one_at_a_time '[[ "$sb" > "$fa" || "$sb" == "$fa" ]]' "A finished $fa, B started $sb"
+check job_encodings_0_6_1 '[ "$(code GET "/v1/jobs/$B/artifacts/encodings.json")" = 200 ] && jq -e ".version == \"0.6.1\"" "$TMP/body" >/dev/null && jq -e ".version == \"1.0.0\"" "$D/jobs/$A/artifacts/encodings.json" >/dev/null' "$(head -c 200 "$TMP/body")"
 
 # --- cancel a running job
 J=$(submit "{$IN,\"method\":\"mobilequant\",$LONG}")

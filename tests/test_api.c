@@ -36,6 +36,7 @@ static void test_spec_minimal_defaults(void) {
     CHECK(s.wbits == 8 && s.samples == 64 && s.seq_len == 256 && s.epochs == 10, "defaults");
     CHECK(s.threads == 1 && s.timeout_s == 3600 && s.eval_split == 0.5, "defaults");
     CHECK(s.max_ppl_increase < 0 && !s.eval[0] && !s.tokenizer[0], "no gate, no eval blob");
+    CHECK(!strcmp(s.encodings_version, "1.0.0"), "default encodings_version %s", s.encodings_version);
 }
 
 static void test_spec_full_roundtrip(void) {
@@ -44,7 +45,7 @@ static void test_spec_full_roundtrip(void) {
         "\"eval_split\":0.25,\"tokenizer\":null,\"method\":\"rtn\",\"wbits\":4,"
         "\"abits\":{\"res\":8,\"head\":16},\"budget\":{\"samples\":4,\"seq_len\":64,\"epochs\":1},"
         "\"seed\":42,\"threads\":2,\"timeout_s\":60,\"gates\":{\"max_ppl_increase\":0.02},"
-        "\"labels\":{\"team\":\"npu\",\"ci.run\":\"17\"}}";
+        "\"labels\":{\"team\":\"npu\",\"ci.run\":\"17\"},\"encodings_version\":\"0.6.1\"}";
     api_spec s, s2;
     api_field_err fe;
     CHECK(parse(text, &s, &fe) == 0, "full spec refused: %s %s", fe.field, fe.message);
@@ -52,6 +53,7 @@ static void test_spec_full_roundtrip(void) {
     CHECK(s.abits[0] == 8 && s.abits[12] == 16 && s.abits[1] == 0, "abits by class");
     CHECK(fabs(s.max_ppl_increase - 0.02) < 1e-12, "gate");
     CHECK(s.n_labels == 2 && !strcmp(s.label_val[1], "17"), "labels");
+    CHECK(!strcmp(s.encodings_version, "0.6.1"), "encodings_version %s", s.encodings_version);
     cJSON *o = api_spec_to_json(&s);
     CHECK(api_spec_from_json(o, &s2, &fe) == 0, "own output refused: %s", fe.message);
     cJSON_Delete(o);
@@ -93,6 +95,8 @@ static void test_spec_bad_fields(void) {
         {"{\"model\":\"" BLOB_A "\",\"calibration\":\"" BLOB_B "\",\"gates\":{\"max_ppl_increase\":-0.1}}", "gates.max_ppl_increase", "out_of_range"},
         {"{\"model\":\"" BLOB_A "\",\"calibration\":\"" BLOB_B "\",\"labels\":{\"a b\":\"x\"}}", "labels.a b", "invalid_value"},
         {"{\"model\":\"" BLOB_A "\",\"calibration\":\"" BLOB_B "\",\"labels\":{\"a\":1}}", "labels.a", "invalid_type"},
+        {"{\"model\":\"" BLOB_A "\",\"calibration\":\"" BLOB_B "\",\"encodings_version\":\"2.0\"}", "encodings_version", "invalid_value"},
+        {"{\"model\":\"" BLOB_A "\",\"calibration\":\"" BLOB_B "\",\"encodings_version\":1}", "encodings_version", "invalid_type"},
         {"[1,2]", "", "invalid_type"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

@@ -166,6 +166,9 @@ int wk_run(const char *jobdir, int events_fd) {
     o.progress = on_progress;
     o.progress_ctx = &em;
     o.max_ppl_increase = job.spec.max_ppl_increase;
+    _Static_assert(sizeof o.encodings_version >= sizeof job.spec.encodings_version,
+                   "spec encodings_version fits qd_quant_opts");
+    snprintf(o.encodings_version, sizeof o.encodings_version, "%s", job.spec.encodings_version);
 
     char msg[256];
     bool resume = access(ckpt, F_OK) == 0;
