@@ -78,6 +78,10 @@ static void linear(float *y, const float *x, const float *W, const float *b, int
             for (int o = 0; o < out; o++) y[(size_t)n * out + o] += b[o];
 }
 
+/* Query rows per causal attention block in qd_forward_ws; bench/bench_forward.c counts
+ * FLOPs with the same value. */
+#define QD_ATTN_QBLOCK 64
+
 struct qd_fwd_ws {
     float *mem;
     size_t cap;   /* floats */
@@ -106,7 +110,8 @@ int qd_forward_ws(const qd_model *m, qd_fwd_ws *ws, const int *tokens, int B, in
     if (check_tokens(m, tokens, N, err)) return QD_ERR;
     int D = c->dim, hd = c->head_dim, H = c->n_heads, KV = c->n_kv_heads, F = c->hidden_dim;
     int qd = H * hd, kvd = KV * hd, group = H / KV;
-    size_t fl = N * D * 2 + N * qd * 2 + N * kvd * 2 + N * F * 2 + (size_t)T * T +
+    int QB = T < QD_ATTN_QBLOCK ? T : QD_ATTN_QBLOCK;
+    size_t fl = N * D * 2 + N * qd * 2 + N * kvd * 2 + N * F * 2 + (size_t)QB * T +
                 (size_t)T * hd;
     if (ws->cap < fl) {
         free(ws->mem);
@@ -118,7 +123,7 @@ int qd_forward_ws(const qd_model *m, qd_fwd_ws *ws, const int *tokens, int B, in
     float *mem = ws->mem;
     float *x = mem, *xn = x + N * D, *q = xn + N * D, *att = q + N * qd, *k = att + N * qd,
           *v = k + N * kvd, *g = v + N * kvd, *u = g + N * F, *P = u + N * F,
-          *cs = P + (size_t)T * T, *sn = cs + (size_t)T * hd / 2;
+          *cs = P + (size_t)QB * T, *sn = cs + (size_t)T * hd / 2;
     qd_rope_tables(T, hd, c->rope_theta, cs, sn);
     for (size_t n = 0; n < N; n++)
         memcpy(x + n * D, m->tok_emb + (size_t)tokens[n] * D, D * sizeof(float));
@@ -140,17 +145,24 @@ int qd_forward_ws(const qd_model *m, qd_fwd_ws *ws, const int *tokens, int B, in
                 const float *kh = k + (size_t)b * T * kvd + (h / group) * hd;
                 const float *vh = v + (size_t)b * T * kvd + (h / group) * hd;
                 float *oh = att + (size_t)b * T * qd + h * hd;
-                /* P (T, T) = q_h k_h^T; the upper triangle is computed and then masked:
-                 * cheaper than T separate gemv calls at these sizes. */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, qh, qd,
-                            kh, kvd, 0.0f, P, T);
-                for (int i = 0; i < T; i++) {
-                    float *row = P + (size_t)i * T;
-                    softmax_row(row, i + 1);
-                    for (int j = i + 1; j < T; j++) row[j] = 0.0f;
+                /* Causal blocks: query rows [i0, i1) see keys [0, i1) only, so the
+                 * scores above the diagonal block are never computed. P (i1 - i0, i1) =
+                 * q_h[i0:i1] k_h[0:i1]^T; inside the diagonal block the upper triangle is
+                 * computed and zeroed (one sgemm beats per-row gemv at these sizes). */
+                for (int i0 = 0; i0 < T; i0 += QB) {
+                    int i1 = i0 + QB < T ? i0 + QB : T, rows = i1 - i0;
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, i1, hd, scale,
+                                qh + (size_t)i0 * qd, qd, kh, kvd, 0.0f, P, i1);
+                    for (int r = 0; r < rows; r++) {
+                        float *row = P + (size_t)r * i1;
+                        int len = i0 + r + 1;
+                        softmax_row(row, len);
+                        for (int j = len; j < i1; j++) row[j] = 0.0f;
+                    }
+                    /* o_h[i0:i1] (rows, hd) = P (rows, i1) v_h[0:i1] (i1, hd) */
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, i1, 1.0f,
+                                P, i1, vh, kvd, 0.0f, oh + (size_t)i0 * qd, qd);
                 }
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, P, T, vh,
-                            kvd, 0.0f, oh, qd);
             }
         linear(xn, att, L->wo, NULL, N, D, qd);
         for (size_t i = 0; i < N * D; i++) x[i] += xn[i];
