@@ -18,6 +18,8 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/statvfs.h>
+
+#include "quant/qd.h"
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -42,19 +44,6 @@ static int connect_server(void) {
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     return fd;
-}
-
-static int write_all(int fd, const char *p, size_t n) {
-    while (n) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
 }
 
 /* Reads one HTTP response (Content-Length bodies only) into buf; returns the status or -1. */
@@ -135,7 +124,7 @@ static void *load(void *arg) {
     while (fd >= 0) {
         double t0 = now();
         if (t0 >= w->t_end) break;
-        if (write_all(fd, w->req, w->req_len) != 0 ||
+        if (qd_write_all(fd, w->req, w->req_len) != 0 ||
             read_response(fd, buf, 1 << 16, NULL, NULL) != 200) {
             w->errors++;
             close(fd);
@@ -226,10 +215,10 @@ int main(int argc, char **argv) {
                       "POST /v1/blobs HTTP/1.1\r\nHost: %s\r\nContent-Type: application/octet-stream"
                       "\r\nContent-Length: %llu\r\n\r\n", host, (unsigned long long)total);
     double t0 = now();
-    int ok = write_all(fd, head, (size_t)hn) == 0;
+    int ok = qd_write_all(fd, head, (size_t)hn) == 0;
     for (uint64_t sent = 0; ok && sent < total; sent += chunk) {
         buf[0] = (char)(sent >> 20); /* no two chunks alike */
-        ok = write_all(fd, buf, chunk) == 0;
+        ok = qd_write_all(fd, buf, chunk) == 0;
     }
     char resp[4096];
     size_t boff = 0;
@@ -254,7 +243,7 @@ int main(int argc, char **argv) {
                       "POST /v1/jobs HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
                       "Content-Length: %d\r\n\r\n%s", host, bn, body);
     fd = connect_server();
-    st = write_all(fd, req, (size_t)rn) == 0 ? read_response(fd, resp, sizeof resp, &boff, NULL) : -1;
+    st = qd_write_all(fd, req, (size_t)rn) == 0 ? read_response(fd, resp, sizeof resp, &boff, NULL) : -1;
     close(fd);
     idp = st == 201 ? strstr(resp + boff, "\"id\":\"") : NULL;
     if (idp) sscanf(idp + 6, "%63[^\"]", job);

@@ -9,6 +9,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 int qd_errf(qd_err *err, const char *fmt, ...) {
     if (err) {
@@ -54,6 +55,20 @@ void *qd_read_file(const char *path, size_t max_bytes, size_t *len, qd_err *err)
     buf[n] = 0;
     if (len) *len = n;
     return buf;
+}
+
+int qd_write_all(int fd, const void *data, size_t n) {
+    const char *p = data;
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
 }
 
 double qd_now(void) {

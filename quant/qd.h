@@ -21,6 +21,9 @@ int qd_errf(qd_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 
  * Refuses files larger than max_bytes. NULL on failure with err set (names the file). */
 void *qd_read_file(const char *path, size_t max_bytes, size_t *len, qd_err *err);
 
+/* Writes all n bytes to fd, retrying short writes and EINTR. 0, or -1 with errno set. */
+int qd_write_all(int fd, const void *data, size_t n);
+
 /* Wall-clock seconds from a monotonic clock. */
 double qd_now(void);
 

@@ -162,17 +162,7 @@ srv_upload *srv_upload_begin(srv_store *s, qd_err *err) {
 
 int srv_upload_write(srv_upload *u, const void *data, size_t n) {
     if (u->sealed) return EINVAL;
-    const char *p = data;
-    size_t left = n;
-    while (left) {
-        ssize_t w = write(u->fd, p, left);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            return errno;
-        }
-        p += w;
-        left -= (size_t)w;
-    }
+    if (qd_write_all(u->fd, data, n) != 0) return errno;
     EVP_DigestUpdate(u->md, data, n);
     u->size += n;
     return 0;
@@ -236,27 +226,13 @@ int srv_job_dir(const srv_store *s, const char *id, char *out, size_t n) {
     return k > 0 && (size_t)k < n ? QD_OK : QD_ERR;
 }
 
-static int write_all(int fd, const void *data, size_t n) {
-    const char *p = data;
-    while (n) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 int srv_atomic_write(const char *path, const void *data, size_t n, qd_err *err) {
     char tmp[PATH_MAX + 16];
     if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
         return qd_errf(err, "%s: path too long", __func__);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) return qd_errf(err, "%s: %s: %s", __func__, tmp, strerror(errno));
-    if (write_all(fd, data, n) != 0 || fsync(fd) != 0) {
+    if (qd_write_all(fd, data, n) != 0 || fsync(fd) != 0) {
         int e = errno;
         close(fd);
         unlink(tmp);
@@ -335,7 +311,7 @@ int srv_store_append_event(srv_store *s, const char *id, const char *line, qd_er
     memcpy(buf, line, n);
     buf[n] = '\n';
     /* One write: an appended line is never interleaved with a worker's lines. */
-    int rc = write_all(fd, buf, n + 1) == 0 ? QD_OK : qd_errf(err, "%s: %s", p, strerror(errno));
+    int rc = qd_write_all(fd, buf, n + 1) == 0 ? QD_OK : qd_errf(err, "%s: %s", p, strerror(errno));
     free(buf);
     close(fd);
     return rc;
