@@ -404,6 +404,18 @@ static void let_cr(qd_qlayer *L, int w, qd_real **c, qd_real **r, qd_real **gc, 
     }
 }
 
+/* Weight w of layer l with the LET scales applied (into scratch A), or the stored weight itself
+ * when LET is off or does not touch it. */
+static const qd_real *let_weight(qd_qsim *q, int l, int w) {
+    struct qd_qsim_priv *P = q->priv;
+    qd_qlayer *L = &q->L[l];
+    qd_real *c, *r, *gc, *gr;
+    let_cr(L, w, &c, &r, &gc, &gr);
+    if (!q->let_on || !(c || r)) return L->w[w];
+    qd_let_weight_forward(P->scrA, L->w[w], L->wrows[w], L->wcols[w], c, r);
+    return P->scrA;
+}
+
 /* Ŵ of weight w into the scratch buffers (Wt: transformed, returned Ŵ). fwd: take new rounding
  * slots (forward) or reuse the forward's (backward). */
 static const qd_real *prep_weight(qd_qsim *q, int l, int w, const qd_real **wt, int fwd) {
@@ -411,13 +423,7 @@ static const qd_real *prep_weight(qd_qsim *q, int l, int w, const qd_real **wt, 
     qd_qlayer *L = &q->L[l];
     qd_qact *A = act_of(q, l);
     int rows = L->wrows[w], cols = L->wcols[w];
-    qd_real *c, *r, *gc, *gr;
-    let_cr(L, w, &c, &r, &gc, &gr);
-    const qd_real *t = L->w[w];
-    if (q->let_on && (c || r)) {
-        qd_let_weight_forward(P->scrA, L->w[w], rows, cols, c, r);
-        t = P->scrA;
-    }
+    const qd_real *t = let_weight(q, l, w);
     *wt = t;
     if (!q->wq_on) return t;
     if (L->wfix[w]) return L->wfix[w];
@@ -902,13 +908,7 @@ QD_API int qd_qsim_fold(const qd_qsim *qc, qd_model *out, qd_err *err) {
                                       ol->w_gate, ol->w_up, ol->w_down};
         for (int w = 0; w < QD_W_PER_LAYER; w++) {
             int rows = L->wrows[w], cols = L->wcols[w];
-            qd_real *cc, *r, *gc, *gr;
-            let_cr(L, w, &cc, &r, &gc, &gr);
-            const qd_real *t = L->w[w];
-            if (q->let_on && (cc || r)) {
-                qd_let_weight_forward(P->scrA, L->w[w], rows, cols, cc, r);
-                t = P->scrA;
-            }
+            const qd_real *t = let_weight(q, l, w);
             qd_wq_spec sp = L->wspec[w];
             int groups = sp.per_channel ? rows : 1;
             size_t gsz = sp.per_channel ? (size_t)cols : (size_t)rows * cols;
@@ -967,13 +967,7 @@ QD_API void qd_qsim_weight_enc(const qd_qsim *qc, int l, int w, qd_real *scale, 
     struct qd_qsim_priv *P = q->priv;
     qd_qlayer *L = &q->L[l];
     int rows = L->wrows[w], cols = L->wcols[w];
-    qd_real *c, *r, *gc, *gr;
-    let_cr(L, w, &c, &r, &gc, &gr);
-    const qd_real *t = L->w[w];
-    if (q->let_on && (c || r)) {
-        qd_let_weight_forward(P->scrA, L->w[w], rows, cols, c, r);
-        t = P->scrA;
-    }
+    const qd_real *t = let_weight(q, l, w);
     qd_wq_forward(P->scrB, t, rows, cols, L->wspec[w], q->lwc_on ? L->gam[w] : NULL,
                   q->lwc_on ? L->bet[w] : NULL, scale, zero, NULL, 0);
 }
