@@ -28,7 +28,7 @@ LDFLAGS += -fsanitize=address,undefined
 endif
 LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -pthread
 
-LIB_SRC  := $(wildcard quant/*.c api/*.c worker/*.c server/*.c)
+LIB_SRC  := $(wildcard base/*.c quant/*.c quant/*/*.c api/*.c worker/*.c server/*.c)
 CLI_SRC  := $(wildcard cli/*.c)
 TEST_SRC := $(wildcard tests/test_*.c)
 BENCH_SRC:= $(wildcard bench/bench_*.c)

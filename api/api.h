@@ -10,7 +10,7 @@
 
 #include <cjson/cJSON.h>
 
-#include "quant/qd.h"
+#include "base/err.h"
 
 /* Hard limits on what a client may ask for; the server may lower some through its config. */
 #define API_MAX_SAMPLES 100000

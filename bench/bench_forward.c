@@ -5,8 +5,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "quant/forward.h"
+#include "quant/fp/forward.h"
 #include "tests/synth.h"
+#include "base/sys.h"
 
 /* Query rows per causal attention block: must match QD_ATTN_QBLOCK in quant/forward.c. */
 #define ATTN_QBLOCK 64

@@ -10,7 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "quant/igemm.h"
+#include "quant/rt/igemm.h"
+#include "base/sys.h"
 
 static uint64_t rng = 88172645463325252ull;
 static uint32_t rnd(void) {

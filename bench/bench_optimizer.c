@@ -7,12 +7,12 @@
  * nothing about time. Threads: OPENBLAS_NUM_THREADS (printed).
  * QD_BENCH_SMALL=1 shrinks the config (quick smoke run). */
 #define QD_GEMM_PROFILE
-#include "quant/ops.c"
-#include "quant/qsim.c"
+#include "quant/sim/ops.c"
+#include "quant/sim/fakequant.c"
 
 #include <stdio.h>
 
-#include "quant/optim.h"
+#include "quant/opt/optim.h"
 #include "tests/synth.h"
 
 static double plain_sgemm_gflops(int M, int N, int K) {

@@ -17,11 +17,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "quant/data.h"
-#include "quant/forward.h"
-#include "quant/loadtok.h"
-#include "quant/qrt.h"
+#include "quant/text/data.h"
+#include "quant/fp/forward.h"
+#include "quant/text/resolve.h"
+#include "quant/rt/runtime.h"
 #include "tests/synth.h"
+#include "base/sys.h"
+#include "quant/io/load.h"
 
 extern void openblas_set_num_threads(int);
 extern int openblas_get_num_threads(void);

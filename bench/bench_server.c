@@ -19,7 +19,8 @@
 #include <sys/socket.h>
 #include <sys/statvfs.h>
 
-#include "quant/qd.h"
+#include "base/err.h"
+#include "base/fs.h"
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>

@@ -6,8 +6,8 @@
 
 #include "cli/args.h"
 #include "cli/cli.h"
-#include "quant/data.h"
-#include "quant/forward.h"
+#include "quant/text/data.h"
+#include "quant/fp/forward.h"
 #include "cli/runner.h"
 
 static void usage(FILE *f) {

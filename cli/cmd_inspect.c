@@ -5,6 +5,7 @@
 
 #include "cli/cli.h"
 #include "quant/model.h"
+#include "quant/io/load.h"
 
 int cmd_inspect(int argc, char **argv) {
     const char *path = NULL;

@@ -12,8 +12,9 @@
 
 #include "cli/args.h"
 #include "cli/cli.h"
-#include "quant/qsim.h"
+#include "quant/sim/fakequant.h"
 #include "quant/quantize.h"
+#include "base/fs.h"
 
 static volatile sig_atomic_t stop_flag;
 

@@ -3,7 +3,8 @@
 
 #include <string.h>
 
-#include "quant/loadtok.h"
+#include "quant/text/resolve.h"
+#include "quant/io/load.h"
 
 static int is_qint(const char *path) {
     const char *suf = ".qint.safetensors";

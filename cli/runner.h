@@ -3,9 +3,9 @@
 #ifndef QD_RUNNER_H
 #define QD_RUNNER_H
 
-#include "quant/forward.h"
-#include "quant/qrt.h"
-#include "quant/tokenizer.h"
+#include "quant/fp/forward.h"
+#include "quant/rt/runtime.h"
+#include "quant/text/tokenizer.h"
 
 typedef struct runner {
     const char *kind;      /* "fp32" or "int" */

@@ -10,7 +10,7 @@
 #ifndef QD_MODEL_H
 #define QD_MODEL_H
 
-#include "quant/qd.h"
+#include "base/err.h"
 
 struct qd_vocab;
 
@@ -81,27 +81,39 @@ int qd_config_validate(const qd_config *cfg, const char *path, qd_err *err);
  * NULL on failure. Free with qd_model_free. */
 qd_model *qd_model_alloc(const qd_config *cfg, qd_err *err);
 
-/* Loads a checkpoint, detecting the format: a .gguf file, a Hugging Face directory (or its
- * config.json / model.safetensors / index file), or a llama2.c .bin. Weights are checked for
- * NaN/Inf. NULL on failure with err naming the file and the field. */
-qd_model *qd_model_load(const char *path, qd_err *err);
+/* Dimension kinds for qd_layer_tensors; qd_layer_dim maps one to its size for a config. */
+enum { QD_DIM_VEC = 0, QD_DIM_D, QD_DIM_Q, QD_DIM_KV, QD_DIM_F };
 
-/* Format-specific readers behind qd_model_load. */
-qd_model *qd_load_gguf(const char *path, qd_err *err);
-qd_model *qd_load_hf(const char *path, qd_err *err);
-qd_model *qd_load_llama2c(const char *path, qd_err *err);
+/* One tensor of a decoder layer, the single list every reader, writer and the allocator walk:
+ * GGUF and Hugging Face name suffixes (after "blk.%d." / "model.layers.%d."), shape as
+ * (rows, cols) dims kinds with rows == QD_DIM_VEC for a vector of cols, the qd_layer field at
+ * offset, and bias = 1 when the tensor exists only with cfg.qkv_bias. Order is file order. */
+typedef struct qd_layer_tensor {
+    const char *gguf, *hf;
+    int rows, cols;
+    size_t offset; /* offsetof(qd_layer, field) */
+    int bias;
+} qd_layer_tensor;
 
-/* Writes m as a Hugging Face directory: config.json (LlamaForCausalLM, or Qwen2ForCausalLM
- * when cfg.qkv_bias) and model.safetensors with HF tensor names, weights in dtype "F32",
- * "F16" or "BF16"; lm_head.weight only when untied. dir is created if missing; each file is
- * written atomically. QD_ERR with err set. */
-int qd_save_hf(const qd_model *m, const char *dir, const char *dtype, qd_err *err);
+extern const qd_layer_tensor qd_layer_tensors[];
+extern const int qd_n_layer_tensors;
 
-/* The same, split into shards of at most max_shard_bytes of tensor data each
- * (model-0000K-of-0000N.safetensors + model.safetensors.index.json); max_shard_bytes == 0
- * writes the single model.safetensors. A tensor larger than the limit gets a shard alone. */
-int qd_save_hf_sharded(const qd_model *m, const char *dir, const char *dtype,
-                       size_t max_shard_bytes, qd_err *err);
+/* The size of dims kind for c (dim, n_heads*head_dim, n_kv_heads*head_dim, hidden_dim), 0 for
+ * QD_DIM_VEC. */
+int64_t qd_layer_dim(const qd_config *c, int kind);
+
+/* Whether tensor t is present in a model with config c. */
+static inline int qd_layer_tensor_on(const qd_config *c, const qd_layer_tensor *t) {
+    return !t->bias || c->qkv_bias;
+}
+
+/* The qd_layer field that tensor t describes. */
+static inline float **qd_layer_slot(qd_layer *L, const qd_layer_tensor *t) {
+    return (float **)(void *)((char *)L + t->offset);
+}
+static inline const float *qd_layer_get(const qd_layer *L, const qd_layer_tensor *t) {
+    return *(float *const *)(const void *)((const char *)L + t->offset);
+}
 
 /* Deep copy of config and weights into a new single allocation; vocab and tinfo are not
  * copied (NULL in the clone). NULL on failure. */

@@ -16,17 +16,20 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "quant/aimet.h"
-#include "quant/data.h"
-#include "quant/encodings.h"
-#include "quant/eval.h"
-#include "quant/gguf.h"
-#include "quant/loadtok.h"
-#include "quant/mobilequant.h"
-#include "quant/optim.h"
-#include "quant/qint.h"
-#include "quant/qrt.h"
-#include "quant/vocab_write.h"
+#include "quant/export/aimet.h"
+#include "quant/text/data.h"
+#include "quant/sim/encodings.h"
+#include "quant/fp/eval.h"
+#include "quant/io/gguf.h"
+#include "quant/text/resolve.h"
+#include "quant/opt/mobilequant.h"
+#include "quant/opt/optim.h"
+#include "quant/rt/int_model.h"
+#include "quant/rt/runtime.h"
+#include "quant/text/vocab_write.h"
+#include "base/fs.h"
+#include "base/sys.h"
+#include "quant/io/load.h"
 
 void qd_quant_defaults(qd_quant_opts *o) {
     memset(o, 0, sizeof *o);

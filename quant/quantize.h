@@ -27,18 +27,8 @@
 #include <signal.h>
 #include <stdint.h>
 
-#include "quant/qd.h"
-
-typedef struct qd_progress {
-    const char *phase;     /* "load", "calibrate", "optimize", "fold", "eval", "export" */
-    long step, total;      /* steps done / planned within the phase (0/0 when not counted) */
-    double loss;           /* current training loss, NAN when none */
-    double lr;             /* current learning rate of the LET group, NAN when none */
-    double elapsed_s;      /* seconds since qd_quantize started */
-    double eta_s;          /* estimated seconds left in the phase, NAN when unknown */
-} qd_progress;
-
-typedef void (*qd_progress_fn)(void *ctx, const qd_progress *p);
+#include "base/err.h"
+#include "quant/progress.h"
 
 typedef struct qd_quant_opts {
     const char *model_path;      /* checkpoint (any supported format) */

@@ -4,7 +4,7 @@
 #ifndef QD_SRV_AUTH_H
 #define QD_SRV_AUTH_H
 
-#include "quant/qd.h"
+#include "base/err.h"
 
 typedef enum srv_role { SRV_ROLE_NONE = 0, SRV_ROLE_READ, SRV_ROLE_SUBMIT, SRV_ROLE_ADMIN } srv_role;
 

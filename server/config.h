@@ -5,7 +5,7 @@
 
 #include <stddef.h>
 
-#include "quant/qd.h"
+#include "base/err.h"
 
 typedef struct srv_config {
     char listen[128];        /* ADDR:PORT, [v6addr]:PORT; port 0 picks a free one */

@@ -39,6 +39,7 @@
 #include "server/jobs.h"
 #include "server/metrics.h"
 #include "server/store.h"
+#include "base/sys.h"
 
 #define MAX_JSON_BODY (1u << 20)
 

@@ -22,8 +22,10 @@
 
 #include <uuid/uuid.h>
 
-#include "quant/qd.h"
+#include "base/err.h"
 #include "worker/worker.h"
+#include "base/fs.h"
+#include "base/sys.h"
 
 struct srv_job {
     api_job job;

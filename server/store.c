@@ -3,6 +3,7 @@
  * job.json is replaced through a temp file, fsync and rename; a new job directory is built
  * under a temp name and renamed into jobs/. */
 #include "server/store.h"
+#include "base/fs.h"
 
 #include <dirent.h>
 #include <errno.h>

@@ -13,7 +13,7 @@
 #include <stddef.h>
 
 #include "api/api.h"
-#include "quant/qd.h"
+#include "base/err.h"
 
 typedef struct srv_store srv_store;
 

@@ -15,9 +15,10 @@
 #include <cjson/cJSON.h>
 #include <math.h>
 
-#include "quant/qint.h"
-#include "quant/safetensors.h"
+#include "quant/rt/int_model.h"
+#include "quant/io/safetensors.h"
 #include "tests/check.h"
+#include "base/fs.h"
 
 typedef struct aimet_want {
     char name[128];

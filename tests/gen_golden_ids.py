@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Golden token ids from a deliberately naive SentencePiece-BPE encoder, for test_tokenizer.
 
-It shares no code or data structure with quant/tokenizer.c: every round scans all adjacent
+It shares no code or data structure with quant/text/tokenizer.c: every round scans all adjacent
 pairs, merges the one whose concatenation is a vocabulary piece with the highest score
 (leftmost on ties), and stops when no pair merges; leftover symbols that are no piece become
 their UTF-8 bytes' <0xXX> tokens. Quadratic, so it is run once on short inputs and the output

@@ -9,11 +9,12 @@
 #include <unistd.h>
 
 #include "api/api.h"
-#include "quant/qsim.h"
+#include "quant/sim/fakequant.h"
 #include "server/auth.h"
 #include "server/config.h"
 #include "server/server.h"
 #include "tests/check.h"
+#include "base/fs.h"
 
 #define BLOB_A "sha256:270cba1bd5109f42d03350f60406024560464db173c0e387d91f0426d3bd256d"
 #define BLOB_B "sha256:3ccdd4ecfe9b52fed5931479dc95ca56ce9fe44e3347cdf0daf401b3729d761c"

@@ -18,17 +18,19 @@
 
 #include <cjson/cJSON.h>
 
-#include "quant/data.h"
-#include "quant/encodings.h"
-#include "quant/eval.h"
-#include "quant/forward.h"
-#include "quant/loadtok.h"
-#include "quant/mobilequant.h"
-#include "quant/qrt.h"
+#include "quant/text/data.h"
+#include "quant/sim/encodings.h"
+#include "quant/fp/eval.h"
+#include "quant/fp/forward.h"
+#include "quant/text/resolve.h"
+#include "quant/opt/mobilequant.h"
+#include "quant/rt/runtime.h"
 #include "quant/quantize.h"
-#include "quant/vocab_write.h"
+#include "quant/text/vocab_write.h"
 #include "tests/aimet_check.h"
 #include "tests/check.h"
+#include "base/sys.h"
+#include "quant/io/load.h"
 
 #define MODEL "models/stories260K.gguf"
 #define TEXT "text/tinystories-valid-excerpt.txt"

@@ -1,9 +1,10 @@
 /* Data tests: the TinyStories excerpt as .txt (CRLF line endings), small .txt files with
  * <|endoftext|> separators, .jsonl, pre-tokenized uint16/uint32 .bin, format sniffing, and
  * each bad-input case with the location the message must name. */
-#include "quant/data.h"
+#include "quant/text/data.h"
 
 #include "check.h"
+#include "base/fs.h"
 
 #include <stdint.h>
 #include <unistd.h>

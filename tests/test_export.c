@@ -4,12 +4,13 @@
  * dequantized model (what fp-folded/ holds). */
 #include <unistd.h>
 
-#include "quant/aimet.h"
-#include "quant/data.h"
-#include "quant/loadtok.h"
-#include "quant/safetensors.h"
+#include "quant/export/aimet.h"
+#include "quant/text/data.h"
+#include "quant/text/resolve.h"
+#include "quant/io/safetensors.h"
 #include "tests/aimet_check.h"
 #include "tests/check.h"
+#include "quant/io/load.h"
 
 static qd_model *model;
 static qd_tokens toks;

@@ -3,10 +3,11 @@
  * perplexity and Karpathy's documented greedy text. */
 #include <math.h>
 
-#include "quant/data.h"
-#include "quant/forward.h"
-#include "quant/loadtok.h"
+#include "quant/text/data.h"
+#include "quant/fp/forward.h"
+#include "quant/text/resolve.h"
 #include "tests/check.h"
+#include "quant/io/load.h"
 
 static const char *EXPECTED =
     "Once upon a time, there was a little girl named Lily. She loved to play outside in the "

@@ -11,9 +11,9 @@
  *  - the clipping search never does worse than no clipping on its own objective. */
 #include <math.h>
 
-#include "quant/encodings.h"
-#include "quant/gptq.h"
-#include "quant/qsim.h"
+#include "quant/sim/encodings.h"
+#include "quant/opt/gptq.h"
+#include "quant/sim/fakequant.h"
 #include "tests/check.h"
 #include "tests/synth.h"
 

@@ -1,5 +1,5 @@
 /* Gradient checks of every hand-written backward, in double precision: this file compiles
- * quant/ops.c and quant/qsim.c a second time with QD_REAL_DOUBLE (qd_real = double, every
+ * quant/sim/ops.c and quant/sim/fakequant.c a second time with QD_REAL_DOUBLE (qd_real = double, every
  * public function file-local), and compares the analytic gradients with central differences.
  *
  * Quantizers round; the straight-through estimator's gradient is the exact gradient of the
@@ -14,8 +14,8 @@
  * leave four orders of magnitude of headroom while any missing or wrong term (the fault cases
  * below: gradients of O(1e-3..1) relative size) fails them. */
 #define QD_REAL_DOUBLE
-#include "quant/ops.c"
-#include "quant/qsim.c"
+#include "quant/sim/ops.c"
+#include "quant/sim/fakequant.c"
 
 #include <stdio.h>
 

@@ -3,7 +3,7 @@
  * operands. Paths this CPU cannot run print "SKIP name". */
 #include <stdint.h>
 
-#include "quant/igemm.h"
+#include "quant/rt/igemm.h"
 #include "tests/check.h"
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;

@@ -4,7 +4,7 @@
 #include <math.h>
 #include <stdint.h>
 
-#include "quant/intops.h"
+#include "quant/rt/int_ops.h"
 #include "tests/check.h"
 
 static uint64_t rng = 0x243f6a8885a308d3ull;

@@ -4,13 +4,15 @@
  * Qwen2 biases, tied/untied, rope_parameters); the safetensors writer for integer tensors; a
  * synthetic GGUF with every metadata type; fp16/bf16 bit patterns; and the bad-input
  * catalogue, each corrupt file built here from fixture bytes or from qd_save_hf output. */
-#include "quant/gguf.h"
-#include "quant/half.h"
+#include "quant/io/gguf.h"
+#include "quant/io/half.h"
 #include "quant/model.h"
-#include "quant/safetensors.h"
-#include "quant/tokenizer.h"
+#include "quant/io/safetensors.h"
+#include "quant/text/tokenizer.h"
 
 #include "check.h"
+#include "base/fs.h"
+#include "quant/io/load.h"
 
 #include <cjson/cJSON.h>
 #include <ftw.h>

@@ -7,13 +7,14 @@
 #include <stdint.h>
 #include <unistd.h>
 
-#include "quant/data.h"
-#include "quant/encodings.h"
-#include "quant/forward.h"
-#include "quant/loadtok.h"
-#include "quant/qrt.h"
-#include "quant/safetensors.h"
+#include "quant/text/data.h"
+#include "quant/sim/encodings.h"
+#include "quant/fp/forward.h"
+#include "quant/text/resolve.h"
+#include "quant/rt/runtime.h"
+#include "quant/io/safetensors.h"
 #include "tests/check.h"
+#include "quant/io/load.h"
 
 static qd_model *model;
 static qd_tokens toks;

@@ -9,11 +9,12 @@
  * models and on stories260K. */
 #include <stdint.h>
 
-#include "quant/data.h"
-#include "quant/intops.h"
-#include "quant/loadtok.h"
-#include "quant/qrt.h"
+#include "quant/text/data.h"
+#include "quant/rt/int_ops.h"
+#include "quant/text/resolve.h"
+#include "quant/rt/runtime.h"
 #include "tests/check.h"
+#include "quant/io/load.h"
 
 static uint64_t rng = 0x2545f4914f6cdd1dull;
 static uint32_t rnd(void) {

@@ -6,12 +6,13 @@
  *  - quantizer round-trip error stays within the grid's bound. */
 #include <math.h>
 
-#include "quant/encodings.h"
-#include "quant/eval.h"
-#include "quant/forward.h"
-#include "quant/qsim.h"
+#include "quant/sim/encodings.h"
+#include "quant/fp/eval.h"
+#include "quant/fp/forward.h"
+#include "quant/sim/fakequant.h"
 #include "tests/check.h"
 #include "tests/synth.h"
+#include "quant/io/load.h"
 
 static qd_model *stories(void) {
     qd_err err = {{0}};

@@ -12,14 +12,18 @@
 
 #include <cjson/cJSON.h>
 
-#include "quant/data.h"
-#include "quant/eval.h"
-#include "quant/loadtok.h"
-#include "quant/forward.h"
-#include "quant/mobilequant.h"
-#include "quant/optim.h"
+#include "quant/text/data.h"
+#include "quant/fp/eval.h"
+#include "quant/text/resolve.h"
+#include "quant/fp/forward.h"
+#include "quant/opt/mobilequant.h"
+#include "quant/quantize.h"
+#include "quant/opt/optim.h"
 #include "tests/check.h"
 #include "tests/synth.h"
+#include "base/fs.h"
+#include "base/sys.h"
+#include "quant/io/load.h"
 
 static int *rand_tokens(size_t n, int V, uint64_t seed) {
     int *t = malloc(sizeof(int) * n);

@@ -1,9 +1,11 @@
 /* Tokenizer tests: the three sources of one vocabulary give the same ids (tokenizer.bin,
  * GGUF, a generated tokenizer.json), the whole fixture text round-trips through each, known
  * LLaMA ids, byte fallback, decode rules, and every malformed-input error. */
-#include "quant/tokenizer.h"
+#include "quant/text/tokenizer.h"
 
 #include "check.h"
+#include "base/fs.h"
+#include "base/sys.h"
 
 #include <math.h>
 #include <stdint.h>

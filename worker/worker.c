@@ -18,6 +18,8 @@
 
 #include "api/api.h"
 #include "quant/quantize.h"
+#include "base/fs.h"
+#include "base/sys.h"
 
 static volatile sig_atomic_t stop_flag;
 

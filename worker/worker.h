@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-#include "quant/qd.h"
+#include "base/err.h"
 
 /* Exit statuses of `quantd work`, read by the dispatchers. */
 #define WK_EXIT_OK 0      /* report written */

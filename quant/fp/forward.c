@@ -1,0 +1,398 @@
+/* FP32 inference forward. The batched path runs every matmul through cblas_sgemm; the
+ * reference path is plain loops over the same buffers, kept for tests. Activations are
+ * row-major (tokens, features); weights are [out][in] so y = x W^T. RoPE is rotate-half. */
+#include "quant/fp/forward.h"
+#include "base/sys.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int check_tokens(const qd_model *m, const int *tokens, size_t n, qd_err *err) {
+    for (size_t i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= m->cfg.vocab_size)
+            return qd_errf(err, "forward: token %d at index %zu outside vocabulary of %d",
+                           tokens[i], i, m->cfg.vocab_size);
+    return QD_OK;
+}
+
+void qd_rope_tables(int T, int head_dim, float theta, float *cos_t, float *sin_t) {
+    int half = head_dim / 2;
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < half; i++) {
+            double freq = pow((double)theta, -2.0 * i / head_dim);
+            double a = (double)t * freq;
+            cos_t[t * half + i] = (float)cos(a);
+            sin_t[t * half + i] = (float)sin(a);
+        }
+}
+
+/* out (N, d) = rmsnorm(x) * w; in place allowed. */
+static void rmsnorm(float *out, const float *x, const float *w, size_t N, int d, float eps) {
+    for (size_t n = 0; n < N; n++) {
+        const float *xr = x + n * d;
+        float *o = out + n * d;
+        double ss = 0;
+        for (int i = 0; i < d; i++) ss += (double)xr[i] * xr[i];
+        float r = (float)(1.0 / sqrt(ss / d + eps));
+        for (int i = 0; i < d; i++) o[i] = xr[i] * r * w[i];
+    }
+}
+
+/* Rotates n_heads heads of one token vector v at position t (rotate-half pairs i, i+hd/2). */
+static void rope_token(float *v, int n_heads, int hd, const float *cos_t, const float *sin_t,
+                       int t) {
+    int half = hd / 2;
+    const float *c = cos_t + (size_t)t * half, *s = sin_t + (size_t)t * half;
+    for (int h = 0; h < n_heads; h++) {
+        float *x = v + h * hd;
+        for (int i = 0; i < half; i++) {
+            float x0 = x[i], x1 = x[i + half];
+            x[i] = x0 * c[i] - x1 * s[i];
+            x[i + half] = x0 * s[i] + x1 * c[i];
+        }
+    }
+}
+
+static void softmax_row(float *p, int n) {
+    float mx = p[0];
+    for (int i = 1; i < n; i++) mx = p[i] > mx ? p[i] : mx;
+    double sum = 0;
+    for (int i = 0; i < n; i++) {
+        p[i] = expf(p[i] - mx);
+        sum += p[i];
+    }
+    float inv = (float)(1.0 / sum);
+    for (int i = 0; i < n; i++) p[i] *= inv;
+}
+
+static float silu(float x) { return x / (1.0f + expf(-x)); }
+
+/* y (N, out) = x (N, in) W^T (+ b) */
+static void linear(float *y, const float *x, const float *W, const float *b, int N, int out,
+                   int in) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, in, 1.0f, x, in, W, in, 0.0f,
+                y, out);
+    if (b)
+        for (int n = 0; n < N; n++)
+            for (int o = 0; o < out; o++) y[(size_t)n * out + o] += b[o];
+}
+
+/* Query rows per causal attention block in qd_forward_ws; bench/bench_forward.c counts
+ * FLOPs with the same value. */
+#define QD_ATTN_QBLOCK 64
+
+struct qd_fwd_ws {
+    float *mem;
+    size_t cap;   /* floats */
+};
+
+qd_fwd_ws *qd_fwd_ws_new(void) { return calloc(1, sizeof(qd_fwd_ws)); }
+
+void qd_fwd_ws_free(qd_fwd_ws *ws) {
+    if (!ws) return;
+    free(ws->mem);
+    free(ws);
+}
+
+int qd_forward(const qd_model *m, const int *tokens, int B, int T, float *logits, qd_err *err) {
+    qd_fwd_ws ws = {0};
+    int rc = qd_forward_ws(m, &ws, tokens, B, T, logits, err);
+    free(ws.mem);
+    return rc;
+}
+
+int qd_forward_ws(const qd_model *m, qd_fwd_ws *ws, const int *tokens, int B, int T,
+                  float *logits, qd_err *err) {
+    const qd_config *c = &m->cfg;
+    if (B <= 0 || T <= 0) return qd_errf(err, "forward: empty batch");
+    size_t N = (size_t)B * T;
+    if (check_tokens(m, tokens, N, err)) return QD_ERR;
+    int D = c->dim, hd = c->head_dim, H = c->n_heads, KV = c->n_kv_heads, F = c->hidden_dim;
+    int qd = H * hd, kvd = KV * hd, group = H / KV;
+    int QB = T < QD_ATTN_QBLOCK ? T : QD_ATTN_QBLOCK;
+    size_t fl = N * D * 2 + N * qd * 2 + N * kvd * 2 + N * F * 2 + (size_t)QB * T +
+                (size_t)T * hd;
+    if (ws->cap < fl) {
+        free(ws->mem);
+        ws->cap = 0;
+        if (!(ws->mem = malloc(fl * sizeof(float))))
+            return qd_errf(err, "forward: out of memory for %zu tokens", N);
+        ws->cap = fl;
+    }
+    float *mem = ws->mem;
+    float *x = mem, *xn = x + N * D, *q = xn + N * D, *att = q + N * qd, *k = att + N * qd,
+          *v = k + N * kvd, *g = v + N * kvd, *u = g + N * F, *P = u + N * F,
+          *cs = P + (size_t)QB * T, *sn = cs + (size_t)T * hd / 2;
+    qd_rope_tables(T, hd, c->rope_theta, cs, sn);
+    for (size_t n = 0; n < N; n++)
+        memcpy(x + n * D, m->tok_emb + (size_t)tokens[n] * D, D * sizeof(float));
+    float scale = 1.0f / sqrtf((float)hd);
+    for (int l = 0; l < c->n_layers; l++) {
+        const qd_layer *L = &m->layers[l];
+        rmsnorm(xn, x, L->attn_norm, N, D, c->norm_eps);
+        linear(q, xn, L->wq, L->bq, N, qd, D);
+        linear(k, xn, L->wk, L->bk, N, kvd, D);
+        linear(v, xn, L->wv, L->bv, N, kvd, D);
+        for (size_t n = 0; n < N; n++) {
+            int t = (int)(n % T);
+            rope_token(q + n * qd, H, hd, cs, sn, t);
+            rope_token(k + n * kvd, KV, hd, cs, sn, t);
+        }
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < H; h++) {
+                const float *qh = q + (size_t)b * T * qd + h * hd;
+                const float *kh = k + (size_t)b * T * kvd + (h / group) * hd;
+                const float *vh = v + (size_t)b * T * kvd + (h / group) * hd;
+                float *oh = att + (size_t)b * T * qd + h * hd;
+                /* Causal blocks: query rows [i0, i1) see keys [0, i1) only, so the
+                 * scores above the diagonal block are never computed. P (i1 - i0, i1) =
+                 * q_h[i0:i1] k_h[0:i1]^T; inside the diagonal block the upper triangle is
+                 * computed and zeroed (one sgemm beats per-row gemv at these sizes). */
+                for (int i0 = 0; i0 < T; i0 += QB) {
+                    int i1 = i0 + QB < T ? i0 + QB : T, rows = i1 - i0;
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, i1, hd, scale,
+                                qh + (size_t)i0 * qd, qd, kh, kvd, 0.0f, P, i1);
+                    for (int r = 0; r < rows; r++) {
+                        float *row = P + (size_t)r * i1;
+                        int len = i0 + r + 1;
+                        softmax_row(row, len);
+                        for (int j = len; j < i1; j++) row[j] = 0.0f;
+                    }
+                    /* o_h[i0:i1] (rows, hd) = P (rows, i1) v_h[0:i1] (i1, hd) */
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, i1, 1.0f,
+                                P, i1, vh, kvd, 0.0f, oh + (size_t)i0 * qd, qd);
+                }
+            }
+        linear(xn, att, L->wo, NULL, N, D, qd);
+        for (size_t i = 0; i < N * D; i++) x[i] += xn[i];
+        rmsnorm(xn, x, L->ffn_norm, N, D, c->norm_eps);
+        linear(g, xn, L->w_gate, NULL, N, F, D);
+        linear(u, xn, L->w_up, NULL, N, F, D);
+        for (size_t i = 0; i < N * F; i++) g[i] = silu(g[i]) * u[i];
+        linear(xn, g, L->w_down, NULL, N, D, F);
+        for (size_t i = 0; i < N * D; i++) x[i] += xn[i];
+    }
+    rmsnorm(xn, x, m->final_norm, N, D, c->norm_eps);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, c->vocab_size, D, 1.0f, xn, D,
+                m->lm_head, D, 0.0f, logits, c->vocab_size);
+    return QD_OK;
+}
+
+/* ---- reference: plain loops, one token at a time, no BLAS ---- */
+
+static void matvec_ref(float *y, const float *W, const float *b, const float *x, int out,
+                       int in) {
+    for (int o = 0; o < out; o++) {
+        float s = b ? b[o] : 0.0f;
+        for (int i = 0; i < in; i++) s += W[(size_t)o * in + i] * x[i];
+        y[o] = s;
+    }
+}
+
+int qd_forward_ref(const qd_model *m, const int *tokens, int B, int T, float *logits,
+                   qd_err *err) {
+    const qd_config *c = &m->cfg;
+    if (B <= 0 || T <= 0) return qd_errf(err, "forward: empty batch");
+    if (check_tokens(m, tokens, (size_t)B * T, err)) return QD_ERR;
+    int D = c->dim, hd = c->head_dim, H = c->n_heads, KV = c->n_kv_heads, F = c->hidden_dim;
+    int qd = H * hd, kvd = KV * hd;
+    size_t L = c->n_layers;
+    float *x = malloc(sizeof(float) * (D * 3 + qd * 2 + F * 2 + T));
+    float *kc = malloc(sizeof(float) * L * T * kvd), *vc = malloc(sizeof(float) * L * T * kvd);
+    float *cs = malloc(sizeof(float) * T * hd / 2), *sn = malloc(sizeof(float) * T * hd / 2);
+    if (!x || !kc || !vc || !cs || !sn) {
+        free(x), free(kc), free(vc), free(cs), free(sn);
+        return qd_errf(err, "forward_ref: out of memory");
+    }
+    float *xn = x + D, *tmp = xn + D, *q = tmp + D, *att = q + qd, *g = att + qd, *u = g + F,
+          *p = u + F;
+    qd_rope_tables(T, hd, c->rope_theta, cs, sn);
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            memcpy(x, m->tok_emb + (size_t)tokens[b * T + t] * D, D * sizeof(float));
+            for (size_t l = 0; l < L; l++) {
+                const qd_layer *Ly = &m->layers[l];
+                float *kt = kc + (l * T + t) * kvd, *vt = vc + (l * T + t) * kvd;
+                rmsnorm(xn, x, Ly->attn_norm, 1, D, c->norm_eps);
+                matvec_ref(q, Ly->wq, Ly->bq, xn, qd, D);
+                matvec_ref(kt, Ly->wk, Ly->bk, xn, kvd, D);
+                matvec_ref(vt, Ly->wv, Ly->bv, xn, kvd, D);
+                rope_token(q, H, hd, cs, sn, t);
+                rope_token(kt, KV, hd, cs, sn, t);
+                for (int h = 0; h < H; h++) {
+                    int kh = h / (H / KV);
+                    for (int j = 0; j <= t; j++) {
+                        const float *kj = kc + (l * T + j) * kvd + kh * hd;
+                        float s = 0;
+                        for (int i = 0; i < hd; i++) s += q[h * hd + i] * kj[i];
+                        p[j] = s / sqrtf((float)hd);
+                    }
+                    softmax_row(p, t + 1);
+                    for (int i = 0; i < hd; i++) {
+                        float s = 0;
+                        for (int j = 0; j <= t; j++) s += p[j] * vc[(l * T + j) * kvd + kh * hd + i];
+                        att[h * hd + i] = s;
+                    }
+                }
+                matvec_ref(tmp, Ly->wo, NULL, att, D, qd);
+                for (int i = 0; i < D; i++) x[i] += tmp[i];
+                rmsnorm(xn, x, Ly->ffn_norm, 1, D, c->norm_eps);
+                matvec_ref(g, Ly->w_gate, NULL, xn, F, D);
+                matvec_ref(u, Ly->w_up, NULL, xn, F, D);
+                for (int i = 0; i < F; i++) g[i] = silu(g[i]) * u[i];
+                matvec_ref(tmp, Ly->w_down, NULL, g, D, F);
+                for (int i = 0; i < D; i++) x[i] += tmp[i];
+            }
+            rmsnorm(xn, x, m->final_norm, 1, D, c->norm_eps);
+            matvec_ref(logits + ((size_t)b * T + t) * c->vocab_size, m->lm_head, NULL, xn,
+                       c->vocab_size, D);
+        }
+    free(x), free(kc), free(vc), free(cs), free(sn);
+    return QD_OK;
+}
+
+/* ---- KV-cache decoding ---- */
+
+struct qd_kv {
+    int max_T;
+    float *k, *v;          /* (n_layers, max_T, kv_dim) */
+    float *cs, *sn;        /* RoPE tables for max_T positions */
+    float *scratch;
+};
+
+qd_kv *qd_kv_new(const qd_model *m, int max_T, qd_err *err) {
+    const qd_config *c = &m->cfg;
+    if (max_T <= 0 || max_T > QD_MAX_CTX) {
+        qd_errf(err, "kv cache: bad length %d", max_T);
+        return NULL;
+    }
+    size_t kvd = (size_t)c->n_kv_heads * c->head_dim;
+    qd_kv *kv = calloc(1, sizeof *kv);
+    if (kv) {
+        kv->max_T = max_T;
+        kv->k = malloc(sizeof(float) * c->n_layers * max_T * kvd);
+        kv->v = malloc(sizeof(float) * c->n_layers * max_T * kvd);
+        kv->cs = malloc(sizeof(float) * max_T * c->head_dim / 2);
+        kv->sn = malloc(sizeof(float) * max_T * c->head_dim / 2);
+        kv->scratch = malloc(sizeof(float) * (3 * c->dim + 2 * c->n_heads * c->head_dim +
+                                              2 * c->hidden_dim + max_T));
+    }
+    if (!kv || !kv->k || !kv->v || !kv->cs || !kv->sn || !kv->scratch) {
+        qd_kv_free(kv);
+        qd_errf(err, "kv cache: out of memory for %d positions", max_T);
+        return NULL;
+    }
+    qd_rope_tables(max_T, c->head_dim, c->rope_theta, kv->cs, kv->sn);
+    return kv;
+}
+
+void qd_kv_free(qd_kv *kv) {
+    if (!kv) return;
+    free(kv->k), free(kv->v), free(kv->cs), free(kv->sn), free(kv->scratch);
+    free(kv);
+}
+
+static void gemv(float *y, const float *W, const float *b, const float *x, int out, int in) {
+    if (b) memcpy(y, b, out * sizeof(float));
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, out, in, 1.0f, W, in, x, 1, b ? 1.0f : 0.0f, y, 1);
+}
+
+int qd_decode_step(const qd_model *m, qd_kv *kv, int token, int pos, float *logits,
+                   qd_err *err) {
+    const qd_config *c = &m->cfg;
+    if (pos < 0 || pos >= kv->max_T)
+        return qd_errf(err, "decode: position %d outside cache of %d", pos, kv->max_T);
+    if (check_tokens(m, &token, 1, err)) return QD_ERR;
+    int D = c->dim, hd = c->head_dim, H = c->n_heads, KV = c->n_kv_heads, F = c->hidden_dim;
+    int qd = H * hd, kvd = KV * hd;
+    float *x = kv->scratch, *xn = x + D, *tmp = xn + D, *q = tmp + D, *att = q + qd,
+          *g = att + qd, *u = g + F, *p = u + F;
+    memcpy(x, m->tok_emb + (size_t)token * D, D * sizeof(float));
+    float scale = 1.0f / sqrtf((float)hd);
+    for (int l = 0; l < c->n_layers; l++) {
+        const qd_layer *L = &m->layers[l];
+        float *kl = kv->k + (size_t)l * kv->max_T * kvd, *vl = kv->v + (size_t)l * kv->max_T * kvd;
+        rmsnorm(xn, x, L->attn_norm, 1, D, c->norm_eps);
+        gemv(q, L->wq, L->bq, xn, qd, D);
+        gemv(kl + (size_t)pos * kvd, L->wk, L->bk, xn, kvd, D);
+        gemv(vl + (size_t)pos * kvd, L->wv, L->bv, xn, kvd, D);
+        rope_token(q, H, hd, kv->cs, kv->sn, pos);
+        rope_token(kl + (size_t)pos * kvd, KV, hd, kv->cs, kv->sn, pos);
+        for (int h = 0; h < H; h++) {
+            int kh = h / (H / KV);
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, pos + 1, hd, scale, kl + kh * hd, kvd,
+                        q + h * hd, 1, 0.0f, p, 1);
+            softmax_row(p, pos + 1);
+            cblas_sgemv(CblasRowMajor, CblasTrans, pos + 1, hd, 1.0f, vl + kh * hd, kvd, p, 1,
+                        0.0f, att + h * hd, 1);
+        }
+        gemv(tmp, L->wo, NULL, att, D, qd);
+        for (int i = 0; i < D; i++) x[i] += tmp[i];
+        rmsnorm(xn, x, L->ffn_norm, 1, D, c->norm_eps);
+        gemv(g, L->w_gate, NULL, xn, F, D);
+        gemv(u, L->w_up, NULL, xn, F, D);
+        for (int i = 0; i < F; i++) g[i] = silu(g[i]) * u[i];
+        gemv(tmp, L->w_down, NULL, g, D, F);
+        for (int i = 0; i < D; i++) x[i] += tmp[i];
+    }
+    rmsnorm(xn, x, m->final_norm, 1, D, c->norm_eps);
+    gemv(logits, m->lm_head, NULL, xn, c->vocab_size, D);
+    return QD_OK;
+}
+
+/* ---- perplexity ---- */
+
+/* Adds -log softmax(row)[target] in double. */
+static double nll_of(const float *row, int V, int target) {
+    float mx = row[0];
+    for (int i = 1; i < V; i++) mx = row[i] > mx ? row[i] : mx;
+    double s = 0;
+    for (int i = 0; i < V; i++) s += exp((double)row[i] - mx);
+    return log(s) + mx - row[target];
+}
+
+int qd_eval_ppl(qd_logits_fn fn, void *ctx, int vocab, const int *ids, size_t n, int ctx_len,
+                qd_eval_result *res, qd_err *err) {
+    memset(res, 0, sizeof *res);
+    if (ctx_len < 2) return qd_errf(err, "eval: context length %d < 2", ctx_len);
+    if (n < 2) return qd_errf(err, "eval: %zu tokens, need at least 2", n);
+    double t0 = qd_now();
+    /* Several windows per call so the matmuls are wide enough to be efficient. */
+    int B = ctx_len >= 2048 ? 1 : 2048 / ctx_len;
+    size_t full = n / ctx_len;
+    float *logits = malloc(sizeof(float) * (size_t)B * ctx_len * vocab);
+    if (!logits) return qd_errf(err, "eval: out of memory");
+    double sum = 0;
+    size_t count = 0;
+    for (size_t w = 0; w < full; w += B) {
+        int b = (int)(full - w < (size_t)B ? full - w : (size_t)B);
+        const int *win = ids + w * ctx_len;
+        if (fn(ctx, win, b, ctx_len, logits, err)) goto fail;
+        for (int i = 0; i < b; i++)
+            for (int t = 0; t + 1 < ctx_len; t++) {
+                sum += nll_of(logits + ((size_t)i * ctx_len + t) * vocab, vocab,
+                              win[i * ctx_len + t + 1]);
+                count++;
+            }
+    }
+    size_t rest = n - full * ctx_len;
+    if (rest >= 2) {
+        const int *win = ids + full * ctx_len;
+        if (fn(ctx, win, 1, (int)rest, logits, err)) goto fail;
+        for (size_t t = 0; t + 1 < rest; t++) {
+            sum += nll_of(logits + t * vocab, vocab, win[t + 1]);
+            count++;
+        }
+    }
+    free(logits);
+    res->tokens = count;
+    res->nll = sum / (double)count;
+    res->ppl = exp(res->nll);
+    res->seconds = qd_now() - t0;
+    return QD_OK;
+fail:
+    free(logits);
+    return QD_ERR;
+}

@@ -1,0 +1,577 @@
+/* Hugging Face checkpoints: config.json + model.safetensors, or shards listed by
+ * model.safetensors.index.json. Reads LLaMA, Mistral and Qwen2 layouts (F32/F16/BF16) into a
+ * qd_model, which already uses HF's rotate-half RoPE row order, so no permutation is needed;
+ * and writes a model back in the same layout (qd_save_hf), which is also how the folded FP
+ * model is exported for AIMET/QNN flows. */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "quant/model.h"
+#include "quant/io/common.h"
+#include "quant/io/safetensors.h"
+#include "base/fs.h"
+
+#define HF_MAX_CONFIG (16u << 20)
+#define HF_MAX_INDEX (64u << 20)
+#define HF_MAX_SHARDS 4096
+
+typedef struct hf {
+    char dir[4096];
+    char cfg_path[4200];
+    cJSON *cfg;
+    qd_st_file *shards[HF_MAX_SHARDS];
+    int n_shards;
+    qd_err *err;
+} hf;
+
+/* ---- config.json ---- */
+
+/* An integer field: 0 found, 1 absent or null (out untouched), QD_ERR otherwise. */
+static int cfg_int(hf *h, const char *key, long long lo, long long hi, long long *out) {
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(h->cfg, key);
+    if (!j || cJSON_IsNull(j)) return 1;
+    if (cJSON_IsArray(j)) j = j->child; /* eos_token_id may be a list: the first one counts */
+    if (!j || !cJSON_IsNumber(j) || !isfinite(j->valuedouble) ||
+        j->valuedouble != floor(j->valuedouble))
+        return qd_errf(h->err, "%s: %s is not an integer", h->cfg_path, key);
+    if (j->valuedouble < (double)lo || j->valuedouble > (double)hi)
+        return qd_errf(h->err, "%s: %s = %.0f out of range [%lld, %lld]", h->cfg_path, key,
+                       j->valuedouble, lo, hi);
+    *out = (long long)j->valuedouble;
+    return 0;
+}
+
+static int cfg_req(hf *h, const char *key, long long lo, long long hi, long long *out) {
+    int rc = cfg_int(h, key, lo, hi, out);
+    if (rc == 1) return qd_errf(h->err, "%s: missing %s", h->cfg_path, key);
+    return rc;
+}
+
+static int cfg_num(hf *h, const cJSON *obj, const char *key, double *out) {
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!j || cJSON_IsNull(j)) return 1;
+    if (!cJSON_IsNumber(j) || !isfinite(j->valuedouble))
+        return qd_errf(h->err, "%s: %s is not a number", h->cfg_path, key);
+    *out = j->valuedouble;
+    return 0;
+}
+
+static const char *cfg_str(const cJSON *obj, const char *key) {
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(obj, key);
+    return cJSON_IsString(j) ? j->valuestring : NULL;
+}
+
+/* Rejects RoPE variants the forward pass does not implement, naming the field. */
+static int check_rope_type(hf *h, const cJSON *obj, const char *field) {
+    if (!obj || cJSON_IsNull(obj)) return QD_OK;
+    if (!cJSON_IsObject(obj)) return qd_errf(h->err, "%s: %s is not an object", h->cfg_path, field);
+    const char *t = cfg_str(obj, "rope_type");
+    if (!t) t = cfg_str(obj, "type");
+    if (t && strcmp(t, "default") != 0)
+        return qd_errf(h->err, "%s: unsupported %s type '%.32s' (only default RoPE)", h->cfg_path,
+                       field, t);
+    double f = 1.0;
+    int rc = cfg_num(h, obj, "factor", &f);
+    if (rc < 0) return QD_ERR;
+    if (rc == 0 && f != 1.0)
+        return qd_errf(h->err, "%s: unsupported %s factor %g (only unscaled RoPE)", h->cfg_path,
+                       field, f);
+    return QD_OK;
+}
+
+static int in_list(const char *s, const char *const *list) {
+    for (; *list; list++)
+        if (strcmp(s, *list) == 0) return 1;
+    return 0;
+}
+
+static int hf_config(hf *h, qd_config *c, int *qwen2) {
+    static const char *const TYPES[] = {"llama", "mistral", "qwen2", NULL};
+    static const char *const ARCHS[] = {"LlamaForCausalLM", "MistralForCausalLM",
+                                        "Qwen2ForCausalLM", NULL};
+    const cJSON *root = h->cfg;
+    const char *mt = cfg_str(root, "model_type");
+    const cJSON *archs = cJSON_GetObjectItemCaseSensitive(root, "architectures");
+    const char *a0 = cJSON_IsArray(archs) && cJSON_IsString(archs->child) ? archs->child->valuestring
+                                                                           : NULL;
+    if (!mt && !a0)
+        return qd_errf(h->err, "%s: unsupported architecture: neither model_type nor "
+                       "architectures is given (need llama, mistral or qwen2)", h->cfg_path);
+    if (mt && !in_list(mt, TYPES))
+        return qd_errf(h->err, "%s: unsupported architecture: model_type '%.40s' (need llama, "
+                       "mistral or qwen2)", h->cfg_path, mt);
+    if (!mt && !in_list(a0, ARCHS))
+        return qd_errf(h->err, "%s: unsupported architecture: architectures[0] '%.60s' (need "
+                       "LlamaForCausalLM, MistralForCausalLM or Qwen2ForCausalLM)", h->cfg_path, a0);
+    *qwen2 = mt ? strcmp(mt, "qwen2") == 0 : strcmp(a0, "Qwen2ForCausalLM") == 0;
+    const char *act = cfg_str(root, "hidden_act");
+    if (act && strcmp(act, "silu") != 0)
+        return qd_errf(h->err, "%s: unsupported hidden_act '%.32s' (need silu for SwiGLU)",
+                       h->cfg_path, act);
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "mlp_bias")))
+        return qd_errf(h->err, "%s: unsupported mlp_bias = true (MLP biases)", h->cfg_path);
+    double prf = 1.0;
+    int rc = cfg_num(h, root, "partial_rotary_factor", &prf);
+    if (rc < 0) return QD_ERR;
+    if (rc == 0 && prf != 1.0)
+        return qd_errf(h->err, "%s: unsupported partial_rotary_factor %g", h->cfg_path, prf);
+    const cJSON *rp = cJSON_GetObjectItemCaseSensitive(root, "rope_parameters");
+    if (check_rope_type(h, cJSON_GetObjectItemCaseSensitive(root, "rope_scaling"), "rope_scaling") ||
+        check_rope_type(h, rp, "rope_parameters"))
+        return QD_ERR;
+
+    memset(c, 0, sizeof *c);
+    snprintf(c->arch, sizeof c->arch, "llama");
+    long long dim, ff, nl, nh, nkv, hd, vs = 0, ctx = 2048, bos = -1, eos = -1;
+    if (cfg_req(h, "hidden_size", 1, QD_MAX_DIM, &dim) ||
+        cfg_req(h, "intermediate_size", 1, QD_MAX_DIM, &ff) ||
+        cfg_req(h, "num_hidden_layers", 1, QD_MAX_LAYERS, &nl) ||
+        cfg_req(h, "num_attention_heads", 1, QD_MAX_HEADS, &nh))
+        return QD_ERR;
+    nkv = nh;
+    hd = dim / nh;
+    if (cfg_int(h, "num_key_value_heads", 1, QD_MAX_HEADS, &nkv) < 0 ||
+        cfg_int(h, "head_dim", 1, QD_MAX_DIM, &hd) < 0 ||
+        cfg_req(h, "vocab_size", 1, QD_MAX_VOCAB, &vs) ||
+        cfg_int(h, "max_position_embeddings", 1, QD_MAX_CTX, &ctx) < 0 ||
+        cfg_int(h, "bos_token_id", -1, QD_MAX_VOCAB, &bos) < 0 ||
+        cfg_int(h, "eos_token_id", -1, QD_MAX_VOCAB, &eos) < 0)
+        return QD_ERR;
+    /* The forward pass has no sliding-window attention: within the window it is exact, so
+     * cap the context there when the window is in force (Mistral v0.1; Qwen2 opts in). */
+    long long sw;
+    const cJSON *usw = cJSON_GetObjectItemCaseSensitive(root, "use_sliding_window");
+    int window_on = *qwen2 ? cJSON_IsTrue(usw) : !cJSON_IsFalse(usw);
+    rc = cfg_int(h, "sliding_window", 1, 1LL << 40, &sw);
+    if (rc < 0) return QD_ERR;
+    if (rc == 0 && window_on && sw < ctx) ctx = sw;
+    double eps = 1e-6, theta = 10000.0;
+    if (cfg_num(h, root, "rms_norm_eps", &eps) < 0) return QD_ERR;
+    rc = cfg_num(h, root, "rope_theta", &theta);
+    if (rc < 0 || (rc == 1 && rp && cfg_num(h, rp, "rope_theta", &theta) < 0)) return QD_ERR;
+    c->dim = (int)dim;
+    c->hidden_dim = (int)ff;
+    c->n_layers = (int)nl;
+    c->n_heads = (int)nh;
+    c->n_kv_heads = (int)nkv;
+    c->head_dim = (int)hd;
+    c->vocab_size = (int)vs;
+    c->max_seq_len = (int)ctx;
+    c->norm_eps = (float)eps;
+    c->rope_theta = (float)theta;
+    c->bos_id = (int)bos;
+    c->eos_id = (int)eos;
+    c->tied_embeddings = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "tie_word_embeddings"));
+    c->qkv_bias = *qwen2 || cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "attention_bias"));
+    return QD_OK;
+}
+
+/* ---- weights ---- */
+
+/* A shard file name from the index must be a plain name inside the directory. */
+static int safe_name(const char *s) {
+    return *s && !strchr(s, '/') && strcmp(s, ".") != 0 && strcmp(s, "..") != 0 &&
+           strlen(s) < 256;
+}
+
+static int open_shard(hf *h, const char *file) {
+    for (int i = 0; i < h->n_shards; i++) {
+        const char *p = h->shards[i]->path, *b = strrchr(p, '/');
+        if (strcmp(b ? b + 1 : p, file) == 0) return QD_OK;
+    }
+    if (h->n_shards >= HF_MAX_SHARDS)
+        return qd_errf(h->err, "%s: more than %d shards", h->dir, HF_MAX_SHARDS);
+    char p[4400];
+    snprintf(p, sizeof p, "%s/%s", h->dir, file);
+    qd_st_file *f = qd_st_open(p, h->err);
+    if (!f) return QD_ERR;
+    h->shards[h->n_shards++] = f;
+    return QD_OK;
+}
+
+static int open_index(hf *h, const char *index_path) {
+    size_t len;
+    char *txt = qd_read_file(index_path, HF_MAX_INDEX, &len, h->err);
+    if (!txt) return QD_ERR;
+    cJSON *j = cJSON_ParseWithLength(txt, len);
+    free(txt);
+    int rc = QD_ERR;
+    const cJSON *wm = j ? cJSON_GetObjectItemCaseSensitive(j, "weight_map") : NULL;
+    if (!j) {
+        qd_errf(h->err, "%s: not valid JSON", index_path);
+    } else if (!cJSON_IsObject(wm) || !wm->child) {
+        qd_errf(h->err, "%s: weight_map missing or empty", index_path);
+    } else {
+        rc = QD_OK;
+        for (const cJSON *e = wm->child; e && rc == QD_OK; e = e->next) {
+            if (!cJSON_IsString(e) || !safe_name(e->valuestring))
+                rc = qd_errf(h->err, "%s: weight_map['%.80s'] is not a plain file name",
+                             index_path, e->string);
+            else
+                rc = open_shard(h, e->valuestring);
+        }
+    }
+    cJSON_Delete(j);
+    return rc;
+}
+
+static const qd_st_tensor *find(hf *h, const char *name) {
+    for (int i = 0; i < h->n_shards; i++) {
+        const qd_st_tensor *t = qd_st_find(h->shards[i], name);
+        if (t) return t;
+    }
+    return NULL;
+}
+
+static const char *shard_of(hf *h, const qd_st_tensor *t) {
+    for (int i = 0; i < h->n_shards; i++)
+        if (t >= h->shards[i]->tensors && t < h->shards[i]->tensors + h->shards[i]->n_tensors)
+            return h->shards[i]->path;
+    return h->dir;
+}
+
+/* Checks tensor name has shape (rows, cols) (rows == 0: a vector) and a float dtype, and when
+ * dst is given converts it. */
+static int take(hf *h, const char *name, int64_t rows, int64_t cols, float *dst, int check) {
+    const qd_st_tensor *t = find(h, name);
+    if (!t) return qd_errf(h->err, "%s: missing tensor %s", h->dir, name);
+    const char *p = shard_of(h, t);
+    int src;
+    switch (t->dtype) {
+    case QD_ST_F32: src = QD_SRC_F32; break;
+    case QD_ST_F16: src = QD_SRC_F16; break;
+    case QD_ST_BF16: src = QD_SRC_BF16; break;
+    default:
+        return qd_errf(h->err, "%s: tensor %s: unsupported dtype %s (need F32, F16 or BF16)", p,
+                       name, qd_st_dtype_name(t->dtype));
+    }
+    int ok = rows ? t->ndim == 2 && t->shape[0] == rows && t->shape[1] == cols
+                  : t->ndim == 1 && t->shape[0] == cols;
+    if (!ok) {
+        char got[128];
+        int k = snprintf(got, sizeof got, "[");
+        for (int d = 0; d < t->ndim && k < 100; d++)
+            k += snprintf(got + k, sizeof got - (size_t)k, "%s%lld", d ? ", " : "",
+                          (long long)t->shape[d]);
+        snprintf(got + k, sizeof got - (size_t)k, "]");
+        if (rows)
+            return qd_errf(h->err, "%s: tensor %s: shape %s, expected [%lld, %lld]", p, name, got,
+                           (long long)rows, (long long)cols);
+        return qd_errf(h->err, "%s: tensor %s: shape %s, expected [%lld]", p, name, got,
+                       (long long)cols);
+    }
+    if (check) return QD_OK;
+    return qd_convert_f32(dst, t->data, src, (size_t)t->n_elems, p, name, h->err);
+}
+
+static int hf_weights(hf *h, qd_model *m, const qd_config *c) {
+    int ck = m == NULL;
+    int64_t D = c->dim, V = c->vocab_size;
+    char n[128];
+    if (take(h, "model.embed_tokens.weight", V, D, m ? m->tok_emb : NULL, ck) ||
+        take(h, "model.norm.weight", 0, D, m ? m->final_norm : NULL, ck))
+        return QD_ERR;
+    if (!c->tied_embeddings && take(h, "lm_head.weight", V, D, m ? m->lm_head : NULL, ck))
+        return QD_ERR;
+    for (int l = 0; l < c->n_layers; l++) {
+        qd_layer *L = m ? &m->layers[l] : NULL;
+        for (int i = 0; i < qd_n_layer_tensors; i++) {
+            const qd_layer_tensor *t = &qd_layer_tensors[i];
+            if (!qd_layer_tensor_on(c, t)) continue;
+            snprintf(n, sizeof n, "model.layers.%d.%s", l, t->hf);
+            if (take(h, n, qd_layer_dim(c, t->rows), qd_layer_dim(c, t->cols),
+                     L ? *qd_layer_slot(L, t) : NULL, ck))
+                return QD_ERR;
+        }
+        if (ck) {
+            /* Biases the model has no place for would be silently dropped: refuse them. */
+            static const char *const EXTRA[] = {"self_attn.o_proj.bias", "mlp.gate_proj.bias",
+                                                "mlp.up_proj.bias", "mlp.down_proj.bias", NULL};
+            for (int e = 0; EXTRA[e]; e++) {
+                snprintf(n, sizeof n, "model.layers.%d.%s", l, EXTRA[e]);
+                if (find(h, n))
+                    return qd_errf(h->err, "%s: unsupported tensor %s (this bias is not part of "
+                                   "the LLaMA/Qwen2 layout)", h->dir, n);
+            }
+        }
+    }
+    return QD_OK;
+}
+
+static void hf_close(hf *h) {
+    cJSON_Delete(h->cfg);
+    for (int i = 0; i < h->n_shards; i++) qd_st_close(h->shards[i]);
+    free(h);
+}
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+qd_model *qd_load_hf(const char *path, qd_err *err) {
+    hf *h = calloc(1, sizeof *h);
+    if (!h) {
+        qd_errf(err, "%s: out of memory", path);
+        return NULL;
+    }
+    h->err = err;
+    qd_model *m = NULL;
+    struct stat st;
+    if (strlen(path) >= sizeof h->dir - 64) {
+        qd_errf(err, "%s: path too long", path);
+        goto fail;
+    }
+    if (stat(path, &st) != 0) {
+        qd_errf(err, "%s: cannot open: %s", path, strerror(errno));
+        goto fail;
+    }
+    const char *weights = NULL; /* a specific .safetensors file named by the caller */
+    snprintf(h->dir, sizeof h->dir, "%s", path);
+    if (!S_ISDIR(st.st_mode)) {
+        char *slash = strrchr(h->dir, '/');
+        if (slash) *slash = 0;
+        else snprintf(h->dir, sizeof h->dir, ".");
+        if (ends_with(path, ".safetensors")) weights = path;
+    }
+    size_t dl = strlen(h->dir);
+    while (dl > 1 && h->dir[dl - 1] == '/') h->dir[--dl] = 0;
+    snprintf(h->cfg_path, sizeof h->cfg_path, "%s/config.json", h->dir);
+    size_t len;
+    char *txt = qd_read_file(h->cfg_path, HF_MAX_CONFIG, &len, err);
+    if (!txt) goto fail;
+    h->cfg = cJSON_ParseWithLength(txt, len);
+    free(txt);
+    if (!cJSON_IsObject(h->cfg)) {
+        qd_errf(err, "%s: not a valid JSON object", h->cfg_path);
+        goto fail;
+    }
+    qd_config c;
+    int qwen2 = 0;
+    if (hf_config(h, &c, &qwen2)) goto fail;
+
+    char p[4400];
+    snprintf(p, sizeof p, "%s/model.safetensors.index.json", h->dir);
+    if (weights) {
+        qd_st_file *f = qd_st_open(weights, err);
+        if (!f) goto fail;
+        h->shards[h->n_shards++] = f;
+    } else if (stat(p, &st) == 0) {
+        if (open_index(h, p)) goto fail;
+    } else {
+        snprintf(p, sizeof p, "%s/model.safetensors", h->dir);
+        qd_st_file *f = qd_st_open(p, err);
+        if (!f) goto fail;
+        h->shards[h->n_shards++] = f;
+    }
+    /* A checkpoint may carry biases its config does not announce (older Qwen2 exports). */
+    if (find(h, "model.layers.0.self_attn.q_proj.bias")) c.qkv_bias = 1;
+    if (qd_config_validate(&c, h->cfg_path, err) || hf_weights(h, NULL, &c)) goto fail;
+    if (!(m = qd_model_alloc(&c, err))) goto fail;
+    snprintf(m->format, sizeof m->format, "safetensors");
+    if (hf_weights(h, m, &c)) goto fail;
+    for (int s = 0; s < h->n_shards; s++)
+        for (int i = 0; i < h->shards[s]->n_tensors; i++) {
+            const qd_st_tensor *t = &h->shards[s]->tensors[i];
+            if (qd_tinfo_add(m, t->name, qd_st_dtype_name(t->dtype), t->ndim, t->shape, t->nbytes,
+                             err))
+                goto fail;
+        }
+    hf_close(h);
+    return m;
+fail:
+    qd_model_free(m);
+    hf_close(h);
+    return NULL;
+}
+
+/* ---- writer ---- */
+
+/* The shortest decimal that reads back as the same float, so 1e-5f is written "1e-05". */
+static void add_float(cJSON *o, const char *key, float v) {
+    char b[32];
+    for (int prec = 6; prec <= 9; prec++) {
+        snprintf(b, sizeof b, "%.*g", prec, (double)v);
+        if ((float)strtod(b, NULL) == v) break;
+    }
+    cJSON_AddRawToObject(o, key, b);
+}
+
+/* Prints o into dir/name atomically, with a trailing newline; deletes o either way. */
+static int write_json(const char *dir, const char *name, cJSON *o, qd_err *err) {
+    char *txt = cJSON_Print(o);
+    cJSON_Delete(o);
+    if (!txt) return qd_errf(err, "%s: out of memory", dir);
+    char p[4200];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    qd_atomic_file af;
+    int rc = qd_atomic_open(&af, p, err);
+    if (rc == QD_OK) {
+        fputs(txt, af.f);
+        fputc('\n', af.f);
+        rc = qd_atomic_commit(&af, err);
+    }
+    free(txt);
+    return rc;
+}
+
+static int write_config(const qd_model *m, const char *dir, const char *dtype, qd_err *err) {
+    const qd_config *c = &m->cfg;
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return qd_errf(err, "%s: out of memory", dir);
+    const char *arch = c->qkv_bias ? "Qwen2ForCausalLM" : "LlamaForCausalLM";
+    cJSON *a = cJSON_AddArrayToObject(o, "architectures");
+    cJSON_AddItemToArray(a, cJSON_CreateString(arch));
+    cJSON_AddStringToObject(o, "model_type", c->qkv_bias ? "qwen2" : "llama");
+    cJSON_AddNumberToObject(o, "hidden_size", c->dim);
+    cJSON_AddNumberToObject(o, "intermediate_size", c->hidden_dim);
+    cJSON_AddNumberToObject(o, "num_hidden_layers", c->n_layers);
+    cJSON_AddNumberToObject(o, "num_attention_heads", c->n_heads);
+    cJSON_AddNumberToObject(o, "num_key_value_heads", c->n_kv_heads);
+    cJSON_AddNumberToObject(o, "head_dim", c->head_dim);
+    cJSON_AddNumberToObject(o, "vocab_size", c->vocab_size);
+    cJSON_AddNumberToObject(o, "max_position_embeddings", c->max_seq_len);
+    add_float(o, "rms_norm_eps", c->norm_eps);
+    add_float(o, "rope_theta", c->rope_theta);
+    cJSON_AddStringToObject(o, "hidden_act", "silu");
+    cJSON_AddBoolToObject(o, "tie_word_embeddings", c->tied_embeddings);
+    if (c->bos_id >= 0) cJSON_AddNumberToObject(o, "bos_token_id", c->bos_id);
+    else cJSON_AddNullToObject(o, "bos_token_id");
+    if (c->eos_id >= 0) cJSON_AddNumberToObject(o, "eos_token_id", c->eos_id);
+    else cJSON_AddNullToObject(o, "eos_token_id");
+    if (!c->qkv_bias) cJSON_AddBoolToObject(o, "attention_bias", 0);
+    else cJSON_AddBoolToObject(o, "use_sliding_window", 0);
+    cJSON_AddBoolToObject(o, "mlp_bias", 0);
+    cJSON_AddStringToObject(o, "torch_dtype", strcmp(dtype, "F32") == 0   ? "float32"
+                                              : strcmp(dtype, "F16") == 0 ? "float16"
+                                                                          : "bfloat16");
+    return write_json(dir, "config.json", o, err);
+}
+
+/* The model's tensors in HF names and order; returns the count written into t (and the
+ * name storage in names, 128 bytes each). */
+static int hf_tensor_list(const qd_model *m, qd_st_dtype dt, qd_st_wtensor *t, char (*names)[128]) {
+    const qd_config *c = &m->cfg;
+    int64_t D = c->dim, V = c->vocab_size;
+    int n = 0;
+#define ADD(rows, cols, ptr, ...)                                                    \
+    do {                                                                             \
+        snprintf(names[n], 128, __VA_ARGS__);                                        \
+        t[n] = (qd_st_wtensor){.name = names[n], .dtype = dt, .f32 = (ptr)};         \
+        if (rows) {                                                                  \
+            t[n].ndim = 2;                                                           \
+            t[n].shape[0] = (rows);                                                  \
+            t[n].shape[1] = (cols);                                                  \
+        } else {                                                                     \
+            t[n].ndim = 1;                                                           \
+            t[n].shape[0] = (cols);                                                  \
+        }                                                                            \
+        n++;                                                                         \
+    } while (0)
+    ADD(V, D, m->tok_emb, "model.embed_tokens.weight");
+    for (int l = 0; l < c->n_layers; l++) {
+        const qd_layer *L = &m->layers[l];
+        for (int i = 0; i < qd_n_layer_tensors; i++) {
+            const qd_layer_tensor *lt = &qd_layer_tensors[i];
+            if (qd_layer_tensor_on(c, lt))
+                ADD(qd_layer_dim(c, lt->rows), qd_layer_dim(c, lt->cols), qd_layer_get(L, lt),
+                    "model.layers.%d.%s", l, lt->hf);
+        }
+    }
+    ADD(0, D, m->final_norm, "model.norm.weight");
+    if (!c->tied_embeddings) ADD(V, D, m->lm_head, "lm_head.weight");
+#undef ADD
+    return n;
+}
+
+static size_t wt_bytes(const qd_st_wtensor *t) {
+    size_t n = qd_st_dtype_size(t->dtype);
+    for (int d = 0; d < t->ndim; d++) n *= (size_t)t->shape[d];
+    return n;
+}
+
+static int write_index(const char *dir, const qd_st_wtensor *t, int n, const int *shard_of,
+                       int n_shards, size_t total, qd_err *err) {
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return qd_errf(err, "%s: out of memory", dir);
+    cJSON *meta = cJSON_AddObjectToObject(o, "metadata");
+    cJSON_AddNumberToObject(meta, "total_size", (double)total);
+    cJSON *wm = cJSON_AddObjectToObject(o, "weight_map");
+    char f[64];
+    for (int i = 0; i < n; i++) {
+        snprintf(f, sizeof f, "model-%05d-of-%05d.safetensors", shard_of[i] + 1, n_shards);
+        cJSON_AddStringToObject(wm, t[i].name, f);
+    }
+    return write_json(dir, "model.safetensors.index.json", o, err);
+}
+
+int qd_save_hf_sharded(const qd_model *m, const char *dir, const char *dtype,
+                       size_t max_shard_bytes, qd_err *err) {
+    qd_st_dtype dt;
+    if (!m || !dir || !dtype) return qd_errf(err, "%s: NULL argument", __func__);
+    if (qd_st_dtype_parse(dtype, &dt) || (dt != QD_ST_F32 && dt != QD_ST_F16 && dt != QD_ST_BF16))
+        return qd_errf(err, "%s: dtype '%s' unsupported (F32, F16 or BF16)", __func__, dtype);
+    if (strlen(dir) > 4000) return qd_errf(err, "%s: path too long", dir);
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+        return qd_errf(err, "%s: cannot create directory: %s", dir, strerror(errno));
+    int cap = 3 + qd_n_layer_tensors * m->cfg.n_layers;
+    qd_st_wtensor *t = calloc((size_t)cap, sizeof *t);
+    char (*names)[128] = calloc((size_t)cap, sizeof *names);
+    int *shard = calloc((size_t)cap, sizeof *shard);
+    int rc = QD_ERR;
+    if (!t || !names || !shard) {
+        qd_errf(err, "%s: out of memory", dir);
+        goto out;
+    }
+    int n = hf_tensor_list(m, dt, t, names);
+    char p[4200];
+    if (max_shard_bytes == 0) {
+        snprintf(p, sizeof p, "%s/model.safetensors", dir);
+        const char *meta[] = {"format", "pt", NULL};
+        if (qd_st_write(p, t, n, meta, err)) goto out;
+        snprintf(p, sizeof p, "%s/model.safetensors.index.json", dir);
+        unlink(p); /* a stale index would shadow the new file on load */
+    } else {
+        /* Greedy packing in order; a tensor over the limit gets a shard of its own. */
+        int ns = 0;
+        size_t cur = 0, total = 0;
+        for (int i = 0; i < n; i++) {
+            size_t b = wt_bytes(&t[i]);
+            if (i > 0 && cur + b > max_shard_bytes) {
+                ns++;
+                cur = 0;
+            }
+            shard[i] = ns;
+            cur += b;
+            total += b;
+        }
+        ns++;
+        const char *meta[] = {"format", "pt", NULL};
+        for (int s = 0, i = 0; s < ns; s++) {
+            int j = i;
+            while (j < n && shard[j] == s) j++;
+            snprintf(p, sizeof p, "%s/model-%05d-of-%05d.safetensors", dir, s + 1, ns);
+            if (qd_st_write(p, t + i, j - i, meta, err)) goto out;
+            i = j;
+        }
+        if (write_index(dir, t, n, shard, ns, total, err)) goto out;
+        snprintf(p, sizeof p, "%s/model.safetensors", dir);
+        unlink(p); /* the index wins on load anyway; don't leave a second copy behind */
+    }
+    rc = write_config(m, dir, dtype, err);
+out:
+    free(t);
+    free(names);
+    free(shard);
+    return rc;
+}
+
+int qd_save_hf(const qd_model *m, const char *dir, const char *dtype, qd_err *err) {
+    return qd_save_hf_sharded(m, dir, dtype, 0, err);
+}

@@ -1,0 +1,424 @@
+/* GPTQ rounding onto fixed grids (gptq.h). Linear algebra in double: the inverse Hessian's
+ * Cholesky factor drives every update, and float would lose the small pivots of nearly
+ * dependent input channels. The lazy block update (the trailing columns are corrected once per
+ * block, by one gemm) is the paper's; the column loop inside a block is plain C. The inverse
+ * Hessian's factor comes from LAPACK (dpotrf/dpotri, which OpenBLAS ships; Debian's
+ * libopenblas-dev has no lapacke.h, so the Fortran symbols are declared here), with a plain C
+ * reference beside it that the tests compare it with. The FP-target step (qd_gptq_target) is one
+ * damped Cholesky solve (dpotrf/dpotrs) per weight. */
+#include "quant/opt/gptq.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+void qd_gptq_defaults(qd_gptq_opts *o) {
+    o->damp = 0.01;
+    o->act_order = 1;
+    o->block = 128;
+    o->fp_target = 1;
+    o->target_damp = 0.2;
+}
+
+void qd_gptq_accum(double *H, const float *X, int n, int cols) {
+    /* row by row so no (n, cols) double copy is needed; H is symmetric, fill both halves */
+    for (int r = 0; r < n; r++) {
+        const float *x = X + (size_t)r * cols;
+        for (int i = 0; i < cols; i++) {
+            double xi = x[i];
+            if (xi == 0) continue;
+            double *h = H + (size_t)i * cols;
+            for (int j = 0; j < cols; j++) h[j] += xi * x[j];
+        }
+    }
+}
+
+void qd_gptq_accum_cross(double *C, const float *X, const float *F, int n, int cols) {
+    /* as qd_gptq_accum, but C is not symmetric: every (i, j) pair */
+    for (int r = 0; r < n; r++) {
+        const float *x = X + (size_t)r * cols, *f = F + (size_t)r * cols;
+        for (int i = 0; i < cols; i++) {
+            double xi = x[i];
+            if (xi == 0) continue;
+            double *c = C + (size_t)i * cols;
+            for (int j = 0; j < cols; j++) c[j] += xi * f[j];
+        }
+    }
+}
+
+/* In-place lower Cholesky factor of the (n, n) row-major A (upper triangle zeroed). QD_ERR when
+ * A is not positive definite. */
+static int chol_lower(double *A, int n) {
+    for (int j = 0; j < n; j++) {
+        double *aj = A + (size_t)j * n;
+        double s = aj[j];
+        for (int k = 0; k < j; k++) s -= aj[k] * aj[k];
+        if (!(s > 0)) return QD_ERR;
+        double d = sqrt(s);
+        aj[j] = d;
+        for (int i = j + 1; i < n; i++) {
+            double *ai = A + (size_t)i * n;
+            double t = ai[j];
+            for (int k = 0; k < j; k++) t -= ai[k] * aj[k];
+            ai[j] = t / d;
+        }
+        for (int k = j + 1; k < n; k++) aj[k] = 0;
+    }
+    return QD_OK;
+}
+
+/* LAPACK's Fortran interface (column-major; the trailing argument is the hidden length of the
+ * character argument, which gfortran-built LAPACK expects and C-built routines ignore). */
+extern void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info,
+                    size_t uplo_len);
+/* solves A X = B from dpotrf's factor */
+extern void dpotrs_(const char *uplo, const int *n, const int *nrhs, const double *a,
+                    const int *lda, double *b, const int *ldb, int *info, size_t uplo_len);
+extern void dpotri_(const char *uplo, const int *n, double *a, const int *lda, int *info,
+                    size_t uplo_len);
+
+int qd_gptq_inv_chol(const double *H, double *U, int n) {
+    /* H is symmetric, so the row-major buffer is also H in column-major order, and the lower
+     * triangle in column-major order is the upper triangle in row-major order: factor
+     * H = L Lᵀ, invert from the factor, and factor H⁻¹ = L2 L2ᵀ; read row-major, L2 is
+     * U = L2ᵀ (upper) with Uᵀ U = H⁻¹. */
+    int info = 0;
+    memcpy(U, H, sizeof(double) * (size_t)n * n);
+    dpotrf_("L", &n, U, &n, &info, 1);
+    if (info != 0) return QD_ERR;
+    dpotri_("L", &n, U, &n, &info, 1);
+    if (info != 0) return QD_ERR;
+    for (int i = 0; i < n; i++) /* row-major upper -> lower: the full symmetric H⁻¹ */
+        for (int j = i + 1; j < n; j++) U[(size_t)j * n + i] = U[(size_t)i * n + j];
+    dpotrf_("L", &n, U, &n, &info, 1);
+    if (info != 0) return QD_ERR;
+    for (int i = 1; i < n; i++) memset(U + (size_t)i * n, 0, sizeof(double) * (size_t)i);
+    return QD_OK;
+}
+
+static int inv_chol_upper(const double *H, double *U, double *work, int n);
+
+int qd_gptq_inv_chol_ref(const double *H, double *U, int n) {
+    double *work = malloc(sizeof(double) * (size_t)n * n);
+    if (!work) return QD_ERR;
+    int rc = inv_chol_upper(H, U, work, n);
+    free(work);
+    return rc;
+}
+
+/* U (upper, row-major) with H⁻¹ = Uᵀ U, from H. work: n*n. QD_ERR when H is not positive
+ * definite. The plain reference of qd_gptq_inv_chol. */
+static int inv_chol_upper(const double *H, double *U, double *work, int n) {
+    double *L = work;
+    memcpy(L, H, sizeof(double) * (size_t)n * n);
+    if (chol_lower(L, n)) return QD_ERR;
+    /* Linv (lower) into U's storage: L Linv = I, forward substitution column by column */
+    double *Li = U;
+    memset(Li, 0, sizeof(double) * (size_t)n * n);
+    for (int j = 0; j < n; j++) {
+        Li[(size_t)j * n + j] = 1 / L[(size_t)j * n + j];
+        for (int i = j + 1; i < n; i++) {
+            const double *li = L + (size_t)i * n;
+            double t = 0;
+            for (int k = j; k < i; k++) t += li[k] * Li[(size_t)k * n + j];
+            Li[(size_t)i * n + j] = -t / li[i];
+        }
+    }
+    /* H⁻¹ = Linvᵀ Linv into L's storage, then its lower factor, transposed into U */
+    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, n, n, 1, Li, n, Li, n, 0, L, n);
+    if (chol_lower(L, n)) return QD_ERR;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < n; j++) U[(size_t)i * n + j] = j >= i ? L[(size_t)j * n + i] : 0;
+    return QD_OK;
+}
+
+int qd_gptq_target(const float *W, int rows, int cols, const double *H, const double *C,
+                   double damp, float *Wt, qd_err *err) {
+    size_t nn = (size_t)cols * cols, nw = (size_t)rows * cols;
+    double *A = malloc(sizeof(double) * nn), *Z = malloc(sizeof(double) * nw);
+    double *Wd = malloc(sizeof(double) * nw);
+    int rc = QD_ERR;
+    if (!A || !Z || !Wd) {
+        qd_errf(err, "%s: out of memory", __func__);
+        goto out;
+    }
+    double mean = 0;
+    for (int i = 0; i < cols; i++) {
+        double d = H[(size_t)i * cols + i];
+        mean += d > 0 ? d : 0;
+    }
+    mean = mean > 0 ? mean / cols : 1;
+    /* right-hand side (C - H) Wᵀ, (cols, rows) column-major = Z = W (C - H)ᵀ (rows, cols)
+     * row-major: the solution Δ of (H + λI) Δ = (C - H) Wᵀ, read row-major, is W' - W */
+    for (size_t i = 0; i < nw; i++) Wd[i] = W[i];
+    for (size_t i = 0; i < nn; i++) A[i] = C[i] - H[i];
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, cols, cols, 1, Wd, cols, A, cols,
+                0, Z, cols);
+    /* the same dead-input rule as qd_gptq_round; λ raised tenfold while not definite */
+    double dm = damp > 0 ? damp : 0.01;
+    int ok = 0, info = 0;
+    for (int tries = 0; tries < 4 && !ok; tries++, dm *= 10) {
+        memcpy(A, H, sizeof(double) * nn);
+        for (int i = 0; i < cols; i++) {
+            double *d = &A[(size_t)i * cols + i];
+            if (!(*d > 0)) *d = 1;
+            *d += dm * mean;
+        }
+        dpotrf_("L", &cols, A, &cols, &info, 1);
+        ok = info == 0;
+    }
+    if (!ok) {
+        qd_errf(err, "%s: input Hessian not positive definite after damping", __func__);
+        goto out;
+    }
+    dpotrs_("L", &cols, &rows, A, &cols, Z, &cols, &info, 1);
+    if (info != 0) {
+        qd_errf(err, "%s: solve failed (%d)", __func__, info);
+        goto out;
+    }
+    for (size_t i = 0; i < nw; i++) Wt[i] = (float)(Wd[i] + Z[i]);
+    rc = QD_OK;
+out:
+    free(A), free(Z), free(Wd);
+    return rc;
+}
+
+typedef struct {
+    double key;
+    int idx;
+} colkey;
+
+static int by_key_desc(const void *a, const void *b) {
+    const colkey *x = a, *y = b;
+    if (x->key != y->key) return x->key > y->key ? -1 : 1;
+    return x->idx - y->idx; /* ties in index order: deterministic */
+}
+
+/* The grid point of u = w / s: the integer q and the dequantized value, in float exactly as the
+ * simulation computes it ((q - z)·s). */
+static inline float grid_point(double w, float s, float z, float qmin, float qmax, float *qi) {
+    float t = (float)rint(w / (double)s) + z;
+    t = t < qmin ? qmin : (t > qmax ? qmax : t);
+    *qi = t;
+    return (t - z) * s;
+}
+
+static void grid_limits(qd_wq_spec sp, float *qmin, float *qmax) {
+    if (sp.sym) {
+        *qmax = (float)((1 << (sp.bits - 1)) - 1);
+        *qmin = -*qmax - 1;
+    } else {
+        *qmin = 0;
+        *qmax = (float)((1u << sp.bits) - 1);
+    }
+}
+
+void qd_gptq_rtn(const float *W, int rows, int cols, qd_wq_spec sp, const float *scale,
+                 const float *zero, float *what, int32_t *iq) {
+    float qmin, qmax;
+    grid_limits(sp, &qmin, &qmax);
+    for (int r = 0; r < rows; r++) {
+        int g = sp.per_channel ? r : 0;
+        float s = scale[g], z = sp.sym ? 0 : zero[g];
+        for (int c = 0; c < cols; c++) {
+            size_t k = (size_t)r * cols + c;
+            float t = rintf(W[k] / s) + z;
+            t = t < qmin ? qmin : (t > qmax ? qmax : t);
+            what[k] = (t - z) * s;
+            if (iq) iq[k] = (int32_t)t;
+        }
+    }
+}
+
+int qd_gptq_round(const float *W, int rows, int cols, qd_wq_spec sp, const float *scale,
+                  const float *zero, const double *H, const qd_gptq_opts *o, float *what,
+                  int32_t *iq, qd_err *err) {
+    size_t nn = (size_t)cols * cols, nw = (size_t)rows * cols;
+    int B = o->block > 0 ? o->block : 128;
+    if (B > cols) B = cols;
+    double *Hp = malloc(sizeof(double) * nn), *U = malloc(sizeof(double) * nn);
+    double *work = malloc(sizeof(double) * nn), *Wd = malloc(sizeof(double) * nw);
+    double *E = malloc(sizeof(double) * (size_t)rows * B);
+    colkey *ck = malloc(sizeof(colkey) * (size_t)cols);
+    int *dead = calloc((size_t)cols, sizeof(int));
+    int rc = QD_ERR;
+    if (!Hp || !U || !work || !Wd || !E || !ck || !dead) {
+        qd_errf(err, "%s: out of memory", __func__);
+        goto out;
+    }
+    /* column order and dead inputs (never nonzero in the calibration data) */
+    double mean = 0;
+    for (int i = 0; i < cols; i++) {
+        double d = H[(size_t)i * cols + i];
+        dead[i] = !(d > 0);
+        mean += dead[i] ? 0 : d;
+        ck[i].key = o->act_order ? d : 0, ck[i].idx = i;
+    }
+    mean = mean > 0 ? mean / cols : 1;
+    qsort(ck, (size_t)cols, sizeof *ck, by_key_desc);
+    for (int a = 0; a < cols; a++)
+        for (int b = 0; b < cols; b++)
+            Hp[(size_t)a * cols + b] = H[(size_t)ck[a].idx * cols + ck[b].idx];
+    for (int r = 0; r < rows; r++)
+        for (int a = 0; a < cols; a++) {
+            int c = ck[a].idx;
+            Wd[(size_t)r * cols + a] = dead[c] ? 0 : W[(size_t)r * cols + c];
+        }
+    /* damping: relative to the mean diagonal, raised tenfold while H is still not definite */
+    double damp = o->damp > 0 ? o->damp : 0.01;
+    int ok = 0;
+    for (int tries = 0; tries < 4 && !ok; tries++, damp *= 10) {
+        memcpy(work, Hp, sizeof(double) * nn);
+        for (int a = 0; a < cols; a++) {
+            double *d = &work[(size_t)a * cols + a];
+            if (dead[ck[a].idx]) *d = 1;
+            *d += damp * mean;
+        }
+        memcpy(Hp, work, sizeof(double) * nn); /* damped H: the factorisation's input */
+        ok = qd_gptq_inv_chol(Hp, U, cols) == QD_OK;
+        if (!ok) /* undo this try's damping before the next */
+            for (int a = 0; a < cols; a++) Hp[(size_t)a * cols + a] -= damp * mean;
+    }
+    if (!ok) {
+        qd_errf(err, "%s: input Hessian not positive definite after damping", __func__);
+        goto out;
+    }
+    float qmin, qmax;
+    grid_limits(sp, &qmin, &qmax);
+    for (int i1 = 0; i1 < cols; i1 += B) {
+        int i2 = i1 + B < cols ? i1 + B : cols, nb = i2 - i1;
+        for (int i = i1; i < i2; i++) {
+            const double *ui = U + (size_t)i * cols;
+            int c = ck[i].idx;
+            for (int r = 0; r < rows; r++) {
+                int g = sp.per_channel ? r : 0;
+                float s = scale[g], z = sp.sym ? 0 : zero[g], qi;
+                double *wr = Wd + (size_t)r * cols;
+                double w = wr[i];
+                float deq = grid_point(w, s, z, qmin, qmax, &qi);
+                what[(size_t)r * cols + c] = deq;
+                if (iq) iq[(size_t)r * cols + c] = (int32_t)qi;
+                double e = (w - (double)deq) / ui[i];
+                E[(size_t)r * nb + (i - i1)] = e;
+                for (int j = i + 1; j < i2; j++) wr[j] -= e * ui[j];
+            }
+        }
+        if (i2 < cols)
+            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, cols - i2, nb, -1, E, nb,
+                        U + (size_t)i1 * cols + i2, cols, 1, Wd + i2, cols);
+    }
+    rc = QD_OK;
+out:
+    free(Hp), free(U), free(work), free(Wd), free(E), free(ck), free(dead);
+    return rc;
+}
+
+/* The linears of one layer in the order their inputs become available, grouped by the input
+ * they share (one Hessian per group). */
+static const int stage_w[4][3] = {{QD_W_Q, QD_W_K, QD_W_V}, {QD_W_O, -1, -1},
+                                  {QD_W_GATE, QD_W_UP, -1}, {QD_W_DOWN, -1, -1}};
+
+int qd_gptq_qsim(qd_qsim *q, const int *tokens, int n_windows, int T, const qd_gptq_opts *o,
+                 qd_err *err) {
+    const qd_config *c = &q->cfg;
+    if (T < 1 || T > q->o.Tmax || n_windows < 1)
+        return qd_errf(err, "%s: %d windows of %d tokens (the simulation holds %d)", __func__,
+                       n_windows, T, q->o.Tmax);
+    int D = c->dim, Bm = q->o.Bmax, fpt = o->fp_target;
+    size_t per = (size_t)T * D;
+    size_t wmax = 0, cmax = 0, gmax = 0;
+    for (int w = 0; w < QD_W_PER_LAYER; w++) {
+        size_t n = (size_t)q->L[0].wrows[w] * q->L[0].wcols[w];
+        if (n > wmax) wmax = n;
+        if ((size_t)q->L[0].wcols[w] > cmax) cmax = (size_t)q->L[0].wcols[w];
+        if ((size_t)q->L[0].wrows[w] > gmax) gmax = (size_t)q->L[0].wrows[w];
+    }
+    size_t all = per * (size_t)n_windows;
+    qd_real *X = malloc(sizeof(qd_real) * all);
+    qd_real *Y = malloc(sizeof(qd_real) * per * (size_t)Bm);
+    double *H = malloc(sizeof(double) * cmax * cmax);
+    qd_real *t = malloc(sizeof(qd_real) * wmax), *what = malloc(sizeof(qd_real) * wmax);
+    qd_real *sc = malloc(sizeof(qd_real) * gmax), *zp = malloc(sizeof(qd_real) * gmax);
+    /* FP target: the FP stream, its linear inputs, and C = Xqᵀ Xfp */
+    qd_real *Xf = fpt ? malloc(sizeof(qd_real) * all) : NULL;
+    qd_real *F = fpt ? malloc(sizeof(qd_real) * (size_t)T * Bm * cmax) : NULL;
+    double *C = fpt ? malloc(sizeof(double) * cmax * cmax) : NULL;
+    qd_real *tt = fpt ? malloc(sizeof(qd_real) * wmax) : NULL;
+    int rc = QD_ERR, sw = q->wq_on, sa = q->aq_on;
+    if (!X || !Y || !H || !t || !what || !sc || !zp || (fpt && (!Xf || !F || !C || !tt))) {
+        qd_errf(err, "%s: out of memory", __func__);
+        goto out;
+    }
+    q->wq_on = 1;
+    for (int w0 = 0; w0 < n_windows; w0 += Bm) {
+        int nb = n_windows - w0 < Bm ? n_windows - w0 : Bm;
+        q->rc.cursor = 0;
+        qd_qsim_embed(q, tokens + (size_t)w0 * T, nb, T, X + (size_t)w0 * per);
+        if (fpt) {
+            q->wq_on = q->aq_on = 0;
+            qd_qsim_embed(q, tokens + (size_t)w0 * T, nb, T, Xf + (size_t)w0 * per);
+            q->wq_on = 1, q->aq_on = sa;
+        }
+    }
+    for (int l = 0; l < c->n_layers; l++) {
+        const qd_qlayer *L = &q->L[l];
+        for (int st = 0; st < 4; st++) {
+            int cols = L->wcols[stage_w[st][0]];
+            memset(H, 0, sizeof(double) * (size_t)cols * cols);
+            if (fpt) memset(C, 0, sizeof(double) * (size_t)cols * cols);
+            for (int w0 = 0; w0 < n_windows; w0 += Bm) {
+                int nb = n_windows - w0 < Bm ? n_windows - w0 : Bm, n;
+                if (fpt) {
+                    q->wq_on = q->aq_on = 0;
+                    q->rc.cursor = 0;
+                    qd_qsim_layer_forward(q, l, Xf + (size_t)w0 * per, Y, nb, T);
+                    const qd_real *in = qd_qsim_weight_input(q, l, stage_w[st][0], &n);
+                    memcpy(F, in, sizeof(qd_real) * (size_t)n * cols);
+                    q->wq_on = 1, q->aq_on = sa;
+                }
+                q->rc.cursor = 0;
+                qd_qsim_layer_forward(q, l, X + (size_t)w0 * per, Y, nb, T);
+                const qd_real *in = qd_qsim_weight_input(q, l, stage_w[st][0], &n);
+                qd_gptq_accum(H, in, n, cols);
+                if (fpt) qd_gptq_accum_cross(C, in, F, n, cols);
+            }
+            for (int k = 0; k < 3 && stage_w[st][k] >= 0; k++) {
+                int w = stage_w[st][k], rows = L->wrows[w];
+                qd_qsim_weight_let(q, l, w, t);
+                qd_qsim_weight_enc(q, l, w, sc, zp);
+                const qd_real *src = t;
+                if (fpt) {
+                    if (qd_gptq_target(t, rows, cols, H, C, o->target_damp, tt, err)) goto out;
+                    src = tt;
+                }
+                if (qd_gptq_round(src, rows, cols, L->wspec[w], sc, zp, H, o, what, NULL, err))
+                    goto out;
+                if (qd_qsim_set_wfix(q, l, w, what)) {
+                    qd_errf(err, "%s: out of memory", __func__);
+                    goto out;
+                }
+            }
+        }
+        /* the next layer's inputs: this layer with its final integers (and the FP layer) */
+        for (int w0 = 0; w0 < n_windows; w0 += Bm) {
+            int nb = n_windows - w0 < Bm ? n_windows - w0 : Bm;
+            q->rc.cursor = 0;
+            qd_qsim_layer_forward(q, l, X + (size_t)w0 * per, Y, nb, T);
+            memcpy(X + (size_t)w0 * per, Y, sizeof(qd_real) * per * (size_t)nb);
+            if (fpt) {
+                q->wq_on = q->aq_on = 0;
+                q->rc.cursor = 0;
+                qd_qsim_layer_forward(q, l, Xf + (size_t)w0 * per, Y, nb, T);
+                memcpy(Xf + (size_t)w0 * per, Y, sizeof(qd_real) * per * (size_t)nb);
+                q->wq_on = 1, q->aq_on = sa;
+            }
+        }
+    }
+    rc = QD_OK;
+out:
+    q->wq_on = sw, q->aq_on = sa;
+    free(X), free(Y), free(H), free(t), free(what), free(sc), free(zp);
+    free(Xf), free(F), free(C), free(tt);
+    return rc;
+}

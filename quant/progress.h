@@ -1,0 +1,17 @@
+/* Progress of a long run, as the pipeline and the optimizers report it to their caller (the
+ * CLI's progress line, the worker's event pipe). */
+#ifndef QD_PROGRESS_H
+#define QD_PROGRESS_H
+
+typedef struct qd_progress {
+    const char *phase;     /* "load", "calibrate", "optimize", "fold", "eval", "export" */
+    long step, total;      /* steps done / planned within the phase (0/0 when not counted) */
+    double loss;           /* current training loss, NAN when none */
+    double lr;             /* current learning rate of the LET group, NAN when none */
+    double elapsed_s;      /* seconds since qd_quantize started */
+    double eta_s;          /* estimated seconds left in the phase, NAN when unknown */
+} qd_progress;
+
+typedef void (*qd_progress_fn)(void *ctx, const qd_progress *p);
+
+#endif

@@ -1,0 +1,568 @@
+/* Integer primitives of the integer-only runtime (see intops.h for the conventions and the
+ * rounding rule). The *_init functions turn real-valued encodings into multipliers and tables
+ * with doubles, once; the per-row functions use integers only. */
+#include "quant/rt/int_ops.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <stdlib.h>
+
+int qd_qmul_make(double M, qd_qmul *out, qd_err *err) {
+    if (!(M >= 0) || !isfinite(M) || M >= 1073741824.0)
+        return qd_errf(err, "%s: multiplier %g outside [0, 2^30)", __func__, M);
+    if (M == 0) {
+        out->m = 0;
+        out->shift = 0;
+        return QD_OK;
+    }
+    int ex;
+    double f = frexp(M, &ex); /* M = f * 2^ex, f in [0.5, 1) */
+    int64_t m = (int64_t)rint(f * 2147483648.0);
+    if (m == ((int64_t)1 << 31)) { /* f rounded up to 1 */
+        m >>= 1;
+        ex++;
+    }
+    out->m = (int32_t)m;
+    out->shift = 31 - ex;
+    return QD_OK;
+}
+
+int32_t qd_quantize_val(double x, double s, int32_t zp, int bits) {
+    double q = rint(x / s) + zp;
+    double lo = qd_qmin(bits), hi = qd_qmax(bits);
+    return (int32_t)(q < lo ? lo : q > hi ? hi : q);
+}
+
+/* ---------------------------------------------------------------- residual add */
+
+int qd_qadd_init(qd_qadd *p, double sa, int32_t za, double sb, int32_t zb, double so, int32_t zo,
+                 int out_bits, qd_err *err) {
+    if (!(sa > 0 && sb > 0 && so > 0))
+        return qd_errf(err, "%s: scales must be positive (%g %g %g)", __func__, sa, sb, so);
+    double Ma = sa / so, Mb = sb / so, mx = Ma > Mb ? Ma : Mb;
+    if (mx >= 1073741824.0) return qd_errf(err, "%s: ratio %g too large", __func__, mx);
+    int ex;
+    frexp(mx, &ex);
+    int shift = 31 - ex; /* the larger multiplier gets a mantissa in [2^30, 2^31) */
+    for (;; shift--) {
+        double a = rint(ldexp(Ma, shift)), b = rint(ldexp(Mb, shift));
+        if (a < 2147483648.0 && b < 2147483648.0) {
+            p->ma = (int32_t)a;
+            p->mb = (int32_t)b;
+            break;
+        }
+    }
+    p->shift = shift;
+    p->za = za;
+    p->zb = zb;
+    p->zo = zo;
+    p->lo = qd_qmin(out_bits);
+    p->hi = qd_qmax(out_bits);
+    return QD_OK;
+}
+
+void qd_qadd_i16(const qd_qadd *p, const int16_t *a, const int16_t *b, int16_t *out, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        int64_t v = (int64_t)(a[i] - p->za) * p->ma + (int64_t)(b[i] - p->zb) * p->mb;
+        out[i] = (int16_t)qd_clamp32(qd_rshift_rne(v, p->shift) + p->zo, p->lo, p->hi);
+    }
+}
+
+/* ---------------------------------------------------------------- inverse square root */
+
+uint64_t qd_isqrt64(uint64_t v) {
+    if (v < 2) return v;
+    int b = 64 - __builtin_clzll(v);
+    uint64_t x = (uint64_t)1 << ((b + 1) / 2); /* >= sqrt(v): Newton descends from above */
+    for (;;) {
+        uint64_t y = (x + v / x) / 2;
+        if (y >= x) return x;
+        x = y;
+    }
+}
+
+int32_t qd_isqrt_inv(uint64_t v, int *e) {
+    if (v == 0) v = 1;
+    int b = 64 - __builtin_clzll(v);
+    int k = (62 - b) >> 1; /* v * 4^k in [2^60, 2^62) (k < 0 shifts right) */
+    uint64_t w = k >= 0 ? v << (2 * k) : v >> (-2 * k);
+    uint64_t s = qd_isqrt64(w); /* [2^30, 2^31) */
+    uint64_t r = (((uint64_t)1 << 61) + s / 2) / s; /* (2^30, 2^31] */
+    if (r >= ((uint64_t)1 << 31)) { /* keep the mantissa in int32 */
+        r >>= 1;
+        k += 1;
+    }
+    /* 1/sqrt(v) = 2^k / sqrt(w) ~= r * 2^(k - 61) */
+    *e = 61 - k;
+    return (int32_t)r;
+}
+
+/* ---------------------------------------------------------------- RMSNorm */
+
+int qd_qnorm_init(qd_qnorm *p, int n, double sx, int32_t zx, double sg, int32_t zg, double sy,
+                  int32_t zy, int out_bits, float eps, qd_err *err) {
+    if (n <= 0 || !(sx > 0 && sg > 0 && sy > 0))
+        return qd_errf(err, "%s: bad arguments (n=%d sx=%g sg=%g sy=%g)", __func__, n, sx, sg, sy);
+    p->n = n;
+    p->zx = zx;
+    p->zg = zg;
+    p->zy = zy;
+    double en = rint((double)n * eps / (sx * sx));
+    p->eps_n = en > 4e18 ? (int64_t)4e18 : (int64_t)en;
+    p->out_bits = out_bits;
+    p->gmax = 0;
+    p->lo = qd_qmin(out_bits);
+    p->hi = qd_qmax(out_bits);
+    return qd_qmul_make(sg * sqrt((double)n) / sy, &p->m, err);
+}
+
+void qd_qnorm_row(const qd_qnorm *p, const int16_t *x, const int16_t *g, void *out) {
+    int64_t ss = 0;
+    for (int i = 0; i < p->n; i++) {
+        int64_t d = x[i] - p->zx;
+        ss += d * d;
+    }
+    uint64_t v = (uint64_t)ss + (uint64_t)p->eps_n;
+    int e;
+    int64_t r = qd_isqrt_inv(v, &e);
+    /* one per-token multiplier: static (m, shift) times 1/sqrt(v) = r 2^-e */
+    int64_t mt = qd_rshift_rne((int64_t)p->m.m * r, 31);
+    int shift = p->m.shift + e - 31;
+    for (int i = 0; i < p->n; i++) {
+        int64_t t = (int64_t)(x[i] - p->zx) * (g[i] - p->zg);
+        int64_t y = (int64_t)qd_rshift_rne128((__int128)t * mt, shift) + p->zy;
+        int32_t c = qd_clamp32(y, p->lo, p->hi);
+        if (p->out_bits == 8) ((int8_t *)out)[i] = (int8_t)c;
+        else ((int16_t *)out)[i] = (int16_t)c;
+    }
+}
+
+/* ---------------------------------------------------------------- softmax */
+
+int qd_qsoftmax_init(qd_qsoftmax *p, double s_in, double s_out, int32_t z_out, int out_bits,
+                     qd_err *err) {
+    if (!(s_in > 0 && s_out > 0))
+        return qd_errf(err, "%s: scales must be positive (%g %g)", __func__, s_in, s_out);
+    if (qd_qmul_make(s_in * M_LOG2E * 65536.0, &p->to_log2, err)) return QD_ERR;
+    if (qd_qmul_make(1.0 / (s_out * 1073741824.0), &p->out, err)) return QD_ERR;
+    p->zo = z_out;
+    p->lo = qd_qmin(out_bits);
+    p->hi = qd_qmax(out_bits);
+    for (int i = 0; i < 256; i++) {
+        p->exp_hi[i] = (int32_t)rint(1073741824.0 * exp2(-i / 256.0));
+        p->exp_lo[i] = (int32_t)rint(1073741824.0 * exp2(-i / 65536.0));
+    }
+    return QD_OK;
+}
+
+int64_t qd_qexp_q30(const qd_qsoftmax *p, int32_t d) {
+    int64_t u = qd_qmul32(d, p->to_log2); /* d * s_in * log2(e) in Q16 */
+    int64_t ip = u >> 16;
+    int f = (int)(u & 0xffff);
+    if (ip > 40) return 0; /* below 2^-40: nothing left at Q30 */
+    int64_t m = (int64_t)p->exp_hi[f >> 8] * p->exp_lo[f & 255]; /* Q60 */
+    return qd_rshift_rne(m, 30 + (int)ip);
+}
+
+void qd_qsoftmax_row(const qd_qsoftmax *p, const int16_t *x, int n, int16_t *out, int64_t *work) {
+    int32_t mx = x[0];
+    for (int j = 1; j < n; j++) mx = x[j] > mx ? x[j] : mx;
+    int64_t sum = 0;
+    for (int j = 0; j < n; j++) {
+        work[j] = qd_qexp_q30(p, mx - x[j]);
+        sum += work[j];
+    }
+    /* sum >= 2^30 (the maximum contributes exactly 2^30): r = 2^62 / sum <= 2^32 */
+    uint64_t r = (((uint64_t)1 << 62) + (uint64_t)sum / 2) / (uint64_t)sum;
+    for (int j = 0; j < n; j++) {
+        int64_t pq30 = qd_rshift_rne(work[j] * (int64_t)r, 32);
+        out[j] = (int16_t)qd_clamp32(qd_qmul32((int32_t)pq30, p->out) + p->zo, p->lo, p->hi);
+    }
+}
+
+/* ---------------------------------------------------------------- tables */
+
+double qd_silu(double x) { return x / (1.0 + exp(-x)); }
+
+void qd_lut8_build(int8_t table[256], double (*f)(double), double si, int32_t zi, double so,
+                   int32_t zo) {
+    for (int q = -128; q < 128; q++)
+        table[q + 128] = (int8_t)qd_quantize_val(f(si * (q - zi)), so, zo, 8);
+}
+
+int qd_qrope_init(qd_qrope *p, int max_T, int head_dim, float theta, double sx, int32_t zx,
+                  double sy, int32_t zy, qd_err *err) {
+    if (max_T <= 0 || head_dim <= 0 || head_dim % 2)
+        return qd_errf(err, "%s: bad shape T=%d hd=%d", __func__, max_T, head_dim);
+    int h = head_dim / 2;
+    p->head_dim = head_dim;
+    p->max_T = max_T;
+    p->zx = zx;
+    p->zy = zy;
+    p->cx = p->sx = NULL;
+    p->cos_t = malloc((size_t)max_T * h * sizeof(int16_t));
+    p->sin_t = malloc((size_t)max_T * h * sizeof(int16_t));
+    if (!p->cos_t || !p->sin_t) {
+        qd_qrope_free(p);
+        return qd_errf(err, "%s: out of memory", __func__);
+    }
+    for (int t = 0; t < max_T; t++)
+        for (int i = 0; i < h; i++) {
+            double freq = pow((double)theta, -2.0 * i / head_dim);
+            double a = t * freq;
+            p->cos_t[(size_t)t * h + i] = (int16_t)rint(cos(a) * (1 << QD_ROPE_FRAC));
+            p->sin_t[(size_t)t * h + i] = (int16_t)rint(sin(a) * (1 << QD_ROPE_FRAC));
+        }
+    p->cx = p->sx = NULL;
+    p->W = head_dim <= 16 && 16 % head_dim == 0 ? 16 : head_dim % 32 == 0 ? head_dim : 0;
+    if (p->W) {
+        p->cx = malloc((size_t)max_T * p->W * sizeof(int16_t));
+        p->sx = malloc((size_t)max_T * p->W * sizeof(int16_t));
+        if (!p->cx || !p->sx) {
+            qd_qrope_free(p);
+            return qd_errf(err, "%s: out of memory", __func__);
+        }
+        for (int t = 0; t < max_T; t++)
+            for (int e = 0; e < p->W; e++) {
+                int i = e % head_dim, ii = i % h;
+                p->cx[(size_t)t * p->W + e] = p->cos_t[(size_t)t * h + ii];
+                p->sx[(size_t)t * p->W + e] = (int16_t)(i < h ? -p->sin_t[(size_t)t * h + ii]
+                                                              : p->sin_t[(size_t)t * h + ii]);
+            }
+    }
+    if (qd_qmul_make(sx / sy / (1 << QD_ROPE_FRAC), &p->m, err)) {
+        qd_qrope_free(p);
+        return QD_ERR;
+    }
+    return QD_OK;
+}
+
+void qd_qrope_free(qd_qrope *p) {
+    if (!p) return;
+    free(p->cos_t);
+    free(p->sin_t);
+    free(p->cx);
+    free(p->sx);
+    p->cos_t = p->sin_t = p->cx = p->sx = NULL;
+}
+
+void qd_qrope_apply(const qd_qrope *p, const int8_t *x, int8_t *out, int n_heads, int pos) {
+    int h = p->head_dim / 2;
+    const int16_t *c = p->cos_t + (size_t)pos * h, *s = p->sin_t + (size_t)pos * h;
+    for (int hh = 0; hh < n_heads; hh++) {
+        const int8_t *xh = x + (size_t)hh * p->head_dim;
+        int8_t *oh = out + (size_t)hh * p->head_dim;
+        for (int i = 0; i < h; i++) {
+            int32_t a = xh[i] - p->zx, b = xh[i + h] - p->zx;
+            int32_t y1 = a * c[i] - b * s[i], y2 = b * c[i] + a * s[i];
+            oh[i] = (int8_t)qd_clamp32(qd_qmul32(y1, p->m) + p->zy, -128, 127);
+            oh[i + h] = (int8_t)qd_clamp32(qd_qmul32(y2, p->m) + p->zy, -128, 127);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- fast softmax and scores */
+
+/* The SIMD paths below use 64-bit lanes for every product (a 32-bit value times a Q31
+ * mantissa) and round half to even by the identity
+ *     rne(x / 2^n) = floor((x + 2^(n-1) - 1 + bit_n(x)) / 2^n),   1 <= n <= 62,
+ * (bit_n(x) = floor(x / 2^n) & 1 decides the tie), exact for |x| < 2^62. */
+
+int qd_qsoftmax_tab(const qd_qsoftmax *p, int in_bits, int32_t *tab) {
+    int n = 1 << in_bits, len = 1;
+    for (int d = 0; d < n; d++) {
+        int64_t e = qd_qexp_q30(p, d);
+        if (tab) tab[d] = (int32_t)e;
+        if (e) len = d + 1;
+    }
+    return len;
+}
+
+int qd_qsoftmax_fast_ok(const qd_qsoftmax *p) { return p->out.shift >= 1 && p->out.shift <= 62; }
+
+#define T512 __attribute__((target("avx512f,avx512bw,avx512vl")))
+
+static inline T512 __m512i rne_shift512(__m512i x, __m512i n, __m512i hm1) {
+    __m512i bit = _mm512_and_si512(_mm512_srlv_epi64(x, n), _mm512_set1_epi64(1));
+    return _mm512_srav_epi64(_mm512_add_epi64(_mm512_add_epi64(x, hm1), bit), n);
+}
+
+/* 16 int32 lanes times a non-negative Q31 mantissa, rounded shift, + zo, clamped: returns the
+ * 16 results as int32. sgn: the lanes are signed (else non-negative, < 2^32). */
+static inline T512 __m512i rq16_512(__m512i v, __m512i m, __m512i n, __m512i hm1, __m512i zo,
+                                    __m512i lo, __m512i hi, int sgn) {
+    __m512i ve = v, vo = _mm512_srli_epi64(v, 32);
+    __m512i xe = sgn ? _mm512_mul_epi32(ve, m) : _mm512_mul_epu32(ve, m);
+    __m512i xo = sgn ? _mm512_mul_epi32(vo, m) : _mm512_mul_epu32(vo, m);
+    xe = _mm512_add_epi64(rne_shift512(xe, n, hm1), zo);
+    xo = _mm512_add_epi64(rne_shift512(xo, n, hm1), zo);
+    xe = _mm512_min_epi64(_mm512_max_epi64(xe, lo), hi);
+    xo = _mm512_min_epi64(_mm512_max_epi64(xo, lo), hi);
+    return _mm512_mask_blend_epi32(0xaaaa, xe, _mm512_slli_epi64(xo, 32));
+}
+
+static T512 void qscore_512(const int32_t *S, const int32_t *ksum, int32_t zq, int32_t off,
+                            int n, qd_qmul q, int32_t zo, int32_t lo, int32_t hi, int16_t *out) {
+    const __m512i m = _mm512_set1_epi64(q.m), sh = _mm512_set1_epi64(q.shift);
+    const __m512i hm1 = _mm512_set1_epi64(((int64_t)1 << (q.shift - 1)) - 1);
+    const __m512i z = _mm512_set1_epi64(zo), l = _mm512_set1_epi64(lo), h = _mm512_set1_epi64(hi);
+    const __m512i vzq = _mm512_set1_epi32(zq), voff = _mm512_set1_epi32(off);
+    for (int j = 0; j < n; j += 16) {
+        __mmask16 k = n - j >= 16 ? 0xffff : (__mmask16)((1u << (n - j)) - 1);
+        __m512i s = _mm512_maskz_loadu_epi32(k, S + j);
+        __m512i ks = _mm512_maskz_loadu_epi32(k, ksum + j);
+        s = _mm512_sub_epi32(_mm512_sub_epi32(s, _mm512_mullo_epi32(vzq, ks)), voff);
+        _mm512_mask_cvtepi32_storeu_epi16(out + j, k, rq16_512(s, m, sh, hm1, z, l, h, 1));
+    }
+}
+
+void qd_qscore_row(const int32_t *S, const int32_t *ksum, int32_t zq, int32_t off, int n,
+                   qd_qmul m, int32_t zo, int32_t lo, int32_t hi, int16_t *out, qd_isa isa) {
+    if (isa == QD_ISA_AVX512_VNNI && qd_isa_supported(isa)) {
+        qscore_512(S, ksum, zq, off, n, m, zo, lo, hi, out);
+        return;
+    }
+    for (int j = 0; j < n; j++) {
+        int32_t s = (int32_t)((uint32_t)S[j] - (uint32_t)zq * (uint32_t)ksum[j] - (uint32_t)off);
+        out[j] = (int16_t)qd_clamp32(qd_qmul32(s, m) + zo, lo, hi);
+    }
+}
+
+static T512 void softmax_tab_512(const qd_qsoftmax *p, const int32_t *tab, int len,
+                                 const int16_t *x, int n, int16_t *out, int32_t *work) {
+    __m512i vmx = _mm512_set1_epi16(INT16_MIN);
+    for (int j = 0; j < n; j += 32) {
+        __mmask32 k = n - j >= 32 ? 0xffffffffu : (__mmask32)((1u << (n - j)) - 1);
+        vmx = _mm512_max_epi16(vmx, _mm512_mask_loadu_epi16(_mm512_set1_epi16(INT16_MIN), k, x + j));
+    }
+    int32_t mx = _mm512_reduce_max_epi32(_mm512_max_epi32(
+        _mm512_cvtepi16_epi32(_mm512_castsi512_si256(vmx)),
+        _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(vmx, 1))));
+    const __m512i vm = _mm512_set1_epi32(mx), vlen = _mm512_set1_epi32(len);
+    __m512i sum = _mm512_setzero_si512();
+    for (int j = 0; j < n; j += 16) {
+        __mmask16 k = n - j >= 16 ? 0xffff : (__mmask16)((1u << (n - j)) - 1);
+        __m512i d = _mm512_sub_epi32(vm, _mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(k, x + j)));
+        __mmask16 g = _mm512_mask_cmplt_epi32_mask(k, d, vlen);
+        __m512i e = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), g, d, tab, 4);
+        _mm512_mask_storeu_epi32(work + j, k, e);
+        sum = _mm512_add_epi64(sum, _mm512_cvtepu32_epi64(_mm512_castsi512_si256(e)));
+        sum = _mm512_add_epi64(sum, _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(e, 1)));
+    }
+    uint64_t s = (uint64_t)_mm512_reduce_add_epi64(sum);
+    uint64_t r = (((uint64_t)1 << 62) + s / 2) / s; /* <= 2^32, see qd_qsoftmax_row */
+    const __m512i vr = _mm512_set1_epi64((int64_t)r), c32 = _mm512_set1_epi64(32);
+    const __m512i h32 = _mm512_set1_epi64(((int64_t)1 << 31) - 1);
+    const __m512i m = _mm512_set1_epi64(p->out.m), sh = _mm512_set1_epi64(p->out.shift);
+    const __m512i hm1 = _mm512_set1_epi64(((int64_t)1 << (p->out.shift - 1)) - 1);
+    const __m512i z = _mm512_set1_epi64(p->zo), l = _mm512_set1_epi64(p->lo),
+                  h = _mm512_set1_epi64(p->hi);
+    for (int j = 0; j < n; j += 16) {
+        __mmask16 k = n - j >= 16 ? 0xffff : (__mmask16)((1u << (n - j)) - 1);
+        __m512i e = _mm512_maskz_loadu_epi32(k, work + j), pq = e;
+        if (r < ((uint64_t)1 << 32)) {
+            /* pq30 = rne(e * r / 2^32), e <= 2^30 and r < 2^32: unsigned 64-bit lanes */
+            __m512i xe = rne_shift512(_mm512_mul_epu32(e, vr), c32, h32);
+            __m512i xo = rne_shift512(_mm512_mul_epu32(_mm512_srli_epi64(e, 32), vr), c32, h32);
+            pq = _mm512_mask_blend_epi32(0xaaaa, xe, _mm512_slli_epi64(xo, 32));
+        } /* r == 2^32: e * 2^32 / 2^32 = e exactly */
+        _mm512_mask_cvtepi32_storeu_epi16(out + j, k, rq16_512(pq, m, sh, hm1, z, l, h, 0));
+    }
+}
+
+void qd_qsoftmax_row_tab(const qd_qsoftmax *p, const int32_t *tab, int len, const int16_t *x,
+                         int n, int16_t *out, int32_t *work, qd_isa isa) {
+    if (isa == QD_ISA_AVX512_VNNI && qd_isa_supported(isa)) {
+        softmax_tab_512(p, tab, len, x, n, out, work);
+        return;
+    }
+    int32_t mx = x[0];
+    for (int j = 1; j < n; j++) mx = x[j] > mx ? x[j] : mx;
+    int64_t sum = 0;
+    for (int j = 0; j < n; j++) {
+        int32_t d = mx - x[j];
+        work[j] = d < len ? tab[d] : 0;
+        sum += work[j];
+    }
+    uint64_t r = (((uint64_t)1 << 62) + (uint64_t)sum / 2) / (uint64_t)sum;
+    for (int j = 0; j < n; j++) {
+        int64_t pq30 = qd_rshift_rne(work[j] * (int64_t)r, 32);
+        out[j] = (int16_t)qd_clamp32(qd_qmul32((int32_t)pq30, p->out) + p->zo, p->lo, p->hi);
+    }
+}
+
+/* ---------------------------------------------------------------- elementwise SIMD paths */
+
+static T512 void qadd_512(const qd_qadd *p, const int16_t *a, const int16_t *b, int16_t *out,
+                          size_t n) {
+    const __m512i ma = _mm512_set1_epi64(p->ma), mb = _mm512_set1_epi64(p->mb);
+    const __m512i za = _mm512_set1_epi32(p->za), zb = _mm512_set1_epi32(p->zb);
+    const __m512i sh = _mm512_set1_epi64(p->shift);
+    const __m512i hm1 = _mm512_set1_epi64(((int64_t)1 << (p->shift - 1)) - 1);
+    const __m512i zo = _mm512_set1_epi64(p->zo), lo = _mm512_set1_epi64(p->lo),
+                  hi = _mm512_set1_epi64(p->hi);
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 k = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        __m512i va = _mm512_sub_epi32(_mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(k, a + i)), za);
+        __m512i vb = _mm512_sub_epi32(_mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(k, b + i)), zb);
+        __m512i xe = _mm512_add_epi64(_mm512_mul_epi32(va, ma), _mm512_mul_epi32(vb, mb));
+        __m512i xo = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(va, 32), ma),
+                                      _mm512_mul_epi32(_mm512_srli_epi64(vb, 32), mb));
+        xe = _mm512_min_epi64(_mm512_max_epi64(_mm512_add_epi64(rne_shift512(xe, sh, hm1), zo), lo), hi);
+        xo = _mm512_min_epi64(_mm512_max_epi64(_mm512_add_epi64(rne_shift512(xo, sh, hm1), zo), lo), hi);
+        __m512i y = _mm512_mask_blend_epi32(0xaaaa, xe, _mm512_slli_epi64(xo, 32));
+        _mm512_mask_cvtepi32_storeu_epi16(out + i, k, y);
+    }
+}
+
+/* zero points far outside the grid would overflow the 32-bit differences: reference then */
+static int small_zp(int64_t z) { return z >= -(1 << 30) && z <= (1 << 30); }
+
+void qd_qadd_i16_isa(const qd_qadd *p, const int16_t *a, const int16_t *b, int16_t *out,
+                     size_t n, qd_isa isa) {
+    if (isa == QD_ISA_AVX512_VNNI && qd_isa_supported(isa) && p->shift >= 1 && p->shift <= 62 &&
+        small_zp(p->za) && small_zp(p->zb))
+        qadd_512(p, a, b, out, n);
+    else
+        qd_qadd_i16(p, a, b, out, n);
+}
+
+static T512 void qmul_i8_512(const int8_t *a, int32_t za, const int8_t *b, int32_t zb,
+                             qd_qmul q, int32_t zo, int8_t *out, size_t n) {
+    const __m512i m = _mm512_set1_epi64(q.m), sh = _mm512_set1_epi64(q.shift);
+    const __m512i hm1 = _mm512_set1_epi64(((int64_t)1 << (q.shift - 1)) - 1);
+    const __m512i z = _mm512_set1_epi64(zo), l = _mm512_set1_epi64(-128), h = _mm512_set1_epi64(127);
+    const __m512i vza = _mm512_set1_epi32(za), vzb = _mm512_set1_epi32(zb);
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 k = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        __m512i va = _mm512_sub_epi32(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, a + i)), vza);
+        __m512i vb = _mm512_sub_epi32(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, b + i)), vzb);
+        __m512i v = _mm512_mullo_epi32(va, vb);
+        _mm512_mask_cvtepi32_storeu_epi8(out + i, k, rq16_512(v, m, sh, hm1, z, l, h, 1));
+    }
+}
+
+void qd_qmul_i8(const int8_t *a, int32_t za, const int8_t *b, int32_t zb, qd_qmul m, int32_t zo,
+                int8_t *out, size_t n, qd_isa isa) {
+    if (isa == QD_ISA_AVX512_VNNI && qd_isa_supported(isa) && m.shift >= 1 && m.shift <= 62) {
+        qmul_i8_512(a, za, b, zb, m, zo, out, n);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        int32_t v = (int32_t)((uint32_t)(a[i] - za) * (uint32_t)(b[i] - zb));
+        out[i] = (int8_t)qd_clamp32(qd_qmul32(v, m) + zo, -128, 127);
+    }
+}
+
+/* One row with AVX-512; returns 0 (nothing written) when the row's products might not fit 64
+ * bits, so that the caller runs the reference. */
+static T512 int qnorm_512(const qd_qnorm *p, const int16_t *x, const int16_t *g, void *out) {
+    const int n = p->n;
+    const __m512i zx = _mm512_set1_epi32(p->zx), zg = _mm512_set1_epi32(p->zg);
+    __m512i ss = _mm512_setzero_si512(), amax = _mm512_setzero_si512();
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 k = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        __m512i d = _mm512_maskz_sub_epi32(k, _mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(k, x + i)), zx);
+        amax = _mm512_max_epi32(amax, _mm512_abs_epi32(d));
+        ss = _mm512_add_epi64(ss, _mm512_mul_epi32(d, d));
+        __m512i dodd = _mm512_srli_epi64(d, 32);
+        ss = _mm512_add_epi64(ss, _mm512_mul_epi32(dodd, dodd));
+    }
+    uint64_t v = (uint64_t)_mm512_reduce_add_epi64(ss) + (uint64_t)p->eps_n;
+    int e;
+    int64_t r = qd_isqrt_inv(v, &e);
+    int64_t mt = qd_rshift_rne((int64_t)p->m.m * r, 31);
+    int shift = p->m.shift + e - 31;
+    int64_t dmax = (uint32_t)_mm512_reduce_max_epi32(amax);
+    if (shift < 1 || shift > 62 || mt < 0 || mt >= ((int64_t)1 << 31) ||
+        (__int128)dmax * p->gmax * mt >= ((__int128)1 << 61))
+        return 0;
+    const __m512i vm = _mm512_set1_epi64(mt), sh = _mm512_set1_epi64(shift);
+    const __m512i hm1 = _mm512_set1_epi64(((int64_t)1 << (shift - 1)) - 1);
+    const __m512i zy = _mm512_set1_epi64(p->zy), lo = _mm512_set1_epi64(p->lo),
+                  hi = _mm512_set1_epi64(p->hi);
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 k = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        __m512i d = _mm512_sub_epi32(_mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(k, x + i)), zx);
+        __m512i gd = _mm512_sub_epi32(_mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(k, g + i)), zg);
+        __m512i res[2];
+        for (int half = 0; half < 2; half++) {
+            __m512i a = half ? _mm512_srli_epi64(d, 32) : d, b = half ? _mm512_srli_epi64(gd, 32) : gd;
+            __m512i t = _mm512_mul_epi32(a, b); /* exact int64 */
+            /* t * mt exactly (|t * mt| < 2^61): low 32 bits unsigned, high 32 bits signed */
+            __m512i x64 = _mm512_add_epi64(
+                _mm512_mul_epu32(t, vm),
+                _mm512_slli_epi64(_mm512_mul_epi32(_mm512_shuffle_epi32(t, (_MM_PERM_ENUM)0xf5), vm), 32));
+            __m512i y = _mm512_add_epi64(rne_shift512(x64, sh, hm1), zy);
+            res[half] = _mm512_min_epi64(_mm512_max_epi64(y, lo), hi);
+        }
+        __m512i y = _mm512_mask_blend_epi32(0xaaaa, res[0], _mm512_slli_epi64(res[1], 32));
+        if (p->out_bits == 8) _mm512_mask_cvtepi32_storeu_epi8((int8_t *)out + i, k, y);
+        else _mm512_mask_cvtepi32_storeu_epi16((int16_t *)out + i, k, y);
+    }
+    return 1;
+}
+
+void qd_qnorm_row_isa(const qd_qnorm *p, const int16_t *x, const int16_t *g, void *out,
+                      qd_isa isa) {
+    if (isa == QD_ISA_AVX512_VNNI && qd_isa_supported(isa) && p->gmax > 0 && small_zp(p->zx) &&
+        small_zp(p->zg) && qnorm_512(p, x, g, out))
+        return;
+    qd_qnorm_row(p, x, g, out);
+}
+
+/* y[e] = (x[e]-zx) C[e] + (x[partner(e)]-zx) S[e], partner(e) the element h away in the same
+ * head: the reference's a*c - b*s and b*c + a*s in one expression. */
+static T512 void rope_512(const qd_qrope *p, const int8_t *x, int8_t *out, int n_heads, int pos) {
+    const int hd = p->head_dim, h = hd / 2, row = n_heads * hd;
+    const int16_t *C = p->cx + (size_t)pos * p->W, *S = p->sx + (size_t)pos * p->W;
+    const __m512i m = _mm512_set1_epi64(p->m.m), sh = _mm512_set1_epi64(p->m.shift);
+    const __m512i hm1 = _mm512_set1_epi64(((int64_t)1 << (p->m.shift - 1)) - 1);
+    const __m512i z = _mm512_set1_epi64(p->zy), l = _mm512_set1_epi64(-128), hi = _mm512_set1_epi64(127);
+    const __m512i zx = _mm512_set1_epi32(p->zx);
+    if (p->W == 16) { /* whole heads per 16 lanes: the partner is a lane permutation */
+        int32_t idx[16];
+        for (int e = 0; e < 16; e++) {
+            int i = e % hd;
+            idx[e] = e - i + (i < h ? i + h : i - h);
+        }
+        const __m512i vi = _mm512_loadu_si512(idx);
+        const __m512i vc = _mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)C));
+        const __m512i vs = _mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)S));
+        for (int e = 0; e < row; e += 16) {
+            __mmask16 k = row - e >= 16 ? 0xffff : (__mmask16)((1u << (row - e)) - 1);
+            __m512i xv = _mm512_sub_epi32(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, x + e)), zx);
+            __m512i xp = _mm512_permutexvar_epi32(vi, xv);
+            __m512i y = _mm512_add_epi32(_mm512_mullo_epi32(xv, vc), _mm512_mullo_epi32(xp, vs));
+            _mm512_mask_cvtepi32_storeu_epi8(out + e, k, rq16_512(y, m, sh, hm1, z, l, hi, 1));
+        }
+        return;
+    }
+    for (int hh = 0; hh < n_heads; hh++) { /* head_dim a multiple of 32: halves of 16-lane blocks */
+        const int8_t *xh = x + (size_t)hh * hd;
+        int8_t *oh = out + (size_t)hh * hd;
+        __m512i y[64];
+        int nb = hd / 16;
+        for (int b = 0; b < nb && b < 64; b++) {
+            int i0 = 16 * b, pi = i0 < h ? i0 + h : i0 - h;
+            __m512i xv = _mm512_sub_epi32(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(xh + i0))), zx);
+            __m512i xp = _mm512_sub_epi32(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(xh + pi))), zx);
+            __m512i vc = _mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)(C + i0)));
+            __m512i vs = _mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)(S + i0)));
+            y[b] = _mm512_add_epi32(_mm512_mullo_epi32(xv, vc), _mm512_mullo_epi32(xp, vs));
+        }
+        /* stores after all loads: out may alias x */
+        for (int b = 0; b < nb && b < 64; b++)
+            _mm_storeu_si128((__m128i *)(oh + 16 * b),
+                             _mm512_cvtepi32_epi8(rq16_512(y[b], m, sh, hm1, z, l, hi, 1)));
+    }
+}
+
+void qd_qrope_apply_isa(const qd_qrope *p, const int8_t *x, int8_t *out, int n_heads, int pos,
+                        qd_isa isa) {
+    if (isa == QD_ISA_AVX512_VNNI && qd_isa_supported(isa) && p->cx && p->head_dim <= 1024 &&
+        p->m.shift >= 1 && p->m.shift <= 62 && small_zp(p->zx))
+        rope_512(p, x, out, n_heads, pos);
+    else
+        qd_qrope_apply(p, x, out, n_heads, pos);
+}

@@ -1,0 +1,209 @@
+/* Fake-quantized simulation of a qd_model following the MobileQuant bit map (DESIGN.md §3),
+ * with a hand-written backward to every trained parameter:
+ *   LET  per-channel equivalent-transform scales (norm->qkv, norm->gate/up, up->down, v->o),
+ *   LWC  weight-clipping logits γ/β per weight tensor (per output channel or per tensor),
+ *   LRL  scale and offset of every static activation quantizer.
+ * All trained parameters live in one buffer (p) with a gradient buffer of the same layout (g),
+ * grouped LET | LWC | LRL so the optimizer can give each group its own schedule.
+ *
+ * One decoder layer, with the activation quantizer sites (enum qd_aq_site) in brackets:
+ *   h1 = rmsnorm(x, ĝ1) [ATTN_NORM]; q,k,v = h1 Ŵq/k/v [Q,K,V]; rope [QROPE,KROPE];
+ *   S = q kᵀ/√d [SCORE]; P = softmax [PROB]; o = P v [PV]; a = o Ŵo [O]; x2 = x + a [RES1];
+ *   h2 = rmsnorm(x2, ĝ2) [FFN_NORM]; g,u = h2 Ŵg/u [GATE,UP]; silu(g) [SILU]; m = silu·u
+ *   [DOWN_IN]; d = m Ŵd [DOWN]; out = x2 + d [RES2].
+ * Globals: embedding output [EMB], final norm output [HEAD_IN], logits [LOGITS].
+ * Weights: Ŵ = wq(LET(W)) with the LWC range; norm weights ĝ = wq16(g / s) (16-bit, per
+ * tensor); the LM head and the embedding table 8-bit per row (not trained).
+ *
+ * The switches let_on / wq_on / aq_on / lwc_on turn each part off; with all off the simulation
+ * is the FP32 model (tests compare it with qd_forward). */
+#ifndef QD_QSIM_H
+#define QD_QSIM_H
+
+#include "quant/model.h"
+#include "quant/sim/ops.h"
+
+/* Activation classes: the unit of the per-class bit override (qd_quant_opts.abits_override). */
+enum qd_aclass {
+    QD_AC_RES,       /* residual stream, embedding output (16) */
+    QD_AC_NORM,      /* RMSNorm outputs (8) */
+    QD_AC_QKV,       /* q, k, v projection outputs; v is the KV cache's V (8) */
+    QD_AC_QK_IN,     /* q and k after RoPE: inputs of QKᵀ; k is the KV cache's K (8) */
+    QD_AC_SCORE,     /* QKᵀ output, softmax input (16) */
+    QD_AC_PROB,      /* softmax output (16) */
+    QD_AC_PV,        /* PV output, o_proj input (8) */
+    QD_AC_OPROJ,     /* o_proj output (16) */
+    QD_AC_GATEUP,    /* gate and up outputs (8) */
+    QD_AC_SILU,      /* SiLU output (8) */
+    QD_AC_DOWN_IN,   /* silu·up, down_proj input (8) */
+    QD_AC_DOWN_OUT,  /* down_proj output (16) */
+    QD_AC_HEAD,      /* final norm output / LM head input, logits (16) */
+    QD_AC_COUNT
+};
+
+/* Activation quantizer sites inside one layer. */
+enum qd_aq_site {
+    QD_AQ_ATTN_NORM, QD_AQ_Q, QD_AQ_K, QD_AQ_V, QD_AQ_QROPE, QD_AQ_KROPE, QD_AQ_SCORE,
+    QD_AQ_PROB, QD_AQ_PV, QD_AQ_O, QD_AQ_RES1, QD_AQ_FFN_NORM, QD_AQ_GATE, QD_AQ_UP,
+    QD_AQ_SILU, QD_AQ_DOWN_IN, QD_AQ_DOWN, QD_AQ_RES2, QD_AQ_PER_LAYER
+};
+/* Global activation quantizer sites. */
+enum { QD_AQG_EMB, QD_AQG_HEAD_IN, QD_AQG_LOGITS, QD_AQG_COUNT };
+
+/* Linear weights of one layer. */
+enum qd_wsite { QD_W_Q, QD_W_K, QD_W_V, QD_W_O, QD_W_GATE, QD_W_UP, QD_W_DOWN, QD_W_PER_LAYER };
+
+/* Parameter groups, contiguous in qd_qsim.p in this order. */
+enum { QD_GRP_LET, QD_GRP_LWC, QD_GRP_LRL, QD_GRP_COUNT };
+
+/* Weight granularity choice. */
+enum { QD_WGRAN_DEFAULT = 0, QD_WGRAN_CHANNEL = 1, QD_WGRAN_TENSOR = 2 };
+
+QD_API const char *qd_aclass_name(int aclass);        /* "res", "norm", ... */
+QD_API int qd_aclass_default_bits(int aclass);        /* 8 or 16 from the bit map */
+QD_API int qd_aq_site_class(int site);                /* class of a per-layer site */
+QD_API int qd_aqg_class(int gsite);                   /* class of a global site */
+QD_API const char *qd_aq_site_name(int site);         /* "self_attn.q_proj.output", ... */
+QD_API const char *qd_aqg_name(int gsite);            /* "model.embed_tokens.output", ... */
+QD_API const char *qd_wsite_name(int w);              /* "self_attn.q_proj", ... */
+
+typedef struct qd_qsim_opts {
+    int wbits;                 /* 8 (asymmetric; per tensor, down per channel) or 4 (symmetric
+                                  per channel) */
+    int wgran;                 /* QD_WGRAN_*: override the bit map's granularity */
+    int abits[QD_AC_COUNT];    /* 0 = bit map default */
+    int let_vo;                /* -1 auto: on when n_kv_heads == n_heads */
+    int let_ud;                /* LET between up and down (default 1) */
+    int head_bits;             /* LM head / embedding table bits (default 8) */
+    int Bmax, Tmax;            /* largest batch and window the buffers hold */
+    int train;                 /* keep every layer's activations for backward */
+} qd_qsim_opts;
+
+QD_API void qd_qsim_defaults(qd_qsim_opts *o);
+
+/* Per-quantizer statistics from an FP pass (quantizers off): min/max of every site, and the
+ * per-channel max|x| of the inputs of each LET pair's consumer (SmoothQuant). */
+typedef struct qd_qstats {
+    int n_layers, dim, hidden, qdim;
+    double *mn, *mx;      /* n_layers*QD_AQ_PER_LAYER + QD_AQG_COUNT, per-layer first */
+    float *ch_attn;       /* (n_layers, dim)    attention norm output */
+    float *ch_ffn;        /* (n_layers, dim)    FFN norm output */
+    float *ch_down;       /* (n_layers, hidden) down_proj input */
+    float *ch_o;          /* (n_layers, qdim)   o_proj input */
+    /* per-channel sums of x² of the same four inputs (divide by tokens for the mean square):
+     * the weights of the output-error proxy the clipping search minimises */
+    double *sq_attn, *sq_ffn, *sq_down, *sq_o;
+    size_t tokens;
+} qd_qstats;
+
+QD_API qd_qstats *qd_qstats_new(const qd_config *cfg);
+QD_API void qd_qstats_free(qd_qstats *s);
+
+typedef struct qd_qact qd_qact;   /* one layer's saved activations (fakequant.c) */
+
+typedef struct qd_qlayer {
+    /* LET scales (NULL when the pair is off) and their gradients */
+    qd_real *s_qkv, *s_gu, *s_ud, *s_vo;
+    qd_real *gs_qkv, *gs_gu, *gs_ud, *gs_vo;
+    /* LWC logits per linear weight ((per_channel ? rows : 1) each; bet unused when sym) */
+    qd_real *gam[QD_W_PER_LAYER], *bet[QD_W_PER_LAYER];
+    qd_real *ggam[QD_W_PER_LAYER], *gbet[QD_W_PER_LAYER];
+    qd_wq_spec wspec[QD_W_PER_LAYER];
+    int wrows[QD_W_PER_LAYER], wcols[QD_W_PER_LAYER];
+    /* activation quantizers (s, z point into p; ds, dz into g) */
+    qd_aq aq[QD_AQ_PER_LAYER];
+    /* fixed dequantized weights (rows*cols, owned) replacing the fake-quantized LET/LWC weight
+     * when set: the integers chosen by error-compensating rounding (gptq.h). NULL: none. */
+    qd_real *wfix[QD_W_PER_LAYER];
+    /* source weights (float library: views of the model; double build: owned copies) */
+    const qd_real *w[QD_W_PER_LAYER], *attn_norm, *ffn_norm, *bq, *bk, *bv;
+    qd_qact *act;
+} qd_qlayer;
+
+typedef struct qd_qsim {
+    qd_config cfg;
+    qd_qsim_opts o;
+    int let_on, wq_on, aq_on, lwc_on;   /* switches (all 1 after qd_qsim_new) */
+    int fault;                          /* test hook: nonzero breaks one backward term */
+    qd_rctx rc;                         /* rounding mode (gradient checks) */
+    size_t n_params;
+    qd_real *p, *g;                     /* trained parameters and their gradients */
+    size_t grp_off[QD_GRP_COUNT + 1];   /* group k is p[grp_off[k] .. grp_off[k+1]) */
+    qd_qlayer *L;
+    qd_aq aqg[QD_AQG_COUNT];
+    qd_qstats *stats;                   /* when set, forward records statistics into it */
+    /* everything else is private to fakequant.c */
+    struct qd_qsim_priv *priv;
+} qd_qsim;
+
+/* Builds the simulation of m (which must outlive it). Parameters start as identity LET,
+ * LWC logits 4, activation ranges [-1, 1] (call qd_qsim_init_ranges). NULL on failure. */
+QD_API qd_qsim *qd_qsim_new(const qd_model *m, const qd_qsim_opts *o, qd_err *err);
+QD_API void qd_qsim_free(qd_qsim *q);
+
+/* Bytes the simulation allocated (for the memory report). */
+QD_API size_t qd_qsim_bytes(const qd_qsim *q);
+
+/* Embedding lookup (through the 8-bit table when wq_on) and the EMB quantizer: x0 (B*T, dim). */
+QD_API void qd_qsim_embed(qd_qsim *q, const int *tokens, int B, int T, qd_real *x0);
+
+/* One layer: out (B*T, dim) from x (B*T, dim); saves activations when training. */
+QD_API void qd_qsim_layer_forward(qd_qsim *q, int l, const qd_real *x, qd_real *out, int B, int T);
+/* Backward of the last forward of layer l: gradients += into q->g; dx += (NULL to skip). */
+QD_API void qd_qsim_layer_backward(qd_qsim *q, int l, const qd_real *dout, qd_real *dx);
+
+/* All decoder layers: out (B*T, dim), the last block's output (the training target's shape).
+ * Resets the rounding cursor. */
+QD_API void qd_qsim_forward_blocks(qd_qsim *q, const qd_real *x0, qd_real *out, int B, int T);
+/* Backward through every layer from dL/dout; the input's gradient is not needed. */
+QD_API void qd_qsim_backward_blocks(qd_qsim *q, const qd_real *dout);
+
+/* Full model: logits (B*T, vocab) for tokens, with every quantizer the switches enable.
+ * B*T may exceed the buffers: windows are processed Bmax at a time; T <= Tmax. */
+QD_API int qd_qsim_logits(qd_qsim *q, const int *tokens, int B, int T, float *logits, qd_err *err);
+/* The same as a qd_logits_fn (ctx = qd_qsim*). */
+QD_API int qd_qsim_logits_fn(void *ctx, const int *tokens, int B, int T, float *logits, qd_err *err);
+
+QD_API void qd_qsim_zero_grad(qd_qsim *q);
+
+/* Activation ranges from statistics: s = (max-min)/(2^b-1), z = -min/s, min <= 0 <= max. */
+QD_API void qd_qsim_init_ranges(qd_qsim *q, const qd_qstats *st);
+/* SmoothQuant LET initialisation: s_j = max|X_j|^α / max|W_:,j|^(1-α), |s| >= 1e-2. */
+QD_API void qd_qsim_smoothquant(qd_qsim *q, const qd_qstats *st, float alpha);
+/* Sets every LWC logit to v (4 is the MobileQuant initialisation). */
+QD_API void qd_qsim_set_lwc(qd_qsim *q, float v);
+/* LWC initialisation by search: for every weight group (row or tensor) the clipping ratio r of
+ * a grid of n ratios from 1 down to r_min that minimises Σ_j E[x_j²] (w_j - ŵ_j)², the weight's
+ * quantization error weighted by the mean square of its input channel j (from st, measured with
+ * the current LET: a proxy of the layer's output error), on the LET-transformed weight; then
+ * γ = β = logit(r) (r = 1 is represented by logit 6). Returns the mean chosen ratio. */
+QD_API double qd_qsim_search_lwc(qd_qsim *q, const qd_qstats *st, int n, double r_min);
+
+/* Runs the FP statistics pass (quantizers off, LET as set) over n windows of T tokens. */
+QD_API int qd_qsim_collect(qd_qsim *q, const int *tokens, int n_windows, int T, qd_qstats *st,
+                    qd_err *err);
+
+/* Writes into out (a model with the same config, e.g. a qd_model_clone of the source) the FP
+ * model with LET folded into norms and weights, and every linear weight clipped to its LWC
+ * range (the grid's end points). Embedding/LM head are copied unchanged. */
+QD_API int qd_qsim_fold(const qd_qsim *q, qd_model *out, qd_err *err);
+
+/* Final encodings of linear weight w of layer l: per group (rows when per channel, else 1)
+ * the scale and the rounded zero point (0 when symmetric), from the LET-transformed weight and
+ * the LWC range — exactly the grid the simulation uses. */
+QD_API void qd_qsim_weight_enc(const qd_qsim *q, int l, int w, qd_real *scale, qd_real *zero);
+
+/* The LET-transformed FP weight w of layer l (rows*cols into t): what the grid quantizes. */
+QD_API void qd_qsim_weight_let(const qd_qsim *q, int l, int w, qd_real *t);
+
+/* Fixes weight w of layer l to the dequantized grid weights what (rows*cols, copied; NULL
+ * clears): forward, fold and encodings use them instead of rounding to nearest. Every value must
+ * lie on the grid of qd_qsim_weight_enc. QD_OK, or QD_ERR when out of memory. */
+QD_API int qd_qsim_set_wfix(qd_qsim *q, int l, int w, const qd_real *what);
+
+/* The input of weight w (the quantized activation it multiplies: (rows N, cols) row-major,
+ * *n_rows = B*T) in the last forward of layer l. Valid until the next layer forward of a
+ * simulation that keeps one layer's activations (train = 0), or of layer l. */
+QD_API const qd_real *qd_qsim_weight_input(const qd_qsim *q, int l, int w, int *n_rows);
+
+#endif

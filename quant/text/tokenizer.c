@@ -1,0 +1,1137 @@
+/* Tokenizers: one BPE engine over a vocabulary in SentencePiece's convention ("▁" for space,
+ * <0xXX> byte tokens, <s>/</s> controls), fed by three sources: a qd_vocab (GGUF), llama2.c
+ * tokenizer.bin and Hugging Face tokenizer.json. SentencePiece mode picks the next merge by
+ * the merged piece's score, Hugging Face mode by the merge list's rank; both keep a linked list
+ * of symbols and a binary heap of candidate pairs, so encoding is O(n log n) in the text.
+ * Stale heap entries are recognised by the pair's combined length: symbols only grow, so a
+ * pair whose left is still followed by its right with the same total length is unchanged. */
+#include "quant/text/tokenizer.h"
+
+#include "quant/io/gguf.h"
+#include "quant/model.h"
+#include "base/fs.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define SPACE_MARK "\xe2\x96\x81" /* U+2581, SentencePiece's visible space */
+#define SPACE_MARK_LEN 3
+#define TOKFILE_MAX_BYTES ((size_t)256 << 20)
+
+enum { KIND_SPM = 0, KIND_HF = 1 };
+enum { META_NEVER = 0, META_FIRST = 1, META_ALWAYS = 2 };
+
+typedef struct pair_slot {
+    uint64_t key;  /* (left << 32) | right; EMPTY_KEY when free */
+    int rank;
+    int merged;
+} pair_slot;
+#define EMPTY_KEY UINT64_MAX
+
+struct qd_tokenizer {
+    qd_vocab *v;          /* owned copy; scores and types always present */
+    size_t *tlen;         /* byte length of each token */
+    int *smap;            /* string -> id+1 (0 = free), open addressing */
+    size_t smask;
+    int byte_id[256];     /* id of <0xXX>, or -1 */
+    char *pbuf;           /* decoded pieces, one after another */
+    size_t *poff;
+    size_t *plen;
+    int kind;
+    /* Hugging Face mode */
+    pair_slot *pairs;
+    size_t pmask;
+    int *added;           /* ids of added tokens, longest content first */
+    int n_added;
+    unsigned char added_first[256]; /* first bytes of added contents */
+    int byte_fallback, fuse_unk;
+    int norm_prepend, norm_replace; /* Prepend("▁"), Replace(" " -> "▁") normalizers */
+    int meta, meta_scheme, meta_split;
+};
+
+/* ---- small helpers ---------------------------------------------------------------------- */
+
+typedef struct ivec {
+    int *a;
+    size_t n, cap;
+} ivec;
+
+static int ivec_push(ivec *v, int x) {
+    if (v->n == v->cap) {
+        size_t cap = v->cap ? v->cap * 2 : 256;
+        int *a = realloc(v->a, cap * sizeof *a);
+        if (!a) return -1;
+        v->a = a;
+        v->cap = cap;
+    }
+    v->a[v->n++] = x;
+    return 0;
+}
+
+static uint64_t hash_bytes(const char *s, size_t n) {
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 1099511628211ull;
+    }
+    return h ^ (h >> 29);
+}
+
+static uint64_t hash_u64(uint64_t x) {
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ull;
+    return x ^ (x >> 33);
+}
+
+static size_t pow2_at_least(size_t n) {
+    size_t c = 16;
+    while (c < n) c <<= 1;
+    return c;
+}
+
+/* Parses "<0xXX>" (either hex case); returns the byte or -1. */
+static int byte_token_value(const char *s, size_t n) {
+    if (n != 6 || memcmp(s, "<0x", 3) != 0 || s[5] != '>') return -1;
+    int v = 0;
+    for (int i = 3; i < 5; i++) {
+        char c = s[i];
+        int d = c >= '0' && c <= '9' ? c - '0'
+              : c >= 'A' && c <= 'F' ? c - 'A' + 10
+              : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        if (d < 0) return -1;
+        v = v * 16 + d;
+    }
+    return v;
+}
+
+size_t qd_utf8_valid_prefix(const char *str, size_t len) {
+    const unsigned char *s = (const unsigned char *)str;
+    size_t i = 0;
+    while (i < len) {
+        unsigned c = s[i];
+        if (c < 0x80) { i++; continue; }
+        size_t n;
+        unsigned lo = 0x80, hi = 0xBF;
+        if (c >= 0xC2 && c <= 0xDF) n = 2;
+        else if (c == 0xE0) { n = 3; lo = 0xA0; }
+        else if (c >= 0xE1 && c <= 0xEC) n = 3;
+        else if (c == 0xED) { n = 3; hi = 0x9F; }   /* no UTF-16 surrogates */
+        else if (c >= 0xEE && c <= 0xEF) n = 3;
+        else if (c == 0xF0) { n = 4; lo = 0x90; }
+        else if (c >= 0xF1 && c <= 0xF3) n = 4;
+        else if (c == 0xF4) { n = 4; hi = 0x8F; }   /* <= U+10FFFF */
+        else return i;
+        if (len - i < n) return i;
+        if (s[i + 1] < lo || s[i + 1] > hi) return i;
+        for (size_t k = 2; k < n; k++)
+            if (s[i + k] < 0x80 || s[i + k] > 0xBF) return i;
+        i += n;
+    }
+    return len;
+}
+
+/* Length of the (already validated) UTF-8 character starting with lead byte c. */
+static size_t utf8_char_len(unsigned char c) {
+    return c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+}
+
+static int infer_type(const qd_vocab *v, int i) {
+    if (i == v->unk_id) return QD_TOK_UNKNOWN;
+    if (i == v->bos_id || i == v->eos_id) return QD_TOK_CONTROL;
+    const char *s = v->tokens[i];
+    if (byte_token_value(s, strlen(s)) >= 0) return QD_TOK_BYTE;
+    return QD_TOK_NORMAL;
+}
+
+/* ---- tokenizer construction ------------------------------------------------------------ */
+
+static int smap_find(const qd_tokenizer *t, const char *s, size_t n) {
+    for (size_t h = hash_bytes(s, n) & t->smask;; h = (h + 1) & t->smask) {
+        int e = t->smap[h];
+        if (!e) return -1;
+        int id = e - 1;
+        if (t->tlen[id] == n && memcmp(t->v->tokens[id], s, n) == 0) return id;
+    }
+}
+
+static int mergeable(const qd_tokenizer *t, int id) {
+    int ty = t->v->types[id];
+    return ty != QD_TOK_CONTROL && ty != QD_TOK_BYTE && ty != QD_TOK_UNKNOWN &&
+           ty != QD_TOK_UNUSED;
+}
+
+void qd_tok_free(qd_tokenizer *t) {
+    if (!t) return;
+    qd_vocab_free(t->v);
+    free(t->tlen);
+    free(t->smap);
+    free(t->pbuf);
+    free(t->poff);
+    free(t->plen);
+    free(t->pairs);
+    free(t->added);
+    free(t);
+}
+
+/* Builds the decoded form of every token: "▁" -> ' ', <0xXX> -> the byte, control -> "",
+ * unknown -> " ⁇ ". */
+static int build_pieces(qd_tokenizer *t, qd_err *err) {
+    const qd_vocab *v = t->v;
+    size_t total = 0;
+    for (int i = 0; i < v->n; i++) total += t->tlen[i] + 8;
+    t->pbuf = malloc(total);
+    t->poff = malloc((size_t)v->n * sizeof *t->poff);
+    t->plen = malloc((size_t)v->n * sizeof *t->plen);
+    if (!t->pbuf || !t->poff || !t->plen)
+        return qd_errf(err, "%s: out of memory", __func__);
+    size_t o = 0;
+    for (int i = 0; i < v->n; i++) {
+        const char *s = v->tokens[i];
+        size_t n = t->tlen[i];
+        t->poff[i] = o;
+        int ty = v->types[i];
+        int b;
+        if (ty == QD_TOK_CONTROL) {
+            /* nothing */
+        } else if (ty == QD_TOK_BYTE && (b = byte_token_value(s, n)) >= 0) {
+            t->pbuf[o++] = (char)b;
+        } else if (ty == QD_TOK_UNKNOWN) {
+            memcpy(t->pbuf + o, " \xe2\x81\x87 ", 5);
+            o += 5;
+        } else {
+            for (size_t k = 0; k < n;) {
+                if (n - k >= SPACE_MARK_LEN && memcmp(s + k, SPACE_MARK, SPACE_MARK_LEN) == 0) {
+                    t->pbuf[o++] = ' ';
+                    k += SPACE_MARK_LEN;
+                } else {
+                    t->pbuf[o++] = s[k++];
+                }
+            }
+        }
+        t->plen[i] = o - t->poff[i];
+    }
+    return QD_OK;
+}
+
+/* The common part: copies v (types inferred, scores zeroed where absent), builds the string
+ * map, the byte table and the decoded pieces. */
+static qd_tokenizer *tok_build(const qd_vocab *v, const char *who, qd_err *err) {
+    if (!v) return qd_errf(err, "%s: no vocabulary", who), NULL;
+    if (v->n < 1 || v->n > QD_MAX_VOCAB || !v->tokens)
+        return qd_errf(err, "%s: vocabulary size %d outside 1..%d", who, v->n, QD_MAX_VOCAB),
+               NULL;
+    if (v->bos_id < -1 || v->bos_id >= v->n || v->eos_id < -1 || v->eos_id >= v->n ||
+        v->unk_id < -1 || v->unk_id >= v->n)
+        return qd_errf(err, "%s: bos/eos/unk id (%d/%d/%d) outside the %d-token vocabulary",
+                       who, v->bos_id, v->eos_id, v->unk_id, v->n),
+               NULL;
+    qd_tokenizer *t = calloc(1, sizeof *t);
+    if (!t) return qd_errf(err, "%s: out of memory", who), NULL;
+    qd_vocab *c = qd_vocab_new(v->n, err);
+    t->v = c;
+    if (!c) goto fail;
+    c->bos_id = v->bos_id;
+    c->eos_id = v->eos_id;
+    c->unk_id = v->unk_id;
+    c->add_bos = v->add_bos;
+    c->add_space_prefix = v->add_space_prefix;
+    t->tlen = malloc((size_t)v->n * sizeof *t->tlen);
+    if (!t->tlen) goto oom;
+    for (int i = 0; i < v->n; i++) {
+        if (!v->tokens[i]) {
+            qd_errf(err, "%s: token %d: missing string", who, i);
+            goto fail;
+        }
+        size_t n = strlen(v->tokens[i]);
+        if (n > QD_TOK_MAX_BYTES) {
+            qd_errf(err, "%s: token %d: %zu bytes, limit %d", who, i, n, QD_TOK_MAX_BYTES);
+            goto fail;
+        }
+        if (v->scores && !isfinite(v->scores[i])) {
+            qd_errf(err, "%s: token %d: score is not finite", who, i);
+            goto fail;
+        }
+        c->tokens[i] = malloc(n + 1);
+        if (!c->tokens[i]) goto oom;
+        memcpy(c->tokens[i], v->tokens[i], n + 1);
+        t->tlen[i] = n;
+        c->scores[i] = v->scores ? v->scores[i] : 0.0f;
+        c->types[i] = v->types ? v->types[i] : infer_type(v, i);
+    }
+    t->smask = pow2_at_least((size_t)v->n * 2) - 1;
+    t->smap = calloc(t->smask + 1, sizeof *t->smap);
+    if (!t->smap) goto oom;
+    for (int i = 0; i < v->n; i++) {
+        if (t->tlen[i] == 0 || smap_find(t, c->tokens[i], t->tlen[i]) >= 0) continue;
+        size_t h = hash_bytes(c->tokens[i], t->tlen[i]) & t->smask;
+        while (t->smap[h]) h = (h + 1) & t->smask;
+        t->smap[h] = i + 1;
+    }
+    for (int b = 0; b < 256; b++) t->byte_id[b] = -1;
+    for (int i = 0; i < v->n; i++) {
+        int b;
+        if (c->types[i] == QD_TOK_BYTE && (b = byte_token_value(c->tokens[i], t->tlen[i])) >= 0 &&
+            t->byte_id[b] < 0)
+            t->byte_id[b] = i;
+    }
+    if (build_pieces(t, err) != QD_OK) goto fail;
+    return t;
+oom:
+    qd_errf(err, "%s: out of memory for %d tokens", who, v->n);
+fail:
+    qd_tok_free(t);
+    return NULL;
+}
+
+qd_tokenizer *qd_tok_from_vocab(const qd_vocab *v, qd_err *err) {
+    qd_tokenizer *t = tok_build(v, __func__, err);
+    if (t) t->kind = KIND_SPM;
+    return t;
+}
+
+/* ---- accessors ------------------------------------------------------------------------- */
+
+int qd_tok_vocab_size(const qd_tokenizer *t) { return t->v->n; }
+int qd_tok_bos(const qd_tokenizer *t) { return t->v->bos_id; }
+int qd_tok_eos(const qd_tokenizer *t) { return t->v->eos_id; }
+int qd_tok_add_bos(const qd_tokenizer *t) { return t->v->add_bos; }
+
+const char *qd_tok_token(const qd_tokenizer *t, int id) {
+    return id >= 0 && id < t->v->n ? t->v->tokens[id] : NULL;
+}
+
+int qd_tok_type(const qd_tokenizer *t, int id) {
+    return id >= 0 && id < t->v->n ? t->v->types[id] : 0;
+}
+
+int qd_tok_find(const qd_tokenizer *t, const char *s) {
+    return smap_find(t, s, strlen(s));
+}
+
+/* ---- the BPE engine -------------------------------------------------------------------- */
+
+typedef struct sym {
+    size_t start, len;    /* bytes of the normalized text; len 0 = merged away */
+    int prev, next;       /* -1 at a word boundary */
+    int id;               /* token id, or -1 (SentencePiece: not a piece, byte fallback) */
+} sym;
+
+typedef struct bigram {
+    double key;           /* higher merges first: score, or -rank */
+    int left, right, id;
+    size_t size;
+} bigram;
+
+typedef struct heap {
+    bigram *a;
+    size_t n, cap;
+} heap;
+
+static int bigram_before(const bigram *x, const bigram *y) {
+    return x->key > y->key || (x->key == y->key && x->left < y->left);
+}
+
+static int heap_push(heap *h, bigram b) {
+    if (h->n == h->cap) {
+        size_t cap = h->cap ? h->cap * 2 : 256;
+        bigram *a = realloc(h->a, cap * sizeof *a);
+        if (!a) return -1;
+        h->a = a;
+        h->cap = cap;
+    }
+    size_t i = h->n++;
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        if (!bigram_before(&b, &h->a[p])) break;
+        h->a[i] = h->a[p];
+        i = p;
+    }
+    h->a[i] = b;
+    return 0;
+}
+
+static bigram heap_pop(heap *h) {
+    bigram top = h->a[0];
+    bigram last = h->a[--h->n];
+    size_t i = 0;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= h->n) break;
+        if (c + 1 < h->n && bigram_before(&h->a[c + 1], &h->a[c])) c++;
+        if (!bigram_before(&h->a[c], &last)) break;
+        h->a[i] = h->a[c];
+        i = c;
+    }
+    if (h->n) h->a[i] = last;
+    return top;
+}
+
+static const pair_slot *pair_find(const qd_tokenizer *t, int a, int b) {
+    uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
+    for (size_t h = hash_u64(key) & t->pmask;; h = (h + 1) & t->pmask) {
+        const pair_slot *p = &t->pairs[h];
+        if (p->key == EMPTY_KEY) return NULL;
+        if (p->key == key) return p;
+    }
+}
+
+static int try_pair(const qd_tokenizer *t, const char *s, const sym *sy, int l, int r, heap *h) {
+    if (l < 0 || r < 0) return 0;
+    bigram b = {.left = l, .right = r, .size = sy[l].len + sy[r].len};
+    if (t->kind == KIND_SPM) {
+        int id = smap_find(t, s + sy[l].start, b.size);
+        if (id < 0 || !mergeable(t, id)) return 0;
+        b.id = id;
+        b.key = t->v->scores[id];
+    } else {
+        if (sy[l].id < 0 || sy[r].id < 0) return 0;
+        const pair_slot *p = pair_find(t, sy[l].id, sy[r].id);
+        if (!p) return 0;
+        b.id = p->merged;
+        b.key = -(double)p->rank;
+    }
+    return heap_push(h, b);
+}
+
+/* Encodes one normalized string s (valid UTF-8) and appends the ids. split_mark starts a new
+ * word at every "▁" (Metaspace split): merges never cross a word boundary. */
+static int bpe_encode(const qd_tokenizer *t, const char *s, size_t n, int split_mark,
+                      ivec *out, qd_err *err) {
+    if (n == 0) return QD_OK;
+    sym *sy = malloc(n * sizeof *sy);
+    heap h = {0};
+    int rc = QD_ERR;
+    if (!sy) {
+        qd_errf(err, "qd_tok_encode: out of memory for %zu bytes of text", n);
+        goto done;
+    }
+    int ns = 0;
+    for (size_t i = 0; i < n;) {
+        size_t cl = utf8_char_len((unsigned char)s[i]);
+        int word_start = i == 0 || (split_mark && cl == SPACE_MARK_LEN &&
+                                    memcmp(s + i, SPACE_MARK, SPACE_MARK_LEN) == 0);
+        int id = smap_find(t, s + i, cl);
+        if (t->kind == KIND_SPM && id >= 0 && !mergeable(t, id)) id = -1;
+        if (t->kind == KIND_HF && id < 0) {
+            int all = t->byte_fallback;
+            for (size_t k = 0; all && k < cl; k++) all = t->byte_id[(unsigned char)s[i + k]] >= 0;
+            if (all) {
+                for (size_t k = 0; k < cl; k++) {
+                    sy[ns] = (sym){i + k, 1, ns - 1, ns + 1,
+                                   t->byte_id[(unsigned char)s[i + k]]};
+                    if (word_start && k == 0) sy[ns].prev = -1;
+                    ns++;
+                }
+                i += cl;
+                continue;
+            }
+            if (t->v->unk_id < 0) {
+                qd_errf(err, "qd_tok_encode: character at byte %zu of the normalized text is "
+                        "not in the vocabulary and there is no byte fallback or unk token", i);
+                goto done;
+            }
+            id = t->v->unk_id;
+            if (t->fuse_unk && ns > 0 && !word_start && sy[ns - 1].id == id &&
+                sy[ns - 1].start + sy[ns - 1].len == i) {
+                sy[ns - 1].len += cl;
+                i += cl;
+                continue;
+            }
+        }
+        sy[ns] = (sym){i, cl, word_start ? -1 : ns - 1, ns + 1, id};
+        ns++;
+        i += cl;
+    }
+    for (int k = 0; k < ns; k++)
+        if (k + 1 == ns || sy[k + 1].prev < 0) sy[k].next = -1;
+    for (int k = 0; k + 1 < ns; k++)
+        if (sy[k].next >= 0 && try_pair(t, s, sy, k, k + 1, &h) != 0) goto oom;
+    while (h.n) {
+        bigram b = heap_pop(&h);
+        sym *l = &sy[b.left], *r = &sy[b.right];
+        if (l->len == 0 || r->len == 0 || l->next != b.right || l->len + r->len != b.size)
+            continue;
+        l->len += r->len;
+        l->id = b.id;
+        l->next = r->next;
+        if (r->next >= 0) sy[r->next].prev = b.left;
+        r->len = 0;
+        if (try_pair(t, s, sy, l->prev, b.left, &h) != 0 ||
+            try_pair(t, s, sy, b.left, l->next, &h) != 0)
+            goto oom;
+    }
+    for (int k = 0; k < ns; k++) {
+        if (sy[k].len == 0) continue;
+        if (sy[k].id >= 0) {
+            if (ivec_push(out, sy[k].id) != 0) goto oom;
+            continue;
+        }
+        /* SentencePiece byte fallback: a symbol that is no piece becomes its bytes */
+        const unsigned char *p = (const unsigned char *)s + sy[k].start;
+        int all = 1;
+        for (size_t j = 0; j < sy[k].len; j++) all &= t->byte_id[p[j]] >= 0;
+        if (all) {
+            for (size_t j = 0; j < sy[k].len; j++)
+                if (ivec_push(out, t->byte_id[p[j]]) != 0) goto oom;
+        } else if (t->v->unk_id >= 0) {
+            if (ivec_push(out, t->v->unk_id) != 0) goto oom;
+        } else {
+            qd_errf(err, "qd_tok_encode: character at byte %zu of the normalized text is not "
+                    "in the vocabulary and there are no byte tokens or unk token",
+                    sy[k].start);
+            goto done;
+        }
+    }
+    rc = QD_OK;
+    goto done;
+oom:
+    qd_errf(err, "qd_tok_encode: out of memory");
+done:
+    free(sy);
+    free(h.a);
+    return rc;
+}
+
+/* Normalizes one segment into a malloc'd buffer: optional "▁" in front, spaces -> "▁". */
+static char *normalize(const char *s, size_t n, int prepend, int replace, size_t *out_len) {
+    size_t cap;
+    if (qd_mul_ok(n, SPACE_MARK_LEN, &cap) != 0 || cap > SIZE_MAX - 8) return NULL;
+    char *b = malloc(cap + 8);
+    if (!b) return NULL;
+    size_t o = 0;
+    if (prepend) {
+        memcpy(b, SPACE_MARK, SPACE_MARK_LEN);
+        o = SPACE_MARK_LEN;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == ' ' && replace) {
+            memcpy(b + o, SPACE_MARK, SPACE_MARK_LEN);
+            o += SPACE_MARK_LEN;
+        } else {
+            b[o++] = s[i];
+        }
+    }
+    b[o] = 0;
+    *out_len = o;
+    return b;
+}
+
+static int encode_segment(const qd_tokenizer *t, const char *s, size_t n, size_t off, ivec *out,
+                          qd_err *err) {
+    if (n == 0) return QD_OK;
+    int prepend, replace;
+    if (t->kind == KIND_SPM) {
+        prepend = t->v->add_space_prefix;
+        replace = 1;
+    } else {
+        replace = t->norm_replace || t->meta;
+        prepend = t->norm_prepend;
+        if (t->meta && !prepend &&
+            (t->meta_scheme == META_ALWAYS || (t->meta_scheme == META_FIRST && off == 0)))
+            /* Metaspace prepends only where the text does not already start with one */
+            prepend = !(s[0] == ' ' ||
+                        (n >= SPACE_MARK_LEN && memcmp(s, SPACE_MARK, SPACE_MARK_LEN) == 0));
+    }
+    size_t m;
+    char *norm = normalize(s, n, prepend, replace, &m);
+    if (!norm) return qd_errf(err, "qd_tok_encode: out of memory for %zu bytes of text", n);
+    int rc = bpe_encode(t, norm, m, t->kind == KIND_HF && t->meta && t->meta_split, out, err);
+    free(norm);
+    return rc;
+}
+
+/* The added token whose content starts text at i (longest first), or -1. */
+static int added_at(const qd_tokenizer *t, const char *s, size_t n, size_t i) {
+    if (!t->added_first[(unsigned char)s[i]]) return -1;
+    for (int k = 0; k < t->n_added; k++) {
+        int id = t->added[k];
+        size_t l = t->tlen[id];
+        if (l <= n - i && memcmp(s + i, t->v->tokens[id], l) == 0) return id;
+    }
+    return -1;
+}
+
+int qd_tok_encode(const qd_tokenizer *t, const char *text, size_t len, int add_bos, int **ids,
+                  size_t *n_ids, qd_err *err) {
+    *ids = NULL;
+    *n_ids = 0;
+    if (!text && len) return qd_errf(err, "%s: NULL text", __func__);
+    size_t bad = qd_utf8_valid_prefix(text, len);
+    if (bad != len) return qd_errf(err, "%s: invalid UTF-8 at byte offset %zu", __func__, bad);
+    ivec out = {0};
+    if (add_bos) {
+        if (t->v->bos_id < 0) return qd_errf(err, "%s: the vocabulary has no BOS token", __func__);
+        if (ivec_push(&out, t->v->bos_id) != 0) goto oom;
+    }
+    if (t->kind == KIND_SPM || t->n_added == 0) {
+        if (encode_segment(t, text, len, 0, &out, err) != QD_OK) goto fail;
+    } else {
+        size_t seg = 0;
+        for (size_t i = 0; i < len;) {
+            int id = added_at(t, text, len, i);
+            if (id < 0) {
+                i++;
+                continue;
+            }
+            if (encode_segment(t, text + seg, i - seg, seg, &out, err) != QD_OK) goto fail;
+            if (ivec_push(&out, id) != 0) goto oom;
+            i += t->tlen[id];
+            seg = i;
+        }
+        if (encode_segment(t, text + seg, len - seg, seg, &out, err) != QD_OK) goto fail;
+    }
+    if (!out.a && !(out.a = malloc(sizeof(int)))) goto oom;
+    *ids = out.a;
+    *n_ids = out.n;
+    return QD_OK;
+oom:
+    qd_errf(err, "%s: out of memory", __func__);
+fail:
+    free(out.a);
+    return QD_ERR;
+}
+
+/* ---- decoding -------------------------------------------------------------------------- */
+
+const char *qd_tok_piece(const qd_tokenizer *t, int prev, int id, size_t *len) {
+    if (id < 0 || id >= t->v->n) {
+        *len = 0;
+        return NULL;
+    }
+    const char *p = t->pbuf + t->poff[id];
+    size_t n = t->plen[id];
+    if (t->v->add_space_prefix && (prev < 0 || prev == t->v->bos_id) && n > 0 && p[0] == ' ' &&
+        t->v->types[id] != QD_TOK_BYTE && t->v->types[id] != QD_TOK_UNKNOWN) {
+        p++;
+        n--;
+    }
+    *len = n;
+    return p;
+}
+
+char *qd_tok_decode_len(const qd_tokenizer *t, const int *ids, size_t n, size_t *len,
+                        qd_err *err) {
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (ids[i] < 0 || ids[i] >= t->v->n)
+            return qd_errf(err, "qd_tok_decode: token %zu: id %d outside the vocabulary (0..%d)",
+                           i, ids[i], t->v->n - 1),
+                   NULL;
+        total += t->plen[ids[i]];
+    }
+    char *s = malloc(total + 1);
+    if (!s) return qd_errf(err, "qd_tok_decode: out of memory for %zu bytes", total), NULL;
+    size_t o = 0;
+    int prev = -1;
+    for (size_t i = 0; i < n; i++) {
+        size_t l;
+        const char *p = qd_tok_piece(t, prev, ids[i], &l);
+        memcpy(s + o, p, l);
+        o += l;
+        prev = ids[i];
+    }
+    s[o] = 0;
+    if (len) *len = o;
+    return s;
+}
+
+char *qd_tok_decode(const qd_tokenizer *t, const int *ids, size_t n, qd_err *err) {
+    return qd_tok_decode_len(t, ids, n, NULL, err);
+}
+
+/* ---- llama2.c tokenizer.bin ------------------------------------------------------------ */
+
+static int32_t rd_i32(const unsigned char *p) {
+    uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+                 (uint32_t)p[3] << 24;
+    int32_t v;
+    memcpy(&v, &u, 4);
+    return v;
+}
+
+static float rd_f32(const unsigned char *p) {
+    int32_t i = rd_i32(p);
+    float f;
+    memcpy(&f, &i, 4);
+    return f;
+}
+
+/* tokenizer.bin stores a space as a real space and BOS/EOS as "\n<s>\n" / "\n</s>\n": map them
+ * onto the SentencePiece spelling so that ids agree with the GGUF form of the vocabulary. */
+static char *llama2c_spelling(const unsigned char *p, size_t n) {
+    if (n == 5 && memcmp(p, "\n<s>\n", 5) == 0) return strdup("<s>");
+    if (n == 6 && memcmp(p, "\n</s>\n", 6) == 0) return strdup("</s>");
+    size_t spaces = 0;
+    for (size_t i = 0; i < n; i++) spaces += p[i] == ' ';
+    char *s = malloc(n + 2 * spaces + 1);
+    if (!s) return NULL;
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] == ' ') {
+            memcpy(s + o, SPACE_MARK, SPACE_MARK_LEN);
+            o += SPACE_MARK_LEN;
+        } else {
+            s[o++] = (char)p[i];
+        }
+    }
+    s[o] = 0;
+    return s;
+}
+
+qd_vocab *qd_vocab_load_llama2c(const char *path, qd_err *err) {
+    size_t len;
+    unsigned char *buf = qd_read_file(path, TOKFILE_MAX_BYTES, &len, err);
+    if (!buf) return NULL;
+    qd_vocab *v = NULL;
+    if (len < 4) {
+        qd_errf(err, "%s: max_token_length: truncated file (%zu bytes)", path, len);
+        goto fail;
+    }
+    int32_t maxlen = rd_i32(buf);
+    if (maxlen < 1 || maxlen > QD_TOK_MAX_BYTES) {
+        qd_errf(err, "%s: max_token_length: %d outside 1..%d", path, maxlen, QD_TOK_MAX_BYTES);
+        goto fail;
+    }
+    /* first pass: count and check */
+    int n = 0;
+    size_t o = 4;
+    while (o < len) {
+        if (n >= QD_MAX_VOCAB) {
+            qd_errf(err, "%s: more than %d tokens", path, QD_MAX_VOCAB);
+            goto fail;
+        }
+        if (len - o < 8) {
+            qd_errf(err, "%s: token %d: truncated score/length (%zu bytes left)", path, n,
+                    len - o);
+            goto fail;
+        }
+        float score = rd_f32(buf + o);
+        int32_t l = rd_i32(buf + o + 4);
+        if (!isfinite(score)) {
+            qd_errf(err, "%s: token %d: score is not finite", path, n);
+            goto fail;
+        }
+        if (l < 0 || l > QD_TOK_MAX_BYTES) {
+            qd_errf(err, "%s: token %d: length %d outside 0..%d", path, n, l, QD_TOK_MAX_BYTES);
+            goto fail;
+        }
+        o += 8;
+        if (len - o < (size_t)l) {
+            qd_errf(err, "%s: token %d: truncated bytes (length %d, %zu bytes left)", path, n,
+                    l, len - o);
+            goto fail;
+        }
+        if (memchr(buf + o, 0, (size_t)l)) {
+            qd_errf(err, "%s: token %d: contains a NUL byte", path, n);
+            goto fail;
+        }
+        o += (size_t)l;
+        n++;
+    }
+    if (n == 0) {
+        qd_errf(err, "%s: no tokens", path);
+        goto fail;
+    }
+    v = qd_vocab_new(n, err);
+    if (!v) goto fail;
+    o = 4;
+    for (int i = 0; i < n; i++) {
+        v->scores[i] = rd_f32(buf + o);
+        size_t l = (size_t)rd_i32(buf + o + 4);
+        o += 8;
+        v->tokens[i] = llama2c_spelling(buf + o, l);
+        if (!v->tokens[i]) {
+            qd_errf(err, "%s: out of memory", path);
+            goto fail;
+        }
+        o += l;
+        if (strcmp(v->tokens[i], "<unk>") == 0 && v->unk_id < 0) v->unk_id = i;
+        if (strcmp(v->tokens[i], "<s>") == 0 && v->bos_id < 0) v->bos_id = i;
+        if (strcmp(v->tokens[i], "</s>") == 0 && v->eos_id < 0) v->eos_id = i;
+    }
+    for (int i = 0; i < n; i++) v->types[i] = infer_type(v, i);
+    free(buf);
+    return v;
+fail:
+    qd_vocab_free(v);
+    free(buf);
+    return NULL;
+}
+
+qd_tokenizer *qd_tok_load_llama2c(const char *path, qd_err *err) {
+    qd_vocab *v = qd_vocab_load_llama2c(path, err);
+    if (!v) return NULL;
+    qd_tokenizer *t = qd_tok_from_vocab(v, err);
+    qd_vocab_free(v);
+    return t;
+}
+
+/* ---- Hugging Face tokenizer.json ------------------------------------------------------- */
+
+typedef struct hf_opts {
+    int norm_prepend, norm_replace, meta, meta_scheme, meta_split;
+} hf_opts;
+
+static int hf_normalizer(const cJSON *nz, const char *path, hf_opts *o, qd_err *err) {
+    if (!nz || cJSON_IsNull(nz)) return QD_OK;
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(nz, "type");
+    if (!cJSON_IsString(type))
+        return qd_errf(err, "%s: normalizer.type: missing", path);
+    const char *ty = type->valuestring;
+    if (strcmp(ty, "Sequence") == 0) {
+        const cJSON *list = cJSON_GetObjectItemCaseSensitive(nz, "normalizers");
+        if (!cJSON_IsArray(list))
+            return qd_errf(err, "%s: normalizer.normalizers: not an array", path);
+        const cJSON *it;
+        cJSON_ArrayForEach(it, list) if (hf_normalizer(it, path, o, err) != QD_OK) return QD_ERR;
+        return QD_OK;
+    }
+    if (strcmp(ty, "Prepend") == 0) {
+        const cJSON *p = cJSON_GetObjectItemCaseSensitive(nz, "prepend");
+        if (!cJSON_IsString(p) || strcmp(p->valuestring, SPACE_MARK) != 0)
+            return qd_errf(err, "%s: normalizer.prepend: only \"" SPACE_MARK "\" is supported",
+                           path);
+        o->norm_prepend = 1;
+        return QD_OK;
+    }
+    if (strcmp(ty, "Replace") == 0) {
+        const cJSON *pat = cJSON_GetObjectItemCaseSensitive(nz, "pattern");
+        const cJSON *str = cJSON_GetObjectItemCaseSensitive(pat, "String");
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(nz, "content");
+        if (!cJSON_IsString(str) || !cJSON_IsString(content) ||
+            strcmp(str->valuestring, " ") != 0 || strcmp(content->valuestring, SPACE_MARK) != 0)
+            return qd_errf(err, "%s: normalizer Replace: only \" \" -> \"" SPACE_MARK
+                           "\" is supported", path);
+        o->norm_replace = 1;
+        return QD_OK;
+    }
+    return qd_errf(err, "%s: normalizer.type: \"%s\" is not supported (Prepend, Replace, "
+                   "Sequence)", path, ty);
+}
+
+static int hf_pretokenizer(const cJSON *pt, const char *path, hf_opts *o, qd_err *err) {
+    if (!pt || cJSON_IsNull(pt)) return QD_OK;
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(pt, "type");
+    if (!cJSON_IsString(type)) return qd_errf(err, "%s: pre_tokenizer.type: missing", path);
+    const char *ty = type->valuestring;
+    if (strcmp(ty, "Sequence") == 0) {
+        const cJSON *list = cJSON_GetObjectItemCaseSensitive(pt, "pretokenizers");
+        if (!cJSON_IsArray(list))
+            return qd_errf(err, "%s: pre_tokenizer.pretokenizers: not an array", path);
+        const cJSON *it;
+        cJSON_ArrayForEach(it, list) if (hf_pretokenizer(it, path, o, err) != QD_OK) return QD_ERR;
+        return QD_OK;
+    }
+    if (strcmp(ty, "Metaspace") != 0)
+        return qd_errf(err, "%s: pre_tokenizer.type: \"%s\" is not supported (only Metaspace; "
+                       "byte-level BPE is not)", path, ty);
+    const cJSON *rep = cJSON_GetObjectItemCaseSensitive(pt, "replacement");
+    if (rep && (!cJSON_IsString(rep) || strcmp(rep->valuestring, SPACE_MARK) != 0))
+        return qd_errf(err, "%s: pre_tokenizer.replacement: only \"" SPACE_MARK "\" is supported",
+                       path);
+    o->meta = 1;
+    o->meta_scheme = META_ALWAYS;
+    const cJSON *aps = cJSON_GetObjectItemCaseSensitive(pt, "add_prefix_space");
+    if (cJSON_IsBool(aps)) o->meta_scheme = cJSON_IsTrue(aps) ? META_ALWAYS : META_NEVER;
+    const cJSON *ps = cJSON_GetObjectItemCaseSensitive(pt, "prepend_scheme");
+    if (cJSON_IsString(ps)) {
+        if (strcmp(ps->valuestring, "always") == 0) o->meta_scheme = META_ALWAYS;
+        else if (strcmp(ps->valuestring, "first") == 0) o->meta_scheme = META_FIRST;
+        else if (strcmp(ps->valuestring, "never") == 0) o->meta_scheme = META_NEVER;
+        else
+            return qd_errf(err, "%s: pre_tokenizer.prepend_scheme: \"%s\" unknown", path,
+                           ps->valuestring);
+    }
+    const cJSON *split = cJSON_GetObjectItemCaseSensitive(pt, "split");
+    o->meta_split = split ? cJSON_IsTrue(split) : 1;
+    return QD_OK;
+}
+
+/* Spelling of one side of a merge, as a NUL-terminated string in a or b. */
+static int hf_merge_sides(const cJSON *m, char **a, char **b) {
+    *a = *b = NULL;
+    if (cJSON_IsString(m)) {
+        const char *s = m->valuestring;
+        const char *sp = strchr(s, ' ');
+        if (!sp || sp == s || !sp[1] || strchr(sp + 1, ' ')) return -1;
+        *a = strndup(s, (size_t)(sp - s));
+        *b = strdup(sp + 1);
+    } else if (cJSON_IsArray(m) && cJSON_GetArraySize(m) == 2) {
+        const cJSON *x = cJSON_GetArrayItem(m, 0), *y = cJSON_GetArrayItem(m, 1);
+        if (!cJSON_IsString(x) || !cJSON_IsString(y)) return -1;
+        *a = strdup(x->valuestring);
+        *b = strdup(y->valuestring);
+    } else {
+        return -1;
+    }
+    return *a && *b ? 0 : -2;
+}
+
+static int cmp_added_len(const void *x, const void *y, void *ctx) {
+    const qd_tokenizer *t = ctx;
+    size_t a = t->tlen[*(const int *)x], b = t->tlen[*(const int *)y];
+    return a < b ? 1 : a > b ? -1 : 0;
+}
+
+/* Builds a Hugging Face BPE tokenizer from a parsed tokenizer.json: ids from model.vocab and
+ * added_tokens (holes in the id space become empty UNUSED tokens), the pair map from merges. */
+static qd_tokenizer *hf_build(const cJSON *root, const char *path, qd_err *err) {
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+    if (!cJSON_IsObject(model)) return qd_errf(err, "%s: model: missing", path), NULL;
+    const cJSON *mtype = cJSON_GetObjectItemCaseSensitive(model, "type");
+    if (mtype && !(cJSON_IsString(mtype) && strcmp(mtype->valuestring, "BPE") == 0))
+        return qd_errf(err, "%s: model.type: \"%s\" is not supported (only BPE)", path,
+                       cJSON_IsString(mtype) ? mtype->valuestring : "?"),
+               NULL;
+    const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
+    if (!cJSON_IsObject(vocab)) return qd_errf(err, "%s: model.vocab: missing", path), NULL;
+    const cJSON *merges = cJSON_GetObjectItemCaseSensitive(model, "merges");
+    if (!cJSON_IsArray(merges)) return qd_errf(err, "%s: model.merges: missing", path), NULL;
+    const cJSON *added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens");
+    if (added && !cJSON_IsNull(added) && !cJSON_IsArray(added))
+        return qd_errf(err, "%s: added_tokens: not an array", path), NULL;
+    const cJSON *dropout = cJSON_GetObjectItemCaseSensitive(model, "dropout");
+    if (cJSON_IsNumber(dropout) && dropout->valuedouble > 0)
+        return qd_errf(err, "%s: model.dropout: BPE dropout is not supported", path), NULL;
+
+    hf_opts opts = {0};
+    if (hf_normalizer(cJSON_GetObjectItemCaseSensitive(root, "normalizer"), path, &opts, err) !=
+            QD_OK ||
+        hf_pretokenizer(cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"), path, &opts,
+                        err) != QD_OK)
+        return NULL;
+
+    /* ids: bound the count, then find the largest id */
+    int n_vocab = cJSON_GetArraySize(vocab);
+    int n_added = cJSON_IsArray(added) ? cJSON_GetArraySize(added) : 0;
+    if (n_vocab < 1 || n_vocab > QD_MAX_VOCAB || n_added > QD_MAX_VOCAB)
+        return qd_errf(err, "%s: model.vocab: %d entries (added_tokens %d), limit 1..%d", path,
+                       n_vocab, n_added, QD_MAX_VOCAB),
+               NULL;
+    int max_id = -1;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, vocab) {
+        double d = cJSON_IsNumber(it) ? it->valuedouble : -1;
+        if (d < 0 || d >= QD_MAX_VOCAB || d != (int)d)
+            return qd_errf(err, "%s: model.vocab[\"%s\"]: id is not an integer in 0..%d", path,
+                           it->string, QD_MAX_VOCAB - 1),
+                   NULL;
+        if ((int)d > max_id) max_id = (int)d;
+    }
+    int ai = 0;
+    if (n_added) cJSON_ArrayForEach(it, added) {
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(it, "id");
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(it, "content");
+        double d = cJSON_IsNumber(id) ? id->valuedouble : -1;
+        if (d < 0 || d >= QD_MAX_VOCAB || d != (int)d || !cJSON_IsString(content))
+            return qd_errf(err, "%s: added_tokens[%d]: needs an integer id in 0..%d and a "
+                           "string content", path, ai, QD_MAX_VOCAB - 1),
+                   NULL;
+        if ((int)d > max_id) max_id = (int)d;
+        ai++;
+    }
+    qd_vocab *v = qd_vocab_new(max_id + 1, err);
+    if (!v) return NULL;
+    qd_tokenizer *t = NULL;
+    char *ma = NULL, *mb = NULL, *mab = NULL;
+    int *special = calloc((size_t)v->n, sizeof *special);
+    if (!special) goto oom;
+    cJSON_ArrayForEach(it, vocab) {
+        int id = (int)it->valuedouble;
+        if (v->tokens[id]) {
+            qd_errf(err, "%s: model.vocab[\"%s\"]: id %d already used by \"%s\"", path,
+                    it->string, id, v->tokens[id]);
+            goto fail;
+        }
+        if (strlen(it->string) > QD_TOK_MAX_BYTES) {
+            qd_errf(err, "%s: model.vocab: token %d longer than %d bytes", path, id,
+                    QD_TOK_MAX_BYTES);
+            goto fail;
+        }
+        if (!(v->tokens[id] = strdup(it->string))) goto oom;
+    }
+    ai = 0;
+    if (n_added) cJSON_ArrayForEach(it, added) {
+        int id = (int)cJSON_GetObjectItemCaseSensitive(it, "id")->valuedouble;
+        const char *content = cJSON_GetObjectItemCaseSensitive(it, "content")->valuestring;
+        if (v->tokens[id] && strcmp(v->tokens[id], content) != 0 && !special[id]) {
+            qd_errf(err, "%s: added_tokens[%d]: id %d is \"%s\" in model.vocab, not \"%s\"",
+                    path, ai, id, v->tokens[id], content);
+            goto fail;
+        }
+        if (strlen(content) > QD_TOK_MAX_BYTES) {
+            qd_errf(err, "%s: added_tokens[%d]: content longer than %d bytes", path, ai,
+                    QD_TOK_MAX_BYTES);
+            goto fail;
+        }
+        if (!v->tokens[id] && !(v->tokens[id] = strdup(content))) goto oom;
+        special[id] = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(it, "special")) ? 2 : 1;
+        ai++;
+    }
+    const cJSON *bf = cJSON_GetObjectItemCaseSensitive(model, "byte_fallback");
+    int byte_fallback = cJSON_IsTrue(bf);
+    for (int i = 0; i < v->n; i++) {
+        if (!v->tokens[i]) { /* a hole in the id space: never produced */
+            if (!(v->tokens[i] = strdup(""))) goto oom;
+            v->types[i] = QD_TOK_UNUSED;
+        } else if (special[i]) {
+            v->types[i] = special[i] == 2 ? QD_TOK_CONTROL : QD_TOK_USER;
+        } else if (byte_fallback && byte_token_value(v->tokens[i], strlen(v->tokens[i])) >= 0) {
+            v->types[i] = QD_TOK_BYTE;
+        }
+    }
+    const cJSON *unk = cJSON_GetObjectItemCaseSensitive(model, "unk_token");
+    if (cJSON_IsString(unk)) {
+        for (int i = 0; i < v->n && v->unk_id < 0; i++)
+            if (strcmp(v->tokens[i], unk->valuestring) == 0) v->unk_id = i;
+        if (v->unk_id < 0) {
+            qd_errf(err, "%s: model.unk_token: \"%s\" is not in model.vocab", path,
+                    unk->valuestring);
+            goto fail;
+        }
+        v->types[v->unk_id] = QD_TOK_UNKNOWN;
+    }
+    v->add_bos = 0;
+    v->add_space_prefix = opts.norm_prepend || (opts.meta && opts.meta_scheme != META_NEVER);
+    t = tok_build(v, path, err);
+    if (!t) goto fail;
+    t->kind = KIND_HF;
+    t->byte_fallback = byte_fallback;
+    t->fuse_unk = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "fuse_unk"));
+    t->norm_prepend = opts.norm_prepend;
+    t->norm_replace = opts.norm_replace;
+    t->meta = opts.meta;
+    t->meta_scheme = opts.meta_scheme;
+    t->meta_split = opts.meta_split;
+    /* BOS/EOS: SentencePiece's names; the post-processor's template says whether BOS is added */
+    t->v->bos_id = qd_tok_find(t, "<s>");
+    t->v->eos_id = qd_tok_find(t, "</s>");
+    const cJSON *pp = cJSON_GetObjectItemCaseSensitive(root, "post_processor");
+    const cJSON *single = cJSON_GetObjectItemCaseSensitive(pp, "single");
+    const cJSON *first = cJSON_IsArray(single) ? cJSON_GetArrayItem(single, 0) : NULL;
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(first, "SpecialToken");
+    const cJSON *stid = cJSON_GetObjectItemCaseSensitive(st, "id");
+    if (cJSON_IsString(stid)) {
+        int id = qd_tok_find(t, stid->valuestring);
+        if (id < 0) {
+            qd_errf(err, "%s: post_processor.single[0]: \"%s\" is not a token", path,
+                    stid->valuestring);
+            goto fail;
+        }
+        t->v->bos_id = id;
+        t->v->add_bos = 1;
+    }
+    /* added tokens, matched in the raw text before normalization, longest first */
+    if (n_added) {
+        t->added = malloc((size_t)n_added * sizeof *t->added);
+        if (!t->added) goto oom;
+        for (int i = 0; i < t->v->n; i++)
+            if (special[i] && t->tlen[i] > 0) {
+                t->added[t->n_added++] = i;
+                t->added_first[(unsigned char)t->v->tokens[i][0]] = 1;
+            }
+        qsort_r(t->added, (size_t)t->n_added, sizeof *t->added, cmp_added_len, t);
+    }
+    /* merges: rank = position; the pair map holds (left id, right id) -> (rank, merged id) */
+    int n_merges = cJSON_GetArraySize(merges);
+    if (n_merges > 4 * QD_MAX_VOCAB) {
+        qd_errf(err, "%s: model.merges: %d entries, limit %d", path, n_merges, 4 * QD_MAX_VOCAB);
+        goto fail;
+    }
+    t->pmask = pow2_at_least((size_t)n_merges * 2) - 1;
+    t->pairs = malloc((t->pmask + 1) * sizeof *t->pairs);
+    if (!t->pairs) goto oom;
+    for (size_t i = 0; i <= t->pmask; i++) t->pairs[i].key = EMPTY_KEY;
+    int rank = 0;
+    cJSON_ArrayForEach(it, merges) {
+        int r = hf_merge_sides(it, &ma, &mb);
+        if (r == -2) goto oom;
+        if (r != 0) {
+            qd_errf(err, "%s: model.merges[%d]: expected \"a b\" or [\"a\", \"b\"]", path, rank);
+            goto fail;
+        }
+        size_t la = strlen(ma), lb = strlen(mb);
+        if (!(mab = malloc(la + lb + 1))) goto oom;
+        memcpy(mab, ma, la);
+        memcpy(mab + la, mb, lb + 1);
+        int a = qd_tok_find(t, ma), b = qd_tok_find(t, mb), ab = qd_tok_find(t, mab);
+        if (a < 0 || b < 0 || ab < 0) {
+            qd_errf(err, "%s: model.merges[%d]: \"%s\" is not in model.vocab", path, rank,
+                    a < 0 ? ma : b < 0 ? mb : mab);
+            goto fail;
+        }
+        uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
+        size_t h = hash_u64(key) & t->pmask;
+        while (t->pairs[h].key != EMPTY_KEY && t->pairs[h].key != key) h = (h + 1) & t->pmask;
+        if (t->pairs[h].key == EMPTY_KEY) /* a repeated pair keeps its first (best) rank */
+            t->pairs[h] = (pair_slot){key, rank, ab};
+        free(ma);
+        free(mb);
+        free(mab);
+        ma = mb = mab = NULL;
+        rank++;
+    }
+    free(special);
+    qd_vocab_free(v);
+    return t;
+oom:
+    qd_errf(err, "%s: out of memory", path);
+fail:
+    free(ma);
+    free(mb);
+    free(mab);
+    free(special);
+    qd_vocab_free(v);
+    qd_tok_free(t);
+    return NULL;
+}
+
+qd_tokenizer *qd_tok_load_hf(const char *path, qd_err *err) {
+    size_t len;
+    char *buf = qd_read_file(path, TOKFILE_MAX_BYTES, &len, err);
+    if (!buf) return NULL;
+    cJSON *root = cJSON_ParseWithLength(buf, len);
+    if (!root) {
+        const char *at = cJSON_GetErrorPtr();
+        long off = at && at >= buf && at <= buf + len ? (long)(at - buf) : -1;
+        qd_errf(err, "%s: not valid JSON (near byte %ld)", path, off);
+        free(buf);
+        return NULL;
+    }
+    free(buf);
+    qd_tokenizer *t = cJSON_IsObject(root) ? hf_build(root, path, err)
+                                           : (qd_errf(err, "%s: not a JSON object", path), NULL);
+    cJSON_Delete(root);
+    return t;
+}
+
+/* ---- dispatch -------------------------------------------------------------------------- */
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && strcasecmp(s + n - m, suffix) == 0;
+}
+
+qd_tokenizer *qd_tok_load(const char *path, qd_err *err) {
+    if (!path) return qd_errf(err, "%s: no path", __func__), NULL;
+    if (ends_with(path, ".gguf")) {
+        qd_vocab *v = qd_gguf_load_vocab(path, err);
+        if (!v) return NULL;
+        qd_tokenizer *t = qd_tok_from_vocab(v, err);
+        if (!t) {
+            char msg[sizeof err->msg];
+            snprintf(msg, sizeof msg, "%s", err ? err->msg : "");
+            qd_errf(err, "%s: %s", path, msg);
+        }
+        qd_vocab_free(v);
+        return t;
+    }
+    if (ends_with(path, ".json")) return qd_tok_load_hf(path, err);
+    return qd_tok_load_llama2c(path, err);
+}
