@@ -33,6 +33,9 @@ void qd_vocab_free(qd_vocab *v) {
     free(v->tokens);
     free(v->scores);
     free(v->types);
+    if (v->merges)
+        for (int i = 0; i < v->n_merges; i++) free(v->merges[i]);
+    free(v->merges);
     free(v);
 }
 

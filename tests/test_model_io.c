@@ -11,6 +11,7 @@
 #include "quant/text/tokenizer.h"
 
 #include "check.h"
+#include "gguf_build.h"
 #include "base/fs.h"
 #include "quant/io/load.h"
 
@@ -349,6 +350,62 @@ static void test_gguf_vocab(void) {
     CHECK(v && v->n == 32000, "tiny vocab: %s", v ? "" : e.msg);
     qd_vocab_free(v);
     EXPECT_FAIL(qd_gguf_load_vocab(fixture(L2C260), err_), "bad magic");
+}
+
+/* A byte-level BPE vocabulary (tokenizer.ggml.model gpt2) in a hand-built GGUF: tokens,
+ * ranked merges and the pre-tokenizer name land in qd_vocab; broken forms are named. */
+static const char *gpt2_vocab_file(const char *model, const char *const *merges, int n_merges,
+                                   const char *pre) {
+    static const char *const toks[] = {"a", "b", "ab", "\xc4\xa0", "\xc4\xa0" "ab", "<|end|>"};
+    const int32_t types[] = {1, 1, 1, 1, 1, 3};
+    gguf_build g = {0};
+    gb_kv_str(&g, "general.architecture", "llama");
+    if (model) gb_kv_str(&g, "tokenizer.ggml.model", model);
+    if (pre) gb_kv_str(&g, "tokenizer.ggml.pre", pre);
+    gb_kv_strs(&g, "tokenizer.ggml.tokens", toks, 6);
+    gb_kv_i32s(&g, "tokenizer.ggml.token_type", types, 6);
+    if (merges) gb_kv_strs(&g, "tokenizer.ggml.merges", merges, n_merges);
+    gb_kv_u32(&g, "tokenizer.ggml.eos_token_id", 5);
+    const char *p = tmp("vocab-%s-%d.gguf", model ? model : "none", n_merges);
+    CHECK(gb_write(&g, p) == 0, "write %s", p);
+    return p;
+}
+
+static void test_gguf_vocab_gpt2(void) {
+    static const char *const merges[] = {"a b", "\xc4\xa0 ab"};
+    qd_err e = {{0}};
+    qd_vocab *v = qd_gguf_load_vocab(gpt2_vocab_file("gpt2", merges, 2, "smollm"), &e);
+    CHECK(v != NULL, "%s", e.msg);
+    if (v) {
+        CHECK(v->kind == QD_VOCAB_BPE && v->n == 6 && strcmp(v->pre, "smollm") == 0, "kind/pre");
+        CHECK(v->n_merges == 2 && strcmp(v->merges[0], "a b") == 0 &&
+                  strcmp(v->merges[1], "\xc4\xa0 ab") == 0,
+              "merges in rank order");
+        CHECK(v->eos_id == 5 && v->bos_id == -1 && v->types[5] == QD_TOK_CONTROL, "ids/types");
+        CHECK(v->add_bos == 0 && v->add_space_prefix == 0, "BPE defaults: no BOS, no prefix");
+        qd_vocab_free(v);
+    }
+    /* a left token that is itself a space splits after the first byte, as llama.cpp does */
+    static const char *const sp[] = {"  a"};
+    v = qd_gguf_load_vocab(gpt2_vocab_file("gpt2", sp, 1, NULL), &e);
+    CHECK(v && v->n_merges == 1 && v->pre[0] == 0, "space token merge: %s", v ? "" : e.msg);
+    qd_vocab_free(v);
+    v = qd_gguf_load_vocab(gpt2_vocab_file("llama", NULL, 0, NULL), &e);
+    CHECK(v && v->kind == QD_VOCAB_SPM && v->n_merges == 0 && v->add_bos == 1, "llama kind");
+    qd_vocab_free(v);
+    v = qd_gguf_load_vocab(gpt2_vocab_file(NULL, NULL, 0, NULL), &e);
+    CHECK(v && v->kind == QD_VOCAB_SPM, "absent model is SentencePiece-style");
+    qd_vocab_free(v);
+    EXPECT_FAIL(qd_gguf_load_vocab(gpt2_vocab_file("bert", NULL, 0, NULL), err_), "vocab-bert",
+                "tokenizer.ggml.model", "bert");
+    EXPECT_FAIL(qd_gguf_load_vocab(gpt2_vocab_file("gpt2", NULL, 0, NULL), err_),
+                "tokenizer.ggml.merges is missing");
+    static const char *const bad[] = {"a b", "ab"};
+    EXPECT_FAIL(qd_gguf_load_vocab(gpt2_vocab_file("gpt2", bad, 2, NULL), err_),
+                "tokenizer.ggml.merges[1]", "'ab'");
+    static const char *const trail[] = {"a "};
+    EXPECT_FAIL(qd_gguf_load_vocab(gpt2_vocab_file("gpt2", trail, 1, NULL), err_),
+                "tokenizer.ggml.merges[0]");
 }
 
 /* Hand conversion of a binary16 pattern, independent of half.h. */
@@ -1332,6 +1389,7 @@ int main(void) {
     RUN(test_format_detection_and_paths);
     RUN(test_tensor_info);
     RUN(test_gguf_vocab);
+    RUN(test_gguf_vocab_gpt2);
     RUN(test_tiny_random_f16);
     RUN(test_clone);
     RUN(test_config_validate);

@@ -524,12 +524,56 @@ qd_vocab *qd_gguf_vocab(const qd_gguf *g, qd_err *err) {
         qd_errf(err, "%s: tokenizer.ggml.token_type must be %d int32 values", g->path, n);
         return NULL;
     }
+    /* tokenizer.ggml.model says how the tokens are spelled and merged; absent means the
+     * SentencePiece-style vocabulary older llama files carry. */
+    const qd_gguf_kv *md = qd_gguf_find(g, "tokenizer.ggml.model");
+    int kind = QD_VOCAB_SPM;
+    if (md) {
+        if (md->type != QD_GGUF_STRING) {
+            qd_errf(err, "%s: tokenizer.ggml.model is not a string", g->path);
+            return NULL;
+        }
+        if (strcmp(md->str, "gpt2") == 0) {
+            kind = QD_VOCAB_BPE;
+        } else if (strcmp(md->str, "llama") != 0) {
+            qd_errf(err, "%s: tokenizer.ggml.model = '%.40s' is unsupported (need llama or gpt2)",
+                    g->path, md->str);
+            return NULL;
+        }
+    }
+    const qd_gguf_kv *mg = qd_gguf_find(g, "tokenizer.ggml.merges");
+    if (kind == QD_VOCAB_BPE) {
+        if (!mg) {
+            qd_errf(err, "%s: tokenizer.ggml.model is gpt2 but tokenizer.ggml.merges is missing",
+                    g->path);
+            return NULL;
+        }
+        if (mg->type != QD_GGUF_ARRAY || mg->arr_type != QD_GGUF_STRING) {
+            qd_errf(err, "%s: tokenizer.ggml.merges is not an array of strings", g->path);
+            return NULL;
+        }
+        if (mg->arr_n > QD_MAX_MERGES) {
+            qd_errf(err, "%s: tokenizer.ggml.merges has %llu entries, limit %d", g->path,
+                    (unsigned long long)mg->arr_n, QD_MAX_MERGES);
+            return NULL;
+        }
+    }
+    const qd_gguf_kv *pre = qd_gguf_find(g, "tokenizer.ggml.pre");
+    if (pre && (pre->type != QD_GGUF_STRING || pre->str_len >= sizeof ((qd_vocab *)0)->pre)) {
+        qd_errf(err, "%s: tokenizer.ggml.pre must be a string of at most %zu bytes", g->path,
+                sizeof ((qd_vocab *)0)->pre - 1);
+        return NULL;
+    }
     qd_vocab *v = calloc(1, sizeof *v);
     if (!v) goto oom;
     v->n = n;
     v->bos_id = v->eos_id = v->unk_id = -1;
-    v->add_bos = 1;
-    v->add_space_prefix = 1;
+    v->kind = kind;
+    /* llama.cpp's defaults: SentencePiece adds BOS and the dummy prefix, byte-level BPE
+     * neither unless the file says so. */
+    v->add_bos = kind == QD_VOCAB_SPM;
+    v->add_space_prefix = kind == QD_VOCAB_SPM;
+    if (pre) snprintf(v->pre, sizeof v->pre, "%s", pre->str);
     v->tokens = calloc((size_t)n, sizeof *v->tokens);
     if (!v->tokens) goto oom;
     for (int i = 0; i < n; i++) {
@@ -550,6 +594,25 @@ qd_vocab *qd_gguf_vocab(const qd_gguf *g, qd_err *err) {
     if (ty) {
         if (!(v->types = malloc((size_t)n * sizeof *v->types))) goto oom;
         for (int i = 0; i < n; i++) v->types[i] = (int)(int32_t)le(ty->arr + 4 * (size_t)i, 4);
+    }
+    if (kind == QD_VOCAB_BPE && mg->arr_n) {
+        int nm = (int)mg->arr_n;
+        if (!(v->merges = calloc((size_t)nm, sizeof *v->merges))) goto oom;
+        v->n_merges = nm;
+        for (int i = 0; i < nm; i++) {
+            const char *s = mg->arr_str[i];
+            size_t l = (size_t)mg->arr_str_len[i];
+            /* The two tokens are split at the first space after the first byte, as llama.cpp
+             * splits them (so a left token may itself be a space). */
+            const char *sp = l > 1 ? memchr(s + 1, ' ', l - 1) : NULL;
+            if (!sp || sp == s + l - 1 || memchr(s, 0, l) || l > 2 * QD_TOK_MAX_BYTES + 1) {
+                qd_errf(err, "%s: tokenizer.ggml.merges[%d] = '%.*s' is not two tokens "
+                        "separated by one space", g->path, i, (int)(l > 60 ? 60 : l), s);
+                qd_vocab_free(v);
+                return NULL;
+            }
+            if (!(v->merges[i] = dup_n(s, l))) goto oom;
+        }
     }
     if (vocab_id(g, "tokenizer.ggml.bos_token_id", n, &v->bos_id, err) ||
         vocab_id(g, "tokenizer.ggml.eos_token_id", n, &v->eos_id, err) ||
