@@ -1075,8 +1075,16 @@ static void test_bad_gguf(void) {
     /* tensor info damage */
     EXPECT_FAIL(qd_model_load(gguf_patch_tensor("t1.gguf", "token_embd.weight", 3, 99), err_),
                 "token_embd.weight", "unknown tensor type 99");
-    EXPECT_FAIL(qd_model_load(gguf_patch_tensor("t2.gguf", "token_embd.weight", 3, 2), err_),
-                "token_embd.weight", "unsupported type Q4_0");
+    EXPECT_FAIL(qd_model_load(gguf_patch_tensor("t2.gguf", "token_embd.weight", 3, 20), err_),
+                "t2.gguf", "token_embd.weight", "unsupported type IQ4_NL");
+    EXPECT_FAIL(qd_model_load(gguf_patch_tensor("t2b.gguf", "blk.1.attn_q.weight", 3, 39), err_),
+                "t2b.gguf", "blk.1.attn_q.weight", "unsupported type MXFP4");
+    EXPECT_FAIL(qd_model_load(gguf_patch_tensor("t2c.gguf", "blk.0.ffn_up.weight", 3, 16), err_),
+                "blk.0.ffn_up.weight", "IQ2_XXS block 256");
+    /* F32 bytes read as Q4_0 blocks: the block scales decode to NaN here, and the loader
+     * names it rather than passing NaN weights on */
+    EXPECT_FAIL(qd_model_load(gguf_patch_tensor("t2d.gguf", "token_embd.weight", 3, 2), err_),
+                "token_embd.weight", "is NaN", "Q4_0");
     EXPECT_FAIL(qd_model_load(gguf_patch_tensor("t3.gguf", "blk.2.ffn_up.weight", 4, 1 << 30),
                               err_),
                 "blk.2.ffn_up.weight", "out of range");

@@ -6,12 +6,14 @@
  * for the llama architecture; qwen2 is stored unpermuted, as NEOX-style RoPE). */
 #include "quant/io/gguf.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "quant/model.h"
 #include "quant/io/common.h"
+#include "quant/io/ggml_blocks.h"
 #include "quant/vocab.h"
 
 #define QD_GGUF_MAX_NAME 1024
@@ -25,13 +27,17 @@ typedef struct ggml_type_info {
 } ggml_type_info;
 
 static const ggml_type_info GGML_TYPES[] = {
-    [0] = {"F32", 1, 4},      [1] = {"F16", 1, 2},      [2] = {"Q4_0", 32, 18},
-    [3] = {"Q4_1", 32, 20},   [6] = {"Q5_0", 32, 22},   [7] = {"Q5_1", 32, 24},
-    [8] = {"Q8_0", 32, 34},   [9] = {"Q8_1", 32, 36},   [10] = {"Q2_K", 256, 84},
+    [0] = {"F32", 1, 4},       [1] = {"F16", 1, 2},       [2] = {"Q4_0", 32, 18},
+    [3] = {"Q4_1", 32, 20},    [6] = {"Q5_0", 32, 22},    [7] = {"Q5_1", 32, 24},
+    [8] = {"Q8_0", 32, 34},    [9] = {"Q8_1", 32, 36},    [10] = {"Q2_K", 256, 84},
     [11] = {"Q3_K", 256, 110}, [12] = {"Q4_K", 256, 144}, [13] = {"Q5_K", 256, 176},
-    [14] = {"Q6_K", 256, 210}, [15] = {"Q8_K", 256, 292}, [24] = {"I8", 1, 1},
-    [25] = {"I16", 1, 2},     [26] = {"I32", 1, 4},     [27] = {"I64", 1, 8},
-    [28] = {"F64", 1, 8},     [30] = {"BF16", 1, 2},
+    [14] = {"Q6_K", 256, 210}, [15] = {"Q8_K", 256, 292}, [16] = {"IQ2_XXS", 256, 66},
+    [17] = {"IQ2_XS", 256, 74}, [18] = {"IQ3_XXS", 256, 98}, [19] = {"IQ1_S", 256, 50},
+    [20] = {"IQ4_NL", 32, 18}, [21] = {"IQ3_S", 256, 110}, [22] = {"IQ2_S", 256, 82},
+    [23] = {"IQ4_XS", 256, 136}, [24] = {"I8", 1, 1},     [25] = {"I16", 1, 2},
+    [26] = {"I32", 1, 4},      [27] = {"I64", 1, 8},      [28] = {"F64", 1, 8},
+    [29] = {"IQ1_M", 256, 56}, [30] = {"BF16", 1, 2},     [34] = {"TQ1_0", 256, 54},
+    [35] = {"TQ2_0", 256, 66}, [39] = {"MXFP4", 32, 17},
 };
 #define N_GGML_TYPES (sizeof GGML_TYPES / sizeof GGML_TYPES[0])
 
@@ -645,22 +651,26 @@ typedef struct loader {
     int check_only; /* first pass: shapes and types, nothing allocated yet */
 } loader;
 
-/* Finds tensor name, checks it is F32/F16/BF16 with shape (rows, cols) in PyTorch order
- * (rows == 0: a vector of cols), and unless check_only converts it into dst. */
+/* Finds tensor name, checks it is F32/F16/BF16 or a block type of ggml_blocks.h with shape
+ * (rows, cols) in PyTorch order (rows == 0: a vector of cols), and unless check_only converts
+ * it into dst. */
 static int take(loader *ld, const char *name, uint64_t rows, uint64_t cols, float *dst) {
     const qd_gguf *g = ld->g;
     const qd_gguf_tensor *t = qd_gguf_find_tensor(g, name);
     if (!t) return qd_errf(ld->err, "%s: missing tensor %s", g->path, name);
-    int src;
+    int src = -1;
     switch (t->type) {
     case QD_GGML_F32: src = QD_SRC_F32; break;
     case QD_GGML_F16: src = QD_SRC_F16; break;
     case QD_GGML_BF16: src = QD_SRC_BF16; break;
-    default: {
-        char b[16];
-        return qd_errf(ld->err, "%s: tensor %s: unsupported type %s (need F32, F16 or BF16)",
-                       g->path, name, qd_ggml_type_name(t->type, b));
-    }
+    default:
+        if (!qd_ggml_block_type(t->type)) {
+            char b[16];
+            return qd_errf(ld->err,
+                           "%s: tensor %s: unsupported type %s (quantd reads F32, F16, BF16, "
+                           "Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)",
+                           g->path, name, qd_ggml_type_name(t->type, b));
+        }
     }
     int ok = rows ? (t->n_dims == 2 && t->ne[0] == cols && t->ne[1] == rows)
                   : (t->n_dims == 1 && t->ne[0] == cols);
@@ -677,7 +687,21 @@ static int take(loader *ld, const char *name, uint64_t rows, uint64_t cols, floa
                        (unsigned long long)cols);
     }
     if (ld->check_only) return QD_OK;
-    return qd_convert_f32(dst, t->data, src, (size_t)t->n_elems, g->path, name, ld->err);
+    if (src >= 0) return qd_convert_f32(dst, t->data, src, (size_t)t->n_elems, g->path, name, ld->err);
+    /* parse_tensor_info checked ne[0] against the block size and the bytes against the file */
+    if (qd_ggml_dequantize(t->type, t->data, dst, (size_t)t->n_elems) != 0) {
+        char b[16];
+        return qd_errf(ld->err, "%s: tensor %s: internal: cannot dequantize %s", g->path, name,
+                       qd_ggml_type_name(t->type, b));
+    }
+    for (size_t i = 0; i < (size_t)t->n_elems; i++)
+        if (!isfinite(dst[i])) {
+            char b[16];
+            return qd_errf(ld->err, "%s: tensor %s: element %zu is %s (a %s block scale?)",
+                           g->path, name, i, isnan(dst[i]) ? "NaN" : "Inf",
+                           qd_ggml_type_name(t->type, b));
+        }
+    return QD_OK;
 }
 
 static int get_req(const qd_gguf *g, const char *arch, const char *key, int64_t lo, int64_t hi,
