@@ -11,6 +11,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "base/report_keys.h"
+
 static const char *const state_names[API_STATE_COUNT] = {
     "queued", "running", "succeeded", "failed", "cancelled", "timed_out",
 };
@@ -523,4 +525,12 @@ bool api_event_apply(const cJSON *o, api_progress *p) {
     p->eta_s = num_or(o, "eta_s", NAN);
     p->elapsed_s = num_or(o, "elapsed_s", 0);
     return true;
+}
+
+void api_report_headline(const cJSON *report, cJSON *into) {
+    static const char *const keys[] = QD_REPORT_HEADLINE_KEYS;
+    for (size_t i = 0; keys[i]; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(report, keys[i]);
+        if (v) cJSON_AddItemToObject(into, keys[i], cJSON_Duplicate(v, 1));
+    }
 }

@@ -145,4 +145,9 @@ char *api_event_log(const char *level, const char *message);
 /* Applies a progress event object to p; returns true when obj was a progress event. */
 bool api_event_apply(const cJSON *obj, api_progress *p);
 
+/* A finished job's result headline: adds to `into` a copy of each of report.json's
+ * QD_REPORT_HEADLINE_KEYS (base/report_keys.h: eval, size, gates, compute) that report holds.
+ * report may be NULL (nothing is added). */
+void api_report_headline(const cJSON *report, cJSON *into);
+
 #endif

@@ -27,6 +27,7 @@
 #include <cjson/cJSON.h>
 
 #include "api/api.h"
+#include "base/report_keys.h"
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "cli/client.h"
@@ -239,24 +240,20 @@ static int global_flag(int argc, char **argv, int *i, opts *o) {
 /* The eval entry of the integer model: "int" (the integer runtime) when the report has it,
  * else the method's fake-quant figures. */
 static const cJSON *int_eval(const cJSON *eval, const char *method) {
-    const cJSON *e = get(eval, "int");
+    const cJSON *e = get(eval, QD_RK_EVAL_INT);
     if (!e && method) e = get(eval, method);
     return e;
 }
 
 /* The server's own verdict on a gate, when the report carries one: 1 passed, 0 failed, -1
- * none. Accepts {"gates":{"NAME":{"passed":bool,...}}} and {"gates":{"NAME":bool}}. */
+ * none. The report has one server-side gate, {"gates":{"max_ppl_increase":limit,
+ * "ppl_increase":measured,"passed":bool}} (quant/report.h). */
 static int server_verdict(const cJSON *result, const char *name) {
-    const cJSON *gs = get(result, "gates");
-    const cJSON *g = get(gs, name);
-    if (cJSON_IsBool(g)) return cJSON_IsTrue(g);
-    /* {"gates":{"max_ppl_increase":0.02,"ppl_increase":...,"passed":bool}}: the report's one
-     * server-side gate with its verdict beside it */
-    if (cJSON_IsNumber(g) && !strcmp(name, "max_ppl_increase") && cJSON_IsBool(get(gs, "passed")))
-        return cJSON_IsTrue(get(gs, "passed"));
-    const cJSON *p = get(g, "passed");
-    if (!p) p = get(g, "pass");
-    if (cJSON_IsBool(p)) return cJSON_IsTrue(p);
+    const cJSON *gs = get(result, QD_RK_GATES);
+    const cJSON *p = get(gs, QD_RK_GATE_PASSED);
+    if (!strcmp(name, QD_RK_GATE_MAX_PPL) && cJSON_IsNumber(get(gs, QD_RK_GATE_MAX_PPL)) &&
+        cJSON_IsBool(p))
+        return cJSON_IsTrue(p);
     return -1;
 }
 
@@ -265,7 +262,7 @@ static int server_verdict(const cJSON *result, const char *name) {
 static int check_gates(const cJSON *job, const gate *gates, int n, cJSON *arr, FILE *f) {
     const cJSON *result = get(job, "result");
     const cJSON *spec = get(job, "spec");
-    const cJSON *eval = get(result, "eval");
+    const cJSON *eval = get(result, QD_RK_EVAL);
     const char *method = str_or(spec, "method", NULL);
     gate all[MAX_GATES + 1];
     int k = 0;
@@ -285,16 +282,17 @@ static int check_gates(const cJSON *job, const gate *gates, int n, cJSON *arr, F
         double value = NAN;
         bool pass = false;
         if (!strcmp(g->name, "max_ppl_increase")) {
-            double pf = num_or_nan(get(eval, "fp32"), "ppl"), pq = num_or_nan(ie, "ppl");
+            double pf = num_or_nan(get(eval, QD_RK_EVAL_FP32), QD_RK_PPL);
+            double pq = num_or_nan(ie, QD_RK_PPL);
             if (isfinite(pf) && isfinite(pq) && pf > 0) value = pq / pf - 1;
-            double srv = num_or_nan(get(result, "gates"), "ppl_increase");
+            double srv = num_or_nan(get(result, QD_RK_GATES), QD_RK_GATE_PPL_INCREASE);
             if (isfinite(srv)) value = srv; /* the figure the server's verdict rests on */
             pass = isfinite(value) && value <= g->limit + 1e-12;
         } else if (!strcmp(g->name, "max_kl")) {
-            value = num_or_nan(ie, "kl");
+            value = num_or_nan(ie, QD_RK_KL);
             pass = isfinite(value) && value <= g->limit;
         } else {
-            value = num_or_nan(ie, "top1");
+            value = num_or_nan(ie, QD_RK_TOP1);
             pass = isfinite(value) && value >= g->limit;
         }
         int sv = server_verdict(result, g->name);
@@ -323,9 +321,8 @@ static int check_gates(const cJSON *job, const gate *gates, int n, cJSON *arr, F
             cJSON_AddItemToArray(arr, o);
         }
     }
-    /* an overall verdict from the report, if it gives one */
-    const cJSON *p = get(result, "passed");
-    if (!p) p = get(get(result, "gates"), "passed");
+    /* the report's own verdict */
+    const cJSON *p = get(get(result, QD_RK_GATES), QD_RK_GATE_PASSED);
     if (cJSON_IsFalse(p) && failed == 0) {
         if (f) fprintf(f, "gate: the report says a gate failed\n");
         failed = 1;
@@ -341,10 +338,11 @@ static void fmt_num(char *b, size_t n, double v, const char *fmt) {
 /* The report's headline figures as a table. */
 static void print_figures(const cJSON *job, FILE *f) {
     const cJSON *result = get(job, "result");
-    const cJSON *eval = get(result, "eval");
+    const cJSON *eval = get(result, QD_RK_EVAL);
     if (cJSON_IsObject(eval)) {
         fprintf(f, "%-14s %12s %12s %8s\n", "variant", "perplexity", "KL", "top-1");
-        static const char *order[] = {"fp32", "rtn", "smoothquant", "omniquant", "mobilequant", "int"};
+        static const char *order[] = {QD_RK_EVAL_FP32, "rtn", "smoothquant", "omniquant",
+                                      "mobilequant", QD_RK_EVAL_INT};
         const size_t no = sizeof order / sizeof order[0];
         /* the known variants in a fixed order, then whatever else the report holds */
         for (size_t i = 0; i <= no; i++) {
@@ -354,16 +352,16 @@ static void print_figures(const cJSON *job, FILE *f) {
                 while (k < no && strcmp(e->string, order[k])) k++;
                 if (k != i || !cJSON_IsObject(e)) continue;
                 char a[32], b[32], c[32];
-                fmt_num(a, sizeof a, num_or_nan(e, "ppl"), "%.4f");
-                fmt_num(b, sizeof b, num_or_nan(e, "kl"), "%.5f");
-                fmt_num(c, sizeof c, num_or_nan(e, "top1") * 100, "%.2f%%");
-                fprintf(f, "%-14s %12s %12s %8s\n", !strcmp(e->string, "int") ? "int (runtime)" : e->string,
+                fmt_num(a, sizeof a, num_or_nan(e, QD_RK_PPL), "%.4f");
+                fmt_num(b, sizeof b, num_or_nan(e, QD_RK_KL), "%.5f");
+                fmt_num(c, sizeof c, num_or_nan(e, QD_RK_TOP1) * 100, "%.2f%%");
+                fprintf(f, "%-14s %12s %12s %8s\n",
+                        !strcmp(e->string, QD_RK_EVAL_INT) ? "int (runtime)" : e->string,
                         a, b, c);
             }
         }
     }
-    const cJSON *sizes = get(result, "sizes");
-    if (!sizes) sizes = get(result, "size");
+    const cJSON *sizes = get(result, QD_RK_SIZE);
     if (cJSON_IsObject(sizes)) {
         const cJSON *s;
         cJSON_ArrayForEach(s, sizes) {

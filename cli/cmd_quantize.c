@@ -8,13 +8,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <cjson/cJSON.h>
-
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "quant/sim/fakequant.h"
 #include "quant/quantize.h"
-#include "base/fs.h"
+#include "quant/report.h"
 
 static volatile sig_atomic_t stop_flag;
 
@@ -266,22 +264,15 @@ int cmd_quantize(int argc, char **argv) {
         return 1;
     }
     printf("%s/report.json\n", o.out_dir);
-    if (o.max_ppl_increase >= 0) {
-        /* the gate outcome is in the report: one source of truth */
-        char path[4200];
-        snprintf(path, sizeof path, "%s/report.json", o.out_dir);
-        size_t n;
-        char *text = qd_read_file(path, 1 << 26, &n, &err);
-        cJSON *r = text ? cJSON_Parse(text) : NULL;
-        cJSON *passed = cJSON_GetObjectItemCaseSensitive(
-            cJSON_GetObjectItemCaseSensitive(r, "gates"), "passed");
-        int missed = cJSON_IsFalse(passed);
-        cJSON_Delete(r);
-        free(text);
-        if (missed) {
-            fprintf(stderr, "quantd quantize: gate max-ppl-increase missed\n");
-            return 3;
-        }
+    /* the gate outcome is in the report: one source of truth */
+    int verdict;
+    if (qd_report_gate(o.out_dir, &verdict, &err)) {
+        fprintf(stderr, "quantd quantize: %s\n", err.msg);
+        return 1;
+    }
+    if (verdict == 0) {
+        fprintf(stderr, "quantd quantize: gate max-ppl-increase missed\n");
+        return 3;
     }
     return 0;
 }

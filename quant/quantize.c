@@ -6,7 +6,6 @@
 #include "quant/quantize.h"
 
 #include <cblas.h>
-#include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -30,6 +29,7 @@
 #include "base/fs.h"
 #include "base/sys.h"
 #include "quant/io/load.h"
+#include "quant/report.h"
 
 void qd_quant_defaults(qd_quant_opts *o) {
     memset(o, 0, sizeof *o);
@@ -69,7 +69,7 @@ static int mkdir_p(const char *dir, qd_err *err) {
 /* Writes n bytes to dir/name through a temp file + fsync + rename. */
 static int write_atomic_n(const char *dir, const char *name, const void *data, size_t n,
                           qd_err *err) {
-    char path[4096], tmp[4200];
+    char path[4400], tmp[4500];
     snprintf(path, sizeof path, "%s/%s", dir, name);
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     FILE *f = fopen(tmp, "w");
@@ -81,10 +81,6 @@ static int write_atomic_n(const char *dir, const char *name, const void *data, s
         return qd_errf(err, "%s: write failed: %s", path, strerror(errno));
     }
     return QD_OK;
-}
-
-static int write_atomic(const char *dir, const char *name, const char *text, qd_err *err) {
-    return write_atomic_n(dir, name, text, strlen(text), err);
 }
 
 static uint64_t file_fingerprint(uint64_t h, const char *path) {
@@ -102,43 +98,11 @@ static int pretokenized(const char *path) {
     return ext && !strcmp(ext, ".bin");
 }
 
-static cJSON *cmp_json(const qd_cmp_result *r) {
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddNumberToObject(o, "ppl", r->ppl);
-    cJSON_AddNumberToObject(o, "nll", r->nll);
-    cJSON_AddNumberToObject(o, "kl", r->kl);
-    cJSON_AddNumberToObject(o, "top1", r->top1);
-    cJSON_AddNumberToObject(o, "seconds", r->seconds);
-    return o;
-}
-
-typedef struct {
-    const char *name;
-    qd_cmp_result cmp;
-    qd_mq_result res;
-    double seconds;
-    int done;
-} variant;
-
-/* Per-layer errors of the chosen method's simulation (report "per_layer"). */
-typedef struct {
-    int n;              /* layers (0: not measured) */
-    double *mse;        /* block output, quantized model vs FP32 (earlier errors included) */
-    double *mse_iso;    /* the quantized block alone, fed FP32's input */
-    size_t tokens;
-} layer_err;
-
-static void layer_err_free(layer_err *le) {
-    free(le->mse);
-    free(le->mse_iso);
-    memset(le, 0, sizeof *le);
-}
-
 /* Measures le on at most LAYER_ERR_WINDOWS windows of the evaluation tokens: a chart for the
  * dashboard, not a benchmark. Both passes keep the LET on: folded into FP32 weights it is
  * exact, so the pass with the quantizers off is the FP32 model. Costs about three forwards. */
 #define LAYER_ERR_WINDOWS 8
-static int layer_errors(qd_qsim *q, const int *ev, size_t n_ev, int T, layer_err *le,
+static int layer_errors(qd_qsim *q, const int *ev, size_t n_ev, int T, qd_layer_err *le,
                         qd_err *err) {
     const qd_config *c = &q->cfg;
     int D = c->dim, nl = c->n_layers;
@@ -153,7 +117,7 @@ static int layer_errors(qd_qsim *q, const int *ev, size_t n_ev, int T, layer_err
     le->mse_iso = calloc((size_t)nl, sizeof *le->mse_iso);
     if (!buf || !le->mse || !le->mse_iso) {
         free(buf);
-        layer_err_free(le);
+        qd_layer_err_free(le);
         return qd_errf(err, "%s: out of memory", __func__);
     }
     le->n = nl;
@@ -196,7 +160,7 @@ static int layer_errors(qd_qsim *q, const int *ev, size_t n_ev, int T, layer_err
 
 static int run_variant(const qd_quant_opts *o, const qd_model *m, const int *calib,
                        size_t n_calib, const int *ev, size_t n_ev, const char *method,
-                       uint64_t fp, double t0, variant *v, qd_encodings **enc, layer_err *le,
+                       uint64_t fp, double t0, qd_report_variant *v, qd_encodings **enc, qd_layer_err *le,
                        qd_err *err) {
     qd_mq_opts mo;
     qd_mq_defaults(&mo, o->wbits);
@@ -230,7 +194,6 @@ static int run_variant(const qd_quant_opts *o, const qd_model *m, const int *cal
         if (!*enc) rc = QD_ERR;
     }
     v->seconds = qd_now() - ts;
-    v->done = rc == QD_OK;
     qd_qsim_free(q);
     return rc;
 }
@@ -272,19 +235,13 @@ static int copy_into(const char *src, const char *dir, const char *name, qd_err 
     return rc;
 }
 
-typedef struct {
-    char name[32];        /* "tokenizer.json" / "tokenizer.bin", empty when none */
-    char source[4200];    /* where it came from */
-    char why[512];        /* why there is none */
-} tok_out;
-
 /* Puts the model's tokenizer into dir: the user's tokenizer file copied as it is (a .gguf
  * given as tokenizer has its vocabulary written out), else the checkpoint's own vocabulary
  * (GGUF) written as tokenizer.bin, else a tokenizer.json / tokenizer.bin found beside the
  * checkpoint copied. A vocabulary that tokenizer.bin cannot carry leaves dir without one and
  * says why: the artifacts stay usable with --tokenizer. */
 static void write_tokenizer(const qd_quant_opts *o, const qd_model *m, const char *dir,
-                            tok_out *t) {
+                            qd_report_tokenizer *t) {
     memset(t, 0, sizeof *t);
     qd_err e = {{0}};
     const char *src = NULL;
@@ -333,19 +290,12 @@ static void write_tokenizer(const qd_quant_opts *o, const qd_model *m, const cha
     }
 }
 
-typedef struct {
-    qd_cmp_result cmp;    /* integer runtime on the written artifact vs FP32 */
-    size_t qint_bytes, enc_bytes, folded_bytes, payload_bytes, n_weights, n_bits;
-    tok_out tok;
-    double seconds;
-} exported;
-
 /* Writes model.qint.safetensors, encodings.json and fp-folded/ from the final encodings, then
  * reads the integer artifact back from disk and evaluates it with the integer runtime on the
  * evaluation tokens: the figure is the artifact's, not the in-memory model's. */
 static int export_artifacts(const qd_quant_opts *o, const qd_model *m, const qd_encodings *E,
                             const char *model_sha, const int *ev, size_t n_ev, double t0,
-                            exported *x, qd_err *err) {
+                            qd_report_export *x, qd_err *err) {
     double ts = qd_now();
     memset(x, 0, sizeof *x);
     char qpath[4200], epath[4200], fdir[4200];
@@ -386,8 +336,10 @@ out:
     return rc;
 }
 
-int qd_quantize(const qd_quant_opts *o, qd_err *err) {
-    double t0 = qd_now();
+/* ---- the pipeline's stages -------------------------------------------------------------- */
+
+/* Settings that need no file to judge. */
+static int validate(const qd_quant_opts *o, qd_err *err) {
     if (!o->model_path || !o->calib_path || !o->out_dir)
         return qd_errf(err, "quantize: model, calibration data and output directory are required");
     if (o->wbits != 8 && o->wbits != 4) return qd_errf(err, "wbits: %d (8 or 4)", o->wbits);
@@ -408,61 +360,65 @@ int qd_quantize(const qd_quant_opts *o, qd_err *err) {
                        o->method);
     if (strcmp(o->encodings_version, "1.0.0") && strcmp(o->encodings_version, "0.6.1"))
         return qd_errf(err, "encodings_version: \"%.8s\" (1.0.0 or 0.6.1)", o->encodings_version);
-    if (mkdir_p(o->out_dir, err)) return QD_ERR;
-    openblas_set_num_threads(o->threads);
+    return QD_OK;
+}
 
-    int rc = QD_ERR;
-    qd_model *m = NULL;
-    qd_tokenizer *tok = NULL;
-    qd_tokens cal = {0}, evt = {0};
-    qd_encodings *enc = NULL;
-    cJSON *rep = NULL;
-    char *text = NULL;
-    variant vars[4];
-    memset(vars, 0, sizeof vars);
-    layer_err le = {0};
-    exported ex;
-    memset(&ex, 0, sizeof ex);
-    char sha_model[65] = "", sha_calib[65] = "", sha_eval[65] = "";
+/* What a run loads: the model, its tokenizer, calibration and evaluation tokens. */
+typedef struct {
+    qd_model *m;
+    qd_tokenizer *tok;
+    qd_tokens cal, evt;
+    const int *calib, *ev; /* into cal / evt */
+    size_t n_calib, n_ev;
+} inputs;
 
-    progress(o, "load", t0);
-    m = qd_model_load(o->model_path, err);
-    if (!m) goto out;
+static void inputs_free(inputs *in) {
+    qd_tokens_free(&in->cal);
+    qd_tokens_free(&in->evt);
+    qd_tok_free(in->tok);
+    qd_model_free(in->m);
+}
+
+/* Loads the model and the data, hashes the input files into the report, and splits the
+ * calibration tokens when no evaluation file is given (the last fraction is held out: never
+ * seen by calibration). */
+static int load_inputs(const qd_quant_opts *o, inputs *in, qd_report *rep, qd_err *err) {
+    if (!(in->m = qd_model_load(o->model_path, err))) return QD_ERR;
+    const qd_model *m = in->m;
     /* the inputs' identities, for the report and the artifact's metadata */
-    if (qd_sha256_path(o->model_path, sha_model, err) ||
-        qd_sha256_path(o->calib_path, sha_calib, err) ||
-        (o->eval_path && qd_sha256_path(o->eval_path, sha_eval, err)))
-        goto out;
+    if (qd_sha256_path(o->model_path, rep->sha_model, err) ||
+        qd_sha256_path(o->calib_path, rep->sha_calib, err) ||
+        (o->eval_path && qd_sha256_path(o->eval_path, rep->sha_eval, err)))
+        return QD_ERR;
     if (!pretokenized(o->calib_path) || (o->eval_path && !pretokenized(o->eval_path))) {
-        tok = qd_tok_for_model(m, o->model_path, o->tokenizer_path, err);
-        if (!tok) goto out;
+        in->tok = qd_tok_for_model(m, o->model_path, o->tokenizer_path, err);
+        if (!in->tok) return QD_ERR;
     }
-    if (qd_data_load(o->calib_path, tok, m->cfg.vocab_size, &cal, err)) goto out;
-    const int *calib = cal.ids, *ev;
-    size_t n_calib = cal.n, n_ev;
+    if (qd_data_load(o->calib_path, in->tok, m->cfg.vocab_size, &in->cal, err)) return QD_ERR;
+    in->calib = in->cal.ids, in->n_calib = in->cal.n;
     if (o->eval_path) {
-        if (qd_data_load(o->eval_path, tok, m->cfg.vocab_size, &evt, err)) goto out;
-        ev = evt.ids, n_ev = evt.n;
+        if (qd_data_load(o->eval_path, in->tok, m->cfg.vocab_size, &in->evt, err)) return QD_ERR;
+        in->ev = in->evt.ids, in->n_ev = in->evt.n;
     } else {
-        /* the last fraction is held out: never seen by calibration */
-        n_ev = (size_t)floor((double)cal.n * o->eval_split);
-        n_calib = cal.n - n_ev;
-        ev = cal.ids + n_calib;
+        in->n_ev = (size_t)floor((double)in->cal.n * o->eval_split);
+        in->n_calib = in->cal.n - in->n_ev;
+        in->ev = in->cal.ids + in->n_calib;
     }
-    if (n_ev < 2) {
-        qd_errf(err, "eval: %zu evaluation tokens, need at least 2", n_ev);
-        goto out;
-    }
-    if (o->seq_len > m->cfg.max_seq_len) {
-        qd_errf(err, "seq_len: %d exceeds the model's context %d", o->seq_len,
-                m->cfg.max_seq_len);
-        goto out;
-    }
+    if (in->n_ev < 2)
+        return qd_errf(err, "eval: %zu evaluation tokens, need at least 2", in->n_ev);
+    if (o->seq_len > m->cfg.max_seq_len)
+        return qd_errf(err, "seq_len: %d exceeds the model's context %d", o->seq_len,
+                       m->cfg.max_seq_len);
+    rep->n_calib = in->n_calib;
+    rep->model_params = qd_model_n_params(m);
+    return QD_OK;
+}
 
-    /* the run's fingerprint: a checkpoint from other inputs or settings is refused */
+/* The run's fingerprint: a checkpoint from other inputs or settings is refused. */
+static uint64_t fingerprint(const qd_quant_opts *o, const inputs *in) {
     uint64_t fp = QD_FNV_INIT;
     fp = file_fingerprint(fp, o->model_path);
-    fp = qd_fnv64(fp, calib, sizeof(int) * n_calib);
+    fp = qd_fnv64(fp, in->calib, sizeof(int) * in->n_calib);
     fp = qd_fnv64(fp, o->method, strlen(o->method));
     int32_t knobs[24] = {o->wbits, o->samples, o->seq_len, o->epochs, o->batch};
     memcpy(knobs + 5, o->abits_override, sizeof(int) * 16);
@@ -470,176 +426,65 @@ int qd_quantize(const qd_quant_opts *o, qd_err *err) {
     fp = qd_fnv64(fp, &o->seed, sizeof o->seed);
     double lrs[6] = {o->lr_let[0], o->lr_let[1], o->lr_lwc[0], o->lr_lwc[1], o->lr_lrl[0],
                      o->lr_lrl[1]};
-    fp = qd_fnv64(fp, lrs, sizeof lrs);
+    return qd_fnv64(fp, lrs, sizeof lrs);
+}
 
-    /* FP32 reference */
+/* FP32's figures, then the chosen method first (it is the one that can be stopped and
+ * resumed), then the baselines that are not it. *enc gets the chosen method's encodings.
+ * 1 when stopped through o->stop (the checkpoint holds the state). */
+static int run_variants(const qd_quant_opts *o, const inputs *in, double t0, qd_report *rep,
+                        qd_encodings **enc, qd_err *err) {
+    const qd_model *m = in->m;
     progress(o, "eval", t0);
-    qd_cmp_result fp32;
-    if (qd_eval_compare(qd_fp32_logits_fn, m, qd_fp32_logits_fn, m, m->cfg.vocab_size, ev, n_ev,
-                        o->seq_len, &fp32, err))
-        goto out;
-
-    /* the chosen method first (it is the one that can be stopped and resumed), then the
-     * baselines that are not it */
+    if (qd_eval_compare(qd_fp32_logits_fn, (void *)m, qd_fp32_logits_fn, (void *)m,
+                        m->cfg.vocab_size, in->ev, in->n_ev, o->seq_len, &rep->fp32, err))
+        return QD_ERR;
     const char *order[3] = {o->method, "rtn", "smoothquant"};
-    int nv = 0;
     for (int k = 0; k < 3; k++) {
         if (k > 0 && !strcmp(order[k], o->method)) continue;
-        int r = run_variant(o, m, calib, n_calib, ev, n_ev, order[k], fp, t0, &vars[nv],
-                            k == 0 ? &enc : NULL, k == 0 ? &le : NULL, err);
-        nv++;
-        if (r == 1) {
-            rc = 1; /* stopped: the checkpoint holds the state */
-            goto out;
-        }
-        if (r != QD_OK) goto out;
+        int r = run_variant(o, m, in->calib, in->n_calib, in->ev, in->n_ev, order[k],
+                            rep->fingerprint, t0, &rep->var[rep->n_variants],
+                            k == 0 ? enc : NULL, k == 0 ? &rep->layers : NULL, err);
+        rep->n_variants++;
+        if (r != QD_OK) return r;
     }
+    if (!*enc) return qd_errf(err, "export: no encodings from %s", o->method);
+    rep->enc_model_bytes = qd_encodings_model_bytes(*enc);
+    rep->enc_weights = (*enc)->n_w;
+    rep->enc_activations = (*enc)->n_a;
+    return QD_OK;
+}
+
+int qd_quantize(const qd_quant_opts *o, qd_err *err) {
+    double t0 = qd_now();
+    if (validate(o, err) || mkdir_p(o->out_dir, err)) return QD_ERR;
+    openblas_set_num_threads(o->threads);
+
+    int rc = QD_ERR;
+    inputs in;
+    memset(&in, 0, sizeof in);
+    qd_encodings *enc = NULL;
+    qd_report rep;
+    qd_report_init(&rep, o, t0);
+
+    progress(o, "load", t0);
+    if (load_inputs(o, &in, &rep, err)) goto out;
+    rep.fingerprint = fingerprint(o, &in);
+    rc = run_variants(o, &in, t0, &rep, &enc, err);
+    if (rc != QD_OK) goto out; /* 1: stopped */
+    rc = QD_ERR;
 
     /* the deployable artifacts, and the integer runtime's figures on the written artifact */
     progress(o, "export", t0);
-    if (!enc) {
-        qd_errf(err, "export: no encodings from %s", o->method);
+    if (export_artifacts(o, in.m, enc, rep.sha_model, in.ev, in.n_ev, t0, &rep.ex, err) ||
+        qd_report_write(&rep, o->out_dir, err))
         goto out;
-    }
-    if (export_artifacts(o, m, enc, sha_model, ev, n_ev, t0, &ex, err)) goto out;
-
-    /* report.json */
-    rep = cJSON_CreateObject();
-    cJSON_AddStringToObject(rep, "version", "quantd-report/1");
-    cJSON_AddStringToObject(rep, "method", o->method);
-    cJSON_AddNumberToObject(rep, "wbits", o->wbits);
-    cJSON *ab = cJSON_AddObjectToObject(rep, "abits");
-    for (int c = 0; c < QD_AC_COUNT; c++)
-        cJSON_AddNumberToObject(ab, qd_aclass_name(c), o->abits_override[c]
-                                                           ? o->abits_override[c]
-                                                           : qd_aclass_default_bits(c));
-    cJSON *bud = cJSON_AddObjectToObject(rep, "budget");
-    cJSON_AddNumberToObject(bud, "samples", o->samples);
-    cJSON_AddNumberToObject(bud, "seq_len", o->seq_len);
-    cJSON_AddNumberToObject(bud, "epochs", o->epochs);
-    cJSON_AddNumberToObject(bud, "windows_used", vars[0].res.windows);
-    cJSON_AddNumberToObject(bud, "batch", o->batch > 0 ? o->batch : 1);
-    cJSON_AddNumberToObject(rep, "seed", (double)o->seed);
-    cJSON_AddNumberToObject(rep, "threads", o->threads);
-    cJSON *inp = cJSON_AddObjectToObject(rep, "inputs");
-    cJSON_AddStringToObject(inp, "model", o->model_path);
-    cJSON_AddStringToObject(inp, "calibration", o->calib_path);
-    if (o->eval_path) cJSON_AddStringToObject(inp, "eval", o->eval_path);
-    else cJSON_AddNumberToObject(inp, "eval_split", o->eval_split);
-    cJSON_AddNumberToObject(inp, "calibration_tokens", (double)n_calib);
-    cJSON_AddNumberToObject(inp, "model_params", (double)qd_model_n_params(m));
-    char fph[32];
-    snprintf(fph, sizeof fph, "%016llx", (unsigned long long)fp);
-    cJSON_AddStringToObject(inp, "fingerprint", fph);
-    cJSON *sha = cJSON_AddObjectToObject(inp, "sha256");
-    cJSON_AddStringToObject(sha, "model", sha_model);
-    cJSON_AddStringToObject(sha, "calibration", sha_calib);
-    if (o->eval_path) cJSON_AddStringToObject(sha, "eval", sha_eval);
-
-    cJSON *evj = cJSON_AddObjectToObject(rep, "eval");
-    cJSON_AddNumberToObject(evj, "tokens", (double)fp32.tokens);
-    cJSON_AddNumberToObject(evj, "ctx_len", o->seq_len);
-    cJSON_AddItemToObject(evj, "fp32", cmp_json(&fp32));
-    for (int k = 0; k < nv; k++) cJSON_AddItemToObject(evj, vars[k].name, cmp_json(&vars[k].cmp));
-    cJSON_AddItemToObject(evj, "int", cmp_json(&ex.cmp));
-    cJSON_AddStringToObject(evj, "int_of", o->method);
-
-    /* per decoder layer: MSE of the block output, quantized (sim) vs FP32 */
-    if (le.n > 0) {
-        cJSON *pl = cJSON_AddArrayToObject(rep, "per_layer");
-        for (int l = 0; l < le.n; l++) {
-            cJSON *e = cJSON_CreateObject();
-            cJSON_AddNumberToObject(e, "layer", l);
-            cJSON_AddNumberToObject(e, "mse", le.mse[l]);
-            cJSON_AddNumberToObject(e, "mse_isolated", le.mse_iso[l]);
-            cJSON_AddItemToArray(pl, e);
-        }
-        cJSON_AddNumberToObject(rep, "per_layer_tokens", (double)le.tokens);
-    }
-
-    cJSON *lc = cJSON_AddArrayToObject(rep, "loss_curve");
-    for (long i = 0; i < vars[0].res.n_loss; i++)
-        cJSON_AddItemToArray(lc, cJSON_CreateNumber(vars[0].res.loss[i]));
-
-    double wall = qd_now() - t0;
-    size_t tokens = fp32.tokens;
-    for (int k = 0; k < nv; k++) tokens += vars[k].res.tokens + vars[k].cmp.tokens;
-    tokens += ex.cmp.tokens + 3 * le.tokens;
-    cJSON *cp = cJSON_AddObjectToObject(rep, "compute");
-    cJSON_AddNumberToObject(cp, "wall_seconds", wall);
-    cJSON_AddNumberToObject(cp, "method_seconds", vars[0].seconds);
-    cJSON_AddNumberToObject(cp, "export_seconds", ex.seconds);
-    cJSON_AddNumberToObject(cp, "tokens_processed", (double)tokens);
-    cJSON_AddNumberToObject(cp, "optimizer_steps", (double)vars[0].res.n_loss);
-    cJSON_AddNumberToObject(cp, "resumed_at_step", (double)vars[0].res.resumed_at);
-    cJSON_AddNumberToObject(cp, "peak_rss_bytes", (double)qd_peak_rss());
-
-    if (enc) {
-        size_t fp_bytes = qd_model_n_params(m) * 4, qb = qd_encodings_model_bytes(enc);
-        cJSON *sz = cJSON_AddObjectToObject(rep, "size");
-        cJSON_AddNumberToObject(sz, "fp32_bytes", (double)fp_bytes);
-        cJSON_AddNumberToObject(sz, "quantized_bytes", (double)qb);
-        cJSON_AddNumberToObject(sz, "bits_per_weight",
-                                8.0 * (double)qb / (double)qd_model_n_params(m));
-        cJSON_AddNumberToObject(sz, "ratio", (double)fp_bytes / (double)qb);
-        cJSON_AddNumberToObject(sz, "weight_tensors", enc->n_w);
-        cJSON_AddNumberToObject(sz, "activation_quantizers", enc->n_a);
-        /* the artifact as written: ratios of the FP16/FP32 weights to model.qint.safetensors */
-        cJSON_AddNumberToObject(sz, "fp16_bytes", (double)fp_bytes / 2);
-        cJSON_AddNumberToObject(sz, "qint_bytes", (double)ex.qint_bytes);
-        cJSON_AddNumberToObject(sz, "qint_payload_bytes", (double)ex.payload_bytes);
-        cJSON_AddNumberToObject(sz, "ratio_fp32", (double)fp_bytes / (double)ex.qint_bytes);
-        cJSON_AddNumberToObject(sz, "ratio_fp16", (double)fp_bytes / 2 / (double)ex.qint_bytes);
-        cJSON_AddNumberToObject(sz, "qint_bits_per_param",
-                                8.0 * (double)ex.qint_bytes / (double)qd_model_n_params(m));
-        /* matmul weights and the embedding/head table, per-channel scale and zero included */
-        cJSON_AddNumberToObject(sz, "weight_bits_per_weight",
-                                ex.n_weights ? (double)ex.n_bits / (double)ex.n_weights : 0);
-    }
-    cJSON *art = cJSON_AddObjectToObject(rep, "artifacts");
-    cJSON *a1 = cJSON_AddObjectToObject(art, "model.qint.safetensors");
-    cJSON_AddNumberToObject(a1, "bytes", (double)ex.qint_bytes);
-    cJSON_AddStringToObject(a1, "format", QD_QINT_FORMAT);
-    cJSON_AddNumberToObject(a1, "format_version", QD_QINT_VERSION);
-    cJSON *a2 = cJSON_AddObjectToObject(art, "encodings.json");
-    cJSON_AddNumberToObject(a2, "bytes", (double)ex.enc_bytes);
-    cJSON_AddStringToObject(a2, "format", "aimet");
-    cJSON_AddStringToObject(a2, "format_version", o->encodings_version);
-    cJSON *a3 = cJSON_AddObjectToObject(art, "fp-folded");
-    cJSON_AddNumberToObject(a3, "bytes", (double)ex.folded_bytes);
-    cJSON_AddStringToObject(a3, "dtype", "F32");
-    if (ex.tok.name[0]) {
-        cJSON_AddStringToObject(a3, "tokenizer", ex.tok.name);
-        cJSON_AddStringToObject(a3, "tokenizer_source", ex.tok.source);
-    } else {
-        cJSON_AddNullToObject(a3, "tokenizer");
-        cJSON_AddStringToObject(a3, "tokenizer_missing", ex.tok.why);
-    }
-    if (o->max_ppl_increase >= 0) {
-        cJSON *g = cJSON_AddObjectToObject(rep, "gates");
-        double inc = vars[0].cmp.ppl / fp32.ppl - 1;
-        cJSON_AddNumberToObject(g, "max_ppl_increase", o->max_ppl_increase);
-        cJSON_AddNumberToObject(g, "ppl_increase", inc);
-        cJSON_AddBoolToObject(g, "passed", inc <= o->max_ppl_increase);
-    }
-    text = cJSON_Print(rep);
-    if (!text) {
-        qd_errf(err, "report: out of memory");
-        goto out;
-    }
-    if (write_atomic(o->out_dir, "report.json", text, err)) goto out;
     /* the run is complete: its checkpoint would only make a rerun skip the work */
     if (o->checkpoint_path) unlink(o->checkpoint_path);
     rc = QD_OK;
 out:
-    for (int k = 0; k < 4; k++) qd_mq_result_free(&vars[k].res);
-    layer_err_free(&le);
-    cJSON_Delete(rep);
-    free(text);
+    qd_report_clear(&rep);
     qd_encodings_free(enc);
-    qd_tokens_free(&cal);
-    qd_tokens_free(&evt);
-    qd_tok_free(tok);
-    qd_model_free(m);
+    inputs_free(&in);
     return rc;
 }

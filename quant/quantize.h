@@ -9,18 +9,12 @@
  *   encodings.json          AIMET encodings (aimet.h), format opts.encodings_version;
  *   fp-folded/              config.json + model.safetensors (F32, LET folded in, weights
  *                           clipped) and the tokenizer (tokenizer.json or tokenizer.bin);
- *   report.json             figures for every variant, sizes, per-layer errors, input hashes.
+ *   report.json             figures for every variant, sizes, per-layer errors, input hashes:
+ *                           written by quant/report.c, which documents its keys.
  *
- * report.json keys added with the artifacts (the others are documented where quantize.c
- * writes them): eval.int {ppl, nll, kl, top1, seconds} (integer runtime, same tokens as every
- * other variant; eval.int_of names the method it quantizes); inputs.sha256 {model,
- * calibration[, eval]}; size.{fp16_bytes, qint_bytes (model.qint.safetensors on disk),
- * qint_payload_bytes (qd_qint_bytes), ratio_fp32, ratio_fp16 (FP bytes / qint_bytes),
- * qint_bits_per_param, weight_bits_per_weight (qd_qint_weight_bits)}; artifacts.<name>.bytes
- * with format versions and fp-folded's tokenizer (or tokenizer_missing: why); per_layer
- * [{layer, mse, mse_isolated}] on per_layer_tokens evaluation tokens: MSE of each block's
- * output, fake-quant vs FP32, with the errors of earlier layers (mse) and alone on FP32's
- * input (mse_isolated); compute.export_seconds. */
+ * The stages (quantize.c): validate the settings, load the model and data, fingerprint the
+ * run (a checkpoint from other inputs is refused), run FP32 and the variants, export the
+ * artifacts and evaluate the written integer model, write the report. */
 #ifndef QD_QUANTIZE_H
 #define QD_QUANTIZE_H
 

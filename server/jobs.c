@@ -179,14 +179,9 @@ static cJSON *build_result(const char *jobdir) {
     char *text = qd_read_file(p, 64 << 20, &len, &err);
     cJSON *rep = text ? cJSON_Parse(text) : NULL;
     free(text);
-    if (rep) {
-        const char *keys[] = {"eval", "sizes", "size", "gates", "passed", "compute"};
-        for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
-            const cJSON *v = cJSON_GetObjectItemCaseSensitive(rep, keys[i]);
-            if (v) cJSON_AddItemToObject(r, keys[i], cJSON_Duplicate(v, 1));
-        }
-        cJSON_Delete(rep);
-    }
+    /* the headline: the report's own keys, chosen in one place */
+    api_report_headline(rep, r);
+    cJSON_Delete(rep);
     return r;
 }
 

@@ -333,6 +333,34 @@ static void test_routes_match_openapi(void) {
     CHECK(n_heads >= 1, "HEAD /v1/blobs/{id} is not documented");
 }
 
+/* The job result's headline is the report's eval, size, gates and compute, nothing else. */
+static void test_report_headline(void) {
+    cJSON *rep = cJSON_Parse("{\"version\":\"quantd-report/1\",\"eval\":{\"fp32\":{\"ppl\":5}},"
+                             "\"size\":{\"ratio\":3.9},\"compute\":{\"wall_seconds\":1},"
+                             "\"loss_curve\":[1,2],\"inputs\":{}}");
+    cJSON *h = cJSON_CreateObject();
+    api_report_headline(rep, h);
+    CHECK(cJSON_GetObjectItem(h, "eval") && cJSON_GetObjectItem(h, "size") &&
+              cJSON_GetObjectItem(h, "compute"),
+          "headline lacks eval, size or compute");
+    CHECK(!cJSON_GetObjectItem(h, "gates"), "no gate in the report, none in the headline");
+    CHECK(cJSON_GetArraySize(h) == 3, "headline has %d keys, want 3", cJSON_GetArraySize(h));
+    CHECK(cJSON_GetNumberValue(cJSON_GetObjectItem(cJSON_GetObjectItem(h, "size"), "ratio")) == 3.9,
+          "size copied");
+    cJSON_AddItemToObject(rep, "gates", cJSON_Parse("{\"max_ppl_increase\":0.02,\"passed\":false}"));
+    cJSON *h2 = cJSON_CreateObject();
+    api_report_headline(rep, h2);
+    CHECK(cJSON_IsFalse(cJSON_GetObjectItem(cJSON_GetObjectItem(h2, "gates"), "passed")),
+          "gates copied with their verdict");
+    cJSON *h3 = cJSON_CreateObject();
+    api_report_headline(NULL, h3);
+    CHECK(cJSON_GetArraySize(h3) == 0, "no report, no headline");
+    cJSON_Delete(h);
+    cJSON_Delete(h2);
+    cJSON_Delete(h3);
+    cJSON_Delete(rep);
+}
+
 int main(void) {
     RUN(test_spec_minimal_defaults);
     RUN(test_spec_full_roundtrip);
@@ -345,5 +373,6 @@ int main(void) {
     RUN(test_config);
     RUN(test_tokens);
     RUN(test_routes_match_openapi);
+    RUN(test_report_headline);
     return CHECK_DONE();
 }

@@ -18,6 +18,9 @@
 #include "quant/fp/forward.h"
 #include "quant/opt/mobilequant.h"
 #include "quant/quantize.h"
+#include "quant/report.h"
+#include "api/api.h"
+#include "base/report_keys.h"
 #include "quant/opt/optim.h"
 #include "tests/check.h"
 #include "tests/synth.h"
@@ -233,6 +236,29 @@ static int fp_logits(void *ctx, const int *t, int B, int T, float *lg, qd_err *e
     return qd_forward(ctx, t, B, T, lg, e);
 }
 
+/* The top-level keys api/openapi.yaml's Report schema documents (lines "        key:" under
+ * "    Report:" and its "      properties:"), into keys; returns how many. */
+static int openapi_report_keys(char keys[][64], int max) {
+    size_t len;
+    qd_err err;
+    char *y = qd_read_file("api/openapi.yaml", 1 << 20, &len, &err);
+    CHECK(y != NULL, "%s", err.msg);
+    if (!y) return 0;
+    int n = 0, in = 0;
+    for (char *line = strtok(y, "\n"); line; line = strtok(NULL, "\n")) {
+        if (!strcmp(line, "    Report:")) {
+            in = 1;
+        } else if (in && !strncmp(line, "    ", 4) && line[4] != ' ') {
+            break;
+        } else if (in && !strncmp(line, "        ", 8) && line[8] != ' ' && n < max) {
+            char *colon = strchr(line + 8, ':');
+            if (colon) snprintf(keys[n++], 64, "%.*s", (int)(colon - line - 8), line + 8);
+        }
+    }
+    free(y);
+    return n;
+}
+
 static void pipeline_report(void) {
     char dir[] = "/tmp/qd_test_out_XXXXXX";
     CHECK(mkdtemp(dir) != NULL, "mkdtemp");
@@ -272,6 +298,27 @@ static void pipeline_report(void) {
         CHECK(cJSON_GetNumberValue(get(r, "compute", "tokens_processed")) > tokens, "tokens");
         CHECK(cJSON_GetNumberValue(get(r, "compute", "wall_seconds")) > 0, "wall");
         CHECK(cJSON_IsBool(get(r, "gates", "passed")), "gate outcome");
+        /* the CLI's reading of the gate is the file's */
+        int verdict = -2;
+        CHECK(qd_report_gate(dir, &verdict, &err) == QD_OK, "%s", err.msg);
+        CHECK(verdict == cJSON_IsTrue(get(r, "gates", "passed")), "qd_report_gate %d", verdict);
+        /* the job result's headline holds every headline key of this report (a gate was set) */
+        static const char *const head[] = QD_REPORT_HEADLINE_KEYS;
+        cJSON *h = cJSON_CreateObject();
+        api_report_headline(r, h);
+        for (int k = 0; head[k]; k++)
+            CHECK(cJSON_IsObject(get(h, head[k], NULL)), "headline lacks %s", head[k]);
+        cJSON_Delete(h);
+        /* api/openapi.yaml's Report schema documents every key the file has */
+        char keys[64][64];
+        int nk = openapi_report_keys(keys, 64);
+        CHECK(nk >= 10, "openapi.yaml: Report schema has %d properties", nk);
+        const cJSON *it;
+        cJSON_ArrayForEach(it, r) {
+            int found = 0;
+            for (int k = 0; k < nk; k++) found |= !strcmp(keys[k], it->string);
+            CHECK(found, "report.json key %s is not in openapi.yaml's Report schema", it->string);
+        }
         /* FP32 perplexity equals the lead's qd_eval_ppl on the same held-out tokens */
         qd_model *m = qd_model_load(o.model_path, &err);
         qd_tokenizer *tok = m ? qd_tok_for_model(m, o.model_path, NULL, &err) : NULL;
