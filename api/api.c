@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "base/limits.h"
 #include "base/report_keys.h"
 
 static const char *const state_names[API_STATE_COUNT] = {
@@ -34,32 +35,20 @@ bool api_state_terminal(api_state s) {
     return s == API_SUCCEEDED || s == API_FAILED || s == API_CANCELLED || s == API_TIMED_OUT;
 }
 
-/* Activation classes that "abits" may override, in the order of enum qd_aclass (quant/qsim.h),
- * which is the index of qd_quant_opts.abits_override. tests/test_api.c checks the two agree. */
-static const char *const abits_classes[] = {
-    "res", "norm", "qkv", "qk_in", "score", "prob", "pv", "oproj", "gateup", "silu", "down_in",
-    "down_out", "head",
-};
-#define N_CLASSES ((int)(sizeof abits_classes / sizeof abits_classes[0]))
-_Static_assert(sizeof abits_classes / sizeof abits_classes[0] <= API_N_ABITS,
-               "abits classes fit qd_quant_opts.abits_override");
-
-const char *api_abits_class(int i) {
-    return i >= 0 && i < N_CLASSES ? abits_classes[i] : NULL;
-}
+_Static_assert(QD_N_ACLASS <= API_N_ABITS, "every activation class fits api_spec.abits");
 
 void api_spec_defaults(api_spec *s) {
     memset(s, 0, sizeof *s);
-    s->eval_split = 0.5;
-    snprintf(s->method, sizeof s->method, "mobilequant");
-    s->wbits = 8;
-    s->samples = 64;
-    s->seq_len = 256;
-    s->epochs = 10;
+    s->eval_split = QD_EVAL_SPLIT_DEFAULT;
+    snprintf(s->method, sizeof s->method, "%s", qd_method_name(QD_METHOD_DEFAULT));
+    s->wbits = QD_WBITS_DEFAULT;
+    s->samples = QD_SAMPLES_DEFAULT;
+    s->seq_len = QD_SEQ_LEN_DEFAULT;
+    s->epochs = QD_EPOCHS_DEFAULT;
     s->threads = 1;
     s->timeout_s = 3600;
     s->max_ppl_increase = -1;
-    snprintf(s->encodings_version, sizeof s->encodings_version, "1.0.0");
+    snprintf(s->encodings_version, sizeof s->encodings_version, "%s", QD_ENC_VERSION_DEFAULT);
 }
 
 bool api_blob_id_valid(const char *s) {
@@ -133,13 +122,13 @@ static int parse_budget(const cJSON *b, api_spec *s, api_field_err *fe) {
         char field[96];
         snprintf(field, sizeof field, "budget.%s", it->string);
         if (!strcmp(it->string, "samples")) {
-            if (get_int(it, field, 1, API_MAX_SAMPLES, &v, fe)) return -1;
+            if (get_int(it, field, QD_SAMPLES_MIN, QD_SAMPLES_MAX, &v, fe)) return -1;
             s->samples = (int)v;
         } else if (!strcmp(it->string, "seq_len")) {
-            if (get_int(it, field, 2, API_MAX_SEQ_LEN, &v, fe)) return -1;
+            if (get_int(it, field, QD_SEQ_LEN_MIN, QD_SEQ_LEN_MAX, &v, fe)) return -1;
             s->seq_len = (int)v;
         } else if (!strcmp(it->string, "epochs")) {
-            if (get_int(it, field, 0, API_MAX_EPOCHS, &v, fe)) return -1;
+            if (get_int(it, field, QD_EPOCHS_MIN, QD_EPOCHS_MAX, &v, fe)) return -1;
             s->epochs = (int)v;
         } else {
             return fail(fe, field, "unknown_field", "unknown field %s", field);
@@ -154,14 +143,14 @@ static int parse_abits(const cJSON *a, api_spec *s, api_field_err *fe) {
     cJSON_ArrayForEach(it, a) {
         char field[96];
         snprintf(field, sizeof field, "abits.%.80s", it->string);
-        int k = -1;
-        for (int i = 0; i < N_CLASSES; i++)
-            if (!strcmp(it->string, abits_classes[i])) k = i;
-        if (k < 0) return fail(fe, field, "unknown_field", "unknown activation class %s", field);
+        int k = qd_aclass_parse(it->string);
+        if (k < 0)
+            return fail(fe, field, "unknown_field", "unknown activation class %s (%s)", field,
+                        QD_ACLASS_NAMES);
         long long v;
         if (get_int(it, field, 4, 16, &v, fe)) return -1;
-        if (v != 4 && v != 8 && v != 16)
-            return fail(fe, field, "invalid_value", "%s must be 4, 8 or 16", field);
+        if (!qd_abits_ok((int)v))
+            return fail(fe, field, "invalid_value", "%s must be one of %s", field, QD_ABITS_NAMES);
         s->abits[k] = (int)v;
     }
     return 0;
@@ -234,18 +223,17 @@ int api_spec_from_json(const cJSON *obj, api_spec *s, api_field_err *fe) {
         } else if (!strcmp(k, "tokenizer")) {
             if (get_blob(it, k, true, s->tokenizer, sizeof s->tokenizer, fe)) return -1;
         } else if (!strcmp(k, "eval_split")) {
-            if (get_num(it, k, 0, 0.95, &s->eval_split, fe)) return -1;
+            if (get_num(it, k, 0, QD_EVAL_SPLIT_MAX, &s->eval_split, fe)) return -1;
         } else if (!strcmp(k, "method")) {
             if (!cJSON_IsString(it)) return fail(fe, k, "invalid_type", "method must be a string");
-            const char *m = it->valuestring;
-            if (strcmp(m, "mobilequant") && strcmp(m, "omniquant") && strcmp(m, "smoothquant") &&
-                strcmp(m, "rtn"))
-                return fail(fe, k, "invalid_value",
-                            "method must be one of mobilequant, omniquant, smoothquant, rtn");
-            snprintf(s->method, sizeof s->method, "%s", m);
+            qd_method m;
+            if (qd_method_parse(it->valuestring, &m, NULL))
+                return fail(fe, k, "invalid_value", "method must be one of %s", QD_METHOD_NAMES);
+            snprintf(s->method, sizeof s->method, "%s", qd_method_name(m));
         } else if (!strcmp(k, "wbits")) {
             if (get_int(it, k, 4, 8, &v, fe)) return -1;
-            if (v != 4 && v != 8) return fail(fe, k, "invalid_value", "wbits must be 4 or 8");
+            if (!qd_wbits_ok((int)v))
+                return fail(fe, k, "invalid_value", "wbits must be one of %s", QD_WBITS_NAMES);
             s->wbits = (int)v;
         } else if (!strcmp(k, "abits")) {
             if (parse_abits(it, s, fe)) return -1;
@@ -256,7 +244,7 @@ int api_spec_from_json(const cJSON *obj, api_spec *s, api_field_err *fe) {
             if (get_int(it, k, 0, 9007199254740992LL, &v, fe)) return -1;
             s->seed = (uint64_t)v;
         } else if (!strcmp(k, "threads")) {
-            if (get_int(it, k, 1, API_MAX_THREADS, &v, fe)) return -1;
+            if (get_int(it, k, QD_THREADS_MIN, QD_THREADS_MAX, &v, fe)) return -1;
             s->threads = (int)v;
         } else if (!strcmp(k, "timeout_s")) {
             if (get_int(it, k, 1, API_MAX_TIMEOUT_S, &v, fe)) return -1;
@@ -269,8 +257,9 @@ int api_spec_from_json(const cJSON *obj, api_spec *s, api_field_err *fe) {
             if (!cJSON_IsString(it))
                 return fail(fe, k, "invalid_type", "encodings_version must be a string");
             const char *ev = it->valuestring;
-            if (strcmp(ev, "1.0.0") && strcmp(ev, "0.6.1"))
-                return fail(fe, k, "invalid_value", "encodings_version must be 1.0.0 or 0.6.1");
+            if (!qd_enc_version_ok(ev))
+                return fail(fe, k, "invalid_value", "encodings_version must be one of %s",
+                            QD_ENC_VERSION_NAMES);
             snprintf(s->encodings_version, sizeof s->encodings_version, "%s", ev);
         } else {
             char field[96];
@@ -301,8 +290,8 @@ cJSON *api_spec_to_json(const api_spec *s) {
     cJSON_AddStringToObject(o, "method", s->method);
     cJSON_AddNumberToObject(o, "wbits", s->wbits);
     cJSON *ab = cJSON_AddObjectToObject(o, "abits");
-    for (int i = 0; i < N_CLASSES; i++)
-        if (s->abits[i]) cJSON_AddNumberToObject(ab, abits_classes[i], s->abits[i]);
+    for (int i = 0; i < QD_N_ACLASS; i++)
+        if (s->abits[i]) cJSON_AddNumberToObject(ab, qd_aclass_name(i), s->abits[i]);
     cJSON *b = cJSON_AddObjectToObject(o, "budget");
     cJSON_AddNumberToObject(b, "samples", s->samples);
     cJSON_AddNumberToObject(b, "seq_len", s->seq_len);

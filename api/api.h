@@ -12,11 +12,9 @@
 
 #include "base/err.h"
 
-/* Hard limits on what a client may ask for; the server may lower some through its config. */
-#define API_MAX_SAMPLES 100000
-#define API_MAX_SEQ_LEN 8192
-#define API_MAX_EPOCHS 1000
-#define API_MAX_THREADS 256
+/* Limits of the service's own fields. The budget, bit widths, methods and activation classes
+ * obey base/limits.h's table, as the CLI and the pipeline do; the server may lower some
+ * through its config. */
 #define API_MAX_TIMEOUT_S (7 * 24 * 3600)
 #define API_MAX_LABELS 32
 #define API_MAX_LABEL_KEY 63
@@ -81,9 +79,6 @@ cJSON *api_spec_to_json(const api_spec *s);
 
 /* True when s is "sha256:" followed by 64 lower-case hex digits. */
 bool api_blob_id_valid(const char *s);
-
-/* Name of activation class i (for "abits" keys), or NULL past the end. */
-const char *api_abits_class(int i);
 
 /* Progress of a job as the API reports it. NAN marks an unknown loss or ETA. */
 typedef struct api_progress {

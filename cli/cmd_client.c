@@ -27,6 +27,7 @@
 #include <cjson/cJSON.h>
 
 #include "api/api.h"
+#include "base/limits.h"
 #include "base/report_keys.h"
 #include "cli/args.h"
 #include "cli/cli.h"
@@ -341,8 +342,11 @@ static void print_figures(const cJSON *job, FILE *f) {
     const cJSON *eval = get(result, QD_RK_EVAL);
     if (cJSON_IsObject(eval)) {
         fprintf(f, "%-14s %12s %12s %8s\n", "variant", "perplexity", "KL", "top-1");
-        static const char *order[] = {QD_RK_EVAL_FP32, "rtn", "smoothquant", "omniquant",
-                                      "mobilequant", QD_RK_EVAL_INT};
+        /* fp32, the methods in the table's order, the integer runtime */
+        const char *order[QD_METHOD_COUNT + 2];
+        order[0] = QD_RK_EVAL_FP32;
+        for (int m = 0; m < QD_METHOD_COUNT; m++) order[1 + m] = qd_method_name((qd_method)m);
+        order[QD_METHOD_COUNT + 1] = QD_RK_EVAL_INT;
         const size_t no = sizeof order / sizeof order[0];
         /* the known variants in a fixed order, then whatever else the report holds */
         for (size_t i = 0; i <= no; i++) {
@@ -666,15 +670,15 @@ static int cmd_submit(opts *o, int argc, char **argv) {
         else if (!strcmp(a, "--eval-split")) {
             if (arg_double(a, v, 0, 1, &eval_split)) goto out;
         } else if (!strcmp(a, "--wbits")) {
-            if (arg_int(a, v, 1, 64, &wbits)) goto out;
+            if (arg_int(a, v, 4, 8, &wbits)) goto out;
         } else if (!strcmp(a, "--samples")) {
-            if (arg_int(a, v, 1, 1L << 30, &samples)) goto out;
+            if (arg_int(a, v, QD_SAMPLES_MIN, QD_SAMPLES_MAX, &samples)) goto out;
         } else if (!strcmp(a, "--seq-len")) {
-            if (arg_int(a, v, 1, 1L << 30, &seq_len)) goto out;
+            if (arg_int(a, v, QD_SEQ_LEN_MIN, QD_SEQ_LEN_MAX, &seq_len)) goto out;
         } else if (!strcmp(a, "--epochs")) {
-            if (arg_int(a, v, 0, 1L << 30, &epochs)) goto out;
+            if (arg_int(a, v, QD_EPOCHS_MIN, QD_EPOCHS_MAX, &epochs)) goto out;
         } else if (!strcmp(a, "--threads")) {
-            if (arg_int(a, v, 1, 1L << 20, &threads)) goto out;
+            if (arg_int(a, v, QD_THREADS_MIN, QD_THREADS_MAX, &threads)) goto out;
         } else if (!strcmp(a, "--timeout")) {
             if (arg_int(a, v, 1, 1L << 30, &timeout)) goto out;
         } else if (!strcmp(a, "--seed")) {

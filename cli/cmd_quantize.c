@@ -44,7 +44,7 @@ static void usage(FILE *f) {
             "  --abits       per activation class bits, e.g. res=16,norm=8 (classes: res norm qkv\n"
             "                qk_in score prob pv oproj gateup silu down_in down_out head)\n"
             "  --checkpoint  optimizer state file (default DIR/checkpoint); saved every N steps\n"
-            "                (default 50) and on SIGTERM/SIGINT; a rerun resumes from it\n"
+            "                (default 20) and on SIGTERM/SIGINT; a rerun resumes from it\n"
             "  --max-ppl-increase F  gate recorded in the report; exit status 3 when missed\n"
             "  --lr-let/--lr-lwc/--lr-lrl START,END  cosine learning-rate schedules of the LET\n"
             "                scales, the LWC clipping logits and the activation ranges (LRL).\n"
@@ -170,22 +170,22 @@ int cmd_quantize(int argc, char **argv) {
             o.wbits = (int)v;
         } else if (!strcmp(a, "--samples")) {
             NEXT();
-            if (arg_int("--samples", val, 1, 1 << 20, &v)) return 2;
+            if (arg_int("--samples", val, QD_SAMPLES_MIN, QD_SAMPLES_MAX, &v)) return 2;
             o.samples = (int)v;
         } else if (!strcmp(a, "--seq-len")) {
             NEXT();
-            if (arg_int("--seq-len", val, 2, QD_MAX_CTX, &v)) return 2;
+            if (arg_int("--seq-len", val, QD_SEQ_LEN_MIN, QD_SEQ_LEN_MAX, &v)) return 2;
             o.seq_len = (int)v;
         } else if (!strcmp(a, "--epochs")) {
             NEXT();
-            if (arg_int("--epochs", val, 0, 100000, &v)) return 2;
+            if (arg_int("--epochs", val, QD_EPOCHS_MIN, QD_EPOCHS_MAX, &v)) return 2;
             o.epochs = (int)v;
         } else if (!strcmp(a, "--seed")) {
             NEXT();
             if (arg_u64("--seed", val, &o.seed)) return 2;
         } else if (!strcmp(a, "--threads")) {
             NEXT();
-            if (arg_int("--threads", val, 1, 1024, &v)) return 2;
+            if (arg_int("--threads", val, QD_THREADS_MIN, QD_THREADS_MAX, &v)) return 2;
             o.threads = (int)v;
         } else if (!strcmp(a, "--abits")) {
             NEXT();
@@ -195,7 +195,7 @@ int cmd_quantize(int argc, char **argv) {
             ckpt = val;
         } else if (!strcmp(a, "--checkpoint-every")) {
             NEXT();
-            if (arg_int("--checkpoint-every", val, 0, 1 << 30, &v)) return 2;
+            if (arg_int("--checkpoint-every", val, 0, QD_CHECKPOINT_EVERY_MAX, &v)) return 2;
             o.checkpoint_every = (int)v;
         } else if (!strcmp(a, "--max-ppl-increase")) {
             NEXT();
@@ -207,7 +207,7 @@ int cmd_quantize(int argc, char **argv) {
             if (parse_lr(a, val, dst)) return 2;
         } else if (!strcmp(a, "--batch")) {
             NEXT();
-            if (arg_int("--batch", val, 1, 4096, &v)) return 2;
+            if (arg_int("--batch", val, 1, QD_BATCH_MAX, &v)) return 2;
             o.batch = (int)v;
         } else if (!strcmp(a, "--encodings-version")) {
             NEXT();

@@ -27,21 +27,23 @@
 #include "quant/rt/runtime.h"
 #include "quant/text/vocab_write.h"
 #include "base/fs.h"
+#include "base/limits.h"
 #include "base/sys.h"
 #include "quant/io/load.h"
 #include "quant/report.h"
 
 void qd_quant_defaults(qd_quant_opts *o) {
     memset(o, 0, sizeof *o);
-    o->eval_split = 0.5;
-    strcpy(o->method, "mobilequant");
-    o->wbits = 8;
-    o->samples = 64, o->seq_len = 256, o->epochs = 10;
+    o->eval_split = QD_EVAL_SPLIT_DEFAULT;
+    snprintf(o->method, sizeof o->method, "%s", qd_method_name(QD_METHOD_DEFAULT));
+    o->wbits = QD_WBITS_DEFAULT;
+    o->samples = QD_SAMPLES_DEFAULT, o->seq_len = QD_SEQ_LEN_DEFAULT;
+    o->epochs = QD_EPOCHS_DEFAULT;
     o->seed = 0;
     o->threads = 1;
-    o->checkpoint_every = 50;
+    o->checkpoint_every = QD_CHECKPOINT_EVERY_DEFAULT;
     o->max_ppl_increase = -1;
-    strcpy(o->encodings_version, "1.0.0");
+    snprintf(o->encodings_version, sizeof o->encodings_version, "%s", QD_ENC_VERSION_DEFAULT);
 }
 
 static void progress(const qd_quant_opts *o, const char *phase, double t0) {
@@ -338,28 +340,41 @@ out:
 
 /* ---- the pipeline's stages -------------------------------------------------------------- */
 
-/* Settings that need no file to judge. */
+/* Settings that need no file to judge, against base/limits.h's table. */
 static int validate(const qd_quant_opts *o, qd_err *err) {
     if (!o->model_path || !o->calib_path || !o->out_dir)
         return qd_errf(err, "quantize: model, calibration data and output directory are required");
-    if (o->wbits != 8 && o->wbits != 4) return qd_errf(err, "wbits: %d (8 or 4)", o->wbits);
+    if (!qd_wbits_ok(o->wbits))
+        return qd_errf(err, "wbits: %d is not one of %s", o->wbits, QD_WBITS_NAMES);
     if (!o->eval_path && !(o->eval_split > 0 && o->eval_split < 1))
         return qd_errf(err, "eval_split: %g must be in (0, 1) without an eval file", o->eval_split);
     for (int i = 0; i < 16; i++)
-        if (o->abits_override[i] && (o->abits_override[i] < 2 || o->abits_override[i] > 16))
-            return qd_errf(err, "abits: class %d: %d bits (2..16)", i, o->abits_override[i]);
-    if (o->samples < 1 || o->samples > 1 << 20 || o->seq_len < 2 || o->seq_len > QD_MAX_CTX ||
-        o->epochs < 0 || o->epochs > 100000)
-        return qd_errf(err, "budget: samples %d, seq_len %d, epochs %d out of range", o->samples,
-                       o->seq_len, o->epochs);
-    if (o->threads < 1 || o->threads > 1024)
-        return qd_errf(err, "threads: %d out of range", o->threads);
-    if (strcmp(o->method, "rtn") && strcmp(o->method, "smoothquant") &&
-        strcmp(o->method, "omniquant") && strcmp(o->method, "mobilequant"))
-        return qd_errf(err, "method: unknown '%s' (rtn, smoothquant, omniquant, mobilequant)",
-                       o->method);
-    if (strcmp(o->encodings_version, "1.0.0") && strcmp(o->encodings_version, "0.6.1"))
-        return qd_errf(err, "encodings_version: \"%.8s\" (1.0.0 or 0.6.1)", o->encodings_version);
+        if (o->abits_override[i] &&
+            (i >= QD_N_ACLASS || !qd_abits_ok(o->abits_override[i])))
+            return qd_errf(err, "abits: class %s: %d bits is not one of %s",
+                           i < QD_N_ACLASS ? qd_aclass_name(i) : "?", o->abits_override[i],
+                           QD_ABITS_NAMES);
+#define IN(v, lo, hi) ((v) >= (lo) && (v) <= (hi))
+    if (!IN(o->samples, QD_SAMPLES_MIN, QD_SAMPLES_MAX) ||
+        !IN(o->seq_len, QD_SEQ_LEN_MIN, QD_SEQ_LEN_MAX) ||
+        !IN(o->epochs, QD_EPOCHS_MIN, QD_EPOCHS_MAX))
+        return qd_errf(err, "budget: samples %d [%d, %d], seq_len %d [%d, %d], epochs %d [%d, %d]: "
+                       "out of range", o->samples, QD_SAMPLES_MIN, QD_SAMPLES_MAX, o->seq_len,
+                       QD_SEQ_LEN_MIN, QD_SEQ_LEN_MAX, o->epochs, QD_EPOCHS_MIN, QD_EPOCHS_MAX);
+    if (!IN(o->threads, QD_THREADS_MIN, QD_THREADS_MAX))
+        return qd_errf(err, "threads: %d is not in [%d, %d]", o->threads, QD_THREADS_MIN,
+                       QD_THREADS_MAX);
+    if (!IN(o->batch, 0, QD_BATCH_MAX))
+        return qd_errf(err, "batch: %d is not in [0, %d]", o->batch, QD_BATCH_MAX);
+    if (!IN(o->checkpoint_every, 0, QD_CHECKPOINT_EVERY_MAX))
+        return qd_errf(err, "checkpoint_every: %d is not in [0, %d]", o->checkpoint_every,
+                       QD_CHECKPOINT_EVERY_MAX);
+#undef IN
+    qd_method m;
+    if (qd_method_parse(o->method, &m, err)) return QD_ERR;
+    if (!qd_enc_version_ok(o->encodings_version))
+        return qd_errf(err, "encodings_version: \"%.8s\" is not one of %s", o->encodings_version,
+                       QD_ENC_VERSION_NAMES);
     return QD_OK;
 }
 
@@ -439,7 +454,8 @@ static int run_variants(const qd_quant_opts *o, const inputs *in, double t0, qd_
     if (qd_eval_compare(qd_fp32_logits_fn, (void *)m, qd_fp32_logits_fn, (void *)m,
                         m->cfg.vocab_size, in->ev, in->n_ev, o->seq_len, &rep->fp32, err))
         return QD_ERR;
-    const char *order[3] = {o->method, "rtn", "smoothquant"};
+    const char *order[3] = {o->method, qd_method_name(QD_METHOD_RTN),
+                            qd_method_name(QD_METHOD_SMOOTHQUANT)};
     for (int k = 0; k < 3; k++) {
         if (k > 0 && !strcmp(order[k], o->method)) continue;
         int r = run_variant(o, m, in->calib, in->n_calib, in->ev, in->n_ev, order[k],

@@ -9,6 +9,8 @@
 #include <unistd.h>
 
 #include "api/api.h"
+#include "base/limits.h"
+#include "quant/quantize.h"
 #include "quant/sim/fakequant.h"
 #include "server/auth.h"
 #include "server/config.h"
@@ -204,13 +206,48 @@ static void test_events(void) {
     free(e);
 }
 
-/* abits class names follow enum qd_aclass: a reordering in qsim must show up here. */
-static void test_abits_classes_match_qsim(void) {
-    for (int i = 0; i < QD_AC_COUNT; i++)
-        CHECK(api_abits_class(i) && !strcmp(api_abits_class(i), qd_aclass_name(i)),
-              "class %d: api '%s', qsim '%s'", i, api_abits_class(i) ? api_abits_class(i) : "(none)",
-              qd_aclass_name(i));
-    CHECK(api_abits_class(QD_AC_COUNT) == NULL, "api has more classes than qsim");
+/* base/limits.h's table: names round-trip, and the API and the pipeline take the same
+ * bounds from it (the largest budget passes the API; one more is refused by both). */
+static void test_limits_table(void) {
+    for (int m = 0; m < QD_METHOD_COUNT; m++) {
+        qd_method back;
+        CHECK(qd_method_parse(qd_method_name((qd_method)m), &back, NULL) == QD_OK &&
+                  back == (qd_method)m, "method %d round trip", m);
+    }
+    qd_method x;
+    qd_err e = {{0}};
+    CHECK(qd_method_parse("gptq", &x, &e) == QD_ERR && strstr(e.msg, "gptq") &&
+              strstr(e.msg, QD_METHOD_NAMES), "unknown method: '%s'", e.msg);
+    CHECK(qd_method_parse(NULL, &x, NULL) == QD_ERR, "NULL method");
+    for (int c = 0; c < QD_AC_COUNT; c++)
+        CHECK(qd_aclass_parse(qd_aclass_name(c)) == c, "class %d round trip", c);
+    CHECK(qd_aclass_name(QD_AC_COUNT) == NULL && qd_aclass_parse("bogus") == -1, "past the end");
+    CHECK(qd_wbits_ok(4) && qd_wbits_ok(8) && !qd_wbits_ok(3) && !qd_wbits_ok(16), "wbits");
+    CHECK(qd_abits_ok(16) && !qd_abits_ok(12) && !qd_abits_ok(0), "abits");
+
+    char spec[512];
+    api_spec s;
+    api_field_err fe;
+    snprintf(spec, sizeof spec, "{\"model\":\"" BLOB_A "\",\"calibration\":\"" BLOB_B "\","
+             "\"budget\":{\"samples\":%d,\"seq_len\":%d,\"epochs\":%d}}", QD_SAMPLES_MAX,
+             QD_SEQ_LEN_MAX, QD_EPOCHS_MAX);
+    CHECK(parse(spec, &s, &fe) == 0, "the table's largest budget: %s", fe.message);
+    snprintf(spec, sizeof spec, "{\"model\":\"" BLOB_A "\",\"calibration\":\"" BLOB_B "\","
+             "\"budget\":{\"samples\":%d}}", QD_SAMPLES_MAX + 1);
+    CHECK(parse(spec, &s, &fe) == -1 && !strcmp(fe.field, "budget.samples"), "samples + 1");
+    /* the pipeline refuses the same value before it opens any file */
+    qd_quant_opts o;
+    qd_quant_defaults(&o);
+    o.model_path = o.calib_path = o.out_dir = "/nonexistent/qd-limits";
+    o.samples = QD_SAMPLES_MAX + 1;
+    CHECK(qd_quantize(&o, &e) == QD_ERR && strstr(e.msg, "budget"), "pipeline: '%s'", e.msg);
+    /* the defaults are the table's, in the API and the pipeline alike */
+    api_spec_defaults(&s);
+    qd_quant_defaults(&o);
+    CHECK(s.samples == o.samples && s.seq_len == o.seq_len && s.epochs == o.epochs &&
+              s.wbits == o.wbits && !strcmp(s.method, o.method) && s.eval_split == o.eval_split,
+          "api and pipeline defaults differ");
+    CHECK(o.checkpoint_every == QD_CHECKPOINT_EVERY_DEFAULT, "checkpoint interval");
 }
 
 static void test_config(void) {
@@ -369,7 +406,7 @@ int main(void) {
     RUN(test_states);
     RUN(test_job_roundtrip);
     RUN(test_events);
-    RUN(test_abits_classes_match_qsim);
+    RUN(test_limits_table);
     RUN(test_config);
     RUN(test_tokens);
     RUN(test_routes_match_openapi);

@@ -163,7 +163,6 @@ int wk_run(const char *jobdir, int events_fd) {
     o.threads = job.spec.threads;
     o.out_dir = out_dir;
     o.checkpoint_path = ckpt;
-    o.checkpoint_every = 20;
     o.stop = &stop_flag;
     o.progress = on_progress;
     o.progress_ctx = &em;

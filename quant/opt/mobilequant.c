@@ -3,15 +3,17 @@
 #include "quant/opt/mobilequant.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/limits.h"
 #include "quant/opt/optim.h"
 #include "base/sys.h"
 
 void qd_mq_defaults(qd_mq_opts *o, int wbits) {
     memset(o, 0, sizeof *o);
-    strcpy(o->method, "mobilequant");
+    snprintf(o->method, sizeof o->method, "%s", qd_method_name(QD_METHOD_DEFAULT));
     o->wbits = wbits;
     o->samples = 64, o->seq_len = 256, o->epochs = 10, o->batch = 1;
     o->alpha = 0.5f;
@@ -326,13 +328,8 @@ int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_o
               qd_qsim **out, qd_mq_result *res, qd_err *err) {
     *out = NULL;
     memset(res, 0, sizeof *res);
-    int method;
-    if (!strcmp(o->method, "rtn")) method = 0;
-    else if (!strcmp(o->method, "smoothquant")) method = 1;
-    else if (!strcmp(o->method, "omniquant")) method = 2;
-    else if (!strcmp(o->method, "mobilequant")) method = 3;
-    else return qd_errf(err, "method: unknown '%s' (rtn, smoothquant, omniquant, mobilequant)",
-                        o->method);
+    qd_method method;
+    if (qd_method_parse(o->method, &method, err)) return QD_ERR;
     int T = o->seq_len;
     if (T < 2 || T > m->cfg.max_seq_len)
         return qd_errf(err, "seq_len: %d outside [2, %d] (the model's context)", T,
@@ -366,7 +363,7 @@ int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_o
     }
     res->windows = nw;
     int B = o->batch < nw ? o->batch : nw;
-    int training = method >= 2;
+    int training = method == QD_METHOD_OMNIQUANT || method == QD_METHOD_MOBILEQUANT;
 
     qd_qsim_opts so;
     qd_qsim_defaults(&so);
@@ -384,8 +381,8 @@ int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_o
     report(o, "calibrate", 0, 2, NAN, NAN, ph0);
     q->let_on = 0;
     if (collect(q, win, nw, T, &st, res, err)) goto out;
-    q->let_on = method != 0;
-    if (method != 0) qd_qsim_smoothquant(q, st, o->alpha);
+    q->let_on = method != QD_METHOD_RTN;
+    if (method != QD_METHOD_RTN) qd_qsim_smoothquant(q, st, o->alpha);
     qd_qstats_free(st);
     st = NULL;
     /* 2. activation ranges of the smoothed model */
@@ -412,12 +409,12 @@ int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_o
         qd_mq_opts ob = *o;
         ob.batch = B;
         tr.o = &ob;
-        int r = method == 3 ? train_e2e(&tr, res, err) : train_blockwise(&tr, res, err);
+        int r = method == QD_METHOD_MOBILEQUANT ? train_e2e(&tr, res, err) : train_blockwise(&tr, res, err);
         if (r != QD_OK) {
             rc = r;
             goto out;
         }
-        if (method == 2) {
+        if (method == QD_METHOD_OMNIQUANT) {
             /* block-wise training moved the LET scales: re-measure the static ranges */
             if (collect(q, win, nw, T, &st, res, err)) goto out;
             qd_qsim_init_ranges(q, st);
@@ -432,7 +429,7 @@ int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_o
     memcpy(ev->p, q->p, sizeof(qd_real) * q->n_params);
     ev->let_on = q->let_on, ev->lwc_on = q->lwc_on;
     /* 5. the final integers: error-compensating rounding onto the trained grids */
-    if (o->gptq > 0 || (o->gptq < 0 && method == 3)) {
+    if (o->gptq > 0 || (o->gptq < 0 && method == QD_METHOD_MOBILEQUANT)) {
         qd_gptq_opts go;
         qd_gptq_defaults(&go);
         /* FP target only at W4: at W8 the rounding error is small and fitting the activation

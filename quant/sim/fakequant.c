@@ -12,9 +12,6 @@
 
 /* ---------------------------------------------------------------- tables */
 
-static const char *const aclass_names[QD_AC_COUNT] = {
-    "res", "norm", "qkv", "qk_in", "score", "prob", "pv", "oproj", "gateup", "silu", "down_in",
-    "down_out", "head"};
 static const int aclass_bits[QD_AC_COUNT] = {16, 8, 8, 8, 16, 16, 8, 16, 8, 8, 8, 16, 16};
 static const int site_class[QD_AQ_PER_LAYER] = {
     QD_AC_NORM,   QD_AC_QKV,     QD_AC_QKV,    QD_AC_QKV,    QD_AC_QK_IN,  QD_AC_QK_IN,
@@ -34,7 +31,6 @@ static const char *const wsite_names[QD_W_PER_LAYER] = {
     "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
     "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
 
-QD_API const char *qd_aclass_name(int c) { return c >= 0 && c < QD_AC_COUNT ? aclass_names[c] : "?"; }
 QD_API int qd_aclass_default_bits(int c) { return c >= 0 && c < QD_AC_COUNT ? aclass_bits[c] : 8; }
 QD_API int qd_aq_site_class(int s) { return site_class[s]; }
 QD_API int qd_aqg_class(int g) { return gsite_class[g]; }
@@ -230,7 +226,7 @@ QD_API qd_qsim *qd_qsim_new(const qd_model *m, const qd_qsim_opts *o, qd_err *er
     for (int i = 0; i < QD_AC_COUNT; i++)
         if (o->abits[i] < 0 || o->abits[i] > 16) {
             qd_errf(err, "%s: activation bits for class %s must be 2..16", __func__,
-                    aclass_names[i]);
+                    qd_aclass_name(i));
             return NULL;
         }
     qd_qsim *q = calloc(1, sizeof *q);

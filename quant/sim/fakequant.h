@@ -20,6 +20,7 @@
 #ifndef QD_QSIM_H
 #define QD_QSIM_H
 
+#include "base/limits.h"
 #include "quant/model.h"
 #include "quant/sim/ops.h"
 
@@ -40,6 +41,8 @@ enum qd_aclass {
     QD_AC_HEAD,      /* final norm output / LM head input, logits (16) */
     QD_AC_COUNT
 };
+/* the class names (qd_aclass_name, qd_aclass_parse) are base/limits.h's table, in this order */
+_Static_assert(QD_AC_COUNT == QD_N_ACLASS, "base/limits.h names every activation class");
 
 /* Activation quantizer sites inside one layer. */
 enum qd_aq_site {
@@ -59,7 +62,6 @@ enum { QD_GRP_LET, QD_GRP_LWC, QD_GRP_LRL, QD_GRP_COUNT };
 /* Weight granularity choice. */
 enum { QD_WGRAN_DEFAULT = 0, QD_WGRAN_CHANNEL = 1, QD_WGRAN_TENSOR = 2 };
 
-QD_API const char *qd_aclass_name(int aclass);        /* "res", "norm", ... */
 QD_API int qd_aclass_default_bits(int aclass);        /* 8 or 16 from the bit map */
 QD_API int qd_aq_site_class(int site);                /* class of a per-layer site */
 QD_API int qd_aqg_class(int gsite);                   /* class of a global site */
