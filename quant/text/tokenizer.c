@@ -1,6 +1,8 @@
 /* Tokenizers: one BPE engine over a vocabulary in SentencePiece's convention ("▁" for space,
- * <0xXX> byte tokens, <s>/</s> controls), fed by three sources: a qd_vocab (GGUF), llama2.c
- * tokenizer.bin and Hugging Face tokenizer.json. SentencePiece mode picks the next merge by
+ * <0xXX> byte tokens, <s>/</s> controls) or in GPT-2's byte-level alphabet, fed by three
+ * sources: a qd_vocab (GGUF), llama2.c tokenizer.bin and Hugging Face tokenizer.json.
+ * Byte-level text first goes through the pre-tokenizer steps (PCRE2 for the Split regexes,
+ * utf8proc for normal forms and numeric classes), and each piece is merged on its own. SentencePiece mode picks the next merge by
  * the merged piece's score, Hugging Face mode by the merge list's rank; both keep a linked list
  * of symbols and a binary heap of candidate pairs, so encoding is O(n log n) in the text.
  * Stale heap entries are recognised by the pair's combined length: symbols only grow, so a
@@ -13,6 +15,9 @@
 
 #include <cjson/cJSON.h>
 #include <math.h>
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+#include <utf8proc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +29,25 @@
 
 enum { KIND_SPM = 0, KIND_HF = 1 };
 enum { META_NEVER = 0, META_FIRST = 1, META_ALWAYS = 2 };
+
+/* Byte-level pre-tokenizer steps, applied in order to a list of pieces of the text. */
+enum { PT_SPLIT = 1, PT_DIGITS, PT_BYTELEVEL };
+/* How a Split keeps what its pattern matched (tokenizers' SplitDelimiterBehavior). */
+enum { SB_ISOLATED = 0, SB_REMOVED, SB_MERGED_PREV, SB_MERGED_NEXT, SB_CONTIGUOUS };
+
+typedef struct pretok {
+    int kind;
+    pcre2_code *re;      /* PT_SPLIT: the file's pattern; PT_BYTELEVEL with use_regex: GPT-2's */
+    int behavior, invert;
+    int individual;      /* PT_DIGITS */
+    int add_prefix_space;/* PT_BYTELEVEL */
+} pretok;
+
+/* GPT-2's pattern, which ByteLevel(use_regex) splits with, and the patterns GGUF's
+ * tokenizer.ggml.pre names stand for (as the tokenizer.json files of those models give them). */
+#define RE_GPT2 "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+"
+#define RE_LLAMA3 "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+#define RE_QWEN2 "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
 
 typedef struct pair_slot {
     uint64_t key;  /* (left << 32) | right; EMPTY_KEY when free */
@@ -51,6 +75,16 @@ struct qd_tokenizer {
     int byte_fallback, fuse_unk;
     int norm_prepend, norm_replace; /* Prepend("▁"), Replace(" " -> "▁") normalizers */
     int meta, meta_scheme, meta_split;
+    int unorm;            /* utf8proc options of the NFC/NFD/NFKC/NFKD normalizer, or 0 */
+    /* byte-level BPE: pre-tokenizer steps, then BPE on each piece */
+    pretok *steps;
+    int n_steps;
+    int ignore_merges;    /* a piece that is a whole vocabulary token is not merged */
+    int bytelevel_dec;    /* ByteLevel decoder: pieces map GPT-2's alphabet back to bytes */
+    unsigned char *added_norm; /* per id: added token matched in the normalized text */
+    char bl_enc[256][3];  /* byte -> its character in GPT-2's alphabet (UTF-8) */
+    unsigned char bl_len[256];
+    short bl_dec[324];    /* code point -> byte, -1 when none */
 };
 
 /* ---- small helpers ---------------------------------------------------------------------- */
@@ -176,11 +210,56 @@ void qd_tok_free(qd_tokenizer *t) {
     free(t->plen);
     free(t->pairs);
     free(t->added);
+    free(t->added_norm);
+    for (int i = 0; i < t->n_steps; i++) pcre2_code_free(t->steps[i].re);
+    free(t->steps);
     free(t);
 }
 
+/* GPT-2's byte-to-unicode alphabet: printable bytes ('!'..'~', 0xA1..0xAC, 0xAE..0xFF) stand
+ * for themselves, the other 68 become U+0100.. in byte order, so every byte is one visible
+ * character ("Ġ" = U+0120 is the space). */
+static void bytelevel_tables(qd_tokenizer *t) {
+    int next = 256;
+    for (int i = 0; i < 324; i++) t->bl_dec[i] = -1;
+    for (int b = 0; b < 256; b++) {
+        int keep = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
+        int cp = keep ? b : next++;
+        if (cp < 0x80) {
+            t->bl_enc[b][0] = (char)cp;
+            t->bl_len[b] = 1;
+        } else {
+            t->bl_enc[b][0] = (char)(0xC0 | (cp >> 6));
+            t->bl_enc[b][1] = (char)(0x80 | (cp & 0x3F));
+            t->bl_len[b] = 2;
+        }
+        t->bl_dec[cp] = (short)b;
+    }
+}
+
+/* The bytes a token stands for under the ByteLevel decoder, written to o (at most n bytes):
+ * each character maps back to its byte; a token with any character outside the alphabet
+ * (an added token such as "<|im start|>" with a real space) is its own bytes, as tokenizers
+ * decodes it. */
+static size_t bytelevel_decode(const qd_tokenizer *t, const char *s, size_t n, char *o) {
+    size_t k = 0;
+    for (size_t i = 0; i < n;) {
+        utf8proc_int32_t cp;
+        utf8proc_ssize_t l = utf8proc_iterate((const utf8proc_uint8_t *)s + i,
+                                              (utf8proc_ssize_t)(n - i), &cp);
+        if (l <= 0 || cp >= 324 || t->bl_dec[cp] < 0) {
+            memcpy(o, s, n);
+            return n;
+        }
+        o[k++] = (char)t->bl_dec[cp];
+        i += (size_t)l;
+    }
+    return k;
+}
+
 /* Builds the decoded form of every token: "▁" -> ' ', <0xXX> -> the byte, control -> "",
- * unknown -> " ⁇ ". */
+ * unknown -> " ⁇ "; with the ByteLevel decoder every token (control ones included, as
+ * tokenizers decodes with skip_special_tokens false) through bytelevel_decode. */
 static int build_pieces(qd_tokenizer *t, qd_err *err) {
     const qd_vocab *v = t->v;
     size_t total = 0;
@@ -197,7 +276,9 @@ static int build_pieces(qd_tokenizer *t, qd_err *err) {
         t->poff[i] = o;
         int ty = v->types[i];
         int b;
-        if (ty == QD_TOK_CONTROL) {
+        if (t->bytelevel_dec) {
+            o += bytelevel_decode(t, s, n, t->pbuf + o);
+        } else if (ty == QD_TOK_CONTROL) {
             /* nothing */
         } else if (ty == QD_TOK_BYTE && (b = byte_token_value(s, n)) >= 0) {
             t->pbuf[o++] = (char)b;
@@ -221,7 +302,8 @@ static int build_pieces(qd_tokenizer *t, qd_err *err) {
 
 /* The common part: copies v (types inferred, scores zeroed where absent), builds the string
  * map, the byte table and the decoded pieces. */
-static qd_tokenizer *tok_build(const qd_vocab *v, const char *who, qd_err *err) {
+static qd_tokenizer *tok_build(const qd_vocab *v, int bytelevel, const char *who,
+                               qd_err *err) {
     if (!v) return qd_errf(err, "%s: no vocabulary", who), NULL;
     if (v->n < 1 || v->n > QD_MAX_VOCAB || !v->tokens)
         return qd_errf(err, "%s: vocabulary size %d outside 1..%d", who, v->n, QD_MAX_VOCAB),
@@ -233,6 +315,8 @@ static qd_tokenizer *tok_build(const qd_vocab *v, const char *who, qd_err *err) 
                NULL;
     qd_tokenizer *t = calloc(1, sizeof *t);
     if (!t) return qd_errf(err, "%s: out of memory", who), NULL;
+    t->bytelevel_dec = bytelevel;
+    bytelevel_tables(t);
     qd_vocab *c = qd_vocab_new(v->n, err);
     t->v = c;
     if (!c) goto fail;
@@ -289,9 +373,116 @@ fail:
     return NULL;
 }
 
+static pcre2_code *compile_pattern(const char *pat, size_t len, int literal, const char *path,
+                                   const char *field, qd_err *err);
+static int cmp_added_len(const void *x, const void *y, void *ctx);
+
+/* Sizes the pair map for n merges. */
+static int pairs_init(qd_tokenizer *t, size_t n) {
+    t->pmask = pow2_at_least(n * 2) - 1;
+    t->pairs = malloc((t->pmask + 1) * sizeof *t->pairs);
+    if (!t->pairs) return -1;
+    for (size_t i = 0; i <= t->pmask; i++) t->pairs[i].key = EMPTY_KEY;
+    return 0;
+}
+
+/* Adds the merge a + b -> ab at rank; a repeated pair keeps its first (best) rank. */
+static void pair_insert(qd_tokenizer *t, int a, int b, int ab, int rank) {
+    uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
+    size_t h = hash_u64(key) & t->pmask;
+    while (t->pairs[h].key != EMPTY_KEY && t->pairs[h].key != key) h = (h + 1) & t->pmask;
+    if (t->pairs[h].key == EMPTY_KEY) t->pairs[h] = (pair_slot){key, rank, ab};
+}
+
+static int add_pre_step(qd_tokenizer *t, int kind, const char *re, int individual,
+                        const char *who, qd_err *err) {
+    pretok p = {.kind = kind, .behavior = SB_ISOLATED, .individual = individual};
+    if (re && !(p.re = compile_pattern(re, PCRE2_ZERO_TERMINATED, 0, who, "tokenizer.ggml.pre",
+                                       err)))
+        return QD_ERR;
+    pretok *s = realloc(t->steps, (size_t)(t->n_steps + 1) * sizeof *s);
+    if (!s) {
+        pcre2_code_free(p.re);
+        return qd_errf(err, "%s: out of memory", who);
+    }
+    t->steps = s;
+    t->steps[t->n_steps++] = p;
+    return QD_OK;
+}
+
+/* GGUF's byte-level vocabulary (tokenizer.ggml.model gpt2): the pre-tokenizer that
+ * tokenizer.ggml.pre names, as the tokenizer.json of those models spells it, the ranked
+ * merges, and control and user-defined tokens matched in the text as added tokens. */
+static int gguf_bpe_setup(qd_tokenizer *t, const qd_vocab *v, qd_err *err) {
+    const char *who = "qd_tok_from_vocab";
+    const char *pre = v->pre;
+    if (!pre[0] || strcmp(pre, "gpt2") == 0 || strcmp(pre, "default") == 0) {
+        if (add_pre_step(t, PT_BYTELEVEL, RE_GPT2, 0, who, err) != QD_OK) return QD_ERR;
+    } else if (strcmp(pre, "smollm") == 0) {
+        if (add_pre_step(t, PT_DIGITS, NULL, 1, who, err) != QD_OK ||
+            add_pre_step(t, PT_BYTELEVEL, RE_GPT2, 0, who, err) != QD_OK)
+            return QD_ERR;
+    } else if (strcmp(pre, "llama-bpe") == 0 || strcmp(pre, "llama3") == 0) {
+        if (add_pre_step(t, PT_SPLIT, RE_LLAMA3, 0, who, err) != QD_OK ||
+            add_pre_step(t, PT_BYTELEVEL, NULL, 0, who, err) != QD_OK)
+            return QD_ERR;
+        t->ignore_merges = 1;
+    } else if (strcmp(pre, "qwen2") == 0) {
+        if (add_pre_step(t, PT_SPLIT, RE_QWEN2, 0, who, err) != QD_OK ||
+            add_pre_step(t, PT_BYTELEVEL, NULL, 0, who, err) != QD_OK)
+            return QD_ERR;
+        t->unorm = UTF8PROC_STABLE | UTF8PROC_COMPOSE; /* Qwen2's tokenizer.json: NFC */
+    } else {
+        return qd_errf(err, "%s: tokenizer.ggml.pre: \"%s\" is not supported (gpt2, smollm, "
+                       "llama-bpe, qwen2)", who, pre);
+    }
+    if (v->n_merges < 0 || v->n_merges > QD_MAX_MERGES || (v->n_merges && !v->merges))
+        return qd_errf(err, "%s: tokenizer.ggml.merges: %d entries, limit %d", who, v->n_merges,
+                       QD_MAX_MERGES);
+    if (pairs_init(t, (size_t)v->n_merges) != 0) return qd_errf(err, "%s: out of memory", who);
+    char *cat = malloc(2 * QD_TOK_MAX_BYTES + 2);
+    if (!cat) return qd_errf(err, "%s: out of memory", who);
+    for (int r = 0; r < v->n_merges; r++) {
+        const char *m = v->merges[r];
+        const char *sp = m && m[0] ? strchr(m + 1, ' ') : NULL;
+        size_t la = sp ? (size_t)(sp - m) : 0, lb = sp ? strlen(sp + 1) : 0;
+        if (!sp || lb == 0 || la > QD_TOK_MAX_BYTES || lb > QD_TOK_MAX_BYTES) {
+            free(cat);
+            return qd_errf(err, "%s: tokenizer.ggml.merges[%d]: expected \"left right\"", who, r);
+        }
+        memcpy(cat, m, la);
+        memcpy(cat + la, sp + 1, lb);
+        int a = smap_find(t, m, la), b = smap_find(t, sp + 1, lb), c = smap_find(t, cat, la + lb);
+        if (a < 0 || b < 0 || c < 0) {
+            free(cat);
+            return qd_errf(err, "%s: tokenizer.ggml.merges[%d]: \"%s\" names a token that is "
+                           "not in tokenizer.ggml.tokens", who, r, m);
+        }
+        pair_insert(t, a, b, c, r);
+    }
+    free(cat);
+    t->added = malloc((size_t)t->v->n * sizeof *t->added);
+    if (!t->added) return qd_errf(err, "%s: out of memory", who);
+    for (int i = 0; i < t->v->n; i++) {
+        int ty = t->v->types[i];
+        if ((ty == QD_TOK_CONTROL || ty == QD_TOK_USER) && t->tlen[i] > 0) {
+            t->added[t->n_added++] = i;
+            t->added_first[(unsigned char)t->v->tokens[i][0]] = 1;
+        }
+    }
+    qsort_r(t->added, (size_t)t->n_added, sizeof *t->added, cmp_added_len, t);
+    return QD_OK;
+}
+
 qd_tokenizer *qd_tok_from_vocab(const qd_vocab *v, qd_err *err) {
-    qd_tokenizer *t = tok_build(v, __func__, err);
-    if (t) t->kind = KIND_SPM;
+    int bpe = v && v->kind == QD_VOCAB_BPE;
+    qd_tokenizer *t = tok_build(v, bpe, __func__, err);
+    if (!t) return NULL;
+    t->kind = bpe ? KIND_HF : KIND_SPM;
+    if (bpe && gguf_bpe_setup(t, v, err) != QD_OK) {
+        qd_tok_free(t);
+        return NULL;
+    }
     return t;
 }
 
@@ -522,9 +713,301 @@ static char *normalize(const char *s, size_t n, int prepend, int replace, size_t
     return b;
 }
 
+/* ---- byte-level pre-tokenization ---------------------------------------------------- */
+
+typedef struct span {
+    size_t off, len;
+} span;
+
+typedef struct svec {
+    span *a;
+    size_t n, cap;
+} svec;
+
+/* Appends a piece; empty ones are dropped, as tokenizers drops them. */
+static int svec_push(svec *v, size_t off, size_t len) {
+    if (len == 0) return 0;
+    if (v->n == v->cap) {
+        size_t cap = v->cap ? v->cap * 2 : 64;
+        span *a = realloc(v->a, cap * sizeof *a);
+        if (!a) return -1;
+        v->a = a;
+        v->cap = cap;
+    }
+    v->a[v->n++] = (span){off, len};
+    return 0;
+}
+
+/* One piece cut into what a pattern matched (m = 1) and the gaps between (m = 0), covering
+ * it in order. */
+typedef struct seg {
+    size_t s, e;
+    int m;
+} seg;
+
+typedef struct segv {
+    seg *a;
+    size_t n, cap;
+} segv;
+
+static int segv_push(segv *v, size_t s, size_t e, int m) {
+    if (v->n == v->cap) {
+        size_t cap = v->cap ? v->cap * 2 : 64;
+        seg *a = realloc(v->a, cap * sizeof *a);
+        if (!a) return -1;
+        v->a = a;
+        v->cap = cap;
+    }
+    v->a[v->n++] = (seg){s, e, m};
+    return 0;
+}
+
+/* All matches of re in s[0, n), as tokenizers' Split finds them (an empty match moves on by
+ * one character). QD_ERR on a PCRE2 matching error (such as its match limit). */
+static int regex_segments(const pcre2_code *re, pcre2_match_data *md, const char *s, size_t n,
+                          segv *sg, qd_err *err) {
+    size_t prev = 0, at = 0;
+    while (at <= n) {
+        int rc = pcre2_match(re, (PCRE2_SPTR)s, n, at, PCRE2_NO_UTF_CHECK, md, NULL);
+        if (rc == PCRE2_ERROR_NOMATCH) break;
+        if (rc < 0) {
+            PCRE2_UCHAR msg[120];
+            pcre2_get_error_message(rc, msg, sizeof msg);
+            return qd_errf(err, "qd_tok_encode: pre-tokenizer regex: %s", (const char *)msg);
+        }
+        const PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+        size_t ms = ov[0], me = ov[1];
+        if ((prev != ms && segv_push(sg, prev, ms, 0) != 0) || segv_push(sg, ms, me, 1) != 0)
+            return qd_errf(err, "qd_tok_encode: out of memory");
+        prev = me;
+        if (me > ms) at = me;
+        else if (me >= n) break;
+        else at = me + utf8_char_len((unsigned char)s[me]);
+    }
+    if (prev < n && segv_push(sg, prev, n, 0) != 0)
+        return qd_errf(err, "qd_tok_encode: out of memory");
+    return QD_OK;
+}
+
+/* Unicode numeric characters (general category Nd, Nl or No: Rust's char::is_numeric) one
+ * by one, and the runs between them. */
+static int digit_segments(const char *s, size_t n, segv *sg) {
+    for (size_t i = 0; i < n;) {
+        utf8proc_int32_t cp;
+        utf8proc_ssize_t l = utf8proc_iterate((const utf8proc_uint8_t *)s + i,
+                                              (utf8proc_ssize_t)(n - i), &cp);
+        if (l <= 0) return -1;
+        utf8proc_category_t c = utf8proc_category(cp);
+        int num = c == UTF8PROC_CATEGORY_ND || c == UTF8PROC_CATEGORY_NL ||
+                  c == UTF8PROC_CATEGORY_NO;
+        if (!num && sg->n && !sg->a[sg->n - 1].m && sg->a[sg->n - 1].e == i)
+            sg->a[sg->n - 1].e = i + (size_t)l;
+        else if (segv_push(sg, i, i + (size_t)l, num) != 0)
+            return -1;
+        i += (size_t)l;
+    }
+    return 0;
+}
+
+/* Keeps the segments of a piece at base as behavior says (tokenizers'
+ * NormalizedString::split), appending the kept ones to out. */
+static int apply_behavior(segv *sg, int behavior, int invert, size_t base, svec *out) {
+    seg *a = sg->a;
+    size_t n = sg->n, k = 0;
+    if (invert)
+        for (size_t i = 0; i < n; i++) a[i].m = !a[i].m;
+    int prev = 0;
+    if (behavior == SB_MERGED_NEXT) {
+        /* from the end: a match joins the piece after it */
+        for (size_t i = n; i-- > 0;) {
+            seg x = a[i];
+            if (x.m && !prev && k) a[n - k].s = x.s;
+            else a[n - ++k] = (seg){x.s, x.e, 0};
+            prev = x.m;
+        }
+        for (size_t i = n - k; i < n; i++)
+            if (svec_push(out, base + a[i].s, a[i].e - a[i].s) != 0) return -1;
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        seg x = a[i];
+        switch (behavior) {
+        case SB_REMOVED: a[k++] = x; break;
+        case SB_CONTIGUOUS:
+            if (x.m == prev && k) a[k - 1].e = x.e;
+            else a[k++] = (seg){x.s, x.e, 0};
+            break;
+        case SB_MERGED_PREV:
+            if (x.m && !prev && k) a[k - 1].e = x.e;
+            else a[k++] = (seg){x.s, x.e, 0};
+            break;
+        default: a[k++] = (seg){x.s, x.e, 0}; break;
+        }
+        prev = x.m;
+    }
+    for (size_t i = 0; i < k; i++)
+        if (!a[i].m && svec_push(out, base + a[i].s, a[i].e - a[i].s) != 0) return -1;
+    return 0;
+}
+
+/* BPE on one pre-tokenized piece: with ignore_merges a piece that is a vocabulary token is
+ * that token. */
+static int bpe_piece(const qd_tokenizer *t, const char *s, size_t n, ivec *out, qd_err *err);
+
+/* Pre-tokenizes the normalized text s[0, n) with the steps and encodes each piece. */
+static int pipeline_encode(const qd_tokenizer *t, const char *s, size_t n, ivec *out,
+                           qd_err *err) {
+    int rc = QD_ERR;
+    char *buf = malloc(n ? n : 1), *nbuf = NULL;
+    svec cur = {0}, next = {0};
+    segv sg = {0};
+    pcre2_match_data *md = pcre2_match_data_create(1, NULL);
+    if (!buf || !md) goto oom;
+    memcpy(buf, s, n);
+    if (svec_push(&cur, 0, n) != 0) goto oom;
+    for (int k = 0; k < t->n_steps; k++) {
+        const pretok *p = &t->steps[k];
+        next.n = 0;
+        if (p->kind == PT_BYTELEVEL) {
+            /* optional space in front of each piece, GPT-2's split, then every byte becomes
+             * its character: at most 2 bytes per byte, plus the spaces */
+            size_t cap = 0;
+            for (size_t i = 0; i < cur.n; i++) cap += 2 * (cur.a[i].len + 1);
+            free(nbuf);
+            if (!(nbuf = malloc(cap ? cap : 1))) goto oom;
+            char *tmp = malloc(n + cur.n + 1);
+            if (!tmp) goto oom;
+            size_t o = 0;
+            int bad = 0; /* 1: regex error (err set), 2: out of memory */
+            for (size_t i = 0; i < cur.n && !bad; i++) {
+                size_t l = 0;
+                if (p->add_prefix_space && buf[cur.a[i].off] != ' ') tmp[l++] = ' ';
+                memcpy(tmp + l, buf + cur.a[i].off, cur.a[i].len);
+                l += cur.a[i].len;
+                sg.n = 0;
+                if (p->re) bad = regex_segments(p->re, md, tmp, l, &sg, err) != QD_OK;
+                else bad = segv_push(&sg, 0, l, 0) != 0 ? 2 : 0;
+                for (size_t j = 0; j < sg.n && !bad; j++) {
+                    size_t start = o;
+                    for (size_t b = sg.a[j].s; b < sg.a[j].e; b++) {
+                        unsigned char c = (unsigned char)tmp[b];
+                        memcpy(nbuf + o, t->bl_enc[c], t->bl_len[c]);
+                        o += t->bl_len[c];
+                    }
+                    if (svec_push(&next, start, o - start) != 0) bad = 2;
+                }
+            }
+            free(tmp);
+            if (bad == 1) goto done;
+            if (bad) goto oom;
+            char *sw = buf;
+            buf = nbuf;
+            nbuf = sw;
+        } else {
+            for (size_t i = 0; i < cur.n; i++) {
+                const char *ps = buf + cur.a[i].off;
+                sg.n = 0;
+                if (p->kind == PT_SPLIT) {
+                    if (regex_segments(p->re, md, ps, cur.a[i].len, &sg, err) != QD_OK) goto done;
+                    if (apply_behavior(&sg, p->behavior, p->invert, cur.a[i].off, &next) != 0)
+                        goto oom;
+                } else {
+                    if (digit_segments(ps, cur.a[i].len, &sg) != 0 ||
+                        apply_behavior(&sg, p->individual ? SB_ISOLATED : SB_CONTIGUOUS, 0,
+                                       cur.a[i].off, &next) != 0)
+                        goto oom;
+                }
+            }
+        }
+        svec sw = cur;
+        cur = next;
+        next = sw;
+    }
+    for (size_t i = 0; i < cur.n; i++)
+        if (bpe_piece(t, buf + cur.a[i].off, cur.a[i].len, out, err) != QD_OK) goto done;
+    rc = QD_OK;
+    goto done;
+oom:
+    qd_errf(err, "qd_tok_encode: out of memory for %zu bytes of text", n);
+done:
+    free(buf);
+    free(nbuf);
+    free(cur.a);
+    free(next.a);
+    free(sg.a);
+    pcre2_match_data_free(md);
+    return rc;
+}
+
+static int bpe_piece(const qd_tokenizer *t, const char *s, size_t n, ivec *out, qd_err *err) {
+    if (t->ignore_merges) {
+        int id = smap_find(t, s, n);
+        if (id >= 0) return ivec_push(out, id) == 0 ? QD_OK
+                                                     : qd_errf(err, "qd_tok_encode: out of memory");
+    }
+    return bpe_encode(t, s, n, 0, out, err);
+}
+
+/* The text under the NFC/NFD/NFKC/NFKD normalizer (utf8proc), malloc'd; NULL on failure. */
+static char *unicode_normalize(const qd_tokenizer *t, const char *s, size_t n, size_t *m,
+                               qd_err *err) {
+    utf8proc_uint8_t *d = NULL;
+    utf8proc_ssize_t r = utf8proc_map((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)n, &d,
+                                      (utf8proc_option_t)t->unorm);
+    if (r < 0) {
+        qd_errf(err, "qd_tok_encode: normalizer: %s", utf8proc_errmsg(r));
+        return NULL;
+    }
+    *m = (size_t)r;
+    return (char *)d;
+}
+
+/* The added token whose content starts s at i (longest first) among those matched in the
+ * raw text (norm 0) or in the normalized text (norm 1), or -1. */
+static int added_at(const qd_tokenizer *t, const char *s, size_t n, size_t i, int norm);
+
+/* A segment between added tokens in byte-level mode: normalize, split on the added tokens
+ * that are matched in normalized text, pre-tokenize and encode the rest. */
+static int pipeline_segment(const qd_tokenizer *t, const char *s, size_t n, ivec *out,
+                            qd_err *err) {
+    char *norm = NULL;
+    if (t->unorm) {
+        if (!(norm = unicode_normalize(t, s, n, &n, err))) return QD_ERR;
+        s = norm;
+    }
+    int rc = QD_OK;
+    size_t seg = 0;
+    if (t->added_norm)
+        for (size_t i = 0; i < n && rc == QD_OK;) {
+            int id = added_at(t, s, n, i, 1);
+            if (id < 0) {
+                i++;
+                continue;
+            }
+            if (i > seg) rc = pipeline_encode(t, s + seg, i - seg, out, err);
+            if (rc == QD_OK && ivec_push(out, id) != 0)
+                rc = qd_errf(err, "qd_tok_encode: out of memory");
+            i += t->tlen[id];
+            seg = i;
+        }
+    if (rc == QD_OK && n > seg) rc = pipeline_encode(t, s + seg, n - seg, out, err);
+    free(norm);
+    return rc;
+}
+
 static int encode_segment(const qd_tokenizer *t, const char *s, size_t n, size_t off, ivec *out,
                           qd_err *err) {
     if (n == 0) return QD_OK;
+    if (t->n_steps) return pipeline_segment(t, s, n, out, err);
+    char *unorm = NULL;
+    if (t->unorm) {
+        if (!(unorm = unicode_normalize(t, s, n, &n, err))) return QD_ERR;
+        s = unorm;
+        if (n == 0) {
+            free(unorm);
+            return QD_OK;
+        }
+    }
     int prepend, replace;
     if (t->kind == KIND_SPM) {
         prepend = t->v->add_space_prefix;
@@ -540,17 +1023,18 @@ static int encode_segment(const qd_tokenizer *t, const char *s, size_t n, size_t
     }
     size_t m;
     char *norm = normalize(s, n, prepend, replace, &m);
+    free(unorm);
     if (!norm) return qd_errf(err, "qd_tok_encode: out of memory for %zu bytes of text", n);
     int rc = bpe_encode(t, norm, m, t->kind == KIND_HF && t->meta && t->meta_split, out, err);
     free(norm);
     return rc;
 }
 
-/* The added token whose content starts text at i (longest first), or -1. */
-static int added_at(const qd_tokenizer *t, const char *s, size_t n, size_t i) {
+static int added_at(const qd_tokenizer *t, const char *s, size_t n, size_t i, int norm) {
     if (!t->added_first[(unsigned char)s[i]]) return -1;
     for (int k = 0; k < t->n_added; k++) {
         int id = t->added[k];
+        if (t->added_norm && t->added_norm[id] != norm) continue;
         size_t l = t->tlen[id];
         if (l <= n - i && memcmp(s + i, t->v->tokens[id], l) == 0) return id;
     }
@@ -574,7 +1058,7 @@ int qd_tok_encode(const qd_tokenizer *t, const char *text, size_t len, int add_b
     } else {
         size_t seg = 0;
         for (size_t i = 0; i < len;) {
-            int id = added_at(t, text, len, i);
+            int id = added_at(t, text, len, i, 0);
             if (id < 0) {
                 i++;
                 continue;
@@ -776,7 +1260,34 @@ qd_tokenizer *qd_tok_load_llama2c(const char *path, qd_err *err) {
 
 typedef struct hf_opts {
     int norm_prepend, norm_replace, meta, meta_scheme, meta_split;
+    int unorm;               /* utf8proc options of a Unicode normal form */
+    pretok steps[8];         /* byte-level pre-tokenizer steps (patterns owned here until moved) */
+    int n_steps;
 } hf_opts;
+
+static void hf_opts_free(hf_opts *o) {
+    for (int i = 0; i < o->n_steps; i++) pcre2_code_free(o->steps[i].re);
+    o->n_steps = 0;
+}
+
+/* Compiles a pre-tokenizer pattern (UTF, Unicode properties for \s \w \d, as Oniguruma runs
+ * tokenizers' patterns) with JIT where PCRE2 has it. NULL with err naming where and why. */
+static pcre2_code *compile_pattern(const char *pat, size_t len, int literal, const char *path,
+                                   const char *field, qd_err *err) {
+    int ec;
+    PCRE2_SIZE eo;
+    uint32_t opt = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pat, len, opt, &ec, &eo, NULL);
+    if (!re) {
+        PCRE2_UCHAR msg[120];
+        pcre2_get_error_message(ec, msg, sizeof msg);
+        qd_errf(err, "%s: %s: pattern does not compile at offset %zu: %s", path, field,
+                (size_t)eo, (const char *)msg);
+        return NULL;
+    }
+    (void)pcre2_jit_compile(re, PCRE2_JIT_COMPLETE); /* no JIT: the interpreter matches the same */
+    return re;
+}
 
 static int hf_normalizer(const cJSON *nz, const char *path, hf_opts *o, qd_err *err) {
     if (!nz || cJSON_IsNull(nz)) return QD_OK;
@@ -792,6 +1303,19 @@ static int hf_normalizer(const cJSON *nz, const char *path, hf_opts *o, qd_err *
         cJSON_ArrayForEach(it, list) if (hf_normalizer(it, path, o, err) != QD_OK) return QD_ERR;
         return QD_OK;
     }
+    static const struct { const char *name; int opt; } forms[] = {
+        {"NFC", UTF8PROC_STABLE | UTF8PROC_COMPOSE},
+        {"NFD", UTF8PROC_STABLE | UTF8PROC_DECOMPOSE},
+        {"NFKC", UTF8PROC_STABLE | UTF8PROC_COMPOSE | UTF8PROC_COMPAT},
+        {"NFKD", UTF8PROC_STABLE | UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT}};
+    for (size_t i = 0; i < sizeof forms / sizeof forms[0]; i++)
+        if (strcmp(ty, forms[i].name) == 0) {
+            if (o->unorm || o->norm_prepend || o->norm_replace)
+                return qd_errf(err, "%s: normalizer.type: %s after another normalizer is not "
+                               "supported (only one Unicode form, first)", path, ty);
+            o->unorm = forms[i].opt;
+            return QD_OK;
+        }
     if (strcmp(ty, "Prepend") == 0) {
         const cJSON *p = cJSON_GetObjectItemCaseSensitive(nz, "prepend");
         if (!cJSON_IsString(p) || strcmp(p->valuestring, SPACE_MARK) != 0)
@@ -811,8 +1335,23 @@ static int hf_normalizer(const cJSON *nz, const char *path, hf_opts *o, qd_err *
         o->norm_replace = 1;
         return QD_OK;
     }
-    return qd_errf(err, "%s: normalizer.type: \"%s\" is not supported (Prepend, Replace, "
-                   "Sequence)", path, ty);
+    return qd_errf(err, "%s: normalizer.type: \"%s\" is not supported (NFC, NFD, NFKC, NFKD, "
+                   "Prepend, Replace, Sequence)", path, ty);
+}
+
+static int add_step(hf_opts *o, pretok p, const char *path, qd_err *err) {
+    if (o->n_steps == (int)(sizeof o->steps / sizeof o->steps[0])) {
+        pcre2_code_free(p.re);
+        return qd_errf(err, "%s: pre_tokenizer: more than %d steps", path, o->n_steps);
+    }
+    o->steps[o->n_steps++] = p;
+    return QD_OK;
+}
+
+/* A bool field that may be absent (then def). */
+static int opt_bool(const cJSON *obj, const char *key, int def) {
+    const cJSON *b = cJSON_GetObjectItemCaseSensitive(obj, key);
+    return cJSON_IsBool(b) ? cJSON_IsTrue(b) : def;
 }
 
 static int hf_pretokenizer(const cJSON *pt, const char *path, hf_opts *o, qd_err *err) {
@@ -828,9 +1367,45 @@ static int hf_pretokenizer(const cJSON *pt, const char *path, hf_opts *o, qd_err
         cJSON_ArrayForEach(it, list) if (hf_pretokenizer(it, path, o, err) != QD_OK) return QD_ERR;
         return QD_OK;
     }
+    if (strcmp(ty, "ByteLevel") == 0) {
+        pretok p = {.kind = PT_BYTELEVEL, .add_prefix_space = opt_bool(pt, "add_prefix_space", 1)};
+        if (opt_bool(pt, "use_regex", 1) &&
+            !(p.re = compile_pattern(RE_GPT2, PCRE2_ZERO_TERMINATED, 0, path,
+                                     "pre_tokenizer ByteLevel", err)))
+            return QD_ERR;
+        return add_step(o, p, path, err);
+    }
+    if (strcmp(ty, "Digits") == 0) {
+        pretok p = {.kind = PT_DIGITS, .individual = opt_bool(pt, "individual_digits", 0)};
+        return add_step(o, p, path, err);
+    }
+    if (strcmp(ty, "Split") == 0) {
+        const cJSON *pat = cJSON_GetObjectItemCaseSensitive(pt, "pattern");
+        const cJSON *re = cJSON_GetObjectItemCaseSensitive(pat, "Regex");
+        const cJSON *str = cJSON_GetObjectItemCaseSensitive(pat, "String");
+        const cJSON *src = cJSON_IsString(re) ? re : str;
+        if (!cJSON_IsString(src))
+            return qd_errf(err, "%s: pre_tokenizer Split.pattern: needs {\"Regex\": ...} or "
+                           "{\"String\": ...}", path);
+        static const char *const names[] = {"Isolated", "Removed", "MergedWithPrevious",
+                                             "MergedWithNext", "Contiguous"};
+        const cJSON *bh = cJSON_GetObjectItemCaseSensitive(pt, "behavior");
+        int behavior = -1;
+        for (int i = 0; i < 5 && cJSON_IsString(bh); i++)
+            if (strcmp(bh->valuestring, names[i]) == 0) behavior = i;
+        if (behavior < 0)
+            return qd_errf(err, "%s: pre_tokenizer Split.behavior: \"%s\" unknown (Isolated, "
+                           "Removed, MergedWithPrevious, MergedWithNext, Contiguous)", path,
+                           cJSON_IsString(bh) ? bh->valuestring : "?");
+        pretok p = {.kind = PT_SPLIT, .behavior = behavior, .invert = opt_bool(pt, "invert", 0)};
+        if (!(p.re = compile_pattern(src->valuestring, strlen(src->valuestring), src == str, path,
+                                     "pre_tokenizer Split.pattern", err)))
+            return QD_ERR;
+        return add_step(o, p, path, err);
+    }
     if (strcmp(ty, "Metaspace") != 0)
-        return qd_errf(err, "%s: pre_tokenizer.type: \"%s\" is not supported (only Metaspace; "
-                       "byte-level BPE is not)", path, ty);
+        return qd_errf(err, "%s: pre_tokenizer.type: \"%s\" is not supported (ByteLevel, Split, "
+                       "Digits, Metaspace, Sequence)", path, ty);
     const cJSON *rep = cJSON_GetObjectItemCaseSensitive(pt, "replacement");
     if (rep && (!cJSON_IsString(rep) || strcmp(rep->valuestring, SPACE_MARK) != 0))
         return qd_errf(err, "%s: pre_tokenizer.replacement: only \"" SPACE_MARK "\" is supported",
@@ -851,6 +1426,32 @@ static int hf_pretokenizer(const cJSON *pt, const char *path, hf_opts *o, qd_err
     const cJSON *split = cJSON_GetObjectItemCaseSensitive(pt, "split");
     o->meta_split = split ? cJSON_IsTrue(split) : 1;
     return QD_OK;
+}
+
+/* Whether the decoder (or one in its Sequence) is ByteLevel. Other decoders are the
+ * SentencePiece-style rules of build_pieces. */
+static int hf_decoder_bytelevel(const cJSON *d) {
+    const cJSON *ty = cJSON_GetObjectItemCaseSensitive(d, "type");
+    if (!cJSON_IsString(ty)) return 0;
+    if (strcmp(ty->valuestring, "ByteLevel") == 0) return 1;
+    if (strcmp(ty->valuestring, "Sequence") != 0) return 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(d, "decoders"))
+        if (hf_decoder_bytelevel(it)) return 1;
+    return 0;
+}
+
+/* The post-processor's template for one sequence (TemplateProcessing, or one inside a
+ * Sequence of processors), or NULL. */
+static const cJSON *hf_template_single(const cJSON *pp) {
+    const cJSON *single = cJSON_GetObjectItemCaseSensitive(pp, "single");
+    if (cJSON_IsArray(single)) return single;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(pp, "processors")) {
+        const cJSON *s = hf_template_single(it);
+        if (s) return s;
+    }
+    return NULL;
 }
 
 /* Spelling of one side of a merge, as a NUL-terminated string in a or b. */
@@ -900,12 +1501,15 @@ static qd_tokenizer *hf_build(const cJSON *root, const char *path, qd_err *err) 
     if (cJSON_IsNumber(dropout) && dropout->valuedouble > 0)
         return qd_errf(err, "%s: model.dropout: BPE dropout is not supported", path), NULL;
 
+    const cJSON *cont = cJSON_GetObjectItemCaseSensitive(model, "continuing_subword_prefix");
+    const cJSON *eow = cJSON_GetObjectItemCaseSensitive(model, "end_of_word_suffix");
+    if ((cJSON_IsString(cont) && cont->valuestring[0]) || (cont && !cJSON_IsString(cont) &&
+                                                           !cJSON_IsNull(cont)))
+        return qd_errf(err, "%s: model.continuing_subword_prefix: not supported", path), NULL;
+    if ((cJSON_IsString(eow) && eow->valuestring[0]) || (eow && !cJSON_IsString(eow) &&
+                                                         !cJSON_IsNull(eow)))
+        return qd_errf(err, "%s: model.end_of_word_suffix: not supported", path), NULL;
     hf_opts opts = {0};
-    if (hf_normalizer(cJSON_GetObjectItemCaseSensitive(root, "normalizer"), path, &opts, err) !=
-            QD_OK ||
-        hf_pretokenizer(cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"), path, &opts,
-                        err) != QD_OK)
-        return NULL;
 
     /* ids: bound the count, then find the largest id */
     int n_vocab = cJSON_GetArraySize(vocab);
@@ -941,7 +1545,8 @@ static qd_tokenizer *hf_build(const cJSON *root, const char *path, qd_err *err) 
     qd_tokenizer *t = NULL;
     char *ma = NULL, *mb = NULL, *mab = NULL;
     int *special = calloc((size_t)v->n, sizeof *special);
-    if (!special) goto oom;
+    unsigned char *anorm = calloc((size_t)v->n, 1);
+    if (!special || !anorm) goto oom;
     cJSON_ArrayForEach(it, vocab) {
         int id = (int)it->valuedouble;
         if (v->tokens[id]) {
@@ -972,6 +1577,15 @@ static qd_tokenizer *hf_build(const cJSON *root, const char *path, qd_err *err) 
         }
         if (!v->tokens[id] && !(v->tokens[id] = strdup(content))) goto oom;
         special[id] = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(it, "special")) ? 2 : 1;
+        /* tokenizers' defaults: special tokens match the raw text, others the normalized */
+        anorm[id] = (unsigned char)opt_bool(it, "normalized", special[id] == 1);
+        static const char *const flags[] = {"single_word", "lstrip", "rstrip"};
+        for (int f = 0; f < 3; f++)
+            if (opt_bool(it, flags[f], 0)) {
+                qd_errf(err, "%s: added_tokens[%d].%s: true is not supported (only the default "
+                        "false)", path, ai, flags[f]);
+                goto fail;
+            }
         ai++;
     }
     const cJSON *bf = cJSON_GetObjectItemCaseSensitive(model, "byte_fallback");
@@ -997,10 +1611,31 @@ static qd_tokenizer *hf_build(const cJSON *root, const char *path, qd_err *err) 
         }
         v->types[v->unk_id] = QD_TOK_UNKNOWN;
     }
+    if (hf_normalizer(cJSON_GetObjectItemCaseSensitive(root, "normalizer"), path, &opts, err) !=
+            QD_OK ||
+        hf_pretokenizer(cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"), path, &opts,
+                        err) != QD_OK)
+        goto fail;
+    if (opts.n_steps && (opts.meta || opts.norm_prepend || opts.norm_replace)) {
+        qd_errf(err, "%s: pre_tokenizer: Metaspace, Prepend or Replace together with ByteLevel, "
+                "Split or Digits is not supported", path);
+        goto fail;
+    }
+    int bytelevel_dec = hf_decoder_bytelevel(cJSON_GetObjectItemCaseSensitive(root, "decoder"));
     v->add_bos = 0;
     v->add_space_prefix = opts.norm_prepend || (opts.meta && opts.meta_scheme != META_NEVER);
-    t = tok_build(v, path, err);
+    t = tok_build(v, bytelevel_dec, path, err);
     if (!t) goto fail;
+    t->ignore_merges = opt_bool(model, "ignore_merges", 0);
+    t->unorm = opts.unorm;
+    if (opts.n_steps) {
+        if (!(t->steps = malloc((size_t)opts.n_steps * sizeof *t->steps))) goto oom;
+        memcpy(t->steps, opts.steps, (size_t)opts.n_steps * sizeof *t->steps);
+        t->n_steps = opts.n_steps;
+        opts.n_steps = 0;
+        t->added_norm = anorm;
+        anorm = NULL;
+    }
     t->kind = KIND_HF;
     t->byte_fallback = byte_fallback;
     t->fuse_unk = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "fuse_unk"));
@@ -1009,11 +1644,16 @@ static qd_tokenizer *hf_build(const cJSON *root, const char *path, qd_err *err) 
     t->meta = opts.meta;
     t->meta_scheme = opts.meta_scheme;
     t->meta_split = opts.meta_split;
-    /* BOS/EOS: SentencePiece's names; the post-processor's template says whether BOS is added */
-    t->v->bos_id = qd_tok_find(t, "<s>");
-    t->v->eos_id = qd_tok_find(t, "</s>");
+    /* BOS/EOS: the usual names (SentencePiece's, Llama-3's, GPT-2's); the post-processor's
+     * template says whether BOS is added, and which token it is */
+    static const char *const bos_names[] = {"<s>", "<|begin_of_text|>", "<|startoftext|>",
+                                            "<|endoftext|>"};
+    static const char *const eos_names[] = {"</s>", "<|end_of_text|>", "<|endoftext|>"};
+    t->v->bos_id = t->v->eos_id = -1;
+    for (size_t k = 0; k < 4 && t->v->bos_id < 0; k++) t->v->bos_id = qd_tok_find(t, bos_names[k]);
+    for (size_t k = 0; k < 3 && t->v->eos_id < 0; k++) t->v->eos_id = qd_tok_find(t, eos_names[k]);
     const cJSON *pp = cJSON_GetObjectItemCaseSensitive(root, "post_processor");
-    const cJSON *single = cJSON_GetObjectItemCaseSensitive(pp, "single");
+    const cJSON *single = hf_template_single(pp);
     const cJSON *first = cJSON_IsArray(single) ? cJSON_GetArrayItem(single, 0) : NULL;
     const cJSON *st = cJSON_GetObjectItemCaseSensitive(first, "SpecialToken");
     const cJSON *stid = cJSON_GetObjectItemCaseSensitive(st, "id");
@@ -1044,10 +1684,7 @@ static qd_tokenizer *hf_build(const cJSON *root, const char *path, qd_err *err) 
         qd_errf(err, "%s: model.merges: %d entries, limit %d", path, n_merges, 4 * QD_MAX_VOCAB);
         goto fail;
     }
-    t->pmask = pow2_at_least((size_t)n_merges * 2) - 1;
-    t->pairs = malloc((t->pmask + 1) * sizeof *t->pairs);
-    if (!t->pairs) goto oom;
-    for (size_t i = 0; i <= t->pmask; i++) t->pairs[i].key = EMPTY_KEY;
+    if (pairs_init(t, (size_t)n_merges) != 0) goto oom;
     int rank = 0;
     cJSON_ArrayForEach(it, merges) {
         int r = hf_merge_sides(it, &ma, &mb);
@@ -1066,11 +1703,7 @@ static qd_tokenizer *hf_build(const cJSON *root, const char *path, qd_err *err) 
                     a < 0 ? ma : b < 0 ? mb : mab);
             goto fail;
         }
-        uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
-        size_t h = hash_u64(key) & t->pmask;
-        while (t->pairs[h].key != EMPTY_KEY && t->pairs[h].key != key) h = (h + 1) & t->pmask;
-        if (t->pairs[h].key == EMPTY_KEY) /* a repeated pair keeps its first (best) rank */
-            t->pairs[h] = (pair_slot){key, rank, ab};
+        pair_insert(t, a, b, ab, rank);
         free(ma);
         free(mb);
         free(mab);
@@ -1078,6 +1711,7 @@ static qd_tokenizer *hf_build(const cJSON *root, const char *path, qd_err *err) 
         rank++;
     }
     free(special);
+    free(anorm);
     qd_vocab_free(v);
     return t;
 oom:
@@ -1087,6 +1721,8 @@ fail:
     free(mb);
     free(mab);
     free(special);
+    free(anorm);
+    hf_opts_free(&opts);
     qd_vocab_free(v);
     qd_tok_free(t);
     return NULL;

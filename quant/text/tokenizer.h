@@ -1,5 +1,6 @@
-/* Tokenizers: SentencePiece-style BPE (the vocabulary inside GGUF, llama2.c tokenizer.bin)
- * and Hugging Face tokenizer.json (BPE with byte fallback). One opaque qd_tokenizer encodes
+/* Tokenizers: SentencePiece-style BPE (the vocabulary inside GGUF, llama2.c tokenizer.bin),
+ * byte-level BPE (GGUF gpt2 vocabularies) and Hugging Face tokenizer.json (BPE with byte
+ * fallback, or byte-level with Split/Digits/ByteLevel pre-tokenizers). One opaque qd_tokenizer encodes
  * UTF-8 text to ids and decodes ids back to bytes.
  *
  * Every source is turned into one vocabulary convention: pieces spell a space as "▁" (U+2581),
@@ -13,14 +14,30 @@
  * pieces never take part in merges, and special-token text in the input ("<s>") is encoded
  * as plain characters.
  *
- * Encoding, Hugging Face BPE: the input is first split on the added_tokens' contents (those
- * become their ids directly), each remaining segment is normalized (Prepend "▁" and Replace
- * " " -> "▁", or the Metaspace pre-tokenizer), split into characters (unknown ones by byte
- * fallback) and merged by the rank of the "merges" list (lowest first, ties leftmost).
+ * Encoding, Hugging Face BPE (SentencePiece-like: Metaspace, Prepend/Replace): the input is
+ * first split on the added_tokens' contents (those become their ids directly), each remaining
+ * segment is normalized (Prepend "▁" and Replace " " -> "▁", or the Metaspace pre-tokenizer),
+ * split into characters (unknown ones by byte fallback) and merged by the rank of the
+ * "merges" list (lowest first, ties leftmost).
+ *
+ * Encoding, byte-level BPE (tokenizer.json with ByteLevel, Split or Digits pre-tokenizers, as
+ * the Rust tokenizers library runs it; GGUF tokenizer.ggml.model gpt2): added tokens are
+ * matched leftmost-longest in the raw text (special ones and those with normalized false) and
+ * after normalization (the others); each segment between them is normalized (NFC/NFD/NFKC/
+ * NFKD by utf8proc), cut by the pre-tokenizer steps in order (Split: the file's regex by PCRE2
+ * with UTF and Unicode properties, with its behavior and invert; Digits: Unicode numeric
+ * characters, one by one or in runs; ByteLevel: optional prefix space, GPT-2's regex, then
+ * each byte as its character of GPT-2's byte-to-unicode alphabet), and each piece is merged
+ * by rank (with ignore_merges a piece that is a vocabulary token is taken whole). GGUF's
+ * tokenizer.ggml.pre picks the steps: gpt2, smollm, llama-bpe (ignore_merges), qwen2 (NFC).
+ * Unsupported forms (an unknown normalizer or pre-tokenizer, added tokens with single_word,
+ * lstrip or rstrip, a subword prefix or suffix, BPE dropout) fail to load, naming the field.
  *
  * Decoding: "▁" -> space, byte tokens -> the raw byte, control tokens -> nothing, UNK ->
  * " ⁇ " (as SentencePiece prints it), and with a dummy prefix the leading space of the piece
- * that starts the text (at the start or right after BOS) is dropped. */
+ * that starts the text (at the start or right after BOS) is dropped. With the ByteLevel
+ * decoder each token's characters map back to bytes, and control tokens decode to their text
+ * (tokenizers' decode with skip_special_tokens false). */
 #ifndef QD_TOKENIZER_H
 #define QD_TOKENIZER_H
 
@@ -29,8 +46,10 @@
 
 typedef struct qd_tokenizer qd_tokenizer;
 
-/* Builds a SentencePiece-style BPE tokenizer from a vocabulary (copied). NULL on failure
- * (NULL token strings, ids out of range, more than QD_MAX_VOCAB tokens). */
+/* Builds a tokenizer from a vocabulary (copied): SentencePiece-style BPE for QD_VOCAB_SPM,
+ * byte-level BPE over v->merges with the pre-tokenizer v->pre names for QD_VOCAB_BPE. NULL on
+ * failure (NULL token strings, ids out of range, more than QD_MAX_VOCAB tokens, an unknown
+ * pre-tokenizer name, a merge of tokens not in the vocabulary). */
 qd_tokenizer *qd_tok_from_vocab(const qd_vocab *v, qd_err *err);
 
 /* Loads a tokenizer file: ".gguf" -> the vocabulary inside it (qd_gguf_load_vocab),
