@@ -493,8 +493,9 @@ static const char *gguf_from_json(const char *json, const char *pre, const char 
     const cJSON *merges = cJSON_GetObjectItem(cJSON_GetObjectItem(root, "model"), "merges");
     int nm = cJSON_GetArraySize(merges);
     char **ms = malloc((size_t)nm * sizeof *ms);
-    for (int i = 0; i < nm; i++) {
-        const cJSON *m = cJSON_GetArrayItem(merges, i);
+    int i = 0;
+    const cJSON *m;
+    cJSON_ArrayForEach(m, merges) { /* not GetArrayItem: that walks the list each time */
         if (cJSON_IsString(m)) {
             ms[i] = strdup(m->valuestring);
         } else {
@@ -503,6 +504,7 @@ static const char *gguf_from_json(const char *json, const char *pre, const char 
             ms[i] = malloc(strlen(a) + strlen(b) + 2);
             sprintf(ms[i], "%s %s", a, b);
         }
+        i++;
     }
     gguf_build g = {0};
     gb_kv_str(&g, "general.architecture", "llama");
@@ -517,7 +519,7 @@ static const char *gguf_from_json(const char *json, const char *pre, const char 
     }
     const char *p = tmp_path(out);
     CHECK(gb_write(&g, p) == 0, "write %s", p);
-    for (int i = 0; i < nm; i++) free(ms[i]);
+    for (int k = 0; k < nm; k++) free(ms[k]);
     free(ms);
     free(toks);
     free(types);
