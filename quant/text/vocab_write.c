@@ -67,6 +67,10 @@ static const char *differs(const qd_vocab *v, const qd_vocab *r, int *at) {
 int qd_vocab_save_llama2c(const qd_vocab *v, const char *path, qd_err *err) {
     if (!v || v->n < 1 || v->n > QD_MAX_VOCAB || !v->tokens)
         return qd_errf(err, "%s: %s: empty or oversized vocabulary", __func__, path);
+    if (v->kind == QD_VOCAB_BPE)
+        return qd_errf(err, "%s: %s: a byte-level BPE vocabulary (merges, pre-tokenizer \"%s\") "
+                       "cannot be written as tokenizer.bin, which carries SentencePiece scores "
+                       "only", __func__, path, v->pre);
     size_t maxlen = 0, total = 4;
     for (int i = 0; i < v->n; i++) {
         if (!v->tokens[i]) return qd_errf(err, "%s: %s: token %d is NULL", __func__, path, i);

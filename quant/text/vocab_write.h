@@ -13,8 +13,8 @@
 /* Writes v to path as a llama2.c tokenizer.bin, atomically. The file is read back before it
  * replaces path and must give the same vocabulary (tokens, scores, token types, BOS/EOS/UNK
  * ids, add_bos and the dummy prefix); a vocabulary the format cannot carry (a literal space
- * inside a token, user-defined token types, add_bos off, ...) is refused with err naming the
- * first difference and nothing is written. QD_OK or QD_ERR. */
+ * inside a token, user-defined token types, add_bos off, a byte-level BPE vocabulary, ...) is
+ * refused with err naming the first difference and nothing is written. QD_OK or QD_ERR. */
 int qd_vocab_save_llama2c(const qd_vocab *v, const char *path, qd_err *err);
 
 #endif
