@@ -11,9 +11,11 @@ CC      ?= cc
 BUILD   ?= build
 PKGS     = libmicrohttpd libcjson openblas uuid libcrypto libcurl libpcre2-8 libutf8proc
 DEB_PKGS = build-essential pkg-config libmicrohttpd-dev libcjson-dev libopenblas-dev uuid-dev \
-           libssl-dev libcurl4-openssl-dev libpcre2-dev libutf8proc-dev curl jq chromium
-# Commands the tests need besides the libraries (chromium: the dashboard's browser test).
-TEST_CMDS = curl jq chromium
+           libssl-dev libcurl4-openssl-dev libpcre2-dev libutf8proc-dev curl jq chromium \
+           slurmctld slurmd slurm-client munge
+# Commands the tests need besides the libraries (chromium: the dashboard's browser test; a
+# single-node Slurm for tests/e2e_slurm.sh).
+TEST_CMDS = curl jq chromium munged slurmctld slurmd sbatch squeue scontrol scancel
 
 OPT     ?= -O2
 CFLAGS  ?= $(OPT) -g
@@ -107,3 +109,4 @@ clean:
 # Files embedded with .incbin: -MMD cannot see them, so name them here.
 $(BUILD)/server/openapi_blob.o: api/openapi.yaml
 $(BUILD)/server/dashboard.o: web/index.html
+$(BUILD)/worker/dispatch_slurm.o: deploy/quantd.sbatch

@@ -398,6 +398,13 @@ cJSON *api_job_to_json(const api_job *j, int queue_pos) {
     else cJSON_AddNullToObject(w, "exit_code");
     if (j->term_signal) cJSON_AddNumberToObject(w, "signal", j->term_signal);
     else cJSON_AddNullToObject(w, "signal");
+    if (j->slurm_job_id[0]) {
+        cJSON *sl = cJSON_AddObjectToObject(o, "slurm");
+        cJSON_AddStringToObject(sl, "job_id", j->slurm_job_id);
+        cJSON_AddStringToObject(sl, "state", j->slurm_state);
+        cJSON_AddStringToObject(sl, "node", j->slurm_node);
+        cJSON_AddStringToObject(sl, "reason", j->slurm_reason);
+    }
     if (j->error[0]) cJSON_AddStringToObject(o, "error", j->error);
     else cJSON_AddNullToObject(o, "error");
     if (j->log_tail[0]) cJSON_AddStringToObject(o, "log_tail", j->log_tail);
@@ -448,6 +455,13 @@ int api_job_from_json(const cJSON *o, api_job *j, qd_err *err) {
         j->worker_pid = (int)num_or(w, "pid", 0);
         j->exit_code = (int)num_or(w, "exit_code", -1);
         j->term_signal = (int)num_or(w, "signal", 0);
+    }
+    const cJSON *sl = cJSON_GetObjectItemCaseSensitive(o, "slurm");
+    if (cJSON_IsObject(sl)) {
+        snprintf(j->slurm_job_id, sizeof j->slurm_job_id, "%s", str_or(sl, "job_id", ""));
+        snprintf(j->slurm_state, sizeof j->slurm_state, "%s", str_or(sl, "state", ""));
+        snprintf(j->slurm_node, sizeof j->slurm_node, "%s", str_or(sl, "node", ""));
+        snprintf(j->slurm_reason, sizeof j->slurm_reason, "%s", str_or(sl, "reason", ""));
     }
     snprintf(j->error, sizeof j->error, "%s", str_or(o, "error", ""));
     snprintf(j->log_tail, sizeof j->log_tail, "%s", str_or(o, "log_tail", ""));

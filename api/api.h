@@ -104,6 +104,11 @@ typedef struct api_job {
     int exit_code;        /* last worker's exit status, -1 when none */
     int term_signal;      /* signal that ended the last worker, 0 when none */
     bool cancel_requested;
+    /* the Slurm dispatcher's batch job of the last attempt ("" when none), as squeue last saw it */
+    char slurm_job_id[32];
+    char slurm_state[24];
+    char slurm_node[64];
+    char slurm_reason[160];
     char error[512];      /* why it failed, empty otherwise */
     char log_tail[2048];  /* last lines of the worker's log on failure */
     cJSON *result;        /* owned; NULL until finished */

@@ -23,6 +23,17 @@ void srv_config_defaults(srv_config *c) {
     c->max_connections = 512;
     c->per_ip_connections = 128;
     c->conn_timeout_s = 120;
+    snprintf(c->dispatcher, sizeof c->dispatcher, "local");
+    c->slurm_poll_s = 5;
+    c->slurm_pending_down_s = 600;
+}
+
+static int parse_seconds(const char *v, double lo, double hi, double *out) {
+    char *end;
+    double d = strtod(v, &end);
+    if (end == v || *end || !(d >= lo && d <= hi)) return -1;
+    *out = d;
+    return 0;
 }
 
 static int parse_size(const char *v, size_t *out) {
@@ -80,6 +91,18 @@ int srv_config_set(srv_config *c, const char *k, const char *v, qd_err *err) {
     else if (!strcmp(k, "per_ip_connections")) bad = parse_int(v, 0, 100000, &c->per_ip_connections);
     else if (!strcmp(k, "conn_timeout_s")) bad = parse_int(v, 0, 86400, &c->conn_timeout_s);
     else if (!strcmp(k, "static_dir")) bad = set_str(c->static_dir, sizeof c->static_dir, v);
+    else if (!strcmp(k, "dispatcher")) {
+        if (strcmp(v, "local") && strcmp(v, "slurm"))
+            return qd_errf(err, "bad value '%s' for dispatcher: local or slurm", v);
+        bad = set_str(c->dispatcher, sizeof c->dispatcher, v);
+    } else if (!strcmp(k, "slurm_partition")) bad = set_str(c->slurm_partition, sizeof c->slurm_partition, v);
+    else if (!strcmp(k, "slurm_account")) bad = set_str(c->slurm_account, sizeof c->slurm_account, v);
+    else if (!strcmp(k, "slurm_qos")) bad = set_str(c->slurm_qos, sizeof c->slurm_qos, v);
+    else if (!strcmp(k, "slurm_sbatch_args")) bad = set_str(c->slurm_sbatch_args, sizeof c->slurm_sbatch_args, v);
+    else if (!strcmp(k, "slurm_template")) bad = set_str(c->slurm_template, sizeof c->slurm_template, v);
+    else if (!strcmp(k, "slurm_quantd")) bad = set_str(c->slurm_quantd, sizeof c->slurm_quantd, v);
+    else if (!strcmp(k, "slurm_poll_s")) bad = parse_seconds(v, 0.1, 3600, &c->slurm_poll_s);
+    else if (!strcmp(k, "slurm_pending_down_s")) bad = parse_seconds(v, 0, 30 * 86400, &c->slurm_pending_down_s);
     else return qd_errf(err, "unknown setting '%s'", k);
     if (bad) return qd_errf(err, "bad value '%s' for %s", v, k);
     return QD_OK;

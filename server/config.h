@@ -23,6 +23,16 @@ typedef struct srv_config {
     int per_ip_connections;
     int conn_timeout_s;      /* idle connection timeout */
     char static_dir[1024];   /* dashboard files served under /, empty for the built-in page */
+    /* where workers run (worker/dispatch.h): "local" (child processes) or "slurm" */
+    char dispatcher[16];
+    char slurm_partition[128];  /* sbatch --partition; empty: the cluster's default */
+    char slurm_account[128];    /* --account */
+    char slurm_qos[128];        /* --qos */
+    char slurm_sbatch_args[1024]; /* more sbatch arguments, blank-separated, after quantd's own */
+    char slurm_template[1024];  /* batch script; empty: the built-in deploy/quantd.sbatch */
+    char slurm_quantd[1024];    /* quantd's path on the compute nodes; empty: this binary's */
+    double slurm_poll_s;        /* squeue at most this often */
+    double slurm_pending_down_s; /* a job pending on down/drained nodes fails after this long */
 } srv_config;
 
 void srv_config_defaults(srv_config *c);

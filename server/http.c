@@ -1264,12 +1264,27 @@ int srv_main(const srv_config *cfg) {
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    srv_jobs_opts jo = {.store = s.store, .metrics = s.metrics, .exe = exe, .workers = cfg->workers,
+    char slurm_dir[PATH_MAX + 16];
+    snprintf(slurm_dir, sizeof slurm_dir, "%s/slurm", srv_store_dir(s.store));
+    wk_disp_opts dopt = {.kind = cfg->dispatcher, .exe = exe, .mem_limit = cfg->worker_mem_bytes,
+                         .slurm = {.partition = cfg->slurm_partition, .account = cfg->slurm_account,
+                                   .qos = cfg->slurm_qos, .sbatch_args = cfg->slurm_sbatch_args,
+                                   .template_path = cfg->slurm_template,
+                                   .quantd_path = cfg->slurm_quantd, .poll_s = cfg->slurm_poll_s,
+                                   .pending_down_s = cfg->slurm_pending_down_s,
+                                   .state_dir = slurm_dir}};
+    wk_disp *disp = wk_disp_new(&dopt, &err);
+    if (!disp) {
+        fprintf(stderr, "quantd serve: %s\n", err.msg);
+        return 1;
+    }
+    srv_jobs_opts jo = {.store = s.store, .metrics = s.metrics, .disp = disp, .workers = cfg->workers,
                         .worker_mem_bytes = cfg->worker_mem_bytes, .grace_s = cfg->cancel_grace_s,
                         .max_queue = cfg->max_queue};
     s.jobs = srv_jobs_start(&jo, &err);
     if (!s.jobs) {
         fprintf(stderr, "quantd serve: %s\n", err.msg);
+        wk_disp_free(disp);
         return 1;
     }
     unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
@@ -1288,6 +1303,7 @@ int srv_main(const srv_config *cfg) {
     if (!d) {
         fprintf(stderr, "quantd serve: libmicrohttpd did not start on %s\n", bound);
         srv_jobs_free(s.jobs);
+        wk_disp_free(disp);
         return 1;
     }
     char addrfile[PATH_MAX + 32], line[200];
@@ -1298,6 +1314,14 @@ int srv_main(const srv_config *cfg) {
     fflush(stdout);
     fprintf(stderr, "quantd serve: data %s, %d worker%s, auth %s\n", srv_store_dir(s.store),
             cfg->workers, cfg->workers == 1 ? "" : "s", s.auth ? "on" : "off (loopback only)");
+    char where[1024 + PATH_MAX];
+    wk_disp_describe(disp, where, sizeof where);
+    fprintf(stderr, "quantd serve: dispatcher %s: %s\n", wk_disp_kind(disp), where);
+    if (wk_disp_detached(disp))
+        fprintf(stderr, "quantd serve: the data directory %s must be on a filesystem that the "
+                        "compute nodes share, at the same path: workers there read job.json and the "
+                        "blobs and write events.jsonl, checkpoints and artifacts into it\n",
+                srv_store_dir(s.store));
 
     int sig = 0;
     sigwait(&sigs, &sig);
@@ -1305,7 +1329,8 @@ int srv_main(const srv_config *cfg) {
     unlink(addrfile);
     srv_jobs_close_watchers(s.jobs);
     MHD_stop_daemon(d);
-    srv_jobs_free(s.jobs); /* running workers checkpoint and their jobs are requeued */
+    srv_jobs_free(s.jobs); /* local workers checkpoint and their jobs are requeued */
+    wk_disp_free(disp);
     srv_metrics_free(s.metrics);
     srv_store_close(s.store);
     srv_auth_free(s.auth);

@@ -23,6 +23,7 @@
 #include <uuid/uuid.h>
 
 #include "base/err.h"
+#include "worker/dispatch.h"
 #include "worker/worker.h"
 #include "base/fs.h"
 #include "base/sys.h"
@@ -32,12 +33,10 @@ struct srv_job {
     bool deleted;
     long seq;              /* FIFO order among queued jobs */
     unsigned long version; /* watchers wait for this to change */
-    /* while a worker runs */
-    pid_t pid;
-    int fd;
-    char line[8192];
-    size_t line_len;
-    bool line_overflow;
+    /* while an attempt is under way (active); started once its worker runs (on Slurm: once
+     * the job left the cluster's queue), which is when its time starts to count */
+    bool active, started;
+    wk_task task;
     double start_mono, deadline_mono, term_sent_mono;
     double run_s_before;   /* job.run_s when this attempt started */
     double persisted_mono; /* when job.json was last written during this attempt */
@@ -52,7 +51,6 @@ struct srv_job {
 
 struct srv_jobs {
     srv_jobs_opts o;
-    char exe[PATH_MAX];
     pthread_mutex_t mu;
     pthread_cond_t changed;
     srv_job **all;
@@ -211,7 +209,30 @@ static void read_log_tail(const char *jobdir, char *out, size_t n) {
 
 /* Brings job.run_s up to date for a running attempt. */
 static void update_run_s(srv_job *e, double now) {
-    if (e->pid > 0) e->job.run_s = e->run_s_before + (now - e->start_mono);
+    if (e->active && e->started) e->job.run_s = e->run_s_before + (now - e->start_mono);
+}
+
+/* The attempt's worker runs from now: its time counts against what is left of timeout_s. */
+static void begin_run(srv_job *e, double now) {
+    e->started = true;
+    e->start_mono = now;
+    e->run_s_before = e->job.run_s;
+    e->deadline_mono = now + (e->job.spec.timeout_s - e->job.run_s);
+    e->persisted_mono = now;
+}
+
+/* What job.json shows of a Slurm attempt follows the dispatcher's view; true when it changed. */
+static bool sync_slurm(srv_job *e) {
+    const wk_task *t = &e->task;
+    api_job *J = &e->job;
+    if (!t->slurm_id[0]) return false;
+    bool changed = strcmp(J->slurm_job_id, t->slurm_id) || strcmp(J->slurm_state, t->slurm_state) ||
+                   strcmp(J->slurm_node, t->slurm_node) || strcmp(J->slurm_reason, t->slurm_reason);
+    snprintf(J->slurm_job_id, sizeof J->slurm_job_id, "%s", t->slurm_id);
+    snprintf(J->slurm_state, sizeof J->slurm_state, "%s", t->slurm_state);
+    snprintf(J->slurm_node, sizeof J->slurm_node, "%s", t->slurm_node);
+    snprintf(J->slurm_reason, sizeof J->slurm_reason, "%s", t->slurm_reason);
+    return changed;
 }
 
 static void start_job(srv_jobs *j, srv_job *e) {
@@ -234,33 +255,39 @@ static void start_job(srv_jobs *j, srv_job *e) {
     e->job.term_signal = 0;
     e->job.error[0] = 0;
     e->job.log_tail[0] = 0;
+    e->job.slurm_job_id[0] = e->job.slurm_state[0] = e->job.slurm_node[0] = e->job.slurm_reason[0] = 0;
     e->timed_out = e->shutdown_stop = e->killed = false;
     e->term_sent_mono = 0;
-    e->line_len = 0;
-    e->line_overflow = false;
+    e->started = false;
     char reason[64];
     snprintf(reason, sizeof reason, "attempt %d", e->job.attempts);
     set_state(j, e, API_RUNNING, reason);
-    wk_spawn_opts so = {.exe = j->exe, .jobdir = dir, .threads = e->job.spec.threads,
-                        .mem_limit = j->o.worker_mem_bytes};
+    wk_start ws = {.job_id = e->job.id, .jobdir = dir, .threads = e->job.spec.threads,
+                   .time_limit_s = left, .grace_s = j->o.grace_s};
     qd_err err;
-    pid_t pid;
-    int fd;
-    if (wk_spawn(&so, &pid, &fd, &err) != QD_OK) {
-        snprintf(e->job.error, sizeof e->job.error, "cannot start worker: %.400s", err.msg);
+    /* sbatch may take a while (a busy or unreachable controller): the index is not held
+     * meanwhile. Only this thread touches e->task, and a running job is never deleted. */
+    e->active = true;
+    j->running++;
+    pthread_mutex_unlock(&j->mu);
+    int rc = wk_task_start(j->o.disp, &e->task, &ws, &err);
+    pthread_mutex_lock(&j->mu);
+    if (rc != QD_OK) {
+        e->active = false;
+        j->running--;
+        if (wk_disp_detached(j->o.disp)) snprintf(e->job.error, sizeof e->job.error, "%.500s", err.msg);
+        else snprintf(e->job.error, sizeof e->job.error, "cannot start worker: %.400s", err.msg);
         set_state(j, e, API_FAILED, e->job.error);
         return;
     }
-    e->pid = pid;
-    e->fd = fd;
-    e->start_mono = qd_now();
-    e->deadline_mono = e->start_mono + left;
-    e->run_s_before = e->job.run_s;
-    e->persisted_mono = e->start_mono;
+    e->job.worker_pid = (int)e->task.pid;
+    sync_slurm(e);
+    if (!wk_disp_detached(j->o.disp)) begin_run(e, qd_now());
+    e->persisted_mono = qd_now();
     e->progress_dirty = false;
-    e->job.worker_pid = (int)pid;
-    persist(j, e); /* the pid lets a restarted server find an orphaned worker */
-    j->running++;
+    /* the pid or Slurm job id lets a restarted server find the attempt again */
+    persist(j, e);
+    bump(j, e);
 }
 
 /* Rewrites a running job's job.json when its progress changed and the last write is at least
@@ -276,67 +303,64 @@ static void persist_progress(srv_jobs *j, srv_job *e, double now) {
     e->progress_dirty = false;
 }
 
-static void handle_line(srv_jobs *j, srv_job *e, const char *line) {
+typedef struct line_ctx {
+    srv_jobs *j;
+    srv_job *e;
+} line_ctx;
+
+static void handle_line(void *ctx, const char *line) {
+    line_ctx *c = ctx;
     cJSON *o = cJSON_Parse(line);
-    if (o && api_event_apply(o, &e->job.progress)) {
-        e->progress_dirty = true;
-        persist_progress(j, e, qd_now());
+    if (o && api_event_apply(o, &c->e->job.progress)) {
+        c->e->progress_dirty = true;
+        persist_progress(c->j, c->e, qd_now());
     }
     cJSON_Delete(o);
-    bump(j, e);
+    bump(c->j, c->e);
 }
 
-/* Reads what the worker sent; returns false at EOF. */
-static bool drain_pipe(srv_jobs *j, srv_job *e) {
-    char buf[16384];
-    for (;;) {
-        ssize_t k = read(e->fd, buf, sizeof buf);
-        if (k == 0) return false;
-        if (k < 0) return errno == EAGAIN || errno == EINTR ? true : false;
-        for (ssize_t i = 0; i < k; i++) {
-            char c = buf[i];
-            if (c == '\n') {
-                if (!e->line_overflow) {
-                    e->line[e->line_len] = 0;
-                    handle_line(j, e, e->line);
-                }
-                e->line_len = 0;
-                e->line_overflow = false;
-            } else if (e->line_len + 1 < sizeof e->line) {
-                e->line[e->line_len++] = c;
-            } else {
-                e->line_overflow = true; /* an over-long line is dropped, not split */
-            }
-        }
-    }
+static bool has_report(const char *dir) {
+    char rp[PATH_MAX + 64];
+    snprintf(rp, sizeof rp, "%s/artifacts/report.json", dir);
+    return access(rp, R_OK) == 0;
 }
 
-static void finish_job(srv_jobs *j, srv_job *e, int status) {
-    if (e->fd >= 0) {
-        drain_pipe(j, e);
-        close(e->fd);
-        e->fd = -1;
-    }
-    double now = qd_now(), secs = now - e->start_mono;
-    if (j->o.metrics) srv_metrics_add_worker_seconds(j->o.metrics, secs);
+static void finish_job(srv_jobs *j, srv_job *e, const wk_end *end) {
+    double now = qd_now();
+    if (e->started && j->o.metrics) srv_metrics_add_worker_seconds(j->o.metrics, now - e->start_mono);
     update_run_s(e, now);
-    e->pid = 0;
+    e->active = false;
     j->running--;
+    sync_slurm(e);
     char dir[PATH_MAX];
     srv_job_dir(j->o.store, e->job.id, dir, sizeof dir);
-    if (WIFEXITED(status)) {
-        e->job.exit_code = WEXITSTATUS(status);
-        e->job.term_signal = 0;
-    } else {
-        e->job.exit_code = -1;
-        e->job.term_signal = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+    e->job.exit_code = end->exit_code;
+    e->job.term_signal = end->term_signal;
+    if (end->kind != WK_END_EXIT && !e->job.cancel_requested) {
+        /* the cluster ended the attempt, or lost it */
+        if (end->kind == WK_END_LOST && has_report(dir)) {
+            /* it finished while nobody was looking (server down, the job aged out of Slurm) */
+            cJSON_Delete(e->job.result);
+            e->job.result = build_result(dir);
+            set_state(j, e, API_SUCCEEDED, "report found after the Slurm job left the queue");
+            return;
+        }
+        if (end->kind == WK_END_LOST && e->job.attempts < 5) {
+            char msg[600];
+            e->seq = -1000000 + e->seq;
+            snprintf(msg, sizeof msg, "%.450s; requeued to resume from its checkpoint", end->why);
+            set_state(j, e, API_QUEUED, msg);
+            return;
+        }
+        snprintf(e->job.error, sizeof e->job.error, "%s", end->why);
+        read_log_tail(dir, e->job.log_tail, sizeof e->job.log_tail);
+        set_state(j, e, end->kind == WK_END_TIMEOUT ? API_TIMED_OUT : API_FAILED, e->job.error);
+        return;
     }
     int code = e->job.exit_code;
     char msg[512];
     if (code == WK_EXIT_OK && !e->job.cancel_requested) {
-        char rp[PATH_MAX + 64];
-        snprintf(rp, sizeof rp, "%s/artifacts/report.json", dir);
-        if (access(rp, R_OK) == 0) {
+        if (has_report(dir)) {
             cJSON_Delete(e->job.result);
             e->job.result = build_result(dir);
             set_state(j, e, API_SUCCEEDED, NULL);
@@ -382,11 +406,12 @@ static srv_job *next_queued(srv_jobs *j) {
 static void *scheduler(void *arg) {
     srv_jobs *j = arg;
     struct pollfd *pf = NULL;
-    srv_job **pe = NULL;
     int pcap = 0;
+    bool detached = wk_disp_detached(j->o.disp);
     pthread_mutex_lock(&j->mu);
     for (;;) {
-        if (j->stopping && j->running == 0) break;
+        /* Slurm jobs outlive the server: a stopping server leaves them to the next start */
+        if (j->stopping && (j->running == 0 || detached)) break;
         while (!j->stopping && j->running < j->o.workers) {
             srv_job *e = next_queued(j);
             if (!e) break;
@@ -395,94 +420,91 @@ static void *scheduler(void *arg) {
         if (pcap < j->running + 1) {
             pcap = j->running + 16;
             pf = realloc(pf, (size_t)pcap * sizeof *pf);
-            pe = realloc(pe, (size_t)pcap * sizeof *pe);
         }
         int np = 0;
         pf[np++] = (struct pollfd){.fd = j->wake[0], .events = POLLIN};
-        for (int i = 0; i < j->n; i++) {
+        for (int i = 0; i < j->n && np < pcap; i++) {
             srv_job *e = j->all[i];
-            if (e->pid > 0 && e->fd >= 0) {
-                pe[np] = e;
-                pf[np++] = (struct pollfd){.fd = e->fd, .events = POLLIN};
-            }
+            if (e->active && wk_task_fd(&e->task) >= 0)
+                pf[np++] = (struct pollfd){.fd = wk_task_fd(&e->task), .events = POLLIN};
         }
         pthread_mutex_unlock(&j->mu);
+        wk_disp_refresh(j->o.disp); /* squeue, at most every slurm_poll_s */
         poll(pf, (nfds_t)np, 200);
         pthread_mutex_lock(&j->mu);
         if (pf[0].revents) {
             char buf[256];
             while (read(j->wake[0], buf, sizeof buf) > 0) {}
         }
-        for (int i = 1; i < np; i++)
-            if (pf[i].revents && pe[i]->fd >= 0 && !drain_pipe(j, pe[i])) {
-                close(pe[i]->fd);
-                pe[i]->fd = -1; /* EOF: the exit status follows through waitpid */
-            }
-        double now = qd_now();
         for (int i = 0; i < j->n; i++) {
             srv_job *e = j->all[i];
-            if (e->pid <= 0) continue;
-            int status;
-            pid_t r = waitpid(e->pid, &status, WNOHANG);
-            if (r == e->pid) {
-                finish_job(j, e, status);
+            if (!e->active) continue;
+            line_ctx lc = {j, e};
+            wk_end end;
+            wk_status st = wk_task_poll(j->o.disp, &e->task, handle_line, &lc, &end);
+            double now = qd_now();
+            if (st == WK_ENDED) {
+                finish_job(j, e, &end);
                 continue;
             }
+            if (st == WK_RUNNING && !e->started) {
+                begin_run(e, now);
+                e->progress_dirty = true;
+            }
+            if (sync_slurm(e)) {
+                e->progress_dirty = true;
+                e->persisted_mono = 0; /* a Slurm state change is worth a write now */
+                bump(j, e);
+            }
             persist_progress(j, e, now);
-            bool want_stop = e->job.cancel_requested || j->stopping;
-            if (!e->timed_out && !want_stop && now > e->deadline_mono) e->timed_out = true;
+            bool want_stop = e->job.cancel_requested || (j->stopping && !detached);
+            if (e->started && !e->timed_out && !want_stop && now > e->deadline_mono) e->timed_out = true;
             if ((want_stop || e->timed_out) && e->term_sent_mono == 0) {
                 e->shutdown_stop = j->stopping && !e->job.cancel_requested && !e->timed_out;
-                kill(e->pid, SIGTERM);
+                wk_task_stop(j->o.disp, &e->task);
                 e->term_sent_mono = now;
             } else if (e->term_sent_mono > 0 && !e->killed && now - e->term_sent_mono > j->o.grace_s) {
-                kill(-e->pid, SIGKILL); /* the whole process group: no stray helpers */
-                kill(e->pid, SIGKILL);
+                wk_task_kill(j->o.disp, &e->task);
                 e->killed = true;
             }
         }
     }
+    /* what a re-attaching server will show: the latest progress and run time */
+    for (int i = 0; i < j->n; i++)
+        if (j->all[i]->active) {
+            update_run_s(j->all[i], qd_now());
+            persist(j, j->all[i]);
+        }
     pthread_mutex_unlock(&j->mu);
     free(pf);
-    free(pe);
     return NULL;
 }
 
 /* ---- recovery ---- */
 
-static bool is_our_worker(pid_t pid, const char *jobdir) {
-    char p[64], cmd[8192];
-    snprintf(p, sizeof p, "/proc/%d/cmdline", (int)pid);
-    int fd = open(p, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return false;
-    ssize_t k = read(fd, cmd, sizeof cmd - 1);
-    close(fd);
-    if (k <= 0) return false;
-    cmd[k] = 0;
-    /* argv is NUL-separated: look for "work" followed by the job directory */
-    for (ssize_t i = 0; i < k; i += (ssize_t)strlen(cmd + i) + 1)
-        if (!strcmp(cmd + i, "work") && i + 5 < k && !strcmp(cmd + i + 5, jobdir)) return true;
-    return false;
-}
-
-/* A job recorded as running when the server starts lost its server mid-run. Its worker got
- * SIGTERM through PR_SET_PDEATHSIG and is writing a checkpoint, or is already gone; wait for it
- * (then force it) and requeue the job to resume. */
+/* A job recorded as running when the server starts lost its server mid-run. On Slurm its
+ * batch job is (or was) still there: follow it again, never submit a second copy. A local
+ * worker was stopped (it checkpoints on the SIGTERM of PR_SET_PDEATHSIG); requeue the job to
+ * resume. */
 static void recover_orphan(srv_jobs *j, srv_job *e) {
     char dir[PATH_MAX];
     srv_job_dir(j->o.store, e->job.id, dir, sizeof dir);
-    pid_t pid = e->job.worker_pid;
-    if (pid > 0 && is_our_worker(pid, dir)) {
-        kill(pid, SIGTERM);
-        double t0 = qd_now();
-        while (kill(pid, 0) == 0 && is_our_worker(pid, dir)) {
-            if (qd_now() - t0 > j->o.grace_s) {
-                kill(-pid, SIGKILL);
-                kill(pid, SIGKILL);
-            }
-            if (qd_now() - t0 > j->o.grace_s + 5) break;
-            usleep(50 * 1000);
-        }
+    memset(&e->task, 0, sizeof e->task);
+    e->task.pid = e->job.worker_pid;
+    snprintf(e->task.slurm_id, sizeof e->task.slurm_id, "%s", e->job.slurm_job_id);
+    if (wk_task_reattach(j->o.disp, &e->task, e->job.id, dir, j->o.grace_s)) {
+        e->active = true;
+        e->started = false;
+        e->term_sent_mono = 0;
+        e->timed_out = e->shutdown_stop = e->killed = false;
+        j->running++;
+        char msg[160];
+        snprintf(msg, sizeof msg, "server restarted; following Slurm job %s again", e->task.slurm_id);
+        append_event(j, e, api_event_log("info", msg));
+        sync_slurm(e);
+        persist(j, e);
+        bump(j, e);
+        return;
     }
     char ck[PATH_MAX + 32];
     snprintf(ck, sizeof ck, "%s/checkpoint", dir);
@@ -506,8 +528,6 @@ srv_jobs *srv_jobs_start(const srv_jobs_opts *o, qd_err *err) {
         return NULL;
     }
     j->o = *o;
-    snprintf(j->exe, sizeof j->exe, "%s", o->exe);
-    j->o.exe = j->exe;
     if (j->o.workers < 1) j->o.workers = 1;
     pthread_mutex_init(&j->mu, NULL);
     pthread_condattr_t ca;
@@ -530,7 +550,6 @@ srv_jobs *srv_jobs_start(const srv_jobs_opts *o, qd_err *err) {
     for (int i = 0; i < n; i++) {
         srv_job *e = calloc(1, sizeof *e);
         e->job = loaded[i];
-        e->fd = -1;
         e->seq = j->next_seq++;
         add_entry(j, e);
     }
@@ -590,7 +609,6 @@ int srv_jobs_submit(srv_jobs *j, const api_spec *spec, char **json, qd_err *err)
     e->job.spec = *spec;
     e->job.state = API_QUEUED;
     e->job.created_at = api_wall_now();
-    e->fd = -1;
     pthread_mutex_lock(&j->mu);
     long queued = 0;
     for (int i = 0; i < j->n; i++)

@@ -1,8 +1,10 @@
 /* The job index and the scheduler. The index is rebuilt from the store at start; a job whose
- * worker vanished (server killed) is requeued and resumes from its checkpoint. The scheduler
- * thread runs at most `workers` jobs at once, FIFO, each in its own `quantd work` process, reads
- * their event pipes, enforces wall-clock timeouts and cancels (SIGTERM, then SIGKILL after a
- * grace period), and records how each worker ended. */
+ * local worker vanished (server killed) is requeued and resumes from its checkpoint, a job on
+ * Slurm is followed again by its recorded batch job id. The scheduler thread runs at most
+ * `workers` jobs at once, FIFO, each as one `quantd work` started through a dispatcher
+ * (worker/dispatch.h: a local process or a Slurm batch job), follows their events, enforces
+ * wall-clock timeouts and cancels (SIGTERM, then a kill after a grace period), and records how
+ * each worker ended. */
 #ifndef QD_SRV_JOBS_H
 #define QD_SRV_JOBS_H
 
@@ -11,6 +13,7 @@
 #include "api/api.h"
 #include "server/metrics.h"
 #include "server/store.h"
+#include "worker/dispatch.h"
 
 typedef struct srv_jobs srv_jobs;
 typedef struct srv_job srv_job; /* one indexed job; valid until srv_jobs_free */
@@ -18,8 +21,8 @@ typedef struct srv_job srv_job; /* one indexed job; valid until srv_jobs_free */
 typedef struct srv_jobs_opts {
     srv_store *store;
     srv_metrics *metrics;    /* may be NULL */
-    const char *exe;         /* the quantd binary the workers run */
-    int workers;
+    wk_disp *disp;           /* where workers run; the caller keeps it until srv_jobs_free */
+    int workers;             /* attempts under way at once (on Slurm: submitted at once) */
     size_t worker_mem_bytes;
     double grace_s;
     int max_queue;
@@ -31,8 +34,9 @@ enum { SRV_OK = 0, SRV_NOT_FOUND, SRV_CONFLICT, SRV_QUEUE_FULL, SRV_INTERNAL };
 srv_jobs *srv_jobs_start(const srv_jobs_opts *o, qd_err *err);
 /* Stops SSE waiters from blocking (they see the index as closing). Call before stopping HTTP. */
 void srv_jobs_close_watchers(srv_jobs *j);
-/* Stops the scheduler: running workers get SIGTERM (they checkpoint) and their jobs go back to
- * queued for the next start. Frees everything. Accepts NULL. */
+/* Stops the scheduler: local workers get SIGTERM (they checkpoint) and their jobs go back to
+ * queued for the next start; Slurm jobs keep running and the next start follows them again.
+ * Frees everything. Accepts NULL. */
 void srv_jobs_free(srv_jobs *j);
 
 /* Creates and queues a job for a validated spec. SRV_OK with *json (malloc'd job JSON), or

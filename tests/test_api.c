@@ -161,6 +161,10 @@ static void test_job_roundtrip(void) {
     j.worker_pid = 1234;
     j.term_signal = 9;
     snprintf(j.error, sizeof j.error, "worker killed by signal 9");
+    snprintf(j.slurm_job_id, sizeof j.slurm_job_id, "4711");
+    snprintf(j.slurm_state, sizeof j.slurm_state, "NODE_FAIL");
+    snprintf(j.slurm_node, sizeof j.slurm_node, "n17");
+    snprintf(j.slurm_reason, sizeof j.slurm_reason, "NodeDown");
     j.result = cJSON_Parse("{\"eval\":{\"int\":{\"ppl\":9.5}}}");
     cJSON *o = api_job_to_json(&j, -1);
     api_job k;
@@ -175,6 +179,9 @@ static void test_job_roundtrip(void) {
     CHECK(isnan(k.progress.eta_s), "unknown ETA stays unknown");
     CHECK(k.term_signal == 9 && k.exit_code == -1 && !strcmp(k.error, j.error), "worker end");
     CHECK(k.result && cJSON_GetObjectItem(k.result, "eval"), "result kept");
+    CHECK(!strcmp(k.slurm_job_id, "4711") && !strcmp(k.slurm_state, "NODE_FAIL") &&
+              !strcmp(k.slurm_node, "n17") && !strcmp(k.slurm_reason, "NodeDown"),
+          "the Slurm job of the last attempt is kept (a restarted server follows it by its id)");
     api_job_clear(&j);
     api_job_clear(&k);
 }

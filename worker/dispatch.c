@@ -1,7 +1,10 @@
-/* The local dispatcher: starts `quantd work JOBDIR` as a child process. The server is
- * multi-threaded, so between fork and exec the child may only make async-signal-safe calls:
- * everything it needs (argv, envp, the log fd, the pipe) is prepared before fork, and the
- * child does nothing but plain system calls in a fixed order before execve. */
+/* The dispatcher interface (worker/dispatch.h) and its local kind: `quantd work JOBDIR` as a
+ * child process of the server. The server is multi-threaded, so between fork and exec the child
+ * may only make async-signal-safe calls: everything it needs (argv, envp, the log fd, the pipe)
+ * is prepared before fork, and the child does nothing but plain system calls in a fixed order
+ * before execve. The Slurm kind lives in dispatch_slurm.c. */
+#include "worker/dispatch.h"
+#include "worker/dispatch_slurm.h"
 #include "worker/worker.h"
 
 #include <errno.h>
@@ -15,7 +18,10 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include "base/sys.h"
 
 extern char **environ;
 
@@ -105,4 +111,177 @@ int wk_spawn(const wk_spawn_opts *o, pid_t *pid_out, int *events_fd, qd_err *err
     *pid_out = pid;
     *events_fd = p[0];
     return QD_OK;
+}
+
+/* ---- the interface ---- */
+
+struct wk_disp {
+    bool slurm;
+    char exe[PATH_MAX];
+    size_t mem_limit;
+    wk_slurm *sl;
+};
+
+wk_disp *wk_disp_new(const wk_disp_opts *o, qd_err *err) {
+    const char *kind = o->kind && o->kind[0] ? o->kind : "local";
+    if (strcmp(kind, "local") && strcmp(kind, "slurm")) {
+        qd_errf(err, "dispatcher must be local or slurm, not '%s'", kind);
+        return NULL;
+    }
+    wk_disp *d = calloc(1, sizeof *d);
+    if (!d) {
+        qd_errf(err, "%s: out of memory", __func__);
+        return NULL;
+    }
+    d->slurm = !strcmp(kind, "slurm");
+    snprintf(d->exe, sizeof d->exe, "%s", o->exe);
+    d->mem_limit = o->mem_limit;
+    if (d->slurm && !(d->sl = wk_slurm_new(&o->slurm, o->exe, o->mem_limit, err))) {
+        free(d);
+        return NULL;
+    }
+    return d;
+}
+
+void wk_disp_free(wk_disp *d) {
+    if (!d) return;
+    wk_slurm_free(d->sl);
+    free(d);
+}
+
+const char *wk_disp_kind(const wk_disp *d) { return d->slurm ? "slurm" : "local"; }
+
+bool wk_disp_detached(const wk_disp *d) { return d->slurm; }
+
+void wk_disp_describe(const wk_disp *d, char *out, size_t n) {
+    if (d->slurm) wk_slurm_describe(d->sl, out, n);
+    else snprintf(out, n, "workers run here as child processes (%s work JOBDIR)", d->exe);
+}
+
+void wk_disp_refresh(wk_disp *d) {
+    if (d->slurm) wk_slurm_refresh(d->sl);
+}
+
+int wk_task_fd(const wk_task *t) { return t->fd; }
+
+static void task_reset(wk_task *t, const char *job_id, const char *jobdir) {
+    memset(t, 0, sizeof *t);
+    t->fd = -1;
+    snprintf(t->job_id, sizeof t->job_id, "%s", job_id);
+    snprintf(t->jobdir, sizeof t->jobdir, "%s", jobdir);
+}
+
+int wk_task_start(wk_disp *d, wk_task *t, const wk_start *s, qd_err *err) {
+    task_reset(t, s->job_id, s->jobdir);
+    if (d->slurm) return wk_slurm_start(d->sl, t, s, err);
+    wk_spawn_opts so = {.exe = d->exe, .jobdir = s->jobdir, .threads = s->threads,
+                        .mem_limit = d->mem_limit};
+    return wk_spawn(&so, &t->pid, &t->fd, err);
+}
+
+/* Splits what arrived into whole lines; an over-long line is dropped, not split. */
+void wk_task_feed(wk_task *t, const char *buf, size_t k, wk_line_fn on_line, void *ctx) {
+    for (size_t i = 0; i < k; i++) {
+        char c = buf[i];
+        if (c == '\n') {
+            if (!t->line_overflow) {
+                t->line[t->line_len] = 0;
+                on_line(ctx, t->line);
+            }
+            t->line_len = 0;
+            t->line_overflow = false;
+        } else if (t->line_len + 1 < sizeof t->line) {
+            t->line[t->line_len++] = c;
+        } else {
+            t->line_overflow = true;
+        }
+    }
+}
+
+/* Reads the pipe; false at EOF or on an error other than "nothing yet". */
+static bool drain_pipe(wk_task *t, wk_line_fn on_line, void *ctx) {
+    char buf[16384];
+    for (;;) {
+        ssize_t k = read(t->fd, buf, sizeof buf);
+        if (k == 0) return false;
+        if (k < 0) return errno == EAGAIN || errno == EINTR;
+        wk_task_feed(t, buf, (size_t)k, on_line, ctx);
+    }
+}
+
+wk_status wk_task_poll(wk_disp *d, wk_task *t, wk_line_fn on_line, void *ctx, wk_end *end) {
+    if (d->slurm) return wk_slurm_poll(d->sl, t, on_line, ctx, end);
+    if (t->fd >= 0 && !drain_pipe(t, on_line, ctx)) {
+        close(t->fd); /* EOF: the exit status follows through waitpid */
+        t->fd = -1;
+    }
+    int status;
+    if (t->pid <= 0 || waitpid(t->pid, &status, WNOHANG) != t->pid) return WK_RUNNING;
+    if (t->fd >= 0) {
+        drain_pipe(t, on_line, ctx);
+        close(t->fd);
+        t->fd = -1;
+    }
+    memset(end, 0, sizeof *end);
+    end->kind = WK_END_EXIT;
+    end->exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    end->term_signal = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+    t->pid = 0;
+    return WK_ENDED;
+}
+
+void wk_task_stop(wk_disp *d, wk_task *t) {
+    if (d->slurm) wk_slurm_signal(d->sl, t, false);
+    else if (t->pid > 0) kill(t->pid, SIGTERM);
+}
+
+void wk_task_kill(wk_disp *d, wk_task *t) {
+    if (d->slurm) {
+        wk_slurm_signal(d->sl, t, true);
+    } else if (t->pid > 0) {
+        kill(-t->pid, SIGKILL); /* the whole process group: no stray helpers */
+        kill(t->pid, SIGKILL);
+    }
+}
+
+static bool is_our_worker(pid_t pid, const char *jobdir) {
+    char p[64], cmd[8192];
+    snprintf(p, sizeof p, "/proc/%d/cmdline", (int)pid);
+    int fd = open(p, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    ssize_t k = read(fd, cmd, sizeof cmd - 1);
+    close(fd);
+    if (k <= 0) return false;
+    cmd[k] = 0;
+    /* argv is NUL-separated: look for "work" followed by the job directory */
+    for (ssize_t i = 0; i < k; i += (ssize_t)strlen(cmd + i) + 1)
+        if (!strcmp(cmd + i, "work") && i + 5 < k && !strcmp(cmd + i + 5, jobdir)) return true;
+    return false;
+}
+
+bool wk_task_reattach(wk_disp *d, wk_task *t, const char *job_id, const char *jobdir,
+                      double grace_s) {
+    pid_t pid = t->pid;
+    char sid[sizeof t->slurm_id];
+    snprintf(sid, sizeof sid, "%s", t->slurm_id);
+    task_reset(t, job_id, jobdir);
+    if (d->slurm) {
+        snprintf(t->slurm_id, sizeof t->slurm_id, "%s", sid);
+        return wk_slurm_reattach(d->sl, t);
+    }
+    /* A local worker lost its server: it got SIGTERM through PR_SET_PDEATHSIG and is writing
+     * a checkpoint, or is already gone. Wait for it (then force it); the job is requeued. */
+    if (pid > 0 && is_our_worker(pid, jobdir)) {
+        kill(pid, SIGTERM);
+        double t0 = qd_now();
+        while (kill(pid, 0) == 0 && is_our_worker(pid, jobdir)) {
+            if (qd_now() - t0 > grace_s) {
+                kill(-pid, SIGKILL);
+                kill(pid, SIGKILL);
+            }
+            if (qd_now() - t0 > grace_s + 5) break;
+            usleep(50 * 1000);
+        }
+    }
+    return false;
 }
