@@ -328,26 +328,40 @@ void wk_slurm_refresh(wk_slurm *s) {
     double now = qd_now();
     if (s->n_live == 0 || now - s->last_refresh < s->poll_s) return;
     s->last_refresh = now;
-    char ids[4096];
-    size_t k = 0;
+    size_t cap = (size_t)s->n_live * (sizeof s->live[0].id + 1) + 1, k = 0;
+    char *ids = malloc(cap);
+    if (!ids) return;
     ids[0] = 0;
-    for (int i = 0; i < s->n_live && k + 40 < sizeof ids; i++)
-        k += (size_t)snprintf(ids + k, sizeof ids - k, "%s%s", k ? "," : "", s->live[i].id);
+    for (int i = 0; i < s->n_live; i++)
+        k += (size_t)snprintf(ids + k, cap - k, "%s%s", k ? "," : "", s->live[i].id);
     char *argv[] = {"squeue", "--noheader", "--states=all", "--jobs", ids, "--Format",
                     "JobID:|,State:|,Reason:|,NodeList:|,exit_code:|", NULL};
-    static char out[1 << 16];
+    size_t outn = (size_t)s->n_live * 320 + 4096;
+    char *out = malloc(outn);
     char errb[1024];
-    int st = run_cmd(argv, out, sizeof out, errb, sizeof errb);
+    if (!out) {
+        free(ids);
+        return;
+    }
+    int st = run_cmd(argv, out, outn, errb, sizeof errb);
+    free(ids);
     bool ok = st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0;
-    /* squeue refuses a list of one job it does not know with "Invalid job id": that is an answer */
-    bool none = !ok && st >= 0 && strstr(errb, "Invalid job id");
-    if (!ok && !none) {
+    if (ok && strlen(out) + 1 >= outn) {
+        /* a cut answer would make the jobs past the cut look gone */
+        ok = false;
+        snprintf(errb, sizeof errb, "squeue's answer for %d jobs was longer than %zu bytes", s->n_live, outn);
+    }
+    /* squeue answers "Invalid job id" when it knows none of the jobs asked for (it skips the
+     * unknown ones of a longer list): that is an answer, not a failure */
+    if (!ok && st >= 0 && WIFEXITED(st) && strstr(errb, "Invalid job id")) ok = true;
+    if (!ok) {
         char msg[400];
         one_line(errb, msg, sizeof msg);
         if (strcmp(msg, s->last_error)) {
             fprintf(stderr, "quantd: squeue failed, job states not updated: %s\n", msg);
             snprintf(s->last_error, sizeof s->last_error, "%s", msg);
         }
+        free(out);
         return;
     }
     s->last_error[0] = 0;
@@ -355,7 +369,6 @@ void wk_slurm_refresh(wk_slurm *s) {
         s->live[i].known = false;
         s->live[i].info_mono = now;
     }
-    if (none) return;
     char *sv = NULL;
     for (char *line = strtok_r(out, "\n", &sv); line; line = strtok_r(NULL, "\n", &sv)) {
         char *f[6];
@@ -368,6 +381,7 @@ void wk_slurm_refresh(wk_slurm *s) {
         snprintf(e->node, sizeof e->node, "%s", f[3]);
         e->exit_raw = atoi(f[4]);
     }
+    free(out);
 }
 
 /* ---- submitting ---- */
