@@ -50,6 +50,21 @@ wait_slurm_state() {
     echo "  Slurm job $1 is '$s', wanted $2" >&2
     return 1
 }
+# side_job URL 'SPEC FIELDS': uploads the fixtures to another server and submits a job there.
+side_job() {
+    local m c
+    m=$(curl -s -H 'Content-Type: application/octet-stream' --data-binary "@$MODEL" "$1/v1/blobs" | jq -r .id)
+    c=$(curl -s -H 'Content-Type: application/octet-stream' --data-binary "@$TEXT" "$1/v1/blobs" | jq -r .id)
+    curl -s -H 'Content-Type: application/json' "$1/v1/jobs" \
+        -d "{\"model\":\"$m\",\"calibration\":\"$c\",$2}" | jq -r '.id // empty'
+}
+# side_wait URL ID SECONDS: until the job there is no longer queued or running.
+side_wait() {
+    for _ in $(seq $(($3 * 5))); do
+        case "$(curl -s "$1/v1/jobs/$2" | jq -r .state)" in running|queued) sleep 0.2;; *) return 0;; esac
+    done
+    return 1
+}
 job_brief() { curl -s "$URL/v1/jobs/$1" | jq -c '{state,attempts,error,slurm,worker}'; }
 
 SLURM_FLAGS=(--set dispatcher=slurm --set slurm_poll_s=0.3 --set cancel_grace_s=5
@@ -59,19 +74,13 @@ SLURM_FLAGS=(--set dispatcher=slurm --set slurm_poll_s=0.3 --set cancel_grace_s=
 # job runs into the cluster's time limit while the tests below run
 start tlim "${SLURM_FLAGS[@]}" --set "slurm_sbatch_args=--time=1" || bad tlim_start "$(cat "$TMP/tlim.err")"
 TURL=$SURL
-TMID=$(curl -s -H 'Content-Type: application/octet-stream' --data-binary "@$MODEL" "$TURL/v1/blobs" | jq -r .id)
-TCID=$(curl -s -H 'Content-Type: application/octet-stream' --data-binary "@$TEXT" "$TURL/v1/blobs" | jq -r .id)
-TJ=$(curl -s -H 'Content-Type: application/json' "$TURL/v1/jobs" \
-    -d "{\"model\":\"$TMID\",\"calibration\":\"$TCID\",\"method\":\"mobilequant\",$LONG}" | jq -r '.id // empty')
+TJ=$(side_job "$TURL" "\"method\":\"mobilequant\",$LONG")
 check slurm_time_limit_job_submitted '[ -n "$TJ" ]'
 
 # --- and a third whose jobs get --mem=8M: Slurm kills its worker for its memory
 start oom "${SLURM_FLAGS[@]}" --set worker_mem_bytes=8M || bad oom_start "$(cat "$TMP/oom.err")"
 OURL=$SURL
-OMID=$(curl -s -H 'Content-Type: application/octet-stream' --data-binary "@$MODEL" "$OURL/v1/blobs" | jq -r .id)
-OCID=$(curl -s -H 'Content-Type: application/octet-stream' --data-binary "@$TEXT" "$OURL/v1/blobs" | jq -r .id)
-OJ=$(curl -s -H 'Content-Type: application/json' "$OURL/v1/jobs" \
-    -d "{\"model\":\"$OMID\",\"calibration\":\"$OCID\",\"method\":\"mobilequant\",$LONG}" | jq -r '.id // empty')
+OJ=$(side_job "$OURL" "\"method\":\"mobilequant\",$LONG")
 check slurm_oom_job_submitted '[ -n "$OJ" ]'
 
 D=$TMP/data
@@ -132,15 +141,19 @@ check server_timeout '[ "$(job_state "$J")" = timed_out ] && curl -s "$URL/v1/jo
 
 # --- sbatch refuses: a partition the cluster does not have
 start badpart "${SLURM_FLAGS[@]}" --set slurm_partition=nosuchpart || bad badpart_start "$(cat "$TMP/badpart.err")"
-BID=$(curl -s -H 'Content-Type: application/octet-stream' --data-binary "@$MODEL" "$SURL/v1/blobs" | jq -r .id)
-BCID=$(curl -s -H 'Content-Type: application/octet-stream' --data-binary "@$TEXT" "$SURL/v1/blobs" | jq -r .id)
-BJ=$(curl -s -H 'Content-Type: application/json' "$SURL/v1/jobs" -d "{\"model\":\"$BID\",\"calibration\":\"$BCID\",\"method\":\"rtn\",$SMALL}" | jq -r '.id // empty')
-for _ in $(seq 100); do
-    [ "$(curl -s "$SURL/v1/jobs/$BJ" | jq -r .state)" = failed ] && break
-    sleep 0.2
-done
+BJ=$(side_job "$SURL" "\"method\":\"rtn\",$SMALL")
+side_wait "$SURL" "$BJ" 30
 curl -s "$SURL/v1/jobs/$BJ" >"$TMP/job"
 check sbatch_refused_reason '[ "$(jq -r .state "$TMP/job")" = failed ] && jq -r .error "$TMP/job" | grep -q "sbatch refused" && jq -r .error "$TMP/job" | grep -qi "partition"' "$(jq -c '{state,error}' "$TMP/job")"
+
+# --- sbatch cannot reach the controller: a slurm.conf naming a port nobody listens on
+sed -e "s/^SlurmctldPort=.*/SlurmctldPort=$(_slurm_free_port)/" -e "s/^MessageTimeout=.*/MessageTimeout=2/" \
+    "$SLURM_CONF" >"$TMP/unreachable.conf"
+SLURM_CONF=$TMP/unreachable.conf start unreach "${SLURM_FLAGS[@]}" || bad unreach_start "$(cat "$TMP/unreach.err")"
+UJ=$(side_job "$SURL" "\"method\":\"rtn\",$SMALL")
+side_wait "$SURL" "$UJ" 60
+curl -s "$SURL/v1/jobs/$UJ" >"$TMP/job"
+check sbatch_unreachable_controller '[ "$(jq -r .state "$TMP/job")" = failed ] && jq -r .error "$TMP/job" | grep -q "sbatch refused.*Unable to contact slurm controller"' "$(jq -c '{state,error}' "$TMP/job")"
 
 # --- kill -9 of the server mid-job: the restarted server follows the same Slurm job
 J=$(submit "{$IN,\"method\":\"mobilequant\",$LONG}")
@@ -161,6 +174,17 @@ check restart_reattach_event 'grep -q "following Slurm job $SID again" "$D/jobs/
 code POST "/v1/jobs/$J/cancel" >/dev/null
 wait_state "$J" "cancelled|failed" 60
 check reattached_job_cancels '[ "$(job_state "$J")" = cancelled ]' "$(job_brief "$J")"
+
+# --- a server stopped by SIGTERM leaves its Slurm jobs running; the next one follows them
+J=$(submit "{$IN,\"method\":\"mobilequant\",$LONG}")
+wait_optimizing "$J" 120
+SID=$(slurm_id "$J")
+stop_server
+check stop_leaves_slurm_job_running '[ "$(squeue -h -j "$SID" -o %T)" = RUNNING ] && [ "$(jq -r .state "$D/jobs/$J/job.json")" = running ]' "$(squeue -h -j "$SID" -o %T) $(jq -c '{state,slurm}' "$D/jobs/$J/job.json")"
+start_server "$D" --workers 2 "${SLURM_FLAGS[@]}" || bad restart_after_stop "$(cat "$D.err")"
+check restart_after_stop_follows '[ "$(job_state "$J")" = running ] && [ "$(slurm_id "$J")" = "$SID" ]' "$(job_brief "$J")"
+code POST "/v1/jobs/$J/cancel" >/dev/null
+wait_state "$J" "cancelled|failed" 60
 
 # --- a job that finishes while the server is down is picked up as finished
 J=$(submit "{$IN,\"method\":\"rtn\",$SMALL}")
@@ -187,16 +211,12 @@ check vanished_job_requeued 'grep -q "Slurm no longer knows job 999999.*requeued
 check vanished_job_resumes_and_succeeds '[ "$(jq -r .state "$TMP/job")" = succeeded ] && [ "$(jq .attempts "$TMP/job")" = 2 ] && [ "$(jq -r .slurm.job_id "$TMP/job")" != 999999 ] && grep -q "resuming from checkpoint" "$D/jobs/$J/worker.log"' "$(jq -c '{state,attempts,slurm,error}' "$TMP/job")"
 
 # --- Slurm's own time limit (the job of the second server, --time=1)
-for _ in $(seq 900); do
-    case "$(curl -s "$TURL/v1/jobs/$TJ" | jq -r .state)" in running|queued) sleep 0.2;; *) break;; esac
-done
+side_wait "$TURL" "$TJ" 180
 curl -s "$TURL/v1/jobs/$TJ" >"$TMP/job"
 check slurm_time_limit_times_out '[ "$(jq -r .state "$TMP/job")" = timed_out ] && [ "$(jq -r .slurm.state "$TMP/job")" = TIMEOUT ] && jq -r .error "$TMP/job" | grep -q "TIMEOUT"' "$(jq -c '{state,error,slurm}' "$TMP/job")"
 
 # --- Slurm's memory limit (the job of the third server, --mem=8M)
-for _ in $(seq 300); do
-    case "$(curl -s "$OURL/v1/jobs/$OJ" | jq -r .state)" in running|queued) sleep 0.2;; *) break;; esac
-done
+side_wait "$OURL" "$OJ" 60
 curl -s "$OURL/v1/jobs/$OJ" >"$TMP/job"
 check slurm_memory_limit_fails_job '[ "$(jq -r .state "$TMP/job")" = failed ] && jq -r .error "$TMP/job" | grep -q "memory limit (--mem=8M)"' "$(jq -c '{state,error,slurm,worker}' "$TMP/job")"
 
