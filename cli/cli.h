@@ -10,5 +10,6 @@ int cmd_quantize(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_work(int argc, char **argv);
 int cmd_client(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
 
 #endif

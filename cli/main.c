@@ -1,4 +1,5 @@
-/* quantd: one binary, many subcommands (serve, work, quantize, eval, generate, inspect). */
+/* quantd: one binary, many subcommands (serve, work, quantize, eval, generate, tokenize,
+ * inspect). */
 #include <stdio.h>
 #include <string.h>
 
@@ -14,6 +15,7 @@ static const subcommand commands[] = {
     {"eval", cmd_eval, "perplexity of a checkpoint on a text or token file"},
     {"generate", cmd_generate, "sample text from a checkpoint"},
     {"quantize", cmd_quantize, "the whole quantization pipeline offline, writes report.json"},
+    {"tokenize", cmd_tokenize, "text to token ids (JSON arrays, or a pre-tokenized .u32.bin)"},
     {"inspect", cmd_inspect, "architecture, tensors, dtypes and sizes of a checkpoint"},
     {"serve", cmd_serve, "the HTTP service: uploads, job queue, workers, artifacts"},
     {"work", cmd_work, "run one job directory (what the service's dispatcher starts)"},

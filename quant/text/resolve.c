@@ -52,7 +52,7 @@ qd_tokenizer *qd_tok_resolve(const qd_vocab *vocab, int vocab_size, const char *
         }
     }
     if (!t) return NULL;
-    if (qd_tok_vocab_size(t) != vocab_size) {
+    if (vocab_size > 0 && qd_tok_vocab_size(t) != vocab_size) {
         qd_errf(err, "%s: tokenizer has %d tokens but the model's vocab_size is %d",
                 tok_path ? tok_path : model_path, qd_tok_vocab_size(t), vocab_size);
         qd_tok_free(t);

@@ -14,7 +14,8 @@ qd_tokenizer *qd_tok_for_model(const qd_model *m, const char *model_path, const 
 
 /* The same search for any checkpoint or artifact: vocab is the vocabulary it carries (or
  * NULL). Beside the file also looks into an fp-folded/ directory next to it, where quantd
- * puts the tokenizer of an integer artifact. */
+ * puts the tokenizer of an integer artifact. vocab_size <= 0 skips the size check (for
+ * tokenizing without loading the model's weights). */
 qd_tokenizer *qd_tok_resolve(const struct qd_vocab *vocab, int vocab_size, const char *path,
                              const char *tok_path, qd_err *err);
 
