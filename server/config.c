@@ -104,7 +104,8 @@ int srv_config_set(srv_config *c, const char *k, const char *v, qd_err *err) {
     else if (!strcmp(k, "slurm_poll_s")) bad = parse_seconds(v, 0.1, 3600, &c->slurm_poll_s);
     else if (!strcmp(k, "slurm_pending_down_s")) bad = parse_seconds(v, 0, 30 * 86400, &c->slurm_pending_down_s);
     else return qd_errf(err, "unknown setting '%s'", k);
-    if (bad) return qd_errf(err, "bad value '%s' for %s", v, k);
+    /* the value is cut so that a long one cannot push the key out of the message */
+    if (bad) return qd_errf(err, "bad value '%.120s%s' for %s", v, strlen(v) > 120 ? "..." : "", k);
     return QD_OK;
 }
 

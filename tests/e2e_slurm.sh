@@ -67,6 +67,16 @@ side_wait() {
 }
 job_brief() { curl -s "$URL/v1/jobs/$1" | jq -c '{state,attempts,error,slurm,worker}'; }
 
+# --- a Slurm set-up that cannot work is refused at start, with the reason
+timeout 20 env PATH=/nonexistent "$Q" serve --listen 127.0.0.1:0 --data "$TMP/nopath" --set dispatcher=slurm \
+    >/dev/null 2>"$TMP/nopath.err"
+rc=$?
+check serve_refuses_slurm_without_sbatch '[ "$rc" = 1 ] && grep -q "sbatch is not on PATH" "$TMP/nopath.err"' "rc $rc: $(cat "$TMP/nopath.err")"
+timeout 20 "$Q" serve --listen 127.0.0.1:0 --data "$TMP/notmpl" --set dispatcher=slurm \
+    --set slurm_template=/nonexistent/quantd.sbatch >/dev/null 2>"$TMP/notmpl.err"
+rc=$?
+check serve_refuses_missing_template '[ "$rc" = 1 ] && grep -q "slurm_template /nonexistent/quantd.sbatch: No such file" "$TMP/notmpl.err"' "rc $rc: $(cat "$TMP/notmpl.err")"
+
 SLURM_FLAGS=(--set dispatcher=slurm --set slurm_poll_s=0.3 --set cancel_grace_s=5
              --set slurm_pending_down_s=3 --set worker_mem_bytes=2G)
 
