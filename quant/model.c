@@ -56,7 +56,41 @@ int qd_config_validate(const qd_config *c, const char *path, qd_err *err) {
     if (!(c->rope_theta > 0.0f && isfinite(c->rope_theta)))
         return qd_errf(err, "%s: rope_theta = %g must be positive and finite", path,
                        (double)c->rope_theta);
+    if (c->rope_scaling < QD_ROPE_NONE || c->rope_scaling > QD_ROPE_LLAMA3)
+        return qd_errf(err, "%s: rope_scaling = %d unknown", path, c->rope_scaling);
+    if (c->rope_scaling != QD_ROPE_NONE && !(c->rope_factor > 0.0f && isfinite(c->rope_factor)))
+        return qd_errf(err, "%s: rope_scaling factor = %g must be positive and finite", path,
+                       (double)c->rope_factor);
+    if (c->rope_scaling == QD_ROPE_LLAMA3) {
+        if (!(c->rope_low_freq_factor > 0.0f && c->rope_high_freq_factor > c->rope_low_freq_factor &&
+              isfinite(c->rope_high_freq_factor)))
+            return qd_errf(err, "%s: rope_scaling low_freq_factor = %g and high_freq_factor = %g "
+                           "need 0 < low < high", path, (double)c->rope_low_freq_factor,
+                           (double)c->rope_high_freq_factor);
+        if (c->rope_orig_ctx < 1 || c->rope_orig_ctx > QD_MAX_CTX)
+            return qd_errf(err, "%s: rope_scaling original_max_position_embeddings = %d out of "
+                           "range [1, %d]", path, c->rope_orig_ctx, QD_MAX_CTX);
+    }
     return QD_OK;
+}
+
+const char *qd_rope_scaling_name(int s) {
+    return s == QD_ROPE_LINEAR ? "linear" : s == QD_ROPE_LLAMA3 ? "llama3" : "none";
+}
+
+double qd_rope_inv_freq(const qd_config *c, int i) {
+    double base = pow((double)c->rope_theta, -2.0 * i / c->head_dim);
+    double k = c->rope_factor;
+    if (c->rope_scaling == QD_ROPE_LINEAR) return base / k;
+    if (c->rope_scaling != QD_ROPE_LLAMA3) return base;
+    /* as transformers' _compute_llama3_parameters: long wavelengths are slowed by the factor,
+     * short ones kept, the band between blended linearly in orig_ctx / wavelength */
+    double orig = c->rope_orig_ctx, lo = c->rope_low_freq_factor, hi = c->rope_high_freq_factor;
+    double wl = 2 * M_PI / base;
+    if (wl > orig / lo) return base / k;
+    if (wl < orig / hi) return base;
+    double smooth = (orig / wl - lo) / (hi - lo);
+    return (1 - smooth) * base / k + smooth * base;
 }
 
 const qd_layer_tensor qd_layer_tensors[] = {

@@ -33,6 +33,15 @@ typedef struct qd_config {
     int max_seq_len;
     float norm_eps;
     float rope_theta;
+    /* RoPE frequency scaling (qd_rope_inv_freq applies it; every RoPE table is built from
+     * those frequencies): QD_ROPE_NONE; QD_ROPE_LINEAR (position interpolation: every
+     * frequency / rope_factor); QD_ROPE_LLAMA3 (Llama 3.1: wavelengths above
+     * rope_orig_ctx / rope_low_freq_factor divided by rope_factor, below rope_orig_ctx /
+     * rope_high_freq_factor kept, smoothly interpolated between). */
+    int rope_scaling;
+    float rope_factor;
+    float rope_low_freq_factor, rope_high_freq_factor;
+    int rope_orig_ctx;
     int tied_embeddings;   /* lm_head shares tok_emb */
     int qkv_bias;          /* q/k/v projections carry biases (Qwen2) */
     int bos_id, eos_id;    /* -1 when unknown */
@@ -73,6 +82,15 @@ typedef struct qd_model {
     qd_tensor_info *tinfo; /* n_tinfo entries describing the source tensors */
     int n_tinfo;
 } qd_model;
+
+enum { QD_ROPE_NONE = 0, QD_ROPE_LINEAR = 1, QD_ROPE_LLAMA3 = 2 };
+
+/* Name of a rope_scaling value: "none", "linear", "llama3". */
+const char *qd_rope_scaling_name(int scaling);
+
+/* The RoPE inverse frequency of pair i (0 <= i < head_dim/2) of c: theta^(-2i/head_dim),
+ * scaled as c->rope_scaling says. Pair i of a head rotates by position * qd_rope_inv_freq. */
+double qd_rope_inv_freq(const qd_config *c, int i);
 
 /* Checks a config for consistency and bounds; QD_ERR with err naming the field. */
 int qd_config_validate(const qd_config *cfg, const char *path, qd_err *err);

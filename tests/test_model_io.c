@@ -698,6 +698,26 @@ static void rope_llama3(cJSON *j) {
     cJSON_AddStringToObject(rs, "rope_type", "llama3");
     cJSON_AddNumberToObject(rs, "factor", 8.0);
 }
+static void rope_yarn(cJSON *j) {
+    cJSON *rs = cJSON_AddObjectToObject(j, "rope_scaling");
+    cJSON_AddStringToObject(rs, "rope_type", "yarn");
+    cJSON_AddNumberToObject(rs, "factor", 4.0);
+}
+static void dtype_int8(cJSON *j) {
+    cJSON_DeleteItemFromObject(j, "torch_dtype");
+    cJSON_AddStringToObject(j, "torch_dtype", "int8");
+}
+static void quantized(cJSON *j) {
+    cJSON *q = cJSON_AddObjectToObject(j, "quantization_config");
+    cJSON_AddStringToObject(q, "quant_method", "gptq");
+}
+static void unknown_keys(cJSON *j) {
+    cJSON_AddStringToObject(j, "transformers_version", "4.57.1");
+    cJSON_AddNumberToObject(j, "initializer_range", 0.02);
+    cJSON_AddBoolToObject(j, "use_cache", 1);
+    cJSON_DeleteItemFromObject(j, "torch_dtype");
+    cJSON_AddStringToObject(j, "dtype", "bfloat16");
+}
 static void arch_gpt2(cJSON *j) {
     cJSON_ReplaceItemInObject(j, "model_type", cJSON_CreateString("gpt2"));
 }
@@ -746,8 +766,17 @@ static void test_hf_config_variants(void) {
     m = load_ok(hf_with_config("eoslist", eos_list));
     CHECK(m && m->cfg.eos_id == 2 && m->cfg.head_dim == 8, "eos list / head_dim default");
     qd_model_free(m);
-    EXPECT_FAIL(qd_model_load(hf_with_config("rope3", rope_llama3), err_), "config.json",
-                "rope_scaling", "llama3");
+    EXPECT_FAIL(qd_model_load(hf_with_config("rope3", rope_llama3), err_), "rope3/config.json",
+                "rope_scaling.low_freq_factor missing");
+    EXPECT_FAIL(qd_model_load(hf_with_config("yarn", rope_yarn), err_), "yarn/config.json",
+                "unsupported rope_scaling type 'yarn'");
+    EXPECT_FAIL(qd_model_load(hf_with_config("dtype8", dtype_int8), err_), "dtype8/config.json",
+                "torch_dtype 'int8'");
+    EXPECT_FAIL(qd_model_load(hf_with_config("gptq", quantized), err_), "gptq/config.json",
+                "quantization_config", "gptq");
+    m = load_ok(hf_with_config("unknownkeys", unknown_keys));
+    CHECK(m && m->cfg.dim == 64, "unknown keys are ignored");
+    qd_model_free(m);
     EXPECT_FAIL(qd_model_load(hf_with_config("gpt2", arch_gpt2), err_), "config.json",
                 "unsupported architecture", "model_type 'gpt2'");
     EXPECT_FAIL(qd_model_load(hf_with_config("noarch", arch_none), err_),

@@ -17,12 +17,11 @@ static int check_tokens(const qd_model *m, const int *tokens, size_t n, qd_err *
     return QD_OK;
 }
 
-void qd_rope_tables(int T, int head_dim, float theta, float *cos_t, float *sin_t) {
-    int half = head_dim / 2;
+void qd_rope_tables(const qd_config *c, int T, float *cos_t, float *sin_t) {
+    int half = c->head_dim / 2;
     for (int t = 0; t < T; t++)
         for (int i = 0; i < half; i++) {
-            double freq = pow((double)theta, -2.0 * i / head_dim);
-            double a = (double)t * freq;
+            double a = (double)t * qd_rope_inv_freq(c, i);
             cos_t[t * half + i] = (float)cos(a);
             sin_t[t * half + i] = (float)sin(a);
         }
@@ -125,7 +124,7 @@ int qd_forward_ws(const qd_model *m, qd_fwd_ws *ws, const int *tokens, int B, in
     float *x = mem, *xn = x + N * D, *q = xn + N * D, *att = q + N * qd, *k = att + N * qd,
           *v = k + N * kvd, *g = v + N * kvd, *u = g + N * F, *P = u + N * F,
           *cs = P + (size_t)QB * T, *sn = cs + (size_t)T * hd / 2;
-    qd_rope_tables(T, hd, c->rope_theta, cs, sn);
+    qd_rope_tables(c, T, cs, sn);
     for (size_t n = 0; n < N; n++)
         memcpy(x + n * D, m->tok_emb + (size_t)tokens[n] * D, D * sizeof(float));
     float scale = 1.0f / sqrtf((float)hd);
@@ -208,7 +207,7 @@ int qd_forward_ref(const qd_model *m, const int *tokens, int B, int T, float *lo
     }
     float *xn = x + D, *tmp = xn + D, *q = tmp + D, *att = q + qd, *g = att + qd, *u = g + F,
           *p = u + F;
-    qd_rope_tables(T, hd, c->rope_theta, cs, sn);
+    qd_rope_tables(c, T, cs, sn);
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) {
             memcpy(x, m->tok_emb + (size_t)tokens[b * T + t] * D, D * sizeof(float));
@@ -284,7 +283,7 @@ qd_kv *qd_kv_new(const qd_model *m, int max_T, qd_err *err) {
         qd_errf(err, "kv cache: out of memory for %d positions", max_T);
         return NULL;
     }
-    qd_rope_tables(max_T, c->head_dim, c->rope_theta, kv->cs, kv->sn);
+    qd_rope_tables(c, max_T, kv->cs, kv->sn);
     return kv;
 }
 

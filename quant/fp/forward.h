@@ -24,8 +24,9 @@ int qd_forward_ws(const qd_model *m, qd_fwd_ws *ws, const int *tokens, int B, in
 int qd_forward_ref(const qd_model *m, const int *tokens, int B, int T, float *logits,
                    qd_err *err);
 
-/* RoPE cos/sin tables for positions 0..T-1, rotate-half layout: cos[t*(hd/2)+i]. */
-void qd_rope_tables(int T, int head_dim, float theta, float *cos_t, float *sin_t);
+/* RoPE cos/sin tables for positions 0..T-1, rotate-half layout: cos[t*(hd/2)+i], at the
+ * frequencies of qd_rope_inv_freq (theta and rope scaling of c). */
+void qd_rope_tables(const qd_config *c, int T, float *cos_t, float *sin_t);
 
 /* Incremental decoding with a KV cache of max_T positions. */
 typedef struct qd_kv qd_kv;

@@ -717,19 +717,142 @@ static int get_req(const qd_gguf *g, const char *arch, const char *key, int64_t 
     return QD_OK;
 }
 
+/* Llama 3.1's scaling as llama.cpp stores it: no scaling keys, but a rope_freqs.weight
+ * tensor of head_dim/2 frequency divisors computed from (factor, low_freq_factor,
+ * high_freq_factor, original context). The parameters are recovered from the divisors: factor
+ * is the largest, and in the band between, 1/divisor is linear in orig/wavelength with slope
+ * 1/(high-low) and intercept -low/(high-low). The fit must then reproduce every divisor; a
+ * rope_freqs that follows another rule is refused rather than approximated. */
+static int gguf_rope_freqs(const qd_gguf *g, const char *arch, qd_config *c, qd_err *err) {
+    const char *name = "rope_freqs.weight";
+    const qd_gguf_tensor *t = qd_gguf_find_tensor(g, name);
+    int half = c->head_dim / 2;
+    if (t->type != QD_GGML_F32 || t->n_dims != 1 || t->ne[0] != (uint64_t)half)
+        return qd_errf(err, "%s: tensor %s: need F32 [%d] (head_dim / 2)", g->path, name, half);
+    float *dv = malloc((size_t)half * sizeof *dv);
+    if (!dv) return qd_errf(err, "%s: out of memory", g->path);
+    int rc = qd_convert_f32(dv, t->data, QD_SRC_F32, (size_t)half, g->path, name, err);
+    double k = 1;
+    for (int i = 0; rc == QD_OK && i < half; i++) {
+        if (!(dv[i] >= 1.0f))
+            rc = qd_errf(err, "%s: tensor %s: element %d = %g, need a divisor >= 1", g->path,
+                         name, i, (double)dv[i]);
+        else if (dv[i] > k) k = dv[i];
+    }
+    if (rc || k == 1) {
+        free(dv);
+        return rc; /* all ones: no scaling */
+    }
+    char key[128];
+    int64_t orig = 8192; /* transformers' and llama.cpp's default for Llama 3 */
+    snprintf(key, sizeof key, "%s.rope.scaling.original_context_length", arch);
+    if (qd_gguf_get_int(g, key, 1, QD_MAX_CTX, &orig, err) < 0) {
+        free(dv);
+        return QD_ERR;
+    }
+    /* x = orig / wavelength; divisor 1 where x > high, k where x < low, blended between */
+    double sx = 0, sy = 0, sxx = 0, sxy = 0, max_lo = 0, min_hi = INFINITY;
+    int nb = 0;
+    for (int i = 0; i < half; i++) {
+        double base = pow((double)c->rope_theta, -2.0 * i / c->head_dim);
+        double x = (double)orig * base / (2 * M_PI);
+        double d = dv[i];
+        if (fabs(d - 1) < 1e-6) {
+            if (x < min_hi) min_hi = x;
+        } else if (fabs(d - k) < 1e-6 * k) {
+            if (x > max_lo) max_lo = x;
+        } else {
+            double y = (1 / d - 1 / k) / (1 - 1 / k);
+            sx += x, sy += y, sxx += x * x, sxy += x * y, nb++;
+        }
+    }
+    double lo, hi;
+    if (nb >= 2 && nb * sxx - sx * sx > 0) {
+        double a = (nb * sxy - sx * sy) / (nb * sxx - sx * sx), b = (sy - a * sx) / nb;
+        lo = -b / a;
+        hi = lo + 1 / a;
+    } else {
+        /* too few blended pairs to fit: Llama 3.1's own values when they fit, else the
+         * middle of what the divisors allow */
+        lo = 1, hi = 4;
+        if (!(max_lo < lo && lo < hi && hi < min_hi)) {
+            lo = max_lo * 1.0001 + 1e-9;
+            hi = isfinite(min_hi) ? (lo + min_hi) / 2 : lo * 4;
+        }
+    }
+    c->rope_scaling = QD_ROPE_LLAMA3;
+    c->rope_factor = (float)k;
+    c->rope_low_freq_factor = (float)lo;
+    c->rope_high_freq_factor = (float)hi;
+    c->rope_orig_ctx = (int)orig;
+    for (int i = 0; rc == QD_OK && i < half; i++) {
+        double base = pow((double)c->rope_theta, -2.0 * i / c->head_dim);
+        double fit = base / qd_rope_inv_freq(c, i);
+        if (!(lo > 0 && hi > lo) || fabs(fit - dv[i]) > 1e-4 * dv[i])
+            rc = qd_errf(err, "%s: tensor %s: frequency divisors do not follow llama3 RoPE "
+                         "scaling (element %d = %g, the fit gives %g)", g->path, name, i,
+                         (double)dv[i], fit);
+    }
+    free(dv);
+    return rc;
+}
+
+/* <arch>.rope.scaling.type (none, linear) with .factor, the older .rope.scale_linear, and the
+ * llama3-style rope_freqs tensor; yarn and others are refused by name. */
+static int gguf_rope_scaling(const qd_gguf *g, const char *arch, qd_config *c, qd_err *err) {
+    char k[128];
+    double f = 1;
+    snprintf(k, sizeof k, "%s.rope.scaling.type", arch);
+    const qd_gguf_kv *rs = qd_gguf_find(g, k);
+    const char *type = "none";
+    if (rs) {
+        if (rs->type != QD_GGUF_STRING) return qd_errf(err, "%s: %s is not a string", g->path, k);
+        type = rs->str;
+    }
+    char fk[128];
+    snprintf(fk, sizeof fk, "%s.rope.scaling.factor", arch);
+    int frc = qd_gguf_get_float(g, fk, &f, err);
+    if (frc < 0) return QD_ERR;
+    if (!rs) { /* older files: rope.scale_linear */
+        snprintf(fk, sizeof fk, "%s.rope.scale_linear", arch);
+        frc = qd_gguf_get_float(g, fk, &f, err);
+        if (frc < 0) return QD_ERR;
+        if (frc == 0 && f != 1) type = "linear";
+    }
+    if (strcmp(type, "linear") == 0) {
+        if (frc != 0 || !(f > 0) || !isfinite(f))
+            return qd_errf(err, "%s: %s is linear but %s is missing or not positive", g->path, k,
+                           fk);
+        if (f != 1) {
+            c->rope_scaling = QD_ROPE_LINEAR;
+            c->rope_factor = (float)f;
+        }
+    } else if (strcmp(type, "none") != 0) {
+        return qd_errf(err, "%s: unsupported %s = '%.32s' (quantd applies none, linear and "
+                       "llama3-style rope_freqs)", g->path, k, type);
+    }
+    if (qd_gguf_find_tensor(g, "rope_freqs.weight")) {
+        if (c->rope_scaling != QD_ROPE_NONE)
+            return qd_errf(err, "%s: both %s and tensor rope_freqs.weight scale RoPE", g->path, k);
+        return gguf_rope_freqs(g, arch, c, err);
+    }
+    return QD_OK;
+}
+
 static int gguf_config(const qd_gguf *g, qd_config *c, int *permute, qd_err *err) {
     const qd_gguf_kv *a = qd_gguf_find(g, "general.architecture");
     if (!a || a->type != QD_GGUF_STRING)
         return qd_errf(err, "%s: missing general.architecture", g->path);
     const char *arch = a->str;
-    if (strcmp(arch, "llama") == 0) {
+    if (strcmp(arch, "llama") == 0 || strcmp(arch, "mistral") == 0) {
+        /* Mistral checkpoints go through llama.cpp's Llama converter: the same layout */
         *permute = 1;
     } else if (strcmp(arch, "qwen2") == 0) {
         *permute = 0;
     } else {
         return qd_errf(err,
                        "%s: unsupported architecture '%.40s' (general.architecture): need a "
-                       "LLaMA-family model (llama, qwen2)",
+                       "LLaMA-family model (llama, mistral, qwen2)",
                        g->path, arch);
     }
     memset(c, 0, sizeof *c);
@@ -749,10 +872,6 @@ static int gguf_config(const qd_gguf *g, qd_config *c, int *permute, qd_err *err
                        "rotary embeddings are unsupported", g->path, arch, (long long)rd,
                        (long long)hd);
     char k[128];
-    snprintf(k, sizeof k, "%s.rope.scaling.type", arch);
-    const qd_gguf_kv *rs = qd_gguf_find(g, k);
-    if (rs && rs->type == QD_GGUF_STRING && strcmp(rs->str, "none") != 0)
-        return qd_errf(err, "%s: unsupported %s = '%.32s' (RoPE scaling)", g->path, k, rs->str);
     double theta = 10000.0, eps = 1e-5;
     snprintf(k, sizeof k, "%s.rope.freq_base", arch);
     if (qd_gguf_get_float(g, k, &theta, err) < 0) return QD_ERR;
@@ -768,7 +887,7 @@ static int gguf_config(const qd_gguf *g, qd_config *c, int *permute, qd_err *err
     c->rope_theta = (float)theta;
     c->norm_eps = (float)eps;
     c->bos_id = c->eos_id = -1;
-    return QD_OK;
+    return gguf_rope_scaling(g, arch, c, err);
 }
 
 /* Loads all weights; pass 0 only checks (ld->check_only), pass 1 converts into m. */

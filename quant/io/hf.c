@@ -27,6 +27,7 @@ typedef struct hf {
     cJSON *cfg;
     qd_st_file *shards[HF_MAX_SHARDS];
     int n_shards;
+    const char *emb_name; /* where the embeddings are stored (see qd_load_hf) */
     qd_err *err;
 } hf;
 
@@ -67,21 +68,64 @@ static const char *cfg_str(const cJSON *obj, const char *key) {
     return cJSON_IsString(j) ? j->valuestring : NULL;
 }
 
-/* Rejects RoPE variants the forward pass does not implement, naming the field. */
-static int check_rope_type(hf *h, const cJSON *obj, const char *field) {
+/* A required number inside a rope_scaling object, named as config.json nests it. */
+static int rope_num(hf *h, const cJSON *obj, const char *field, const char *key, int required,
+                    double *out) {
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!j || cJSON_IsNull(j)) {
+        if (required)
+            return qd_errf(h->err, "%s: %s.%s missing (needed by its rope type)", h->cfg_path,
+                           field, key);
+        return 1;
+    }
+    if (!cJSON_IsNumber(j) || !isfinite(j->valuedouble))
+        return qd_errf(h->err, "%s: %s.%s is not a number", h->cfg_path, field, key);
+    *out = j->valuedouble;
+    return 0;
+}
+
+/* rope_scaling (or transformers v5's rope_parameters) into c's scaling fields: default
+ * (none), linear (factor) and llama3 (factor, low_freq_factor, high_freq_factor,
+ * original_max_position_embeddings); any other type is refused, naming file and field. */
+static int parse_rope(hf *h, const cJSON *obj, const char *field, qd_config *c) {
     if (!obj || cJSON_IsNull(obj)) return QD_OK;
     if (!cJSON_IsObject(obj)) return qd_errf(h->err, "%s: %s is not an object", h->cfg_path, field);
     const char *t = cfg_str(obj, "rope_type");
     if (!t) t = cfg_str(obj, "type");
-    if (t && strcmp(t, "default") != 0)
-        return qd_errf(h->err, "%s: unsupported %s type '%.32s' (only default RoPE)", h->cfg_path,
-                       field, t);
     double f = 1.0;
-    int rc = cfg_num(h, obj, "factor", &f);
-    if (rc < 0) return QD_ERR;
-    if (rc == 0 && f != 1.0)
-        return qd_errf(h->err, "%s: unsupported %s factor %g (only unscaled RoPE)", h->cfg_path,
-                       field, f);
+    if (!t || strcmp(t, "default") == 0) {
+        int rc = rope_num(h, obj, field, "factor", 0, &f);
+        if (rc < 0) return QD_ERR;
+        if (rc == 0 && f != 1.0)
+            return qd_errf(h->err, "%s: %s factor %g without a rope_type (only linear and llama3 "
+                           "scale)", h->cfg_path, field, f);
+        return QD_OK;
+    }
+    if (strcmp(t, "linear") == 0) {
+        if (rope_num(h, obj, field, "factor", 1, &f)) return QD_ERR;
+        c->rope_scaling = QD_ROPE_LINEAR;
+        c->rope_factor = (float)f;
+    } else if (strcmp(t, "llama3") == 0) {
+        double lo, hi, orig;
+        if (rope_num(h, obj, field, "factor", 1, &f) ||
+            rope_num(h, obj, field, "low_freq_factor", 1, &lo) ||
+            rope_num(h, obj, field, "high_freq_factor", 1, &hi) ||
+            rope_num(h, obj, field, "original_max_position_embeddings", 1, &orig))
+            return QD_ERR;
+        if (orig != floor(orig) || orig < 1 || orig > QD_MAX_CTX)
+            return qd_errf(h->err, "%s: %s.original_max_position_embeddings = %g out of range "
+                           "[1, %d]", h->cfg_path, field, orig, QD_MAX_CTX);
+        c->rope_scaling = QD_ROPE_LLAMA3;
+        c->rope_factor = (float)f;
+        c->rope_low_freq_factor = (float)lo;
+        c->rope_high_freq_factor = (float)hi;
+        c->rope_orig_ctx = (int)orig;
+    } else {
+        return qd_errf(h->err, "%s: unsupported %s type '%.32s' (quantd applies default, linear "
+                       "and llama3 RoPE)", h->cfg_path, field, t);
+    }
+    if (!(f > 0))
+        return qd_errf(h->err, "%s: %s.factor = %g must be positive", h->cfg_path, field, f);
     return QD_OK;
 }
 
@@ -121,12 +165,32 @@ static int hf_config(hf *h, qd_config *c, int *qwen2) {
     if (rc < 0) return QD_ERR;
     if (rc == 0 && prf != 1.0)
         return qd_errf(h->err, "%s: unsupported partial_rotary_factor %g", h->cfg_path, prf);
+    /* torch_dtype (newer transformers: dtype) says what the weights were saved in; the
+     * tensors' own dtypes are what is read, but a dtype quantd cannot read is named here. */
+    static const char *const DTYPES[] = {"float32", "float16", "bfloat16", "auto", NULL};
+    for (int k = 0; k < 2; k++) {
+        const char *f = k ? "dtype" : "torch_dtype";
+        const cJSON *dt = cJSON_GetObjectItemCaseSensitive(root, f);
+        if (!dt || cJSON_IsNull(dt)) continue;
+        if (!cJSON_IsString(dt) || !in_list(dt->valuestring, DTYPES))
+            return qd_errf(h->err, "%s: unsupported %s %s%.32s%s (need float32, float16 or "
+                           "bfloat16)", h->cfg_path, f, cJSON_IsString(dt) ? "'" : "",
+                           cJSON_IsString(dt) ? dt->valuestring : "(not a string)",
+                           cJSON_IsString(dt) ? "'" : "");
+    }
+    const cJSON *qc = cJSON_GetObjectItemCaseSensitive(root, "quantization_config");
+    if (qc && !cJSON_IsNull(qc)) {
+        const char *qm = cJSON_IsObject(qc) ? cfg_str(qc, "quant_method") : NULL;
+        return qd_errf(h->err, "%s: unsupported quantization_config (quant_method '%.32s'): "
+                       "quantd reads unquantized F32/F16/BF16 checkpoints", h->cfg_path,
+                       qm ? qm : "?");
+    }
     const cJSON *rp = cJSON_GetObjectItemCaseSensitive(root, "rope_parameters");
-    if (check_rope_type(h, cJSON_GetObjectItemCaseSensitive(root, "rope_scaling"), "rope_scaling") ||
-        check_rope_type(h, rp, "rope_parameters"))
+    memset(c, 0, sizeof *c);
+    if (parse_rope(h, cJSON_GetObjectItemCaseSensitive(root, "rope_scaling"), "rope_scaling", c) ||
+        parse_rope(h, rp, "rope_parameters", c))
         return QD_ERR;
 
-    memset(c, 0, sizeof *c);
     snprintf(c->arch, sizeof c->arch, "llama");
     long long dim, ff, nl, nh, nkv, hd, vs = 0, ctx = 2048, bos = -1, eos = -1;
     if (cfg_req(h, "hidden_size", 1, QD_MAX_DIM, &dim) ||
@@ -180,7 +244,7 @@ static int safe_name(const char *s) {
            strlen(s) < 256;
 }
 
-static int open_shard(hf *h, const char *file) {
+static int open_shard(hf *h, const char *file, const char *index_path, const char *tensor) {
     for (int i = 0; i < h->n_shards; i++) {
         const char *p = h->shards[i]->path, *b = strrchr(p, '/');
         if (strcmp(b ? b + 1 : p, file) == 0) return QD_OK;
@@ -189,6 +253,10 @@ static int open_shard(hf *h, const char *file) {
         return qd_errf(h->err, "%s: more than %d shards", h->dir, HF_MAX_SHARDS);
     char p[4400];
     snprintf(p, sizeof p, "%s/%s", h->dir, file);
+    struct stat st;
+    if (index_path && stat(p, &st) != 0)
+        return qd_errf(h->err, "%s: weight_map['%.80s'] names shard %s, which is missing (%s)",
+                       index_path, tensor, file, strerror(errno));
     qd_st_file *f = qd_st_open(p, h->err);
     if (!f) return QD_ERR;
     h->shards[h->n_shards++] = f;
@@ -214,7 +282,7 @@ static int open_index(hf *h, const char *index_path) {
                 rc = qd_errf(h->err, "%s: weight_map['%.80s'] is not a plain file name",
                              index_path, e->string);
             else
-                rc = open_shard(h, e->valuestring);
+                rc = open_shard(h, e->valuestring, index_path, e->string);
         }
     }
     cJSON_Delete(j);
@@ -274,9 +342,13 @@ static int hf_weights(hf *h, qd_model *m, const qd_config *c) {
     int ck = m == NULL;
     int64_t D = c->dim, V = c->vocab_size;
     char n[128];
-    if (take(h, "model.embed_tokens.weight", V, D, m ? m->tok_emb : NULL, ck) ||
+    if (take(h, h->emb_name, V, D, m ? m->tok_emb : NULL, ck) ||
         take(h, "model.norm.weight", 0, D, m ? m->final_norm : NULL, ck))
         return QD_ERR;
+    if (!c->tied_embeddings && !find(h, "lm_head.weight"))
+        return qd_errf(h->err, "%s: missing tensor lm_head.weight (%s has tie_word_embeddings "
+                       "false or absent, so the LM head is not the embedding matrix)", h->dir,
+                       h->cfg_path);
     if (!c->tied_embeddings && take(h, "lm_head.weight", V, D, m ? m->lm_head : NULL, ck))
         return QD_ERR;
     for (int l = 0; l < c->n_layers; l++) {
@@ -370,6 +442,11 @@ qd_model *qd_load_hf(const char *path, qd_err *err) {
         if (!f) goto fail;
         h->shards[h->n_shards++] = f;
     }
+    /* Tied weights are one matrix under two names, and transformers saves it under either:
+     * model.embed_tokens.weight, or (when the head was the module it kept) lm_head.weight. */
+    h->emb_name = "model.embed_tokens.weight";
+    if (c.tied_embeddings && !find(h, h->emb_name) && find(h, "lm_head.weight"))
+        h->emb_name = "lm_head.weight";
     /* A checkpoint may carry biases its config does not announce (older Qwen2 exports). */
     if (find(h, "model.layers.0.self_attn.q_proj.bias")) c.qkv_bias = 1;
     if (qd_config_validate(&c, h->cfg_path, err) || hf_weights(h, NULL, &c)) goto fail;
@@ -439,6 +516,18 @@ static int write_config(const qd_model *m, const char *dir, const char *dtype, q
     cJSON_AddNumberToObject(o, "max_position_embeddings", c->max_seq_len);
     add_float(o, "rms_norm_eps", c->norm_eps);
     add_float(o, "rope_theta", c->rope_theta);
+    if (c->rope_scaling == QD_ROPE_NONE) {
+        cJSON_AddNullToObject(o, "rope_scaling");
+    } else {
+        cJSON *rs = cJSON_AddObjectToObject(o, "rope_scaling");
+        cJSON_AddStringToObject(rs, "rope_type", qd_rope_scaling_name(c->rope_scaling));
+        add_float(rs, "factor", c->rope_factor);
+        if (c->rope_scaling == QD_ROPE_LLAMA3) {
+            add_float(rs, "low_freq_factor", c->rope_low_freq_factor);
+            add_float(rs, "high_freq_factor", c->rope_high_freq_factor);
+            cJSON_AddNumberToObject(rs, "original_max_position_embeddings", c->rope_orig_ctx);
+        }
+    }
     cJSON_AddStringToObject(o, "hidden_act", "silu");
     cJSON_AddBoolToObject(o, "tie_word_embeddings", c->tied_embeddings);
     if (c->bos_id >= 0) cJSON_AddNumberToObject(o, "bos_token_id", c->bos_id);

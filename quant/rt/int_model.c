@@ -501,6 +501,13 @@ static char *json_config(const qd_config *c) {
     cJSON_AddNumberToObject(o, "max_seq_len", c->max_seq_len);
     cJSON_AddNumberToObject(o, "norm_eps", c->norm_eps);
     cJSON_AddNumberToObject(o, "rope_theta", c->rope_theta);
+    if (c->rope_scaling != QD_ROPE_NONE) { /* absent: unscaled, as older artifacts are */
+        cJSON_AddStringToObject(o, "rope_scaling", qd_rope_scaling_name(c->rope_scaling));
+        cJSON_AddNumberToObject(o, "rope_factor", c->rope_factor);
+        cJSON_AddNumberToObject(o, "rope_low_freq_factor", c->rope_low_freq_factor);
+        cJSON_AddNumberToObject(o, "rope_high_freq_factor", c->rope_high_freq_factor);
+        cJSON_AddNumberToObject(o, "rope_orig_ctx", c->rope_orig_ctx);
+    }
     cJSON_AddBoolToObject(o, "tied_embeddings", c->tied_embeddings);
     cJSON_AddBoolToObject(o, "qkv_bias", c->qkv_bias);
     cJSON_AddNumberToObject(o, "bos_id", c->bos_id);
@@ -657,6 +664,22 @@ static int parse_arch(const char *s, qd_config *c, const char *path, qd_err *err
         rc = qd_errf(err, "%s: metadata norm_eps / rope_theta missing", path);
     else
         c->norm_eps = (float)e->valuedouble, c->rope_theta = (float)t->valuedouble;
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(o, "rope_scaling");
+    if (rs) {
+        const char *n = cJSON_IsString(rs) ? rs->valuestring : "";
+        c->rope_scaling = strcmp(n, "linear") == 0 ? QD_ROPE_LINEAR
+                          : strcmp(n, "llama3") == 0 ? QD_ROPE_LLAMA3 : -1;
+        if (c->rope_scaling < 0)
+            rc = qd_errf(err, "%s: metadata rope_scaling '%.32s' unknown", path, n);
+        const char *fk[3] = {"rope_factor", "rope_low_freq_factor", "rope_high_freq_factor"};
+        float *fv[3] = {&c->rope_factor, &c->rope_low_freq_factor, &c->rope_high_freq_factor};
+        for (int i = 0; i < 3; i++) {
+            const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, fk[i]);
+            if (cJSON_IsNumber(v)) *fv[i] = (float)v->valuedouble;
+        }
+        if (cJSON_GetObjectItemCaseSensitive(o, "rope_orig_ctx"))
+            rc |= json_int(o, "rope_orig_ctx", &c->rope_orig_ctx, 0, QD_MAX_CTX, err, path);
+    }
     cJSON_Delete(o);
     if (rc) return QD_ERR;
     return qd_config_validate(c, path, err);

@@ -194,6 +194,18 @@ int qd_qrope_init(qd_qrope *p, int max_T, int head_dim, float theta, double sx, 
                   double sy, int32_t zy, qd_err *err) {
     if (max_T <= 0 || head_dim <= 0 || head_dim % 2)
         return qd_errf(err, "%s: bad shape T=%d hd=%d", __func__, max_T, head_dim);
+    double *fr = malloc((size_t)(head_dim / 2) * sizeof *fr);
+    if (!fr) return qd_errf(err, "%s: out of memory", __func__);
+    for (int i = 0; i < head_dim / 2; i++) fr[i] = pow((double)theta, -2.0 * i / head_dim);
+    int rc = qd_qrope_init_freq(p, max_T, head_dim, fr, sx, zx, sy, zy, err);
+    free(fr);
+    return rc;
+}
+
+int qd_qrope_init_freq(qd_qrope *p, int max_T, int head_dim, const double *inv_freq, double sx,
+                       int32_t zx, double sy, int32_t zy, qd_err *err) {
+    if (max_T <= 0 || head_dim <= 0 || head_dim % 2)
+        return qd_errf(err, "%s: bad shape T=%d hd=%d", __func__, max_T, head_dim);
     int h = head_dim / 2;
     p->head_dim = head_dim;
     p->max_T = max_T;
@@ -208,8 +220,7 @@ int qd_qrope_init(qd_qrope *p, int max_T, int head_dim, float theta, double sx, 
     }
     for (int t = 0; t < max_T; t++)
         for (int i = 0; i < h; i++) {
-            double freq = pow((double)theta, -2.0 * i / head_dim);
-            double a = t * freq;
+            double a = t * inv_freq[i];
             p->cos_t[(size_t)t * h + i] = (int16_t)rint(cos(a) * (1 << QD_ROPE_FRAC));
             p->sin_t[(size_t)t * h + i] = (int16_t)rint(sin(a) * (1 << QD_ROPE_FRAC));
         }

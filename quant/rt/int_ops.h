@@ -180,6 +180,10 @@ typedef struct qd_qrope {
 } qd_qrope;
 int qd_qrope_init(qd_qrope *p, int max_T, int head_dim, float theta, double sx, int32_t zx,
                   double sy, int32_t zy, qd_err *err);
+/* The same at given inverse frequencies inv_freq[head_dim/2] (RoPE scaling: qd_rope_inv_freq);
+ * qd_qrope_init is this with theta^(-2i/head_dim). */
+int qd_qrope_init_freq(qd_qrope *p, int max_T, int head_dim, const double *inv_freq, double sx,
+                       int32_t zx, double sy, int32_t zy, qd_err *err);
 void qd_qrope_free(qd_qrope *p);
 /* n_heads heads of head_dim values at position pos: x -> out (may alias). */
 void qd_qrope_apply(const qd_qrope *p, const int8_t *x, int8_t *out, int n_heads, int pos);

@@ -646,7 +646,14 @@ qd_qrt *qd_qrt_new(const qd_qint *q, const qd_qrt_opts *o, qd_err *err) {
     rt->L = calloc((size_t)nl, sizeof *rt->L);
     if (!rt->L) goto oom;
     /* RoPE tables once; per-site copies share them */
-    if (qd_qrope_init(&rt->rope_master, rt->max_T, hd, c->rope_theta, 1, 0, 1, 0, err)) goto fail;
+    {
+        double *fr = malloc((size_t)(hd / 2) * sizeof *fr);
+        if (!fr) goto oom;
+        for (int i = 0; i < hd / 2; i++) fr[i] = qd_rope_inv_freq(c, i);
+        int rc = qd_qrope_init_freq(&rt->rope_master, rt->max_T, hd, fr, 1, 0, 1, 0, err);
+        free(fr);
+        if (rc) goto fail;
+    }
     for (int l = 0; l < nl; l++) {
         layer_rt *L = &rt->L[l];
         const qd_qint_layer *ql = &q->L[l];

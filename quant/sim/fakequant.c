@@ -355,7 +355,13 @@ QD_API qd_qsim *qd_qsim_new(const qd_model *m, const qd_qsim_opts *o, qd_err *er
     P->lg = ralloc(P, N * c->vocab_size, &f);
 #endif
     if (f) goto fail;
-    qd_rope_table(P->cos_t, P->sin_t, T, c->head_dim, c->rope_theta);
+    {
+        double *fr = malloc((size_t)(c->head_dim / 2) * sizeof *fr);
+        if (!fr) goto fail;
+        for (int i = 0; i < c->head_dim / 2; i++) fr[i] = qd_rope_inv_freq(c, i);
+        qd_rope_table_freq(P->cos_t, P->sin_t, T, c->head_dim, fr);
+        free(fr);
+    }
     return q;
 fail:
     qd_qsim_free(q);

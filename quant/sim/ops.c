@@ -131,15 +131,25 @@ QD_API void qd_linear_backward(qd_real *dx, qd_real *dW, qd_real *db, const qd_r
 
 /* ---------------------------------------------------------------- RoPE */
 
+/* Column i of a (T, hd/2) table: angle t * freq at row stride h2. */
+static void rope_table_col(qd_real *cos_t, qd_real *sin_t, int T, size_t h2, double freq) {
+    for (int t = 0; t < T; t++) {
+        cos_t[(size_t)t * h2] = (qd_real)cos(t * freq);
+        sin_t[(size_t)t * h2] = (qd_real)sin(t * freq);
+    }
+}
+
 QD_API void qd_rope_table(qd_real *cos_t, qd_real *sin_t, int T, int hd, float theta) {
     int h2 = hd / 2;
-    for (int i = 0; i < h2; i++) {
-        double freq = pow((double)theta, -2.0 * i / hd);
-        for (int t = 0; t < T; t++) {
-            cos_t[(size_t)t * h2 + i] = (qd_real)cos(t * freq);
-            sin_t[(size_t)t * h2 + i] = (qd_real)sin(t * freq);
-        }
-    }
+    for (int i = 0; i < h2; i++)
+        rope_table_col(cos_t + i, sin_t + i, T, (size_t)h2, pow((double)theta, -2.0 * i / hd));
+}
+
+QD_API void qd_rope_table_freq(qd_real *cos_t, qd_real *sin_t, int T, int hd,
+                               const double *inv_freq) {
+    int h2 = hd / 2;
+    for (int i = 0; i < h2; i++)
+        rope_table_col(cos_t + i, sin_t + i, T, (size_t)h2, inv_freq[i]);
 }
 
 QD_API void qd_rope_forward(qd_real *out, const qd_real *x, const qd_real *cos_t,

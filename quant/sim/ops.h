@@ -62,6 +62,10 @@ QD_API void qd_linear_backward(qd_real *dx, qd_real *dW, qd_real *db, const qd_r
 /* ---- RoPE, rotate-half layout: within each head, element i pairs with i + hd/2 ---- */
 /* cos/sin tables (T, hd/2) for positions 0..T-1: angle t * theta^(-2i/hd). */
 QD_API void qd_rope_table(qd_real *cos_t, qd_real *sin_t, int T, int hd, float theta);
+/* The same at given inverse frequencies inv_freq[hd/2] (angle t * inv_freq[i]): RoPE scaling
+ * (qd_rope_inv_freq) makes them differ from theta^(-2i/hd). */
+QD_API void qd_rope_table_freq(qd_real *cos_t, qd_real *sin_t, int T, int hd,
+                               const double *inv_freq);
 /* out (B*T, nh*hd) = rotate(x); positions are t = row % T. out may equal x. */
 QD_API void qd_rope_forward(qd_real *out, const qd_real *x, const qd_real *cos_t,
                             const qd_real *sin_t, int B, int T, int nh, int hd);
