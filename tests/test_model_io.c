@@ -14,6 +14,8 @@
 #include "gguf_build.h"
 #include "base/fs.h"
 #include "quant/io/load.h"
+#include "quant/fp/forward.h"
+#include "synth.h"
 
 #include <cjson/cJSON.h>
 #include <ftw.h>
@@ -1163,6 +1165,274 @@ static void test_bad_gguf(void) {
 #undef FRESH
 }
 
+/* ---- Hugging Face directories as transformers writes them ---- */
+
+/* Rewrites one tensor name in a safetensors header in place: the new name, padded with
+ * spaces after its closing quote (JSON whitespace), so every offset stays valid. */
+static void rename_st_tensor(const char *path, const char *from, const char *to) {
+    size_t len;
+    uint8_t *b = slurp(path, &len);
+    if (!b) return;
+    char q_from[128], q_to[128];
+    snprintf(q_from, sizeof q_from, "\"%s\"", from);
+    int n = snprintf(q_to, sizeof q_to, "\"%s\"", to);
+    size_t hl = (size_t)b[0] | (size_t)b[1] << 8 | (size_t)b[2] << 16 | (size_t)b[3] << 24;
+    char *h = memmem(b + 8, hl, q_from, strlen(q_from));
+    CHECK(h && (size_t)n <= strlen(q_from), "rename %s", from);
+    if (h && (size_t)n <= strlen(q_from)) {
+        memset(h, ' ', strlen(q_from));
+        memcpy(h, q_to, (size_t)n);
+        spit(path, b, len);
+    }
+    free(b);
+}
+
+static double logits_diff(const qd_model *a, const qd_model *b) {
+    int tok[24], V = a->cfg.vocab_size;
+    for (int i = 0; i < 24; i++) tok[i] = (i * 37 + 1) % V;
+    float *la = malloc(sizeof(float) * 24 * V), *lb = malloc(sizeof(float) * 24 * V);
+    qd_err e = {{0}};
+    double d = INFINITY;
+    if (qd_forward(a, tok, 1, 24, la, &e) == 0 && qd_forward(b, tok, 1, 24, lb, &e) == 0) {
+        double num = 0, den = 0;
+        for (int i = 0; i < 24 * V; i++) num += (la[i] - lb[i]) * (double)(la[i] - lb[i]),
+                                         den += la[i] * (double)la[i];
+        d = sqrt(num / den);
+    }
+    free(la);
+    free(lb);
+    return d;
+}
+
+static void untie(cJSON *j) {
+    cJSON_ReplaceItemInObject(j, "tie_word_embeddings", cJSON_CreateBool(0));
+}
+
+static void test_hf_transformers_forms(void) {
+    qd_model *ref = load_ok(fixture(HF260));
+    if (!ref) return;
+    /* tied, with the shared matrix saved as lm_head.weight only (transformers keeps whichever
+     * module it saw first) */
+    mkdir(tmp("tiedhead"), 0755);
+    copy_file(fixture(HF260 "/config.json"), tmp("tiedhead/config.json"));
+    copy_file(fixture(HF260 "/model.safetensors"), tmp("tiedhead/model.safetensors"));
+    rename_st_tensor(tmp("tiedhead/model.safetensors"), "model.embed_tokens.weight",
+                     "lm_head.weight");
+    qd_model *m = load_ok(tmp("tiedhead"));
+    if (m) {
+        CHECK(m->cfg.tied_embeddings && m->lm_head == m->tok_emb, "tied");
+        CHECK(max_diff(m->tok_emb, ref->tok_emb, (size_t)512 * 64) == 0, "embeddings");
+        double d = logits_diff(ref, m);
+        CHECK(d < 1e-6, "logits of the lm_head-named directory vs the fixture: rel %g", d);
+    }
+    qd_model_free(m);
+    /* the same file with tie_word_embeddings false: the embeddings are missing */
+    EXPECT_FAIL(qd_model_load(hf_with_config("tiedhead", untie), err_), "tiedhead",
+                "missing tensor model.embed_tokens.weight");
+
+    /* F16 and BF16 shards behind an index; a listed shard that is missing is named */
+    for (int k = 0; k < 2; k++) {
+        const char *dt = k ? "BF16" : "F16";
+        const char *dir = tmp("shards-%s", dt);
+        save_ok(ref, dir, dt, 300000); /* 520 KB of 16-bit weights: two shards */
+        m = load_ok(dir);
+        CHECK(m && strcmp(m->tinfo[0].dtype, dt) == 0, "%s shards", dt);
+        if (m) CHECK(logits_diff(ref, m) < (k ? 2e-2 : 2e-3), "%s logits", dt);
+        qd_model_free(m);
+        char shard[600];
+        snprintf(shard, sizeof shard, "%s/model-00002-of-00002.safetensors", dir);
+        CHECK(access(shard, F_OK) == 0, "expected two shards");
+        unlink(shard);
+        EXPECT_FAIL(qd_model_load(dir, err_), "model.safetensors.index.json",
+                    "model-00002-of-00002.safetensors", "missing", "weight_map['model.layers.");
+    }
+
+    /* an explicit head_dim that is not hidden_size / num_attention_heads */
+    qd_config c = synth_config(32, 48, 2, 4, 2, 50, 64);
+    c.head_dim = 16;
+    qd_err e = {{0}};
+    qd_model *h = synth_model(&c, 5, &e);
+    CHECK(h != NULL, "%s", e.msg);
+    if (h) {
+        save_ok(h, tmp("headdim"), "F32", 0);
+        m = load_ok(tmp("headdim"));
+        CHECK(m && m->cfg.head_dim == 16 && m->cfg.dim == 32, "head_dim 16 with dim 32");
+        if (m) CHECK(logits_diff(h, m) == 0, "head_dim model logits");
+        qd_model_free(m);
+    }
+    qd_model_free(h);
+    qd_model_free(ref);
+}
+
+/* ---- RoPE scaling ---- */
+
+/* transformers' llama3 rule, written out here: wavelengths above orig/low slowed by factor,
+ * below orig/high kept, and between them (1 - s) f / factor + s f, s = (orig/wl - low) /
+ * (high - low). */
+static double llama3_freq(double theta, int hd, int i, double factor, double low, double high,
+                          double orig) {
+    double f = 1.0 / pow(theta, 2.0 * i / hd), wl = 2 * M_PI / f;
+    if (wl < orig / high) return f;
+    if (wl > orig / low) return f / factor;
+    double s = (orig / wl - low) / (high - low);
+    return (1 - s) * f / factor + s * f;
+}
+
+static void rope_l3_small(cJSON *j) { /* orig 64 puts stories260K's 4 pairs in all 3 bands */
+    cJSON *rs = cJSON_AddObjectToObject(j, "rope_scaling");
+    cJSON_AddStringToObject(rs, "rope_type", "llama3");
+    cJSON_AddNumberToObject(rs, "factor", 8.0);
+    cJSON_AddNumberToObject(rs, "low_freq_factor", 1.0);
+    cJSON_AddNumberToObject(rs, "high_freq_factor", 4.0);
+    cJSON_AddNumberToObject(rs, "original_max_position_embeddings", 64);
+}
+static void rope_linear(cJSON *j) {
+    cJSON *rs = cJSON_AddObjectToObject(j, "rope_scaling");
+    cJSON_AddStringToObject(rs, "type", "linear"); /* the older key */
+    cJSON_AddNumberToObject(rs, "factor", 4.0);
+}
+
+/* The fixture GGUF with general.architecture (and the llama.* keys) renamed to arch when
+ * given, extra metadata added by extra, and optionally a rope_freqs.weight tensor. */
+static const char *gguf_variant(const char *name, const char *arch, void (*extra)(gguf_build *),
+                                const float *freqs, int n_freqs) {
+    qd_err e = {{0}};
+    qd_gguf *src = qd_gguf_open(fixture(GGUF260), &e);
+    CHECK(src != NULL, "%s", e.msg);
+    const char *p = tmp("%s", name);
+    if (!src) return p;
+    gguf_build g = {0};
+    for (uint64_t i = 0; i < src->n_kv; i++) {
+        const qd_gguf_kv *kv = &src->kv[i];
+        if (arch && strcmp(kv->key, "general.architecture") == 0) {
+            gb_kv_str(&g, kv->key, arch);
+        } else if (arch && strncmp(kv->key, "llama.", 6) == 0) {
+            char k[200];
+            snprintf(k, sizeof k, "%s.%s", arch, kv->key + 6);
+            qd_gguf_kv c2 = *kv;
+            c2.key = k;
+            gb_copy_kv(&g, &c2);
+        } else {
+            gb_copy_kv(&g, kv);
+        }
+    }
+    if (extra) extra(&g);
+    for (uint64_t i = 0; i < src->n_tensors; i++) {
+        const qd_gguf_tensor *t = &src->tensors[i];
+        gb_tensor(&g, t->name, t->type, t->n_dims, t->ne, t->data, t->nbytes);
+    }
+    if (freqs) {
+        uint64_t ne[1] = {(uint64_t)n_freqs};
+        gb_tensor(&g, "rope_freqs.weight", QD_GGML_F32, 1, ne, freqs, (size_t)n_freqs * 4);
+    }
+    CHECK(gb_write(&g, p) == 0, "write %s", p);
+    qd_gguf_close(src);
+    return p;
+}
+
+static void kv_orig64(gguf_build *g) { gb_kv_u32(g, "llama.rope.scaling.original_context_length", 64); }
+static void kv_linear4(gguf_build *g) {
+    gb_kv_str(g, "llama.rope.scaling.type", "linear");
+    gb_kv_f32(g, "llama.rope.scaling.factor", 4.0f);
+}
+static void kv_yarn(gguf_build *g) {
+    gb_kv_str(g, "llama.rope.scaling.type", "yarn");
+    gb_kv_f32(g, "llama.rope.scaling.factor", 4.0f);
+}
+static void kv_linear_nofactor(gguf_build *g) { gb_kv_str(g, "llama.rope.scaling.type", "linear"); }
+
+static void test_rope_scaling(void) {
+    qd_model *plain = load_ok(fixture(HF260));
+    qd_model *h3 = load_ok(hf_with_config("rope-l3", rope_l3_small));
+    qd_model *hl = load_ok(hf_with_config("rope-lin", rope_linear));
+    qd_model *g = NULL;
+    if (!plain || !h3 || !hl) goto out;
+    const qd_config *c = &h3->cfg;
+    CHECK(c->rope_scaling == QD_ROPE_LLAMA3 && c->rope_factor == 8 &&
+              c->rope_low_freq_factor == 1 && c->rope_high_freq_factor == 4 &&
+              c->rope_orig_ctx == 64,
+          "llama3 fields");
+    for (int i = 0; i < 4; i++) {
+        double want = llama3_freq(10000, 8, i, 8, 1, 4, 64);
+        CHECK(fabs(qd_rope_inv_freq(c, i) / want - 1) < 1e-12, "pair %d: %g vs %g", i,
+              qd_rope_inv_freq(c, i), want);
+        CHECK(fabs(qd_rope_inv_freq(&hl->cfg, i) * 4 / qd_rope_inv_freq(&plain->cfg, i) - 1) < 1e-12,
+              "linear pair %d", i);
+    }
+    /* all three bands are hit: pair 0 kept, pair 1 blended, pairs 2-3 divided by 8 */
+    double r1 = qd_rope_inv_freq(c, 1) / qd_rope_inv_freq(&plain->cfg, 1);
+    CHECK(qd_rope_inv_freq(c, 0) == qd_rope_inv_freq(&plain->cfg, 0) && r1 < 1 && r1 > 1.0 / 8 &&
+              fabs(qd_rope_inv_freq(c, 3) * 8 / qd_rope_inv_freq(&plain->cfg, 3) - 1) < 1e-12,
+          "bands (pair 1 ratio %g)", r1);
+    double d3 = logits_diff(plain, h3), dl = logits_diff(plain, hl);
+    CHECK(d3 > 1e-3 && dl > 1e-3, "scaling changes the logits (llama3 %g, linear %g)", d3, dl);
+    /* written back by qd_save_hf, read again */
+    save_ok(h3, tmp("rope-l3-saved"), "F32", 0);
+    qd_model *r = load_ok(tmp("rope-l3-saved"));
+    CHECK(r && r->cfg.rope_scaling == QD_ROPE_LLAMA3 && r->cfg.rope_orig_ctx == 64 &&
+              r->cfg.rope_factor == 8 && logits_diff(h3, r) == 0,
+          "llama3 round trip");
+    qd_model_free(r);
+    save_ok(hl, tmp("rope-lin-saved"), "F32", 0);
+    r = load_ok(tmp("rope-lin-saved"));
+    CHECK(r && r->cfg.rope_scaling == QD_ROPE_LINEAR && r->cfg.rope_factor == 4, "linear rt");
+    qd_model_free(r);
+
+    /* GGUF: llama.cpp's rope_freqs tensor (frequency divisors) for the same llama3 parameters
+     * gives the HF directory's logits, and the parameters are recovered */
+    float fr[4];
+    for (int i = 0; i < 4; i++)
+        fr[i] = (float)(1.0 / pow(10000, 2.0 * i / 8) / llama3_freq(10000, 8, i, 8, 1, 4, 64));
+    g = load_ok(gguf_variant("l3.gguf", NULL, kv_orig64, fr, 4));
+    if (g) {
+        CHECK(g->cfg.rope_scaling == QD_ROPE_LLAMA3 && g->cfg.rope_factor == 8 &&
+                  g->cfg.rope_orig_ctx == 64 && fabs(g->cfg.rope_low_freq_factor - 1) < 1e-3 &&
+                  fabs(g->cfg.rope_high_freq_factor - 4) < 1e-3,
+              "recovered llama3 %g %g %g %d", (double)g->cfg.rope_factor,
+              (double)g->cfg.rope_low_freq_factor, (double)g->cfg.rope_high_freq_factor,
+              g->cfg.rope_orig_ctx);
+        double d = logits_diff(h3, g);
+        CHECK(d < 1e-4, "GGUF rope_freqs vs HF llama3 logits: rel %g", d);
+    }
+    qd_model_free(g);
+    /* without the original context the rule is the same up to scale: same frequencies */
+    g = load_ok(gguf_variant("l3-noorig.gguf", NULL, NULL, fr, 4));
+    if (g) {
+        CHECK(g->cfg.rope_orig_ctx == 8192, "default original context %d", g->cfg.rope_orig_ctx);
+        for (int i = 0; i < 4; i++)
+            CHECK(fabs(qd_rope_inv_freq(&g->cfg, i) / qd_rope_inv_freq(c, i) - 1) < 1e-5,
+                  "pair %d", i);
+    }
+    qd_model_free(g);
+    g = load_ok(gguf_variant("lin.gguf", NULL, kv_linear4, NULL, 0));
+    if (g) {
+        CHECK(g->cfg.rope_scaling == QD_ROPE_LINEAR && g->cfg.rope_factor == 4, "GGUF linear");
+        CHECK(logits_diff(hl, g) < 1e-4, "GGUF linear vs HF linear logits");
+    }
+    qd_model_free(g);
+    g = load_ok(gguf_variant("mistral.gguf", "mistral", NULL, NULL, 0));
+    CHECK(g && logits_diff(plain, g) < 1e-4, "general.architecture mistral");
+    qd_model_free(g);
+    g = NULL;
+    EXPECT_FAIL(qd_model_load(gguf_variant("yarn.gguf", NULL, kv_yarn, NULL, 0), err_),
+                "yarn.gguf", "llama.rope.scaling.type", "'yarn'");
+    EXPECT_FAIL(qd_model_load(gguf_variant("linnof.gguf", NULL, kv_linear_nofactor, NULL, 0),
+                              err_),
+                "linnof.gguf", "llama.rope.scaling.factor");
+    float odd[4] = {1, 3, 2, 8};
+    EXPECT_FAIL(qd_model_load(gguf_variant("odd.gguf", NULL, NULL, odd, 4), err_), "odd.gguf",
+                "rope_freqs.weight", "do not follow llama3");
+    float shortf[3] = {1, 2, 8};
+    EXPECT_FAIL(qd_model_load(gguf_variant("short.gguf", NULL, NULL, shortf, 3), err_),
+                "rope_freqs.weight", "[4]");
+    EXPECT_FAIL(qd_model_load(gguf_variant("gemma.gguf", "gemma", NULL, NULL, 0), err_),
+                "gemma.gguf", "general.architecture", "gemma");
+out:
+    qd_model_free(plain);
+    qd_model_free(h3);
+    qd_model_free(hl);
+}
+
 /* ---- a synthetic GGUF with every metadata type ---- */
 
 typedef struct buf {
@@ -1436,6 +1706,8 @@ int main(void) {
     RUN(test_qwen2_bias_roundtrip);
     RUN(test_tied_untied);
     RUN(test_hf_config_variants);
+    RUN(test_hf_transformers_forms);
+    RUN(test_rope_scaling);
     RUN(test_st_writer_general);
     RUN(test_bad_safetensors);
     RUN(test_bad_gguf);

@@ -771,13 +771,17 @@ static int gguf_rope_freqs(const qd_gguf *g, const char *arch, qd_config *c, qd_
         double a = (nb * sxy - sx * sy) / (nb * sxx - sx * sx), b = (sy - a * sx) / nb;
         lo = -b / a;
         hi = lo + 1 / a;
+    } else if (nb == 1) {
+        /* one blended pair fixes one equation: take Llama 3.1's high/low ratio of 4 */
+        lo = sx / (1 + 3 * sy);
+        hi = 4 * lo;
     } else {
-        /* too few blended pairs to fit: Llama 3.1's own values when they fit, else the
-         * middle of what the divisors allow */
+        /* no blended pair: Llama 3.1's own values when the divisors allow them, else a
+         * ratio-4 band just above the slowed pairs */
         lo = 1, hi = 4;
-        if (!(max_lo < lo && lo < hi && hi < min_hi)) {
+        if (!(max_lo < lo && hi < min_hi)) {
             lo = max_lo * 1.0001 + 1e-9;
-            hi = isfinite(min_hi) ? (lo + min_hi) / 2 : lo * 4;
+            hi = isfinite(min_hi) && min_hi < 4 * lo ? (lo + min_hi) / 2 : 4 * lo;
         }
     }
     c->rope_scaling = QD_ROPE_LLAMA3;
