@@ -523,6 +523,8 @@ static void test_whole_model(void) {
         CHECK(0, "setup: %s", e.msg);
         goto out;
     }
+    /* the first 4096 tokens (16 windows of 256) keep the five evaluations quick */
+    if (ts.n > 4096) ts.n = 4096;
     ppl_pair base = compare(f32, f32, &ts);
     char p[512];
 
@@ -565,7 +567,7 @@ static void test_whole_model(void) {
         ppl_pair r4 = compare(f32, q4, &ts);
         /* bound: plain round-to-nearest Q4_K (no scale search; every matrix, the tied
          * embeddings included, where llama.cpp's Q4_K_M would keep them at Q6_K) within 15% of
-         * F32 perplexity (measured +10.9%); and further from F32 than Q8_0 is */
+         * F32 perplexity (measured +12.2%); and further from F32 than Q8_0 is */
         CHECK(r4.ok && r4.r.ppl / base.r.ppl - 1 < 0.15 && r4.r.ppl / base.r.ppl - 1 > -0.02,
               "Q4_K ppl %g vs F32 %g", r4.r.ppl, base.r.ppl);
         CHECK(r4.r.kl > r8.r.kl, "Q4_K kl %g vs Q8_0 kl %g", r4.r.kl, r8.r.kl);
