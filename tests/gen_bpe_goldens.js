@@ -12,7 +12,7 @@
 // pairs, non-special added tokens) and Llama-3-style (Split regex with \p{N}{1,3},
 // ignore_merges, BOS template), and a variants one with what those three leave out (NFKC,
 // every Split behavior, invert, String patterns, Digits runs, ByteLevel's add_prefix_space and
-// regex, an added token matched in normalized text).
+// regex, added tokens matched in normalized text or with single_word, lstrip, rstrip).
 //
 // Output lines: NAME MODE TEXT DECODED N id1 ... idN, where TEXT and DECODED are the UTF-8
 // bytes in hex ("-" when empty), MODE is "plain" (add_special_tokens false) or "bos" (the
@@ -65,6 +65,9 @@ const CASES = [
   '<tool_call>{"a":1}</tool_call>', '<think>\n\n</think>', '<|im_start', 'im_start|>',
   '<<|im_end|>>', '<|fim_prefix|>def<|fim_suffix|>', '<s> </s> <unk>', 'a [[mask]] b', '[[mask]][[mask]]', 'ｆｕｌｌ [[ｍａｓｋ]]',
   'x::y::::z', 'pre-fix--dash -', 'a,b;c,,d', 'ABCdefGHI', 'A1B22C333',
+  'a <|ls|> b', 'a   <|rs|>   b', 'x<|both|>  y', '  <|both|>\n', '\t<|both|>\t<|both|>',
+  'magic word', 'amagic', 'magic_x', 'magic!', 'the magic.', 'magicmagic', '日本magic',
+  'é magic ٣magic', '<|rs|><|ls|>', 'a \u3000<|ls|>', 'x [[sw]] y', 'x[[sw]]', ' [[ｓｗ]] ',
   'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa', 'ab'.repeat(30), '1234567890'.repeat(4),
   ' '.repeat(17) + 'x', '\t'.repeat(5), '\n'.repeat(7), '.'.repeat(12),
 ];
@@ -96,7 +99,8 @@ const PIECES = [
   '=', '==', '->', '#', '//', '"', "'", '😀', '🚀', '👍🏽', '日本', '中文', '한국', 'مرحبا',
   'العالم', 'שלום', 'Привет', 'é', 'e\u0301', 'ñ', '\u0301', 'ß', '٣', '½', '\u00a0', '\u3000',
   '<|endoftext|>', '<|im_start|>', '<|im_end|>', '<|eot_id|>', '<|begin_of_text|>', '<think>',
-  'foo_bar', 'x86_64', 'HTTP/1.1', 'a.b.c', '[[mask]]', '-', '::', ';', 'ＡＢ',
+  'foo_bar', 'x86_64', 'HTTP/1.1', 'a.b.c', '[[mask]]', '-', '::', ';', 'ＡＢ', '<|ls|>',
+  '<|rs|>', '<|both|>', 'magic', ' magic ', '[[sw]]',
 ];
 
 function mixes(n) {

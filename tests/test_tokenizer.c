@@ -881,12 +881,6 @@ static void test_hf_errors(void) {
                     "{\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":"
                     "\"Metaspace\"},{\"type\":\"ByteLevel\"}]}," BPE_A,
                     "together with ByteLevel");
-    expect_hf_error("bad13f.json",
-                    "{\"added_tokens\":[{\"id\":0,\"content\":\"a\",\"lstrip\":true}]," BPE_A,
-                    "added_tokens[0].lstrip: true is not supported");
-    expect_hf_error("bad13g.json",
-                    "{\"added_tokens\":[{\"id\":0,\"content\":\"a\",\"single_word\":true}],"
-                    BPE_A, "added_tokens[0].single_word");
     expect_hf_error("bad13h.json",
                     "{\"model\":{\"type\":\"BPE\",\"continuing_subword_prefix\":\"##\","
                     "\"vocab\":{\"a\":0},\"merges\":[]}}",

@@ -16,7 +16,8 @@ Llama-3 pre-tokenizer (its Split regex with \\p{N}{1,3}), no normalizer, ignore_
 as "a b" strings, and Llama-3's special tokens with a BOS template: the same vocabulary run
 the way a Llama-3 tokenizer runs. --variants exercises what no shipped tokenizer here uses:
 NFKC, every Split behavior, invert, String patterns, Digits runs, ByteLevel with
-add_prefix_space and its own regex, and an added token matched in the normalized text.
+add_prefix_space and its own regex, added tokens matched in the normalized text, and added
+tokens with single_word, lstrip and rstrip.
 Standard library only.
 """
 import json
@@ -103,6 +104,16 @@ def main():
             {"id": n, "content": "<|endoftext|>", "single_word": False, "lstrip": False,
              "rstrip": False, "normalized": False, "special": True},
             {"id": n + 1, "content": "[[mask]]", "single_word": False, "lstrip": False,
+             "rstrip": False, "normalized": True, "special": False},
+            {"id": n + 2, "content": "<|ls|>", "single_word": False, "lstrip": True,
+             "rstrip": False, "normalized": False, "special": True},
+            {"id": n + 3, "content": "<|rs|>", "single_word": False, "lstrip": False,
+             "rstrip": True, "normalized": False, "special": True},
+            {"id": n + 4, "content": "<|both|>", "single_word": False, "lstrip": True,
+             "rstrip": True, "normalized": False, "special": False},
+            {"id": n + 5, "content": "magic", "single_word": True, "lstrip": False,
+             "rstrip": False, "normalized": False, "special": False},
+            {"id": n + 6, "content": "[[sw]]", "single_word": True, "lstrip": True,
              "rstrip": False, "normalized": True, "special": False}]
         d["post_processor"] = None
     else:

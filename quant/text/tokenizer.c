@@ -32,6 +32,9 @@ enum { META_NEVER = 0, META_FIRST = 1, META_ALWAYS = 2 };
 
 /* Byte-level pre-tokenizer steps, applied in order to a list of pieces of the text. */
 enum { PT_SPLIT = 1, PT_DIGITS, PT_BYTELEVEL };
+/* An added token's flags (tokenizers' AddedToken): matched only as a whole word, taking the
+ * whitespace on its left, on its right. */
+enum { AF_SINGLE_WORD = 1, AF_LSTRIP = 2, AF_RSTRIP = 4 };
 /* How a Split keeps what its pattern matched (tokenizers' SplitDelimiterBehavior). */
 enum { SB_ISOLATED = 0, SB_REMOVED, SB_MERGED_PREV, SB_MERGED_NEXT, SB_CONTIGUOUS };
 
@@ -82,6 +85,7 @@ struct qd_tokenizer {
     int ignore_merges;    /* a piece that is a whole vocabulary token is not merged */
     int bytelevel_dec;    /* ByteLevel decoder: pieces map GPT-2's alphabet back to bytes */
     unsigned char *added_norm; /* per id: added token matched in the normalized text */
+    unsigned char *added_flags;/* per id: AF_* (single_word, lstrip, rstrip), or NULL */
     char bl_enc[256][3];  /* byte -> its character in GPT-2's alphabet (UTF-8) */
     unsigned char bl_len[256];
     short bl_dec[324];    /* code point -> byte, -1 when none */
@@ -211,6 +215,7 @@ void qd_tok_free(qd_tokenizer *t) {
     free(t->pairs);
     free(t->added);
     free(t->added_norm);
+    free(t->added_flags);
     for (int i = 0; i < t->n_steps; i++) pcre2_code_free(t->steps[i].re);
     free(t->steps);
     free(t);
@@ -965,6 +970,8 @@ static char *unicode_normalize(const qd_tokenizer *t, const char *s, size_t n, s
 /* The added token whose content starts s at i (longest first) among those matched in the
  * raw text (norm 0) or in the normalized text (norm 1), or -1. */
 static int added_at(const qd_tokenizer *t, const char *s, size_t n, size_t i, int norm);
+static int next_added(const qd_tokenizer *t, const char *s, size_t n, size_t from, size_t floor,
+                      int norm, size_t *ms, size_t *me);
 
 /* A segment between added tokens in byte-level mode: normalize, split on the added tokens
  * that are matched in normalized text, pre-tokenize and encode the rest. */
@@ -976,20 +983,15 @@ static int pipeline_segment(const qd_tokenizer *t, const char *s, size_t n, ivec
         s = norm;
     }
     int rc = QD_OK;
-    size_t seg = 0;
-    if (t->added_norm)
-        for (size_t i = 0; i < n && rc == QD_OK;) {
-            int id = added_at(t, s, n, i, 1);
-            if (id < 0) {
-                i++;
-                continue;
-            }
-            if (i > seg) rc = pipeline_encode(t, s + seg, i - seg, out, err);
-            if (rc == QD_OK && ivec_push(out, id) != 0)
-                rc = qd_errf(err, "qd_tok_encode: out of memory");
-            i += t->tlen[id];
-            seg = i;
-        }
+    size_t seg = 0, ms, me;
+    int id;
+    while (rc == QD_OK && t->added_norm &&
+           (id = next_added(t, s, n, seg, seg, 1, &ms, &me)) >= 0) {
+        if (ms > seg) rc = pipeline_encode(t, s + seg, ms - seg, out, err);
+        if (rc == QD_OK && ivec_push(out, id) != 0)
+            rc = qd_errf(err, "qd_tok_encode: out of memory");
+        seg = me;
+    }
     if (rc == QD_OK && n > seg) rc = pipeline_encode(t, s + seg, n - seg, out, err);
     free(norm);
     return rc;
@@ -1041,6 +1043,73 @@ static int added_at(const qd_tokenizer *t, const char *s, size_t n, size_t i, in
     return -1;
 }
 
+/* Unicode White_Space (Rust's char::is_whitespace). */
+static int is_ws(utf8proc_int32_t c) {
+    return (c >= 9 && c <= 13) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
+           (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F ||
+           c == 0x205F || c == 0x3000;
+}
+
+/* A word character for single_word: a letter, a number or '_'. */
+static int is_word(utf8proc_int32_t c) {
+    if (c == '_') return 1;
+    utf8proc_category_t k = utf8proc_category(c);
+    return (k >= UTF8PROC_CATEGORY_LU && k <= UTF8PROC_CATEGORY_LO) ||
+           (k >= UTF8PROC_CATEGORY_ND && k <= UTF8PROC_CATEGORY_NO);
+}
+
+/* The character starting at s[i] (valid UTF-8), its length in *l. */
+static utf8proc_int32_t char_at(const char *s, size_t n, size_t i, size_t *l) {
+    utf8proc_int32_t c = -1;
+    utf8proc_ssize_t r = utf8proc_iterate((const utf8proc_uint8_t *)s + i,
+                                          (utf8proc_ssize_t)(n - i), &c);
+    *l = r > 0 ? (size_t)r : 1;
+    return c;
+}
+
+/* The start of the character that ends at s[i] (i > 0). */
+static size_t char_before(const char *s, size_t i) {
+    do i--;
+    while (i > 0 && ((unsigned char)s[i] & 0xC0) == 0x80);
+    return i;
+}
+
+/* The next added token at or after from in s[0, n), as tokenizers finds them: leftmost-
+ * longest; a single_word match inside a word is passed over (the search goes on after it);
+ * lstrip takes the whitespace before the match, back to floor (the end of the previous
+ * match); rstrip the whitespace after it. [*ms, *me) is what the token stands for; -1 when
+ * there is none. */
+static int next_added(const qd_tokenizer *t, const char *s, size_t n, size_t from, size_t floor,
+                      int norm, size_t *ms, size_t *me) {
+    for (size_t i = from; i < n;) {
+        int id = added_at(t, s, n, i, norm);
+        if (id < 0) {
+            i++;
+            continue;
+        }
+        size_t st = i, e = i + t->tlen[id], l;
+        int f = t->added_flags ? t->added_flags[id] : 0;
+        if ((f & AF_SINGLE_WORD) &&
+            ((st > 0 && is_word(char_at(s, n, char_before(s, st), &l))) ||
+             (e < n && is_word(char_at(s, n, e, &l))))) {
+            i = e;
+            continue;
+        }
+        if (f & AF_LSTRIP)
+            while (st > floor) {
+                size_t b = char_before(s, st);
+                if (!is_ws(char_at(s, n, b, &l))) break;
+                st = b;
+            }
+        if (f & AF_RSTRIP)
+            while (e < n && is_ws(char_at(s, n, e, &l))) e += l;
+        *ms = st;
+        *me = e;
+        return id;
+    }
+    return -1;
+}
+
 int qd_tok_encode(const qd_tokenizer *t, const char *text, size_t len, int add_bos, int **ids,
                   size_t *n_ids, qd_err *err) {
     *ids = NULL;
@@ -1056,17 +1125,12 @@ int qd_tok_encode(const qd_tokenizer *t, const char *text, size_t len, int add_b
     if (t->kind == KIND_SPM || t->n_added == 0) {
         if (encode_segment(t, text, len, 0, &out, err) != QD_OK) goto fail;
     } else {
-        size_t seg = 0;
-        for (size_t i = 0; i < len;) {
-            int id = added_at(t, text, len, i, 0);
-            if (id < 0) {
-                i++;
-                continue;
-            }
-            if (encode_segment(t, text + seg, i - seg, seg, &out, err) != QD_OK) goto fail;
+        size_t seg = 0, ms, me;
+        int id;
+        while ((id = next_added(t, text, len, seg, seg, 0, &ms, &me)) >= 0) {
+            if (encode_segment(t, text + seg, ms - seg, seg, &out, err) != QD_OK) goto fail;
             if (ivec_push(&out, id) != 0) goto oom;
-            i += t->tlen[id];
-            seg = i;
+            seg = me;
         }
         if (encode_segment(t, text + seg, len - seg, seg, &out, err) != QD_OK) goto fail;
     }
@@ -1545,8 +1609,8 @@ static qd_tokenizer *hf_build(const cJSON *root, const char *path, qd_err *err) 
     qd_tokenizer *t = NULL;
     char *ma = NULL, *mb = NULL, *mab = NULL;
     int *special = calloc((size_t)v->n, sizeof *special);
-    unsigned char *anorm = calloc((size_t)v->n, 1);
-    if (!special || !anorm) goto oom;
+    unsigned char *anorm = calloc((size_t)v->n, 1), *aflags = calloc((size_t)v->n, 1);
+    if (!special || !anorm || !aflags) goto oom;
     cJSON_ArrayForEach(it, vocab) {
         int id = (int)it->valuedouble;
         if (v->tokens[id]) {
@@ -1579,13 +1643,9 @@ static qd_tokenizer *hf_build(const cJSON *root, const char *path, qd_err *err) 
         special[id] = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(it, "special")) ? 2 : 1;
         /* tokenizers' defaults: special tokens match the raw text, others the normalized */
         anorm[id] = (unsigned char)opt_bool(it, "normalized", special[id] == 1);
-        static const char *const flags[] = {"single_word", "lstrip", "rstrip"};
-        for (int f = 0; f < 3; f++)
-            if (opt_bool(it, flags[f], 0)) {
-                qd_errf(err, "%s: added_tokens[%d].%s: true is not supported (only the default "
-                        "false)", path, ai, flags[f]);
-                goto fail;
-            }
+        aflags[id] = (unsigned char)((opt_bool(it, "single_word", 0) ? AF_SINGLE_WORD : 0) |
+                                     (opt_bool(it, "lstrip", 0) ? AF_LSTRIP : 0) |
+                                     (opt_bool(it, "rstrip", 0) ? AF_RSTRIP : 0));
         ai++;
     }
     const cJSON *bf = cJSON_GetObjectItemCaseSensitive(model, "byte_fallback");
@@ -1636,6 +1696,8 @@ static qd_tokenizer *hf_build(const cJSON *root, const char *path, qd_err *err) 
         t->added_norm = anorm;
         anorm = NULL;
     }
+    t->added_flags = aflags;
+    aflags = NULL;
     t->kind = KIND_HF;
     t->byte_fallback = byte_fallback;
     t->fuse_unk = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "fuse_unk"));
@@ -1712,6 +1774,7 @@ static qd_tokenizer *hf_build(const cJSON *root, const char *path, qd_err *err) 
     }
     free(special);
     free(anorm);
+    free(aflags);
     qd_vocab_free(v);
     return t;
 oom:
@@ -1722,6 +1785,7 @@ fail:
     free(mab);
     free(special);
     free(anorm);
+    free(aflags);
     hf_opts_free(&opts);
     qd_vocab_free(v);
     qd_tok_free(t);

@@ -23,15 +23,16 @@
  * Encoding, byte-level BPE (tokenizer.json with ByteLevel, Split or Digits pre-tokenizers, as
  * the Rust tokenizers library runs it; GGUF tokenizer.ggml.model gpt2): added tokens are
  * matched leftmost-longest in the raw text (special ones and those with normalized false) and
- * after normalization (the others); each segment between them is normalized (NFC/NFD/NFKC/
+ * after normalization (the others), with their single_word, lstrip and rstrip flags; each
+ * segment between them is normalized (NFC/NFD/NFKC/
  * NFKD by utf8proc), cut by the pre-tokenizer steps in order (Split: the file's regex by PCRE2
  * with UTF and Unicode properties, with its behavior and invert; Digits: Unicode numeric
  * characters, one by one or in runs; ByteLevel: optional prefix space, GPT-2's regex, then
  * each byte as its character of GPT-2's byte-to-unicode alphabet), and each piece is merged
  * by rank (with ignore_merges a piece that is a vocabulary token is taken whole). GGUF's
  * tokenizer.ggml.pre picks the steps: gpt2, smollm, llama-bpe (ignore_merges), qwen2 (NFC).
- * Unsupported forms (an unknown normalizer or pre-tokenizer, added tokens with single_word,
- * lstrip or rstrip, a subword prefix or suffix, BPE dropout) fail to load, naming the field.
+ * Unsupported forms (an unknown normalizer or pre-tokenizer, a subword prefix or suffix, BPE
+ * dropout) fail to load, naming the field.
  *
  * Decoding: "▁" -> space, byte tokens -> the raw byte, control tokens -> nothing, UNK ->
  * " ⁇ " (as SentencePiece prints it), and with a dummy prefix the leading space of the piece
