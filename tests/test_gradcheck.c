@@ -274,6 +274,24 @@ static void op_act_quant(void) {
             else
                 CHECK(e > 100, "ignored STE clamp mask not detected (%d-bit, ratio %g)", bits, e);
         }
+        /* an offset parameter past either end of [0, 2^b - 1]: the forward uses the clamped
+         * offset (zero stays on the grid), so the raw offset's gradient is exactly 0 (its own
+         * group, so that any nonzero analytic value fails) while x keeps its own (s is checked
+         * in range above: here most elements clamp and its difference quotient is noise) */
+        for (int side = 0; side < 2; side++) {
+            aqctx c = {N, x, r, y, dx, {&sz[0], &sz[1], &gsz[0], &gsz[1], bits}, 0};
+            g_seed = 7 + bits + side;
+            fill(x, N, -1.5, 2.5), fill(r, N, -1, 1);
+            double Q = (1 << bits) - 1;
+            sz[0] = 3.2 / Q, sz[1] = side ? Q + 3.4 : -2.6;
+            gparam ps[] = {{x, dx, N, "x"}, {&sz[1], &gsz[1], 1, "z"}};
+            double e = gradcheck(&c, aq_L, aq_G, ps, 2, 1);
+            CHECK(e <= 1 && gsz[1] == 0, "act quant %d-bit, offset %g outside: ratio %g, dz %g",
+                  bits, sz[1], e, gsz[1]);
+            double zero = 0, yz = 1;
+            qd_aq_forward(&yz, &zero, 1, &c.a, NULL, 0);
+            CHECK(yz == 0, "act quant %d-bit, offset %g: 0 -> %g", bits, sz[1], yz);
+        }
     }
 }
 

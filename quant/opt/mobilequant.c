@@ -44,7 +44,7 @@ void qd_mq_result_free(qd_mq_result *r) {
 
 uint64_t qd_mq_fingerprint(const qd_mq_opts *o, uint64_t h) {
     /* field by field into fixed-width arrays: no struct padding in the hash */
-    static const char tag[] = "mq-settings-2";
+    static const char tag[] = "mq-settings-3"; /* 3: offsets projected onto their range */
     h = qd_fnv64(h, tag, sizeof tag);
     h = qd_fnv64(h, o->method, strlen(o->method));
     int64_t k[8 + QD_AC_COUNT] = {o->wbits,    o->wgran,        o->samples, o->seq_len,
@@ -208,6 +208,7 @@ static int train_e2e(trainer *t, qd_mq_result *res, qd_err *err) {
         double lr = qd_adam_lr(a, QD_GRP_LET);
         if (o->lrl_relative) lrl_lr_scale(q, lrf);
         qd_adam_step(a, q->p, q->g);
+        res->projected += qd_qsim_project_ranges(q);
         if (push_loss(res, (float)loss, &cap)) {
             qd_errf(err, "%s: out of memory", __func__);
             goto out;

@@ -61,6 +61,8 @@ typedef struct qd_mq_result {
     size_t tokens;      /* tokens pushed through the model (calibration + training) */
     int windows;        /* calibration windows used */
     int stopped;        /* stopped through opts->stop after a checkpoint */
+    long projected;     /* activation offsets the optimizer pushed past an end of their range
+                           and qd_qsim_project_ranges put back, summed over steps */
 } qd_mq_result;
 
 void qd_mq_result_free(qd_mq_result *r);

@@ -98,7 +98,7 @@ int qd_qint_enc_from_encodings(qd_qint_enc *out, const qd_encodings *e, qd_err *
 static void aenc_from_aq(qd_qenc *a, const qd_aq *q) {
     a->bits = q->bits;
     a->scale = (float)qd_aq_scale(q);
-    a->zero_point = (int32_t)rint(*q->z) - (1 << (q->bits - 1));
+    a->zero_point = (int32_t)rint(qd_aq_zero(q)) - (1 << (q->bits - 1));
 }
 
 int qd_qint_enc_from_qsim(qd_qint_enc *e, const qd_qsim *q, qd_err *err) {

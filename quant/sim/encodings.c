@@ -104,7 +104,7 @@ qd_encodings *qd_encodings_build(const qd_qsim *q, const qd_model *src, qd_err *
             snprintf(a->name, sizeof a->name, "model.layers.%d.%s", l, qd_aq_site_name(s));
             a->layer = l, a->site = s, a->aclass = qd_aq_site_class(s), a->bits = L->aq[s].bits;
             a->scale = (float)qd_aq_scale(&L->aq[s]);
-            a->zero = (int32_t)rint((double)*L->aq[s].z);
+            a->zero = (int32_t)rint((double)qd_aq_zero(&L->aq[s]));
         }
     }
     free(sc), free(zp);
@@ -124,7 +124,7 @@ qd_encodings *qd_encodings_build(const qd_qsim *q, const qd_model *src, qd_err *
         snprintf(a->name, sizeof a->name, "%s", qd_aqg_name(g));
         a->layer = -1, a->site = g, a->aclass = qd_aqg_class(g), a->bits = q->aqg[g].bits;
         a->scale = (float)qd_aq_scale(&q->aqg[g]);
-        a->zero = (int32_t)rint((double)*q->aqg[g].z);
+        a->zero = (int32_t)rint((double)qd_aq_zero(&q->aqg[g]));
     }
     for (int i = 0; i < e->n_a; i++) {
         qd_aenc *a = &e->a[i];

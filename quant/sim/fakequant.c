@@ -852,6 +852,21 @@ QD_API void qd_qsim_init_ranges(qd_qsim *q, const qd_qstats *st) {
     }
 }
 
+static int project_zero(qd_aq *a) {
+    qd_real z = qd_aq_zero(a);
+    if (*a->z == z) return 0;
+    *a->z = z;
+    return 1;
+}
+
+QD_API int qd_qsim_project_ranges(qd_qsim *q) {
+    int moved = 0;
+    for (int l = 0; l < q->cfg.n_layers; l++)
+        for (int s = 0; s < QD_AQ_PER_LAYER; s++) moved += project_zero(&q->L[l].aq[s]);
+    for (int g = 0; g < QD_AQG_COUNT; g++) moved += project_zero(&q->aqg[g]);
+    return moved;
+}
+
 /* s_j = max|X_j|^α / max_i |W_ij|^(1-α) over the consumers' columns j. */
 static void smooth(qd_real *s, const float *xmax, int C, const qd_real *const *ws,
                    const int *rows, int nw, float alpha) {

@@ -170,6 +170,11 @@ QD_API void qd_qsim_zero_grad(qd_qsim *q);
 
 /* Activation ranges from statistics: s = (max-min)/(2^b-1), z = -min/s, min <= 0 <= max. */
 QD_API void qd_qsim_init_ranges(qd_qsim *q, const qd_qstats *st);
+/* Projects every activation quantizer's offset parameter onto [0, 2^b - 1], the set on which
+ * its parametrisation (qd_aq_zero) is the identity: the optimizer calls it after every step, so
+ * that an offset pushed past an end stays there, at zero on the grid, with a live gradient that
+ * can move it back in. Returns the number of offsets it moved. */
+QD_API int qd_qsim_project_ranges(qd_qsim *q);
 /* SmoothQuant LET initialisation: s_j = max|X_j|^α / max|W_:,j|^(1-α), |s| >= 1e-2. */
 QD_API void qd_qsim_smoothquant(qd_qsim *q, const qd_qstats *st, float alpha);
 /* Sets every LWC logit to v (4 is the MobileQuant initialisation). */

@@ -227,6 +227,19 @@ QD_API void qd_add_backward(qd_real *da, qd_real *db, const qd_real *dout, size_
 
 QD_API qd_real qd_aq_scale(const qd_aq *q) { return *q->s < SCALE_MIN ? SCALE_MIN : *q->s; }
 
+static inline qd_real aq_levels(int bits) { return (qd_real)((1u << bits) - 1); }
+
+QD_API qd_real qd_aq_zero(const qd_aq *q) {
+    qd_real z = *q->z, Q = aq_levels(q->bits);
+    return z > 0 ? (z < Q ? z : Q) : 0; /* NaN -> 0 */
+}
+
+/* The offset's gradient flows while z is inside its range (the ends included, so that a z
+ * the optimizer projected onto an end can move back in). */
+static inline int aq_zero_free(const qd_aq *q) {
+    return *q->z >= 0 && *q->z <= aq_levels(q->bits);
+}
+
 /* One element of a clamped grid: t = clamp(round(u) + zr, lo, hi), with the rounding residual
  * and the clamp decision recorded or replayed (ops.h). */
 static inline qd_real fq_elem(qd_rctx *rc, size_t pos, qd_real u, qd_real zr, qd_real lo,
@@ -299,22 +312,20 @@ static void aq_bwd_range(qd_real *dx, const qd_real *dout, const qd_real *x, siz
     *dz += az;
 }
 
-static inline qd_real aq_levels(int bits) { return (qd_real)((1u << bits) - 1); }
-
 QD_API void qd_aq_forward(qd_real *out, const qd_real *x, size_t n, const qd_aq *q, qd_rctx *rc,
                           size_t pos) {
-    qd_real s = qd_aq_scale(q), zr = rnd_fwd(rc, pos, *q->z);
+    qd_real s = qd_aq_scale(q), zr = rnd_fwd(rc, pos, qd_aq_zero(q));
     aq_fwd_range(out, x, n, s, zr, aq_levels(q->bits), rc, pos + 1);
 }
 
 QD_API void qd_aq_backward(qd_real *dx, const qd_real *dout, const qd_real *x, size_t n,
                            const qd_aq *q, const qd_rctx *rc, size_t pos, int fault) {
-    qd_real s = qd_aq_scale(q);
-    qd_real zr = (qd_real)((double)*q->z + rnd_res(rc, pos, *q->z));
+    qd_real s = qd_aq_scale(q), zc = qd_aq_zero(q);
+    qd_real zr = (qd_real)((double)zc + rnd_res(rc, pos, zc));
     double ds = 0, dz = 0;
     aq_bwd_range(dx, dout, x, n, s, zr, aq_levels(q->bits), rc, pos + 1, &ds, &dz, fault);
     if (q->ds && *q->s >= SCALE_MIN) *q->ds += (qd_real)ds;
-    if (q->dz) *q->dz += (qd_real)dz;
+    if (q->dz && aq_zero_free(q)) *q->dz += (qd_real)dz;
 }
 
 /* ---------------------------------------------------------------- weight quantizer */
@@ -443,8 +454,8 @@ QD_API void qd_attn_forward(qd_real *out, qd_real *S, qd_real *P, const qd_real 
     int grp = nh / nkv;
     qd_real scale = (qd_real)(1.0 / sqrt((double)hd));
     qd_real ss = 0, zs = 0, sp = 0, zp = 0, Qs = 0, Qp = 0;
-    if (sq) ss = qd_aq_scale(sq), zs = rnd_fwd(rc, pos_s, *sq->z), Qs = aq_levels(sq->bits);
-    if (pq) sp = qd_aq_scale(pq), zp = rnd_fwd(rc, pos_p, *pq->z), Qp = aq_levels(pq->bits);
+    if (sq) ss = qd_aq_scale(sq), zs = rnd_fwd(rc, pos_s, qd_aq_zero(sq)), Qs = aq_levels(sq->bits);
+    if (pq) sp = qd_aq_scale(pq), zp = rnd_fwd(rc, pos_p, qd_aq_zero(pq)), Qp = aq_levels(pq->bits);
     for (int b = 0; b < B; b++)
         for (int h = 0; h < nh; h++) {
             size_t bh = (size_t)b * nh + h;
@@ -497,11 +508,13 @@ QD_API void qd_attn_backward(qd_real *dq, qd_real *dk, qd_real *dv, const qd_rea
     qd_real ss = 0, zs = 0, sp = 0, zp = 0, Qs = 0, Qp = 0;
     if (sq) {
         ss = qd_aq_scale(sq), Qs = aq_levels(sq->bits);
-        zs = (qd_real)((double)*sq->z + rnd_res(rc, pos_s, *sq->z));
+        qd_real zc = qd_aq_zero(sq);
+        zs = (qd_real)((double)zc + rnd_res(rc, pos_s, zc));
     }
     if (pq) {
         sp = qd_aq_scale(pq), Qp = aq_levels(pq->bits);
-        zp = (qd_real)((double)*pq->z + rnd_res(rc, pos_p, *pq->z));
+        qd_real zc = qd_aq_zero(pq);
+        zp = (qd_real)((double)zc + rnd_res(rc, pos_p, zc));
     }
     double dss = 0, dzs = 0, dsp = 0, dzp = 0;
     qd_real *phat = scratch, *dP = scratch + TT;
@@ -566,11 +579,11 @@ QD_API void qd_attn_backward(qd_real *dq, qd_real *dk, qd_real *dv, const qd_rea
         }
     if (sq) {
         if (sq->ds && *sq->s >= SCALE_MIN) *sq->ds += (qd_real)dss;
-        if (sq->dz) *sq->dz += (qd_real)dzs;
+        if (sq->dz && aq_zero_free(sq)) *sq->dz += (qd_real)dzs;
     }
     if (pq) {
         if (pq->ds && *pq->s >= SCALE_MIN) *pq->ds += (qd_real)dsp;
-        if (pq->dz) *pq->dz += (qd_real)dzp;
+        if (pq->dz && aq_zero_free(pq)) *pq->dz += (qd_real)dzp;
     }
 }
 

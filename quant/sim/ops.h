@@ -90,9 +90,13 @@ QD_API void qd_add_backward(qd_real *da, qd_real *db, const qd_real *dout, size_
 
 /* ---- activation fake quantizer (static, per tensor, asymmetric) ----
  * q = clamp(round(x/s) + round(z), 0, 2^bits - 1), x̂ = (q - round(z)) * s.
- * The scale s and the offset z are trained (LRL); z is the zero point before rounding.
+ * The scale s and the offset z are trained (LRL); z is the zero point before rounding. Both
+ * enter through their parametrisation: s through qd_aq_scale (s >= 1e-8), z through qd_aq_zero
+ * (z clamped to [0, 2^bits - 1]), so that 0 = (round(z) - round(z)) * s is always on the grid —
+ * what AIMET and QNN require of every activation encoding (offset in [-(2^bw - 1), 0]).
  * STE: dx̂/dx = 1 inside the range, 0 outside. dx̂/ds = round(x/s) - x/s inside,
- * -round(z) below, (2^b-1) - round(z) above; dx̂/dz = 0 inside, -s outside. */
+ * -round(z) below, (2^b-1) - round(z) above; dx̂/dz = 0 inside, -s outside, and 0 for every
+ * element while z lies outside [0, 2^b - 1] (the clamp's derivative). */
 typedef struct qd_aq {
     qd_real *s, *z;    /* the parameters (in the trained parameter buffer) */
     qd_real *ds, *dz;  /* their gradients (NULL: not accumulated) */
@@ -100,6 +104,8 @@ typedef struct qd_aq {
 } qd_aq;
 /* Effective scale: s clamped to >= 1e-8 so a trained scale can never divide by zero. */
 QD_API qd_real qd_aq_scale(const qd_aq *q);
+/* Effective offset: z clamped to [0, 2^bits - 1] (zero exactly representable). */
+QD_API qd_real qd_aq_zero(const qd_aq *q);
 /* out (n) = x̂ (out may equal x). pos: rounding slots (qd_rctx_take(rc, n + 1)). */
 QD_API void qd_aq_forward(qd_real *out, const qd_real *x, size_t n, const qd_aq *q,
                           qd_rctx *rc, size_t pos);
