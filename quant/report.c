@@ -10,6 +10,7 @@
 #include "base/fs.h"
 #include "base/report_keys.h"
 #include "base/sys.h"
+#include "quant/fp/blas.h"
 #include "quant/rt/int_model.h"
 #include "quant/sim/fakequant.h"
 
@@ -122,6 +123,16 @@ static void add_compute(cJSON *rep, const qd_report *r) {
     cJSON_AddNumberToObject(cp, "optimizer_steps", (double)r->var[0].res.n_loss);
     cJSON_AddNumberToObject(cp, "resumed_at_step", (double)r->var[0].res.resumed_at);
     cJSON_AddNumberToObject(cp, "peak_rss_bytes", (double)qd_peak_rss());
+    /* the kernel the figures came from: MobileQuant's trajectory depends on its rounding */
+    qd_blas_info bi;
+    qd_blas_info_get(&bi);
+    cJSON *bj = cJSON_AddObjectToObject(cp, "blas");
+    cJSON_AddStringToObject(bj, "library", bi.library);
+    cJSON_AddStringToObject(bj, "core", bi.core);
+    cJSON_AddStringToObject(bj, "config", bi.config);
+    if (bi.coretype_env[0]) cJSON_AddStringToObject(bj, "coretype_env", bi.coretype_env);
+    else cJSON_AddNullToObject(bj, "coretype_env");
+    cJSON_AddNumberToObject(bj, "threads", bi.threads);
 }
 
 static void add_size(cJSON *rep, const qd_report *r) {

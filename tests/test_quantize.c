@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cblas.h>
 #include <cjson/cJSON.h>
 
 #include "quant/text/data.h"
@@ -297,6 +298,16 @@ static void pipeline_report(void) {
         CHECK(cJSON_GetNumberValue(get(r, "compute", "peak_rss_bytes")) > 0, "peak rss");
         CHECK(cJSON_GetNumberValue(get(r, "compute", "tokens_processed")) > tokens, "tokens");
         CHECK(cJSON_GetNumberValue(get(r, "compute", "wall_seconds")) > 0, "wall");
+        /* the BLAS kernel the figures came from, as OpenBLAS names it in this process */
+        cJSON *bl = get(r, "compute", "blas");
+        const char *core = cJSON_GetStringValue(get(bl, "core", NULL));
+        const char *lib = cJSON_GetStringValue(get(bl, "library", NULL));
+        const char *cfg = cJSON_GetStringValue(get(bl, "config", NULL));
+        CHECK(lib && !strcmp(lib, "OpenBLAS") && core && *core &&
+                  !strcmp(core, openblas_get_corename()) && cfg && strstr(cfg, "OpenBLAS") &&
+                  cJSON_GetNumberValue(get(bl, "threads", NULL)) >= 1,
+              "compute.blas: library %s core %s config %s", lib ? lib : "-", core ? core : "-",
+              cfg ? cfg : "-");
         CHECK(cJSON_IsBool(get(r, "gates", "passed")), "gate outcome");
         /* the CLI's reading of the gate is the file's */
         int verdict = -2;
