@@ -50,6 +50,19 @@ $(BUILD)/libquantd.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
+# The commit the binary is built from, for `quantd --version`: `git describe --always --dirty`,
+# or "unknown" outside a git checkout. The header is rewritten only when the text changes, so an
+# unchanged tree does not relink.
+GIT_DESCRIBE := $(shell git describe --always --dirty 2>/dev/null)
+$(BUILD)/gen/git_version.h: FORCE
+	@mkdir -p $(dir $@)
+	@v='#define QD_GIT_DESCRIBE "$(or $(GIT_DESCRIBE),unknown)"'; \
+	  [ -f $@ ] && [ "$$(cat $@)" = "$$v" ] || echo "$$v" > $@
+$(BUILD)/cli/main.o: $(BUILD)/gen/git_version.h
+$(BUILD)/cli/main.o: CFLAGS += -I$(BUILD)/gen
+.PHONY: FORCE
+FORCE:
+
 $(BUILD)/quantd: $(CLI_OBJ) $(BUILD)/libquantd.a
 	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/libquantd.a $(LDLIBS)
 

@@ -42,8 +42,8 @@ bool qd_abits_ok(int bits);
 /* Activation classes: the quantizers that share one bit width, in the order of enum qd_aclass
  * (quant/sim/fakequant.h), which is the index of every abits table. */
 #define QD_N_ACLASS 13
-#define QD_ACLASS_NAMES "res, norm, qkv, qk_in, score, prob, pv, oproj, gateup, silu, down_in, " \
-                        "down_out, head"
+#define QD_ACLASS_NAMES "res, norm, qkv, qk_in, score, prob, pv, oproj, gateup, silu, " \
+                        "down_in, down_out, head"
 /* "res", "norm", ...; NULL past the end. Static storage. */
 const char *qd_aclass_name(int aclass);
 /* Index of a class name, or -1 when unknown. */

@@ -214,26 +214,82 @@ static void print_json(const cJSON *o) {
     fflush(stdout);
 }
 
-/* The flags every command takes, wherever they appear. 1: consumed; 0: not ours; -1: bad. */
-static int global_flag(int argc, char **argv, int *i, opts *o) {
-    const char *a = argv[*i];
-    const char *v;
-    if (!strcmp(a, "--url")) {
-        if (!(v = arg_next(argc, argv, i))) return -1;
-        snprintf(o->conn.url, sizeof o->conn.url, "%s", v);
-    } else if (!strcmp(a, "--token")) {
-        if (!(v = arg_next(argc, argv, i))) return -1;
-        snprintf(o->conn.token, sizeof o->conn.token, "%s", v);
-    } else if (!strcmp(a, "--json")) {
-        o->json = true;
-    } else if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) {
-        o->quiet = true;
-    } else if (!strcmp(a, "--retry")) {
-        if (!(v = arg_next(argc, argv, i)) || arg_double("--retry", v, 0, 86400, &o->retry_s)) return -1;
-    } else {
-        return 0;
+/* ---- the command line ---- */
+
+/* The options every command takes, wherever they appear. */
+enum { G_URL = CLI_KEY, G_TOKEN, G_JSON, G_RETRY, OWN = CLI_KEY + 16 };
+static const cli_opt global_opts[] = {
+    {"url", G_URL, "URL", "server (default $QUANTD_URL, else http://127.0.0.1:8080)"},
+    {"token", G_TOKEN, "T", "bearer token (default $QUANTD_TOKEN)"},
+    {"json", G_JSON, NULL, "JSON on stdout instead of text"},
+    {"quiet", 'q', NULL, "no progress on stderr"},
+    {"retry", G_RETRY, "S", "how long wait/events keep trying a server that went away\n"
+                            "(default 120)"},
+    {0}};
+
+/* One command's parser: the global options, then its own. */
+typedef struct cmd_parser {
+    cli_args a;
+    cli_opt all[CLI_MAX_OPTS];
+} cmd_parser;
+
+static void parser_init(cmd_parser *p, const char *prog, const char *synopsis, const cli_opt *own,
+                        int argc, char **argv) {
+    int n = 0;
+    for (const cli_opt *g = global_opts; g->name; g++) p->all[n++] = *g;
+    for (; own && own->name && n < CLI_MAX_OPTS - 1; own++) p->all[n++] = *own;
+    p->all[n] = (cli_opt){0};
+    cli_args_init(&p->a, prog, synopsis, p->all, argc, argv);
+}
+
+/* The next option of the command's own (global ones are applied to o on the way): its key,
+ * CLI_END, CLI_HELP (the help is printed) or CLI_BAD (explained). */
+static int next_opt(cmd_parser *p, opts *o) {
+    for (;;) {
+        int c = cli_next(&p->a);
+        const char *v = p->a.val;
+        switch (c) {
+        case G_URL: snprintf(o->conn.url, sizeof o->conn.url, "%s", v); break;
+        case G_TOKEN: snprintf(o->conn.token, sizeof o->conn.token, "%s", v); break;
+        case G_JSON: o->json = true; break;
+        case 'q': o->quiet = true; break;
+        case G_RETRY:
+            if (cli_double(&p->a, v, 0, 86400, &o->retry_s)) return CLI_BAD;
+            break;
+        case CLI_HELP: cli_help(&p->a); return CLI_HELP;
+        default: return c;
+        }
     }
-    return 1;
+}
+
+/* The one job id operand of wait, status, events, cancel and download. */
+static int one_id(cmd_parser *p, const char **id) {
+    cli_args *a = &p->a;
+    a->opt[0] = 0;
+    int n = a->argc - a->optind;
+    if (n != 1) {
+        cli_fail(a, n ? "one job id only" : "a job id is required");
+        cli_usage(a, stderr);
+        return CLI_BAD;
+    }
+    *id = a->argv[a->optind];
+    if (!job_id_ok(*id)) return cli_fail(a, "'%s' is not a job id", *id);
+    return 0;
+}
+
+static int no_operands(cmd_parser *p) {
+    cli_args *a = &p->a;
+    a->opt[0] = 0;
+    if (a->optind < a->argc) return cli_fail(a, "unexpected operand '%s'", a->argv[a->optind]);
+    return 0;
+}
+
+static int take_gate(const cli_args *a, const char *v, gate *gates, int *ngates) {
+    if (*ngates == MAX_GATES) return cli_fail(a, "at most %d gates", MAX_GATES);
+    if (parse_gate(v, &gates[*ngates]))
+        return cli_fail(a, "'%s' is not max_ppl_increase=X, max_kl=X or min_top1=X", v);
+    (*ngates)++;
+    return 0;
 }
 
 /* ---- report figures and gates ---- */
@@ -635,221 +691,269 @@ static int ensure_blob(const opts *o, const char *file, const char *label, char 
 
 /* ---- commands ---- */
 
-static int cmd_submit(opts *o, int argc, char **argv) {
-    const char *model = NULL, *calib = NULL, *evalf = NULL, *tok = NULL, *method = NULL;
-    const char *enc_version = NULL; /* validated by the server, as method is */
-    double eval_split = -1;
-    long wbits = 0, samples = 0, seq_len = 0, epochs = -1, threads = 0, timeout = 0;
-    uint64_t seed = 0;
-    bool have_seed = false, wait = false;
+/* What `submit` was asked for. */
+typedef struct submit_args {
+    const char *model, *calib, *evalf, *tok, *method, *enc_version;
+    double eval_split; /* < 0: not given */
+    int wbits;         /* 0: not given (the server's default) */
+    long samples, seq_len, epochs, threads, timeout; /* 0 (epochs: -1): not given */
+    uint64_t seed;
+    bool have_seed, wait;
     gate gates[MAX_GATES];
-    int ngates = 0;
-    cJSON *labels = cJSON_CreateObject(), *abits = cJSON_CreateObject();
-    int ex = EXIT_USAGE;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = NULL;
-        int g = global_flag(argc, argv, &i, o);
-        if (g < 0) goto out;
-        if (g) continue;
-        if (!strcmp(a, "--wait")) {
-            wait = true;
-            continue;
-        }
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            ex = EXIT_OK;
-            goto out;
-        }
-        if (!(v = arg_next(argc, argv, &i))) goto out;
-        if (!strcmp(a, "--model")) model = v;
-        else if (!strcmp(a, "--calib") || !strcmp(a, "--calibration")) calib = v;
-        else if (!strcmp(a, "--eval")) evalf = v;
-        else if (!strcmp(a, "--tokenizer")) tok = v;
-        else if (!strcmp(a, "--method")) method = v;
-        else if (!strcmp(a, "--encodings-version")) enc_version = v;
-        else if (!strcmp(a, "--eval-split")) {
-            if (arg_double(a, v, 0, 1, &eval_split)) goto out;
-        } else if (!strcmp(a, "--wbits")) {
-            if (arg_int(a, v, 4, 8, &wbits)) goto out;
-        } else if (!strcmp(a, "--samples")) {
-            if (arg_int(a, v, QD_SAMPLES_MIN, QD_SAMPLES_MAX, &samples)) goto out;
-        } else if (!strcmp(a, "--seq-len")) {
-            if (arg_int(a, v, QD_SEQ_LEN_MIN, QD_SEQ_LEN_MAX, &seq_len)) goto out;
-        } else if (!strcmp(a, "--epochs")) {
-            if (arg_int(a, v, QD_EPOCHS_MIN, QD_EPOCHS_MAX, &epochs)) goto out;
-        } else if (!strcmp(a, "--threads")) {
-            if (arg_int(a, v, QD_THREADS_MIN, QD_THREADS_MAX, &threads)) goto out;
-        } else if (!strcmp(a, "--timeout")) {
-            if (arg_int(a, v, 1, 1L << 30, &timeout)) goto out;
-        } else if (!strcmp(a, "--seed")) {
-            if (arg_u64(a, v, &seed)) goto out;
-            have_seed = true;
-        } else if (!strcmp(a, "--wait-timeout")) {
-            if (arg_double(a, v, 0, 1e9, &o->wait_timeout)) goto out;
-        } else if (!strcmp(a, "--gate")) {
-            if (ngates == MAX_GATES || parse_gate(v, &gates[ngates])) {
-                fprintf(stderr, "quantd client: --gate: '%s' is not max_ppl_increase=X, max_kl=X or min_top1=X\n", v);
-                goto out;
-            }
-            ngates++;
-        } else if (!strcmp(a, "--label") || !strcmp(a, "--abits")) {
-            const char *eq = strchr(v, '=');
-            if (!eq || eq == v) {
-                fprintf(stderr, "quantd client: %s: '%s' is not KEY=VALUE\n", a, v);
-                goto out;
-            }
-            char key[128];
-            snprintf(key, sizeof key, "%.*s", (int)(eq - v), v);
-            if (a[2] == 'l') {
-                cJSON_AddStringToObject(labels, key, eq + 1);
-            } else {
-                long bits;
-                if (arg_int(a, eq + 1, 1, 64, &bits)) goto out;
-                cJSON_AddNumberToObject(abits, key, (double)bits);
-            }
-        } else {
-            fprintf(stderr, "quantd client submit: unknown option '%s'\n", a);
-            goto out;
-        }
-    }
-    o->conn.progress = !o->quiet;
-    if (!model || !calib) {
-        fprintf(stderr, "quantd client submit: --model and --calib are required\n");
-        goto out;
-    }
-    if (evalf && eval_split >= 0) {
-        fprintf(stderr, "quantd client submit: give --eval or --eval-split, not both\n");
-        goto out;
-    }
-    char model_id[72], calib_id[72], eval_id[72] = "", tok_id[72] = "";
-    if ((ex = ensure_blob(o, model, "model", model_id)) || (ex = ensure_blob(o, calib, "calibration", calib_id)) ||
-        (evalf && (ex = ensure_blob(o, evalf, "eval", eval_id))) ||
-        (tok && (ex = ensure_blob(o, tok, "tokenizer", tok_id))))
-        goto out;
+    int ngates;
+    cJSON *labels, *abits; /* owned */
+} submit_args;
 
+enum {
+    S_MODEL = OWN, S_CALIB, S_EVAL, S_TOKENIZER, S_METHOD, S_ENC_VERSION, S_EVAL_SPLIT, S_WBITS,
+    S_SAMPLES, S_SEQ_LEN, S_EPOCHS, S_THREADS, S_TIMEOUT, S_SEED, S_WAIT, S_WAIT_TIMEOUT, S_GATE,
+    S_LABEL, S_ABITS
+};
+
+static const cli_opt submit_opts[] = {
+    {"model", S_MODEL, "F", "checkpoint to upload (skipped when the server has it)"},
+    {"calib", S_CALIB, "F", "calibration data"},
+    {"calibration", S_CALIB, "F", "the same as --calib"},
+    {"eval", S_EVAL, "F", "evaluation data (default: --eval-split of the calibration)"},
+    {"eval-split", S_EVAL_SPLIT, "X", "held-out fraction of the calibration tokens"},
+    {"tokenizer", S_TOKENIZER, "F", "tokenizer file (default: the checkpoint's own)"},
+    {"method", S_METHOD, "M", QD_METHOD_NAMES " (the server checks it)"},
+    {"wbits", S_WBITS, "B", "weight bits, " QD_WBITS_NAMES},
+    {"abits", S_ABITS, "CLASS=BITS", "activation bits of a class (repeatable)"},
+    {"samples", S_SAMPLES, "N", "calibration windows"},
+    {"seq-len", S_SEQ_LEN, "N", "tokens per window"},
+    {"epochs", S_EPOCHS, "N", "passes over the windows"},
+    {"seed", S_SEED, "N", "seed"},
+    {"threads", S_THREADS, "N", "worker threads"},
+    {"timeout", S_TIMEOUT, "S", "the job's wall-time limit in seconds"},
+    {"encodings-version", S_ENC_VERSION, "V", "AIMET encodings.json format, " QD_ENC_VERSION_NAMES},
+    {"label", S_LABEL, "K=V", "a label (repeatable)"},
+    {"gate", S_GATE, "NAME=VALUE", "max_ppl_increase=2%, max_kl=X, min_top1=90% (repeatable)"},
+    {"wait", S_WAIT, NULL, "follow the job to its end and check the gates"},
+    {"wait-timeout", S_WAIT_TIMEOUT, "S", "give up waiting after S seconds (exit 8)"},
+    {0}};
+
+static int submit_take(const cli_args *a, int c, submit_args *s, opts *o) {
+    const char *v = a->val;
+    static const int wbits[] = {4, 8}, abits[] = {4, 8, 16};
+    switch (c) {
+    case S_MODEL: s->model = v; return 0;
+    case S_CALIB: s->calib = v; return 0;
+    case S_EVAL: s->evalf = v; return 0;
+    case S_TOKENIZER: s->tok = v; return 0;
+    /* the server's list is the authority on methods: it answers 422 naming the field */
+    case S_METHOD: s->method = v; return 0;
+    case S_ENC_VERSION:
+        if (cli_word(a, v, qd_enc_version_ok, QD_ENC_VERSION_NAMES)) return CLI_BAD;
+        s->enc_version = v;
+        return 0;
+    case S_EVAL_SPLIT: return cli_double(a, v, 0, QD_EVAL_SPLIT_MAX, &s->eval_split);
+    case S_WBITS: return cli_int_choice(a, v, wbits, 2, QD_WBITS_NAMES, &s->wbits);
+    case S_SAMPLES: return cli_int(a, v, QD_SAMPLES_MIN, QD_SAMPLES_MAX, &s->samples);
+    case S_SEQ_LEN: return cli_int(a, v, QD_SEQ_LEN_MIN, QD_SEQ_LEN_MAX, &s->seq_len);
+    case S_EPOCHS: return cli_int(a, v, QD_EPOCHS_MIN, QD_EPOCHS_MAX, &s->epochs);
+    case S_THREADS: return cli_int(a, v, QD_THREADS_MIN, QD_THREADS_MAX, &s->threads);
+    case S_TIMEOUT: return cli_int(a, v, 1, API_MAX_TIMEOUT_S, &s->timeout);
+    case S_SEED:
+        s->have_seed = true;
+        return cli_u64(a, v, &s->seed);
+    case S_WAIT: s->wait = true; return 0;
+    case S_WAIT_TIMEOUT: return cli_double(a, v, 0, 1e9, &o->wait_timeout);
+    case S_GATE: return take_gate(a, v, s->gates, &s->ngates);
+    case S_LABEL:
+    case S_ABITS: {
+        const char *eq = strchr(v, '=');
+        if (!eq || eq == v) return cli_fail(a, "'%s' is not KEY=VALUE", v);
+        char key[128];
+        snprintf(key, sizeof key, "%.*s", (int)(eq - v), v);
+        if (c == S_LABEL) {
+            cJSON_AddStringToObject(s->labels, key, eq + 1);
+            return 0;
+        }
+        if (qd_aclass_parse(key) < 0)
+            return cli_fail(a, "'%s' is not an activation class (%s)", key, QD_ACLASS_NAMES);
+        int bits;
+        if (cli_int_choice(a, eq + 1, abits, 3, QD_ABITS_NAMES, &bits)) return CLI_BAD;
+        cJSON_AddNumberToObject(s->abits, key, bits);
+        return 0;
+    }
+    }
+    return CLI_BAD;
+}
+
+/* 0 to go on, 1 after --help, 2 on a usage error (explained). */
+static int submit_parse(opts *o, int argc, char **argv, submit_args *s) {
+    cmd_parser p;
+    parser_init(&p, "quantd client submit", "--model F --calib F [options] [--wait]", submit_opts,
+                argc, argv);
+    for (int c; (c = next_opt(&p, o)) != CLI_END;) {
+        if (c == CLI_HELP) return 1;
+        if (c == CLI_BAD || submit_take(&p.a, c, s, o)) return 2;
+    }
+    if (no_operands(&p)) return 2;
+    if (!s->model || !s->calib) {
+        cli_fail(&p.a, "--model and --calib are required");
+        return 2;
+    }
+    if (s->evalf && s->eval_split >= 0) {
+        cli_fail(&p.a, "give --eval or --eval-split, not both");
+        return 2;
+    }
+    return 0;
+}
+
+/* The job spec for the uploaded blobs (ids[4]: model, calibration, eval, tokenizer; "" when
+ * none). Takes labels and abits out of s. */
+static cJSON *submit_spec(submit_args *s, char ids[4][72]) {
     cJSON *spec = cJSON_CreateObject();
-    cJSON_AddStringToObject(spec, "model", model_id);
-    cJSON_AddStringToObject(spec, "calibration", calib_id);
-    if (eval_id[0]) cJSON_AddStringToObject(spec, "eval", eval_id);
-    if (tok_id[0]) cJSON_AddStringToObject(spec, "tokenizer", tok_id);
-    if (eval_split >= 0) cJSON_AddNumberToObject(spec, "eval_split", eval_split);
-    if (method) cJSON_AddStringToObject(spec, "method", method);
-    if (wbits) cJSON_AddNumberToObject(spec, "wbits", (double)wbits);
-    if (cJSON_GetArraySize(abits)) {
-        cJSON_AddItemToObject(spec, "abits", abits);
-        abits = NULL;
+    cJSON_AddStringToObject(spec, "model", ids[0]);
+    cJSON_AddStringToObject(spec, "calibration", ids[1]);
+    if (ids[2][0]) cJSON_AddStringToObject(spec, "eval", ids[2]);
+    if (ids[3][0]) cJSON_AddStringToObject(spec, "tokenizer", ids[3]);
+    if (s->eval_split >= 0) cJSON_AddNumberToObject(spec, "eval_split", s->eval_split);
+    if (s->method) cJSON_AddStringToObject(spec, "method", s->method);
+    if (s->wbits) cJSON_AddNumberToObject(spec, "wbits", s->wbits);
+    if (cJSON_GetArraySize(s->abits)) {
+        cJSON_AddItemToObject(spec, "abits", s->abits);
+        s->abits = NULL;
     }
-    if (samples || seq_len || epochs >= 0) {
+    if (s->samples || s->seq_len || s->epochs >= 0) {
         cJSON *b = cJSON_AddObjectToObject(spec, "budget");
-        if (samples) cJSON_AddNumberToObject(b, "samples", (double)samples);
-        if (seq_len) cJSON_AddNumberToObject(b, "seq_len", (double)seq_len);
-        if (epochs >= 0) cJSON_AddNumberToObject(b, "epochs", (double)epochs);
+        if (s->samples) cJSON_AddNumberToObject(b, "samples", (double)s->samples);
+        if (s->seq_len) cJSON_AddNumberToObject(b, "seq_len", (double)s->seq_len);
+        if (s->epochs >= 0) cJSON_AddNumberToObject(b, "epochs", (double)s->epochs);
     }
-    if (have_seed) cJSON_AddNumberToObject(spec, "seed", (double)seed);
-    if (threads) cJSON_AddNumberToObject(spec, "threads", (double)threads);
-    if (timeout) cJSON_AddNumberToObject(spec, "timeout_s", (double)timeout);
-    if (enc_version) cJSON_AddStringToObject(spec, "encodings_version", enc_version);
+    if (s->have_seed) cJSON_AddNumberToObject(spec, "seed", (double)s->seed);
+    if (s->threads) cJSON_AddNumberToObject(spec, "threads", (double)s->threads);
+    if (s->timeout) cJSON_AddNumberToObject(spec, "timeout_s", (double)s->timeout);
+    if (s->enc_version) cJSON_AddStringToObject(spec, "encodings_version", s->enc_version);
     /* only the gate the server knows goes into the spec; the others are checked here */
-    for (int i = 0; i < ngates; i++)
-        if (!strcmp(gates[i].name, "max_ppl_increase")) {
+    for (int i = 0; i < s->ngates; i++)
+        if (!strcmp(s->gates[i].name, QD_RK_GATE_MAX_PPL)) {
             cJSON *g = cJSON_AddObjectToObject(spec, "gates");
-            cJSON_AddNumberToObject(g, "max_ppl_increase", gates[i].limit);
+            cJSON_AddNumberToObject(g, QD_RK_GATE_MAX_PPL, s->gates[i].limit);
             break;
         }
     /* file names as labels, so that job lists (and the dashboard) can say which model a job
      * quantized; the blob ids alone do not */
-    const char *files[2][2] = {{"model_file", model}, {"calib_file", calib}};
+    const char *files[2][2] = {{"model_file", s->model}, {"calib_file", s->calib}};
     for (int i = 0; i < 2; i++) {
-        if (get(labels, files[i][0]) || cJSON_GetArraySize(labels) >= API_MAX_LABELS) continue;
+        if (get(s->labels, files[i][0]) || cJSON_GetArraySize(s->labels) >= API_MAX_LABELS) continue;
         const char *b = strrchr(files[i][1], '/');
         char v[API_MAX_LABEL_VALUE + 1];
         snprintf(v, sizeof v, "%s", b ? b + 1 : files[i][1]);
-        cJSON_AddStringToObject(labels, files[i][0], v);
+        cJSON_AddStringToObject(s->labels, files[i][0], v);
     }
-    if (cJSON_GetArraySize(labels)) {
-        cJSON_AddItemToObject(spec, "labels", labels);
-        labels = NULL;
+    if (cJSON_GetArraySize(s->labels)) {
+        cJSON_AddItemToObject(spec, "labels", s->labels);
+        s->labels = NULL;
     }
+    return spec;
+}
+
+/* Posts the spec; without --wait prints the job, with it follows the job to its end. */
+static int submit_post(opts *o, cJSON *spec, const submit_args *s) {
     char *body = cJSON_PrintUnformatted(spec);
-    cJSON_Delete(spec);
     cJSON *job = NULL;
-    ex = call(o, "POST", "/v1/jobs", body, "submit", &job);
+    int ex = call(o, "POST", "/v1/jobs", body, "submit", &job);
     free(body);
-    if (ex) goto out;
+    if (ex) return ex;
     const char *id = str_or(job, "id", "");
     if (!job_id_ok(id)) {
         fprintf(stderr, "quantd client: submit: the server answered without a job id\n");
         cJSON_Delete(job);
-        ex = EXIT_SERVER;
-        goto out;
+        return EXIT_SERVER;
     }
     if (!o->quiet) fprintf(stderr, "job %s %s\n", id, str_or(job, "state", "?"));
-    if (!wait) {
+    if (!s->wait) {
         if (o->json) print_json(job);
         else printf("%s\n", id);
         cJSON_Delete(job);
-        ex = EXIT_OK;
-        goto out;
+        return EXIT_OK;
     }
     char idc[72];
     snprintf(idc, sizeof idc, "%s", id);
     cJSON_Delete(job);
     job = NULL;
     ex = wait_job(o, idc, false, -1, &job);
-    if (ex == EXIT_OK) ex = finish(o, job, gates, ngates);
+    if (ex == EXIT_OK) ex = finish(o, job, s->gates, s->ngates);
     cJSON_Delete(job);
-out:
-    cJSON_Delete(labels);
-    cJSON_Delete(abits);
     return ex;
 }
 
-/* Parses "ID [--gate ...] [--wait-timeout S] [--from N]" for wait, status and events. */
+static int cmd_submit(opts *o, int argc, char **argv) {
+    submit_args s;
+    memset(&s, 0, sizeof s);
+    s.eval_split = -1;
+    s.epochs = -1;
+    s.labels = cJSON_CreateObject();
+    s.abits = cJSON_CreateObject();
+    int ex = submit_parse(o, argc, argv, &s);
+    if (ex) {
+        ex = ex == 1 ? EXIT_OK : EXIT_USAGE;
+        goto out;
+    }
+    o->conn.progress = !o->quiet;
+    char ids[4][72] = {"", "", "", ""};
+    if ((ex = ensure_blob(o, s.model, "model", ids[0])) ||
+        (ex = ensure_blob(o, s.calib, "calibration", ids[1])) ||
+        (s.evalf && (ex = ensure_blob(o, s.evalf, "eval", ids[2]))) ||
+        (s.tok && (ex = ensure_blob(o, s.tok, "tokenizer", ids[3]))))
+        goto out;
+    cJSON *spec = submit_spec(&s, ids);
+    ex = submit_post(o, spec, &s);
+    cJSON_Delete(spec);
+out:
+    cJSON_Delete(s.labels);
+    cJSON_Delete(s.abits);
+    return ex;
+}
+
+enum { I_GATE = OWN, I_WAIT_TIMEOUT, I_FROM };
+
+/* "ID [--gate ...] [--wait-timeout S] [--from N]" for wait, status, events and cancel: the
+ * options that apply to the command (gates: wait and status; from: events). 0, 1 after
+ * --help, 2 on a usage error. */
 static int id_args(opts *o, int argc, char **argv, const char **id, gate *gates, int *ngates,
                    long *from) {
-    *id = NULL;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v;
-        int g = global_flag(argc, argv, &i, o);
-        if (g < 0) return -1;
-        if (g) continue;
-        if (!strcmp(a, "--gate") && gates) {
-            if (!(v = arg_next(argc, argv, &i))) return -1;
-            if (*ngates == MAX_GATES || parse_gate(v, &gates[*ngates])) {
-                fprintf(stderr, "quantd client: --gate: '%s' is not max_ppl_increase=X, max_kl=X or min_top1=X\n", v);
-                return -1;
-            }
-            (*ngates)++;
-        } else if (!strcmp(a, "--wait-timeout")) {
-            if (!(v = arg_next(argc, argv, &i)) || arg_double(a, v, 0, 1e9, &o->wait_timeout)) return -1;
-        } else if (!strcmp(a, "--from") && from) {
-            if (!(v = arg_next(argc, argv, &i)) || arg_int(a, v, 0, 1L << 40, from)) return -1;
-        } else if (a[0] == '-') {
-            fprintf(stderr, "quantd client %s: unknown option '%s'\n", argv[0], a);
-            return -1;
-        } else if (!*id) {
-            *id = a;
+    static const cli_opt gate_opts[] = {
+        {"gate", I_GATE, "NAME=VALUE", "max_ppl_increase=X, max_kl=X or min_top1=X (repeatable)"},
+        {"wait-timeout", I_WAIT_TIMEOUT, "S", "give up after S seconds (exit 8)"},
+        {0}};
+    static const cli_opt from_opts[] = {
+        {"from", I_FROM, "N", "replay the events after event N"},
+        {"wait-timeout", I_WAIT_TIMEOUT, "S", "give up after S seconds (exit 8)"},
+        {0}};
+    char prog[64];
+    snprintf(prog, sizeof prog, "quantd client %s", argv[0]);
+    cmd_parser p;
+    parser_init(&p, prog, gates ? "ID [--gate NAME=VALUE]... [--wait-timeout S]"
+                              : from ? "ID [--from N] [--wait-timeout S]" : "ID",
+                gates ? gate_opts : from ? from_opts : NULL, argc, argv);
+    for (int c; (c = next_opt(&p, o)) != CLI_END;) {
+        if (c == CLI_HELP) return 1;
+        if (c == I_GATE && gates) {
+            if (take_gate(&p.a, p.a.val, gates, ngates)) return 2;
+        } else if (c == I_WAIT_TIMEOUT) {
+            if (cli_double(&p.a, p.a.val, 0, 1e9, &o->wait_timeout)) return 2;
+        } else if (c == I_FROM && from) {
+            if (cli_int(&p.a, p.a.val, 0, 1L << 40, from)) return 2;
         } else {
-            fprintf(stderr, "quantd client %s: one job id only\n", argv[0]);
-            return -1;
+            return 2;
         }
     }
-    if (!*id) {
-        fprintf(stderr, "quantd client %s: a job id is required\n", argv[0]);
-        return -1;
-    }
-    if (!job_id_ok(*id)) {
-        fprintf(stderr, "quantd client %s: '%s' is not a job id\n", argv[0], *id);
-        return -1;
-    }
-    return 0;
+    return one_id(&p, id) ? 2 : 0;
 }
+
+/* id_args's answer as an exit status, or -1 to go on. */
+static int id_args_exit(int r) { return r == 0 ? -1 : r == 1 ? EXIT_OK : EXIT_USAGE; }
 
 static int cmd_wait(opts *o, int argc, char **argv) {
     const char *id;
     gate gates[MAX_GATES];
     int ngates = 0;
-    if (id_args(o, argc, argv, &id, gates, &ngates, NULL)) return EXIT_USAGE;
+    int r = id_args_exit(id_args(o, argc, argv, &id, gates, &ngates, NULL));
+    if (r >= 0) return r;
     cJSON *job = NULL;
     int ex = wait_job(o, id, false, -1, &job);
     if (ex == EXIT_OK) ex = finish(o, job, gates, ngates);
@@ -861,7 +965,8 @@ static int cmd_status(opts *o, int argc, char **argv) {
     const char *id;
     gate gates[MAX_GATES];
     int ngates = 0;
-    if (id_args(o, argc, argv, &id, gates, &ngates, NULL)) return EXIT_USAGE;
+    int r = id_args_exit(id_args(o, argc, argv, &id, gates, &ngates, NULL));
+    if (r >= 0) return r;
     char path[128];
     snprintf(path, sizeof path, "/v1/jobs/%s", id);
     cJSON *job = NULL;
@@ -893,7 +998,8 @@ static int cmd_status(opts *o, int argc, char **argv) {
 static int cmd_events(opts *o, int argc, char **argv) {
     const char *id;
     long from = -1;
-    if (id_args(o, argc, argv, &id, NULL, NULL, &from)) return EXIT_USAGE;
+    int r = id_args_exit(id_args(o, argc, argv, &id, NULL, NULL, &from));
+    if (r >= 0) return r;
     cJSON *job = NULL;
     int ex = wait_job(o, id, true, from, &job);
     cJSON_Delete(job);
@@ -902,7 +1008,8 @@ static int cmd_events(opts *o, int argc, char **argv) {
 
 static int cmd_cancel(opts *o, int argc, char **argv) {
     const char *id;
-    if (id_args(o, argc, argv, &id, NULL, NULL, NULL)) return EXIT_USAGE;
+    int r = id_args_exit(id_args(o, argc, argv, &id, NULL, NULL, NULL));
+    if (r >= 0) return r;
     char path[128];
     snprintf(path, sizeof path, "/v1/jobs/%s/cancel", id);
     cJSON *job = NULL;
@@ -943,33 +1050,35 @@ static int mkdirs(const char *path) {
     return mkdir(b, 0755) != 0 && errno != EEXIST ? -1 : 0;
 }
 
+enum { D_NAME = OWN };
+
 static int cmd_download(opts *o, int argc, char **argv) {
+    static const cli_opt own[] = {
+        {"out", 'o', "DIR", "where the artifacts go (created)"},
+        {"name", D_NAME, "NAME", "only this artifact (repeatable; default: all)"},
+        {0}};
     const char *id = NULL, *out = NULL;
     const char *names[64];
     int nnames = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        int g = global_flag(argc, argv, &i, o);
-        if (g < 0) return EXIT_USAGE;
-        if (g) continue;
-        if (!strcmp(a, "--out") || !strcmp(a, "-o")) {
-            if (!(out = arg_next(argc, argv, &i))) return EXIT_USAGE;
-        } else if (!strcmp(a, "--name")) {
-            const char *v = arg_next(argc, argv, &i);
-            if (!v || nnames == 64) return EXIT_USAGE;
-            names[nnames++] = v;
-        } else if (a[0] == '-' || id) {
-            fprintf(stderr, "quantd client download: unexpected '%s'\n", a);
-            return EXIT_USAGE;
+    cmd_parser p;
+    parser_init(&p, "quantd client download", "ID --out DIR [--name NAME]...", own, argc, argv);
+    for (int c; (c = next_opt(&p, o)) != CLI_END;) {
+        if (c == CLI_HELP) return EXIT_OK;
+        if (c == 'o') {
+            out = p.a.val;
+        } else if (c == D_NAME) {
+            if (nnames == 64) return cli_fail(&p.a, "at most 64 names"), EXIT_USAGE;
+            names[nnames++] = p.a.val;
         } else {
-            id = a;
+            return EXIT_USAGE;
         }
     }
-    o->conn.progress = !o->quiet && isatty(2);
-    if (!id || !out || !job_id_ok(id)) {
-        fprintf(stderr, "quantd client download: a job id and --out DIR are required\n");
+    if (one_id(&p, &id)) return EXIT_USAGE;
+    if (!out) {
+        cli_fail(&p.a, "--out DIR is required");
         return EXIT_USAGE;
     }
+    o->conn.progress = !o->quiet && isatty(2);
     char path[160];
     snprintf(path, sizeof path, "/v1/jobs/%s/artifacts", id);
     cJSON *list = NULL;
@@ -1041,27 +1150,35 @@ static int cmd_download(opts *o, int argc, char **argv) {
     return ex;
 }
 
+enum { L_STATE = OWN, L_LABEL, L_LIMIT, L_OFFSET };
+
 static int cmd_list(opts *o, int argc, char **argv) {
+    static const cli_opt own[] = {
+        {"state", L_STATE, "S", "only jobs in this state"},
+        {"label", L_LABEL, "K=V", "only jobs with this label"},
+        {"limit", L_LIMIT, "N", "at most N jobs (default 50, at most 500)"},
+        {"offset", L_OFFSET, "N", "skip the first N"},
+        {0}};
     const char *state = NULL, *label = NULL;
     long limit = 50, offset = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v;
-        int g = global_flag(argc, argv, &i, o);
-        if (g < 0) return EXIT_USAGE;
-        if (g) continue;
-        if (!strcmp(a, "--state")) {
-            if (!(state = arg_next(argc, argv, &i))) return EXIT_USAGE;
-        } else if (!strcmp(a, "--label")) {
-            if (!(label = arg_next(argc, argv, &i))) return EXIT_USAGE;
-        } else if (!strcmp(a, "--limit")) {
-            if (!(v = arg_next(argc, argv, &i)) || arg_int(a, v, 1, 500, &limit)) return EXIT_USAGE;
-        } else if (!strcmp(a, "--offset")) {
-            if (!(v = arg_next(argc, argv, &i)) || arg_int(a, v, 0, 100000000, &offset)) return EXIT_USAGE;
-        } else {
-            fprintf(stderr, "quantd client list: unknown option '%s'\n", a);
-            return EXIT_USAGE;
+    cmd_parser p;
+    parser_init(&p, "quantd client list", "[--state S] [--label K=V] [--limit N] [--offset N]", own,
+                argc, argv);
+    for (int c; (c = next_opt(&p, o)) != CLI_END;) {
+        switch (c) {
+        case CLI_HELP: return EXIT_OK;
+        case L_STATE: state = p.a.val; break;
+        case L_LABEL: label = p.a.val; break;
+        case L_LIMIT:
+            if (cli_int(&p.a, p.a.val, 1, 500, &limit)) return EXIT_USAGE;
+            break;
+        case L_OFFSET:
+            if (cli_int(&p.a, p.a.val, 0, 100000000, &offset)) return EXIT_USAGE;
+            break;
+        default: return EXIT_USAGE;
         }
     }
+    if (no_operands(&p)) return EXIT_USAGE;
     char path[1024], es[300], el[600];
     int n = snprintf(path, sizeof path, "/v1/jobs?limit=%ld&offset=%ld", limit, offset);
     if (state) {
@@ -1105,20 +1222,25 @@ int cmd_client(int argc, char **argv) {
     o.conn.connect_timeout_s = 10;
     o.conn.timeout_s = 120;
     o.retry_s = 120;
-    int i = 1;
-    for (; i < argc && argv[i][0] == '-'; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            usage(stdout);
-            return EXIT_OK;
-        }
-        int g = global_flag(argc, argv, &i, &o);
-        if (g < 0) return EXIT_USAGE;
-        if (!g) {
-            fprintf(stderr, "quantd client: unknown option '%s'\n", argv[i]);
-            usage(stderr);
-            return EXIT_USAGE;
+    cmd_parser p;
+    parser_init(&p, "quantd client", "[--url URL] [--token T] [--json] [--quiet] COMMAND ...",
+                NULL, argc, argv);
+    p.a.stop_at_operand = true; /* the command's own options come after its name */
+    for (int c; (c = cli_next(&p.a)) != CLI_END;) {
+        const char *v = p.a.val;
+        switch (c) {
+        case G_URL: snprintf(o.conn.url, sizeof o.conn.url, "%s", v); break;
+        case G_TOKEN: snprintf(o.conn.token, sizeof o.conn.token, "%s", v); break;
+        case G_JSON: o.json = true; break;
+        case 'q': o.quiet = true; break;
+        case G_RETRY:
+            if (cli_double(&p.a, v, 0, 86400, &o.retry_s)) return EXIT_USAGE;
+            break;
+        case CLI_HELP: usage(stdout); return EXIT_OK;
+        default: return EXIT_USAGE;
         }
     }
+    int i = p.a.optind;
     if (i >= argc) {
         usage(stderr);
         return EXIT_USAGE;

@@ -10,49 +10,48 @@
 #include "quant/fp/forward.h"
 #include "cli/runner.h"
 
-static void usage(FILE *f) {
-    fprintf(f, "usage: quantd eval --model PATH --data PATH [--tokenizer PATH] [--ctx N] [--threads N] [--json]\n"
-               "  --model      checkpoint: .gguf, Hugging Face directory, llama2.c .bin, or an\n"
-               "               integer artifact model.qint.safetensors (integer runtime)\n"
-               "  --data       .txt, .jsonl (\"text\" field) or pre-tokenized .bin\n"
-               "  --tokenizer  tokenizer.bin / tokenizer.json / .gguf (default: the model's own)\n"
-               "  --ctx        window length in tokens (default: 256)\n"
-               "  --threads    integer runtime threads (default 0: all CPUs)\n"
-               "  --json       print one JSON object instead of text\n");
-}
+enum { O_MODEL = CLI_KEY, O_DATA, O_TOKENIZER, O_CTX, O_THREADS, O_JSON };
+
+static const cli_opt opts[] = {
+    {"model", O_MODEL, "PATH", "checkpoint: .gguf, Hugging Face directory, llama2.c .bin, or an\n"
+                               "integer artifact model.qint.safetensors (integer runtime)"},
+    {"data", O_DATA, "PATH", ".txt, .jsonl (\"text\" field) or pre-tokenized .bin"},
+    {"tokenizer", O_TOKENIZER, "PATH", "tokenizer.bin / tokenizer.json / .gguf (default: the model's own)"},
+    {"ctx", O_CTX, "N", "window length in tokens (default 256)"},
+    {"threads", O_THREADS, "N", "integer runtime threads (default 0: all CPUs)"},
+    {"json", O_JSON, NULL, "print one JSON object instead of text"},
+    {0}};
 
 int cmd_eval(int argc, char **argv) {
     const char *model_path = NULL, *data_path = NULL, *tok_path = NULL;
     long ctx = 0, threads = 0;
     int json = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            return 0;
-        } else if (!strcmp(a, "--model")) {
-            if (!(model_path = arg_next(argc, argv, &i))) return 2;
-        } else if (!strcmp(a, "--data")) {
-            if (!(data_path = arg_next(argc, argv, &i))) return 2;
-        } else if (!strcmp(a, "--tokenizer")) {
-            if (!(tok_path = arg_next(argc, argv, &i))) return 2;
-        } else if (!strcmp(a, "--ctx")) {
-            const char *v = arg_next(argc, argv, &i);
-            if (!v || arg_int("--ctx", v, 2, QD_MAX_CTX, &ctx)) return 2;
-        } else if (!strcmp(a, "--threads")) {
-            const char *v = arg_next(argc, argv, &i);
-            if (!v || arg_int("--threads", v, 0, QD_QRT_MAX_THREADS, &threads)) return 2;
-        } else if (!strcmp(a, "--json")) {
-            json = 1;
-        } else {
-            fprintf(stderr, "quantd eval: unknown option '%s'\n", a);
-            usage(stderr);
-            return 2;
+    cli_args a;
+    cli_args_init(&a, "quantd eval", "--model PATH --data PATH [--tokenizer PATH] [--ctx N] "
+                  "[--threads N] [--json]", opts, argc, argv);
+    for (int c; (c = cli_next(&a)) != CLI_END;) {
+        switch (c) {
+        case O_MODEL: model_path = a.val; break;
+        case O_DATA: data_path = a.val; break;
+        case O_TOKENIZER: tok_path = a.val; break;
+        case O_CTX:
+            if (cli_int(&a, a.val, 2, QD_MAX_CTX, &ctx)) return 2;
+            break;
+        case O_THREADS:
+            if (cli_int(&a, a.val, 0, QD_QRT_MAX_THREADS, &threads)) return 2;
+            break;
+        case O_JSON: json = 1; break;
+        case CLI_HELP: cli_help(&a); return 0;
+        default: return 2;
         }
     }
+    if (a.optind < argc) {
+        cli_fail(&a, "unexpected operand '%s'", argv[a.optind]);
+        return 2;
+    }
     if (!model_path || !data_path) {
-        fprintf(stderr, "quantd eval: --model and --data are required\n");
-        usage(stderr);
+        cli_fail(&a, "--model and --data are required");
+        cli_usage(&a, stderr);
         return 2;
     }
     qd_err err = {{0}};

@@ -9,14 +9,17 @@
 #include "cli/cli.h"
 #include "cli/runner.h"
 
-static void usage(FILE *f) {
-    fprintf(f, "usage: quantd generate --model PATH|ART.qint.safetensors [--prompt S] [-n N] [--temp T] [--seed S]\n"
-               "                       [--tokenizer PATH] [--threads N]\n"
-               "  -n         tokens to generate (default 128; stops early at BOS/EOS)\n"
-               "  --temp     0 = greedy (default), else softmax temperature\n"
-               "  --seed     sampling seed (default 0)\n"
-               "  --threads  integer runtime threads (default 0: all CPUs)\n");
-}
+enum { O_MODEL = CLI_KEY, O_TOKENIZER, O_PROMPT, O_TEMP, O_SEED, O_THREADS };
+
+static const cli_opt opts[] = {
+    {"model", O_MODEL, "PATH", "checkpoint, or an integer artifact model.qint.safetensors"},
+    {"prompt", O_PROMPT, "S", "text to continue (default: start from BOS)"},
+    {"tokens", 'n', "N", "tokens to generate (default 128; stops early at BOS/EOS)"},
+    {"temp", O_TEMP, "T", "0 = greedy (default), else softmax temperature"},
+    {"seed", O_SEED, "S", "sampling seed (default 0)"},
+    {"tokenizer", O_TOKENIZER, "PATH", "tokenizer.bin / tokenizer.json / .gguf (default: the model's own)"},
+    {"threads", O_THREADS, "N", "integer runtime threads (default 0: all CPUs)"},
+    {0}};
 
 /* xorshift64*: small, fast, and the same sequence on every platform. */
 static uint64_t rng_next(uint64_t *s) {
@@ -46,36 +49,37 @@ int cmd_generate(int argc, char **argv) {
     long n = 128, threads = 0;
     double temp = 0;
     uint64_t seed = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            return 0;
-        } else if (!strcmp(a, "--model")) {
-            if (!(model_path = arg_next(argc, argv, &i))) return 2;
-        } else if (!strcmp(a, "--tokenizer")) {
-            if (!(tok_path = arg_next(argc, argv, &i))) return 2;
-        } else if (!strcmp(a, "--prompt")) {
-            if (!(prompt = arg_next(argc, argv, &i))) return 2;
-        } else if (!strcmp(a, "-n")) {
-            if (!(v = arg_next(argc, argv, &i)) || arg_int("-n", v, 1, QD_MAX_CTX, &n)) return 2;
-        } else if (!strcmp(a, "--temp")) {
-            if (!(v = arg_next(argc, argv, &i)) || arg_double("--temp", v, 0, 100, &temp))
-                return 2;
-        } else if (!strcmp(a, "--seed")) {
-            if (!(v = arg_next(argc, argv, &i)) || arg_u64("--seed", v, &seed)) return 2;
-        } else if (!strcmp(a, "--threads")) {
-            if (!(v = arg_next(argc, argv, &i)) || arg_int("--threads", v, 0, QD_QRT_MAX_THREADS, &threads))
-                return 2;
-        } else {
-            fprintf(stderr, "quantd generate: unknown option '%s'\n", a);
-            usage(stderr);
-            return 2;
+    cli_args a;
+    cli_args_init(&a, "quantd generate", "--model PATH|ART.qint.safetensors [--prompt S] [-n N] "
+                  "[--temp T] [--seed S] [--tokenizer PATH] [--threads N]", opts, argc, argv);
+    for (int c; (c = cli_next(&a)) != CLI_END;) {
+        switch (c) {
+        case O_MODEL: model_path = a.val; break;
+        case O_TOKENIZER: tok_path = a.val; break;
+        case O_PROMPT: prompt = a.val; break;
+        case 'n':
+            if (cli_int(&a, a.val, 1, QD_MAX_CTX, &n)) return 2;
+            break;
+        case O_TEMP:
+            if (cli_double(&a, a.val, 0, 100, &temp)) return 2;
+            break;
+        case O_SEED:
+            if (cli_u64(&a, a.val, &seed)) return 2;
+            break;
+        case O_THREADS:
+            if (cli_int(&a, a.val, 0, QD_QRT_MAX_THREADS, &threads)) return 2;
+            break;
+        case CLI_HELP: cli_help(&a); return 0;
+        default: return 2;
         }
     }
+    if (a.optind < argc) {
+        cli_fail(&a, "unexpected operand '%s'", argv[a.optind]);
+        return 2;
+    }
     if (!model_path) {
-        fprintf(stderr, "quantd generate: --model is required\n");
-        usage(stderr);
+        cli_fail(&a, "--model is required");
+        cli_usage(&a, stderr);
         return 2;
     }
     qd_err err = {{0}};

@@ -3,27 +3,28 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "cli/args.h"
 #include "cli/cli.h"
 #include "quant/model.h"
 #include "quant/io/load.h"
 
+static const cli_opt opts[] = {{"json", 'j', NULL, "one JSON object instead of text"}, {0}};
+
 int cmd_inspect(int argc, char **argv) {
-    const char *path = NULL;
     int json = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--json")) json = 1;
-        else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            printf("usage: quantd inspect [--json] PATH\n");
-            return 0;
-        } else if (argv[i][0] == '-') {
-            fprintf(stderr, "quantd inspect: unknown option '%s'\n", argv[i]);
-            return 2;
-        } else path = argv[i];
+    cli_args a;
+    cli_args_init(&a, "quantd inspect", "[--json] PATH", opts, argc, argv);
+    for (int c; (c = cli_next(&a)) != CLI_END;) {
+        if (c == 'j') json = 1;
+        else if (c == CLI_HELP) return cli_help(&a), 0;
+        else return 2;
     }
-    if (!path) {
-        fprintf(stderr, "usage: quantd inspect [--json] PATH\n");
+    if (argc - a.optind != 1) {
+        cli_fail(&a, argc == a.optind ? "a PATH is required" : "one PATH only");
+        cli_usage(&a, stderr);
         return 2;
     }
+    const char *path = argv[a.optind];
     qd_err err = {{0}};
     qd_model *m = qd_model_load(path, &err);
     if (!m) {

@@ -7,10 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <stdbool.h>
 
 #include "cli/args.h"
 #include "cli/cli.h"
-#include "quant/sim/fakequant.h"
+#include "base/limits.h"
 #include "quant/quantize.h"
 #include "quant/report.h"
 
@@ -19,41 +20,6 @@ static volatile sig_atomic_t stop_flag;
 static void on_signal(int sig) {
     (void)sig;
     stop_flag = 1;
-}
-
-static void usage(FILE *f) {
-    fprintf(f,
-            "usage: quantd quantize --model M --calib C [--eval E | --eval-split F] --out DIR\n"
-            "                       [--method mobilequant|omniquant|smoothquant|rtn] [--wbits 8|4]\n"
-            "                       [--samples N] [--seq-len T] [--epochs E] [--seed S]\n"
-            "                       [--threads K] [--abits CLASS=BITS,...] [--tokenizer PATH]\n"
-            "                       [--checkpoint PATH] [--checkpoint-every N]\n"
-            "                       [--max-ppl-increase F] [--batch B] [--lr-let A,B]\n"
-            "                       [--lr-lwc A,B] [--lr-lrl A,B] [--encodings-version V]\n"
-            "                       [--quiet]\n"
-            "  --model       checkpoint: .gguf, Hugging Face directory, llama2.c .bin\n"
-            "  --calib       calibration data: .txt, .jsonl, pre-tokenized .bin\n"
-            "  --eval        evaluation data; or --eval-split F holds out the last fraction F of\n"
-            "                the calibration tokens (default 0.5)\n"
-            "  --out         output directory (created): model.qint.safetensors (integer\n"
-            "                model), encodings.json (AIMET), fp-folded/ (HF checkpoint with the\n"
-            "                transforms folded in, and the tokenizer), report.json\n"
-            "  --method      default mobilequant; rtn and smoothquant are always evaluated too\n"
-            "  --wbits       8 (W8A8, default) or 4 (W4A8)\n"
-            "  --samples/--seq-len/--epochs   budget (default 64 / 256 / 10)\n"
-            "  --abits       per activation class bits, e.g. res=16,norm=8 (classes: res norm qkv\n"
-            "                qk_in score prob pv oproj gateup silu down_in down_out head)\n"
-            "  --checkpoint  optimizer state file (default DIR/checkpoint); saved every N steps\n"
-            "                (default 20) and on SIGTERM/SIGINT; a rerun resumes from it\n"
-            "  --max-ppl-increase F  gate recorded in the report; exit status 3 when missed\n"
-            "  --lr-let/--lr-lwc/--lr-lrl START,END  cosine learning-rate schedules of the LET\n"
-            "                scales, the LWC clipping logits and the activation ranges (LRL).\n"
-            "                Defaults: W8 LET 1e-3,1e-4  LWC 1e-2,1e-3  LRL 1e-3,1e-4;\n"
-            "                W4 LET 5e-3,5e-4  LWC 1e-2,1e-3  LRL 1e-3,1e-4. The LRL rate is\n"
-            "                relative to each quantizer's range: a step moves a scale by about\n"
-            "                lr x |scale| and an offset by lr x (2^bits - 1) steps, so one rate\n"
-            "                fits 8- and 16-bit quantizers (not DESIGN.md's raw 1e-6,1e-7)\n"
-            "  --encodings-version 1.0.0|0.6.1  AIMET encodings.json format (default 1.0.0)\n");
 }
 
 typedef struct {
@@ -90,183 +56,196 @@ static void on_progress(void *ctx, const qd_progress *p) {
     b->last_print = now;
 }
 
-static int parse_abits(const char *s, int *abits) {
+/* ---- options ---- */
+
+enum {
+    O_MODEL = CLI_KEY, O_CALIB, O_EVAL, O_EVAL_SPLIT, O_TOKENIZER, O_OUT, O_METHOD, O_WBITS,
+    O_SAMPLES, O_SEQ_LEN, O_EPOCHS, O_SEED, O_THREADS, O_ABITS, O_CHECKPOINT,
+    O_CHECKPOINT_EVERY, O_MAX_PPL, O_LR_LET, O_LR_LWC, O_LR_LRL, O_BATCH, O_ENC_VERSION, O_QUIET
+};
+
+static const cli_opt opts[] = {
+    {"model", O_MODEL, "M", "checkpoint: .gguf, Hugging Face directory, llama2.c .bin"},
+    {"calib", O_CALIB, "C", "calibration data: .txt, .jsonl, pre-tokenized .bin"},
+    {"eval", O_EVAL, "E", "evaluation data (default: --eval-split of the calibration tokens)"},
+    {"eval-split", O_EVAL_SPLIT, "F", "hold out the last fraction F of the calibration tokens\n"
+                                      "for evaluation (default 0.5); never used to calibrate"},
+    {"out", O_OUT, "DIR", "output directory (created): model.qint.safetensors (integer\n"
+                          "model), encodings.json (AIMET), fp-folded/ (HF checkpoint with\n"
+                          "the transforms folded in, and the tokenizer), report.json"},
+    {"method", O_METHOD, "M", QD_METHOD_NAMES " (default mobilequant);\n"
+                              "rtn and smoothquant are always evaluated too"},
+    {"wbits", O_WBITS, "B", "weight bits: 8 (W8A8, default) or 4 (W4A8)"},
+    {"samples", O_SAMPLES, "N", "calibration windows (default 64)"},
+    {"seq-len", O_SEQ_LEN, "T", "tokens per window (default 256)"},
+    {"epochs", O_EPOCHS, "E", "passes over the windows (default 10)"},
+    {"seed", O_SEED, "S", "seed (default 0)"},
+    {"threads", O_THREADS, "K", "BLAS and integer runtime threads (default 1)"},
+    {"abits", O_ABITS, "CLASS=BITS,...", "activation bits (" QD_ABITS_NAMES ") per class, e.g.\n"
+                                          "res=16,norm=8; the classes:\n" QD_ACLASS_NAMES},
+    {"tokenizer", O_TOKENIZER, "PATH", "tokenizer.bin / tokenizer.json / .gguf (default: the model's)"},
+    {"checkpoint", O_CHECKPOINT, "PATH", "optimizer state file (default DIR/checkpoint), saved every\n"
+                                         "--checkpoint-every steps and on SIGTERM/SIGINT; a rerun\n"
+                                         "with the same inputs resumes from it"},
+    {"checkpoint-every", O_CHECKPOINT_EVERY, "N", "steps between checkpoints (default 20; 0: only on stop)"},
+    {"max-ppl-increase", O_MAX_PPL, "F", "gate recorded in the report; exit status 3 when missed"},
+    {"batch", O_BATCH, "B", "windows per optimizer step (default 1)"},
+    {"lr-let", O_LR_LET, "START,END", "cosine learning-rate schedule of the LET scales"},
+    {"lr-lwc", O_LR_LWC, "START,END", "... of the LWC clipping logits"},
+    {"lr-lrl", O_LR_LRL, "START,END", "... of the activation ranges (LRL). Defaults:\n"
+                                      "W8 LET 1e-3,1e-4  LWC 1e-2,1e-3  LRL 1e-3,1e-4;\n"
+                                      "W4 LET 5e-3,5e-4  LWC 1e-2,1e-3  LRL 1e-3,1e-4.\n"
+                                      "The LRL rate is relative to each quantizer's range:\n"
+                                      "a step moves a scale by about lr x |scale| and an\n"
+                                      "offset by lr x (2^bits - 1) steps, so one rate fits\n"
+                                      "8- and 16-bit quantizers (not DESIGN.md's raw 1e-6,1e-7)"},
+    {"encodings-version", O_ENC_VERSION, "V", "AIMET encodings.json format: " QD_ENC_VERSION_NAMES
+                                              " (default 1.0.0)"},
+    {"quiet", O_QUIET, NULL, "no progress on stderr"},
+    {0}};
+
+static const char synopsis[] =
+    "--model M --calib C [--eval E | --eval-split F] --out DIR\n"
+    "                       [--method " "mobilequant|omniquant|smoothquant|rtn] [--wbits 8|4]\n"
+    "                       [--samples N] [--seq-len T] [--epochs E] [--seed S] [--threads K]\n"
+    "                       [--abits CLASS=BITS,...] [--tokenizer PATH] [--checkpoint PATH]\n"
+    "                       [--checkpoint-every N] [--max-ppl-increase F] [--batch B]\n"
+    "                       [--lr-let A,B] [--lr-lwc A,B] [--lr-lrl A,B]\n"
+    "                       [--encodings-version V] [--quiet]";
+
+static const char epilog[] =
+    "exit status: 0 done; 1 failed; 2 bad command line; 3 the --max-ppl-increase gate was\n"
+    "missed; 130 stopped by SIGTERM/SIGINT with the state checkpointed (rerun to resume).\n";
+
+static int parse_abits(const cli_args *a, const char *s, int *abits) {
     char buf[512];
     snprintf(buf, sizeof buf, "%s", s);
-    for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         char *eq = strchr(tok, '=');
-        if (!eq) goto bad;
-        *eq = 0;
-        int c;
-        for (c = 0; c < QD_AC_COUNT; c++)
-            if (!strcmp(tok, qd_aclass_name(c))) break;
-        if (c == QD_AC_COUNT) goto bad;
-        long v;
-        if (arg_int("--abits", eq + 1, 2, 16, &v)) return -1;
-        abits[c] = (int)v;
+        if (eq) *eq = 0;
+        int c = qd_aclass_parse(tok);
+        if (!eq || c < 0)
+            return cli_fail(a, "'%s' is not CLASS=BITS with a class among %s", tok, QD_ACLASS_NAMES);
+        static const int bits[] = {4, 8, 16};
+        if (cli_int_choice(a, eq + 1, bits, 3, QD_ABITS_NAMES, &abits[c])) return CLI_BAD;
     }
     return 0;
-bad:
-    fprintf(stderr, "quantd quantize: --abits: expected CLASS=BITS[,...] with a known class\n");
-    return -1;
 }
 
 /* "START,END" learning rates */
-static int parse_lr(const char *flag, const char *s, double *lr) {
+static int parse_lr(const cli_args *a, const char *s, double *lr) {
     char buf[128];
     snprintf(buf, sizeof buf, "%s", s);
     char *comma = strchr(buf, ',');
-    if (!comma) {
-        fprintf(stderr, "quantd quantize: %s: expected START,END\n", flag);
-        return -1;
-    }
+    if (!comma) return cli_fail(a, "'%s' is not START,END", s);
     *comma = 0;
-    if (arg_double(flag, buf, 1e-12, 10, &lr[0]) || arg_double(flag, comma + 1, 0, 10, &lr[1]))
-        return -1;
+    if (cli_double(a, buf, 1e-12, 10, &lr[0]) || cli_double(a, comma + 1, 0, 10, &lr[1]))
+        return CLI_BAD;
     return 0;
 }
 
-int cmd_quantize(int argc, char **argv) {
-    qd_quant_opts o;
-    qd_quant_defaults(&o);
-    const char *method = NULL, *ckpt = NULL;
-    int quiet = 0;
-    long v;
-    double d;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *val;
-#define NEXT() if (!(val = arg_next(argc, argv, &i))) return 2
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            return 0;
-        } else if (!strcmp(a, "--model")) {
-            NEXT();
-            o.model_path = val;
-        } else if (!strcmp(a, "--calib")) {
-            NEXT();
-            o.calib_path = val;
-        } else if (!strcmp(a, "--eval")) {
-            NEXT();
-            o.eval_path = val;
-        } else if (!strcmp(a, "--eval-split")) {
-            NEXT();
-            if (arg_double("--eval-split", val, 1e-6, 0.999999, &o.eval_split)) return 2;
-        } else if (!strcmp(a, "--tokenizer")) {
-            NEXT();
-            o.tokenizer_path = val;
-        } else if (!strcmp(a, "--out")) {
-            NEXT();
-            o.out_dir = val;
-        } else if (!strcmp(a, "--method")) {
-            NEXT();
-            method = val;
-        } else if (!strcmp(a, "--wbits")) {
-            NEXT();
-            if (arg_int("--wbits", val, 4, 8, &v)) return 2;
-            if (v != 4 && v != 8) {
-                fprintf(stderr, "quantd quantize: --wbits: 8 or 4\n");
-                return 2;
-            }
-            o.wbits = (int)v;
-        } else if (!strcmp(a, "--samples")) {
-            NEXT();
-            if (arg_int("--samples", val, QD_SAMPLES_MIN, QD_SAMPLES_MAX, &v)) return 2;
-            o.samples = (int)v;
-        } else if (!strcmp(a, "--seq-len")) {
-            NEXT();
-            if (arg_int("--seq-len", val, QD_SEQ_LEN_MIN, QD_SEQ_LEN_MAX, &v)) return 2;
-            o.seq_len = (int)v;
-        } else if (!strcmp(a, "--epochs")) {
-            NEXT();
-            if (arg_int("--epochs", val, QD_EPOCHS_MIN, QD_EPOCHS_MAX, &v)) return 2;
-            o.epochs = (int)v;
-        } else if (!strcmp(a, "--seed")) {
-            NEXT();
-            if (arg_u64("--seed", val, &o.seed)) return 2;
-        } else if (!strcmp(a, "--threads")) {
-            NEXT();
-            if (arg_int("--threads", val, QD_THREADS_MIN, QD_THREADS_MAX, &v)) return 2;
-            o.threads = (int)v;
-        } else if (!strcmp(a, "--abits")) {
-            NEXT();
-            if (parse_abits(val, o.abits_override)) return 2;
-        } else if (!strcmp(a, "--checkpoint")) {
-            NEXT();
-            ckpt = val;
-        } else if (!strcmp(a, "--checkpoint-every")) {
-            NEXT();
-            if (arg_int("--checkpoint-every", val, 0, QD_CHECKPOINT_EVERY_MAX, &v)) return 2;
-            o.checkpoint_every = (int)v;
-        } else if (!strcmp(a, "--max-ppl-increase")) {
-            NEXT();
-            if (arg_double("--max-ppl-increase", val, 0, 1e6, &d)) return 2;
-            o.max_ppl_increase = d;
-        } else if (!strcmp(a, "--lr-let") || !strcmp(a, "--lr-lwc") || !strcmp(a, "--lr-lrl")) {
-            NEXT();
-            double *dst = a[6] == 'e' ? o.lr_let : (a[6] == 'w' ? o.lr_lwc : o.lr_lrl);
-            if (parse_lr(a, val, dst)) return 2;
-        } else if (!strcmp(a, "--batch")) {
-            NEXT();
-            if (arg_int("--batch", val, 1, QD_BATCH_MAX, &v)) return 2;
-            o.batch = (int)v;
-        } else if (!strcmp(a, "--encodings-version")) {
-            NEXT();
-            if (strcmp(val, "1.0.0") && strcmp(val, "0.6.1")) {
-                fprintf(stderr, "quantd quantize: --encodings-version: 1.0.0 or 0.6.1\n");
-                return 2;
-            }
-            snprintf(o.encodings_version, sizeof o.encodings_version, "%s", val);
-        } else if (!strcmp(a, "--quiet")) {
-            quiet = 1;
-        } else {
-            fprintf(stderr, "quantd quantize: unknown option '%s'\n", a);
-            usage(stderr);
-            return 2;
-        }
-#undef NEXT
+static bool method_ok(const char *s) {
+    qd_method m;
+    return qd_method_parse(s, &m, NULL) == QD_OK;
+}
+
+/* One option into o. 0, or CLI_BAD after saying why. */
+static int take_option(const cli_args *a, int c, qd_quant_opts *o, const char **ckpt, int *quiet) {
+    const char *v = a->val;
+    long n;
+    static const int wbits[] = {4, 8};
+    switch (c) {
+    case O_MODEL: o->model_path = v; return 0;
+    case O_CALIB: o->calib_path = v; return 0;
+    case O_EVAL: o->eval_path = v; return 0;
+    case O_EVAL_SPLIT: return cli_double(a, v, 1e-6, QD_EVAL_SPLIT_MAX, &o->eval_split);
+    case O_TOKENIZER: o->tokenizer_path = v; return 0;
+    case O_OUT: o->out_dir = v; return 0;
+    case O_METHOD:
+        if (cli_word(a, v, method_ok, QD_METHOD_NAMES)) return CLI_BAD;
+        snprintf(o->method, sizeof o->method, "%s", v);
+        return 0;
+    case O_WBITS: return cli_int_choice(a, v, wbits, 2, QD_WBITS_NAMES, &o->wbits);
+    case O_ABITS: return parse_abits(a, v, o->abits_override);
+    case O_SEED: return cli_u64(a, v, &o->seed);
+    case O_CHECKPOINT: *ckpt = v; return 0;
+    case O_MAX_PPL: return cli_double(a, v, 0, 1e6, &o->max_ppl_increase);
+    case O_LR_LET: return parse_lr(a, v, o->lr_let);
+    case O_LR_LWC: return parse_lr(a, v, o->lr_lwc);
+    case O_LR_LRL: return parse_lr(a, v, o->lr_lrl);
+    case O_ENC_VERSION:
+        if (cli_word(a, v, qd_enc_version_ok, QD_ENC_VERSION_NAMES)) return CLI_BAD;
+        snprintf(o->encodings_version, sizeof o->encodings_version, "%s", v);
+        return 0;
+    case O_QUIET: *quiet = 1; return 0;
     }
-    if (!o.model_path || !o.calib_path || !o.out_dir) {
-        fprintf(stderr, "quantd quantize: --model, --calib and --out are required\n");
-        usage(stderr);
+    /* the integers of the budget and the run, bounded by base/limits.h's table */
+    int *dst;
+    long lo, hi;
+    switch (c) {
+    case O_SAMPLES: dst = &o->samples, lo = QD_SAMPLES_MIN, hi = QD_SAMPLES_MAX; break;
+    case O_SEQ_LEN: dst = &o->seq_len, lo = QD_SEQ_LEN_MIN, hi = QD_SEQ_LEN_MAX; break;
+    case O_EPOCHS: dst = &o->epochs, lo = QD_EPOCHS_MIN, hi = QD_EPOCHS_MAX; break;
+    case O_THREADS: dst = &o->threads, lo = QD_THREADS_MIN, hi = QD_THREADS_MAX; break;
+    case O_BATCH: dst = &o->batch, lo = 1, hi = QD_BATCH_MAX; break;
+    case O_CHECKPOINT_EVERY: dst = &o->checkpoint_every, lo = 0, hi = QD_CHECKPOINT_EVERY_MAX; break;
+    default: return CLI_BAD;
+    }
+    if (cli_int(a, v, lo, hi, &n)) return CLI_BAD;
+    *dst = (int)n;
+    return 0;
+}
+
+/* The command line into o: 0 to run, 1 after --help, 2 on a usage error (explained). */
+static int parse_args(int argc, char **argv, qd_quant_opts *o, const char **ckpt, int *quiet) {
+    cli_args a;
+    cli_args_init(&a, "quantd quantize", synopsis, opts, argc, argv);
+    a.epilog = epilog;
+    for (int c; (c = cli_next(&a)) != CLI_END;) {
+        if (c == CLI_HELP) {
+            cli_help(&a);
+            return 1;
+        }
+        if (c == CLI_BAD || take_option(&a, c, o, ckpt, quiet)) return 2;
+    }
+    a.opt[0] = 0;
+    if (a.optind < argc) {
+        cli_fail(&a, "unexpected operand '%s'", argv[a.optind]);
         return 2;
     }
-    if (method) {
-        if (strlen(method) >= sizeof o.method) {
-            fprintf(stderr, "quantd quantize: --method: unknown '%s'\n", method);
-            return 2;
-        }
-        strcpy(o.method, method);
+    if (!o->model_path || !o->calib_path || !o->out_dir) {
+        cli_fail(&a, "--model, --calib and --out are required");
+        cli_usage(&a, stderr);
+        return 2;
     }
-    char ckbuf[4096];
-    if (!ckpt) {
-        snprintf(ckbuf, sizeof ckbuf, "%s/checkpoint", o.out_dir);
-        ckpt = ckbuf;
-    }
-    o.checkpoint_path = ckpt;
+    return 0;
+}
+
+/* SIGTERM and SIGINT set the flag qd_quantize polls: it checkpoints and stops. */
+static void catch_stop_signals(void) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
-    o.stop = &stop_flag;
-    bar_state bs = {isatty(fileno(stderr)), quiet, NULL, 0};
-    o.progress = on_progress;
-    o.progress_ctx = &bs;
-    qd_err err = {{0}};
-    int rc = qd_quantize(&o, &err);
-    if (bs.tty && bs.last_phase) fputc('\n', stderr);
+}
+
+/* The run's outcome as the exit status: 0, 1 failed, 3 gate missed, 130 stopped. */
+static int outcome(const qd_quant_opts *o, int rc, const qd_err *run_err) {
     if (rc == 1) {
-        fprintf(stderr, "quantd quantize: stopped; state saved in %s (rerun to resume)\n", ckpt);
+        fprintf(stderr, "quantd quantize: stopped; state saved in %s (rerun to resume)\n",
+                o->checkpoint_path);
         return 130;
     }
     if (rc != QD_OK) {
-        fprintf(stderr, "quantd quantize: %s\n", err.msg);
+        fprintf(stderr, "quantd quantize: %s\n", run_err->msg);
         return 1;
     }
-    printf("%s/report.json\n", o.out_dir);
+    printf("%s/report.json\n", o->out_dir);
     /* the gate outcome is in the report: one source of truth */
+    qd_err err = {{0}};
     int verdict;
-    if (qd_report_gate(o.out_dir, &verdict, &err)) {
+    if (qd_report_gate(o->out_dir, &verdict, &err)) {
         fprintf(stderr, "quantd quantize: %s\n", err.msg);
         return 1;
     }
@@ -275,4 +254,28 @@ int cmd_quantize(int argc, char **argv) {
         return 3;
     }
     return 0;
+}
+
+int cmd_quantize(int argc, char **argv) {
+    qd_quant_opts o;
+    qd_quant_defaults(&o);
+    const char *ckpt = NULL;
+    int quiet = 0;
+    int pr = parse_args(argc, argv, &o, &ckpt, &quiet);
+    if (pr) return pr == 1 ? 0 : 2;
+    char ckbuf[4200];
+    if (!ckpt) {
+        snprintf(ckbuf, sizeof ckbuf, "%s/checkpoint", o.out_dir);
+        ckpt = ckbuf;
+    }
+    o.checkpoint_path = ckpt;
+    catch_stop_signals();
+    o.stop = &stop_flag;
+    bar_state bs = {isatty(fileno(stderr)), quiet, NULL, 0};
+    o.progress = on_progress;
+    o.progress_ctx = &bs;
+    qd_err err = {{0}};
+    int rc = qd_quantize(&o, &err);
+    if (bs.tty && bs.last_phase) fputc('\n', stderr);
+    return outcome(&o, rc, &err);
 }

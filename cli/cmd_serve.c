@@ -5,24 +5,25 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cli/args.h"
 #include "cli/cli.h"
 #include "server/auth.h"
 #include "server/config.h"
 #include "server/server.h"
 
-static void usage(FILE *f) {
-    fprintf(f,
-            "usage: quantd serve [--config FILE] [--listen ADDR:PORT] [--data DIR] [--workers N]\n"
-            "                    [--tokens FILE] [--set KEY=VALUE]...\n"
-            "       quantd serve --gen-token ROLE    (prints a new token and its token-file line)\n"
-            "\n"
-            "  --config FILE       key = value settings (see deploy/quantd.conf)\n"
-            "  --listen ADDR:PORT  default 127.0.0.1:8080; port 0 picks a free port\n"
-            "  --data DIR          data directory, default ./var\n"
-            "  --workers N         concurrent worker processes, default 1\n"
-            "  --tokens FILE       bearer-token file (required unless the address is loopback)\n"
-            "  --set KEY=VALUE     any config setting, e.g. --set cancel_grace_s=2\n");
-}
+enum { O_CONFIG = CLI_KEY, O_LISTEN, O_DATA, O_WORKERS, O_TOKENS, O_SET, O_GEN_TOKEN };
+
+static const cli_opt opts[] = {
+    {"config", O_CONFIG, "FILE", "key = value settings (see deploy/quantd.conf); read first,\n"
+                                 "wherever it appears, so flags win over it"},
+    {"listen", O_LISTEN, "ADDR:PORT", "default 127.0.0.1:8080; port 0 picks a free port"},
+    {"data", O_DATA, "DIR", "data directory, default ./var"},
+    {"workers", O_WORKERS, "N", "concurrent worker processes, default 1"},
+    {"tokens", O_TOKENS, "FILE", "bearer-token file (required unless the address is loopback)"},
+    {"set", O_SET, "KEY=VALUE", "any config setting, e.g. --set cancel_grace_s=2 (repeatable)"},
+    {"gen-token", O_GEN_TOKEN, "ROLE", "print a new token (read, submit or admin) and its\n"
+                                       "token-file line, then exit"},
+    {0}};
 
 /* A fresh random token: the caller keeps the token, the server keeps only its hash. */
 static int gen_token(const char *role) {
@@ -47,61 +48,61 @@ static int gen_token(const char *role) {
     return 0;
 }
 
+/* A flag that sets one config key, kept in command-line order until the config file is in. */
+typedef struct {
+    const char *key; /* config key, or NULL for --set KEY=VALUE */
+    const char *val;
+} setting;
+
 int cmd_serve(int argc, char **argv) {
     srv_config c;
     srv_config_defaults(&c);
     qd_err err;
-    /* the config file first, wherever --config appears, so flags always win */
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--config") && i + 1 < argc) {
-            if (srv_config_load(&c, argv[i + 1], &err)) {
-                fprintf(stderr, "quantd serve: %s\n", err.msg);
-                return 2;
-            }
-        }
-    }
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
+    cli_args a;
+    cli_args_init(&a, "quantd serve", "[--config FILE] [--listen ADDR:PORT] [--data DIR] "
+                  "[--workers N]\n                    [--tokens FILE] [--set KEY=VALUE]...\n"
+                  "       quantd serve --gen-token read|submit|admin", opts, argc, argv);
+    setting set[CLI_MAX_OPTS * 4];
+    int n_set = 0;
+    const char *config = NULL;
+    for (int k; (k = cli_next(&a)) != CLI_END;) {
         const char *key = NULL;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            return 0;
-        }
-        if (!strcmp(a, "--gen-token")) {
-            if (i + 1 >= argc) {
-                usage(stderr);
+        switch (k) {
+        case CLI_HELP: cli_help(&a); return 0;
+        case O_GEN_TOKEN: return gen_token(a.val);
+        case O_CONFIG: config = a.val; continue;
+        case O_LISTEN: key = "listen"; break;
+        case O_DATA: key = "data_dir"; break;
+        case O_WORKERS: key = "workers"; break;
+        case O_TOKENS: key = "token_file"; break;
+        case O_SET:
+            if (!strchr(a.val, '=') || a.val[0] == '=') {
+                cli_fail(&a, "'%s' is not KEY=VALUE", a.val);
                 return 2;
             }
-            return gen_token(argv[i + 1]);
+            break;
+        default: return 2;
         }
-        if (!strcmp(a, "--config")) {
-            i++;
-            continue;
-        }
-        if (!strcmp(a, "--listen")) key = "listen";
-        else if (!strcmp(a, "--data")) key = "data_dir";
-        else if (!strcmp(a, "--workers")) key = "workers";
-        else if (!strcmp(a, "--tokens")) key = "token_file";
-        else if (!strcmp(a, "--set")) key = "";
-        else {
-            fprintf(stderr, "quantd serve: unknown option '%s'\n", a);
-            usage(stderr);
+        if (n_set == (int)(sizeof set / sizeof set[0])) {
+            cli_fail(&a, "too many settings");
             return 2;
         }
-        if (i + 1 >= argc) {
-            fprintf(stderr, "quantd serve: %s needs a value\n", a);
-            return 2;
-        }
-        const char *v = argv[++i];
+        set[n_set++] = (setting){key, a.val};
+    }
+    if (a.optind < argc) {
+        cli_fail(&a, "unexpected operand '%s'", argv[a.optind]);
+        return 2;
+    }
+    if (config && srv_config_load(&c, config, &err)) {
+        fprintf(stderr, "quantd serve: %s\n", err.msg);
+        return 2;
+    }
+    for (int i = 0; i < n_set; i++) {
+        const char *key = set[i].key, *v = set[i].val;
         char kbuf[64];
-        if (!*key) {
+        if (!key) {
             const char *eq = strchr(v, '=');
-            if (!eq || (size_t)(eq - v) >= sizeof kbuf) {
-                fprintf(stderr, "quantd serve: --set takes KEY=VALUE\n");
-                return 2;
-            }
-            memcpy(kbuf, v, (size_t)(eq - v));
-            kbuf[eq - v] = 0;
+            snprintf(kbuf, sizeof kbuf, "%.*s", (int)(eq - v), v);
             key = kbuf;
             v = eq + 1;
         }

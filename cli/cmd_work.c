@@ -4,34 +4,32 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli/args.h"
 #include "cli/cli.h"
 #include "worker/worker.h"
 
+static const cli_opt opts[] = {
+    {"events-fd", 'e', "N", "also write the progress events as JSON lines to this descriptor"},
+    {0}};
+
 int cmd_work(int argc, char **argv) {
-    const char *dir = NULL;
-    int fd = -1;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            printf("usage: quantd work JOBDIR [--events-fd N]\n");
+    long fd = -1;
+    cli_args a;
+    cli_args_init(&a, "quantd work", "JOBDIR [--events-fd N]", opts, argc, argv);
+    for (int c; (c = cli_next(&a)) != CLI_END;) {
+        if (c == 'e') {
+            if (cli_int(&a, a.val, 0, 65535, &fd)) return WK_EXIT_USAGE;
+        } else if (c == CLI_HELP) {
+            cli_help(&a);
             return 0;
-        } else if (!strcmp(argv[i], "--events-fd") && i + 1 < argc) {
-            char *e;
-            long v = strtol(argv[++i], &e, 10);
-            if (*e || v < 0 || v > 65535) {
-                fprintf(stderr, "quantd work: --events-fd takes a file descriptor number\n");
-                return WK_EXIT_USAGE;
-            }
-            fd = (int)v;
-        } else if (argv[i][0] == '-') {
-            fprintf(stderr, "quantd work: unknown option '%s'\n", argv[i]);
-            return WK_EXIT_USAGE;
         } else {
-            dir = argv[i];
+            return WK_EXIT_USAGE;
         }
     }
-    if (!dir) {
-        fprintf(stderr, "usage: quantd work JOBDIR [--events-fd N]\n");
+    if (argc - a.optind != 1) {
+        cli_fail(&a, argc == a.optind ? "a JOBDIR is required" : "one JOBDIR only");
+        cli_usage(&a, stderr);
         return WK_EXIT_USAGE;
     }
-    return wk_run(dir, fd);
+    return wk_run(argv[a.optind], (int)fd);
 }

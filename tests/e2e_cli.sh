@@ -47,3 +47,44 @@ out=$("$Q" eval --model "$M/stories260K.gguf" --data "$tmp/empty.txt" 2>&1); rc=
 if [ $rc = 1 ] && printf '%s' "$out" | grep -q "empty.txt"; then ok eval_empty_data; else bad eval_empty_data "rc=$rc $out"; fi
 out=$("$Q" frobnicate 2>&1); rc=$?
 if [ $rc = 2 ]; then ok unknown_command; else bad unknown_command "rc=$rc"; fi
+
+# Options: getopt_long everywhere. `--opt=value` and `--opt value` mean the same; --help exits 0
+# on every subcommand; --version names the release and the commit; bad values get one shape of
+# message, "quantd CMD: --opt: ...", and exit 2.
+tok="$M/tok512.bin"; txt="$FX/text/tinystories-valid-excerpt.txt"
+a=$("$Q" eval --model="$M/stories260K.gguf" --data="$txt" --ctx=64 --json 2>&1)
+b=$("$Q" eval --model "$M/stories260K.gguf" --data "$txt" --ctx 64 --json 2>&1)
+pa=$(printf '%s' "$a" | sed -n 's/.*"ppl":\([0-9.]*\).*/\1/p'); pb=$(printf '%s' "$b" | sed -n 's/.*"ppl":\([0-9.]*\).*/\1/p')
+if [ -n "$pa" ] && [ "$pa" = "$pb" ] && printf '%s' "$a" | grep -q '"ctx":64'; then ok opt_equals_form; else bad opt_equals_form "$a / $b"; fi
+out=$("$Q" generate --model="$M/stories260K.llama2c.bin" --tokenizer="$tok" -n 20 2>&1)
+case "$out" in "Once upon a time"*) ok generate_equals_form;; *) bad generate_equals_form "$out";; esac
+out=$("$Q" inspect "$M/stories260K.gguf" --json 2>&1)
+case "$out" in *'"n_layers":5'*) ok operand_before_option;; *) bad operand_before_option "$out";; esac
+helps=0; nohelp=""
+for c in "" eval generate quantize inspect serve work client "client submit" "client wait" \
+         "client status" "client events" "client download" "client cancel" "client list"; do
+    # shellcheck disable=SC2086
+    out=$("$Q" $c --help 2>&1); rc=$?
+    if [ $rc = 0 ] && printf '%s' "$out" | grep -q '^usage: quantd'; then helps=$((helps + 1)); else nohelp="$nohelp [$c: rc=$rc]"; fi
+done
+if [ -z "$nohelp" ]; then ok "help_exit_0_on_${helps}_commands"; else bad help_exit_0 "$nohelp"; fi
+out=$("$Q" client list -h 2>&1); rc=$?
+if [ $rc = 0 ] && printf '%s' "$out" | grep -q -- '--limit'; then ok client_list_short_help; else bad client_list_short_help "rc=$rc $out"; fi
+out=$("$Q" --version 2>&1); rc=$?
+if [ $rc = 0 ] && printf '%s' "$out" | grep -Eq '^quantd [0-9]+\.[0-9]+\.[0-9]+ \(git [0-9a-z.-]+\)$'; then ok version; else bad version "rc=$rc $out"; fi
+if git -C "$(dirname "$0")" rev-parse --git-dir >/dev/null 2>&1; then
+    h=$(git -C "$(dirname "$0")" rev-parse --short=7 HEAD)
+    case "$out" in *"$h"*) ok version_names_commit;; *) bad version_names_commit "$out (HEAD $h)";; esac
+fi
+out=$("$Q" quantize --model x --calib y --out "$tmp/o" --wbits=3 2>&1); rc=$?
+if [ $rc = 2 ] && [ "$out" = "quantd quantize: --wbits: '3' is not one of 4, 8" ]; then ok bad_wbits_message; else bad bad_wbits_message "rc=$rc $out"; fi
+out=$("$Q" quantize --model x --calib y --out "$tmp/o" --samples 100001 2>&1); rc=$?
+if [ $rc = 2 ] && [ "$out" = "quantd quantize: --samples: '100001' is not an integer in [1, 100000]" ]; then ok samples_bound_message; else bad samples_bound_message "rc=$rc $out"; fi
+out=$("$Q" client submit --model x --calib y --abits res=12 2>&1); rc=$?
+if [ $rc = 2 ] && [ "$out" = "quantd client submit: --abits: '12' is not one of 4, 8, 16" ]; then ok client_bad_abits_message; else bad client_bad_abits_message "rc=$rc $out"; fi
+out=$("$Q" eval --model 2>&1); rc=$?
+if [ $rc = 2 ] && printf '%s' "$out" | grep -q "^quantd eval: --model: needs a value"; then ok missing_value_message; else bad missing_value_message "rc=$rc $out"; fi
+out=$("$Q" client list --frobnicate 2>&1); rc=$?
+if [ $rc = 2 ] && printf '%s' "$out" | grep -q "^quantd client list: unknown option '--frobnicate'"; then ok unknown_option_message; else bad unknown_option_message "rc=$rc $out"; fi
+out=$("$Q" inspect --json=yes "$M/stories260K.gguf" 2>&1); rc=$?
+if [ $rc = 2 ] && [ "$out" = "quantd inspect: --json: takes no value" ]; then ok flag_takes_no_value; else bad flag_takes_no_value "rc=$rc $out"; fi
