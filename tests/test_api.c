@@ -10,6 +10,7 @@
 
 #include "api/api.h"
 #include "base/limits.h"
+#include "base/version.h"
 #include "quant/quantize.h"
 #include "quant/sim/fakequant.h"
 #include "server/auth.h"
@@ -313,6 +314,10 @@ static void test_routes_match_openapi(void) {
     size_t elen;
     const char *emb = srv_openapi_text(&elen);
     CHECK(elen == len && !memcmp(emb, y, len), "the binary embeds a stale openapi.yaml");
+    /* the contract's version is the release's */
+    char want[64];
+    snprintf(want, sizeof want, "\n  version: \"%s\"\n", QD_VERSION);
+    CHECK(strstr(y, want) != NULL, "openapi.yaml's info.version is not QD_VERSION %s", QD_VERSION);
     char spec_ops[64][128], head_ops[16][128];
     int n_ops = 0, n_heads = 0;
     bool in_paths = false;
