@@ -6,7 +6,6 @@
  * or .bin: uint16), which quantize and eval read without a tokenizer. No BOS or EOS is added
  * unless --bos. */
 #include <cjson/cJSON.h>
-#include <getopt.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,27 +13,26 @@
 #include <strings.h>
 
 #include "base/fs.h"
+#include "cli/args.h"
 #include "cli/cli.h"
 #include "quant/io/gguf.h"
 #include "quant/text/data.h"
 #include "quant/text/resolve.h"
 #include "quant/text/tokenizer.h"
 
-static void usage(FILE *f) {
-    fprintf(f,
-            "usage: quantd tokenize (--tokenizer PATH | --model PATH)\n"
-            "                       (--text S | --file F | --jsonl F) [--bos] [--pieces]\n"
-            "                       [--out F.u32.bin]\n"
-            "  --tokenizer  tokenizer.json, tokenizer.bin or a .gguf's vocabulary\n"
-            "  --model      a checkpoint: its own vocabulary (GGUF) or the tokenizer beside it\n"
-            "  --text       the text to tokenize\n"
-            "  --file       a UTF-8 file, tokenized whole as one text\n"
-            "  --jsonl      one JSON object with a \"text\" field per line: one id array each\n"
-            "  --bos        put the tokenizer's BOS in front of each text (default: none)\n"
-            "  --pieces     print \"id<TAB>piece\" lines (the piece as JSON) instead of arrays\n"
-            "  --out        write all ids to a pre-tokenized file instead of printing them:\n"
-            "               .u32.bin little-endian uint32, .u16.bin (or .bin) uint16\n");
-}
+enum { O_TOKENIZER = CLI_KEY, O_MODEL, O_TEXT, O_FILE, O_JSONL, O_OUT, O_BOS, O_PIECES };
+
+static const cli_opt opts[] = {
+    {"tokenizer", O_TOKENIZER, "PATH", "tokenizer.json, tokenizer.bin or a .gguf's vocabulary"},
+    {"model", O_MODEL, "PATH", "a checkpoint: its own vocabulary (GGUF) or the tokenizer beside it"},
+    {"text", O_TEXT, "S", "the text to tokenize"},
+    {"file", O_FILE, "F", "a UTF-8 file, tokenized whole as one text"},
+    {"jsonl", O_JSONL, "F", "one JSON object with a \"text\" field per line: one id array each"},
+    {"bos", O_BOS, NULL, "put the tokenizer's BOS in front of each text (default: none)"},
+    {"pieces", O_PIECES, NULL, "print \"id<TAB>piece\" lines (the piece as JSON) instead of arrays"},
+    {"out", O_OUT, "F", "write all ids to a pre-tokenized file instead of printing them:\n"
+                        ".u32.bin little-endian uint32, .u16.bin (or .bin) uint16"},
+    {0}};
 
 static qd_tokenizer *open_tokenizer(const char *tok_path, const char *model_path, qd_err *err) {
     if (tok_path) return qd_tok_load(tok_path, err);
@@ -143,43 +141,39 @@ static int run_jsonl(sink *s, const char *path, qd_err *err) {
 }
 
 int cmd_tokenize(int argc, char **argv) {
-    static const struct option opts[] = {
-        {"tokenizer", required_argument, NULL, 't'}, {"model", required_argument, NULL, 'm'},
-        {"text", required_argument, NULL, 's'},      {"file", required_argument, NULL, 'f'},
-        {"jsonl", required_argument, NULL, 'j'},     {"out", required_argument, NULL, 'o'},
-        {"bos", no_argument, NULL, 'b'},             {"pieces", no_argument, NULL, 'p'},
-        {"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0}};
     const char *tok_path = NULL, *model_path = NULL, *text = NULL, *file = NULL, *jsonl = NULL,
                *out = NULL;
     sink s = {0};
-    optind = 1;
-    int c;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    cli_args a;
+    cli_args_init(&a, "quantd tokenize", "(--tokenizer PATH | --model PATH)\n"
+                  "                       (--text S | --file F | --jsonl F) [--bos] [--pieces]\n"
+                  "                       [--out F.u32.bin]", opts, argc, argv);
+    for (int c; (c = cli_next(&a)) != CLI_END;) {
         switch (c) {
-        case 't': tok_path = optarg; break;
-        case 'm': model_path = optarg; break;
-        case 's': text = optarg; break;
-        case 'f': file = optarg; break;
-        case 'j': jsonl = optarg; break;
-        case 'o': out = optarg; break;
-        case 'b': s.bos = 1; break;
-        case 'p': s.pieces = 1; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2; /* getopt_long said what was wrong */
+        case O_TOKENIZER: tok_path = a.val; break;
+        case O_MODEL: model_path = a.val; break;
+        case O_TEXT: text = a.val; break;
+        case O_FILE: file = a.val; break;
+        case O_JSONL: jsonl = a.val; break;
+        case O_OUT: out = a.val; break;
+        case O_BOS: s.bos = 1; break;
+        case O_PIECES: s.pieces = 1; break;
+        case CLI_HELP: cli_help(&a); return 0;
+        default: return 2;
         }
     }
-    if (optind < argc) {
-        fprintf(stderr, "quantd tokenize: unexpected argument '%s'\n", argv[optind]);
+    if (a.optind < argc) {
+        cli_fail(&a, "unexpected operand '%s'", argv[a.optind]);
         return 2;
     }
     if (!tok_path == !model_path) {
-        fprintf(stderr, "quantd tokenize: give one of --tokenizer or --model\n");
-        usage(stderr);
+        cli_fail(&a, "give one of --tokenizer or --model");
+        cli_usage(&a, stderr);
         return 2;
     }
     if ((text != NULL) + (file != NULL) + (jsonl != NULL) != 1) {
-        fprintf(stderr, "quantd tokenize: give one of --text, --file or --jsonl\n");
-        usage(stderr);
+        cli_fail(&a, "give one of --text, --file or --jsonl");
+        cli_usage(&a, stderr);
         return 2;
     }
     if (out) {
@@ -188,8 +182,8 @@ int cmd_tokenize(int argc, char **argv) {
         if (fmt == QD_DATA_U32) s.width = 4;
         else if (fmt == QD_DATA_U16 || (ol >= 4 && !strcasecmp(out + ol - 4, ".bin"))) s.width = 2;
         else {
-            fprintf(stderr, "quantd tokenize: --out: '%s' must end in .u32.bin, .u16.bin or "
-                            ".bin\n", out);
+            snprintf(a.opt, sizeof a.opt, "--out");
+            cli_fail(&a, "'%s' must end in .u32.bin, .u16.bin or .bin", out);
             return 2;
         }
     }

@@ -61,7 +61,7 @@ case "$out" in "Once upon a time"*) ok generate_equals_form;; *) bad generate_eq
 out=$("$Q" inspect "$M/stories260K.gguf" --json 2>&1)
 case "$out" in *'"n_layers":5'*) ok operand_before_option;; *) bad operand_before_option "$out";; esac
 helps=0; nohelp=""
-for c in "" eval generate quantize inspect serve work client "client submit" "client wait" \
+for c in "" eval generate tokenize quantize inspect serve work client "client submit" "client wait" \
          "client status" "client events" "client download" "client cancel" "client list"; do
     # shellcheck disable=SC2086
     out=$("$Q" $c --help 2>&1); rc=$?
