@@ -2,9 +2,12 @@
  * same encodings (RTN min/max from a calibration pass), W8A8 and W4A8: perplexity within 1% of
  * the simulation's, logits close, top-1 agreement; the artifact round trip gives identical
  * integer logits; incremental decoding equals the batched forward exactly; every ISA path gives
- * identical integers; unknown format versions are refused. */
+ * identical integers; unknown format versions are refused; metadata claiming sizes its tensors
+ * do not hold is refused before anything of that size is allocated. */
 #include <math.h>
 #include <stdint.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "quant/text/data.h"
@@ -232,7 +235,75 @@ static void test_version_refused(void) {
     unlink(path);
 }
 
+/* An artifact whose architecture claims dim = 65536 with n_heads x head_dim = 65536 (a 4 GiB
+ * q_proj at 8 bits, 2 GiB at 4) but whose tensors hold one element: the reader must refuse it
+ * by the tensor's real size. The load runs in a child whose address space is capped at 256 MiB
+ * above what it already maps, so a reader that allocated from the metadata first fails with
+ * "out of memory" instead of naming the tensor (under AddressSanitizer, which reserves terabytes
+ * of shadow memory, the cap is left off and only the message is checked). */
+static void huge_claim_case(qd_st_dtype wdtype, const char *want) {
+    char path[] = "/tmp/qd_test_qhuge_XXXXXX";
+    int fd = mkstemp(path);
+    close(fd);
+    qd_err err;
+    int8_t w = 1;
+    float sc = 1.0f;
+    int32_t zp = 0;
+    qd_st_wtensor t[3] = {
+        {.name = "model.layers.0.self_attn.q_proj.weight", .dtype = wdtype, .ndim = 1, .shape = {1}, .data = &w},
+        {.name = "model.layers.0.self_attn.q_proj.weight_scale", .dtype = QD_ST_F32, .ndim = 1, .shape = {1}, .data = &sc},
+        {.name = "model.layers.0.self_attn.q_proj.weight_zero_point", .dtype = QD_ST_I32, .ndim = 1, .shape = {1}, .data = &zp},
+    };
+    const char *arch = "{\"arch\":\"llama\",\"dim\":65536,\"hidden_dim\":65536,\"n_layers\":1,"
+                       "\"n_heads\":256,\"n_kv_heads\":256,\"head_dim\":256,\"vocab_size\":1048576,"
+                       "\"max_seq_len\":1048576,\"tied_embeddings\":1,\"qkv_bias\":0,\"bos_id\":1,"
+                       "\"eos_id\":2,\"norm_eps\":1e-5,\"rope_theta\":10000}";
+    const char *meta[] = {"format", QD_QINT_FORMAT, "format_version", "1", "architecture", arch, NULL};
+    CHECK(qd_st_write(path, t, 3, meta, &err) == QD_OK, "%s", err.msg);
+    int pfd[2];
+    CHECK(pipe(pfd) == 0, "pipe");
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(pfd[0]);
+#if !defined(__SANITIZE_ADDRESS__)
+        long vm_kb = 0;
+        FILE *st = fopen("/proc/self/status", "r");
+        char line[256];
+        while (st && fgets(line, sizeof line, st))
+            if (!strncmp(line, "VmSize:", 7)) vm_kb = atol(line + 7);
+        if (st) fclose(st);
+        struct rlimit rl = {.rlim_cur = (rlim_t)(vm_kb + (256 << 10)) << 10};
+        rl.rlim_max = rl.rlim_cur;
+        setrlimit(RLIMIT_AS, &rl);
+#endif
+        qd_err e2;
+        qd_qint *q = qd_qint_load(path, &e2);
+        if (write(pfd[1], q ? "loaded" : e2.msg, strlen(q ? "loaded" : e2.msg)) < 0) _exit(2);
+        _exit(0);
+    }
+    close(pfd[1]);
+    char msg[512] = "";
+    ssize_t n = read(pfd[0], msg, sizeof msg - 1);
+    msg[n > 0 ? n : 0] = 0;
+    close(pfd[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d", status);
+    CHECK(strstr(msg, want) != NULL, "message: %s (want %s)", msg, want);
+    unlink(path);
+}
+
+static void test_huge_claim_int8(void) {
+    huge_claim_case(QD_ST_I8, "q_proj.weight has 1 elements, expected 4294967296");
+}
+
+static void test_huge_claim_int4(void) {
+    huge_claim_case(QD_ST_U8, "q_proj.weight has 1 elements, expected 2147483648");
+}
+
 int main(void) {
+    RUN(test_huge_claim_int8); /* before setup: the child forks from a process without threads */
+    RUN(test_huge_claim_int4);
     if (setup()) {
         printf("FAIL setup: fixtures\n");
         return 1;

@@ -685,9 +685,14 @@ static int parse_arch(const char *s, qd_config *c, const char *path, qd_err *err
     return qd_config_validate(c, path, err);
 }
 
+/* Every tensor of a linear layer is checked against the shape the architecture implies before
+ * anything is allocated: the safetensors reader has already bounded each tensor by the file's
+ * real size, so a file whose metadata claims huge dimensions is refused by its own tensors and
+ * never costs more memory than it holds. */
 static int read_lin(const qd_st_file *f, const char *base, qd_qlin *w, int rows, int cols,
                     int bias_ok, qd_err *err) {
     char n[256];
+    memset(w, 0, sizeof *w);
     snprintf(n, sizeof n, "%s.weight", base);
     const qd_st_tensor *t = qd_st_find(f, n);
     if (!t) return qd_errf(err, "%s: tensor %s missing", f->path, n);
@@ -695,23 +700,28 @@ static int read_lin(const qd_st_file *f, const char *base, qd_qlin *w, int rows,
         return qd_errf(err, "%s: tensor %s is %s, expected I8 (int8) or U8 (packed int4)",
                        f->path, n, qd_st_dtype_name(t->dtype));
     int bits = t->dtype == QD_ST_I8 ? 8 : 4;
+    uint64_t row_bytes = bits == 4 ? ((uint64_t)cols + 1) / 2 : (uint64_t)cols;
+    const qd_st_tensor *tw = need(f, n, t->dtype, (uint64_t)rows * row_bytes, err);
+    if (!tw) return QD_ERR;
     snprintf(n, sizeof n, "%s.weight_scale", base);
     const qd_st_tensor *ts = qd_st_find(f, n);
     if (!ts || (ts->n_elems != 1 && ts->n_elems != (uint64_t)rows))
         return qd_errf(err, "%s: %s missing or not 1 / %d entries", f->path, n, rows);
     qd_wq_spec sp = {bits, 0, ts->n_elems != 1 || rows == 1};
-    if (qlin_alloc(w, rows, cols, sp, 0, err)) return QD_ERR;
     size_t ng = sp.per_channel ? (size_t)rows : 1;
-    snprintf(n, sizeof n, "%s.weight", base);
-    const qd_st_tensor *tw = need(f, n, t->dtype, (uint64_t)rows * qd_qlin_row_bytes(w), err);
-    snprintf(n, sizeof n, "%s.weight_scale", base);
-    const qd_st_tensor *tsc = tw ? need(f, n, QD_ST_F32, ng, err) : NULL;
+    const qd_st_tensor *tsc = need(f, n, QD_ST_F32, ng, err);
     snprintf(n, sizeof n, "%s.weight_zero_point", base);
     const qd_st_tensor *tz = tsc ? need(f, n, QD_ST_I32, ng, err) : NULL;
     if (!tz) return QD_ERR;
+    snprintf(n, sizeof n, "%s.bias", base);
+    const qd_st_tensor *tb = qd_st_find(f, n);
+    if (tb && !bias_ok) return qd_errf(err, "%s: unexpected tensor %s", f->path, n);
+    if (tb && !need(f, n, QD_ST_I32, (uint64_t)rows, err)) return QD_ERR;
+    if (qlin_alloc(w, rows, cols, sp, tb != NULL, err)) return QD_ERR;
     memcpy(w->q, tw->data, tw->nbytes);
     memcpy(w->scale, tsc->data, tsc->nbytes);
     memcpy(w->zero_point, tz->data, tz->nbytes);
+    if (tb) memcpy(w->bias, tb->data, tb->nbytes);
     int sym = 1;
     for (size_t g = 0; g < ng; g++) {
         if (!(w->scale[g] > 0) || !isfinite(w->scale[g]))
@@ -720,15 +730,6 @@ static int read_lin(const qd_st_file *f, const char *base, qd_qlin *w, int rows,
         if (w->zero_point[g] != 0) sym = 0;
     }
     w->sym = sym;
-    snprintf(n, sizeof n, "%s.bias", base);
-    const qd_st_tensor *tb = qd_st_find(f, n);
-    if (tb) {
-        if (!bias_ok) return qd_errf(err, "%s: unexpected tensor %s", f->path, n);
-        if (!need(f, n, QD_ST_I32, (uint64_t)rows, err)) return QD_ERR;
-        w->bias = malloc((size_t)rows * 4);
-        if (!w->bias) return qd_errf(err, "%s: out of memory", __func__);
-        memcpy(w->bias, tb->data, tb->nbytes);
-    }
     return QD_OK;
 }
 
