@@ -204,9 +204,54 @@ static int parse_gates(const cJSON *g, api_spec *s, api_field_err *fe) {
     return 0;
 }
 
+/* Strict UTF-8 (RFC 3629): no overlong forms, no surrogates, nothing past U+10FFFF. */
+bool api_utf8_valid(const char *str) {
+    const unsigned char *p = (const unsigned char *)str;
+    while (*p) {
+        unsigned c = *p++;
+        if (c < 0x80) continue;
+        int more;
+        unsigned cp, min;
+        if (c >= 0xc2 && c <= 0xdf) more = 1, cp = c & 0x1f, min = 0x80;
+        else if (c >= 0xe0 && c <= 0xef) more = 2, cp = c & 0x0f, min = 0x800;
+        else if (c >= 0xf0 && c <= 0xf4) more = 3, cp = c & 0x07, min = 0x10000;
+        else return false;
+        for (int i = 0; i < more; i++, p++) {
+            if ((*p & 0xc0) != 0x80) return false;
+            cp = cp << 6 | (*p & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
+    }
+    return true;
+}
+
+/* Every key and string of a spec must be UTF-8 before anything else looks at it: a label stored
+ * with stray bytes would be echoed into every job list and break strict JSON parsers there. The
+ * field named is the path of valid keys down to the bad string (a bad key names its parent). */
+static int check_utf8(const cJSON *o, const char *path, int depth, api_field_err *fe) {
+    if (depth > 8) return 0; /* deeper than any spec field: refused later as unknown */
+    const cJSON *it;
+    cJSON_ArrayForEach(it, o) {
+        char field[96];
+        if (it->string && !api_utf8_valid(it->string))
+            return fail(fe, path, "invalid_value", "a field name under %s is not valid UTF-8",
+                        path[0] ? path : "the spec");
+        if (it->string)
+            snprintf(field, sizeof field, "%s%s%.80s", path, path[0] ? "." : "", it->string);
+        else
+            snprintf(field, sizeof field, "%s", path);
+        if (cJSON_IsString(it) && !api_utf8_valid(it->valuestring))
+            return fail(fe, field, "invalid_value", "%s is not valid UTF-8", field);
+        if ((cJSON_IsObject(it) || cJSON_IsArray(it)) && check_utf8(it, field, depth + 1, fe))
+            return -1;
+    }
+    return 0;
+}
+
 int api_spec_from_json(const cJSON *obj, api_spec *s, api_field_err *fe) {
     api_spec_defaults(s);
     if (!cJSON_IsObject(obj)) return fail(fe, "", "invalid_type", "the job spec must be an object");
+    if (check_utf8(obj, "", 0, fe)) return -1;
     const cJSON *it;
     bool have_model = false, have_calib = false;
     cJSON_ArrayForEach(it, obj) {

@@ -80,6 +80,10 @@ cJSON *api_spec_to_json(const api_spec *s);
 /* True when s is "sha256:" followed by 64 lower-case hex digits. */
 bool api_blob_id_valid(const char *s);
 
+/* Whether s (NUL-terminated) is strict UTF-8: no overlong forms, surrogates or code points past
+ * U+10FFFF. */
+bool api_utf8_valid(const char *s);
+
 /* Progress of a job as the API reports it. NAN marks an unknown loss or ETA. */
 typedef struct api_progress {
     char phase[16];

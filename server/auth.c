@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -58,6 +59,21 @@ srv_auth *srv_auth_load(const char *path, qd_err *err) {
     FILE *f = fopen(path, "r");
     if (!f) {
         qd_errf(err, "%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    /* Whoever can write the token file can grant themselves admin: refuse to start on a file
+     * that anyone but its owner may write (checked on the open file, not the path). */
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0) {
+        qd_errf(err, "%s: %s", path, strerror(errno));
+        fclose(f);
+        return NULL;
+    }
+    if (st.st_mode & (S_IWGRP | S_IWOTH)) {
+        qd_errf(err, "%s: mode %04o lets %s write it; a token file must be writable by its owner "
+                     "only (chmod go-w %s)", path, (unsigned)(st.st_mode & 07777),
+                (st.st_mode & S_IWOTH) ? "everyone" : "its group", path);
+        fclose(f);
         return NULL;
     }
     srv_auth *a = calloc(1, sizeof *a);

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "api/api.h"
@@ -102,6 +103,15 @@ static void test_spec_bad_fields(void) {
         {"{\"model\":\"" BLOB_A "\",\"calibration\":\"" BLOB_B "\",\"encodings_version\":\"2.0\"}", "encodings_version", "invalid_value"},
         {"{\"model\":\"" BLOB_A "\",\"calibration\":\"" BLOB_B "\",\"encodings_version\":1}", "encodings_version", "invalid_type"},
         {"[1,2]", "", "invalid_type"},
+        /* stray bytes, an overlong '/', a surrogate, past U+10FFFF, a cut sequence */
+        {"{\"model\":\"" BLOB_A "\",\"calibration\":\"" BLOB_B "\",\"labels\":{\"team\":\"np\xff\"}}", "labels.team", "invalid_value"},
+        {"{\"model\":\"" BLOB_A "\",\"calibration\":\"" BLOB_B "\",\"labels\":{\"team\":\"\xc0\xaf\"}}", "labels.team", "invalid_value"},
+        {"{\"model\":\"" BLOB_A "\",\"calibration\":\"" BLOB_B "\",\"labels\":{\"team\":\"\xed\xa0\x80\"}}", "labels.team", "invalid_value"},
+        {"{\"model\":\"" BLOB_A "\",\"calibration\":\"" BLOB_B "\",\"labels\":{\"team\":\"\xf4\x90\x80\x80\"}}", "labels.team", "invalid_value"},
+        {"{\"model\":\"" BLOB_A "\",\"calibration\":\"" BLOB_B "\",\"labels\":{\"team\":\"ab\xe2\x82\"}}", "labels.team", "invalid_value"},
+        {"{\"model\":\"" BLOB_A "\",\"calibration\":\"" BLOB_B "\",\"labels\":{\"t\xfe\":\"x\"}}", "labels", "invalid_value"},
+        {"{\"model\":\"" BLOB_A "\",\"calibration\":\"" BLOB_B "\",\"m\xffx\":1}", "", "invalid_value"},
+        {"{\"model\":\"" BLOB_A "\",\"calibration\":\"" BLOB_B "\",\"method\":\"rtn\x80\"}", "method", "invalid_value"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         api_spec s;
@@ -122,6 +132,17 @@ static void test_spec_bad_fields(void) {
     api_spec s;
     api_field_err fe;
     CHECK(parse(big, &s, &fe) == -1 && !strcmp(fe.field, "labels"), "33 labels accepted");
+}
+
+/* Valid UTF-8 passes, in labels too, and the validator's edges hold. */
+static void test_utf8(void) {
+    api_spec s;
+    api_field_err fe;
+    const char *ok = "{\"model\":\"" BLOB_A "\",\"calibration\":\"" BLOB_B "\",\"labels\":{\"team\":\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x99\x82\"}}";
+    CHECK(parse(ok, &s, &fe) == 0, "valid UTF-8 refused: %s %s", fe.field, fe.message);
+    CHECK(api_utf8_valid("") && api_utf8_valid("\x7f") && api_utf8_valid("\xf4\x8f\xbf\xbf"), "edges refused");
+    CHECK(!api_utf8_valid("\xe0\x80\x80") && !api_utf8_valid("\xf0\x80\x80\x80") && !api_utf8_valid("\xc1\xbf"), "overlong accepted");
+    CHECK(!api_utf8_valid("\x80") && !api_utf8_valid("\xf5\x80\x80\x80"), "bad lead accepted");
 }
 
 static void test_blob_ids(void) {
@@ -296,6 +317,20 @@ static void test_tokens(void) {
     CHECK(srv_auth_check(a, "admin-token2") == SRV_ROLE_NONE, "unknown token");
     CHECK(srv_auth_check(a, "") == SRV_ROLE_NONE, "empty token");
     srv_auth_free(a);
+    /* group- or world-writable: refused, naming the file and its mode */
+    static const struct { mode_t mode; const char *want; } modes[] = {
+        {0666, "mode 0666"}, {0620, "mode 0620"}, {0602, "mode 0602"}};
+    for (int i = 0; i < 3; i++) {
+        CHECK(chmod(path, modes[i].mode) == 0, "chmod");
+        a = srv_auth_load(path, &err);
+        CHECK(a == NULL, "mode %o accepted", (unsigned)modes[i].mode);
+        srv_auth_free(a);
+        CHECK(a == NULL && strstr(err.msg, path) && strstr(err.msg, modes[i].want), "message: %s", err.msg);
+    }
+    CHECK(chmod(path, 0644) == 0, "chmod");
+    a = srv_auth_load(path, &err);
+    CHECK(a != NULL, "mode 0644 refused: %s", err.msg);
+    srv_auth_free(a);
     fd = open(path, O_WRONLY | O_TRUNC);
     CHECK(write(fd, "plaintoken admin\n", 17) == 17, "write");
     close(fd);
@@ -414,6 +449,7 @@ int main(void) {
     RUN(test_spec_minimal_defaults);
     RUN(test_spec_full_roundtrip);
     RUN(test_spec_bad_fields);
+    RUN(test_utf8);
     RUN(test_blob_ids);
     RUN(test_states);
     RUN(test_job_roundtrip);
