@@ -26,6 +26,9 @@ void srv_config_defaults(srv_config *c) {
     snprintf(c->dispatcher, sizeof c->dispatcher, "local");
     c->slurm_poll_s = 5;
     c->slurm_pending_down_s = 600;
+    c->header_timeout_s = 15;
+    c->body_min_rate = 8 << 10;
+    c->body_grace_s = 10;
 }
 
 static int parse_seconds(const char *v, double lo, double hi, double *out) {
@@ -90,6 +93,10 @@ int srv_config_set(srv_config *c, const char *k, const char *v, qd_err *err) {
     } else if (!strcmp(k, "max_connections")) bad = parse_int(v, 1, 100000, &c->max_connections);
     else if (!strcmp(k, "per_ip_connections")) bad = parse_int(v, 0, 100000, &c->per_ip_connections);
     else if (!strcmp(k, "conn_timeout_s")) bad = parse_int(v, 0, 86400, &c->conn_timeout_s);
+    else if (!strcmp(k, "header_timeout_s")) bad = parse_int(v, 0, 3600, &c->header_timeout_s);
+    else if (!strcmp(k, "body_min_rate")) bad = parse_size(v, &c->body_min_rate);
+    else if (!strcmp(k, "body_grace_s")) bad = parse_int(v, 0, 3600, &c->body_grace_s);
+    else if (!strcmp(k, "trusted_proxies")) bad = set_str(c->trusted_proxies, sizeof c->trusted_proxies, v);
     else if (!strcmp(k, "static_dir")) bad = set_str(c->static_dir, sizeof c->static_dir, v);
     else if (!strcmp(k, "dispatcher")) {
         if (strcmp(v, "local") && strcmp(v, "slurm"))

@@ -21,7 +21,12 @@ typedef struct srv_config {
     double cancel_grace_s;   /* SIGTERM -> SIGKILL */
     int max_connections;
     int per_ip_connections;
-    int conn_timeout_s;      /* idle connection timeout */
+    int conn_timeout_s;      /* idle connection timeout (libmicrohttpd's; each byte resets it) */
+    int header_timeout_s;    /* a request's headers within this of the connection opening or of
+                                its previous response: a deadline bytes do not reset; 0: none */
+    size_t body_min_rate;    /* bytes/s a body must average after body_grace_s; 0: no minimum */
+    int body_grace_s;
+    char trusted_proxies[512]; /* "ADDR[/BITS],...": peers whose X-Forwarded-For names the client */
     char static_dir[1024];   /* dashboard files served under /, empty for the built-in page */
     /* where workers run (worker/dispatch.h): "local" (child processes) or "slurm" */
     char dispatcher[16];

@@ -21,6 +21,7 @@
 #include <math.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -36,6 +37,7 @@
 #include "api/api.h"
 #include "server/auth.h"
 #include "server/dashboard.h"
+#include "server/guard.h"
 #include "server/jobs.h"
 #include "server/metrics.h"
 #include "server/store.h"
@@ -62,6 +64,7 @@ struct srv {
     srv_jobs *jobs;
     srv_metrics *metrics;
     srv_auth *auth;
+    srv_guard *guard;
 };
 
 /* One file part of a multipart POST /v1/jobs: streamed into the store like POST /v1/blobs,
@@ -77,6 +80,7 @@ typedef struct mp_part {
 
 struct req {
     srv *s;
+    srv_guard_conn *gc; /* the connection's record in the guard */
     double t0;
     int route;
     int status;
@@ -99,6 +103,9 @@ struct req {
     int n_parts;
     int mp_cur; /* the part being received: an index into parts, MP_SPEC, or MP_NONE */
     bool have_spec;
+    /* a body on a route that takes none (a DELETE or GET with a body): read and dropped, and
+     * the request answered once it has ended */
+    bool drain;
 };
 enum { MP_NONE = -2, MP_SPEC = -1 };
 
@@ -190,6 +197,55 @@ static enum MHD_Result need_job(srv *s, struct MHD_Connection *c, req *r, api_st
     return MHD_YES;
 }
 
+/* A decimal number of digits only (no sign, no spaces); saturates at UINT64_MAX. Returns the
+ * end of the digits, or NULL when there are none. */
+static const char *parse_u64(const char *p, uint64_t *out) {
+    if (*p < '0' || *p > '9') return NULL;
+    uint64_t v = 0;
+    for (; *p >= '0' && *p <= '9'; p++) v = v > (UINT64_MAX - 9) / 10 ? UINT64_MAX : v * 10 + (uint64_t)(*p - '0');
+    *out = v;
+    return p;
+}
+
+enum { RANGE_IGNORE, RANGE_OK, RANGE_UNSATISFIABLE };
+
+/* RFC 9110 §14.1.2 for one byte range over a representation of size bytes: RANGE_OK with
+ * [start, end]; RANGE_UNSATISFIABLE (416) for a valid range that selects nothing ("bytes=-0",
+ * a first position at or past the end); RANGE_IGNORE (answer 200 with the whole file, as §14.2
+ * allows) for anything invalid ("bytes=0--1", last < first, another unit) and for several
+ * ranges, which this server does not combine. */
+static int parse_range(const char *h, uint64_t size, uint64_t *start, uint64_t *end) {
+    if (strncasecmp(h, "bytes=", 6)) return RANGE_IGNORE;
+    const char *p = h + 6;
+    while (*p == ' ' || *p == '\t') p++;
+    uint64_t a = 0, b = 0;
+    bool suffix = *p == '-';
+    const char *q = parse_u64(suffix ? p + 1 : p, suffix ? &b : &a);
+    if (!q) return RANGE_IGNORE;
+    bool have_last = false;
+    if (!suffix) {
+        if (*q != '-') return RANGE_IGNORE;
+        q++;
+        if (*q >= '0' && *q <= '9') {
+            q = parse_u64(q, &b);
+            have_last = true;
+        }
+    }
+    while (*q == ' ' || *q == '\t') q++;
+    if (*q) return RANGE_IGNORE; /* trailing junk, or a second range */
+    if (suffix) {
+        if (b == 0 || size == 0) return RANGE_UNSATISFIABLE;
+        *start = b >= size ? 0 : size - b;
+        *end = size - 1;
+        return RANGE_OK;
+    }
+    if (have_last && b < a) return RANGE_IGNORE;
+    if (a >= size) return RANGE_UNSATISFIABLE;
+    *start = a;
+    *end = have_last && b < size ? b : size - 1;
+    return RANGE_OK;
+}
+
 /* Serves a regular file with ETag / If-None-Match and a single byte Range. */
 static enum MHD_Result serve_file(struct MHD_Connection *c, req *r, const char *path,
                                   const char *root, const char *ctype, bool attachment) {
@@ -225,40 +281,16 @@ static enum MHD_Result serve_file(struct MHD_Connection *c, req *r, const char *
     const char *range = header(c, MHD_HTTP_HEADER_RANGE);
     const char *if_range = header(c, MHD_HTTP_HEADER_IF_RANGE);
     if (range && if_range && strcmp(if_range, etag)) range = NULL; /* changed: send it whole */
-    if (range && !strncmp(range, "bytes=", 6) && !strchr(range, ',')) {
-        const char *spec = range + 6;
-        char *e1;
-        bool ok = true;
-        if (*spec == '-') { /* suffix: the last N bytes */
-            unsigned long long nlast = strtoull(spec + 1, &e1, 10);
-            if (e1 == spec + 1 || *e1 || nlast == 0) ok = false;
-            else {
-                start = nlast >= size ? 0 : size - nlast;
-                end = size - 1;
-            }
-        } else {
-            unsigned long long a = strtoull(spec, &e1, 10), b = size ? size - 1 : 0;
-            if (e1 == spec || *e1 != '-') ok = false;
-            else if (e1[1]) {
-                char *e2;
-                b = strtoull(e1 + 1, &e2, 10);
-                if (*e2 || b < a) ok = false;
-            }
-            if (ok) {
-                start = a;
-                end = b >= size ? size - 1 : b;
-            }
-        }
-        if (ok && (size == 0 || start >= size)) {
-            close(fd);
-            char cr[64];
-            snprintf(cr, sizeof cr, "bytes */%llu", (unsigned long long)size);
-            char *b = api_error_body("range_not_satisfiable", "the range lies past the end", NULL);
-            return send_buf(c, r, 416, "application/json", b, strlen(b),
-                            MHD_HTTP_HEADER_CONTENT_RANGE, cr);
-        }
-        if (ok) status = 206;
+    int rk = range ? parse_range(range, size, &start, &end) : RANGE_IGNORE;
+    if (rk == RANGE_UNSATISFIABLE) {
+        close(fd);
+        char cr[64];
+        snprintf(cr, sizeof cr, "bytes */%llu", (unsigned long long)size);
+        char *b = api_error_body("range_not_satisfiable", "the range lies past the end", NULL);
+        return send_buf(c, r, 416, "application/json", b, strlen(b), MHD_HTTP_HEADER_CONTENT_RANGE, cr);
     }
+    if (rk == RANGE_OK) status = 206;
+    else start = 0, end = size ? size - 1 : 0;
     uint64_t len = size ? end - start + 1 : 0;
     struct MHD_Response *resp = MHD_create_response_from_fd_at_offset64(len, fd, start);
     if (!resp) {
@@ -863,7 +895,21 @@ typedef struct sse {
     double last_send;
     srv_job_watch w;
     bool started;
+    int sock; /* the client's socket, watched for a hang-up while nothing is sent; -1: unknown */
 } sse;
+
+/* Whether the client has gone: a hang-up or error on its socket, or its end of the stream.
+ * An SSE client sends nothing after its request, so readable means closed. Without this a
+ * vanished client would hold its connection (and its per-address slot) until a write failed,
+ * up to a keepalive interval later. */
+static bool client_gone(int sock) {
+    if (sock < 0) return false;
+    struct pollfd p = {.fd = sock, .events = POLLIN | POLLRDHUP};
+    if (poll(&p, 1, 0) <= 0) return false;
+    if (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) return true;
+    char b;
+    return recv(sock, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+}
 
 static void pend_add(sse *x, const char *data, size_t n) {
     if (x->pend_len + n > x->pend_cap) {
@@ -937,12 +983,13 @@ static ssize_t sse_reader(void *cls, uint64_t pos, char *out, size_t max) {
         srv_jobs_watch(x->s->jobs, x->job, &w);
         if (sse_read_file(x)) continue;
         if (w.terminal || w.gone) return MHD_CONTENT_READER_END_OF_STREAM;
+        if (client_gone(x->sock)) return MHD_CONTENT_READER_END_WITH_ERROR;
         /* comments keep proxies from timing the stream out and reveal dead clients */
         if (qd_now() - x->last_send > 15) {
             pend_add(x, ": keepalive\n\n", 13);
             continue;
         }
-        srv_jobs_wait(x->s->jobs, x->job, &w, 1.0);
+        srv_jobs_wait(x->s->jobs, x->job, &w, 0.5);
     }
 }
 
@@ -957,9 +1004,9 @@ static enum MHD_Result h_job_events(srv *s, struct MHD_Connection *c, req *r) {
     srv_job *job = uuid_like(r->id) ? srv_jobs_find(s->jobs, r->id) : NULL;
     if (!job) return send_err(c, r, 404, "not_found", "no such job", "id");
     const char *last = header(c, "Last-Event-ID");
-    if (!last) last = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "last_event_id");
+    if (!last || !*last) last = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "last_event_id");
     long skip = 0;
-    if (last) {
+    if (last && *last) { /* an empty Last-Event-ID is no id at all (the HTML spec's reset) */
         char *e;
         skip = strtol(last, &e, 10);
         if (*e || e == last || skip < 0)
@@ -973,6 +1020,8 @@ static enum MHD_Result h_job_events(srv *s, struct MHD_Connection *c, req *r) {
     x->s = s;
     x->job = job;
     x->skip = skip;
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    x->sock = ci ? ci->connect_fd : -1;
     x->fd = open(p, O_RDONLY | O_CLOEXEC);
     x->last_send = qd_now();
     if (x->fd < 0) {
@@ -1062,6 +1111,12 @@ static int authorize(srv *s, struct MHD_Connection *c, srv_role need) {
     return have >= need ? 0 : 403;
 }
 
+/* Whether the request announces a body (a non-zero Content-Length, or chunked). */
+static bool has_body(struct MHD_Connection *c) {
+    const char *cl = header(c, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    return header(c, MHD_HTTP_HEADER_TRANSFER_ENCODING) || (cl && strcmp(cl, "0"));
+}
+
 /* Routing, auth and the checks that need no body; answers body-less routes at once. */
 static enum MHD_Result route_request(srv *s, struct MHD_Connection *c, req *r, const char *url,
                                      const char *method) {
@@ -1094,15 +1149,82 @@ static enum MHD_Result route_request(srv *s, struct MHD_Connection *c, req *r, c
     }
     if (rt->fn == h_blob_upload) return blob_begin(s, c, r);
     if (rt->fn == h_job_submit) return json_begin(s, c, r);
-    if (!rt->body) return rt->fn(s, c, r);
+    if (!rt->body && !has_body(c)) return rt->fn(s, c, r);
     return MHD_YES;
+}
+
+/* Header counting for the framing checks: how many Host and Content-Length lines, whether the
+ * Content-Length lines disagree, and whether Transfer-Encoding is present. */
+typedef struct framing {
+    int hosts, lengths, te;
+    bool lengths_differ;
+    const char *first_length;
+} framing;
+
+static enum MHD_Result count_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                    const char *value) {
+    (void)kind;
+    framing *f = cls;
+    if (!strcasecmp(key, MHD_HTTP_HEADER_HOST)) f->hosts++;
+    else if (!strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING)) f->te++;
+    else if (!strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH)) {
+        if (f->lengths++ == 0) f->first_length = value;
+        else if (strcmp(value ? value : "", f->first_length ? f->first_length : "")) f->lengths_differ = true;
+    }
+    return MHD_YES;
+}
+
+/* RFC 9112 §3.2 and §6.3: an HTTP/1.1 request without exactly one Host, Content-Length lines
+ * that disagree, or Content-Length beside Transfer-Encoding (the request-smuggling shapes) is
+ * answered 400 before its body is read, and the connection is closed. Returns the complaint, or
+ * NULL; *field names the header. */
+static const char *framing_error(struct MHD_Connection *c, const char *version, framing *f,
+                                 const char **field) {
+    memset(f, 0, sizeof *f);
+    MHD_get_connection_values(c, MHD_HEADER_KIND, count_header, f);
+    *field = MHD_HTTP_HEADER_HOST;
+    if (f->hosts == 0 && !strcmp(version, MHD_HTTP_VERSION_1_1))
+        return "an HTTP/1.1 request needs a Host header";
+    if (f->hosts > 1) return "more than one Host header";
+    *field = MHD_HTTP_HEADER_CONTENT_LENGTH;
+    if (f->lengths_differ) return "Content-Length headers that disagree";
+    if (f->lengths && f->te) return "Content-Length together with Transfer-Encoding";
+    return NULL;
+}
+
+/* The first call of a request: its headers are in. */
+static enum MHD_Result first_call(srv *s, struct MHD_Connection *c, req *r, const char *url,
+                                  const char *method, const char *version) {
+    framing f;
+    const char *field, *bad = framing_error(c, version, &f, &field);
+    if (bad) {
+        r->routed = true;
+        return send_err(c, r, 400, "bad_request", bad, field);
+    }
+    if (!srv_guard_request_begin(s->guard, r->gc, header(c, "X-Forwarded-For"))) {
+        r->routed = true;
+        char m[128];
+        snprintf(m, sizeof m, "more than %d requests at once from this client (per_ip_connections)",
+                 s->cfg.per_ip_connections);
+        return send_err(c, r, 429, "too_many_requests", m, NULL);
+    }
+    /* A request that may carry a body is judged on its headers alone, so that a refusal
+     * (401, 413, 415) goes out before the body is sent. Other requests are answered on the
+     * next call: libmicrohttpd closes a connection whose answer was queued this early, and
+     * GETs should keep their connection alive. A GET or DELETE that does carry a body is
+     * routed now too; its body is dropped and it is answered once the body has ended
+     * (libmicrohttpd cannot queue an answer while a body is still arriving). */
+    if (!has_body(c) && strcmp(method, "POST") && strcmp(method, "PUT") && strcmp(method, "PATCH"))
+        return MHD_YES;
+    enum MHD_Result ret = route_request(s, c, r, url, method);
+    if (!r->answered && r->route >= 0 && !routes[r->route].body) r->drain = true;
+    return ret;
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
                                   const char *method, const char *version,
                                   const char *upload_data, size_t *upload_data_size,
                                   void **req_cls) {
-    (void)version;
     srv *s = cls;
     req *r = *req_cls;
     if (!r) {
@@ -1112,14 +1234,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         r->s = s;
         r->t0 = qd_now();
         r->route = -1;
-        /* A request that may carry a body is judged on its headers alone, so that a refusal
-         * (401, 413, 415) goes out before the body is sent. Other requests are answered on the
-         * next call: libmicrohttpd closes a connection whose answer was queued this early, and
-         * GETs should keep their connection alive. */
-        if (strcmp(method, "POST") && strcmp(method, "PUT") && strcmp(method, "PATCH"))
-            return MHD_YES;
-        return route_request(s, c, r, url, method);
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        r->gc = ci ? ci->socket_context : NULL;
+        enum MHD_Result ret = first_call(s, c, r, url, method, version);
+        if (r->answered || !has_body(c)) srv_guard_body_done(s->guard, r->gc);
+        return ret;
     }
+    if (*upload_data_size) srv_guard_body(s->guard, r->gc, *upload_data_size);
+    else srv_guard_body_done(s->guard, r->gc); /* the final call: the body has ended */
     if (!r->routed) return route_request(s, c, r, url, method);
     if (r->answered) {
         *upload_data_size = 0; /* answered early; whatever still arrives is dropped */
@@ -1127,7 +1250,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
     const route *rt = &routes[r->route];
     if (*upload_data_size) {
-        if (rt->fn == h_blob_upload) blob_chunk(s, r, upload_data, *upload_data_size);
+        if (r->drain) {} /* a body nobody reads */
+        else if (rt->fn == h_blob_upload) blob_chunk(s, r, upload_data, *upload_data_size);
         else if (rt->fn == h_job_submit && r->pp) mp_chunk(r, upload_data, *upload_data_size);
         else if (rt->fn == h_job_submit) json_chunk(r, upload_data, *upload_data_size);
         *upload_data_size = 0;
@@ -1147,6 +1271,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
     mp_abort_parts(r);
     MHD_destroy_post_processor(r->pp);
     free(r->body);
+    srv_guard_request_end(s->guard, r->gc);
     srv_metrics_request(s->metrics, r->route, r->answered ? r->status : 499, qd_now() - r->t0);
     free(r);
     *req_cls = NULL;
@@ -1212,6 +1337,25 @@ static int bind_listen(const char *spec, bool *loopback, char *bound, size_t bn,
     return fd;
 }
 
+static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen) {
+    (void)addrlen;
+    srv *s = cls;
+    return srv_guard_admit(s->guard, addr) ? MHD_YES : MHD_NO;
+}
+
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code) {
+    srv *s = cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *a = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        const union MHD_ConnectionInfo *f = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        *socket_context = f ? srv_guard_open(s->guard, a ? a->client_addr : NULL, f->connect_fd) : NULL;
+    } else {
+        srv_guard_close(s->guard, *socket_context);
+        *socket_context = NULL;
+    }
+}
+
 int srv_main(const srv_config *cfg) {
     srv s;
     memset(&s, 0, sizeof s);
@@ -1222,6 +1366,18 @@ int srv_main(const srv_config *cfg) {
     int lfd = bind_listen(cfg->listen, &loopback, bound, sizeof bound, &err);
     if (lfd < 0) {
         fprintf(stderr, "quantd serve: %s\n", err.msg);
+        return 1;
+    }
+    srv_guard_opts go = {.per_ip = cfg->per_ip_connections,
+                         .header_timeout_s = cfg->header_timeout_s,
+                         .idle_timeout_s = cfg->conn_timeout_s,
+                         .body_min_rate = (double)cfg->body_min_rate,
+                         .body_grace_s = cfg->body_grace_s,
+                         .trusted_proxies = cfg->trusted_proxies};
+    s.guard = srv_guard_new(&go, &err);
+    if (!s.guard) {
+        fprintf(stderr, "quantd serve: %s\n", err.msg);
+        close(lfd);
         return 1;
     }
     if (cfg->token_file[0]) {
@@ -1289,12 +1445,14 @@ int srv_main(const srv_config *cfg) {
     }
     unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
                      MHD_USE_POLL | MHD_USE_ERROR_LOG;
+    /* per-address limits and the header/body deadlines are the guard's (on_accept,
+     * on_connection), not libmicrohttpd's per-IP limit */
     struct MHD_Daemon *d = MHD_start_daemon(
-        flags, 0, NULL, NULL, on_request, &s,
+        flags, 0, on_accept, &s, on_request, &s,
         MHD_OPTION_LISTEN_SOCKET, (MHD_socket)lfd,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
-        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)cfg->per_ip_connections,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->conn_timeout_s,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, &s,
         /* a larger connection pool means larger reads per upload chunk */
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(1u << 20),
         MHD_OPTION_THREAD_STACK_SIZE, (size_t)(512u << 10),
@@ -1329,6 +1487,14 @@ int srv_main(const srv_config *cfg) {
     unlink(addrfile);
     srv_jobs_close_watchers(s.jobs);
     MHD_stop_daemon(d);
+    srv_guard_stats gs = srv_guard_get_stats(s.guard);
+    fprintf(stderr, "quantd serve: connections closed by the guard: %llu header deadlines, %llu "
+                    "slow bodies, %llu idle displaced, %llu refused; %llu requests over the "
+                    "per-client limit\n",
+            (unsigned long long)gs.header_timeouts, (unsigned long long)gs.body_too_slow,
+            (unsigned long long)gs.evicted, (unsigned long long)gs.refused,
+            (unsigned long long)gs.client_limited);
+    srv_guard_free(s.guard);
     srv_jobs_free(s.jobs); /* local workers checkpoint and their jobs are requeued */
     wk_disp_free(disp);
     srv_metrics_free(s.metrics);

@@ -5,7 +5,9 @@
 # (parts streamed into blobs, named by the spec, refused requests leave no blob), path tricks,
 # 404/405, listing, the Prometheus exposition, big uploads with flat server memory, the per-IP
 # connection limit, 507 on a short disk (min_free_bytes), and auth (401/403, and the refusal to
-# listen on a non-loopback address without tokens).
+# listen on a non-loopback address without tokens); strict HTTP framing, RFC 9110 ranges, UTF-8
+# in specs, token-file modes; availability under slow clients (header and body deadlines,
+# idle connections displaced, SSE slots freed at disconnect, a trusted proxy's X-Forwarded-For).
 set -u
 . "$(dirname "$0")/e2e_common.inc"
 
@@ -156,7 +158,71 @@ check metrics_histogram '[ -n "$inf" ] && [ "$inf" = "$cnt" ] && [ "$mono" = 1 ]
 ub=$(awk '/^quantd_upload_bytes_total /{print $NF}' "$TMP/metrics")
 check metrics_upload_bytes_multipart '[ "${ub:-0}" -ge $(( $(stat -c %s "$MODEL") * 2 + $(stat -c %s "$TMP/fresh1") )) ]' "upload bytes $ub"
 check metrics_blob_lookup_counted 'grep -q "^quantd_http_requests_total{route=\"GET /v1/blobs/{id}\",status=\"404\"}" "$TMP/metrics"'
+
+# strict HTTP: framing the server must refuse (400, JSON, before any body is read), bodies on
+# routes that take none (answered, the connection kept), UTF-8 in spec strings, Last-Event-ID
+RAW="python3 tests/rawhttp.py"
+raw() { $RAW send "$ADDR" "$1" >"$TMP/raw"; }
+raw_status() { head -1 "$TMP/raw" | awk '{print $2}'; }
+raw_json_code() { sed -n '/^\r$/,$p' "$TMP/raw" | tail -n +2 | jq -r '.error.code // ""' 2>/dev/null; }
+raw 'GET /healthz HTTP/1.1\r\n\r\n'
+check http11_without_host_400 '[ "$(raw_status)" = 400 ] && [ "$(raw_json_code)" = bad_request ] && grep -qi "^Content-Type: application/json" "$TMP/raw"' "$(cat "$TMP/raw")"
+raw 'GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n'
+check two_hosts_400 '[ "$(raw_status)" = 400 ] && [ "$(raw_json_code)" = bad_request ]' "$(cat "$TMP/raw")"
+raw 'GET /healthz HTTP/1.0\r\n\r\n'
+check http10_without_host_ok '[ "$(raw_status)" = 200 ]' "$(cat "$TMP/raw")"
+nb0=$(ls "$D/blobs/sha256" | wc -l)
+raw 'POST /v1/blobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!'
+check content_length_conflict_400 '[ "$(raw_status)" = 400 ] && [ "$(raw_json_code)" = bad_request ] && grep -q "Content-Length" "$TMP/raw"' "$(cat "$TMP/raw")"
+raw 'POST /v1/blobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n'
+check content_length_with_chunked_400 '[ "$(raw_status)" = 400 ] && [ "$(raw_json_code)" = bad_request ]' "$(cat "$TMP/raw")"
+check framing_refusals_store_nothing '[ "$(ls "$D/blobs/sha256" | wc -l)" = "$nb0" ] && [ -z "$(ls "$D/blobs/tmp")" ]'
+raw 'DELETE /v1/jobs/00000000-0000-4000-8000-000000000000 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello'
+check delete_with_body_answered '[ "$(raw_status)" = 404 ] && [ "$(raw_json_code)" = not_found ]' "$(cat "$TMP/raw")"
+raw 'GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'
+check get_with_body_answered_keepalive '[ "$(grep -o "HTTP/1.1 200" "$TMP/raw" | wc -l)" = 2 ]' "$(cat "$TMP/raw")"
+raw 'GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n'
+check get_with_chunked_body_answered '[ "$(raw_status)" = 200 ]' "$(cat "$TMP/raw")"
+printf '{%s,"labels":{"team":"np\xff"}}' "$GOOD" >"$TMP/badutf8.json"
+check label_invalid_utf8_422 '[ "$(code POST /v1/jobs -H "Content-Type: application/json" --data-binary @"$TMP/badutf8.json")" = 422 ] && [ "$(err_field)" = labels.team ]' "$(body)"
+printf '{%s,"lab\xc0\xafels":{}}' "$GOOD" >"$TMP/badkey.json"
+check key_invalid_utf8_422_json '[ "$(code POST /v1/jobs -H "Content-Type: application/json" --data-binary @"$TMP/badkey.json")" = 422 ] && jq -e . "$TMP/body" >/dev/null' "$(body)"
+check label_utf8_accepted '[ "$(jpost "{$GOOD,\"method\":\"rtn\",\"budget\":{\"samples\":2,\"seq_len\":16,\"epochs\":0},\"labels\":{\"team\":\"caf\u00e9 \u20ac\"}}")" = 201 ] && [ "$(jq -r .spec.labels.team "$TMP/body")" = "café €" ]' "$(body)"
+code POST "/v1/jobs/$(jq -r .id "$TMP/body")/cancel" >/dev/null
+check job_list_strict_json '[ "$(code GET "/v1/jobs?limit=500")" = 200 ] && python3 -c "import json,sys; json.load(open(sys.argv[1], encoding=\"utf-8\", errors=\"strict\"))" "$TMP/body"'
+wait_state "$L" "cancelled|failed|succeeded" 60
+check sse_empty_last_event_id_is_absent '[ "$(code GET "/v1/jobs/$L/events" -H "Last-Event-ID;")" = 200 ] && [ "$(grep -c "^id: " "$TMP/body")" -ge 2 ] && grep -q "^id: 1$" "$TMP/body"' "$(head -c 300 "$TMP/body")"
+check sse_empty_last_event_id_query '[ "$(code GET "/v1/jobs/$L/events?last_event_id=")" = 200 ] && grep -q "^id: 1$" "$TMP/body"'
 stop_server
+
+# RFC 9110 ranges over a served file (the dashboard from static_dir: 1000 bytes)
+D=$TMP/data_range
+mkdir -p "$TMP/static"; head -c 1000 /dev/urandom >"$TMP/static/index.html"
+start_server "$D" --set static_dir="$TMP/static" || bad start_range "$(cat "$D.err")"
+rcode() { code GET / -H "Range: $1"; }
+blen() { stat -c %s "$TMP/body"; }
+check range_206 '[ "$(rcode bytes=10-19)" = 206 ] && [ "$(blen)" = 10 ] && cmp -s "$TMP/body" <(tail -c +11 "$TMP/static/index.html" | head -c 10)'
+check range_open_end_206 '[ "$(rcode bytes=990-)" = 206 ] && [ "$(blen)" = 10 ]'
+check range_suffix_206 '[ "$(rcode bytes=-10)" = 206 ] && cmp -s "$TMP/body" <(tail -c 10 "$TMP/static/index.html")'
+check range_suffix_longer_than_file_206 '[ "$(rcode bytes=-5000)" = 206 ] && [ "$(blen)" = 1000 ]'
+check range_last_past_end_clamped '[ "$(rcode bytes=995-5000)" = 206 ] && [ "$(blen)" = 5 ]'
+check range_suffix_zero_416 '[ "$(rcode bytes=-0)" = 416 ] && [ "$(err_code)" = range_not_satisfiable ]' "$(body)"
+check range_first_past_end_416 '[ "$(rcode bytes=1000-)" = 416 ]'
+check range_negative_last_ignored_200 '[ "$(rcode bytes=0--1)" = 200 ] && [ "$(blen)" = 1000 ]'
+check range_reversed_ignored_200 '[ "$(rcode bytes=20-10)" = 200 ] && [ "$(blen)" = 1000 ]'
+check range_signed_ignored_200 '[ "$(rcode bytes=+5-9)" = 200 ] && [ "$(rcode "bytes=5-+9")" = 200 ]'
+check range_other_unit_ignored_200 '[ "$(rcode items=0-9)" = 200 ] && [ "$(blen)" = 1000 ]'
+stop_server
+
+# token files: one that others may write is refused at start, naming the file and its mode
+"$Q" serve --gen-token admin >"$TMP/wtokens" 2>/dev/null
+chmod 0666 "$TMP/wtokens"
+out=$(timeout 10 "$Q" serve --listen 127.0.0.1:0 --data "$TMP/data_wt" --tokens "$TMP/wtokens" 2>&1); rc=$?
+check token_file_world_writable_refused '[ $rc = 1 ] && grep -q "$TMP/wtokens" <<<"$out" && grep -q "mode 0666" <<<"$out"' "rc=$rc $out"
+chmod 0620 "$TMP/wtokens"
+out=$(timeout 10 "$Q" serve --listen 127.0.0.1:0 --data "$TMP/data_wt" --tokens "$TMP/wtokens" 2>&1); rc=$?
+check token_file_group_writable_refused '[ $rc = 1 ] && grep -q "mode 0620" <<<"$out"' "rc=$rc $out"
+
 
 # big uploads stream: the server's peak RSS does not grow with the upload (raw and multipart,
 # 120 MB each, chunked so that nothing is buffered by size); and the per-IP connection limit
@@ -181,11 +247,80 @@ for i in 1 2; do
 done
 sleep 0.7
 third=$(curl -s -o /dev/null -w '%{http_code}' "$URL/healthz")
+# X-Forwarded-For from a peer that is not a configured proxy changes nothing
+third_xff=$(curl -s -o /dev/null -w '%{http_code}' -H 'X-Forwarded-For: 10.9.9.9' "$URL/healthz")
 kill -KILL "${slow[@]}" 2>/dev/null; wait "${slow[@]}" 2>/dev/null
 sleep 0.3
 check per_ip_limit_refuses_third '[ "$third" = 000 ] && [ "$(code GET /healthz)" = 200 ]' "third connection got $third"
+check per_ip_xff_not_trusted '[ "$third_xff" = 000 ]' "got $third_xff"
 check per_ip_cut_uploads_leave_nothing '[ -z "$(ls "$D/blobs/tmp")" ] && [ -z "$(ls "$D/blobs/sha256")" ]'
 stop_server
+rm -rf "$D"
+
+# availability: idle and slow connections cannot lock an address out. Connections still in
+# their headers are closed at a deadline that bytes do not reset (header_timeout_s), a body
+# must keep a minimum average rate, and an address at its limit displaces its oldest idle or
+# header-phase connection instead of being refused.
+D=$TMP/data_slow
+start_server "$D" --set per_ip_connections=3 --set header_timeout_s=2 --set body_min_rate=1K \
+    --set body_grace_s=1 || bad start_slow "$(cat "$D.err")"
+loris=()
+for i in 1 2 3; do
+    $RAW trickle "$ADDR" 'GET /healthz HTTP/1.1\r\nHost: x\r\n' 'X-a: b\r\n' 60 0.25 >"$TMP/loris$i" &
+    loris+=($!)
+done
+sleep 0.8
+check slow_headers_do_not_lock_out '[ "$(code GET /healthz)" = 200 ]' "$(body)"
+wait "${loris[@]}" 2>/dev/null
+check header_deadline_not_reset_by_bytes 'grep -q "^closed after" "$TMP/loris1" && grep -q "^closed after" "$TMP/loris2" && grep -q "^closed after" "$TMP/loris3"' "$(cat "$TMP"/loris*)"
+$RAW trickle "$ADDR" 'POST /v1/blobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\n' 'xxxxxxxxxx' 60 0.25 >"$TMP/slowbody"
+check slow_body_closed 'grep -q "^closed after" "$TMP/slowbody"' "$(cat "$TMP/slowbody")"
+sleep 0.3
+check slow_body_leaves_nothing '[ -z "$(ls "$D/blobs/tmp")" ] && [ -z "$(ls "$D/blobs/sha256" 2>/dev/null)" ]'
+head -c 60000 /dev/urandom >"$TMP/paced"
+check paced_upload_above_min_rate_ok '[ "$(code POST /v1/blobs -H "Content-Type: application/octet-stream" --limit-rate 20K --data-binary @"$TMP/paced")" = 201 ]' "$(body)"
+# a client that vanishes from an event stream frees its slot at once, not at the next keepalive
+MID2=$(upload "$MODEL"); CID2=$(upload "$TEXT")
+LJ=$(submit "{\"model\":\"$MID2\",\"calibration\":\"$CID2\",\"method\":\"mobilequant\",\"budget\":{\"samples\":64,\"seq_len\":64,\"epochs\":1000}}")
+sse=()
+for i in 1 2 3; do curl -sN "$URL/v1/jobs/$LJ/events" >/dev/null 2>&1 & sse+=($!); done
+sleep 0.5
+held=$(curl -s -o /dev/null -w '%{http_code}' "$URL/healthz")
+kill -KILL "${sse[@]}" 2>/dev/null; wait "${sse[@]}" 2>/dev/null
+freed=000
+for _ in $(seq 40); do
+    freed=$(curl -s -o /dev/null -w '%{http_code}' "$URL/healthz")
+    [ "$freed" = 200 ] && break
+    sleep 0.1
+done
+check sse_streams_hold_slots '[ "$held" = 000 ]' "got $held with 3 streams open"
+check sse_slot_freed_at_disconnect '[ "$freed" = 200 ]' "got $freed"
+code POST "/v1/jobs/$LJ/cancel" >/dev/null
+stop_server
+check guard_counts_logged 'grep -q "connections closed by the guard: [1-9][0-9]* header deadlines, [1-9][0-9]* slow bodies" "$D.err"' "$(tail -3 "$D.err")"
+rm -rf "$D"
+
+# behind a trusted proxy: the proxy's connections are not limited by its own address; its
+# requests count against the client named by X-Forwarded-For (the rightmost address that is not
+# a proxy; addresses further left are the client's own words and are not believed)
+D=$TMP/data_proxy
+start_server "$D" --set per_ip_connections=2 --set trusted_proxies=127.0.0.1,::1 || bad start_proxy "$(cat "$D.err")"
+slow=()
+for i in 1 2; do
+    curl -s -H 'Content-Type: application/octet-stream' -H 'X-Forwarded-For: 10.0.0.1' --limit-rate 20K \
+        --data-binary @"$TMP/slow" "$URL/v1/blobs" >/dev/null 2>&1 &
+    slow+=($!)
+done
+sleep 0.7
+check proxy_client_over_limit_429 '[ "$(code GET /healthz -H "X-Forwarded-For: 10.0.0.1")" = 429 ] && [ "$(err_code)" = too_many_requests ]' "$(body)"
+check proxy_spoofed_left_entry_429 '[ "$(code GET /healthz -H "X-Forwarded-For: 10.7.7.7, 10.0.0.1")" = 429 ]'
+check proxy_chain_skips_trusted_429 '[ "$(code GET /healthz -H "X-Forwarded-For: 10.0.0.1, 127.0.0.1")" = 429 ]'
+check proxy_other_client_ok '[ "$(code GET /healthz -H "X-Forwarded-For: 10.0.0.2")" = 200 ]'
+check proxy_itself_ok '[ "$(code GET /healthz)" = 200 ]'
+kill -KILL "${slow[@]}" 2>/dev/null; wait "${slow[@]}" 2>/dev/null
+stop_server
+out=$("$Q" serve --listen 127.0.0.1:0 --data "$TMP/data_badproxy" --set trusted_proxies=10.0.0.0/33 2>&1); rc=$?
+check bad_trusted_proxies_refused '[ $rc = 1 ] && grep -q "trusted_proxies" <<<"$out"' "rc=$rc $out"
 rm -rf "$D"
 
 # a short disk: min_free_bytes set 32 MiB below what is free now, so 96 MB cannot fit. With a
