@@ -569,7 +569,10 @@ bool api_event_apply(const cJSON *o, api_progress *p) {
     snprintf(p->phase, sizeof p->phase, "%s", str_or(o, "phase", ""));
     p->step = (long)num_or(o, "step", 0);
     p->total = (long)num_or(o, "total", 0);
-    p->loss = num_or(o, "loss", NAN);
+    /* the loss is the last optimizer step's: a later phase (evaluation, export) reports none,
+     * and a finished job should still show where its optimizer ended */
+    double loss = num_or(o, "loss", NAN);
+    if (!isnan(loss)) p->loss = loss;
     p->eta_s = num_or(o, "eta_s", NAN);
     p->elapsed_s = num_or(o, "elapsed_s", 0);
     return true;

@@ -379,6 +379,21 @@ static enum MHD_Result h_dashboard(srv *s, struct MHD_Connection *c, req *r) {
     return send_text(c, r, 200, "text/html; charset=utf-8", page, n);
 }
 
+static enum MHD_Result h_favicon(srv *s, struct MHD_Connection *c, req *r) {
+    (void)s; /* every route handler has the same signature */
+    size_t n;
+    const char *icon = srv_favicon_svg(&n);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(n, (void *)icon, MHD_RESPMEM_PERSISTENT);
+    if (!resp) return MHD_NO;
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "image/svg+xml");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "max-age=86400");
+    r->status = 200;
+    r->answered = true;
+    enum MHD_Result ret = MHD_queue_response(c, 200, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
 /* ---- uploads: POST /v1/blobs and the file parts of a multipart POST /v1/jobs ---- */
 
 /* Free space is looked at again every few MiB of an upload, so that a disk filled by someone
@@ -1049,6 +1064,7 @@ static enum MHD_Result h_job_events(srv *s, struct MHD_Connection *c, req *r) {
 #define R(m, p, role, fn, body) {m, p, m " " p, role, fn, body}
 static const route routes[] = {
     R("GET", "/", SRV_ROLE_NONE, h_dashboard, false),
+    R("GET", "/favicon.ico", SRV_ROLE_NONE, h_favicon, false),
     R("GET", "/healthz", SRV_ROLE_NONE, h_healthz, false),
     R("GET", "/metrics", SRV_ROLE_READ, h_metrics, false),
     R("GET", "/v1/openapi.yaml", SRV_ROLE_NONE, h_openapi, false),

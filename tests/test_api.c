@@ -221,6 +221,12 @@ static void test_events(void) {
     CHECK(cJSON_IsNull(cJSON_GetObjectItem(o, "lr")), "NaN is null in JSON");
     cJSON_Delete(o);
     free(l);
+    /* a later phase without a loss keeps the optimizer's last one */
+    l = api_event_progress("eval", 1, 3, NAN, NAN, 2.0, NAN);
+    o = cJSON_Parse(l);
+    CHECK(api_event_apply(o, &p) && !strcmp(p.phase, "eval") && p.loss == 0.5, "loss after optimize: %g", p.loss);
+    cJSON_Delete(o);
+    free(l);
     l = api_event_state(API_CANCELLED, "by request");
     o = cJSON_Parse(l);
     CHECK(!api_event_apply(o, &p), "a state event is not progress");

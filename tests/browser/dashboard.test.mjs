@@ -1,8 +1,10 @@
 // The dashboard in a real browser: headless Debian chromium driven by playwright-core against
 // a running quantd (started by tests/e2e_dashboard.sh). Uploads the fixtures through the form,
 // checks that the API's 422 lands next to its field, submits a small job, follows it to the
-// end on the job page, reads the report tables and plots, saves a screenshot, and checks the
-// token prompt of a server with auth on. Prints "PASS name" / "FAIL name: why" per check.
+// end on the job page, reads the report tables and plots, saves a screenshot, checks the jobs
+// list's headline columns (loss, Δppl of the integer model, gate, failure reason), the layout
+// at 420 px, the favicon, and the token prompt of a server with auth on. Prints "PASS name" /
+// "FAIL name: why" per check.
 //
 // env: QD_URL (server without auth), QD_AUTH_URL + QD_AUTH_TOKEN (server with a token file;
 // optional), QD_MODEL, QD_CALIB (fixture files), QD_SHOT (screenshot path), CHROMIUM.
@@ -38,6 +40,10 @@ page.on('request', r => {
   if (!u.startsWith(origin) && !u.startsWith('data:') && !u.startsWith('blob:')) foreign.push(u);
 });
 page.on('pageerror', e => consoleErrors.push(String(e)));
+const favicon404 = [];
+page.on('response', r => { if (/favicon/.test(r.url()) && r.status() >= 400) favicon404.push(`${r.status()} ${r.url()}`); });
+// a page wider than the window scrolls sideways: nothing may stick out past innerWidth
+const overflow = () => page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
 
 try {
   // ---- the jobs view of an empty server ----
@@ -93,14 +99,24 @@ try {
   check('report_mobilequant_row', byV.mobilequant && num(byV.mobilequant[1]) > 1 && /%/.test(byV.mobilequant[2]),
         JSON.stringify(byV.mobilequant));
   check('report_baselines', !!(byV.rtn && byV.smoothquant), Object.keys(byV).join(','));
-  check('report_sizes', /B$/.test((byV.mobilequant || [])[5] || '') &&
-        /compression/.test(await page.textContent('#report-size')), JSON.stringify(byV.mobilequant));
+  const sizeText = await page.textContent('#report-size');
+  check('report_sizes', /B$/.test((byV.mobilequant || [])[5] || ''), JSON.stringify(byV.mobilequant));
+  check('report_size_in_words', /Weights only/.test(sizeText) && /Whole artifact/.test(sizeText) &&
+        /bits per weight/.test(sizeText) && /smaller than FP32/.test(sizeText) && /FP16/.test(sizeText),
+        sizeText.slice(0, 300));
   check('report_gate_verdict', /gate (passed|FAILED)/.test(await page.textContent('#gate-verdict')));
   const nLoss = await page.evaluate(() => {
     const l = document.querySelector('#loss-line');
     return l ? l.getAttribute('points').trim().split(/\s+/).length : 0;
   });
   check('loss_curve_plotted', nLoss >= 2, `${nLoss} points`);
+  const raw = await page.evaluate(() => {
+    const l = document.querySelector('#loss-raw');
+    return l ? { n: l.getAttribute('points').trim().split(/\s+/).length, op: Number(l.getAttribute('stroke-opacity')) } : null;
+  });
+  check('loss_raw_faint_behind_smoothed', raw && raw.n === nLoss && raw.op > 0 && raw.op < 0.5 &&
+        await page.evaluate(() => document.querySelector('#loss-raw').compareDocumentPosition(document.querySelector('#loss-line')) & Node.DOCUMENT_POSITION_FOLLOWING),
+        JSON.stringify(raw));
   // what the page should show follows what the report holds
   const report = await (await page.request.get(`${URL}/v1/jobs/${jobId}/report`)).json();
   const layers = await page.evaluate(() => document.querySelectorAll('#layer-svg .layer-bar').length);
@@ -136,25 +152,85 @@ try {
   check('live_progress_from_sse', true);
   await page.waitForFunction(() => {
     const l = document.querySelector('#loss-line');
-    return l && l.getAttribute('points').trim().split(/\s+/).length >= 2;
-  }, null, { timeout: 30000 });
+    return l && l.getAttribute('points').trim().split(/\s+/).length >= 12;
+  }, null, { timeout: 60000 });
   check('live_loss_curve', true);
+  // the smoothed line moves less than the raw steps it averages
+  const tv = await page.evaluate(() => ['#loss-raw', '#loss-line'].map(id => {
+    const ys = document.querySelector(id).getAttribute('points').trim().split(/\s+/).map(p => Number(p.split(',')[1]));
+    return ys.slice(1).reduce((a, y, i) => a + Math.abs(y - ys[i]), 0);
+  }));
+  check('loss_smoothed', tv[1] <= tv[0] && /mean over \d+ steps/.test(await page.textContent('#loss-caption')),
+        `variation raw ${tv[0]} smoothed ${tv[1]}; ${await page.textContent('#loss-caption')}`);
   check('eta_shown', (await page.textContent('#p-eta')) !== '-', await page.textContent('#p-eta'));
   await page.click('#cancel-btn');
   await page.waitForFunction(() => document.querySelector('#job-state').textContent === 'cancelled',
                              null, { timeout: 60000 });
   check('cancel_button', await page.isHidden('#cancel-btn'));
 
-  // ---- back to the table: the job is listed, filters apply ----
+  // ---- a job that fails at once: its blob "model" is the calibration text ----
+  const r3 = await page.request.post(`${URL}/v1/jobs`, { data: {
+    model: done.spec.calibration, calibration: done.spec.calibration, method: 'rtn',
+    budget: { samples: 2, seq_len: 16, epochs: 0 }, labels: { suite: 'e2e-fail' } } });
+  const failId = (await r3.json()).id;
+  let failJob = null;
+  for (let i = 0; i < 300 && !(failJob && failJob.state === 'failed'); i++) {
+    await page.waitForTimeout(200);
+    failJob = await (await page.request.get(`${URL}/v1/jobs/${failId}`)).json();
+  }
+  check('failing_job_failed', failJob && failJob.state === 'failed' && !!failJob.error, JSON.stringify(failJob && failJob.state));
+
+  // ---- back to the table: the job is listed with its headline figures, filters apply ----
   await page.goto(URL + '/#/');
   const row = page.locator(`#jobs-table tr[data-job="${jobId}"]`);
   await row.waitFor();
   const rowText = await row.textContent();
   check('jobs_table_row', /succeeded/.test(rowText) && /mobilequant/.test(rowText) &&
         /stories260K\.gguf/.test(rowText), rowText);
+  const cell = async (id, col) => (await page.textContent(`#jobs-table tr[data-job="${id}"] td[data-col="${col}"]`)).trim();
+  const lossCell = await cell(jobId, 'loss');
+  const lossV = parseFloat(lossCell);
+  check('list_loss_of_finished_job', /^\d/.test(lossCell) && Array.isArray(report.loss_curve) &&
+        report.loss_curve.some(v => Math.abs(v - lossV) <= Math.max(5e-5, 0.01 * Math.abs(v))),
+        `"${lossCell}" vs the curve ending ${report.loss_curve && report.loss_curve.slice(-3)}`);
+  const dCell = await cell(jobId, 'dppl');
+  const wantD = report.eval.int.ppl / report.eval.fp32.ppl - 1;
+  check('list_int_ppl_increase', /^[+-]\d+\.\d\d%$/.test(dCell) && Math.abs(parseFloat(dCell) - 100 * wantD) < 0.006,
+        `"${dCell}" vs ${(100 * wantD).toFixed(3)}%`);
+  const gCell = await cell(jobId, 'gate');
+  check('list_gate_verdict', gCell === (report.gates && report.gates.passed ? 'pass' : 'FAIL'), `"${gCell}" vs ${JSON.stringify(report.gates)}`);
+  const failRow = page.locator(`#jobs-table tr[data-job="${failId}"]`);
+  await failRow.waitFor();
+  const reason = await cell(failId, 'reason');
+  check('list_failure_reason', reason.length > 5 && failJob.error.startsWith(reason.replace(/…$/, '')), `"${reason}" vs "${failJob.error}"`);
+  check('list_cancel_reason', (await cell(longId, 'reason')).length > 0);
+  check('list_no_gate_before_result', (await cell(longId, 'gate')) !== 'pass');
+
+  // ---- 420 px: nothing sticks out sideways, the headline columns stay in view ----
+  await page.setViewportSize({ width: 420, height: 860 });
+  await page.waitForTimeout(300);
+  const over = await overflow();
+  const gateRight = await page.evaluate(id => document.querySelector(`#jobs-table tr[data-job="${id}"] td[data-col="gate"]`).getBoundingClientRect().right, jobId);
+  check('narrow_list_fits', over <= 0 && gateRight <= 420, `page ${over}px too wide, gate cell ends at ${gateRight}`);
+  await page.goto(`${URL}/#/jobs/${jobId}`);
+  await page.waitForSelector('#report-eval tbody tr[data-variant="fp32"]');
+  const overJob = await overflow();
+  check('narrow_job_page_fits', overJob <= 0, `page ${overJob}px too wide`);
+  await page.screenshot({ path: SHOT.replace(/\.png$/, '-420.png'), fullPage: true });
+  await page.setViewportSize({ width: 1280, height: 900 });
+  await page.goto(URL + '/#/');
+  await row.waitFor();
+
+  // ---- the favicon: named by the page, served, never a 404 ----
+  const icon = await page.request.get(`${URL}/favicon.ico`);
+  check('favicon_served', icon.status() === 200 && /image\/svg\+xml/.test(icon.headers()['content-type'] || '') &&
+        /<svg/.test(await icon.text()), `HTTP ${icon.status()} ${icon.headers()['content-type']}`);
+  check('favicon_linked', (await page.getAttribute('link[rel="icon"]', 'href')) === '/favicon.ico');
+  check('no_favicon_404', favicon404.length === 0, favicon404.join(' '));
   await page.selectOption('#flt-state', 'failed');
   await row.waitFor({ state: 'detached' });
-  check('state_filter', (await page.locator('#jobs-table tbody tr').count()) === 0);
+  const shownStates = await page.$$eval('#jobs-table tbody tr', trs => trs.map(tr => tr.dataset.state));
+  check('state_filter', shownStates.length === 1 && shownStates[0] === 'failed', JSON.stringify(shownStates));
   await page.selectOption('#flt-state', '');
   await page.fill('#flt-label', 'suite=other');
   await row.waitFor({ state: 'detached' });
