@@ -209,6 +209,15 @@ void srv_guard_free(srv_guard *g) {
     free(g);
 }
 
+/* Which connection an address at its limit gives up for a new one: one idle between requests,
+ * or one whose first request's headers are still not in after FRESH_S (a client sends those
+ * at once). A connection that has just opened is left alone: displacing it would only make its
+ * client reconnect and displace the next. */
+#define FRESH_S 1.0
+static bool displaceable(const srv_guard_conn *c, double now) {
+    return c->state == ST_WAIT && (c->served > 0 || now - c->since > FRESH_S);
+}
+
 bool srv_guard_admit(srv_guard *g, const struct sockaddr *sa) {
     ipaddr a;
     if (!g || g->o.per_ip <= 0 || !addr_from_sockaddr(sa, &a)) return true;
@@ -217,10 +226,11 @@ bool srv_guard_admit(srv_guard *g, const struct sockaddr *sa) {
     if (!trusted(g, &a)) {
         int n = 0;
         srv_guard_conn *oldest = NULL;
+        double now = qd_now();
         for (srv_guard_conn *c = g->head; c; c = c->next) {
             if (c->closing || !addr_eq(&c->peer, &a)) continue;
             n++;
-            if (c->state == ST_WAIT && (!oldest || c->since < oldest->since)) oldest = c;
+            if (displaceable(c, now) && (!oldest || c->since < oldest->since)) oldest = c;
         }
         if (n >= g->o.per_ip) {
             if (oldest) {

@@ -9,9 +9,10 @@
  *     its previous response): an absolute deadline, not reset by bytes;
  *   - a body must arrive at body_min_rate bytes/s on average once body_grace_s has passed;
  *   - when an address is at per_ip connections, a new one is still admitted if an older
- *     connection of that address is idle or still in its headers: the oldest of those is closed
- *     instead (HTTP lets a server close an idle connection); only connections busy with a
- *     request are never displaced;
+ *     connection of that address is idle between requests, or has been waiting more than a
+ *     second for its first request's headers: the oldest of those is closed instead (HTTP lets
+ *     a server close an idle connection); connections busy with a request, and those just
+ *     opened, are never displaced;
  *   - connections from trusted_proxies are not limited by their own address; their requests
  *     count against the client named by X-Forwarded-For (the rightmost address that is not
  *     itself a trusted proxy), and a client over per_ip requests in flight gets a 429.
