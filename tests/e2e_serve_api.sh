@@ -269,6 +269,7 @@ for i in 1 2 3; do
     $RAW trickle "$ADDR" 'GET /healthz HTTP/1.1\r\nHost: x\r\n' 'X-a: b\r\n' 60 0.25 >"$TMP/loris$i" &
     loris+=($!)
 done
+for _ in $(seq 100); do [ "$(cat "$TMP"/loris? 2>/dev/null | grep -c connected)" = 3 ] && break; sleep 0.1; done
 sleep 1.5  # past the second a just-opened connection is left alone
 check slow_headers_do_not_lock_out '[ "$(code GET /healthz)" = 200 ]' "$(body)"
 wait "${loris[@]}" 2>/dev/null

@@ -1,15 +1,14 @@
 #!/usr/bin/env python3
 """Raw HTTP over one loopback socket, for the requests curl will not send (malformed framing,
-headers or bodies trickled a few bytes at a time). Not a test itself: e2e_serve_api.sh and the
-load test's notes use it.
+headers or bodies trickled a few bytes at a time). Not a test itself: e2e_serve_api.sh uses it.
 
   rawhttp.py send ADDR REQUEST         send REQUEST (Python escapes: \\r\\n, \\xff) and print
                                        everything the server answers until it closes or 3 s pass
   rawhttp.py trickle ADDR HEAD PIECE N DELAY
-                                       send HEAD, then PIECE N times DELAY seconds apart; print
-                                       "closed after K" when the server closed the connection
-                                       after K pieces, "finished" when all N went out, then the
-                                       server's answer (if any)
+                                       send HEAD (then print "connected"), then PIECE N times
+                                       DELAY seconds apart; print "closed after K" when the
+                                       server closed the connection after K pieces, "finished"
+                                       when all N went out, then the server's answer (if any)
 """
 import socket
 import sys
@@ -63,6 +62,7 @@ def main():
         head, piece = unescape(sys.argv[3]), unescape(sys.argv[4])
         n, delay = int(sys.argv[5]), float(sys.argv[6])
         s.sendall(head)
+        print("connected", flush=True)
         for k in range(n):
             time.sleep(delay)
             if closed_by_peer(s):
