@@ -1,7 +1,8 @@
 /* Load test of the HTTP service with hostile clients among the well-behaved ones, printing
  * figures (never pass/fail). It starts the real binary (build/quantd, or $QUANTD) on
  * 127.0.0.1:0 with the default settings and a temporary data directory, and for --seconds
- * (default 60) holds --conns (default 200) connections from this one address:
+ * (default 60) holds --conns (default 200) connections from this one address (--set KEY=VALUE,
+ * repeatable, passes a setting to the server instead of its default):
  *   - 75% API clients: keep-alive GETs of /healthz, /v1/jobs and /v1/jobs/{id} with 20-80 ms
  *     between requests, reconnecting when the server closed an idle connection and retrying a
  *     GET once when a reused connection died before answering (as curl and browsers do);
@@ -281,6 +282,10 @@ static void *client_main(void *arg) {
 
 /* ---- the server ---- */
 
+#define MAX_SETS 8
+static const char *sets[MAX_SETS];
+static int n_sets;
+
 static pid_t start_server(const char *exe, const char *data, const char *errlog) {
     int p[2];
     if (pipe(p) != 0) return -1;
@@ -291,7 +296,13 @@ static pid_t start_server(const char *exe, const char *data, const char *errlog)
         if (e >= 0) dup2(e, 2);
         close(p[0]);
         close(p[1]);
-        execl(exe, exe, "serve", "--listen", "127.0.0.1:0", "--data", data, (char *)NULL);
+        const char *av[8 + 2 * MAX_SETS];
+        int n = 0;
+        av[n++] = exe, av[n++] = "serve", av[n++] = "--listen", av[n++] = "127.0.0.1:0";
+        av[n++] = "--data", av[n++] = data;
+        for (int i = 0; i < n_sets; i++) av[n++] = "--set", av[n++] = sets[i];
+        av[n] = NULL;
+        execv(exe, (char *const *)av);
         _exit(127);
     }
     close(p[1]);
@@ -373,9 +384,10 @@ int main(int argc, char **argv) {
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--seconds")) seconds = atof(argv[i + 1]);
         else if (!strcmp(argv[i], "--conns")) conns = atol(argv[i + 1]);
+        else if (!strcmp(argv[i], "--set") && n_sets < MAX_SETS) sets[n_sets++] = argv[i + 1];
     }
     if (conns < 20 || conns > 1000 || seconds <= 0 || seconds > 3600) {
-        fprintf(stderr, "usage: bench_load [--seconds S (<= 3600)] [--conns C (20..1000)]\n");
+        fprintf(stderr, "usage: bench_load [--seconds S (<= 3600)] [--conns C (20..1000)] [--set KEY=VALUE]...\n");
         return 2;
     }
     char exe[PATH_MAX];
@@ -479,10 +491,13 @@ int main(int argc, char **argv) {
         if (strstr(line, "closed by the guard")) snprintf(guard, sizeof guard, "%s", line);
     if (f) fclose(f);
 
-    printf("load: %ld connections from 127.0.0.1 for %.0f s, default settings: %ld API clients "
+    char settings[256] = "default settings";
+    for (int i = 0, o = 0; i < n_sets && o < (int)sizeof settings - 1; i++)
+        o += snprintf(settings + o, sizeof settings - (size_t)o, "%s%s", i ? ", " : "", sets[i]);
+    printf("load: %ld connections from 127.0.0.1 for %.0f s, %s: %ld API clients "
            "(keep-alive), %ld event-stream followers, %ld uploaders, %ld slow clients (%ld trickling "
            "headers, %ld trickling bodies)%s\n",
-           conns, took, n_api, n_sse, n_up, n_slow, n_slow - n_slow / 2, n_slow / 2,
+           conns, took, settings, n_api, n_sse, n_up, n_slow, n_slow - n_slow / 2, n_slow / 2,
            real ? "" : "; NOTE: no fixture model, the streams follow a job that failed");
     long req = atomic_load(&api_requests), err = atomic_load(&api_errors);
     printf("API requests: %ld (%.0f/s), errors %ld, latency p50 %.2f ms, p99 %.2f ms, max %.2f ms; "

@@ -21,7 +21,7 @@ void srv_config_defaults(srv_config *c) {
     c->max_timeout_s = 7 * 24 * 3600;
     c->cancel_grace_s = 10;
     c->max_connections = 512;
-    c->per_ip_connections = 128;
+    c->per_ip_connections = 256; /* half of max_connections: a busy NAT or CI farm fits */
     c->conn_timeout_s = 120;
     snprintf(c->dispatcher, sizeof c->dispatcher, "local");
     c->slurm_poll_s = 5;
