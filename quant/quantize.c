@@ -239,8 +239,8 @@ static int copy_into(const char *src, const char *dir, const char *name, qd_err 
 
 /* Puts the model's tokenizer into dir: the user's tokenizer file copied as it is (a .gguf
  * given as tokenizer has its vocabulary written out), else the checkpoint's own vocabulary
- * (GGUF) written as tokenizer.bin, else a tokenizer.json / tokenizer.bin found beside the
- * checkpoint copied. A vocabulary that tokenizer.bin cannot carry leaves dir without one and
+ * (GGUF) written as tokenizer.bin (a byte-level BPE one as tokenizer.json), else a
+ * tokenizer.json / tokenizer.bin found beside the checkpoint copied. A vocabulary that tokenizer.bin cannot carry leaves dir without one and
  * says why: the artifacts stay usable with --tokenizer. */
 static void write_tokenizer(const qd_quant_opts *o, const qd_model *m, const char *dir,
                             qd_report_tokenizer *t) {
@@ -279,11 +279,12 @@ static void write_tokenizer(const qd_quant_opts *o, const qd_model *m, const cha
         rc = copy_into(src, dir, t->name, &e);
     } else {
         qd_vocab *v = src ? qd_gguf_load_vocab(src, &e) : m->vocab;
-        snprintf(t->name, sizeof t->name, "tokenizer.bin");
+        int bpe = v && v->kind == QD_VOCAB_BPE; /* byte-level: merges need tokenizer.json */
+        snprintf(t->name, sizeof t->name, "%s", bpe ? "tokenizer.json" : "tokenizer.bin");
         snprintf(t->source, sizeof t->source, "%s", src ? src : o->model_path);
         char path[4400];
         snprintf(path, sizeof path, "%s/%s", dir, t->name);
-        rc = v ? qd_vocab_save_llama2c(v, path, &e) : QD_ERR;
+        rc = !v ? QD_ERR : bpe ? qd_vocab_save_hf(v, path, &e) : qd_vocab_save_llama2c(v, path, &e);
         if (src) qd_vocab_free(v);
     }
     if (rc != QD_OK) {

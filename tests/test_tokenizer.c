@@ -2,6 +2,7 @@
  * GGUF, a generated tokenizer.json), the whole fixture text round-trips through each, known
  * LLaMA ids, byte fallback, decode rules, and every malformed-input error. */
 #include "quant/text/tokenizer.h"
+#include "quant/text/vocab_write.h"
 
 #include "check.h"
 #include "gguf_build.h"
@@ -529,17 +530,40 @@ static const char *gguf_from_json(const char *json, const char *pre, const char 
 }
 
 /* The same three vocabularies as GGUF gpt2 vocabularies, whose tokenizer.ggml.pre names the
- * pre-tokenizer (smollm, qwen2, llama-bpe): the same ids as the Rust library's. */
+ * pre-tokenizer (smollm, qwen2, llama-bpe), and those written back as tokenizer.json by
+ * qd_vocab_save_hf: the same ids as the Rust library's. */
 static void test_gguf_bpe_goldens(void) {
-    const char *f[3] = {gguf_from_json(fixture(SMOLLM2), "smollm", "smollm2.gguf"),
-                        gguf_from_json(QWEN3_4K, "qwen2", "qwen3.gguf"),
-                        gguf_from_json(LLAMA3S_4K, "llama-bpe", "llama3s.gguf")};
+    /* copied: tmp_path's buffers rotate */
+    static char fb[3][512];
+    const char *src[3][3] = {{fixture(SMOLLM2), "smollm", "smollm2.gguf"},
+                             {QWEN3_4K, "qwen2", "qwen3.gguf"},
+                             {LLAMA3S_4K, "llama-bpe", "llama3s.gguf"}};
+    const char *f[3];
+    for (int k = 0; k < 3; k++) {
+        const char *p = gguf_from_json(src[k][0], src[k][1], src[k][2]);
+        snprintf(fb[k], sizeof fb[k], "%s", p ? p : "");
+        f[k] = p ? fb[k] : NULL;
+    }
     golden_tok toks[] = {{"smollm2", f[0] ? load(f[0]) : NULL, 0, 0, 0},
                          {"qwen3-4k", f[1] ? load(f[1]) : NULL, 0, 0, 0},
                          {"llama3style-4k", f[2] ? load(f[2]) : NULL, 0, 0, 0}};
     CHECK(run_bpe_goldens(toks, 3) >= 900, "golden cases");
     for (int k = 0; k < 3; k++) qd_tok_free(toks[k].t);
     qd_err e = {{0}};
+    /* and written back as tokenizer.json (what fp-folded/ carries for such a model) */
+    static const char *const names[3] = {"smollm2.tokenizer.json", "qwen3.tokenizer.json",
+                                         "llama3s.tokenizer.json"};
+    for (int k = 0; k < 3; k++) {
+        qd_vocab *gv = f[k] ? qd_gguf_load_vocab(f[k], &e) : NULL;
+        CHECK(gv != NULL, "%s", e.msg);
+        const char *p = tmp_path(names[k]);
+        CHECK(gv && qd_vocab_save_hf(gv, p, &e) == QD_OK, "save: %s", e.msg);
+        toks[k].t = gv ? load(p) : NULL;
+        toks[k].cases = toks[k].enc_ok = toks[k].dec_ok = 0;
+        qd_vocab_free(gv);
+    }
+    CHECK(run_bpe_goldens(toks, 3) >= 900, "golden cases (written tokenizer.json)");
+    for (int k = 0; k < 3; k++) qd_tok_free(toks[k].t);
     qd_vocab *v = qd_gguf_load_vocab(f[0], &e);
     CHECK(v != NULL, "%s", e.msg);
     if (v) {

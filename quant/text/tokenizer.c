@@ -418,29 +418,37 @@ static int add_pre_step(qd_tokenizer *t, int kind, const char *re, int individua
 /* GGUF's byte-level vocabulary (tokenizer.ggml.model gpt2): the pre-tokenizer that
  * tokenizer.ggml.pre names, as the tokenizer.json of those models spells it, the ranked
  * merges, and control and user-defined tokens matched in the text as added tokens. */
+int qd_bpe_pre_lookup(const char *name, qd_bpe_pre *p) {
+    memset(p, 0, sizeof *p);
+    if (!name[0] || strcmp(name, "gpt2") == 0 || strcmp(name, "default") == 0) {
+        p->bytelevel_regex = RE_GPT2;
+    } else if (strcmp(name, "smollm") == 0) {
+        p->digits = 1;
+        p->bytelevel_regex = RE_GPT2;
+    } else if (strcmp(name, "llama-bpe") == 0 || strcmp(name, "llama3") == 0) {
+        p->split_regex = RE_LLAMA3;
+        p->ignore_merges = 1;
+    } else if (strcmp(name, "qwen2") == 0) {
+        p->split_regex = RE_QWEN2;
+        p->nfc = 1; /* Qwen2's tokenizer.json normalizes to NFC */
+    } else {
+        return QD_ERR;
+    }
+    return QD_OK;
+}
+
 static int gguf_bpe_setup(qd_tokenizer *t, const qd_vocab *v, qd_err *err) {
     const char *who = "qd_tok_from_vocab";
-    const char *pre = v->pre;
-    if (!pre[0] || strcmp(pre, "gpt2") == 0 || strcmp(pre, "default") == 0) {
-        if (add_pre_step(t, PT_BYTELEVEL, RE_GPT2, 0, who, err) != QD_OK) return QD_ERR;
-    } else if (strcmp(pre, "smollm") == 0) {
-        if (add_pre_step(t, PT_DIGITS, NULL, 1, who, err) != QD_OK ||
-            add_pre_step(t, PT_BYTELEVEL, RE_GPT2, 0, who, err) != QD_OK)
-            return QD_ERR;
-    } else if (strcmp(pre, "llama-bpe") == 0 || strcmp(pre, "llama3") == 0) {
-        if (add_pre_step(t, PT_SPLIT, RE_LLAMA3, 0, who, err) != QD_OK ||
-            add_pre_step(t, PT_BYTELEVEL, NULL, 0, who, err) != QD_OK)
-            return QD_ERR;
-        t->ignore_merges = 1;
-    } else if (strcmp(pre, "qwen2") == 0) {
-        if (add_pre_step(t, PT_SPLIT, RE_QWEN2, 0, who, err) != QD_OK ||
-            add_pre_step(t, PT_BYTELEVEL, NULL, 0, who, err) != QD_OK)
-            return QD_ERR;
-        t->unorm = UTF8PROC_STABLE | UTF8PROC_COMPOSE; /* Qwen2's tokenizer.json: NFC */
-    } else {
+    qd_bpe_pre p;
+    if (qd_bpe_pre_lookup(v->pre, &p) != QD_OK)
         return qd_errf(err, "%s: tokenizer.ggml.pre: \"%s\" is not supported (gpt2, smollm, "
-                       "llama-bpe, qwen2)", who, pre);
-    }
+                       "llama-bpe, qwen2)", who, v->pre);
+    if ((p.split_regex && add_pre_step(t, PT_SPLIT, p.split_regex, 0, who, err) != QD_OK) ||
+        (p.digits && add_pre_step(t, PT_DIGITS, NULL, 1, who, err) != QD_OK) ||
+        add_pre_step(t, PT_BYTELEVEL, p.bytelevel_regex, 0, who, err) != QD_OK)
+        return QD_ERR;
+    t->ignore_merges = p.ignore_merges;
+    if (p.nfc) t->unorm = UTF8PROC_STABLE | UTF8PROC_COMPOSE;
     if (v->n_merges < 0 || v->n_merges > QD_MAX_MERGES || (v->n_merges && !v->merges))
         return qd_errf(err, "%s: tokenizer.ggml.merges: %d entries, limit %d", who, v->n_merges,
                        QD_MAX_MERGES);

@@ -99,6 +99,20 @@ char *qd_tok_decode(const qd_tokenizer *t, const int *ids, size_t n, qd_err *err
 char *qd_tok_decode_len(const qd_tokenizer *t, const int *ids, size_t n, size_t *len,
                         qd_err *err);
 
+/* The byte-level pre-tokenizer a GGUF tokenizer.ggml.pre name stands for, as the
+ * tokenizer.json of those models spells it: an optional Split (Isolated) by split_regex, an
+ * optional Digits (individual), then ByteLevel (no prefix space) splitting by bytelevel_regex
+ * when it is not NULL; ignore_merges and an NFC normalizer where the model has them. The
+ * strings are static. */
+typedef struct qd_bpe_pre {
+    const char *split_regex, *bytelevel_regex;
+    int digits, ignore_merges, nfc;
+} qd_bpe_pre;
+
+/* Fills p for name ("" and "gpt2", "smollm", "llama-bpe"/"llama3", "qwen2"); QD_ERR when the
+ * name is unknown. */
+int qd_bpe_pre_lookup(const char *name, qd_bpe_pre *p);
+
 /* Length of the longest valid UTF-8 prefix of s: len when all of s is valid, else the byte
  * offset of the first invalid sequence. Strict: no overlongs, surrogates or > U+10FFFF. */
 size_t qd_utf8_valid_prefix(const char *s, size_t len);

@@ -1,7 +1,9 @@
-/* llama2.c tokenizer.bin writer (vocab_write.h), verified by reading the file back with the
- * project's own reader before it is committed. */
+/* Vocabulary writers (vocab_write.h): llama2.c tokenizer.bin, verified by reading the file
+ * back with the project's own reader before it is committed, and tokenizer.json for byte-level
+ * BPE vocabularies. */
 #include "quant/text/vocab_write.h"
 
+#include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -125,4 +127,123 @@ int qd_vocab_save_llama2c(const qd_vocab *v, const char *path, qd_err *err) {
                        __func__, path, why);
     }
     return qd_atomic_commit(&af, err);
+}
+
+/* ---- tokenizer.json for a byte-level BPE vocabulary ----------------------------------- */
+
+static cJSON *bytelevel_json(int use_regex) {
+    cJSON *b = cJSON_CreateObject();
+    cJSON_AddStringToObject(b, "type", "ByteLevel");
+    cJSON_AddBoolToObject(b, "add_prefix_space", 0);
+    cJSON_AddBoolToObject(b, "trim_offsets", 1);
+    cJSON_AddBoolToObject(b, "use_regex", use_regex);
+    return b;
+}
+
+int qd_vocab_save_hf(const qd_vocab *v, const char *path, qd_err *err) {
+    if (!v || v->kind != QD_VOCAB_BPE || v->n < 1 || v->n > QD_MAX_VOCAB || !v->tokens ||
+        (v->n_merges && !v->merges))
+        return qd_errf(err, "%s: %s: not a byte-level BPE vocabulary", __func__, path);
+    qd_bpe_pre p;
+    if (qd_bpe_pre_lookup(v->pre, &p) != QD_OK)
+        return qd_errf(err, "%s: %s: pre-tokenizer \"%s\" is not supported", __func__, path,
+                       v->pre);
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "version", "1.0");
+    cJSON_AddNullToObject(root, "truncation");
+    cJSON_AddNullToObject(root, "padding");
+    cJSON *added = cJSON_AddArrayToObject(root, "added_tokens");
+    for (int i = 0; i < v->n; i++) {
+        int ty = v->types ? v->types[i] : QD_TOK_NORMAL;
+        if ((ty != QD_TOK_CONTROL && ty != QD_TOK_USER) || !v->tokens[i] || !v->tokens[i][0])
+            continue;
+        cJSON *a = cJSON_CreateObject();
+        cJSON_AddNumberToObject(a, "id", i);
+        cJSON_AddStringToObject(a, "content", v->tokens[i]);
+        cJSON_AddBoolToObject(a, "single_word", 0);
+        cJSON_AddBoolToObject(a, "lstrip", 0);
+        cJSON_AddBoolToObject(a, "rstrip", 0);
+        cJSON_AddBoolToObject(a, "normalized", 0);
+        cJSON_AddBoolToObject(a, "special", ty == QD_TOK_CONTROL);
+        cJSON_AddItemToArray(added, a);
+    }
+    if (p.nfc) {
+        cJSON *nz = cJSON_AddObjectToObject(root, "normalizer");
+        cJSON_AddStringToObject(nz, "type", "NFC");
+    } else {
+        cJSON_AddNullToObject(root, "normalizer");
+    }
+    cJSON *pt = cJSON_AddObjectToObject(root, "pre_tokenizer");
+    cJSON_AddStringToObject(pt, "type", "Sequence");
+    cJSON *steps = cJSON_AddArrayToObject(pt, "pretokenizers");
+    if (p.split_regex) {
+        cJSON *sp = cJSON_CreateObject();
+        cJSON_AddStringToObject(sp, "type", "Split");
+        cJSON_AddStringToObject(cJSON_AddObjectToObject(sp, "pattern"), "Regex", p.split_regex);
+        cJSON_AddStringToObject(sp, "behavior", "Isolated");
+        cJSON_AddBoolToObject(sp, "invert", 0);
+        cJSON_AddItemToArray(steps, sp);
+    }
+    if (p.digits) {
+        cJSON *d = cJSON_CreateObject();
+        cJSON_AddStringToObject(d, "type", "Digits");
+        cJSON_AddBoolToObject(d, "individual_digits", 1);
+        cJSON_AddItemToArray(steps, d);
+    }
+    cJSON_AddItemToArray(steps, bytelevel_json(p.bytelevel_regex != NULL));
+    if (v->add_bos && v->bos_id >= 0 && v->bos_id < v->n && v->tokens[v->bos_id]) {
+        const char *bos = v->tokens[v->bos_id];
+        cJSON *pp = cJSON_AddObjectToObject(root, "post_processor");
+        cJSON_AddStringToObject(pp, "type", "TemplateProcessing");
+        cJSON *single = cJSON_AddArrayToObject(pp, "single");
+        cJSON *st = cJSON_CreateObject(), *sq = cJSON_CreateObject();
+        cJSON *sti = cJSON_AddObjectToObject(st, "SpecialToken");
+        cJSON_AddStringToObject(sti, "id", bos);
+        cJSON_AddNumberToObject(sti, "type_id", 0);
+        cJSON *sqi = cJSON_AddObjectToObject(sq, "Sequence");
+        cJSON_AddStringToObject(sqi, "id", "A");
+        cJSON_AddNumberToObject(sqi, "type_id", 0);
+        cJSON_AddItemToArray(single, st);
+        cJSON_AddItemToArray(single, sq);
+        cJSON *pair = cJSON_Duplicate(single, 1);
+        cJSON_AddItemToObject(pp, "pair", pair);
+        cJSON *spec = cJSON_AddObjectToObject(pp, "special_tokens");
+        cJSON *sb = cJSON_AddObjectToObject(spec, bos);
+        cJSON_AddStringToObject(sb, "id", bos);
+        cJSON_AddItemToObject(sb, "ids", cJSON_CreateIntArray(&v->bos_id, 1));
+        cJSON_AddItemToObject(sb, "tokens", cJSON_CreateStringArray(&bos, 1));
+    } else {
+        cJSON_AddNullToObject(root, "post_processor");
+    }
+    cJSON_AddItemToObject(root, "decoder", bytelevel_json(1));
+    cJSON *m = cJSON_AddObjectToObject(root, "model");
+    cJSON_AddStringToObject(m, "type", "BPE");
+    cJSON_AddNullToObject(m, "dropout");
+    cJSON_AddNullToObject(m, "unk_token");
+    cJSON_AddNullToObject(m, "continuing_subword_prefix");
+    cJSON_AddNullToObject(m, "end_of_word_suffix");
+    cJSON_AddBoolToObject(m, "fuse_unk", 0);
+    cJSON_AddBoolToObject(m, "byte_fallback", 0);
+    cJSON_AddBoolToObject(m, "ignore_merges", p.ignore_merges);
+    cJSON *vocab = cJSON_AddObjectToObject(m, "vocab");
+    for (int i = 0; i < v->n; i++)
+        if (v->tokens[i] && v->tokens[i][0]) cJSON_AddNumberToObject(vocab, v->tokens[i], i);
+    cJSON *merges = cJSON_AddArrayToObject(m, "merges");
+    for (int i = 0; i < v->n_merges; i++)
+        cJSON_AddItemToArray(merges, cJSON_CreateString(v->merges[i]));
+    char *text = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    if (!text) return qd_errf(err, "%s: %s: out of memory", __func__, path);
+    qd_atomic_file af;
+    int rc = qd_atomic_open(&af, path, err);
+    if (rc == QD_OK) {
+        if (fputs(text, af.f) < 0 || fputc('\n', af.f) == EOF) {
+            qd_atomic_abort(&af);
+            rc = qd_errf(err, "%s: %s: write failed", __func__, path);
+        } else {
+            rc = qd_atomic_commit(&af, err);
+        }
+    }
+    free(text);
+    return rc;
 }
