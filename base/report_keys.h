@@ -29,7 +29,8 @@
 #define QD_RK_KL "kl"
 #define QD_RK_TOP1 "top1"
 
-/* gates: {max_ppl_increase: the limit, ppl_increase: the measured figure, passed: bool} */
+/* gates: {max_ppl_increase: the limit, ppl_increase: the measured figure (eval.int over
+ * eval.fp32), of: "int", passed: bool} */
 #define QD_RK_GATE_MAX_PPL "max_ppl_increase"
 #define QD_RK_GATE_PPL_INCREASE "ppl_increase"
 #define QD_RK_GATE_PASSED "passed"

@@ -33,7 +33,7 @@ void qd_report_clear(qd_report *r) {
 }
 
 double qd_report_ppl_increase(const qd_report *r) {
-    return r->var[0].cmp.ppl / r->fp32.ppl - 1;
+    return r->ex.cmp.ppl / r->fp32.ppl - 1;
 }
 
 static cJSON *cmp_json(const qd_cmp_result *c) {
@@ -187,6 +187,7 @@ static void add_gates(cJSON *rep, const qd_report *r) {
     double inc = qd_report_ppl_increase(r);
     cJSON_AddNumberToObject(g, QD_RK_GATE_MAX_PPL, r->o->max_ppl_increase);
     cJSON_AddNumberToObject(g, QD_RK_GATE_PPL_INCREASE, inc);
+    cJSON_AddStringToObject(g, "of", QD_RK_EVAL_INT);
     cJSON_AddBoolToObject(g, QD_RK_GATE_PASSED, inc <= r->o->max_ppl_increase);
 }
 

@@ -26,7 +26,8 @@
  *   artifacts {"model.qint.safetensors": {bytes, format, format_version},
  *              "encodings.json": {bytes, format "aimet", format_version},
  *              "fp-folded": {bytes, dtype, tokenizer, tokenizer_source | tokenizer_missing}};
- *   gates {max_ppl_increase, ppl_increase, passed}: only when the gate was set. */
+ *   gates {max_ppl_increase, ppl_increase, of "int", passed}: only when the gate was set; the
+ *        increase is the integer runtime's (eval.int) over FP32. */
 #ifndef QD_REPORT_H
 #define QD_REPORT_H
 
@@ -99,7 +100,8 @@ void qd_report_init(qd_report *r, const qd_quant_opts *o, double t0);
 /* Frees what r owns (loss curves, layer errors); r itself is the caller's. */
 void qd_report_clear(qd_report *r);
 
-/* The chosen method's relative perplexity increase over FP32 (what the gate compares). */
+/* The relative perplexity increase over FP32 of the written artifact run by the integer
+ * runtime (eval.int): what ships, and what the max_ppl_increase gate compares. */
 double qd_report_ppl_increase(const qd_report *r);
 
 /* report.json's object; caller frees with cJSON_Delete. NULL when out of memory. */

@@ -309,6 +309,12 @@ static void pipeline_report(void) {
               "compute.blas: library %s core %s config %s", lib ? lib : "-", core ? core : "-",
               cfg ? cfg : "-");
         CHECK(cJSON_IsBool(get(r, "gates", "passed")), "gate outcome");
+        /* the gate measures what ships: the integer runtime's figure on the written artifact */
+        double pi = cJSON_GetNumberValue(get(get(r, "eval", "int"), "ppl", NULL));
+        double pf = cJSON_GetNumberValue(get(get(r, "eval", "fp32"), "ppl", NULL));
+        double inc = cJSON_GetNumberValue(get(r, "gates", "ppl_increase"));
+        CHECK(fabs(inc - (pi / pf - 1)) <= 1e-9 * fabs(pi / pf), "gate increase %g, int/fp32 %g",
+              inc, pi / pf - 1);
         /* the CLI's reading of the gate is the file's */
         int verdict = -2;
         CHECK(qd_report_gate(dir, &verdict, &err) == QD_OK, "%s", err.msg);
