@@ -63,7 +63,7 @@ typedef struct qd_layer {
 /* What the source file held for one tensor (for `quantd inspect`). */
 typedef struct qd_tensor_info {
     char name[96];
-    char dtype[8];         /* "F32", "F16", "BF16" */
+    char dtype[8];         /* "F32", "F16", "BF16", or a GGUF block type ("Q4_K", ...) */
     int ndim;
     int64_t shape[4];      /* outermost first, as PyTorch prints it */
     size_t bytes;          /* bytes in the source file */

@@ -1,9 +1,10 @@
 /* GGUF reader and the GGUF model loader. The header is walked with a cursor that checks every
  * length against the remaining bytes and a fixed limit before reading or allocating; the
- * loader then maps llama.* (or qwen2.*) metadata and tensors onto a qd_model, converting
- * F32/F16/BF16 to FP32 and permuting q/k rows from GGUF's interleaved RoPE layout to
- * rotate-half (llama.cpp's converter applies the inverse permutation to Hugging Face weights
- * for the llama architecture; qwen2 is stored unpermuted, as NEOX-style RoPE). */
+ * loader then maps llama.* (mistral.*, qwen2.*) metadata, RoPE scaling and tensors onto a
+ * qd_model, converting F32/F16/BF16 and dequantizing ggml's block types (ggml_blocks.h) to
+ * FP32, and permuting q/k rows from GGUF's interleaved RoPE layout to rotate-half (llama.cpp's
+ * converter applies the inverse permutation to Hugging Face weights for the llama
+ * architecture; qwen2 is stored unpermuted, as NEOX-style RoPE). */
 #include "quant/io/gguf.h"
 
 #include <math.h>

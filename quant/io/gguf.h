@@ -2,7 +2,8 @@
  * bounded cursor, so every count, string length, array length, dimension and tensor offset is
  * checked against QD_GGUF_MAX_* and against the bytes that remain before it is used. All
  * metadata value types are parsed (nested arrays too, to a bounded depth); tensors of any
- * ggml type are described, and qd_load_gguf (model.h) converts F32/F16/BF16 ones. */
+ * ggml type are described, and qd_load_gguf (io/load.h) converts F32/F16/BF16 and the block
+ * types of ggml_blocks.h (Q4_0 ... Q8_0, Q2_K ... Q6_K) to FP32. */
 #ifndef QD_GGUF_H
 #define QD_GGUF_H
 
