@@ -504,7 +504,7 @@ static void node_info(const char *node, char *out, size_t n) {
         snprintf(reason, sizeof reason, "%s", rp + 8);
         reason[strcspn(reason, "\n")] = 0;
     }
-    snprintf(out, n, "node %s is %s%s%s%s", node, state[0] ? state : "in an unknown state",
+    snprintf(out, n, "node %.63s is %s%s%.150s%s", node, state[0] ? state : "in an unknown state",
              reason[0] ? " (reason: " : "", reason, reason[0] ? ")" : "");
 }
 
@@ -670,7 +670,7 @@ wk_status wk_slurm_poll(wk_slurm *s, wk_task *t, wk_line_fn on_line, void *ctx, 
         memset(end, 0, sizeof *end);
         end->kind = WK_END_NODE;
         end->exit_code = -1;
-        snprintf(end->why, sizeof end->why, "Slurm job %s pended %.0f s on unavailable nodes (%s)%s%s",
+        snprintf(end->why, sizeof end->why, "Slurm job %s pended %.0f s on unavailable nodes (%.120s)%s%.200s",
                  t->slurm_id, now - t->pending_down_since, t->slurm_reason, nodes[0] ? ": " : "", nodes);
         snprintf(t->slurm_state, sizeof t->slurm_state, "CANCELLED");
         drop_live(s, t->slurm_id);
@@ -687,19 +687,26 @@ wk_status wk_slurm_poll(wk_slurm *s, wk_task *t, wk_line_fn on_line, void *ctx, 
 }
 
 void wk_slurm_signal(wk_slurm *s, wk_task *t, bool kill_it) {
-    (void)s;
     if (!t->slurm_id[0]) return;
     char o[256], e[1024];
-    bool pending = strcmp(t->slurm_state, "RUNNING") != 0;
     if (t->stop_mono == 0) t->stop_mono = qd_now();
-    if (kill_it || pending) {
-        char *argv[] = {"scancel", t->slurm_id, NULL};
-        run_cmd(argv, o, sizeof o, e, sizeof e);
-    } else {
+    bool pending = !strcmp(t->slurm_state, "PENDING");
+    int st = -1;
+    if (!kill_it && !pending) {
         /* the batch step is the worker itself (the script execs it): SIGTERM makes it write its
          * checkpoint and exit 3 */
         char *argv[] = {"scancel", "--batch", "--signal=TERM", t->slurm_id, NULL};
-        run_cmd(argv, o, sizeof o, e, sizeof e);
+        st = run_cmd(argv, o, sizeof o, e, sizeof e);
+    }
+    /* a kill, a job still in the queue, or one that cannot take a signal (not started yet) */
+    if (kill_it || pending || st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        char *argv[] = {"scancel", t->slurm_id, NULL};
+        st = run_cmd(argv, o, sizeof o, e, sizeof e);
+        if (st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+            char msg[400];
+            one_line(e, msg, sizeof msg);
+            fprintf(stderr, "quantd: job %s: scancel %s: %s\n", t->job_id, t->slurm_id, msg);
+        }
     }
     s->last_refresh = -1e9; /* look again at the next refresh */
 }
