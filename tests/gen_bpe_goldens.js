@@ -68,6 +68,8 @@ const CASES = [
   'a <|ls|> b', 'a   <|rs|>   b', 'x<|both|>  y', '  <|both|>\n', '\t<|both|>\t<|both|>',
   'magic word', 'amagic', 'magic_x', 'magic!', 'the magic.', 'magicmagic', '日本magic',
   'é magic ٣magic', '<|rs|><|ls|>', 'a \u3000<|ls|>', 'x [[sw]] y', 'x[[sw]]', ' [[ｓｗ]] ',
+  'a\x1c\x1d\x1e\x1f b', '\x1c', ' \x1d ', 'a\u0085 b', 'x\u180e y', 'p\u2028 q', '\v\f x',
+  '\x00nul\x7f', '\x01\x02\x03', 'bell\x07tab\tesc\x1b[0m',
   'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa', 'ab'.repeat(30), '1234567890'.repeat(4),
   ' '.repeat(17) + 'x', '\t'.repeat(5), '\n'.repeat(7), '.'.repeat(12),
 ];

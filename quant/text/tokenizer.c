@@ -615,11 +615,13 @@ static int bpe_encode(const qd_tokenizer *t, const char *s, size_t n, int split_
         qd_errf(err, "qd_tok_encode: out of memory for %zu bytes of text", n);
         goto done;
     }
-    int ns = 0;
+    int ns = 0, dropped_start = 0;
     for (size_t i = 0; i < n;) {
         size_t cl = utf8_char_len((unsigned char)s[i]);
-        int word_start = i == 0 || (split_mark && cl == SPACE_MARK_LEN &&
-                                    memcmp(s + i, SPACE_MARK, SPACE_MARK_LEN) == 0);
+        int word_start = i == 0 || dropped_start ||
+                         (split_mark && cl == SPACE_MARK_LEN &&
+                          memcmp(s + i, SPACE_MARK, SPACE_MARK_LEN) == 0);
+        dropped_start = 0;
         int id = smap_find(t, s + i, cl);
         if (t->kind == KIND_SPM && id >= 0 && !mergeable(t, id)) id = -1;
         if (t->kind == KIND_HF && id < 0) {
@@ -636,9 +638,11 @@ static int bpe_encode(const qd_tokenizer *t, const char *s, size_t n, int split_
                 continue;
             }
             if (t->v->unk_id < 0) {
-                qd_errf(err, "qd_tok_encode: character at byte %zu of the normalized text is "
-                        "not in the vocabulary and there is no byte fallback or unk token", i);
-                goto done;
+                /* no token, no byte fallback, no unk: tokenizers drops the character (a
+                 * byte-level vocabulary without some byte's character, as SmolLM2's) */
+                dropped_start = word_start;
+                i += cl;
+                continue;
             }
             id = t->v->unk_id;
             if (t->fuse_unk && ns > 0 && !word_start && sy[ns - 1].id == id &&

@@ -29,7 +29,8 @@
  * with UTF and Unicode properties, with its behavior and invert; Digits: Unicode numeric
  * characters, one by one or in runs; ByteLevel: optional prefix space, GPT-2's regex, then
  * each byte as its character of GPT-2's byte-to-unicode alphabet), and each piece is merged
- * by rank (with ignore_merges a piece that is a vocabulary token is taken whole). GGUF's
+ * by rank (with ignore_merges a piece that is a vocabulary token is taken whole; a character
+ * with no token, no byte fallback and no unk is dropped, as tokenizers drops it). GGUF's
  * tokenizer.ggml.pre picks the steps: gpt2, smollm, llama-bpe (ignore_merges), qwen2 (NFC).
  * Unsupported forms (an unknown normalizer or pre-tokenizer, a subword prefix or suffix, BPE
  * dropout) fail to load, naming the field.
