@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "base/blas.h"
 #include "quant/fp/forward.h"
 #include "tests/synth.h"
 #include "base/sys.h"
@@ -70,6 +71,7 @@ static double sgemm_seconds(const shape *s, int n) {
 }
 
 int main(void) {
+    qd_blas_select(NULL);
     qd_config c = synth_config(1024, 2816, 4, 16, 16, 32000, 512);
     qd_err err;
     qd_model *m = synth_model(&c, 42, &err);

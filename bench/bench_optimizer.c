@@ -7,6 +7,7 @@
  * nothing about time. Threads: OPENBLAS_NUM_THREADS (printed).
  * QD_BENCH_SMALL=1 shrinks the config (quick smoke run). */
 #define QD_GEMM_PROFILE
+#include "base/blas.h"
 #include "quant/sim/ops.c"
 #include "quant/sim/fakequant.c"
 
@@ -33,6 +34,7 @@ static double plain_sgemm_gflops(int M, int N, int K) {
 }
 
 int main(void) {
+    qd_blas_select(NULL);
     int small = getenv("QD_BENCH_SMALL") != NULL;
     int D = small ? 256 : 1024, F = small ? 704 : 2816, L = small ? 2 : 4, H = small ? 4 : 16;
     int T = small ? 128 : 512, V = 4096, steps = small ? 3 : 2;

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/blas.h"
 #include "quant/text/data.h"
 #include "quant/fp/forward.h"
 #include "quant/text/resolve.h"
@@ -212,6 +213,7 @@ static void bench_synthetic(int reps, int quick) {
 }
 
 int main(int argc, char **argv) {
+    qd_blas_select(argv);
     int quick = 0, reps = 3;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--quick")) quick = 1, reps = 2;

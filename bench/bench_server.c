@@ -19,6 +19,7 @@
 #include <sys/socket.h>
 #include <sys/statvfs.h>
 
+#include "base/blas.h"
 #include "base/err.h"
 #include "base/fs.h"
 #include <sys/wait.h>
@@ -158,6 +159,7 @@ static int rm_rf(const char *dir) {
 }
 
 int main(int argc, char **argv) {
+    qd_blas_select(argv);
     long upload_mb = 1024, conns = 64;
     double seconds = 5;
     for (int i = 1; i + 1 < argc; i += 2) {

@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/blas.h"
+
 static int check_failed_total;
 static int check_case_failed;
 
@@ -30,6 +32,10 @@ static int check_case_failed;
         fflush(stdout);                                                             \
         check_failed_total += check_case_failed;                                    \
     } while (0)
+
+/* Every test binary runs on the BLAS kernel quantd would choose (the results must hold on any
+ * kernel: a user's OPENBLAS_CORETYPE is respected as in quantd itself). Runs before main. */
+__attribute__((constructor)) static void check_blas_select(void) { qd_blas_select(NULL); }
 
 #define CHECK_DONE() (check_failed_total ? 1 : 0)
 

@@ -1,0 +1,112 @@
+/* base/blas: the OpenBLAS kernel chosen from CPU features. The checks hold on any CPU and with
+ * any OPENBLAS_CORETYPE in the environment: this binary runs itself as a child with the
+ * variables set or unset, and each child reports what it ran on through an inherited pipe (so
+ * the re-execution is seen to keep the pid, argv and open descriptors). */
+#include <fcntl.h>
+#include <stdint.h>
+#include <strings.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "base/blas.h"
+#include "tests/check.h"
+
+extern char **environ;
+
+/* Child: writes "pid chosen_by kernel marker argv1 argv2" to fd (argv[2]). */
+static int child(int argc, char **argv) {
+    if (argc < 5) return 2;
+    int fd = atoi(argv[2]);
+    qd_blas_info i;
+    qd_blas_get_info(&i);
+    const char *mark = getenv("QD_BLAS_CHOSEN");
+    dprintf(fd, "%ld %s %s %s %s|%s\n", (long)getpid(), i.chosen_by, i.kernel, mark ? mark : "-",
+            argv[3], argv[4]);
+    close(fd);
+    return 0;
+}
+
+typedef struct {
+    long pid;
+    char chosen[16], kernel[32], mark[32], args[128];
+} report;
+
+/* Runs this binary as a child with env edits: unset[] removed, set "K=V" added. */
+static int run_child(const char *const *unset, const char *set, report *r) {
+    int p[2];
+    if (pipe(p)) return -1;
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(p[0]);
+        for (int k = 0; unset && unset[k]; k++) unsetenv(unset[k]);
+        if (set) putenv((char *)set);
+        char fd[16];
+        snprintf(fd, sizeof fd, "%d", p[1]);
+        char *av[] = {"test_blas", "--child", fd, "one arg", "two", NULL};
+        execve("/proc/self/exe", av, environ);
+        _exit(127);
+    }
+    close(p[1]);
+    char buf[512] = {0};
+    size_t len = 0;
+    ssize_t n;
+    while (len < sizeof buf - 1 && (n = read(p[0], buf + len, sizeof buf - 1 - len)) > 0) len += (size_t)n;
+    close(p[0]);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    memset(r, 0, sizeof *r);
+    if (sscanf(buf, "%ld %15s %31s %31s %127[^\n]", &r->pid, r->chosen, r->kernel, r->mark, r->args) != 5)
+        return -1;
+    return r->pid == (long)pid && WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
+}
+
+static void test_info(void) {
+    qd_blas_info i;
+    qd_blas_get_info(&i);
+    CHECK(!strcmp(i.library, "OpenBLAS"), "library '%s'", i.library);
+    CHECK(i.version[0] >= '0' && i.version[0] <= '9', "version '%s'", i.version);
+    CHECK(i.kernel[0], "no kernel name");
+    CHECK(i.threads >= 1, "threads %d", i.threads);
+    char line[512];
+    CHECK(qd_blas_describe(line, sizeof line) > 0 && strstr(line, i.kernel), "%s", line);
+    printf("# %s\n", line);
+    /* when quantd chose, the library runs what it chose */
+    if (!strcmp(i.chosen_by, "quantd"))
+        CHECK(!strcasecmp(i.kernel, i.wanted), "chose %s, runs %s", i.wanted, i.kernel);
+}
+
+static void test_reexec(void) {
+    static const char *const all[] = {"OPENBLAS_CORETYPE", "QD_BLAS_CHOSEN", "QD_BLAS_SELECT", NULL};
+    report r;
+    CHECK(run_child(all, NULL, &r) == 0, "child failed");
+    /* same pid (checked in run_child), argv and descriptor kept */
+    CHECK(!strcmp(r.args, "one arg|two"), "argv '%s'", r.args);
+    const char *want = qd_blas_wanted_kernel();
+    printf("# unset: kernel %s chosen by %s (CPU features suggest %s)\n", r.kernel, r.chosen, want ? want : "none");
+    if (!strcmp(r.chosen, "quantd")) {
+        CHECK(want && !strcasecmp(r.kernel, want) && !strcmp(r.mark, want), "%s / %s", r.kernel, r.mark);
+    } else {
+        CHECK(!strcmp(r.chosen, "library") && !strcmp(r.mark, "-"), "%s %s", r.chosen, r.mark);
+    }
+}
+
+static void test_user_respected(void) {
+    static const char *const all[] = {"OPENBLAS_CORETYPE", "QD_BLAS_CHOSEN", "QD_BLAS_SELECT", NULL};
+    report r;
+    /* Prescott runs on every x86-64; a user's choice wins even when it is slower */
+    CHECK(run_child(all, "OPENBLAS_CORETYPE=Prescott", &r) == 0, "child failed");
+    CHECK(!strcmp(r.chosen, "user") && !strcmp(r.mark, "-"), "%s %s", r.chosen, r.mark);
+    CHECK(!strcasecmp(r.kernel, "Prescott"), "kernel %s", r.kernel);
+    /* QD_BLAS_SELECT=0 leaves the library's own choice */
+    CHECK(run_child(all, "QD_BLAS_SELECT=0", &r) == 0, "child failed");
+    CHECK(!strcmp(r.chosen, "library") && !strcmp(r.mark, "-"), "%s %s", r.chosen, r.mark);
+}
+
+int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "--child")) return child(argc, argv);
+    RUN(test_info);
+    RUN(test_reexec);
+    RUN(test_user_respected);
+    return CHECK_DONE();
+}
