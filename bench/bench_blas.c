@@ -35,8 +35,10 @@ static const int shapes[][3] = {
 __attribute__((target("avx512f"))) static double peak512(long iters) {
     __m512 a[16], m = _mm512_set1_ps(0.9999999f), c = _mm512_set1_ps(1e-7f);
     for (int i = 0; i < 16; i++) a[i] = _mm512_set1_ps((float)i);
-    for (long it = 0; it < iters; it++)
+    for (long it = 0; it < iters; it++) {
+#pragma GCC unroll 16
         for (int i = 0; i < 16; i++) a[i] = _mm512_fmadd_ps(a[i], m, c);
+    }
     float s = 0;
     for (int i = 0; i < 16; i++) s += _mm512_reduce_add_ps(a[i]);
     return s;
@@ -45,8 +47,10 @@ __attribute__((target("avx512f"))) static double peak512(long iters) {
 __attribute__((target("avx2,fma"))) static double peak256(long iters) {
     __m256 a[12], m = _mm256_set1_ps(0.9999999f), c = _mm256_set1_ps(1e-7f);
     for (int i = 0; i < 12; i++) a[i] = _mm256_set1_ps((float)i);
-    for (long it = 0; it < iters; it++)
+    for (long it = 0; it < iters; it++) {
+#pragma GCC unroll 12
         for (int i = 0; i < 12; i++) a[i] = _mm256_fmadd_ps(a[i], m, c);
+    }
     float t[8], s = 0;
     for (int i = 0; i < 12; i++) {
         _mm256_storeu_ps(t, a[i]);
@@ -194,10 +198,8 @@ static void spawn(int v, const char *env, const char *what) {
 }
 
 int main(int argc, char **argv) {
-    if (argc > 2 && !strcmp(argv[1], "--child")) {
-        qd_blas_select(argv);
-        return child(argv[2]);
-    }
+    qd_blas_select(argv);
+    if (argc > 2 && !strcmp(argv[1], "--child")) return child(argv[2]);
     __builtin_cpu_init();
     use512 = __builtin_cpu_supports("avx512f");
     int nproc = (int)sysconf(_SC_NPROCESSORS_ONLN);
