@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/blas.h"
 #include "quant/rt/igemm.h"
 #include "base/sys.h"
 
@@ -37,6 +38,7 @@ static uint32_t rnd(void) {
 extern void openblas_set_num_threads(int);
 
 int main(int argc, char **argv) {
+    qd_blas_select(argv);
     int quick = argc > 1 && !strcmp(argv[1], "--quick");
     double min_s = quick ? 0.05 : 0.3;
     /* (M tokens, N out, K in): a prompt batch through LLaMA-7B-sized and small projections,
@@ -73,6 +75,7 @@ int main(int argc, char **argv) {
         qd_err err;
         qd_igemm_w *p8 = qd_igemm_pack_s8(W, N, K, K, &err);
         qd_igemm_w *p4 = qd_igemm_pack_s4(W4, N, K, (K + 1) / 2, &err);
+        double t8s[QD_ISA_COUNT] = {0}, t4s[QD_ISA_COUNT] = {0};
         for (int i = QD_ISA_COUNT - 1; i >= 0; i--) {
             if (!qd_isa_supported((qd_isa)i)) {
                 printf("%-18s %-12s %10s\n", shp, qd_isa_name((qd_isa)i), "unsupported");
@@ -87,6 +90,18 @@ int main(int argc, char **argv) {
             printf("%-18s %-12s %10.1f %9.2fx\n", shp, name, ops / t8 * 1e-9, t_blas1 / t8);
             snprintf(name, sizeof name, "%s-w4", qd_isa_name((qd_isa)i));
             printf("%-18s %-12s %10.1f %9.2fx\n", shp, name, ops / t4 * 1e-9, t_blas1 / t4);
+            t8s[i] = t8;
+            t4s[i] = t4;
+        }
+        /* the same products, same run: AMX against VNNI, VNNI against the scalar path */
+        static const int pairs[][2] = {{QD_ISA_AMX_INT8, QD_ISA_AVX512_VNNI},
+                                       {QD_ISA_AVX512_VNNI, QD_ISA_SCALAR},
+                                       {QD_ISA_AMX_INT8, QD_ISA_SCALAR}};
+        for (size_t k = 0; k < sizeof pairs / sizeof pairs[0]; k++) {
+            int a = pairs[k][0], b = pairs[k][1];
+            if (t8s[a] > 0 && t8s[b] > 0)
+                printf("%-18s %s / %s: w8 %.2fx, w4 %.2fx\n", shp, qd_isa_name((qd_isa)a),
+                       qd_isa_name((qd_isa)b), t8s[b] / t8s[a], t4s[b] / t4s[a]);
         }
         fflush(stdout);
         qd_igemm_w_free(p8);

@@ -1,6 +1,8 @@
 /* Every SIMD path of the integer GEMM against the scalar reference, exactly (integer results
  * must match bit for bit), on random shapes with odd sizes, extreme values and strided
- * operands. Paths this CPU cannot run print "SKIP name". */
+ * operands. Paths this CPU cannot run print "SKIP name". The AMX path also runs, on every CPU,
+ * over igemm.c's C model of the tile instructions (qd_igemm_amx_model), so its tiling and
+ * tails are checked where the hardware is missing. */
 #include <stdint.h>
 
 #include "quant/rt/igemm.h"
@@ -22,6 +24,10 @@ static int8_t rnd_s8(void) {
     if (r == 1) return 127;
     return (int8_t)(rnd() & 0xff);
 }
+
+/* Not an ISA: run_case's name for qd_igemm_amx_model. */
+#define AMX_MODEL ((qd_isa)100)
+static const char *path_name(qd_isa isa) { return isa == AMX_MODEL ? "amx-model" : qd_isa_name(isa); }
 
 static int run_case(qd_isa isa, int bits, int M, int N, int K, int pad) {
     size_t lda = (size_t)K + pad, ldc = (size_t)N + pad;
@@ -50,12 +56,13 @@ static int run_case(qd_isa isa, int bits, int M, int N, int K, int pad) {
     int bad = 0;
     CHECK(pw != NULL, "%s", err.msg);
     if (pw) {
-        qd_igemm(pw, M, A, lda, C1, ldc, isa);
+        if (isa == AMX_MODEL) CHECK(qd_igemm_amx_model(pw, M, A, lda, C1, ldc) == QD_OK, "model");
+        else qd_igemm(pw, M, A, lda, C1, ldc, isa);
         for (int m = 0; m < M && bad < 3; m++)
             for (int n = 0; n < (int)ldc && bad < 3; n++)
                 if (C0[(size_t)m * ldc + n] != C1[(size_t)m * ldc + n]) {
                     /* padding columns must be left alone too */
-                    CHECK(0, "%s int%d M=%d N=%d K=%d: C[%d][%d] = %d, want %d", qd_isa_name(isa),
+                    CHECK(0, "%s int%d M=%d N=%d K=%d: C[%d][%d] = %d, want %d", path_name(isa),
                           bits, M, N, K, m, n, C1[(size_t)m * ldc + n], C0[(size_t)m * ldc + n]);
                     bad++;
                 }
@@ -78,12 +85,17 @@ static void check_isa(qd_isa isa) {
     static const int shapes[][3] = {
         {1, 1, 1}, {1, 16, 4}, {1, 17, 5}, {3, 15, 7}, {4, 64, 64}, {5, 33, 9},
         {7, 65, 129}, {8, 80, 172}, {1, 512, 64}, {13, 172, 64}, {2, 3, 1000},
+        /* AMX tiles: 16 rows, 64 k, panel pairs; exact fits, one past, one short */
+        {16, 16, 64}, {16, 32, 128}, {17, 33, 65}, {32, 32, 64}, {31, 48, 192}, {33, 47, 200},
+        {48, 80, 300}, {64, 17, 1000}, {40, 16, 63},
     };
     for (int bits = 8; bits >= 4; bits -= 4) {
         for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
             if (run_case(isa, bits, shapes[i][0], shapes[i][1], shapes[i][2], 0)) return;
         for (int t = 0; t < 60; t++) {
-            int M = 1 + (int)(rnd() % 19), N = 1 + (int)(rnd() % 150), K = 1 + (int)(rnd() % 300);
+            /* M up to 70: two 32-row AMX blocks and a tail */
+            int M = 1 + (int)(rnd() % (t & 1 ? 19 : 70)), N = 1 + (int)(rnd() % 150),
+                K = 1 + (int)(rnd() % 300);
             if (run_case(isa, bits, M, N, K, (int)(rnd() % 5))) return;
         }
     }
@@ -93,6 +105,8 @@ static void test_scalar(void) { check_isa(QD_ISA_SCALAR); }
 static void test_avx2(void) { check_isa(QD_ISA_AVX2); }
 static void test_avx_vnni(void) { check_isa(QD_ISA_AVX_VNNI); }
 static void test_avx512_vnni(void) { check_isa(QD_ISA_AVX512_VNNI); }
+static void test_amx_int8(void) { check_isa(QD_ISA_AMX_INT8); }
+static void test_amx_model(void) { check_isa(AMX_MODEL); }
 
 /* Largest magnitudes at the largest K the runtime allows per matmul chunk: the VNNI bias of
  * +128 makes the raw accumulator exceed 2^31, and the correction must still give the exact
@@ -114,6 +128,8 @@ static void test_extremes(void) {
         for (int n = 0; n < N; n++)
             CHECK(got[n] == want[n], "%s n=%d: %d want %d", qd_isa_name((qd_isa)i), n, got[n], want[n]);
     }
+    CHECK(pw && qd_igemm_amx_model(pw, 1, A, K, got, N) == QD_OK, "model");
+    for (int n = 0; pw && n < N; n++) CHECK(got[n] == want[n], "amx-model n=%d: %d want %d", n, got[n], want[n]);
     CHECK(want[1] == -128 * 127 * K, "ref %d", want[1]);
     qd_igemm_w_free(pw);
     free(A); free(W);
@@ -126,7 +142,11 @@ static void test_dispatch(void) {
     qd_isa p;
     qd_err err;
     CHECK(qd_isa_parse("avx-vnni", &p, &err) == QD_OK && p == QD_ISA_AVX_VNNI, "parse");
+    CHECK(qd_isa_parse("amx-int8", &p, &err) == QD_OK && p == QD_ISA_AMX_INT8, "parse amx");
     CHECK(qd_isa_parse("sse9", &p, &err) == QD_ERR, "parse bad");
+    /* AMX's non-GEMM work runs on AVX-512, which every AMX CPU has */
+    CHECK(!qd_isa_supported(QD_ISA_AMX_INT8) || qd_isa_supported(QD_ISA_AVX512_VNNI), "amx without avx512");
+    CHECK(qd_isa_vector(QD_ISA_AMX_INT8) == QD_ISA_AVX512_VNNI && qd_isa_vector(QD_ISA_AVX2) == QD_ISA_AVX2, "vector isa");
     printf("# best path: %s; supported:", qd_isa_name(best));
     for (int i = 0; i < QD_ISA_COUNT; i++)
         if (qd_isa_supported((qd_isa)i)) printf(" %s", qd_isa_name((qd_isa)i));
@@ -146,6 +166,8 @@ int main(void) {
     RUN_ISA(test_avx2, QD_ISA_AVX2);
     RUN_ISA(test_avx_vnni, QD_ISA_AVX_VNNI);
     RUN_ISA(test_avx512_vnni, QD_ISA_AVX512_VNNI);
+    RUN_ISA(test_amx_int8, QD_ISA_AMX_INT8);
+    RUN(test_amx_model);
     RUN(test_extremes);
     return CHECK_DONE();
 }

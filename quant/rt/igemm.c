@@ -10,7 +10,11 @@
  * flip their sign bit (a ^ 0x80 == a + 128 as an unsigned byte) and subtract 128 * rowsum(W)
  * per output channel at the end. The AVX2 path has no such instruction without saturation
  * (vpmaddubsw saturates at 16 bits), so it sign-extends both operands to int16 and uses
- * vpmaddwd, which is exact. */
+ * vpmaddwd, which is exact.
+ *
+ * AMX-INT8 (tdpbssd) multiplies signed by signed bytes, so it needs no bias: a B tile is 16
+ * groups of the packed layout as they lie (1 KiB), an A tile 16 rows of a zero-padded copy of A
+ * (see igemm_amx.inc). */
 #include "quant/rt/igemm.h"
 
 #include <assert.h>
@@ -18,6 +22,8 @@
 #include <immintrin.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #define PANEL 16
 
@@ -30,6 +36,10 @@ struct qd_igemm_w {
     int32_t *rowsum;       /* N */
     int32_t *corr;         /* n_panels*16: 128*rowsum, padded with 0 (VNNI paths) */
 };
+
+/* Zero bytes after the last panel: an AMX B tile covers 16 groups and may read up to 15 groups
+ * past a panel's end (against zero-padded A, so they add nothing). */
+#define W_SLACK 1024
 
 /* ---------------------------------------------------------------- CPU features */
 
@@ -52,6 +62,25 @@ static int cpu_avx_vnni(void) {
     return (a & (1u << 4)) && xcr0_has(0x6) && __builtin_cpu_supports("avx2");
 }
 
+/* AMX-TILE and AMX-INT8 (CPUID.(EAX=7,ECX=0):EDX bits 24, 25), tile state enabled by the OS
+ * (XCR0 bits 17, 18), and Linux's permission to use tile data: the kernel only allocates the
+ * 8 KiB of tile state for processes that ask (ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA); the
+ * grant covers every thread of the process. */
+static int cpu_amx_int8(void) {
+    unsigned a, b, c, d;
+    if (__get_cpuid_max(0, NULL) < 7) return 0;
+    __cpuid_count(7, 0, a, b, c, d);
+    if (!(d & (1u << 24)) || !(d & (1u << 25))) return 0;
+    if (!xcr0_has(0x60000)) return 0;
+#ifdef __linux__
+    enum { ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18 };
+    if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0) return 0;
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 int qd_isa_supported(qd_isa isa) {
     static int cache[QD_ISA_COUNT] = {0};
     static int done;
@@ -65,6 +94,8 @@ int qd_isa_supported(qd_isa isa) {
                                     __builtin_cpu_supports("avx512bw") &&
                                     __builtin_cpu_supports("avx512vl") &&
                                     __builtin_cpu_supports("avx512vnni") && xcr0_has(0xe6);
+        /* the AMX path unpacks int4 and takes short products with AVX-512 VNNI */
+        cache[QD_ISA_AMX_INT8] = cache[QD_ISA_AVX512_VNNI] && cpu_amx_int8();
         __atomic_store_n(&done, 1, __ATOMIC_RELEASE);
     }
     if (isa < 0 || isa >= QD_ISA_COUNT) return 0;
@@ -77,7 +108,8 @@ qd_isa qd_isa_best(void) {
     return QD_ISA_SCALAR;
 }
 
-static const char *isa_names[QD_ISA_COUNT] = {"scalar", "avx2", "avx-vnni", "avx512-vnni"};
+static const char *isa_names[QD_ISA_COUNT] = {"scalar", "avx2", "avx-vnni", "avx512-vnni",
+                                               "amx-int8"};
 
 const char *qd_isa_name(qd_isa isa) {
     if (isa == QD_ISA_AUTO) return "auto";
@@ -89,7 +121,7 @@ int qd_isa_parse(const char *name, qd_isa *out, qd_err *err) {
     if (!strcmp(name, "auto")) { *out = QD_ISA_AUTO; return QD_OK; }
     for (int i = 0; i < QD_ISA_COUNT; i++)
         if (!strcmp(name, isa_names[i])) { *out = (qd_isa)i; return QD_OK; }
-    return qd_errf(err, "%s: unknown ISA \"%s\" (auto, scalar, avx2, avx-vnni, avx512-vnni)",
+    return qd_errf(err, "%s: unknown ISA \"%s\" (auto, scalar, avx2, avx-vnni, avx512-vnni, amx-int8)",
                    __func__, name);
 }
 
@@ -132,7 +164,7 @@ static qd_igemm_w *w_alloc(int N, int K, int bits, qd_err *err) {
     w->n_panels = (N + PANEL - 1) / PANEL;
     w->n_groups = bits == 8 ? (K + 3) / 4 : (K + 7) / 8;
     w->panel_stride = (size_t)w->n_groups * 64;
-    size_t bytes = (size_t)w->n_panels * w->panel_stride;
+    size_t bytes = (size_t)w->n_panels * w->panel_stride + W_SLACK;
     w->data = aligned_alloc(64, bytes);
     w->rowsum = calloc((size_t)N, sizeof *w->rowsum);
     w->corr = calloc((size_t)w->n_panels * PANEL, sizeof *w->corr);
@@ -571,6 +603,180 @@ static TAVX2 void gemm_avx2(const qd_igemm_w *w, int M, const int8_t *A, size_t 
         }
 }
 
+/* ---------------------------------------------------------------- AMX-INT8 */
+
+#define AMX_MIN_M 4 /* fewer rows than this waste most of a 16-row tile: AVX-512 VNNI instead */
+
+/* The 64-byte tile configuration (palette 1): every tile used here is 16 rows x 64 bytes. */
+struct amx_cfg {
+    uint8_t palette, start_row;
+    uint8_t reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+};
+_Static_assert(sizeof(struct amx_cfg) == 64, "ldtilecfg reads 64 bytes");
+
+static void amx_cfg_fill(struct amx_cfg *c) {
+    memset(c, 0, sizeof *c);
+    c->palette = 1;
+    for (int t = 0; t < 8; t++) {
+        c->colsb[t] = 64;
+        c->rows[t] = 16;
+    }
+}
+
+/* A compiler barrier that also makes p's memory visible to it: the tile intrinsics are asm
+ * statements that name their addresses but not the memory behind them, so stores into a buffer
+ * a tile is about to load (or loads from one a tile just stored) must not move across them. */
+#define AMX_ESCAPE(p) __asm__ volatile("" : : "r"(p) : "memory")
+
+/* Unpacks one int4 panel (G groups of 8 k) into the int8 layout of kp k: int4 group g's low
+ * nibbles are int8 group 2g, its high nibbles group 2g+1; the rest up to kp is zero. */
+typedef void (*amx_unpack_fn)(uint8_t *dst, const uint8_t *src, int G, size_t kp);
+
+static void unpack_s4_scalar(uint8_t *dst, const uint8_t *src, int G, size_t kp) {
+    for (int g = 0; g < G; g++)
+        for (int i = 0; i < 64; i++) {
+            int b = src[(size_t)g * 64 + i];
+            dst[(size_t)(2 * g) * 64 + i] = (uint8_t)(((b & 15) ^ 8) - 8);
+            dst[(size_t)(2 * g + 1) * 64 + i] = (uint8_t)((((b >> 4) & 15) ^ 8) - 8);
+        }
+    memset(dst + (size_t)G * 128, 0, kp * 16 - (size_t)G * 128);
+}
+
+static T512 void unpack_s4_512(uint8_t *dst, const uint8_t *src, int G, size_t kp) {
+    const __m512i m4 = _mm512_set1_epi8(15), s8 = _mm512_set1_epi8(8);
+    for (int g = 0; g < G; g++) {
+        __m512i v = _mm512_load_si512((const void *)(src + (size_t)g * 64));
+        __m512i l = _mm512_and_si512(v, m4);
+        __m512i h = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+        _mm512_store_si512((void *)(dst + (size_t)(2 * g) * 64),
+                           _mm512_sub_epi8(_mm512_xor_si512(l, s8), s8));
+        _mm512_store_si512((void *)(dst + (size_t)(2 * g + 1) * 64),
+                           _mm512_sub_epi8(_mm512_xor_si512(h, s8), s8));
+    }
+    memset(dst + (size_t)G * 128, 0, kp * 16 - (size_t)G * 128);
+}
+
+/* The hardware. */
+#define AMX_FN gemm_amx_hw
+#define AMX_TARGET __attribute__((target("amx-tile,amx-int8")))
+#define AMX_STATE (void)0
+#define T_CFG(c) _tile_loadconfig(c)
+#define T_ZERO(t) _tile_zero(t)
+#define T_LOAD(t, b, s) _tile_loadd(t, b, (long)(s))
+#define T_DP(c, a, b) _tile_dpbssd(c, a, b)
+#define T_STORE(t, b, s) _tile_stored(t, b, (long)(s))
+#define T_RELEASE() _tile_release()
+#include "quant/rt/igemm_amx.inc"
+#undef AMX_FN
+#undef AMX_TARGET
+#undef AMX_STATE
+#undef T_CFG
+#undef T_ZERO
+#undef T_LOAD
+#undef T_DP
+#undef T_STORE
+#undef T_RELEASE
+
+/* A C model of the tile instructions as the Intel SDM defines them for palette 1: tiles of
+ * rows x colsb bytes, tdpbssd adding, per int32 lane, four signed byte products with 32-bit
+ * wrap-around. */
+struct amx_model {
+    int rows[8], colsb[8];
+    uint8_t t[8][16][64];
+};
+
+static void am_cfg(struct amx_model *s, const struct amx_cfg *c) {
+    assert(c->palette == 1);
+    memset(s->t, 0, sizeof s->t);
+    for (int i = 0; i < 8; i++) {
+        assert(c->rows[i] <= 16 && c->colsb[i] <= 64);
+        s->rows[i] = c->rows[i];
+        s->colsb[i] = c->colsb[i];
+    }
+}
+
+static void am_zero(struct amx_model *s, int t) { memset(s->t[t], 0, sizeof s->t[t]); }
+
+static void am_load(struct amx_model *s, int t, const void *base, size_t stride) {
+    for (int r = 0; r < s->rows[t]; r++)
+        memcpy(s->t[t][r], (const uint8_t *)base + (size_t)r * stride, (size_t)s->colsb[t]);
+}
+
+static void am_store(struct amx_model *s, int t, void *base, size_t stride) {
+    for (int r = 0; r < s->rows[t]; r++)
+        memcpy((uint8_t *)base + (size_t)r * stride, s->t[t][r], (size_t)s->colsb[t]);
+}
+
+static void am_dpbssd(struct amx_model *s, int c, int a, int b) {
+    /* the shapes tdpbssd requires: C rows = A rows, A's k dwords = B rows, C cols = B cols */
+    assert(s->rows[c] == s->rows[a] && s->colsb[a] == 4 * s->rows[b] && s->colsb[c] == s->colsb[b]);
+    for (int m = 0; m < s->rows[c]; m++)
+        for (int n = 0; n < s->colsb[c] / 4; n++) {
+            uint32_t acc;
+            memcpy(&acc, &s->t[c][m][4 * n], 4);
+            for (int k = 0; k < s->colsb[a] / 4; k++)
+                for (int i = 0; i < 4; i++)
+                    acc += (uint32_t)((int32_t)(int8_t)s->t[a][m][4 * k + i] *
+                                      (int8_t)s->t[b][k][4 * n + i]);
+            memcpy(&s->t[c][m][4 * n], &acc, 4);
+        }
+}
+
+#define AMX_FN gemm_amx_model
+#define AMX_TARGET
+#define AMX_STATE struct amx_model st_; memset(&st_, 0, sizeof st_)
+#define T_CFG(c) am_cfg(&st_, c)
+#define T_ZERO(t) am_zero(&st_, t)
+#define T_LOAD(t, b, s) am_load(&st_, t, b, s)
+#define T_DP(c, a, b) am_dpbssd(&st_, c, a, b)
+#define T_STORE(t, b, s) am_store(&st_, t, b, s)
+#define T_RELEASE() (void)0
+#include "quant/rt/igemm_amx.inc"
+#undef AMX_FN
+#undef AMX_TARGET
+#undef AMX_STATE
+#undef T_CFG
+#undef T_ZERO
+#undef T_LOAD
+#undef T_DP
+#undef T_STORE
+#undef T_RELEASE
+
+/* The padded copy of A and the int4 scratch, then the hardware or the model. QD_ERR when out of
+ * memory (C untouched). */
+static int gemm_amx(const qd_igemm_w *w, int M, const int8_t *A, size_t lda, int32_t *C,
+                    size_t ldc, int model) {
+    size_t kp = ((size_t)w->n_groups * (w->bits == 8 ? 4 : 8) + 63) / 64 * 64;
+    size_t mp = ((size_t)M + 15) / 16 * 16;
+    uint8_t *ap = aligned_alloc(64, mp * kp);
+    uint8_t *bs = w->bits == 4 ? aligned_alloc(64, 2 * kp * 16) : NULL;
+    if (!ap || (w->bits == 4 && !bs)) {
+        free(ap);
+        free(bs);
+        return QD_ERR;
+    }
+    for (int m = 0; m < M; m++) {
+        memcpy(ap + (size_t)m * kp, A + (size_t)m * lda, (size_t)w->K);
+        memset(ap + (size_t)m * kp + w->K, 0, kp - (size_t)w->K);
+    }
+    memset(ap + (size_t)M * kp, 0, (mp - (size_t)M) * kp);
+    AMX_ESCAPE(ap);
+    amx_unpack_fn unpack = qd_isa_supported(QD_ISA_AVX512_VNNI) ? unpack_s4_512 : unpack_s4_scalar;
+    if (model) gemm_amx_model(w, M, ap, kp, kp, bs, unpack, C, ldc);
+    else gemm_amx_hw(w, M, ap, kp, kp, bs, unpack, C, ldc);
+    free(ap);
+    free(bs);
+    return QD_OK;
+}
+
+int qd_igemm_amx_model(const qd_igemm_w *w, int M, const int8_t *A, size_t lda, int32_t *C,
+                       size_t ldc) {
+    if (M <= 0) return QD_OK;
+    return gemm_amx(w, M, A, lda, C, ldc, 1);
+}
+
 /* ---------------------------------------------------------------- dispatch */
 
 void qd_igemm_n(const qd_igemm_w *w, int n_end, int M, const int8_t *A, size_t lda, int32_t *C,
@@ -600,6 +806,10 @@ void qd_igemm(const qd_igemm_w *w, int M, const int8_t *A, size_t lda, int32_t *
               qd_isa isa) {
     if (M <= 0) return;
     if (isa == QD_ISA_AUTO || !qd_isa_supported(isa)) isa = qd_isa_best();
+    if (isa == QD_ISA_AMX_INT8) {
+        if (M >= AMX_MIN_M && gemm_amx(w, M, A, lda, C, ldc, 0) == QD_OK) return;
+        isa = QD_ISA_AVX512_VNNI;
+    }
     if (isa == QD_ISA_AVX512_VNNI || isa == QD_ISA_AVX_VNNI) {
         uint8_t stackbuf[16384];
         size_t ldu;

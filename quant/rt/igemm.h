@@ -1,6 +1,6 @@
 /* Integer matrix products for the integer-only runtime: int8 x int8 -> int32 and
- * int8 x int4 -> int32, with a plain scalar reference beside SIMD kernels (AVX-512 VNNI,
- * AVX-VNNI, AVX2) chosen at run time. No global -m flags: each kernel carries its own
+ * int8 x int4 -> int32, with a plain scalar reference beside SIMD kernels (AMX-INT8, AVX-512
+ * VNNI, AVX-VNNI, AVX2) chosen at run time. No global -m flags: each kernel carries its own
  * __attribute__((target)), and dispatch asks the CPU (cpuid) what it may run.
  *
  * Shapes follow the model's linear layers (y = W x, W row-major [out][in]):
@@ -29,17 +29,26 @@ typedef enum qd_isa {
     QD_ISA_AVX2,           /* vpmaddwd on sign-extended int16 */
     QD_ISA_AVX_VNNI,       /* vpdpbusd, VEX-encoded, 256-bit */
     QD_ISA_AVX512_VNNI,    /* vpdpbusd, 512-bit */
+    QD_ISA_AMX_INT8,       /* tdpbssd on 16x64 tiles (products of fewer than 4 rows: AVX-512 VNNI) */
     QD_ISA_COUNT
 } qd_isa;
 
-/* Short name ("scalar", "avx2", "avx-vnni", "avx512-vnni"); "auto" for QD_ISA_AUTO. */
+/* Short name ("scalar", "avx2", "avx-vnni", "avx512-vnni", "amx-int8"); "auto" for QD_ISA_AUTO. */
 const char *qd_isa_name(qd_isa isa);
 
-/* 1 when this CPU (and OS: saved vector state) can run isa; scalar is always 1. */
+/* 1 when this CPU (and OS: saved vector state) can run isa; scalar is always 1. AMX-INT8 also
+ * needs the kernel's permission for tile data (arch_prctl(ARCH_REQ_XCOMP_PERM), asked once per
+ * process by the first call) and AVX-512 VNNI beside it. */
 int qd_isa_supported(qd_isa isa);
 
 /* The fastest supported path. */
 qd_isa qd_isa_best(void);
+
+/* The ISA for everything but the matrix products: AMX has tiles for products only, so with
+ * AMX-INT8 the requantization, norms, softmax and RoPE take the AVX-512 paths. */
+static inline qd_isa qd_isa_vector(qd_isa isa) {
+    return isa == QD_ISA_AMX_INT8 ? QD_ISA_AVX512_VNNI : isa;
+}
 
 /* Parses a name as printed by qd_isa_name; QD_ERR on unknown names. */
 int qd_isa_parse(const char *name, qd_isa *out, qd_err *err);
@@ -107,5 +116,12 @@ void qd_igemm_cols(const qd_igemm_w *w, int n0, int n1, int M, const int8_t *A, 
  * falls back to the best supported one). */
 void qd_igemm(const qd_igemm_w *w, int M, const int8_t *A, size_t lda, int32_t *C, size_t ldc,
               qd_isa isa);
+
+/* For tests: the AMX-INT8 path (padding, tiling, tails, int4 unpacking) over a C model of the
+ * tile instructions (ldtilecfg, tileloadd, tdpbssd, tilestored), for every M, so that CPUs
+ * without AMX check all of it but the instructions themselves. Same C as qd_igemm; QD_ERR (C
+ * untouched) when out of memory. */
+int qd_igemm_amx_model(const qd_igemm_w *w, int M, const int8_t *A, size_t lda, int32_t *C,
+                       size_t ldc);
 
 #endif

@@ -7,6 +7,11 @@
 #include <math.h>
 #include <stdlib.h>
 
+/* The AVX-512 paths serve AVX-512 VNNI and AMX-INT8 (whose products only are on tiles). */
+static int use512(qd_isa isa) {
+    return qd_isa_vector(isa) == QD_ISA_AVX512_VNNI && qd_isa_supported(QD_ISA_AVX512_VNNI);
+}
+
 int qd_qmul_make(double M, qd_qmul *out, qd_err *err) {
     if (!(M >= 0) || !isfinite(M) || M >= 1073741824.0)
         return qd_errf(err, "%s: multiplier %g outside [0, 2^30)", __func__, M);
@@ -329,7 +334,7 @@ static T512 void qscore_512(const int32_t *S, const int32_t *ksum, int32_t zq, i
 
 void qd_qscore_row(const int32_t *S, const int32_t *ksum, int32_t zq, int32_t off, int n,
                    qd_qmul m, int32_t zo, int32_t lo, int32_t hi, int16_t *out, qd_isa isa) {
-    if (isa == QD_ISA_AVX512_VNNI && qd_isa_supported(isa)) {
+    if (use512(isa)) {
         qscore_512(S, ksum, zq, off, n, m, zo, lo, hi, out);
         return;
     }
@@ -383,7 +388,7 @@ static T512 void softmax_tab_512(const qd_qsoftmax *p, const int32_t *tab, int l
 
 void qd_qsoftmax_row_tab(const qd_qsoftmax *p, const int32_t *tab, int len, const int16_t *x,
                          int n, int16_t *out, int32_t *work, qd_isa isa) {
-    if (isa == QD_ISA_AVX512_VNNI && qd_isa_supported(isa)) {
+    if (use512(isa)) {
         softmax_tab_512(p, tab, len, x, n, out, work);
         return;
     }
@@ -431,7 +436,7 @@ static int small_zp(int64_t z) { return z >= -(1 << 30) && z <= (1 << 30); }
 
 void qd_qadd_i16_isa(const qd_qadd *p, const int16_t *a, const int16_t *b, int16_t *out,
                      size_t n, qd_isa isa) {
-    if (isa == QD_ISA_AVX512_VNNI && qd_isa_supported(isa) && p->shift >= 1 && p->shift <= 62 &&
+    if (use512(isa) && p->shift >= 1 && p->shift <= 62 &&
         small_zp(p->za) && small_zp(p->zb))
         qadd_512(p, a, b, out, n);
     else
@@ -455,7 +460,7 @@ static T512 void qmul_i8_512(const int8_t *a, int32_t za, const int8_t *b, int32
 
 void qd_qmul_i8(const int8_t *a, int32_t za, const int8_t *b, int32_t zb, qd_qmul m, int32_t zo,
                 int8_t *out, size_t n, qd_isa isa) {
-    if (isa == QD_ISA_AVX512_VNNI && qd_isa_supported(isa) && m.shift >= 1 && m.shift <= 62) {
+    if (use512(isa) && m.shift >= 1 && m.shift <= 62) {
         qmul_i8_512(a, za, b, zb, m, zo, out, n);
         return;
     }
@@ -516,7 +521,7 @@ static T512 int qnorm_512(const qd_qnorm *p, const int16_t *x, const int16_t *g,
 
 void qd_qnorm_row_isa(const qd_qnorm *p, const int16_t *x, const int16_t *g, void *out,
                       qd_isa isa) {
-    if (isa == QD_ISA_AVX512_VNNI && qd_isa_supported(isa) && p->gmax > 0 && small_zp(p->zx) &&
+    if (use512(isa) && p->gmax > 0 && small_zp(p->zx) &&
         small_zp(p->zg) && qnorm_512(p, x, g, out))
         return;
     qd_qnorm_row(p, x, g, out);
@@ -571,7 +576,7 @@ static T512 void rope_512(const qd_qrope *p, const int8_t *x, int8_t *out, int n
 
 void qd_qrope_apply_isa(const qd_qrope *p, const int8_t *x, int8_t *out, int n_heads, int pos,
                         qd_isa isa) {
-    if (isa == QD_ISA_AVX512_VNNI && qd_isa_supported(isa) && p->cx && p->head_dim <= 1024 &&
+    if (use512(isa) && p->cx && p->head_dim <= 1024 &&
         p->m.shift >= 1 && p->m.shift <= 62 && small_zp(p->zx))
         rope_512(p, x, out, n_heads, pos);
     else

@@ -91,7 +91,8 @@ struct qd_qrt {
     const qd_qint *q;
     qd_qint *owned;
     qd_qrt_opts o;
-    qd_isa isa;
+    qd_isa isa;               /* the products (qd_igemm) */
+    qd_isa visa;              /* everything else: qd_isa_vector(isa) */
     int nthr;                 /* threads, the caller included */
     long grain;               /* opts.par_grain */
     qrt_pool *pool;           /* NULL when nthr == 1 */
@@ -429,8 +430,8 @@ static T512 void lin_epilogue_512(const lin_rt *L, int M, const int32_t *acc, co
 
 static void lin_requant(const qd_qrt *rt, const lin_rt *L, int M, const int32_t *acc,
                         const int64_t *rowsum_a, void *out, int n0, int n1) {
-    if (rt->isa == QD_ISA_SCALAR || !L->fast) lin_epilogue(L, M, acc, rowsum_a, out, n0, n1);
-    else if (rt->isa == QD_ISA_AVX512_VNNI) lin_epilogue_512(L, M, acc, NULL, rowsum_a, out, n0, n1);
+    if (rt->visa == QD_ISA_SCALAR || !L->fast) lin_epilogue(L, M, acc, rowsum_a, out, n0, n1);
+    else if (rt->visa == QD_ISA_AVX512_VNNI) lin_epilogue_512(L, M, acc, NULL, rowsum_a, out, n0, n1);
     else lin_epilogue_fast_c(L, M, acc, NULL, rowsum_a, out, n0, n1);
 }
 
@@ -480,14 +481,14 @@ static void lin_task(void *ctx, int t, qrt_ws *ws) {
     for (int r = 0; r < J->M; r++) {
         size_t o = (size_t)r * F + n0, nf = (size_t)(n1 - n0);
         qd_lut8_apply(Ly->silu, g8 + o, J->s8 + o, nf);
-        if (J->rt->isa == QD_ISA_SCALAR) {
+        if (J->rt->visa == QD_ISA_SCALAR) {
             for (size_t k = o; k < o + nf; k++) {
                 int32_t v = (J->s8[k] - Ly->z_silu) * (u8[k] - Ly->z_up);
                 J->m8[k] = (int8_t)qd_clamp32(qd_qmul32(v, Ly->mul_m) + Ly->z_dn, -128, 127);
             }
         } else {
             qd_qmul_i8(J->s8 + o, Ly->z_silu, u8 + o, Ly->z_up, Ly->mul_m, Ly->z_dn, J->m8 + o, nf,
-                       J->rt->isa);
+                       J->rt->visa);
         }
     }
 }
@@ -632,6 +633,7 @@ qd_qrt *qd_qrt_new(const qd_qint *q, const qd_qrt_opts *o, qd_err *err) {
     if (o) rt->o = *o;
     else qd_qrt_defaults(&rt->o);
     rt->isa = rt->o.isa == QD_ISA_AUTO || !qd_isa_supported(rt->o.isa) ? qd_isa_best() : rt->o.isa;
+    rt->visa = qd_isa_vector(rt->isa);
     const qd_config *c = &q->cfg;
     int nl = c->n_layers, D = c->dim, hd = c->head_dim, V = c->vocab_size;
     rt->max_T = c->max_seq_len;
@@ -991,10 +993,10 @@ static void attend_fast(const qd_qrt *rt, qrt_ws *ws, const layer_rt *L, qd_qrt_
         for (int d = 0; d < hd; d++) qcs += (uint32_t)(qh[d] - L->zq);
         qd_qscore_row(ws->S + (size_t)r * ldS, ksum, L->zq, (int32_t)((uint32_t)L->zk * qcs),
                       lim + 1, L->score_m, L->z_score, L->score_lo, L->score_hi, ws->sc,
-                      rt->isa);
+                      rt->visa);
         int16_t *pr = ws->P + (size_t)r * ldS;
         qd_qsoftmax_row_tab(&L->sm, L->exp_tab, L->exp_len, ws->sc, lim + 1, pr, ws->work32,
-                            rt->isa);
+                            rt->visa);
         int64_t ps = 0;
         for (int j = lim + 1; j < J; j++) pr[j] = (int16_t)L->z_prob;
         for (int j = 0; j < J; j++) ps += pr[j];
@@ -1006,7 +1008,7 @@ static void attend_fast(const qd_qrt *rt, qrt_ws *ws, const layer_rt *L, qd_qrt_
         const int16_t *v = vp + (size_t)(j / 2) * hdp * 2;
         for (int d = 0; d < hd; d++) vs[d] += v[2 * d] + v[2 * d + 1];
     }
-    if (rt->isa == QD_ISA_AVX512_VNNI) pv_512(vp, hdp, ws->P, (size_t)ldS, nb, J, ws->acc64);
+    if (rt->visa == QD_ISA_AVX512_VNNI) pv_512(vp, hdp, ws->P, (size_t)ldS, nb, J, ws->acc64);
     else pv_c(vp, hdp, ws->P, (size_t)ldS, nb, J, ws->acc64);
     int64_t zz = (int64_t)J * L->z_prob * L->zv;
     for (int r = 0; r < nb; r++) {
@@ -1064,8 +1066,8 @@ static void head_task(void *ctx, int t, qrt_ws *ws) {
     part_cols(V, t, J->parts, &n0, &n1);
     qd_igemm_cols(H->pw, n0, n1, J->M, w->hi8, (size_t)D, w->acc, (size_t)V, rt->isa);
     qd_igemm_cols(H->pw, n0, n1, J->M, w->lo8, (size_t)D, w->acc2, (size_t)V, rt->isa);
-    if (rt->isa != QD_ISA_SCALAR && H->fast) {
-        if (rt->isa == QD_ISA_AVX512_VNNI) lin_epilogue_512(H, J->M, w->acc, w->acc2, w->rs, J->out, n0, n1);
+    if (rt->visa != QD_ISA_SCALAR && H->fast) {
+        if (rt->visa == QD_ISA_AVX512_VNNI) lin_epilogue_512(H, J->M, w->acc, w->acc2, w->rs, J->out, n0, n1);
         else lin_epilogue_fast_c(H, J->M, w->acc, w->acc2, w->rs, J->out, n0, n1);
         return;
     }
@@ -1104,33 +1106,33 @@ static int forward_chunk(qd_qrt *rt, qrt_ws *w, int par, qd_qrt_kv *kv, const in
     for (int l = 0; l < c->n_layers; l++) {
         layer_rt *L = &rt->L[l];
         int8_t *kc = kv->k + (size_t)l * kv->max_T * KVd, *vc = kv->v + (size_t)l * kv->max_T * KVd;
-        for (int i = 0; i < n; i++) qd_qnorm_row_isa(&L->n1, w->x + (size_t)i * D, L->g1, w->h8 + (size_t)i * D, rt->isa);
+        for (int i = 0; i < n; i++) qd_qnorm_row_isa(&L->n1, w->x + (size_t)i * D, L->g1, w->h8 + (size_t)i * D, rt->visa);
         lin_job qkv = {.rt = rt, .M = n, .nl = 3, .A = w->h8,
                        .L = {&L->w[QD_W_Q], &L->w[QD_W_K], &L->w[QD_W_V]}, .out = {w->q8, w->k8, w->v8}};
         lin_job_run(rt, w, par, &qkv);
         for (int i = 0; i < n; i++) {
             int p = pos0 + i;
-            qd_qrope_apply_isa(&L->rq, w->q8 + (size_t)i * QD, w->q8 + (size_t)i * QD, c->n_heads, p, rt->isa);
-            qd_qrope_apply_isa(&L->rk, w->k8 + (size_t)i * KVd, kc + (size_t)p * KVd, c->n_kv_heads, p, rt->isa);
+            qd_qrope_apply_isa(&L->rq, w->q8 + (size_t)i * QD, w->q8 + (size_t)i * QD, c->n_heads, p, rt->visa);
+            qd_qrope_apply_isa(&L->rk, w->k8 + (size_t)i * KVd, kc + (size_t)p * KVd, c->n_kv_heads, p, rt->visa);
             memcpy(vc + (size_t)p * KVd, w->v8 + (size_t)i * KVd, (size_t)KVd);
         }
         kv_pack(kv, l, pos0, n);
         attn_job aj = {.rt = rt, .L = L, .kv = kv, .l = l, .n = n, .pos0 = pos0,
-                       .fast = rt->isa != QD_ISA_SCALAR && L->fast_attn, .nblk = (n + QB - 1) / QB,
+                       .fast = rt->visa != QD_ISA_SCALAR && L->fast_attn, .nblk = (n + QB - 1) / QB,
                        .q8 = w->q8, .kc = kc, .vc = vc, .o8 = w->o8};
         par_run(rt, w, par_go(rt, par, (double)c->n_heads * n * (pos0 + n) * hd),
                 c->n_heads * (aj.fast ? aj.nblk : n), attn_task, &aj);
         lin_run(rt, w, par, &L->w[QD_W_O], n, w->o8, w->t16);
-        qd_qadd_i16_isa(&L->res1, w->x, w->t16, w->x2, (size_t)n * D, rt->isa);
-        for (int i = 0; i < n; i++) qd_qnorm_row_isa(&L->n2, w->x2 + (size_t)i * D, L->g2, w->h8 + (size_t)i * D, rt->isa);
+        qd_qadd_i16_isa(&L->res1, w->x, w->t16, w->x2, (size_t)n * D, rt->visa);
+        for (int i = 0; i < n; i++) qd_qnorm_row_isa(&L->n2, w->x2 + (size_t)i * D, L->g2, w->h8 + (size_t)i * D, rt->visa);
         lin_job ffn = {.rt = rt, .Ly = L, .M = n, .nl = 2, .swiglu = 1, .A = w->h8,
                        .L = {&L->w[QD_W_GATE], &L->w[QD_W_UP]}, .out = {w->g8, w->u8},
                        .s8 = w->s8, .m8 = w->m8};
         lin_job_run(rt, w, par, &ffn);
         lin_run(rt, w, par, &L->w[QD_W_DOWN], n, w->m8, w->t16);
-        qd_qadd_i16_isa(&L->res2, w->x2, w->t16, w->x, (size_t)n * D, rt->isa);
+        qd_qadd_i16_isa(&L->res2, w->x2, w->t16, w->x, (size_t)n * D, rt->visa);
     }
-    for (int i = 0; i < n; i++) qd_qnorm_row_isa(&rt->nf, w->x + (size_t)i * D, q->final_norm.q, w->hf + (size_t)i * D, rt->isa);
+    for (int i = 0; i < n; i++) qd_qnorm_row_isa(&rt->nf, w->x + (size_t)i * D, q->final_norm.q, w->hf + (size_t)i * D, rt->visa);
     /* LM head on a 16-bit input: a = 256*hi + lo, hi = a >> 8 (signed), lo - 128 signed */
     for (size_t i = 0; i < (size_t)n * D; i++) {
         int32_t a = w->hf[i];
