@@ -32,7 +32,7 @@ static void usage(FILE *f) {
                "       quantd --version\n\ncommands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].help);
-    fprintf(f, "\n`quantd <command> --help` for the options of one command.\n");
+    fprintf(f, "\n`quantd <command> --help` for the options of one command; `quantd --version`.\n");
 }
 
 int main(int argc, char **argv) {
@@ -47,6 +47,12 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V")) {
         printf("quantd %s (git %s)\n", QD_VERSION, QD_GIT_DESCRIBE);
+        return 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        char blas[512];
+        qd_blas_describe(blas, sizeof blas);
+        printf("quantd (report quantd-report/1, artifact quantd.qint 1)\nblas: %s\n", blas);
         return 0;
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
