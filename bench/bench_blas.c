@@ -212,8 +212,10 @@ int main(int argc, char **argv) {
     snprintf(env, sizeof env, "%s QD_BLAS_SELECT=0", clean);
     spawn(V_DEFAULT, env, "openblas");
     spawn(V_CHOSEN, clean, "openblas");
+    qd_blas_info self;
+    qd_blas_get_info(&self);
     const char *user = getenv("OPENBLAS_CORETYPE");
-    if (user) {
+    if (user && !strcmp(self.chosen_by, "user")) { /* the user's own, not this bench's choice */
         snprintf(env, sizeof env, "-u QD_BLAS_CHOSEN OPENBLAS_CORETYPE='%s'", user);
         spawn(V_USER, env, "openblas");
     }
