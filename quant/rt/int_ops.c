@@ -332,13 +332,232 @@ static T512 void qscore_512(const int32_t *S, const int32_t *ksum, int32_t zq, i
     }
 }
 
+/* ---------------------------------------------------------------- AVX2 paths (AVX2, AVX-VNNI) */
+
+/* The same identities as the AVX-512 paths above, on 4 int64 lanes. AVX2 has no 64-bit
+ * arithmetic shift and no 64-bit min/max: the shift is ((y ^ s) >> n) ^ s with s the sign mask
+ * (floor for negative y too), the clamp two compares and blends. Elements past the last whole
+ * vector take the scalar formula, which gives the same integers. */
+#define T256 __attribute__((target("avx2")))
+
+static int use256(qd_isa isa) {
+    qd_isa v = qd_isa_vector(isa);
+    return (v == QD_ISA_AVX2 || v == QD_ISA_AVX_VNNI) && qd_isa_supported(QD_ISA_AVX2);
+}
+
+static inline T256 __m256i rne_shift256(__m256i x, __m128i n, __m256i hm1) {
+    __m256i bit = _mm256_and_si256(_mm256_srl_epi64(x, n), _mm256_set1_epi64x(1));
+    __m256i y = _mm256_add_epi64(_mm256_add_epi64(x, hm1), bit);
+    __m256i s = _mm256_cmpgt_epi64(_mm256_setzero_si256(), y);
+    return _mm256_xor_si256(_mm256_srl_epi64(_mm256_xor_si256(y, s), n), s);
+}
+
+static inline T256 __m256i clamp64_256(__m256i x, __m256i lo, __m256i hi) {
+    x = _mm256_blendv_epi8(x, lo, _mm256_cmpgt_epi64(lo, x));
+    return _mm256_blendv_epi8(x, hi, _mm256_cmpgt_epi64(x, hi));
+}
+
+/* rq16_512 on 8 int32 lanes. */
+static inline T256 __m256i rq8_256(__m256i v, __m256i m, __m128i n, __m256i hm1, __m256i zo,
+                                   __m256i lo, __m256i hi, int sgn) {
+    __m256i vo = _mm256_srli_epi64(v, 32);
+    __m256i xe = sgn ? _mm256_mul_epi32(v, m) : _mm256_mul_epu32(v, m);
+    __m256i xo = sgn ? _mm256_mul_epi32(vo, m) : _mm256_mul_epu32(vo, m);
+    xe = clamp64_256(_mm256_add_epi64(rne_shift256(xe, n, hm1), zo), lo, hi);
+    xo = clamp64_256(_mm256_add_epi64(rne_shift256(xo, n, hm1), zo), lo, hi);
+    return _mm256_blend_epi32(xe, _mm256_slli_epi64(xo, 32), 0xaa);
+}
+
+/* 8 int32 lanes, each already within int16 (int8), to 8 int16 (int8). */
+static inline T256 __m128i to16_256(__m256i y) {
+    return _mm_packs_epi32(_mm256_castsi256_si128(y), _mm256_extracti128_si256(y, 1));
+}
+static inline T256 void store8_256(int8_t *dst, __m256i y) {
+    __m128i v = to16_256(y);
+    _mm_storel_epi64((__m128i *)dst, _mm_packs_epi16(v, v));
+}
+
+#define RQ_CONSTS_256(q, zo_, lo_, hi_)                                                   \
+    const __m256i m = _mm256_set1_epi64x((q).m);                                          \
+    const __m128i sh = _mm_cvtsi32_si128((q).shift);                                      \
+    const __m256i hm1 = _mm256_set1_epi64x(((int64_t)1 << ((q).shift - 1)) - 1);         \
+    const __m256i z = _mm256_set1_epi64x(zo_), l = _mm256_set1_epi64x(lo_),              \
+                  h = _mm256_set1_epi64x(hi_)
+
+/* Returns how many leading elements it wrote (a multiple of 8). */
+static T256 int qscore_256(const int32_t *S, const int32_t *ksum, int32_t zq, int32_t off, int n,
+                           qd_qmul q, int32_t zo, int32_t lo, int32_t hi, int16_t *out) {
+    RQ_CONSTS_256(q, zo, lo, hi);
+    const __m256i vzq = _mm256_set1_epi32(zq), voff = _mm256_set1_epi32(off);
+    int j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256i s = _mm256_loadu_si256((const __m256i *)(S + j));
+        __m256i ks = _mm256_loadu_si256((const __m256i *)(ksum + j));
+        s = _mm256_sub_epi32(_mm256_sub_epi32(s, _mm256_mullo_epi32(vzq, ks)), voff);
+        _mm_storeu_si128((__m128i *)(out + j), to16_256(rq8_256(s, m, sh, hm1, z, l, h, 1)));
+    }
+    return j;
+}
+
+static T256 void softmax_tab_256(const qd_qsoftmax *p, const int32_t *tab, int len,
+                                 const int16_t *x, int n, int16_t *out, int32_t *work) {
+    int32_t mx = x[0];
+    int j = 0;
+    if (n >= 16) {
+        __m256i vmx = _mm256_set1_epi16(INT16_MIN);
+        for (; j + 16 <= n; j += 16)
+            vmx = _mm256_max_epi16(vmx, _mm256_loadu_si256((const __m256i *)(x + j)));
+        int16_t t[16];
+        _mm256_storeu_si256((__m256i *)t, vmx);
+        for (int i = 0; i < 16; i++) mx = t[i] > mx ? t[i] : mx;
+    }
+    for (; j < n; j++) mx = x[j] > mx ? x[j] : mx;
+    const __m256i vm = _mm256_set1_epi32(mx), vlen = _mm256_set1_epi32(len);
+    __m256i vsum = _mm256_setzero_si256();
+    for (j = 0; j + 8 <= n; j += 8) {
+        __m256i d = _mm256_sub_epi32(vm, _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(x + j))));
+        __m256i g = _mm256_cmpgt_epi32(vlen, d); /* d >= 0: mx is the maximum */
+        __m256i e = _mm256_mask_i32gather_epi32(_mm256_setzero_si256(), tab, d, g, 4);
+        _mm256_storeu_si256((__m256i *)(work + j), e);
+        vsum = _mm256_add_epi64(vsum, _mm256_cvtepu32_epi64(_mm256_castsi256_si128(e)));
+        vsum = _mm256_add_epi64(vsum, _mm256_cvtepu32_epi64(_mm256_extracti128_si256(e, 1)));
+    }
+    int64_t sum = 0;
+    for (int k = j; k < n; k++) {
+        int32_t d = mx - x[k];
+        work[k] = d < len ? tab[d] : 0;
+        sum += work[k];
+    }
+    int64_t ls[4];
+    _mm256_storeu_si256((__m256i *)ls, vsum);
+    uint64_t s = (uint64_t)(sum + ls[0] + ls[1] + ls[2] + ls[3]);
+    uint64_t r = (((uint64_t)1 << 62) + s / 2) / s;
+    RQ_CONSTS_256(p->out, p->zo, p->lo, p->hi);
+    const __m256i vr = _mm256_set1_epi64x((int64_t)r);
+    const __m128i c32 = _mm_cvtsi32_si128(32);
+    const __m256i h32 = _mm256_set1_epi64x(((int64_t)1 << 31) - 1);
+    for (j = 0; j + 8 <= n; j += 8) {
+        __m256i e = _mm256_loadu_si256((const __m256i *)(work + j)), pq = e;
+        if (r < ((uint64_t)1 << 32)) {
+            __m256i xe = rne_shift256(_mm256_mul_epu32(e, vr), c32, h32);
+            __m256i xo = rne_shift256(_mm256_mul_epu32(_mm256_srli_epi64(e, 32), vr), c32, h32);
+            pq = _mm256_blend_epi32(xe, _mm256_slli_epi64(xo, 32), 0xaa);
+        }
+        _mm_storeu_si128((__m128i *)(out + j), to16_256(rq8_256(pq, m, sh, hm1, z, l, h, 0)));
+    }
+    for (; j < n; j++) {
+        int64_t pq30 = qd_rshift_rne(work[j] * (int64_t)r, 32);
+        out[j] = (int16_t)qd_clamp32(qd_qmul32((int32_t)pq30, p->out) + p->zo, p->lo, p->hi);
+    }
+}
+
+static T256 size_t qadd_256(const qd_qadd *p, const int16_t *a, const int16_t *b, int16_t *out,
+                            size_t n) {
+    const __m256i ma = _mm256_set1_epi64x(p->ma), mb = _mm256_set1_epi64x(p->mb);
+    const __m256i za = _mm256_set1_epi32(p->za), zb = _mm256_set1_epi32(p->zb);
+    const __m128i sh = _mm_cvtsi32_si128(p->shift);
+    const __m256i hm1 = _mm256_set1_epi64x(((int64_t)1 << (p->shift - 1)) - 1);
+    const __m256i zo = _mm256_set1_epi64x(p->zo), lo = _mm256_set1_epi64x(p->lo),
+                  hi = _mm256_set1_epi64x(p->hi);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i va = _mm256_sub_epi32(_mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(a + i))), za);
+        __m256i vb = _mm256_sub_epi32(_mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(b + i))), zb);
+        __m256i xe = _mm256_add_epi64(_mm256_mul_epi32(va, ma), _mm256_mul_epi32(vb, mb));
+        __m256i xo = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(va, 32), ma),
+                                      _mm256_mul_epi32(_mm256_srli_epi64(vb, 32), mb));
+        xe = clamp64_256(_mm256_add_epi64(rne_shift256(xe, sh, hm1), zo), lo, hi);
+        xo = clamp64_256(_mm256_add_epi64(rne_shift256(xo, sh, hm1), zo), lo, hi);
+        __m256i y = _mm256_blend_epi32(xe, _mm256_slli_epi64(xo, 32), 0xaa);
+        _mm_storeu_si128((__m128i *)(out + i), to16_256(y));
+    }
+    return i;
+}
+
+static T256 size_t qmul_i8_256(const int8_t *a, int32_t za, const int8_t *b, int32_t zb,
+                               qd_qmul q, int32_t zo, int8_t *out, size_t n) {
+    RQ_CONSTS_256(q, zo, -128, 127);
+    const __m256i vza = _mm256_set1_epi32(za), vzb = _mm256_set1_epi32(zb);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i va = _mm256_sub_epi32(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(a + i))), vza);
+        __m256i vb = _mm256_sub_epi32(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b + i))), vzb);
+        store8_256(out + i, rq8_256(_mm256_mullo_epi32(va, vb), m, sh, hm1, z, l, h, 1));
+    }
+    return i;
+}
+
+/* qnorm_512 on 8 lanes: 0 (nothing written) when the row's products might not fit 64 bits. */
+static T256 int qnorm_256(const qd_qnorm *p, const int16_t *x, const int16_t *g, void *out) {
+    const int n = p->n;
+    const __m256i zx = _mm256_set1_epi32(p->zx), zg = _mm256_set1_epi32(p->zg);
+    __m256i ss = _mm256_setzero_si256(), amax = _mm256_setzero_si256();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i d = _mm256_sub_epi32(_mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(x + i))), zx);
+        amax = _mm256_max_epi32(amax, _mm256_abs_epi32(d));
+        ss = _mm256_add_epi64(ss, _mm256_mul_epi32(d, d));
+        __m256i dodd = _mm256_srli_epi64(d, 32);
+        ss = _mm256_add_epi64(ss, _mm256_mul_epi32(dodd, dodd));
+    }
+    int64_t sst = 0, dmax = 0;
+    for (int k = i; k < n; k++) {
+        int64_t d = x[k] - p->zx;
+        sst += d * d;
+        dmax = (d < 0 ? -d : d) > dmax ? (d < 0 ? -d : d) : dmax;
+    }
+    int64_t ls[4];
+    int32_t am[8];
+    _mm256_storeu_si256((__m256i *)ls, ss);
+    _mm256_storeu_si256((__m256i *)am, amax);
+    for (int k = 0; k < 8; k++) dmax = am[k] > dmax ? am[k] : dmax;
+    uint64_t v = (uint64_t)(sst + ls[0] + ls[1] + ls[2] + ls[3]) + (uint64_t)p->eps_n;
+    int e;
+    int64_t r = qd_isqrt_inv(v, &e);
+    int64_t mt = qd_rshift_rne((int64_t)p->m.m * r, 31);
+    int shift = p->m.shift + e - 31;
+    if (shift < 1 || shift > 62 || mt < 0 || mt >= ((int64_t)1 << 31) ||
+        (__int128)dmax * p->gmax * mt >= ((__int128)1 << 61))
+        return 0;
+    const __m256i vm = _mm256_set1_epi64x(mt);
+    const __m128i sh = _mm_cvtsi32_si128(shift);
+    const __m256i hm1 = _mm256_set1_epi64x(((int64_t)1 << (shift - 1)) - 1);
+    const __m256i zy = _mm256_set1_epi64x(p->zy), lo = _mm256_set1_epi64x(p->lo),
+                  hi = _mm256_set1_epi64x(p->hi);
+    for (i = 0; i + 8 <= n; i += 8) {
+        __m256i d = _mm256_sub_epi32(_mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(x + i))), zx);
+        __m256i gd = _mm256_sub_epi32(_mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(g + i))), zg);
+        __m256i res[2];
+        for (int half = 0; half < 2; half++) {
+            __m256i a = half ? _mm256_srli_epi64(d, 32) : d, b = half ? _mm256_srli_epi64(gd, 32) : gd;
+            __m256i t = _mm256_mul_epi32(a, b); /* exact int64 */
+            /* t * mt exactly (|t * mt| < 2^61): low 32 bits unsigned, high 32 bits signed */
+            __m256i x64 = _mm256_add_epi64(
+                _mm256_mul_epu32(t, vm),
+                _mm256_slli_epi64(_mm256_mul_epi32(_mm256_shuffle_epi32(t, 0xf5), vm), 32));
+            res[half] = clamp64_256(_mm256_add_epi64(rne_shift256(x64, sh, hm1), zy), lo, hi);
+        }
+        __m256i y = _mm256_blend_epi32(res[0], _mm256_slli_epi64(res[1], 32), 0xaa);
+        if (p->out_bits == 8) store8_256((int8_t *)out + i, y);
+        else _mm_storeu_si128((__m128i *)((int16_t *)out + i), to16_256(y));
+    }
+    for (; i < n; i++) {
+        int64_t t = (int64_t)(x[i] - p->zx) * (g[i] - p->zg);
+        int32_t c = qd_clamp32(qd_rshift_rne(t * mt, shift) + p->zy, p->lo, p->hi);
+        if (p->out_bits == 8) ((int8_t *)out)[i] = (int8_t)c;
+        else ((int16_t *)out)[i] = (int16_t)c;
+    }
+    return 1;
+}
+
 void qd_qscore_row(const int32_t *S, const int32_t *ksum, int32_t zq, int32_t off, int n,
                    qd_qmul m, int32_t zo, int32_t lo, int32_t hi, int16_t *out, qd_isa isa) {
     if (use512(isa)) {
         qscore_512(S, ksum, zq, off, n, m, zo, lo, hi, out);
         return;
     }
-    for (int j = 0; j < n; j++) {
+    int j0 = use256(isa) ? qscore_256(S, ksum, zq, off, n, m, zo, lo, hi, out) : 0;
+    for (int j = j0; j < n; j++) {
         int32_t s = (int32_t)((uint32_t)S[j] - (uint32_t)zq * (uint32_t)ksum[j] - (uint32_t)off);
         out[j] = (int16_t)qd_clamp32(qd_qmul32(s, m) + zo, lo, hi);
     }
@@ -392,6 +611,10 @@ void qd_qsoftmax_row_tab(const qd_qsoftmax *p, const int32_t *tab, int len, cons
         softmax_tab_512(p, tab, len, x, n, out, work);
         return;
     }
+    if (use256(isa)) {
+        softmax_tab_256(p, tab, len, x, n, out, work);
+        return;
+    }
     int32_t mx = x[0];
     for (int j = 1; j < n; j++) mx = x[j] > mx ? x[j] : mx;
     int64_t sum = 0;
@@ -439,7 +662,10 @@ void qd_qadd_i16_isa(const qd_qadd *p, const int16_t *a, const int16_t *b, int16
     if (use512(isa) && p->shift >= 1 && p->shift <= 62 &&
         small_zp(p->za) && small_zp(p->zb))
         qadd_512(p, a, b, out, n);
-    else
+    else if (use256(isa) && p->shift >= 1 && p->shift <= 62 && small_zp(p->za) && small_zp(p->zb)) {
+        size_t i = qadd_256(p, a, b, out, n);
+        qd_qadd_i16(p, a + i, b + i, out + i, n - i);
+    } else
         qd_qadd_i16(p, a, b, out, n);
 }
 
@@ -464,7 +690,8 @@ void qd_qmul_i8(const int8_t *a, int32_t za, const int8_t *b, int32_t zb, qd_qmu
         qmul_i8_512(a, za, b, zb, m, zo, out, n);
         return;
     }
-    for (size_t i = 0; i < n; i++) {
+    size_t i0 = use256(isa) && m.shift >= 1 && m.shift <= 62 ? qmul_i8_256(a, za, b, zb, m, zo, out, n) : 0;
+    for (size_t i = i0; i < n; i++) {
         int32_t v = (int32_t)((uint32_t)(a[i] - za) * (uint32_t)(b[i] - zb));
         out[i] = (int8_t)qd_clamp32(qd_qmul32(v, m) + zo, -128, 127);
     }
@@ -523,6 +750,8 @@ void qd_qnorm_row_isa(const qd_qnorm *p, const int16_t *x, const int16_t *g, voi
                       qd_isa isa) {
     if (use512(isa) && p->gmax > 0 && small_zp(p->zx) &&
         small_zp(p->zg) && qnorm_512(p, x, g, out))
+        return;
+    if (use256(isa) && p->gmax > 0 && small_zp(p->zx) && small_zp(p->zg) && qnorm_256(p, x, g, out))
         return;
     qd_qnorm_row(p, x, g, out);
 }

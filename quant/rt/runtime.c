@@ -428,10 +428,74 @@ static T512 void lin_epilogue_512(const lin_rt *L, int M, const int32_t *acc, co
     }
 }
 
+#define T256 __attribute__((target("avx2")))
+
+/* rne512 on 4 lanes with per-lane shifts: AVX2 has a variable logical 64-bit shift only, so
+ * the arithmetic one is ((y ^ s) >> n) ^ s with s the sign mask. */
+static inline T256 __m256i rne256(__m256i x, __m256i n, __m256i hm1) {
+    __m256i bit = _mm256_and_si256(_mm256_srlv_epi64(x, n), _mm256_set1_epi64x(1));
+    __m256i y = _mm256_add_epi64(_mm256_add_epi64(x, hm1), bit);
+    __m256i s = _mm256_cmpgt_epi64(_mm256_setzero_si256(), y);
+    return _mm256_xor_si256(_mm256_srlv_epi64(_mm256_xor_si256(y, s), n), s);
+}
+
+/* lin_epilogue_512 with AVX2 (the AVX2 and AVX-VNNI paths), 4 channels a step; the last
+ * n1 - n0 mod 4 channels, and rows whose activation sum does not fit 32 bits (the vector
+ * product takes 32-bit operands), take lin_epilogue_fast_c's formula. */
+static T256 void lin_epilogue_256(const lin_rt *L, int M, const int32_t *acc, const int32_t *acc2,
+                                  const int64_t *rowsum_a, void *out, int n0, int n1) {
+    const __m256i zo = _mm256_set1_epi64x(L->zo), lo = _mm256_set1_epi64x(L->lo),
+                  hi = _mm256_set1_epi64x(L->hi);
+    const __m256i pick = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    const int N = L->rows;
+    for (int i = 0; i < M; i++) {
+        const int32_t *a = acc + (size_t)i * N, *a2 = acc2 ? acc2 + (size_t)i * N : NULL;
+        int64_t sa1 = rowsum_a ? rowsum_a[i] : 0;
+        const __m256i sa = _mm256_set1_epi64x(sa1);
+        int n = n0;
+        if (sa1 == (int32_t)sa1)
+            for (; n + 4 <= n1; n += 4) {
+                __m256i v = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(a + n)));
+                if (a2)
+                    v = _mm256_add_epi64(_mm256_slli_epi64(v, 8),
+                                         _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(a2 + n))));
+                __m256i zw = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(L->zw + n)));
+                v = _mm256_sub_epi64(_mm256_add_epi64(v, _mm256_loadu_si256((const __m256i *)(L->fc + n))),
+                                     _mm256_mul_epi32(zw, sa));
+                /* v * m exactly mod 2^64 (|v * m| < 2^61): low half unsigned, high half signed */
+                __m256i m = _mm256_loadu_si256((const __m256i *)(L->fm + n));
+                __m256i x = _mm256_add_epi64(
+                    _mm256_mul_epu32(v, m),
+                    _mm256_slli_epi64(_mm256_mul_epi32(_mm256_shuffle_epi32(v, 0xf5), m), 32));
+                __m256i y = rne256(x, _mm256_loadu_si256((const __m256i *)(L->fsh + n)),
+                                   _mm256_loadu_si256((const __m256i *)(L->fhm1 + n)));
+                y = _mm256_add_epi64(y, zo);
+                y = _mm256_blendv_epi8(y, lo, _mm256_cmpgt_epi64(lo, y));
+                y = _mm256_blendv_epi8(y, hi, _mm256_cmpgt_epi64(y, hi));
+                __m128i y32 = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(y, pick));
+                __m128i y16 = _mm_packs_epi32(y32, y32);
+                if (L->out_bits <= 8) {
+                    int32_t b4 = _mm_cvtsi128_si32(_mm_packs_epi16(y16, y16));
+                    memcpy((int8_t *)out + (size_t)i * N + n, &b4, 4);
+                } else {
+                    _mm_storel_epi64((__m128i *)((int16_t *)out + (size_t)i * N + n), y16);
+                }
+            }
+        for (; n < n1; n++) {
+            int64_t v = (a2 ? 256 * (int64_t)a[n] + a2[n] : a[n]) + L->fc[n] - (int64_t)L->zw[n] * sa1;
+            int32_t y = qd_clamp32(qd_rshift_rne(v * L->fm[n], (int)L->fsh[n]) + L->zo, L->lo, L->hi);
+            if (L->out_bits <= 8) ((int8_t *)out)[(size_t)i * N + n] = (int8_t)y;
+            else ((int16_t *)out)[(size_t)i * N + n] = (int16_t)y;
+        }
+    }
+}
+
 static void lin_requant(const qd_qrt *rt, const lin_rt *L, int M, const int32_t *acc,
                         const int64_t *rowsum_a, void *out, int n0, int n1) {
     if (rt->visa == QD_ISA_SCALAR || !L->fast) lin_epilogue(L, M, acc, rowsum_a, out, n0, n1);
     else if (rt->visa == QD_ISA_AVX512_VNNI) lin_epilogue_512(L, M, acc, NULL, rowsum_a, out, n0, n1);
+    else if (rt->visa == QD_ISA_AVX2 || rt->visa == QD_ISA_AVX_VNNI)
+        lin_epilogue_256(L, M, acc, NULL, rowsum_a, out, n0, n1);
     else lin_epilogue_fast_c(L, M, acc, NULL, rowsum_a, out, n0, n1);
 }
 
@@ -1068,6 +1132,8 @@ static void head_task(void *ctx, int t, qrt_ws *ws) {
     qd_igemm_cols(H->pw, n0, n1, J->M, w->lo8, (size_t)D, w->acc2, (size_t)V, rt->isa);
     if (rt->visa != QD_ISA_SCALAR && H->fast) {
         if (rt->visa == QD_ISA_AVX512_VNNI) lin_epilogue_512(H, J->M, w->acc, w->acc2, w->rs, J->out, n0, n1);
+        else if (rt->visa == QD_ISA_AVX2 || rt->visa == QD_ISA_AVX_VNNI)
+            lin_epilogue_256(H, J->M, w->acc, w->acc2, w->rs, J->out, n0, n1);
         else lin_epilogue_fast_c(H, J->M, w->acc, w->acc2, w->rs, J->out, n0, n1);
         return;
     }
