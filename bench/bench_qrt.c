@@ -75,7 +75,8 @@ static int measure(const bench_case *bc, qd_logits_fn fn, void *ctx, float *logi
     return 0;
 }
 
-static void run_case(const bench_case *bc, int reps, int blas_default) {
+/* per_isa: also the W8A8 runtime once per ISA path (small models only: scalar is slow). */
+static void run_case(const bench_case *bc, int reps, int blas_default, int per_isa) {
     qd_err err;
     const qd_config *c = &bc->m->cfg;
     printf("== %s: dim %d, %d layers, FFN %d, %d heads (%d kv), vocab %d, T %d, %zu eval tokens\n",
@@ -153,6 +154,30 @@ static void run_case(const bench_case *bc, int reps, int blas_default) {
                i ? 4 : 8, qd_qint_bytes(qi[i]), fp_bytes, (double)qd_qint_bytes(qi[i]) / fp_bytes,
                (double)nb / nw);
     }
+    if (per_isa && qi[0]) { /* the W8A8 runtime on one thread per path, interleaved rounds */
+        qd_qrt *ri[QD_ISA_COUNT] = {NULL};
+        figures fi[QD_ISA_COUNT];
+        memset(fi, 0, sizeof fi);
+        for (int k = 0; k < QD_ISA_COUNT; k++) {
+            if (!qd_isa_supported((qd_isa)k)) continue;
+            qd_qrt_opts o;
+            qd_qrt_defaults(&o);
+            o.threads = 1;
+            o.isa = (qd_isa)k;
+            ri[k] = qd_qrt_new(qi[0], &o, &err);
+        }
+        for (int r = 0; r < reps; r++)
+            for (int k = 0; k < QD_ISA_COUNT; k++)
+                if (ri[k]) measure(bc, qd_qrt_logits_fn, ri[k], logits, &fi[k], &ppl);
+        printf("  int W8A8 eval t/s per path, 1 thread (vs scalar):");
+        for (int k = 0; k < QD_ISA_COUNT; k++) {
+            if (ri[k]) printf(" %s %.0f (%.2fx)", qd_isa_name((qd_isa)k), fi[k].eval_tps,
+                              fi[k].eval_tps / fi[QD_ISA_SCALAR].eval_tps);
+            else printf(" %s unsupported", qd_isa_name((qd_isa)k));
+            qd_qrt_free(ri[k]);
+        }
+        printf("\n");
+    }
     fflush(stdout);
     for (int i = 0; i < 2; i++) {
         qd_qrt_free(rt[i][0]);
@@ -178,7 +203,7 @@ static void bench_stories(int reps) {
         size_t n = tk.n - 8 * (size_t)T;
         n -= n % T;
         bench_case bc = {"stories260K", m, tk.ids + 8 * T, n, T, tk.ids, 8};
-        run_case(&bc, reps, openblas_get_num_threads());
+        run_case(&bc, reps, openblas_get_num_threads(), 1);
     }
     qd_tokens_free(&tk);
     qd_tok_free(tok);
@@ -207,7 +232,7 @@ static void bench_synthetic(int reps, int quick) {
         ids[i] = r % 4 ? (int)(r % 300) : (int)(r % (uint32_t)c.vocab_size);
     }
     bench_case bc = {"synthetic", m, ids + (size_t)n_cal * T, (size_t)n_eval * T, T, ids, n_cal};
-    run_case(&bc, reps, openblas_get_num_threads());
+    run_case(&bc, reps, openblas_get_num_threads(), 0);
     free(ids);
     qd_model_free(m);
 }
