@@ -1,5 +1,5 @@
 /* Which sgemm to run on this machine: OpenBLAS with its own kernel choice, OpenBLAS with the
- * kernel quantd chooses from CPU features (base/blas.h), and, where their Debian runtime
+ * kernel quantd chooses from CPU features (quant/fp/blas.h), and, where their Debian runtime
  * packages are installed, oneDNN's dnnl_sgemm (libdnnl2) and BLIS (libblis4-*), side by side
  * at the same shapes, against the machine's FMA peak measured by a short loop. Nothing here
  * passes or fails on time.
@@ -18,7 +18,7 @@
 
 #include <cblas.h>
 
-#include "base/blas.h"
+#include "quant/fp/blas.h"
 #include "base/sys.h"
 
 static const int shapes[][3] = {
@@ -213,7 +213,7 @@ int main(int argc, char **argv) {
     spawn(V_DEFAULT, env, "openblas");
     spawn(V_CHOSEN, clean, "openblas");
     qd_blas_info self;
-    qd_blas_get_info(&self);
+    qd_blas_info_get(&self);
     const char *user = getenv("OPENBLAS_CORETYPE");
     if (user && !strcmp(self.chosen_by, "user")) { /* the user's own, not this bench's choice */
         snprintf(env, sizeof env, "-u QD_BLAS_CHOSEN OPENBLAS_CORETYPE='%s'", user);

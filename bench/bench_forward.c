@@ -5,7 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "base/blas.h"
+#include "quant/fp/blas.h"
 #include "quant/fp/forward.h"
 #include "tests/synth.h"
 #include "base/sys.h"

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "base/blas.h"
+#include "quant/fp/blas.h"
 #include "quant/rt/igemm.h"
 #include "base/sys.h"
 

@@ -7,7 +7,7 @@
  * nothing about time. Threads: OPENBLAS_NUM_THREADS (printed).
  * QD_BENCH_SMALL=1 shrinks the config (quick smoke run). */
 #define QD_GEMM_PROFILE
-#include "base/blas.h"
+#include "quant/fp/blas.h"
 #include "quant/sim/ops.c"
 #include "quant/sim/fakequant.c"
 

@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "base/blas.h"
+#include "quant/fp/blas.h"
 #include "quant/text/data.h"
 #include "quant/fp/forward.h"
 #include "quant/text/resolve.h"

@@ -19,7 +19,7 @@
 #include <sys/socket.h>
 #include <sys/statvfs.h>
 
-#include "base/blas.h"
+#include "quant/fp/blas.h"
 #include "base/err.h"
 #include "base/fs.h"
 #include <sys/wait.h>

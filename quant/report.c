@@ -132,6 +132,7 @@ static void add_compute(cJSON *rep, const qd_report *r) {
     cJSON_AddStringToObject(bj, "config", bi.config);
     if (bi.coretype_env[0]) cJSON_AddStringToObject(bj, "coretype_env", bi.coretype_env);
     else cJSON_AddNullToObject(bj, "coretype_env");
+    cJSON_AddStringToObject(bj, "chosen_by", bi.chosen_by);
     cJSON_AddNumberToObject(bj, "threads", bi.threads);
 }
 

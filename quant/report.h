@@ -18,7 +18,8 @@
  *   loss_curve [one loss per optimizer step];
  *   compute {wall_seconds, method_seconds, export_seconds, tokens_processed, optimizer_steps,
  *            resumed_at_step, peak_rss_bytes, blas {library, core (the kernel in use, e.g.
- *            "SkylakeX"), config, coretype_env ($OPENBLAS_CORETYPE or null), threads}};
+ *            "SkylakeX"), config, coretype_env ($OPENBLAS_CORETYPE or null), chosen_by
+ *            ("quantd" from CPU features, "user", "library"), threads}};
  *   size {fp32_bytes, quantized_bytes (the encodings' model bytes), bits_per_weight, ratio,
  *         weight_tensors, activation_quantizers, fp16_bytes, qint_bytes (model.qint.safetensors
  *         on disk), qint_payload_bytes (qd_qint_bytes), ratio_fp32, ratio_fp16 (FP bytes /

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "base/blas.h"
+#include "quant/fp/blas.h"
 
 static int check_failed_total;
 static int check_case_failed;

@@ -1,4 +1,4 @@
-/* base/blas: the OpenBLAS kernel chosen from CPU features. The checks hold on any CPU and with
+/* quant/fp/blas: the OpenBLAS kernel chosen from CPU features. The checks hold on any CPU and with
  * any OPENBLAS_CORETYPE in the environment: this binary runs itself as a child with the
  * variables set or unset, and each child reports what it ran on through an inherited pipe (so
  * the re-execution is seen to keep the pid, argv and open descriptors). */
@@ -8,7 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "base/blas.h"
+#include "quant/fp/blas.h"
 #include "tests/check.h"
 
 extern char **environ;
@@ -18,9 +18,9 @@ static int child(int argc, char **argv) {
     if (argc < 5) return 2;
     int fd = atoi(argv[2]);
     qd_blas_info i;
-    qd_blas_get_info(&i);
+    qd_blas_info_get(&i);
     const char *mark = getenv("QD_BLAS_CHOSEN");
-    dprintf(fd, "%ld %s %s %s %s|%s\n", (long)getpid(), i.chosen_by, i.kernel, mark ? mark : "-",
+    dprintf(fd, "%ld %s %s %s %s|%s\n", (long)getpid(), i.chosen_by, i.core, mark ? mark : "-",
             argv[3], argv[4]);
     close(fd);
     return 0;
@@ -63,17 +63,17 @@ static int run_child(const char *const *unset, const char *set, report *r) {
 
 static void test_info(void) {
     qd_blas_info i;
-    qd_blas_get_info(&i);
+    qd_blas_info_get(&i);
     CHECK(!strcmp(i.library, "OpenBLAS"), "library '%s'", i.library);
     CHECK(i.version[0] >= '0' && i.version[0] <= '9', "version '%s'", i.version);
-    CHECK(i.kernel[0], "no kernel name");
+    CHECK(i.core[0], "no kernel name");
     CHECK(i.threads >= 1, "threads %d", i.threads);
     char line[512];
-    CHECK(qd_blas_describe(line, sizeof line) > 0 && strstr(line, i.kernel), "%s", line);
+    CHECK(qd_blas_describe(line, sizeof line) > 0 && strstr(line, i.core), "%s", line);
     printf("# %s\n", line);
     /* when quantd chose, the library runs what it chose */
     if (!strcmp(i.chosen_by, "quantd"))
-        CHECK(!strcasecmp(i.kernel, i.wanted), "chose %s, runs %s", i.wanted, i.kernel);
+        CHECK(!strcasecmp(i.core, i.wanted), "chose %s, runs %s", i.wanted, i.core);
 }
 
 static void test_reexec(void) {
