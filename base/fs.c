@@ -1,4 +1,4 @@
-/* Files: whole-file reads, write-everything and atomic replacement. */
+/* Files: whole-file reads, write-everything, mkdir -p and atomic replacement (see fs.h). */
 #include "base/fs.h"
 
 #include <errno.h>
@@ -60,19 +60,53 @@ int qd_write_all(int fd, const void *data, size_t n) {
     return 0;
 }
 
+int qd_mkdir_p(const char *dir, qd_err *err) {
+    char buf[4096];
+    if (!*dir) return qd_errf(err, "%s: empty directory name", __func__);
+    if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf)
+        return qd_errf(err, "%s: path too long", dir);
+    /* Each prefix ending before a '/', then the whole path. */
+    for (char *p = buf + 1;; p++) {
+        if (*p && *p != '/') continue;
+        char c = *p;
+        *p = 0;
+        struct stat st;
+        if (mkdir(buf, 0755) != 0) {
+            if (errno != EEXIST)
+                return qd_errf(err, "%s: cannot create directory: %s", buf, strerror(errno));
+            if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode))
+                return qd_errf(err, "%s: exists and is not a directory", buf);
+        }
+        *p = c;
+        if (!c) return QD_OK;
+        while (p[1] == '/') p++;
+        if (!p[1]) return QD_OK;   /* a trailing slash */
+    }
+}
+
+int qd_fsync_dir(const char *dir) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    int e = errno;
+    close(fd);
+    errno = e;
+    return rc;
+}
+
 int qd_atomic_open(qd_atomic_file *a, const char *path, qd_err *err) {
     a->f = NULL;
     if (strlen(path) >= sizeof a->path) return qd_errf(err, "%s: path too long", path);
     snprintf(a->path, sizeof a->path, "%s", path);
     snprintf(a->tmp, sizeof a->tmp, "%s.tmpXXXXXX", path);
-    int fd = mkstemp(a->tmp);
+    /* O_CLOEXEC: the server forks workers, which must not inherit a half-written file. */
+    int fd = mkostemp(a->tmp, O_CLOEXEC);
     if (fd < 0) return qd_errf(err, "%s: cannot create temp file: %s", path, strerror(errno));
-    fchmod(fd, 0644);
-    a->f = fdopen(fd, "wb");
-    if (!a->f) {
+    if (fchmod(fd, 0644) != 0 || !(a->f = fdopen(fd, "wb"))) {
+        int e = errno;
         close(fd);
         unlink(a->tmp);
-        return qd_errf(err, "%s: fdopen failed: %s", path, strerror(errno));
+        return qd_errf(err, "%s: cannot open temp file: %s", path, strerror(e));
     }
     return QD_OK;
 }
@@ -85,15 +119,21 @@ void qd_atomic_abort(qd_atomic_file *a) {
 }
 
 int qd_atomic_commit(qd_atomic_file *a, qd_err *err) {
-    if (ferror(a->f) || fflush(a->f) != 0 || fsync(fileno(a->f)) != 0) {
-        int e = errno;
+    if (!a->f) return qd_errf(err, "%s: %s without an open file", a->path, __func__);
+    int e = 0;
+    if (ferror(a->f))
+        e = EIO; /* an earlier fwrite failed */
+    else if (fflush(a->f) != 0 || fsync(fileno(a->f)) != 0)
+        e = errno;
+    if (e) {
         qd_atomic_abort(a);
         return qd_errf(err, "%s: write failed: %s", a->path, strerror(e));
     }
     if (fclose(a->f) != 0) {
+        int e = errno;
         a->f = NULL;
         unlink(a->tmp);
-        return qd_errf(err, "%s: close failed: %s", a->path, strerror(errno));
+        return qd_errf(err, "%s: close failed: %s", a->path, strerror(e));
     }
     a->f = NULL;
     if (rename(a->tmp, a->path) != 0) {
@@ -104,10 +144,17 @@ int qd_atomic_commit(qd_atomic_file *a, qd_err *err) {
     /* The rename is durable only once the directory entry is on disk. */
     char dir[sizeof a->path];
     snprintf(dir, sizeof dir, "%s", a->path);
-    int dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
+    qd_fsync_dir(dirname(dir));
     return QD_OK;
+}
+
+int qd_write_file_atomic(const char *path, const void *data, size_t n, qd_err *err) {
+    qd_atomic_file a;
+    if (qd_atomic_open(&a, path, err)) return QD_ERR;
+    if (n && fwrite(data, 1, n, a.f) != n) {
+        int e = errno;
+        qd_atomic_abort(&a);
+        return qd_errf(err, "%s: write failed: %s", path, strerror(e));
+    }
+    return qd_atomic_commit(&a, err);
 }

@@ -3,6 +3,7 @@
  * carry a whole-request timeout; uploads, downloads and SSE streams instead abort when the
  * transfer stalls (low-speed limit), since their length is unbounded. */
 #include "cli/client.h"
+#include "base/fs.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -12,7 +13,6 @@
 #include <unistd.h>
 
 #include <curl/curl.h>
-#include <openssl/evp.h>
 
 /* An upload or download making no progress for this long is treated as a dead connection. The
  * server sends an SSE keep-alive comment every 15 s, so a live stream never trips it. */
@@ -293,28 +293,22 @@ static size_t dl_write(char *p, size_t sz, size_t nm, void *ud) {
 int qc_download(const qc_conn *c, const char *path_url, const char *dest, const char *label,
                 qc_resp *r) {
     memset(r, 0, sizeof *r);
-    size_t tn = strlen(dest) + 8;
-    char *tmp = malloc(tn);
-    if (!tmp) return -1;
-    snprintf(tmp, tn, "%s.part", dest);
-    FILE *f = fopen(tmp, "wb");
-    if (!f) {
-        snprintf(r->error, sizeof r->error, "%s: %s", tmp, strerror(errno));
+    qd_atomic_file af;
+    qd_err err;
+    if (qd_atomic_open(&af, dest, &err)) {
+        snprintf(r->error, sizeof r->error, "%.255s", err.msg);
         r->status = -1;
-        free(tmp);
         return 0;
     }
     char errbuf[CURL_ERROR_SIZE] = "";
     struct curl_slist *hdrs = NULL;
     CURL *h = easy_new(c, path_url, &hdrs, errbuf);
     if (!h) {
-        fclose(f);
-        unlink(tmp);
-        free(tmp);
+        qd_atomic_abort(&af);
         snprintf(r->error, sizeof r->error, "cannot set up a request");
         return -1;
     }
-    dlsink d = {h, f, {r, false}, false};
+    dlsink d = {h, af.f, {r, false}, false};
     progress p = {.label = label, .upload = false, .tty = isatty(2), .last_step = 0};
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, dl_write);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &d);
@@ -326,19 +320,19 @@ int qc_download(const qc_conn *c, const char *path_url, const char *dest, const 
         curl_easy_setopt(h, CURLOPT_XFERINFODATA, &p);
     }
     int ret = easy_run(h, hdrs, errbuf, r);
-    bool close_err = fclose(f) != 0;
-    if (d.write_error || close_err) {
-        snprintf(r->error, sizeof r->error, "%s: write failed", tmp);
+    if (d.write_error) {
+        qd_atomic_abort(&af);
+        snprintf(r->error, sizeof r->error, "%s: write failed", dest);
         r->status = -1;
         ret = 0;
     } else if (ret == 0 && r->status / 100 == 2) {
-        if (rename(tmp, dest) != 0) {
-            snprintf(r->error, sizeof r->error, "%s: %s", dest, strerror(errno));
+        if (qd_atomic_commit(&af, &err)) {
+            snprintf(r->error, sizeof r->error, "%.255s", err.msg);
             r->status = -1;
         }
+    } else {
+        qd_atomic_abort(&af);
     }
-    if (ret != 0 || r->status / 100 != 2) unlink(tmp);
-    free(tmp);
     return ret;
 }
 
@@ -484,53 +478,4 @@ int qc_events(const qc_conn *c, const char *path_url, long *last_id, qc_event_fn
     free(s.line);
     free(s.data);
     return ret;
-}
-
-/* ---- sha256 ---- */
-
-int qc_sha256_file(const char *file, char hex[65], uint64_t *size, char *err, size_t errn) {
-    FILE *f = fopen(file, "rb");
-    if (!f) {
-        snprintf(err, errn, "%s: %s", file, strerror(errno));
-        return -1;
-    }
-    struct stat st;
-    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
-        snprintf(err, errn, "%s: not a regular file", file);
-        fclose(f);
-        return -1;
-    }
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    if (!md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
-        snprintf(err, errn, "sha256: OpenSSL refused to start a digest");
-        EVP_MD_CTX_free(md);
-        fclose(f);
-        return -1;
-    }
-    size_t bufn = 1u << 20;
-    unsigned char *buf = malloc(bufn);
-    uint64_t total = 0;
-    int rc = buf ? 0 : -1;
-    size_t k;
-    while (rc == 0 && (k = fread(buf, 1, bufn, f)) > 0) {
-        EVP_DigestUpdate(md, buf, k);
-        total += k;
-    }
-    if (rc == 0 && ferror(f)) {
-        snprintf(err, errn, "%s: read error", file);
-        rc = -1;
-    }
-    unsigned char d[EVP_MAX_MD_SIZE];
-    unsigned int dn = 0;
-    if (rc == 0 && EVP_DigestFinal_ex(md, d, &dn) == 1 && dn == 32) {
-        for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", d[i]);
-        *size = total;
-    } else if (rc == 0) {
-        snprintf(err, errn, "sha256: digest failed");
-        rc = -1;
-    }
-    free(buf);
-    EVP_MD_CTX_free(md);
-    fclose(f);
-    return rc;
 }

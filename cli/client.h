@@ -45,7 +45,8 @@ int qc_request(const qc_conn *c, const char *method, const char *path, const cha
 int qc_upload_file(const qc_conn *c, const char *path_url, const char *file, uint64_t size,
                    const char *label, qc_resp *r);
 
-/* GETs base+path_url into dest (written to dest.part, renamed on a 2xx answer). An error
+/* GETs base+path_url into dest (through qd_atomic_file: a temp file beside dest, fsynced and
+ * renamed over it on a 2xx answer, removed otherwise). An error
  * answer's body lands in r->body instead. 0 when an answer came back, -1 otherwise; a local
  * write failure sets r->status to -1 and r->error. */
 int qc_download(const qc_conn *c, const char *path_url, const char *dest, const char *label,
@@ -71,9 +72,6 @@ int qc_events(const qc_conn *c, const char *path_url, long *last_id, qc_event_fn
 
 /* CLOCK_MONOTONIC in seconds. */
 double qc_now(void);
-
-/* sha256 of a file as 64 lower-case hex digits, and its size. 0, or -1 with err set. */
-int qc_sha256_file(const char *file, char hex[65], uint64_t *size, char *err, size_t errn);
 
 /* Human size: "1.2 MB" into buf. Returns buf. */
 const char *qc_human_size(double bytes, char *buf, size_t n);

@@ -27,6 +27,8 @@
 #include <cjson/cJSON.h>
 
 #include "api/api.h"
+#include "base/fs.h"
+#include "base/hash.h"
 #include "base/limits.h"
 #include "base/report_keys.h"
 #include "cli/args.h"
@@ -635,10 +637,11 @@ static int finish(const opts *o, cJSON *job, const gate *gates, int ngates) {
 
 /* Makes sure the server holds file; id gets its blob id. Returns an exit status. */
 static int ensure_blob(const opts *o, const char *file, const char *label, char id[72]) {
-    char hex[65], err[300];
+    char hex[65];
+    qd_err err;
     uint64_t size;
-    if (qc_sha256_file(file, hex, &size, err, sizeof err)) {
-        fprintf(stderr, "quantd client: %s\n", err);
+    if (qd_sha256_file(file, hex, &size, &err)) {
+        fprintf(stderr, "quantd client: %s\n", err.msg);
         return EXIT_LOCAL;
     }
     snprintf(id, 72, "sha256:%s", hex);
@@ -1038,18 +1041,6 @@ static bool safe_name(const char *n) {
     }
 }
 
-static int mkdirs(const char *path) {
-    char b[4096];
-    snprintf(b, sizeof b, "%s", path);
-    for (char *p = b + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        if (mkdir(b, 0755) != 0 && errno != EEXIST) return -1;
-        *p = '/';
-    }
-    return mkdir(b, 0755) != 0 && errno != EEXIST ? -1 : 0;
-}
-
 enum { D_NAME = OWN };
 
 static int cmd_download(opts *o, int argc, char **argv) {
@@ -1087,8 +1078,9 @@ static int cmd_download(opts *o, int argc, char **argv) {
     const char *state = str_or(list, "state", "?");
     if (strcmp(state, "succeeded") && !o->quiet)
         fprintf(stderr, "quantd client: note: job %s is %s; its artifacts may be incomplete\n", id, state);
-    if (mkdirs(out)) {
-        fprintf(stderr, "quantd client: %s: %s\n", out, strerror(errno));
+    qd_err err;
+    if (qd_mkdir_p(out, &err)) {
+        fprintf(stderr, "quantd client: %s\n", err.msg);
         cJSON_Delete(list);
         return EXIT_LOCAL;
     }
@@ -1108,8 +1100,8 @@ static int cmd_download(opts *o, int argc, char **argv) {
         snprintf(dest, sizeof dest, "%s/%s", out, name);
         char *slash = strrchr(dest, '/');
         *slash = 0;
-        if (mkdirs(dest)) {
-            fprintf(stderr, "quantd client: %s: %s\n", dest, strerror(errno));
+        if (qd_mkdir_p(dest, &err)) {
+            fprintf(stderr, "quantd client: %s\n", err.msg);
             ex = EXIT_LOCAL;
             break;
         }

@@ -8,6 +8,7 @@
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "server/auth.h"
+#include "base/hash.h"
 #include "server/config.h"
 #include "server/server.h"
 
@@ -42,7 +43,7 @@ static int gen_token(const char *role) {
     char tok[64] = "qd_";
     for (size_t i = 0; i < sizeof raw; i++) snprintf(tok + 3 + 2 * i, 3, "%02x", raw[i]);
     char hex[65];
-    srv_sha256_hex(tok, strlen(tok), hex);
+    qd_sha256_hex(tok, strlen(tok), hex);
     fprintf(stderr, "token (give to the client; it is not stored): %s\n", tok);
     printf("sha256:%s %s\n", hex, role);
     return 0;

@@ -27,6 +27,7 @@
 #include "quant/rt/runtime.h"
 #include "quant/text/vocab_write.h"
 #include "base/fs.h"
+#include "base/hash.h"
 #include "base/limits.h"
 #include "base/sys.h"
 #include "quant/io/load.h"
@@ -52,37 +53,13 @@ static void progress(const qd_quant_opts *o, const char *phase, double t0) {
     o->progress(o->progress_ctx, &p);
 }
 
-static int mkdir_p(const char *dir, qd_err *err) {
-    char buf[4096];
-    if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf)
-        return qd_errf(err, "%s: path too long", dir);
-    for (char *p = buf + 1; *p; p++)
-        if (*p == '/') {
-            *p = 0;
-            if (mkdir(buf, 0755) && errno != EEXIST)
-                return qd_errf(err, "%s: cannot create: %s", buf, strerror(errno));
-            *p = '/';
-        }
-    if (mkdir(buf, 0755) && errno != EEXIST)
-        return qd_errf(err, "%s: cannot create: %s", buf, strerror(errno));
-    return QD_OK;
-}
-
-/* Writes n bytes to dir/name through a temp file + fsync + rename. */
+/* Replaces dir/name by n bytes (qd_write_file_atomic: unique temp, fsync, rename, fsync of dir). */
 static int write_atomic_n(const char *dir, const char *name, const void *data, size_t n,
                           qd_err *err) {
-    char path[4400], tmp[4500];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    if (!f) return qd_errf(err, "%s: cannot create: %s", tmp, strerror(errno));
-    int bad = fwrite(data, 1, n, f) != n || fflush(f) != 0 || fsync(fileno(f)) != 0;
-    bad |= fclose(f) != 0;
-    if (bad || rename(tmp, path) != 0) {
-        unlink(tmp);
-        return qd_errf(err, "%s: write failed: %s", path, strerror(errno));
-    }
-    return QD_OK;
+    char path[4400];
+    if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path)
+        return qd_errf(err, "%s/%s: path too long", dir, name);
+    return qd_write_file_atomic(path, data, n, err);
 }
 
 static uint64_t file_fingerprint(uint64_t h, const char *path) {
@@ -474,7 +451,7 @@ static int run_variants(const qd_quant_opts *o, const inputs *in, double t0, qd_
 
 int qd_quantize(const qd_quant_opts *o, qd_err *err) {
     double t0 = qd_now();
-    if (validate(o, err) || mkdir_p(o->out_dir, err)) return QD_ERR;
+    if (validate(o, err) || qd_mkdir_p(o->out_dir, err)) return QD_ERR;
     openblas_set_num_threads(o->threads);
 
     int rc = QD_ERR;

@@ -10,7 +10,8 @@
 #include <sys/stat.h>
 
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
+
+#include "base/hash.h"
 
 #define AUTH_MAX_TOKENS 4096
 
@@ -31,17 +32,6 @@ const char *srv_role_name(srv_role r) {
     case SRV_ROLE_ADMIN: return "admin";
     default: return "none";
     }
-}
-
-static void sha256(const void *data, size_t n, unsigned char out[32]) {
-    unsigned int len = 32;
-    EVP_Digest(data, n, out, &len, EVP_sha256(), NULL);
-}
-
-void srv_sha256_hex(const void *data, size_t n, char hex[65]) {
-    unsigned char h[32];
-    sha256(data, n, h);
-    for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", h[i]);
 }
 
 static int unhex(const char *s, unsigned char out[32]) {
@@ -131,7 +121,7 @@ void srv_auth_free(srv_auth *a) {
 srv_role srv_auth_check(const srv_auth *a, const char *tok) {
     if (!a || !tok || !*tok) return SRV_ROLE_NONE;
     unsigned char h[32];
-    sha256(tok, strlen(tok), h);
+    qd_sha256(tok, strlen(tok), h);
     srv_role r = SRV_ROLE_NONE;
     for (int i = 0; i < a->n; i++)
         if (CRYPTO_memcmp(h, a->t[i].hash, 32) == 0) r = a->t[i].role;

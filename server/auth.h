@@ -20,7 +20,4 @@ srv_role srv_auth_check(const srv_auth *a, const char *token);
 /* Role name ("read", "submit", "admin"). */
 const char *srv_role_name(srv_role r);
 
-/* Writes the lower-case hex sha256 of s into hex (65 bytes). */
-void srv_sha256_hex(const void *data, size_t n, char hex[65]);
-
 #endif

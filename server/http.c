@@ -41,6 +41,8 @@
 #include "server/jobs.h"
 #include "server/metrics.h"
 #include "server/store.h"
+#include "base/fs.h"
+#include "base/str.h"
 #include "base/sys.h"
 
 #define MAX_JSON_BODY (1u << 20)
@@ -161,18 +163,6 @@ static bool ctype_is(const char *ct, const char *want) {
     return !strncasecmp(ct, want, n) && (ct[n] == 0 || ct[n] == ';' || ct[n] == ' ');
 }
 
-static bool uuid_like(const char *s) {
-    if (strlen(s) != 36) return false;
-    for (int i = 0; i < 36; i++) {
-        if (i == 8 || i == 13 || i == 18 || i == 23) {
-            if (s[i] != '-') return false;
-        } else if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'))) {
-            return false;
-        }
-    }
-    return true;
-}
-
 /* Artifact names are relative paths of plain segments: no "..", no hidden files, no empty
  * segments, nothing but [A-Za-z0-9._-]. The resolved path is checked again after realpath. */
 static bool artifact_name_ok(const char *n) {
@@ -192,7 +182,7 @@ static bool artifact_name_ok(const char *n) {
 }
 
 static enum MHD_Result need_job(srv *s, struct MHD_Connection *c, req *r, api_state *st) {
-    if (!uuid_like(r->id) || srv_jobs_state(s->jobs, r->id, st) != SRV_OK)
+    if (!qd_uuid_like(r->id) || srv_jobs_state(s->jobs, r->id, st) != SRV_OK)
         return send_err(c, r, 404, "not_found", "no such job", "id");
     return MHD_YES;
 }
@@ -827,13 +817,13 @@ static enum MHD_Result h_job_list(srv *s, struct MHD_Connection *c, req *r) {
 }
 
 static enum MHD_Result h_job_get(srv *s, struct MHD_Connection *c, req *r) {
-    char *t = uuid_like(r->id) ? srv_jobs_get_json(s->jobs, r->id) : NULL;
+    char *t = qd_uuid_like(r->id) ? srv_jobs_get_json(s->jobs, r->id) : NULL;
     if (!t) return send_err(c, r, 404, "not_found", "no such job", "id");
     return send_json(c, r, 200, t);
 }
 
 static enum MHD_Result h_job_delete(srv *s, struct MHD_Connection *c, req *r) {
-    if (!uuid_like(r->id)) return send_err(c, r, 404, "not_found", "no such job", "id");
+    if (!qd_uuid_like(r->id)) return send_err(c, r, 404, "not_found", "no such job", "id");
     qd_err err;
     int rc = srv_jobs_delete(s->jobs, r->id, &err);
     if (rc == SRV_NOT_FOUND) return send_err(c, r, 404, "not_found", "no such job", "id");
@@ -845,7 +835,7 @@ static enum MHD_Result h_job_delete(srv *s, struct MHD_Connection *c, req *r) {
 
 static enum MHD_Result h_job_cancel(srv *s, struct MHD_Connection *c, req *r) {
     char *t = NULL;
-    int rc = uuid_like(r->id) ? srv_jobs_cancel(s->jobs, r->id, &t) : SRV_NOT_FOUND;
+    int rc = qd_uuid_like(r->id) ? srv_jobs_cancel(s->jobs, r->id, &t) : SRV_NOT_FOUND;
     if (rc == SRV_NOT_FOUND) return send_err(c, r, 404, "not_found", "no such job", "id");
     if (rc == SRV_CONFLICT) {
         free(t);
@@ -1016,7 +1006,7 @@ static void sse_free(void *cls) {
 }
 
 static enum MHD_Result h_job_events(srv *s, struct MHD_Connection *c, req *r) {
-    srv_job *job = uuid_like(r->id) ? srv_jobs_find(s->jobs, r->id) : NULL;
+    srv_job *job = qd_uuid_like(r->id) ? srv_jobs_find(s->jobs, r->id) : NULL;
     if (!job) return send_err(c, r, 404, "not_found", "no such job", "id");
     const char *last = header(c, "Last-Event-ID");
     if (!last || !*last) last = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "last_event_id");
@@ -1483,7 +1473,7 @@ int srv_main(const srv_config *cfg) {
     char addrfile[PATH_MAX + 32], line[200];
     snprintf(addrfile, sizeof addrfile, "%s/server.addr", srv_store_dir(s.store));
     int ln = snprintf(line, sizeof line, "%s\n", bound);
-    srv_atomic_write(addrfile, line, (size_t)ln, NULL);
+    qd_write_file_atomic(addrfile, line, (size_t)ln, NULL);
     printf("listening on %s\n", bound);
     fflush(stdout);
     fprintf(stderr, "quantd serve: data %s, %d worker%s, auth %s\n", srv_store_dir(s.store),

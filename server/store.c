@@ -4,6 +4,8 @@
  * under a temp name and renamed into jobs/. */
 #include "server/store.h"
 #include "base/fs.h"
+#include "base/hash.h"
+#include "base/str.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -18,8 +20,6 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
-#include <openssl/evp.h>
-
 struct srv_store {
     char dir[PATH_MAX];
     int lock_fd;
@@ -30,31 +30,11 @@ struct srv_upload {
     srv_store *s;
     int fd;
     char tmp[PATH_MAX + 64];
-    EVP_MD_CTX *md;
+    qd_sha256_ctx *md;
     uint64_t size;
     bool sealed;
     char id[72];
 };
-
-static int mkdir_p(const char *path) {
-    char buf[PATH_MAX];
-    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) return -1;
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        if (mkdir(buf, 0755) != 0 && errno != EEXIST) return -1;
-        *p = '/';
-    }
-    return mkdir(buf, 0755) != 0 && errno != EEXIST ? -1 : 0;
-}
-
-static int fsync_dir(const char *dir) {
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    int rc = fsync(fd);
-    close(fd);
-    return rc;
-}
 
 static int rm_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
     (void)st;
@@ -69,10 +49,7 @@ int srv_rm_rf(const char *path) {
 }
 
 srv_store *srv_store_open(const char *dir, qd_err *err) {
-    if (mkdir_p(dir) != 0) {
-        qd_errf(err, "%s: cannot create: %s", dir, strerror(errno));
-        return NULL;
-    }
+    if (qd_mkdir_p(dir, err)) return NULL;
     srv_store *s = calloc(1, sizeof *s);
     if (!s || !realpath(dir, s->dir)) {
         qd_errf(err, "%s: %s", dir, strerror(errno));
@@ -83,8 +60,7 @@ srv_store *srv_store_open(const char *dir, qd_err *err) {
     const char *subdirs[] = {"blobs/sha256", "blobs/tmp", "jobs", "jobs/.tmp"};
     for (size_t i = 0; i < sizeof subdirs / sizeof subdirs[0]; i++) {
         snprintf(p, sizeof p, "%s/%s", s->dir, subdirs[i]);
-        if (mkdir_p(p) != 0) {
-            qd_errf(err, "%s: cannot create: %s", p, strerror(errno));
+        if (qd_mkdir_p(p, err)) {
             free(s);
             return NULL;
         }
@@ -104,7 +80,7 @@ srv_store *srv_store_open(const char *dir, qd_err *err) {
     for (size_t i = 0; i < 2; i++) {
         snprintf(p, sizeof p, "%s/%s", s->dir, scratch[i]);
         srv_rm_rf(p);
-        mkdir_p(p);
+        qd_mkdir_p(p, NULL);
     }
     return s;
 }
@@ -147,14 +123,14 @@ srv_upload *srv_upload_begin(srv_store *s, qd_err *err) {
     u->s = s;
     snprintf(u->tmp, sizeof u->tmp, "%s/blobs/tmp/upload-XXXXXX", s->dir);
     u->fd = mkostemp(u->tmp, O_CLOEXEC);
-    u->md = EVP_MD_CTX_new();
-    if (u->fd < 0 || !u->md || EVP_DigestInit_ex(u->md, EVP_sha256(), NULL) != 1) {
+    u->md = qd_sha256_new();
+    if (u->fd < 0 || !u->md) {
         qd_errf(err, "%s: %s", __func__, strerror(errno));
         if (u->fd >= 0) {
             close(u->fd);
             unlink(u->tmp);
         }
-        EVP_MD_CTX_free(u->md);
+        qd_sha256_free(u->md);
         free(u);
         return NULL;
     }
@@ -164,7 +140,7 @@ srv_upload *srv_upload_begin(srv_store *s, qd_err *err) {
 int srv_upload_write(srv_upload *u, const void *data, size_t n) {
     if (u->sealed) return EINVAL;
     if (qd_write_all(u->fd, data, n) != 0) return errno;
-    EVP_DigestUpdate(u->md, data, n);
+    qd_sha256_update(u->md, data, n);
     u->size += n;
     return 0;
 }
@@ -175,17 +151,14 @@ void srv_upload_abort(srv_upload *u) {
     if (!u) return;
     if (u->fd >= 0) close(u->fd);
     unlink(u->tmp);
-    EVP_MD_CTX_free(u->md);
+    qd_sha256_free(u->md);
     free(u);
 }
 
 void srv_upload_seal(srv_upload *u, char id[72]) {
     if (!u->sealed) {
-        unsigned char h[32];
-        unsigned int hl = 32;
-        EVP_DigestFinal_ex(u->md, h, &hl);
         memcpy(u->id, "sha256:", 7);
-        for (int i = 0; i < 32; i++) snprintf(u->id + 7 + 2 * i, 3, "%02x", h[i]);
+        qd_sha256_final(u->md, u->id + 7);
         u->sealed = true;
     }
     memcpy(id, u->id, 72);
@@ -216,8 +189,8 @@ int srv_upload_finish(srv_upload *u, char id[72], uint64_t *size, bool *existed,
     }
     char d[PATH_MAX + 64];
     snprintf(d, sizeof d, "%s/blobs/sha256", u->s->dir);
-    fsync_dir(d);
-    EVP_MD_CTX_free(u->md);
+    qd_fsync_dir(d);
+    qd_sha256_free(u->md);
     free(u);
     return QD_OK;
 }
@@ -225,34 +198,6 @@ int srv_upload_finish(srv_upload *u, char id[72], uint64_t *size, bool *existed,
 int srv_job_dir(const srv_store *s, const char *id, char *out, size_t n) {
     int k = snprintf(out, n, "%s/jobs/%s", s->dir, id);
     return k > 0 && (size_t)k < n ? QD_OK : QD_ERR;
-}
-
-int srv_atomic_write(const char *path, const void *data, size_t n, qd_err *err) {
-    char tmp[PATH_MAX + 16];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
-        return qd_errf(err, "%s: path too long", __func__);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return qd_errf(err, "%s: %s: %s", __func__, tmp, strerror(errno));
-    if (qd_write_all(fd, data, n) != 0 || fsync(fd) != 0) {
-        int e = errno;
-        close(fd);
-        unlink(tmp);
-        return qd_errf(err, "%s: %s: %s", __func__, tmp, strerror(e));
-    }
-    close(fd);
-    if (rename(tmp, path) != 0) {
-        int e = errno;
-        unlink(tmp);
-        return qd_errf(err, "%s: rename %s: %s", __func__, path, strerror(e));
-    }
-    char dir[PATH_MAX];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash) {
-        *slash = 0;
-        fsync_dir(dir);
-    }
-    return QD_OK;
 }
 
 static char *job_text(const api_job *j) {
@@ -268,7 +213,7 @@ int srv_store_write_job(srv_store *s, const api_job *j, qd_err *err) {
         return qd_errf(err, "%s: path too long", __func__);
     char *t = job_text(j);
     if (!t) return qd_errf(err, "%s: out of memory", __func__);
-    int rc = srv_atomic_write(p, t, strlen(t), err);
+    int rc = qd_write_file_atomic(p, t, strlen(t), err);
     free(t);
     return rc;
 }
@@ -280,7 +225,7 @@ int srv_store_create_job(srv_store *s, const api_job *j, const char *first_event
     if (mkdir(tmpdir, 0755) != 0) return qd_errf(err, "%s: %s: %s", __func__, tmpdir, strerror(errno));
     char *t = job_text(j);
     snprintf(p, sizeof p, "%s/job.json", tmpdir);
-    int rc = t ? srv_atomic_write(p, t, strlen(t), err) : qd_errf(err, "%s: out of memory", __func__);
+    int rc = t ? qd_write_file_atomic(p, t, strlen(t), err) : qd_errf(err, "%s: out of memory", __func__);
     free(t);
     if (rc == QD_OK && first_event) {
         snprintf(p, sizeof p, "%s/events.jsonl", tmpdir);
@@ -288,7 +233,7 @@ int srv_store_create_job(srv_store *s, const api_job *j, const char *first_event
         char *line = malloc(n + 2);
         memcpy(line, first_event, n);
         line[n] = '\n';
-        rc = srv_atomic_write(p, line, n + 1, err);
+        rc = qd_write_file_atomic(p, line, n + 1, err);
         free(line);
     }
     if (rc == QD_OK && rename(tmpdir, dst) != 0)
@@ -298,7 +243,7 @@ int srv_store_create_job(srv_store *s, const api_job *j, const char *first_event
         return rc;
     }
     snprintf(p, sizeof p, "%s/jobs", s->dir);
-    fsync_dir(p);
+    qd_fsync_dir(p);
     return QD_OK;
 }
 
@@ -328,18 +273,6 @@ int srv_store_delete_job(srv_store *s, const char *id, qd_err *err) {
     return QD_OK;
 }
 
-static bool uuid_like(const char *s) {
-    if (strlen(s) != 36) return false;
-    for (int i = 0; i < 36; i++) {
-        if (i == 8 || i == 13 || i == 18 || i == 23) {
-            if (s[i] != '-') return false;
-        } else if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'))) {
-            return false;
-        }
-    }
-    return true;
-}
-
 int srv_store_load_jobs(srv_store *s, api_job **out, int *n_out, qd_err *err) {
     char p[PATH_MAX + 64];
     snprintf(p, sizeof p, "%s/jobs", s->dir);
@@ -349,7 +282,7 @@ int srv_store_load_jobs(srv_store *s, api_job **out, int *n_out, qd_err *err) {
     api_job *jobs = malloc((size_t)cap * sizeof *jobs);
     struct dirent *e;
     while ((e = readdir(d))) {
-        if (!uuid_like(e->d_name)) continue;
+        if (!qd_uuid_like(e->d_name)) continue;
         snprintf(p, sizeof p, "%s/jobs/%.36s/job.json", s->dir, e->d_name);
         qd_err e2;
         size_t len;

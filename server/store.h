@@ -63,9 +63,6 @@ int srv_store_delete_job(srv_store *s, const char *id, qd_err *err);
  * Unreadable records are skipped with a message on stderr, never fatal. */
 int srv_store_load_jobs(srv_store *s, api_job **jobs, int *n, qd_err *err);
 
-/* Writes a file atomically: path.tmp, fsync, rename, fsync of the directory. */
-int srv_atomic_write(const char *path, const void *data, size_t n, qd_err *err);
-
 /* Recursively removes path (no symlinks followed). 0 or -1. */
 int srv_rm_rf(const char *path);
 

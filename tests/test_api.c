@@ -15,6 +15,7 @@
 #include "quant/quantize.h"
 #include "quant/sim/fakequant.h"
 #include "server/auth.h"
+#include "base/hash.h"
 #include "server/config.h"
 #include "server/server.h"
 #include "tests/check.h"
@@ -310,8 +311,8 @@ static void test_tokens(void) {
     char path[] = "/tmp/qd_test_tok_XXXXXX";
     int fd = mkstemp(path);
     char hr[65], ha[65], line[256];
-    srv_sha256_hex("reader-token", 12, hr);
-    srv_sha256_hex("admin-token", 11, ha);
+    qd_sha256_hex("reader-token", 12, hr);
+    qd_sha256_hex("admin-token", 11, ha);
     int n = snprintf(line, sizeof line, "# tokens\nsha256:%s read ci\nsha256:%s admin ops\n", hr, ha);
     CHECK(write(fd, line, (size_t)n) == n, "write");
     close(fd);

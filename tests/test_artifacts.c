@@ -31,6 +31,7 @@
 #include "tests/check.h"
 #include "base/sys.h"
 #include "quant/io/load.h"
+#include "base/hash.h"
 
 #define MODEL "models/stories260K.gguf"
 #define TEXT "text/tinystories-valid-excerpt.txt"

@@ -18,6 +18,7 @@
 #include "quant/io/safetensors.h"
 #include "tests/check.h"
 #include "quant/io/load.h"
+#include "base/hash.h"
 
 static qd_model *model;
 static qd_tokens toks;

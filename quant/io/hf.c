@@ -16,6 +16,7 @@
 #include "quant/io/common.h"
 #include "quant/io/safetensors.h"
 #include "base/fs.h"
+#include "base/str.h"
 
 #define HF_MAX_CONFIG (16u << 20)
 #define HF_MAX_INDEX (64u << 20)
@@ -382,11 +383,6 @@ static void hf_close(hf *h) {
     free(h);
 }
 
-static int ends_with(const char *s, const char *suffix) {
-    size_t n = strlen(s), k = strlen(suffix);
-    return n >= k && strcmp(s + n - k, suffix) == 0;
-}
-
 qd_model *qd_load_hf(const char *path, qd_err *err) {
     hf *h = calloc(1, sizeof *h);
     if (!h) {
@@ -410,7 +406,7 @@ qd_model *qd_load_hf(const char *path, qd_err *err) {
         char *slash = strrchr(h->dir, '/');
         if (slash) *slash = 0;
         else snprintf(h->dir, sizeof h->dir, ".");
-        if (ends_with(path, ".safetensors")) weights = path;
+        if (qd_has_ext(path, ".safetensors")) weights = path;
     }
     size_t dl = strlen(h->dir);
     while (dl > 1 && h->dir[dl - 1] == '/') h->dir[--dl] = 0;

@@ -1,16 +1,12 @@
 /* qd_model_load: the checkpoint format from the path (directory, suffix) or, failing that,
  * from the file's first bytes, and the reader for it. */
 #include "quant/io/load.h"
+#include "base/str.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
-
-static int ends_with(const char *s, const char *suffix) {
-    size_t n = strlen(s), k = strlen(suffix);
-    return n >= k && strcmp(s + n - k, suffix) == 0;
-}
 
 qd_model *qd_model_load(const char *path, qd_err *err) {
     if (!path || !*path) {
@@ -23,8 +19,8 @@ qd_model *qd_model_load(const char *path, qd_err *err) {
         return NULL;
     }
     if (S_ISDIR(st.st_mode)) return qd_load_hf(path, err);
-    if (ends_with(path, ".json") || ends_with(path, ".safetensors")) return qd_load_hf(path, err);
-    if (ends_with(path, ".gguf")) return qd_load_gguf(path, err);
+    if (qd_has_ext(path, ".json") || qd_has_ext(path, ".safetensors")) return qd_load_hf(path, err);
+    if (qd_has_ext(path, ".gguf")) return qd_load_gguf(path, err);
     /* No telling suffix: look at the content. */
     unsigned char head[9] = {0};
     FILE *f = fopen(path, "rb");

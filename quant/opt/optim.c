@@ -112,12 +112,9 @@ static void put(wr *w, const void *p, size_t n) {
 
 int qd_ckpt_save(const char *path, const qd_ckpt *c, const qd_adam *a, const qd_real *p,
                  qd_err *err) {
-    char tmp[4096];
-    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp", path) >= sizeof tmp)
-        return qd_errf(err, "%s: path too long", __func__);
-    FILE *f = fopen(tmp, "wb");
-    if (!f) return qd_errf(err, "%s: cannot create: %s", tmp, strerror(errno));
-    wr w = {f, QD_FNV_INIT, 0};
+    qd_atomic_file af;
+    if (qd_atomic_open(&af, path, err)) return QD_ERR;
+    wr w = {af.f, QD_FNV_INIT, 0};
     uint32_t ver = QD_CKPT_VERSION, realsz = (uint32_t)sizeof(qd_real);
     uint64_t n = a->n, fp = c->fingerprint, rng = c->rng;
     int64_t step = a->step, total = c->total_steps, nl = c->n_loss;
@@ -130,18 +127,12 @@ int qd_ckpt_save(const char *path, const qd_ckpt *c, const qd_adam *a, const qd_
     put(&w, a->m, sizeof(float) * a->n);
     put(&w, a->v, sizeof(float) * a->n);
     uint64_t h = w.h;
-    if (!w.bad && fwrite(&h, 8, 1, f) != 1) w.bad = 1;
-    if (fflush(f) != 0 || fsync(fileno(f)) != 0) w.bad = 1;
-    if (fclose(f) != 0) w.bad = 1;
-    if (w.bad) {
-        unlink(tmp);
-        return qd_errf(err, "%s: write failed: %s", tmp, strerror(errno));
+    if (w.bad || fwrite(&h, 8, 1, af.f) != 1) {
+        int e = errno;
+        qd_atomic_abort(&af);
+        return qd_errf(err, "%s: write failed: %s", path, strerror(e));
     }
-    if (rename(tmp, path) != 0) {
-        unlink(tmp);
-        return qd_errf(err, "%s: rename failed: %s", path, strerror(errno));
-    }
-    return QD_OK;
+    return qd_atomic_commit(&af, err);
 }
 
 int qd_ckpt_load(const char *path, uint64_t fingerprint, qd_ckpt *c, qd_adam *a, qd_real *p,

@@ -7,7 +7,6 @@
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <math.h>
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -831,68 +830,4 @@ fail:
     qd_qint_free(q);
     qd_st_close(f);
     return NULL;
-}
-
-/* ---------------------------------------------------------------- sha256 */
-
-static int hash_file(EVP_MD_CTX *ctx, const char *path, qd_err *err) {
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return qd_errf(err, "%s: cannot open", path);
-    unsigned char buf[1 << 16];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, fp)) > 0) EVP_DigestUpdate(ctx, buf, n);
-    int bad = ferror(fp);
-    fclose(fp);
-    return bad ? qd_errf(err, "%s: read error", path) : QD_OK;
-}
-
-static int cmp_str(const void *a, const void *b) {
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-int qd_sha256_path(const char *path, char hex[65], qd_err *err) {
-    struct stat st;
-    if (stat(path, &st)) return qd_errf(err, "%s: cannot stat", path);
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    if (!ctx || !EVP_DigestInit_ex(ctx, EVP_sha256(), NULL)) {
-        EVP_MD_CTX_free(ctx);
-        return qd_errf(err, "%s: sha256 unavailable", __func__);
-    }
-    int rc = QD_OK;
-    if (S_ISDIR(st.st_mode)) {
-        /* a checkpoint directory: its regular files in name order */
-        DIR *d = opendir(path);
-        char **names = NULL;
-        int nn = 0, cap = 0;
-        struct dirent *de;
-        while (d && (de = readdir(d))) {
-            if (de->d_name[0] == '.') continue;
-            if (nn == cap) {
-                cap = cap ? 2 * cap : 16;
-                char **t = realloc(names, (size_t)cap * sizeof *t);
-                if (!t) break;
-                names = t;
-            }
-            names[nn++] = strdup(de->d_name);
-        }
-        if (d) closedir(d);
-        qsort(names, (size_t)nn, sizeof *names, cmp_str);
-        for (int i = 0; i < nn && rc == QD_OK; i++) {
-            char p[4096];
-            snprintf(p, sizeof p, "%s/%s", path, names[i]);
-            struct stat s2;
-            if (names[i] && !stat(p, &s2) && S_ISREG(s2.st_mode)) rc = hash_file(ctx, p, err);
-        }
-        for (int i = 0; i < nn; i++) free(names[i]);
-        free(names);
-    } else {
-        rc = hash_file(ctx, path, err);
-    }
-    unsigned char md[32];
-    unsigned int ml = 0;
-    if (rc == QD_OK) EVP_DigestFinal_ex(ctx, md, &ml);
-    EVP_MD_CTX_free(ctx);
-    if (rc) return rc;
-    for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", md[i]);
-    return QD_OK;
 }

@@ -126,7 +126,4 @@ size_t qd_qint_bytes(const qd_qint *q);
 /* Number of weight parameters and the bits they take (for bits per weight). */
 void qd_qint_weight_bits(const qd_qint *q, size_t *n_weights, size_t *n_bits);
 
-/* sha256 of a file (or of every regular file in a directory, in name order), lower-case hex. */
-int qd_sha256_path(const char *path, char hex[65], qd_err *err);
-
 #endif

@@ -3,6 +3,7 @@
  * the byte offset for bad UTF-8, the line for bad JSON, the index for a bad id. */
 #include "quant/text/data.h"
 #include "base/fs.h"
+#include "base/str.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -39,17 +40,12 @@ void qd_tokens_free(qd_tokens *t) {
     t->n = 0;
 }
 
-static int ends_with(const char *s, const char *suffix) {
-    size_t n = strlen(s), m = strlen(suffix);
-    return n >= m && strcasecmp(s + n - m, suffix) == 0;
-}
-
 int qd_data_format_of(const char *path) {
     if (!path) return QD_DATA_AUTO;
-    if (ends_with(path, ".txt")) return QD_DATA_TXT;
-    if (ends_with(path, ".jsonl")) return QD_DATA_JSONL;
-    if (ends_with(path, ".u32.bin")) return QD_DATA_U32;
-    if (ends_with(path, ".bin")) return QD_DATA_U16;
+    if (qd_has_ext(path, ".txt")) return QD_DATA_TXT;
+    if (qd_has_ext(path, ".jsonl")) return QD_DATA_JSONL;
+    if (qd_has_ext(path, ".u32.bin")) return QD_DATA_U32;
+    if (qd_has_ext(path, ".bin")) return QD_DATA_U16;
     return QD_DATA_AUTO;
 }
 

@@ -12,6 +12,7 @@
 #include "quant/io/gguf.h"
 #include "quant/model.h"
 #include "base/fs.h"
+#include "base/str.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -1825,14 +1826,9 @@ qd_tokenizer *qd_tok_load_hf(const char *path, qd_err *err) {
 
 /* ---- dispatch -------------------------------------------------------------------------- */
 
-static int ends_with(const char *s, const char *suffix) {
-    size_t n = strlen(s), m = strlen(suffix);
-    return n >= m && strcasecmp(s + n - m, suffix) == 0;
-}
-
 qd_tokenizer *qd_tok_load(const char *path, qd_err *err) {
     if (!path) return qd_errf(err, "%s: no path", __func__), NULL;
-    if (ends_with(path, ".gguf")) {
+    if (qd_has_ext(path, ".gguf")) {
         qd_vocab *v = qd_gguf_load_vocab(path, err);
         if (!v) return NULL;
         qd_tokenizer *t = qd_tok_from_vocab(v, err);
@@ -1844,6 +1840,6 @@ qd_tokenizer *qd_tok_load(const char *path, qd_err *err) {
         qd_vocab_free(v);
         return t;
     }
-    if (ends_with(path, ".json")) return qd_tok_load_hf(path, err);
+    if (qd_has_ext(path, ".json")) return qd_tok_load_hf(path, err);
     return qd_tok_load_llama2c(path, err);
 }
