@@ -14,6 +14,7 @@
  * leave four orders of magnitude of headroom while any missing or wrong term (the fault cases
  * below: gradients of O(1e-3..1) relative size) fails them. */
 #define QD_REAL_DOUBLE
+#define QD_TEST_HOOKS /* the fault cases below: compiled into this test only (ops.h) */
 #include "quant/sim/ops.c"
 #include "quant/sim/fakequant.c"
 

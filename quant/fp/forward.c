@@ -3,6 +3,7 @@
  * row-major (tokens, features); weights are [out][in] so y = x W^T. RoPE is rotate-half. */
 #include "quant/fp/forward.h"
 #include "base/sys.h"
+#include "quant/fp/layers.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -18,40 +19,8 @@ static int check_tokens(const qd_model *m, const int *tokens, size_t n, qd_err *
 }
 
 void qd_rope_tables(const qd_config *c, int T, float *cos_t, float *sin_t) {
-    int half = c->head_dim / 2;
-    for (int t = 0; t < T; t++)
-        for (int i = 0; i < half; i++) {
-            double a = (double)t * qd_rope_inv_freq(c, i);
-            cos_t[t * half + i] = (float)cos(a);
-            sin_t[t * half + i] = (float)sin(a);
-        }
-}
-
-/* out (N, d) = rmsnorm(x) * w; in place allowed. */
-static void rmsnorm(float *out, const float *x, const float *w, size_t N, int d, float eps) {
-    for (size_t n = 0; n < N; n++) {
-        const float *xr = x + n * d;
-        float *o = out + n * d;
-        double ss = 0;
-        for (int i = 0; i < d; i++) ss += (double)xr[i] * xr[i];
-        float r = (float)(1.0 / sqrt(ss / d + eps));
-        for (int i = 0; i < d; i++) o[i] = xr[i] * r * w[i];
-    }
-}
-
-/* Rotates n_heads heads of one token vector v at position t (rotate-half pairs i, i+hd/2). */
-static void rope_token(float *v, int n_heads, int hd, const float *cos_t, const float *sin_t,
-                       int t) {
-    int half = hd / 2;
-    const float *c = cos_t + (size_t)t * half, *s = sin_t + (size_t)t * half;
-    for (int h = 0; h < n_heads; h++) {
-        float *x = v + h * hd;
-        for (int i = 0; i < half; i++) {
-            float x0 = x[i], x1 = x[i + half];
-            x[i] = x0 * c[i] - x1 * s[i];
-            x[i + half] = x0 * s[i] + x1 * c[i];
-        }
-    }
+    for (int i = 0; i < c->head_dim / 2; i++)
+        qd_rope_column(cos_t, sin_t, T, c->head_dim, i, qd_rope_inv_freq(c, i));
 }
 
 static void softmax_row(float *p, int n) {
@@ -65,8 +34,6 @@ static void softmax_row(float *p, int n) {
     float inv = (float)(1.0 / sum);
     for (int i = 0; i < n; i++) p[i] *= inv;
 }
-
-static float silu(float x) { return x / (1.0f + expf(-x)); }
 
 /* y (N, out) = x (N, in) W^T (+ b) */
 static void linear(float *y, const float *x, const float *W, const float *b, int N, int out,
@@ -130,14 +97,14 @@ int qd_forward_ws(const qd_model *m, qd_fwd_ws *ws, const int *tokens, int B, in
     float scale = 1.0f / sqrtf((float)hd);
     for (int l = 0; l < c->n_layers; l++) {
         const qd_layer *L = &m->layers[l];
-        rmsnorm(xn, x, L->attn_norm, N, D, c->norm_eps);
+        qd_rmsnorm_rows(xn, NULL, x, L->attn_norm, N, D, c->norm_eps);
         linear(q, xn, L->wq, L->bq, N, qd, D);
         linear(k, xn, L->wk, L->bk, N, kvd, D);
         linear(v, xn, L->wv, L->bv, N, kvd, D);
         for (size_t n = 0; n < N; n++) {
             int t = (int)(n % T);
-            rope_token(q + n * qd, H, hd, cs, sn, t);
-            rope_token(k + n * kvd, KV, hd, cs, sn, t);
+            qd_rope_rotate(q + n * qd, q + n * qd, cs, sn, t, H, hd);
+            qd_rope_rotate(k + n * kvd, k + n * kvd, cs, sn, t, KV, hd);
         }
         for (int b = 0; b < B; b++)
             for (int h = 0; h < H; h++) {
@@ -166,14 +133,14 @@ int qd_forward_ws(const qd_model *m, qd_fwd_ws *ws, const int *tokens, int B, in
             }
         linear(xn, att, L->wo, NULL, N, D, qd);
         for (size_t i = 0; i < N * D; i++) x[i] += xn[i];
-        rmsnorm(xn, x, L->ffn_norm, N, D, c->norm_eps);
+        qd_rmsnorm_rows(xn, NULL, x, L->ffn_norm, N, D, c->norm_eps);
         linear(g, xn, L->w_gate, NULL, N, F, D);
         linear(u, xn, L->w_up, NULL, N, F, D);
-        for (size_t i = 0; i < N * F; i++) g[i] = silu(g[i]) * u[i];
+        for (size_t i = 0; i < N * F; i++) g[i] = qd_silu_real(g[i]) * u[i];
         linear(xn, g, L->w_down, NULL, N, D, F);
         for (size_t i = 0; i < N * D; i++) x[i] += xn[i];
     }
-    rmsnorm(xn, x, m->final_norm, N, D, c->norm_eps);
+    qd_rmsnorm_rows(xn, NULL, x, m->final_norm, N, D, c->norm_eps);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, c->vocab_size, D, 1.0f, xn, D,
                 m->lm_head, D, 0.0f, logits, c->vocab_size);
     return QD_OK;
@@ -214,12 +181,12 @@ int qd_forward_ref(const qd_model *m, const int *tokens, int B, int T, float *lo
             for (size_t l = 0; l < L; l++) {
                 const qd_layer *Ly = &m->layers[l];
                 float *kt = kc + (l * T + t) * kvd, *vt = vc + (l * T + t) * kvd;
-                rmsnorm(xn, x, Ly->attn_norm, 1, D, c->norm_eps);
+                qd_rmsnorm_rows(xn, NULL, x, Ly->attn_norm, 1, D, c->norm_eps);
                 matvec_ref(q, Ly->wq, Ly->bq, xn, qd, D);
                 matvec_ref(kt, Ly->wk, Ly->bk, xn, kvd, D);
                 matvec_ref(vt, Ly->wv, Ly->bv, xn, kvd, D);
-                rope_token(q, H, hd, cs, sn, t);
-                rope_token(kt, KV, hd, cs, sn, t);
+                qd_rope_rotate(q, q, cs, sn, t, H, hd);
+                qd_rope_rotate(kt, kt, cs, sn, t, KV, hd);
                 for (int h = 0; h < H; h++) {
                     int kh = h / (H / KV);
                     for (int j = 0; j <= t; j++) {
@@ -237,14 +204,14 @@ int qd_forward_ref(const qd_model *m, const int *tokens, int B, int T, float *lo
                 }
                 matvec_ref(tmp, Ly->wo, NULL, att, D, qd);
                 for (int i = 0; i < D; i++) x[i] += tmp[i];
-                rmsnorm(xn, x, Ly->ffn_norm, 1, D, c->norm_eps);
+                qd_rmsnorm_rows(xn, NULL, x, Ly->ffn_norm, 1, D, c->norm_eps);
                 matvec_ref(g, Ly->w_gate, NULL, xn, F, D);
                 matvec_ref(u, Ly->w_up, NULL, xn, F, D);
-                for (int i = 0; i < F; i++) g[i] = silu(g[i]) * u[i];
+                for (int i = 0; i < F; i++) g[i] = qd_silu_real(g[i]) * u[i];
                 matvec_ref(tmp, Ly->w_down, NULL, g, D, F);
                 for (int i = 0; i < D; i++) x[i] += tmp[i];
             }
-            rmsnorm(xn, x, m->final_norm, 1, D, c->norm_eps);
+            qd_rmsnorm_rows(xn, NULL, x, m->final_norm, 1, D, c->norm_eps);
             matvec_ref(logits + ((size_t)b * T + t) * c->vocab_size, m->lm_head, NULL, xn,
                        c->vocab_size, D);
         }
@@ -313,12 +280,13 @@ int qd_decode_step(const qd_model *m, qd_kv *kv, int token, int pos, float *logi
     for (int l = 0; l < c->n_layers; l++) {
         const qd_layer *L = &m->layers[l];
         float *kl = kv->k + (size_t)l * kv->max_T * kvd, *vl = kv->v + (size_t)l * kv->max_T * kvd;
-        rmsnorm(xn, x, L->attn_norm, 1, D, c->norm_eps);
+        qd_rmsnorm_rows(xn, NULL, x, L->attn_norm, 1, D, c->norm_eps);
         gemv(q, L->wq, L->bq, xn, qd, D);
         gemv(kl + (size_t)pos * kvd, L->wk, L->bk, xn, kvd, D);
         gemv(vl + (size_t)pos * kvd, L->wv, L->bv, xn, kvd, D);
-        rope_token(q, H, hd, kv->cs, kv->sn, pos);
-        rope_token(kl + (size_t)pos * kvd, KV, hd, kv->cs, kv->sn, pos);
+        qd_rope_rotate(q, q, kv->cs, kv->sn, pos, H, hd);
+        float *kp = kl + (size_t)pos * kvd;
+        qd_rope_rotate(kp, kp, kv->cs, kv->sn, pos, KV, hd);
         for (int h = 0; h < H; h++) {
             int kh = h / (H / KV);
             cblas_sgemv(CblasRowMajor, CblasNoTrans, pos + 1, hd, scale, kl + kh * hd, kvd,
@@ -329,14 +297,14 @@ int qd_decode_step(const qd_model *m, qd_kv *kv, int token, int pos, float *logi
         }
         gemv(tmp, L->wo, NULL, att, D, qd);
         for (int i = 0; i < D; i++) x[i] += tmp[i];
-        rmsnorm(xn, x, L->ffn_norm, 1, D, c->norm_eps);
+        qd_rmsnorm_rows(xn, NULL, x, L->ffn_norm, 1, D, c->norm_eps);
         gemv(g, L->w_gate, NULL, xn, F, D);
         gemv(u, L->w_up, NULL, xn, F, D);
-        for (int i = 0; i < F; i++) g[i] = silu(g[i]) * u[i];
+        for (int i = 0; i < F; i++) g[i] = qd_silu_real(g[i]) * u[i];
         gemv(tmp, L->w_down, NULL, g, D, F);
         for (int i = 0; i < D; i++) x[i] += tmp[i];
     }
-    rmsnorm(xn, x, m->final_norm, 1, D, c->norm_eps);
+    qd_rmsnorm_rows(xn, NULL, x, m->final_norm, 1, D, c->norm_eps);
     gemv(logits, m->lm_head, NULL, xn, c->vocab_size, D);
     return QD_OK;
 }

@@ -466,7 +466,7 @@ static void lin_bwd(qd_qsim *q, int l, int w, const qd_real *x, const qd_real *d
         qd_wq_backward(P->scrD, q->lwc_on ? L->ggam[w] : NULL, q->lwc_on ? L->gbet[w] : NULL,
                        P->scrC, wt, rows, cols, L->wspec[w], q->lwc_on ? L->gam[w] : NULL,
                        q->lwc_on ? L->bet[w] : NULL, &q->rc, act_of(q, l)->pos_w[w],
-                       q->fault == 1);
+                       QD_QSIM_FAULT(q) == 1);
         dwt = P->scrD;
     }
     if (need_let) qd_let_weight_backward(gc, gr, dwt, L->w[w], rows, cols, c, r);
@@ -489,7 +489,7 @@ static void aqb(qd_qsim *q, int l, int site, qd_real *dx, const qd_real *dout, c
     memset(dx, 0, n * sizeof(qd_real));
     if (q->aq_on)
         qd_aq_backward(dx, dout, x, n, &q->L[l].aq[site], &q->rc, act_of(q, l)->pos_aq[site],
-                       q->fault == 2 ? 2 : 0);
+                       QD_QSIM_FAULT(q) == 2 ? 2 : 0);
     else
         memcpy(dx, dout, n * sizeof(qd_real));
 }
@@ -516,10 +516,10 @@ static void norm_w_bwd(qd_qsim *q, const qd_real *g, qd_real *s, qd_real *gs, co
     memset(dt, 0, sizeof(qd_real) * (size_t)D);
     if (q->wq_on)
         qd_wq_backward(dt, NULL, NULL, dh, t, 1, D, norm_spec, NULL, NULL, &q->rc, pos,
-                       q->fault == 1);
+                       QD_QSIM_FAULT(q) == 1);
     else
         memcpy(dt, dh, sizeof(qd_real) * (size_t)D);
-    if (q->fault != 4) qd_let_div_backward(gs, dt, g, s, (size_t)D);
+    if (QD_QSIM_FAULT(q) != 4) qd_let_div_backward(gs, dt, g, s, (size_t)D);
 }
 
 /* ---------------------------------------------------------------- layer forward */
@@ -651,7 +651,7 @@ QD_API void qd_qsim_layer_backward(qd_qsim *q, int l, const qd_real *dout, qd_re
     const qd_aq *pq = q->aq_on ? &L->aq[QD_AQ_PROB] : NULL;
     qd_attn_backward(q0, k0, k1, q1, A->S, A->P, A->qrq, A->krq, A->vq, B, T, nh, nkv, hd, sq,
                      pq, &q->rc, A->pos_aq[QD_AQ_SCORE], A->pos_aq[QD_AQ_PROB], P->attn_scr,
-                     q->fault);                        /* q0 = dqrq, k0 = dkrq, k1 = dvq */
+                     QD_QSIM_FAULT(q));                /* q0 = dqrq, k0 = dkrq, k1 = dvq */
     aqb(q, l, QD_AQ_QROPE, q1, q0, A->qr, NQ);        /* q1 = dqr */
     aqb(q, l, QD_AQ_KROPE, k2, k0, A->kr, NK);        /* k2 = dkr */
     memset(q0, 0, NQ * sizeof(qd_real));

@@ -126,7 +126,9 @@ typedef struct qd_qsim {
     qd_config cfg;
     qd_qsim_opts o;
     int let_on, wq_on, aq_on, lwc_on;   /* switches (all 1 after qd_qsim_new) */
-    int fault;                          /* test hook: nonzero breaks one backward term */
+#ifdef QD_TEST_HOOKS
+    int fault;                          /* test hook: 1..4 break one backward term (ops.h) */
+#endif
     qd_rctx rc;                         /* rounding mode (gradient checks) */
     size_t n_params;
     qd_real *p, *g;                     /* trained parameters and their gradients */
@@ -137,6 +139,13 @@ typedef struct qd_qsim {
     /* everything else is private to fakequant.c */
     struct qd_qsim_priv *priv;
 } qd_qsim;
+
+/* The fault a test set on q (0 in builds without QD_TEST_HOOKS, see ops.h). */
+#ifdef QD_TEST_HOOKS
+#define QD_QSIM_FAULT(q) ((q)->fault)
+#else
+#define QD_QSIM_FAULT(q) ((void)(q), 0)
+#endif
 
 /* Builds the simulation of m (which must outlive it). Parameters start as identity LET,
  * LWC logits 4, activation ranges [-1, 1] (call qd_qsim_init_ranges). NULL on failure. */

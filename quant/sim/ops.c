@@ -78,15 +78,7 @@ static inline qd_real sigm(qd_real x) { return (qd_real)(1.0 / (1.0 + exp(-(doub
 
 QD_API void qd_rmsnorm_forward(qd_real *out, qd_real *rstd, const qd_real *x, const qd_real *w,
                                int N, int C, float eps) {
-    for (int n = 0; n < N; n++) {
-        const qd_real *xr = x + (size_t)n * C;
-        qd_real *o = out + (size_t)n * C;
-        double ss = 0;
-        for (int i = 0; i < C; i++) ss += (double)xr[i] * xr[i];
-        qd_real r = (qd_real)(1.0 / sqrt(ss / C + eps));
-        rstd[n] = r;
-        for (int i = 0; i < C; i++) o[i] = xr[i] * r * w[i];
-    }
+    qd_rmsnorm_rows(out, rstd, x, w, (size_t)N, C, eps);
 }
 
 QD_API void qd_rmsnorm_backward(qd_real *dx, qd_real *dw, const qd_real *dout, const qd_real *x,
@@ -131,43 +123,11 @@ QD_API void qd_linear_backward(qd_real *dx, qd_real *dW, qd_real *db, const qd_r
 
 /* ---------------------------------------------------------------- RoPE */
 
-/* Column i of a (T, hd/2) table: angle t * freq at row stride h2. */
-static void rope_table_col(qd_real *cos_t, qd_real *sin_t, int T, size_t h2, double freq) {
-    for (int t = 0; t < T; t++) {
-        cos_t[(size_t)t * h2] = (qd_real)cos(t * freq);
-        sin_t[(size_t)t * h2] = (qd_real)sin(t * freq);
-    }
-}
-
-QD_API void qd_rope_table(qd_real *cos_t, qd_real *sin_t, int T, int hd, float theta) {
-    int h2 = hd / 2;
-    for (int i = 0; i < h2; i++)
-        rope_table_col(cos_t + i, sin_t + i, T, (size_t)h2, pow((double)theta, -2.0 * i / hd));
-}
-
-QD_API void qd_rope_table_freq(qd_real *cos_t, qd_real *sin_t, int T, int hd,
-                               const double *inv_freq) {
-    int h2 = hd / 2;
-    for (int i = 0; i < h2; i++)
-        rope_table_col(cos_t + i, sin_t + i, T, (size_t)h2, inv_freq[i]);
-}
-
 QD_API void qd_rope_forward(qd_real *out, const qd_real *x, const qd_real *cos_t,
                             const qd_real *sin_t, int B, int T, int nh, int hd) {
-    int h2 = hd / 2;
     size_t W = (size_t)nh * hd;
-    for (size_t r = 0; r < (size_t)B * T; r++) {
-        const qd_real *c = cos_t + (r % T) * h2, *s = sin_t + (r % T) * h2;
-        for (int h = 0; h < nh; h++) {
-            const qd_real *xi = x + r * W + (size_t)h * hd;
-            qd_real *o = out + r * W + (size_t)h * hd;
-            for (int i = 0; i < h2; i++) {
-                qd_real a = xi[i], b = xi[i + h2];
-                o[i] = a * c[i] - b * s[i];
-                o[i + h2] = b * c[i] + a * s[i];
-            }
-        }
-    }
+    for (size_t r = 0; r < (size_t)B * T; r++)
+        qd_rope_rotate(out + r * W, x + r * W, cos_t, sin_t, r % T, nh, hd);
 }
 
 QD_API void qd_rope_backward(qd_real *dx, const qd_real *dout, const qd_real *cos_t,
@@ -190,7 +150,7 @@ QD_API void qd_rope_backward(qd_real *dx, const qd_real *dout, const qd_real *co
 /* ---------------------------------------------------------------- SwiGLU, residual */
 
 QD_API void qd_silu_forward(qd_real *out, const qd_real *g, size_t n) {
-    for (size_t i = 0; i < n; i++) out[i] = g[i] / (1 + R_EXP(-g[i]));
+    for (size_t i = 0; i < n; i++) out[i] = qd_silu_real(g[i]);
 }
 
 QD_API void qd_silu_backward(qd_real *dg, const qd_real *dout, const qd_real *g, size_t n) {
@@ -298,11 +258,11 @@ static void aq_bwd_range(qd_real *dx, const qd_real *dout, const qd_real *x, siz
         if (g < 0) {
             as += d * -(double)zr;
             az -= d * s;
-            if (fault == 2 && dx) dx[i] += dout[i]; /* test hook: STE mask ignored */
+            if (QD_FAULT(fault, 2) && dx) dx[i] += dout[i]; /* test hook: STE mask ignored */
         } else if (g > 0) {
             as += d * ((double)Q - zr);
             az -= d * s;
-            if (fault == 2 && dx) dx[i] += dout[i];
+            if (QD_FAULT(fault, 2) && dx) dx[i] += dout[i];
         } else {
             if (dx) dx[i] += dout[i];
             as += d * res;
@@ -437,7 +397,7 @@ QD_API void qd_wq_backward(qd_real *dw, qd_real *dgam, qd_real *dbet, const qd_r
         /* hi = sigmoid(γ)·max, lo = sigmoid(β)·min */
         if (gam && dgam) dgam[g] += (qd_real)(dhi * mx * fh * (1 - fh));
         if (bet && dbet && !sp.sym) dbet[g] += (qd_real)(dlo * mn * fl * (1 - fl));
-        if (dwg && fault != 1) {
+        if (dwg && !QD_FAULT(fault, 1)) {
             if (amx >= 0) dwg[amx] += (qd_real)(dhi * fh) * (sp.sym && wg[amx] < 0 ? -1 : 1);
             if (amn >= 0) dwg[amn] += (qd_real)(dlo * fl);
         }
@@ -561,7 +521,7 @@ QD_API void qd_attn_backward(qd_real *dq, qd_real *dk, qd_real *dv, const qd_rea
                 /* softmax: dŜ_j = P_j (g_j - Σ_k P_k g_k) */
                 double dot = 0;
                 for (int j = 0; j <= i; j++) dot += (double)prow[j] * g[j];
-                if (fault == 3) dot = 0;
+                if (QD_FAULT(fault, 3)) dot = 0;
                 for (int j = 0; j <= i; j++) g[j] = prow[j] * (g[j] - (qd_real)dot);
                 /* through the S quantizer into drow = dL/dS (zeros above the diagonal) */
                 memset(drow, 0, sizeof(qd_real) * (size_t)T);

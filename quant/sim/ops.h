@@ -22,12 +22,23 @@
 
 #include <stddef.h>
 
+#include "quant/fp/layers.h" /* qd_real, and the RMSNorm/SiLU/RoPE kernels these ops wrap */
+
 #ifdef QD_REAL_DOUBLE
-typedef double qd_real;
 #define QD_API static __attribute__((unused))
 #else
-typedef float qd_real;
 #define QD_API
+#endif
+
+/* ---- test-only fault hooks ----
+ * The backward functions take a `fault` argument with which tests/test_gradcheck.c breaks one
+ * term on purpose, to prove that its checks catch a wrong backward. The tests are honoured only
+ * where QD_TEST_HOOKS is defined (that test compiles this file and fakequant.c itself with it);
+ * the library and the quantd binary are built without, so no fault is tested in their loops. */
+#ifdef QD_TEST_HOOKS
+#define QD_FAULT(f, k) ((f) == (k))
+#else
+#define QD_FAULT(f, k) ((void)(f), 0)
 #endif
 
 /* ---- rounding context (see the file comment) ---- */
@@ -60,12 +71,7 @@ QD_API void qd_linear_backward(qd_real *dx, qd_real *dW, qd_real *db, const qd_r
                                const qd_real *x, const qd_real *W, int N, int C, int OC);
 
 /* ---- RoPE, rotate-half layout: within each head, element i pairs with i + hd/2 ---- */
-/* cos/sin tables (T, hd/2) for positions 0..T-1: angle t * theta^(-2i/hd). */
-QD_API void qd_rope_table(qd_real *cos_t, qd_real *sin_t, int T, int hd, float theta);
-/* The same at given inverse frequencies inv_freq[hd/2] (angle t * inv_freq[i]): RoPE scaling
- * (qd_rope_inv_freq) makes them differ from theta^(-2i/hd). */
-QD_API void qd_rope_table_freq(qd_real *cos_t, qd_real *sin_t, int T, int hd,
-                               const double *inv_freq);
+/* The cos/sin tables come from qd_rope_table / qd_rope_table_freq (quant/fp/layers.h). */
 /* out (B*T, nh*hd) = rotate(x); positions are t = row % T. out may equal x. */
 QD_API void qd_rope_forward(qd_real *out, const qd_real *x, const qd_real *cos_t,
                             const qd_real *sin_t, int B, int T, int nh, int hd);
@@ -131,8 +137,8 @@ typedef struct qd_wq_spec {
 QD_API void qd_wq_forward(qd_real *out, const qd_real *w, int rows, int cols, qd_wq_spec sp,
                           const qd_real *gam, const qd_real *bet, qd_real *scale, qd_real *zero,
                           qd_rctx *rc, size_t pos);
-/* dw (rows, cols) += dL/dW given dout = dL/dŴ; dgam/dbet += (NULL to skip). fault: test hook
- * (nonzero drops the gradient through the range, to prove the checks catch it). */
+/* dw (rows, cols) += dL/dW given dout = dL/dŴ; dgam/dbet += (NULL to skip). fault 1 (test hook)
+ * drops the gradient through the range. */
 QD_API void qd_wq_backward(qd_real *dw, qd_real *dgam, qd_real *dbet, const qd_real *dout,
                            const qd_real *w, int rows, int cols, qd_wq_spec sp,
                            const qd_real *gam, const qd_real *bet, const qd_rctx *rc, size_t pos,
