@@ -14,8 +14,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "quant/io/half.h"
-#include "quant/io/common.h"
 #include "quant/vocab.h"
 
 /* Each tensor starts on a 64-byte boundary so SIMD kernels may use aligned loads; the padding
