@@ -64,11 +64,11 @@ fi
 
 bad_quant=$(awk '($1 ~ /^(server|api)\//) && ($2 ~ /^quant\//)' <<<"$includes")
 if [ -z "$bad_quant" ]; then echo "PASS server_api_never_include_quant"
-else echo "FAIL server_api_never_include_quant:"; sed 's/^/    /; s/ / includes /' <<<"$bad_quant"; fi
+else echo "FAIL server_api_never_include_quant:"; sed 's/ / includes /; s/^/    /' <<<"$bad_quant"; fi
 
 bad_api=$(awk '($1 ~ /^api\//) && ($2 !~ /^(base|api)\//)' <<<"$includes")
 if [ -z "$bad_api" ]; then echo "PASS api_includes_only_base"
-else echo "FAIL api_includes_only_base:"; sed 's/^/    /; s/ / includes /' <<<"$bad_api"; fi
+else echo "FAIL api_includes_only_base:"; sed 's/ / includes /; s/^/    /' <<<"$bad_api"; fi
 
 bad_rank=""
 while read -r f t; do
