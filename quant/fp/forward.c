@@ -23,18 +23,6 @@ void qd_rope_tables(const qd_config *c, int T, float *cos_t, float *sin_t) {
         qd_rope_column(cos_t, sin_t, T, c->head_dim, i, qd_rope_inv_freq(c, i));
 }
 
-static void softmax_row(float *p, int n) {
-    float mx = p[0];
-    for (int i = 1; i < n; i++) mx = p[i] > mx ? p[i] : mx;
-    double sum = 0;
-    for (int i = 0; i < n; i++) {
-        p[i] = expf(p[i] - mx);
-        sum += p[i];
-    }
-    float inv = (float)(1.0 / sum);
-    for (int i = 0; i < n; i++) p[i] *= inv;
-}
-
 /* y (N, out) = x (N, in) W^T (+ b) */
 static void linear(float *y, const float *x, const float *W, const float *b, int N, int out,
                    int in) {
@@ -123,7 +111,7 @@ int qd_forward_ws(const qd_model *m, qd_fwd_ws *ws, const int *tokens, int B, in
                     for (int r = 0; r < rows; r++) {
                         float *row = P + (size_t)r * i1;
                         int len = i0 + r + 1;
-                        softmax_row(row, len);
+                        qd_softmax_row(row, row, len);
                         for (int j = len; j < i1; j++) row[j] = 0.0f;
                     }
                     /* o_h[i0:i1] (rows, hd) = P (rows, i1) v_h[0:i1] (i1, hd) */
@@ -195,7 +183,7 @@ int qd_forward_ref(const qd_model *m, const int *tokens, int B, int T, float *lo
                         for (int i = 0; i < hd; i++) s += q[h * hd + i] * kj[i];
                         p[j] = s / sqrtf((float)hd);
                     }
-                    softmax_row(p, t + 1);
+                    qd_softmax_row(p, p, t + 1);
                     for (int i = 0; i < hd; i++) {
                         float s = 0;
                         for (int j = 0; j <= t; j++) s += p[j] * vc[(l * T + j) * kvd + kh * hd + i];
@@ -291,7 +279,7 @@ int qd_decode_step(const qd_model *m, qd_kv *kv, int token, int pos, float *logi
             int kh = h / (H / KV);
             cblas_sgemv(CblasRowMajor, CblasNoTrans, pos + 1, hd, scale, kl + kh * hd, kvd,
                         q + h * hd, 1, 0.0f, p, 1);
-            softmax_row(p, pos + 1);
+            qd_softmax_row(p, p, pos + 1);
             cblas_sgemv(CblasRowMajor, CblasTrans, pos + 1, hd, 1.0f, vl + kh * hd, kvd, p, 1,
                         0.0f, att + h * hd, 1);
         }

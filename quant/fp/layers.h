@@ -1,8 +1,9 @@
-/* The layer kernels both forwards share, so that RMSNorm, SiLU and RoPE have one definition: the
- * FP32 inference forward (quant/fp/forward.c) and the simulation's forward/backward op pairs
- * (quant/sim/ops.c) call these. They are static inline over qd_real, the element type: float in
- * the library, double in a file compiled with QD_REAL_DOUBLE (tests/test_gradcheck.c compiles
- * ops.c that way, see quant/sim/ops.h), so the gradient checks run this very code too. */
+/* The layer kernels both forwards share, so that RMSNorm, SiLU, softmax and RoPE have one
+ * definition: the FP32 inference forward (quant/fp/forward.c) and the simulation's
+ * forward/backward op pairs (quant/sim/ops.c) call these. They are static inline over qd_real,
+ * the element type: float in the library, double in a file compiled with QD_REAL_DOUBLE
+ * (tests/test_gradcheck.c compiles ops.c that way, see quant/sim/ops.h), so the gradient checks
+ * run this very code too. */
 #ifndef QD_FP_LAYERS_H
 #define QD_FP_LAYERS_H
 
@@ -35,6 +36,20 @@ static inline void qd_rmsnorm_rows(qd_real *out, qd_real *rstd, const qd_real *x
 
 /* silu(g) = g * sigmoid(g) in qd_real (the integer runtime builds its table from a double one) */
 static inline qd_real qd_silu_real(qd_real g) { return g / (1 + QD_REAL_EXP(-g)); }
+
+/* out (n) = softmax(x): the maximum subtracted first, the sum accumulated in double. out may
+ * equal x. */
+static inline void qd_softmax_row(qd_real *out, const qd_real *x, int n) {
+    qd_real mx = x[0];
+    for (int j = 1; j < n; j++) mx = x[j] > mx ? x[j] : mx;
+    double sum = 0;
+    for (int j = 0; j < n; j++) {
+        out[j] = QD_REAL_EXP(x[j] - mx);
+        sum += out[j];
+    }
+    qd_real inv = (qd_real)(1.0 / sum);
+    for (int j = 0; j < n; j++) out[j] *= inv;
+}
 
 /* Column i of RoPE cos/sin tables (T, hd/2) for positions 0..T-1: entry [t*(hd/2) + i] is the
  * angle t * inv_freq (in double). The frequencies come from qd_rope_inv_freq (theta and RoPE

@@ -406,6 +406,16 @@ QD_API void qd_wq_backward(qd_real *dw, qd_real *dgam, qd_real *dbet, const qd_r
 
 /* ---------------------------------------------------------------- attention */
 
+/* A quantizer inside attention on n elements (scale s, rounded offset zr, top level Q), or a
+ * plain copy where there is none (q NULL). */
+static void attn_fq(qd_real *out, const qd_real *x, size_t n, const qd_aq *q, qd_real s,
+                    qd_real zr, qd_real Q, qd_rctx *rc, size_t pos) {
+    if (q)
+        aq_fwd_range(out, x, n, s, zr, Q, rc, pos);
+    else
+        memcpy(out, x, sizeof(qd_real) * n);
+}
+
 QD_API void qd_attn_forward(qd_real *out, qd_real *S, qd_real *P, const qd_real *q,
                             const qd_real *k, const qd_real *v, int B, int T, int nh, int nkv,
                             int hd, const qd_aq *sq, const qd_aq *pq, qd_rctx *rc, size_t pos_s,
@@ -429,27 +439,13 @@ QD_API void qd_attn_forward(qd_real *out, qd_real *S, qd_real *P, const qd_real 
                 qd_real *srow = Sb + (size_t)i * T, *prow = Pb + (size_t)i * T;
                 qd_real *tmp = scratch + (size_t)i * T;
                 memset(srow + i + 1, 0, sizeof(qd_real) * (size_t)(T - 1 - i));
-                if (sq)
-                    aq_fwd_range(tmp, srow, (size_t)i + 1, ss, zs, Qs, rc,
-                                 pos_s + 1 + bh * TT + (size_t)i * T);
-                else
-                    memcpy(tmp, srow, sizeof(qd_real) * (size_t)(i + 1));
-                qd_real mx = tmp[0];
-                for (int j = 1; j <= i; j++) mx = tmp[j] > mx ? tmp[j] : mx;
-                double sum = 0;
-                for (int j = 0; j <= i; j++) {
-                    prow[j] = R_EXP(tmp[j] - mx);
-                    sum += prow[j];
-                }
-                qd_real inv = (qd_real)(1.0 / sum);
-                for (int j = 0; j <= i; j++) prow[j] *= inv;
+                attn_fq(tmp, srow, (size_t)i + 1, sq, ss, zs, Qs, rc,
+                        pos_s + 1 + bh * TT + (size_t)i * T);
+                qd_softmax_row(prow, tmp, i + 1);
                 memset(prow + i + 1, 0, sizeof(qd_real) * (size_t)(T - 1 - i));
                 /* P̂ goes into the scratch row (zeros above the diagonal) */
-                if (pq)
-                    aq_fwd_range(tmp, prow, (size_t)i + 1, sp, zp, Qp, rc,
-                                 pos_p + 1 + bh * TT + (size_t)i * T);
-                else
-                    memcpy(tmp, prow, sizeof(qd_real) * (size_t)(i + 1));
+                attn_fq(tmp, prow, (size_t)i + 1, pq, sp, zp, Qp, rc,
+                        pos_p + 1 + bh * TT + (size_t)i * T);
                 memset(tmp + i + 1, 0, sizeof(qd_real) * (size_t)(T - 1 - i));
             }
             GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1, scratch, T, vb,
