@@ -63,8 +63,8 @@ int cmd_eval(int argc, char **argv) {
     int rc = 1;
     qd_tokens toks = {0};
     qd_tokenizer *tok = NULL;
-    const char *ext = strrchr(data_path, '.');
-    int pretokenized = ext && !strcmp(ext, ".bin");
+    int fmt = qd_data_format_of(data_path);
+    int pretokenized = fmt == QD_DATA_U16 || fmt == QD_DATA_U32;
     if (!pretokenized && !(tok = runner_tokenizer(&r, model_path, tok_path, &err))) goto out;
     if (qd_data_load(data_path, tok, r.vocab_size, &toks, &err)) goto out;
     if (ctx == 0) ctx = 256;

@@ -29,6 +29,7 @@
 #include "base/fs.h"
 #include "base/hash.h"
 #include "base/limits.h"
+#include "base/str.h"
 #include "base/sys.h"
 #include "quant/io/load.h"
 #include "quant/report.h"
@@ -72,9 +73,10 @@ static uint64_t file_fingerprint(uint64_t h, const char *path) {
     return h;
 }
 
+/* Token ids already (.bin, .u32.bin), so no tokenizer is needed: the data reader's rule. */
 static int pretokenized(const char *path) {
-    const char *ext = strrchr(path, '.');
-    return ext && !strcmp(ext, ".bin");
+    int f = qd_data_format_of(path);
+    return f == QD_DATA_U16 || f == QD_DATA_U32;
 }
 
 /* Measures le on at most LAYER_ERR_WINDOWS windows of the evaluation tokens: a chart for the
@@ -247,10 +249,10 @@ static void write_tokenizer(const qd_quant_opts *o, const qd_model *m, const cha
             return;
         }
     }
-    const char *ext = src ? strrchr(src, '.') : NULL;
     int rc;
-    if (src && !(ext && !strcmp(ext, ".gguf"))) {
-        int json = ext && !strcmp(ext, ".json");
+    /* the same rule as qd_tok_load's for which format a path holds */
+    if (src && !qd_has_ext(src, ".gguf")) {
+        int json = qd_has_ext(src, ".json");
         snprintf(t->name, sizeof t->name, "%s", json ? "tokenizer.json" : "tokenizer.bin");
         snprintf(t->source, sizeof t->source, "%s", src);
         rc = copy_into(src, dir, t->name, &e);
