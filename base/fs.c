@@ -98,7 +98,11 @@ int qd_atomic_open(qd_atomic_file *a, const char *path, qd_err *err) {
     a->f = NULL;
     if (strlen(path) >= sizeof a->path) return qd_errf(err, "%s: path too long", path);
     snprintf(a->path, sizeof a->path, "%s", path);
-    snprintf(a->tmp, sizeof a->tmp, "%s.tmpXXXXXX", path);
+    /* DIR/.NAME.tmpXXXXXX: hidden, so that directory listings (a job's artifacts, the digest
+     * of a checkpoint directory) pass over a write in progress or one a crash left behind. */
+    const char *slash = strrchr(path, '/');
+    int dir_len = slash ? (int)(slash - path + 1) : 0;
+    snprintf(a->tmp, sizeof a->tmp, "%.*s.%s.tmpXXXXXX", dir_len, path, path + dir_len);
     /* O_CLOEXEC: the server forks workers, which must not inherit a half-written file. */
     int fd = mkostemp(a->tmp, O_CLOEXEC);
     if (fd < 0) return qd_errf(err, "%s: cannot create temp file: %s", path, strerror(errno));

@@ -24,10 +24,10 @@ int qd_mkdir_p(const char *dir, qd_err *err);
  * errno set. */
 int qd_fsync_dir(const char *dir);
 
-/* A file written atomically: open creates a unique temp file (mkstemp, mode 0644) beside path
- * and a FILE* for it; commit flushes, fsyncs, renames over path and fsyncs the directory; abort
- * (or a failed commit) removes the temp file. A reader of path sees the old content or the new
- * one, never a part. */
+/* A file written atomically: open creates a unique hidden temp file beside path
+ * (DIR/.NAME.tmpXXXXXX, mkstemp, mode 0644) and a FILE* for it; commit flushes, fsyncs, renames
+ * over path and fsyncs the directory; abort (or a failed commit) removes the temp file. A reader
+ * of path sees the old content or the new one, never a part. */
 typedef struct qd_atomic_file {
     FILE *f;
     char path[4096];

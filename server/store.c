@@ -225,7 +225,8 @@ int srv_store_create_job(srv_store *s, const api_job *j, const char *first_event
     if (mkdir(tmpdir, 0755) != 0) return qd_errf(err, "%s: %s: %s", __func__, tmpdir, strerror(errno));
     char *t = job_text(j);
     snprintf(p, sizeof p, "%s/job.json", tmpdir);
-    int rc = t ? qd_write_file_atomic(p, t, strlen(t), err) : qd_errf(err, "%s: out of memory", __func__);
+    int rc = t ? qd_write_file_atomic(p, t, strlen(t), err)
+               : qd_errf(err, "%s: out of memory", __func__);
     free(t);
     if (rc == QD_OK && first_event) {
         snprintf(p, sizeof p, "%s/events.jsonl", tmpdir);

@@ -85,7 +85,7 @@ out=$(C events "$ID" --json 2>&1); rc=$?
     ok events_json_lines || bad events_json_lines "rc=$rc $(head -c 600 <<<"$out")"
 out=$(C download "$ID" --out "$TMP/dl" 2>&1); rc=$?
 if [ $rc = 0 ] && [ -s "$TMP/dl/report.json" ] && cmp -s "$TMP/dl/report.json" "$TMP/data/jobs/$ID/artifacts/report.json" &&
-   ! ls "$TMP/dl" | grep -q '\.tmp'; then ok download_artifacts
+   ! ls -A "$TMP/dl" | grep -q '\.tmp'; then ok download_artifacts
 else bad download_artifacts "rc=$rc $out"; fi
 
 # 8. --wait-timeout on a long job (exit 8), then cancel it and wait for the end (exit 1)

@@ -17,6 +17,7 @@
 
 static char tmpdir[256];
 
+/* Path of a file in tmpdir, in one of four rotating buffers: copy it to keep it. */
 static const char *tpath(const char *name) {
     static char bufs[4][512];
     static int k;
@@ -58,7 +59,8 @@ static int count_entries(const char *dir, int *temps) {
 }
 
 static void atomic_write_replaces(void) {
-    const char *p = tpath("w/report.json");
+    char p[512];
+    snprintf(p, sizeof p, "%s", tpath("w/report.json"));
     qd_err e = {{0}};
     CHECK(qd_mkdir_p(tpath("w"), &e) == QD_OK, "%s", e.msg);
     CHECK(qd_write_file_atomic(p, "first", 5, &e) == QD_OK, "%s", e.msg);
@@ -76,6 +78,9 @@ static void atomic_write_replaces(void) {
     qd_atomic_file a, b;
     CHECK(qd_atomic_open(&a, p, &e) == QD_OK && qd_atomic_open(&b, p, &e) == QD_OK, "%s", e.msg);
     CHECK(strcmp(a.tmp, b.tmp) != 0, "temp names collide: %s", a.tmp);
+    const char *hidden = tpath("w/.report.json.tmp");
+    CHECK(!strncmp(a.tmp, hidden, strlen(hidden)), "temp file %s is not hidden beside the target",
+          a.tmp);
     fputs("from a", a.f);
     fputs("from b", b.f);
     CHECK(qd_atomic_commit(&a, &e) == QD_OK, "%s", e.msg);
@@ -87,7 +92,8 @@ static void atomic_write_replaces(void) {
 }
 
 static void atomic_write_failure_keeps_old(void) {
-    const char *p = tpath("f/data.bin");
+    char p[512];
+    snprintf(p, sizeof p, "%s", tpath("f/data.bin"));
     qd_err e = {{0}};
     CHECK(qd_mkdir_p(tpath("f"), &e) == QD_OK, "%s", e.msg);
     put_file(p, "old content");
