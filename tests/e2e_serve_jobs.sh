@@ -122,9 +122,12 @@ check metrics_jobs_by_state 'curl -s "$URL/metrics" | grep -q "^quantd_jobs{stat
 
 # --- job.json follows a running job's progress (about once a second), and timeout_s bounds
 # the time of all attempts together: after kill -9 and a restart the job times out on time
-J=$(submit "{$IN,\"method\":\"mobilequant\",$LONG,\"timeout_s\":9}")
+# timeout_s leaves room for a slow first step on a loaded machine: the checks below are about
+# what is recorded, not how fast the worker is.
+TO=30
+J=$(submit "{$IN,\"method\":\"mobilequant\",$LONG,\"timeout_s\":$TO}")
 wait_optimizing "$J" 120
-for _ in $(seq 150); do
+for _ in $(seq 600); do
     jq -e '.progress.step >= 1 and .run_s >= 4' "$D/jobs/$J/job.json" >/dev/null 2>&1 && break
     sleep 0.1
 done
@@ -137,8 +140,8 @@ last=$(grep '"type":"progress"' "$D/jobs/$J/events.jsonl" | tail -1)
 check progress_on_disk_is_recent 'jq -e --argjson ev "$last" ".progress.phase == \$ev.phase and (\$ev.elapsed_s - .progress.elapsed_s) < 2" "$D/jobs/$J/job.json" >/dev/null' "job.json: $(jq -c .progress "$D/jobs/$J/job.json"); last event: $last"
 start_server "$D" --workers 1 --set cancel_grace_s=3 || bad restart2 "$(cat "$D.err")"
 t0=$SECONDS
-wait_state "$J" "timed_out|failed|succeeded" 60
+wait_state "$J" "timed_out|failed|succeeded" $((TO + 60))
 took=$((SECONDS - t0))
 curl -s "$URL/v1/jobs/$J" >"$TMP/job"
-check timeout_counts_earlier_attempts '[ "$(jq -r .state "$TMP/job")" = timed_out ] && [ "$(jq .attempts "$TMP/job")" = 2 ] && [ "$took" -lt 9 ] && jq -e ".run_s >= 8 and .run_s < 14" "$TMP/job" >/dev/null' "$(jq -c '{state,attempts,run_s,error}' "$TMP/job"), ${took}s after the restart"
+check timeout_counts_earlier_attempts '[ "$(jq -r .state "$TMP/job")" = timed_out ] && [ "$(jq .attempts "$TMP/job")" = 2 ] && [ "$took" -lt $TO ] && jq -e --argjson to $TO ".run_s >= \$to - 1 and .run_s < \$to + 5" "$TMP/job" >/dev/null' "$(jq -c '{state,attempts,run_s,error}' "$TMP/job"), ${took}s after the restart"
 stop_server
