@@ -50,4 +50,13 @@ static inline const char *fixture(const char *rel) {
     return b;
 }
 
+/* Creates a fresh directory /tmp/qd_NAME_XXXXXX into dir (n bytes); exits 1 when it cannot. */
+static inline void check_tmpdir(char *dir, size_t n, const char *name) {
+    snprintf(dir, n, "/tmp/qd_%s_XXXXXX", name);
+    if (!mkdtemp(dir)) {
+        perror("mkdtemp");
+        exit(1);
+    }
+}
+
 #endif

@@ -248,11 +248,7 @@ static void string_tests(void) {
 }
 
 int main(void) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/qd_test_base_XXXXXX");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
-        return 1;
-    }
+    check_tmpdir(tmpdir, sizeof tmpdir, "test_base");
     RUN(atomic_write_replaces);
     RUN(atomic_write_failure_keeps_old);
     RUN(mkdir_p_nested_and_existing);
