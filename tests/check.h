@@ -59,4 +59,11 @@ static inline void check_tmpdir(char *dir, size_t n, const char *name) {
     }
 }
 
+/* Removes a scratch directory made by check_tmpdir (a message when it cannot). */
+static inline void check_rmtree(const char *dir) {
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+}
+
 #endif

@@ -254,8 +254,6 @@ int main(void) {
     RUN(mkdir_p_nested_and_existing);
     RUN(sha256_known_digests);
     RUN(string_tests);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
+    check_rmtree(tmpdir);
     return CHECK_DONE();
 }
