@@ -111,6 +111,36 @@ static void add_eval(cJSON *rep, const qd_report *r) {
         cJSON_AddItemToArray(lc, cJSON_CreateNumber(r->var[0].res.loss[i]));
 }
 
+/* MobileQuant's held-out model selection: which trajectory state was kept and the held-out
+ * losses of every candidate (and of every W4 FP-target λ). Absent when nothing was held out. */
+static void add_selection(cJSON *rep, const qd_report *r) {
+    const qd_mq_result *m = &r->var[0].res;
+    if (m->holdout_windows <= 0) return;
+    cJSON *sel = cJSON_AddObjectToObject(rep, "selection");
+    cJSON_AddNumberToObject(sel, "holdout_windows", m->holdout_windows);
+    cJSON_AddNumberToObject(sel, "holdout_tokens", (double)m->holdout_windows * r->o->seq_len);
+    cJSON_AddStringToObject(sel, "loss", "mse_last_block");
+    cJSON *st = cJSON_AddArrayToObject(sel, "states");
+    for (long i = 0; i < m->n_sel; i++) {
+        cJSON *e = cJSON_CreateObject();
+        cJSON_AddNumberToObject(e, "step", (double)m->sel_step[i]);
+        cJSON_AddNumberToObject(e, "loss", m->sel_loss[i]);
+        cJSON_AddItemToArray(st, e);
+    }
+    cJSON_AddNumberToObject(sel, "kept_step", (double)m->kept_step);
+    cJSON_AddNumberToObject(sel, "kept_loss", m->kept_loss);
+    if (m->n_lambda > 0) {
+        cJSON *lj = cJSON_AddArrayToObject(sel, "lambda");
+        for (int i = 0; i < m->n_lambda; i++) {
+            cJSON *e = cJSON_CreateObject();
+            cJSON_AddNumberToObject(e, "lambda", m->lambda[i]);
+            cJSON_AddNumberToObject(e, "loss", m->lambda_loss[i]);
+            cJSON_AddItemToArray(lj, e);
+        }
+        cJSON_AddNumberToObject(sel, "kept_lambda", m->kept_lambda);
+    }
+}
+
 static void add_compute(cJSON *rep, const qd_report *r) {
     size_t tokens = r->fp32.tokens;
     for (int k = 0; k < r->n_variants; k++) tokens += r->var[k].res.tokens + r->var[k].cmp.tokens;
@@ -123,6 +153,7 @@ static void add_compute(cJSON *rep, const qd_report *r) {
     cJSON_AddNumberToObject(cp, "optimizer_steps", (double)r->var[0].res.n_loss);
     cJSON_AddNumberToObject(cp, "resumed_at_step", (double)r->var[0].res.resumed_at);
     cJSON_AddNumberToObject(cp, "peak_rss_bytes", (double)qd_peak_rss());
+    cJSON_AddNumberToObject(cp, "offsets_projected", (double)r->var[0].res.projected);
     /* the kernel the figures came from: MobileQuant's trajectory depends on its rounding */
     qd_blas_info bi;
     qd_blas_info_get(&bi);
@@ -198,6 +229,7 @@ cJSON *qd_report_json(const qd_report *r) {
     add_settings(rep, r);
     add_inputs(rep, r);
     add_eval(rep, r);
+    add_selection(rep, r);
     add_compute(rep, r);
     add_size(rep, r);
     add_artifacts(rep, r);

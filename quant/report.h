@@ -16,10 +16,15 @@
  *        fake-quant vs FP32, with the errors of earlier layers (mse) and alone on FP32's input
  *        (mse_isolated);
  *   loss_curve [one loss per optimizer step];
+ *   selection {holdout_windows, holdout_tokens, loss "mse_last_block", states [{step, loss}]
+ *        (step 0: the initialisation), kept_step, kept_loss[, lambda [{lambda, loss}],
+ *        kept_lambda]}: MobileQuant's choice on calibration windows held out of training;
+ *        absent when nothing was held out;
  *   compute {wall_seconds, method_seconds, export_seconds, tokens_processed, optimizer_steps,
- *            resumed_at_step, peak_rss_bytes, blas {library, core (the kernel in use, e.g.
- *            "SkylakeX"), config, coretype_env ($OPENBLAS_CORETYPE or null), chosen_by
- *            ("quantd" from CPU features, "user", "library"), threads}};
+ *            resumed_at_step, peak_rss_bytes, offsets_projected (activation offsets put back
+ *            onto their range by the optimizer, summed over steps), blas {library, core (the
+ *            kernel in use, e.g. "SkylakeX"), config, coretype_env ($OPENBLAS_CORETYPE or null),
+ *            chosen_by ("quantd" from CPU features, "user", "library"), threads}};
  *   size {fp32_bytes, quantized_bytes (the encodings' model bytes), bits_per_weight, ratio,
  *         weight_tensors, activation_quantizers, fp16_bytes, qint_bytes (model.qint.safetensors
  *         on disk), qint_payload_bytes (qd_qint_bytes), ratio_fp32, ratio_fp16 (FP bytes /

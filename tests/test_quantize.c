@@ -85,6 +85,9 @@ static void tw_lwc_search(qd_mq_opts *o) { o->lwc_grid = 51; }
 static void tw_no_overlap(qd_mq_opts *o) { o->overlap = 0; }
 static void tw_lr_lrl(qd_mq_opts *o) { o->lr_lrl[1] = 2e-5; }
 static void tw_alpha(qd_mq_opts *o) { o->alpha = 0.6f; }
+static void tw_holdout(qd_mq_opts *o) { o->holdout = 0.3; }
+static void tw_no_holdout(qd_mq_opts *o) { o->holdout = 0; }
+static void tw_select_every(qd_mq_opts *o) { o->select_every = 2; }
 
 /* A checkpoint written under some settings is refused by a run with any other setting that
  * changes the trajectory or the result, defaults included (the caller's fingerprint only
@@ -106,7 +109,7 @@ static void checkpoint_refuses_other_settings(void) {
     CHECK(rc == 1 && !q && access(ck, F_OK) == 0, "stop: rc %d", rc);
     qd_mq_result_free(&r0);
     opts_tweak tws[] = {tw_gptq_off, tw_lrl_raw, tw_lwc_search, tw_no_overlap, tw_lr_lrl,
-                        tw_alpha};
+                        tw_alpha, tw_holdout, tw_select_every};
     for (size_t i = 0; i < sizeof tws / sizeof *tws; i++) {
         qd_mq_result r = {0};
         err.msg[0] = 0;
@@ -152,11 +155,16 @@ static void resume_same_trajectory(void) {
         size_t diff = 0;
         for (size_t i = 0; i < a->n_params; i++) diff += a->p[i] != r->p[i];
         CHECK(diff == 0, "%zu of %zu parameters differ after resume", diff, a->n_params);
-        size_t moved = 0; /* the clipping logits start at 4: training must move them */
-        for (size_t i = a->grp_off[QD_GRP_LWC]; i < a->grp_off[QD_GRP_LRL]; i++)
-            moved += a->p[i] != 4.0f;
-        CHECK(moved > 0, "training did not move any clipping parameter");
         CHECK(ra.n_loss == rc2.n_loss, "loss curve length %ld vs %ld", ra.n_loss, rc2.n_loss);
+        /* the held-out selection's record survives the checkpoint: states 0, 3, 6, 9 */
+        CHECK(ra.holdout_windows == 1 && ra.n_sel == 4 && rc2.n_sel == ra.n_sel &&
+                  rc2.kept_step == ra.kept_step && rc2.kept_loss == ra.kept_loss,
+              "selection: %d windows, %ld/%ld states, kept %ld/%ld", ra.holdout_windows, ra.n_sel,
+              rc2.n_sel, ra.kept_step, rc2.kept_step);
+        for (long i = 0; i < ra.n_sel && i < rc2.n_sel; i++)
+            CHECK(ra.sel_step[i] == rc2.sel_step[i] && ra.sel_loss[i] == rc2.sel_loss[i],
+                  "state %ld: step %ld/%ld loss %g/%g", i, ra.sel_step[i], rc2.sel_step[i],
+                  ra.sel_loss[i], rc2.sel_loss[i]);
         for (long i = 0; i < ra.n_loss && i < rc2.n_loss; i++)
             CHECK(ra.loss[i] == rc2.loss[i], "loss[%ld] %g vs %g", i, ra.loss[i], rc2.loss[i]);
     }
@@ -164,6 +172,20 @@ static void resume_same_trajectory(void) {
     qd_mq_result rd = {0};
     qd_qsim *d = run_mq(m, tok, n, NULL, 0, &rc, &rd);
     if (a && d) CHECK(!memcmp(a->p, d->p, sizeof(float) * a->n_params), "rerun differs");
+    /* the last state itself (no selection, which may keep the initialisation here): the
+     * clipping logits start at 4 and training must move them */
+    qd_err e2 = {{0}};
+    qd_mq_result re = {0};
+    qd_qsim *e = run_mq_tw(m, tok, n, NULL, 0, &rc, &re, tw_no_holdout, &e2);
+    CHECK(e && re.holdout_windows == 0 && re.kept_step == -1, "%s", e2.msg);
+    if (e) {
+        size_t moved = 0;
+        for (size_t i = e->grp_off[QD_GRP_LWC]; i < e->grp_off[QD_GRP_LRL]; i++)
+            moved += e->p[i] != 4.0f;
+        CHECK(moved > 0, "training did not move any clipping parameter");
+    }
+    qd_qsim_free(e);
+    qd_mq_result_free(&re);
     unlink(ck);
     qd_qsim_free(a), qd_qsim_free(r), qd_qsim_free(d);
     qd_mq_result_free(&ra), qd_mq_result_free(&rb), qd_mq_result_free(&rc2);
@@ -180,14 +202,16 @@ static void checkpoint_refuses_bad_files(void) {
     float loss[2] = {0.5f, 0.25f};
     char path[] = "/tmp/qd_test_ck2_XXXXXX";
     close(mkstemp(path));
-    qd_ckpt c = {77, 3, 10, 1234, loss, 2};
+    float extra[3] = {9, -1, 0.125f};
+    qd_ckpt c = {77, 3, 10, 1234, loss, 2, extra, 3};
     a->step = 3;
     CHECK(qd_ckpt_save(path, &c, a, p, &err) == 0, "%s", err.msg);
     qd_ckpt r = {0};
     CHECK(qd_ckpt_load(path, 77, &r, a, q, &err) == 0 && r.step == 3 && r.n_loss == 2 &&
-              !memcmp(p, q, sizeof p) && r.rng == 1234, "round trip: %s", err.msg);
-    free(r.loss);
-    r.loss = NULL;
+              !memcmp(p, q, sizeof p) && r.rng == 1234 && r.n_extra == 3 && r.extra &&
+              !memcmp(r.extra, extra, sizeof extra), "round trip: %s", err.msg);
+    free(r.loss), free(r.extra);
+    r.loss = NULL, r.extra = NULL;
     CHECK(qd_ckpt_load(path, 78, &r, a, q, &err) == QD_ERR && strstr(err.msg, "other settings"),
           "foreign fingerprint accepted: %s", err.msg);
     {
@@ -298,6 +322,15 @@ static void pipeline_report(void) {
         CHECK(cJSON_GetNumberValue(get(r, "compute", "peak_rss_bytes")) > 0, "peak rss");
         CHECK(cJSON_GetNumberValue(get(r, "compute", "tokens_processed")) > tokens, "tokens");
         CHECK(cJSON_GetNumberValue(get(r, "compute", "wall_seconds")) > 0, "wall");
+        /* the held-out selection: 1 window (an eighth of 4 samples, at least one), states at
+         * steps 0 and 4, the kept one among them */
+        cJSON *sel = get(r, "selection", NULL);
+        cJSON *sts = get(sel, "states", NULL);
+        double ks = cJSON_GetNumberValue(get(sel, "kept_step", NULL));
+        CHECK(cJSON_GetNumberValue(get(sel, "holdout_windows", NULL)) == 1 &&
+                  cJSON_GetArraySize(sts) == 2 && (ks == 0 || ks == 4) &&
+                  cJSON_GetNumberValue(get(cJSON_GetArrayItem(sts, 0), "step", NULL)) == 0,
+              "selection: %d states, kept step %g", cJSON_GetArraySize(sts), ks);
         /* the BLAS kernel the figures came from, as OpenBLAS names it in this process */
         cJSON *bl = get(r, "compute", "blas");
         const char *core = cJSON_GetStringValue(get(bl, "core", NULL));
@@ -455,6 +488,99 @@ static void adam_lr_scale(void) {
     qd_adam_free(a);
 }
 
+/* The end-to-end loss (MSE of the last block against the FP model) of q on nh windows, computed
+ * here with q's own switches: FP targets with everything off, then the quantized model. */
+static double heldout_mse(qd_qsim *q, const int *win, int nh, int T) {
+    size_t per = (size_t)T * q->cfg.dim;
+    qd_real *x0 = malloc(sizeof(qd_real) * per), *y = malloc(sizeof(qd_real) * per);
+    qd_real *t = malloc(sizeof(qd_real) * per);
+    double s = 0;
+    for (int w = 0; w < nh; w++) {
+        int sl = q->let_on, sa = q->aq_on, sw = q->wq_on;
+        q->let_on = q->aq_on = q->wq_on = 0;
+        q->rc.cursor = 0;
+        qd_qsim_embed(q, win + (size_t)w * T, 1, T, x0);
+        qd_qsim_forward_blocks(q, x0, t, 1, T);
+        q->let_on = sl, q->aq_on = sa, q->wq_on = sw;
+        q->rc.cursor = 0;
+        qd_qsim_embed(q, win + (size_t)w * T, 1, T, x0);
+        qd_qsim_forward_blocks(q, x0, y, 1, T);
+        double e = 0;
+        for (size_t i = 0; i < per; i++) e += ((double)y[i] - t[i]) * ((double)y[i] - t[i]);
+        s += e / (double)per;
+    }
+    free(x0), free(y), free(t);
+    return s / nh;
+}
+
+/* Held-out model selection on stories260K (small budget, seeds 0 and 1): the returned state is
+ * the candidate (initialisation, one state per epoch) with the lowest loss on the held-out
+ * windows (the calibration's last ones), so never worse there than the initialisation, and
+ * that loss, recomputed here on the returned simulation, is the one reported; at W4 the
+ * FP-target λ is the tried one with the lowest held-out loss after rounding, and the returned
+ * simulation is rounded with it; a rerun gives the same record (determinism). */
+static void holdout_selection(void) {
+    qd_err err = {{0}};
+    const char *mp = fixture("models/stories260K.gguf");
+    qd_model *m = qd_model_load(mp, &err);
+    qd_tokenizer *tok = m ? qd_tok_for_model(m, mp, NULL, &err) : NULL;
+    qd_tokens t = {0};
+    CHECK(tok && qd_data_load(fixture("text/tinystories-valid-excerpt.txt"), tok,
+                              m->cfg.vocab_size, &t, &err) == QD_OK, "%s", err.msg);
+    if (!t.ids) goto done;
+    size_t n = t.n / 2;
+    for (int wbits = 8; wbits >= 4; wbits -= 4)
+        for (uint64_t seed = 0; seed < 2; seed++) {
+            qd_mq_opts o;
+            qd_mq_defaults(&o, wbits);
+            o.samples = 16, o.seq_len = 64, o.epochs = 3, o.seed = seed;
+            if (wbits == 8) o.gptq = 0; /* the returned state as trained */
+            qd_qsim *q = NULL, *q2 = NULL;
+            qd_mq_result r = {0}, r2 = {0};
+            CHECK(qd_mq_run(m, t.ids, n, &o, &q, &r, &err) == QD_OK, "%s", err.msg);
+            if (!q) continue;
+            int T = o.seq_len, nh = r.holdout_windows;
+            CHECK(nh == 2 && r.n_sel == o.epochs + 1 && r.sel_step[0] == 0,
+                  "W%d seed %d: %d held-out windows, %ld states", wbits, (int)seed, nh, r.n_sel);
+            float lo = INFINITY;
+            for (long i = 0; i < r.n_sel; i++) lo = r.sel_loss[i] < lo ? r.sel_loss[i] : lo;
+            CHECK(r.kept_loss == lo && r.kept_loss <= r.sel_loss[0],
+                  "W%d seed %d: kept %g, lowest %g, initialisation %g", wbits, (int)seed,
+                  r.kept_loss, lo, r.sel_loss[0]);
+            printf("# W%dA8 seed %d: held-out loss init %.5g, kept step %ld of %ld: %.5g", wbits,
+                   (int)seed, r.sel_loss[0], r.kept_step, r.sel_step[r.n_sel - 1], r.kept_loss);
+            double got = heldout_mse(q, t.ids + (n - (size_t)nh * T), nh, T);
+            if (wbits == 8) {
+                CHECK(fabs(got - r.kept_loss) <= 1e-5 * r.kept_loss,
+                      "W8 seed %d: returned state's held-out loss %g, reported %g", (int)seed,
+                      got, r.kept_loss);
+            } else {
+                int b = 0;
+                for (int k = 1; k < r.n_lambda; k++)
+                    if (r.lambda_loss[k] < r.lambda_loss[b]) b = k;
+                CHECK(r.n_lambda == 6 && r.kept_lambda == r.lambda[b] &&
+                          fabs(got - r.lambda_loss[b]) <= 1e-5 * r.lambda_loss[b],
+                      "W4 seed %d: %d λ, kept %g (best %g), returned loss %g vs %g", (int)seed,
+                      r.n_lambda, r.kept_lambda, r.lambda[b], got, r.lambda_loss[b]);
+                printf("; λ %g (held-out %.5g after rounding)", r.kept_lambda, r.lambda_loss[b]);
+            }
+            printf("\n");
+            if (seed == 0) {
+                CHECK(qd_mq_run(m, t.ids, n, &o, &q2, &r2, &err) == QD_OK, "%s", err.msg);
+                CHECK(q2 && r2.n_sel == r.n_sel && r2.kept_step == r.kept_step &&
+                          !memcmp(r2.sel_loss, r.sel_loss, sizeof(float) * (size_t)r.n_sel) &&
+                          !memcmp(q2->p, q->p, sizeof(qd_real) * q->n_params),
+                      "W%d: rerun differs", wbits);
+            }
+            qd_qsim_free(q), qd_qsim_free(q2);
+            qd_mq_result_free(&r), qd_mq_result_free(&r2);
+        }
+done:
+    qd_tokens_free(&t);
+    qd_tok_free(tok);
+    qd_model_free(m);
+}
+
 /* Short data: the budget's samples become overlapping windows (spread over the data), or only
  * the disjoint windows when overlap is off. */
 static void overlapping_windows(void) {
@@ -484,6 +610,7 @@ static void overlapping_windows(void) {
 int main(void) {
     RUN(adam_lr_scale);
     RUN(overlapping_windows);
+    RUN(holdout_selection);
     RUN(checkpoint_refuses_bad_files);
     RUN(resume_same_trajectory);
     RUN(checkpoint_refuses_other_settings);

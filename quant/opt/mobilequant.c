@@ -32,27 +32,29 @@ void qd_mq_defaults(qd_mq_opts *o, int wbits) {
         o->lr_lwc[0] = 1e-2, o->lr_lwc[1] = 1e-3;
         o->lr_let[0] = 5e-3, o->lr_let[1] = 5e-4;
     }
+    o->holdout = 0.1;
     o->eval_batch = 8;
 }
 
 void qd_mq_result_free(qd_mq_result *r) {
     if (!r) return;
-    free(r->loss);
-    r->loss = NULL;
-    r->n_loss = 0;
+    free(r->loss), free(r->sel_step), free(r->sel_loss);
+    r->loss = NULL, r->sel_step = NULL, r->sel_loss = NULL;
+    r->n_loss = r->n_sel = 0;
 }
 
 uint64_t qd_mq_fingerprint(const qd_mq_opts *o, uint64_t h) {
     /* field by field into fixed-width arrays: no struct padding in the hash */
-    static const char tag[] = "mq-settings-3"; /* 3: offsets projected onto their range */
+    static const char tag[] = "mq-settings-4"; /* 3: offsets projected; 4: held-out selection */
     h = qd_fnv64(h, tag, sizeof tag);
     h = qd_fnv64(h, o->method, strlen(o->method));
     int64_t k[8 + QD_AC_COUNT] = {o->wbits,    o->wgran,        o->samples, o->seq_len,
                                   o->epochs,   o->batch,        o->lwc_grid, o->overlap};
     for (int i = 0; i < QD_AC_COUNT; i++) k[8 + i] = o->abits[i];
     h = qd_fnv64(h, k, sizeof k);
-    int64_t k2[2] = {o->lrl_relative, o->gptq};
+    int64_t k2[3] = {o->lrl_relative, o->gptq, o->select_every};
     h = qd_fnv64(h, k2, sizeof k2);
+    h = qd_fnv64(h, &o->holdout, sizeof o->holdout);
     h = qd_fnv64(h, &o->seed, sizeof o->seed);
     double d[8] = {o->alpha,     o->lwc_rmin,  o->lr_let[0], o->lr_let[1],
                    o->lr_lwc[0], o->lr_lwc[1], o->lr_lrl[0], o->lr_lrl[1]};
@@ -112,6 +114,11 @@ typedef struct {
     int nw, T, D;
     qd_real *x0, *out, *tgt, *dout;  /* batch buffers */
     int *tok;
+    /* held-out selection (nh = 0: off) */
+    const int *hwin;       /* nh windows of T tokens, disjoint from the training windows */
+    int nh;
+    qd_real *htgt;         /* their FP targets (nh * T * D) */
+    qd_real *best;         /* parameters of the best state so far (n_params) */
 } trainer;
 
 static void gather(const qd_real *src, const int *idx, int b, size_t per, qd_real *dst) {
@@ -130,6 +137,75 @@ static void fp_targets(qd_qsim *q, const int *win, int nw, int T, qd_real *x0, q
         qd_qsim_forward_blocks(q, x0, tg + (size_t)w * per, 1, T);
     }
     q->let_on = sl, q->aq_on = sa, q->wq_on = sw;
+}
+
+/* The end-to-end loss (MSE of the last block against FP) of q on nh windows with targets tgt,
+ * one window at a time through x0/out (T * D each); rounded to float so that a run resumed
+ * from a checkpoint (which stores it as a float) compares the same numbers. */
+static float holdout_loss(qd_qsim *q, const int *win, int nh, int T, const qd_real *tgt,
+                          qd_real *x0, qd_real *out) {
+    size_t per = (size_t)T * q->cfg.dim;
+    double s = 0;
+    for (int w = 0; w < nh; w++) {
+        q->rc.cursor = 0;
+        qd_qsim_embed(q, win + (size_t)w * T, 1, T, x0);
+        qd_qsim_forward_blocks(q, x0, out, 1, T);
+        s += mse(out, tgt + (size_t)w * per, NULL, per);
+    }
+    return (float)(s / nh);
+}
+
+static int push_sel(qd_mq_result *r, long step, float loss) {
+    long *ns = realloc(r->sel_step, sizeof(long) * (size_t)(r->n_sel + 1));
+    if (!ns) return QD_ERR;
+    r->sel_step = ns;
+    float *nl = realloc(r->sel_loss, sizeof(float) * (size_t)(r->n_sel + 1));
+    if (!nl) return QD_ERR;
+    r->sel_loss = nl;
+    r->sel_step[r->n_sel] = step, r->sel_loss[r->n_sel] = loss;
+    r->n_sel++;
+    return QD_OK;
+}
+
+/* One candidate state: its held-out loss joins the record, and it becomes the kept state when
+ * strictly better (ties keep the earlier state). */
+static int select_state(trainer *t, qd_mq_result *res, long step) {
+    qd_qsim *q = t->q;
+    float l = holdout_loss(q, t->hwin, t->nh, t->T, t->htgt, t->x0, t->out);
+    res->tokens += (size_t)t->nh * t->T;
+    if (push_sel(res, step, l)) return QD_ERR;
+    if (res->kept_step < 0 || l < res->kept_loss) {
+        res->kept_step = step, res->kept_loss = l;
+        memcpy(t->best, q->p, sizeof(qd_real) * q->n_params);
+    }
+    return QD_OK;
+}
+
+/* The selection's state in a checkpoint's extra block: kept step, kept loss, n, the n steps,
+ * the n losses, the kept parameters. */
+static qd_real *sel_pack(const trainer *t, const qd_mq_result *r, long *n) {
+    size_t np = t->q->n_params;
+    *n = 3 + 2 * r->n_sel + (long)np;
+    qd_real *x = malloc(sizeof(qd_real) * (size_t)*n);
+    if (!x) return NULL;
+    x[0] = (qd_real)r->kept_step, x[1] = (qd_real)r->kept_loss, x[2] = (qd_real)r->n_sel;
+    for (long i = 0; i < r->n_sel; i++)
+        x[3 + i] = (qd_real)r->sel_step[i], x[3 + r->n_sel + i] = r->sel_loss[i];
+    memcpy(x + 3 + 2 * r->n_sel, t->best, sizeof(qd_real) * np);
+    return x;
+}
+
+static int sel_unpack(trainer *t, qd_mq_result *r, const qd_real *x, long n) {
+    size_t np = t->q->n_params;
+    if (n < 3) return QD_ERR;
+    long ns = (long)x[2];
+    if (ns < 0 || n != 3 + 2 * ns + (long)np) return QD_ERR;
+    r->n_sel = 0;
+    for (long i = 0; i < ns; i++)
+        if (push_sel(r, (long)x[3 + i], (float)x[3 + ns + i])) return QD_ERR;
+    r->kept_step = (long)x[0], r->kept_loss = (float)x[1];
+    memcpy(t->best, x + 3 + 2 * ns, sizeof(qd_real) * np);
+    return QD_OK;
 }
 
 /* LRL steps relative to each quantizer's range: the scale moves by lr·|s| (a fraction of itself)
@@ -171,6 +247,7 @@ static int train_e2e(trainer *t, qd_mq_result *res, qd_err *err) {
     set_lrs(a, o, 1);
     uint64_t fprint = qd_mq_fingerprint(o, o->fingerprint);
     long start = 0;
+    long every = o->select_every > 0 ? o->select_every : spe;
     if (o->checkpoint_path) {
         qd_ckpt ck = {0};
         int lr = qd_ckpt_load(o->checkpoint_path, fprint, &ck, a, q->p, err);
@@ -180,7 +257,18 @@ static int train_e2e(trainer *t, qd_mq_result *res, qd_err *err) {
             free(res->loss);
             res->loss = ck.loss, res->n_loss = ck.n_loss, cap = ck.n_loss;
             res->resumed_at = start;
+            int bad = t->nh ? sel_unpack(t, res, ck.extra, ck.n_extra) : ck.n_extra != 0;
+            free(ck.extra);
+            if (bad) {
+                qd_errf(err, "%s: checkpoint's model-selection state does not match this run",
+                        o->checkpoint_path);
+                goto out;
+            }
         }
+    }
+    if (t->nh && start == 0 && select_state(t, res, 0)) {
+        qd_errf(err, "%s: out of memory", __func__);
+        goto out;
     }
     double ph0 = qd_now();
     long cur_epoch = -1;
@@ -215,13 +303,24 @@ static int train_e2e(trainer *t, qd_mq_result *res, qd_err *err) {
         }
         res->steps++;
         res->tokens += (size_t)b * T;
+        if (t->nh && ((step + 1) % every == 0 || step + 1 == a->total_steps) &&
+            select_state(t, res, step + 1)) {
+            qd_errf(err, "%s: out of memory", __func__);
+            goto out;
+        }
         report(o, "optimize", step + 1 - start, a->total_steps - start, loss, lr, ph0);
         int stop = o->stop && *o->stop;
         int due = o->checkpoint_every > 0 && (step + 1) % o->checkpoint_every == 0;
         if (o->checkpoint_path && (stop || due) && step + 1 < a->total_steps) {
             qd_ckpt ck = {fprint, step + 1, a->total_steps, rng_state, res->loss,
-                          res->n_loss};
-            if (qd_ckpt_save(o->checkpoint_path, &ck, a, q->p, err)) goto out;
+                          res->n_loss, NULL, 0};
+            if (t->nh && !(ck.extra = sel_pack(t, res, &ck.n_extra))) {
+                qd_errf(err, "%s: out of memory", __func__);
+                goto out;
+            }
+            int sr = qd_ckpt_save(o->checkpoint_path, &ck, a, q->p, err);
+            free(ck.extra);
+            if (sr) goto out;
         }
         if (stop && step + 1 < a->total_steps) {
             res->stopped = 1;
@@ -229,6 +328,8 @@ static int train_e2e(trainer *t, qd_mq_result *res, qd_err *err) {
             goto out;
         }
     }
+    /* the kept state replaces the last one */
+    if (t->nh) memcpy(q->p, t->best, sizeof(qd_real) * q->n_params);
     rc = QD_OK;
 out:
     free(targets), free(perm), free(lrf);
@@ -341,6 +442,24 @@ int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_o
     size_t avail = n_calib / (size_t)T;
     if (avail < 1)
         return qd_errf(err, "calibration: %zu tokens, fewer than one window of %d", n_calib, T);
+    res->kept_step = -1, res->kept_lambda = NAN;
+    /* the held-out slice: whole windows at the end of the calibration tokens (a fraction of
+     * them, at most an eighth of the budget's samples), never seen by training or GPTQ */
+    const int *hold = NULL;
+    int nh = 0;
+    if (method == QD_METHOD_MOBILEQUANT && o->epochs > 0 && o->holdout > 0) {
+        size_t want = (size_t)(o->holdout * (double)n_calib) / (size_t)T, cap = (size_t)o->samples / 8;
+        if (cap < 1) cap = 1;
+        if (want > cap) want = cap;
+        if (want < 1) want = 1;
+        if (n_calib >= (want + 1) * (size_t)T) {
+            nh = (int)want;
+            n_calib -= (size_t)nh * T;
+            hold = calib + n_calib;
+            avail = n_calib / (size_t)T;
+        }
+    }
+    res->holdout_windows = nh;
     int nw = (int)(avail < (size_t)o->samples ? avail : (size_t)o->samples);
     const int *win = calib;
     int *own = NULL;
@@ -407,6 +526,17 @@ int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_o
             qd_errf(err, "%s: out of memory", __func__);
             goto out;
         }
+        if (nh) {
+            tr.hwin = hold, tr.nh = nh;
+            tr.htgt = malloc(sizeof(qd_real) * (size_t)nh * T * m->cfg.dim);
+            tr.best = malloc(sizeof(qd_real) * q->n_params);
+            if (!tr.htgt || !tr.best) {
+                qd_errf(err, "%s: out of memory", __func__);
+                goto out;
+            }
+            fp_targets(q, hold, nh, T, tr.x0, tr.htgt);
+            res->tokens += (size_t)nh * T;
+        }
         qd_mq_opts ob = *o;
         ob.batch = B;
         tr.o = &ob;
@@ -436,13 +566,31 @@ int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_o
         /* FP target only at W4: at W8 the rounding error is small and fitting the activation
          * error on calibration windows cost perplexity on stories260K (+1.41% vs +0.71%) */
         go.fp_target = o->wbits < 8;
-        report(o, "calibrate", 0, 1, NAN, NAN, ph0);
-        if (qd_gptq_qsim(ev, win, nw, T, &go, err)) {
-            qd_qsim_free(ev);
-            goto out;
+        /* the FP target's ridge λ: the one whose rounding gives the lowest held-out loss */
+        static const double lambdas[] = {0.05, 0.1, 0.2, 0.5, 1, 2};
+        int nl = go.fp_target && tr.nh ? (int)(sizeof lambdas / sizeof *lambdas) : 0;
+        int best = -1;
+        for (int k = 0; k <= nl; k++) {
+            if (k == nl && nl && best == nl - 1) break; /* the best was the last one run */
+            if (nl) go.target_damp = k < nl ? lambdas[k] : lambdas[best];
+            for (int l = 0; l < m->cfg.n_layers; l++)
+                for (int w = 0; w < QD_W_PER_LAYER; w++) qd_qsim_set_wfix(ev, l, w, NULL);
+            report(o, "calibrate", k, nl + 1, NAN, NAN, ph0);
+            if (qd_gptq_qsim(ev, win, nw, T, &go, err)) {
+                qd_qsim_free(ev);
+                goto out;
+            }
+            /* the calibration passes, twice with the FP stream */
+            res->tokens += (size_t)nw * T * 4 * (size_t)m->cfg.n_layers * (go.fp_target ? 2 : 1);
+            if (k == nl) break;
+            float l = holdout_loss(ev, tr.hwin, tr.nh, T, tr.htgt, tr.x0, tr.out);
+            res->tokens += (size_t)tr.nh * T;
+            res->lambda[k] = lambdas[k], res->lambda_loss[k] = l;
+            res->n_lambda = k + 1;
+            if (best < 0 || l < res->lambda_loss[best]) best = k;
         }
-        /* the calibration passes, twice with the FP stream */
-        res->tokens += (size_t)nw * T * 4 * (size_t)m->cfg.n_layers * (go.fp_target ? 2 : 1);
+        if (nl) res->kept_lambda = lambdas[best];
+        else if (go.fp_target) res->kept_lambda = go.target_damp;
     }
     *out = ev;
     rc = QD_OK;
@@ -450,6 +598,7 @@ out:
     qd_qstats_free(st);
     free(own);
     free(tr.x0), free(tr.out), free(tr.tgt), free(tr.dout), free(tr.tok);
+    free(tr.htgt), free(tr.best);
     qd_qsim_free(q);
     return rc;
 }

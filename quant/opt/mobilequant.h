@@ -34,6 +34,13 @@ typedef struct qd_mq_opts {
                                           trained grids: 1 on, 0 off, -1 auto (mobilequant);
                                           below 8 bits towards the FP outputs (fp_target) */
     double lr_let[2], lr_lwc[2], lr_lrl[2];   /* {start, end} of each cosine */
+    double holdout;                    /* mobilequant: the fraction of the calibration tokens
+                                          (their end, as whole windows; 0 off) held out of
+                                          training to select the returned state and the W4
+                                          FP-target λ by the end-to-end loss on them */
+    int select_every;                  /* steps between the trajectory states compared
+                                          (0: one per epoch); the initialisation and the last
+                                          step are always candidates */
     const char *checkpoint_path;       /* NULL: no checkpoints */
     int checkpoint_every;              /* steps; 0: only when stopped */
     uint64_t fingerprint;              /* identifies the run's inputs (model, data) in the
@@ -46,12 +53,14 @@ typedef struct qd_mq_opts {
     int eval_batch;                    /* windows the returned simulation holds at once */
 } qd_mq_opts;
 
-/* Defaults for a weight width: LET 1e-3 -> 1e-4 and LWC 1e-2 -> 1e-3 (DESIGN.md's W8A8
+/* Defaults for a weight width (holdout 0.1, one candidate state per epoch, and): LET 1e-3 -> 1e-4 and LWC 1e-2 -> 1e-3 (DESIGN.md's W8A8
  * reference), W4A8: LET 5e-3 -> 5e-4, LWC 1e-2 -> 1e-3; LRL 1e-3 -> 1e-4 relative to each
  * quantizer's range (lrl_relative); clipping search init (51 ratios down to 0.5); GPTQ final
  * rounding for mobilequant; overlapping windows on short data; budget 64 x 256 x 10, batch 1,
  * α 0.5, method mobilequant. */
 void qd_mq_defaults(qd_mq_opts *o, int wbits);
+
+#define QD_MQ_MAX_LAMBDA 8
 
 typedef struct qd_mq_result {
     float *loss;        /* one entry per optimizer step (malloc'd; qd_mq_result_free) */
@@ -63,6 +72,16 @@ typedef struct qd_mq_result {
     int stopped;        /* stopped through opts->stop after a checkpoint */
     long projected;     /* activation offsets the optimizer pushed past an end of their range
                            and qd_qsim_project_ranges put back, summed over steps */
+    /* held-out model selection (mobilequant with holdout > 0): */
+    int holdout_windows;       /* windows of seq_len held out (0: no selection) */
+    long n_sel;                /* states compared: step 0 is the initialisation */
+    long *sel_step;            /* (malloc'd) their steps */
+    float *sel_loss;           /* (malloc'd) their held-out losses (MSE of the last block) */
+    long kept_step;            /* the state returned (-1: no selection) */
+    double kept_loss;
+    int n_lambda;              /* W4 FP-target ridges compared (0: none) */
+    double lambda[QD_MQ_MAX_LAMBDA], lambda_loss[QD_MQ_MAX_LAMBDA];
+    double kept_lambda;        /* the one used (its held-out loss after GPTQ was lowest) */
 } qd_mq_result;
 
 void qd_mq_result_free(qd_mq_result *r);

@@ -117,12 +117,14 @@ int qd_ckpt_save(const char *path, const qd_ckpt *c, const qd_adam *a, const qd_
     wr w = {af.f, QD_FNV_INIT, 0};
     uint32_t ver = QD_CKPT_VERSION, realsz = (uint32_t)sizeof(qd_real);
     uint64_t n = a->n, fp = c->fingerprint, rng = c->rng;
-    int64_t step = a->step, total = c->total_steps, nl = c->n_loss;
+    int64_t step = a->step, total = c->total_steps, nl = c->n_loss, nx = c->n_extra;
     put(&w, CKPT_MAGIC, 8);
     put(&w, &ver, 4), put(&w, &realsz, 4);
     put(&w, &fp, 8), put(&w, &n, 8), put(&w, &step, 8), put(&w, &total, 8), put(&w, &rng, 8);
     put(&w, &nl, 8);
     if (nl) put(&w, c->loss, sizeof(float) * (size_t)nl);
+    put(&w, &nx, 8);
+    if (nx) put(&w, c->extra, sizeof(qd_real) * (size_t)nx);
     put(&w, p, sizeof(qd_real) * a->n);
     put(&w, a->m, sizeof(float) * a->n);
     put(&w, a->v, sizeof(float) * a->n);
@@ -155,7 +157,8 @@ int qd_ckpt_load(const char *path, uint64_t fingerprint, qd_ckpt *c, qd_adam *a,
     char magic[8];
     uint32_t ver, realsz;
     uint64_t fp, n, rng;
-    int64_t step, total, nl;
+    int64_t step, total, nl, nx;
+    c->loss = NULL, c->extra = NULL;
     if (len < 8 + 8) {
         qd_errf(err, "%s: checkpoint truncated", path);
         goto out;
@@ -208,6 +211,17 @@ int qd_ckpt_load(const char *path, uint64_t fingerprint, qd_ckpt *c, qd_adam *a,
         goto out;
     }
     TAKE(c->loss, sizeof(float) * (size_t)nl);
+    TAKE(&nx, 8);
+    if (nx < 0 || nx > (int64_t)(len - off) / (int64_t)sizeof(qd_real)) {
+        qd_errf(err, "%s: checkpoint sizes do not match this run", path);
+        goto out;
+    }
+    c->extra = malloc(sizeof(qd_real) * (size_t)(nx ? nx : 1));
+    if (!c->extra) {
+        qd_errf(err, "%s: out of memory", path);
+        goto out;
+    }
+    TAKE(c->extra, sizeof(qd_real) * (size_t)nx);
     TAKE(p, sizeof(qd_real) * a->n);
     TAKE(a->m, sizeof(float) * a->n);
     TAKE(a->v, sizeof(float) * a->n);
@@ -216,13 +230,14 @@ int qd_ckpt_load(const char *path, uint64_t fingerprint, qd_ckpt *c, qd_adam *a,
         goto out;
     }
     c->fingerprint = fp, c->step = step, c->total_steps = total, c->rng = rng, c->n_loss = nl;
+    c->n_extra = nx;
     a->step = step;
     rc = QD_OK;
 #undef TAKE
 out:
-    if (rc != QD_OK && c->loss) {
-        free(c->loss);
-        c->loss = NULL;
+    if (rc != QD_OK) {
+        free(c->loss), free(c->extra);
+        c->loss = NULL, c->extra = NULL;
     }
     free(buf);
     return rc;

@@ -49,12 +49,14 @@ double qd_adam_lr(const qd_adam *a, int k);
 void qd_adam_step(qd_adam *a, qd_real *p, const qd_real *g);
 
 /* Checkpoint file: magic "QDCKPT01", version, a fingerprint of the run configuration (a resume
- * with other settings is refused), then step, total, generator, loss curve, parameters and
- * both moments, closed by a 64-bit FNV-1a checksum. Written to path.tmp, fsync'ed, renamed.
+ * with other settings is refused), then step, total, generator, loss curve, the method's own
+ * state (extra: MobileQuant's held-out model selection), parameters and both moments, closed by
+ * a 64-bit FNV-1a checksum. Written to path.tmp, fsync'ed, renamed.
  * The version counts changes of layout OR of meaning: version 2 is the first whose parameters
  * follow the LWC clipping search init, relative LRL learning rates and overlapping windows
- * (version 1 files would resume a different trajectory), so other versions are refused. */
-#define QD_CKPT_VERSION 2u
+ * (version 1 files would resume a different trajectory); version 3 adds the extra block and
+ * offsets projected onto their range; other versions are refused. */
+#define QD_CKPT_VERSION 3u
 typedef struct qd_ckpt {
     uint64_t fingerprint;
     long step, total_steps;
@@ -62,11 +64,14 @@ typedef struct qd_ckpt {
     float *loss;      /* loss curve: one entry per step (n_loss); owned by the caller on save,
                          malloc'd on load (caller frees) */
     long n_loss;
+    qd_real *extra;   /* the method's state (n_extra values, may be 0); owned by the caller on
+                         save, malloc'd on load (caller frees) */
+    long n_extra;
 } qd_ckpt;
 
 int qd_ckpt_save(const char *path, const qd_ckpt *c, const qd_adam *a, const qd_real *p,
                  qd_err *err);
-/* Loads into c (allocating c->loss), a's moments and step, and p. Refuses a wrong magic,
+/* Loads into c (allocating c->loss and c->extra), a's moments and step, and p. Refuses a wrong magic,
  * version, fingerprint, size or checksum with err saying which. Returns 1 when path does not
  * exist (nothing loaded), QD_OK when loaded, QD_ERR on a bad file. */
 int qd_ckpt_load(const char *path, uint64_t fingerprint, qd_ckpt *c, qd_adam *a, qd_real *p,
