@@ -31,6 +31,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,12 +41,8 @@
 #include <unistd.h>
 
 #include "base/fs.h"
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+#include "base/sys.h"
+#include "bench/bench_common.h"
 
 static void sleep_s(double s) {
     if (s <= 0) return;
@@ -185,11 +182,11 @@ static void run_api(client *c) {
     size_t cap = 1 << 20;
     char *buf = malloc(cap);
     int fd = -1;
-    for (unsigned i = 0; now() < t_end; i++) {
+    for (unsigned i = 0; qd_now() < t_end; i++) {
         int k = (int)(i % 3);
-        double t0 = now();
+        double t0 = qd_now();
         int st = api_request(c, &fd, reqs[k], (size_t)lens[k], buf, cap);
-        double t1 = now();
+        double t1 = qd_now();
         atomic_fetch_add(&api_requests, 1);
         if (st < 200 || st > 299) {
             atomic_fetch_add(&api_errors, 1);
@@ -206,15 +203,15 @@ static void run_sse(client *c) {
     char req[256], buf[8192];
     int n = snprintf(req, sizeof req, "GET /v1/jobs/%s/events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                      "Accept: text/event-stream\r\n\r\n", job_id);
-    while (now() < t_end) {
+    while (qd_now() < t_end) {
         int fd = connect_server();
         bool ok = fd >= 0 && qd_write_all(fd, req, (size_t)n) == 0;
         ssize_t k = ok ? read(fd, buf, sizeof buf - 1) : -1;
         if (k > 0) buf[k] = 0;
         ok = k > 12 && !strncmp(buf, "HTTP/1.1 200", 12);
         atomic_fetch_add(ok ? &sse_opened : &sse_errors, 1);
-        double stop = now() + 1 + 3 * (rnd(&c->seed) % 1000) / 1000.0;
-        while (ok && now() < stop && now() < t_end) {
+        double stop = qd_now() + 1 + 3 * (rnd(&c->seed) % 1000) / 1000.0;
+        while (ok && qd_now() < stop && qd_now() < t_end) {
             struct pollfd p = {.fd = fd, .events = POLLIN};
             if (poll(&p, 1, 200) > 0 && read(fd, buf, sizeof buf) <= 0) break;
         }
@@ -227,7 +224,7 @@ static void run_upload(client *c) {
     size_t body = 16 << 10;
     char *req = malloc(body + 256);
     char resp[4096];
-    while (now() < t_end) {
+    while (qd_now() < t_end) {
         int h = snprintf(req, 256, "POST /v1/blobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
                          "application/octet-stream\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n", body);
         unsigned v = rnd(&c->seed) % 8; /* eight distinct bodies: the store deduplicates */
@@ -248,7 +245,7 @@ static void run_slow(client *c) {
                            ? "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                            : "POST /v1/blobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
                              "application/octet-stream\r\nContent-Length: 1000000\r\n\r\n";
-    while (now() < t_end) {
+    while (qd_now() < t_end) {
         int fd = connect_server();
         atomic_fetch_add(&slow_attempts, 1);
         if (fd < 0 || qd_write_all(fd, head, strlen(head)) != 0) {
@@ -258,7 +255,7 @@ static void run_slow(client *c) {
             continue;
         }
         bool cut = false;
-        while (now() < t_end && !cut) {
+        while (qd_now() < t_end && !cut) {
             sleep_s(1.0);
             if (!alive(fd)) cut = true;
             else if (c->kind == K_SLOW_HEAD) cut = send(fd, "X", 1, MSG_NOSIGNAL) != 1;
@@ -285,45 +282,6 @@ static void *client_main(void *arg) {
 #define MAX_SETS 8
 static const char *sets[MAX_SETS];
 static int n_sets;
-
-static pid_t start_server(const char *exe, const char *data, const char *errlog) {
-    int p[2];
-    if (pipe(p) != 0) return -1;
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(p[1], 1);
-        int e = open(errlog, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-        if (e >= 0) dup2(e, 2);
-        close(p[0]);
-        close(p[1]);
-        const char *av[8 + 2 * MAX_SETS];
-        int n = 0;
-        av[n++] = exe, av[n++] = "serve", av[n++] = "--listen", av[n++] = "127.0.0.1:0";
-        av[n++] = "--data", av[n++] = data;
-        for (int i = 0; i < n_sets; i++) av[n++] = "--set", av[n++] = sets[i];
-        av[n] = NULL;
-        execv(exe, (char *const *)av);
-        _exit(127);
-    }
-    close(p[1]);
-    FILE *f = fdopen(p[0], "r");
-    char line[256], host[64];
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "listening on %63[^:]:%d", host, &port) == 2) break;
-    return port > 0 ? pid : -1;
-}
-
-static long proc_kb(pid_t pid, const char *key) {
-    char p[64], line[256];
-    snprintf(p, sizeof p, "/proc/%d/status", (int)pid);
-    FILE *f = fopen(p, "r");
-    long kb = -1;
-    size_t kl = strlen(key);
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, key, kl)) kb = strtol(line + kl, NULL, 10);
-    if (f) fclose(f);
-    return kb;
-}
 
 static int proc_fds(pid_t pid) {
     char p[64];
@@ -357,27 +315,6 @@ static int post(const char *path, const char *ctype, const char *body, size_t n,
     return st;
 }
 
-static char *slurp(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long sz = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = sz > 0 ? malloc((size_t)sz) : NULL;
-    if (b && fread(b, 1, (size_t)sz, f) != (size_t)sz) {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    *n = (size_t)sz;
-    return b;
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 int main(int argc, char **argv) {
     long conns = 200;
     double seconds = 60;
@@ -391,24 +328,14 @@ int main(int argc, char **argv) {
         return 2;
     }
     char exe[PATH_MAX];
-    const char *env = getenv("QUANTD");
-    if (env) snprintf(exe, sizeof exe, "%s", env);
-    else {
-        ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 16);
-        if (n < 0) return 1;
-        exe[n] = 0;
-        char *slash = strrchr(exe, '/');
-        *slash = 0;
-        slash = strrchr(exe, '/'); /* build/bench -> build */
-        if (slash) *slash = 0;
-        strcat(exe, "/quantd");
-    }
+    if (bench_quantd_exe(exe)) return 1;
     char data[] = "/tmp/quantd-load-XXXXXX";
     if (!mkdtemp(data)) return 1;
     char errlog[PATH_MAX + 16];
     snprintf(errlog, sizeof errlog, "%s.log", data);
     signal(SIGPIPE, SIG_IGN);
-    pid_t srv = start_server(exe, data, errlog);
+    char host[64];
+    pid_t srv = bench_start_server(exe, data, errlog, sets, n_sets, host, &port);
     if (srv < 0) {
         fprintf(stderr, "bench_load: could not start %s serve\n", exe);
         return 1;
@@ -420,7 +347,7 @@ int main(int argc, char **argv) {
     snprintf(mpath, sizeof mpath, "%s/models/stories260K.gguf", fx ? fx : "../shared/fixtures");
     snprintf(cpath, sizeof cpath, "%s/text/tinystories-valid-excerpt.txt", fx ? fx : "../shared/fixtures");
     size_t mn = 0, cn = 0;
-    char *mb = slurp(mpath, &mn), *cb = slurp(cpath, &cn);
+    char *mb = qd_read_file(mpath, SIZE_MAX, &mn, NULL), *cb = qd_read_file(cpath, SIZE_MAX, &cn, NULL);
     char mid[80] = "", cid[80] = "";
     bool real = mb && cb;
     if (!real) {
@@ -442,13 +369,13 @@ int main(int argc, char **argv) {
         return 1;
     }
     sleep_s(1.0);
-    long rss0 = proc_kb(srv, "VmRSS:");
+    long rss0 = bench_proc_kb(srv, "VmRSS:");
     int fds0 = proc_fds(srv);
 
     long n_sse = conns / 20, n_up = conns / 20, n_slow = conns * 15 / 100;
     long n_api = conns - n_sse - n_up - n_slow;
     client *cl = calloc((size_t)conns, sizeof *cl);
-    double t0 = now();
+    double t0 = qd_now();
     t_end = t0 + seconds;
     for (long i = 0; i < conns; i++) {
         cl[i].index = (int)i;
@@ -462,9 +389,9 @@ int main(int argc, char **argv) {
         pthread_attr_destroy(&at);
     }
     for (long i = 0; i < conns; i++) pthread_join(cl[i].t, NULL);
-    double took = now() - t0;
+    double took = qd_now() - t0;
     sleep_s(2.0); /* closed connections and their threads wind down */
-    long rss1 = proc_kb(srv, "VmRSS:"), hwm = proc_kb(srv, "VmHWM:");
+    long rss1 = bench_proc_kb(srv, "VmRSS:"), hwm = bench_proc_kb(srv, "VmHWM:");
     int fds1 = proc_fds(srv);
 
     size_t n = 0;
@@ -476,7 +403,7 @@ int main(int argc, char **argv) {
         k += cl[i].lat.n;
         free(cl[i].lat.v);
     }
-    qsort(all, n, sizeof *all, cmp_d);
+    qsort(all, n, sizeof *all, bench_cmp_double);
 
     /* the job's cancel, then the server's own account of what its guard closed */
     char path[128];

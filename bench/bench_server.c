@@ -22,15 +22,11 @@
 #include "quant/fp/blas.h"
 #include "base/err.h"
 #include "base/fs.h"
+#include "base/sys.h"
+#include "bench/bench_common.h"
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static char host[64];
 static int port;
@@ -75,40 +71,6 @@ static int read_response(int fd, char *buf, size_t cap, size_t *body_off, size_t
     }
 }
 
-static pid_t start_server(const char *exe, const char *data) {
-    int p[2];
-    if (pipe(p) != 0) return -1;
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(p[1], 1);
-        int dn = open("/dev/null", O_WRONLY);
-        if (dn >= 0) dup2(dn, 2);
-        close(p[0]);
-        close(p[1]);
-        execl(exe, exe, "serve", "--listen", "127.0.0.1:0", "--data", data, (char *)NULL);
-        _exit(127);
-    }
-    close(p[1]);
-    FILE *f = fdopen(p[0], "r");
-    char line[256];
-    while (fgets(line, sizeof line, f)) {
-        if (sscanf(line, "listening on %63[^:]:%d", host, &port) == 2) break;
-    }
-    /* keep the pipe open in a detached reader-less state: the server only prints once */
-    return port > 0 ? pid : -1;
-}
-
-static long vm_hwm_kb(pid_t pid) {
-    char p[64], line[256];
-    snprintf(p, sizeof p, "/proc/%d/status", (int)pid);
-    FILE *f = fopen(p, "r");
-    long kb = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, "VmHWM:", 6)) kb = strtol(line + 6, NULL, 10);
-    if (f) fclose(f);
-    return kb;
-}
-
 typedef struct worker {
     pthread_t t;
     const char *req;
@@ -124,7 +86,7 @@ static void *load(void *arg) {
     int fd = connect_server();
     char *buf = malloc(1 << 16);
     while (fd >= 0) {
-        double t0 = now();
+        double t0 = qd_now();
         if (t0 >= w->t_end) break;
         if (qd_write_all(fd, w->req, w->req_len) != 0 ||
             read_response(fd, buf, 1 << 16, NULL, NULL) != 200) {
@@ -133,7 +95,7 @@ static void *load(void *arg) {
             fd = connect_server();
             continue;
         }
-        double t1 = now();
+        double t1 = qd_now();
         if (t0 >= w->t_measure) {
             if (w->n == w->cap) {
                 w->cap = w->cap ? w->cap * 2 : 4096;
@@ -145,11 +107,6 @@ static void *load(void *arg) {
     if (fd >= 0) close(fd);
     free(buf);
     return NULL;
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
 }
 
 static int rm_rf(const char *dir) {
@@ -172,18 +129,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     char exe[PATH_MAX];
-    const char *env = getenv("QUANTD");
-    if (env) snprintf(exe, sizeof exe, "%s", env);
-    else {
-        ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 16);
-        if (n < 0) return 1;
-        exe[n] = 0;
-        char *slash = strrchr(exe, '/');
-        *slash = 0;
-        slash = strrchr(exe, '/'); /* build/bench -> build */
-        if (slash) *slash = 0;
-        strcat(exe, "/quantd");
-    }
+    if (bench_quantd_exe(exe)) return 1;
     char data[] = "/tmp/quantd-bench-XXXXXX";
     if (!mkdtemp(data)) return 1;
     struct statvfs v;
@@ -195,13 +141,13 @@ int main(int argc, char **argv) {
         }
     }
     signal(SIGPIPE, SIG_IGN);
-    pid_t srv = start_server(exe, data);
+    pid_t srv = bench_start_server(exe, data, NULL, NULL, 0, host, &port);
     if (srv < 0) {
         fprintf(stderr, "bench_server: could not start %s serve\n", exe);
         rm_rf(data);
         return 1;
     }
-    long rss0 = vm_hwm_kb(srv);
+    long rss0 = bench_proc_kb(srv, "VmHWM:");
 
     /* 1. one large upload, streamed from a 1 MiB buffer */
     size_t chunk = 1 << 20;
@@ -217,7 +163,7 @@ int main(int argc, char **argv) {
     int hn = snprintf(head, sizeof head,
                       "POST /v1/blobs HTTP/1.1\r\nHost: %s\r\nContent-Type: application/octet-stream"
                       "\r\nContent-Length: %llu\r\n\r\n", host, (unsigned long long)total);
-    double t0 = now();
+    double t0 = qd_now();
     int ok = qd_write_all(fd, head, (size_t)hn) == 0;
     for (uint64_t sent = 0; ok && sent < total; sent += chunk) {
         buf[0] = (char)(sent >> 20); /* no two chunks alike */
@@ -226,9 +172,9 @@ int main(int argc, char **argv) {
     char resp[4096];
     size_t boff = 0;
     int st = ok ? read_response(fd, resp, sizeof resp, &boff, NULL) : -1;
-    double up_s = now() - t0;
+    double up_s = qd_now() - t0;
     close(fd);
-    long rss1 = vm_hwm_kb(srv);
+    long rss1 = bench_proc_kb(srv, "VmHWM:");
     char blob[80] = "";
     const char *idp = st >= 200 && st < 300 ? strstr(resp + boff, "\"id\":\"") : NULL;
     if (idp) sscanf(idp + 6, "%79[^\"]", blob);
@@ -255,7 +201,7 @@ int main(int argc, char **argv) {
     } else {
         rn = snprintf(req, sizeof req, "GET /v1/jobs/%s HTTP/1.1\r\nHost: %s\r\n\r\n", job, host);
         worker *w = calloc((size_t)conns, sizeof *w);
-        double start = now();
+        double start = qd_now();
         for (long i = 0; i < conns; i++) {
             w[i].req = req;
             w[i].req_len = (size_t)rn;
@@ -277,14 +223,14 @@ int main(int argc, char **argv) {
             k += w[i].n;
             free(w[i].lat);
         }
-        qsort(all, n, sizeof *all, cmp_d);
+        qsort(all, n, sizeof *all, bench_cmp_double);
         if (n) {
             printf("GET /v1/jobs/{id}: %ld connections, %.1f s: %.0f requests/s, latency p50 %.2f ms, "
                    "p99 %.2f ms, max %.2f ms, %ld errors\n",
                    conns, seconds, (double)n / seconds, 1e3 * all[n / 2], 1e3 * all[(size_t)(n * 0.99)],
                    1e3 * all[n - 1], errors);
         }
-        printf("server peak RSS after the load: %.1f MB\n", vm_hwm_kb(srv) / 1024.0);
+        printf("server peak RSS after the load: %.1f MB\n", bench_proc_kb(srv, "VmHWM:") / 1024.0);
         free(all);
         free(w);
     }

@@ -1,0 +1,92 @@
+/* Helpers the service benchmarks share (bench_server, bench_load): where the quantd binary is,
+ * starting `quantd serve` on 127.0.0.1:0 and reading back its port, /proc figures of the
+ * server, and a double comparator for percentiles. Header-only: each bench is one .c file. */
+#ifndef QD_BENCH_COMMON_H
+#define QD_BENCH_COMMON_H
+
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+/* $QUANTD, or quantd in the build folder above this benchmark (build/bench -> build/quantd).
+ * 0, or -1 when neither can be found. */
+static inline int bench_quantd_exe(char exe[PATH_MAX]) {
+    const char *env = getenv("QUANTD");
+    if (env) return snprintf(exe, PATH_MAX, "%s", env) < PATH_MAX ? 0 : -1;
+    ssize_t n = readlink("/proc/self/exe", exe, PATH_MAX - 16);
+    if (n < 0) return -1;
+    exe[n] = 0;
+    char *slash = strrchr(exe, '/');
+    if (!slash) return -1;
+    *slash = 0;
+    slash = strrchr(exe, '/');
+    if (slash) *slash = 0;
+    strcat(exe, "/quantd");
+    return 0;
+}
+
+/* Starts `exe serve --listen 127.0.0.1:0 --data data`, then each of the n_sets settings as
+ * `--set KEY=VALUE`; its stderr goes to errlog (NULL: /dev/null). Reads the address the server
+ * prints into host (64 bytes) and *port. The child's pid, or -1. */
+static inline pid_t bench_start_server(const char *exe, const char *data, const char *errlog,
+                                       const char *const *sets, int n_sets, char host[64],
+                                       int *port) {
+    enum { MAX_ARGS = 64 };
+    if (n_sets < 0 || 8 + 2 * n_sets > MAX_ARGS) return -1;
+    int p[2];
+    if (pipe(p) != 0) return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(p[1], 1);
+        int e = errlog ? open(errlog, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)
+                       : open("/dev/null", O_WRONLY);
+        if (e >= 0) dup2(e, 2);
+        close(p[0]);
+        close(p[1]);
+        const char *av[MAX_ARGS];
+        int n = 0;
+        av[n++] = exe, av[n++] = "serve", av[n++] = "--listen", av[n++] = "127.0.0.1:0";
+        av[n++] = "--data", av[n++] = data;
+        for (int i = 0; i < n_sets; i++) av[n++] = "--set", av[n++] = sets[i];
+        av[n] = NULL;
+        execv(exe, (char *const *)av);
+        _exit(127);
+    }
+    close(p[1]);
+    if (pid < 0) {
+        close(p[0]);
+        return -1;
+    }
+    /* the pipe stays open: the server prints its address once and nothing reads it after */
+    FILE *f = fdopen(p[0], "r");
+    char line[256];
+    *port = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "listening on %63[^:]:%d", host, port) == 2) break;
+    return *port > 0 ? pid : -1;
+}
+
+/* The value in kB of a /proc/PID/status line such as "VmRSS:" or "VmHWM:", or -1. */
+static inline long bench_proc_kb(pid_t pid, const char *key) {
+    char p[64], line[256];
+    snprintf(p, sizeof p, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(p, "r");
+    long kb = -1;
+    size_t kl = strlen(key);
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, key, kl)) kb = strtol(line + kl, NULL, 10);
+    if (f) fclose(f);
+    return kb;
+}
+
+/* qsort comparator of doubles, ascending. */
+static inline int bench_cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+#endif
