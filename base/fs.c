@@ -162,3 +162,15 @@ int qd_write_file_atomic(const char *path, const void *data, size_t n, qd_err *e
     }
     return qd_atomic_commit(&a, err);
 }
+
+int qd_write_text_atomic(const char *path, const char *text, qd_err *err) {
+    qd_atomic_file a;
+    if (qd_atomic_open(&a, path, err)) return QD_ERR;
+    size_t n = strlen(text);
+    if ((n && fwrite(text, 1, n, a.f) != n) || fputc('\n', a.f) == EOF) {
+        int e = errno;
+        qd_atomic_abort(&a);
+        return qd_errf(err, "%s: write failed: %s", path, strerror(e));
+    }
+    return qd_atomic_commit(&a, err);
+}

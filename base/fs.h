@@ -42,4 +42,8 @@ void qd_atomic_abort(qd_atomic_file *a);
  * keeps its old content and no temp file is left. */
 int qd_write_file_atomic(const char *path, const void *data, size_t n, qd_err *err);
 
+/* Replaces path by the NUL-terminated text and a final newline, as qd_write_file_atomic does
+ * (the JSON writers: report.json, encodings.json, config.json, tokenizer.json). */
+int qd_write_text_atomic(const char *path, const char *text, qd_err *err);
+
 #endif

@@ -244,16 +244,7 @@ int qd_report_write(const qd_report *r, const char *dir, qd_err *err) {
     if (!text) return qd_errf(err, "%s: out of memory", __func__);
     char path[4200];
     snprintf(path, sizeof path, "%s/report.json", dir);
-    qd_atomic_file af;
-    int rc = qd_atomic_open(&af, path, err);
-    if (rc == QD_OK) {
-        if (fputs(text, af.f) == EOF || fputc('\n', af.f) == EOF) {
-            qd_atomic_abort(&af);
-            rc = qd_errf(err, "%s: write failed", path);
-        } else {
-            rc = qd_atomic_commit(&af, err);
-        }
-    }
+    int rc = qd_write_text_atomic(path, text, err);
     free(text);
     return rc;
 }

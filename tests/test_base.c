@@ -69,6 +69,10 @@ static void atomic_write_replaces(void) {
     CHECK(holds(p, "second, longer"), "replaced content");
     CHECK(qd_write_file_atomic(p, "", 0, &e) == QD_OK, "%s", e.msg);
     CHECK(holds(p, ""), "empty content");
+    CHECK(qd_write_text_atomic(p, "{\"a\": 1}", &e) == QD_OK, "%s", e.msg);
+    CHECK(holds(p, "{\"a\": 1}\n"), "text written with its final newline");
+    CHECK(qd_write_text_atomic(p, "", &e) == QD_OK, "%s", e.msg);
+    CHECK(holds(p, "\n"), "empty text is one newline");
     struct stat st;
     CHECK(stat(p, &st) == 0 && (st.st_mode & 0777) == 0644, "mode %o", st.st_mode & 0777);
     int temps, n = count_entries(tpath("w"), &temps);

@@ -116,17 +116,7 @@ int qd_aimet_write(const qd_qint *q, const char *path, const char *version, qd_e
     char *txt = cJSON_Print(root);
     cJSON_Delete(root);
     if (!txt) return qd_errf(err, "%s: out of memory", __func__);
-    qd_atomic_file af;
-    int rc = qd_atomic_open(&af, path, err);
-    if (rc == QD_OK) {
-        size_t len = strlen(txt);
-        if (fwrite(txt, 1, len, af.f) != len || fputc('\n', af.f) == EOF) {
-            qd_atomic_abort(&af);
-            rc = qd_errf(err, "%s: write failed", path);
-        } else {
-            rc = qd_atomic_commit(&af, err);
-        }
-    }
+    int rc = qd_write_text_atomic(path, txt, err);
     free(txt);
     return rc;
 }

@@ -483,13 +483,7 @@ static int write_json(const char *dir, const char *name, cJSON *o, qd_err *err) 
     if (!txt) return qd_errf(err, "%s: out of memory", dir);
     char p[4200];
     snprintf(p, sizeof p, "%s/%s", dir, name);
-    qd_atomic_file af;
-    int rc = qd_atomic_open(&af, p, err);
-    if (rc == QD_OK) {
-        fputs(txt, af.f);
-        fputc('\n', af.f);
-        rc = qd_atomic_commit(&af, err);
-    }
+    int rc = qd_write_text_atomic(p, txt, err);
     free(txt);
     return rc;
 }

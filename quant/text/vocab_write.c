@@ -234,16 +234,7 @@ int qd_vocab_save_hf(const qd_vocab *v, const char *path, qd_err *err) {
     char *text = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
     if (!text) return qd_errf(err, "%s: %s: out of memory", __func__, path);
-    qd_atomic_file af;
-    int rc = qd_atomic_open(&af, path, err);
-    if (rc == QD_OK) {
-        if (fputs(text, af.f) < 0 || fputc('\n', af.f) == EOF) {
-            qd_atomic_abort(&af);
-            rc = qd_errf(err, "%s: %s: write failed", __func__, path);
-        } else {
-            rc = qd_atomic_commit(&af, err);
-        }
-    }
+    int rc = qd_write_text_atomic(path, text, err);
     free(text);
     return rc;
 }
