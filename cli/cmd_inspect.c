@@ -35,15 +35,19 @@ int cmd_inspect(int argc, char **argv) {
     size_t bytes = 0;
     for (int i = 0; i < m->n_tinfo; i++) bytes += m->tinfo[i].bytes;
     size_t np = qd_model_n_params(m);
+#define NORM_NAME(c) ((c)->norm == QD_NORM_LAYER ? "layernorm" : "rmsnorm")
+#define ACT_NAME(c) ((c)->act == QD_ACT_GELU_TANH ? "gelu_tanh" : "silu")
     if (json) {
         printf("{\"format\":\"%s\",\"arch\":\"%s\",\"dim\":%d,\"hidden_dim\":%d,\"n_layers\":%d,"
                "\"n_heads\":%d,\"n_kv_heads\":%d,\"head_dim\":%d,\"vocab_size\":%d,"
                "\"max_seq_len\":%d,\"norm_eps\":%g,\"rope_theta\":%g,\"tied_embeddings\":%s,"
-               "\"qkv_bias\":%s,\"params\":%zu,\"tensor_bytes\":%zu,\"tensors\":[",
+               "\"qkv_bias\":%s,\"norm\":\"%s\",\"activation\":\"%s\",\"rotary_dims\":%d,"
+               "\"emb_scale\":%.9g,\"params\":%zu,\"tensor_bytes\":%zu,\"tensors\":[",
                m->format, c->arch, c->dim, c->hidden_dim, c->n_layers, c->n_heads,
                c->n_kv_heads, c->head_dim, c->vocab_size, c->max_seq_len, c->norm_eps,
                c->rope_theta, c->tied_embeddings ? "true" : "false",
-               c->qkv_bias ? "true" : "false", np, bytes);
+               c->qkv_bias ? "true" : "false", NORM_NAME(c), ACT_NAME(c), qd_rot_dim(c),
+               (double)qd_emb_scale(c), np, bytes);
         for (int i = 0; i < m->n_tinfo; i++) {
             const qd_tensor_info *t = &m->tinfo[i];
             printf("%s{\"name\":\"%s\",\"dtype\":\"%s\",\"shape\":[", i ? "," : "", t->name,
@@ -56,9 +60,14 @@ int cmd_inspect(int argc, char **argv) {
         printf("%s: %s (%s)\n", path, c->arch, m->format);
         printf("  dim %d, hidden %d, layers %d, heads %d, kv heads %d, head_dim %d\n", c->dim,
                c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim);
-        printf("  vocab %d, context %d, rms eps %g, rope theta %g, tied embeddings %s, "
-               "qkv bias %s\n", c->vocab_size, c->max_seq_len, c->norm_eps, c->rope_theta,
+        printf("  vocab %d, context %d, %s eps %g, rope theta %g, tied embeddings %s, "
+               "qkv bias %s\n", c->vocab_size, c->max_seq_len,
+               c->norm == QD_NORM_LAYER ? "layernorm" : "rms", c->norm_eps, c->rope_theta,
                c->tied_embeddings ? "yes" : "no", c->qkv_bias ? "yes" : "no");
+        if (c->family != QD_FAMILY_LLAMA)
+            printf("  norm %s, activation %s, rotary dims %d of %d, embedding scale %.9g\n",
+                   NORM_NAME(c), ACT_NAME(c), qd_rot_dim(c), c->head_dim,
+                   (double)qd_emb_scale(c));
         printf("  parameters %zu (%.3f M), tensor bytes %zu\n", np, np / 1e6, bytes);
         printf("  %-48s %-5s %-16s %s\n", "tensor", "dtype", "shape", "bytes");
         for (int i = 0; i < m->n_tinfo; i++) {

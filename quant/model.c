@@ -38,6 +38,10 @@ int qd_config_validate(const qd_config *c, const char *path, qd_err *err) {
     RANGE(max_seq_len, 1, QD_MAX_CTX);
     RANGE(tied_embeddings, 0, 1);
     RANGE(qkv_bias, 0, 1);
+    RANGE(family, QD_FAMILY_LLAMA, QD_FAMILY_STABLELM);
+    RANGE(norm, QD_NORM_RMS, QD_NORM_LAYER);
+    RANGE(act, QD_ACT_SILU, QD_ACT_GELU_TANH);
+    RANGE(rope_dim, 0, c->head_dim);
     RANGE(bos_id, -1, c->vocab_size - 1);
     RANGE(eos_id, -1, c->vocab_size - 1);
 #undef RANGE
@@ -49,6 +53,11 @@ int qd_config_validate(const qd_config *c, const char *path, qd_err *err) {
     if ((long long)c->n_heads * c->head_dim > QD_MAX_DIM)
         return qd_errf(err, "%s: n_heads * head_dim = %lld exceeds %d", path,
                        (long long)c->n_heads * c->head_dim, QD_MAX_DIM);
+    if (qd_rot_dim(c) % 2 != 0)
+        return qd_errf(err, "%s: rotary dims = %d must be even", path, qd_rot_dim(c));
+    if (!(c->emb_scale >= 0.0f && isfinite(c->emb_scale)))
+        return qd_errf(err, "%s: emb_scale = %g must be finite and >= 0", path,
+                       (double)c->emb_scale);
     if (!(c->norm_eps > 0.0f && c->norm_eps < 1.0f))
         return qd_errf(err, "%s: norm_eps = %g must be in (0, 1)", path, (double)c->norm_eps);
     if (!(c->rope_theta > 0.0f && isfinite(c->rope_theta)))
@@ -72,12 +81,24 @@ int qd_config_validate(const qd_config *c, const char *path, qd_err *err) {
     return QD_OK;
 }
 
+void qd_config_set_family(qd_config *c, int family) {
+    c->family = family;
+    c->norm = family == QD_FAMILY_STABLELM ? QD_NORM_LAYER : QD_NORM_RMS;
+    c->act = family == QD_FAMILY_GEMMA ? QD_ACT_GELU_TANH : QD_ACT_SILU;
+    snprintf(c->arch, sizeof c->arch, "%s", qd_family_name(family));
+}
+
+const char *qd_family_name(int f) {
+    return f == QD_FAMILY_LLAMA ? "llama" : f == QD_FAMILY_GEMMA ? "gemma"
+         : f == QD_FAMILY_STABLELM ? "stablelm" : "?";
+}
+
 const char *qd_rope_scaling_name(int s) {
     return s == QD_ROPE_LINEAR ? "linear" : s == QD_ROPE_LLAMA3 ? "llama3" : "none";
 }
 
 double qd_rope_inv_freq(const qd_config *c, int i) {
-    double base = pow((double)c->rope_theta, -2.0 * i / c->head_dim);
+    double base = pow((double)c->rope_theta, -2.0 * i / qd_rot_dim(c));
     double k = c->rope_factor;
     if (c->rope_scaling == QD_ROPE_LINEAR) return base / k;
     if (c->rope_scaling != QD_ROPE_LLAMA3) return base;
@@ -94,14 +115,16 @@ double qd_rope_inv_freq(const qd_config *c, int i) {
 const qd_layer_tensor qd_layer_tensors[] = {
 #define LT(gguf, hf, rows, cols, field, bias) {gguf, hf, rows, cols, offsetof(qd_layer, field), bias}
     LT("attn_norm.weight", "input_layernorm.weight", QD_DIM_VEC, QD_DIM_D, attn_norm, 0),
+    LT("attn_norm.bias", "input_layernorm.bias", QD_DIM_VEC, QD_DIM_D, attn_norm_b, QD_T_NORM_BIAS),
     LT("attn_q.weight", "self_attn.q_proj.weight", QD_DIM_Q, QD_DIM_D, wq, 0),
     LT("attn_k.weight", "self_attn.k_proj.weight", QD_DIM_KV, QD_DIM_D, wk, 0),
     LT("attn_v.weight", "self_attn.v_proj.weight", QD_DIM_KV, QD_DIM_D, wv, 0),
-    LT("attn_q.bias", "self_attn.q_proj.bias", QD_DIM_VEC, QD_DIM_Q, bq, 1),
-    LT("attn_k.bias", "self_attn.k_proj.bias", QD_DIM_VEC, QD_DIM_KV, bk, 1),
-    LT("attn_v.bias", "self_attn.v_proj.bias", QD_DIM_VEC, QD_DIM_KV, bv, 1),
+    LT("attn_q.bias", "self_attn.q_proj.bias", QD_DIM_VEC, QD_DIM_Q, bq, QD_T_QKV_BIAS),
+    LT("attn_k.bias", "self_attn.k_proj.bias", QD_DIM_VEC, QD_DIM_KV, bk, QD_T_QKV_BIAS),
+    LT("attn_v.bias", "self_attn.v_proj.bias", QD_DIM_VEC, QD_DIM_KV, bv, QD_T_QKV_BIAS),
     LT("attn_output.weight", "self_attn.o_proj.weight", QD_DIM_D, QD_DIM_Q, wo, 0),
     LT("ffn_norm.weight", "post_attention_layernorm.weight", QD_DIM_VEC, QD_DIM_D, ffn_norm, 0),
+    LT("ffn_norm.bias", "post_attention_layernorm.bias", QD_DIM_VEC, QD_DIM_D, ffn_norm_b, QD_T_NORM_BIAS),
     LT("ffn_gate.weight", "mlp.gate_proj.weight", QD_DIM_F, QD_DIM_D, w_gate, 0),
     LT("ffn_up.weight", "mlp.up_proj.weight", QD_DIM_F, QD_DIM_D, w_up, 0),
     LT("ffn_down.weight", "mlp.down_proj.weight", QD_DIM_D, QD_DIM_F, w_down, 0),
@@ -150,6 +173,8 @@ static size_t layout(qd_model *m, float *base) {
         }
     }
     TENSOR(&m->final_norm, 1, D);
+    if (c->norm == QD_NORM_LAYER) TENSOR(&m->final_norm_b, 1, D);
+    else if (base) m->final_norm_b = NULL;
     if (c->tied_embeddings) {
         if (base) m->lm_head = m->tok_emb;
     } else {
@@ -218,7 +243,8 @@ size_t qd_model_n_params(const qd_model *m) {
     size_t q = (size_t)c->n_heads * c->head_dim, kv = (size_t)c->n_kv_heads * c->head_dim;
     size_t per_layer = 2 * D + q * D + 2 * kv * D + D * q + 3 * F * D;
     if (c->qkv_bias) per_layer += q + 2 * kv;
-    size_t n = V * D + (size_t)c->n_layers * per_layer + D;
+    if (c->norm == QD_NORM_LAYER) per_layer += 2 * D;
+    size_t n = V * D + (size_t)c->n_layers * per_layer + D * (c->norm == QD_NORM_LAYER ? 2 : 1);
     if (!c->tied_embeddings) n += V * D;
     return n;
 }

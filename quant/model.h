@@ -1,12 +1,17 @@
-/* The one in-memory representation of a LLaMA-family model: a config plus FP32 tensors that
- * live in a single allocation, with named views into it. Every reader (GGUF, Hugging Face
+/* The one in-memory representation of a decoder model of the LLaMA, Gemma or StableLM-2 family:
+ * a config plus FP32 tensors that live in a single allocation, with named views into it. Every reader (GGUF, Hugging Face
  * safetensors, llama2.c) produces this; everything downstream consumes only this.
  *
  * Conventions (fixed here, relied on everywhere):
  *  - Linear weights are row-major [out][in] (y = W x), as PyTorch and GGUF store them.
  *  - q and k rows use the Hugging Face rotate-half RoPE layout: within a head, element i pairs
  *    with i + head_dim/2. Readers of interleaved formats (GGUF, llama2.c) permute at load.
- *  - lm_head points at tok_emb when the embeddings are tied (cfg.tied_embeddings). */
+ *  - lm_head points at tok_emb when the embeddings are tied (cfg.tied_embeddings).
+ *  - Norm weights are the multiplier itself. Gemma's RMSNorm multiplies by (1 + w): the HF
+ *    reader adds the 1 at load (in FP32, as transformers computes it) and the HF writer
+ *    subtracts it again; GGUF already stores 1 + w (llama.cpp's converter adds it).
+ *  - Gemma's embedding scale is cfg.emb_scale, applied to the looked-up rows only (the tied LM
+ *    head uses the unscaled matrix). */
 #ifndef QD_MODEL_H
 #define QD_MODEL_H
 
@@ -21,8 +26,20 @@ struct qd_vocab;
 #define QD_MAX_HEADS 1024
 #define QD_MAX_CTX (1 << 20)
 
+/* Model families (cfg.family) and the per-family switches they set (qd_config_set_family). */
+enum { QD_FAMILY_LLAMA = 0, QD_FAMILY_GEMMA = 1, QD_FAMILY_STABLELM = 2 };
+enum { QD_NORM_RMS = 0, QD_NORM_LAYER = 1 };     /* RMSNorm; LayerNorm with bias */
+enum { QD_ACT_SILU = 0, QD_ACT_GELU_TANH = 1 };  /* SwiGLU; GeGLU with tanh GELU */
+
 typedef struct qd_config {
-    char arch[32];         /* "llama" (Qwen2 and Mistral map onto it) */
+    char arch[32];         /* the family's name, qd_family_name(family) */
+    int family;            /* QD_FAMILY_*: llama (also Mistral, Qwen2), gemma, stablelm */
+    int norm;              /* QD_NORM_*: every norm of the model */
+    int act;               /* QD_ACT_*: the gated MLP's activation */
+    int rope_dim;          /* rotated dims per head (even, <= head_dim; StableLM's partial
+                            * rotary); 0 = all of head_dim. See qd_rot_dim. */
+    float emb_scale;       /* multiplier of the embedding rows (Gemma: sqrt(dim) in the
+                            * checkpoint's dtype); 0 = none. See qd_emb_scale. */
     int dim;               /* hidden size */
     int hidden_dim;        /* FFN size */
     int n_layers;
@@ -49,12 +66,14 @@ typedef struct qd_config {
 
 typedef struct qd_layer {
     float *attn_norm;      /* (dim) */
+    float *attn_norm_b;    /* (dim) LayerNorm bias or NULL */
     float *wq;             /* (n_heads*head_dim, dim) */
     float *wk;             /* (n_kv_heads*head_dim, dim) */
     float *wv;             /* (n_kv_heads*head_dim, dim) */
     float *bq, *bk, *bv;   /* biases or NULL */
     float *wo;             /* (dim, n_heads*head_dim) */
     float *ffn_norm;       /* (dim) */
+    float *ffn_norm_b;     /* (dim) LayerNorm bias or NULL */
     float *w_gate;         /* (hidden_dim, dim) */
     float *w_up;           /* (hidden_dim, dim) */
     float *w_down;         /* (dim, hidden_dim) */
@@ -76,6 +95,7 @@ typedef struct qd_model {
     float *tok_emb;        /* (vocab_size, dim) */
     qd_layer *layers;      /* n_layers */
     float *final_norm;     /* (dim) */
+    float *final_norm_b;   /* (dim) LayerNorm bias or NULL */
     float *lm_head;        /* (vocab_size, dim); == tok_emb when tied */
     struct qd_vocab *vocab;/* vocabulary carried by the checkpoint (GGUF), or NULL */
     char format[16];       /* "gguf", "safetensors", "llama2c" */
@@ -85,10 +105,22 @@ typedef struct qd_model {
 
 enum { QD_ROPE_NONE = 0, QD_ROPE_LINEAR = 1, QD_ROPE_LLAMA3 = 2 };
 
+/* Sets c's family, arch name and the switches the family implies (norm, act). */
+void qd_config_set_family(qd_config *c, int family);
+
+/* "llama", "gemma", "stablelm" ("?" when unknown). */
+const char *qd_family_name(int family);
+
+/* Rotated dims per head (rope_dim, or head_dim when 0). */
+static inline int qd_rot_dim(const qd_config *c) { return c->rope_dim ? c->rope_dim : c->head_dim; }
+
+/* The embedding multiplier (emb_scale, or 1 when 0). */
+static inline float qd_emb_scale(const qd_config *c) { return c->emb_scale != 0 ? c->emb_scale : 1.0f; }
+
 /* Name of a rope_scaling value: "none", "linear", "llama3". */
 const char *qd_rope_scaling_name(int scaling);
 
-/* The RoPE inverse frequency of pair i (0 <= i < head_dim/2) of c: theta^(-2i/head_dim),
+/* The RoPE inverse frequency of pair i (0 <= i < rot/2, rot = qd_rot_dim) of c: theta^(-2i/rot),
  * scaled as c->rope_scaling says. Pair i of a head rotates by position * qd_rope_inv_freq. */
 double qd_rope_inv_freq(const qd_config *c, int i);
 
@@ -105,12 +137,13 @@ enum { QD_DIM_VEC = 0, QD_DIM_D, QD_DIM_Q, QD_DIM_KV, QD_DIM_F };
 /* One tensor of a decoder layer, the single list every reader, writer and the allocator walk:
  * GGUF and Hugging Face name suffixes (after "blk.%d." / "model.layers.%d."), shape as
  * (rows, cols) dims kinds with rows == QD_DIM_VEC for a vector of cols, the qd_layer field at
- * offset, and bias = 1 when the tensor exists only with cfg.qkv_bias. Order is file order. */
+ * offset, and when the tensor exists (QD_T_*). Order is file order. */
+enum { QD_T_ALWAYS = 0, QD_T_QKV_BIAS = 1, QD_T_NORM_BIAS = 2 };
 typedef struct qd_layer_tensor {
     const char *gguf, *hf;
     int rows, cols;
     size_t offset; /* offsetof(qd_layer, field) */
-    int bias;
+    int when;      /* QD_T_ALWAYS; QD_T_QKV_BIAS: with cfg.qkv_bias; QD_T_NORM_BIAS: LayerNorm */
 } qd_layer_tensor;
 
 extern const qd_layer_tensor qd_layer_tensors[];
@@ -122,7 +155,8 @@ int64_t qd_layer_dim(const qd_config *c, int kind);
 
 /* Whether tensor t is present in a model with config c. */
 static inline int qd_layer_tensor_on(const qd_config *c, const qd_layer_tensor *t) {
-    return !t->bias || c->qkv_bias;
+    return t->when == QD_T_ALWAYS || (t->when == QD_T_QKV_BIAS && c->qkv_bias) ||
+           (t->when == QD_T_NORM_BIAS && c->norm == QD_NORM_LAYER);
 }
 
 /* The qd_layer field that tensor t describes. */

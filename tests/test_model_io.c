@@ -1425,8 +1425,8 @@ static void test_rope_scaling(void) {
     float shortf[3] = {1, 2, 8};
     EXPECT_FAIL(qd_model_load(gguf_variant("short.gguf", NULL, NULL, shortf, 3), err_),
                 "rope_freqs.weight", "[4]");
-    EXPECT_FAIL(qd_model_load(gguf_variant("gemma.gguf", "gemma", NULL, NULL, 0), err_),
-                "gemma.gguf", "general.architecture", "gemma");
+    EXPECT_FAIL(qd_model_load(gguf_variant("phi3.gguf", "phi3", NULL, NULL, 0), err_),
+                "phi3.gguf", "general.architecture", "phi3");
 out:
     qd_model_free(plain);
     qd_model_free(h3);

@@ -1,6 +1,9 @@
 /* FP32 inference forward. The batched path runs every matmul through cblas_sgemm; the
  * reference path is plain loops over the same buffers, kept for tests. Activations are
- * row-major (tokens, features); weights are [out][in] so y = x W^T. RoPE is rotate-half. */
+ * row-major (tokens, features); weights are [out][in] so y = x W^T. RoPE is rotate-half over
+ * the first qd_rot_dim dims of a head. The family switches of the config choose the norm
+ * (RMSNorm or LayerNorm with bias), the MLP activation (SiLU or tanh GELU) and the embedding
+ * scale; the three paths below share them through norm(), embed() and qd_act_real. */
 #include "quant/fp/forward.h"
 #include "base/sys.h"
 #include "quant/fp/layers.h"
@@ -19,8 +22,23 @@ static int check_tokens(const qd_model *m, const int *tokens, size_t n, qd_err *
 }
 
 void qd_rope_tables(const qd_config *c, int T, float *cos_t, float *sin_t) {
-    for (int i = 0; i < c->head_dim / 2; i++)
-        qd_rope_column(cos_t, sin_t, T, c->head_dim, i, qd_rope_inv_freq(c, i));
+    int rot = qd_rot_dim(c);
+    for (int i = 0; i < rot / 2; i++)
+        qd_rope_column(cos_t, sin_t, T, rot, i, qd_rope_inv_freq(c, i));
+}
+
+/* out (N, dim) = the model's norm of x with weight w and bias b (NULL for RMSNorm) */
+static void norm(const qd_config *c, float *out, const float *x, const float *w, const float *b,
+                 size_t N) {
+    qd_norm_rows(c->norm, out, NULL, NULL, x, w, b, N, c->dim, c->norm_eps);
+}
+
+/* x (dim) = the embedding row of token, times the family's embedding scale */
+static void embed(const qd_model *m, float *x, int token) {
+    int D = m->cfg.dim;
+    float s = qd_emb_scale(&m->cfg);
+    const float *e = m->tok_emb + (size_t)token * D;
+    for (int i = 0; i < D; i++) x[i] = e[i] * s;
 }
 
 /* y (N, out) = x (N, in) W^T (+ b) */
@@ -79,20 +97,20 @@ int qd_forward_ws(const qd_model *m, qd_fwd_ws *ws, const int *tokens, int B, in
     float *x = mem, *xn = x + N * D, *q = xn + N * D, *att = q + N * qd, *k = att + N * qd,
           *v = k + N * kvd, *g = v + N * kvd, *u = g + N * F, *P = u + N * F,
           *cs = P + (size_t)QB * T, *sn = cs + (size_t)T * hd / 2;
+    int rot = qd_rot_dim(c);
     qd_rope_tables(c, T, cs, sn);
-    for (size_t n = 0; n < N; n++)
-        memcpy(x + n * D, m->tok_emb + (size_t)tokens[n] * D, D * sizeof(float));
+    for (size_t n = 0; n < N; n++) embed(m, x + n * D, tokens[n]);
     float scale = 1.0f / sqrtf((float)hd);
     for (int l = 0; l < c->n_layers; l++) {
         const qd_layer *L = &m->layers[l];
-        qd_rmsnorm_rows(xn, NULL, x, L->attn_norm, N, D, c->norm_eps);
+        norm(c, xn, x, L->attn_norm, L->attn_norm_b, N);
         linear(q, xn, L->wq, L->bq, N, qd, D);
         linear(k, xn, L->wk, L->bk, N, kvd, D);
         linear(v, xn, L->wv, L->bv, N, kvd, D);
         for (size_t n = 0; n < N; n++) {
             int t = (int)(n % T);
-            qd_rope_rotate(q + n * qd, q + n * qd, cs, sn, t, H, hd);
-            qd_rope_rotate(k + n * kvd, k + n * kvd, cs, sn, t, KV, hd);
+            qd_rope_rotate(q + n * qd, q + n * qd, cs, sn, t, H, hd, rot);
+            qd_rope_rotate(k + n * kvd, k + n * kvd, cs, sn, t, KV, hd, rot);
         }
         for (int b = 0; b < B; b++)
             for (int h = 0; h < H; h++) {
@@ -121,14 +139,14 @@ int qd_forward_ws(const qd_model *m, qd_fwd_ws *ws, const int *tokens, int B, in
             }
         linear(xn, att, L->wo, NULL, N, D, qd);
         for (size_t i = 0; i < N * D; i++) x[i] += xn[i];
-        qd_rmsnorm_rows(xn, NULL, x, L->ffn_norm, N, D, c->norm_eps);
+        norm(c, xn, x, L->ffn_norm, L->ffn_norm_b, N);
         linear(g, xn, L->w_gate, NULL, N, F, D);
         linear(u, xn, L->w_up, NULL, N, F, D);
-        for (size_t i = 0; i < N * F; i++) g[i] = qd_silu_real(g[i]) * u[i];
+        for (size_t i = 0; i < N * F; i++) g[i] = qd_act_real(c->act, g[i]) * u[i];
         linear(xn, g, L->w_down, NULL, N, D, F);
         for (size_t i = 0; i < N * D; i++) x[i] += xn[i];
     }
-    qd_rmsnorm_rows(xn, NULL, x, m->final_norm, N, D, c->norm_eps);
+    norm(c, xn, x, m->final_norm, m->final_norm_b, N);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, c->vocab_size, D, 1.0f, xn, D,
                 m->lm_head, D, 0.0f, logits, c->vocab_size);
     return QD_OK;
@@ -155,7 +173,8 @@ int qd_forward_ref(const qd_model *m, const int *tokens, int B, int T, float *lo
     size_t L = c->n_layers;
     float *x = malloc(sizeof(float) * (D * 3 + qd * 2 + F * 2 + T));
     float *kc = malloc(sizeof(float) * L * T * kvd), *vc = malloc(sizeof(float) * L * T * kvd);
-    float *cs = malloc(sizeof(float) * T * hd / 2), *sn = malloc(sizeof(float) * T * hd / 2);
+    int rot = qd_rot_dim(c);
+    float *cs = malloc(sizeof(float) * T * rot / 2), *sn = malloc(sizeof(float) * T * rot / 2);
     if (!x || !kc || !vc || !cs || !sn) {
         free(x), free(kc), free(vc), free(cs), free(sn);
         return qd_errf(err, "forward_ref: out of memory");
@@ -165,16 +184,16 @@ int qd_forward_ref(const qd_model *m, const int *tokens, int B, int T, float *lo
     qd_rope_tables(c, T, cs, sn);
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) {
-            memcpy(x, m->tok_emb + (size_t)tokens[b * T + t] * D, D * sizeof(float));
+            embed(m, x, tokens[b * T + t]);
             for (size_t l = 0; l < L; l++) {
                 const qd_layer *Ly = &m->layers[l];
                 float *kt = kc + (l * T + t) * kvd, *vt = vc + (l * T + t) * kvd;
-                qd_rmsnorm_rows(xn, NULL, x, Ly->attn_norm, 1, D, c->norm_eps);
+                norm(c, xn, x, Ly->attn_norm, Ly->attn_norm_b, 1);
                 matvec_ref(q, Ly->wq, Ly->bq, xn, qd, D);
                 matvec_ref(kt, Ly->wk, Ly->bk, xn, kvd, D);
                 matvec_ref(vt, Ly->wv, Ly->bv, xn, kvd, D);
-                qd_rope_rotate(q, q, cs, sn, t, H, hd);
-                qd_rope_rotate(kt, kt, cs, sn, t, KV, hd);
+                qd_rope_rotate(q, q, cs, sn, t, H, hd, rot);
+                qd_rope_rotate(kt, kt, cs, sn, t, KV, hd, rot);
                 for (int h = 0; h < H; h++) {
                     int kh = h / (H / KV);
                     for (int j = 0; j <= t; j++) {
@@ -192,14 +211,14 @@ int qd_forward_ref(const qd_model *m, const int *tokens, int B, int T, float *lo
                 }
                 matvec_ref(tmp, Ly->wo, NULL, att, D, qd);
                 for (int i = 0; i < D; i++) x[i] += tmp[i];
-                qd_rmsnorm_rows(xn, NULL, x, Ly->ffn_norm, 1, D, c->norm_eps);
+                norm(c, xn, x, Ly->ffn_norm, Ly->ffn_norm_b, 1);
                 matvec_ref(g, Ly->w_gate, NULL, xn, F, D);
                 matvec_ref(u, Ly->w_up, NULL, xn, F, D);
-                for (int i = 0; i < F; i++) g[i] = qd_silu_real(g[i]) * u[i];
+                for (int i = 0; i < F; i++) g[i] = qd_act_real(c->act, g[i]) * u[i];
                 matvec_ref(tmp, Ly->w_down, NULL, g, D, F);
                 for (int i = 0; i < D; i++) x[i] += tmp[i];
             }
-            qd_rmsnorm_rows(xn, NULL, x, m->final_norm, 1, D, c->norm_eps);
+            norm(c, xn, x, m->final_norm, m->final_norm_b, 1);
             matvec_ref(logits + ((size_t)b * T + t) * c->vocab_size, m->lm_head, NULL, xn,
                        c->vocab_size, D);
         }
@@ -228,8 +247,8 @@ qd_kv *qd_kv_new(const qd_model *m, int max_T, qd_err *err) {
         kv->max_T = max_T;
         kv->k = malloc(sizeof(float) * c->n_layers * max_T * kvd);
         kv->v = malloc(sizeof(float) * c->n_layers * max_T * kvd);
-        kv->cs = malloc(sizeof(float) * max_T * c->head_dim / 2);
-        kv->sn = malloc(sizeof(float) * max_T * c->head_dim / 2);
+        kv->cs = malloc(sizeof(float) * max_T * qd_rot_dim(c) / 2);
+        kv->sn = malloc(sizeof(float) * max_T * qd_rot_dim(c) / 2);
         kv->scratch = malloc(sizeof(float) * (3 * c->dim + 2 * c->n_heads * c->head_dim +
                                               2 * c->hidden_dim + max_T));
     }
@@ -263,18 +282,19 @@ int qd_decode_step(const qd_model *m, qd_kv *kv, int token, int pos, float *logi
     int qd = H * hd, kvd = KV * hd;
     float *x = kv->scratch, *xn = x + D, *tmp = xn + D, *q = tmp + D, *att = q + qd,
           *g = att + qd, *u = g + F, *p = u + F;
-    memcpy(x, m->tok_emb + (size_t)token * D, D * sizeof(float));
+    embed(m, x, token);
+    int rot = qd_rot_dim(c);
     float scale = 1.0f / sqrtf((float)hd);
     for (int l = 0; l < c->n_layers; l++) {
         const qd_layer *L = &m->layers[l];
         float *kl = kv->k + (size_t)l * kv->max_T * kvd, *vl = kv->v + (size_t)l * kv->max_T * kvd;
-        qd_rmsnorm_rows(xn, NULL, x, L->attn_norm, 1, D, c->norm_eps);
+        norm(c, xn, x, L->attn_norm, L->attn_norm_b, 1);
         gemv(q, L->wq, L->bq, xn, qd, D);
         gemv(kl + (size_t)pos * kvd, L->wk, L->bk, xn, kvd, D);
         gemv(vl + (size_t)pos * kvd, L->wv, L->bv, xn, kvd, D);
-        qd_rope_rotate(q, q, kv->cs, kv->sn, pos, H, hd);
+        qd_rope_rotate(q, q, kv->cs, kv->sn, pos, H, hd, rot);
         float *kp = kl + (size_t)pos * kvd;
-        qd_rope_rotate(kp, kp, kv->cs, kv->sn, pos, KV, hd);
+        qd_rope_rotate(kp, kp, kv->cs, kv->sn, pos, KV, hd, rot);
         for (int h = 0; h < H; h++) {
             int kh = h / (H / KV);
             cblas_sgemv(CblasRowMajor, CblasNoTrans, pos + 1, hd, scale, kl + kh * hd, kvd,
@@ -285,14 +305,14 @@ int qd_decode_step(const qd_model *m, qd_kv *kv, int token, int pos, float *logi
         }
         gemv(tmp, L->wo, NULL, att, D, qd);
         for (int i = 0; i < D; i++) x[i] += tmp[i];
-        qd_rmsnorm_rows(xn, NULL, x, L->ffn_norm, 1, D, c->norm_eps);
+        norm(c, xn, x, L->ffn_norm, L->ffn_norm_b, 1);
         gemv(g, L->w_gate, NULL, xn, F, D);
         gemv(u, L->w_up, NULL, xn, F, D);
-        for (int i = 0; i < F; i++) g[i] = qd_silu_real(g[i]) * u[i];
+        for (int i = 0; i < F; i++) g[i] = qd_act_real(c->act, g[i]) * u[i];
         gemv(tmp, L->w_down, NULL, g, D, F);
         for (int i = 0; i < D; i++) x[i] += tmp[i];
     }
-    qd_rmsnorm_rows(xn, NULL, x, m->final_norm, 1, D, c->norm_eps);
+    norm(c, xn, x, m->final_norm, m->final_norm_b, 1);
     gemv(logits, m->lm_head, NULL, xn, c->vocab_size, D);
     return QD_OK;
 }

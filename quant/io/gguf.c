@@ -849,19 +849,24 @@ static int gguf_config(const qd_gguf *g, qd_config *c, int *permute, qd_err *err
     if (!a || a->type != QD_GGUF_STRING)
         return qd_errf(err, "%s: missing general.architecture", g->path);
     const char *arch = a->str;
+    int family = QD_FAMILY_LLAMA;
     if (strcmp(arch, "llama") == 0 || strcmp(arch, "mistral") == 0) {
         /* Mistral checkpoints go through llama.cpp's Llama converter: the same layout */
         *permute = 1;
-    } else if (strcmp(arch, "qwen2") == 0) {
+    } else if (strcmp(arch, "qwen2") == 0 || strcmp(arch, "gemma") == 0 ||
+               strcmp(arch, "stablelm") == 0) {
+        /* llama.cpp runs these with NEOX (rotate-half) RoPE and stores q/k unpermuted */
         *permute = 0;
+        family = arch[0] == 'g' ? QD_FAMILY_GEMMA : arch[0] == 's' ? QD_FAMILY_STABLELM
+                                                                    : QD_FAMILY_LLAMA;
     } else {
         return qd_errf(err,
-                       "%s: unsupported architecture '%.40s' (general.architecture): need a "
-                       "LLaMA-family model (llama, mistral, qwen2)",
+                       "%s: unsupported architecture '%.40s' (general.architecture): need "
+                       "llama, mistral, qwen2, gemma or stablelm",
                        g->path, arch);
     }
     memset(c, 0, sizeof *c);
-    snprintf(c->arch, sizeof c->arch, "llama");
+    qd_config_set_family(c, family);
     int64_t dim, ff, nl, nh, nkv, hd, ctx, rd;
     if (get_req(g, arch, "embedding_length", 1, QD_MAX_DIM, &dim, 0, 1, err) ||
         get_req(g, arch, "feed_forward_length", 1, QD_MAX_DIM, &ff, 0, 1, err) ||
@@ -872,15 +877,24 @@ static int gguf_config(const qd_gguf *g, qd_config *c, int *permute, qd_err *err
         get_req(g, arch, "context_length", 1, QD_MAX_CTX, &ctx, 2048, 0, err) ||
         get_req(g, arch, "rope.dimension_count", 1, QD_MAX_DIM, &rd, hd, 0, err))
         return QD_ERR;
-    if (rd != hd)
+    if (rd != hd && family != QD_FAMILY_STABLELM)
         return qd_errf(err, "%s: %s.rope.dimension_count = %lld but head_dim = %lld: partial "
-                       "rotary embeddings are unsupported", g->path, arch, (long long)rd,
+                       "rotary embeddings are StableLM's only", g->path, arch, (long long)rd,
                        (long long)hd);
+    if (rd > hd || rd % 2 != 0)
+        return qd_errf(err, "%s: %s.rope.dimension_count = %lld must be even and at most "
+                       "head_dim = %lld", g->path, arch, (long long)rd, (long long)hd);
+    c->rope_dim = rd == hd ? 0 : (int)rd;
+    /* llama.cpp scales Gemma's embeddings by sqrtf(n_embd) in F32 (and its converter has
+     * already stored the norms as 1 + w, which is what the model keeps: model.h) */
+    if (family == QD_FAMILY_GEMMA) c->emb_scale = sqrtf((float)dim);
     char k[128];
     double theta = 10000.0, eps = 1e-5;
     snprintf(k, sizeof k, "%s.rope.freq_base", arch);
     if (qd_gguf_get_float(g, k, &theta, err) < 0) return QD_ERR;
-    snprintf(k, sizeof k, "%s.attention.layer_norm_rms_epsilon", arch);
+    snprintf(k, sizeof k, family == QD_FAMILY_STABLELM ? "%s.attention.layer_norm_epsilon"
+                                                        : "%s.attention.layer_norm_rms_epsilon",
+             arch);
     if (qd_gguf_get_float(g, k, &eps, err) < 0) return QD_ERR;
     c->dim = (int)dim;
     c->hidden_dim = (int)ff;
@@ -902,6 +916,8 @@ static int gguf_weights(loader *ld, qd_model *m, const qd_config *c) {
 #define DST(field) (m ? (field) : NULL)
     if (take(ld, "token_embd.weight", V, D, DST(m->tok_emb))) return QD_ERR;
     if (take(ld, "output_norm.weight", 0, D, DST(m->final_norm))) return QD_ERR;
+    if (c->norm == QD_NORM_LAYER && take(ld, "output_norm.bias", 0, D, DST(m->final_norm_b)))
+        return QD_ERR;
     if (!c->tied_embeddings && take(ld, "output.weight", V, D, DST(m->lm_head))) return QD_ERR;
     for (int l = 0; l < c->n_layers; l++) {
         qd_layer *L = m ? &m->layers[l] : NULL;
@@ -943,6 +959,20 @@ qd_model *qd_load_gguf(const char *path, qd_err *err) {
                                  memcmp(out->ne, emb->ne, sizeof out->ne) == 0 &&
                                  memcmp(out->data, emb->data, emb->nbytes) == 0);
     c.qkv_bias = qd_gguf_find_tensor(g, "blk.0.attn_q.bias") != NULL;
+    if (c.family == QD_FAMILY_STABLELM) {
+        /* llama.cpp's StableLM graph: q/k LayerNorms when these tensors exist, the parallel
+         * residual when ffn_norm does not; quantd implements neither */
+        if (qd_gguf_find_tensor(g, "blk.0.attn_q_norm.weight")) {
+            qd_errf(err, "%s: unsupported tensor blk.0.attn_q_norm.weight (StableLM with "
+                    "qk_layernorm: per-head q/k LayerNorms are not implemented)", path);
+            goto fail;
+        }
+        if (!qd_gguf_find_tensor(g, "blk.0.ffn_norm.weight")) {
+            qd_errf(err, "%s: no tensor blk.0.ffn_norm.weight: a StableLM with the parallel "
+                    "residual (use_parallel_residual), which quantd does not implement", path);
+            goto fail;
+        }
+    }
     qd_vocab *v = NULL;
     if (qd_gguf_find(g, "tokenizer.ggml.tokens")) {
         if (!(v = qd_gguf_vocab(g, err))) goto fail;

@@ -14,6 +14,7 @@
 
 #include "quant/model.h"
 #include "quant/io/common.h"
+#include "quant/io/half.h"
 #include "quant/io/safetensors.h"
 #include "base/fs.h"
 #include "base/str.h"
@@ -136,10 +137,56 @@ static int in_list(const char *s, const char *const *list) {
     return 0;
 }
 
+/* model_type and architectures[0] of each family quantd reads */
+static const struct {
+    const char *type, *arch;
+    int family;
+} HF_ARCHS[] = {
+    {"llama", "LlamaForCausalLM", QD_FAMILY_LLAMA},
+    {"mistral", "MistralForCausalLM", QD_FAMILY_LLAMA},
+    {"qwen2", "Qwen2ForCausalLM", QD_FAMILY_LLAMA},
+    {"gemma", "GemmaForCausalLM", QD_FAMILY_GEMMA},
+    {"stablelm", "StableLmForCausalLM", QD_FAMILY_STABLELM},
+};
+#define HF_N_ARCHS (int)(sizeof HF_ARCHS / sizeof HF_ARCHS[0])
+#define HF_NEED_TYPES "llama, mistral, qwen2, gemma or stablelm"
+#define HF_NEED_ARCHS "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, GemmaForCausalLM " \
+                      "or StableLmForCausalLM"
+
+/* A boolean key that must be false (or absent) because quantd has no implementation of the
+ * true case. */
+static int refuse_true(hf *h, const char *key, const char *why) {
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(h->cfg, key);
+    if (cJSON_IsTrue(j))
+        return qd_errf(h->err, "%s: unsupported %s = true (%s)", h->cfg_path, key, why);
+    return QD_OK;
+}
+
+/* The MLP activation of a family's config, checked against what quantd implements. */
+static int hf_act(hf *h, int family) {
+    const cJSON *root = h->cfg;
+    const char *act = cfg_str(root, "hidden_act");
+    if (family != QD_FAMILY_GEMMA) {
+        if (act && strcmp(act, "silu") != 0)
+            return qd_errf(h->err, "%s: unsupported hidden_act '%.32s' (need silu for SwiGLU)",
+                           h->cfg_path, act);
+        return QD_OK;
+    }
+    /* Gemma: transformers reads hidden_activation and, when it is absent, uses the tanh
+     * GELU whatever hidden_act says (the first configs carried hidden_act "gelu"). */
+    const char *ha = cfg_str(root, "hidden_activation");
+    if (ha) {
+        if (strcmp(ha, "gelu_pytorch_tanh") != 0 && strcmp(ha, "gelu_new") != 0)
+            return qd_errf(h->err, "%s: unsupported hidden_activation '%.32s' (need "
+                           "gelu_pytorch_tanh: the tanh GELU of GeGLU)", h->cfg_path, ha);
+    } else if (act && strcmp(act, "gelu") != 0 && strcmp(act, "gelu_pytorch_tanh") != 0) {
+        return qd_errf(h->err, "%s: unsupported hidden_act '%.32s' (need gelu_pytorch_tanh)",
+                       h->cfg_path, act);
+    }
+    return QD_OK;
+}
+
 static int hf_config(hf *h, qd_config *c, int *qwen2) {
-    static const char *const TYPES[] = {"llama", "mistral", "qwen2", NULL};
-    static const char *const ARCHS[] = {"LlamaForCausalLM", "MistralForCausalLM",
-                                        "Qwen2ForCausalLM", NULL};
     const cJSON *root = h->cfg;
     const char *mt = cfg_str(root, "model_type");
     const cJSON *archs = cJSON_GetObjectItemCaseSensitive(root, "architectures");
@@ -147,25 +194,40 @@ static int hf_config(hf *h, qd_config *c, int *qwen2) {
                                                                            : NULL;
     if (!mt && !a0)
         return qd_errf(h->err, "%s: unsupported architecture: neither model_type nor "
-                       "architectures is given (need llama, mistral or qwen2)", h->cfg_path);
-    if (mt && !in_list(mt, TYPES))
-        return qd_errf(h->err, "%s: unsupported architecture: model_type '%.40s' (need llama, "
-                       "mistral or qwen2)", h->cfg_path, mt);
-    if (!mt && !in_list(a0, ARCHS))
+                       "architectures is given (need " HF_NEED_TYPES ")", h->cfg_path);
+    int ai = -1;
+    for (int i = 0; i < HF_N_ARCHS && ai < 0; i++)
+        if (mt ? strcmp(mt, HF_ARCHS[i].type) == 0 : strcmp(a0, HF_ARCHS[i].arch) == 0) ai = i;
+    if (ai < 0 && mt)
+        return qd_errf(h->err, "%s: unsupported architecture: model_type '%.40s' (need "
+                       HF_NEED_TYPES ")", h->cfg_path, mt);
+    if (ai < 0)
         return qd_errf(h->err, "%s: unsupported architecture: architectures[0] '%.60s' (need "
-                       "LlamaForCausalLM, MistralForCausalLM or Qwen2ForCausalLM)", h->cfg_path, a0);
-    *qwen2 = mt ? strcmp(mt, "qwen2") == 0 : strcmp(a0, "Qwen2ForCausalLM") == 0;
-    const char *act = cfg_str(root, "hidden_act");
-    if (act && strcmp(act, "silu") != 0)
-        return qd_errf(h->err, "%s: unsupported hidden_act '%.32s' (need silu for SwiGLU)",
-                       h->cfg_path, act);
+                       HF_NEED_ARCHS ")", h->cfg_path, a0);
+    int family = HF_ARCHS[ai].family;
+    *qwen2 = strcmp(HF_ARCHS[ai].type, "qwen2") == 0;
+    if (hf_act(h, family)) return QD_ERR;
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "mlp_bias")))
         return qd_errf(h->err, "%s: unsupported mlp_bias = true (MLP biases)", h->cfg_path);
-    double prf = 1.0;
+    if (family == QD_FAMILY_STABLELM &&
+        (refuse_true(h, "qk_layernorm", "per-head LayerNorms of q and k are not implemented") ||
+         refuse_true(h, "use_parallel_residual",
+                     "quantd implements the sequential residual of StableLM-2")))
+        return QD_ERR;
+    if (family == QD_FAMILY_GEMMA &&
+        refuse_true(h, "attention_bias", "Gemma's attention biases include o_proj's, which "
+                    "quantd's layout has no place for"))
+        return QD_ERR;
+    /* StableLM's default is a quarter of each head rotated; the others rotate all of it. */
+    double prf = family == QD_FAMILY_STABLELM ? 0.25 : 1.0;
     int rc = cfg_num(h, root, "partial_rotary_factor", &prf);
     if (rc < 0) return QD_ERR;
-    if (rc == 0 && prf != 1.0)
-        return qd_errf(h->err, "%s: unsupported partial_rotary_factor %g", h->cfg_path, prf);
+    if (family != QD_FAMILY_STABLELM && prf != 1.0)
+        return qd_errf(h->err, "%s: unsupported partial_rotary_factor %g (only StableLM has "
+                       "partial rotary embeddings)", h->cfg_path, prf);
+    if (!(prf > 0 && prf <= 1))
+        return qd_errf(h->err, "%s: partial_rotary_factor = %g must be in (0, 1]", h->cfg_path,
+                       prf);
     /* torch_dtype (newer transformers: dtype) says what the weights were saved in; the
      * tensors' own dtypes are what is read, but a dtype quantd cannot read is named here. */
     static const char *const DTYPES[] = {"float32", "float16", "bfloat16", "auto", NULL};
@@ -192,7 +254,7 @@ static int hf_config(hf *h, qd_config *c, int *qwen2) {
         parse_rope(h, rp, "rope_parameters", c))
         return QD_ERR;
 
-    snprintf(c->arch, sizeof c->arch, "llama");
+    qd_config_set_family(c, family);
     long long dim, ff, nl, nh, nkv, hd, vs = 0, ctx = 2048, bos = -1, eos = -1;
     if (cfg_req(h, "hidden_size", 1, QD_MAX_DIM, &dim) ||
         cfg_req(h, "intermediate_size", 1, QD_MAX_DIM, &ff) ||
@@ -200,7 +262,7 @@ static int hf_config(hf *h, qd_config *c, int *qwen2) {
         cfg_req(h, "num_attention_heads", 1, QD_MAX_HEADS, &nh))
         return QD_ERR;
     nkv = nh;
-    hd = dim / nh;
+    hd = family == QD_FAMILY_GEMMA ? 256 : dim / nh; /* GemmaConfig's default head_dim */
     if (cfg_int(h, "num_key_value_heads", 1, QD_MAX_HEADS, &nkv) < 0 ||
         cfg_int(h, "head_dim", 1, QD_MAX_DIM, &hd) < 0 ||
         cfg_req(h, "vocab_size", 1, QD_MAX_VOCAB, &vs) ||
@@ -216,8 +278,10 @@ static int hf_config(hf *h, qd_config *c, int *qwen2) {
     rc = cfg_int(h, "sliding_window", 1, 1LL << 40, &sw);
     if (rc < 0) return QD_ERR;
     if (rc == 0 && window_on && sw < ctx) ctx = sw;
-    double eps = 1e-6, theta = 10000.0;
-    if (cfg_num(h, root, "rms_norm_eps", &eps) < 0) return QD_ERR;
+    double eps = family == QD_FAMILY_STABLELM ? 1e-5 : 1e-6, theta = 10000.0;
+    if (cfg_num(h, root, family == QD_FAMILY_STABLELM ? "layer_norm_eps" : "rms_norm_eps",
+                &eps) < 0)
+        return QD_ERR;
     rc = cfg_num(h, root, "rope_theta", &theta);
     if (rc < 0 || (rc == 1 && rp && cfg_num(h, rp, "rope_theta", &theta) < 0)) return QD_ERR;
     c->dim = (int)dim;
@@ -232,8 +296,19 @@ static int hf_config(hf *h, qd_config *c, int *qwen2) {
     c->rope_theta = (float)theta;
     c->bos_id = (int)bos;
     c->eos_id = (int)eos;
-    c->tied_embeddings = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "tie_word_embeddings"));
-    c->qkv_bias = *qwen2 || cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "attention_bias"));
+    /* GemmaConfig ties the head by default; the others do not. */
+    const cJSON *tie = cJSON_GetObjectItemCaseSensitive(root, "tie_word_embeddings");
+    c->tied_embeddings = family == QD_FAMILY_GEMMA ? !cJSON_IsFalse(tie) : cJSON_IsTrue(tie);
+    c->qkv_bias = *qwen2 || cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(
+                                root, family == QD_FAMILY_STABLELM ? "use_qkv_bias" : "attention_bias"));
+    if (family == QD_FAMILY_STABLELM) {
+        /* transformers: rotary_ndims = int(head_dim * partial_rotary_factor) */
+        long long rot = (long long)(hd * prf);
+        if (rot < 2 || rot % 2 != 0)
+            return qd_errf(h->err, "%s: partial_rotary_factor %g gives %lld rotary dims of "
+                           "head_dim %lld (need an even number >= 2)", h->cfg_path, prf, rot, hd);
+        c->rope_dim = rot == hd ? 0 : (int)rot;
+    }
     return QD_OK;
 }
 
@@ -344,7 +419,9 @@ static int hf_weights(hf *h, qd_model *m, const qd_config *c) {
     int64_t D = c->dim, V = c->vocab_size;
     char n[128];
     if (take(h, h->emb_name, V, D, m ? m->tok_emb : NULL, ck) ||
-        take(h, "model.norm.weight", 0, D, m ? m->final_norm : NULL, ck))
+        take(h, "model.norm.weight", 0, D, m ? m->final_norm : NULL, ck) ||
+        (c->norm == QD_NORM_LAYER &&
+         take(h, "model.norm.bias", 0, D, m ? m->final_norm_b : NULL, ck)))
         return QD_ERR;
     if (!c->tied_embeddings && !find(h, "lm_head.weight"))
         return qd_errf(h->err, "%s: missing tensor lm_head.weight (%s has tie_word_embeddings "
@@ -370,11 +447,29 @@ static int hf_weights(hf *h, qd_model *m, const qd_config *c) {
                 snprintf(n, sizeof n, "model.layers.%d.%s", l, EXTRA[e]);
                 if (find(h, n))
                     return qd_errf(h->err, "%s: unsupported tensor %s (this bias is not part of "
-                                   "the LLaMA/Qwen2 layout)", h->dir, n);
+                                   "the %s layout)", h->dir, n, c->arch);
             }
         }
     }
     return QD_OK;
+}
+
+/* Gemma's RMSNorms multiply by (1 + w) in FP32: the model keeps the multiplier (model.h).
+ * Its embedding scale is sqrt(hidden_size) as a tensor of the embeddings' dtype, so a BF16
+ * checkpoint scales by bf16(sqrt(2048)) = 45.25. */
+static void gemma_fixup(hf *h, qd_model *m) {
+    const qd_config *c = &m->cfg;
+    for (int l = 0; l < c->n_layers; l++)
+        for (int i = 0; i < c->dim; i++) {
+            m->layers[l].attn_norm[i] += 1.0f;
+            m->layers[l].ffn_norm[i] += 1.0f;
+        }
+    for (int i = 0; i < c->dim; i++) m->final_norm[i] += 1.0f;
+    float s = sqrtf((float)c->dim);
+    const qd_st_tensor *e = find(h, h->emb_name);
+    if (e && e->dtype == QD_ST_BF16) s = qd_bf16_to_f32(qd_f32_to_bf16(s));
+    if (e && e->dtype == QD_ST_F16) s = qd_fp16_to_f32(qd_f32_to_fp16(s));
+    m->cfg.emb_scale = s;
 }
 
 static void hf_close(hf *h) {
@@ -449,6 +544,7 @@ qd_model *qd_load_hf(const char *path, qd_err *err) {
     if (!(m = qd_model_alloc(&c, err))) goto fail;
     snprintf(m->format, sizeof m->format, "safetensors");
     if (hf_weights(h, m, &c)) goto fail;
+    if (c.family == QD_FAMILY_GEMMA) gemma_fixup(h, m);
     for (int s = 0; s < h->n_shards; s++)
         for (int i = 0; i < h->shards[s]->n_tensors; i++) {
             const qd_st_tensor *t = &h->shards[s]->tensors[i];
@@ -492,10 +588,15 @@ static int write_config(const qd_model *m, const char *dir, const char *dtype, q
     const qd_config *c = &m->cfg;
     cJSON *o = cJSON_CreateObject();
     if (!o) return qd_errf(err, "%s: out of memory", dir);
-    const char *arch = c->qkv_bias ? "Qwen2ForCausalLM" : "LlamaForCausalLM";
+    int fam = c->family;
+    const char *arch = fam == QD_FAMILY_GEMMA      ? "GemmaForCausalLM"
+                     : fam == QD_FAMILY_STABLELM ? "StableLmForCausalLM"
+                     : c->qkv_bias               ? "Qwen2ForCausalLM"
+                                                 : "LlamaForCausalLM";
+    const char *type = fam == QD_FAMILY_LLAMA ? (c->qkv_bias ? "qwen2" : "llama") : c->arch;
     cJSON *a = cJSON_AddArrayToObject(o, "architectures");
     cJSON_AddItemToArray(a, cJSON_CreateString(arch));
-    cJSON_AddStringToObject(o, "model_type", c->qkv_bias ? "qwen2" : "llama");
+    cJSON_AddStringToObject(o, "model_type", type);
     cJSON_AddNumberToObject(o, "hidden_size", c->dim);
     cJSON_AddNumberToObject(o, "intermediate_size", c->hidden_dim);
     cJSON_AddNumberToObject(o, "num_hidden_layers", c->n_layers);
@@ -504,8 +605,21 @@ static int write_config(const qd_model *m, const char *dir, const char *dtype, q
     cJSON_AddNumberToObject(o, "head_dim", c->head_dim);
     cJSON_AddNumberToObject(o, "vocab_size", c->vocab_size);
     cJSON_AddNumberToObject(o, "max_position_embeddings", c->max_seq_len);
-    add_float(o, "rms_norm_eps", c->norm_eps);
+    add_float(o, c->norm == QD_NORM_LAYER ? "layer_norm_eps" : "rms_norm_eps", c->norm_eps);
     add_float(o, "rope_theta", c->rope_theta);
+    if (fam == QD_FAMILY_STABLELM) {
+        /* transformers takes int(head_dim * factor) rotary dims: the factor written must give
+         * rot back exactly */
+        int rot = qd_rot_dim(c);
+        double f = (double)rot / c->head_dim;
+        while ((long long)(c->head_dim * f) < rot) f = nextafter(f, 2.0);
+        char b[40];
+        snprintf(b, sizeof b, "%.17g", f);
+        cJSON_AddRawToObject(o, "partial_rotary_factor", b);
+        cJSON_AddBoolToObject(o, "use_qkv_bias", c->qkv_bias);
+        cJSON_AddBoolToObject(o, "qk_layernorm", 0);
+        cJSON_AddBoolToObject(o, "use_parallel_residual", 0);
+    }
     if (c->rope_scaling == QD_ROPE_NONE) {
         cJSON_AddNullToObject(o, "rope_scaling");
     } else {
@@ -518,14 +632,23 @@ static int write_config(const qd_model *m, const char *dir, const char *dtype, q
             cJSON_AddNumberToObject(rs, "original_max_position_embeddings", c->rope_orig_ctx);
         }
     }
-    cJSON_AddStringToObject(o, "hidden_act", "silu");
+    if (c->act == QD_ACT_GELU_TANH) {
+        cJSON_AddStringToObject(o, "hidden_act", "gelu_pytorch_tanh");
+        cJSON_AddStringToObject(o, "hidden_activation", "gelu_pytorch_tanh");
+    } else {
+        cJSON_AddStringToObject(o, "hidden_act", "silu");
+    }
     cJSON_AddBoolToObject(o, "tie_word_embeddings", c->tied_embeddings);
     if (c->bos_id >= 0) cJSON_AddNumberToObject(o, "bos_token_id", c->bos_id);
     else cJSON_AddNullToObject(o, "bos_token_id");
     if (c->eos_id >= 0) cJSON_AddNumberToObject(o, "eos_token_id", c->eos_id);
     else cJSON_AddNullToObject(o, "eos_token_id");
-    if (!c->qkv_bias) cJSON_AddBoolToObject(o, "attention_bias", 0);
-    else cJSON_AddBoolToObject(o, "use_sliding_window", 0);
+    if (fam == QD_FAMILY_STABLELM) {
+    } else if (!c->qkv_bias) {
+        cJSON_AddBoolToObject(o, "attention_bias", 0);
+    } else {
+        cJSON_AddBoolToObject(o, "use_sliding_window", 0);
+    }
     cJSON_AddBoolToObject(o, "mlp_bias", 0);
     cJSON_AddStringToObject(o, "torch_dtype", strcmp(dtype, "F32") == 0   ? "float32"
                                               : strcmp(dtype, "F16") == 0 ? "float16"
@@ -533,9 +656,16 @@ static int write_config(const qd_model *m, const char *dir, const char *dtype, q
     return write_json(dir, "config.json", o, err);
 }
 
+static const float *minus_one(float *dst, const float *w, int64_t n) {
+    for (int64_t i = 0; i < n; i++) dst[i] = w[i] - 1.0f;
+    return dst;
+}
+
 /* The model's tensors in HF names and order; returns the count written into t (and the
- * name storage in names, 128 bytes each). */
-static int hf_tensor_list(const qd_model *m, qd_st_dtype dt, qd_st_wtensor *t, char (*names)[128]) {
+ * name storage in names, 128 bytes each). Gemma's norms are written as HF stores them, w - 1
+ * (model.h), from gnorm ((2 n_layers + 1) * dim floats, filled here; NULL for other families). */
+static int hf_tensor_list(const qd_model *m, qd_st_dtype dt, qd_st_wtensor *t, char (*names)[128],
+                          float *gnorm) {
     const qd_config *c = &m->cfg;
     int64_t D = c->dim, V = c->vocab_size;
     int n = 0;
@@ -553,17 +683,24 @@ static int hf_tensor_list(const qd_model *m, qd_st_dtype dt, qd_st_wtensor *t, c
         }                                                                            \
         n++;                                                                         \
     } while (0)
+    /* a norm weight as written: Gemma's minus its 1, into the next dim floats of gnorm */
+#define NORM_W(w) (gnorm ? minus_one(gnorm + (size_t)(gi++) * D, (w), D) : (w))
+    int gi = 0;
     ADD(V, D, m->tok_emb, "model.embed_tokens.weight");
     for (int l = 0; l < c->n_layers; l++) {
         const qd_layer *L = &m->layers[l];
         for (int i = 0; i < qd_n_layer_tensors; i++) {
             const qd_layer_tensor *lt = &qd_layer_tensors[i];
-            if (qd_layer_tensor_on(c, lt))
-                ADD(qd_layer_dim(c, lt->rows), qd_layer_dim(c, lt->cols), qd_layer_get(L, lt),
-                    "model.layers.%d.%s", l, lt->hf);
+            if (!qd_layer_tensor_on(c, lt)) continue;
+            const float *w = qd_layer_get(L, lt);
+            if (w == L->attn_norm || w == L->ffn_norm) w = NORM_W(w);
+            ADD(qd_layer_dim(c, lt->rows), qd_layer_dim(c, lt->cols), w, "model.layers.%d.%s", l,
+                lt->hf);
         }
     }
-    ADD(0, D, m->final_norm, "model.norm.weight");
+    ADD(0, D, NORM_W(m->final_norm), "model.norm.weight");
+    if (m->final_norm_b) ADD(0, D, m->final_norm_b, "model.norm.bias");
+#undef NORM_W
     if (!c->tied_embeddings) ADD(V, D, m->lm_head, "lm_head.weight");
 #undef ADD
     return n;
@@ -599,16 +736,19 @@ int qd_save_hf_sharded(const qd_model *m, const char *dir, const char *dtype,
     if (strlen(dir) > 4000) return qd_errf(err, "%s: path too long", dir);
     if (mkdir(dir, 0755) != 0 && errno != EEXIST)
         return qd_errf(err, "%s: cannot create directory: %s", dir, strerror(errno));
-    int cap = 3 + qd_n_layer_tensors * m->cfg.n_layers;
+    int cap = 4 + qd_n_layer_tensors * m->cfg.n_layers;
     qd_st_wtensor *t = calloc((size_t)cap, sizeof *t);
     char (*names)[128] = calloc((size_t)cap, sizeof *names);
     int *shard = calloc((size_t)cap, sizeof *shard);
+    float *gnorm = m->cfg.family == QD_FAMILY_GEMMA
+                       ? malloc((2 * (size_t)m->cfg.n_layers + 1) * m->cfg.dim * sizeof(float))
+                       : NULL;
     int rc = QD_ERR;
-    if (!t || !names || !shard) {
+    if (!t || !names || !shard || (m->cfg.family == QD_FAMILY_GEMMA && !gnorm)) {
         qd_errf(err, "%s: out of memory", dir);
         goto out;
     }
-    int n = hf_tensor_list(m, dt, t, names);
+    int n = hf_tensor_list(m, dt, t, names, gnorm);
     char p[4200];
     if (max_shard_bytes == 0) {
         snprintf(p, sizeof p, "%s/model.safetensors", dir);
@@ -648,6 +788,7 @@ out:
     free(t);
     free(names);
     free(shard);
+    free(gnorm);
     return rc;
 }
 

@@ -16,7 +16,8 @@ qd_model *qd_load_hf(const char *path, qd_err *err);
 qd_model *qd_load_llama2c(const char *path, qd_err *err);
 
 /* Writes m as a Hugging Face directory: config.json (LlamaForCausalLM, or Qwen2ForCausalLM
- * when cfg.qkv_bias) and model.safetensors with HF tensor names, weights in dtype "F32",
+ * when cfg.qkv_bias; GemmaForCausalLM or StableLmForCausalLM for those families, Gemma's norms
+ * as w of (1 + w)) and model.safetensors with HF tensor names, weights in dtype "F32",
  * "F16" or "BF16"; lm_head.weight only when untied. dir is created if missing; each file is
  * written atomically. QD_ERR with err set. */
 int qd_save_hf(const qd_model *m, const char *dir, const char *dtype, qd_err *err);

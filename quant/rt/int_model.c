@@ -286,6 +286,9 @@ static const float *layer_w(const qd_layer *L, int w) {
 
 qd_qint *qd_qint_build(const qd_model *m, const qd_qint_enc *e, qd_err *err) {
     const qd_config *c = &m->cfg;
+    if (c->family != QD_FAMILY_LLAMA)
+        return qd_errf(err, "%s: the integer runtime of the %s family is not implemented yet",
+                       __func__, c->arch), NULL;
     if (!e->act || e->n_layers != c->n_layers)
         return qd_errf(err, "%s: encodings are for %d layers, the model has %d", __func__,
                        e->n_layers, c->n_layers), NULL;

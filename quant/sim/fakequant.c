@@ -214,6 +214,11 @@ static void init_aq(qd_aq *a, qd_real *p, qd_real *g, int bits) {
 
 QD_API qd_qsim *qd_qsim_new(const qd_model *m, const qd_qsim_opts *o, qd_err *err) {
     const qd_config *c = &m->cfg;
+    if (c->family != QD_FAMILY_LLAMA) {
+        qd_errf(err, "%s: the fake-quant simulation of the %s family is not implemented yet "
+                "(FP32 forward and evaluation are)", __func__, c->arch);
+        return NULL;
+    }
     if (o->wbits < 2 || o->wbits > 8 || o->Bmax < 1 || o->Tmax < 1 || o->Tmax > QD_MAX_CTX) {
         qd_errf(err, "%s: bad options (wbits %d, Bmax %d, Tmax %d)", __func__, o->wbits,
                 o->Bmax, o->Tmax);

@@ -127,7 +127,7 @@ QD_API void qd_rope_forward(qd_real *out, const qd_real *x, const qd_real *cos_t
                             const qd_real *sin_t, int B, int T, int nh, int hd) {
     size_t W = (size_t)nh * hd;
     for (size_t r = 0; r < (size_t)B * T; r++)
-        qd_rope_rotate(out + r * W, x + r * W, cos_t, sin_t, r % T, nh, hd);
+        qd_rope_rotate(out + r * W, x + r * W, cos_t, sin_t, r % T, nh, hd, hd);
 }
 
 QD_API void qd_rope_backward(qd_real *dx, const qd_real *dout, const qd_real *cos_t,

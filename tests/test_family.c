@@ -1,0 +1,308 @@
+/* Gemma and StableLM-2 (issue 12): loading from Hugging Face directories and GGUF, the FP32
+ * forward, its scalar reference and the KV-cache decode, all compared with the independent
+ * float64 numpy reference of tests/gen_family_goldens.py (goldens in tests/data/family/); the
+ * HF writer's round trip; and the refusals of variants quantd does not implement. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "check.h"
+#include "gguf_build.h"
+#include "quant/fp/forward.h"
+#include "quant/io/half.h"
+#include "quant/io/load.h"
+#include "quant/sim/fakequant.h"
+
+#define FAM_DIR "tests/data/family/"
+#define T_GOLD 12
+
+/* The C forward runs in FP32 (sums in float, norms' moments in double); the reference in
+ * float64. Over 2 layers of these sizes the logits (max |logit| ~ 3..5) agree to ~1e-6; Gemma's
+ * embedding scale rounded to bf16 or not moves them by 3.6e-4, so 5e-5 tells the two apart. */
+#define TOL_LOGIT 5e-5
+
+static const char *const VARIANTS[] = {"gemma-f32", "gemma-bf16", "stablelm-f32",
+                                       "stablelm-bf16"};
+#define N_VARIANTS 4
+
+static int read_golden(const char *name, int *tokens, float *logits, int V) {
+    char p[256];
+    snprintf(p, sizeof p, FAM_DIR "%s/tokens.txt", name);
+    FILE *f = fopen(p, "r");
+    if (!f) return -1;
+    int n = 0;
+    while (n < T_GOLD && fscanf(f, "%d", &tokens[n]) == 1) n++;
+    fclose(f);
+    snprintf(p, sizeof p, FAM_DIR "%s/logits.bin", name);
+    f = fopen(p, "rb");
+    if (!f) return -1;
+    size_t got = fread(logits, sizeof(float), (size_t)T_GOLD * V, f);
+    fclose(f);
+    return n == T_GOLD && got == (size_t)T_GOLD * V ? 0 : -1;
+}
+
+static double max_diff(const float *a, const float *b, size_t n) {
+    double d = 0;
+    for (size_t i = 0; i < n; i++) d = fmax(d, fabs((double)a[i] - b[i]));
+    return d;
+}
+
+/* Forward, reference forward and decode of m against the golden of name. */
+static void check_against_golden(const qd_model *m, const char *name, const char *via,
+                                 double tol) {
+    int V = m->cfg.vocab_size, tok[T_GOLD];
+    float *gold = malloc(sizeof(float) * T_GOLD * V), *got = malloc(sizeof(float) * T_GOLD * V);
+    CHECK(read_golden(name, tok, gold, V) == 0, "%s: golden files unreadable", name);
+    qd_err e = {0};
+    CHECK(qd_forward(m, tok, 1, T_GOLD, got, &e) == QD_OK, "%s", e.msg);
+    double d = max_diff(got, gold, (size_t)T_GOLD * V);
+    printf("  %s via %s: forward max |logit diff| %.3g\n", name, via, d);
+    CHECK(d <= tol, "%s via %s: forward differs from the numpy reference by %g", name, via, d);
+    CHECK(qd_forward_ref(m, tok, 1, T_GOLD, got, &e) == QD_OK, "%s", e.msg);
+    d = max_diff(got, gold, (size_t)T_GOLD * V);
+    CHECK(d <= tol, "%s via %s: forward_ref differs by %g", name, via, d);
+    qd_kv *kv = qd_kv_new(m, T_GOLD, &e);
+    CHECK(kv != NULL, "%s", e.msg);
+    double dd = 0;
+    for (int t = 0; kv && t < T_GOLD; t++) {
+        CHECK(qd_decode_step(m, kv, tok[t], t, got, &e) == QD_OK, "%s", e.msg);
+        dd = fmax(dd, max_diff(got, gold + (size_t)t * V, (size_t)V));
+    }
+    CHECK(dd <= tol, "%s via %s: KV-cache decode differs by %g", name, via, dd);
+    qd_kv_free(kv);
+    free(gold);
+    free(got);
+}
+
+static qd_model *load_variant(const char *name) {
+    char p[256];
+    snprintf(p, sizeof p, FAM_DIR "%s", name);
+    qd_err e = {0};
+    qd_model *m = qd_model_load(p, &e);
+    CHECK(m != NULL, "%s: %s", p, e.msg);
+    return m;
+}
+
+static void test_hf_config(void) {
+    qd_model *g = load_variant("gemma-bf16"), *s = load_variant("stablelm-f32");
+    if (g) {
+        const qd_config *c = &g->cfg;
+        CHECK(c->family == QD_FAMILY_GEMMA && strcmp(c->arch, "gemma") == 0, "%s", c->arch);
+        CHECK(c->norm == QD_NORM_RMS && c->act == QD_ACT_GELU_TANH, "switches");
+        CHECK(c->head_dim == 12 && c->n_heads * c->head_dim != c->dim, "head_dim %d", c->head_dim);
+        CHECK(c->tied_embeddings == 1, "Gemma ties by default");
+        /* sqrt(32) = 5.65685 rounded to bf16 */
+        CHECK(c->emb_scale == 5.65625f, "emb_scale %.9g", (double)c->emb_scale);
+        CHECK(qd_rot_dim(c) == 12, "rot %d", qd_rot_dim(c));
+    }
+    if (s) {
+        const qd_config *c = &s->cfg;
+        CHECK(c->family == QD_FAMILY_STABLELM && c->norm == QD_NORM_LAYER && c->act == QD_ACT_SILU,
+              "stablelm switches");
+        CHECK(qd_rot_dim(c) == 4 && c->qkv_bias && !c->tied_embeddings, "rot %d bias %d tied %d",
+              qd_rot_dim(c), c->qkv_bias, c->tied_embeddings);
+        CHECK(s->final_norm_b && s->layers[1].attn_norm_b && s->layers[1].ffn_norm_b,
+              "LayerNorm biases");
+        CHECK(fabsf(c->norm_eps - 1e-5f) < 1e-12f && qd_emb_scale(c) == 1.0f, "eps, scale");
+    }
+    qd_model_free(g);
+    qd_model_free(s);
+}
+
+static void test_hf_vs_numpy(void) {
+    for (int i = 0; i < N_VARIANTS; i++) {
+        qd_model *m = load_variant(VARIANTS[i]);
+        if (m) check_against_golden(m, VARIANTS[i], "hf", TOL_LOGIT);
+        qd_model_free(m);
+    }
+}
+
+/* Written back as the same architecture (Gemma's norms as w again) and read back: the same
+ * logits. */
+static void test_hf_roundtrip(void) {
+    char dir[64];
+    check_tmpdir(dir, sizeof dir, "family");
+    for (int i = 0; i < N_VARIANTS; i++) {
+        qd_model *m = load_variant(VARIANTS[i]);
+        if (!m) continue;
+        char out[128];
+        snprintf(out, sizeof out, "%s/%s", dir, VARIANTS[i]);
+        qd_err e = {0};
+        CHECK(qd_save_hf(m, out, "F32", &e) == QD_OK, "%s", e.msg);
+        qd_model *b = qd_model_load(out, &e);
+        CHECK(b != NULL, "%s: %s", out, e.msg);
+        if (b) {
+            CHECK(b->cfg.family == m->cfg.family && qd_rot_dim(&b->cfg) == qd_rot_dim(&m->cfg) &&
+                      b->cfg.qkv_bias == m->cfg.qkv_bias && b->cfg.head_dim == m->cfg.head_dim &&
+                      b->cfg.tied_embeddings == m->cfg.tied_embeddings,
+                  "%s: config changed on the round trip", VARIANTS[i]);
+            /* F32 rewrite: Gemma's scale becomes sqrtf(dim) (the F32 rule) */
+            if (m->cfg.family != QD_FAMILY_GEMMA || strstr(VARIANTS[i], "f32")) {
+                CHECK(b->n_floats == m->n_floats &&
+                          memcmp(b->mem, m->mem, m->n_floats * sizeof(float)) == 0,
+                      "%s: weights changed on the round trip", VARIANTS[i]);
+                CHECK(b->cfg.emb_scale == m->cfg.emb_scale, "emb_scale");
+            }
+            check_against_golden(b, VARIANTS[i], "hf round trip",
+                                 strstr(VARIANTS[i], "gemma-bf16") ? 2e-3 : TOL_LOGIT);
+        }
+        qd_model_free(b);
+        qd_model_free(m);
+    }
+    check_rmtree(dir);
+}
+
+/* A GGUF as llama.cpp's converter writes these families: tensors unpermuted (NEOX RoPE),
+ * Gemma's norms already 1 + w, StableLM's LayerNorm biases and rope.dimension_count. */
+static void add_f32(gguf_build *g, const char *name, const float *p, int64_t rows, int64_t cols) {
+    uint64_t ne[2] = {(uint64_t)cols, (uint64_t)rows};
+    gb_tensor(g, name, QD_GGML_F32, rows ? 2 : 1, ne, p,
+              (size_t)(rows ? rows : 1) * (size_t)cols * sizeof(float));
+}
+
+static int write_gguf(const qd_model *m, const char *path, int drop_ffn_norm, int qk_norm) {
+    const qd_config *c = &m->cfg;
+    const char *a = c->arch;
+    char k[96];
+    gguf_build g = {0};
+    gb_kv_str(&g, "general.architecture", a);
+#define KU(key, v) (snprintf(k, sizeof k, "%s." key, a), gb_kv_u32(&g, k, (uint32_t)(v)))
+#define KF(key, v) (snprintf(k, sizeof k, "%s." key, a), gb_kv_f32(&g, k, (float)(v)))
+    KU("context_length", c->max_seq_len);
+    KU("embedding_length", c->dim);
+    KU("block_count", c->n_layers);
+    KU("feed_forward_length", c->hidden_dim);
+    KU("attention.head_count", c->n_heads);
+    KU("attention.head_count_kv", c->n_kv_heads);
+    KU("attention.key_length", c->head_dim);
+    KU("attention.value_length", c->head_dim);
+    KU("rope.dimension_count", qd_rot_dim(c));
+    KF("rope.freq_base", c->rope_theta);
+    if (c->norm == QD_NORM_LAYER) KF("attention.layer_norm_epsilon", c->norm_eps);
+    else KF("attention.layer_norm_rms_epsilon", c->norm_eps);
+#undef KU
+#undef KF
+    int64_t D = c->dim;
+    add_f32(&g, "token_embd.weight", m->tok_emb, c->vocab_size, D);
+    add_f32(&g, "output_norm.weight", m->final_norm, 0, D);
+    if (m->final_norm_b) add_f32(&g, "output_norm.bias", m->final_norm_b, 0, D);
+    if (!c->tied_embeddings) add_f32(&g, "output.weight", m->lm_head, c->vocab_size, D);
+    char n[96];
+    for (int l = 0; l < c->n_layers; l++)
+        for (int i = 0; i < qd_n_layer_tensors; i++) {
+            const qd_layer_tensor *t = &qd_layer_tensors[i];
+            if (!qd_layer_tensor_on(c, t) || (drop_ffn_norm && strncmp(t->gguf, "ffn_norm", 8) == 0))
+                continue;
+            snprintf(n, sizeof n, "blk.%d.%s", l, t->gguf);
+            add_f32(&g, n, qd_layer_get(&m->layers[l], t), qd_layer_dim(c, t->rows),
+                    qd_layer_dim(c, t->cols));
+        }
+    if (qk_norm) add_f32(&g, "blk.0.attn_q_norm.weight", m->final_norm, 0, c->head_dim);
+    return gb_write(&g, path);
+}
+
+static void test_gguf_vs_numpy(void) {
+    char dir[64];
+    check_tmpdir(dir, sizeof dir, "family");
+    /* F32 only: a GGUF scales Gemma's embeddings by sqrtf(dim) in F32 as llama.cpp does, the
+     * HF rule of the F32 checkpoint. */
+    static const char *const F32[] = {"gemma-f32", "stablelm-f32"};
+    for (int i = 0; i < 2; i++) {
+        qd_model *m = load_variant(F32[i]);
+        if (!m) continue;
+        char p[128];
+        snprintf(p, sizeof p, "%s/%s.gguf", dir, F32[i]);
+        CHECK(write_gguf(m, p, 0, 0) == 0, "write %s", p);
+        qd_err e = {0};
+        qd_model *b = qd_model_load(p, &e);
+        CHECK(b != NULL, "%s: %s", p, e.msg);
+        if (b) {
+            CHECK(b->cfg.family == m->cfg.family && qd_rot_dim(&b->cfg) == qd_rot_dim(&m->cfg) &&
+                      b->cfg.emb_scale == m->cfg.emb_scale && b->cfg.qkv_bias == m->cfg.qkv_bias,
+                  "%s: GGUF config differs from the HF one", F32[i]);
+            check_against_golden(b, F32[i], "gguf", TOL_LOGIT);
+        }
+        qd_model_free(b);
+        if (m->cfg.family == QD_FAMILY_STABLELM) {
+            /* llama.cpp's parallel-residual StableLM has no ffn_norm; q/k norms: refused */
+            snprintf(p, sizeof p, "%s/parallel.gguf", dir);
+            CHECK(write_gguf(m, p, 1, 0) == 0, "write");
+            b = qd_model_load(p, &e);
+            CHECK(!b && strstr(e.msg, p) && strstr(e.msg, "ffn_norm") &&
+                      strstr(e.msg, "parallel"), "parallel residual: %s", e.msg);
+            qd_model_free(b);
+            snprintf(p, sizeof p, "%s/qknorm.gguf", dir);
+            CHECK(write_gguf(m, p, 0, 1) == 0, "write");
+            b = qd_model_load(p, &e);
+            CHECK(!b && strstr(e.msg, p) && strstr(e.msg, "attn_q_norm"), "qk norm: %s", e.msg);
+            qd_model_free(b);
+        }
+        qd_model_free(m);
+    }
+    check_rmtree(dir);
+}
+
+/* A copy of variant name's directory with config.json's text edited: the first occurrence of
+ * from replaced by to. */
+static void edited_copy(const char *dir, const char *name, const char *from, const char *to) {
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s' && cp " FAM_DIR "%s/model.safetensors '%s'/ && "
+             "sed 's/%s/%s/' " FAM_DIR "%s/config.json > '%s'/config.json", dir, name, dir, from,
+             to, name, dir);
+    CHECK(system(cmd) == 0, "%s", cmd);
+}
+
+static void test_refusals(void) {
+    char dir[64];
+    check_tmpdir(dir, sizeof dir, "family");
+    struct {
+        const char *name, *from, *to, *want;
+    } cases[] = {
+        {"stablelm-f32", "\"qk_layernorm\": false", "\"qk_layernorm\": true", "qk_layernorm"},
+        {"stablelm-f32", "\"use_parallel_residual\": false", "\"use_parallel_residual\": true",
+         "use_parallel_residual"},
+        {"stablelm-f32", "\"partial_rotary_factor\": 0.5", "\"partial_rotary_factor\": 0.1",
+         "partial_rotary_factor"},
+        {"gemma-f32", "\"hidden_activation\": \"gelu_pytorch_tanh\"", "\"hidden_activation\": \"relu\"",
+         "hidden_activation"},
+        {"gemma-f32", "\"attention_bias\": false", "\"attention_bias\": true", "attention_bias"},
+        {"gemma-f32", "\"model_type\": \"gemma\"", "\"model_type\": \"gemma3\"", "model_type"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char d[128];
+        snprintf(d, sizeof d, "%s/c%zu", dir, i);
+        edited_copy(d, cases[i].name, cases[i].from, cases[i].to);
+        qd_err e = {0};
+        qd_model *m = qd_model_load(d, &e);
+        CHECK(!m && strstr(e.msg, "config.json") && strstr(e.msg, d) && strstr(e.msg, cases[i].want),
+              "case %zu (%s): %s", i, cases[i].want, m ? "loaded" : e.msg);
+        qd_model_free(m);
+    }
+    check_rmtree(dir);
+}
+
+/* What is not built yet says so instead of quantizing a Gemma as if it were a LLaMA. */
+static void test_quantize_refused(void) {
+    qd_model *m = load_variant("stablelm-f32");
+    if (!m) return;
+    qd_err e = {0};
+    qd_qsim_opts o;
+    qd_qsim_defaults(&o);
+    qd_qsim *q = qd_qsim_new(m, &o, &e);
+    CHECK(!q && strstr(e.msg, "stablelm") && strstr(e.msg, "not implemented"), "%s",
+          q ? "built" : e.msg);
+    qd_qsim_free(q);
+    qd_model_free(m);
+}
+
+int main(void) {
+    RUN(test_hf_config);
+    RUN(test_hf_vs_numpy);
+    RUN(test_hf_roundtrip);
+    RUN(test_gguf_vs_numpy);
+    RUN(test_refusals);
+    RUN(test_quantize_refused);
+    return CHECK_DONE();
+}
