@@ -34,7 +34,17 @@ static inline qd_config synth_config(int dim, int hidden, int layers, int heads,
     return c;
 }
 
-/* Weights uniform with std ~ 1/sqrt(fan_in), norms 1 + 0.2 u, embeddings ~ 1. */
+/* Sets the switches of a Gemma or StableLM-2 config on c (synth_config's shapes): Gemma gets
+ * the tanh GELU and the embedding scale sqrt(dim), StableLM LayerNorms and half of each head
+ * rotated. */
+static inline void synth_family(qd_config *c, int family) {
+    qd_config_set_family(c, family);
+    if (family == QD_FAMILY_GEMMA) c->emb_scale = sqrtf((float)c->dim);
+    if (family == QD_FAMILY_STABLELM) c->rope_dim = c->head_dim / 2 + (c->head_dim / 2) % 2;
+}
+
+/* Weights uniform with std ~ 1/sqrt(fan_in), norms 1 + 0.2 u, LayerNorm biases 0.1 u,
+ * embeddings ~ 1. */
 static inline qd_model *synth_model(const qd_config *c, uint64_t seed, qd_err *err) {
     qd_model *m = qd_model_alloc(c, err);
     if (!m) return NULL;
@@ -55,11 +65,14 @@ static inline qd_model *synth_model(const qd_config *c, uint64_t seed, qd_err *e
         FILL(L->w_gate, (size_t)F * D, 1 / sqrt(D));
         FILL(L->w_up, (size_t)F * D, 1 / sqrt(D));
         FILL(L->w_down, (size_t)D * F, 1 / sqrt(F));
+        if (L->attn_norm_b) FILL(L->attn_norm_b, D, 0.1);
+        if (L->ffn_norm_b) FILL(L->ffn_norm_b, D, 0.1);
         if (L->bq) FILL(L->bq, QD, 0.1);
         if (L->bk) FILL(L->bk, KV, 0.1);
         if (L->bv) FILL(L->bv, KV, 0.1);
     }
     NORM(m->final_norm, D);
+    if (m->final_norm_b) FILL(m->final_norm_b, D, 0.1);
     if (m->lm_head != m->tok_emb) FILL(m->lm_head, (size_t)c->vocab_size * D, 1 / sqrt(D));
 #undef FILL
 #undef NORM

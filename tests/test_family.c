@@ -1,7 +1,8 @@
 /* Gemma and StableLM-2 (issue 12): loading from Hugging Face directories and GGUF, the FP32
  * forward, its scalar reference and the KV-cache decode, all compared with the independent
  * float64 numpy reference of tests/gen_family_goldens.py (goldens in tests/data/family/); the
- * HF writer's round trip; and the refusals of variants quantd does not implement. */
+ * HF writer's round trip; the simulation with quantizers off and the LET fold against the same
+ * goldens; and the refusals of variants quantd does not implement. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,7 +14,9 @@
 #include "quant/fp/forward.h"
 #include "quant/io/half.h"
 #include "quant/io/load.h"
+#include "quant/rt/int_model.h"
 #include "quant/sim/fakequant.h"
+#include "synth.h"
 
 #define FAM_DIR "tests/data/family/"
 #define T_GOLD 12
@@ -283,17 +286,83 @@ static void test_refusals(void) {
     check_rmtree(dir);
 }
 
-/* What is not built yet says so instead of quantizing a Gemma as if it were a LLaMA. */
-static void test_quantize_refused(void) {
+/* The simulation with every quantizer off is the FP model: the goldens again. With random LET
+ * scales on (still no quantizer) it must stay the FP model, since norm -> linear, up -> down
+ * and v -> o are equivalences: this fails if the fold loses a LayerNorm's bias or treats
+ * Gemma's norm as w instead of 1 + w. The folded model (qd_qsim_fold) is checked the same way,
+ * also after the HF writer's round trip (fp-folded/ as the same architecture). */
+#define TOL_SIM 1e-4 /* float simulation vs float64 reference; LET in float moves ~1e-6 */
+static void test_sim_and_let_fold(void) {
+    char dir[64];
+    check_tmpdir(dir, sizeof dir, "family");
+    for (int i = 0; i < N_VARIANTS; i++) {
+        qd_model *m = load_variant(VARIANTS[i]);
+        if (!m) continue;
+        int V = m->cfg.vocab_size, tok[T_GOLD];
+        float *gold = malloc(sizeof(float) * T_GOLD * V), *got = malloc(sizeof(float) * T_GOLD * V);
+        CHECK(read_golden(VARIANTS[i], tok, gold, V) == 0, "golden");
+        qd_err e = {0};
+        qd_qsim_opts o;
+        qd_qsim_defaults(&o);
+        o.Bmax = 1, o.Tmax = T_GOLD, o.train = 0;
+        qd_qsim *q = qd_qsim_new(m, &o, &e);
+        CHECK(q != NULL, "%s: %s", VARIANTS[i], e.msg);
+        if (!q) goto next;
+        q->let_on = q->wq_on = q->aq_on = q->lwc_on = 0;
+        CHECK(qd_qsim_logits(q, tok, 1, T_GOLD, got, &e) == QD_OK, "%s", e.msg);
+        double d = max_diff(got, gold, (size_t)T_GOLD * V);
+        printf("  %s: simulation, quantizers off: max |logit diff| %.3g\n", VARIANTS[i], d);
+        CHECK(d <= TOL_SIM, "%s: simulation (all off) differs from the reference by %g",
+              VARIANTS[i], d);
+        uint64_t seed = 99 + (uint64_t)i;
+        for (size_t k = q->grp_off[QD_GRP_LET]; k < q->grp_off[QD_GRP_LET + 1]; k++)
+            q->p[k] = (qd_real)(0.5 + 1.5 * (synth_u(&seed) + 1) / 2);
+        q->let_on = 1;
+        CHECK(qd_qsim_logits(q, tok, 1, T_GOLD, got, &e) == QD_OK, "%s", e.msg);
+        d = max_diff(got, gold, (size_t)T_GOLD * V);
+        printf("  %s: simulation, LET on (random scales): max |logit diff| %.3g\n", VARIANTS[i], d);
+        CHECK(d <= TOL_SIM, "%s: LET is not an equivalence (differs by %g)", VARIANTS[i], d);
+        qd_model *f = qd_model_clone(m, &e);
+        CHECK(f && qd_qsim_fold(q, f, &e) == QD_OK, "%s", e.msg);
+        if (f) {
+            /* the fold must have changed the norms (else the check proves nothing) */
+            CHECK(f->layers[0].attn_norm[0] != m->layers[0].attn_norm[0], "fold left norm alone");
+            check_against_golden(f, VARIANTS[i], "LET folded", TOL_SIM);
+            char out[128];
+            snprintf(out, sizeof out, "%s/%s", dir, VARIANTS[i]);
+            CHECK(qd_save_hf(f, out, "F32", &e) == QD_OK, "%s", e.msg);
+            qd_model *b = qd_model_load(out, &e);
+            CHECK(b && b->cfg.family == m->cfg.family, "%s: %s", out, e.msg);
+            if (b && (m->cfg.family != QD_FAMILY_GEMMA || strstr(VARIANTS[i], "f32")))
+                check_against_golden(b, VARIANTS[i], "LET folded, HF round trip", TOL_SIM);
+            qd_model_free(b);
+        }
+        qd_model_free(f);
+    next:
+        qd_qsim_free(q);
+        qd_model_free(m);
+        free(gold);
+        free(got);
+    }
+    check_rmtree(dir);
+}
+
+/* What is not built yet says so instead of running a Gemma as if it were a LLaMA. */
+static void test_int_refused(void) {
     qd_model *m = load_variant("stablelm-f32");
     if (!m) return;
     qd_err e = {0};
-    qd_qsim_opts o;
-    qd_qsim_defaults(&o);
-    qd_qsim *q = qd_qsim_new(m, &o, &e);
-    CHECK(!q && strstr(e.msg, "stablelm") && strstr(e.msg, "not implemented"), "%s",
-          q ? "built" : e.msg);
-    qd_qsim_free(q);
+    qd_qint_enc enc;
+    int tok[T_GOLD];
+    float *gold = malloc(sizeof(float) * T_GOLD * m->cfg.vocab_size);
+    CHECK(read_golden("stablelm-f32", tok, gold, m->cfg.vocab_size) == 0, "golden");
+    CHECK(qd_qint_enc_rtn(&enc, m, 8, tok, 1, T_GOLD, &e) == QD_OK, "%s", e.msg);
+    qd_qint *qi = qd_qint_build(m, &enc, &e);
+    CHECK(!qi && strstr(e.msg, "stablelm") && strstr(e.msg, "not implemented"), "%s",
+          qi ? "built" : e.msg);
+    qd_qint_free(qi);
+    qd_qint_enc_free(&enc);
+    free(gold);
     qd_model_free(m);
 }
 
@@ -303,6 +372,7 @@ int main(void) {
     RUN(test_hf_roundtrip);
     RUN(test_gguf_vs_numpy);
     RUN(test_refusals);
-    RUN(test_quantize_refused);
+    RUN(test_sim_and_let_fold);
+    RUN(test_int_refused);
     return CHECK_DONE();
 }

@@ -117,6 +117,32 @@ static void op_rmsnorm(void) {
     CHECK(e <= 1, "rmsnorm error ratio %g", e);
 }
 
+typedef struct {
+    int N, C;
+    double *x, *w, *b, *r, *y, *mean, *rstd, *dx, *dw, *db;
+} lnctx;
+
+static double ln_L(void *c_) {
+    lnctx *c = c_;
+    qd_layernorm_forward(c->y, c->mean, c->rstd, c->x, c->w, c->b, c->N, c->C, 1e-5f);
+    return dotr(c->y, c->r, (size_t)c->N * c->C);
+}
+static void ln_G(void *c_) {
+    lnctx *c = c_;
+    ln_L(c);
+    qd_layernorm_backward(c->dx, c->dw, c->db, c->r, c->x, c->w, c->mean, c->rstd, c->N, c->C);
+}
+
+static void op_layernorm(void) {
+    enum { N = 3, C = 7 };
+    double x[N * C], w[C], b[C], r[N * C], y[N * C], mean[N], rstd[N], dx[N * C], dw[C], db[C];
+    lnctx c = {N, C, x, w, b, r, y, mean, rstd, dx, dw, db};
+    fill(x, N * C, -2, 3), fill(w, C, 0.5, 1.5), fill(b, C, -0.5, 0.5), fill(r, N * C, -1, 1);
+    gparam ps[] = {{x, dx, N * C, "x"}, {w, dw, C, "w"}, {b, db, C, "b"}};
+    double e = gradcheck(&c, ln_L, ln_G, ps, 3, 1);
+    CHECK(e <= 1, "layernorm error ratio %g", e);
+}
+
 static double lin_L(void *c_) {
     opctx *c = c_;
     qd_linear_forward(c->y, c->x, c->w, c->b, c->N, c->C, c->OC);
@@ -139,21 +165,24 @@ static void op_linear(void) {
     CHECK(e <= 1, "linear error ratio %g", e);
 }
 
-/* RoPE, SiLU, mul, add: one elementwise ctx */
+/* RoPE (full and partial), SiLU, mul, add, tanh GELU, scale: one elementwise ctx */
 typedef struct {
     int B, T, nh, hd;
-    double *x, *x2, *r, *y, *dx, *dx2, *cs, *sn;
-    int which;
+    double *x, *x2, *r, *y, *dx, *dx2, *cs, *sn, *cs2, *sn2;
+    int which, rot2;
 } ewctx;
 
 static double ew_L(void *c_) {
     ewctx *c = c_;
     size_t n = (size_t)c->B * c->T * c->nh * c->hd;
     switch (c->which) {
-    case 0: qd_rope_forward(c->y, c->x, c->cs, c->sn, c->B, c->T, c->nh, c->hd); break;
+    case 0: qd_rope_forward(c->y, c->x, c->cs, c->sn, c->B, c->T, c->nh, c->hd, c->hd); break;
     case 1: qd_silu_forward(c->y, c->x, n); break;
     case 2: qd_mul_forward(c->y, c->x, c->x2, n); break;
     case 3: qd_add_forward(c->y, c->x, c->x2, n); break;
+    case 4: qd_rope_forward(c->y, c->x, c->cs2, c->sn2, c->B, c->T, c->nh, c->hd, c->rot2); break;
+    case 5: qd_gelu_forward(c->y, c->x, n); break;
+    case 6: qd_scale_forward(c->y, c->x, 45.25, n); break;
     }
     return dotr(c->y, c->r, n);
 }
@@ -162,26 +191,38 @@ static void ew_G(void *c_) {
     size_t n = (size_t)c->B * c->T * c->nh * c->hd;
     ew_L(c);
     switch (c->which) {
-    case 0: qd_rope_backward(c->dx, c->r, c->cs, c->sn, c->B, c->T, c->nh, c->hd); break;
+    case 0: qd_rope_backward(c->dx, c->r, c->cs, c->sn, c->B, c->T, c->nh, c->hd, c->hd); break;
     case 1: qd_silu_backward(c->dx, c->r, c->x, n); break;
     case 2: qd_mul_backward(c->dx, c->dx2, c->r, c->x, c->x2, n); break;
     case 3: qd_add_backward(c->dx, c->dx2, c->r, n); break;
+    case 4: qd_rope_backward(c->dx, c->r, c->cs2, c->sn2, c->B, c->T, c->nh, c->hd, c->rot2); break;
+    case 5: qd_gelu_backward(c->dx, c->r, c->x, n); break;
+    case 6: qd_scale_backward(c->dx, c->r, 45.25, n); break;
     }
 }
 
 static void op_elementwise(void) {
     enum { B = 2, T = 5, NH = 3, HD = 6, N = B * T * NH * HD };
+    enum { ROT2 = 4 }; /* partial rotary: 4 of the 6 dims of a head */
     static double x[N], x2[N], r[N], y[N], dx[N], dx2[N], cs[T * HD / 2], sn[T * HD / 2];
+    static double cs2[T * ROT2 / 2], sn2[T * ROT2 / 2];
     qd_rope_table(cs, sn, T, HD, 10000.0f);
-    ewctx c = {B, T, NH, HD, x, x2, r, y, dx, dx2, cs, sn, 0};
-    const char *names[] = {"rope", "silu", "mul", "add"};
-    for (int k = 0; k < 4; k++) {
+    qd_rope_table(cs2, sn2, T, ROT2, 10000.0f);
+    ewctx c = {B, T, NH, HD, x, x2, r, y, dx, dx2, cs, sn, cs2, sn2, 0, ROT2};
+    const char *names[] = {"rope", "silu", "mul", "add", "partial rope", "gelu_tanh", "scale"};
+    for (int k = 0; k < 7; k++) {
         c.which = k;
         fill(x, N, -3, 3), fill(x2, N, -2, 2), fill(r, N, -1, 1);
         gparam ps[] = {{x, dx, N, "x"}, {x2, dx2, N, "x2"}};
-        double e = gradcheck(&c, ew_L, ew_G, ps, k >= 2 ? 2 : 1, 1);
+        double e = gradcheck(&c, ew_L, ew_G, ps, k == 2 || k == 3 ? 2 : 1, 1);
         CHECK(e <= 1, "%s error ratio %g", names[k], e);
     }
+    /* the partial rotation leaves dims ROT2.. of every head as they were */
+    qd_rope_forward(y, x, cs2, sn2, B, T, NH, HD, ROT2);
+    int kept = 1;
+    for (int i = 0; i < N; i++)
+        if (i % HD >= ROT2 && y[i] != x[i]) kept = 0;
+    CHECK(kept, "partial rope changed an unrotated dim");
 }
 
 /* attention with GQA, with and without the score/prob quantizers */
@@ -530,11 +571,35 @@ static void model_gqa_w4(void) {
     whole_model(cfg, 4, 0);
 }
 
+/* Gemma: tanh-GELU GeGLU, head_dim 6 with 4 heads on dim 16, MQA (v->o LET off) */
+static void model_gemma_w8(void) {
+    qd_config cfg = synth_config(16, 24, 2, 4, 1, 32, 16);
+    synth_family(&cfg, QD_FAMILY_GEMMA);
+    cfg.head_dim = 6;
+    whole_model(cfg, 8, 0);
+}
+
+/* StableLM-2: LayerNorms with biases (their LET path), half of each head rotated, q/k/v
+ * biases, MHA so v->o LET is on; with the fault cases */
+static void model_stablelm_w8(void) {
+    qd_config cfg = synth_config(16, 40, 2, 2, 2, 32, 16);
+    synth_family(&cfg, QD_FAMILY_STABLELM);
+    cfg.qkv_bias = 1;
+    whole_model(cfg, 8, 1);
+}
+
+static void model_stablelm_w4_gqa(void) {
+    qd_config cfg = synth_config(16, 24, 2, 4, 2, 32, 16);
+    synth_family(&cfg, QD_FAMILY_STABLELM);
+    whole_model(cfg, 4, 0);
+}
+
 int main(void) {
     g_rc.cap = 1 << 22;
     g_rc.res = malloc(g_rc.cap * sizeof(double));
     g_rc.reg = malloc(g_rc.cap);
     RUN(op_rmsnorm);
+    RUN(op_layernorm);
     RUN(op_linear);
     RUN(op_elementwise);
     RUN(op_attention);
@@ -543,6 +608,9 @@ int main(void) {
     RUN(op_let_div);
     RUN(model_mha_w8_bias);
     RUN(model_gqa_w4);
+    RUN(model_gemma_w8);
+    RUN(model_stablelm_w8);
+    RUN(model_stablelm_w4_gqa);
     free(g_rc.res);
     free(g_rc.reg);
     return CHECK_DONE();

@@ -41,11 +41,12 @@ QD_API const char *qd_wsite_name(int w) { return wsite_names[w]; }
 /* ---------------------------------------------------------------- private state */
 
 struct qd_qact {
-    qd_real *x, *rstd1, *h1, *h1q, *q, *qq, *k, *kq, *v, *vq, *qr, *qrq, *kr, *krq, *S, *P;
-    qd_real *o, *oq, *a, *aqq, *x2, *x2q, *rstd2, *h2, *h2q, *g, *gq, *u, *uq, *sl, *slq;
+    qd_real *x, *mean1, *rstd1, *h1, *h1q, *q, *qq, *k, *kq, *v, *vq, *qr, *qrq, *kr, *krq, *S, *P;
+    qd_real *o, *oq, *a, *aqq, *x2, *x2q, *mean2, *rstd2, *h2, *h2q, *g, *gq, *u, *uq, *sl, *slq;
     qd_real *m, *mq, *d, *dqq, *x3;
     qd_real *g1t, *g1h, *g2t, *g2h, *bvt;
-    size_t pos_aq[QD_AQ_PER_LAYER], pos_w[QD_W_PER_LAYER], pos_n1, pos_n2;
+    qd_real *b1t, *b1h, *b2t, *b2h;       /* LayerNorm biases: b / s and their 16-bit grid */
+    size_t pos_aq[QD_AQ_PER_LAYER], pos_w[QD_W_PER_LAYER], pos_n1, pos_n2, pos_b1, pos_b2;
     int B, T;
 };
 
@@ -56,15 +57,15 @@ struct qd_qsim_priv {
     int n_acts;
     qd_real *scrA, *scrB, *scrC, *scrD;   /* weight-sized scratch */
     qd_real *tb[8];                       /* (N, max(D, F, QD)) backward temporaries */
-    qd_real *nb0, *nb1;                   /* vector-sized scratch */
+    qd_real *nb0, *nb1, *nb2;             /* vector-sized scratch */
     qd_real *attn_scr;                    /* 2*T*T */
     qd_real *cos_t, *sin_t;
-    const qd_real *tok_emb, *final_norm, *lm_head;
+    const qd_real *tok_emb, *final_norm, *final_norm_b, *lm_head;
     qd_real *emb_hat, *head_hat;
     int hat_valid;
-    qd_real *xa, *xb, *fn_h, *fn_rstd, *hf, *hfq;
+    qd_real *xa, *xb, *fn_h, *fn_bh, *fn_mean, *fn_rstd, *hf, *hfq;
     qd_real *lg;                          /* (N, vocab) logits in qd_real */
-    size_t pos_g[QD_AQG_COUNT], pos_fn;
+    size_t pos_g[QD_AQG_COUNT], pos_fn, pos_fnb;
 };
 
 static void *palloc(struct qd_qsim_priv *P, size_t n_bytes) {
@@ -183,7 +184,7 @@ static int alloc_act(struct qd_qsim_priv *P, qd_qact *A, const qd_config *c, int
     size_t N = (size_t)B * T, D = c->dim, F = c->hidden_dim;
     size_t QD = (size_t)c->n_heads * c->head_dim, KV = (size_t)c->n_kv_heads * c->head_dim;
     size_t TT = (size_t)B * c->n_heads * T * T;
-    A->x = ralloc(P, N * D, &f), A->rstd1 = ralloc(P, N, &f);
+    A->x = ralloc(P, N * D, &f), A->rstd1 = ralloc(P, N, &f), A->mean1 = ralloc(P, N, &f);
     A->h1 = ralloc(P, N * D, &f), A->h1q = ralloc(P, N * D, &f);
     A->q = ralloc(P, N * QD, &f), A->qq = ralloc(P, N * QD, &f);
     A->k = ralloc(P, N * KV, &f), A->kq = ralloc(P, N * KV, &f);
@@ -194,6 +195,7 @@ static int alloc_act(struct qd_qsim_priv *P, qd_qact *A, const qd_config *c, int
     A->o = ralloc(P, N * QD, &f), A->oq = ralloc(P, N * QD, &f);
     A->a = ralloc(P, N * D, &f), A->aqq = ralloc(P, N * D, &f);
     A->x2 = ralloc(P, N * D, &f), A->x2q = ralloc(P, N * D, &f), A->rstd2 = ralloc(P, N, &f);
+    A->mean2 = ralloc(P, N, &f);
     A->h2 = ralloc(P, N * D, &f), A->h2q = ralloc(P, N * D, &f);
     A->g = ralloc(P, N * F, &f), A->gq = ralloc(P, N * F, &f);
     A->u = ralloc(P, N * F, &f), A->uq = ralloc(P, N * F, &f);
@@ -202,6 +204,8 @@ static int alloc_act(struct qd_qsim_priv *P, qd_qact *A, const qd_config *c, int
     A->d = ralloc(P, N * D, &f), A->dqq = ralloc(P, N * D, &f), A->x3 = ralloc(P, N * D, &f);
     A->g1t = ralloc(P, D, &f), A->g1h = ralloc(P, D, &f);
     A->g2t = ralloc(P, D, &f), A->g2h = ralloc(P, D, &f), A->bvt = ralloc(P, KV, &f);
+    A->b1t = ralloc(P, D, &f), A->b1h = ralloc(P, D, &f);
+    A->b2t = ralloc(P, D, &f), A->b2h = ralloc(P, D, &f);
     return f ? QD_ERR : QD_OK;
 }
 
@@ -214,11 +218,6 @@ static void init_aq(qd_aq *a, qd_real *p, qd_real *g, int bits) {
 
 QD_API qd_qsim *qd_qsim_new(const qd_model *m, const qd_qsim_opts *o, qd_err *err) {
     const qd_config *c = &m->cfg;
-    if (c->family != QD_FAMILY_LLAMA) {
-        qd_errf(err, "%s: the fake-quant simulation of the %s family is not implemented yet "
-                "(FP32 forward and evaluation are)", __func__, c->arch);
-        return NULL;
-    }
     if (o->wbits < 2 || o->wbits > 8 || o->Bmax < 1 || o->Tmax < 1 || o->Tmax > QD_MAX_CTX) {
         qd_errf(err, "%s: bad options (wbits %d, Bmax %d, Tmax %d)", __func__, o->wbits,
                 o->Bmax, o->Tmax);
@@ -314,6 +313,8 @@ QD_API qd_qsim *qd_qsim_new(const qd_model *m, const qd_qsim_opts *o, qd_err *er
             L->w[w] = wview(P, src[w], (size_t)L->wrows[w] * L->wcols[w], &f);
         L->attn_norm = wview(P, ml->attn_norm, D, &f);
         L->ffn_norm = wview(P, ml->ffn_norm, D, &f);
+        L->attn_norm_b = wview(P, ml->attn_norm_b, D, &f);
+        L->ffn_norm_b = wview(P, ml->ffn_norm_b, D, &f);
         L->bq = wview(P, ml->bq, QD, &f);
         L->bk = wview(P, ml->bk, KV, &f);
         L->bv = wview(P, ml->bv, KV, &f);
@@ -323,6 +324,7 @@ QD_API qd_qsim *qd_qsim_new(const qd_model *m, const qd_qsim_opts *o, qd_err *er
     P->lm_head = c->tied_embeddings || m->lm_head == m->tok_emb ? P->tok_emb
                                                                 : wview(P, m->lm_head, VD, &f);
     P->final_norm = wview(P, m->final_norm, D, &f);
+    P->final_norm_b = wview(P, m->final_norm_b, D, &f);
     P->head_hat = ralloc(P, VD, &f);
     P->emb_hat = P->lm_head == P->tok_emb ? P->head_hat : ralloc(P, VD, &f);
 
@@ -350,21 +352,23 @@ QD_API qd_qsim *qd_qsim_new(const qd_model *m, const qd_qsim_opts *o, qd_err *er
         P->attn_scr = ralloc(P, (size_t)T * T, &f);
     }
     size_t vmax = (size_t)(D > QD ? D : QD) + (size_t)F;
-    P->nb0 = ralloc(P, vmax, &f), P->nb1 = ralloc(P, vmax, &f);
-    P->cos_t = ralloc(P, (size_t)T * c->head_dim / 2, &f);
-    P->sin_t = ralloc(P, (size_t)T * c->head_dim / 2, &f);
+    P->nb0 = ralloc(P, vmax, &f), P->nb1 = ralloc(P, vmax, &f), P->nb2 = ralloc(P, vmax, &f);
+    int rot = qd_rot_dim(c);
+    P->cos_t = ralloc(P, (size_t)T * rot / 2, &f);
+    P->sin_t = ralloc(P, (size_t)T * rot / 2, &f);
     P->xa = ralloc(P, N * D, &f), P->xb = ralloc(P, N * D, &f);
-    P->fn_h = ralloc(P, D, &f), P->fn_rstd = ralloc(P, N, &f);
+    P->fn_h = ralloc(P, D, &f), P->fn_bh = ralloc(P, D, &f), P->fn_rstd = ralloc(P, N, &f);
+    P->fn_mean = ralloc(P, N, &f);
     P->hf = ralloc(P, N * D, &f), P->hfq = ralloc(P, N * D, &f);
 #ifdef QD_REAL_DOUBLE
     P->lg = ralloc(P, N * c->vocab_size, &f);
 #endif
     if (f) goto fail;
     {
-        double *fr = malloc((size_t)(c->head_dim / 2) * sizeof *fr);
+        double *fr = malloc((size_t)(rot / 2) * sizeof *fr);
         if (!fr) goto fail;
-        for (int i = 0; i < c->head_dim / 2; i++) fr[i] = qd_rope_inv_freq(c, i);
-        qd_rope_table_freq(P->cos_t, P->sin_t, T, c->head_dim, fr);
+        for (int i = 0; i < rot / 2; i++) fr[i] = qd_rope_inv_freq(c, i);
+        qd_rope_table_freq(P->cos_t, P->sin_t, T, rot, fr);
         free(fr);
     }
     return q;
@@ -527,6 +531,26 @@ static void norm_w_bwd(qd_qsim *q, const qd_real *g, qd_real *s, qd_real *gs, co
     if (QD_QSIM_FAULT(q) != 4) qd_let_div_backward(gs, dt, g, s, (size_t)D);
 }
 
+/* The model's norm (cfg.norm) of N rows: RMSNorm with weight w, or LayerNorm with weight w and
+ * bias b (mean kept for the backward). */
+static void norm_fwd(const qd_qsim *q, qd_real *out, qd_real *mean, qd_real *rstd,
+                     const qd_real *x, const qd_real *w, const qd_real *b, int N) {
+    if (q->cfg.norm == QD_NORM_LAYER)
+        qd_layernorm_forward(out, mean, rstd, x, w, b, N, q->cfg.dim, q->cfg.norm_eps);
+    else
+        qd_rmsnorm_forward(out, rstd, x, w, N, q->cfg.dim, q->cfg.norm_eps);
+}
+
+/* dx +=, dw +=, db += (LayerNorm only) of norm_fwd */
+static void norm_bwd(const qd_qsim *q, qd_real *dx, qd_real *dw, qd_real *db,
+                     const qd_real *dout, const qd_real *x, const qd_real *w,
+                     const qd_real *mean, const qd_real *rstd, int N) {
+    if (q->cfg.norm == QD_NORM_LAYER)
+        qd_layernorm_backward(dx, dw, db, dout, x, w, mean, rstd, N, q->cfg.dim);
+    else
+        qd_rmsnorm_backward(dx, dw, dout, x, w, rstd, N, q->cfg.dim);
+}
+
 /* ---------------------------------------------------------------- layer forward */
 
 QD_API void qd_qsim_layer_forward(qd_qsim *q, int l, const qd_real *x, qd_real *out, int B,
@@ -544,8 +568,10 @@ QD_API void qd_qsim_layer_forward(qd_qsim *q, int l, const qd_real *x, qd_real *
 
     memcpy(A->x, x, sizeof(qd_real) * (size_t)N * D);
     /* attention */
+    /* a LayerNorm's bias is divided by the same LET scale as its weight: both feed q/k/v */
     norm_w_fwd(q, L->attn_norm, L->s_qkv, A->g1t, A->g1h, &A->pos_n1, D);
-    qd_rmsnorm_forward(A->h1, A->rstd1, A->x, A->g1h, N, D, c->norm_eps);
+    if (L->attn_norm_b) norm_w_fwd(q, L->attn_norm_b, L->s_qkv, A->b1t, A->b1h, &A->pos_b1, D);
+    norm_fwd(q, A->h1, A->mean1, A->rstd1, A->x, A->g1h, A->b1h, N);
     if (st) st_chmax(st->ch_attn + (size_t)l * D, st->sq_attn + (size_t)l * D, A->h1, N, D);
     aqf(q, l, QD_AQ_ATTN_NORM, A->h1q, A->h1, (size_t)N * D);
     lin_fwd(q, l, QD_W_Q, A->h1q, L->bq, A->q, N);
@@ -559,9 +585,10 @@ QD_API void qd_qsim_layer_forward(qd_qsim *q, int l, const qd_real *x, qd_real *
     }
     lin_fwd(q, l, QD_W_V, A->h1q, bv, A->v, N);
     aqf(q, l, QD_AQ_V, A->vq, A->v, (size_t)N * KV);
-    qd_rope_forward(A->qr, A->qq, P->cos_t, P->sin_t, B, T, nh, hd);
+    int rot = qd_rot_dim(c);
+    qd_rope_forward(A->qr, A->qq, P->cos_t, P->sin_t, B, T, nh, hd, rot);
     aqf(q, l, QD_AQ_QROPE, A->qrq, A->qr, (size_t)N * QD);
-    qd_rope_forward(A->kr, A->kq, P->cos_t, P->sin_t, B, T, nkv, hd);
+    qd_rope_forward(A->kr, A->kq, P->cos_t, P->sin_t, B, T, nkv, hd, rot);
     aqf(q, l, QD_AQ_KROPE, A->krq, A->kr, (size_t)N * KV);
     size_t TT = (size_t)B * nh * T * T;
     const qd_aq *sq = NULL, *pq = NULL;
@@ -584,14 +611,15 @@ QD_API void qd_qsim_layer_forward(qd_qsim *q, int l, const qd_real *x, qd_real *
     aqf(q, l, QD_AQ_RES1, A->x2q, A->x2, (size_t)N * D);
     /* MLP */
     norm_w_fwd(q, L->ffn_norm, L->s_gu, A->g2t, A->g2h, &A->pos_n2, D);
-    qd_rmsnorm_forward(A->h2, A->rstd2, A->x2q, A->g2h, N, D, c->norm_eps);
+    if (L->ffn_norm_b) norm_w_fwd(q, L->ffn_norm_b, L->s_gu, A->b2t, A->b2h, &A->pos_b2, D);
+    norm_fwd(q, A->h2, A->mean2, A->rstd2, A->x2q, A->g2h, A->b2h, N);
     if (st) st_chmax(st->ch_ffn + (size_t)l * D, st->sq_ffn + (size_t)l * D, A->h2, N, D);
     aqf(q, l, QD_AQ_FFN_NORM, A->h2q, A->h2, (size_t)N * D);
     lin_fwd(q, l, QD_W_GATE, A->h2q, NULL, A->g, N);
     aqf(q, l, QD_AQ_GATE, A->gq, A->g, (size_t)N * F);
     lin_fwd(q, l, QD_W_UP, A->h2q, NULL, A->u, N);
     aqf(q, l, QD_AQ_UP, A->uq, A->u, (size_t)N * F);
-    qd_silu_forward(A->sl, A->gq, (size_t)N * F);
+    qd_act_forward(c->act, A->sl, A->gq, (size_t)N * F);
     aqf(q, l, QD_AQ_SILU, A->slq, A->sl, (size_t)N * F);
     qd_mul_forward(A->m, A->slq, A->uq, (size_t)N * F);
     if (st) st_chmax(st->ch_down + (size_t)l * F, st->sq_down + (size_t)l * F, A->m, N, F);
@@ -629,17 +657,19 @@ QD_API void qd_qsim_layer_backward(qd_qsim *q, int l, const qd_real *dout, qd_re
     qd_mul_backward(f0, f2, f1, A->slq, A->uq, NF);   /* f0 = dslq, f2 = duq */
     aqb(q, l, QD_AQ_SILU, f1, f0, A->sl, NF);         /* f1 = dsl */
     memset(f0, 0, NF * sizeof(qd_real));
-    qd_silu_backward(f0, f1, A->gq, NF);              /* f0 = dgq */
+    qd_act_backward(c->act, f0, f1, A->gq, NF);       /* f0 = dgq */
     aqb(q, l, QD_AQ_GATE, f1, f0, A->g, NF);          /* f1 = dg */
     aqb(q, l, QD_AQ_UP, f0, f2, A->u, NF);            /* f0 = du */
     memset(t2, 0, ND * sizeof(qd_real));
     lin_bwd(q, l, QD_W_GATE, A->h2q, f1, t2, N);      /* t2 = dh2q */
     lin_bwd(q, l, QD_W_UP, A->h2q, f0, t2, N);
     aqb(q, l, QD_AQ_FFN_NORM, t0, t2, A->h2, ND);     /* t0 = dh2 */
-    qd_real *dgh = P->nb0;
+    qd_real *dgh = P->nb0, *dbh = P->nb2;
     memset(dgh, 0, sizeof(qd_real) * (size_t)D);
-    qd_rmsnorm_backward(t1, dgh, t0, A->x2q, A->g2h, A->rstd2, N, D);
+    memset(dbh, 0, sizeof(qd_real) * (size_t)D);
+    norm_bwd(q, t1, dgh, dbh, t0, A->x2q, A->g2h, A->mean2, A->rstd2, N);
     norm_w_bwd(q, L->ffn_norm, L->s_gu, L->gs_gu, A->g2t, dgh, A->pos_n2, D);
+    if (L->ffn_norm_b) norm_w_bwd(q, L->ffn_norm_b, L->s_gu, L->gs_gu, A->b2t, dbh, A->pos_b2, D);
 
     /* x2q = q(x2), x2 = x + q(a) */
     aqb(q, l, QD_AQ_RES1, t0, t1, A->x2, ND);         /* t0 = dx2 */
@@ -660,9 +690,10 @@ QD_API void qd_qsim_layer_backward(qd_qsim *q, int l, const qd_real *dout, qd_re
     aqb(q, l, QD_AQ_QROPE, q1, q0, A->qr, NQ);        /* q1 = dqr */
     aqb(q, l, QD_AQ_KROPE, k2, k0, A->kr, NK);        /* k2 = dkr */
     memset(q0, 0, NQ * sizeof(qd_real));
-    qd_rope_backward(q0, q1, P->cos_t, P->sin_t, B, T, nh, hd);   /* q0 = dqq */
+    int rot = qd_rot_dim(c);
+    qd_rope_backward(q0, q1, P->cos_t, P->sin_t, B, T, nh, hd, rot);   /* q0 = dqq */
     memset(k0, 0, NK * sizeof(qd_real));
-    qd_rope_backward(k0, k2, P->cos_t, P->sin_t, B, T, nkv, hd);  /* k0 = dkq */
+    qd_rope_backward(k0, k2, P->cos_t, P->sin_t, B, T, nkv, hd, rot);  /* k0 = dkq */
     aqb(q, l, QD_AQ_Q, q1, q0, A->q, NQ);             /* q1 = dq */
     aqb(q, l, QD_AQ_K, k2, k0, A->k, NK);             /* k2 = dk */
     aqb(q, l, QD_AQ_V, k0, k1, A->v, NK);             /* k0 = dv */
@@ -678,8 +709,11 @@ QD_API void qd_qsim_layer_backward(qd_qsim *q, int l, const qd_real *dout, qd_re
     lin_bwd(q, l, QD_W_V, A->h1q, k0, t2, N);
     aqb(q, l, QD_AQ_ATTN_NORM, t0, t2, A->h1, ND);    /* t0 = dh1 */
     memset(dgh, 0, sizeof(qd_real) * (size_t)D);
-    qd_rmsnorm_backward(dx, dgh, t0, A->x, A->g1h, A->rstd1, N, D);
+    memset(dbh, 0, sizeof(qd_real) * (size_t)D);
+    norm_bwd(q, dx, dgh, dbh, t0, A->x, A->g1h, A->mean1, A->rstd1, N);
     norm_w_bwd(q, L->attn_norm, L->s_qkv, L->gs_qkv, A->g1t, dgh, A->pos_n1, D);
+    if (L->attn_norm_b)
+        norm_w_bwd(q, L->attn_norm_b, L->s_qkv, L->gs_qkv, A->b1t, dbh, A->pos_b1, D);
 }
 
 /* ---------------------------------------------------------------- whole model */
@@ -735,6 +769,7 @@ QD_API void qd_qsim_embed(qd_qsim *q, const int *tokens, int B, int T, qd_real *
     }
     for (size_t i = 0; i < N; i++)
         memcpy(x0 + i * D, tab + (size_t)tokens[i] * D, sizeof(qd_real) * (size_t)D);
+    if (q->cfg.emb_scale != 0) qd_scale_forward(x0, x0, (qd_real)q->cfg.emb_scale, N * D);
     size_t gi = (size_t)q->cfg.n_layers * QD_AQ_PER_LAYER + QD_AQG_EMB;
     if (q->stats) st_minmax(q->stats, gi, x0, N * D);
     if (q->aq_on) {
@@ -751,11 +786,17 @@ static void head_forward(qd_qsim *q, const qd_real *x, int N, qd_real *logits) {
         P->pos_fn = qd_rctx_take(&q->rc, (size_t)D + 1);
         qd_wq_forward(P->fn_h, P->final_norm, 1, D, norm_spec, NULL, NULL, NULL, NULL, &q->rc,
                       P->pos_fn);
+        if (P->final_norm_b) {
+            P->pos_fnb = qd_rctx_take(&q->rc, (size_t)D + 1);
+            qd_wq_forward(P->fn_bh, P->final_norm_b, 1, D, norm_spec, NULL, NULL, NULL, NULL,
+                          &q->rc, P->pos_fnb);
+        }
         ensure_hats(q);
     } else {
         memcpy(P->fn_h, P->final_norm, sizeof(qd_real) * (size_t)D);
+        if (P->final_norm_b) memcpy(P->fn_bh, P->final_norm_b, sizeof(qd_real) * (size_t)D);
     }
-    qd_rmsnorm_forward(P->hf, P->fn_rstd, x, P->fn_h, N, D, q->cfg.norm_eps);
+    norm_fwd(q, P->hf, P->fn_mean, P->fn_rstd, x, P->fn_h, P->fn_bh, N);
     if (q->stats) st_minmax(q->stats, gi + QD_AQG_HEAD_IN, P->hf, (size_t)N * D);
     const qd_real *hin = P->hf;
     if (q->aq_on) {
@@ -961,12 +1002,15 @@ QD_API int qd_qsim_fold(const qd_qsim *qc, qd_model *out, qd_err *err) {
                 }
             }
         }
-        const qd_real *gn[2] = {L->attn_norm, L->ffn_norm};
-        qd_real *sn[2] = {L->s_qkv, L->s_gu};
-        float *on[2] = {ol->attn_norm, ol->ffn_norm};
-        for (int k = 0; k < 2; k++)
-            for (int i = 0; i < D; i++)
-                on[k][i] = (float)(q->let_on ? gn[k][i] / qd_let_eff(sn[k][i]) : gn[k][i]);
+        /* norm -> linear: weight and (LayerNorm) bias both divided by s; Gemma's 1 + w is the
+         * multiplier the model keeps, so it is divided whole */
+        const qd_real *gn[4] = {L->attn_norm, L->ffn_norm, L->attn_norm_b, L->ffn_norm_b};
+        qd_real *sn[4] = {L->s_qkv, L->s_gu, L->s_qkv, L->s_gu};
+        float *on[4] = {ol->attn_norm, ol->ffn_norm, ol->attn_norm_b, ol->ffn_norm_b};
+        for (int k = 0; k < 4; k++)
+            if (gn[k] && on[k])
+                for (int i = 0; i < D; i++)
+                    on[k][i] = (float)(q->let_on ? gn[k][i] / qd_let_eff(sn[k][i]) : gn[k][i]);
         if (ol->bq && L->bq)
             for (int i = 0; i < c->n_heads * c->head_dim; i++) ol->bq[i] = (float)L->bq[i];
         if (ol->bk && L->bk)
@@ -981,6 +1025,8 @@ QD_API int qd_qsim_fold(const qd_qsim *qc, qd_model *out, qd_err *err) {
     if (out->lm_head != out->tok_emb)
         for (size_t i = 0; i < VD; i++) out->lm_head[i] = (float)P->lm_head[i];
     for (int i = 0; i < D; i++) out->final_norm[i] = (float)P->final_norm[i];
+    if (out->final_norm_b && P->final_norm_b)
+        for (int i = 0; i < D; i++) out->final_norm_b[i] = (float)P->final_norm_b[i];
     return QD_OK;
 }
 

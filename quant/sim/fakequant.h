@@ -7,13 +7,17 @@
  * grouped LET | LWC | LRL so the optimizer can give each group its own schedule.
  *
  * One decoder layer, with the activation quantizer sites (enum qd_aq_site) in brackets:
- *   h1 = rmsnorm(x, ĝ1) [ATTN_NORM]; q,k,v = h1 Ŵq/k/v [Q,K,V]; rope [QROPE,KROPE];
+ *   h1 = norm(x, ĝ1, b̂1) [ATTN_NORM]; q,k,v = h1 Ŵq/k/v [Q,K,V]; rope [QROPE,KROPE];
  *   S = q kᵀ/√d [SCORE]; P = softmax [PROB]; o = P v [PV]; a = o Ŵo [O]; x2 = x + a [RES1];
- *   h2 = rmsnorm(x2, ĝ2) [FFN_NORM]; g,u = h2 Ŵg/u [GATE,UP]; silu(g) [SILU]; m = silu·u
+ *   h2 = norm(x2, ĝ2, b̂2) [FFN_NORM]; g,u = h2 Ŵg/u [GATE,UP]; act(g) [SILU]; m = act·u
  *   [DOWN_IN]; d = m Ŵd [DOWN]; out = x2 + d [RES2].
+ * The family's switches (model.h) choose norm (RMSNorm, or LayerNorm with bias b), act (SiLU,
+ * or the tanh GELU: its output is the SILU site, 8-bit like SiLU's), the rotated width of RoPE
+ * and the embedding scale (applied to the table's rows before the EMB quantizer).
  * Globals: embedding output [EMB], final norm output [HEAD_IN], logits [LOGITS].
- * Weights: Ŵ = wq(LET(W)) with the LWC range; norm weights ĝ = wq16(g / s) (16-bit, per
- * tensor); the LM head and the embedding table 8-bit per row (not trained).
+ * Weights: Ŵ = wq(LET(W)) with the LWC range; norm weights ĝ = wq16(g / s) and LayerNorm
+ * biases b̂ = wq16(b / s) (16-bit, per tensor); the LM head and the embedding table 8-bit per
+ * row (not trained).
  *
  * The switches let_on / wq_on / aq_on / lwc_on turn each part off; with all off the simulation
  * is the FP32 model (tests compare it with qd_forward). */
@@ -119,6 +123,7 @@ typedef struct qd_qlayer {
     qd_real *wfix[QD_W_PER_LAYER];
     /* source weights (float library: views of the model; double build: owned copies) */
     const qd_real *w[QD_W_PER_LAYER], *attn_norm, *ffn_norm, *bq, *bk, *bv;
+    const qd_real *attn_norm_b, *ffn_norm_b;  /* LayerNorm biases (NULL for RMSNorm) */
     qd_qact *act;
 } qd_qlayer;
 

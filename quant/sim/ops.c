@@ -99,6 +99,39 @@ QD_API void qd_rmsnorm_backward(qd_real *dx, qd_real *dw, const qd_real *dout, c
     }
 }
 
+/* ---------------------------------------------------------------- LayerNorm */
+
+QD_API void qd_layernorm_forward(qd_real *out, qd_real *mean, qd_real *rstd, const qd_real *x,
+                                 const qd_real *w, const qd_real *b, int N, int C, float eps) {
+    qd_layernorm_rows(out, mean, rstd, x, w, b, (size_t)N, C, eps);
+}
+
+QD_API void qd_layernorm_backward(qd_real *dx, qd_real *dw, qd_real *db, const qd_real *dout,
+                                  const qd_real *x, const qd_real *w, const qd_real *mean,
+                                  const qd_real *rstd, int N, int C) {
+    for (int n = 0; n < N; n++) {
+        const qd_real *xr = x + (size_t)n * C, *d = dout + (size_t)n * C;
+        qd_real mu = mean[n], r = rstd[n];
+        if (dw)
+            for (int i = 0; i < C; i++) dw[i] += d[i] * (xr[i] - mu) * r;
+        if (db)
+            for (int i = 0; i < C; i++) db[i] += d[i];
+        if (dx) {
+            /* x̂ = (x - μ) r: dx = r (dx̂ - mean(dx̂) - x̂ mean(dx̂ x̂)) with dx̂ = dout w */
+            double s1 = 0, s2 = 0;
+            for (int i = 0; i < C; i++) {
+                double g = (double)d[i] * w[i];
+                s1 += g;
+                s2 += g * ((double)xr[i] - mu) * r;
+            }
+            qd_real m1 = (qd_real)(s1 / C), m2 = (qd_real)(s2 / C);
+            qd_real *dxr = dx + (size_t)n * C;
+            for (int i = 0; i < C; i++)
+                dxr[i] += r * (d[i] * w[i] - m1 - (xr[i] - mu) * r * m2);
+        }
+    }
+}
+
 /* ---------------------------------------------------------------- linear */
 
 QD_API void qd_linear_forward(qd_real *out, const qd_real *x, const qd_real *W, const qd_real *b,
@@ -124,15 +157,15 @@ QD_API void qd_linear_backward(qd_real *dx, qd_real *dW, qd_real *db, const qd_r
 /* ---------------------------------------------------------------- RoPE */
 
 QD_API void qd_rope_forward(qd_real *out, const qd_real *x, const qd_real *cos_t,
-                            const qd_real *sin_t, int B, int T, int nh, int hd) {
+                            const qd_real *sin_t, int B, int T, int nh, int hd, int rot) {
     size_t W = (size_t)nh * hd;
     for (size_t r = 0; r < (size_t)B * T; r++)
-        qd_rope_rotate(out + r * W, x + r * W, cos_t, sin_t, r % T, nh, hd, hd);
+        qd_rope_rotate(out + r * W, x + r * W, cos_t, sin_t, r % T, nh, hd, rot);
 }
 
 QD_API void qd_rope_backward(qd_real *dx, const qd_real *dout, const qd_real *cos_t,
-                             const qd_real *sin_t, int B, int T, int nh, int hd) {
-    int h2 = hd / 2;
+                             const qd_real *sin_t, int B, int T, int nh, int hd, int rot) {
+    int h2 = rot / 2;
     size_t W = (size_t)nh * hd;
     for (size_t r = 0; r < (size_t)B * T; r++) {
         const qd_real *c = cos_t + (r % T) * h2, *s = sin_t + (r % T) * h2;
@@ -143,11 +176,12 @@ QD_API void qd_rope_backward(qd_real *dx, const qd_real *dout, const qd_real *co
                 o[i] += d[i] * c[i] + d[i + h2] * s[i];
                 o[i + h2] += d[i + h2] * c[i] - d[i] * s[i];
             }
+            for (int i = rot; i < hd; i++) o[i] += d[i]; /* the unrotated dims pass */
         }
     }
 }
 
-/* ---------------------------------------------------------------- SwiGLU, residual */
+/* ---------------------------------------------------------------- gated MLP, residual */
 
 QD_API void qd_silu_forward(qd_real *out, const qd_real *g, size_t n) {
     for (size_t i = 0; i < n; i++) out[i] = qd_silu_real(g[i]);
@@ -158,6 +192,39 @@ QD_API void qd_silu_backward(qd_real *dg, const qd_real *dout, const qd_real *g,
         qd_real sg = 1 / (1 + R_EXP(-g[i]));
         dg[i] += dout[i] * sg * (1 + g[i] * (1 - sg));
     }
+}
+
+QD_API void qd_gelu_forward(qd_real *out, const qd_real *g, size_t n) {
+    for (size_t i = 0; i < n; i++) out[i] = qd_gelu_tanh_real(g[i]);
+}
+
+QD_API void qd_gelu_backward(qd_real *dg, const qd_real *dout, const qd_real *g, size_t n) {
+    const double k = 0.7978845608028654, a = 0.044715;
+    for (size_t i = 0; i < n; i++) {
+        double x = g[i], t = tanh(k * (x + a * x * x * x));
+        /* d/dx 0.5 x (1 + t) = 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 a x^2) */
+        double d = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * a * x * x);
+        dg[i] += dout[i] * (qd_real)d;
+    }
+}
+
+QD_API void qd_act_forward(int act, qd_real *out, const qd_real *g, size_t n) {
+    if (act == 1) qd_gelu_forward(out, g, n);
+    else qd_silu_forward(out, g, n);
+}
+
+QD_API void qd_act_backward(int act, qd_real *dg, const qd_real *dout, const qd_real *g,
+                            size_t n) {
+    if (act == 1) qd_gelu_backward(dg, dout, g, n);
+    else qd_silu_backward(dg, dout, g, n);
+}
+
+QD_API void qd_scale_forward(qd_real *out, const qd_real *x, qd_real s, size_t n) {
+    for (size_t i = 0; i < n; i++) out[i] = x[i] * s;
+}
+
+QD_API void qd_scale_backward(qd_real *dx, const qd_real *dout, qd_real s, size_t n) {
+    for (size_t i = 0; i < n; i++) dx[i] += dout[i] * s;
 }
 
 QD_API void qd_mul_forward(qd_real *out, const qd_real *a, const qd_real *b, size_t n) {

@@ -63,6 +63,15 @@ QD_API void qd_rmsnorm_forward(qd_real *out, qd_real *rstd, const qd_real *x, co
 QD_API void qd_rmsnorm_backward(qd_real *dx, qd_real *dw, const qd_real *dout, const qd_real *x,
                                 const qd_real *w, const qd_real *rstd, int N, int C);
 
+/* ---- LayerNorm with bias: out = (x - mean) * rstd * w + b, rstd = 1/sqrt(var + eps) ---- */
+/* out (N,C), mean and rstd (N) saved for backward, x (N,C), w and b (C) */
+QD_API void qd_layernorm_forward(qd_real *out, qd_real *mean, qd_real *rstd, const qd_real *x,
+                                 const qd_real *w, const qd_real *b, int N, int C, float eps);
+/* dx (N,C) +=, dw (C) +=, db (C) += ; each may be NULL */
+QD_API void qd_layernorm_backward(qd_real *dx, qd_real *dw, qd_real *db, const qd_real *dout,
+                                  const qd_real *x, const qd_real *w, const qd_real *mean,
+                                  const qd_real *rstd, int N, int C);
+
 /* ---- linear: out (N,OC) = x (N,C) · W^T (W is (OC,C) row-major) + b (OC, may be NULL) ---- */
 QD_API void qd_linear_forward(qd_real *out, const qd_real *x, const qd_real *W, const qd_real *b,
                               int N, int C, int OC);
@@ -70,20 +79,34 @@ QD_API void qd_linear_forward(qd_real *out, const qd_real *x, const qd_real *W, 
 QD_API void qd_linear_backward(qd_real *dx, qd_real *dW, qd_real *db, const qd_real *dout,
                                const qd_real *x, const qd_real *W, int N, int C, int OC);
 
-/* ---- RoPE, rotate-half layout: within each head, element i pairs with i + hd/2 ---- */
-/* The cos/sin tables come from qd_rope_table / qd_rope_table_freq (quant/fp/layers.h). */
+/* ---- RoPE, rotate-half layout over the first rot dims of each head: element i pairs with
+ * i + rot/2, dims rot..hd-1 pass (partial rotary; rot = hd for full) ---- */
+/* The cos/sin tables (T, rot/2) come from qd_rope_table / qd_rope_table_freq (quant/fp/layers.h)
+ * built for width rot. */
 /* out (B*T, nh*hd) = rotate(x); positions are t = row % T. out may equal x. */
 QD_API void qd_rope_forward(qd_real *out, const qd_real *x, const qd_real *cos_t,
-                            const qd_real *sin_t, int B, int T, int nh, int hd);
-/* dx += rotate^-1(dout) (the rotation is orthogonal: its transpose). */
+                            const qd_real *sin_t, int B, int T, int nh, int hd, int rot);
+/* dx += rotate^-1(dout) (the rotation is orthogonal: its transpose; identity on the rest). */
 QD_API void qd_rope_backward(qd_real *dx, const qd_real *dout, const qd_real *cos_t,
-                             const qd_real *sin_t, int B, int T, int nh, int hd);
+                             const qd_real *sin_t, int B, int T, int nh, int hd, int rot);
 
-/* ---- SwiGLU: out = silu(g) * u, split in two ops so a quantizer can sit between ---- */
+/* ---- gated MLP: out = act(g) * u (SwiGLU, GeGLU), split in two ops so a quantizer can sit
+ * between ---- */
 /* out (n) = g * sigmoid(g) */
 QD_API void qd_silu_forward(qd_real *out, const qd_real *g, size_t n);
 /* dg += dout * silu'(g) */
 QD_API void qd_silu_backward(qd_real *dg, const qd_real *dout, const qd_real *g, size_t n);
+/* GeGLU's activation: out (n) = the tanh GELU of g (quant/fp/layers.h) */
+QD_API void qd_gelu_forward(qd_real *out, const qd_real *g, size_t n);
+/* dg += dout * gelu'(g) */
+QD_API void qd_gelu_backward(qd_real *dg, const qd_real *dout, const qd_real *g, size_t n);
+/* The gated MLP's activation by cfg.act (QD_ACT_SILU, QD_ACT_GELU_TANH): silu or gelu above. */
+QD_API void qd_act_forward(int act, qd_real *out, const qd_real *g, size_t n);
+QD_API void qd_act_backward(int act, qd_real *dg, const qd_real *dout, const qd_real *g,
+                            size_t n);
+/* Gemma's embedding scale: out = x * s (out may equal x); dx += dout * s */
+QD_API void qd_scale_forward(qd_real *out, const qd_real *x, qd_real s, size_t n);
+QD_API void qd_scale_backward(qd_real *dx, const qd_real *dout, qd_real s, size_t n);
 /* out = a * b elementwise */
 QD_API void qd_mul_forward(qd_real *out, const qd_real *a, const qd_real *b, size_t n);
 /* da += dout * b, db += dout * a (either may be NULL) */
