@@ -379,10 +379,6 @@ static void inputs_free(inputs *in) {
  * seen by calibration). */
 static int load_inputs(const qd_quant_opts *o, inputs *in, qd_report *rep, qd_err *err) {
     if (!(in->m = qd_model_load(o->model_path, err))) return QD_ERR;
-    if (in->m->cfg.family != QD_FAMILY_LLAMA)
-        return qd_errf(err, "%s: quantizing the %s family is not implemented yet (quantd "
-                       "loads, evaluates and generates with it in FP32)", o->model_path,
-                       in->m->cfg.arch);
     const qd_model *m = in->m;
     /* the inputs' identities, for the report and the artifact's metadata */
     if (qd_sha256_path(o->model_path, rep->sha_model, err) ||

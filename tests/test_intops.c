@@ -170,25 +170,36 @@ static void test_qsoftmax(void) {
     }
 }
 
-static void test_silu_lut(void) {
+static double ref_silu(double x) { return x / (1 + exp(-x)); }
+static double ref_gelu_tanh(double x) {
+    return 0.5 * x * (1 + tanh(sqrt(2 / M_PI) * (x + 0.044715 * x * x * x)));
+}
+
+/* An activation table built from f against the test's own formula ref: half a step (exact
+ * table), on random encodings. */
+static void lut_case(double (*f)(double), double (*ref)(double)) {
     for (int t = 0; t < 50; t++) {
         double si = exp(urand() * 4 - 5), so = exp(urand() * 4 - 6);
         int32_t zi = irand(-60, 60), zo = irand(-128, -60);
         int8_t tab[256], out[256], in[256];
-        qd_lut8_build(tab, qd_silu, si, zi, so, zo);
+        qd_lut8_build(tab, f, si, zi, so, zo);
         for (int q = -128; q < 128; q++) in[q + 128] = (int8_t)q;
         qd_lut8_apply(tab, in, out, 256);
         for (int q = -128; q < 128; q++) {
-            double x = si * (q - zi), y = x / (1 + exp(-x));
+            double y = ref(si * (q - zi));
             double deq = so * (out[q + 128] - zo);
             double lo = so * (-128 - zo), hi = so * (127 - zo);
             double yc = y < lo ? lo : y > hi ? hi : y;
-            /* bound: half a step (exact table) */
             CHECK(fabs(deq - yc) <= so * 0.5 + 1e-12, "q=%d deq %g want %g", q, deq, yc);
         }
         if (check_case_failed) return;
     }
 }
+
+static void test_silu_lut(void) { lut_case(qd_silu, ref_silu); }
+
+/* Gemma's tanh GELU by the same table */
+static void test_gelu_lut(void) { lut_case(qd_gelu_tanh, ref_gelu_tanh); }
 
 static void test_qrope(void) {
     qd_err err;
@@ -219,6 +230,87 @@ static void test_qrope(void) {
     }
 }
 
+/* Integer LayerNorm with bias against the double formula on random rows and encodings. */
+static void test_qlnorm(void) {
+    qd_err err;
+    for (int t = 0; t < 200; t++) {
+        int n = irand(2, 300), out_bits = t % 2 ? 8 : 16;
+        double sx = exp(urand() * 6 - 9), sg = exp(urand() * 4 - 12), sb = exp(urand() * 4 - 14);
+        double sy = exp(urand() * 3 - (out_bits == 8 ? 4 : 10));
+        int32_t zx = irand(-2000, 2000), zg = irand(-100, 100), zb = irand(-100, 100);
+        int32_t zy = irand(-20, 20);
+        float eps = t % 3 ? 1e-5f : 1e-2f;
+        int16_t x[300], g[300], b[300], o16[300];
+        int8_t o8[300];
+        int amp = irand(1, 32767), shift = irand(-amp, amp) / 2; /* rows off-centre too */
+        for (int i = 0; i < n; i++) {
+            x[i] = (int16_t)qd_clamp32(zx + shift + irand(-amp, amp), -32768, 32767);
+            g[i] = (int16_t)irand(-32768, 32767);
+            b[i] = (int16_t)irand(-32768, 32767);
+        }
+        qd_qlnorm p;
+        CHECK(qd_qlnorm_init(&p, n, sx, zx, sg, zg, sb, zb, b, sy, zy, out_bits, eps, &err) == QD_OK,
+              "%s", err.msg);
+        qd_qlnorm_row(&p, x, g, out_bits == 8 ? (void *)o8 : (void *)o16);
+        double mu = 0, var = 0;
+        for (int i = 0; i < n; i++) mu += sx * (x[i] - zx);
+        mu /= n;
+        for (int i = 0; i < n; i++) var += pow(sx * (x[i] - zx) - mu, 2);
+        double rstd = 1.0 / sqrt(var / n + eps);
+        for (int i = 0; i < n; i++) {
+            double y = (sx * (x[i] - zx) - mu) * rstd * sg * (g[i] - zg) + sb * (b[i] - zb);
+            int32_t want = ref_q(y, sy, zy, out_bits);
+            int32_t got = out_bits == 8 ? o8[i] : o16[i];
+            /* bound: 1 step, as RMSNorm's (eps rounded in x's squared units; the Q16 bias) */
+            CHECK(abs(got - want) <= 1, "n=%d bits=%d i=%d got %d want %d (y/sy=%.3f)", n,
+                  out_bits, i, got, want, y / sy + zy);
+        }
+        qd_qlnorm_free(&p);
+        if (check_case_failed) return;
+    }
+}
+
+/* Partial rotary: the first rot dims rotate (pairs i, i + rot/2, frequencies theta^(-2i/rot)),
+ * the rest are requantized unrotated; the SIMD layout is off and the ISA entry point agrees. */
+static void test_qrope_partial(void) {
+    qd_err err;
+    for (int t = 0; t < 40; t++) {
+        int hd = 2 * irand(2, 64), rot = 2 * irand(1, hd / 2 - 1), T = irand(1, 200), nh = irand(1, 4);
+        double sx = exp(urand() * 4 - 5), sy = sx * (0.7 + 0.6 * urand());
+        int32_t zx = irand(-20, 20), zy = irand(-20, 20);
+        double theta = 10000.0, fr[64];
+        for (int i = 0; i < rot / 2; i++) fr[i] = pow(theta, -2.0 * i / rot);
+        qd_qrope p;
+        CHECK(qd_qrope_init_freq(&p, T, hd, rot, fr, sx, zx, sy, zy, &err) == QD_OK, "%s", err.msg);
+        CHECK(p.cx == NULL, "partial rotary must not take the SIMD layout");
+        int8_t x[4 * 128], o[4 * 128], o2[4 * 128];
+        for (int pos = 0; pos < T; pos += 1 + T / 7) {
+            for (int i = 0; i < nh * hd; i++) x[i] = (int8_t)irand(-128, 127);
+            qd_qrope_apply(&p, x, o, nh, pos);
+            qd_qrope_apply_isa(&p, x, o2, nh, pos, qd_isa_best());
+            CHECK(!memcmp(o, o2, (size_t)nh * hd), "isa path differs");
+            for (int h = 0; h < nh; h++) {
+                const int8_t *xh = x + h * hd, *oh = o + h * hd;
+                for (int i = 0; i < rot / 2; i++) {
+                    double c = cos(pos * fr[i]), s = sin(pos * fr[i]);
+                    double a = sx * (xh[i] - zx), b = sx * (xh[i + rot / 2] - zx);
+                    int32_t w1 = ref_q(a * c - b * s, sy, zy, 8), w2 = ref_q(b * c + a * s, sy, zy, 8);
+                    CHECK(abs(oh[i] - w1) <= 1 && abs(oh[i + rot / 2] - w2) <= 1,
+                          "rot=%d pos=%d i=%d got %d,%d want %d,%d", rot, pos, i, oh[i],
+                          oh[i + rot / 2], w1, w2);
+                }
+                for (int i = rot; i < hd; i++) {
+                    int32_t w = ref_q(sx * (xh[i] - zx), sy, zy, 8);
+                    CHECK(abs(oh[i] - w) <= 1, "unrotated dim %d of %d: got %d want %d", i, hd,
+                          oh[i], w);
+                }
+            }
+        }
+        qd_qrope_free(&p);
+        if (check_case_failed) return;
+    }
+}
+
 int main(void) {
     RUN(test_rounding);
     RUN(test_qmul);
@@ -228,5 +320,8 @@ int main(void) {
     RUN(test_qsoftmax);
     RUN(test_silu_lut);
     RUN(test_qrope);
+    RUN(test_qlnorm);
+    RUN(test_gelu_lut);
+    RUN(test_qrope_partial);
     return CHECK_DONE();
 }

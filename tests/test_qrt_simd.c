@@ -255,6 +255,16 @@ static void test_models(void) {
          .vocab_size = 257, .max_seq_len = 290, .norm_eps = 1e-5f, .rope_theta = 10000, .bos_id = -1, .eos_id = -1},
         {.arch = "llama", .dim = 40, .hidden_dim = 72, .n_layers = 1, .n_heads = 4, .n_kv_heads = 4, .head_dim = 16,
          .vocab_size = 77, .max_seq_len = 133, .norm_eps = 1e-5f, .rope_theta = 10000, .bos_id = -1, .eos_id = -1},
+        /* Gemma: tanh-GELU table, MQA, heads * head_dim != dim, the embedding scale */
+        {.arch = "gemma", .family = QD_FAMILY_GEMMA, .act = QD_ACT_GELU_TANH, .emb_scale = 6.9282f,
+         .dim = 48, .hidden_dim = 80, .n_layers = 2, .n_heads = 4, .n_kv_heads = 1, .head_dim = 16,
+         .vocab_size = 90, .max_seq_len = 70, .norm_eps = 1e-6f, .rope_theta = 10000,
+         .tied_embeddings = 1, .bos_id = -1, .eos_id = -1},
+        /* StableLM-2: integer LayerNorm with bias, a quarter of each head rotated, q/k/v biases */
+        {.arch = "stablelm", .family = QD_FAMILY_STABLELM, .norm = QD_NORM_LAYER, .rope_dim = 4,
+         .dim = 32, .hidden_dim = 64, .n_layers = 2, .n_heads = 2, .n_kv_heads = 2, .head_dim = 16,
+         .vocab_size = 70, .max_seq_len = 60, .norm_eps = 1e-5f, .rope_theta = 10000, .qkv_bias = 1,
+         .bos_id = -1, .eos_id = -1},
     };
     for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++)
         for (int wb = 8; wb >= 4; wb -= 4) {

@@ -4,6 +4,7 @@
 #include "quant/export/aimet.h"
 
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,13 +69,33 @@ static void add_vec(cJSON *dst, int v1, const char *name, const qd_qvec *v) {
     add(dst, v1, &e);
 }
 
+/* A norm weight under its Hugging Face name. Gemma's checkpoint stores w of (1 + w) while the
+ * integer model holds the multiplier: its encoding is the 16-bit min/max grid of the
+ * dequantized multiplier minus 1 (what the converter sees in that tensor). */
+static void add_norm(cJSON *dst, int v1, const char *name, const qd_qvec *v, int gemma) {
+    if (!gemma) {
+        add_vec(dst, v1, name, v);
+        return;
+    }
+    double lo = 0, hi = 0; /* the grid holds 0, as every asymmetric grid here */
+    for (int i = 0; i < v->n; i++) {
+        double w = (double)v->scale * (v->q[i] - v->zero_point) - 1.0;
+        lo = w < lo ? w : lo, hi = w > hi ? w : hi;
+    }
+    float sc = (float)((hi - lo) / 65535.0);
+    if (!(sc > 0)) sc = 1.0f;
+    int32_t zp = (int32_t)rint(-lo / sc) - 32768; /* stored form */
+    enc_view e = {name, 16, 0, 1, &sc, &zp};
+    add(dst, v1, &e);
+}
+
 int qd_aimet_write(const qd_qint *q, const char *path, const char *version, qd_err *err) {
     int v1;
     if (!strcmp(version, "1.0.0")) v1 = 1;
     else if (!strcmp(version, "0.6.1")) v1 = 0;
     else return qd_errf(err, "%s: AIMET encodings version \"%s\" (1.0.0 or 0.6.1)", __func__, version);
     const qd_config *c = &q->cfg;
-    int nl = c->n_layers;
+    int nl = c->n_layers, gemma = c->family == QD_FAMILY_GEMMA;
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "version", version);
     cJSON *acts = v1 ? cJSON_AddArrayToObject(root, "activation_encodings")
@@ -98,13 +119,22 @@ int qd_aimet_write(const qd_qint *q, const char *path, const char *version, qd_e
             add_lin(pars, v1, n, &q->L[l].w[w]);
         }
         snprintf(n, sizeof n, "model.layers.%d.input_layernorm.weight", l);
-        add_vec(pars, v1, n, &q->L[l].attn_norm);
+        add_norm(pars, v1, n, &q->L[l].attn_norm, gemma);
         snprintf(n, sizeof n, "model.layers.%d.post_attention_layernorm.weight", l);
-        add_vec(pars, v1, n, &q->L[l].ffn_norm);
+        add_norm(pars, v1, n, &q->L[l].ffn_norm, gemma);
+        if (q->L[l].attn_norm_b.q) {
+            snprintf(n, sizeof n, "model.layers.%d.input_layernorm.bias", l);
+            add_vec(pars, v1, n, &q->L[l].attn_norm_b);
+        }
+        if (q->L[l].ffn_norm_b.q) {
+            snprintf(n, sizeof n, "model.layers.%d.post_attention_layernorm.bias", l);
+            add_vec(pars, v1, n, &q->L[l].ffn_norm_b);
+        }
     }
     add_lin(pars, v1, "model.embed_tokens.weight", &q->emb);
     if (q->head.q != q->emb.q) add_lin(pars, v1, "lm_head.weight", &q->head);
-    add_vec(pars, v1, "model.norm.weight", &q->final_norm);
+    add_norm(pars, v1, "model.norm.weight", &q->final_norm, gemma);
+    if (q->final_norm_b.q) add_vec(pars, v1, "model.norm.bias", &q->final_norm_b);
     if (v1) cJSON_AddArrayToObject(root, "excluded_layers");
     cJSON *qa = cJSON_AddObjectToObject(root, "quantizer_args");
     cJSON_AddNumberToObject(qa, "activation_bitwidth", 8);

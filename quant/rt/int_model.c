@@ -244,11 +244,14 @@ void qd_qint_free(qd_qint *q) {
             for (int w = 0; w < QD_W_PER_LAYER; w++) qlin_free(&q->L[l].w[w]);
             free(q->L[l].attn_norm.q);
             free(q->L[l].ffn_norm.q);
+            free(q->L[l].attn_norm_b.q);
+            free(q->L[l].ffn_norm_b.q);
         }
     free(q->L);
     if (q->head.q != q->emb.q) qlin_free(&q->head);
     qlin_free(&q->emb);
     free(q->final_norm.q);
+    free(q->final_norm_b.q);
     free(q->act);
     free(q);
 }
@@ -286,9 +289,6 @@ static const float *layer_w(const qd_layer *L, int w) {
 
 qd_qint *qd_qint_build(const qd_model *m, const qd_qint_enc *e, qd_err *err) {
     const qd_config *c = &m->cfg;
-    if (c->family != QD_FAMILY_LLAMA)
-        return qd_errf(err, "%s: the integer runtime of the %s family is not implemented yet",
-                       __func__, c->arch), NULL;
     if (!e->act || e->n_layers != c->n_layers)
         return qd_errf(err, "%s: encodings are for %d layers, the model has %d", __func__,
                        e->n_layers, c->n_layers), NULL;
@@ -321,7 +321,9 @@ qd_qint *qd_qint_build(const qd_model *m, const qd_qint_enc *e, qd_err *err) {
             }
         }
         if (qvec_quantize(&L->attn_norm, ml->attn_norm, c->dim, err) ||
-            qvec_quantize(&L->ffn_norm, ml->ffn_norm, c->dim, err))
+            qvec_quantize(&L->ffn_norm, ml->ffn_norm, c->dim, err) ||
+            (ml->attn_norm_b && qvec_quantize(&L->attn_norm_b, ml->attn_norm_b, c->dim, err)) ||
+            (ml->ffn_norm_b && qvec_quantize(&L->ffn_norm_b, ml->ffn_norm_b, c->dim, err)))
             goto fail;
     }
     qd_wq_spec hs = {e->head_bits, 0, 1};
@@ -334,7 +336,9 @@ qd_qint *qd_qint_build(const qd_model *m, const qd_qint_enc *e, qd_err *err) {
                qlin_quantize(&q->head, m->lm_head, hs, NULL, NULL, err)) {
         goto fail;
     }
-    if (qvec_quantize(&q->final_norm, m->final_norm, c->dim, err)) goto fail;
+    if (qvec_quantize(&q->final_norm, m->final_norm, c->dim, err) ||
+        (m->final_norm_b && qvec_quantize(&q->final_norm_b, m->final_norm_b, c->dim, err)))
+        goto fail;
     return q;
 fail:
     qd_qint_free(q);
@@ -367,6 +371,8 @@ qd_model *qd_qint_dequant(const qd_qint *q, qd_err *err) {
         for (int w = 0; w < QD_W_PER_LAYER; w++) qlin_dequant(&q->L[l].w[w], dst[w]);
         qvec_dequant(&q->L[l].attn_norm, ml->attn_norm);
         qvec_dequant(&q->L[l].ffn_norm, ml->ffn_norm);
+        if (ml->attn_norm_b) qvec_dequant(&q->L[l].attn_norm_b, ml->attn_norm_b);
+        if (ml->ffn_norm_b) qvec_dequant(&q->L[l].ffn_norm_b, ml->ffn_norm_b);
         float *b[3] = {ml->bq, ml->bk, ml->bv};
         double s_in = q->act[qd_act_index(q->cfg.n_layers, l, QD_AQ_ATTN_NORM)].scale;
         for (int w = 0; w < 3; w++) {
@@ -379,6 +385,7 @@ qd_model *qd_qint_dequant(const qd_qint *q, qd_err *err) {
     qlin_dequant(&q->emb, m->tok_emb);
     if (m->lm_head != m->tok_emb) qlin_dequant(&q->head, m->lm_head);
     qvec_dequant(&q->final_norm, m->final_norm);
+    if (m->final_norm_b) qvec_dequant(&q->final_norm_b, m->final_norm_b);
     snprintf(m->format, sizeof m->format, "qint");
     return m;
 }
@@ -399,6 +406,8 @@ size_t qd_qint_bytes(const qd_qint *q) {
     b += qlin_bytes(&q->emb);
     if (q->head.q != q->emb.q) b += qlin_bytes(&q->head);
     b += (size_t)q->cfg.dim * 2 + 8;
+    if (q->cfg.norm == QD_NORM_LAYER) /* the LayerNorm biases, 2 per layer and the final one */
+        b += (2 * (size_t)q->cfg.n_layers + 1) * ((size_t)q->cfg.dim * 2 + 8);
     b += ((size_t)q->cfg.n_layers * QD_AQ_PER_LAYER + QD_AQG_COUNT) * 12;
     return b;
 }
@@ -472,14 +481,15 @@ static int tl_lin(tlist *L, const char *base, const qd_qlin *w) {
     return rc;
 }
 
-static int tl_vec(tlist *L, const char *base, const qd_qvec *v) {
+/* A norm vector as BASE.WHAT, BASE.WHAT_scale, BASE.WHAT_zero_point (what: weight, bias). */
+static int tl_vec(tlist *L, const char *base, const char *what, const qd_qvec *v) {
     char n[256];
     int rc = 0;
-    snprintf(n, sizeof n, "%s.weight", base);
+    snprintf(n, sizeof n, "%s.%s", base, what);
     rc |= tl_add(L, n, QD_ST_I16, 1, v->n, 0, v->q);
-    snprintf(n, sizeof n, "%s.weight_scale", base);
+    snprintf(n, sizeof n, "%s.%s_scale", base, what);
     rc |= tl_add(L, n, QD_ST_F32, 1, 1, 0, &v->scale);
-    snprintf(n, sizeof n, "%s.weight_zero_point", base);
+    snprintf(n, sizeof n, "%s.%s_zero_point", base, what);
     rc |= tl_add(L, n, QD_ST_I32, 1, 1, 0, &v->zero_point);
     return rc;
 }
@@ -512,6 +522,11 @@ static char *json_config(const qd_config *c) {
     }
     cJSON_AddBoolToObject(o, "tied_embeddings", c->tied_embeddings);
     cJSON_AddBoolToObject(o, "qkv_bias", c->qkv_bias);
+    if (c->family != QD_FAMILY_LLAMA) { /* absent: the LLaMA family, as older artifacts are */
+        cJSON_AddStringToObject(o, "family", qd_family_name(c->family));
+        cJSON_AddNumberToObject(o, "rope_dim", qd_rot_dim(c));
+        cJSON_AddNumberToObject(o, "emb_scale", qd_emb_scale(c));
+    }
     cJSON_AddNumberToObject(o, "bos_id", c->bos_id);
     cJSON_AddNumberToObject(o, "eos_id", c->eos_id);
     char *s = cJSON_PrintUnformatted(o);
@@ -574,13 +589,16 @@ int qd_qint_save(const qd_qint *q, const char *path, qd_err *err) {
             rc |= tl_lin(&L, n, &q->L[l].w[w]);
         }
         snprintf(n, sizeof n, "model.layers.%d.input_layernorm", l);
-        rc |= tl_vec(&L, n, &q->L[l].attn_norm);
+        rc |= tl_vec(&L, n, "weight", &q->L[l].attn_norm);
+        if (q->L[l].attn_norm_b.q) rc |= tl_vec(&L, n, "bias", &q->L[l].attn_norm_b);
         snprintf(n, sizeof n, "model.layers.%d.post_attention_layernorm", l);
-        rc |= tl_vec(&L, n, &q->L[l].ffn_norm);
+        rc |= tl_vec(&L, n, "weight", &q->L[l].ffn_norm);
+        if (q->L[l].ffn_norm_b.q) rc |= tl_vec(&L, n, "bias", &q->L[l].ffn_norm_b);
     }
     if (!rc) rc |= tl_lin(&L, "model.embed_tokens", &q->emb);
     if (!rc && q->head.q != q->emb.q) rc |= tl_lin(&L, "lm_head", &q->head);
-    if (!rc) rc |= tl_vec(&L, "model.norm", &q->final_norm);
+    if (!rc) rc |= tl_vec(&L, "model.norm", "weight", &q->final_norm);
+    if (!rc && q->final_norm_b.q) rc |= tl_vec(&L, "model.norm", "bias", &q->final_norm_b);
     for (int l = -1; !rc && l < nl; l++) {
         int ns = l < 0 ? QD_AQG_COUNT : QD_AQ_PER_LAYER;
         for (int s = 0; s < ns; s++) {
@@ -646,8 +664,19 @@ static int parse_arch(const char *s, qd_config *c, const char *path, qd_err *err
     if (!o) return qd_errf(err, "%s: metadata \"architecture\" is not JSON", path);
     memset(c, 0, sizeof *c);
     int rc = 0;
-    const cJSON *a = cJSON_GetObjectItemCaseSensitive(o, "arch");
-    snprintf(c->arch, sizeof c->arch, "%s", cJSON_IsString(a) ? a->valuestring : "llama");
+    const cJSON *fam = cJSON_GetObjectItemCaseSensitive(o, "family");
+    int family = QD_FAMILY_LLAMA;
+    if (fam) {
+        const char *fn = cJSON_IsString(fam) ? fam->valuestring : "";
+        family = strcmp(fn, "gemma") == 0 ? QD_FAMILY_GEMMA
+               : strcmp(fn, "stablelm") == 0 ? QD_FAMILY_STABLELM : -1;
+        if (family < 0) {
+            cJSON_Delete(o);
+            return qd_errf(err, "%s: metadata architecture.family '%.32s' unknown (need gemma or "
+                           "stablelm; absent for llama)", path, fn);
+        }
+    }
+    qd_config_set_family(c, family);
     rc |= json_int(o, "dim", &c->dim, 1, QD_MAX_DIM, err, path);
     rc |= json_int(o, "hidden_dim", &c->hidden_dim, 1, QD_MAX_DIM, err, path);
     rc |= json_int(o, "n_layers", &c->n_layers, 1, QD_MAX_LAYERS, err, path);
@@ -660,6 +689,15 @@ static int parse_arch(const char *s, qd_config *c, const char *path, qd_err *err
     rc |= json_int(o, "qkv_bias", &c->qkv_bias, 0, 1, err, path);
     rc |= json_int(o, "bos_id", &c->bos_id, -1, QD_MAX_VOCAB, err, path);
     rc |= json_int(o, "eos_id", &c->eos_id, -1, QD_MAX_VOCAB, err, path);
+    if (family != QD_FAMILY_LLAMA) {
+        rc |= json_int(o, "rope_dim", &c->rope_dim, 2, QD_MAX_DIM, err, path);
+        if (!rc && c->rope_dim == c->head_dim) c->rope_dim = 0;
+        const cJSON *es = cJSON_GetObjectItemCaseSensitive(o, "emb_scale");
+        if (!cJSON_IsNumber(es))
+            rc = qd_errf(err, "%s: metadata architecture.emb_scale missing", path);
+        else
+            c->emb_scale = es->valuedouble == 1.0 ? 0.0f : (float)es->valuedouble;
+    }
     const cJSON *e = cJSON_GetObjectItemCaseSensitive(o, "norm_eps");
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(o, "rope_theta");
     if (!cJSON_IsNumber(e) || !cJSON_IsNumber(t))
@@ -735,13 +773,14 @@ static int read_lin(const qd_st_file *f, const char *base, qd_qlin *w, int rows,
     return QD_OK;
 }
 
-static int read_vec(const qd_st_file *f, const char *base, qd_qvec *v, int n_el, qd_err *err) {
+static int read_vec(const qd_st_file *f, const char *base, const char *what, qd_qvec *v,
+                    int n_el, qd_err *err) {
     char n[256];
-    snprintf(n, sizeof n, "%s.weight", base);
+    snprintf(n, sizeof n, "%s.%s", base, what);
     const qd_st_tensor *t = need(f, n, QD_ST_I16, (uint64_t)n_el, err);
-    snprintf(n, sizeof n, "%s.weight_scale", base);
+    snprintf(n, sizeof n, "%s.%s_scale", base, what);
     const qd_st_tensor *ts = t ? need(f, n, QD_ST_F32, 1, err) : NULL;
-    snprintf(n, sizeof n, "%s.weight_zero_point", base);
+    snprintf(n, sizeof n, "%s.%s_zero_point", base, what);
     const qd_st_tensor *tz = ts ? need(f, n, QD_ST_I32, 1, err) : NULL;
     if (!tz) return QD_ERR;
     v->n = n_el;
@@ -751,7 +790,8 @@ static int read_vec(const qd_st_file *f, const char *base, qd_qvec *v, int n_el,
     memcpy(&v->scale, ts->data, 4);
     memcpy(&v->zero_point, tz->data, 4);
     if (!(v->scale > 0) || !isfinite(v->scale))
-        return qd_errf(err, "%s: %s.weight_scale is not a positive finite number", f->path, base);
+        return qd_errf(err, "%s: %s.%s_scale is not a positive finite number", f->path, base,
+                       what);
     return QD_OK;
 }
 
@@ -791,15 +831,23 @@ qd_qint *qd_qint_load(const char *path, qd_err *err) {
             snprintf(n, sizeof n, "model.layers.%d.%s", l, qd_wsite_name(w));
             if (read_lin(f, n, &q->L[l].w[w], rows, cols, w <= QD_W_V, err)) goto fail;
         }
+        int lnb = c.norm == QD_NORM_LAYER;
         snprintf(n, sizeof n, "model.layers.%d.input_layernorm", l);
-        if (read_vec(f, n, &q->L[l].attn_norm, c.dim, err)) goto fail;
+        if (read_vec(f, n, "weight", &q->L[l].attn_norm, c.dim, err) ||
+            (lnb && read_vec(f, n, "bias", &q->L[l].attn_norm_b, c.dim, err)))
+            goto fail;
         snprintf(n, sizeof n, "model.layers.%d.post_attention_layernorm", l);
-        if (read_vec(f, n, &q->L[l].ffn_norm, c.dim, err)) goto fail;
+        if (read_vec(f, n, "weight", &q->L[l].ffn_norm, c.dim, err) ||
+            (lnb && read_vec(f, n, "bias", &q->L[l].ffn_norm_b, c.dim, err)))
+            goto fail;
     }
     if (read_lin(f, "model.embed_tokens", &q->emb, c.vocab_size, c.dim, 0, err)) goto fail;
     if (c.tied_embeddings) q->head = q->emb;
     else if (read_lin(f, "lm_head", &q->head, c.vocab_size, c.dim, 0, err)) goto fail;
-    if (read_vec(f, "model.norm", &q->final_norm, c.dim, err)) goto fail;
+    if (read_vec(f, "model.norm", "weight", &q->final_norm, c.dim, err) ||
+        (c.norm == QD_NORM_LAYER &&
+         read_vec(f, "model.norm", "bias", &q->final_norm_b, c.dim, err)))
+        goto fail;
     for (int l = -1; l < nl; l++) {
         int ns = l < 0 ? QD_AQG_COUNT : QD_AQ_PER_LAYER;
         for (int s = 0; s < ns; s++) {

@@ -94,6 +94,7 @@ typedef struct qd_qvec {
 typedef struct qd_qint_layer {
     qd_qlin w[QD_W_PER_LAYER];
     qd_qvec attn_norm, ffn_norm;
+    qd_qvec attn_norm_b, ffn_norm_b;  /* LayerNorm biases (16-bit per tensor); q NULL: none */
 } qd_qint_layer;
 
 typedef struct qd_qint {
@@ -104,6 +105,7 @@ typedef struct qd_qint {
     qd_qlin emb;           /* (vocab, dim) per row */
     qd_qlin head;          /* (vocab, dim) per row; shares emb's buffers when tied */
     qd_qvec final_norm;
+    qd_qvec final_norm_b;  /* q NULL: none */
     char method[32];
     char source_sha256[65];
 } qd_qint;

@@ -142,6 +142,60 @@ void qd_qnorm_row(const qd_qnorm *p, const int16_t *x, const int16_t *g, void *o
     }
 }
 
+int qd_qlnorm_init(qd_qlnorm *p, int n, double sx, int32_t zx, double sg, int32_t zg,
+                   double sb, int32_t zb, const int16_t *b, double sy, int32_t zy, int out_bits,
+                   float eps, qd_err *err) {
+    if (n <= 0 || n > QD_QLNORM_MAX_N || !(sx > 0 && sg > 0 && sb > 0 && sy > 0))
+        return qd_errf(err, "%s: bad arguments (n=%d sx=%g sg=%g sb=%g sy=%g)", __func__, n, sx,
+                       sg, sb, sy);
+    p->n = n;
+    p->zx = zx, p->zg = zg, p->zy = zy;
+    double en = rint((double)n * n * eps / (sx * sx));
+    p->eps_nn = en > 4e18 ? (int64_t)4e18 : (int64_t)en;
+    p->out_bits = out_bits;
+    p->lo = qd_qmin(out_bits);
+    p->hi = qd_qmax(out_bits);
+    p->b = malloc((size_t)n * sizeof *p->b);
+    if (!p->b) return qd_errf(err, "%s: out of memory", __func__);
+    for (int i = 0; i < n; i++) /* the bias in output units, Q16 */
+        p->b[i] = (int64_t)rint((double)(b[i] - zb) * sb / sy * 65536.0);
+    return qd_qmul_make(sg / sy, &p->m, err);
+}
+
+void qd_qlnorm_free(qd_qlnorm *p) {
+    if (!p) return;
+    free(p->b);
+    p->b = NULL;
+}
+
+void qd_qlnorm_row(const qd_qlnorm *p, const int16_t *x, const int16_t *g, void *out) {
+    int n = p->n;
+    int64_t S = 0, ss = 0;
+    for (int i = 0; i < n; i++) {
+        int64_t d = x[i] - p->zx;
+        S += d;
+        ss += d * d;
+    }
+    /* n^2 var = n Σd² - S², exact for n <= QD_QLNORM_MAX_N; c_i = n d_i - S = n (x_i - mean) */
+    uint64_t v = (uint64_t)((__int128)n * ss - (__int128)S * S) + (uint64_t)p->eps_nn;
+    if (v == 0) v = 1;
+    int e;
+    int64_t r = qd_isqrt_inv(v, &e);
+    int64_t mt = qd_rshift_rne((int64_t)p->m.m * r, 31);
+    int shift = p->m.shift + e - 31;
+    for (int i = 0; i < n; i++) {
+        int64_t ci = (int64_t)n * (x[i] - p->zx) - S;
+        __int128 acc = (__int128)(ci * (g[i] - p->zg)) * mt;
+        /* the bias joins before the one rounding (Q16 aligned to the product's shift) */
+        acc += shift >= 16 ? (__int128)p->b[i] * ((__int128)1 << (shift - 16))
+                           : (__int128)qd_rshift_rne(p->b[i], 16 - shift);
+        int64_t y = (int64_t)qd_rshift_rne128(acc, shift) + p->zy;
+        int32_t c = qd_clamp32(y, p->lo, p->hi);
+        if (p->out_bits == 8) ((int8_t *)out)[i] = (int8_t)c;
+        else ((int16_t *)out)[i] = (int16_t)c;
+    }
+}
+
 /* ---------------------------------------------------------------- softmax */
 
 int qd_qsoftmax_init(qd_qsoftmax *p, double s_in, double s_out, int32_t z_out, int out_bits,
@@ -188,6 +242,9 @@ void qd_qsoftmax_row(const qd_qsoftmax *p, const int16_t *x, int n, int16_t *out
 /* ---------------------------------------------------------------- tables */
 
 double qd_silu(double x) { return x / (1.0 + exp(-x)); }
+double qd_gelu_tanh(double x) {
+    return 0.5 * x * (1.0 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
+}
 
 void qd_lut8_build(int8_t table[256], double (*f)(double), double si, int32_t zi, double so,
                    int32_t zo) {
@@ -202,17 +259,18 @@ int qd_qrope_init(qd_qrope *p, int max_T, int head_dim, float theta, double sx, 
     double *fr = malloc((size_t)(head_dim / 2) * sizeof *fr);
     if (!fr) return qd_errf(err, "%s: out of memory", __func__);
     for (int i = 0; i < head_dim / 2; i++) fr[i] = pow((double)theta, -2.0 * i / head_dim);
-    int rc = qd_qrope_init_freq(p, max_T, head_dim, fr, sx, zx, sy, zy, err);
+    int rc = qd_qrope_init_freq(p, max_T, head_dim, head_dim, fr, sx, zx, sy, zy, err);
     free(fr);
     return rc;
 }
 
-int qd_qrope_init_freq(qd_qrope *p, int max_T, int head_dim, const double *inv_freq, double sx,
-                       int32_t zx, double sy, int32_t zy, qd_err *err) {
-    if (max_T <= 0 || head_dim <= 0 || head_dim % 2)
-        return qd_errf(err, "%s: bad shape T=%d hd=%d", __func__, max_T, head_dim);
-    int h = head_dim / 2;
+int qd_qrope_init_freq(qd_qrope *p, int max_T, int head_dim, int rot, const double *inv_freq,
+                       double sx, int32_t zx, double sy, int32_t zy, qd_err *err) {
+    if (max_T <= 0 || head_dim <= 0 || head_dim % 2 || rot <= 0 || rot % 2 || rot > head_dim)
+        return qd_errf(err, "%s: bad shape T=%d hd=%d rot=%d", __func__, max_T, head_dim, rot);
+    int h = rot / 2;
     p->head_dim = head_dim;
+    p->rot = rot;
     p->max_T = max_T;
     p->zx = zx;
     p->zy = zy;
@@ -230,7 +288,9 @@ int qd_qrope_init_freq(qd_qrope *p, int max_T, int head_dim, const double *inv_f
             p->sin_t[(size_t)t * h + i] = (int16_t)rint(sin(a) * (1 << QD_ROPE_FRAC));
         }
     p->cx = p->sx = NULL;
-    p->W = head_dim <= 16 && 16 % head_dim == 0 ? 16 : head_dim % 32 == 0 ? head_dim : 0;
+    /* the SIMD layout rotates whole heads: partial rotary takes the scalar path */
+    p->W = rot != head_dim ? 0
+         : head_dim <= 16 && 16 % head_dim == 0 ? 16 : head_dim % 32 == 0 ? head_dim : 0;
     if (p->W) {
         p->cx = malloc((size_t)max_T * p->W * sizeof(int16_t));
         p->sx = malloc((size_t)max_T * p->W * sizeof(int16_t));
@@ -263,7 +323,7 @@ void qd_qrope_free(qd_qrope *p) {
 }
 
 void qd_qrope_apply(const qd_qrope *p, const int8_t *x, int8_t *out, int n_heads, int pos) {
-    int h = p->head_dim / 2;
+    int h = p->rot / 2;
     const int16_t *c = p->cos_t + (size_t)pos * h, *s = p->sin_t + (size_t)pos * h;
     for (int hh = 0; hh < n_heads; hh++) {
         const int8_t *xh = x + (size_t)hh * p->head_dim;
@@ -274,6 +334,10 @@ void qd_qrope_apply(const qd_qrope *p, const int8_t *x, int8_t *out, int n_heads
             oh[i] = (int8_t)qd_clamp32(qd_qmul32(y1, p->m) + p->zy, -128, 127);
             oh[i + h] = (int8_t)qd_clamp32(qd_qmul32(y2, p->m) + p->zy, -128, 127);
         }
+        /* unrotated dims: the same requantization with cos = 1 (Q14), sin = 0 */
+        for (int i = p->rot; i < p->head_dim; i++)
+            oh[i] = (int8_t)qd_clamp32(
+                qd_qmul32((xh[i] - p->zx) * (1 << QD_ROPE_FRAC), p->m) + p->zy, -128, 127);
     }
 }
 

@@ -1,6 +1,6 @@
 /* Integer primitives of the integer-only runtime: fixed-point requantization, int16 residual
- * add, RMSNorm with an integer inverse square root, softmax with an integer exp, SiLU by table,
- * RoPE with fixed-point tables. Floats appear only in the *_init / *_table builders, which run
+ * add, RMSNorm and LayerNorm with an integer inverse square root, softmax with an integer exp,
+ * SiLU and GELU by table, RoPE (full or partial) with fixed-point tables. Floats appear only in the *_init / *_table builders, which run
  * once at load time; every per-token function is integer arithmetic.
  *
  * THE rounding rule, used everywhere (requantization, shifts, table entries): round half to
@@ -116,6 +116,30 @@ void qd_qnorm_row(const qd_qnorm *p, const int16_t *x, const int16_t *g, void *o
 void qd_qnorm_row_isa(const qd_qnorm *p, const int16_t *x, const int16_t *g, void *out,
                       qd_isa isa);
 
+/* ---- LayerNorm with bias (StableLM): y = (x - mean) / sqrt(var + eps) * g + b ----
+ * The RMSNorm above applied to the centred row, in exact integers: with d = x - zx and
+ * S = Σd, c_i = n d_i - S = n (x_i - mean) and n² var = n Σd² - S², so
+ * y = c (g - zg) sg / sqrt(n² var + eps_nn) with eps_nn = round(n² eps / sx²): the per-row
+ * multiplier is built as qd_qnorm's, and the bias (16-bit, in output units at load, Q16) joins
+ * the product before its one round-half-to-even. */
+#define QD_QLNORM_MAX_N 32768 /* n Σd² - S² stays exact in 64 bits */
+typedef struct qd_qlnorm {
+    int n;
+    int32_t zx, zg, zy;
+    int64_t eps_nn;
+    qd_qmul m;          /* sg / sy */
+    int64_t *b;         /* n: round((b - zb) sb / sy * 2^16), owned */
+    int32_t lo, hi;
+    int out_bits;
+} qd_qlnorm;
+/* b (n) is the 16-bit bias with scale sb and zero point zb. Free with qd_qlnorm_free. */
+int qd_qlnorm_init(qd_qlnorm *p, int n, double sx, int32_t zx, double sg, int32_t zg,
+                   double sb, int32_t zb, const int16_t *b, double sy, int32_t zy, int out_bits,
+                   float eps, qd_err *err);
+void qd_qlnorm_free(qd_qlnorm *p);
+/* One row: x (n), g (n), out int8 or int16 per out_bits. Scalar only (no SIMD path). */
+void qd_qlnorm_row(const qd_qlnorm *p, const int16_t *x, const int16_t *g, void *out);
+
 /* ---- softmax over a row of 16-bit scores -> 16-bit probabilities ----
  * exp by base 2: x*log2(e) in Q16 fixed point, 2^-int by shift, 2^-frac by two 256-entry Q30
  * tables (high and low byte of the fraction). Normalised with one integer reciprocal per row. */
@@ -159,6 +183,7 @@ void qd_qscore_row(const int32_t *S, const int32_t *ksum, int32_t zq, int32_t of
 void qd_lut8_build(int8_t table[256], double (*f)(double), double si, int32_t zi, double so,
                    int32_t zo);
 double qd_silu(double x);
+double qd_gelu_tanh(double x); /* Gemma's GeGLU activation (the same formula as layers.h) */
 static inline void qd_lut8_apply(const int8_t table[256], const int8_t *x, int8_t *out,
                                  size_t n) {
     for (size_t i = 0; i < n; i++) out[i] = table[x[i] + 128];
@@ -170,7 +195,9 @@ static inline void qd_lut8_apply(const int8_t table[256], const int8_t *x, int8_
 #define QD_ROPE_FRAC 14
 typedef struct qd_qrope {
     int head_dim, max_T;
-    int16_t *cos_t, *sin_t; /* (max_T, head_dim/2) */
+    int rot;                /* rotated dims per head (partial rotary: < head_dim; the rest are
+                             * requantized as with cos 1, sin 0) */
+    int16_t *cos_t, *sin_t; /* (max_T, rot/2) */
     /* for the SIMD path: per position, W lanes of cos and of +-sin laid out along a head
      * (W = 16 when head_dim divides 16, head_dim when it is a multiple of 32; else NULL) */
     int16_t *cx, *sx;
@@ -180,10 +207,11 @@ typedef struct qd_qrope {
 } qd_qrope;
 int qd_qrope_init(qd_qrope *p, int max_T, int head_dim, float theta, double sx, int32_t zx,
                   double sy, int32_t zy, qd_err *err);
-/* The same at given inverse frequencies inv_freq[head_dim/2] (RoPE scaling: qd_rope_inv_freq);
- * qd_qrope_init is this with theta^(-2i/head_dim). */
-int qd_qrope_init_freq(qd_qrope *p, int max_T, int head_dim, const double *inv_freq, double sx,
-                       int32_t zx, double sy, int32_t zy, qd_err *err);
+/* The same over the first rot dims of a head at given inverse frequencies inv_freq[rot/2]
+ * (RoPE scaling and partial rotary: qd_rope_inv_freq); qd_qrope_init is this with rot =
+ * head_dim and theta^(-2i/head_dim). Partial rotary has no SIMD path (cx = NULL). */
+int qd_qrope_init_freq(qd_qrope *p, int max_T, int head_dim, int rot, const double *inv_freq,
+                       double sx, int32_t zx, double sy, int32_t zy, qd_err *err);
 void qd_qrope_free(qd_qrope *p);
 /* n_heads heads of head_dim values at position pos: x -> out (may alias). */
 void qd_qrope_apply(const qd_qrope *p, const int8_t *x, int8_t *out, int n_heads, int pos);

@@ -46,6 +46,7 @@ typedef struct lin_rt {
 typedef struct layer_rt {
     lin_rt w[QD_W_PER_LAYER];
     qd_qnorm n1, n2;
+    qd_qlnorm ln1, ln2;       /* LayerNorm families: used instead of n1, n2 */
     const int16_t *g1, *g2;
     qd_qrope rq, rk;          /* share qr->rope tables */
     int32_t zq, zk, zv;       /* QROPE, KROPE, V zero points */
@@ -56,7 +57,7 @@ typedef struct layer_rt {
     qd_qmul pv_m;             /* s_p s_v / s_pv */
     int32_t z_pv;
     qd_qadd res1, res2;
-    int8_t silu[256];
+    int8_t silu[256];         /* the MLP activation's table (SiLU, or Gemma's tanh GELU) */
     qd_qmul mul_m;            /* s_silu s_up / s_downin */
     int32_t z_silu, z_up, z_dn;
     /* fast attention (SIMD paths): the softmax's exp as a table, and whether the layer's
@@ -102,6 +103,8 @@ struct qd_qrt {
     qd_qmul *emb_m;           /* vocab: s_row / s_emb */
     int32_t z_emb;
     qd_qnorm nf;
+    qd_qlnorm lnf;
+    int layernorm;            /* cfg.norm == QD_NORM_LAYER: ln1, ln2, lnf */
     lin_rt head;              /* 16-bit input via hi/lo bytes */
     qd_igemm_w *head_pw;
     float logit_scale;
@@ -676,7 +679,12 @@ void qd_qrt_free(qd_qrt *rt) {
         for (int l = 0; l < rt->q->cfg.n_layers; l++)
             for (int w = 0; w < QD_W_PER_LAYER; w++) lin_free(&rt->L[l].w[w]);
     if (rt->L)
-        for (int l = 0; l < rt->q->cfg.n_layers; l++) free(rt->L[l].exp_tab);
+        for (int l = 0; l < rt->q->cfg.n_layers; l++) {
+            free(rt->L[l].exp_tab);
+            qd_qlnorm_free(&rt->L[l].ln1);
+            qd_qlnorm_free(&rt->L[l].ln2);
+        }
+    qd_qlnorm_free(&rt->lnf);
     free(rt->L);
     qd_qrope_free(&rt->rope_master);
     free(rt->emb_m);
@@ -711,12 +719,14 @@ qd_qrt *qd_qrt_new(const qd_qint *q, const qd_qrt_opts *o, qd_err *err) {
     if (rt->nthr > QD_QRT_MAX_THREADS) rt->nthr = QD_QRT_MAX_THREADS;
     rt->L = calloc((size_t)nl, sizeof *rt->L);
     if (!rt->L) goto oom;
+    rt->layernorm = c->norm == QD_NORM_LAYER;
     /* RoPE tables once; per-site copies share them */
     {
-        double *fr = malloc((size_t)(hd / 2) * sizeof *fr);
+        int rot = qd_rot_dim(c);
+        double *fr = malloc((size_t)(rot / 2) * sizeof *fr);
         if (!fr) goto oom;
-        for (int i = 0; i < hd / 2; i++) fr[i] = qd_rope_inv_freq(c, i);
-        int rc = qd_qrope_init_freq(&rt->rope_master, rt->max_T, hd, fr, 1, 0, 1, 0, err);
+        for (int i = 0; i < rot / 2; i++) fr[i] = qd_rope_inv_freq(c, i);
+        int rc = qd_qrope_init_freq(&rt->rope_master, rt->max_T, hd, rot, fr, 1, 0, 1, 0, err);
         free(fr);
         if (rc) goto fail;
     }
@@ -742,6 +752,20 @@ qd_qrt *qd_qrt_new(const qd_qint *q, const qd_qrt_opts *o, qd_err *err) {
             goto fail;
         L->g1 = ql->attn_norm.q;
         L->g2 = ql->ffn_norm.q;
+        if (rt->layernorm &&
+            (!ql->attn_norm_b.q || !ql->ffn_norm_b.q ||
+             qd_qlnorm_init(&L->ln1, D, xin->scale, xin->zero_point, ql->attn_norm.scale,
+                            ql->attn_norm.zero_point, ql->attn_norm_b.scale,
+                            ql->attn_norm_b.zero_point, ql->attn_norm_b.q, e_n1->scale,
+                            e_n1->zero_point, 8, c->norm_eps, err) ||
+             qd_qlnorm_init(&L->ln2, D, e_r1->scale, e_r1->zero_point, ql->ffn_norm.scale,
+                            ql->ffn_norm.zero_point, ql->ffn_norm_b.scale,
+                            ql->ffn_norm_b.zero_point, ql->ffn_norm_b.q, e_n2->scale,
+                            e_n2->zero_point, 8, c->norm_eps, err))) {
+            if (!ql->attn_norm_b.q || !ql->ffn_norm_b.q)
+                qd_errf(err, "%s: layer %d: LayerNorm without its bias", __func__, l);
+            goto fail;
+        }
         L->n1.gmax = gdev(L->g1, D, L->n1.zg);
         L->n2.gmax = gdev(L->g2, D, L->n2.zg);
         const qd_qenc *eq = enc(q, l, QD_AQ_Q), *ek = enc(q, l, QD_AQ_K), *ev = enc(q, l, QD_AQ_V);
@@ -782,16 +806,19 @@ qd_qrt *qd_qrt_new(const qd_qint *q, const qd_qrt_opts *o, qd_err *err) {
             goto fail;
         const qd_qenc *eg = enc(q, l, QD_AQ_GATE), *eu = enc(q, l, QD_AQ_UP);
         const qd_qenc *esl = enc(q, l, QD_AQ_SILU), *edi = enc(q, l, QD_AQ_DOWN_IN);
-        qd_lut8_build(L->silu, qd_silu, eg->scale, eg->zero_point, esl->scale, esl->zero_point);
+        qd_lut8_build(L->silu, c->act == QD_ACT_GELU_TANH ? qd_gelu_tanh : qd_silu, eg->scale,
+                      eg->zero_point, esl->scale, esl->zero_point);
         if (qd_qmul_make((double)esl->scale * eu->scale / edi->scale, &L->mul_m, err)) goto fail;
         L->z_silu = esl->zero_point, L->z_up = eu->zero_point, L->z_dn = edi->zero_point;
     }
-    /* embedding rows -> EMB encoding */
+    /* embedding rows -> EMB encoding, Gemma's embedding scale folded into the multipliers (the
+     * rows stay unscaled: a tied head shares them) */
     const qd_qenc *eemb = enc(q, -1, QD_AQG_EMB);
     rt->emb_m = malloc((size_t)V * sizeof *rt->emb_m);
     if (!rt->emb_m) goto oom;
     for (int v = 0; v < V; v++)
-        if (qd_qmul_make((double)q->emb.scale[q->emb.per_channel ? v : 0] / eemb->scale,
+        if (qd_qmul_make((double)q->emb.scale[q->emb.per_channel ? v : 0] *
+                             (double)qd_emb_scale(c) / eemb->scale,
                          &rt->emb_m[v], err))
             goto fail;
     rt->z_emb = eemb->zero_point;
@@ -800,6 +827,15 @@ qd_qrt *qd_qrt_new(const qd_qint *q, const qd_qrt_opts *o, qd_err *err) {
     if (qd_qnorm_init(&rt->nf, D, ex->scale, ex->zero_point, q->final_norm.scale,
                       q->final_norm.zero_point, ehi->scale, ehi->zero_point, 16, c->norm_eps, err))
         goto fail;
+    if (rt->layernorm &&
+        (!q->final_norm_b.q ||
+         qd_qlnorm_init(&rt->lnf, D, ex->scale, ex->zero_point, q->final_norm.scale,
+                        q->final_norm.zero_point, q->final_norm_b.scale,
+                        q->final_norm_b.zero_point, q->final_norm_b.q, ehi->scale,
+                        ehi->zero_point, 16, c->norm_eps, err))) {
+        if (!q->final_norm_b.q) qd_errf(err, "%s: final LayerNorm without its bias", __func__);
+        goto fail;
+    }
     if (q->head.bits != 8) {
         qd_errf(err, "%s: the LM head must be 8-bit (is %d)", __func__, q->head.bits);
         goto fail;
@@ -1153,6 +1189,13 @@ static void head_task(void *ctx, int t, qrt_ws *ws) {
 
 /* One chunk of n tokens with the activations of w. par: the caller is thread 0 and may use
  * the pool (not when it runs one window of a parallel evaluation). */
+/* One row through the model's norm: RMSNorm (SIMD where the ISA allows), or LayerNorm. */
+static void norm_row(const qd_qrt *rt, const qd_qnorm *rn, const qd_qlnorm *ln, const int16_t *x,
+                     const int16_t *g, void *out) {
+    if (rt->layernorm) qd_qlnorm_row(ln, x, g, out);
+    else qd_qnorm_row_isa(rn, x, g, out, rt->visa);
+}
+
 static int forward_chunk(qd_qrt *rt, qrt_ws *w, int par, qd_qrt_kv *kv, const int *tokens, int n,
                          int pos0, int16_t *logits_q, qd_err *err) {
     const qd_qint *q = rt->q;
@@ -1172,7 +1215,7 @@ static int forward_chunk(qd_qrt *rt, qrt_ws *w, int par, qd_qrt_kv *kv, const in
     for (int l = 0; l < c->n_layers; l++) {
         layer_rt *L = &rt->L[l];
         int8_t *kc = kv->k + (size_t)l * kv->max_T * KVd, *vc = kv->v + (size_t)l * kv->max_T * KVd;
-        for (int i = 0; i < n; i++) qd_qnorm_row_isa(&L->n1, w->x + (size_t)i * D, L->g1, w->h8 + (size_t)i * D, rt->visa);
+        for (int i = 0; i < n; i++) norm_row(rt, &L->n1, &L->ln1, w->x + (size_t)i * D, L->g1, w->h8 + (size_t)i * D);
         lin_job qkv = {.rt = rt, .M = n, .nl = 3, .A = w->h8,
                        .L = {&L->w[QD_W_Q], &L->w[QD_W_K], &L->w[QD_W_V]}, .out = {w->q8, w->k8, w->v8}};
         lin_job_run(rt, w, par, &qkv);
@@ -1190,7 +1233,7 @@ static int forward_chunk(qd_qrt *rt, qrt_ws *w, int par, qd_qrt_kv *kv, const in
                 c->n_heads * (aj.fast ? aj.nblk : n), attn_task, &aj);
         lin_run(rt, w, par, &L->w[QD_W_O], n, w->o8, w->t16);
         qd_qadd_i16_isa(&L->res1, w->x, w->t16, w->x2, (size_t)n * D, rt->visa);
-        for (int i = 0; i < n; i++) qd_qnorm_row_isa(&L->n2, w->x2 + (size_t)i * D, L->g2, w->h8 + (size_t)i * D, rt->visa);
+        for (int i = 0; i < n; i++) norm_row(rt, &L->n2, &L->ln2, w->x2 + (size_t)i * D, L->g2, w->h8 + (size_t)i * D);
         lin_job ffn = {.rt = rt, .Ly = L, .M = n, .nl = 2, .swiglu = 1, .A = w->h8,
                        .L = {&L->w[QD_W_GATE], &L->w[QD_W_UP]}, .out = {w->g8, w->u8},
                        .s8 = w->s8, .m8 = w->m8};
@@ -1198,7 +1241,7 @@ static int forward_chunk(qd_qrt *rt, qrt_ws *w, int par, qd_qrt_kv *kv, const in
         lin_run(rt, w, par, &L->w[QD_W_DOWN], n, w->m8, w->t16);
         qd_qadd_i16_isa(&L->res2, w->x2, w->t16, w->x, (size_t)n * D, rt->visa);
     }
-    for (int i = 0; i < n; i++) qd_qnorm_row_isa(&rt->nf, w->x + (size_t)i * D, q->final_norm.q, w->hf + (size_t)i * D, rt->visa);
+    for (int i = 0; i < n; i++) norm_row(rt, &rt->nf, &rt->lnf, w->x + (size_t)i * D, q->final_norm.q, w->hf + (size_t)i * D);
     /* LM head on a 16-bit input: a = 256*hi + lo, hi = a >> 8 (signed), lo - 128 signed */
     for (size_t i = 0; i < (size_t)n * D; i++) {
         int32_t a = w->hf[i];
