@@ -1557,115 +1557,132 @@ static int cmp_added_len(const void *x, const void *y, void *ctx) {
     return a < b ? 1 : a > b ? -1 : 0;
 }
 
-/* Builds a Hugging Face BPE tokenizer from a parsed tokenizer.json: ids from model.vocab and
- * added_tokens (holes in the id space become empty UNUSED tokens), the pair map from merges. */
-static qd_tokenizer *hf_build(const cJSON *root, const char *path, qd_err *err) {
+/* The parts of a tokenizer.json that hf_build reads, found and checked by hf_model_fields. */
+typedef struct hf_fields {
+    const cJSON *model, *vocab, *merges, *added;
+    int n_vocab, n_added; /* entries of model.vocab and added_tokens */
+} hf_fields;
+
+/* Finds model, model.vocab, model.merges and added_tokens and refuses what is not a plain BPE
+ * model (another type, dropout, subword prefix or suffix, counts past QD_MAX_VOCAB). */
+static int hf_model_fields(const cJSON *root, const char *path, hf_fields *f, qd_err *err) {
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
-    if (!cJSON_IsObject(model)) return qd_errf(err, "%s: model: missing", path), NULL;
+    if (!cJSON_IsObject(model)) return qd_errf(err, "%s: model: missing", path);
     const cJSON *mtype = cJSON_GetObjectItemCaseSensitive(model, "type");
     if (mtype && !(cJSON_IsString(mtype) && strcmp(mtype->valuestring, "BPE") == 0))
         return qd_errf(err, "%s: model.type: \"%s\" is not supported (only BPE)", path,
-                       cJSON_IsString(mtype) ? mtype->valuestring : "?"),
-               NULL;
+                       cJSON_IsString(mtype) ? mtype->valuestring : "?");
     const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
-    if (!cJSON_IsObject(vocab)) return qd_errf(err, "%s: model.vocab: missing", path), NULL;
+    if (!cJSON_IsObject(vocab)) return qd_errf(err, "%s: model.vocab: missing", path);
     const cJSON *merges = cJSON_GetObjectItemCaseSensitive(model, "merges");
-    if (!cJSON_IsArray(merges)) return qd_errf(err, "%s: model.merges: missing", path), NULL;
+    if (!cJSON_IsArray(merges)) return qd_errf(err, "%s: model.merges: missing", path);
     const cJSON *added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens");
     if (added && !cJSON_IsNull(added) && !cJSON_IsArray(added))
-        return qd_errf(err, "%s: added_tokens: not an array", path), NULL;
+        return qd_errf(err, "%s: added_tokens: not an array", path);
     const cJSON *dropout = cJSON_GetObjectItemCaseSensitive(model, "dropout");
     if (cJSON_IsNumber(dropout) && dropout->valuedouble > 0)
-        return qd_errf(err, "%s: model.dropout: BPE dropout is not supported", path), NULL;
-
+        return qd_errf(err, "%s: model.dropout: BPE dropout is not supported", path);
     const cJSON *cont = cJSON_GetObjectItemCaseSensitive(model, "continuing_subword_prefix");
     const cJSON *eow = cJSON_GetObjectItemCaseSensitive(model, "end_of_word_suffix");
     if ((cJSON_IsString(cont) && cont->valuestring[0]) || (cont && !cJSON_IsString(cont) &&
                                                            !cJSON_IsNull(cont)))
-        return qd_errf(err, "%s: model.continuing_subword_prefix: not supported", path), NULL;
+        return qd_errf(err, "%s: model.continuing_subword_prefix: not supported", path);
     if ((cJSON_IsString(eow) && eow->valuestring[0]) || (eow && !cJSON_IsString(eow) &&
                                                          !cJSON_IsNull(eow)))
-        return qd_errf(err, "%s: model.end_of_word_suffix: not supported", path), NULL;
-    hf_opts opts = {0};
-
-    /* ids: bound the count, then find the largest id */
-    int n_vocab = cJSON_GetArraySize(vocab);
-    int n_added = cJSON_IsArray(added) ? cJSON_GetArraySize(added) : 0;
-    if (n_vocab < 1 || n_vocab > QD_MAX_VOCAB || n_added > QD_MAX_VOCAB)
+        return qd_errf(err, "%s: model.end_of_word_suffix: not supported", path);
+    f->model = model;
+    f->vocab = vocab;
+    f->merges = merges;
+    f->added = cJSON_IsArray(added) ? added : NULL;
+    f->n_vocab = cJSON_GetArraySize(vocab);
+    f->n_added = f->added ? cJSON_GetArraySize(added) : 0;
+    if (f->n_vocab < 1 || f->n_vocab > QD_MAX_VOCAB || f->n_added > QD_MAX_VOCAB)
         return qd_errf(err, "%s: model.vocab: %d entries (added_tokens %d), limit 1..%d", path,
-                       n_vocab, n_added, QD_MAX_VOCAB),
-               NULL;
+                       f->n_vocab, f->n_added, QD_MAX_VOCAB);
+    return QD_OK;
+}
+
+/* The size of the id space (largest id of model.vocab and added_tokens, plus one), every id
+ * checked to be an integer in range and every added token to have a string content; -1 with
+ * err otherwise. */
+static int hf_id_space(const hf_fields *f, const char *path, qd_err *err) {
     int max_id = -1;
     const cJSON *it;
-    cJSON_ArrayForEach(it, vocab) {
+    cJSON_ArrayForEach(it, f->vocab) {
         double d = cJSON_IsNumber(it) ? it->valuedouble : -1;
         if (d < 0 || d >= QD_MAX_VOCAB || d != (int)d)
             return qd_errf(err, "%s: model.vocab[\"%s\"]: id is not an integer in 0..%d", path,
                            it->string, QD_MAX_VOCAB - 1),
-                   NULL;
+                   -1;
         if ((int)d > max_id) max_id = (int)d;
     }
     int ai = 0;
-    if (n_added) cJSON_ArrayForEach(it, added) {
+    cJSON_ArrayForEach(it, f->added) {
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(it, "id");
         const cJSON *content = cJSON_GetObjectItemCaseSensitive(it, "content");
         double d = cJSON_IsNumber(id) ? id->valuedouble : -1;
         if (d < 0 || d >= QD_MAX_VOCAB || d != (int)d || !cJSON_IsString(content))
             return qd_errf(err, "%s: added_tokens[%d]: needs an integer id in 0..%d and a "
                            "string content", path, ai, QD_MAX_VOCAB - 1),
-                   NULL;
+                   -1;
         if ((int)d > max_id) max_id = (int)d;
         ai++;
     }
-    qd_vocab *v = qd_vocab_new(max_id + 1, err);
-    if (!v) return NULL;
-    qd_tokenizer *t = NULL;
-    char *ma = NULL, *mb = NULL, *mab = NULL;
-    int *special = calloc((size_t)v->n, sizeof *special);
-    unsigned char *anorm = calloc((size_t)v->n, 1), *aflags = calloc((size_t)v->n, 1);
-    if (!special || !anorm || !aflags) goto oom;
-    cJSON_ArrayForEach(it, vocab) {
+    return max_id + 1;
+}
+
+/* Per-id facts about added tokens, kept until the tokenizer takes them over. */
+typedef struct hf_added {
+    int *special;          /* 0: not added, 1: added, 2: added and special */
+    unsigned char *norm;   /* matched after normalization */
+    unsigned char *flags;  /* AF_* */
+} hf_added;
+
+/* Fills v's token strings from model.vocab, then added_tokens (their flags into a). */
+static int hf_fill_tokens(qd_vocab *v, const hf_fields *f, hf_added *a, const char *path,
+                          qd_err *err) {
+    const cJSON *it;
+    cJSON_ArrayForEach(it, f->vocab) {
         int id = (int)it->valuedouble;
-        if (v->tokens[id]) {
-            qd_errf(err, "%s: model.vocab[\"%s\"]: id %d already used by \"%s\"", path,
-                    it->string, id, v->tokens[id]);
-            goto fail;
-        }
-        if (strlen(it->string) > QD_TOK_MAX_BYTES) {
-            qd_errf(err, "%s: model.vocab: token %d longer than %d bytes", path, id,
-                    QD_TOK_MAX_BYTES);
-            goto fail;
-        }
-        if (!(v->tokens[id] = strdup(it->string))) goto oom;
+        if (v->tokens[id])
+            return qd_errf(err, "%s: model.vocab[\"%s\"]: id %d already used by \"%s\"", path,
+                           it->string, id, v->tokens[id]);
+        if (strlen(it->string) > QD_TOK_MAX_BYTES)
+            return qd_errf(err, "%s: model.vocab: token %d longer than %d bytes", path, id,
+                           QD_TOK_MAX_BYTES);
+        if (!(v->tokens[id] = strdup(it->string)))
+            return qd_errf(err, "%s: out of memory", path);
     }
-    ai = 0;
-    if (n_added) cJSON_ArrayForEach(it, added) {
+    int ai = 0;
+    cJSON_ArrayForEach(it, f->added) {
         int id = (int)cJSON_GetObjectItemCaseSensitive(it, "id")->valuedouble;
         const char *content = cJSON_GetObjectItemCaseSensitive(it, "content")->valuestring;
-        if (v->tokens[id] && strcmp(v->tokens[id], content) != 0 && !special[id]) {
-            qd_errf(err, "%s: added_tokens[%d]: id %d is \"%s\" in model.vocab, not \"%s\"",
-                    path, ai, id, v->tokens[id], content);
-            goto fail;
-        }
-        if (strlen(content) > QD_TOK_MAX_BYTES) {
-            qd_errf(err, "%s: added_tokens[%d]: content longer than %d bytes", path, ai,
-                    QD_TOK_MAX_BYTES);
-            goto fail;
-        }
-        if (!v->tokens[id] && !(v->tokens[id] = strdup(content))) goto oom;
-        special[id] = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(it, "special")) ? 2 : 1;
+        if (v->tokens[id] && strcmp(v->tokens[id], content) != 0 && !a->special[id])
+            return qd_errf(err, "%s: added_tokens[%d]: id %d is \"%s\" in model.vocab, not "
+                           "\"%s\"", path, ai, id, v->tokens[id], content);
+        if (strlen(content) > QD_TOK_MAX_BYTES)
+            return qd_errf(err, "%s: added_tokens[%d]: content longer than %d bytes", path, ai,
+                           QD_TOK_MAX_BYTES);
+        if (!v->tokens[id] && !(v->tokens[id] = strdup(content)))
+            return qd_errf(err, "%s: out of memory", path);
+        a->special[id] = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(it, "special")) ? 2 : 1;
         /* tokenizers' defaults: special tokens match the raw text, others the normalized */
-        anorm[id] = (unsigned char)opt_bool(it, "normalized", special[id] == 1);
-        aflags[id] = (unsigned char)((opt_bool(it, "single_word", 0) ? AF_SINGLE_WORD : 0) |
-                                     (opt_bool(it, "lstrip", 0) ? AF_LSTRIP : 0) |
-                                     (opt_bool(it, "rstrip", 0) ? AF_RSTRIP : 0));
+        a->norm[id] = (unsigned char)opt_bool(it, "normalized", a->special[id] == 1);
+        a->flags[id] = (unsigned char)((opt_bool(it, "single_word", 0) ? AF_SINGLE_WORD : 0) |
+                                       (opt_bool(it, "lstrip", 0) ? AF_LSTRIP : 0) |
+                                       (opt_bool(it, "rstrip", 0) ? AF_RSTRIP : 0));
         ai++;
     }
-    const cJSON *bf = cJSON_GetObjectItemCaseSensitive(model, "byte_fallback");
-    int byte_fallback = cJSON_IsTrue(bf);
+    return QD_OK;
+}
+
+/* Token types: holes in the id space become empty UNUSED tokens, added ones CONTROL or USER,
+ * <0xXX> pieces BYTE under byte_fallback, model.unk_token UNKNOWN. */
+static int hf_token_types(qd_vocab *v, const int *special, int byte_fallback,
+                          const cJSON *model, const char *path, qd_err *err) {
     for (int i = 0; i < v->n; i++) {
         if (!v->tokens[i]) { /* a hole in the id space: never produced */
-            if (!(v->tokens[i] = strdup(""))) goto oom;
+            if (!(v->tokens[i] = strdup(""))) return qd_errf(err, "%s: out of memory", path);
             v->types[i] = QD_TOK_UNUSED;
         } else if (special[i]) {
             v->types[i] = special[i] == 2 ? QD_TOK_CONTROL : QD_TOK_USER;
@@ -1674,53 +1691,32 @@ static qd_tokenizer *hf_build(const cJSON *root, const char *path, qd_err *err) 
         }
     }
     const cJSON *unk = cJSON_GetObjectItemCaseSensitive(model, "unk_token");
-    if (cJSON_IsString(unk)) {
-        for (int i = 0; i < v->n && v->unk_id < 0; i++)
-            if (strcmp(v->tokens[i], unk->valuestring) == 0) v->unk_id = i;
-        if (v->unk_id < 0) {
-            qd_errf(err, "%s: model.unk_token: \"%s\" is not in model.vocab", path,
-                    unk->valuestring);
-            goto fail;
-        }
-        v->types[v->unk_id] = QD_TOK_UNKNOWN;
-    }
-    if (hf_normalizer(cJSON_GetObjectItemCaseSensitive(root, "normalizer"), path, &opts, err) !=
+    if (!cJSON_IsString(unk)) return QD_OK;
+    for (int i = 0; i < v->n && v->unk_id < 0; i++)
+        if (strcmp(v->tokens[i], unk->valuestring) == 0) v->unk_id = i;
+    if (v->unk_id < 0)
+        return qd_errf(err, "%s: model.unk_token: \"%s\" is not in model.vocab", path,
+                       unk->valuestring);
+    v->types[v->unk_id] = QD_TOK_UNKNOWN;
+    return QD_OK;
+}
+
+/* The normalizer and pre-tokenizer into o, refusing combinations that are not implemented. */
+static int hf_pipeline(const cJSON *root, const char *path, hf_opts *o, qd_err *err) {
+    if (hf_normalizer(cJSON_GetObjectItemCaseSensitive(root, "normalizer"), path, o, err) !=
             QD_OK ||
-        hf_pretokenizer(cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"), path, &opts,
+        hf_pretokenizer(cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"), path, o,
                         err) != QD_OK)
-        goto fail;
-    if (opts.n_steps && (opts.meta || opts.norm_prepend || opts.norm_replace)) {
-        qd_errf(err, "%s: pre_tokenizer: Metaspace, Prepend or Replace together with ByteLevel, "
-                "Split or Digits is not supported", path);
-        goto fail;
-    }
-    int bytelevel_dec = hf_decoder_bytelevel(cJSON_GetObjectItemCaseSensitive(root, "decoder"));
-    v->add_bos = 0;
-    v->add_space_prefix = opts.norm_prepend || (opts.meta && opts.meta_scheme != META_NEVER);
-    t = tok_build(v, bytelevel_dec, path, err);
-    if (!t) goto fail;
-    t->ignore_merges = opt_bool(model, "ignore_merges", 0);
-    t->unorm = opts.unorm;
-    if (opts.n_steps) {
-        if (!(t->steps = malloc((size_t)opts.n_steps * sizeof *t->steps))) goto oom;
-        memcpy(t->steps, opts.steps, (size_t)opts.n_steps * sizeof *t->steps);
-        t->n_steps = opts.n_steps;
-        opts.n_steps = 0;
-        t->added_norm = anorm;
-        anorm = NULL;
-    }
-    t->added_flags = aflags;
-    aflags = NULL;
-    t->kind = KIND_HF;
-    t->byte_fallback = byte_fallback;
-    t->fuse_unk = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "fuse_unk"));
-    t->norm_prepend = opts.norm_prepend;
-    t->norm_replace = opts.norm_replace;
-    t->meta = opts.meta;
-    t->meta_scheme = opts.meta_scheme;
-    t->meta_split = opts.meta_split;
-    /* BOS/EOS: the usual names (SentencePiece's, Llama-3's, GPT-2's); the post-processor's
-     * template says whether BOS is added, and which token it is */
+        return QD_ERR;
+    if (o->n_steps && (o->meta || o->norm_prepend || o->norm_replace))
+        return qd_errf(err, "%s: pre_tokenizer: Metaspace, Prepend or Replace together with "
+                       "ByteLevel, Split or Digits is not supported", path);
+    return QD_OK;
+}
+
+/* BOS/EOS: the usual names (SentencePiece's, Llama-3's, GPT-2's); the post-processor's
+ * template says whether BOS is added, and which token it is. */
+static int hf_bos_eos(qd_tokenizer *t, const cJSON *root, const char *path, qd_err *err) {
     static const char *const bos_names[] = {"<s>", "<|begin_of_text|>", "<|startoftext|>",
                                             "<|endoftext|>"};
     static const char *const eos_names[] = {"</s>", "<|end_of_text|>", "<|endoftext|>"};
@@ -1732,73 +1728,142 @@ static qd_tokenizer *hf_build(const cJSON *root, const char *path, qd_err *err) 
     const cJSON *first = cJSON_IsArray(single) ? cJSON_GetArrayItem(single, 0) : NULL;
     const cJSON *st = cJSON_GetObjectItemCaseSensitive(first, "SpecialToken");
     const cJSON *stid = cJSON_GetObjectItemCaseSensitive(st, "id");
-    if (cJSON_IsString(stid)) {
-        int id = qd_tok_find(t, stid->valuestring);
-        if (id < 0) {
-            qd_errf(err, "%s: post_processor.single[0]: \"%s\" is not a token", path,
-                    stid->valuestring);
-            goto fail;
+    if (!cJSON_IsString(stid)) return QD_OK;
+    int id = qd_tok_find(t, stid->valuestring);
+    if (id < 0)
+        return qd_errf(err, "%s: post_processor.single[0]: \"%s\" is not a token", path,
+                       stid->valuestring);
+    t->v->bos_id = id;
+    t->v->add_bos = 1;
+    return QD_OK;
+}
+
+/* The added tokens, matched in the raw text before normalization, longest first. */
+static int hf_added_list(qd_tokenizer *t, const int *special, int n_added, const char *path,
+                         qd_err *err) {
+    if (!n_added) return QD_OK;
+    if (!(t->added = malloc((size_t)n_added * sizeof *t->added)))
+        return qd_errf(err, "%s: out of memory", path);
+    for (int i = 0; i < t->v->n; i++)
+        if (special[i] && t->tlen[i] > 0) {
+            t->added[t->n_added++] = i;
+            t->added_first[(unsigned char)t->v->tokens[i][0]] = 1;
         }
-        t->v->bos_id = id;
-        t->v->add_bos = 1;
-    }
-    /* added tokens, matched in the raw text before normalization, longest first */
-    if (n_added) {
-        t->added = malloc((size_t)n_added * sizeof *t->added);
-        if (!t->added) goto oom;
-        for (int i = 0; i < t->v->n; i++)
-            if (special[i] && t->tlen[i] > 0) {
-                t->added[t->n_added++] = i;
-                t->added_first[(unsigned char)t->v->tokens[i][0]] = 1;
-            }
-        qsort_r(t->added, (size_t)t->n_added, sizeof *t->added, cmp_added_len, t);
-    }
-    /* merges: rank = position; the pair map holds (left id, right id) -> (rank, merged id) */
-    int n_merges = cJSON_GetArraySize(merges);
-    if (n_merges > 4 * QD_MAX_VOCAB) {
-        qd_errf(err, "%s: model.merges: %d entries, limit %d", path, n_merges, 4 * QD_MAX_VOCAB);
-        goto fail;
-    }
-    if (pairs_init(t, (size_t)n_merges) != 0) goto oom;
-    int rank = 0;
-    cJSON_ArrayForEach(it, merges) {
-        int r = hf_merge_sides(it, &ma, &mb);
-        if (r == -2) goto oom;
-        if (r != 0) {
-            qd_errf(err, "%s: model.merges[%d]: expected \"a b\" or [\"a\", \"b\"]", path, rank);
-            goto fail;
-        }
+    qsort_r(t->added, (size_t)t->n_added, sizeof *t->added, cmp_added_len, t);
+    return QD_OK;
+}
+
+/* One merge "a b" into the pair map: (id of a, id of b) -> (rank, id of ab). */
+static int hf_merge_one(qd_tokenizer *t, const cJSON *m, int rank, const char *path,
+                        qd_err *err) {
+    char *ma, *mb, *mab = NULL;
+    int r = hf_merge_sides(m, &ma, &mb);
+    int rc = QD_ERR;
+    if (r == -2) {
+        qd_errf(err, "%s: out of memory", path);
+    } else if (r != 0) {
+        qd_errf(err, "%s: model.merges[%d]: expected \"a b\" or [\"a\", \"b\"]", path, rank);
+    } else {
         size_t la = strlen(ma), lb = strlen(mb);
-        if (!(mab = malloc(la + lb + 1))) goto oom;
-        memcpy(mab, ma, la);
-        memcpy(mab + la, mb, lb + 1);
-        int a = qd_tok_find(t, ma), b = qd_tok_find(t, mb), ab = qd_tok_find(t, mab);
-        if (a < 0 || b < 0 || ab < 0) {
-            qd_errf(err, "%s: model.merges[%d]: \"%s\" is not in model.vocab", path, rank,
-                    a < 0 ? ma : b < 0 ? mb : mab);
-            goto fail;
+        if (!(mab = malloc(la + lb + 1))) {
+            qd_errf(err, "%s: out of memory", path);
+        } else {
+            memcpy(mab, ma, la);
+            memcpy(mab + la, mb, lb + 1);
+            int a = qd_tok_find(t, ma), b = qd_tok_find(t, mb), ab = qd_tok_find(t, mab);
+            if (a < 0 || b < 0 || ab < 0) {
+                qd_errf(err, "%s: model.merges[%d]: \"%s\" is not in model.vocab", path, rank,
+                        a < 0 ? ma : b < 0 ? mb : mab);
+            } else {
+                pair_insert(t, a, b, ab, rank);
+                rc = QD_OK;
+            }
         }
-        pair_insert(t, a, b, ab, rank);
-        free(ma);
-        free(mb);
-        free(mab);
-        ma = mb = mab = NULL;
-        rank++;
     }
-    free(special);
-    free(anorm);
-    free(aflags);
-    qd_vocab_free(v);
-    return t;
-oom:
-    qd_errf(err, "%s: out of memory", path);
-fail:
     free(ma);
     free(mb);
     free(mab);
-    free(special);
-    free(anorm);
-    free(aflags);
+    return rc;
+}
+
+/* model.merges: rank = position. */
+static int hf_merges(qd_tokenizer *t, const cJSON *merges, const char *path, qd_err *err) {
+    int n_merges = cJSON_GetArraySize(merges);
+    if (n_merges > 4 * QD_MAX_VOCAB)
+        return qd_errf(err, "%s: model.merges: %d entries, limit %d", path, n_merges,
+                       4 * QD_MAX_VOCAB);
+    if (pairs_init(t, (size_t)n_merges) != 0) return qd_errf(err, "%s: out of memory", path);
+    int rank = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, merges) {
+        if (hf_merge_one(t, it, rank, path, err) != QD_OK) return QD_ERR;
+        rank++;
+    }
+    return QD_OK;
+}
+
+/* Builds a Hugging Face BPE tokenizer from a parsed tokenizer.json: ids from model.vocab and
+ * added_tokens (holes in the id space become empty UNUSED tokens), the pair map from merges. */
+static qd_tokenizer *hf_build(const cJSON *root, const char *path, qd_err *err) {
+    hf_fields f = {0};
+    if (hf_model_fields(root, path, &f, err) != QD_OK) return NULL;
+    int n = hf_id_space(&f, path, err);
+    if (n < 0) return NULL;
+    qd_vocab *v = qd_vocab_new(n, err);
+    if (!v) return NULL;
+    hf_opts opts = {0};
+    qd_tokenizer *t = NULL;
+    hf_added a = {calloc((size_t)v->n, sizeof *a.special), calloc((size_t)v->n, 1),
+                  calloc((size_t)v->n, 1)};
+    if (!a.special || !a.norm || !a.flags) {
+        qd_errf(err, "%s: out of memory", path);
+        goto fail;
+    }
+    int byte_fallback = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(f.model, "byte_fallback"));
+    if (hf_fill_tokens(v, &f, &a, path, err) != QD_OK ||
+        hf_token_types(v, a.special, byte_fallback, f.model, path, err) != QD_OK ||
+        hf_pipeline(root, path, &opts, err) != QD_OK)
+        goto fail;
+    int bytelevel_dec = hf_decoder_bytelevel(cJSON_GetObjectItemCaseSensitive(root, "decoder"));
+    v->add_bos = 0;
+    v->add_space_prefix = opts.norm_prepend || (opts.meta && opts.meta_scheme != META_NEVER);
+    t = tok_build(v, bytelevel_dec, path, err);
+    if (!t) goto fail;
+    t->ignore_merges = opt_bool(f.model, "ignore_merges", 0);
+    t->unorm = opts.unorm;
+    if (opts.n_steps) {
+        if (!(t->steps = malloc((size_t)opts.n_steps * sizeof *t->steps))) {
+            qd_errf(err, "%s: out of memory", path);
+            goto fail;
+        }
+        memcpy(t->steps, opts.steps, (size_t)opts.n_steps * sizeof *t->steps);
+        t->n_steps = opts.n_steps;
+        opts.n_steps = 0;
+        t->added_norm = a.norm;
+        a.norm = NULL;
+    }
+    t->added_flags = a.flags;
+    a.flags = NULL;
+    t->kind = KIND_HF;
+    t->byte_fallback = byte_fallback;
+    t->fuse_unk = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(f.model, "fuse_unk"));
+    t->norm_prepend = opts.norm_prepend;
+    t->norm_replace = opts.norm_replace;
+    t->meta = opts.meta;
+    t->meta_scheme = opts.meta_scheme;
+    t->meta_split = opts.meta_split;
+    if (hf_bos_eos(t, root, path, err) != QD_OK ||
+        hf_added_list(t, a.special, f.n_added, path, err) != QD_OK ||
+        hf_merges(t, f.merges, path, err) != QD_OK)
+        goto fail;
+    free(a.special);
+    free(a.norm); /* kept only with byte-level steps */
+    qd_vocab_free(v);
+    return t;
+fail:
+    free(a.special);
+    free(a.norm);
+    free(a.flags);
     hf_opts_free(&opts);
     qd_vocab_free(v);
     qd_tok_free(t);
