@@ -866,6 +866,16 @@ static void test_hf_errors(void) {
     expect_hf_error("bad8.json",
                     "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":99999999},\"merges\":[]}}",
                     "model.vocab[\"a\"]");
+    /* 74 bytes that name one token at the top of the id space: refused before the 1M-entry
+     * vocabulary is allocated (the unsupported pre_tokenizer would be refused only after) */
+    expect_hf_error("bad8b.json",
+                    "{\"model\":{\"vocab\":{\"a\":1048575},\"merges\":[]},\"pre_tokenizer\":"
+                    "{\"type\":\"X\"}}",
+                    "model.vocab: ids reach 1048575 but the file names 1 tokens");
+    expect_hf_error("bad8c.json",
+                    "{\"added_tokens\":[{\"id\":600,\"content\":\"<x>\"}],\"model\":{\"vocab\":"
+                    "{\"a\":0},\"merges\":[]}}",
+                    "at most 258 ids may be unused");
     expect_hf_error("bad9.json",
                     "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":0},\"merges\":[]}}",
                     "already used");
@@ -939,6 +949,20 @@ static void test_hf_errors(void) {
 
 /* A hand-written tokenizer.json: Metaspace pre-tokenizer (prepend "first", split on ▁),
  * [a, b] merges, no byte fallback, fused unknowns. */
+/* Holes in the id space within the bound load as UNUSED tokens: one entry plus one added token
+ * at id 259 is 258 unused ids, the most that 2 named tokens allow. */
+static void test_hf_id_holes(void) {
+    const char *json = "{\"added_tokens\":[{\"id\":259,\"content\":\"<x>\",\"special\":true}],"
+                       "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}";
+    qd_tokenizer *t = load(write_tmp("holes.json", json, strlen(json)));
+    if (!t) return;
+    CHECK(qd_tok_vocab_size(t) == 260, "n %d", qd_tok_vocab_size(t));
+    CHECK(qd_tok_type(t, 1) == QD_TOK_UNUSED && qd_tok_type(t, 258) == QD_TOK_UNUSED &&
+              qd_tok_type(t, 259) == QD_TOK_CONTROL,
+          "types %d %d %d", qd_tok_type(t, 1), qd_tok_type(t, 258), qd_tok_type(t, 259));
+    qd_tok_free(t);
+}
+
 static void test_hf_metaspace(void) {
     const char *json =
         "{\"added_tokens\":[{\"id\":0,\"content\":\"<unk>\",\"special\":true},"
@@ -1068,6 +1092,7 @@ int main(void) {
     RUN(test_decode_errors);
     RUN(test_tokbin_errors);
     RUN(test_hf_errors);
+    RUN(test_hf_id_holes);
     RUN(test_hf_metaspace);
     RUN(test_vocab_api);
     RUN(test_dispatch);

@@ -1802,6 +1802,9 @@ static int hf_merges(qd_tokenizer *t, const cJSON *merges, const char *path, qd_
     return QD_OK;
 }
 
+/* Unused ids allowed in a tokenizer.json's id space beyond one per token it names. */
+#define HF_MAX_EXTRA_HOLES 256
+
 /* Builds a Hugging Face BPE tokenizer from a parsed tokenizer.json: ids from model.vocab and
  * added_tokens (holes in the id space become empty UNUSED tokens), the pair map from merges. */
 static qd_tokenizer *hf_build(const cJSON *root, const char *path, qd_err *err) {
@@ -1809,6 +1812,14 @@ static qd_tokenizer *hf_build(const cJSON *root, const char *path, qd_err *err) 
     if (hf_model_fields(root, path, &f, err) != QD_OK) return NULL;
     int n = hf_id_space(&f, path, err);
     if (n < 0) return NULL;
+    /* the vocabulary is allocated for the whole id space: ids that no entry of the file names
+     * (holes) cost memory without costing file bytes, so they are bounded by the entries */
+    int entries = f.n_vocab + f.n_added;
+    if (n > 2 * entries + HF_MAX_EXTRA_HOLES)
+        return qd_errf(err, "%s: model.vocab: ids reach %d but the file names %d tokens (at most "
+                       "%d ids may be unused)", path, n - 1, entries,
+                       entries + HF_MAX_EXTRA_HOLES),
+               NULL;
     qd_vocab *v = qd_vocab_new(n, err);
     if (!v) return NULL;
     hf_opts opts = {0};
