@@ -46,12 +46,6 @@ static char *slurp(const char *p, size_t *n) {
     return qd_read_file(p, 1 << 26, n, &err);
 }
 
-static void rm_rf(const char *dir) {
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    CHECK(system(cmd) == 0, "cleanup %s", dir);
-}
-
 /* ---- tokenizer.bin writer --------------------------------------------------------------- */
 
 static void vocab_roundtrip_tok512(void) {
@@ -133,7 +127,7 @@ static void vocab_refuses_what_it_cannot_carry(void) {
     CHECK(r && r->n == 4 && !strcmp(r->tokens[3], v->tokens[3]) && r->bos_id == 1, "reload");
     qd_vocab_free(r);
     qd_vocab_free(v);
-    rm_rf(dir);
+    check_rmtree(dir);
 }
 
 /* ---- the pipeline's artifacts ----------------------------------------------------------- */
@@ -182,7 +176,7 @@ static void pipeline(int wbits, const char *enc_version) {
     qd_err err = {{0}};
     int rc = qd_quantize(&o, &err);
     CHECK(rc == QD_OK, "%s", err.msg);
-    if (rc != QD_OK) { rm_rf(dir); return; }
+    if (rc != QD_OK) { check_rmtree(dir); return; }
 
     char p_rep[600], p_qint[600], p_enc[600], p_fold[600], p_st[700], p_cfg[700], p_tok[700];
     snprintf(p_rep, sizeof p_rep, "%s/report.json", dir);
@@ -350,7 +344,7 @@ out:
     qd_tokens_free(&t);
     qd_tok_free(tok);
     qd_model_free(m);
-    rm_rf(dir);
+    check_rmtree(dir);
 }
 
 static void artifacts_w8a8(void) { pipeline(8, "1.0.0"); }

@@ -315,11 +315,7 @@ static void test_hf_same_stream(void) {
 }
 
 int main(void) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/qd_test_data_XXXXXX");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
-        return 1;
-    }
+    check_tmpdir(tmpdir, sizeof tmpdir, "test_data");
     RUN(test_fixture_txt);
     RUN(test_small_txt);
     RUN(test_jsonl);
@@ -329,8 +325,6 @@ int main(void) {
     RUN(test_bin_errors);
     RUN(test_sniff);
     RUN(test_hf_same_stream);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
+    check_rmtree(tmpdir);
     return CHECK_DONE();
 }

@@ -70,9 +70,7 @@ static void run(int wbits) {
     qd_model_free(dq);
     qd_qint_free(qi);
     qd_qint_enc_free(&enc);
-    char cmd[700];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    CHECK(system(cmd) == 0, "cleanup");
+    check_rmtree(dir);
 }
 
 static void test_aimet_w8(void) { run(8); }
@@ -135,9 +133,7 @@ static long mq_encodings(int wbits, uint64_t seed, double lr_lrl) {
     qd_st_close(hf);
     qd_qint_free(qi);
     qd_encodings_free(E);
-    char cmd[700];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    CHECK(system(cmd) == 0, "cleanup");
+    check_rmtree(dir);
     return projected;
 }
 

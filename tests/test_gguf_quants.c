@@ -587,18 +587,12 @@ out:
 }
 
 int main(void) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/qd_gguf_quants_XXXXXX");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
-        return 1;
-    }
+    check_tmpdir(tmpdir, sizeof tmpdir, "gguf_quants");
     RUN(test_hand_blocks);
     RUN(test_random_32);
     RUN(test_random_k);
     RUN(test_quantizer_roundtrip);
     RUN(test_whole_model);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
+    check_rmtree(tmpdir);
     return CHECK_DONE();
 }

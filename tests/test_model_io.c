@@ -18,7 +18,6 @@
 #include "synth.h"
 
 #include <cjson/cJSON.h>
-#include <ftw.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -65,11 +64,6 @@ static void copy_file(const char *from, const char *to) {
     uint8_t *b = slurp(from, &n);
     if (b) spit(to, b, n);
     free(b);
-}
-
-static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
 }
 
 static qd_model *load_ok(const char *path) {
@@ -1685,11 +1679,7 @@ static void test_config_validate(void) {
 }
 
 int main(void) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/qd_model_io_XXXXXX");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
-        return 1;
-    }
+    check_tmpdir(tmpdir, sizeof tmpdir, "model_io");
     RUN(test_half_known_bits);
     RUN(test_half_exhaustive);
     RUN(test_three_forms_agree);
@@ -1714,6 +1704,6 @@ int main(void) {
     RUN(test_gguf_all_types);
     RUN(test_bad_llama2c);
     RUN(test_random_header_damage);
-    nftw(tmpdir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+    check_rmtree(tmpdir);
     return CHECK_DONE();
 }

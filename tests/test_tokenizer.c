@@ -1071,11 +1071,7 @@ static void test_dispatch(void) {
 }
 
 int main(void) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/qd_test_tok_XXXXXX");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
-        return 1;
-    }
+    check_tmpdir(tmpdir, sizeof tmpdir, "test_tok");
     RUN(test_tok512_fixture);
     RUN(test_llama2_fixture);
     RUN(test_llama2_known_ids);
@@ -1096,8 +1092,6 @@ int main(void) {
     RUN(test_hf_metaspace);
     RUN(test_vocab_api);
     RUN(test_dispatch);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
+    check_rmtree(tmpdir);
     return CHECK_DONE();
 }
