@@ -1,14 +1,19 @@
 /* Helpers the service benchmarks share (bench_server, bench_load): where the quantd binary is,
- * starting `quantd serve` on 127.0.0.1:0 and reading back its port, /proc figures of the
- * server, and a double comparator for percentiles. Header-only: each bench is one .c file. */
+ * starting `quantd serve` on 127.0.0.1:0 and reading back its port, a loopback connection and
+ * one HTTP response read from it, /proc figures of the server, and a double comparator for
+ * percentiles. Header-only: each bench is one .c file. */
 #ifndef QD_BENCH_COMMON_H
 #define QD_BENCH_COMMON_H
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -68,6 +73,58 @@ static inline pid_t bench_start_server(const char *exe, const char *data, const 
     while (f && fgets(line, sizeof line, f))
         if (sscanf(line, "listening on %63[^:]:%d", host, port) == 2) break;
     return *port > 0 ? pid : -1;
+}
+
+/* A connection to 127.0.0.1:port with TCP_NODELAY; reads and writes wait at most timeout_s
+ * seconds (0: no bound). The fd, or -1. */
+static inline int bench_connect(int port, int timeout_s) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (timeout_s > 0) {
+        struct timeval tv = {timeout_s, 0};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    }
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        close(fd);
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return fd;
+}
+
+/* Reads one HTTP response with a Content-Length body (or none) into buf (cap bytes, kept
+ * NUL-terminated); *body_off and *total (either may be NULL) get where the body starts and
+ * the bytes read. The status, 0 when the connection closed before any byte came back, -1 on
+ * other failures. */
+static inline int bench_read_response(int fd, char *buf, size_t cap, size_t *body_off,
+                                      size_t *total) {
+    size_t have = 0;
+    for (;;) {
+        if (have + 1 >= cap) return -1;
+        ssize_t k = read(fd, buf + have, cap - have - 1);
+        if (k <= 0) return have ? -1 : 0;
+        have += (size_t)k;
+        buf[have] = 0;
+        char *end = strstr(buf, "\r\n\r\n");
+        if (!end) continue;
+        size_t hlen = (size_t)(end - buf) + 4;
+        const char *cl = strcasestr(buf, "\r\nContent-Length:");
+        size_t blen = cl ? strtoul(cl + 17, NULL, 10) : 0;
+        if (hlen + blen >= cap) return -1;
+        while (have < hlen + blen) {
+            k = read(fd, buf + have, hlen + blen - have);
+            if (k <= 0) return -1;
+            have += (size_t)k;
+        }
+        buf[have] = 0;
+        if (body_off) *body_off = hlen;
+        if (total) *total = have;
+        return atoi(buf + 9);
+    }
 }
 
 /* The value in kB of a /proc/PID/status line such as "VmRSS:" or "VmHWM:", or -1. */

@@ -53,22 +53,7 @@ static void sleep_s(double s) {
 static int port;
 static double t_end;
 
-static int connect_server(void) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return -1;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    struct timeval tv = {10, 0}; /* no read or write waits past 10 s */
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-        close(fd);
-        return -1;
-    }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    return fd;
-}
+static int connect_server(void) { return bench_connect(port, 10); /* no wait past 10 s */ }
 
 /* Whether a kept-alive connection is still open: the server may have closed it while idle. */
 static bool alive(int fd) {
@@ -77,31 +62,6 @@ static bool alive(int fd) {
     if (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) return false;
     char b;
     return recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) != 0;
-}
-
-/* Reads one response with a Content-Length body; returns the status, 0 when the connection
- * closed before any byte came back, -1 on other failures. */
-static int read_response(int fd, char *buf, size_t cap) {
-    size_t have = 0;
-    for (;;) {
-        if (have + 1 >= cap) return -1;
-        ssize_t k = read(fd, buf + have, cap - have - 1);
-        if (k <= 0) return have ? -1 : 0;
-        have += (size_t)k;
-        buf[have] = 0;
-        char *end = strstr(buf, "\r\n\r\n");
-        if (!end) continue;
-        size_t hlen = (size_t)(end - buf) + 4;
-        const char *cl = strcasestr(buf, "\r\nContent-Length:");
-        size_t blen = cl ? strtoul(cl + 17, NULL, 10) : 0;
-        if (hlen + blen >= cap) return -1;
-        while (have < hlen + blen) {
-            k = read(fd, buf + have, hlen + blen - have);
-            if (k <= 0) return -1;
-            have += (size_t)k;
-        }
-        return atoi(buf + 9);
-    }
 }
 
 /* ---- shared counters ---- */
@@ -156,7 +116,7 @@ static int api_request(client *c, int *fd, const char *req, size_t n, char *buf,
             atomic_fetch_add(&api_reconnects, 1);
             if (*fd < 0) return -1;
         }
-        int st = qd_write_all(*fd, req, n) == 0 ? read_response(*fd, buf, cap) : 0;
+        int st = qd_write_all(*fd, req, n) == 0 ? bench_read_response(*fd, buf, cap, NULL, NULL) : 0;
         if (st > 0) {
             if (strcasestr(buf, "\r\nConnection: close")) {
                 close(*fd);
@@ -230,7 +190,7 @@ static void run_upload(client *c) {
         unsigned v = rnd(&c->seed) % 8; /* eight distinct bodies: the store deduplicates */
         memset(req + h, 'a' + (int)v, body);
         int fd = connect_server();
-        int st = fd >= 0 && qd_write_all(fd, req, (size_t)h + body) == 0 ? read_response(fd, resp, sizeof resp) : -1;
+        int st = fd >= 0 && qd_write_all(fd, req, (size_t)h + body) == 0 ? bench_read_response(fd, resp, sizeof resp, NULL, NULL) : -1;
         if (fd >= 0) close(fd);
         atomic_fetch_add(&uploads, 1);
         if (st != 200 && st != 201) atomic_fetch_add(&upload_errors, 1);
@@ -304,7 +264,7 @@ static int post(const char *path, const char *ctype, const char *body, size_t n,
     int fd = connect_server();
     if (fd < 0) return -1;
     int st = qd_write_all(fd, head, (size_t)h) == 0 && qd_write_all(fd, body, n) == 0
-                 ? read_response(fd, resp, sizeof resp) : -1;
+                 ? bench_read_response(fd, resp, sizeof resp, NULL, NULL) : -1;
     close(fd);
     const char *p = st > 0 ? strstr(resp, "\"id\":\"") : NULL;
     if (p && id) {

@@ -31,45 +31,7 @@
 static char host[64];
 static int port;
 
-static int connect_server(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    inet_pton(AF_INET, host, &a.sin_addr);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-        close(fd);
-        return -1;
-    }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    return fd;
-}
-
-/* Reads one HTTP response (Content-Length bodies only) into buf; returns the status or -1. */
-static int read_response(int fd, char *buf, size_t cap, size_t *body_off, size_t *total) {
-    size_t have = 0;
-    for (;;) {
-        if (have == cap) return -1;
-        ssize_t k = read(fd, buf + have, cap - have - 1);
-        if (k <= 0) return -1;
-        have += (size_t)k;
-        buf[have] = 0;
-        char *end = strstr(buf, "\r\n\r\n");
-        if (!end) continue;
-        size_t hlen = (size_t)(end - buf) + 4;
-        const char *cl = strcasestr(buf, "\r\nContent-Length:");
-        size_t blen = cl ? strtoul(cl + 17, NULL, 10) : 0;
-        if (hlen + blen >= cap) return -1;
-        while (have < hlen + blen) {
-            k = read(fd, buf + have, hlen + blen - have);
-            if (k <= 0) return -1;
-            have += (size_t)k;
-        }
-        buf[have] = 0;
-        if (body_off) *body_off = hlen;
-        if (total) *total = have;
-        return atoi(buf + 9);
-    }
-}
+static int connect_server(void) { return bench_connect(port, 0); }
 
 typedef struct worker {
     pthread_t t;
@@ -89,7 +51,7 @@ static void *load(void *arg) {
         double t0 = qd_now();
         if (t0 >= w->t_end) break;
         if (qd_write_all(fd, w->req, w->req_len) != 0 ||
-            read_response(fd, buf, 1 << 16, NULL, NULL) != 200) {
+            bench_read_response(fd, buf, 1 << 16, NULL, NULL) != 200) {
             w->errors++;
             close(fd);
             fd = connect_server();
@@ -171,7 +133,7 @@ int main(int argc, char **argv) {
     }
     char resp[4096];
     size_t boff = 0;
-    int st = ok ? read_response(fd, resp, sizeof resp, &boff, NULL) : -1;
+    int st = ok ? bench_read_response(fd, resp, sizeof resp, &boff, NULL) : -1;
     double up_s = qd_now() - t0;
     close(fd);
     long rss1 = bench_proc_kb(srv, "VmHWM:");
@@ -192,7 +154,7 @@ int main(int argc, char **argv) {
                       "POST /v1/jobs HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
                       "Content-Length: %d\r\n\r\n%s", host, bn, body);
     fd = connect_server();
-    st = qd_write_all(fd, req, (size_t)rn) == 0 ? read_response(fd, resp, sizeof resp, &boff, NULL) : -1;
+    st = qd_write_all(fd, req, (size_t)rn) == 0 ? bench_read_response(fd, resp, sizeof resp, &boff, NULL) : -1;
     close(fd);
     idp = st == 201 ? strstr(resp + boff, "\"id\":\"") : NULL;
     if (idp) sscanf(idp + 6, "%63[^\"]", job);
