@@ -119,7 +119,7 @@ clean:
 
 -include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(AUX_OBJ:.o=.d) $(TEST_BIN:=.d) $(BENCH_BIN:=.d)
 
-# Files embedded with .incbin: -MMD cannot see them, so name them here.
+# Files embedded with .incbin (base/embed.h): -MMD cannot see them, so name them here.
 $(BUILD)/server/openapi_blob.o: api/openapi.yaml
 $(BUILD)/server/dashboard.o: web/index.html
 $(BUILD)/worker/dispatch_slurm.o: deploy/quantd.sbatch

@@ -28,21 +28,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "base/embed.h"
 #include "base/fs.h"
 #include "base/sys.h"
 
 extern char **environ;
 
 /* deploy/quantd.sbatch, built in: the script used when slurm_template is not set. */
-__asm__(".section .rodata\n"
-        ".balign 16\n"
-        "wk_sbatch_start_:\n"
-        ".incbin \"deploy/quantd.sbatch\"\n"
-        "wk_sbatch_end_:\n"
-        ".byte 0\n"
-        ".previous\n");
-extern const char wk_sbatch_start_[] __asm__("wk_sbatch_start_");
-extern const char wk_sbatch_end_[] __asm__("wk_sbatch_end_");
+QD_EMBED_FILE(wk_sbatch, "deploy/quantd.sbatch");
 
 #define CMD_TIMEOUT_S 30.0
 #define MAX_EXTRA_ARGS 32
