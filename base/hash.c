@@ -1,4 +1,4 @@
-/* SHA-256 through OpenSSL EVP (see hash.h). */
+/* SHA-256 through OpenSSL EVP, and FNV-1a 64 (see hash.h). */
 #include "base/hash.h"
 
 #include <dirent.h>
@@ -124,4 +124,10 @@ int qd_sha256_path(const char *path, char hex[65], qd_err *err) {
     if (rc == QD_OK) qd_sha256_final(h, hex);
     qd_sha256_free(h);
     return rc;
+}
+
+uint64_t qd_fnv64(uint64_t h, const void *data, size_t n) {
+    const unsigned char *b = data;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
 }

@@ -1,6 +1,7 @@
 /* SHA-256 through OpenSSL's EVP interface: of a buffer, of a file, or streamed over many pieces
  * (an upload, the files of a checkpoint directory). The one copy for all of quantd; hex digests
- * are 64 lowercase characters and a NUL. */
+ * are 64 lowercase characters and a NUL. And FNV-1a 64, the cheap checksum and fingerprint of
+ * optimizer checkpoints (not for anything an adversary chooses). */
 #ifndef QD_BASE_HASH_H
 #define QD_BASE_HASH_H
 
@@ -34,5 +35,9 @@ int qd_sha256_update_file(qd_sha256_ctx *h, const char *path, uint64_t *size, qd
 /* Writes the hex digest of everything fed so far; the context must not be fed again. */
 void qd_sha256_final(qd_sha256_ctx *h, char hex[65]);
 void qd_sha256_free(qd_sha256_ctx *h);
+
+/* FNV-1a 64 over bytes, chained from h (start with QD_FNV_INIT). */
+#define QD_FNV_INIT 0xcbf29ce484222325ull
+uint64_t qd_fnv64(uint64_t h, const void *data, size_t n);
 
 #endif

@@ -31,6 +31,7 @@
 #include "base/hash.h"
 #include "base/limits.h"
 #include "base/report_keys.h"
+#include "base/str.h"
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "cli/client.h"
@@ -99,14 +100,6 @@ static void usage(FILE *f) {
 }
 
 /* ---- small helpers ---- */
-
-static bool job_id_ok(const char *s) {
-    size_t n = strlen(s);
-    if (n == 0 || n > 64) return false;
-    for (size_t i = 0; i < n; i++)
-        if (!(isxdigit((unsigned char)s[i]) || s[i] == '-')) return false;
-    return true;
-}
 
 static void sleep_s(double s) {
     struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
@@ -275,7 +268,7 @@ static int one_id(cmd_parser *p, const char **id) {
         return CLI_BAD;
     }
     *id = a->argv[a->optind];
-    if (!job_id_ok(*id)) return cli_fail(a, "'%s' is not a job id", *id);
+    if (!qd_uuid_like(*id)) return cli_fail(a, "'%s' is not a job id", *id);
     return 0;
 }
 
@@ -862,7 +855,7 @@ static int submit_post(opts *o, cJSON *spec, const submit_args *s) {
     free(body);
     if (ex) return ex;
     const char *id = str_or(job, "id", "");
-    if (!job_id_ok(id)) {
+    if (!qd_uuid_like(id)) {
         fprintf(stderr, "quantd client: submit: the server answered without a job id\n");
         cJSON_Delete(job);
         return EXIT_SERVER;

@@ -88,3 +88,7 @@ out=$("$Q" client list --frobnicate 2>&1); rc=$?
 if [ $rc = 2 ] && printf '%s' "$out" | grep -q "^quantd client list: unknown option '--frobnicate'"; then ok unknown_option_message; else bad unknown_option_message "rc=$rc $out"; fi
 out=$("$Q" inspect --json=yes "$M/stories260K.gguf" 2>&1); rc=$?
 if [ $rc = 2 ] && [ "$out" = "quantd inspect: --json: takes no value" ]; then ok flag_takes_no_value; else bad flag_takes_no_value "rc=$rc $out"; fi
+# a job id operand must be a job id as the server makes them (a lowercase uuid), checked before
+# any request: here the server is unreachable, so only the local check can answer
+out=$(QUANTD_URL=http://127.0.0.1:1 "$Q" client status ABCDEF 2>&1); rc=$?
+if [ $rc = 2 ] && [ "$out" = "quantd client status: 'ABCDEF' is not a job id" ]; then ok client_job_id_checked; else bad client_job_id_checked "rc=$rc $out"; fi

@@ -23,6 +23,7 @@
 #include "api/api.h"
 #include "base/report_keys.h"
 #include "quant/opt/optim.h"
+#include "base/hash.h"
 #include "tests/check.h"
 #include "tests/synth.h"
 #include "base/fs.h"

@@ -9,6 +9,7 @@
 
 #include "base/limits.h"
 #include "quant/opt/optim.h"
+#include "base/hash.h"
 #include "base/sys.h"
 
 void qd_mq_defaults(qd_mq_opts *o, int wbits) {

@@ -1,5 +1,7 @@
 /* AdamW with per-group cosine schedules, the generator, and the optimizer checkpoint. */
 #include "quant/opt/optim.h"
+
+#include "base/hash.h"
 #include "base/fs.h"
 
 #include <errno.h>
@@ -88,12 +90,6 @@ void qd_adam_step(qd_adam *a, qd_real *p, const qd_real *g) {
         }
     }
     a->step++;
-}
-
-uint64_t qd_fnv64(uint64_t h, const void *data, size_t n) {
-    const unsigned char *b = data;
-    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
-    return h;
 }
 
 static const char CKPT_MAGIC[8] = {'Q', 'D', 'C', 'K', 'P', 'T', '0', '1'};

@@ -77,8 +77,4 @@ int qd_ckpt_save(const char *path, const qd_ckpt *c, const qd_adam *a, const qd_
 int qd_ckpt_load(const char *path, uint64_t fingerprint, qd_ckpt *c, qd_adam *a, qd_real *p,
                  qd_err *err);
 
-/* FNV-1a 64 over bytes, chained from h (start with QD_FNV_INIT). */
-#define QD_FNV_INIT 0xcbf29ce484222325ull
-uint64_t qd_fnv64(uint64_t h, const void *data, size_t n);
-
 #endif
