@@ -284,10 +284,7 @@ static int export_artifacts(const qd_quant_opts *o, const qd_model *m, const qd_
     snprintf(qpath, sizeof qpath, "%s/model.qint.safetensors", o->out_dir);
     snprintf(epath, sizeof epath, "%s/encodings.json", o->out_dir);
     snprintf(fdir, sizeof fdir, "%s/fp-folded", o->out_dir);
-    qd_qint_enc qe;
-    if (qd_qint_enc_from_encodings(&qe, E, err)) return QD_ERR;
-    qd_qint *qi = qd_qint_build(E->folded, &qe, err);
-    qd_qint_enc_free(&qe);
+    qd_qint *qi = qd_qint_from_encodings(E, err);
     if (!qi) return QD_ERR;
     snprintf(qi->method, sizeof qi->method, "%s", o->method);
     snprintf(qi->source_sha256, sizeof qi->source_sha256, "%s", model_sha);

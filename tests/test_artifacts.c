@@ -248,12 +248,7 @@ static void pipeline(int wbits, const char *enc_version) {
     if (q) E = qd_encodings_build(q, m, &err);
     CHECK(E != NULL, "%s", err.msg);
     if (E) {
-        qd_qint_enc qe;
-        qd_qint *q2 = NULL;
-        if (qd_qint_enc_from_encodings(&qe, E, &err) == QD_OK) {
-            q2 = qd_qint_build(E->folded, &qe, &err);
-            qd_qint_enc_free(&qe);
-        }
+        qd_qint *q2 = qd_qint_from_encodings(E, &err);
         CHECK(q2 != NULL, "%s", err.msg);
         if (q2) {
             int same = qlin_same(&q2->emb, &qi->emb);

@@ -111,12 +111,7 @@ static long mq_encodings(int wbits, uint64_t seed, double lr_lrl) {
               a->max >= 0, "W%d seed %llu %s: zero point %d (%d bits), range [%g, %g]", wbits,
               (unsigned long long)seed, a->name, a->zero, a->bits, a->min, a->max);
     }
-    qd_qint_enc qe;
-    qd_qint *qi = NULL;
-    if (qd_qint_enc_from_encodings(&qe, E, &err) == QD_OK) {
-        qi = qd_qint_build(E->folded, &qe, &err);
-        qd_qint_enc_free(&qe);
-    }
+    qd_qint *qi = qd_qint_from_encodings(E, &err);
     CHECK(qi != NULL, "%s", err.msg);
     char dir[] = "/tmp/qd_test_export_mq_XXXXXX";
     CHECK(mkdtemp(dir) != NULL, "mkdtemp");

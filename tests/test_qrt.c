@@ -134,16 +134,13 @@ out:
  * simulation directly. */
 static void test_from_encodings(void) {
     qd_err err;
-    qd_qint_enc e1, e2;
+    qd_qint_enc e1;
     qd_qsim *sim = make_sim(8, &e1);
     if (!sim) return;
     qd_encodings *E = qd_encodings_build(sim, model, &err);
     CHECK(E != NULL, "%s", err.msg);
-    qd_qint *a = qd_qint_build(model, &e1, &err), *b = NULL;
-    if (E && qd_qint_enc_from_encodings(&e2, E, &err) == QD_OK) {
-        b = qd_qint_build(E->folded, &e2, &err);
-        qd_qint_enc_free(&e2);
-    }
+    qd_qint *a = qd_qint_build(model, &e1, &err);
+    qd_qint *b = E ? qd_qint_from_encodings(E, &err) : NULL;
     CHECK(a && b, "%s", err.msg);
     if (a && b) {
         qd_qrt *ra = qd_qrt_new(a, NULL, &err), *rb = qd_qrt_new(b, NULL, &err);

@@ -345,6 +345,14 @@ fail:
     return NULL;
 }
 
+qd_qint *qd_qint_from_encodings(const qd_encodings *e, qd_err *err) {
+    qd_qint_enc qe;
+    if (qd_qint_enc_from_encodings(&qe, e, err) != QD_OK) return NULL;
+    qd_qint *q = qd_qint_build(e->folded, &qe, err);
+    qd_qint_enc_free(&qe);
+    return q;
+}
+
 /* ---------------------------------------------------------------- dequantized view */
 
 static void qlin_dequant(const qd_qlin *w, float *out) {

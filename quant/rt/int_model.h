@@ -112,6 +112,10 @@ typedef struct qd_qint {
 
 /* Quantizes m (the folded FP model) with the encodings. NULL on failure. */
 qd_qint *qd_qint_build(const qd_model *m, const qd_qint_enc *e, qd_err *err);
+
+/* The integer model of the optimizer's final encodings: qd_qint_enc_from_encodings, then
+ * qd_qint_build of e->folded. NULL on failure; the caller frees it with qd_qint_free. */
+qd_qint *qd_qint_from_encodings(const struct qd_encodings *e, qd_err *err);
 void qd_qint_free(qd_qint *q);
 
 /* The dequantized weights as an FP model (what the runtime's weights mean): for tests and for
