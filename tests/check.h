@@ -4,6 +4,7 @@
 #ifndef QD_CHECK_H
 #define QD_CHECK_H
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,6 +58,35 @@ static inline void check_tmpdir(char *dir, size_t n, const char *name) {
         perror("mkdtemp");
         exit(1);
     }
+}
+
+/* Path of name inside dir, in one of 8 rotating static buffers (copy it to keep it). */
+static inline const char *check_path(const char *dir, const char *name) {
+    static char bufs[8][1024];
+    static int k;
+    char *b = bufs[k++ & 7];
+    snprintf(b, sizeof bufs[0], "%s/%s", dir, name);
+    return b;
+}
+
+/* Writes len bytes to dir/name and returns its path (check_path); when the file cannot be
+ * written the path is returned all the same, for the reader under test to fail on. */
+static inline const char *check_write(const char *dir, const char *name, const void *data,
+                                      size_t len) {
+    const char *p = check_path(dir, name);
+    FILE *f = fopen(p, "wb");
+    if (!f) return p;
+    if (len) fwrite(data, 1, len, f);
+    fclose(f);
+    return p;
+}
+
+/* One xorshift64 step of *s (never 0): the tests' cheap deterministic random numbers. */
+static inline uint64_t check_xorshift(uint64_t *s) {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
 }
 
 /* Removes a scratch directory made by check_tmpdir (a message when it cannot). */

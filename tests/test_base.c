@@ -17,14 +17,8 @@
 
 static char tmpdir[256];
 
-/* Path of a file in tmpdir, in one of four rotating buffers: copy it to keep it. */
-static const char *tpath(const char *name) {
-    static char bufs[4][512];
-    static int k;
-    char *p = bufs[k++ & 3];
-    snprintf(p, sizeof bufs[0], "%s/%s", tmpdir, name);
-    return p;
-}
+/* Path of a file in tmpdir (check_path: rotating buffers, copy it to keep it). */
+static const char *tpath(const char *name) { return check_path(tmpdir, name); }
 
 static void put_file(const char *path, const char *text) {
     FILE *f = fopen(path, "wb");

@@ -12,15 +12,7 @@
 static char tmpdir[256];
 
 static const char *write_tmp(const char *name, const void *data, size_t len) {
-    static char bufs[4][512];
-    static int k;
-    char *p = bufs[k++ & 3];
-    snprintf(p, sizeof bufs[0], "%s/%s", tmpdir, name);
-    FILE *f = fopen(p, "wb");
-    if (!f) return p;
-    if (len) fwrite(data, 1, len, f);
-    fclose(f);
-    return p;
+    return check_write(tmpdir, name, data, len);
 }
 
 static const char *write_str(const char *name, const char *s) {

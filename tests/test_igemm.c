@@ -9,12 +9,7 @@
 #include "tests/check.h"
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
-static uint32_t rnd(void) {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (uint32_t)(rng >> 11);
-}
+static uint32_t rnd(void) { return (uint32_t)(check_xorshift(&rng) >> 11); }
 
 /* Values: uniform over the whole range, with the extremes -128/127 over-represented because
  * they exercise the +128 bias of the VNNI paths. */

@@ -8,12 +8,7 @@
 #include "tests/check.h"
 
 static uint64_t rng = 0x243f6a8885a308d3ull;
-static uint64_t rnd64(void) {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
+static uint64_t rnd64(void) { return check_xorshift(&rng); }
 static double urand(void) { return (double)(rnd64() >> 11) / 9007199254740992.0; }
 static int irand(int lo, int hi) { return lo + (int)(rnd64() % (uint64_t)(hi - lo + 1)); }
 

@@ -17,12 +17,7 @@
 #include "quant/io/load.h"
 
 static uint64_t rng = 0x2545f4914f6cdd1dull;
-static uint32_t rnd(void) {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (uint32_t)(rng >> 11);
-}
+static uint32_t rnd(void) { return (uint32_t)(check_xorshift(&rng) >> 11); }
 static int16_t rnd16(void) {
     uint32_t r = rnd() % 8;
     return r == 0 ? INT16_MIN : r == 1 ? INT16_MAX : (int16_t)rnd();

@@ -24,21 +24,10 @@ static const char *UNICODE_TEXT = "héllo wörld — 日本語 🙂";
 
 static char tmpdir[256];
 
-static const char *tmp_path(const char *name) {
-    static char bufs[4][512];
-    static int k;
-    char *b = bufs[k++ & 3];
-    snprintf(b, sizeof bufs[0], "%s/%s", tmpdir, name);
-    return b;
-}
+static const char *tmp_path(const char *name) { return check_path(tmpdir, name); }
 
 static const char *write_tmp(const char *name, const void *data, size_t len) {
-    const char *p = tmp_path(name);
-    FILE *f = fopen(p, "wb");
-    if (!f) return p;
-    if (len) fwrite(data, 1, len, f);
-    fclose(f);
-    return p;
+    return check_write(tmpdir, name, data, len);
 }
 
 static char *read_text(size_t *len) {
