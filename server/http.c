@@ -113,6 +113,18 @@ enum { MP_NONE = -2, MP_SPEC = -1 };
 
 /* ---- responses ---- */
 
+/* Queues resp (NULL: MHD_NO) as the answer of r, recording the status for the access log and
+ * metrics, and drops this function's reference to it. */
+static enum MHD_Result queue_resp(struct MHD_Connection *c, req *r, int status,
+                                  struct MHD_Response *resp) {
+    if (!resp) return MHD_NO;
+    r->status = status;
+    r->answered = true;
+    enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
 static enum MHD_Result send_buf(struct MHD_Connection *c, req *r, int status, const char *ctype,
                                 char *buf, size_t len, const char *extra_h, const char *extra_v) {
     struct MHD_Response *resp = MHD_create_response_from_buffer(len, buf, MHD_RESPMEM_MUST_FREE);
@@ -122,11 +134,20 @@ static enum MHD_Result send_buf(struct MHD_Connection *c, req *r, int status, co
     }
     if (ctype) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
     if (extra_h) MHD_add_response_header(resp, extra_h, extra_v);
-    r->status = status;
-    r->answered = true;
-    enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, resp);
-    MHD_destroy_response(resp);
-    return ret;
+    return queue_resp(c, r, status, resp);
+}
+
+/* A 200 of bytes that live as long as the process (compiled-in files), with a header pair
+ * beside the content type (extra_h NULL: none). */
+static enum MHD_Result send_static(struct MHD_Connection *c, req *r, const char *ctype,
+                                   const char *data, size_t len, const char *extra_h,
+                                   const char *extra_v) {
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(len, (void *)data, MHD_RESPMEM_PERSISTENT);
+    if (!resp) return MHD_NO;
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    if (extra_h) MHD_add_response_header(resp, extra_h, extra_v);
+    return queue_resp(c, r, 200, resp);
 }
 
 static enum MHD_Result send_json(struct MHD_Connection *c, req *r, int status, char *json) {
@@ -141,14 +162,6 @@ static enum MHD_Result send_err(struct MHD_Connection *c, req *r, int status, co
         return send_buf(c, r, status, "application/json", b, strlen(b),
                         MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"quantd\"");
     return send_buf(c, r, status, "application/json", b, strlen(b), NULL, NULL);
-}
-
-static enum MHD_Result send_text(struct MHD_Connection *c, req *r, int status, const char *ctype,
-                                 const char *text, size_t len) {
-    char *b = malloc(len ? len : 1);
-    if (!b) return MHD_NO;
-    memcpy(b, text, len);
-    return send_buf(c, r, status, ctype, b, len, NULL, NULL);
 }
 
 /* ---- helpers ---- */
@@ -259,12 +272,8 @@ static enum MHD_Result serve_file(struct MHD_Connection *c, req *r, const char *
     if (inm && (strstr(inm, etag) || !strcmp(inm, "*"))) {
         close(fd);
         struct MHD_Response *resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_ETAG, etag);
-        r->status = 304;
-        r->answered = true;
-        enum MHD_Result ret = MHD_queue_response(c, 304, resp);
-        MHD_destroy_response(resp);
-        return ret;
+        if (resp) MHD_add_response_header(resp, MHD_HTTP_HEADER_ETAG, etag);
+        return queue_resp(c, r, 304, resp);
     }
     uint64_t size = (uint64_t)st.st_size, start = 0, end = size ? size - 1 : 0;
     int status = 200;
@@ -302,11 +311,7 @@ static enum MHD_Result serve_file(struct MHD_Connection *c, req *r, const char *
         snprintf(cd, sizeof cd, "attachment; filename=\"%.256s\"", base ? base + 1 : path);
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_DISPOSITION, cd);
     }
-    r->status = status;
-    r->answered = true;
-    enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, resp);
-    MHD_destroy_response(resp);
-    return ret;
+    return queue_resp(c, r, status, resp);
 }
 
 static const char *content_type_for(const char *name) {
@@ -348,13 +353,7 @@ static enum MHD_Result h_openapi(srv *s, struct MHD_Connection *c, req *r) {
     (void)s; /* every route handler has the same signature */
     size_t n;
     const char *t = srv_openapi_text(&n);
-    struct MHD_Response *resp = MHD_create_response_from_buffer(n, (void *)t, MHD_RESPMEM_PERSISTENT);
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/yaml");
-    r->status = 200;
-    r->answered = true;
-    enum MHD_Result ret = MHD_queue_response(c, 200, resp);
-    MHD_destroy_response(resp);
-    return ret;
+    return send_static(c, r, "application/yaml", t, n, NULL, NULL);
 }
 
 static enum MHD_Result h_dashboard(srv *s, struct MHD_Connection *c, req *r) {
@@ -366,22 +365,15 @@ static enum MHD_Result h_dashboard(srv *s, struct MHD_Connection *c, req *r) {
     }
     size_t n;
     const char *page = srv_dashboard_html(&n);
-    return send_text(c, r, 200, "text/html; charset=utf-8", page, n);
+    return send_static(c, r, "text/html; charset=utf-8", page, n, NULL, NULL);
 }
 
 static enum MHD_Result h_favicon(srv *s, struct MHD_Connection *c, req *r) {
     (void)s; /* every route handler has the same signature */
     size_t n;
     const char *icon = srv_favicon_svg(&n);
-    struct MHD_Response *resp = MHD_create_response_from_buffer(n, (void *)icon, MHD_RESPMEM_PERSISTENT);
-    if (!resp) return MHD_NO;
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "image/svg+xml");
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "max-age=86400");
-    r->status = 200;
-    r->answered = true;
-    enum MHD_Result ret = MHD_queue_response(c, 200, resp);
-    MHD_destroy_response(resp);
-    return ret;
+    return send_static(c, r, "image/svg+xml", icon, n, MHD_HTTP_HEADER_CACHE_CONTROL,
+                       "max-age=86400");
 }
 
 /* ---- uploads: POST /v1/blobs and the file parts of a multipart POST /v1/jobs ---- */
@@ -1042,11 +1034,7 @@ static enum MHD_Result h_job_events(srv *s, struct MHD_Connection *c, req *r) {
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
     MHD_add_response_header(resp, "X-Accel-Buffering", "no");
-    r->status = 200;
-    r->answered = true;
-    enum MHD_Result ret = MHD_queue_response(c, 200, resp);
-    MHD_destroy_response(resp);
-    return ret;
+    return queue_resp(c, r, 200, resp);
 }
 
 /* ---- routing ---- */
