@@ -84,6 +84,19 @@ int qd_permute_rope_rows(float *w, int n_heads, int head_dim, size_t cols, qd_er
     return QD_OK;
 }
 
+static int cmp_span(const void *a, const void *b) {
+    uint64_t x = ((const qd_span *)a)->begin, y = ((const qd_span *)b)->begin;
+    return x < y ? -1 : x > y;
+}
+
+size_t qd_spans_overlap(qd_span *sp, size_t n) {
+    if (n < 2) return 0;
+    qsort(sp, n, sizeof *sp, cmp_span);
+    for (size_t i = 1; i < n; i++)
+        if (sp[i].begin < sp[i - 1].end) return i;
+    return 0;
+}
+
 int qd_tinfo_add(qd_model *m, const char *name, const char *dtype, int ndim,
                  const int64_t *shape, size_t bytes, qd_err *err) {
     /* Capacity is implicit: 16, then doubled whenever the count reaches a power of two. */

@@ -246,16 +246,6 @@ static int cmp_name_idx(const void *a, const void *b) {
     return strcmp(((const name_idx *)a)->name, ((const name_idx *)b)->name);
 }
 
-typedef struct span {
-    uint64_t begin, end;
-    uint32_t idx;
-} span;
-
-static int cmp_span(const void *a, const void *b) {
-    uint64_t x = ((const span *)a)->begin, y = ((const span *)b)->begin;
-    return x < y ? -1 : x > y;
-}
-
 /* qd_gguf plus the private lookup index; the public struct is its first member. */
 typedef struct gguf_impl {
     qd_gguf g;
@@ -359,7 +349,7 @@ static int parse(gguf_impl *im, qd_err *err) {
                        g->path, ds, g->size);
     g->data_start = ds > g->size ? g->size : ds;
     size_t data_size = g->size - g->data_start;
-    span *sp = malloc(((size_t)g->n_tensors + 1) * sizeof *sp);
+    qd_span *sp = malloc(((size_t)g->n_tensors + 1) * sizeof *sp);
     if (!sp) return qd_errf(err, "%s: out of memory", g->path);
     for (uint64_t i = 0; i < g->n_tensors; i++) {
         qd_gguf_tensor *t = &g->tensors[i];
@@ -376,16 +366,15 @@ static int parse(gguf_impl *im, qd_err *err) {
                            g->path, t->name, (unsigned long long)t->offset, t->nbytes, data_size);
         }
         t->data = g->base + g->data_start + t->offset;
-        sp[i] = (span){t->offset, t->offset + t->nbytes, (uint32_t)i};
+        sp[i] = (qd_span){t->offset, t->offset + t->nbytes, (uint32_t)i};
     }
-    qsort(sp, (size_t)g->n_tensors, sizeof *sp, cmp_span);
-    for (uint64_t i = 1; i < g->n_tensors; i++)
-        if (sp[i].begin < sp[i - 1].end) {
-            qd_errf(err, "%s: data of tensors '%s' and '%s' overlap", g->path,
-                    g->tensors[sp[i - 1].idx].name, g->tensors[sp[i].idx].name);
-            free(sp);
-            return QD_ERR;
-        }
+    size_t ov = qd_spans_overlap(sp, (size_t)g->n_tensors);
+    if (ov) {
+        qd_errf(err, "%s: data of tensors '%s' and '%s' overlap", g->path,
+                g->tensors[sp[ov - 1].idx].name, g->tensors[sp[ov].idx].name);
+        free(sp);
+        return QD_ERR;
+    }
     free(sp);
     /* From here on by_name indexes tensors. */
     for (uint64_t i = 0; i < g->n_tensors; i++)

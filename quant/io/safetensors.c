@@ -61,16 +61,6 @@ static int cmp_name(const void *a, const void *b) {
     return strcmp(((const qd_st_tensor *)a)->name, ((const qd_st_tensor *)b)->name);
 }
 
-typedef struct span {
-    size_t begin, end;
-    int idx;
-} span;
-
-static int cmp_span(const void *a, const void *b) {
-    size_t x = ((const span *)a)->begin, y = ((const span *)b)->begin;
-    return x < y ? -1 : x > y;
-}
-
 static int parse_tensor(qd_st_file *f, const cJSON *j, qd_st_tensor *t, size_t data_size,
                         qd_err *err) {
     const char *p = f->path, *nm = j->string;
@@ -200,23 +190,22 @@ static int parse_header(qd_st_file *f, qd_err *err) {
             goto out;
         }
     /* Overlap check over the ranges sorted by start; empty tensors overlap nothing. */
-    span *sp = malloc(((size_t)f->n_tensors + 1) * sizeof *sp);
+    qd_span *sp = malloc(((size_t)f->n_tensors + 1) * sizeof *sp);
     if (!sp) {
         qd_errf(err, "%s: out of memory", p);
         goto out;
     }
-    int m = 0;
+    size_t m = 0;
     for (int i = 0; i < f->n_tensors; i++)
         if (f->tensors[i].nbytes)
-            sp[m++] = (span){f->tensors[i].offset, f->tensors[i].offset + f->tensors[i].nbytes, i};
-    qsort(sp, (size_t)m, sizeof *sp, cmp_span);
-    for (int i = 1; i < m; i++) {
-        if (sp[i].begin < sp[i - 1].end) {
-            qd_errf(err, "%s: data_offsets of tensors '%s' and '%s' overlap", p,
-                    f->tensors[sp[i - 1].idx].name, f->tensors[sp[i].idx].name);
-            free(sp);
-            goto out;
-        }
+            sp[m++] = (qd_span){f->tensors[i].offset, f->tensors[i].offset + f->tensors[i].nbytes,
+                                (uint32_t)i};
+    size_t ov = qd_spans_overlap(sp, m);
+    if (ov) {
+        qd_errf(err, "%s: data_offsets of tensors '%s' and '%s' overlap", p,
+                f->tensors[sp[ov - 1].idx].name, f->tensors[sp[ov].idx].name);
+        free(sp);
+        goto out;
     }
     free(sp);
     rc = QD_OK;
