@@ -17,7 +17,8 @@ static const cli_opt opts[] = {
                                "integer artifact model.qint.safetensors (integer runtime)"},
     {"data", O_DATA, "PATH", ".txt, .jsonl (\"text\" field) or pre-tokenized .bin"},
     {"tokenizer", O_TOKENIZER, "PATH", "tokenizer.bin / tokenizer.json / .gguf (default: the model's own)"},
-    {"ctx", O_CTX, "N", "window length in tokens (default 256)"},
+    {"ctx", O_CTX, "N", "window length in tokens, at most the model's context\n"
+                        "(default 256, or the context when it is shorter)"},
     {"threads", O_THREADS, "N", "integer runtime threads (default 0: all CPUs)"},
     {"json", O_JSON, NULL, "print one JSON object instead of text"},
     {0}};
@@ -62,12 +63,20 @@ int cmd_eval(int argc, char **argv) {
     }
     int rc = 1;
     qd_tokens toks = {0};
+    /* a window past the context would run the model where it was never trained (the FP32
+     * forward) or past the integer runtime's RoPE tables: refused as a bad --ctx */
+    if (ctx > r.ctx) {
+        fprintf(stderr, "quantd eval: --ctx: '%ld' is past the model's context (%d tokens)\n",
+                ctx, r.ctx);
+        runner_close(&r);
+        return 2;
+    }
+    if (ctx == 0) ctx = r.ctx < 256 ? r.ctx : 256;
     qd_tokenizer *tok = NULL;
     int fmt = qd_data_format_of(data_path);
     int pretokenized = fmt == QD_DATA_U16 || fmt == QD_DATA_U32;
     if (!pretokenized && !(tok = runner_tokenizer(&r, model_path, tok_path, &err))) goto out;
     if (qd_data_load(data_path, tok, r.vocab_size, &toks, &err)) goto out;
-    if (ctx == 0) ctx = 256;
     qd_eval_result res;
     if (qd_eval_ppl(runner_logits, &r, r.vocab_size, toks.ids, toks.n, (int)ctx, &res, &err))
         goto out;

@@ -80,7 +80,9 @@ static const cli_opt opts[] = {
     {"seq-len", O_SEQ_LEN, "T", "tokens per window (default 256)"},
     {"epochs", O_EPOCHS, "E", "passes over the windows (default 10)"},
     {"seed", O_SEED, "S", "seed (default 0)"},
-    {"threads", O_THREADS, "K", "BLAS and integer runtime threads (default 1)"},
+    {"threads", O_THREADS, "K", "threads of OpenBLAS (the FP32 passes and the optimizer's\n"
+                                "matrix products) and of the integer runtime's evaluation\n"
+                                "(default 1, as for a job)"},
     {"abits", O_ABITS, "CLASS=BITS,...", "activation bits (" QD_ABITS_NAMES ") per class, e.g.\n"
                                           "res=16,norm=8; the classes:\n" QD_ACLASS_NAMES},
     {"tokenizer", O_TOKENIZER, "PATH", "tokenizer.bin / tokenizer.json / .gguf (default: the model's)"},
@@ -89,7 +91,11 @@ static const cli_opt opts[] = {
                                          "with the same inputs resumes from it"},
     {"checkpoint-every", O_CHECKPOINT_EVERY, "N", "steps between checkpoints (default 20; 0: only on stop)"},
     {"max-ppl-increase", O_MAX_PPL, "F", "gate recorded in the report; exit status 3 when missed"},
-    {"batch", O_BATCH, "B", "windows per optimizer step (default 1)"},
+    {"batch", O_BATCH, "B", "calibration windows per optimizer step (default 1): an epoch\n"
+                            "takes one step per B training windows, each step on B\n"
+                            "windows at once, so a larger B takes fewer steps and more\n"
+                            "memory (omniquant and mobilequant; rtn and smoothquant do\n"
+                            "not train)"},
     {"lr-let", O_LR_LET, "START,END", "cosine learning-rate schedule of the LET scales"},
     {"lr-lwc", O_LR_LWC, "START,END", "... of the LWC clipping logits"},
     {"lr-lrl", O_LR_LRL, "START,END", "... of the activation ranges (LRL). Defaults:\n"
@@ -101,7 +107,8 @@ static const cli_opt opts[] = {
                                       "8- and 16-bit quantizers (not DESIGN.md's raw 1e-6,1e-7)"},
     {"encodings-version", O_ENC_VERSION, "V", "AIMET encodings.json format: " QD_ENC_VERSION_NAMES
                                               " (default 1.0.0)"},
-    {"quiet", O_QUIET, NULL, "no progress on stderr"},
+    {"quiet", O_QUIET, NULL, "no progress bar or progress lines on stderr (errors are\n"
+                             "still printed, and the exit status is the same)"},
     {0}};
 
 static const char synopsis[] =

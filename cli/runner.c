@@ -3,24 +3,20 @@
 
 #include <string.h>
 
+#include "base/str.h"
 #include "quant/text/resolve.h"
 #include "quant/io/load.h"
 
-static int is_qint(const char *path) {
-    const char *suf = ".qint.safetensors";
-    size_t n = strlen(path), k = strlen(suf);
-    return n >= k && !strcmp(path + n - k, suf);
-}
-
 int runner_open(runner *r, const char *path, int threads, qd_err *err) {
     memset(r, 0, sizeof *r);
-    if (is_qint(path)) {
+    if (qd_has_ext(path, ".qint.safetensors")) {
         r->kind = "int";
         qd_qrt_opts o;
         qd_qrt_defaults(&o);
         o.threads = threads;
         if (!(r->rt = qd_qrt_load(path, &o, err))) return QD_ERR;
         r->vocab_size = qd_qrt_model(r->rt)->cfg.vocab_size;
+        r->ctx = qd_qrt_model(r->rt)->cfg.max_seq_len;
         return QD_OK;
     }
     r->kind = "fp32";
@@ -30,6 +26,7 @@ int runner_open(runner *r, const char *path, int threads, qd_err *err) {
         return qd_errf(err, "out of memory");
     }
     r->vocab_size = r->m->cfg.vocab_size;
+    r->ctx = r->m->cfg.max_seq_len;
     return QD_OK;
 }
 

@@ -10,6 +10,7 @@
 typedef struct runner {
     const char *kind;      /* "fp32" or "int" */
     int vocab_size;
+    int ctx;               /* the model's context in tokens (its config's max_seq_len) */
     qd_model *m;           /* fp32 */
     qd_fwd_ws *ws;
     qd_kv *kv;

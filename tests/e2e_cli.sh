@@ -92,3 +92,35 @@ if [ $rc = 2 ] && [ "$out" = "quantd inspect: --json: takes no value" ]; then ok
 # any request: here the server is unreachable, so only the local check can answer
 out=$(QUANTD_URL=http://127.0.0.1:1 "$Q" client status ABCDEF 2>&1); rc=$?
 if [ $rc = 2 ] && [ "$out" = "quantd client status: 'ABCDEF' is not a job id" ]; then ok client_job_id_checked; else bad client_job_id_checked "rc=$rc $out"; fi
+
+# issue 15's papercuts, each a case that failed before its fix.
+# eval --ctx past the model's context: one error naming the option and the context, exit 2,
+# for the FP32 model (it ran on silently, ppl 27.8) and the integer one (it named an internal
+# function); a window that fits still runs.
+ctx_msg="quantd eval: --ctx: '4096' is past the model's context (2048 tokens)"
+out=$("$Q" eval --model "$M/stories260K.gguf" --data "$txt" --ctx 4096 2>&1); rc=$?
+if [ $rc = 2 ] && [ "$out" = "$ctx_msg" ]; then ok eval_ctx_past_context_fp32; else bad eval_ctx_past_context_fp32 "rc=$rc $out"; fi
+out=$("$Q" eval --model "$M/stories260K-hf" --tokenizer "$tok" --data "$txt" --ctx 1024 2>&1); rc=$?
+if [ $rc = 2 ] && [ "$out" = "quantd eval: --ctx: '1024' is past the model's context (512 tokens)" ]; then ok eval_ctx_past_context_hf; else bad eval_ctx_past_context_hf "rc=$rc $out"; fi
+"$Q" quantize --model "$M/stories260K.gguf" --calib "$txt" --method rtn --samples 4 --seq-len 64 \
+    --epochs 0 --out "$tmp/rtn" --quiet >/dev/null 2>"$tmp/rtn.err"
+art="$tmp/rtn/model.qint.safetensors"
+out=$("$Q" eval --model "$art" --data "$txt" --ctx 4096 2>&1); rc=$?
+if [ $rc = 2 ] && [ "$out" = "$ctx_msg" ]; then ok eval_ctx_past_context_int; else bad eval_ctx_past_context_int "rc=$rc $out $(cat "$tmp/rtn.err")"; fi
+out=$("$Q" eval --model "$art" --data "$txt" --ctx 2048 --json 2>&1); rc=$?
+case "$rc $out" in "0 "*'"runtime":"int"'*'"ctx":2048'*) ok eval_ctx_at_context_int;; *) bad eval_ctx_at_context_int "rc=$rc $out";; esac
+# every wrong --wbits gets the same message
+w3=$("$Q" quantize --model x --calib y --out "$tmp/o" --wbits 3 2>&1); w6=$("$Q" quantize --model x --calib y --out "$tmp/o" --wbits 6 2>&1)
+if [ "${w3/\'3\'/X}" = "${w6/\'6\'/X}" ] && [ "$w6" = "quantd quantize: --wbits: '6' is not one of 4, 8" ]; then ok wbits_one_message; else bad wbits_one_message "$w3 / $w6"; fi
+# data that is neither UTF-8 text nor named as token ids: the message names what exists
+printf '\377\376\000\001abc' > "$tmp/blob.dat"
+out=$("$Q" eval --model "$M/stories260K.gguf" --data "$tmp/blob.dat" 2>&1); rc=$?
+if [ $rc = 1 ] && printf '%s' "$out" | grep -q 'blob.dat: cannot tell the data format' &&
+   printf '%s' "$out" | grep -q '.u32.bin (token ids, as `quantd tokenize --out` writes them)' &&
+   "$Q" tokenize --help 2>&1 | grep -q -- '--out'; then ok data_format_hint_real_option; else bad data_format_hint_real_option "rc=$rc $out"; fi
+# quantize --help explains --batch, --threads and --quiet
+h=$("$Q" quantize --help 2>&1)
+if printf '%s' "$h" | grep -q -- '--batch B .*per optimizer step' && printf '%s' "$h" | grep -q 'each step on B' &&
+   printf '%s' "$h" | grep -q -- "--threads K .*OpenBLAS" && printf '%s' "$h" | grep -q "integer runtime's evaluation" &&
+   printf '%s' "$h" | grep -q -- '--quiet .*no progress bar' && printf '%s' "$h" | grep -q 'errors are'; then
+    ok quantize_help_explains; else bad quantize_help_explains "$(printf '%s' "$h" | grep -A2 -E -- '--(batch|threads|quiet)')"; fi

@@ -187,8 +187,9 @@ int qd_data_parse(const char *name, int format, const char *buf, size_t len,
         if (qd_utf8_valid_prefix(buf, len) == len && !memchr(buf, 0, len))
             format = i < len && buf[i] == '{' ? QD_DATA_JSONL : QD_DATA_TXT;
         else
-            return qd_errf(err, "%s: cannot tell the data format (not UTF-8 text): name it "
-                           ".txt, .jsonl, .u16.bin or .u32.bin, or give the format", name);
+            return qd_errf(err, "%s: cannot tell the data format: not UTF-8 text, and the name "
+                           "does not end in .u16.bin, .bin or .u32.bin (token ids, as `quantd "
+                           "tokenize --out` writes them)", name);
     }
     if (format < QD_DATA_TXT || format > QD_DATA_U32)
         return qd_errf(err, "%s: unknown data format %d", name, format);
