@@ -223,20 +223,44 @@ int64_t qd_qexp_q30(const qd_qsoftmax *p, int32_t d) {
     return qd_rshift_rne(m, 30 + (int)ip);
 }
 
+/* The scalar steps of a softmax row, shared by the reference and the SIMD paths' tails: the
+ * maximum of mx and x[j0..n); the reciprocal r = 2^62 / sum, rounded (sum >= 2^30, as the
+ * maximum contributes exactly 2^30, so r <= 2^32); one output from a Q30 exponential e. */
+static inline int32_t row_max(const int16_t *x, int j0, int n, int32_t mx) {
+    for (int j = j0; j < n; j++) mx = x[j] > mx ? x[j] : mx;
+    return mx;
+}
+
+static inline uint64_t softmax_recip(uint64_t sum) {
+    return (((uint64_t)1 << 62) + sum / 2) / sum;
+}
+
+static inline int16_t softmax_out(const qd_qsoftmax *p, int64_t e, uint64_t r) {
+    int64_t pq30 = qd_rshift_rne(e * (int64_t)r, 32);
+    return (int16_t)qd_clamp32(qd_qmul32((int32_t)pq30, p->out) + p->zo, p->lo, p->hi);
+}
+
+/* The table exponentials of x[j0..n) below the maximum mx into work; their sum. */
+static inline int64_t tab_exps(const int32_t *tab, int len, int32_t mx, const int16_t *x, int j0,
+                               int n, int32_t *work) {
+    int64_t sum = 0;
+    for (int j = j0; j < n; j++) {
+        int32_t d = mx - x[j];
+        work[j] = d < len ? tab[d] : 0;
+        sum += work[j];
+    }
+    return sum;
+}
+
 void qd_qsoftmax_row(const qd_qsoftmax *p, const int16_t *x, int n, int16_t *out, int64_t *work) {
-    int32_t mx = x[0];
-    for (int j = 1; j < n; j++) mx = x[j] > mx ? x[j] : mx;
+    int32_t mx = row_max(x, 1, n, x[0]);
     int64_t sum = 0;
     for (int j = 0; j < n; j++) {
         work[j] = qd_qexp_q30(p, mx - x[j]);
         sum += work[j];
     }
-    /* sum >= 2^30 (the maximum contributes exactly 2^30): r = 2^62 / sum <= 2^32 */
-    uint64_t r = (((uint64_t)1 << 62) + (uint64_t)sum / 2) / (uint64_t)sum;
-    for (int j = 0; j < n; j++) {
-        int64_t pq30 = qd_rshift_rne(work[j] * (int64_t)r, 32);
-        out[j] = (int16_t)qd_clamp32(qd_qmul32((int32_t)pq30, p->out) + p->zo, p->lo, p->hi);
-    }
+    uint64_t r = softmax_recip((uint64_t)sum);
+    for (int j = 0; j < n; j++) out[j] = softmax_out(p, work[j], r);
 }
 
 /* ---------------------------------------------------------------- tables */
@@ -475,7 +499,7 @@ static T256 void softmax_tab_256(const qd_qsoftmax *p, const int32_t *tab, int l
         _mm256_storeu_si256((__m256i *)t, vmx);
         for (int i = 0; i < 16; i++) mx = t[i] > mx ? t[i] : mx;
     }
-    for (; j < n; j++) mx = x[j] > mx ? x[j] : mx;
+    mx = row_max(x, j, n, mx);
     const __m256i vm = _mm256_set1_epi32(mx), vlen = _mm256_set1_epi32(len);
     __m256i vsum = _mm256_setzero_si256();
     for (j = 0; j + 8 <= n; j += 8) {
@@ -486,16 +510,10 @@ static T256 void softmax_tab_256(const qd_qsoftmax *p, const int32_t *tab, int l
         vsum = _mm256_add_epi64(vsum, _mm256_cvtepu32_epi64(_mm256_castsi256_si128(e)));
         vsum = _mm256_add_epi64(vsum, _mm256_cvtepu32_epi64(_mm256_extracti128_si256(e, 1)));
     }
-    int64_t sum = 0;
-    for (int k = j; k < n; k++) {
-        int32_t d = mx - x[k];
-        work[k] = d < len ? tab[d] : 0;
-        sum += work[k];
-    }
+    int64_t sum = tab_exps(tab, len, mx, x, j, n, work);
     int64_t ls[4];
     _mm256_storeu_si256((__m256i *)ls, vsum);
-    uint64_t s = (uint64_t)(sum + ls[0] + ls[1] + ls[2] + ls[3]);
-    uint64_t r = (((uint64_t)1 << 62) + s / 2) / s;
+    uint64_t r = softmax_recip((uint64_t)(sum + ls[0] + ls[1] + ls[2] + ls[3]));
     RQ_CONSTS_256(p->out, p->zo, p->lo, p->hi);
     const __m256i vr = _mm256_set1_epi64x((int64_t)r);
     const __m128i c32 = _mm_cvtsi32_si128(32);
@@ -509,10 +527,7 @@ static T256 void softmax_tab_256(const qd_qsoftmax *p, const int32_t *tab, int l
         }
         _mm_storeu_si128((__m128i *)(out + j), to16_256(rq8_256(pq, m, sh, hm1, z, l, h, 0)));
     }
-    for (; j < n; j++) {
-        int64_t pq30 = qd_rshift_rne(work[j] * (int64_t)r, 32);
-        out[j] = (int16_t)qd_clamp32(qd_qmul32((int32_t)pq30, p->out) + p->zo, p->lo, p->hi);
-    }
+    for (; j < n; j++) out[j] = softmax_out(p, work[j], r);
 }
 
 static T256 size_t qadd_256(const qd_qadd *p, const int16_t *a, const int16_t *b, int16_t *out,
@@ -648,8 +663,7 @@ static T512 void softmax_tab_512(const qd_qsoftmax *p, const int32_t *tab, int l
         sum = _mm512_add_epi64(sum, _mm512_cvtepu32_epi64(_mm512_castsi512_si256(e)));
         sum = _mm512_add_epi64(sum, _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(e, 1)));
     }
-    uint64_t s = (uint64_t)_mm512_reduce_add_epi64(sum);
-    uint64_t r = (((uint64_t)1 << 62) + s / 2) / s; /* <= 2^32, see qd_qsoftmax_row */
+    uint64_t r = softmax_recip((uint64_t)_mm512_reduce_add_epi64(sum));
     const __m512i vr = _mm512_set1_epi64((int64_t)r), c32 = _mm512_set1_epi64(32);
     const __m512i h32 = _mm512_set1_epi64(((int64_t)1 << 31) - 1);
     const __m512i m = _mm512_set1_epi64(p->out.m), sh = _mm512_set1_epi64(p->out.shift);
@@ -679,19 +693,9 @@ void qd_qsoftmax_row_tab(const qd_qsoftmax *p, const int32_t *tab, int len, cons
         softmax_tab_256(p, tab, len, x, n, out, work);
         return;
     }
-    int32_t mx = x[0];
-    for (int j = 1; j < n; j++) mx = x[j] > mx ? x[j] : mx;
-    int64_t sum = 0;
-    for (int j = 0; j < n; j++) {
-        int32_t d = mx - x[j];
-        work[j] = d < len ? tab[d] : 0;
-        sum += work[j];
-    }
-    uint64_t r = (((uint64_t)1 << 62) + (uint64_t)sum / 2) / (uint64_t)sum;
-    for (int j = 0; j < n; j++) {
-        int64_t pq30 = qd_rshift_rne(work[j] * (int64_t)r, 32);
-        out[j] = (int16_t)qd_clamp32(qd_qmul32((int32_t)pq30, p->out) + p->zo, p->lo, p->hi);
-    }
+    int32_t mx = row_max(x, 1, n, x[0]);
+    uint64_t r = softmax_recip((uint64_t)tab_exps(tab, len, mx, x, 0, n, work));
+    for (int j = 0; j < n; j++) out[j] = softmax_out(p, work[j], r);
 }
 
 /* ---------------------------------------------------------------- elementwise SIMD paths */
