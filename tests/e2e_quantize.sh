@@ -6,15 +6,7 @@
 # fp-folded/ loads as a Hugging Face checkpoint; the report's sizes and hashes are the files';
 # --encodings-version 0.6.1 switches the AIMET format and a bad value is refused.
 set -u
-Q=${QUANTD:?}
-FX=${QD_FIXTURES:?}
-MODEL=$FX/models/stories260K.gguf
-TEXT=$FX/text/tinystories-valid-excerpt.txt
-TMP=$(mktemp -d /tmp/quantd-e2e-quantize.XXXXXX)
-trap 'rm -rf "$TMP"' EXIT
-ok() { echo "PASS $1"; }
-bad() { echo "FAIL $1: ${2:-}"; }
-check() { if eval "$2"; then ok "$1"; else bad "$1" "${3:-$2}"; fi; }
+. "$(dirname "$0")/e2e_common.inc" # Q, FX, MODEL, TEXT, TMP (removed at exit), ok, bad, check
 
 O=$TMP/out
 "$Q" quantize --model "$MODEL" --calib "$TEXT" --eval-split 0.5 --samples 4 --seq-len 64 \

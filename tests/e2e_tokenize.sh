@@ -5,17 +5,10 @@
 # that eval and quantize read with no tokenizer (same perplexity as from the text), and bad
 # input is refused with the file, line or flag named.
 set -u
-Q=${QUANTD:?}
-FX=${QD_FIXTURES:?}
+. "$(dirname "$0")/e2e_common.inc" # Q, FX, TEXT, TMP (removed at exit), ok, bad, check
 M=$FX/models
 SMOL=$FX/tokenizers/smollm2-135m/tokenizer.json
 L3=tests/data/llama3style-4k.tokenizer.json
-TEXT=$FX/text/tinystories-valid-excerpt.txt
-TMP=$(mktemp -d /tmp/quantd-e2e-tokenize.XXXXXX)
-trap 'rm -rf "$TMP"' EXIT
-ok() { echo "PASS $1"; }
-bad() { echo "FAIL $1: ${2:-}"; }
-check() { if eval "$2"; then ok "$1"; else bad "$1" "${3:-$2}"; fi; }
 
 # ids printed by Rust tokenizers 0.22 (@anush008/tokenizers) for these texts, no special tokens
 want='[19556, 905, 216, 33, 34, 35, 36, 37, 216, 1, 216, 1792]'
