@@ -206,6 +206,18 @@ int qc_request(const qc_conn *c, const char *method, const char *path, const cha
     return ret;
 }
 
+/* A file's upload or download: given up when no byte moves for STALL_S seconds, with a
+ * progress line on stderr when c asks for one. */
+static void long_transfer(CURL *h, const qc_conn *c, progress *p) {
+    curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, STALL_S);
+    if (c->progress) {
+        curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+        curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, xferinfo);
+        curl_easy_setopt(h, CURLOPT_XFERINFODATA, p);
+    }
+}
+
 /* ---- upload ---- */
 
 typedef struct upsrc {
@@ -248,13 +260,7 @@ int qc_upload_file(const qc_conn *c, const char *path_url, const char *file, uin
     curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)size);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, mem_write);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &s);
-    curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
-    curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, STALL_S);
-    if (c->progress) {
-        curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
-        curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, xferinfo);
-        curl_easy_setopt(h, CURLOPT_XFERINFODATA, &p);
-    }
+    long_transfer(h, c, &p);
     hdrs = curl_slist_append(hdrs, "Content-Type: application/octet-stream");
     hdrs = curl_slist_append(hdrs, "Accept: application/json");
     int ret = easy_run(h, hdrs, errbuf, r);
@@ -312,13 +318,7 @@ int qc_download(const qc_conn *c, const char *path_url, const char *dest, const 
     progress p = {.label = label, .upload = false, .tty = isatty(2), .last_step = 0};
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, dl_write);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &d);
-    curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
-    curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, STALL_S);
-    if (c->progress) {
-        curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
-        curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, xferinfo);
-        curl_easy_setopt(h, CURLOPT_XFERINFODATA, &p);
-    }
+    long_transfer(h, c, &p);
     int ret = easy_run(h, hdrs, errbuf, r);
     if (d.write_error) {
         qd_atomic_abort(&af);
