@@ -237,6 +237,29 @@ static void checkpoint_refuses_bad_files(void) {
         }
         free(b);
     }
+    {
+        /* a loss curve of 2^29 entries claimed by a 1 KB file (valid checksum): refused at the
+         * count, before 2 GiB are allocated for it (it was allocated, then "truncated") */
+        size_t len;
+        unsigned char *b = qd_read_file(path, 1 << 20, &len, &err);
+        CHECK(b && len > 64, "read back");
+        if (b && len > 64) {
+            char big_path[64];
+            snprintf(big_path, sizeof big_path, "%s.big", path);
+            int64_t nl = (int64_t)1 << 29;
+            memcpy(b + 56, &nl, 8); /* magic, version, size, fingerprint, n, step, total, rng */
+            uint64_t h = qd_fnv64(QD_FNV_INIT, b, len - 8);
+            memcpy(b + len - 8, &h, 8);
+            FILE *fo = fopen(big_path, "wb");
+            fwrite(b, 1, len, fo);
+            fclose(fo);
+            CHECK(qd_ckpt_load(big_path, 77, &r, a, q, &err) == QD_ERR &&
+                      strstr(err.msg, "sizes do not match"),
+                  "2^29-entry loss curve: %s", err.msg);
+            unlink(big_path);
+        }
+        free(b);
+    }
     /* flip one byte in the parameters */
     FILE *f = fopen(path, "r+b");
     fseek(f, 80, SEEK_SET);

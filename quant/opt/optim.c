@@ -133,6 +133,21 @@ int qd_ckpt_save(const char *path, const qd_ckpt *c, const qd_adam *a, const qd_
     return qd_atomic_commit(&af, err);
 }
 
+/* The next count elements of elem bytes of buf[*off..len) in a new allocation (never empty),
+ * once the file is known to hold them: a count from the file is checked against the bytes
+ * left before anything is allocated. NULL with err otherwise. */
+static void *take_array(const unsigned char *buf, size_t len, size_t *off, int64_t count,
+                        size_t elem, const char *path, qd_err *err) {
+    if (count < 0 || (uint64_t)count > (len - *off) / elem)
+        return qd_errf(err, "%s: checkpoint sizes do not match this run", path), NULL;
+    size_t n = (size_t)count * elem;
+    void *d = malloc(n ? n : 1);
+    if (!d) return qd_errf(err, "%s: out of memory", path), NULL;
+    memcpy(d, buf + *off, n);
+    *off += n;
+    return d;
+}
+
 int qd_ckpt_load(const char *path, uint64_t fingerprint, qd_ckpt *c, qd_adam *a, qd_real *p,
                  qd_err *err) {
     if (access(path, F_OK) != 0) return 1;
@@ -197,27 +212,13 @@ int qd_ckpt_load(const char *path, uint64_t fingerprint, qd_ckpt *c, qd_adam *a,
                 "budget or optimizer settings); remove it to start over", path);
         goto out;
     }
-    if (n != a->n || step < 0 || nl < 0 || nl > (int64_t)1 << 30 || step > total) {
+    if (n != a->n || step < 0 || step > total) {
         qd_errf(err, "%s: checkpoint sizes do not match this run", path);
         goto out;
     }
-    c->loss = malloc(sizeof(float) * (size_t)(nl ? nl : 1));
-    if (!c->loss) {
-        qd_errf(err, "%s: out of memory", path);
-        goto out;
-    }
-    TAKE(c->loss, sizeof(float) * (size_t)nl);
+    if (!(c->loss = take_array(buf, len, &off, nl, sizeof(float), path, err))) goto out;
     TAKE(&nx, 8);
-    if (nx < 0 || nx > (int64_t)(len - off) / (int64_t)sizeof(qd_real)) {
-        qd_errf(err, "%s: checkpoint sizes do not match this run", path);
-        goto out;
-    }
-    c->extra = malloc(sizeof(qd_real) * (size_t)(nx ? nx : 1));
-    if (!c->extra) {
-        qd_errf(err, "%s: out of memory", path);
-        goto out;
-    }
-    TAKE(c->extra, sizeof(qd_real) * (size_t)nx);
+    if (!(c->extra = take_array(buf, len, &off, nx, sizeof(qd_real), path, err))) goto out;
     TAKE(p, sizeof(qd_real) * a->n);
     TAKE(a->m, sizeof(float) * a->n);
     TAKE(a->v, sizeof(float) * a->n);
