@@ -1148,11 +1148,11 @@ static enum MHD_Result route_request(srv *s, struct MHD_Connection *c, req *r, c
 }
 
 /* Header counting for the framing checks: how many Host and Content-Length lines, whether the
- * Content-Length lines disagree, and whether Transfer-Encoding is present. */
+ * Content-Length lines disagree, and the Transfer-Encoding lines (the first one's value). */
 typedef struct framing {
     int hosts, lengths, te;
     bool lengths_differ;
-    const char *first_length;
+    const char *first_length, *first_te;
 } framing;
 
 static enum MHD_Result count_header(void *cls, enum MHD_ValueKind kind, const char *key,
@@ -1160,7 +1160,9 @@ static enum MHD_Result count_header(void *cls, enum MHD_ValueKind kind, const ch
     (void)kind;
     framing *f = cls;
     if (!strcasecmp(key, MHD_HTTP_HEADER_HOST)) f->hosts++;
-    else if (!strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING)) f->te++;
+    else if (!strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING)) {
+        if (f->te++ == 0) f->first_te = value;
+    }
     else if (!strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH)) {
         if (f->lengths++ == 0) f->first_length = value;
         else if (strcmp(value ? value : "", f->first_length ? f->first_length : "")) f->lengths_differ = true;
@@ -1168,10 +1170,27 @@ static enum MHD_Result count_header(void *cls, enum MHD_ValueKind kind, const ch
     return MHD_YES;
 }
 
+/* Whether a Transfer-Encoding value is what libmicrohttpd decodes: "chunked" in any case,
+ * nothing after it (not even a space). For any other value it neither answers nor frames the
+ * body, and the request hangs until the connection times out. *chunked_last: whether chunked is
+ * the final coding (ignoring trailing blanks). */
+static bool te_chunked_only(const char *v, bool *chunked_last) {
+    const char *s = v ? v : "";
+    while (*s == ' ' || *s == '\t') s++;
+    size_t n = strlen(s);
+    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t')) n--;
+    const char *last = s + n;
+    while (last > s && last[-1] != ',' && last[-1] != ' ' && last[-1] != '\t') last--;
+    *chunked_last = (size_t)(s + n - last) == 7 && !strncasecmp(last, "chunked", 7);
+    return !strcasecmp(s, "chunked");
+}
+
 /* RFC 9112 §3.2 and §6.3: an HTTP/1.1 request without exactly one Host, Content-Length lines
  * that disagree, or Content-Length beside Transfer-Encoding (the request-smuggling shapes) is
- * answered 400 before its body is read, and the connection is closed. Returns the complaint, or
- * NULL; *field names the header. */
+ * answered 400 before its body is read, and the connection is closed; so is any
+ * Transfer-Encoding but chunked alone (§6.1: a final coding other than chunked leaves the body's
+ * length unknown; codings before chunked are not implemented). Returns the complaint, or NULL;
+ * *field names the header. */
 static const char *framing_error(struct MHD_Connection *c, const char *version, framing *f,
                                  const char **field) {
     memset(f, 0, sizeof *f);
@@ -1183,6 +1202,12 @@ static const char *framing_error(struct MHD_Connection *c, const char *version, 
     *field = MHD_HTTP_HEADER_CONTENT_LENGTH;
     if (f->lengths_differ) return "Content-Length headers that disagree";
     if (f->lengths && f->te) return "Content-Length together with Transfer-Encoding";
+    *field = MHD_HTTP_HEADER_TRANSFER_ENCODING;
+    bool chunked_last = false;
+    if (f->te > 1) return "more than one Transfer-Encoding header";
+    if (f->te && !te_chunked_only(f->first_te, &chunked_last))
+        return chunked_last ? "a Transfer-Encoding other than chunked alone (the only one supported)"
+                            : "a Transfer-Encoding whose final coding is not chunked";
     return NULL;
 }
 
