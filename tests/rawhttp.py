@@ -4,6 +4,8 @@ headers or bodies trickled a few bytes at a time). Not a test itself: e2e_serve_
 
   rawhttp.py send ADDR REQUEST         send REQUEST (Python escapes: \\r\\n, \\xff) and print
                                        everything the server answers until it closes or 3 s pass
+  rawhttp.py bighead ADDR KIB          send a GET /healthz with one header of KIB KiB and print the
+                                       answer (the send may break off when the server answers)
   rawhttp.py trickle ADDR HEAD PIECE N DELAY
                                        send HEAD (then print "connected"), then PIECE N times
                                        DELAY seconds apart; print "closed after K" when the
@@ -56,6 +58,14 @@ def main():
     s = connect(addr)
     if mode == "send":
         s.sendall(unescape(sys.argv[3]))
+        sys.stdout.write(read_all(s).decode("latin1"))
+        return 0
+    if mode == "bighead":
+        try:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " +
+                      b"a" * (int(sys.argv[3]) << 10) + b"\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
         sys.stdout.write(read_all(s).decode("latin1"))
         return 0
     if mode == "trickle":
