@@ -14,23 +14,11 @@ TinyStories excerpt) or "hex:HEX" (the UTF-8 bytes of a string), and ids start w
 Standard library only.
 """
 import os
-import struct
 import sys
 
+from tokbin import read_tokenizer_bin
+
 SPACE = "\u2581"
-
-
-def read_tokenizer_bin(path):
-    data = open(path, "rb").read()
-    off = 4
-    pieces = []
-    while off < len(data):
-        score, n = struct.unpack_from("<fi", data, off)
-        off += 8
-        raw = data[off:off + n]
-        off += n
-        pieces.append((raw, score))
-    return pieces
 
 
 def encode(pieces, text):

@@ -16,22 +16,18 @@ are ordered by the merged piece's score, highest first (stable, so equal scores 
 order). Standard library only.
 """
 import json
-import struct
 import sys
+
+from tokbin import read_tokenizer_bin
 
 SPACE = "\u2581"
 
 
-def read_tokenizer_bin(path):
-    data = open(path, "rb").read()
-    (max_len,) = struct.unpack_from("<i", data, 0)
-    off = 4
+def read_pieces(path):
+    """tokenizer.bin's tokens as (text, score): the BOS/EOS spellings of llama2.c made <s> and
+    </s>, spaces as the SentencePiece marker."""
     pieces = []
-    while off < len(data):
-        score, n = struct.unpack_from("<fi", data, off)
-        off += 8
-        raw = data[off:off + n]
-        off += n
+    for raw, score in read_tokenizer_bin(path):
         if raw == b"\n<s>\n":
             text = "<s>"
         elif raw == b"\n</s>\n":
@@ -106,7 +102,7 @@ def main(argv):
     args = [a for a in argv[1:] if a != "--pairs"]
     if len(args) != 2:
         sys.exit("usage: gen_tokenizer_json.py [--pairs] tokenizer.bin out.json")
-    doc = build(read_tokenizer_bin(args[0]), pairs)
+    doc = build(read_pieces(args[0]), pairs)
     with open(args[1], "w", encoding="utf-8") as f:
         json.dump(doc, f, ensure_ascii=False, indent=1)
         f.write("\n")

@@ -49,6 +49,22 @@ static void expect_stream(const qd_tokens *got, const int *want, size_t nw) {
         }
 }
 
+/* path loads (format sniffed) as the documents docs (NULL-terminated), each BOS + its ids. */
+static void expect_docs(const char *path, const qd_tokenizer *t, const char *const *docs) {
+    qd_tokens out;
+    qd_err e = {{0}};
+    if (qd_data_load(path, t, 0, &out, &e) != QD_OK) {
+        CHECK(0, "%s", e.msg);
+        return;
+    }
+    int want[256];
+    size_t nw = 0;
+    for (; *docs; docs++) want_doc(t, *docs, want, &nw);
+    expect_stream(&out, want, nw);
+    qd_tokens_free(&out);
+    qd_tokens_free(&out); /* twice is fine */
+}
+
 static void expect_error(const char *path, int format, const qd_tokenizer *t, int vocab_size,
                          const char *want1, const char *want2) {
     qd_tokens out = {(int *)&out, 7};
@@ -128,16 +144,10 @@ static void test_small_txt(void) {
     if (!t) return;
     const char *path = write_str("small.txt", "\xef\xbb\xbfHello\r\nworld \r\n<|endoftext|>  \r\n"
                                               "<|endoftext|>Second story.\r\nEnd<|endoftext|>");
-    qd_tokens out;
-    qd_err e = {{0}};
-    CHECK(qd_data_load(path, t, 0, &out, &e) == QD_OK, "%s", e.msg);
-    int want[64];
-    size_t nw = 0;
-    want_doc(t, "Hello\nworld", want, &nw);
-    want_doc(t, "Second story.\nEnd", want, &nw);
-    expect_stream(&out, want, nw);
-    qd_tokens_free(&out);
-    qd_tokens_free(&out); /* twice is fine */
+    const char *docs[] = {"Hello\nworld", "Second story.\nEnd", NULL};
+    expect_docs(path, t, docs);
+    qd_tokens out = {0};
+    qd_tokens_free(&out); /* an empty one and NULL are fine */
     qd_tokens_free(NULL);
     qd_tok_free(t);
 }
@@ -151,16 +161,8 @@ static void test_jsonl(void) {
                                  "  {\"id\": 3, \"text\": \"h\\u00e9llo \\ud83d\\ude42\"}\r\n"
                                  "{\"text\": \"\"}\n"
                                  "{\"text\": \"last line, no newline\"}");
-    qd_tokens out;
-    qd_err e = {{0}};
-    CHECK(qd_data_load(path, t, 0, &out, &e) == QD_OK, "%s", e.msg);
-    int want[128];
-    size_t nw = 0;
-    want_doc(t, "Once upon a time", want, &nw);
-    want_doc(t, "héllo 🙂", want, &nw);
-    want_doc(t, "last line, no newline", want, &nw);
-    expect_stream(&out, want, nw);
-    qd_tokens_free(&out);
+    const char *docs[] = {"Once upon a time", "héllo 🙂", "last line, no newline", NULL};
+    expect_docs(path, t, docs);
     qd_tok_free(t);
 }
 

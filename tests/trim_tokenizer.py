@@ -100,21 +100,17 @@ def main():
             {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
              "use_regex": True}]}
         m["merges"] = [a + " " + b for a, b in pairs]
-        d["added_tokens"] = [
-            {"id": n, "content": "<|endoftext|>", "single_word": False, "lstrip": False,
-             "rstrip": False, "normalized": False, "special": True},
-            {"id": n + 1, "content": "[[mask]]", "single_word": False, "lstrip": False,
-             "rstrip": False, "normalized": True, "special": False},
-            {"id": n + 2, "content": "<|ls|>", "single_word": False, "lstrip": True,
-             "rstrip": False, "normalized": False, "special": True},
-            {"id": n + 3, "content": "<|rs|>", "single_word": False, "lstrip": False,
-             "rstrip": True, "normalized": False, "special": True},
-            {"id": n + 4, "content": "<|both|>", "single_word": False, "lstrip": True,
-             "rstrip": True, "normalized": False, "special": False},
-            {"id": n + 5, "content": "magic", "single_word": True, "lstrip": False,
-             "rstrip": False, "normalized": False, "special": False},
-            {"id": n + 6, "content": "[[sw]]", "single_word": True, "lstrip": True,
-             "rstrip": False, "normalized": True, "special": False}]
+        # (content, single_word, lstrip, rstrip, normalized, special), ids from n on
+        added = [("<|endoftext|>", False, False, False, False, True),
+                 ("[[mask]]", False, False, False, True, False),
+                 ("<|ls|>", False, True, False, False, True),
+                 ("<|rs|>", False, False, True, False, True),
+                 ("<|both|>", False, True, True, False, False),
+                 ("magic", True, False, False, False, False),
+                 ("[[sw]]", True, True, False, True, False)]
+        keys = ("content", "single_word", "lstrip", "rstrip", "normalized", "special")
+        d["added_tokens"] = [dict({"id": n + i}, **dict(zip(keys, t)))
+                             for i, t in enumerate(added)]
         d["post_processor"] = None
     else:
         m["merges"] = pairs

@@ -345,6 +345,16 @@ QD_API void qd_aq_forward(qd_real *out, const qd_real *x, size_t n, const qd_aq 
     aq_fwd_range(out, x, n, s, zr, aq_levels(q->bits), rc, pos + 1);
 }
 
+/* One attention row's gradient through its quantizer (on) or straight (off): dst (T) = the
+ * first n entries' gradient from src, zeros after them (the causal mask's columns). */
+static void row_bwd(qd_real *dst, const qd_real *src, const qd_real *x, int T, int n, int on,
+                    qd_real s, qd_real zr, qd_real Q, const qd_rctx *rc, size_t pos, double *ds,
+                    double *dz) {
+    memset(dst, 0, sizeof(qd_real) * (size_t)T);
+    if (on) aq_bwd_range(dst, src, x, (size_t)n, s, zr, Q, rc, pos, ds, dz, 0);
+    else memcpy(dst, src, sizeof(qd_real) * (size_t)n);
+}
+
 QD_API void qd_aq_backward(qd_real *dx, const qd_real *dout, const qd_real *x, size_t n,
                            const qd_aq *q, const qd_rctx *rc, size_t pos, int fault) {
     qd_real s = qd_aq_scale(q), zc = qd_aq_zero(q);
@@ -575,24 +585,16 @@ QD_API void qd_attn_backward(qd_real *dq, qd_real *dk, qd_real *dv, const qd_rea
                 const qd_real *prow = Pb + (size_t)i * T, *srow = Sb + (size_t)i * T;
                 qd_real *drow = dP + (size_t)i * T, *g = phat + (size_t)i * T;
                 /* through the P quantizer: g = dL/dP */
-                memset(g, 0, sizeof(qd_real) * (size_t)T);
-                if (pq)
-                    aq_bwd_range(g, drow, prow, (size_t)i + 1, sp, zp, Qp, rc,
-                                 pos_p + 1 + bh * TT + (size_t)i * T, &dsp, &dzp, 0);
-                else
-                    memcpy(g, drow, sizeof(qd_real) * (size_t)(i + 1));
+                row_bwd(g, drow, prow, T, i + 1, pq != NULL, sp, zp, Qp, rc,
+                        pos_p + 1 + bh * TT + (size_t)i * T, &dsp, &dzp);
                 /* softmax: dŜ_j = P_j (g_j - Σ_k P_k g_k) */
                 double dot = 0;
                 for (int j = 0; j <= i; j++) dot += (double)prow[j] * g[j];
                 if (QD_FAULT(fault, 3)) dot = 0;
                 for (int j = 0; j <= i; j++) g[j] = prow[j] * (g[j] - (qd_real)dot);
                 /* through the S quantizer into drow = dL/dS (zeros above the diagonal) */
-                memset(drow, 0, sizeof(qd_real) * (size_t)T);
-                if (sq)
-                    aq_bwd_range(drow, g, srow, (size_t)i + 1, ss, zs, Qs, rc,
-                                 pos_s + 1 + bh * TT + (size_t)i * T, &dss, &dzs, 0);
-                else
-                    memcpy(drow, g, sizeof(qd_real) * (size_t)(i + 1));
+                row_bwd(drow, g, srow, T, i + 1, sq != NULL, ss, zs, Qs, rc,
+                        pos_s + 1 + bh * TT + (size_t)i * T, &dss, &dzs);
             }
             /* S = scale q k^T: dq += scale dS k, dk += scale dS^T q */
             GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, scale, dP, T, k + koff,
