@@ -14,6 +14,9 @@
 #include "base/limits.h"
 #include "base/report_keys.h"
 
+#define API_STR_(x) #x
+#define API_STR(x) API_STR_(x)
+
 static const char *const state_names[API_STATE_COUNT] = {
     "queued", "running", "succeeded", "failed", "cancelled", "timed_out",
 };
@@ -88,6 +91,65 @@ static int get_blob(const cJSON *v, const char *field, bool nullable, char *out,
         return fail(fe, field, "invalid_value", "%s must be a blob id \"sha256:<64 hex digits>\"",
                     field);
     snprintf(out, n, "%s", v->valuestring);
+    return 0;
+}
+
+bool api_file_name_valid(const char *name, const char **why) {
+    const char *w = NULL;
+    size_t n = name ? strlen(name) : 0;
+    if (n == 0 || n > API_MAX_FILE_NAME) w = "must be 1-" API_STR(API_MAX_FILE_NAME) " bytes";
+    else if (name[0] == '/') w = "must be a relative path, not an absolute one";
+    else if (strchr(name, '\\')) w = "must use '/' between directories, not '\\'";
+    else
+        for (const char *c = name; *c && !w; c++) {
+            bool start = c == name || c[-1] == '/';
+            if ((unsigned char)*c < 0x20 || *c == 0x7f) w = "must not hold control characters";
+            else if (start && *c == '/') w = "must not have an empty directory component";
+            else if (start && *c == '.')
+                w = "must not have a component starting with '.' (no '..', no hidden files)";
+        }
+    if (!w && name[n - 1] == '/') w = "must name a file, not a directory";
+    if (why) *why = w;
+    return !w;
+}
+
+/* The files of a model directory: {"relative/path": "sha256:...", ...}. Names must be safe
+ * (api_file_name_valid), distinct, and no name may also be a directory of another. */
+static int get_model_files(const cJSON *o, api_spec *s, api_field_err *fe) {
+    const cJSON *it;
+    s->n_model_files = 0;
+    cJSON_ArrayForEach(it, o) {
+        const char *why;
+        if (!api_file_name_valid(it->string, &why))
+            return fail(fe, "model", "invalid_value", "model: file name \"%.*s\" %s",
+                        API_MAX_FILE_NAME, it->string, why);
+        if (s->n_model_files == API_MAX_MODEL_FILES)
+            return fail(fe, "model", "out_of_range", "model: at most %d files",
+                        API_MAX_MODEL_FILES);
+        for (int i = 0; i < s->n_model_files; i++) {
+            const char *a = s->model_files[i].name, *b = it->string;
+            size_t la = strlen(a), lb = strlen(b);
+            if (!strcmp(a, b))
+                return fail(fe, "model", "invalid_value", "model: file \"%s\" is named twice", b);
+            if ((la < lb && !strncmp(a, b, la) && b[la] == '/') ||
+                (lb < la && !strncmp(a, b, lb) && a[lb] == '/'))
+                return fail(fe, "model", "invalid_value",
+                            "model: \"%s\" is a file and also a directory of \"%s\"",
+                            la < lb ? a : b, la < lb ? b : a);
+        }
+        api_model_file *f = &s->model_files[s->n_model_files];
+        if (!cJSON_IsString(it) || !api_blob_id_valid(it->valuestring))
+            return fail(fe, "model", "invalid_value",
+                        "model: file \"%s\" must map to a blob id \"sha256:<64 hex digits>\"",
+                        it->string);
+        snprintf(f->name, sizeof f->name, "%s", it->string);
+        snprintf(f->blob, sizeof f->blob, "%s", it->valuestring);
+        s->n_model_files++;
+    }
+    if (s->n_model_files == 0)
+        return fail(fe, "model", "invalid_value",
+                    "model: a directory needs at least one file (an object from relative path to "
+                    "blob id)");
     return 0;
 }
 
@@ -258,7 +320,9 @@ int api_spec_from_json(const cJSON *obj, api_spec *s, api_field_err *fe) {
         const char *k = it->string;
         long long v;
         if (!strcmp(k, "model")) {
-            if (get_blob(it, k, false, s->model, sizeof s->model, fe)) return -1;
+            if (cJSON_IsObject(it) ? get_model_files(it, s, fe)
+                                   : get_blob(it, k, false, s->model, sizeof s->model, fe))
+                return -1;
             have_model = true;
         } else if (!strcmp(k, "calibration")) {
             if (get_blob(it, k, false, s->calibration, sizeof s->calibration, fe)) return -1;
@@ -327,7 +391,13 @@ static void add_blob(cJSON *o, const char *k, const char *v) {
 
 cJSON *api_spec_to_json(const api_spec *s) {
     cJSON *o = cJSON_CreateObject();
-    add_blob(o, "model", s->model);
+    if (s->n_model_files > 0) {
+        cJSON *mf = cJSON_AddObjectToObject(o, "model");
+        for (int i = 0; i < s->n_model_files; i++)
+            cJSON_AddStringToObject(mf, s->model_files[i].name, s->model_files[i].blob);
+    } else {
+        add_blob(o, "model", s->model);
+    }
     add_blob(o, "calibration", s->calibration);
     add_blob(o, "eval", s->eval);
     cJSON_AddNumberToObject(o, "eval_split", s->eval_split);

@@ -20,6 +20,10 @@
 #define API_MAX_LABEL_KEY 63
 #define API_MAX_LABEL_VALUE 255
 #define API_N_ABITS 16
+/* A model made of several files (a Hugging Face directory): at most this many files, each
+ * named by a relative path of at most API_MAX_FILE_NAME bytes. */
+#define API_MAX_MODEL_FILES 64
+#define API_MAX_FILE_NAME 127
 
 typedef enum api_state {
     API_QUEUED,
@@ -46,10 +50,20 @@ typedef struct api_field_err {
     char message[256];
 } api_field_err;
 
+/* One file of a model directory: its relative path there and its blob. */
+typedef struct api_model_file {
+    char name[API_MAX_FILE_NAME + 1];
+    char blob[72];
+} api_model_file;
+
 /* A job spec as accepted by POST /v1/jobs, with every default filled in. Blob ids are
- * "sha256:<64 hex>" strings; an empty string stands for JSON null. */
+ * "sha256:<64 hex>" strings; an empty string stands for JSON null. The model is either one
+ * blob (model) or a directory of n_model_files files (model is then ""; JSON: an object from
+ * relative path to blob id). */
 typedef struct api_spec {
     char model[72];
+    int n_model_files;
+    api_model_file model_files[API_MAX_MODEL_FILES];
     char calibration[72];
     char eval[72];
     char tokenizer[72];
@@ -79,6 +93,12 @@ cJSON *api_spec_to_json(const api_spec *s);
 
 /* True when s is "sha256:" followed by 64 lower-case hex digits. */
 bool api_blob_id_valid(const char *s);
+
+/* Whether name may be a file of a model directory: a relative path of 1-API_MAX_FILE_NAME
+ * bytes whose '/'-separated components are non-empty and start with neither '.' nor a
+ * control character (so no "..", no absolute path, no hidden file), without '\\'. On false
+ * *why (may be NULL) says what is wrong. */
+bool api_file_name_valid(const char *name, const char **why);
 
 /* Whether s (NUL-terminated) is strict UTF-8: no overlong forms, surrogates or code points past
  * U+10FFFF. */

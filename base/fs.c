@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -173,4 +174,16 @@ int qd_write_text_atomic(const char *path, const char *text, qd_err *err) {
         return qd_errf(err, "%s: write failed: %s", path, strerror(e));
     }
     return qd_atomic_commit(&a, err);
+}
+
+static int rm_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st;
+    (void)ftw;
+    return flag == FTW_DP ? rmdir(path) : unlink(path);
+}
+
+int qd_rm_rf(const char *path) {
+    struct stat st;
+    if (lstat(path, &st) != 0) return errno == ENOENT ? 0 : -1;
+    return nftw(path, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
 }

@@ -46,4 +46,8 @@ int qd_write_file_atomic(const char *path, const void *data, size_t n, qd_err *e
  * (the JSON writers: report.json, encodings.json, config.json, tokenizer.json). */
 int qd_write_text_atomic(const char *path, const char *text, qd_err *err);
 
+/* Recursively removes path; symlinks are removed, never followed. 0 (also when path does not
+ * exist) or -1 with errno set. */
+int qd_rm_rf(const char *path);
+
 #endif

@@ -19,6 +19,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <dirent.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -685,6 +686,85 @@ static int ensure_blob(const opts *o, const char *file, const char *label, char 
     return ex;
 }
 
+/* The files of a model directory, as the spec names them: relative paths of the regular files
+ * under dir (names starting with '.' skipped, as the server refuses them), in name order. */
+typedef struct dir_files {
+    int n;
+    char rel[API_MAX_MODEL_FILES][API_MAX_FILE_NAME + 1];
+} dir_files;
+
+static int by_name(const struct dirent **a, const struct dirent **b) {
+    return strcmp((*a)->d_name, (*b)->d_name);
+}
+static int visible(const struct dirent *d) { return d->d_name[0] != '.'; }
+
+static int list_dir(const char *top, const char *rel, int depth, dir_files *out) {
+    char path[8192];
+    snprintf(path, sizeof path, "%s%s%s", top, rel[0] ? "/" : "", rel);
+    struct dirent **ents = NULL;
+    int n = scandir(path, &ents, visible, by_name);
+    if (n < 0) {
+        fprintf(stderr, "quantd client: %s: %s\n", path, strerror(errno));
+        return EXIT_LOCAL;
+    }
+    int ex = EXIT_OK;
+    for (int i = 0; i < n; i++) {
+        char r[API_MAX_FILE_NAME + 2], p[8192 + 300];
+        struct stat st;
+        int k = snprintf(r, sizeof r, "%s%s%s", rel, rel[0] ? "/" : "", ents[i]->d_name);
+        snprintf(p, sizeof p, "%s/%s", top, r);
+        if (ex) {
+        } else if (stat(p, &st) != 0) {
+            fprintf(stderr, "quantd client: %s: %s\n", p, strerror(errno));
+            ex = EXIT_LOCAL;
+        } else if (!S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode)) {
+            /* sockets, fifos: nothing a checkpoint holds */
+        } else if (k > API_MAX_FILE_NAME) {
+            fprintf(stderr, "quantd client: %s: the name in the model directory is longer than %d "
+                    "bytes\n", p, API_MAX_FILE_NAME);
+            ex = EXIT_LOCAL;
+        } else if (S_ISDIR(st.st_mode)) {
+            if (depth >= 8) {
+                fprintf(stderr, "quantd client: %s: directories nested deeper than 8\n", p);
+                ex = EXIT_LOCAL;
+            } else {
+                ex = list_dir(top, r, depth + 1, out);
+            }
+        } else if (out->n == API_MAX_MODEL_FILES) {
+            fprintf(stderr, "quantd client: %s: more than %d files (the limit of a model "
+                    "directory)\n", top, API_MAX_MODEL_FILES);
+            ex = EXIT_LOCAL;
+        } else {
+            memcpy(out->rel[out->n++], r, (size_t)k + 1);
+        }
+        free(ents[i]);
+    }
+    free(ents);
+    return ex;
+}
+
+/* Uploads each file of model directory dir once (ensure_blob skips those the server has) and
+ * returns {"relative/path": "sha256:...", ...} in *files. An exit status. */
+static int ensure_dir(const opts *o, const char *dir, cJSON **files) {
+    dir_files *df = calloc(1, sizeof *df);
+    if (!df) return EXIT_LOCAL;
+    int ex = list_dir(dir, "", 0, df);
+    if (!ex && df->n == 0) {
+        fprintf(stderr, "quantd client: %s: the model directory holds no files\n", dir);
+        ex = EXIT_LOCAL;
+    }
+    *files = cJSON_CreateObject();
+    for (int i = 0; i < df->n && !ex; i++) {
+        char path[8192 + 200], id[72], label[API_MAX_FILE_NAME + 16];
+        snprintf(path, sizeof path, "%s/%s", dir, df->rel[i]);
+        snprintf(label, sizeof label, "model %s", df->rel[i]);
+        if (!(ex = ensure_blob(o, path, label, id)))
+            cJSON_AddStringToObject(*files, df->rel[i], id);
+    }
+    free(df);
+    return ex;
+}
+
 /* ---- commands ---- */
 
 /* What `submit` was asked for. */
@@ -707,7 +787,8 @@ enum {
 };
 
 static const cli_opt submit_opts[] = {
-    {"model", S_MODEL, "F", "checkpoint to upload (skipped when the server has it)"},
+    {"model", S_MODEL, "F", "checkpoint to upload: a file, or a Hugging Face directory (each file "
+                            "sent once; skipped when the server has it)"},
     {"calib", S_CALIB, "F", "calibration data"},
     {"calibration", S_CALIB, "F", "the same as --calib"},
     {"eval", S_EVAL, "F", "evaluation data (default: --eval-split of the calibration)"},
@@ -799,10 +880,16 @@ static int submit_parse(opts *o, int argc, char **argv, submit_args *s) {
 }
 
 /* The job spec for the uploaded blobs (ids[4]: model, calibration, eval, tokenizer; "" when
- * none). Takes labels and abits out of s. */
-static cJSON *submit_spec(submit_args *s, char ids[4][72]) {
+ * none; a model directory's files in model_files instead, taken). Takes labels and abits out
+ * of s. */
+static cJSON *submit_spec(submit_args *s, char ids[4][72], cJSON **model_files) {
     cJSON *spec = cJSON_CreateObject();
-    cJSON_AddStringToObject(spec, "model", ids[0]);
+    if (*model_files) {
+        cJSON_AddItemToObject(spec, "model", *model_files);
+        *model_files = NULL;
+    } else {
+        cJSON_AddStringToObject(spec, "model", ids[0]);
+    }
     cJSON_AddStringToObject(spec, "calibration", ids[1]);
     if (ids[2][0]) cJSON_AddStringToObject(spec, "eval", ids[2]);
     if (ids[3][0]) cJSON_AddStringToObject(spec, "tokenizer", ids[3]);
@@ -835,9 +922,12 @@ static cJSON *submit_spec(submit_args *s, char ids[4][72]) {
     const char *files[2][2] = {{"model_file", s->model}, {"calib_file", s->calib}};
     for (int i = 0; i < 2; i++) {
         if (get(s->labels, files[i][0]) || cJSON_GetArraySize(s->labels) >= API_MAX_LABELS) continue;
-        const char *b = strrchr(files[i][1], '/');
         char v[API_MAX_LABEL_VALUE + 1];
-        snprintf(v, sizeof v, "%s", b ? b + 1 : files[i][1]);
+        size_t n = strlen(files[i][1]);
+        while (n > 1 && files[i][1][n - 1] == '/') n--; /* a directory given as DIR/ */
+        const char *b = memrchr(files[i][1], '/', n > 0 ? n - 1 : 0);
+        b = b ? b + 1 : files[i][1];
+        snprintf(v, sizeof v, "%.*s", (int)(n - (size_t)(b - files[i][1])), b);
         cJSON_AddStringToObject(s->labels, files[i][0], v);
     }
     if (cJSON_GetArraySize(s->labels)) {
@@ -878,6 +968,8 @@ static int submit_post(opts *o, cJSON *spec, const submit_args *s) {
 }
 
 static int cmd_submit(opts *o, int argc, char **argv) {
+    cJSON *model_files = NULL;
+    bool model_dir = false;
     submit_args s;
     memset(&s, 0, sizeof s);
     s.eval_split = -1;
@@ -891,15 +983,19 @@ static int cmd_submit(opts *o, int argc, char **argv) {
     }
     o->conn.progress = !o->quiet;
     char ids[4][72] = {"", "", "", ""};
-    if ((ex = ensure_blob(o, s.model, "model", ids[0])) ||
+    struct stat st;
+    model_dir = stat(s.model, &st) == 0 && S_ISDIR(st.st_mode);
+    if ((ex = model_dir ? ensure_dir(o, s.model, &model_files)
+                        : ensure_blob(o, s.model, "model", ids[0])) ||
         (ex = ensure_blob(o, s.calib, "calibration", ids[1])) ||
         (s.evalf && (ex = ensure_blob(o, s.evalf, "eval", ids[2]))) ||
         (s.tok && (ex = ensure_blob(o, s.tok, "tokenizer", ids[3]))))
         goto out;
-    cJSON *spec = submit_spec(&s, ids);
+    cJSON *spec = submit_spec(&s, ids, &model_files);
     ex = submit_post(o, spec, &s);
     cJSON_Delete(spec);
 out:
+    cJSON_Delete(model_files);
     cJSON_Delete(s.labels);
     cJSON_Delete(s.abits);
     return ex;

@@ -70,11 +70,13 @@ struct srv {
 };
 
 /* One file part of a multipart POST /v1/jobs: streamed into the store like POST /v1/blobs,
- * kept as an unfinished upload until the job is accepted. */
-#define MP_MAX_PARTS 8
+ * kept as an unfinished upload until the job is accepted. Several parts named "model" are the
+ * files of a model directory, each at the relative path its filename gives. */
+#define MP_MAX_PARTS (4 + API_MAX_MODEL_FILES)
 #define MP_BUFFER (64u << 10)
 typedef struct mp_part {
     char name[64];
+    char filename[API_MAX_FILE_NAME + 2]; /* one byte more: a longer name is refused, not cut */
     srv_upload *up;
     char id[72];
     bool used; /* the spec takes it */
@@ -539,7 +541,6 @@ static enum MHD_Result mp_iter(void *cls, enum MHD_ValueKind kind, const char *k
                                const char *transfer_encoding, const char *data, uint64_t off,
                                size_t size) {
     (void)kind;
-    (void)filename;
     (void)content_type;
     req *r = cls;
     srv *s = r->s;
@@ -561,7 +562,8 @@ static enum MHD_Result mp_iter(void *cls, enum MHD_ValueKind kind, const char *k
             return MHD_NO;
         }
         bool dup = !strcmp(key, "spec") && r->have_spec;
-        for (int i = 0; i < r->n_parts; i++) dup |= !strcmp(r->parts[i].name, key);
+        for (int i = 0; i < r->n_parts; i++) /* model parts repeat: a directory's files */
+            dup |= !strcmp(r->parts[i].name, key) && strcmp(key, "model");
         if (dup) {
             req_fail(r, 400, "invalid_multipart", key, "part %s appears twice", key);
             return MHD_NO;
@@ -578,6 +580,7 @@ static enum MHD_Result mp_iter(void *cls, enum MHD_ValueKind kind, const char *k
             mp_part *p = &r->parts[r->n_parts];
             memset(p, 0, sizeof *p);
             snprintf(p->name, sizeof p->name, "%s", key);
+            snprintf(p->filename, sizeof p->filename, "%s", filename ? filename : "");
             p->up = srv_upload_begin(s->store, &err);
             if (!p->up) {
                 req_fail(r, 500, "internal", key, "%s", err.msg);
@@ -686,6 +689,15 @@ static enum MHD_Result submit_spec(srv *s, struct MHD_Connection *c, req *r, con
             snprintf(m, sizeof m, "no blob %s; upload it with POST /v1/blobs first", ids[i]);
             return send_err(c, r, 422, "blob_not_found", m, blob_fields[i]);
         }
+    for (int i = 0; i < spec.n_model_files; i++) {
+        const api_model_file *f = &spec.model_files[i];
+        if (!pending_has(r, f->blob) && !srv_blob_exists(s->store, f->blob, NULL)) {
+            char m[320];
+            snprintf(m, sizeof m, "model: no blob %s for file \"%s\"; upload it with POST "
+                                  "/v1/blobs first", f->blob, f->name);
+            return send_err(c, r, 422, "blob_not_found", m, "model");
+        }
+    }
     qd_err err;
     for (int i = 0; i < r->n_parts; i++) {
         mp_part *p = &r->parts[i];
@@ -743,7 +755,34 @@ static enum MHD_Result mp_finish(srv *s, struct MHD_Connection *c, req *r) {
     } else {
         root = cJSON_CreateObject(); /* no spec part: every setting at its default */
     }
+    int n_model = 0;
+    for (int i = 0; i < r->n_parts; i++) n_model += !strcmp(r->parts[i].name, "model");
+    if (n_model > 1) { /* a directory: {"filename": blob id} for the spec's own checks */
+        if (cJSON_GetObjectItemCaseSensitive(root, "model")) {
+            cJSON_Delete(root);
+            mp_abort_parts(r);
+            return send_err(c, r, 422, "invalid_value",
+                            "model: the request has model parts (a directory) and the spec names "
+                            "a model too; give one of them", "model");
+        }
+        cJSON *dir = cJSON_AddObjectToObject(root, "model");
+        for (int i = 0; i < r->n_parts; i++) {
+            mp_part *p = &r->parts[i];
+            if (strcmp(p->name, "model")) continue;
+            if (!p->filename[0]) {
+                cJSON_Delete(root);
+                mp_abort_parts(r);
+                return send_err(c, r, 422, "invalid_value",
+                                "model: with several model parts each needs a filename (its "
+                                "path in the model directory)", "model");
+            }
+            /* a repeated filename stays two entries, so that the spec's check refuses it */
+            cJSON_AddItemToObject(dir, p->filename, cJSON_CreateString(p->id));
+            p->used = true;
+        }
+    }
     for (int f = 0; f < N_BLOB_FIELDS; f++) {
+        if (n_model > 1 && f == 0) continue;
         cJSON *v = cJSON_GetObjectItemCaseSensitive(root, blob_fields[f]);
         int k = -1;
         if (!v) {

@@ -10,7 +10,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,18 +34,6 @@ struct srv_upload {
     bool sealed;
     char id[72];
 };
-
-static int rm_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st;
-    (void)ftw;
-    return flag == FTW_DP ? rmdir(path) : unlink(path);
-}
-
-int srv_rm_rf(const char *path) {
-    struct stat st;
-    if (lstat(path, &st) != 0) return errno == ENOENT ? 0 : -1;
-    return nftw(path, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
-}
 
 srv_store *srv_store_open(const char *dir, qd_err *err) {
     if (qd_mkdir_p(dir, err)) return NULL;
@@ -79,7 +66,7 @@ srv_store *srv_store_open(const char *dir, qd_err *err) {
     const char *scratch[] = {"blobs/tmp", "jobs/.tmp"};
     for (size_t i = 0; i < 2; i++) {
         snprintf(p, sizeof p, "%s/%s", s->dir, scratch[i]);
-        srv_rm_rf(p);
+        qd_rm_rf(p);
         qd_mkdir_p(p, NULL);
     }
     return s;
@@ -240,7 +227,7 @@ int srv_store_create_job(srv_store *s, const api_job *j, const char *first_event
     if (rc == QD_OK && rename(tmpdir, dst) != 0)
         rc = qd_errf(err, "%s: rename to %s: %s", __func__, dst, strerror(errno));
     if (rc != QD_OK) {
-        srv_rm_rf(tmpdir);
+        qd_rm_rf(tmpdir);
         return rc;
     }
     snprintf(p, sizeof p, "%s/jobs", s->dir);
@@ -270,7 +257,7 @@ int srv_store_delete_job(srv_store *s, const char *id, qd_err *err) {
     snprintf(dst, sizeof dst, "%s/jobs/.tmp/deleted-%s", s->dir, id);
     /* Rename first so that a crash half-way through the removal leaves no half job behind. */
     if (rename(src, dst) != 0) return qd_errf(err, "%s: %s: %s", __func__, src, strerror(errno));
-    srv_rm_rf(dst);
+    qd_rm_rf(dst);
     return QD_OK;
 }
 

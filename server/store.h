@@ -63,7 +63,4 @@ int srv_store_delete_job(srv_store *s, const char *id, qd_err *err);
  * Unreadable records are skipped with a message on stderr, never fatal. */
 int srv_store_load_jobs(srv_store *s, api_job **jobs, int *n, qd_err *err);
 
-/* Recursively removes path (no symlinks followed). 0 or -1. */
-int srv_rm_rf(const char *path);
-
 #endif

@@ -2,7 +2,8 @@
 # `quantd client` end to end against the real server on port 0: submit --wait (exit 0), a
 # failing gate (3), a failed job (1), a rejected request (4), an unreachable server (5), bad
 # usage (2), --wait-timeout (8) then cancel, the upload skipped for a file the server already
-# holds, status / list / events / download, and bearer tokens from QUANTD_TOKEN.
+# holds, a Hugging Face directory as --model (each file once, laid out again by the worker),
+# status / list / events / download, and bearer tokens from QUANTD_TOKEN.
 set -u
 cd "$(dirname "$0")/.."
 . tests/e2e_common.inc
@@ -43,6 +44,36 @@ posts=$(curl -s "$URL/metrics" | grep '^quantd_http_requests_total{route="POST /
 [ "$posts" = 2 ] && ok dedup_no_bytes_sent || bad dedup_no_bytes_sent "POST /v1/blobs was called $posts times"
 n2=$(ls "$TMP/data/blobs/sha256" | wc -l)
 [ "$nblobs" = 2 ] && [ "$n2" = 2 ] && ok dedup_no_new_blob || bad dedup_no_new_blob "$nblobs -> $n2 blobs"
+
+# 2b. a Hugging Face directory: each file uploaded once, laid out again as a directory by the
+# worker (symlinks to the blobs), and a second submit sends nothing
+HFD=$TMP/stories-hf
+mkdir -p "$HFD/sub" && cp "$FX/models/stories260K-hf/config.json" "$FX/models/stories260K-hf/model.safetensors" "$HFD/" &&
+    cp "$FX/models/tok512.bin" "$HFD/tokenizer.bin" && echo '{}' >"$HFD/sub/extra.json" && echo x >"$HFD/.hidden"
+C submit --model "$HFD/" --calib "$TEXT" "${SMALL[@]}" --wait --json >"$TMP/dir.json" 2>"$TMP/dir.err"
+rc=$?
+DID=$(jq -r .id "$TMP/dir.json" 2>/dev/null)
+if [ $rc = 0 ] && [ "$(jq -r .state "$TMP/dir.json")" = succeeded ] &&
+   [ "$(jq -r '.spec.model | keys | join(",")' "$TMP/dir.json")" = "config.json,model.safetensors,sub/extra.json,tokenizer.bin" ] &&
+   [ "$(jq -r .spec.labels.model_file "$TMP/dir.json")" = stories-hf ] &&
+   [ "$(grep -c '^model .*uploaded' "$TMP/dir.err")" = 4 ]; then ok submit_model_dir
+else bad submit_model_dir "rc=$rc $(head -c 400 "$TMP/dir.json") $(tail -5 "$TMP/dir.err")"; fi
+JD=$TMP/data/jobs/$DID/model
+if [ -L "$JD/config.json" ] && cmp -s "$JD/config.json" "$HFD/config.json" && cmp -s "$JD/sub/extra.json" "$HFD/sub/extra.json" &&
+   cmp -s "$JD/model.safetensors" "$HFD/model.safetensors" && [ ! -e "$JD/.hidden" ] &&
+   [ "$(readlink "$JD/tokenizer.bin")" = "$(realpath "$TMP/data")/blobs/sha256/$(sha256sum "$HFD/tokenizer.bin" | cut -d' ' -f1)" ]; then
+    ok worker_lays_out_model_dir
+else bad worker_lays_out_model_dir "$(ls -laR "$JD" 2>&1 | head -20)"; fi
+nb=$(ls "$TMP/data/blobs/sha256" | wc -l)
+C submit --model "$HFD" --calib "$TEXT" "${SMALL[@]}" --wait >/dev/null 2>"$TMP/dir2.err"
+rc=$?
+[ $rc = 0 ] && [ "$(grep -c '^model .*already on the server, upload skipped' "$TMP/dir2.err")" = 4 ] &&
+    [ "$(ls "$TMP/data/blobs/sha256" | wc -l)" = "$nb" ] && ok submit_model_dir_dedup ||
+    bad submit_model_dir_dedup "rc=$rc $(cat "$TMP/dir2.err")"
+mkdir -p "$TMP/emptydir"
+C submit --model "$TMP/emptydir" --calib "$TEXT" >/dev/null 2>"$TMP/dir3.err"; rc=$?
+[ $rc = 7 ] && grep -q 'emptydir: the model directory holds no files' "$TMP/dir3.err" && ok submit_empty_dir_exit_7 ||
+    bad submit_empty_dir_exit_7 "rc=$rc $(cat "$TMP/dir3.err")"
 
 # 3. a client-side gate on the integer model's top-1 agreement
 C submit --model "$MODEL" --calib "$TEXT" "${SMALL[@]}" --gate min_top1=100% --wait -q >"$TMP/t1.out" 2>&1

@@ -88,7 +88,18 @@ check mp_spec_not_json_400 '[ "$(mpost -F model=@"$TMP/fresh1" -F calibration=@"
 check mp_unused_part_422 '[ "$(mpost -F model=@"$TMP/fresh1" -F calibration=@"$TEXT" -F calibraton=@"$TMP/fresh2" -F "spec={$TINY}")" = 422 ] && [ "$(err_code)" = unknown_field ] && [ "$(err_field)" = calibraton ]'
 check mp_names_missing_part_422 '[ "$(mpost -F model=@"$TMP/fresh1" -F calibration=@"$TEXT" -F "spec={\"eval\":\"heldout\"}")" = 422 ] && [ "$(err_field)" = eval ]'
 check mp_missing_part_422 '[ "$(mpost -F model=@"$TMP/fresh1" -F "spec={$TINY}")" = 422 ] && [ "$(err_field)" = calibration ] && [ "$(err_code)" = required ]'
-check mp_duplicate_part_400 '[ "$(mpost -F model=@"$TMP/fresh1" -F model=@"$TMP/fresh2" -F calibration=@"$TEXT")" = 400 ] && [ "$(err_code)" = invalid_multipart ]'
+check mp_duplicate_part_400 '[ "$(mpost -F model=@"$TMP/fresh1" -F calibration=@"$TEXT" -F calibration=@"$TMP/fresh2")" = 400 ] && [ "$(err_code)" = invalid_multipart ] && [ "$(err_field)" = calibration ]'
+# several model parts are the files of a model directory, named by their filenames: unsafe or
+# repeated names are refused (422, field model) and leave no blob
+HF=$FX/models/stories260K-hf
+mdir() { mpost -F "model=@$HF/config.json;filename=$1" -F "model=@$HF/model.safetensors;filename=$2" -F calibration=@"$TEXT" -F "spec={$TINY}"; }
+for bad in "../config.json" "/etc/config.json" "a/../config.json" ".hidden" "a//b" 'a\b' "sub/"; do
+    check "mp_model_dir_name_422 $bad" '[ "$(mdir "$bad" model.safetensors)" = 422 ] && [ "$(err_field)" = model ] && [ "$(err_code)" = invalid_value ]' "$(body)"
+done
+check mp_model_dir_repeated_name_422 '[ "$(mdir config.json config.json)" = 422 ] && grep -q "named twice" "$TMP/body"' "$(body)"
+check mp_model_dir_file_and_dir_422 '[ "$(mdir a a/model.safetensors)" = 422 ] && grep -q "also a directory" "$TMP/body"' "$(body)"
+check mp_model_dir_and_spec_model_422 '[ "$(mpost -F model=@"$HF/config.json" -F model=@"$HF/model.safetensors" -F calibration=@"$TEXT" -F "spec={\"model\":\"$MID\"}")" = 422 ] && [ "$(err_field)" = model ]' "$(body)"
+check mp_model_dir_refused_leaves_no_blob '[ "$(nblobs)" = "$n0" ] && [ -z "$(ls "$D/blobs/tmp")" ]' "$(ls "$D/blobs/sha256")"
 check mp_bad_part_name_400 '[ "$(mpost -F "../x=@$TMP/fresh1" -F calibration=@"$TEXT")" = 400 ] && [ "$(err_code)" = invalid_multipart ]'
 check mp_oversize_part_413 '[ "$(mpost -F model=@"$TMP/big" -F calibration=@"$TEXT")" = 413 ] && [ "$(err_field)" = model ]'
 check mp_oversize_chunked_413 '[ "$(mpost -H "Transfer-Encoding: chunked" -F calibration=@"$TEXT" -F model=@"$TMP/big")" = 413 ]'
@@ -108,6 +119,26 @@ MPJ=$(jq -r .id "$TMP/body")
 check mp_job_stored '[ -f "$D/jobs/$MPJ/job.json" ] && [ "$(nblobs)" = "$n0" ]'
 check mp_parts_named_by_spec '[ "$(mpost -F weights=@"$TMP/fresh1" -F text=@"$TMP/fresh2" -F "spec={\"model\":\"weights\",\"calibration\":\"text\",$TINY}")" = 201 ] && [ "$(jq -r .spec.model "$TMP/body")" = "sha256:$(sha256sum "$TMP/fresh1" | cut -d" " -f1)" ] && [ "$(jq -r .spec.calibration "$TMP/body")" = "sha256:$(sha256sum "$TMP/fresh2" | cut -d" " -f1)" ]' "$(body)"
 check mp_parts_stored_as_blobs '[ "$(nblobs)" = $((n0 + 2)) ] && cmp -s "$TMP/fresh1" "$D/blobs/sha256/$(sha256sum "$TMP/fresh1" | cut -d" " -f1)" && [ "$(code GET "/v1/blobs/sha256:$(sha256sum "$TMP/fresh2" | cut -d" " -f1)")" = 200 ]'
+check mp_model_dir_201 '[ "$(mdir config.json model.safetensors)" = 201 ] && [ "$(jq -r ".spec.model[\"config.json\"]" "$TMP/body")" = "sha256:$(sha256sum "$HF/config.json" | cut -d" " -f1)" ] && [ "$(jq -r ".spec.model[\"model.safetensors\"]" "$TMP/body")" = "sha256:$(sha256sum "$HF/model.safetensors" | cut -d" " -f1)" ]' "$(body)"
+check mp_model_dir_blobs_stored '[ "$(nblobs)" = $((n0 + 4)) ]'
+cancel_del() { # cancels the job of $TMP/body and deletes it (max_queue is 3 here)
+    local id; id=$(jq -r .id "$TMP/body")
+    code POST "/v1/jobs/$id/cancel" >/dev/null
+    wait_state "$id" "succeeded|failed|cancelled" 60 && code DELETE "/v1/jobs/$id" >/dev/null
+}
+cancel_del
+# the same as a JSON spec naming one blob per file
+CFG=$(upload "$HF/config.json"); STS=$(upload "$HF/model.safetensors")
+DIRSPEC="\"model\":{\"config.json\":\"$CFG\",\"model.safetensors\":\"$STS\"},\"calibration\":\"$CID\",$TINY"
+check job_model_dir_201 '[ "$(jpost "{$DIRSPEC}")" = 201 ] && [ "$(jq -r ".spec.model | keys | join(\",\")" "$TMP/body")" = config.json,model.safetensors ]' "$(body)"
+cancel_del
+check job_model_dir_missing_blob_422 '[ "$(jpost "{\"model\":{\"config.json\":\"$CFG\",\"model-00002-of-00002.safetensors\":\"$nob\"},\"calibration\":\"$CID\"}")" = 422 ] && [ "$(err_code)" = blob_not_found ] && [ "$(err_field)" = model ] && grep -q "model-00002-of-00002.safetensors" "$TMP/body"' "$(body)"
+check job_model_dir_dotdot_422 '[ "$(jpost "{\"model\":{\"../../lock\":\"$CFG\"},\"calibration\":\"$CID\"}")" = 422 ] && [ "$(err_field)" = model ]' "$(body)"
+check job_model_dir_not_blob_422 '[ "$(jpost "{\"model\":{\"config.json\":7},\"calibration\":\"$CID\"}")" = 422 ] && [ "$(err_field)" = model ]' "$(body)"
+check job_model_dir_empty_422 '[ "$(jpost "{\"model\":{},\"calibration\":\"$CID\"}")" = 422 ] && [ "$(err_field)" = model ]' "$(body)"
+python3 -c 'import json,sys; print(json.dumps({"model": {"f%d" % i: sys.argv[1] for i in range(65)}, "calibration": sys.argv[2]}))' "$CFG" "$CID" >"$TMP/many.json"
+check job_model_dir_too_many_files_422 '[ "$(code POST /v1/jobs -H "Content-Type: application/json" --data-binary @"$TMP/many.json")" = 422 ] && [ "$(err_code)" = out_of_range ]' "$(body)"
+n0=$(nblobs)
 check mp_spec_part_optional '[ "$(mpost -F model=@"$MODEL" -F calibration=@"$TEXT")" = 201 ] && [ "$(jq -r .spec.method "$TMP/body")" = mobilequant ]' "$(body)"
 for id in $(curl -s "$URL/v1/jobs?limit=500" | jq -r '.jobs[].id'); do
     code POST "/v1/jobs/$id/cancel" >/dev/null

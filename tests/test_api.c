@@ -66,6 +66,44 @@ static void test_spec_full_roundtrip(void) {
     CHECK(!memcmp(&s, &s2, sizeof s), "spec -> json -> spec differs");
 }
 
+/* A model directory: an object from relative path to blob id, kept in order, round-tripped;
+ * unsafe names, repeats, a name that is also a directory, and non-blob values refused. */
+static void test_spec_model_dir(void) {
+    api_spec s, s2;
+    api_field_err fe;
+    const char *ok = "{\"model\":{\"config.json\":\"" BLOB_A "\",\"sub/model.safetensors\":\"" BLOB_B
+                     "\"},\"calibration\":\"" BLOB_B "\"}";
+    CHECK(parse(ok, &s, &fe) == 0, "model directory refused: %s", fe.message);
+    CHECK(s.n_model_files == 2 && !s.model[0], "two files, no single blob");
+    CHECK(!strcmp(s.model_files[1].name, "sub/model.safetensors") &&
+          !strcmp(s.model_files[1].blob, BLOB_B), "second file %s", s.model_files[1].name);
+    cJSON *o = api_spec_to_json(&s);
+    CHECK(cJSON_IsObject(cJSON_GetObjectItem(o, "model")), "written back as an object");
+    CHECK(api_spec_from_json(o, &s2, &fe) == 0 && !memcmp(&s, &s2, sizeof s), "round trip");
+    cJSON_Delete(o);
+    static const char *const bad[] = {
+        "{\"../x\":\"" BLOB_A "\"}", "{\"/etc/passwd\":\"" BLOB_A "\"}",
+        "{\"a/./b\":\"" BLOB_A "\"}", "{\".git/config\":\"" BLOB_A "\"}",
+        "{\"a//b\":\"" BLOB_A "\"}", "{\"a\\\\b\":\"" BLOB_A "\"}", "{\"d/\":\"" BLOB_A "\"}",
+        "{\"\":\"" BLOB_A "\"}", "{\"a\\u0001\":\"" BLOB_A "\"}",
+        "{\"x\":\"" BLOB_A "\",\"x\":\"" BLOB_B "\"}", "{\"a\":\"" BLOB_A "\",\"a/b\":\"" BLOB_B "\"}",
+        "{\"a/b\":\"" BLOB_A "\",\"a\":\"" BLOB_B "\"}", "{\"x\":\"sha256:12\"}", "{\"x\":null}", "{}"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char text[512];
+        snprintf(text, sizeof text, "{\"model\":%s,\"calibration\":\"" BLOB_B "\"}", bad[i]);
+        CHECK(parse(text, &s, &fe) == -1 && !strcmp(fe.field, "model"), "%s: accepted or field %s",
+              bad[i], fe.field);
+    }
+    CHECK(api_file_name_valid("a.b/c-d_e.json", NULL) && api_file_name_valid("x..y", NULL),
+          "dots inside a name are fine");
+    char longname[API_MAX_FILE_NAME + 2];
+    memset(longname, 'a', sizeof longname - 1);
+    longname[sizeof longname - 1] = 0;
+    CHECK(!api_file_name_valid(longname, NULL), "a name over the limit");
+    longname[API_MAX_FILE_NAME] = 0;
+    CHECK(api_file_name_valid(longname, NULL), "a name at the limit");
+}
+
 typedef struct bad_case {
     const char *json;
     const char *field;
@@ -456,6 +494,7 @@ int main(void) {
     RUN(test_spec_minimal_defaults);
     RUN(test_spec_full_roundtrip);
     RUN(test_spec_bad_fields);
+    RUN(test_spec_model_dir);
     RUN(test_utf8);
     RUN(test_blob_ids);
     RUN(test_states);

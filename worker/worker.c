@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "api/api.h"
@@ -82,6 +83,58 @@ static int blob_path(const char *datadir, const char *id, char *out, size_t n) {
     return k > 0 && (size_t)k < n ? 0 : -1;
 }
 
+int wk_layout_model(const char *datadir, const api_spec *spec, const char *dir, qd_err *err) {
+    struct stat st;
+    if (lstat(dir, &st) == 0) return QD_OK; /* laid out by an earlier attempt */
+    char tmp[PATH_MAX], parent[PATH_MAX];
+    snprintf(parent, sizeof parent, "%s", dir);
+    char *slash = strrchr(parent, '/');
+    const char *base = slash ? slash + 1 : parent;
+    if (slash) *slash = 0;
+    if (snprintf(tmp, sizeof tmp, "%s/.%s.tmpXXXXXX", slash ? parent : ".", base) >= (int)sizeof tmp)
+        return qd_errf(err, "%s: path too long", dir);
+    if (!mkdtemp(tmp)) return qd_errf(err, "%s: %s", tmp, strerror(errno));
+    int rc = QD_OK;
+    for (int i = 0; i < spec->n_model_files && rc == QD_OK; i++) {
+        const api_model_file *f = &spec->model_files[i];
+        char link[PATH_MAX + 160], blob[PATH_MAX + 96], sub[PATH_MAX + 160];
+        if (!api_file_name_valid(f->name, NULL) || blob_path(datadir, f->blob, blob, sizeof blob) ||
+            snprintf(link, sizeof link, "%s/%s", tmp, f->name) >= (int)sizeof link) {
+            rc = qd_errf(err, "model: file \"%s\": not a safe relative name", f->name);
+            break;
+        }
+        snprintf(sub, sizeof sub, "%s", link);
+        char *cut = strrchr(sub, '/');
+        *cut = 0;
+        if (qd_mkdir_p(sub, err)) rc = QD_ERR;
+        else if (symlink(blob, link) != 0)
+            rc = qd_errf(err, "model: file \"%s\": %s", f->name, strerror(errno));
+    }
+    if (rc == QD_OK && rename(tmp, dir) != 0)
+        rc = qd_errf(err, "%s: %s", dir, strerror(errno));
+    if (rc != QD_OK) qd_rm_rf(tmp);
+    else qd_fsync_dir(slash ? parent : ".");
+    return rc;
+}
+
+/* The model path of a job: its blob, or the directory of its files laid out in the job
+ * directory (the one file itself when there is only one, so its name tells its format). */
+static int model_path(const char *datadir, const char *jdir, const api_spec *spec, char *out,
+                      size_t n, qd_err *err) {
+    if (!spec->n_model_files) {
+        if (blob_path(datadir, spec->model, out, n)) return qd_errf(err, "path too long");
+        return QD_OK;
+    }
+    char dir[PATH_MAX + 16];
+    if (snprintf(dir, sizeof dir, "%s/model", jdir) >= (int)sizeof dir)
+        return qd_errf(err, "path too long");
+    if (wk_layout_model(datadir, spec, dir, err)) return QD_ERR;
+    int k = spec->n_model_files == 1
+                ? snprintf(out, n, "%s/%s", dir, spec->model_files[0].name)
+                : snprintf(out, n, "%s", dir);
+    return k > 0 && (size_t)k < n ? QD_OK : qd_errf(err, "path too long");
+}
+
 int wk_run(const char *jobdir, int events_fd) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -135,8 +188,12 @@ int wk_run(const char *jobdir, int events_fd) {
     char model[PATH_MAX + 96], calib[PATH_MAX + 96], evalp[PATH_MAX + 96], tok[PATH_MAX + 96];
     char out_dir[PATH_MAX + 32], ckpt[PATH_MAX + 32];
     model[0] = calib[0] = evalp[0] = tok[0] = 0;
-    if (blob_path(datadir, job.spec.model, model, sizeof model) ||
-        blob_path(datadir, job.spec.calibration, calib, sizeof calib) ||
+    if (model_path(datadir, jdir, &job.spec, model, sizeof model, &err)) {
+        emit_line(&em, api_event_log("error", err.msg));
+        fprintf(stderr, "worker: %s\n", err.msg);
+        return WK_EXIT_FAILED;
+    }
+    if (blob_path(datadir, job.spec.calibration, calib, sizeof calib) ||
         blob_path(datadir, job.spec.eval, evalp, sizeof evalp) ||
         blob_path(datadir, job.spec.tokenizer, tok, sizeof tok) ||
         snprintf(out_dir, sizeof out_dir, "%s/artifacts", jdir) >= (int)sizeof out_dir ||

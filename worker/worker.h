@@ -17,6 +17,15 @@
 #define WK_EXIT_USAGE 2   /* bad arguments or an unreadable job directory */
 #define WK_EXIT_STOPPED 3 /* stopped by SIGTERM after writing a checkpoint: resumable */
 
+struct api_spec;
+
+/* Lays out a model made of several files (spec->model_files) as the directory it came from:
+ * dir/<name> is a symlink to DATA/blobs/sha256/<hash> for each file, parents created. Built
+ * under a hidden temp name beside dir and renamed into place, so that dir, when it exists, is
+ * complete (a resumed job keeps it, and with it its checkpoint's fingerprint). QD_ERR with err
+ * naming the file. */
+int wk_layout_model(const char *datadir, const struct api_spec *spec, const char *dir, qd_err *err);
+
 /* Runs the job in jobdir; events_fd >= 0 also receives every event line. Installs SIGTERM and
  * SIGINT handlers (a worker process's top level only). Returns one of WK_EXIT_*. */
 int wk_run(const char *jobdir, int events_fd);
