@@ -46,6 +46,7 @@ fi
 
 QD_URL=$URL QD_AUTH_URL=$AUTH_URL QD_AUTH_TOKEN=$TOKEN QD_SHOT=$SHOT CHROMIUM=$CHROMIUM \
 QD_MODEL=$FX/models/stories260K.gguf QD_CALIB=$FX/text/tinystories-valid-excerpt.txt \
+QD_HF=$FX/models/stories260K-hf QD_TOK=$FX/models/tok512.bin \
     timeout 240 node "$BR/dashboard.test.mjs"
 rc=$?
 if [ $rc -ne 0 ]; then

@@ -3,12 +3,15 @@
 // checks that the API's 422 lands next to its field, submits a small job, follows it to the
 // end on the job page, reads the report tables and plots, saves a screenshot, checks the jobs
 // list's headline columns (loss, Δppl of the integer model, gate, failure reason), the layout
-// at 420 px, the favicon, and the token prompt of a server with auth on. Prints "PASS name" /
+// at 420 px, the favicon, a Hugging Face directory through the checkpoint field (several files,
+// and a folder) with the tokenizer field, and the token prompt of a server with auth on. Prints "PASS name" /
 // "FAIL name: why" per check.
 //
 // env: QD_URL (server without auth), QD_AUTH_URL + QD_AUTH_TOKEN (server with a token file;
-// optional), QD_MODEL, QD_CALIB (fixture files), QD_SHOT (screenshot path), CHROMIUM.
+// optional), QD_MODEL, QD_CALIB, QD_HF (a Hugging Face directory), QD_TOK (its tokenizer) (fixture
+// files), QD_SHOT (screenshot path), CHROMIUM.
 import { chromium } from 'playwright-core';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -137,6 +140,52 @@ try {
   await page.screenshot({ path: SHOT, fullPage: true });
   check('screenshot_saved', fs.statSync(SHOT).size > 10000, SHOT);
   console.log(`  screenshot: ${SHOT}`);
+
+  // ---- a Hugging Face directory: several picked files plus the tokenizer field ----
+  const HF = process.env.QD_HF, TOK = process.env.QD_TOK;
+  const sha = f => 'sha256:' + crypto.createHash('sha256').update(fs.readFileSync(f)).digest('hex');
+  const submitted = async prev => {
+    await page.click('#submit-btn');
+    await page.waitForFunction(p => /#\/jobs\/[0-9a-f-]{36}$/.test(location.hash) && !location.hash.endsWith(p), prev);
+    const id = page.url().split('/').pop();
+    return [id, await (await page.request.get(`${URL}/v1/jobs/${id}`)).json()];
+  };
+  await page.goto(URL + '/#/');
+  await page.setInputFiles('#f-model', [path.join(HF, 'config.json'), path.join(HF, 'model.safetensors')]);
+  await page.setInputFiles('#f-tok', TOK);
+  const [dirId, dirJob] = await submitted(jobId);
+  check('dir_files_submitted', dirJob.spec && typeof dirJob.spec.model === 'object' &&
+        Object.keys(dirJob.spec.model).join(',') === 'config.json,model.safetensors' &&
+        dirJob.spec.model['model.safetensors'] === sha(path.join(HF, 'model.safetensors')) &&
+        dirJob.spec.tokenizer === sha(TOK), JSON.stringify(dirJob.spec && [dirJob.spec.model, dirJob.spec.tokenizer]));
+  check('dir_upload_status', /^2 files uploaded/.test(await page.textContent('#up-model span')) &&
+        /uploaded/.test(await page.textContent('#up-tok span')), await page.textContent('#up-model span'));
+  await page.waitForFunction(() => /files:/.test(document.querySelector('#job-meta').textContent), null,
+                             { timeout: 10000 }).catch(() => {});
+  check('dir_job_page_names_files', /2 files: config\.json, model\.safetensors/.test(await page.textContent('#job-meta')),
+        (await page.textContent('#job-meta')).slice(0, 300));
+  let dj = dirJob;
+  for (let i = 0; i < 450 && !['succeeded', 'failed', 'cancelled'].includes(dj.state); i++) {
+    await page.waitForTimeout(200);
+    dj = await (await page.request.get(`${URL}/v1/jobs/${dirId}`)).json();
+  }
+  check('dir_job_succeeded', dj.state === 'succeeded', `${dj.state} ${dj.error || ''}`);
+  // ... and the folder picker: paths inside the folder, hidden files left out
+  const folder = fs.mkdtempSync(path.join(os.tmpdir(), 'quantd-hf-'));
+  for (const f of ['config.json', 'model.safetensors']) fs.copyFileSync(path.join(HF, f), path.join(folder, f));
+  fs.copyFileSync(TOK, path.join(folder, 'tokenizer.bin'));
+  fs.writeFileSync(path.join(folder, '.gitattributes'), '*.safetensors filter=lfs\n');
+  await page.goto(URL + '/#/');
+  await page.setInputFiles('#f-model', []);
+  await page.setInputFiles('#f-tok', []);
+  await page.setInputFiles('#f-model-dir', folder);
+  const [folderId, folderJob] = await submitted(dirId);
+  check('folder_submitted', folderJob.spec && typeof folderJob.spec.model === 'object' &&
+        Object.keys(folderJob.spec.model).sort().join(',') === 'config.json,model.safetensors,tokenizer.bin' &&
+        !folderJob.spec.tokenizer && folderJob.spec.labels.model_file === path.basename(folder),
+        JSON.stringify(folderJob.spec && [folderJob.spec.model, folderJob.spec.labels]));
+  await page.request.post(`${URL}/v1/jobs/${folderId}/cancel`);
+  fs.rmSync(folder, { recursive: true, force: true });
 
   // ---- a long job: live progress while it runs, then Cancel ----
   const done = await (await page.request.get(`${URL}/v1/jobs/${jobId}`)).json();
