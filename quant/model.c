@@ -214,6 +214,18 @@ qd_model *qd_model_alloc(const qd_config *cfg, qd_err *err) {
     return m;
 }
 
+qd_model *qd_model_header(const qd_config *cfg, qd_err *err) {
+    if (qd_config_validate(cfg, __func__, err) != QD_OK) return NULL;
+    qd_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        qd_errf(err, "%s: out of memory", __func__);
+        return NULL;
+    }
+    m->cfg = *cfg;
+    m->cfg.arch[sizeof m->cfg.arch - 1] = 0;
+    return m;
+}
+
 void qd_model_free(qd_model *m) {
     if (!m) return;
     free(m->mem);

@@ -167,6 +167,10 @@ static inline const float *qd_layer_get(const qd_layer *L, const qd_layer_tensor
     return *(float *const *)(const void *)((const char *)L + t->offset);
 }
 
+/* A model with config cfg (validated) and no tensors: every weight pointer NULL, mem NULL. What
+ * qd_model_probe returns. NULL on failure. Free with qd_model_free. */
+qd_model *qd_model_header(const qd_config *cfg, qd_err *err);
+
 /* Deep copy of config and weights into a new single allocation; vocab and tinfo are not
  * copied (NULL in the clone). NULL on failure. */
 qd_model *qd_model_clone(const qd_model *m, qd_err *err);

@@ -8,6 +8,7 @@
 #include <cblas.h>
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -318,19 +319,45 @@ out:
 /* ---- the pipeline's stages -------------------------------------------------------------- */
 
 /* Settings that need no file to judge, against base/limits.h's table. */
-static int validate(const qd_quant_opts *o, qd_err *err) {
+/* The field a check names: a job spec's JSON path. */
+static int failf(char *field, const char *name, qd_err *err, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int failf(char *field, const char *name, qd_err *err, const char *fmt, ...) {
+    snprintf(field, QD_CHECK_FIELD, "%s", name);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+    va_end(ap);
+    return QD_ERR;
+}
+
+/* A failure whose err is already set: names the field. */
+static int at_field(char *field, const char *name) {
+    snprintf(field, QD_CHECK_FIELD, "%s", name);
+    return QD_ERR;
+}
+
+static int validate(const qd_quant_opts *o, char *field, qd_err *err) {
+    field[0] = 0;
     if (!o->model_path || !o->calib_path || !o->out_dir)
         return qd_errf(err, "quantize: model, calibration data and output directory are required");
     if (!qd_wbits_ok(o->wbits))
-        return qd_errf(err, "wbits: %d is not one of %s", o->wbits, QD_WBITS_NAMES);
+        return failf(field, "wbits", err, "wbits: %d is not one of %s", o->wbits, QD_WBITS_NAMES);
     if (!o->eval_path && !(o->eval_split > 0 && o->eval_split < 1))
-        return qd_errf(err, "eval_split: %g must be in (0, 1) without an eval file", o->eval_split);
-    for (int i = 0; i < 16; i++)
-        if (o->abits_override[i] &&
-            (i >= QD_N_ACLASS || !qd_abits_ok(o->abits_override[i])))
-            return qd_errf(err, "abits: class %s: %d bits is not one of %s",
-                           i < QD_N_ACLASS ? qd_aclass_name(i) : "?", o->abits_override[i],
-                           QD_ABITS_NAMES);
+        return failf(field, "eval_split", err, "eval_split: %g must be in (0, 1) without an eval file",
+                     o->eval_split);
+    for (int i = 0; i < 16; i++) {
+        const char *allowed = QD_ABITS_NAMES;
+        if (!o->abits_override[i]) continue;
+        if (i >= QD_N_ACLASS || !qd_abits_ok(o->abits_override[i]) ||
+            !qd_qrt_abits_ok(i, o->abits_override[i], &allowed)) {
+            char f[QD_CHECK_FIELD];
+            snprintf(f, sizeof f, "abits.%s", i < QD_N_ACLASS ? qd_aclass_name(i) : "?");
+            return failf(field, f, err,
+                         "abits: class %s: %d bits: the integer model takes %s for this class",
+                         i < QD_N_ACLASS ? qd_aclass_name(i) : "?", o->abits_override[i], allowed);
+        }
+    }
 #define IN(v, lo, hi) ((v) >= (lo) && (v) <= (hi))
     if (!IN(o->samples, QD_SAMPLES_MIN, QD_SAMPLES_MAX) ||
         !IN(o->seq_len, QD_SEQ_LEN_MIN, QD_SEQ_LEN_MAX) ||
@@ -374,22 +401,27 @@ static void inputs_free(inputs *in) {
 /* Loads the model and the data, hashes the input files into the report, and splits the
  * calibration tokens when no evaluation file is given (the last fraction is held out: never
  * seen by calibration). */
-static int load_inputs(const qd_quant_opts *o, inputs *in, qd_report *rep, qd_err *err) {
-    if (!(in->m = qd_model_load(o->model_path, err))) return QD_ERR;
+static int load_inputs(const qd_quant_opts *o, inputs *in, qd_report *rep, char *field,
+                       qd_err *err) {
+    /* Everything that can be known before any work comes first, from the checkpoint's headers
+     * (qd_quantize_check stops after it): the model's format, architecture, context and tensor
+     * types, its tokenizer, the data's format and size. The weights are read last. */
+    if (!(in->m = qd_model_probe(o->model_path, err))) return at_field(field, "model");
     const qd_model *m = in->m;
-    /* the inputs' identities, for the report and the artifact's metadata */
-    if (qd_sha256_path(o->model_path, rep->sha_model, err) ||
-        qd_sha256_path(o->calib_path, rep->sha_calib, err) ||
-        (o->eval_path && qd_sha256_path(o->eval_path, rep->sha_eval, err)))
-        return QD_ERR;
+    if (o->seq_len > m->cfg.max_seq_len)
+        return failf(field, "budget.seq_len", err, "seq_len: %d exceeds the model's context %d",
+                     o->seq_len, m->cfg.max_seq_len);
     if (!pretokenized(o->calib_path) || (o->eval_path && !pretokenized(o->eval_path))) {
         in->tok = qd_tok_for_model(m, o->model_path, o->tokenizer_path, err);
-        if (!in->tok) return QD_ERR;
+        if (!in->tok)
+            return at_field(field, m->vocab && !o->tokenizer_path ? "model" : "tokenizer");
     }
-    if (qd_data_load(o->calib_path, in->tok, m->cfg.vocab_size, &in->cal, err)) return QD_ERR;
+    if (qd_data_load(o->calib_path, in->tok, m->cfg.vocab_size, &in->cal, err))
+        return at_field(field, "calibration");
     in->calib = in->cal.ids, in->n_calib = in->cal.n;
     if (o->eval_path) {
-        if (qd_data_load(o->eval_path, in->tok, m->cfg.vocab_size, &in->evt, err)) return QD_ERR;
+        if (qd_data_load(o->eval_path, in->tok, m->cfg.vocab_size, &in->evt, err))
+            return at_field(field, "eval");
         in->ev = in->evt.ids, in->n_ev = in->evt.n;
     } else {
         in->n_ev = (size_t)floor((double)in->cal.n * o->eval_split);
@@ -397,10 +429,28 @@ static int load_inputs(const qd_quant_opts *o, inputs *in, qd_report *rep, qd_er
         in->ev = in->cal.ids + in->n_calib;
     }
     if (in->n_ev < 2)
-        return qd_errf(err, "eval: %zu evaluation tokens, need at least 2", in->n_ev);
-    if (o->seq_len > m->cfg.max_seq_len)
-        return qd_errf(err, "seq_len: %d exceeds the model's context %d", o->seq_len,
-                       m->cfg.max_seq_len);
+        return failf(field, o->eval_path ? "eval" : "eval_split", err,
+                     "eval: %zu evaluation tokens, need at least 2", in->n_ev);
+    /* Further checks that need only the headers and the data (a memory estimate from the
+     * config, the budget and the thread count) go here, so that jobs and quantize refuse
+     * before any work. */
+    if (!rep) return QD_OK; /* qd_quantize_check */
+
+    field[0] = 0;
+    qd_model *full = qd_model_load(o->model_path, err);
+    if (!full) return at_field(field, "model");
+    /* the tokenizer may point into the probe's vocabulary: keep that one */
+    qd_vocab_free(full->vocab);
+    full->vocab = in->m->vocab;
+    in->m->vocab = NULL;
+    qd_model_free(in->m);
+    in->m = full;
+    m = full;
+    /* the inputs' identities, for the report and the artifact's metadata */
+    if (qd_sha256_path(o->model_path, rep->sha_model, err) ||
+        qd_sha256_path(o->calib_path, rep->sha_calib, err) ||
+        (o->eval_path && qd_sha256_path(o->eval_path, rep->sha_eval, err)))
+        return QD_ERR;
     rep->n_calib = in->n_calib;
     rep->model_params = qd_model_n_params(m);
     return QD_OK;
@@ -448,9 +498,19 @@ static int run_variants(const qd_quant_opts *o, const inputs *in, double t0, qd_
     return QD_OK;
 }
 
+int qd_quantize_check(const qd_quant_opts *o, char field[QD_CHECK_FIELD], qd_err *err) {
+    if (validate(o, field, err)) return QD_ERR;
+    inputs in;
+    memset(&in, 0, sizeof in);
+    int rc = load_inputs(o, &in, NULL, field, err);
+    inputs_free(&in);
+    return rc;
+}
+
 int qd_quantize(const qd_quant_opts *o, qd_err *err) {
     double t0 = qd_now();
-    if (validate(o, err) || qd_mkdir_p(o->out_dir, err)) return QD_ERR;
+    char field[QD_CHECK_FIELD];
+    if (validate(o, field, err) || qd_mkdir_p(o->out_dir, err)) return QD_ERR;
     openblas_set_num_threads(o->threads);
 
     int rc = QD_ERR;
@@ -461,7 +521,7 @@ int qd_quantize(const qd_quant_opts *o, qd_err *err) {
     qd_report_init(&rep, o, t0);
 
     progress(o, "load", t0);
-    if (load_inputs(o, &in, &rep, err)) goto out;
+    if (load_inputs(o, &in, &rep, field, err)) goto out;
     rep.fingerprint = fingerprint(o, &in);
     rc = run_variants(o, &in, t0, &rep, &enc, err);
     if (rc != QD_OK) goto out; /* 1: stopped */

@@ -52,6 +52,16 @@ typedef struct qd_quant_opts {
 
 void qd_quant_defaults(qd_quant_opts *o);
 
+/* The checks qd_quantize makes before any work, alone: the settings (bit widths, the bit map
+ * against what the integer model takes, the budget), the model's headers (format,
+ * architecture, context, RoPE scaling, tensor types, shards; qd_model_probe), its tokenizer's
+ * presence and kind, the calibration and evaluation data (format, token ids, enough tokens),
+ * seq_len against the context. No weight is read. QD_OK, or QD_ERR with err saying why and
+ * field naming the job spec field at fault ("model", "tokenizer", "calibration", "eval",
+ * "eval_split", "budget.seq_len", "abits.qkv", "wbits", ...; "" when none fits). */
+#define QD_CHECK_FIELD 32
+int qd_quantize_check(const qd_quant_opts *o, char field[QD_CHECK_FIELD], qd_err *err);
+
 /* Runs the pipeline. QD_OK on success (report written), QD_ERR with err set on failure.
  * Returns 1 when stopped through opts->stop after writing a checkpoint. */
 int qd_quantize(const qd_quant_opts *o, qd_err *err);

@@ -41,6 +41,7 @@
 #include "server/jobs.h"
 #include "server/metrics.h"
 #include "server/store.h"
+#include "worker/check.h"
 #include "base/fs.h"
 #include "base/str.h"
 #include "base/sys.h"
@@ -62,6 +63,7 @@ typedef struct route {
 
 struct srv {
     srv_config cfg;
+    char exe[PATH_MAX]; /* this binary: `quantd work --check` at the door */
     srv_store *store;
     srv_jobs *jobs;
     srv_metrics *metrics;
@@ -74,6 +76,8 @@ struct srv {
  * files of a model directory, each at the relative path its filename gives. */
 #define MP_MAX_PARTS (4 + API_MAX_MODEL_FILES)
 #define MP_BUFFER (64u << 10)
+/* The door's check reads headers, the tokenizer and the calibration data: seconds at most. */
+#define CHECK_TIMEOUT_S 120.0
 typedef struct mp_part {
     char name[64];
     char filename[API_MAX_FILE_NAME + 2]; /* one byte more: a longer name is refused, not cut */
@@ -698,7 +702,27 @@ static enum MHD_Result submit_spec(srv *s, struct MHD_Connection *c, req *r, con
             return send_err(c, r, 422, "blob_not_found", m, "model");
         }
     }
+    /* The door: a job that cannot run is refused now, not minutes later in its worker. The disk
+     * floor first (as for uploads), then what the pipeline checks before any work, asked of a
+     * short-lived child (the server runs no numeric code). */
+    if (srv_store_free_bytes(s->store) < s->cfg.min_free_bytes)
+        return send_err(c, r, 507, "insufficient_storage",
+                        "the server's disk is below its free-space floor (min_free_bytes); no job "
+                        "is accepted until space is freed", NULL);
+    wk_pending pend[MP_MAX_PARTS];
+    int np = 0;
+    for (int i = 0; i < r->n_parts; i++)
+        if (r->parts[i].up) pend[np].id = r->parts[i].id, pend[np++].path = srv_upload_path(r->parts[i].up);
+    api_field_err cfe;
     qd_err err;
+    int cr = wk_check_spec(s->exe, srv_store_dir(s->store), &spec, pend, np, CHECK_TIMEOUT_S, &cfe,
+                           &err);
+    if (cr == 1) return send_err(c, r, 422, cfe.code, cfe.message, cfe.field[0] ? cfe.field : NULL);
+    if (cr != 0) {
+        fprintf(stderr, "quantd serve: POST /v1/jobs: %s\n", err.msg);
+        return send_err(c, r, 500, "internal", "the job's inputs could not be checked (the server log "
+                                               "says why)", NULL);
+    }
     for (int i = 0; i < r->n_parts; i++) {
         mp_part *p = &r->parts[i];
         char id[72];
@@ -1465,6 +1489,7 @@ int srv_main(const srv_config *cfg) {
         return 1;
     }
     exe[el] = 0;
+    snprintf(s.exe, sizeof s.exe, "%s", exe);
     const char *names[N_ROUTES];
     for (int i = 0; i < N_ROUTES; i++) names[i] = routes[i].name;
     s.metrics = srv_metrics_new(N_ROUTES, names);

@@ -132,6 +132,8 @@ int srv_upload_write(srv_upload *u, const void *data, size_t n) {
     return 0;
 }
 
+const char *srv_upload_path(const srv_upload *u) { return u->tmp; }
+
 uint64_t srv_upload_size(const srv_upload *u) { return u->size; }
 
 void srv_upload_abort(srv_upload *u) {

@@ -45,6 +45,9 @@ void srv_upload_seal(srv_upload *u, char id[72]);
 /* Syncs and moves the upload to its content address; frees u. *existed is true when the same
  * content was already stored (the temp file is then dropped). QD_OK or QD_ERR. */
 int srv_upload_finish(srv_upload *u, char id[72], uint64_t *size, bool *existed, qd_err *err);
+/* Where the bytes of an unfinished upload lie (blobs/tmp/upload-XXXXXX), for the door's check
+ * of a multipart job before its parts are stored. */
+const char *srv_upload_path(const srv_upload *u);
 /* Drops an unfinished upload: the temp file is removed. Accepts NULL. */
 void srv_upload_abort(srv_upload *u);
 

@@ -80,11 +80,18 @@ C submit --model "$MODEL" --calib "$TEXT" "${SMALL[@]}" --gate min_top1=100% --w
 rc=$?
 [ $rc = 3 ] && grep -q 'min_top1' "$TMP/t1.out" && ok client_gate_min_top1_exit_3 || bad client_gate_min_top1_exit_3 "rc=$rc $(cat "$TMP/t1.out")"
 
-# 4. a job that fails in the worker: a "checkpoint" that is not one
-head -c 4096 /dev/urandom >"$TMP/junk.gguf"
-C submit --model "$TMP/junk.gguf" --calib "$TEXT" "${SMALL[@]}" --wait >"$TMP/fail.out" 2>"$TMP/fail.err"
+# 4. a job that fails in the worker: a checkpoint with a NaN weight (its headers pass the door;
+# loading the weights finds it); and one that is no checkpoint at all, refused at the door
+python3 tests/bad_inputs.py "$FX" "$TMP/bad"
+C submit --model "$TMP/bad/nan.gguf" --calib "$TEXT" "${SMALL[@]}" --wait >"$TMP/fail.out" 2>"$TMP/fail.err"
 rc=$?
-[ $rc = 1 ] && grep -q 'failed' "$TMP/fail.out" && ok failed_job_exit_1 || bad failed_job_exit_1 "rc=$rc $(cat "$TMP/fail.out")"
+[ $rc = 1 ] && grep -q 'failed' "$TMP/fail.out" && grep -q 'element 100 is NaN' "$TMP/fail.out" && ok failed_job_exit_1 ||
+    bad failed_job_exit_1 "rc=$rc $(cat "$TMP/fail.out")"
+head -c 4096 /dev/urandom >"$TMP/junk.gguf"
+C submit --model "$TMP/junk.gguf" --calib "$TEXT" "${SMALL[@]}" --wait >"$TMP/junk.out" 2>"$TMP/junk.err"
+rc=$?
+[ $rc = 4 ] && grep -q 'HTTP 422.*field: model' "$TMP/junk.err" && ok not_a_checkpoint_rejected_exit_4 ||
+    bad not_a_checkpoint_rejected_exit_4 "rc=$rc $(cat "$TMP/junk.err")"
 
 # 5. rejected requests: a 422 names its field; unknown job; conflict
 C submit --model "$MODEL" --calib "$TEXT" --method gptq >"$TMP/rej.out" 2>"$TMP/rej.err"

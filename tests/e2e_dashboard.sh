@@ -34,6 +34,7 @@ if [ ! -d "$BR/node_modules/playwright-core" ]; then
 fi
 
 . tests/e2e_common.inc
+python3 tests/bad_inputs.py "$FX" "$TMP/bad"
 
 start open && URL=$SURL || { echo "FAIL dashboard_server_start: $(cat "$TMP/open.err")"; exit 1; }
 "$Q" serve --gen-token admin 2>"$TMP/tok.err" >"$TMP/tokens"
@@ -46,7 +47,7 @@ fi
 
 QD_URL=$URL QD_AUTH_URL=$AUTH_URL QD_AUTH_TOKEN=$TOKEN QD_SHOT=$SHOT CHROMIUM=$CHROMIUM \
 QD_MODEL=$FX/models/stories260K.gguf QD_CALIB=$FX/text/tinystories-valid-excerpt.txt \
-QD_HF=$FX/models/stories260K-hf QD_TOK=$FX/models/tok512.bin \
+QD_HF=$FX/models/stories260K-hf QD_TOK=$FX/models/tok512.bin QD_NAN=$TMP/bad/nan.gguf \
     timeout 240 node "$BR/dashboard.test.mjs"
 rc=$?
 if [ $rc -ne 0 ]; then

@@ -49,3 +49,9 @@ check eval_fp_folded 'awk -v a="$pff" -v b="$pf" "BEGIN { exit !(a > 0.99 * b &&
 check encodings_0_6_1 'jq -e "(.version == \"0.6.1\") and (.activation_encodings | type == \"object\") and (.param_encodings[\"model.layers.0.mlp.down_proj.weight\"] | length) == 64" "$TMP/o061/encodings.json" >/dev/null' "$(tail -c 300 "$TMP/q2.err")"
 out=$("$Q" quantize --model "$MODEL" --calib "$TEXT" --out "$TMP/never" --encodings-version 2 2>&1); rc=$?
 check encodings_version_refused '[ $rc = 2 ] && [ ! -e "$TMP/never" ] && printf "%s" "$out" | grep -q -- --encodings-version' "rc=$rc $out"
+# the bit map is checked before any work: a class the integer model cannot take at that width is
+# refused at once (it used to run the whole optimizer and fail at export), with no report
+out=$(timeout 20 "$Q" quantize --model "$MODEL" --calib "$TEXT" --abits qkv=4 --out "$TMP/ab4" 2>&1); rc=$?
+check abits_refused_before_work '[ $rc = 1 ] && [ ! -e "$TMP/ab4/report.json" ] && printf "%s" "$out" | grep -q "abits: class qkv: 4 bits: the integer model takes 8"' "rc=$rc $out"
+out=$(timeout 20 "$Q" quantize --model "$MODEL" --calib "$TEXT" --abits silu=16 --out "$TMP/ab16" 2>&1); rc=$?
+check abits_16_refused_before_work '[ $rc = 1 ] && [ ! -e "$TMP/ab16/report.json" ] && printf "%s" "$out" | grep -q "class silu: 16 bits"' "rc=$rc $out"

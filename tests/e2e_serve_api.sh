@@ -4,7 +4,8 @@
 # catalogue of POST /v1/jobs (400, 415, 422 with the field named), multipart job submission
 # (parts streamed into blobs, named by the spec, refused requests leave no blob), path tricks,
 # 404/405, listing, the Prometheus exposition, big uploads with flat server memory, the per-IP
-# connection limit, 507 on a short disk (min_free_bytes), and auth (401/403, and the refusal to
+# connection limit, 507 on a short disk (min_free_bytes; also for a job submitted below the floor),
+# the door's checks (a job that cannot run is a 422 naming the field and the user's file), and auth (401/403, and the refusal to
 # listen on a non-loopback address without tokens); strict HTTP framing, RFC 9110 ranges, UTF-8
 # in specs, token-file modes; availability under slow clients (header and body deadlines,
 # idle connections displaced, SSE slots freed at disconnect, a trusted proxy's X-Forwarded-For).
@@ -56,6 +57,11 @@ check blob_post_to_id_405 '[ "$(code POST "/v1/blobs/$MID" -H "Content-Type: app
 # the bad-input catalogue of POST /v1/jobs
 GOOD="\"model\":\"$MID\",\"calibration\":\"$CID\""
 jpost() { code POST /v1/jobs -H 'Content-Type: application/json' -d "$1"; }
+cancel_del() { # cancels the job of $TMP/body and deletes it (max_queue is 3 here)
+    local id; id=$(jq -r .id "$TMP/body")
+    code POST "/v1/jobs/$id/cancel" >/dev/null
+    wait_state "$id" "succeeded|failed|cancelled" 60 && code DELETE "/v1/jobs/$id" >/dev/null
+}
 check job_malformed_json_400 '[ "$(jpost "{\"model\": ")" = 400 ] && [ "$(err_code)" = invalid_json ]'
 check job_trailing_garbage_400 '[ "$(jpost "{$GOOD} x")" = 400 ]'
 check job_empty_body_400 '[ "$(code POST /v1/jobs -H "Content-Type: application/json")" = 400 ]'
@@ -80,7 +86,9 @@ check no_job_created_by_bad_input '[ "$(curl -s "$URL/v1/jobs" | jq .total)" = 0
 nblobs() { ls "$D/blobs/sha256" | wc -l; }
 TINY='"method":"rtn","budget":{"samples":2,"seq_len":16,"epochs":0}'
 mpost() { code POST /v1/jobs "$@"; }
-head -c 5000 /dev/urandom >"$TMP/fresh1"; head -c 6000 /dev/urandom >"$TMP/fresh2"
+# files the server does not hold yet, and that pass the door's check (a job that cannot run is
+# refused at submit): the model with padding after its tensors, the text with one more line
+{ cat "$MODEL"; head -c 64 /dev/zero; } >"$TMP/fresh1"; { cat "$TEXT"; echo "One more story."; } >"$TMP/fresh2"
 n0=$(nblobs)
 check mp_bad_spec_422 '[ "$(mpost -F model=@"$TMP/fresh1" -F calibration=@"$TEXT" -F "spec={\"wbits\":3}")" = 422 ] && [ "$(err_field)" = wbits ]'
 check mp_refused_leaves_no_blob '[ "$(nblobs)" = "$n0" ] && [ -z "$(ls "$D/blobs/tmp")" ]'
@@ -92,7 +100,7 @@ check mp_duplicate_part_400 '[ "$(mpost -F model=@"$TMP/fresh1" -F calibration=@
 # several model parts are the files of a model directory, named by their filenames: unsafe or
 # repeated names are refused (422, field model) and leave no blob
 HF=$FX/models/stories260K-hf
-mdir() { mpost -F "model=@$HF/config.json;filename=$1" -F "model=@$HF/model.safetensors;filename=$2" -F calibration=@"$TEXT" -F "spec={$TINY}"; }
+mdir() { mpost -F "model=@$HF/config.json;filename=$1" -F "model=@$HF/model.safetensors;filename=$2" -F "model=@$FX/models/tok512.bin;filename=tokenizer.bin" -F calibration=@"$TEXT" -F "spec={$TINY}"; }
 for bad in "../config.json" "/etc/config.json" "a/../config.json" ".hidden" "a//b" 'a\b' "sub/"; do
     check "mp_model_dir_name_422 $bad" '[ "$(mdir "$bad" model.safetensors)" = 422 ] && [ "$(err_field)" = model ] && [ "$(err_code)" = invalid_value ]' "$(body)"
 done
@@ -120,16 +128,11 @@ check mp_job_stored '[ -f "$D/jobs/$MPJ/job.json" ] && [ "$(nblobs)" = "$n0" ]'
 check mp_parts_named_by_spec '[ "$(mpost -F weights=@"$TMP/fresh1" -F text=@"$TMP/fresh2" -F "spec={\"model\":\"weights\",\"calibration\":\"text\",$TINY}")" = 201 ] && [ "$(jq -r .spec.model "$TMP/body")" = "sha256:$(sha256sum "$TMP/fresh1" | cut -d" " -f1)" ] && [ "$(jq -r .spec.calibration "$TMP/body")" = "sha256:$(sha256sum "$TMP/fresh2" | cut -d" " -f1)" ]' "$(body)"
 check mp_parts_stored_as_blobs '[ "$(nblobs)" = $((n0 + 2)) ] && cmp -s "$TMP/fresh1" "$D/blobs/sha256/$(sha256sum "$TMP/fresh1" | cut -d" " -f1)" && [ "$(code GET "/v1/blobs/sha256:$(sha256sum "$TMP/fresh2" | cut -d" " -f1)")" = 200 ]'
 check mp_model_dir_201 '[ "$(mdir config.json model.safetensors)" = 201 ] && [ "$(jq -r ".spec.model[\"config.json\"]" "$TMP/body")" = "sha256:$(sha256sum "$HF/config.json" | cut -d" " -f1)" ] && [ "$(jq -r ".spec.model[\"model.safetensors\"]" "$TMP/body")" = "sha256:$(sha256sum "$HF/model.safetensors" | cut -d" " -f1)" ]' "$(body)"
-check mp_model_dir_blobs_stored '[ "$(nblobs)" = $((n0 + 4)) ]'
-cancel_del() { # cancels the job of $TMP/body and deletes it (max_queue is 3 here)
-    local id; id=$(jq -r .id "$TMP/body")
-    code POST "/v1/jobs/$id/cancel" >/dev/null
-    wait_state "$id" "succeeded|failed|cancelled" 60 && code DELETE "/v1/jobs/$id" >/dev/null
-}
+check mp_model_dir_blobs_stored '[ "$(nblobs)" = $((n0 + 5)) ]'
 cancel_del
 # the same as a JSON spec naming one blob per file
-CFG=$(upload "$HF/config.json"); STS=$(upload "$HF/model.safetensors")
-DIRSPEC="\"model\":{\"config.json\":\"$CFG\",\"model.safetensors\":\"$STS\"},\"calibration\":\"$CID\",$TINY"
+CFG=$(upload "$HF/config.json"); STS=$(upload "$HF/model.safetensors"); TOK=$(upload "$FX/models/tok512.bin")
+DIRSPEC="\"model\":{\"config.json\":\"$CFG\",\"model.safetensors\":\"$STS\"},\"tokenizer\":\"$TOK\",\"calibration\":\"$CID\",$TINY"
 check job_model_dir_201 '[ "$(jpost "{$DIRSPEC}")" = 201 ] && [ "$(jq -r ".spec.model | keys | join(\",\")" "$TMP/body")" = config.json,model.safetensors ]' "$(body)"
 cancel_del
 check job_model_dir_missing_blob_422 '[ "$(jpost "{\"model\":{\"config.json\":\"$CFG\",\"model-00002-of-00002.safetensors\":\"$nob\"},\"calibration\":\"$CID\"}")" = 422 ] && [ "$(err_code)" = blob_not_found ] && [ "$(err_field)" = model ] && grep -q "model-00002-of-00002.safetensors" "$TMP/body"' "$(body)"
@@ -144,6 +147,39 @@ for id in $(curl -s "$URL/v1/jobs?limit=500" | jq -r '.jobs[].id'); do
     code POST "/v1/jobs/$id/cancel" >/dev/null
     wait_state "$id" "succeeded|failed|cancelled" 60 && code DELETE "/v1/jobs/$id" >/dev/null
 done
+
+# the door: a job that cannot run is refused at submit (422 naming the field, the message naming
+# the user's file, never a server path), by the pipeline's own checks run in a short-lived
+# `quantd work --check` child on the headers, the tokenizer and the data
+BAD=$TMP/bad; python3 tests/bad_inputs.py "$FX" "$BAD"
+HFD="\"config.json\":\"$(upload "$FX/models/stories260K-hf/config.json")\",\"model.safetensors\":\"$(upload "$FX/models/stories260K-hf/model.safetensors")\""
+TOKB=$(upload "$FX/models/tok512.bin")
+door() { # name, spec body (without braces), field, pattern the message must match
+    local c; c=$(jpost "{$2}")
+    if [ "$c" = 422 ] && [ "$(err_field)" = "$3" ] && [ "$(err_code)" = unsupported_input ] &&
+       jq -r .error.message "$TMP/body" | grep -Eq "$4" && ! grep -q "$D" "$TMP/body"; then ok "door_$1"
+    else bad "door_$1" "HTTP $c $(body)"; fi
+}
+door iq_type "\"model\":\"$(upload "$BAD/iq.gguf")\",\"calibration\":\"$CID\"" model "^model: tensor blk.0.attn_q.weight: unsupported type IQ4_NL"
+STS0=$(upload "$FX/models/stories260K-hf/model.safetensors")
+door rope_scaling_yarn "\"model\":{\"config.json\":\"$(upload "$BAD/hf-yarn/config.json")\",\"model.safetensors\":\"$STS0\",\"tokenizer.bin\":\"$TOKB\"},\"calibration\":\"$CID\"" model "^model/config.json: unsupported rope_scaling type 'yarn'"
+door shard_missing "\"model\":{$HFD,\"model.safetensors.index.json\":\"$(upload "$BAD/hf-shard/model.safetensors.index.json")\",\"tokenizer.bin\":\"$TOKB\"},\"calibration\":\"$CID\"" model "^model/model.safetensors.index.json: weight_map\\['model.norm.weight'\\] names shard model-00002-of-00002.safetensors, which is missing"
+door pre_tokenizer "\"model\":\"$MID\",\"tokenizer\":\"$(upload "$BAD/tok-pre.json")\",\"calibration\":\"$CID\"" tokenizer "^tokenizer: pre_tokenizer.type: \"Whitespace\" is not supported"
+door normalizer "\"model\":\"$MID\",\"tokenizer\":\"$(upload "$BAD/tok-norm.json")\",\"calibration\":\"$CID\"" tokenizer "^tokenizer: normalizer.type: \"Lowercase\" is not supported"
+door no_tokenizer "\"model\":{$HFD},\"calibration\":\"$CID\"" tokenizer "^model: the checkpoint carries no vocabulary"
+door wrong_format "\"model\":\"$CID\",\"calibration\":\"$CID\"" model "^model: .*not a llama2.c file"
+door swapped "\"model\":\"$CID\",\"calibration\":\"$MID\"" model "^model: "
+door calibration_format "\"model\":\"$MID\",\"calibration\":\"$(upload "$BAD/noise")\"" calibration "^calibration: cannot tell the data format"
+door tokenizer_vocab_size "\"model\":\"$MID\",\"tokenizer\":\"$(upload "$FX/models/llama2-tokenizer.bin")\",\"calibration\":\"$CID\"" tokenizer "32000 tokens but the model's vocab_size is 512"
+door seq_len_over_context "$GOOD,\"budget\":{\"seq_len\":4096}" budget.seq_len "seq_len: 4096 exceeds the model's context 2048"
+door abits_export_cannot_emit "$GOOD,\"abits\":{\"qkv\":4}" abits.qkv "class qkv: 4 bits: the integer model takes 8"
+door abits_16_on_8bit_path "$GOOD,\"abits\":{\"silu\":16}" abits.silu "class silu: 16 bits: the integer model takes 8"
+door eval_split_too_small "$GOOD,\"eval_split\":0.0001" eval_split "1 evaluation tokens, need at least 2"
+# a directory of one file: the file keeps its name, so its format shows
+door dir_one_file "\"model\":{\"weights.gguf\":\"$(upload "$BAD/iq.gguf")\"},\"calibration\":\"$CID\"" model "^model/weights.gguf: tensor blk.0.attn_q.weight: unsupported type"
+check door_accepts_what_runs '[ "$(jpost "{$GOOD,$TINY,\"abits\":{\"res\":8,\"score\":8}}")" = 201 ]' "$(body)"
+cancel_del
+check door_refusals_create_no_job '[ "$(curl -s "$URL/v1/jobs" | jq .total)" = 0 ] && [ $(ls "$D/jobs" | grep -vc "^\.tmp$") = 0 ] && [ -z "$(ls -A "$D/jobs/.tmp")" ]' "$(ls -A "$D/jobs" "$D/jobs/.tmp")"
 
 # lookups and path tricks
 check job_not_uuid_404 '[ "$(code GET /v1/jobs/not-a-job)" = 404 ]'
@@ -286,7 +322,7 @@ check token_file_group_writable_refused '[ $rc = 1 ] && grep -q "mode 0620" <<<"
 
 
 # big uploads stream: the server's peak RSS does not grow with the upload (raw and multipart,
-# 120 MB each, chunked so that nothing is buffered by size); and the per-IP connection limit
+# 120 MB each, chunked so that nothing is buffered by size); and the per-IP connection limit.
 D=$TMP/data_big
 start_server "$D" --set max_upload_bytes=1G --set per_ip_connections=2 || bad start_big "$(cat "$D.err")"
 hwm() { awk '/^VmHWM/{print $2}' "/proc/$SPID/status"; }
@@ -296,7 +332,9 @@ zid=$(jq -r .id "$TMP/body")
 head -c 120000000 /dev/zero | tr '\0' 'z' | curl -s -o "$TMP/body" -w '%{http_code}' -H 'Transfer-Encoding: chunked' \
     -F 'model=@-;filename=big.gguf' -F "calibration=@$TEXT" -F "spec={$TINY}" "$URL/v1/jobs" >"$TMP/code"
 h1=$(hwm)
-check big_upload_stored '[ "$zid" = "sha256:$(head -c 120000000 /dev/zero | sha256sum | cut -d" " -f1)" ] && [ "$(cat "$TMP/code")" = 201 ]' "$zid $(cat "$TMP/code") $(body)"
+# the multipart one is no checkpoint: the door reads its first bytes (not the 120 MB) and
+# refuses it, and the part is not stored
+check big_upload_stored '[ "$zid" = "sha256:$(head -c 120000000 /dev/zero | sha256sum | cut -d" " -f1)" ] && [ "$(cat "$TMP/code")" = 422 ] && [ "$(err_field)" = model ] && [ "$(ls "$D/blobs/sha256" | wc -l)" = 1 ] && [ -z "$(ls "$D/blobs/tmp")" ]' "$zid $(cat "$TMP/code") $(body)"
 check big_upload_memory_flat '[ $((h1 - h0)) -lt 32768 ]' "peak RSS grew from ${h0} kB to ${h1} kB over 240 MB of uploads"
 rm -f "$D/blobs/sha256/"*  # 240 MB less on the disk for the tests below
 code POST "/v1/jobs/$(jq -r .id "$TMP/body")/cancel" >/dev/null
@@ -396,6 +434,12 @@ check disk_short_507_streaming '[ "$(code POST /v1/blobs -H "Content-Type: appli
 check disk_short_507_multipart '[ "$(code POST /v1/jobs -H "Transfer-Encoding: chunked" -F model=@"$TMP/z96" -F calibration=@"$TEXT")" = 507 ] && [ "$(err_field)" = model ]' "$(body)"
 check disk_short_leaves_nothing '[ -z "$(ls "$D/blobs/tmp")" ] && [ -z "$(ls "$D/blobs/sha256")" ] && [ "$(curl -s "$URL/v1/jobs" | jq .total)" = 0 ]'
 check disk_small_upload_fits '[ "$(code POST /v1/blobs -H "Content-Type: application/octet-stream" --data-binary @"$TEXT")" = 201 ]'
+DM=$(upload "$MODEL"); DT=$(upload "$TEXT")
+stop_server
+# the disk below the floor when the job comes (its blobs already stored): 507 at submit, no job
+free=$(df -B1 --output=avail "$TMP" | tail -1)
+start_server "$D" --set min_free_bytes=$((free + (1 << 30))) || bad start_disk_floor "$(cat "$D.err")"
+check disk_floor_job_507 '[ "$(code POST /v1/jobs -H "Content-Type: application/json" -d "{\"model\":\"$DM\",\"calibration\":\"$DT\"}")" = 507 ] && [ "$(err_code)" = insufficient_storage ] && [ "$(curl -s "$URL/v1/jobs" | jq .total)" = 0 ]' "$(body)"
 stop_server
 rm -f "$TMP/z96"
 

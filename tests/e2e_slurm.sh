@@ -127,8 +127,9 @@ wait_state "$J" "succeeded|failed|timed_out" 180
 check mobilequant_succeeded '[ "$(job_state "$J")" = succeeded ] && [ "$(code GET "/v1/jobs/$J/report")" = 200 ] && jq -e ".eval.mobilequant.ppl > 0" "$TMP/body" >/dev/null' "$(job_brief "$J")"
 
 # --- a worker that fails: its exit status and log tail reach the job
-printf 'not a model\n' >"$TMP/bad.gguf"
-BAD=$(upload "$TMP/bad.gguf")
+# (a NaN weight: it passes the door's header checks and fails when the worker loads it)
+python3 tests/bad_inputs.py "$FX" "$TMP/bad"
+BAD=$(upload "$TMP/bad/nan.gguf")
 J=$(submit "{\"model\":\"$BAD\",\"calibration\":\"$CID\",\"method\":\"rtn\",$SMALL}")
 wait_state "$J" "failed|succeeded" 120
 curl -s "$URL/v1/jobs/$J" >"$TMP/job"

@@ -327,6 +327,59 @@ out:
     qd_model_free(l);
 }
 
+/* qd_model_probe: the loader's config, vocabulary and tensor list from the headers alone, for
+ * each format; no tensor memory; a NaN (only in the weights) passes the probe and fails the
+ * load; a header fault (an index naming a missing shard) fails both the same way. */
+static void test_probe_headers_only(void) {
+    const char *forms[] = {fixture(GGUF260), fixture(HF260), fixture(L2C260)};
+    for (int i = 0; i < 3; i++) {
+        qd_err e = {{0}};
+        qd_model *p = qd_model_probe(forms[i], &e), *m = load_ok(forms[i]);
+        CHECK(p != NULL, "%s: probe: %s", forms[i], e.msg);
+        if (p && m) {
+            CHECK(!memcmp(&p->cfg, &m->cfg, sizeof p->cfg), "%s: probe config differs", forms[i]);
+            CHECK(!p->mem && !p->tok_emb && !p->layers && !strcmp(p->format, m->format),
+                  "%s: the probe holds tensors or another format", forms[i]);
+            CHECK(p->n_tinfo == m->n_tinfo && p->n_tinfo > 0 &&
+                      !memcmp(p->tinfo, m->tinfo, sizeof *p->tinfo * (size_t)p->n_tinfo),
+                  "%s: tensor list %d vs %d", forms[i], p->n_tinfo, m->n_tinfo);
+            CHECK(!p->vocab == !m->vocab && (!p->vocab || p->vocab->n == m->vocab->n),
+                  "%s: vocabulary", forms[i]);
+        }
+        qd_model_free(p);
+        qd_model_free(m);
+    }
+    /* a NaN in token_embd.weight: the headers are fine */
+    size_t n;
+    uint8_t *b = slurp(fixture(GGUF260), &n);
+    qd_err e = {{0}};
+    qd_gguf *g = qd_gguf_open(fixture(GGUF260), &e);
+    const qd_gguf_tensor *t = g ? qd_gguf_find_tensor(g, "token_embd.weight") : NULL;
+    if (b && t) {
+        size_t off = (size_t)((const uint8_t *)t->data - g->base) + 4 * 7;
+        uint32_t qnan = 0x7fc00000;
+        memcpy(b + off, &qnan, 4);
+        spit(tmp("nan.gguf"), b, n);
+        qd_model *p = qd_model_probe(tmp("nan.gguf"), &e);
+        CHECK(p != NULL, "probe of a NaN weight failed: %s", e.msg);
+        qd_model_free(p);
+        EXPECT_FAIL(qd_model_load(tmp("nan.gguf"), err_), "token_embd.weight", "NaN");
+    }
+    qd_gguf_close(g);
+    free(b);
+    /* an index naming a shard that is not there */
+    mkdir(tmp("probe-shard"), 0755);
+    copy_file(fixture(HF260 "/config.json"), tmp("probe-shard/config.json"));
+    copy_file(fixture(HF260 "/model.safetensors"), tmp("probe-shard/model.safetensors"));
+    const char *idx = "{\"weight_map\":{\"model.embed_tokens.weight\":\"model.safetensors\","
+                      "\"model.norm.weight\":\"model-00002-of-00002.safetensors\"}}";
+    spit(tmp("probe-shard/model.safetensors.index.json"), idx, strlen(idx));
+    EXPECT_FAIL(qd_model_probe(tmp("probe-shard"), err_), "model-00002-of-00002.safetensors",
+                "which is missing");
+    EXPECT_FAIL(qd_model_load(tmp("probe-shard"), err_), "model-00002-of-00002.safetensors",
+                "which is missing");
+}
+
 static void test_gguf_vocab(void) {
     qd_err e = {{0}};
     qd_vocab *v = qd_gguf_load_vocab(fixture(GGUF260), &e);
@@ -1050,7 +1103,7 @@ static void test_bad_gguf(void) {
 #define FRESH() spit(p, orig, len)
     FRESH();
     patch_bytes(p, 0, "GGUX", 4);
-    EXPECT_FAIL(qd_load_gguf(p, err_), "bad.gguf", "bad magic");
+    EXPECT_FAIL(qd_load_gguf(p, 0, err_), "bad.gguf", "bad magic");
     uint8_t v1[4] = {1, 0, 0, 0}, v4[4] = {4, 0, 0, 0};
     FRESH();
     patch_bytes(p, 4, v1, 4);
@@ -1530,7 +1583,7 @@ static void test_gguf_all_types(void) {
         qd_gguf_close(g);
     }
     /* not a model: a clear error, not a crash */
-    EXPECT_FAIL(qd_load_gguf(p, err_), "types.gguf", "missing general.architecture");
+    EXPECT_FAIL(qd_load_gguf(p, 0, err_), "types.gguf", "missing general.architecture");
     /* nesting deeper than the limit */
     buf d = {0};
     put(&d, "GGUF", 4); put_u32(&d, 3); put_u64(&d, 0); put_u64(&d, 1);
@@ -1558,7 +1611,7 @@ static void test_bad_llama2c(void) {
     char p[512];
     snprintf(p, sizeof p, "%s", tmp("bad.bin"));
     spit(p, b, len - 1);
-    EXPECT_FAIL(qd_load_llama2c(p, err_), "bad.bin", "1056539 bytes", "implies 1056540");
+    EXPECT_FAIL(qd_load_llama2c(p, 0, err_), "bad.bin", "1056539 bytes", "implies 1056540");
     uint8_t *big = malloc(len + 4);
     memcpy(big, b, len);
     memset(big + len, 0, 4);
@@ -1683,6 +1736,7 @@ int main(void) {
     RUN(test_half_known_bits);
     RUN(test_half_exhaustive);
     RUN(test_three_forms_agree);
+    RUN(test_probe_headers_only);
     RUN(test_format_detection_and_paths);
     RUN(test_tensor_info);
     RUN(test_gguf_vocab);

@@ -10,7 +10,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <pthread.h>
+#include <spawn.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -111,6 +113,87 @@ int wk_spawn(const wk_spawn_opts *o, pid_t *pid_out, int *events_fd, qd_err *err
     *pid_out = pid;
     *events_fd = p[0];
     return QD_OK;
+}
+
+/* ---- running a command ---- */
+
+int wk_run_cmd(char *const argv[], double timeout_s, char *out, size_t outn, char *err_out,
+               size_t errn) {
+    out[0] = err_out[0] = 0;
+    int po[2] = {-1, -1}, pe[2] = {-1, -1};
+    if (pipe2(po, O_CLOEXEC) || pipe2(pe, O_CLOEXEC)) {
+        snprintf(err_out, errn, "pipe: %s", strerror(errno));
+        for (int i = 0; i < 2; i++) {
+            if (po[i] >= 0) close(po[i]);
+            if (pe[i] >= 0) close(pe[i]);
+        }
+        return -1;
+    }
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_adddup2(&fa, po[1], 1);
+    posix_spawn_file_actions_adddup2(&fa, pe[1], 2);
+    posix_spawnattr_t at;
+    posix_spawnattr_init(&at);
+    sigset_t none, all;
+    sigemptyset(&none);
+    sigfillset(&all);
+    posix_spawnattr_setsigmask(&at, &none);
+    posix_spawnattr_setsigdefault(&at, &all);
+    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    pid_t pid;
+    int rc = posix_spawnp(&pid, argv[0], &fa, &at, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&at);
+    close(po[1]);
+    close(pe[1]);
+    if (rc != 0) {
+        close(po[0]);
+        close(pe[0]);
+        snprintf(err_out, errn, "cannot run %s: %s", argv[0], strerror(rc));
+        return -1;
+    }
+    size_t lo = 0, le = 0;
+    int fds[2] = {po[0], pe[0]};
+    double t0 = qd_now();
+    bool timed_out = false;
+    while (fds[0] >= 0 || fds[1] >= 0) {
+        double left = timeout_s - (qd_now() - t0);
+        if (left <= 0) {
+            timed_out = true;
+            break;
+        }
+        struct pollfd pf[2] = {{.fd = fds[0], .events = POLLIN}, {.fd = fds[1], .events = POLLIN}};
+        int k = poll(pf, 2, (int)(left * 1000) + 1);
+        if (k < 0 && errno != EINTR) break;
+        for (int i = 0; i < 2; i++) {
+            if (fds[i] < 0 || !(pf[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+            char buf[4096];
+            ssize_t r = read(fds[i], buf, sizeof buf);
+            if (r <= 0) {
+                close(fds[i]);
+                fds[i] = -1;
+                continue;
+            }
+            char *dst = i ? err_out : out;
+            size_t cap = i ? errn : outn, *len = i ? &le : &lo;
+            size_t take = (size_t)r < cap - 1 - *len ? (size_t)r : cap - 1 - *len;
+            memcpy(dst + *len, buf, take);
+            *len += take;
+            dst[*len] = 0;
+        }
+    }
+    for (int i = 0; i < 2; i++)
+        if (fds[i] >= 0) close(fds[i]);
+    int status = 0;
+    if (timed_out) kill(pid, SIGKILL);
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+    if (timed_out) {
+        snprintf(err_out, errn, "%s did not answer within %.0f s", argv[0], timeout_s);
+        return -1;
+    }
+    return status;
 }
 
 /* ---- the interface ---- */

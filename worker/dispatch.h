@@ -40,6 +40,13 @@ typedef struct wk_disp_opts {
 
 typedef struct wk_disp wk_disp;
 
+/* Runs argv[0] (found on PATH), stdin /dev/null, for at most timeout_s (then SIGKILL);
+ * stdout into out, stderr into err_out (both NUL-terminated, truncated to fit). Returns the
+ * wait status, or -1 with err_out saying why it did not run to its end. posix_spawn, so it is
+ * safe from the threaded server. */
+int wk_run_cmd(char *const argv[], double timeout_s, char *out, size_t outn, char *err_out,
+               size_t errn);
+
 /* Checks the options (slurm: that sbatch and squeue are on PATH and the template readable) and
  * returns the dispatcher, or NULL with err naming what is wrong. */
 wk_disp *wk_disp_new(const wk_disp_opts *o, qd_err *err);

@@ -65,90 +65,6 @@ struct wk_slurm {
     char last_error[400];
 };
 
-/* ---- running a command ---- */
-
-/* Runs argv[0] (found on PATH) with a time bound; stdout into out, stderr into err_out (both
- * NUL-terminated, truncated to fit). Returns the wait status, or -1 with err_out saying why it
- * did not run to its end. */
-static int run_cmd(char *const argv[], char *out, size_t outn, char *err_out, size_t errn) {
-    out[0] = err_out[0] = 0;
-    int po[2] = {-1, -1}, pe[2] = {-1, -1};
-    if (pipe2(po, O_CLOEXEC) || pipe2(pe, O_CLOEXEC)) {
-        snprintf(err_out, errn, "pipe: %s", strerror(errno));
-        for (int i = 0; i < 2; i++) {
-            if (po[i] >= 0) close(po[i]);
-            if (pe[i] >= 0) close(pe[i]);
-        }
-        return -1;
-    }
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_adddup2(&fa, po[1], 1);
-    posix_spawn_file_actions_adddup2(&fa, pe[1], 2);
-    posix_spawnattr_t at;
-    posix_spawnattr_init(&at);
-    sigset_t none, all;
-    sigemptyset(&none);
-    sigfillset(&all);
-    posix_spawnattr_setsigmask(&at, &none);
-    posix_spawnattr_setsigdefault(&at, &all);
-    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-    pid_t pid;
-    int rc = posix_spawnp(&pid, argv[0], &fa, &at, argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
-    posix_spawnattr_destroy(&at);
-    close(po[1]);
-    close(pe[1]);
-    if (rc != 0) {
-        close(po[0]);
-        close(pe[0]);
-        snprintf(err_out, errn, "cannot run %s: %s", argv[0], strerror(rc));
-        return -1;
-    }
-    size_t lo = 0, le = 0;
-    int fds[2] = {po[0], pe[0]};
-    double t0 = qd_now();
-    bool timed_out = false;
-    while (fds[0] >= 0 || fds[1] >= 0) {
-        double left = CMD_TIMEOUT_S - (qd_now() - t0);
-        if (left <= 0) {
-            timed_out = true;
-            break;
-        }
-        struct pollfd pf[2] = {{.fd = fds[0], .events = POLLIN}, {.fd = fds[1], .events = POLLIN}};
-        int k = poll(pf, 2, (int)(left * 1000) + 1);
-        if (k < 0 && errno != EINTR) break;
-        for (int i = 0; i < 2; i++) {
-            if (fds[i] < 0 || !(pf[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
-            char buf[4096];
-            ssize_t r = read(fds[i], buf, sizeof buf);
-            if (r <= 0) {
-                close(fds[i]);
-                fds[i] = -1;
-                continue;
-            }
-            char *dst = i ? err_out : out;
-            size_t cap = i ? errn : outn, *len = i ? &le : &lo;
-            size_t take = (size_t)r < cap - 1 - *len ? (size_t)r : cap - 1 - *len;
-            memcpy(dst + *len, buf, take);
-            *len += take;
-            dst[*len] = 0;
-        }
-    }
-    for (int i = 0; i < 2; i++)
-        if (fds[i] >= 0) close(fds[i]);
-    int status = 0;
-    if (timed_out) kill(pid, SIGKILL);
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
-    if (timed_out) {
-        snprintf(err_out, errn, "%s did not answer within %.0f s (is slurmctld reachable?)",
-                 argv[0], CMD_TIMEOUT_S);
-        return -1;
-    }
-    return status;
-}
-
 /* The message of a command's stderr as one line: "sbatch: error: " prefixes dropped, lines
  * joined with "; ", trailing blanks gone. */
 static void one_line(const char *in, char *out, size_t n) {
@@ -336,7 +252,7 @@ void wk_slurm_refresh(wk_slurm *s) {
         free(ids);
         return;
     }
-    int st = run_cmd(argv, out, outn, errb, sizeof errb);
+    int st = wk_run_cmd(argv, CMD_TIMEOUT_S, out, outn, errb, sizeof errb);
     free(ids);
     bool ok = st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0;
     if (ok && strlen(out) + 1 >= outn) {
@@ -432,7 +348,7 @@ int wk_slurm_start(wk_slurm *s, wk_task *t, const wk_start *st, qd_err *err) {
     snprintf(evp, sizeof evp, "%s/events.jsonl", st->jobdir);
     t->ev_off = file_size(evp);
     char out[256], errb[2048], msg[600];
-    int rc = run_cmd(argv, out, sizeof out, errb, sizeof errb);
+    int rc = wk_run_cmd(argv, CMD_TIMEOUT_S, out, sizeof out, errb, sizeof errb);
     if (rc < 0) return qd_errf(err, "sbatch: %s", errb);
     if (!WIFEXITED(rc) || WEXITSTATUS(rc) != 0) {
         one_line(errb, msg, sizeof msg);
@@ -487,7 +403,7 @@ static void node_info(const char *node, char *out, size_t n) {
     snprintf(nodes, sizeof nodes, "%s", node);
     char *argv[] = {"scontrol", "--oneliner", "show", "node", nodes, NULL};
     char o[8192], e[512];
-    int st = run_cmd(argv, o, sizeof o, e, sizeof e);
+    int st = wk_run_cmd(argv, CMD_TIMEOUT_S, o, sizeof o, e, sizeof e);
     if (st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) return;
     const char *sp = strstr(o, " State="), *rp = strstr(o, " Reason=");
     char state[64] = "";
@@ -584,7 +500,7 @@ static bool ask_sacct(wk_task *t, char *state, size_t sn, int *code, int *sig) {
     char *argv[] = {"sacct", "--noheader", "--parsable2", "--allocations", "--jobs", t->slurm_id,
                     "--format=State,ExitCode,NodeList", NULL};
     char o[2048], e[512];
-    int st = run_cmd(argv, o, sizeof o, e, sizeof e);
+    int st = wk_run_cmd(argv, CMD_TIMEOUT_S, o, sizeof o, e, sizeof e);
     if (st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) return false;
     char *f[4];
     char *sv = NULL;
@@ -641,10 +557,10 @@ wk_status wk_slurm_poll(wk_slurm *s, wk_task *t, wk_line_fn on_line, void *ctx, 
         /* its nodes stayed down or drained: give up, with what the nodes say */
         char *argv[] = {"scancel", t->slurm_id, NULL};
         char o[256], er[512];
-        run_cmd(argv, o, sizeof o, er, sizeof er);
+        wk_run_cmd(argv, CMD_TIMEOUT_S, o, sizeof o, er, sizeof er);
         char *nargv[] = {"sinfo", "--noheader", "--Node", "--format=%N %T %E", NULL};
         char no[4096] = "";
-        int st = run_cmd(nargv, no, sizeof no, er, sizeof er);
+        int st = wk_run_cmd(nargv, CMD_TIMEOUT_S, no, sizeof no, er, sizeof er);
         char nodes[300] = "";
         if (st >= 0) {
             /* "name state reason" lines -> "name state (reason); ..." for the unavailable ones */
@@ -689,12 +605,12 @@ void wk_slurm_signal(wk_slurm *s, wk_task *t, bool kill_it) {
         /* the batch step is the worker itself (the script execs it): SIGTERM makes it write its
          * checkpoint and exit 3 */
         char *argv[] = {"scancel", "--batch", "--signal=TERM", t->slurm_id, NULL};
-        st = run_cmd(argv, o, sizeof o, e, sizeof e);
+        st = wk_run_cmd(argv, CMD_TIMEOUT_S, o, sizeof o, e, sizeof e);
     }
     /* a kill, a job still in the queue, or one that cannot take a signal (not started yet) */
     if (kill_it || pending || st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
         char *argv[] = {"scancel", t->slurm_id, NULL};
-        st = run_cmd(argv, o, sizeof o, e, sizeof e);
+        st = wk_run_cmd(argv, CMD_TIMEOUT_S, o, sizeof o, e, sizeof e);
         if (st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
             char msg[400];
             one_line(e, msg, sizeof msg);
@@ -711,7 +627,7 @@ bool wk_slurm_reattach(wk_slurm *s, wk_task *t) {
         snprintf(name, sizeof name, "quantd-%s", t->job_id);
         char *argv[] = {"squeue", "--noheader", "--states=all", "--name", name, "--Format", "JobID:|,State:|", NULL};
         char o[4096], e[512];
-        int st = run_cmd(argv, o, sizeof o, e, sizeof e);
+        int st = wk_run_cmd(argv, CMD_TIMEOUT_S, o, sizeof o, e, sizeof e);
         if (st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
             char msg[400];
             one_line(e, msg, sizeof msg);

@@ -77,13 +77,24 @@ static void on_progress(void *ctx, const qd_progress *p) {
                                     p->eta_s));
 }
 
-static int blob_path(const char *datadir, const char *id, char *out, size_t n) {
+int wk_blob_path(const char *datadir, const char *id, const wk_pending *pending, int n_pending,
+                 char *out, size_t n) {
     if (!id[0]) return 0;
+    for (int i = 0; i < n_pending; i++)
+        if (!strcmp(pending[i].id, id)) {
+            int k = snprintf(out, n, "%s", pending[i].path);
+            return k > 0 && (size_t)k < n ? 0 : -1;
+        }
     int k = snprintf(out, n, "%s/blobs/sha256/%s", datadir, id + 7);
     return k > 0 && (size_t)k < n ? 0 : -1;
 }
 
-int wk_layout_model(const char *datadir, const api_spec *spec, const char *dir, qd_err *err) {
+static int blob_path(const char *datadir, const char *id, char *out, size_t n) {
+    return wk_blob_path(datadir, id, NULL, 0, out, n);
+}
+
+int wk_layout_model(const char *datadir, const api_spec *spec, const wk_pending *pending,
+                    int n_pending, const char *dir, qd_err *err) {
     struct stat st;
     if (lstat(dir, &st) == 0) return QD_OK; /* laid out by an earlier attempt */
     char tmp[PATH_MAX], parent[PATH_MAX];
@@ -98,7 +109,8 @@ int wk_layout_model(const char *datadir, const api_spec *spec, const char *dir, 
     for (int i = 0; i < spec->n_model_files && rc == QD_OK; i++) {
         const api_model_file *f = &spec->model_files[i];
         char link[PATH_MAX + 160], blob[PATH_MAX + 96], sub[PATH_MAX + 160];
-        if (!api_file_name_valid(f->name, NULL) || blob_path(datadir, f->blob, blob, sizeof blob) ||
+        if (!api_file_name_valid(f->name, NULL) ||
+            wk_blob_path(datadir, f->blob, pending, n_pending, blob, sizeof blob) ||
             snprintf(link, sizeof link, "%s/%s", tmp, f->name) >= (int)sizeof link) {
             rc = qd_errf(err, "model: file \"%s\": not a safe relative name", f->name);
             break;
@@ -117,6 +129,24 @@ int wk_layout_model(const char *datadir, const api_spec *spec, const char *dir, 
     return rc;
 }
 
+void wk_spec_opts(const api_spec *spec, qd_quant_opts *o) {
+    qd_quant_defaults(o);
+    o->eval_split = spec->eval_split;
+    snprintf(o->method, sizeof o->method, "%s", spec->method);
+    o->wbits = spec->wbits;
+    for (int i = 0; i < API_N_ABITS && i < (int)(sizeof o->abits_override / sizeof o->abits_override[0]); i++)
+        o->abits_override[i] = spec->abits[i];
+    o->samples = spec->samples;
+    o->seq_len = spec->seq_len;
+    o->epochs = spec->epochs;
+    o->seed = spec->seed;
+    o->threads = spec->threads;
+    o->max_ppl_increase = spec->max_ppl_increase;
+    _Static_assert(sizeof o->encodings_version >= sizeof spec->encodings_version,
+                   "spec encodings_version fits qd_quant_opts");
+    snprintf(o->encodings_version, sizeof o->encodings_version, "%s", spec->encodings_version);
+}
+
 /* The model path of a job: its blob, or the directory of its files laid out in the job
  * directory (the one file itself when there is only one, so its name tells its format). */
 static int model_path(const char *datadir, const char *jdir, const api_spec *spec, char *out,
@@ -128,7 +158,7 @@ static int model_path(const char *datadir, const char *jdir, const api_spec *spe
     char dir[PATH_MAX + 16];
     if (snprintf(dir, sizeof dir, "%s/model", jdir) >= (int)sizeof dir)
         return qd_errf(err, "path too long");
-    if (wk_layout_model(datadir, spec, dir, err)) return QD_ERR;
+    if (wk_layout_model(datadir, spec, NULL, 0, dir, err)) return QD_ERR;
     int k = spec->n_model_files == 1
                 ? snprintf(out, n, "%s/%s", dir, spec->model_files[0].name)
                 : snprintf(out, n, "%s", dir);
@@ -203,30 +233,16 @@ int wk_run(const char *jobdir, int events_fd) {
     }
 
     qd_quant_opts o;
-    qd_quant_defaults(&o);
+    wk_spec_opts(&job.spec, &o);
     o.model_path = model;
     o.calib_path = calib;
     o.eval_path = evalp[0] ? evalp : NULL;
     o.tokenizer_path = tok[0] ? tok : NULL;
-    o.eval_split = job.spec.eval_split;
-    snprintf(o.method, sizeof o.method, "%s", job.spec.method);
-    o.wbits = job.spec.wbits;
-    for (int i = 0; i < API_N_ABITS && i < (int)(sizeof o.abits_override / sizeof o.abits_override[0]); i++)
-        o.abits_override[i] = job.spec.abits[i];
-    o.samples = job.spec.samples;
-    o.seq_len = job.spec.seq_len;
-    o.epochs = job.spec.epochs;
-    o.seed = job.spec.seed;
-    o.threads = job.spec.threads;
     o.out_dir = out_dir;
     o.checkpoint_path = ckpt;
     o.stop = &stop_flag;
     o.progress = on_progress;
     o.progress_ctx = &em;
-    o.max_ppl_increase = job.spec.max_ppl_increase;
-    _Static_assert(sizeof o.encodings_version >= sizeof job.spec.encodings_version,
-                   "spec encodings_version fits qd_quant_opts");
-    snprintf(o.encodings_version, sizeof o.encodings_version, "%s", job.spec.encodings_version);
 
     char msg[256];
     bool resume = access(ckpt, F_OK) == 0;

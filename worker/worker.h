@@ -18,13 +18,30 @@
 #define WK_EXIT_STOPPED 3 /* stopped by SIGTERM after writing a checkpoint: resumable */
 
 struct api_spec;
+struct qd_quant_opts;
+
+/* The pipeline's settings of a job spec (everything but the paths, which stay NULL). */
+void wk_spec_opts(const struct api_spec *spec, struct qd_quant_opts *o);
+
+/* A blob that is not in the store yet (a multipart part waiting for its job to be accepted),
+ * at path; wk_layout_model and the door's check (check.h) use it in place of
+ * DATA/blobs/sha256/<hash>. */
+typedef struct wk_pending {
+    const char *id;
+    const char *path;
+} wk_pending;
+
+/* Where blob id lies: a pending path, or datadir/blobs/sha256/<hex>. -1 when out is short. */
+int wk_blob_path(const char *datadir, const char *id, const wk_pending *pending, int n_pending,
+                 char *out, size_t n);
 
 /* Lays out a model made of several files (spec->model_files) as the directory it came from:
- * dir/<name> is a symlink to DATA/blobs/sha256/<hash> for each file, parents created. Built
- * under a hidden temp name beside dir and renamed into place, so that dir, when it exists, is
- * complete (a resumed job keeps it, and with it its checkpoint's fingerprint). QD_ERR with err
- * naming the file. */
-int wk_layout_model(const char *datadir, const struct api_spec *spec, const char *dir, qd_err *err);
+ * dir/<name> is a symlink to the file's blob (wk_blob_path) for each file, parents created.
+ * Built under a hidden temp name beside dir and renamed into place, so that dir, when it
+ * exists, is complete (a resumed job keeps it, and with it its checkpoint's fingerprint).
+ * QD_ERR with err naming the file. */
+int wk_layout_model(const char *datadir, const struct api_spec *spec, const wk_pending *pending,
+                    int n_pending, const char *dir, qd_err *err);
 
 /* Runs the job in jobdir; events_fd >= 0 also receives every event line. Installs SIGTERM and
  * SIGINT handlers (a worker process's top level only). Returns one of WK_EXIT_*. */

@@ -923,7 +923,7 @@ static int gguf_weights(loader *ld, qd_model *m, const qd_config *c) {
     return QD_OK;
 }
 
-qd_model *qd_load_gguf(const char *path, qd_err *err) {
+qd_model *qd_load_gguf(const char *path, int header_only, qd_err *err) {
     qd_gguf *g = qd_gguf_open(path, err);
     if (!g) return NULL;
     qd_model *m = NULL;
@@ -946,7 +946,7 @@ qd_model *qd_load_gguf(const char *path, qd_err *err) {
     const qd_gguf_tensor *out = qd_gguf_find_tensor(g, "output.weight");
     c.tied_embeddings = !out || (out->type == emb->type && out->n_dims == emb->n_dims &&
                                  memcmp(out->ne, emb->ne, sizeof out->ne) == 0 &&
-                                 memcmp(out->data, emb->data, emb->nbytes) == 0);
+                                 (header_only || memcmp(out->data, emb->data, emb->nbytes) == 0));
     c.qkv_bias = qd_gguf_find_tensor(g, "blk.0.attn_q.bias") != NULL;
     if (c.family == QD_FAMILY_STABLELM) {
         /* llama.cpp's StableLM graph: q/k LayerNorms when these tensors exist, the parallel
@@ -973,15 +973,15 @@ qd_model *qd_load_gguf(const char *path, qd_err *err) {
         qd_vocab_free(v);
         goto fail;
     }
-    if (!(m = qd_model_alloc(&c, err))) {
+    if (!(m = header_only ? qd_model_header(&c, err) : qd_model_alloc(&c, err))) {
         qd_vocab_free(v);
         goto fail;
     }
     m->vocab = v;
     snprintf(m->format, sizeof m->format, "gguf");
     ld.check_only = 0;
-    if (gguf_weights(&ld, m, &c)) goto fail;
-    if (permute) {
+    if (!header_only && gguf_weights(&ld, m, &c)) goto fail;
+    if (permute && !header_only) {
         for (int l = 0; l < c.n_layers; l++) {
             qd_layer *L = &m->layers[l];
             if (qd_permute_rope_rows(L->wq, c.n_heads, c.head_dim, (size_t)c.dim, err) ||

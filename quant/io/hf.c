@@ -478,7 +478,7 @@ static void hf_close(hf *h) {
     free(h);
 }
 
-qd_model *qd_load_hf(const char *path, qd_err *err) {
+qd_model *qd_load_hf(const char *path, int header_only, qd_err *err) {
     hf *h = calloc(1, sizeof *h);
     if (!h) {
         qd_errf(err, "%s: out of memory", path);
@@ -541,10 +541,10 @@ qd_model *qd_load_hf(const char *path, qd_err *err) {
     /* A checkpoint may carry biases its config does not announce (older Qwen2 exports). */
     if (find(h, "model.layers.0.self_attn.q_proj.bias")) c.qkv_bias = 1;
     if (qd_config_validate(&c, h->cfg_path, err) || hf_weights(h, NULL, &c)) goto fail;
-    if (!(m = qd_model_alloc(&c, err))) goto fail;
+    if (!(m = header_only ? qd_model_header(&c, err) : qd_model_alloc(&c, err))) goto fail;
     snprintf(m->format, sizeof m->format, "safetensors");
-    if (hf_weights(h, m, &c)) goto fail;
-    if (c.family == QD_FAMILY_GEMMA) gemma_fixup(h, m);
+    if (!header_only && hf_weights(h, m, &c)) goto fail;
+    if (!header_only && c.family == QD_FAMILY_GEMMA) gemma_fixup(h, m);
     for (int s = 0; s < h->n_shards; s++)
         for (int i = 0; i < h->shards[s]->n_tensors; i++) {
             const qd_st_tensor *t = &h->shards[s]->tensors[i];

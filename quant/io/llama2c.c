@@ -11,7 +11,7 @@
 #include "quant/model.h"
 #include "quant/io/common.h"
 
-qd_model *qd_load_llama2c(const char *path, qd_err *err) {
+qd_model *qd_load_llama2c(const char *path, int header_only, qd_err *err) {
     qd_map map;
     qd_model *m = NULL;
     if (qd_map_open(&map, path, err)) return NULL;
@@ -95,9 +95,10 @@ qd_model *qd_load_llama2c(const char *path, qd_err *err) {
                 (unsigned long long)off[P_N]);
         goto fail;
     }
-    if (!(m = qd_model_alloc(&c, err))) goto fail;
+    if (!(m = header_only ? qd_model_header(&c, err) : qd_model_alloc(&c, err))) goto fail;
     snprintf(m->format, sizeof m->format, "llama2c");
     const uint8_t *b = map.data;
+    if (header_only) goto info;
     char nm[48];
     /* Per-layer slices are named "wq[layer 3]" so a bad element can be found in the file. */
 #define CONV(dst, part, idx, count)                                                          \
@@ -121,6 +122,7 @@ qd_model *qd_load_llama2c(const char *path, qd_err *err) {
             goto fail;
     }
 #undef CONV
+info:
     for (int i = 0; i < P_N; i++) {
         if (i == P_CLS && shared) continue;
         /* Shapes as the file holds them: stacked per-layer tensors get a leading n_layers;

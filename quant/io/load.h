@@ -10,10 +10,18 @@
  * NaN/Inf. NULL on failure with err naming the file and the field. */
 qd_model *qd_model_load(const char *path, qd_err *err);
 
-/* Format-specific readers behind qd_model_load. */
-qd_model *qd_load_gguf(const char *path, qd_err *err);
-qd_model *qd_load_hf(const char *path, qd_err *err);
-qd_model *qd_load_llama2c(const char *path, qd_err *err);
+/* What qd_model_load would find, from the headers alone: the format, the config (architecture,
+ * context, RoPE scaling), every tensor's name, dtype and shape checked as the loader checks them
+ * (an unsupported GGUF type, a shard the index names but that is missing, a wrong shape), and
+ * the vocabulary a GGUF carries. No weight is converted and nothing is allocated for them: the
+ * returned model has cfg, vocab, format and tinfo, and NULL tensors (mem == NULL). NULL on
+ * failure with err as qd_model_load sets it. Free with qd_model_free. */
+qd_model *qd_model_probe(const char *path, qd_err *err);
+
+/* Format-specific readers behind both; header_only as qd_model_probe. */
+qd_model *qd_load_gguf(const char *path, int header_only, qd_err *err);
+qd_model *qd_load_hf(const char *path, int header_only, qd_err *err);
+qd_model *qd_load_llama2c(const char *path, int header_only, qd_err *err);
 
 /* Writes m as a Hugging Face directory: config.json (LlamaForCausalLM, or Qwen2ForCausalLM
  * when cfg.qkv_bias; GemmaForCausalLM or StableLmForCausalLM for those families, Gemma's norms

@@ -599,14 +599,27 @@ static const qd_qenc *enc(const qd_qint *q, int l, int site) {
 }
 
 /* Sites held in int8 buffers must be 8-bit; the others fit int16. */
-static int check_bits(const qd_qint *q, qd_err *err) {
+/* The per-layer sites the runtime computes on 8-bit integer paths only. */
+static int site_must8(int s) {
     static const int must8[] = {QD_AQ_ATTN_NORM, QD_AQ_Q, QD_AQ_K, QD_AQ_V, QD_AQ_QROPE,
                                 QD_AQ_KROPE, QD_AQ_PV, QD_AQ_FFN_NORM, QD_AQ_GATE, QD_AQ_UP,
                                 QD_AQ_SILU, QD_AQ_DOWN_IN};
+    for (size_t i = 0; i < sizeof must8 / sizeof must8[0]; i++)
+        if (must8[i] == s) return 1;
+    return 0;
+}
+
+int qd_qrt_abits_ok(int aclass, int bits, const char **allowed) {
+    int only8 = 0;
+    for (int s = 0; s < QD_AQ_PER_LAYER; s++) only8 |= qd_aq_site_class(s) == aclass && site_must8(s);
+    if (allowed) *allowed = only8 ? "8" : "8, 16";
+    return aclass >= 0 && aclass < QD_AC_COUNT && (bits == 8 || (!only8 && bits == 16));
+}
+
+static int check_bits(const qd_qint *q, qd_err *err) {
     for (int l = 0; l < q->cfg.n_layers; l++)
         for (int s = 0; s < QD_AQ_PER_LAYER; s++) {
-            int b = enc(q, l, s)->bits, is8 = 0;
-            for (size_t i = 0; i < sizeof must8 / sizeof must8[0]; i++) is8 |= must8[i] == s;
+            int b = enc(q, l, s)->bits, is8 = site_must8(s);
             if ((is8 && b != 8) || b < 2 || b > 16)
                 return qd_errf(err, "%s: layer %d %s is %d-bit; the integer runtime takes %s",
                                __func__, l, qd_aq_site_name(s), b, is8 ? "8" : "2..16");

@@ -37,6 +37,13 @@ void qd_qrt_defaults(qd_qrt_opts *o);
 /* Builds the runtime for q (which must outlive it unless ownership is given with
  * qd_qrt_own). NULL on failure (e.g. an encoding whose multiplier does not fit). */
 qd_qrt *qd_qrt_new(const qd_qint *q, const qd_qrt_opts *o, qd_err *err);
+
+/* Whether an artifact with activation class aclass (enum qd_aclass) at bits can be written and
+ * run: the classes on the runtime's 8-bit integer paths (norm, qkv, qk_in, pv, gateup, silu,
+ * down_in) take 8 bits only, the others 8 or 16 (model.qint.safetensors stores 8- or 16-bit
+ * activation encodings). On false *allowed (may be NULL) is what the class takes ("8" or
+ * "8, 16"). The rule qd_qrt_new applies per site, by class, for checking a job before work. */
+int qd_qrt_abits_ok(int aclass, int bits, const char **allowed);
 /* Loads model.qint.safetensors and builds a runtime that owns it. */
 qd_qrt *qd_qrt_load(const char *path, const qd_qrt_opts *o, qd_err *err);
 void qd_qrt_free(qd_qrt *rt);

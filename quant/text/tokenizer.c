@@ -1902,9 +1902,25 @@ qd_tokenizer *qd_tok_load_hf(const char *path, qd_err *err) {
 
 /* ---- dispatch -------------------------------------------------------------------------- */
 
+/* The kind of a tokenizer file without a telling suffix (an uploaded blob): GGUF by its magic,
+ * tokenizer.json by a leading '{', else llama2.c's tokenizer.bin. */
+static int sniff_kind(const char *path) {
+    unsigned char b[64];
+    FILE *f = fopen(path, "rb");
+    size_t n = f ? fread(b, 1, sizeof b, f) : 0;
+    if (f) fclose(f);
+    if (n >= 4 && !memcmp(b, "GGUF", 4)) return 'g';
+    size_t i = 0;
+    if (n >= 3 && b[0] == 0xef && b[1] == 0xbb && b[2] == 0xbf) i = 3; /* UTF-8 byte order mark */
+    while (i < n && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r')) i++;
+    return i < n && b[i] == '{' ? 'j' : 'b';
+}
+
 qd_tokenizer *qd_tok_load(const char *path, qd_err *err) {
     if (!path) return qd_errf(err, "%s: no path", __func__), NULL;
-    if (qd_has_ext(path, ".gguf")) {
+    int kind = qd_has_ext(path, ".gguf") ? 'g' : qd_has_ext(path, ".json") ? 'j'
+               : qd_has_ext(path, ".bin") ? 'b' : sniff_kind(path);
+    if (kind == 'g') {
         qd_vocab *v = qd_gguf_load_vocab(path, err);
         if (!v) return NULL;
         qd_tokenizer *t = qd_tok_from_vocab(v, err);
@@ -1916,6 +1932,6 @@ qd_tokenizer *qd_tok_load(const char *path, qd_err *err) {
         qd_vocab_free(v);
         return t;
     }
-    if (qd_has_ext(path, ".json")) return qd_tok_load_hf(path, err);
+    if (kind == 'j') return qd_tok_load_hf(path, err);
     return qd_tok_load_llama2c(path, err);
 }

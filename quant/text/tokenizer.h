@@ -55,7 +55,9 @@ typedef struct qd_tokenizer qd_tokenizer;
 qd_tokenizer *qd_tok_from_vocab(const qd_vocab *v, qd_err *err);
 
 /* Loads a tokenizer file: ".gguf" -> the vocabulary inside it (qd_gguf_load_vocab),
- * ".json" -> Hugging Face tokenizer.json, anything else -> llama2.c tokenizer.bin.
+ * ".json" -> Hugging Face tokenizer.json, ".bin" -> llama2.c tokenizer.bin; a name without
+ * one of those suffixes (an uploaded blob) by its content: the GGUF magic, a JSON object, else
+ * tokenizer.bin.
  * NULL on failure with err naming the file and the field. */
 qd_tokenizer *qd_tok_load(const char *path, qd_err *err);
 

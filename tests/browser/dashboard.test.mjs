@@ -8,7 +8,7 @@
 // "FAIL name: why" per check.
 //
 // env: QD_URL (server without auth), QD_AUTH_URL + QD_AUTH_TOKEN (server with a token file;
-// optional), QD_MODEL, QD_CALIB, QD_HF (a Hugging Face directory), QD_TOK (its tokenizer) (fixture
+// optional), QD_MODEL, QD_CALIB, QD_NAN (a GGUF with a NaN weight), QD_HF (a Hugging Face directory), QD_TOK (its tokenizer) (fixture
 // files), QD_SHOT (screenshot path), CHROMIUM.
 import { chromium } from 'playwright-core';
 import crypto from 'node:crypto';
@@ -217,9 +217,11 @@ try {
                              null, { timeout: 60000 });
   check('cancel_button', await page.isHidden('#cancel-btn'));
 
-  // ---- a job that fails at once: its blob "model" is the calibration text ----
+  // ---- a job that fails at once: a NaN weight (its headers pass the door; loading finds it) ----
+  const nanBlob = await (await page.request.post(`${URL}/v1/blobs`, {
+    headers: { 'Content-Type': 'application/octet-stream' }, data: fs.readFileSync(process.env.QD_NAN) })).json();
   const r3 = await page.request.post(`${URL}/v1/jobs`, { data: {
-    model: done.spec.calibration, calibration: done.spec.calibration, method: 'rtn',
+    model: nanBlob.id, calibration: done.spec.calibration, method: 'rtn',
     budget: { samples: 2, seq_len: 16, epochs: 0 }, labels: { suite: 'e2e-fail' } } });
   const failId = (await r3.json()).id;
   let failJob = null;
