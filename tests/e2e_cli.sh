@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The CLI end to end on the fixtures: generate's greedy text for the three stories260K forms,
-# eval's identical perplexity, inspect's summary, and clear errors for bad input.
+# eval's identical perplexity, inspect of every kind of file quantd reads or writes (checkpoints
+# with GGUF metadata, tokenizers, the qint artifact, encodings.json), and clear errors for bad input.
 set -u
 Q=${QUANTD:?}
 FX=${QD_FIXTURES:?}
@@ -35,6 +36,45 @@ case "$out" in *'"vocab_size":32000'*'"dtype":"F16"'*) ok inspect_f16_json;; *) 
 
 # Bad input: a clear message naming the file, a non-zero exit, never a crash.
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+
+# inspect reads everything quantd reads or writes; --json checked with python's json module
+# against values known from the files (the fixtures' README, the artifacts' own bytes)
+pyj() { # name, file of inspect --json output, python expression over d (the object)
+    if python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if eval(sys.argv[2]) else 1)' "$2" "$3" 2>"$tmp/py.err"
+    then ok "$1"; else bad "$1" "$3: $(head -c 300 "$2") $(cat "$tmp/py.err")"; fi
+}
+"$Q" inspect --json "$M/stories260K.gguf" >"$tmp/i1.json" 2>&1
+pyj inspect_gguf_metadata "$tmp/i1.json" 'd["kind"] == "checkpoint" and d["gguf_version"] == 3 and {m["key"]: m.get("value") for m in d["metadata"]}["llama.context_length"] == 2048 and [m for m in d["metadata"] if m["key"] == "tokenizer.ggml.tokens"][0]["n"] == 512 and [m for m in d["metadata"] if m["key"] == "tokenizer.ggml.tokens"][0]["head"][:3] == ["<unk>", "<s>", "</s>"] and len(d["metadata"]) == 19'
+pyj inspect_gguf_tokenizer "$tmp/i1.json" 'd["tokenizer"]["kind"].startswith("SentencePiece") and d["tokenizer"]["size"] == 512 and d["tokenizer"]["bos_id"] == 1 and d["params"] == 260032 and len(d["tensors"]) == 48'
+out=$("$Q" inspect "$M/stories260K.gguf" 2>&1)
+printf '%s' "$out" | grep -Eq '^    tokenizer.ggml.tokens +array +\[512 x string\] "<unk>", "<s>"' &&
+    printf '%s' "$out" | grep -Eq '^    llama.context_length +uint32 +2048$' && ok inspect_gguf_metadata_text || bad inspect_gguf_metadata_text "$out"
+"$Q" inspect --json "$M/stories260K-hf" >"$tmp/i2.json" 2>&1
+pyj inspect_hf_dir "$tmp/i2.json" 'd["format"] == "safetensors" and d["n_layers"] == 5 and d["n_kv_heads"] == 4 and d["tied_embeddings"] and "tokenizer_error" in d and len(d["tensors"]) == 47'
+"$Q" inspect --json "$M/stories260K.llama2c.bin" >"$tmp/i3.json" 2>&1
+pyj inspect_llama2c "$tmp/i3.json" 'd["format"] == "llama2c" and d["vocab_size"] == 512 and d["params"] == 260032'
+"$Q" inspect --json "$M/tok512.bin" >"$tmp/i4.json" 2>&1
+pyj inspect_tokenizer_bin "$tmp/i4.json" 'd["kind"] == "tokenizer" and d["format"] == "llama2.c tokenizer.bin" and d["size"] == 512 and d["bos_id"] == 1'
+"$Q" inspect --json "$FX/tokenizers/smollm2-135m/tokenizer.json" >"$tmp/i5.json" 2>&1
+pyj inspect_tokenizer_json "$tmp/i5.json" 'd["kind"] == "tokenizer" and d["model"] == "BPE" and d["size"] == 49152 and d["merges"] == 48900 and d["added_tokens"] == 17 and d["pre_tokenizer"] == "Sequence" and d["normalizer"] is None'
+python3 tests/bad_inputs.py "$FX" "$tmp/bad"
+"$Q" inspect --json "$tmp/bad/iq.gguf" >"$tmp/i6.json" 2>&1
+pyj inspect_unsupported_gguf_still_dumped "$tmp/i6.json" '"unsupported type IQ4_NL" in d["model_error"] and [t for t in d["tensors"] if t["name"] == "blk.0.attn_q.weight"][0]["dtype"] == "IQ4_NL" and len(d["metadata"]) == 19'
+out=$("$Q" inspect "$tmp/bad/tok-pre.json" 2>&1); rc=$?
+[ $rc = 1 ] && printf '%s' "$out" | grep -q 'tok-pre.json: pre_tokenizer.type: "Whitespace" is not supported' && ok inspect_unsupported_tokenizer || bad inspect_unsupported_tokenizer "rc=$rc $out"
+# quantd's own artifacts, from a quick quantize
+"$Q" quantize --model "$M/stories260K.gguf" --calib "$FX/text/tinystories-valid-excerpt.txt" --method rtn \
+    --samples 2 --seq-len 32 --epochs 0 --abits res=8 --out "$tmp/art" --quiet >/dev/null 2>"$tmp/q.err"
+"$Q" inspect --json "$tmp/art/model.qint.safetensors" >"$tmp/i7.json" 2>&1
+SHA=$(sha256sum "$M/stories260K.gguf" | cut -d' ' -f1); QB=$(stat -c %s "$tmp/art/model.qint.safetensors")
+pyj inspect_qint "$tmp/i7.json" 'd["kind"] == "qint" and d["metadata"]["format"] == "quantd.qint" and d["metadata"]["format_version"] == "1" and d["source_sha256"] == "'"$SHA"'" and d["size"]["file_bytes"] == '"$QB"' and d["size"]["file_bytes"] == json.load(open("'"$tmp/art/report.json"'"))["size"]["qint_bytes"] and 8.0 < d["size"]["weight_bits_per_weight"] < 9.0 and d["method"] == "rtn"'
+pyj inspect_qint_bit_map "$tmp/i7.json" 'd["metadata"]["quantization_config"]["activation_bits"]["res"] == 8 and d["metadata"]["quantization_config"]["activation_bits"]["score"] == 16 and d["metadata"]["quantization_config"]["weights"]["mlp.down_proj"]["granularity"] == "per_channel" and len(d["activation_encodings"]) == 5 * 18 + 3 and all(a["scale"] > 0 and a["bits"] in (8, 16) for a in d["activation_encodings"]) and [a for a in d["activation_encodings"] if a["name"] == "model.layers.0.residual_attn.output"][0]["bits"] == 8'
+"$Q" inspect --json "$tmp/art/encodings.json" >"$tmp/i8.json" 2>&1
+pyj inspect_encodings "$tmp/i8.json" 'd["kind"] == "encodings" and d["version"] == "1.0.0" and d["activation_encodings"]["count"] == len(json.load(open("'"$tmp/art/encodings.json"'"))["activation_encodings"]) and sum(d["activation_encodings"]["bits"].values()) == d["activation_encodings"]["count"] and d["param_encodings"]["count"] > 0'
+"$Q" inspect --json "$tmp/art/fp-folded" >"$tmp/i9.json" 2>&1
+pyj inspect_fp_folded "$tmp/i9.json" 'd["format"] == "safetensors" and d["params"] == 260032 and d["tokenizer"]["size"] == 512'
+out=$("$Q" inspect "$tmp/art/model.qint.safetensors" 2>&1)
+printf '%s' "$out" | grep -q "^  source_sha256: $SHA" && printf '%s' "$out" | grep -q "model.layers.4.mlp.down_proj.output" && ok inspect_qint_text || bad inspect_qint_text "$(head -c 400 <<<"$out")"
 head -c 1000 "$M/stories260K.gguf" > "$tmp/trunc.gguf"
 out=$("$Q" eval --model "$tmp/trunc.gguf" --data "$FX/text/tinystories-valid-excerpt.txt" 2>&1); rc=$?
 if [ $rc = 1 ] && printf '%s' "$out" | grep -q "trunc.gguf"; then ok eval_truncated_model; else bad eval_truncated_model "rc=$rc $out"; fi

@@ -50,12 +50,13 @@ int wk_check_dir(const char *dir) {
     snprintf(path, sizeof path, "%s/input.json", dir);
     size_t len;
     char *text = qd_read_file(path, CHECK_INPUT_MAX, &len, &err);
+    bool read_ok = text != NULL;
     cJSON *root = text ? cJSON_ParseWithLength(text, len) : NULL;
     free(text);
     const char *datadir = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(root, "data_dir"));
     const cJSON *pend = cJSON_GetObjectItemCaseSensitive(root, "pending");
     if (!datadir || chdir(dir) != 0) {
-        fprintf(stderr, "quantd work --check: %s: %s\n", path, text ? "not a check input" : err.msg);
+        fprintf(stderr, "quantd work --check: %s\n", read_ok ? "input.json: not a check input" : err.msg);
         cJSON_Delete(root);
         return 2;
     }

@@ -457,6 +457,17 @@ static int hf_weights(hf *h, qd_model *m, const qd_config *c) {
 /* Gemma's RMSNorms multiply by (1 + w) in FP32: the model keeps the multiplier (model.h).
  * Its embedding scale is sqrt(hidden_size) as a tensor of the embeddings' dtype, so a BF16
  * checkpoint scales by bf16(sqrt(2048)) = 45.25. */
+/* Gemma's embedding scale, sqrt(hidden) rounded to the embedding's dtype as transformers does:
+ * part of the config, so qd_model_probe sets it too. */
+static void gemma_emb_scale(hf *h, qd_model *m) {
+    const qd_config *c = &m->cfg;
+    float s = sqrtf((float)c->dim);
+    const qd_st_tensor *e = find(h, h->emb_name);
+    if (e && e->dtype == QD_ST_BF16) s = qd_bf16_to_f32(qd_f32_to_bf16(s));
+    if (e && e->dtype == QD_ST_F16) s = qd_fp16_to_f32(qd_f32_to_fp16(s));
+    m->cfg.emb_scale = s;
+}
+
 static void gemma_fixup(hf *h, qd_model *m) {
     const qd_config *c = &m->cfg;
     for (int l = 0; l < c->n_layers; l++)
@@ -465,11 +476,7 @@ static void gemma_fixup(hf *h, qd_model *m) {
             m->layers[l].ffn_norm[i] += 1.0f;
         }
     for (int i = 0; i < c->dim; i++) m->final_norm[i] += 1.0f;
-    float s = sqrtf((float)c->dim);
-    const qd_st_tensor *e = find(h, h->emb_name);
-    if (e && e->dtype == QD_ST_BF16) s = qd_bf16_to_f32(qd_f32_to_bf16(s));
-    if (e && e->dtype == QD_ST_F16) s = qd_fp16_to_f32(qd_f32_to_fp16(s));
-    m->cfg.emb_scale = s;
+    gemma_emb_scale(h, m);
 }
 
 static void hf_close(hf *h) {
@@ -544,7 +551,10 @@ qd_model *qd_load_hf(const char *path, int header_only, qd_err *err) {
     if (!(m = header_only ? qd_model_header(&c, err) : qd_model_alloc(&c, err))) goto fail;
     snprintf(m->format, sizeof m->format, "safetensors");
     if (!header_only && hf_weights(h, m, &c)) goto fail;
-    if (!header_only && c.family == QD_FAMILY_GEMMA) gemma_fixup(h, m);
+    if (c.family == QD_FAMILY_GEMMA) {
+        if (header_only) gemma_emb_scale(h, m);
+        else gemma_fixup(h, m);
+    }
     for (int s = 0; s < h->n_shards; s++)
         for (int i = 0; i < h->shards[s]->n_tensors; i++) {
             const qd_st_tensor *t = &h->shards[s]->tensors[i];
