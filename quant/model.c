@@ -3,6 +3,7 @@
 #include "quant/model.h"
 
 #include <assert.h>
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -184,7 +185,7 @@ static size_t layout(qd_model *m, float *base) {
     return overflow ? 0 : off;
 }
 
-qd_model *qd_model_alloc(const qd_config *cfg, qd_err *err) {
+qd_model *qd_model_header(const qd_config *cfg, qd_err *err) {
     if (qd_config_validate(cfg, __func__, err) != QD_OK) return NULL;
     qd_model *m = calloc(1, sizeof *m);
     if (!m) {
@@ -193,6 +194,12 @@ qd_model *qd_model_alloc(const qd_config *cfg, qd_err *err) {
     }
     m->cfg = *cfg;
     m->cfg.arch[sizeof m->cfg.arch - 1] = 0;
+    return m;
+}
+
+qd_model *qd_model_alloc(const qd_config *cfg, qd_err *err) {
+    qd_model *m = qd_model_header(cfg, err);
+    if (!m) return NULL;
     size_t n = layout(m, NULL);
     size_t bytes;
     if (n == 0 || qd_mul_ok(n, sizeof(float), &bytes)) {
@@ -211,18 +218,6 @@ qd_model *qd_model_alloc(const qd_config *cfg, qd_err *err) {
     memset(m->mem, 0, bytes);
     m->n_floats = n;
     layout(m, m->mem);
-    return m;
-}
-
-qd_model *qd_model_header(const qd_config *cfg, qd_err *err) {
-    if (qd_config_validate(cfg, __func__, err) != QD_OK) return NULL;
-    qd_model *m = calloc(1, sizeof *m);
-    if (!m) {
-        qd_errf(err, "%s: out of memory", __func__);
-        return NULL;
-    }
-    m->cfg = *cfg;
-    m->cfg.arch[sizeof m->cfg.arch - 1] = 0;
     return m;
 }
 
@@ -259,4 +254,18 @@ size_t qd_model_n_params(const qd_model *m) {
     size_t n = V * D + (size_t)c->n_layers * per_layer + D * (c->norm == QD_NORM_LAYER ? 2 : 1);
     if (!c->tied_embeddings) n += V * D;
     return n;
+}
+
+void qd_config_json_shape(cJSON *o, const qd_config *c) {
+    cJSON_AddStringToObject(o, "arch", c->arch);
+    cJSON_AddNumberToObject(o, "dim", c->dim);
+    cJSON_AddNumberToObject(o, "hidden_dim", c->hidden_dim);
+    cJSON_AddNumberToObject(o, "n_layers", c->n_layers);
+    cJSON_AddNumberToObject(o, "n_heads", c->n_heads);
+    cJSON_AddNumberToObject(o, "n_kv_heads", c->n_kv_heads);
+    cJSON_AddNumberToObject(o, "head_dim", c->head_dim);
+    cJSON_AddNumberToObject(o, "vocab_size", c->vocab_size);
+    cJSON_AddNumberToObject(o, "max_seq_len", c->max_seq_len);
+    cJSON_AddNumberToObject(o, "norm_eps", c->norm_eps);
+    cJSON_AddNumberToObject(o, "rope_theta", c->rope_theta);
 }

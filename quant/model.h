@@ -171,6 +171,12 @@ static inline const float *qd_layer_get(const qd_layer *L, const qd_layer_tensor
  * qd_model_probe returns. NULL on failure. Free with qd_model_free. */
 qd_model *qd_model_header(const qd_config *cfg, qd_err *err);
 
+/* Adds the config's shape to the JSON object o: arch, dim, hidden_dim, n_layers, n_heads,
+ * n_kv_heads, head_dim, vocab_size, max_seq_len, norm_eps, rope_theta (the artifact's metadata
+ * and `quantd inspect` name them alike). */
+struct cJSON;
+void qd_config_json_shape(struct cJSON *o, const qd_config *c);
+
 /* Deep copy of config and weights into a new single allocation; vocab and tinfo are not
  * copied (NULL in the clone). NULL on failure. */
 qd_model *qd_model_clone(const qd_model *m, qd_err *err);

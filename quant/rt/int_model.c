@@ -510,17 +510,7 @@ static void site_fullname(char *buf, size_t n, int layer, int site) {
 
 static char *json_config(const qd_config *c) {
     cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "arch", c->arch);
-    cJSON_AddNumberToObject(o, "dim", c->dim);
-    cJSON_AddNumberToObject(o, "hidden_dim", c->hidden_dim);
-    cJSON_AddNumberToObject(o, "n_layers", c->n_layers);
-    cJSON_AddNumberToObject(o, "n_heads", c->n_heads);
-    cJSON_AddNumberToObject(o, "n_kv_heads", c->n_kv_heads);
-    cJSON_AddNumberToObject(o, "head_dim", c->head_dim);
-    cJSON_AddNumberToObject(o, "vocab_size", c->vocab_size);
-    cJSON_AddNumberToObject(o, "max_seq_len", c->max_seq_len);
-    cJSON_AddNumberToObject(o, "norm_eps", c->norm_eps);
-    cJSON_AddNumberToObject(o, "rope_theta", c->rope_theta);
+    qd_config_json_shape(o, c);
     if (c->rope_scaling != QD_ROPE_NONE) { /* absent: unscaled, as older artifacts are */
         cJSON_AddStringToObject(o, "rope_scaling", qd_rope_scaling_name(c->rope_scaling));
         cJSON_AddNumberToObject(o, "rope_factor", c->rope_factor);
