@@ -12,15 +12,9 @@
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "base/limits.h"
+#include "base/stop.h"
 #include "quant/quantize.h"
 #include "quant/report.h"
-
-static volatile sig_atomic_t stop_flag;
-
-static void on_signal(int sig) {
-    (void)sig;
-    stop_flag = 1;
-}
 
 typedef struct {
     int tty, quiet;
@@ -228,18 +222,9 @@ static int parse_args(int argc, char **argv, qd_quant_opts *o, const char **ckpt
     return 0;
 }
 
-/* SIGTERM and SIGINT set the flag qd_quantize polls: it checkpoints and stops. */
-static void catch_stop_signals(void) {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-}
-
 /* The run's outcome as the exit status: 0, 1 failed, 3 gate missed, 130 stopped. */
 static int outcome(const qd_quant_opts *o, int rc, const qd_err *run_err) {
-    if (rc == 1) {
+    if (rc == QD_STOPPED) {
         fprintf(stderr, "quantd quantize: stopped; state saved in %s (rerun to resume)\n",
                 o->checkpoint_path);
         return 130;
@@ -276,8 +261,8 @@ int cmd_quantize(int argc, char **argv) {
         ckpt = ckbuf;
     }
     o.checkpoint_path = ckpt;
-    catch_stop_signals();
-    o.stop = &stop_flag;
+    /* SIGTERM and SIGINT raise the stop request qd_quantize polls: it checkpoints and stops */
+    qd_stop_on_signals();
     bar_state bs = {isatty(fileno(stderr)), quiet, NULL, 0};
     o.progress = on_progress;
     o.progress_ctx = &bs;

@@ -4,7 +4,7 @@
 #define QD_PROGRESS_H
 
 typedef struct qd_progress {
-    const char *phase;     /* "load", "calibrate", "optimize", "fold", "eval", "export" */
+    const char *phase;     /* "load", "calibrate", "optimize", "gptq", "fold", "eval", "export" */
     long step, total;      /* steps done / planned within the phase (0/0 when not counted) */
     double loss;           /* current training loss, NAN when none */
     double lr;             /* current learning rate of the LET group, NAN when none */

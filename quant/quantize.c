@@ -30,6 +30,7 @@
 #include "base/fs.h"
 #include "base/hash.h"
 #include "base/limits.h"
+#include "base/stop.h"
 #include "base/str.h"
 #include "base/sys.h"
 #include "quant/io/load.h"
@@ -116,6 +117,12 @@ static int layer_errors(qd_qsim *q, const int *ev, size_t n_ev, int T, qd_layer_
         q->aq_on = sa, q->wq_on = sw;
         qd_qsim_embed(q, tok, nb, T, xq);
         for (int l = 0; l < nl; l++) {
+            if (qd_stop_requested()) {
+                q->aq_on = sa, q->wq_on = sw;
+                free(buf);
+                qd_layer_err_free(le);
+                return qd_stopped(err);
+            }
             q->aq_on = q->wq_on = 0;
             qd_qsim_layer_forward(q, l, xf, yf, nb, T);
             q->aq_on = sa, q->wq_on = sw;
@@ -154,7 +161,7 @@ static int run_variant(const qd_quant_opts *o, const qd_model *m, const int *cal
     if (o->lr_let[0] > 0) memcpy(mo.lr_let, o->lr_let, sizeof mo.lr_let);
     if (o->lr_lwc[0] > 0) memcpy(mo.lr_lwc, o->lr_lwc, sizeof mo.lr_lwc);
     if (o->lr_lrl[0] > 0) memcpy(mo.lr_lrl, o->lr_lrl, sizeof mo.lr_lrl);
-    mo.stop = o->stop, mo.progress = o->progress, mo.progress_ctx = o->progress_ctx, mo.t0 = t0;
+    mo.progress = o->progress, mo.progress_ctx = o->progress_ctx, mo.t0 = t0;
     int main_method = !strcmp(method, o->method);
     if (main_method) {
         mo.checkpoint_path = o->checkpoint_path;
@@ -291,8 +298,10 @@ static int export_artifacts(const qd_quant_opts *o, const qd_model *m, const qd_
     snprintf(qi->source_sha256, sizeof qi->source_sha256, "%s", model_sha);
     int rc = QD_ERR;
     qd_qrt *rt = NULL;
-    if (qd_qint_save(qi, qpath, err) || qd_aimet_write(qi, epath, o->encodings_version, err) ||
-        qd_save_hf(E->folded, fdir, "F32", err))
+    /* between the writers: each is seconds at most even at a billion parameters */
+    if (qd_stop_requested() || qd_qint_save(qi, qpath, err) || qd_stop_requested() ||
+        qd_aimet_write(qi, epath, o->encodings_version, err) || qd_stop_requested() ||
+        qd_save_hf(E->folded, fdir, "F32", err) || qd_stop_requested())
         goto out;
     write_tokenizer(o, m, fdir, &x->tok);
     x->payload_bytes = qd_qint_bytes(qi);
@@ -416,7 +425,8 @@ static int load_inputs(const qd_quant_opts *o, inputs *in, qd_report *rep, char 
         if (!in->tok)
             return at_field(field, m->vocab && !o->tokenizer_path ? "model" : "tokenizer");
     }
-    if (qd_data_load(o->calib_path, in->tok, m->cfg.vocab_size, &in->cal, err))
+    if (qd_stop_requested() ||
+        qd_data_load(o->calib_path, in->tok, m->cfg.vocab_size, &in->cal, err))
         return at_field(field, "calibration");
     in->calib = in->cal.ids, in->n_calib = in->cal.n;
     if (o->eval_path) {
@@ -438,7 +448,11 @@ static int load_inputs(const qd_quant_opts *o, inputs *in, qd_report *rep, char 
 
     field[0] = 0;
     qd_model *full = qd_model_load(o->model_path, err);
-    if (!full) return at_field(field, "model");
+    if (!full) return qd_stop_requested() ? QD_ERR : at_field(field, "model");
+    if (qd_stop_requested()) {
+        qd_model_free(full);
+        return QD_ERR;
+    }
     /* the tokenizer may point into the probe's vocabulary: keep that one */
     qd_vocab_free(full->vocab);
     full->vocab = in->m->vocab;
@@ -524,13 +538,14 @@ int qd_quantize(const qd_quant_opts *o, qd_err *err) {
     if (load_inputs(o, &in, &rep, field, err)) goto out;
     rep.fingerprint = fingerprint(o, &in);
     rc = run_variants(o, &in, t0, &rep, &enc, err);
-    if (rc != QD_OK) goto out; /* 1: stopped */
+    if (rc != QD_OK) goto out; /* QD_STOPPED: stopped */
     rc = QD_ERR;
 
     /* the deployable artifacts, and the integer runtime's figures on the written artifact */
     progress(o, "export", t0);
+    /* no report once a stop is requested: a stopped run never looks finished */
     if (export_artifacts(o, in.m, enc, rep.sha_model, in.ev, in.n_ev, t0, &rep.ex, err) ||
-        qd_report_write(&rep, o->out_dir, err))
+        qd_stop_requested() || qd_report_write(&rep, o->out_dir, err))
         goto out;
     /* the run is complete: its checkpoint would only make a rerun skip the work */
     if (o->checkpoint_path) unlink(o->checkpoint_path);
@@ -539,5 +554,5 @@ out:
     qd_report_clear(&rep);
     qd_encodings_free(enc);
     inputs_free(&in);
-    return rc;
+    return qd_stop_status(rc);
 }

@@ -18,7 +18,6 @@
 #ifndef QD_QUANTIZE_H
 #define QD_QUANTIZE_H
 
-#include <signal.h>
 #include <stdint.h>
 
 #include "base/err.h"
@@ -39,7 +38,6 @@ typedef struct qd_quant_opts {
     const char *out_dir;         /* report.json and artifacts go here (created) */
     const char *checkpoint_path; /* optimizer state for resume, or NULL */
     int checkpoint_every;        /* steps between checkpoints (0: only on stop) */
-    volatile sig_atomic_t *stop; /* set non-zero (e.g. by SIGTERM) to checkpoint and stop */
     qd_progress_fn progress;     /* may be NULL */
     void *progress_ctx;
     double max_ppl_increase;     /* gate: < 0 when not set; recorded in the report */
@@ -63,7 +61,9 @@ void qd_quant_defaults(qd_quant_opts *o);
 int qd_quantize_check(const qd_quant_opts *o, char field[QD_CHECK_FIELD], qd_err *err);
 
 /* Runs the pipeline. QD_OK on success (report written), QD_ERR with err set on failure.
- * Returns 1 when stopped through opts->stop after writing a checkpoint. */
+ * Returns QD_STOPPED when a stop is requested (base/stop.h: SIGTERM/SIGINT in quantd), which
+ * every phase polls per window, layer or step: no report.json is written then, and the
+ * checkpoint holds the optimizer's state (the steps done, or the finished training). */
 int qd_quantize(const qd_quant_opts *o, qd_err *err);
 
 #endif

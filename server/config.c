@@ -20,6 +20,7 @@ void srv_config_defaults(srv_config *c) {
     c->worker_max_threads = 64;
     c->max_timeout_s = 7 * 24 * 3600;
     c->cancel_grace_s = 10;
+    c->max_attempts = 3;
     c->max_connections = 512;
     c->per_ip_connections = 256; /* half of max_connections: a busy NAT or CI farm fits */
     c->conn_timeout_s = 120;
@@ -90,7 +91,8 @@ int srv_config_set(srv_config *c, const char *k, const char *v, qd_err *err) {
         char *end;
         c->cancel_grace_s = strtod(v, &end);
         bad = end == v || *end || c->cancel_grace_s < 0 || c->cancel_grace_s > 3600;
-    } else if (!strcmp(k, "max_connections")) bad = parse_int(v, 1, 100000, &c->max_connections);
+    } else if (!strcmp(k, "max_attempts")) bad = parse_int(v, 1, 100, &c->max_attempts);
+    else if (!strcmp(k, "max_connections")) bad = parse_int(v, 1, 100000, &c->max_connections);
     else if (!strcmp(k, "per_ip_connections")) bad = parse_int(v, 0, 100000, &c->per_ip_connections);
     else if (!strcmp(k, "conn_timeout_s")) bad = parse_int(v, 0, 86400, &c->conn_timeout_s);
     else if (!strcmp(k, "header_timeout_s")) bad = parse_int(v, 0, 3600, &c->header_timeout_s);

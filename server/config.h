@@ -19,6 +19,10 @@ typedef struct srv_config {
     int worker_max_threads;  /* a spec may ask for at most this many */
     int max_timeout_s;       /* a spec's timeout_s is capped to this */
     double cancel_grace_s;   /* SIGTERM -> SIGKILL */
+    int max_attempts;        /* attempts of one job whose worker was killed from outside (a
+                                signal quantd did not send, e.g. the OOM killer's SIGKILL),
+                                stopped by someone else's SIGTERM, or lost by Slurm, before the
+                                job fails; each retry resumes from the job's checkpoint */
     int max_connections;
     int per_ip_connections;
     int conn_timeout_s;      /* idle connection timeout (libmicrohttpd's; each byte resets it) */

@@ -1519,7 +1519,7 @@ int srv_main(const srv_config *cfg) {
     }
     srv_jobs_opts jo = {.store = s.store, .metrics = s.metrics, .disp = disp, .workers = cfg->workers,
                         .worker_mem_bytes = cfg->worker_mem_bytes, .grace_s = cfg->cancel_grace_s,
-                        .max_queue = cfg->max_queue};
+                        .max_queue = cfg->max_queue, .max_attempts = cfg->max_attempts};
     s.jobs = srv_jobs_start(&jo, &err);
     if (!s.jobs) {
         fprintf(stderr, "quantd serve: %s\n", err.msg);

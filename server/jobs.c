@@ -87,8 +87,19 @@ static void append_event(srv_jobs *j, srv_job *e, char *line) {
     free(line);
 }
 
+/* A job that ends any other way than succeeded has no report: a worker that wrote one just
+ * before its cancel, timeout or kill took effect must not leave it looking finished. */
+static void drop_report(srv_jobs *j, const srv_job *e) {
+    char p[PATH_MAX + 64];
+    srv_job_dir(j->o.store, e->job.id, p, PATH_MAX);
+    strcat(p, "/artifacts/report.json");
+    if (unlink(p) == 0) fprintf(stderr, "quantd: job %s: report.json removed (job %s)\n",
+                                e->job.id, api_state_name(e->job.state));
+}
+
 /* The one way a job changes state: event, record, job.json, watchers. */
 static void set_state(srv_jobs *j, srv_job *e, api_state s, const char *reason) {
+    if (api_state_terminal(s) && s != API_SUCCEEDED) drop_report(j, e);
     append_event(j, e, api_event_state(s, reason));
     e->job.state = s;
     if (api_state_terminal(s)) e->job.finished_at = api_wall_now();
@@ -345,7 +356,7 @@ static void finish_job(srv_jobs *j, srv_job *e, const wk_end *end) {
             set_state(j, e, API_SUCCEEDED, "report found after the Slurm job left the queue");
             return;
         }
-        if (end->kind == WK_END_LOST && e->job.attempts < 5) {
+        if (end->kind == WK_END_LOST && e->job.attempts < j->o.max_attempts) {
             char msg[600];
             e->seq = -1000000 + e->seq;
             snprintf(msg, sizeof msg, "%.450s; requeued to resume from its checkpoint", end->why);
@@ -376,7 +387,8 @@ static void finish_job(srv_jobs *j, srv_job *e, const wk_end *end) {
         read_log_tail(dir, e->job.log_tail, sizeof e->job.log_tail);
         set_state(j, e, API_TIMED_OUT, e->job.error);
         return;
-    } else if (e->shutdown_stop || (code == WK_EXIT_STOPPED && e->job.attempts < 5)) {
+    } else if (e->shutdown_stop ||
+               (code == WK_EXIT_STOPPED && e->job.attempts < j->o.max_attempts)) {
         /* Stopped with a checkpoint: by our shutdown, or by someone else's SIGTERM. Either way
          * the job can go on, from its checkpoint, on the next free slot. */
         e->seq = -1000000 + e->seq; /* ahead of jobs that never started */
@@ -384,9 +396,19 @@ static void finish_job(srv_jobs *j, srv_job *e, const wk_end *end) {
                  e->shutdown_stop ? "server shutting down" : "SIGTERM");
         set_state(j, e, API_QUEUED, msg);
         return;
+    } else if (e->job.term_signal && !e->killed && e->job.attempts < j->o.max_attempts) {
+        /* killed by someone else (the OOM killer's SIGKILL, an operator): the next attempt
+         * resumes from the checkpoint the worker left */
+        e->seq = -1000000 + e->seq;
+        snprintf(msg, sizeof msg, "worker killed by signal %d (%s); retrying from its checkpoint "
+                 "(attempt %d of %d)", e->job.term_signal, strsignal(e->job.term_signal),
+                 e->job.attempts + 1, j->o.max_attempts);
+        set_state(j, e, API_QUEUED, msg);
+        return;
     } else if (e->job.term_signal) {
-        snprintf(e->job.error, sizeof e->job.error, "worker killed by signal %d (%s)",
-                 e->job.term_signal, strsignal(e->job.term_signal));
+        snprintf(e->job.error, sizeof e->job.error, "worker killed by signal %d (%s)%s",
+                 e->job.term_signal, strsignal(e->job.term_signal),
+                 e->killed ? "" : " on its last attempt");
     } else {
         snprintf(e->job.error, sizeof e->job.error, "worker exited with status %d", code);
     }
@@ -403,12 +425,15 @@ static srv_job *next_queued(srv_jobs *j) {
     return best;
 }
 
+static void recover_orphans(srv_jobs *j);
+
 static void *scheduler(void *arg) {
     srv_jobs *j = arg;
     struct pollfd *pf = NULL;
     int pcap = 0;
     bool detached = wk_disp_detached(j->o.disp);
     pthread_mutex_lock(&j->mu);
+    recover_orphans(j);
     for (;;) {
         /* Slurm jobs outlive the server: a stopping server leaves them to the next start */
         if (j->stopping && (j->running == 0 || detached)) break;
@@ -485,14 +510,12 @@ static void *scheduler(void *arg) {
 /* A job recorded as running when the server starts lost its server mid-run. On Slurm its
  * batch job is (or was) still there: follow it again, never submit a second copy. A local
  * worker was stopped (it checkpoints on the SIGTERM of PR_SET_PDEATHSIG); requeue the job to
- * resume. */
-static void recover_orphan(srv_jobs *j, srv_job *e) {
+ * resume, or end it cancelled when a cancel came while it was being reaped. alive: what
+ * wk_tasks_reattach said of its task. */
+static void recover_orphan(srv_jobs *j, srv_job *e, bool alive) {
     char dir[PATH_MAX];
     srv_job_dir(j->o.store, e->job.id, dir, sizeof dir);
-    memset(&e->task, 0, sizeof e->task);
-    e->task.pid = e->job.worker_pid;
-    snprintf(e->task.slurm_id, sizeof e->task.slurm_id, "%s", e->job.slurm_job_id);
-    if (wk_task_reattach(j->o.disp, &e->task, e->job.id, dir, j->o.grace_s)) {
+    if (alive) {
         e->active = true;
         e->started = false;
         e->term_sent_mono = 0;
@@ -510,10 +533,50 @@ static void recover_orphan(srv_jobs *j, srv_job *e) {
     snprintf(ck, sizeof ck, "%s/checkpoint", dir);
     bool have_ck = access(ck, F_OK) == 0;
     e->job.worker_pid = 0;
+    if (e->job.cancel_requested) {
+        set_state(j, e, API_CANCELLED, "cancelled by request while the server restarted");
+        return;
+    }
     e->seq = -1000000 + e->seq;
     set_state(j, e, API_QUEUED,
               have_ck ? "server restarted; requeued to resume from its checkpoint"
                       : "server restarted; requeued");
+}
+
+/* Every job recorded as running when the server started, at once and with the index unlocked
+ * while the dispatcher reaps or finds their workers (a local orphan may take cancel_grace_s to
+ * stop): the API answers meanwhile, and n orphans cost one grace period, not n. Called by the
+ * scheduler thread, with the lock held, before it starts any job; the orphans are not active,
+ * so nothing else touches their tasks. */
+static void recover_orphans(srv_jobs *j) {
+    int n = 0;
+    for (int i = 0; i < j->n; i++) n += !j->all[i]->deleted && j->all[i]->job.state == API_RUNNING;
+    if (n == 0) return;
+    srv_job **es = malloc(sizeof *es * (size_t)n);
+    wk_task **ts = malloc(sizeof *ts * (size_t)n);
+    bool *alive = calloc((size_t)n, sizeof *alive);
+    if (!es || !ts || !alive) {
+        fprintf(stderr, "quantd: recovery: out of memory; %d running jobs left as they are\n", n);
+        free(es), free(ts), free(alive);
+        return;
+    }
+    int k = 0;
+    for (int i = 0; i < j->n && k < n; i++) {
+        srv_job *e = j->all[i];
+        if (e->deleted || e->job.state != API_RUNNING) continue;
+        memset(&e->task, 0, sizeof e->task);
+        e->task.pid = e->job.worker_pid;
+        snprintf(e->task.slurm_id, sizeof e->task.slurm_id, "%s", e->job.slurm_job_id);
+        snprintf(e->task.job_id, sizeof e->task.job_id, "%s", e->job.id);
+        srv_job_dir(j->o.store, e->job.id, e->task.jobdir, sizeof e->task.jobdir);
+        es[k] = e, ts[k] = &e->task;
+        k++;
+    }
+    pthread_mutex_unlock(&j->mu);
+    wk_tasks_reattach(j->o.disp, ts, k, j->o.grace_s, alive);
+    pthread_mutex_lock(&j->mu);
+    for (int i = 0; i < k; i++) recover_orphan(j, es[i], alive[i]);
+    free(es), free(ts), free(alive);
 }
 
 static int cmp_created(const void *a, const void *b) {
@@ -529,6 +592,7 @@ srv_jobs *srv_jobs_start(const srv_jobs_opts *o, qd_err *err) {
     }
     j->o = *o;
     if (j->o.workers < 1) j->o.workers = 1;
+    if (j->o.max_attempts < 1) j->o.max_attempts = 1;
     pthread_mutex_init(&j->mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -554,10 +618,6 @@ srv_jobs *srv_jobs_start(const srv_jobs_opts *o, qd_err *err) {
         add_entry(j, e);
     }
     free(loaded);
-    pthread_mutex_lock(&j->mu);
-    for (int i = 0; i < j->n; i++)
-        if (j->all[i]->job.state == API_RUNNING) recover_orphan(j, j->all[i]);
-    pthread_mutex_unlock(&j->mu);
     if (pthread_create(&j->thread, NULL, scheduler, j) != 0) {
         qd_errf(err, "%s: cannot start the scheduler thread", __func__);
         srv_jobs_free(j);

@@ -26,6 +26,7 @@ typedef struct srv_jobs_opts {
     size_t worker_mem_bytes;
     double grace_s;
     int max_queue;
+    int max_attempts;        /* srv_config.max_attempts (< 1: 1) */
 } srv_jobs_opts;
 
 enum { SRV_OK = 0, SRV_NOT_FOUND, SRV_CONFLICT, SRV_QUEUE_FULL, SRV_INTERNAL };

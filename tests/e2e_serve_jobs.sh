@@ -4,7 +4,8 @@
 # artifacts (ETag, Range), a multipart submission, then the hard cases: two jobs queued behind
 # one worker, cancel, timeout, a worker killed mid-job, kill -9 of the server followed by a
 # restart that finishes the job, and progress persisted while a job runs with its timeout
-# counting the time of earlier attempts across a restart.
+# counting the time of earlier attempts across a restart. max_attempts=1: a killed worker fails
+# its job at once (its retries are e2e_stop.sh's).
 set -u
 . "$(dirname "$0")/e2e_common.inc"
 if ! "$Q" work --help >/dev/null 2>&1; then
@@ -18,7 +19,7 @@ LONG='"budget":{"samples":64,"seq_len":64,"epochs":1000}'
 RESUME='"budget":{"samples":8,"seq_len":64,"epochs":40}'
 
 D=$TMP/data
-start_server "$D" --workers 1 --set cancel_grace_s=3 || { bad start "$(cat "$D.err")"; exit 1; }
+start_server "$D" --workers 1 --set cancel_grace_s=3 --set max_attempts=1 || { bad start "$(cat "$D.err")"; exit 1; }
 MID=$(upload "$MODEL")
 CID=$(upload "$TEXT")
 check uploads '[ "${MID#sha256:}" != "$MID" ] && [ "${CID#sha256:}" != "$CID" ]'
@@ -110,7 +111,7 @@ check killed_worker_log_tail '[ -n "$(jq -r ".log_tail // empty" "$TMP/job")" ]'
 J=$(submit "{$IN,\"method\":\"mobilequant\",$RESUME}")
 wait_optimizing "$J" 120
 kill -KILL "$SPID"; wait "$SPID" 2>/dev/null; SPID=
-start_server "$D" --workers 1 --set cancel_grace_s=3 || bad restart "$(cat "$D.err")"
+start_server "$D" --workers 1 --set cancel_grace_s=3 --set max_attempts=1 || bad restart "$(cat "$D.err")"
 check restart_keeps_blobs '[ -f "$D/blobs/sha256/${MID#sha256:}" ] && [ -f "$D/blobs/sha256/${CID#sha256:}" ]'
 check restart_keeps_jobs '[ "$(curl -s "$URL/v1/jobs?limit=500" | jq .total)" -ge 9 ]'
 wait_state "$J" "succeeded|failed|timed_out" 180
@@ -138,7 +139,7 @@ sleep 0.3
 # what a restarted server will show is at most about a second behind the worker's last report
 last=$(grep '"type":"progress"' "$D/jobs/$J/events.jsonl" | tail -1)
 check progress_on_disk_is_recent 'jq -e --argjson ev "$last" ".progress.phase == \$ev.phase and (\$ev.elapsed_s - .progress.elapsed_s) < 2" "$D/jobs/$J/job.json" >/dev/null' "job.json: $(jq -c .progress "$D/jobs/$J/job.json"); last event: $last"
-start_server "$D" --workers 1 --set cancel_grace_s=3 || bad restart2 "$(cat "$D.err")"
+start_server "$D" --workers 1 --set cancel_grace_s=3 --set max_attempts=1 || bad restart2 "$(cat "$D.err")"
 t0=$SECONDS
 wait_state "$J" "timed_out|failed|succeeded" $((TO + 60))
 took=$((SECONDS - t0))

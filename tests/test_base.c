@@ -4,6 +4,7 @@
  * real: RLIMIT_FSIZE makes write(2) fail with EFBIG part-way through the file. */
 #include "base/fs.h"
 #include "base/hash.h"
+#include "base/stop.h"
 #include "base/str.h"
 
 #include "check.h"
@@ -245,6 +246,31 @@ static void string_tests(void) {
     CHECK(!qd_uuid_like(""), "empty");
 }
 
+/* The stop request: raised by SIGTERM and SIGINT once the handlers are in, a failure while it
+ * is raised reads as a stop, and the hashing of a file (a worker's input of gigabytes) gives up
+ * at once. */
+static void stop_request(void) {
+    qd_stop_clear();
+    CHECK(!qd_stop_requested() && qd_stop_status(QD_ERR) == QD_ERR && qd_stop_status(QD_OK) == QD_OK,
+          "fresh state");
+    qd_stop_on_signals();
+    raise(SIGTERM);
+    CHECK(qd_stop_requested() && qd_stop_status(QD_ERR) == QD_STOPPED &&
+              qd_stop_status(QD_OK) == QD_OK, "SIGTERM raises the request");
+    char path[4200], hex[65];
+    snprintf(path, sizeof path, "%s/stop.bin", tmpdir);
+    qd_err err = {{0}};
+    CHECK(qd_write_file_atomic(path, "abc", 3, &err) == QD_OK, "%s", err.msg);
+    CHECK(qd_sha256_file(path, hex, NULL, &err) == QD_ERR && strstr(err.msg, "stopped"),
+          "hashing while stopped: %s", err.msg);
+    qd_stop_clear();
+    raise(SIGINT); /* the first SIGINT only raises the request too */
+    CHECK(qd_stop_requested(), "SIGINT raises the request");
+    qd_stop_clear();
+    CHECK(qd_sha256_file(path, hex, NULL, &err) == QD_OK, "%s", err.msg);
+    signal(SIGTERM, SIG_DFL), signal(SIGINT, SIG_DFL);
+}
+
 int main(void) {
     check_tmpdir(tmpdir, sizeof tmpdir, "test_base");
     RUN(atomic_write_replaces);
@@ -252,6 +278,7 @@ int main(void) {
     RUN(mkdir_p_nested_and_existing);
     RUN(sha256_known_digests);
     RUN(string_tests);
+    RUN(stop_request);
     check_rmtree(tmpdir);
     return CHECK_DONE();
 }

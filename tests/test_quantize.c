@@ -27,6 +27,7 @@
 #include "tests/check.h"
 #include "tests/synth.h"
 #include "base/fs.h"
+#include "base/stop.h"
 #include "base/sys.h"
 #include "quant/io/load.h"
 
@@ -36,14 +37,20 @@ static int *rand_tokens(size_t n, int V, uint64_t seed) {
     return t;
 }
 
+/* stop_at > 0: stop after that optimizer step; < 0: in the GPTQ rounding after training */
 typedef struct {
     long stop_at;
-    volatile sig_atomic_t *flag;
+    int trained;
 } stopper;
 
 static void stop_cb(void *ctx, const qd_progress *p) {
     stopper *s = ctx;
-    if (!strcmp(p->phase, "optimize") && p->step >= s->stop_at) *s->flag = 1;
+    if (!strcmp(p->phase, "optimize")) {
+        s->trained = 1;
+        if (s->stop_at > 0 && p->step >= s->stop_at) qd_stop_request();
+    } else if (s->stop_at < 0 && s->trained && !strcmp(p->phase, "gptq")) {
+        qd_stop_request();
+    }
 }
 
 /* test variants of the run's settings (NULL: none) */
@@ -60,15 +67,14 @@ static qd_qsim *run_mq_tw(const qd_model *m, const int *tok, size_t n, const cha
     /* the paper's LWC start (logits 4) so the check below sees training move them */
     o.lwc_grid = 0;
     o.checkpoint_path = ckpt, o.checkpoint_every = 2, o.fingerprint = 0xABCDEF;
-    static volatile sig_atomic_t flag;
-    flag = 0;
-    stopper s = {stop_at, &flag};
-    o.stop = &flag;
-    if (stop_at > 0) o.progress = stop_cb, o.progress_ctx = &s;
+    qd_stop_clear();
+    stopper s = {stop_at, 0};
+    if (stop_at != 0) o.progress = stop_cb, o.progress_ctx = &s;
     o.t0 = qd_now();
     if (tw) tw(&o);
     qd_qsim *q = NULL;
     *rc_out = qd_mq_run(m, tok, n, &o, &q, res, err);
+    qd_stop_clear(); /* the next run starts afresh */
     return q;
 }
 
@@ -107,7 +113,7 @@ static void checkpoint_refuses_other_settings(void) {
     int rc;
     qd_mq_result r0 = {0};
     qd_qsim *q = run_mq(m, tok, n, ck, 4, &rc, &r0);
-    CHECK(rc == 1 && !q && access(ck, F_OK) == 0, "stop: rc %d", rc);
+    CHECK(rc == QD_STOPPED && !q && access(ck, F_OK) == 0, "stop: rc %d", rc);
     qd_mq_result_free(&r0);
     opts_tweak tws[] = {tw_gptq_off, tw_lrl_raw, tw_lwc_search, tw_no_overlap, tw_lr_lrl,
                         tw_alpha, tw_holdout, tw_select_every};
@@ -147,7 +153,7 @@ static void resume_same_trajectory(void) {
     qd_qsim *a = run_mq(m, tok, n, NULL, 0, &rc, &ra);            /* uninterrupted */
     CHECK(rc == QD_OK && ra.steps == 9, "rc %d steps %ld", rc, ra.steps);
     qd_qsim *b = run_mq(m, tok, n, ck, 4, &rc, &rb);              /* stopped after step 4 */
-    CHECK(rc == 1 && b == NULL && rb.stopped, "stop: rc %d", rc);
+    CHECK(rc == QD_STOPPED && b == NULL && rb.stopped, "stop: rc %d", rc);
     CHECK(access(ck, F_OK) == 0, "no checkpoint written on stop");
     qd_qsim *r = run_mq(m, tok, n, ck, 0, &rc, &rc2);             /* resumed */
     CHECK(rc == QD_OK && rc2.resumed_at == 4 && rc2.steps == 5, "resume: rc %d at %ld steps %ld",
@@ -169,6 +175,24 @@ static void resume_same_trajectory(void) {
         for (long i = 0; i < ra.n_loss && i < rc2.n_loss; i++)
             CHECK(ra.loss[i] == rc2.loss[i], "loss[%ld] %g vs %g", i, ra.loss[i], rc2.loss[i]);
     }
+    /* stopped after training (in GPTQ): the checkpoint holds the finished training, and the
+     * rerun trains no further step and ends with the same parameters and selection */
+    unlink(ck);
+    qd_mq_result rg = {0}, rh = {0};
+    qd_qsim *g = run_mq(m, tok, n, ck, -1, &rc, &rg);
+    CHECK(rc == QD_STOPPED && !g && rg.steps == 9 && access(ck, F_OK) == 0,
+          "stop in GPTQ: rc %d steps %ld", rc, rg.steps);
+    qd_qsim *h = run_mq(m, tok, n, ck, 0, &rc, &rh);
+    CHECK(rc == QD_OK && rh.resumed_at == 9 && rh.steps == 0, "resume after training: rc %d at %ld "
+          "steps %ld", rc, rh.resumed_at, rh.steps);
+    if (a && h) {
+        CHECK(!memcmp(a->p, h->p, sizeof(qd_real) * a->n_params), "parameters differ after the "
+              "resume past training");
+        CHECK(rh.kept_step == ra.kept_step && rh.n_sel == ra.n_sel && rh.n_loss == ra.n_loss,
+              "selection kept %ld/%ld", rh.kept_step, ra.kept_step);
+    }
+    qd_qsim_free(g), qd_qsim_free(h);
+    qd_mq_result_free(&rg), qd_mq_result_free(&rh);
     /* same seed, fresh run: identical (determinism) */
     qd_mq_result rd = {0};
     qd_qsim *d = run_mq(m, tok, n, NULL, 0, &rc, &rd);

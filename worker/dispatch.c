@@ -342,29 +342,53 @@ static bool is_our_worker(pid_t pid, const char *jobdir) {
     return false;
 }
 
-bool wk_task_reattach(wk_disp *d, wk_task *t, const char *job_id, const char *jobdir,
-                      double grace_s) {
-    pid_t pid = t->pid;
-    char sid[sizeof t->slurm_id];
-    snprintf(sid, sizeof sid, "%s", t->slurm_id);
-    task_reset(t, job_id, jobdir);
-    if (d->slurm) {
-        snprintf(t->slurm_id, sizeof t->slurm_id, "%s", sid);
-        return wk_slurm_reattach(d->sl, t);
-    }
-    /* A local worker lost its server: it got SIGTERM through PR_SET_PDEATHSIG and is writing
-     * a checkpoint, or is already gone. Wait for it (then force it); the job is requeued. */
-    if (pid > 0 && is_our_worker(pid, jobdir)) {
-        kill(pid, SIGTERM);
-        double t0 = qd_now();
-        while (kill(pid, 0) == 0 && is_our_worker(pid, jobdir)) {
-            if (qd_now() - t0 > grace_s) {
-                kill(-pid, SIGKILL);
-                kill(pid, SIGKILL);
-            }
-            if (qd_now() - t0 > grace_s + 5) break;
-            usleep(50 * 1000);
+void wk_tasks_reattach(wk_disp *d, wk_task *const *t, int n, double grace_s, bool *alive) {
+    /* what was recorded, then a clean task that keeps only the ids */
+    pid_t *pid = calloc((size_t)(n > 0 ? n : 1), sizeof *pid);
+    for (int i = 0; i < n; i++) {
+        char id[sizeof t[i]->job_id], dir[sizeof t[i]->jobdir], sid[sizeof t[i]->slurm_id];
+        snprintf(id, sizeof id, "%s", t[i]->job_id);
+        snprintf(dir, sizeof dir, "%s", t[i]->jobdir);
+        snprintf(sid, sizeof sid, "%s", t[i]->slurm_id);
+        if (pid) pid[i] = t[i]->pid;
+        task_reset(t[i], id, dir);
+        alive[i] = false;
+        if (d->slurm) {
+            snprintf(t[i]->slurm_id, sizeof t[i]->slurm_id, "%s", sid);
+            alive[i] = wk_slurm_reattach(d->sl, t[i]);
         }
     }
-    return false;
+    if (d->slurm || !pid) {
+        free(pid);
+        return;
+    }
+    /* A local worker lost its server: it got SIGTERM through PR_SET_PDEATHSIG and is writing
+     * a checkpoint, or is already gone. Stop them all, wait for them together (then force
+     * them); their jobs are requeued. */
+    for (int i = 0; i < n; i++) {
+        if (pid[i] > 0 && is_our_worker(pid[i], t[i]->jobdir)) kill(pid[i], SIGTERM);
+        else pid[i] = 0;
+    }
+    double t0 = qd_now();
+    bool forced = false;
+    for (;;) {
+        int left = 0;
+        for (int i = 0; i < n; i++) {
+            if (pid[i] > 0 && !(kill(pid[i], 0) == 0 && is_our_worker(pid[i], t[i]->jobdir)))
+                pid[i] = 0;
+            left += pid[i] > 0;
+        }
+        double dt = qd_now() - t0;
+        if (!left || dt > grace_s + 5) break;
+        if (!forced && dt > grace_s) {
+            for (int i = 0; i < n; i++)
+                if (pid[i] > 0) {
+                    kill(-pid[i], SIGKILL);
+                    kill(pid[i], SIGKILL);
+                }
+            forced = true;
+        }
+        usleep(50 * 1000);
+    }
+    free(pid);
 }

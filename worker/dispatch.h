@@ -130,12 +130,15 @@ void wk_task_kill(wk_disp *d, wk_task *t);
  * no lock held; the next wk_task_poll sees the result. Local: nothing to do. */
 void wk_disp_refresh(wk_disp *d);
 
-/* A server that starts finds a job recorded as running (pid or slurm_id from job.json, or
- * neither). Returns true when the attempt goes on and t now follows it (Slurm: the job is
- * still known to the cluster, found by its id or, when the id was never recorded, by its name
- * quantd-<job id>); false when there is nothing to follow and the job should be requeued
- * (local: the orphaned worker was stopped and has exited). */
-bool wk_task_reattach(wk_disp *d, wk_task *t, const char *job_id, const char *jobdir,
-                      double grace_s);
+/* A server that starts finds n jobs recorded as running: t[i] holds what job.json recorded
+ * (pid or slurm_id, or neither) and the job's job_id and jobdir. alive[i] becomes true when
+ * the attempt goes on and t[i] now follows it (Slurm: the job is still known to the cluster,
+ * found by its id or, when the id was never recorded, by its name quantd-<job id>); false when
+ * there is nothing to follow and the job should be requeued (local: the orphaned worker was
+ * stopped and has exited). Local orphans are stopped together: SIGTERM to all at once, SIGKILL
+ * to those still there after grace_s, so the call takes one grace period at most (plus 5 s for
+ * a process that ignores SIGKILL while in the kernel), however many there are. Call with no
+ * lock held. */
+void wk_tasks_reattach(wk_disp *d, wk_task *const *t, int n, double grace_s, bool *alive);
 
 #endif

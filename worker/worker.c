@@ -2,8 +2,9 @@
  * runs the same pipeline as `quantd quantize`. Every progress report becomes one JSON line,
  * appended to events.jsonl first (the durable record the server's SSE streams read) and then
  * written to the event pipe (so the server's job state follows without polling the file).
- * SIGTERM only raises the pipeline's stop flag: the optimizer then writes its checkpoint and
- * returns, and this process exits with WK_EXIT_STOPPED so the job can be resumed. */
+ * SIGTERM only raises the stop request (base/stop.h), which every phase of the pipeline polls:
+ * it saves the optimizer's checkpoint where there is one to save and returns without a report,
+ * and this process exits with WK_EXIT_STOPPED so the job can be resumed. */
 #include "worker/worker.h"
 
 #include <errno.h>
@@ -20,14 +21,8 @@
 #include "api/api.h"
 #include "quant/quantize.h"
 #include "base/fs.h"
+#include "base/stop.h"
 #include "base/sys.h"
-
-static volatile sig_atomic_t stop_flag;
-
-static void on_stop(int sig) {
-    (void)sig;
-    stop_flag = 1;
-}
 
 typedef struct emitter {
     int file_fd;
@@ -166,12 +161,7 @@ static int model_path(const char *datadir, const char *jdir, const api_spec *spe
 }
 
 int wk_run(const char *jobdir, int events_fd) {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_stop;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
+    qd_stop_on_signals();
     signal(SIGPIPE, SIG_IGN);
 
     char path[PATH_MAX + 32], datadir[PATH_MAX];
@@ -240,7 +230,6 @@ int wk_run(const char *jobdir, int events_fd) {
     o.tokenizer_path = tok[0] ? tok : NULL;
     o.out_dir = out_dir;
     o.checkpoint_path = ckpt;
-    o.stop = &stop_flag;
     o.progress = on_progress;
     o.progress_ctx = &em;
 
@@ -256,7 +245,7 @@ int wk_run(const char *jobdir, int events_fd) {
     if (rc == QD_OK) {
         emit_line(&em, api_event_log("info", "pipeline finished"));
         status = WK_EXIT_OK;
-    } else if (rc == 1) {
+    } else if (rc == QD_STOPPED) {
         emit_line(&em, api_event_log("info", "stopped; checkpoint written"));
         fprintf(stderr, "worker: stopped; checkpoint written\n");
         status = WK_EXIT_STOPPED;

@@ -5,6 +5,7 @@
  * (RMSNorm or LayerNorm with bias), the MLP activation (SiLU or tanh GELU) and the embedding
  * scale; the three paths below share them through norm(), embed() and qd_act_real. */
 #include "quant/fp/forward.h"
+#include "base/stop.h"
 #include "base/sys.h"
 #include "quant/fp/layers.h"
 
@@ -102,6 +103,7 @@ int qd_forward_ws(const qd_model *m, qd_fwd_ws *ws, const int *tokens, int B, in
     for (size_t n = 0; n < N; n++) embed(m, x + n * D, tokens[n]);
     float scale = 1.0f / sqrtf((float)hd);
     for (int l = 0; l < c->n_layers; l++) {
+        if (qd_stop_requested()) return qd_stopped(err);
         const qd_layer *L = &m->layers[l];
         norm(c, xn, x, L->attn_norm, L->attn_norm_b, N);
         linear(q, xn, L->wq, L->bq, N, qd, D);

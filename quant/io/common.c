@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "base/stop.h"
 #include "quant/io/half.h"
 
 int qd_map_open(qd_map *m, const char *path, qd_err *err) {
@@ -45,6 +46,7 @@ void qd_map_close(qd_map *m) {
 int qd_convert_f32(float *dst, const void *src, int src_type, size_t n, const char *path,
                    const char *tensor, qd_err *err) {
     const uint8_t *s = src;
+    if (qd_stop_requested()) return qd_stopped(err); /* once per tensor: load stops promptly */
     switch (src_type) {
     case QD_SRC_F32:
         memcpy(dst, s, n * sizeof(float));

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "quant/model.h"
+#include "base/stop.h"
 #include "quant/io/common.h"
 #include "quant/io/ggml_blocks.h"
 #include "quant/vocab.h"
@@ -679,6 +680,7 @@ static int take(loader *ld, const char *name, uint64_t rows, uint64_t cols, floa
     if (ld->check_only) return QD_OK;
     if (src >= 0) return qd_convert_f32(dst, t->data, src, (size_t)t->n_elems, g->path, name, ld->err);
     /* parse_tensor_info checked ne[0] against the block size and the bytes against the file */
+    if (qd_stop_requested()) return qd_stopped(ld->err);
     if (qd_ggml_dequantize(t->type, t->data, dst, (size_t)t->n_elems) != 0) {
         char b[16];
         return qd_errf(ld->err, "%s: tensor %s: internal: cannot dequantize %s", g->path, name,

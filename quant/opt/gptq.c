@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/stop.h"
+
 void qd_gptq_defaults(qd_gptq_opts *o) {
     o->damp = 0.01;
     o->act_order = 1;
@@ -369,6 +371,10 @@ int qd_gptq_qsim(qd_qsim *q, const int *tokens, int n_windows, int T, const qd_g
             if (fpt) memset(C, 0, sizeof(double) * (size_t)cols * cols);
             for (int w0 = 0; w0 < n_windows; w0 += Bm) {
                 int nb = n_windows - w0 < Bm ? n_windows - w0 : Bm, n;
+                if (qd_stop_requested()) {
+                    qd_stopped(err);
+                    goto out;
+                }
                 if (fpt) {
                     q->wq_on = q->aq_on = 0;
                     q->rc.cursor = 0;
@@ -385,6 +391,10 @@ int qd_gptq_qsim(qd_qsim *q, const int *tokens, int n_windows, int T, const qd_g
             }
             for (int k = 0; k < 3 && stage_w[st][k] >= 0; k++) {
                 int w = stage_w[st][k], rows = L->wrows[w];
+                if (qd_stop_requested()) {
+                    qd_stopped(err);
+                    goto out;
+                }
                 qd_qsim_weight_let(q, l, w, t);
                 qd_qsim_weight_enc(q, l, w, sc, zp);
                 const qd_real *src = t;

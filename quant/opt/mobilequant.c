@@ -10,6 +10,7 @@
 #include "base/limits.h"
 #include "quant/opt/optim.h"
 #include "base/hash.h"
+#include "base/stop.h"
 #include "base/sys.h"
 
 void qd_mq_defaults(qd_mq_opts *o, int wbits) {
@@ -170,11 +171,12 @@ static int push_sel(qd_mq_result *r, long step, float loss) {
 
 /* One candidate state: its held-out loss joins the record, and it becomes the kept state when
  * strictly better (ties keep the earlier state). */
-static int select_state(trainer *t, qd_mq_result *res, long step) {
+static int select_state(trainer *t, qd_mq_result *res, long step, qd_err *err) {
     qd_qsim *q = t->q;
     float l = holdout_loss(q, t->hwin, t->nh, t->T, t->htgt, t->x0, t->out);
+    if (qd_stop_requested()) return qd_stopped(err); /* l is not a loss */
     res->tokens += (size_t)t->nh * t->T;
-    if (push_sel(res, step, l)) return QD_ERR;
+    if (push_sel(res, step, l)) return qd_errf(err, "%s: out of memory", __func__);
     if (res->kept_step < 0 || l < res->kept_loss) {
         res->kept_step = step, res->kept_loss = l;
         memcpy(t->best, q->p, sizeof(qd_real) * q->n_params);
@@ -224,6 +226,17 @@ static void lrl_lr_scale(const qd_qsim *q, float *f) {
     }
 }
 
+/* The trainer's state after `done` steps into the checkpoint (with the selection's record). */
+static int save_state(const trainer *t, const qd_mq_result *res, const qd_adam *a, uint64_t fprint,
+                      long done, uint64_t rng_state, qd_err *err) {
+    qd_ckpt ck = {fprint, done, a->total_steps, rng_state, res->loss, res->n_loss, NULL, 0};
+    if (t->nh && !(ck.extra = sel_pack(t, res, &ck.n_extra)))
+        return qd_errf(err, "%s: out of memory", __func__);
+    int rc = qd_ckpt_save(t->o->checkpoint_path, &ck, a, t->q->p, err);
+    free(ck.extra);
+    return rc;
+}
+
 static int train_e2e(trainer *t, qd_mq_result *res, qd_err *err) {
     qd_qsim *q = t->q;
     const qd_mq_opts *o = t->o;
@@ -241,8 +254,6 @@ static int train_e2e(trainer *t, qd_mq_result *res, qd_err *err) {
     }
     for (size_t i = 0; i < q->n_params; i++) lrf[i] = 1;
     if (o->lrl_relative) a->lr_scale = lrf;
-    fp_targets(q, t->win, t->nw, T, t->x0, targets);
-    res->tokens += (size_t)t->nw * T;
     long spe = (t->nw + B - 1) / B;
     a->total_steps = spe * o->epochs;
     set_lrs(a, o, 1);
@@ -267,10 +278,16 @@ static int train_e2e(trainer *t, qd_mq_result *res, qd_err *err) {
             }
         }
     }
-    if (t->nh && start == 0 && select_state(t, res, 0)) {
-        qd_errf(err, "%s: out of memory", __func__);
+    /* a checkpoint of the finished training (stopped in a later phase) skips the targets too */
+    if (start < a->total_steps) {
+        fp_targets(q, t->win, t->nw, T, t->x0, targets);
+        res->tokens += (size_t)t->nw * T;
+    }
+    if (qd_stop_requested()) {
+        qd_stopped(err);
         goto out;
     }
+    if (t->nh && start == 0 && select_state(t, res, 0, err)) goto out;
     double ph0 = qd_now();
     long cur_epoch = -1;
     uint64_t rng_state = 0;
@@ -294,6 +311,15 @@ static int train_e2e(trainer *t, qd_mq_result *res, qd_err *err) {
         qd_qsim_forward_blocks(q, t->x0, t->out, b, T);
         double loss = mse(t->out, t->tgt, t->dout, per * (size_t)b);
         qd_qsim_backward_blocks(q, t->dout);
+        if (qd_stop_requested()) {
+            /* stopped within the step: the parameters are still those after `step` steps */
+            if (o->checkpoint_path && step > start &&
+                save_state(t, res, a, fprint, step, rng_state, err))
+                goto out;
+            res->stopped = 1;
+            rc = QD_STOPPED;
+            goto out;
+        }
         double lr = qd_adam_lr(a, QD_GRP_LET);
         if (o->lrl_relative) lrl_lr_scale(q, lrf);
         qd_adam_step(a, q->p, q->g);
@@ -304,31 +330,28 @@ static int train_e2e(trainer *t, qd_mq_result *res, qd_err *err) {
         }
         res->steps++;
         res->tokens += (size_t)b * T;
+        /* a stop within the held-out pass leaves the last checkpoint as it is: this step's
+         * candidate is not in the record, so the step cannot be saved */
         if (t->nh && ((step + 1) % every == 0 || step + 1 == a->total_steps) &&
-            select_state(t, res, step + 1)) {
-            qd_errf(err, "%s: out of memory", __func__);
+            select_state(t, res, step + 1, err))
             goto out;
-        }
         report(o, "optimize", step + 1 - start, a->total_steps - start, loss, lr, ph0);
-        int stop = o->stop && *o->stop;
+        int stop = qd_stop_requested();
         int due = o->checkpoint_every > 0 && (step + 1) % o->checkpoint_every == 0;
-        if (o->checkpoint_path && (stop || due) && step + 1 < a->total_steps) {
-            qd_ckpt ck = {fprint, step + 1, a->total_steps, rng_state, res->loss,
-                          res->n_loss, NULL, 0};
-            if (t->nh && !(ck.extra = sel_pack(t, res, &ck.n_extra))) {
-                qd_errf(err, "%s: out of memory", __func__);
-                goto out;
-            }
-            int sr = qd_ckpt_save(o->checkpoint_path, &ck, a, q->p, err);
-            free(ck.extra);
-            if (sr) goto out;
-        }
+        if (o->checkpoint_path && (stop || due) && step + 1 < a->total_steps &&
+            save_state(t, res, a, fprint, step + 1, rng_state, err))
+            goto out;
         if (stop && step + 1 < a->total_steps) {
             res->stopped = 1;
-            rc = 1;
+            rc = QD_STOPPED;
             goto out;
         }
     }
+    /* the finished training, so that a stop in a later phase (GPTQ, evaluation, export)
+     * resumes without training again; the pipeline removes it when the run completes */
+    if (o->checkpoint_path && start < a->total_steps &&
+        save_state(t, res, a, fprint, a->total_steps, rng_state, err))
+        goto out;
     /* the kept state replaces the last one */
     if (t->nh) memcpy(q->p, t->best, sizeof(qd_real) * q->n_params);
     rc = QD_OK;
@@ -386,6 +409,11 @@ static int train_blockwise(trainer *t, qd_mq_result *res, qd_err *err) {
             gather(fp_out, perm + i * B, b, per, t->tgt);
             qd_qsim_zero_grad(q);
             q->rc.cursor = 0;
+            if (qd_stop_requested()) {
+                res->stopped = 1;
+                rc = QD_STOPPED;
+                goto out;
+            }
             qd_qsim_layer_forward(q, l, t->x0, t->out, b, T);
             double loss = mse(t->out, t->tgt, t->dout, per * (size_t)b);
             qd_qsim_layer_backward(q, l, t->dout, NULL);
@@ -398,11 +426,6 @@ static int train_blockwise(trainer *t, qd_mq_result *res, qd_err *err) {
             res->steps++, done++;
             res->tokens += (size_t)b * T;
             report(o, "optimize", done, total_all, loss, lr, ph0);
-            if (o->stop && *o->stop) {
-                res->stopped = 1;
-                rc = 1;
-                goto out;
-            }
         }
         /* inputs of the next block: this block, quantized, on the quantized inputs */
         for (int w = 0; w < nw; w++) {
@@ -513,6 +536,10 @@ int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_o
     if (training && o->lwc_grid > 0) qd_qsim_search_lwc(q, st, o->lwc_grid, o->lwc_rmin);
     qd_qstats_free(st);
     st = NULL;
+    if (qd_stop_requested()) {
+        qd_stopped(err);
+        goto out;
+    }
     report(o, "calibrate", 2, 2, NAN, NAN, ph0);
     q->lwc_on = training;
 
@@ -576,7 +603,7 @@ int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_o
             if (nl) go.target_damp = k < nl ? lambdas[k] : lambdas[best];
             for (int l = 0; l < m->cfg.n_layers; l++)
                 for (int w = 0; w < QD_W_PER_LAYER; w++) qd_qsim_set_wfix(ev, l, w, NULL);
-            report(o, "calibrate", k, nl + 1, NAN, NAN, ph0);
+            report(o, "gptq", k, nl + 1, NAN, NAN, ph0);
             if (qd_gptq_qsim(ev, win, nw, T, &go, err)) {
                 qd_qsim_free(ev);
                 goto out;
@@ -601,5 +628,5 @@ out:
     free(tr.x0), free(tr.out), free(tr.tgt), free(tr.dout), free(tr.tok);
     free(tr.htgt), free(tr.best);
     qd_qsim_free(q);
-    return rc;
+    return qd_stop_status(rc);
 }

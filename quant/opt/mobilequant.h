@@ -10,8 +10,6 @@
 #ifndef QD_MOBILEQUANT_H
 #define QD_MOBILEQUANT_H
 
-#include <signal.h>
-
 #include "quant/opt/gptq.h"
 #include "quant/sim/fakequant.h"
 #include "quant/progress.h"
@@ -46,7 +44,6 @@ typedef struct qd_mq_opts {
     uint64_t fingerprint;              /* identifies the run's inputs (model, data) in the
                                           checkpoint; qd_mq_run folds in every setting above
                                           (qd_mq_fingerprint) */
-    volatile sig_atomic_t *stop;
     qd_progress_fn progress;
     void *progress_ctx;
     double t0;                         /* qd_now() at the start of the pipeline */
@@ -93,7 +90,10 @@ uint64_t qd_mq_fingerprint(const qd_mq_opts *o, uint64_t h);
 
 /* Runs the method on n_calib calibration tokens. On success *out is the trained simulation,
  * all quantizers on, ready for qd_qsim_logits (caller frees with qd_qsim_free); QD_OK.
- * Returns 1 (and *out NULL) when stopped; QD_ERR with err set on failure. */
+ * Returns QD_STOPPED (and *out NULL) when a stop was requested (base/stop.h), which it polls
+ * per window, layer and step: mobilequant then saves its checkpoint (the steps done, or the
+ * finished training when the stop comes after it, so that a rerun resumes there); QD_ERR with
+ * err set on failure. */
 int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_opts *o,
               qd_qsim **out, qd_mq_result *res, qd_err *err);
 

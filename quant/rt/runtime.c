@@ -26,6 +26,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "base/stop.h"
 #include "quant/rt/int_ops.h"
 
 typedef struct lin_rt {
@@ -1226,6 +1227,7 @@ static int forward_chunk(qd_qrt *rt, qrt_ws *w, int par, qd_qrt_kv *kv, const in
                 (int16_t)qd_clamp32(qd_qmul32(row[d] - zr, rt->emb_m[t]) + rt->z_emb, -32768, 32767);
     }
     for (int l = 0; l < c->n_layers; l++) {
+        if (qd_stop_requested()) return qd_stopped(err);
         layer_rt *L = &rt->L[l];
         int8_t *kc = kv->k + (size_t)l * kv->max_T * KVd, *vc = kv->v + (size_t)l * kv->max_T * KVd;
         for (int i = 0; i < n; i++) norm_row(rt, &L->n1, &L->ln1, w->x + (size_t)i * D, L->g1, w->h8 + (size_t)i * D);

@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/stop.h"
+
 /* ---------------------------------------------------------------- tables */
 
 static const int aclass_bits[QD_AC_COUNT] = {16, 8, 8, 8, 16, 16, 8, 16, 8, 8, 8, 16, 16};
@@ -723,6 +725,7 @@ QD_API void qd_qsim_forward_blocks(qd_qsim *q, const qd_real *x0, qd_real *out, 
     size_t ND = (size_t)B * T * q->cfg.dim;
     const qd_real *in = x0;
     for (int l = 0; l < q->cfg.n_layers; l++) {
+        if (qd_stop_requested()) return; /* the caller polls it too: out is not used */
         qd_real *o = l == q->cfg.n_layers - 1 ? out : (l % 2 ? P->xb : P->xa);
         qd_qsim_layer_forward(q, l, in, o, B, T);
         in = o;
@@ -736,6 +739,7 @@ QD_API void qd_qsim_backward_blocks(qd_qsim *q, const qd_real *dout) {
     size_t ND = (size_t)A->B * A->T * q->cfg.dim;
     const qd_real *d = dout;
     for (int l = q->cfg.n_layers - 1; l >= 0; l--) {
+        if (qd_stop_requested()) return; /* the caller polls it too: no step is taken */
         qd_real *dx = NULL;
         if (l > 0) {
             dx = (l % 2) ? P->xa : P->xb; /* ping-pong, never the buffer d points to */
@@ -835,6 +839,7 @@ QD_API int qd_qsim_logits(qd_qsim *q, const int *tokens, int B, int T, float *lo
          * copy so that x0 (hf) is free again for the head */
         const qd_real *in = x0;
         for (int l = 0; l < q->cfg.n_layers; l++) {
+            if (qd_stop_requested()) return qd_stopped(err);
             qd_real *o = (l % 2) ? P->xb : P->xa;
             qd_qsim_layer_forward(q, l, in, o, nb, T);
             in = o;
@@ -1095,6 +1100,7 @@ QD_API double qd_qsim_search_lwc(qd_qsim *q, const qd_qstats *st, int n, double 
     for (int l = 0; l < q->cfg.n_layers; l++) {
         qd_qlayer *L = &q->L[l];
         for (int w = 0; w < QD_W_PER_LAYER; w++) {
+            if (qd_stop_requested()) return 1; /* the caller polls it too */
             int rows = L->wrows[w], cols = L->wcols[w];
             qd_wq_spec sp = L->wspec[w];
             int groups = sp.per_channel ? rows : 1;

@@ -3,6 +3,7 @@
  * the byte offset for bad UTF-8, the line for bad JSON, the index for a bad id. */
 #include "quant/text/data.h"
 #include "base/fs.h"
+#include "base/stop.h"
 #include "base/str.h"
 
 #include <cjson/cJSON.h>
@@ -66,6 +67,7 @@ static int add_doc(const char *name, size_t line, const qd_tokenizer *tok, const
     int *ids;
     size_t k;
     qd_err e;
+    if (qd_stop_requested()) return qd_stopped(err);
     if (qd_tok_encode(tok, s, n, qd_tok_bos(tok) >= 0, &ids, &k, &e) != QD_OK) {
         if (line) return qd_errf(err, "%s:%zu: %s", name, line, e.msg);
         return qd_errf(err, "%s: %s", name, e.msg);
