@@ -148,9 +148,9 @@ static int layer_errors(qd_qsim *q, const int *ev, size_t n_ev, int T, qd_layer_
 }
 
 static int run_variant(const qd_quant_opts *o, const qd_model *m, const int *calib,
-                       size_t n_calib, const int *ev, size_t n_ev, const char *method,
-                       uint64_t fp, double t0, qd_report_variant *v, qd_encodings **enc, qd_layer_err *le,
-                       qd_err *err) {
+                       size_t n_calib, const qd_eval_ref *ref, const int *ev, size_t n_ev,
+                       const char *method, uint64_t fp, double t0, qd_report_variant *v,
+                       qd_encodings **enc, qd_layer_err *le, qd_err *err) {
     qd_mq_opts mo;
     qd_mq_defaults(&mo, o->wbits);
     snprintf(mo.method, sizeof mo.method, "%s", method);
@@ -174,8 +174,7 @@ static int run_variant(const qd_quant_opts *o, const qd_model *m, const int *cal
     int rc = qd_mq_run(m, calib, n_calib, &mo, &q, &v->res, err);
     if (rc != QD_OK) return rc;
     progress(o, "eval", t0);
-    rc = qd_eval_compare(qd_fp32_logits_fn, (void *)m, qd_qsim_logits_fn, q, m->cfg.vocab_size,
-                         ev, n_ev, o->seq_len, &v->cmp, err);
+    rc = qd_eval_ref_compare(ref, qd_qsim_logits_fn, q, &v->cmp, err);
     if (rc == QD_OK && le && main_method) rc = layer_errors(q, ev, n_ev, o->seq_len, le, err);
     if (rc == QD_OK && enc && main_method) {
         progress(o, "fold", t0);
@@ -284,7 +283,7 @@ static void write_tokenizer(const qd_quant_opts *o, const qd_model *m, const cha
  * reads the integer artifact back from disk and evaluates it with the integer runtime on the
  * evaluation tokens: the figure is the artifact's, not the in-memory model's. */
 static int export_artifacts(const qd_quant_opts *o, const qd_model *m, const qd_encodings *E,
-                            const char *model_sha, const int *ev, size_t n_ev, double t0,
+                            const char *model_sha, const qd_eval_ref *ref, double t0,
                             qd_report_export *x, qd_err *err) {
     double ts = qd_now();
     memset(x, 0, sizeof *x);
@@ -311,9 +310,7 @@ static int export_artifacts(const qd_quant_opts *o, const qd_model *m, const qd_
     qd_qrt_defaults(&ro);
     ro.threads = o->threads;
     if (!(rt = qd_qrt_load(qpath, &ro, err))) goto out;
-    if (qd_eval_compare(qd_fp32_logits_fn, (void *)m, qd_qrt_logits_fn, rt, m->cfg.vocab_size, ev,
-                        n_ev, o->seq_len, &x->cmp, err))
-        goto out;
+    if (qd_eval_ref_compare(ref, qd_qrt_logits_fn, rt, &x->cmp, err)) goto out;
     x->qint_bytes = disk_bytes(qpath);
     x->enc_bytes = disk_bytes(epath);
     x->folded_bytes = disk_bytes(fdir);
@@ -485,21 +482,23 @@ static uint64_t fingerprint(const qd_quant_opts *o, const inputs *in) {
     return qd_fnv64(fp, lrs, sizeof lrs);
 }
 
-/* FP32's figures, then the chosen method first (it is the one that can be stopped and
- * resumed), then the baselines that are not it. *enc gets the chosen method's encodings.
- * 1 when stopped through o->stop (the checkpoint holds the state). */
+/* FP32's figures and the reference every variant is compared with (*ref, computed once),
+ * then the chosen method first (it is the one that can be stopped and resumed), then the
+ * baselines that are not it. *enc gets the chosen method's encodings. QD_STOPPED when stopped
+ * (the checkpoint holds the state). */
 static int run_variants(const qd_quant_opts *o, const inputs *in, double t0, qd_report *rep,
-                        qd_encodings **enc, qd_err *err) {
+                        qd_eval_ref **ref, qd_encodings **enc, qd_err *err) {
     const qd_model *m = in->m;
     progress(o, "eval", t0);
-    if (qd_eval_compare(qd_fp32_logits_fn, (void *)m, qd_fp32_logits_fn, (void *)m,
-                        m->cfg.vocab_size, in->ev, in->n_ev, o->seq_len, &rep->fp32, err))
-        return QD_ERR;
+    *ref = qd_eval_ref_new(qd_fp32_logits_fn, (void *)m, m->cfg.vocab_size, in->ev, in->n_ev,
+                           o->seq_len, 0, &rep->fp32, err);
+    if (!*ref) return QD_ERR;
+    qd_eval_ref_stats(*ref, &rep->ref);
     const char *order[3] = {o->method, qd_method_name(QD_METHOD_RTN),
                             qd_method_name(QD_METHOD_SMOOTHQUANT)};
     for (int k = 0; k < 3; k++) {
         if (k > 0 && !strcmp(order[k], o->method)) continue;
-        int r = run_variant(o, m, in->calib, in->n_calib, in->ev, in->n_ev, order[k],
+        int r = run_variant(o, m, in->calib, in->n_calib, *ref, in->ev, in->n_ev, order[k],
                             rep->fingerprint, t0, &rep->var[rep->n_variants],
                             k == 0 ? enc : NULL, k == 0 ? &rep->layers : NULL, err);
         rep->n_variants++;
@@ -531,20 +530,21 @@ int qd_quantize(const qd_quant_opts *o, qd_err *err) {
     inputs in;
     memset(&in, 0, sizeof in);
     qd_encodings *enc = NULL;
+    qd_eval_ref *ref = NULL;
     qd_report rep;
     qd_report_init(&rep, o, t0);
 
     progress(o, "load", t0);
     if (load_inputs(o, &in, &rep, field, err)) goto out;
     rep.fingerprint = fingerprint(o, &in);
-    rc = run_variants(o, &in, t0, &rep, &enc, err);
+    rc = run_variants(o, &in, t0, &rep, &ref, &enc, err);
     if (rc != QD_OK) goto out; /* QD_STOPPED: stopped */
     rc = QD_ERR;
 
     /* the deployable artifacts, and the integer runtime's figures on the written artifact */
     progress(o, "export", t0);
     /* no report once a stop is requested: a stopped run never looks finished */
-    if (export_artifacts(o, in.m, enc, rep.sha_model, in.ev, in.n_ev, t0, &rep.ex, err) ||
+    if (export_artifacts(o, in.m, enc, rep.sha_model, ref, t0, &rep.ex, err) ||
         qd_stop_requested() || qd_report_write(&rep, o->out_dir, err))
         goto out;
     /* the run is complete: its checkpoint would only make a rerun skip the work */
@@ -553,6 +553,7 @@ int qd_quantize(const qd_quant_opts *o, qd_err *err) {
 out:
     qd_report_clear(&rep);
     qd_encodings_free(enc);
+    qd_eval_ref_free(ref);
     inputs_free(&in);
     return qd_stop_status(rc);
 }

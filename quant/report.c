@@ -93,6 +93,13 @@ static void add_eval(cJSON *rep, const qd_report *r) {
         cJSON_AddItemToObject(evj, r->var[k].name, cmp_json(&r->var[k].cmp));
     cJSON_AddItemToObject(evj, QD_RK_EVAL_INT, cmp_json(&r->ex.cmp));
     cJSON_AddStringToObject(evj, QD_RK_EVAL_INT_OF, r->o->method);
+    /* how the FP32 side was kept (computed once): what KL's tail lumps together */
+    cJSON *rj = cJSON_AddObjectToObject(evj, "reference");
+    cJSON_AddNumberToObject(rj, "bytes", (double)r->ref.bytes);
+    cJSON_AddNumberToObject(rj, "kept_max", r->ref.kept_max);
+    cJSON_AddNumberToObject(rj, "kept_mean", r->ref.kept_mean);
+    cJSON_AddNumberToObject(rj, "tail_max", r->ref.tail_max);
+    cJSON_AddNumberToObject(rj, "tail_mean", r->ref.tail_mean);
 
     const qd_layer_err *le = &r->layers;
     if (le->n > 0) {

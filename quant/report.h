@@ -8,10 +8,11 @@
  *   budget {samples, seq_len, epochs, windows_used, batch}, seed, threads;
  *   inputs {model, calibration, eval | eval_split, calibration_tokens, model_params,
  *           fingerprint (16 hex digits: the checkpoint's), sha256 {model, calibration[, eval]}};
- *   eval {tokens, ctx_len, fp32, <every variant run>, int, int_of}: each variant
+ *   eval {tokens, ctx_len, fp32, <every variant run>, int, int_of, reference}: each variant
  *        {ppl, nll, kl, top1, seconds} against FP32 on the same evaluation tokens; int is the
  *        written model.qint.safetensors read back and run by the integer runtime, int_of the
- *        method it quantizes;
+ *        method it quantizes; reference {bytes, kept_max, kept_mean, tail_max, tail_mean}: the
+ *        FP32 side, computed once and kept sparse (qd_eval_ref_stats);
  *   per_layer [{layer, mse, mse_isolated}] and per_layer_tokens: MSE of each block's output,
  *        fake-quant vs FP32, with the errors of earlier layers (mse) and alone on FP32's input
  *        (mse_isolated);
@@ -92,6 +93,7 @@ typedef struct qd_report {
     char sha_model[65], sha_calib[65], sha_eval[65];
     /* evaluation */
     qd_cmp_result fp32;
+    qd_eval_ref_info ref;   /* the FP32 reference the variants were compared with (eval.h) */
     int n_variants;
     qd_report_variant var[QD_REPORT_MAX_VARIANTS]; /* [0]: the chosen method, then baselines */
     qd_layer_err layers;

@@ -226,7 +226,9 @@ static void pipeline(int wbits, const char *enc_version) {
     double rep_fp = jnum(r, "eval/fp32/ppl");
     /* cJSON prints 15 significant digits when they read back within its epsilon */
     CHECK(fabs(ci.ppl - rep_int) <= 1e-12 * rep_int, "int ppl %.15g, report %.15g", ci.ppl, rep_int);
-    CHECK(fabs(ci.kl - jnum(r, "eval/int/kl")) <= 1e-12 * ci.kl + 1e-15 &&
+    /* the report's KL is against the FP32 reference kept once (eval.h): within 1e-5 relative
+     * of the two-model comparison's */
+    CHECK(fabs(ci.kl - jnum(r, "eval/int/kl")) <= 1e-5 * ci.kl + 1e-15 &&
           fabs(ci.top1 - jnum(r, "eval/int/top1")) <= 1e-12, "int kl %.12g top1 %.12g differ from the report's %.12g %.12g",
           ci.kl, ci.top1, jnum(r, "eval/int/kl"), jnum(r, "eval/int/top1"));
     /* the bound: integer runtime within 1% of the fake-quant simulation */

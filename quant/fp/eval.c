@@ -1,6 +1,7 @@
 /* Variant-vs-FP32 comparison (eval.h). Log-softmax in double: KL of two close distributions is
  * a small difference of large sums. */
 #include "quant/fp/eval.h"
+#include "base/stop.h"
 #include "base/sys.h"
 
 #include <math.h>
@@ -28,14 +29,49 @@ static int argmax(const float *x, int V) {
     return a;
 }
 
+/* Windows per forward call: at most 1024 tokens, and at most QD_EVAL_BATCH_CELLS logits so
+ * that a large vocabulary does not hold a large buffer. */
+#define QD_EVAL_BATCH_CELLS ((size_t)32 << 20)
+static int eval_batch(int ctx_len, int vocab) {
+    int B = ctx_len >= 1024 ? 1 : 1024 / ctx_len;
+    size_t most = QD_EVAL_BATCH_CELLS / ((size_t)ctx_len * (size_t)vocab);
+    if ((size_t)B > most) B = most > 0 ? (int)most : 1;
+    return B;
+}
+
+/* The windows of eval.h, b at a time from window w: 0 when there are none left. */
+static int next_batch(size_t n, int ctx_len, int B, size_t w, int *b, int *T) {
+    size_t full = n / (size_t)ctx_len, rest = n - full * (size_t)ctx_len;
+    *T = ctx_len;
+    if (w < full) *b = (int)(full - w < (size_t)B ? full - w : (size_t)B);
+    else if (w == full && rest >= 2) *b = 1, *T = (int)rest;
+    else return 0;
+    return 1;
+}
+
+static int check_args(int ctx_len, size_t n, qd_err *err) {
+    if (ctx_len < 2) return qd_errf(err, "eval: context length %d < 2", ctx_len);
+    if (n < 2) return qd_errf(err, "eval: %zu tokens, need at least 2", n);
+    return QD_OK;
+}
+
+static void finish(qd_cmp_result *res, double nll, double kl, size_t agree, size_t count,
+                   double t0) {
+    res->tokens = count;
+    res->nll = nll / (double)count;
+    res->ppl = exp(res->nll);
+    res->kl = kl / (double)count;
+    res->top1 = (double)agree / (double)count;
+    res->seconds = qd_now() - t0;
+}
+
 int qd_eval_compare(qd_logits_fn ref, void *ref_ctx, qd_logits_fn var, void *var_ctx, int vocab,
                     const int *ids, size_t n, int ctx_len, qd_cmp_result *res, qd_err *err) {
     memset(res, 0, sizeof *res);
-    if (ctx_len < 2) return qd_errf(err, "eval: context length %d < 2", ctx_len);
-    if (n < 2) return qd_errf(err, "eval: %zu tokens, need at least 2", n);
+    if (check_args(ctx_len, n, err)) return QD_ERR;
     double t0 = qd_now();
     int same = ref == var && ref_ctx == var_ctx;
-    int B = ctx_len >= 1024 ? 1 : 1024 / ctx_len;
+    int B = eval_batch(ctx_len, vocab);
     size_t cells = (size_t)B * ctx_len * vocab;
     float *lr = malloc(sizeof(float) * cells);
     float *lv = same ? lr : malloc(sizeof(float) * cells);
@@ -47,13 +83,8 @@ int qd_eval_compare(qd_logits_fn ref, void *ref_ctx, qd_logits_fn var, void *var
     }
     double nll = 0, kl = 0;
     size_t agree = 0, count = 0;
-    size_t full = n / (size_t)ctx_len, rest = n - full * (size_t)ctx_len;
-    /* full windows B at a time, then the remainder (when it predicts anything) */
-    for (size_t w = 0;;) {
-        int b, T = ctx_len;
-        if (w < full) b = (int)(full - w < (size_t)B ? full - w : (size_t)B);
-        else if (w == full && rest >= 2) b = 1, T = (int)rest;
-        else break;
+    int b, T;
+    for (size_t w = 0; next_batch(n, ctx_len, B, w, &b, &T); w += (size_t)b) {
         const int *win = ids + w * (size_t)ctx_len;
         if (ref(ref_ctx, win, b, T, lr, err)) goto out;
         if (!same && var(var_ctx, win, b, T, lv, err)) goto out;
@@ -74,18 +105,231 @@ int qd_eval_compare(qd_logits_fn ref, void *ref_ctx, qd_logits_fn var, void *var
                 }
                 count++;
             }
-        w += (size_t)b;
     }
-    res->tokens = count;
-    res->nll = nll / (double)count;
-    res->ppl = exp(res->nll);
-    res->kl = kl / (double)count;
-    res->top1 = (double)agree / (double)count;
-    res->seconds = qd_now() - t0;
+    finish(res, nll, kl, agree, count, t0);
     rc = QD_OK;
 out:
     free(lr);
     if (!same) free(lv);
     free(pr), free(pv);
     return rc;
+}
+
+/* ---- the reference computed once ---------------------------------------------------------- */
+
+struct qd_eval_ref {
+    int vocab, ctx_len;
+    const int *ids;   /* borrowed (qd_eval_ref_new) */
+    size_t n, n_pos;
+    int k_cap;        /* tokens kept at most per position (from the memory budget) */
+    size_t *off;      /* n_pos + 1: position p keeps tok/lp[off[p] .. off[p+1]) */
+    int32_t *top;     /* n_pos: the reference's argmax */
+    int32_t *tok;     /* kept token ids */
+    float *lp;        /* their log-probabilities under the reference */
+    double *tail;     /* n_pos: the reference's probability of every token not kept */
+    size_t cap;
+    double tail_sum, tail_max;
+};
+
+typedef struct {
+    float v;
+    int32_t id;
+} kv_t;
+
+/* min-heap on v: its root is the smallest of the k largest seen */
+static void heap_down(kv_t *h, int n, int i) {
+    for (;;) {
+        int l = 2 * i + 1, r = l + 1, m = i;
+        if (l < n && h[l].v < h[m].v) m = l;
+        if (r < n && h[r].v < h[m].v) m = r;
+        if (m == i) return;
+        kv_t t = h[i];
+        h[i] = h[m], h[m] = t;
+        i = m;
+    }
+}
+
+/* Keeps one row's tokens (x: logits, lp: their log-softmax) whose probability is at least
+ * QD_EVAL_TAIL / vocab, so the rest holds at most QD_EVAL_TAIL; when they are more than
+ * k_cap, the k_cap most likely (a heap). h: k_cap entries; mark: vocab bytes, zero on entry and
+ * on exit. */
+static int keep_row(qd_eval_ref *r, size_t p, const float *x, const double *lp, kv_t *h,
+                    unsigned char *mark) {
+    int V = r->vocab, K = r->k_cap, n = 0;
+    double floor_lp = log(QD_EVAL_TAIL) - log((double)V);
+    for (int j = 0; j < V; j++) {
+        if (lp[j] < floor_lp) continue;
+        float v = x[j];
+        if (n < K) {
+            h[n++] = (kv_t){v, j};
+            if (n == K)
+                for (int i = K / 2 - 1; i >= 0; i--) heap_down(h, K, i);
+        } else if (v > h[0].v) {
+            h[0] = (kv_t){v, j};
+            heap_down(h, K, 0);
+        }
+    }
+    size_t o = r->off[p];
+    if (o + (size_t)n > r->cap) {
+        size_t nc = r->cap ? r->cap * 2 : (size_t)4096;
+        while (nc < o + (size_t)n) nc *= 2;
+        int32_t *nt = realloc(r->tok, sizeof *nt * nc);
+        if (!nt) return QD_ERR;
+        r->tok = nt;
+        float *nl = realloc(r->lp, sizeof *nl * nc);
+        if (!nl) return QD_ERR;
+        r->lp = nl, r->cap = nc;
+    }
+    for (int i = 0; i < n; i++) {
+        r->tok[o + i] = h[i].id, r->lp[o + i] = (float)lp[h[i].id];
+        mark[h[i].id] = 1;
+    }
+    /* the rest's mass summed over the rest, not as 1 - kept: it may be 1e-9 */
+    double rest = 0;
+    if (n < V)
+        for (int j = 0; j < V; j++)
+            if (!mark[j]) rest += exp(lp[j]);
+    for (int i = 0; i < n; i++) mark[h[i].id] = 0;
+    r->top[p] = argmax(x, V);
+    r->tail[p] = rest;
+    r->tail_sum += rest;
+    if (rest > r->tail_max) r->tail_max = rest;
+    r->off[p + 1] = o + (size_t)n;
+    return QD_OK;
+}
+
+void qd_eval_ref_free(qd_eval_ref *r) {
+    if (!r) return;
+    free(r->off), free(r->top), free(r->tok), free(r->lp), free(r->tail);
+    free(r);
+}
+
+qd_eval_ref *qd_eval_ref_new(qd_logits_fn ref, void *ctx, int vocab, const int *ids, size_t n,
+                             int ctx_len, size_t max_bytes, qd_cmp_result *self, qd_err *err) {
+    memset(self, 0, sizeof *self);
+    if (check_args(ctx_len, n, err)) return NULL;
+    double t0 = qd_now();
+    qd_eval_ref *r = calloc(1, sizeof *r);
+    int B = eval_batch(ctx_len, vocab);
+    float *lg = malloc(sizeof(float) * (size_t)B * ctx_len * vocab);
+    double *lp = malloc(sizeof(double) * (size_t)vocab);
+    unsigned char *mark = calloc((size_t)vocab, 1);
+    kv_t *h = NULL;
+    int ok = 0;
+    if (!r || !lg || !lp || !mark) {
+        qd_errf(err, "eval: out of memory");
+        goto out;
+    }
+    r->vocab = vocab, r->ctx_len = ctx_len, r->ids = ids, r->n = n;
+    /* every window predicts all its positions but its last */
+    size_t full = n / (size_t)ctx_len, rest = n - full * (size_t)ctx_len;
+    r->n_pos = full * (size_t)(ctx_len - 1) + (rest >= 2 ? rest - 1 : 0);
+    size_t budget = max_bytes ? max_bytes : QD_EVAL_REF_BYTES;
+    size_t per = budget / (r->n_pos ? r->n_pos : 1) / (sizeof(int32_t) + sizeof(float));
+    r->k_cap = per >= (size_t)vocab ? vocab : per < QD_EVAL_MIN_KEPT ? QD_EVAL_MIN_KEPT : (int)per;
+    if (r->k_cap > vocab) r->k_cap = vocab;
+    r->off = calloc(r->n_pos + 1, sizeof *r->off);
+    r->top = malloc(sizeof *r->top * (r->n_pos ? r->n_pos : 1));
+    r->tail = malloc(sizeof *r->tail * (r->n_pos ? r->n_pos : 1));
+    h = malloc(sizeof *h * (size_t)r->k_cap);
+    if (!r->off || !r->top || !r->tail || !h) {
+        qd_errf(err, "eval: out of memory");
+        goto out;
+    }
+    double nll = 0;
+    size_t p = 0;
+    int b, T;
+    for (size_t w = 0; next_batch(n, ctx_len, B, w, &b, &T); w += (size_t)b) {
+        const int *win = ids + w * (size_t)ctx_len;
+        if (ref(ctx, win, b, T, lg, err)) goto out;
+        for (int i = 0; i < b; i++)
+            for (int t = 0; t + 1 < T; t++, p++) {
+                const float *x = lg + ((size_t)i * T + t) * vocab;
+                logsoftmax(x, vocab, lp);
+                nll -= lp[win[(size_t)i * T + t + 1]];
+                if (keep_row(r, p, x, lp, h, mark)) {
+                    qd_errf(err, "eval: out of memory for the reference");
+                    goto out;
+                }
+            }
+    }
+    finish(self, nll, 0, p, p, t0);
+    /* what the growth by doubling left over goes back */
+    size_t used = r->off[r->n_pos];
+    if (used > 0 && used < r->cap) {
+        int32_t *nt = realloc(r->tok, sizeof *nt * used);
+        if (nt) r->tok = nt;
+        float *nl = realloc(r->lp, sizeof *nl * used);
+        if (nl) r->lp = nl;
+        if (nt && nl) r->cap = used;
+    }
+    ok = 1;
+out:
+    free(lg), free(lp), free(h), free(mark);
+    if (!ok) {
+        qd_eval_ref_free(r);
+        return NULL;
+    }
+    return r;
+}
+
+int qd_eval_ref_compare(const qd_eval_ref *r, qd_logits_fn var, void *ctx, qd_cmp_result *res,
+                        qd_err *err) {
+    memset(res, 0, sizeof *res);
+    double t0 = qd_now();
+    int V = r->vocab, B = eval_batch(r->ctx_len, V);
+    float *lg = malloc(sizeof(float) * (size_t)B * r->ctx_len * V);
+    double *lq = malloc(sizeof(double) * (size_t)V);
+    unsigned char *mark = calloc((size_t)V, 1);
+    int rc = QD_ERR;
+    if (!lg || !lq || !mark) {
+        qd_errf(err, "eval: out of memory");
+        goto out;
+    }
+    double nll = 0, kl = 0;
+    size_t agree = 0, p = 0;
+    int b, T;
+    for (size_t w = 0; next_batch(r->n, r->ctx_len, B, w, &b, &T); w += (size_t)b) {
+        const int *win = r->ids + w * (size_t)r->ctx_len;
+        if (var(ctx, win, b, T, lg, err)) goto out;
+        for (int i = 0; i < b; i++)
+            for (int t = 0; t + 1 < T; t++, p++) {
+                const float *x = lg + ((size_t)i * T + t) * V;
+                logsoftmax(x, V, lq);
+                nll -= lq[win[(size_t)i * T + t + 1]];
+                agree += argmax(x, V) == r->top[p];
+                /* KL over the kept tokens, and the rest as one token of the two masses */
+                size_t o = r->off[p], e = r->off[p + 1];
+                double k = 0;
+                for (size_t j = o; j < e; j++) {
+                    double lpr = r->lp[j];
+                    k += exp(lpr) * (lpr - lq[r->tok[j]]);
+                }
+                if (r->tail[p] > 0) {
+                    for (size_t j = o; j < e; j++) mark[r->tok[j]] = 1;
+                    double qt = 0;
+                    for (int j = 0; j < V; j++)
+                        if (!mark[j]) qt += exp(lq[j]);
+                    for (size_t j = o; j < e; j++) mark[r->tok[j]] = 0;
+                    k += r->tail[p] * (log(r->tail[p]) - log(qt > 1e-300 ? qt : 1e-300));
+                }
+                kl += k > 0 ? k : 0;
+            }
+    }
+    finish(res, nll, kl, agree, p, t0);
+    rc = QD_OK;
+out:
+    free(lg), free(lq), free(mark);
+    return rc;
+}
+
+void qd_eval_ref_stats(const qd_eval_ref *r, qd_eval_ref_info *info) {
+    info->bytes = sizeof *r + (r->n_pos + 1) * sizeof *r->off +
+                  r->n_pos * (sizeof *r->top + sizeof *r->tail) +
+                  r->cap * (sizeof *r->tok + sizeof *r->lp);
+    info->positions = r->n_pos;
+    info->kept_max = r->k_cap;
+    info->kept_mean = r->n_pos ? (double)r->off[r->n_pos] / (double)r->n_pos : 0;
+    info->tail_max = r->tail_max;
+    info->tail_mean = r->n_pos ? r->tail_sum / (double)r->n_pos : 0;
 }

@@ -1,0 +1,1 @@
+#define QD_GIT_DESCRIBE "450fa2b-dirty"
