@@ -28,7 +28,7 @@
 #include "quant/fp/forward.h"
 
 #define QD_EVAL_TAIL 1e-5
-#define QD_EVAL_REF_BYTES ((size_t)512 << 20)
+#define QD_EVAL_REF_BYTES ((size_t)256 << 20)
 #define QD_EVAL_MIN_KEPT 64
 
 typedef struct qd_cmp_result {
