@@ -79,4 +79,14 @@ static inline qd_model *synth_model(const qd_config *c, uint64_t seed, qd_err *e
     return m;
 }
 
+#ifdef CHECK
+/* synth_model with its failure counted as a failed check (include tests/check.h first). */
+static inline qd_model *synth_checked(const qd_config *c, uint64_t seed) {
+    qd_err err = {{0}};
+    qd_model *m = synth_model(c, seed, &err);
+    CHECK(m != NULL, "synth_model: %s", err.msg);
+    return m;
+}
+#endif
+
 #endif

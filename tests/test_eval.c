@@ -106,9 +106,7 @@ static void stories_variants(void) {
 
 static void large_vocab_and_budget(void) {
     qd_config c = synth_config(64, 160, 2, 4, 4, 4096, 64);
-    qd_err err = {{0}};
-    qd_model *m = synth_model(&c, 5, &err);
-    CHECK(m != NULL, "%s", err.msg);
+    qd_model *m = synth_checked(&c, 5);
     if (!m) return;
     int T = 64;
     size_t n = 12 * (size_t)T;

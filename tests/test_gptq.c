@@ -313,8 +313,7 @@ static qd_qsim *ready_sim(const qd_model *m, int wbits, const int *tok, int nw, 
 static void gptq_on_simulation(void) {
     qd_config c = synth_config(32, 64, 2, 4, 2, 60, 32);
     qd_err err = {{0}};
-    qd_model *m = synth_model(&c, 6, &err);
-    CHECK(m != NULL, "%s", err.msg);
+    qd_model *m = synth_checked(&c, 6);
     if (!m) return;
     int T = 32, nw = 6;
     int *tok = malloc(sizeof(int) * nw * T);
@@ -365,7 +364,7 @@ static void gptq_on_simulation(void) {
 static void lwc_search_not_worse(void) {
     qd_config c = synth_config(32, 64, 2, 4, 4, 60, 32);
     qd_err err = {{0}};
-    qd_model *m = synth_model(&c, 8, &err);
+    qd_model *m = synth_checked(&c, 8);
     if (!m) return;
     int T = 32, nw = 4;
     int *tok = malloc(sizeof(int) * nw * T);

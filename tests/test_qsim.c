@@ -81,8 +81,7 @@ static void fp_path_matches_forward(void) {
 static void encodings_match_simulation(void) {
     qd_config c = synth_config(32, 48, 2, 4, 4, 50, 64);
     qd_err err = {{0}};
-    qd_model *m = synth_model(&c, 4, &err);
-    CHECK(m != NULL, "%s", err.msg);
+    qd_model *m = synth_checked(&c, 4);
     if (!m) return;
     for (int wbits = 8; wbits >= 4; wbits -= 4) {
         qd_qsim *q = sim(m, wbits, 1, 16, 0);

@@ -102,8 +102,7 @@ static void tw_select_every(qd_mq_opts *o) { o->select_every = 2; }
 static void checkpoint_refuses_other_settings(void) {
     qd_config c = synth_config(32, 48, 2, 4, 4, 40, 32);
     qd_err err = {{0}};
-    qd_model *m = synth_model(&c, 8, &err);
-    CHECK(m != NULL, "%s", err.msg);
+    qd_model *m = synth_checked(&c, 8);
     if (!m) return;
     size_t n = 6 * 16;
     int *tok = rand_tokens(n, c.vocab_size, 3);
@@ -138,9 +137,7 @@ static void checkpoint_refuses_other_settings(void) {
 
 static void resume_same_trajectory(void) {
     qd_config c = synth_config(32, 48, 2, 4, 4, 40, 32);
-    qd_err err = {{0}};
-    qd_model *m = synth_model(&c, 8, &err);
-    CHECK(m != NULL, "%s", err.msg);
+    qd_model *m = synth_checked(&c, 8);
     if (!m) return;
     size_t n = 6 * 16;
     int *tok = rand_tokens(n, c.vocab_size, 3);
@@ -219,6 +216,28 @@ static void resume_same_trajectory(void) {
     qd_model_free(m);
 }
 
+/* A copy of checkpoint path at path+suffix (into out) with n bytes at off replaced by val and
+ * the checksum (the last 8 bytes, FNV-1a of the rest) made valid again: 1 when written. */
+static int ckpt_mutant(const char *path, const char *suffix, size_t off, const void *val,
+                       size_t n, char *out, size_t outn) {
+    size_t len;
+    qd_err err = {{0}};
+    unsigned char *b = qd_read_file(path, 1 << 20, &len, &err);
+    int ok = b && len >= off + n + 8;
+    CHECK(ok, "read back %s: %s", path, err.msg);
+    if (ok) {
+        snprintf(out, outn, "%s%s", path, suffix);
+        memcpy(b + off, val, n);
+        uint64_t h = qd_fnv64(QD_FNV_INIT, b, len - 8);
+        memcpy(b + len - 8, &h, 8);
+        FILE *fo = fopen(out, "wb");
+        ok = fo && fwrite(b, 1, len, fo) == len;
+        if (fo) ok &= fclose(fo) == 0;
+    }
+    free(b);
+    return ok;
+}
+
 static void checkpoint_refuses_bad_files(void) {
     size_t off[4] = {0, 3, 5, 8};
     qd_err err = {{0}};
@@ -241,48 +260,27 @@ static void checkpoint_refuses_bad_files(void) {
           "foreign fingerprint accepted: %s", err.msg);
     {
         /* a version-1 file (valid checksum): refused, naming the file and the version */
-        size_t len;
-        unsigned char *b = qd_read_file(path, 1 << 20, &len, &err);
-        CHECK(b && len > 24, "read back");
-        if (b && len > 24) {
-            char old_path[64];
-            snprintf(old_path, sizeof old_path, "%s.v1", path);
-            uint32_t v1 = 1;
-            memcpy(b + 8, &v1, 4);
-            uint64_t h = qd_fnv64(QD_FNV_INIT, b, len - 8);
-            memcpy(b + len - 8, &h, 8);
-            FILE *fo = fopen(old_path, "wb");
-            fwrite(b, 1, len, fo);
-            fclose(fo);
+        char old_path[64];
+        uint32_t v1 = 1;
+        if (ckpt_mutant(path, ".v1", 8, &v1, sizeof v1, old_path, sizeof old_path)) {
             CHECK(qd_ckpt_load(old_path, 77, &r, a, q, &err) == QD_ERR &&
                       strstr(err.msg, old_path) && strstr(err.msg, "version 1"),
                   "version-1 checkpoint: %s", err.msg);
             unlink(old_path);
         }
-        free(b);
     }
     {
         /* a loss curve of 2^29 entries claimed by a 1 KB file (valid checksum): refused at the
-         * count, before 2 GiB are allocated for it (it was allocated, then "truncated") */
-        size_t len;
-        unsigned char *b = qd_read_file(path, 1 << 20, &len, &err);
-        CHECK(b && len > 64, "read back");
-        if (b && len > 64) {
-            char big_path[64];
-            snprintf(big_path, sizeof big_path, "%s.big", path);
-            int64_t nl = (int64_t)1 << 29;
-            memcpy(b + 56, &nl, 8); /* magic, version, size, fingerprint, n, step, total, rng */
-            uint64_t h = qd_fnv64(QD_FNV_INIT, b, len - 8);
-            memcpy(b + len - 8, &h, 8);
-            FILE *fo = fopen(big_path, "wb");
-            fwrite(b, 1, len, fo);
-            fclose(fo);
+         * count, before 2 GiB are allocated for it (it was allocated, then "truncated");
+         * offset 56: after magic, version, size, fingerprint, n, step, total, rng */
+        char big_path[64];
+        int64_t nl = (int64_t)1 << 29;
+        if (ckpt_mutant(path, ".big", 56, &nl, sizeof nl, big_path, sizeof big_path)) {
             CHECK(qd_ckpt_load(big_path, 77, &r, a, q, &err) == QD_ERR &&
                       strstr(err.msg, "sizes do not match"),
                   "2^29-entry loss curve: %s", err.msg);
             unlink(big_path);
         }
-        free(b);
     }
     /* flip one byte in the parameters */
     FILE *f = fopen(path, "r+b");
@@ -634,7 +632,7 @@ done:
 static void overlapping_windows(void) {
     qd_config c = synth_config(16, 24, 1, 2, 2, 30, 32);
     qd_err err = {{0}};
-    qd_model *m = synth_model(&c, 2, &err);
+    qd_model *m = synth_checked(&c, 2);
     if (!m) return;
     size_t n = 40; /* two disjoint windows of 16 */
     int *tok = rand_tokens(n, c.vocab_size, 5);
