@@ -1,1 +1,0 @@
-#define QD_GIT_DESCRIBE "450fa2b-dirty"
