@@ -426,6 +426,7 @@ void api_progress_init(api_progress *p) {
     memset(p, 0, sizeof *p);
     p->loss = NAN;
     p->eta_s = NAN;
+    p->eta_total_s = NAN;
 }
 
 void api_job_init(api_job *j) {
@@ -504,6 +505,11 @@ cJSON *api_job_to_json(const api_job *j, int queue_pos) {
     add_num_or_null(p, "loss", j->progress.loss);
     add_num_or_null(p, "eta_s", j->progress.eta_s);
     cJSON_AddNumberToObject(p, "elapsed_s", j->progress.elapsed_s);
+    if (j->progress.variant[0]) cJSON_AddStringToObject(p, "variant", j->progress.variant);
+    else cJSON_AddNullToObject(p, "variant");
+    cJSON_AddNumberToObject(p, "stage", j->progress.stage);
+    cJSON_AddNumberToObject(p, "stages", j->progress.stages);
+    add_num_or_null(p, "eta_total_s", j->progress.eta_total_s);
     cJSON_AddNumberToObject(o, "attempts", j->attempts);
     cJSON_AddNumberToObject(o, "run_s", round(j->run_s * 1000) / 1000);
     cJSON_AddBoolToObject(o, "cancel_requested", j->cancel_requested);
@@ -560,6 +566,10 @@ int api_job_from_json(const cJSON *o, api_job *j, qd_err *err) {
         j->progress.loss = num_or(p, "loss", NAN);
         j->progress.eta_s = num_or(p, "eta_s", NAN);
         j->progress.elapsed_s = num_or(p, "elapsed_s", 0);
+        snprintf(j->progress.variant, sizeof j->progress.variant, "%s", str_or(p, "variant", ""));
+        j->progress.stage = (int)num_or(p, "stage", 0);
+        j->progress.stages = (int)num_or(p, "stages", 0);
+        j->progress.eta_total_s = num_or(p, "eta_total_s", NAN);
     }
     j->attempts = (int)num_or(o, "attempts", 0);
     j->run_s = num_or(o, "run_s", 0);
@@ -605,7 +615,8 @@ static char *event_finish(cJSON *o) {
 }
 
 char *api_event_progress(const char *phase, long step, long total, double loss, double lr,
-                         double elapsed_s, double eta_s) {
+                         double elapsed_s, double eta_s, const char *variant, int stage,
+                         int stages, double eta_total_s) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "type", "progress");
     cJSON_AddStringToObject(o, "phase", phase ? phase : "");
@@ -615,6 +626,9 @@ char *api_event_progress(const char *phase, long step, long total, double loss, 
     add_num_or_null(o, "lr", lr);
     add_num_or_null(o, "elapsed_s", elapsed_s);
     add_num_or_null(o, "eta_s", eta_s);
+    if (variant) cJSON_AddStringToObject(o, "variant", variant);
+    if (stage > 0) cJSON_AddNumberToObject(o, "stage", stage), cJSON_AddNumberToObject(o, "stages", stages);
+    add_num_or_null(o, "eta_total_s", eta_total_s);
     return event_finish(o);
 }
 
@@ -645,6 +659,10 @@ bool api_event_apply(const cJSON *o, api_progress *p) {
     if (!isnan(loss)) p->loss = loss;
     p->eta_s = num_or(o, "eta_s", NAN);
     p->elapsed_s = num_or(o, "elapsed_s", 0);
+    snprintf(p->variant, sizeof p->variant, "%s", str_or(o, "variant", ""));
+    p->stage = (int)num_or(o, "stage", 0);
+    p->stages = (int)num_or(o, "stages", 0);
+    p->eta_total_s = num_or(o, "eta_total_s", NAN);
     return true;
 }
 

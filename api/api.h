@@ -111,6 +111,9 @@ typedef struct api_progress {
     double loss;
     double eta_s;
     double elapsed_s;
+    char variant[16];     /* what the phase works on (fp32, rtn, ..., int); "" when none */
+    int stage, stages;    /* the phase is stage `stage` of `stages` of the run; 0 unknown */
+    double eta_total_s;   /* seconds left in the whole run, NAN when unknown */
 } api_progress;
 
 void api_progress_init(api_progress *p);
@@ -158,9 +161,11 @@ double api_wall_now(void);
 /* An error body {"error":{"code","message","field"}} as a malloc'd string; field may be NULL. */
 char *api_error_body(const char *code, const char *message, const char *field);
 
-/* One event line (no newline) for a pipeline progress report: a malloc'd JSON string. */
+/* One event line (no newline) for a pipeline progress report: a malloc'd JSON string.
+ * variant may be NULL; stage/stages 0 and eta_total_s NAN when unknown. */
 char *api_event_progress(const char *phase, long step, long total, double loss, double lr,
-                         double elapsed_s, double eta_s);
+                         double elapsed_s, double eta_s, const char *variant, int stage,
+                         int stages, double eta_total_s);
 /* One event line for a state change; reason may be NULL. Malloc'd. */
 char *api_event_state(api_state s, const char *reason);
 /* One event line for a log message. Malloc'd. */

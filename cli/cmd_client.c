@@ -388,9 +388,8 @@ static void fmt_num(char *b, size_t n, double v, const char *fmt) {
     else snprintf(b, n, "-");
 }
 
-/* The report's headline figures as a table. */
-static void print_figures(const cJSON *job, FILE *f) {
-    const cJSON *result = get(job, "result");
+/* The report's headline figures as a table (cli.h); `quantd quantize` ends with it too. */
+void cli_print_figures(const cJSON *result, FILE *f) {
     const cJSON *eval = get(result, QD_RK_EVAL);
     if (cJSON_IsObject(eval)) {
         fprintf(f, "%-14s %12s %12s %8s\n", "variant", "perplexity", "KL", "top-1");
@@ -406,7 +405,8 @@ static void print_figures(const cJSON *job, FILE *f) {
             cJSON_ArrayForEach(e, eval) {
                 size_t k = 0;
                 while (k < no && strcmp(e->string, order[k])) k++;
-                if (k != i || !cJSON_IsObject(e)) continue;
+                /* figures only: eval.reference is how FP32 was kept, not a variant */
+                if (k != i || !cJSON_IsObject(e) || !cJSON_IsNumber(get(e, QD_RK_PPL))) continue;
                 char a[32], b[32], c[32];
                 fmt_num(a, sizeof a, num_or_nan(e, QD_RK_PPL), "%.4f");
                 fmt_num(b, sizeof b, num_or_nan(e, QD_RK_KL), "%.5f");
@@ -437,7 +437,7 @@ static int job_outcome(const cJSON *job, const gate *gates, int ngates, bool pri
                        cJSON *gate_arr) {
     const char *state = str_or(job, "state", "?");
     if (!strcmp(state, "succeeded")) {
-        if (print) print_figures(job, f);
+        if (print) cli_print_figures(get(job, "result"), f);
         return check_gates(job, gates, ngates, gate_arr, print ? f : NULL) ? EXIT_GATE : EXIT_OK;
     }
     if (!strcmp(state, "failed") || !strcmp(state, "cancelled") || !strcmp(state, "timed_out")) {

@@ -9,8 +9,12 @@
 #include <unistd.h>
 #include <stdbool.h>
 
+#include <cjson/cJSON.h>
+
+#include "api/api.h"
 #include "cli/args.h"
 #include "cli/cli.h"
+#include "base/fs.h"
 #include "base/limits.h"
 #include "base/stop.h"
 #include "quant/quantize.h"
@@ -18,35 +22,57 @@
 
 typedef struct {
     int tty, quiet;
+    int last_stage;
     const char *last_phase;
     double last_print;
 } bar_state;
+
+/* 75 -> "75s", 3725 -> "1h02m" */
+static const char *dur(double s, char *b, size_t n) {
+    if (!isfinite(s)) snprintf(b, n, "?");
+    else if (s < 60) snprintf(b, n, "%.0fs", s);
+    else if (s < 3600) snprintf(b, n, "%dm%02ds", (int)(s / 60), (int)fmod(s, 60));
+    else snprintf(b, n, "%dh%02dm", (int)(s / 3600), (int)fmod(s / 60, 60));
+    return b;
+}
+
+/* "[ 6/13] mobilequant eval" or "load": where the phase stands in the run */
+static void where(const qd_progress *p, char *b, size_t n) {
+    int k = p->stage > 0 ? snprintf(b, n, "[%2d/%d] ", p->stage, p->stages) : 0;
+    snprintf(b + k, n - (size_t)k, "%s%s%s", p->variant ? p->variant : "", p->variant ? " " : "",
+             p->phase);
+}
 
 static void on_progress(void *ctx, const qd_progress *p) {
     bar_state *b = ctx;
     if (b->quiet) return;
     double now = p->elapsed_s;
-    int phase_change = !b->last_phase || strcmp(b->last_phase, p->phase);
+    int phase_change = !b->last_phase || strcmp(b->last_phase, p->phase) || b->last_stage != p->stage;
+    char w[64], e1[16], e2[16], el[16];
+    where(p, w, sizeof w);
     if (b->tty) {
         if (phase_change && b->last_phase) fputc('\n', stderr);
         if (!phase_change && now - b->last_print < 0.1 && p->step != p->total) return;
-        char bar[31];
-        int fill = p->total > 0 ? (int)(30.0 * (double)p->step / (double)p->total) : 0;
-        for (int i = 0; i < 30; i++) bar[i] = i < fill ? '#' : '.';
-        bar[30] = 0;
-        fprintf(stderr, "\r%-9s [%s] %ld/%ld", p->phase, bar, p->step, p->total);
+        char bar[21];
+        int fill = p->total > 0 ? (int)(20.0 * (double)p->step / (double)p->total) : 0;
+        for (int i = 0; i < 20; i++) bar[i] = i < fill ? '#' : '.';
+        bar[20] = 0;
+        fprintf(stderr, "\r%-26s [%s] %ld/%ld", w, bar, p->step, p->total);
         if (!isnan(p->loss)) fprintf(stderr, " loss %.3e", p->loss);
-        if (!isnan(p->eta_s)) fprintf(stderr, " eta %.0fs", p->eta_s);
-        fprintf(stderr, " %.0fs   ", p->elapsed_s);
+        if (!isnan(p->eta_s)) fprintf(stderr, " eta %s", dur(p->eta_s, e1, sizeof e1));
+        if (!isnan(p->eta_total_s)) fprintf(stderr, " | run eta %s", dur(p->eta_total_s, e2, sizeof e2));
+        fprintf(stderr, " | %s   ", dur(p->elapsed_s, el, sizeof el));
     } else {
         /* a log: one line per phase change and at most one a second */
         if (!phase_change && now - b->last_print < 1.0 && p->step != p->total) return;
-        fprintf(stderr, "%s %ld/%ld", p->phase, p->step, p->total);
+        fprintf(stderr, "%s %ld/%ld", w, p->step, p->total);
         if (!isnan(p->loss)) fprintf(stderr, " loss=%.4e", p->loss);
         if (!isnan(p->eta_s)) fprintf(stderr, " eta=%.0fs", p->eta_s);
+        if (!isnan(p->eta_total_s)) fprintf(stderr, " run_eta=%.0fs", p->eta_total_s);
         fprintf(stderr, " elapsed=%.1fs\n", p->elapsed_s);
     }
     b->last_phase = p->phase;
+    b->last_stage = p->stage;
     b->last_print = now;
 }
 
@@ -222,8 +248,25 @@ static int parse_args(int argc, char **argv, qd_quant_opts *o, const char **ckpt
     return 0;
 }
 
+/* The report's headline as the client prints it, on stderr (stdout is the report's path). */
+static void print_summary(const char *out_dir) {
+    char p[4200];
+    snprintf(p, sizeof p, "%s/report.json", out_dir);
+    size_t len;
+    qd_err err = {{0}};
+    char *text = qd_read_file(p, 64 << 20, &len, &err);
+    cJSON *rep = text ? cJSON_Parse(text) : NULL;
+    free(text);
+    if (!rep) return;
+    cJSON *head = cJSON_CreateObject();
+    api_report_headline(rep, head);
+    cli_print_figures(head, stderr);
+    cJSON_Delete(head);
+    cJSON_Delete(rep);
+}
+
 /* The run's outcome as the exit status: 0, 1 failed, 3 gate missed, 130 stopped. */
-static int outcome(const qd_quant_opts *o, int rc, const qd_err *run_err) {
+static int outcome(const qd_quant_opts *o, int rc, const qd_err *run_err, int quiet) {
     if (rc == QD_STOPPED) {
         fprintf(stderr, "quantd quantize: stopped; state saved in %s (rerun to resume)\n",
                 o->checkpoint_path);
@@ -234,6 +277,7 @@ static int outcome(const qd_quant_opts *o, int rc, const qd_err *run_err) {
         return 1;
     }
     printf("%s/report.json\n", o->out_dir);
+    if (!quiet) print_summary(o->out_dir);
     /* the gate outcome is in the report: one source of truth */
     qd_err err = {{0}};
     int verdict;
@@ -263,11 +307,11 @@ int cmd_quantize(int argc, char **argv) {
     o.checkpoint_path = ckpt;
     /* SIGTERM and SIGINT raise the stop request qd_quantize polls: it checkpoints and stops */
     qd_stop_on_signals();
-    bar_state bs = {isatty(fileno(stderr)), quiet, NULL, 0};
+    bar_state bs = {isatty(fileno(stderr)), quiet, 0, NULL, 0};
     o.progress = on_progress;
     o.progress_ctx = &bs;
     qd_err err = {{0}};
     int rc = qd_quantize(&o, &err);
     if (bs.tty && bs.last_phase) fputc('\n', stderr);
-    return outcome(&o, rc, &err);
+    return outcome(&o, rc, &err, quiet);
 }

@@ -35,6 +35,7 @@
 #include "base/sys.h"
 #include "quant/io/load.h"
 #include "quant/report.h"
+#include "base/report_keys.h"
 
 void qd_quant_defaults(qd_quant_opts *o) {
     memset(o, 0, sizeof *o);
@@ -50,11 +51,121 @@ void qd_quant_defaults(qd_quant_opts *o) {
     snprintf(o->encodings_version, sizeof o->encodings_version, "%s", QD_ENC_VERSION_DEFAULT);
 }
 
-static void progress(const qd_quant_opts *o, const char *phase, double t0) {
-    if (!o->progress) return;
-    qd_progress p = {phase, 0, 0, NAN, NAN, qd_now() - t0, NAN};
-    o->progress(o->progress_ctx, &p);
+/* ---- progress: where a phase stands in the whole run ---------------------------------------
+
+ * The run's plan is its stages in order, each with a predicted cost in forward-token
+ * equivalents (a training step's forward and backward 6 per token). Every report of a phase
+ * (from here, the evaluation's windows, the optimizers) is matched to its stage, named by its
+ * variant, and given the overall ETA: what is left of this stage plus the later stages' costs,
+ * each at the seconds per cost unit that finished stages of its phase took (of any phase before
+ * one has finished). An estimate: it sharpens as the run goes. */
+#define MAX_STAGES 24
+typedef struct {
+    const char *phase, *variant;
+    double cost;           /* predicted; 0: not counted in the rate (load) */
+    double t_start, t_end; /* qd_now(); 0 before */
+} stage;
+
+typedef struct tracker {
+    const qd_quant_opts *o;
+    double t0;
+    stage st[MAX_STAGES];
+    int n, cur;            /* cur: the stage under way, -1 before the first */
+    const char *variant;   /* what the pipeline runs now */
+    double phase_t0;       /* when the current stage began */
+} tracker;
+
+static void plan_add(tracker *tr, const char *phase, const char *variant, double cost) {
+    if (tr->n < MAX_STAGES) tr->st[tr->n++] = (stage){phase, variant, cost, 0, 0};
 }
+
+/* The stages of a run of o over n_calib calibration and n_ev evaluation tokens (the windows
+ * as qd_mq_run chooses them, near enough for a plan). */
+static void plan(tracker *tr, size_t n_calib, size_t n_ev) {
+    const qd_quant_opts *o = tr->o;
+    double T = o->seq_len, ev = (double)n_ev;
+    double nw = (double)(n_calib / (size_t)o->seq_len);
+    if (nw > o->samples || nw < 1) nw = o->samples;
+    double B = o->batch > 0 ? o->batch : 1;
+    tr->n = 0;
+    plan_add(tr, "load", NULL, 0);
+    plan_add(tr, "eval", QD_RK_EVAL_FP32, ev);
+    const char *order[3] = {o->method, qd_method_name(QD_METHOD_RTN),
+                            qd_method_name(QD_METHOD_SMOOTHQUANT)};
+    for (int k = 0; k < 3; k++) {
+        if (k > 0 && !strcmp(order[k], o->method)) continue;
+        const char *v = order[k];
+        int train = !strcmp(v, qd_method_name(QD_METHOD_MOBILEQUANT)) ||
+                    !strcmp(v, qd_method_name(QD_METHOD_OMNIQUANT));
+        plan_add(tr, "calibrate", v, 2 * nw * T * 2);
+        if (train && o->epochs > 0)
+            plan_add(tr, "optimize", v, ceil(nw / B) * o->epochs * B * T * 6 + nw * T * 2);
+        if (!strcmp(v, qd_method_name(QD_METHOD_MOBILEQUANT)))
+            plan_add(tr, "gptq", v, nw * T * 4 * 2 * (o->wbits < 8 ? 14 : 1));
+        plan_add(tr, "eval", v, ev + (k == 0 ? 3 * fmin(8, ev / T) * T : 0));
+        if (k == 0) plan_add(tr, "fold", v, ev * 0.01);
+    }
+    plan_add(tr, "export", NULL, ev * 0.1);
+    plan_add(tr, "eval", QD_RK_EVAL_INT, ev);
+}
+
+/* seconds per cost unit of the finished stages of this phase (NULL: of any), NAN before the
+ * first */
+static double rate(const tracker *tr, const char *phase) {
+    double s = 0, c = 0;
+    for (int i = 0; i < tr->n; i++)
+        if (tr->st[i].t_end > 0 && tr->st[i].cost > 0 && (!phase || !strcmp(phase, tr->st[i].phase)))
+            s += tr->st[i].t_end - tr->st[i].t_start, c += tr->st[i].cost;
+    return c > 0 ? s / c : phase ? rate(tr, NULL) : NAN;
+}
+
+/* Fills in where p stands and hands it to the caller's callback. */
+static void track_report(tracker *tr, qd_progress *p) {
+    const qd_quant_opts *o = tr->o;
+    double now = qd_now();
+    /* the stage: the first from the current one on with this phase and variant */
+    const char *v = !strcmp(p->phase, "load") || !strcmp(p->phase, "export") ? NULL : tr->variant;
+    for (int i = tr->cur < 0 ? 0 : tr->cur; i < tr->n; i++)
+        if (!strcmp(tr->st[i].phase, p->phase) &&
+            (!v || !tr->st[i].variant || !strcmp(tr->st[i].variant, v))) {
+            if (i != tr->cur) {
+                if (tr->cur >= 0) tr->st[tr->cur].t_end = now;
+                tr->cur = i;
+                tr->st[i].t_start = tr->phase_t0 = now;
+            }
+            break;
+        }
+    p->elapsed_s = now - tr->t0;
+    p->variant = tr->cur >= 0 ? tr->st[tr->cur].variant : NULL;
+    p->stage = tr->cur + 1, p->stages = tr->n;
+    if (isnan(p->eta_s) && p->step > 0 && p->total > 0)
+        p->eta_s = (now - tr->phase_t0) / (double)p->step * (double)(p->total - p->step);
+    p->eta_total_s = NAN;
+    if (!isnan(rate(tr, NULL)) && tr->cur >= 0) {
+        const stage *c = &tr->st[tr->cur];
+        double left = !isnan(p->eta_s) ? p->eta_s
+                                       : fmax(0, c->cost * rate(tr, c->phase) - (now - c->t_start));
+        for (int i = tr->cur + 1; i < tr->n; i++) left += tr->st[i].cost * rate(tr, tr->st[i].phase);
+        p->eta_total_s = left;
+    }
+    if (o->progress) o->progress(o->progress_ctx, p);
+}
+
+/* A report of the pipeline's own (step/total; 0/0 when not counted). */
+static void track(tracker *tr, const char *phase, long step, long total) {
+    if (!tr) return; /* qd_quantize_check: no progress */
+    qd_progress p = {phase, step, total, NAN, NAN, 0, NAN, NULL, 0, 0, NAN};
+    track_report(tr, &p);
+}
+
+/* The optimizers' reports pass through here (qd_mq_opts.progress). */
+static void track_fn(void *ctx, const qd_progress *in) {
+    qd_progress p = *in;
+    track_report(ctx, &p);
+}
+
+/* The evaluation's windows (qd_eval_tick). */
+static void track_eval(void *ctx, long done, long total) { track(ctx, "eval", done, total); }
 
 /* Replaces dir/name by n bytes (qd_write_file_atomic: unique temp, fsync, rename, fsync of dir). */
 static int write_atomic_n(const char *dir, const char *name, const void *data, size_t n,
@@ -149,7 +260,7 @@ static int layer_errors(qd_qsim *q, const int *ev, size_t n_ev, int T, qd_layer_
 
 static int run_variant(const qd_quant_opts *o, const qd_model *m, const int *calib,
                        size_t n_calib, const qd_eval_ref *ref, const int *ev, size_t n_ev,
-                       const char *method, uint64_t fp, double t0, qd_report_variant *v,
+                       const char *method, uint64_t fp, tracker *tr, qd_report_variant *v,
                        qd_encodings **enc, qd_layer_err *le, qd_err *err) {
     qd_mq_opts mo;
     qd_mq_defaults(&mo, o->wbits);
@@ -161,7 +272,8 @@ static int run_variant(const qd_quant_opts *o, const qd_model *m, const int *cal
     if (o->lr_let[0] > 0) memcpy(mo.lr_let, o->lr_let, sizeof mo.lr_let);
     if (o->lr_lwc[0] > 0) memcpy(mo.lr_lwc, o->lr_lwc, sizeof mo.lr_lwc);
     if (o->lr_lrl[0] > 0) memcpy(mo.lr_lrl, o->lr_lrl, sizeof mo.lr_lrl);
-    mo.progress = o->progress, mo.progress_ctx = o->progress_ctx, mo.t0 = t0;
+    mo.progress = track_fn, mo.progress_ctx = tr, mo.t0 = tr->t0;
+    tr->variant = method;
     int main_method = !strcmp(method, o->method);
     if (main_method) {
         mo.checkpoint_path = o->checkpoint_path;
@@ -173,13 +285,14 @@ static int run_variant(const qd_quant_opts *o, const qd_model *m, const int *cal
     v->name = method;
     int rc = qd_mq_run(m, calib, n_calib, &mo, &q, &v->res, err);
     if (rc != QD_OK) return rc;
-    progress(o, "eval", t0);
-    rc = qd_eval_ref_compare(ref, qd_qsim_logits_fn, q, &v->cmp, err);
+    track(tr, "eval", 0, 0);
+    rc = qd_eval_ref_compare(ref, qd_qsim_logits_fn, q, track_eval, tr, &v->cmp, err);
     if (rc == QD_OK && le && main_method) rc = layer_errors(q, ev, n_ev, o->seq_len, le, err);
     if (rc == QD_OK && enc && main_method) {
-        progress(o, "fold", t0);
+        track(tr, "fold", 0, 1);
         *enc = qd_encodings_build(q, m, err);
         if (!*enc) rc = QD_ERR;
+        else track(tr, "fold", 1, 1);
     }
     v->seconds = qd_now() - ts;
     qd_qsim_free(q);
@@ -283,7 +396,7 @@ static void write_tokenizer(const qd_quant_opts *o, const qd_model *m, const cha
  * reads the integer artifact back from disk and evaluates it with the integer runtime on the
  * evaluation tokens: the figure is the artifact's, not the in-memory model's. */
 static int export_artifacts(const qd_quant_opts *o, const qd_model *m, const qd_encodings *E,
-                            const char *model_sha, const qd_eval_ref *ref, double t0,
+                            const char *model_sha, const qd_eval_ref *ref, tracker *tr,
                             qd_report_export *x, qd_err *err) {
     double ts = qd_now();
     memset(x, 0, sizeof *x);
@@ -298,19 +411,25 @@ static int export_artifacts(const qd_quant_opts *o, const qd_model *m, const qd_
     int rc = QD_ERR;
     qd_qrt *rt = NULL;
     /* between the writers: each is seconds at most even at a billion parameters */
-    if (qd_stop_requested() || qd_qint_save(qi, qpath, err) || qd_stop_requested() ||
-        qd_aimet_write(qi, epath, o->encodings_version, err) || qd_stop_requested() ||
-        qd_save_hf(E->folded, fdir, "F32", err) || qd_stop_requested())
+    track(tr, "export", 1, 5);
+    if (qd_stop_requested() || qd_qint_save(qi, qpath, err) || qd_stop_requested())
         goto out;
+    track(tr, "export", 2, 5);
+    if (qd_aimet_write(qi, epath, o->encodings_version, err) || qd_stop_requested()) goto out;
+    track(tr, "export", 3, 5);
+    if (qd_save_hf(E->folded, fdir, "F32", err) || qd_stop_requested()) goto out;
+    track(tr, "export", 4, 5);
     write_tokenizer(o, m, fdir, &x->tok);
     x->payload_bytes = qd_qint_bytes(qi);
     qd_qint_weight_bits(qi, &x->n_weights, &x->n_bits);
-    progress(o, "eval", t0);
+    track(tr, "export", 5, 5);
     qd_qrt_opts ro;
     qd_qrt_defaults(&ro);
     ro.threads = o->threads;
     if (!(rt = qd_qrt_load(qpath, &ro, err))) goto out;
-    if (qd_eval_ref_compare(ref, qd_qrt_logits_fn, rt, &x->cmp, err)) goto out;
+    tr->variant = QD_RK_EVAL_INT;
+    track(tr, "eval", 0, 0);
+    if (qd_eval_ref_compare(ref, qd_qrt_logits_fn, rt, track_eval, tr, &x->cmp, err)) goto out;
     x->qint_bytes = disk_bytes(qpath);
     x->enc_bytes = disk_bytes(epath);
     x->folded_bytes = disk_bytes(fdir);
@@ -407,11 +526,12 @@ static void inputs_free(inputs *in) {
 /* Loads the model and the data, hashes the input files into the report, and splits the
  * calibration tokens when no evaluation file is given (the last fraction is held out: never
  * seen by calibration). */
-static int load_inputs(const qd_quant_opts *o, inputs *in, qd_report *rep, char *field,
-                       qd_err *err) {
+static int load_inputs(const qd_quant_opts *o, inputs *in, qd_report *rep, tracker *tr,
+                       char *field, qd_err *err) {
     /* Everything that can be known before any work comes first, from the checkpoint's headers
      * (qd_quantize_check stops after it): the model's format, architecture, context and tensor
      * types, its tokenizer, the data's format and size. The weights are read last. */
+    track(tr, "load", 0, 3);
     if (!(in->m = qd_model_probe(o->model_path, err))) return at_field(field, "model");
     const qd_model *m = in->m;
     if (o->seq_len > m->cfg.max_seq_len)
@@ -457,13 +577,16 @@ static int load_inputs(const qd_quant_opts *o, inputs *in, qd_report *rep, char 
     qd_model_free(in->m);
     in->m = full;
     m = full;
+    track(tr, "load", 1, 3);
     /* the inputs' identities, for the report and the artifact's metadata */
     if (qd_sha256_path(o->model_path, rep->sha_model, err) ||
         qd_sha256_path(o->calib_path, rep->sha_calib, err) ||
         (o->eval_path && qd_sha256_path(o->eval_path, rep->sha_eval, err)))
         return QD_ERR;
+    track(tr, "load", 2, 3);
     rep->n_calib = in->n_calib;
     rep->model_params = qd_model_n_params(m);
+    track(tr, "load", 3, 3);
     return QD_OK;
 }
 
@@ -486,12 +609,13 @@ static uint64_t fingerprint(const qd_quant_opts *o, const inputs *in) {
  * then the chosen method first (it is the one that can be stopped and resumed), then the
  * baselines that are not it. *enc gets the chosen method's encodings. QD_STOPPED when stopped
  * (the checkpoint holds the state). */
-static int run_variants(const qd_quant_opts *o, const inputs *in, double t0, qd_report *rep,
+static int run_variants(const qd_quant_opts *o, const inputs *in, tracker *tr, qd_report *rep,
                         qd_eval_ref **ref, qd_encodings **enc, qd_err *err) {
     const qd_model *m = in->m;
-    progress(o, "eval", t0);
+    tr->variant = QD_RK_EVAL_FP32;
+    track(tr, "eval", 0, 0);
     *ref = qd_eval_ref_new(qd_fp32_logits_fn, (void *)m, m->cfg.vocab_size, in->ev, in->n_ev,
-                           o->seq_len, 0, &rep->fp32, err);
+                           o->seq_len, 0, track_eval, tr, &rep->fp32, err);
     if (!*ref) return QD_ERR;
     qd_eval_ref_stats(*ref, &rep->ref);
     const char *order[3] = {o->method, qd_method_name(QD_METHOD_RTN),
@@ -499,7 +623,7 @@ static int run_variants(const qd_quant_opts *o, const inputs *in, double t0, qd_
     for (int k = 0; k < 3; k++) {
         if (k > 0 && !strcmp(order[k], o->method)) continue;
         int r = run_variant(o, m, in->calib, in->n_calib, *ref, in->ev, in->n_ev, order[k],
-                            rep->fingerprint, t0, &rep->var[rep->n_variants],
+                            rep->fingerprint, tr, &rep->var[rep->n_variants],
                             k == 0 ? enc : NULL, k == 0 ? &rep->layers : NULL, err);
         rep->n_variants++;
         if (r != QD_OK) return r;
@@ -515,7 +639,7 @@ int qd_quantize_check(const qd_quant_opts *o, char field[QD_CHECK_FIELD], qd_err
     if (validate(o, field, err)) return QD_ERR;
     inputs in;
     memset(&in, 0, sizeof in);
-    int rc = load_inputs(o, &in, NULL, field, err);
+    int rc = load_inputs(o, &in, NULL, NULL, field, err);
     inputs_free(&in);
     return rc;
 }
@@ -534,17 +658,20 @@ int qd_quantize(const qd_quant_opts *o, qd_err *err) {
     qd_report rep;
     qd_report_init(&rep, o, t0);
 
-    progress(o, "load", t0);
-    if (load_inputs(o, &in, &rep, field, err)) goto out;
+    tracker tr = {.o = o, .t0 = t0, .cur = -1};
+    plan(&tr, (size_t)o->samples * (size_t)o->seq_len, 0); /* the count of stages, for load */
+    if (load_inputs(o, &in, &rep, &tr, field, err)) goto out;
     rep.fingerprint = fingerprint(o, &in);
-    rc = run_variants(o, &in, t0, &rep, &ref, &enc, err);
+    plan(&tr, in.n_calib, in.n_ev);
+    tr.st[0].t_start = t0, tr.cur = 0;
+    rc = run_variants(o, &in, &tr, &rep, &ref, &enc, err);
     if (rc != QD_OK) goto out; /* QD_STOPPED: stopped */
     rc = QD_ERR;
 
     /* the deployable artifacts, and the integer runtime's figures on the written artifact */
-    progress(o, "export", t0);
+    track(&tr, "export", 0, 5);
     /* no report once a stop is requested: a stopped run never looks finished */
-    if (export_artifacts(o, in.m, enc, rep.sha_model, ref, t0, &rep.ex, err) ||
+    if (export_artifacts(o, in.m, enc, rep.sha_model, ref, &tr, &rep.ex, err) ||
         qd_stop_requested() || qd_report_write(&rep, o->out_dir, err))
         goto out;
     /* the run is complete: its checkpoint would only make a rerun skip the work */

@@ -46,7 +46,9 @@ stop_in() {
     if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid"; fi
     wait "$pid"; rc=$?
     local dt; dt=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
-    LANDED=$(grep -E '^[a-z]+ [0-9]+/[0-9]+' "$log" | tail -1 | cut -d' ' -f1)
+    # progress lines: "[ 4/13] mobilequant optimize 6/16 ...", "[ 1/13] load 0/3 ..."
+    LANDED=$(grep -E '^\[ *[0-9]+/[0-9]+\] ' "$log" | tail -1 |
+             sed -E 's/^\[ *[0-9]+\/[0-9]+\] (([a-z0-9]+) )?([a-z]+) [0-9]+\/[0-9]+.*/\3/')
     echo "# $name: SIG$sig after the ${nth}th '$pat', landed in '$LANDED', exit $rc after ${dt}s"
     check "stop_${name}_seen" '[ "$seen" -ge "$nth" ]' "never saw '$pat' ($nth); $(tail -3 "$log")"
     check "stop_${name}_exit_130" '[ "$rc" = 130 ] && grep -q "stopped; state saved" "$log"' "rc=$rc $(tail -3 "$log")"
@@ -54,25 +56,25 @@ stop_in() {
     check "stop_${name}_no_report" '[ ! -e "$OUT/report.json" ]'
 }
 
-stop_in load TERM '^load' 1
-stop_in eval_fp32 INT '^eval' 1
+stop_in load TERM '\] load ' 1
+stop_in eval_fp32 INT '\] fp32 eval' 1
 check stop_eval_fp32_landed '[ "$LANDED" = eval ]' "$LANDED"
-stop_in calibrate TERM '^calibrate 0/' 1
+stop_in calibrate TERM '\] mobilequant calibrate 0/' 1
 check stop_calibrate_landed '[ "$LANDED" = calibrate ]' "$LANDED"
-stop_in optimize TERM '^optimize [1-9]' 1
+stop_in optimize TERM '\] mobilequant optimize [1-9]' 1
 check stop_optimize_landed '[ "$LANDED" = optimize ]' "$LANDED"
 check stop_optimize_checkpoint '[ -s "$OUT/checkpoint" ]'
-stop_in gptq TERM '^gptq' 1
+stop_in gptq TERM '\] mobilequant gptq' 1
 check stop_gptq_landed '[ "$LANDED" = gptq ]' "$LANDED"
 check stop_gptq_checkpoint '[ -s "$OUT/checkpoint" ]'
 # the rerun resumes with the training finished: no optimizer step, and it completes
 "$Q" quantize "${ARGS[@]}" --out "$OUT" 2>"$TMP/resume.log" >/dev/null; rc=$?
-check resume_after_gptq_stop '[ $rc = 0 ] && [ -s "$OUT/report.json" ] && ! grep -q "^optimize" "$TMP/resume.log" && [ ! -e "$OUT/checkpoint" ]' "rc=$rc $(grep -c '^optimize' "$TMP/resume.log") optimize lines; $(tail -3 "$TMP/resume.log")"
+check resume_after_gptq_stop '[ $rc = 0 ] && [ -s "$OUT/report.json" ] && ! grep -q "optimize [0-9]" "$TMP/resume.log" && [ ! -e "$OUT/checkpoint" ]' "rc=$rc $(grep -c 'optimize [0-9]' "$TMP/resume.log") optimize lines; $(tail -3 "$TMP/resume.log")"
 check resume_report_resumed 'jq -e ".compute.resumed_at_step == .compute.optimizer_steps and .compute.optimizer_steps == 16" "$OUT/report.json" >/dev/null' "$(jq -c .compute "$OUT/report.json" 2>/dev/null)"
-# a variant's evaluation (rtn: its second evaluation) and export
-stop_in eval_variant TERM '^eval' 2 --method rtn
+# a variant's evaluation (rtn's) and export
+stop_in eval_variant TERM '\] rtn eval' 1 --method rtn
 check stop_eval_variant_landed '[ "$LANDED" = eval ]' "$LANDED"
-stop_in export TERM '^export' 1 --method rtn
+stop_in export TERM '\] export' 1 --method rtn
 check stop_export_landed '[ "$LANDED" = export ] || [ "$LANDED" = eval ]' "$LANDED"
 
 # ---- the service (stories260K; LONG keeps the optimizer busy until the test acts)

@@ -248,7 +248,7 @@ static void test_job_roundtrip(void) {
 }
 
 static void test_events(void) {
-    char *l = api_event_progress("optimize", 5, 20, 0.5, NAN, 1.0, NAN);
+    char *l = api_event_progress("optimize", 5, 20, 0.5, NAN, 1.0, NAN, "mobilequant", 4, 13, 95.0);
     cJSON *o = cJSON_Parse(l);
     CHECK(o != NULL, "progress line is not JSON: %s", l);
     CHECK(!strchr(l, '\n'), "event lines are single lines");
@@ -256,12 +256,13 @@ static void test_events(void) {
     api_progress_init(&p);
     CHECK(api_event_apply(o, &p), "progress event not applied");
     CHECK(p.step == 5 && p.total == 20 && p.loss == 0.5 && isnan(p.eta_s) &&
-          !strcmp(p.phase, "optimize"), "applied values");
+          !strcmp(p.phase, "optimize") && !strcmp(p.variant, "mobilequant") && p.stage == 4 &&
+          p.stages == 13 && p.eta_total_s == 95.0, "applied values");
     CHECK(cJSON_IsNull(cJSON_GetObjectItem(o, "lr")), "NaN is null in JSON");
     cJSON_Delete(o);
     free(l);
     /* a later phase without a loss keeps the optimizer's last one */
-    l = api_event_progress("eval", 1, 3, NAN, NAN, 2.0, NAN);
+    l = api_event_progress("eval", 1, 3, NAN, NAN, 2.0, NAN, NULL, 0, 0, NAN);
     o = cJSON_Parse(l);
     CHECK(api_event_apply(o, &p) && !strcmp(p.phase, "eval") && p.loss == 0.5, "loss after optimize: %g", p.loss);
     cJSON_Delete(o);

@@ -41,10 +41,11 @@ static void same_figures(const char *what, const qd_model *m, qd_qsim *q, const 
     int V = m->cfg.vocab_size;
     qd_err err = {{0}};
     qd_cmp_result self, fast, exact, fp_exact;
-    qd_eval_ref *r = qd_eval_ref_new(qd_fp32_logits_fn, (void *)m, V, ev, n_ev, T, budget, &self, &err);
+    qd_eval_ref *r = qd_eval_ref_new(qd_fp32_logits_fn, (void *)m, V, ev, n_ev, T, budget, NULL, NULL,
+                                     &self, &err);
     CHECK(r != NULL, "%s: %s", what, err.msg);
     if (!r) return;
-    CHECK(qd_eval_ref_compare(r, qd_qsim_logits_fn, q, &fast, &err) == QD_OK, "%s: %s", what, err.msg);
+    CHECK(qd_eval_ref_compare(r, qd_qsim_logits_fn, q, NULL, NULL, &fast, &err) == QD_OK, "%s: %s", what, err.msg);
     CHECK(qd_eval_compare(qd_fp32_logits_fn, (void *)m, qd_qsim_logits_fn, q, V, ev, n_ev, T, &exact,
                           &err) == QD_OK, "%s: %s", what, err.msg);
     CHECK(qd_eval_compare(qd_fp32_logits_fn, (void *)m, qd_fp32_logits_fn, (void *)m, V, ev, n_ev, T,

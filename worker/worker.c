@@ -29,6 +29,7 @@ typedef struct emitter {
     int pipe_fd;
     double last_emit;
     char last_phase[16];
+    int last_stage;
 } emitter;
 
 /* One whole line per write(): with O_APPEND a line lands in the file in one piece, and the
@@ -62,14 +63,16 @@ static void on_progress(void *ctx, const qd_progress *p) {
     emitter *e = ctx;
     double now = qd_now();
     const char *phase = p->phase ? p->phase : "";
-    bool boundary = strcmp(phase, e->last_phase) || p->step == p->total || p->step <= 1;
+    bool boundary = strcmp(phase, e->last_phase) || p->stage != e->last_stage ||
+                    p->step == p->total || p->step <= 1;
     /* Optimizer steps on small models take milliseconds; 4 lines a second is plenty for a
      * progress bar and keeps events.jsonl small. */
     if (!boundary && now - e->last_emit < 0.25) return;
     e->last_emit = now;
     snprintf(e->last_phase, sizeof e->last_phase, "%s", phase);
+    e->last_stage = p->stage;
     emit_line(e, api_event_progress(phase, p->step, p->total, p->loss, p->lr, p->elapsed_s,
-                                    p->eta_s));
+                                    p->eta_s, p->variant, p->stage, p->stages, p->eta_total_s));
 }
 
 int wk_blob_path(const char *datadir, const char *id, const wk_pending *pending, int n_pending,

@@ -204,8 +204,15 @@ void qd_eval_ref_free(qd_eval_ref *r) {
     free(r);
 }
 
+/* windows in all: the full ones and the remainder when it predicts anything */
+static long n_windows(size_t n, int ctx_len) {
+    size_t full = n / (size_t)ctx_len;
+    return (long)(full + (n - full * (size_t)ctx_len >= 2));
+}
+
 qd_eval_ref *qd_eval_ref_new(qd_logits_fn ref, void *ctx, int vocab, const int *ids, size_t n,
-                             int ctx_len, size_t max_bytes, qd_cmp_result *self, qd_err *err) {
+                             int ctx_len, size_t max_bytes, qd_eval_tick tick, void *tick_ctx,
+                             qd_cmp_result *self, qd_err *err) {
     memset(self, 0, sizeof *self);
     if (check_args(ctx_len, n, err)) return NULL;
     double t0 = qd_now();
@@ -252,6 +259,7 @@ qd_eval_ref *qd_eval_ref_new(qd_logits_fn ref, void *ctx, int vocab, const int *
                     goto out;
                 }
             }
+        if (tick) tick(tick_ctx, (long)(w + (size_t)b), n_windows(n, ctx_len));
     }
     finish(self, nll, 0, p, p, t0);
     /* what the growth by doubling left over goes back */
@@ -273,8 +281,8 @@ out:
     return r;
 }
 
-int qd_eval_ref_compare(const qd_eval_ref *r, qd_logits_fn var, void *ctx, qd_cmp_result *res,
-                        qd_err *err) {
+int qd_eval_ref_compare(const qd_eval_ref *r, qd_logits_fn var, void *ctx, qd_eval_tick tick,
+                        void *tick_ctx, qd_cmp_result *res, qd_err *err) {
     memset(res, 0, sizeof *res);
     double t0 = qd_now();
     int V = r->vocab, B = eval_batch(r->ctx_len, V);
@@ -315,6 +323,7 @@ int qd_eval_ref_compare(const qd_eval_ref *r, qd_logits_fn var, void *ctx, qd_cm
                 }
                 kl += k > 0 ? k : 0;
             }
+        if (tick) tick(tick_ctx, (long)(w + (size_t)b), n_windows(r->n, r->ctx_len));
     }
     finish(res, nll, kl, agree, p, t0);
     rc = QD_OK;

@@ -47,17 +47,20 @@ int qd_eval_compare(qd_logits_fn ref, void *ref_ctx, qd_logits_fn var, void *var
 /* The reference kept once (see above). */
 typedef struct qd_eval_ref qd_eval_ref;
 
+/* Called after each batch of windows with the windows done and their total (may be NULL). */
+typedef void (*qd_eval_tick)(void *ctx, long done, long total);
+
 /* Runs ref over the windows of ids (n tokens, which must outlive the result) and keeps what
  * comparisons need within about max_bytes (0: QD_EVAL_REF_BYTES); *self gets ref's own
  * figures (its perplexity; kl 0 and top1 1 by definition, not computed). NULL with err set on
  * failure (the caller frees with qd_eval_ref_free, which accepts NULL). */
 qd_eval_ref *qd_eval_ref_new(qd_logits_fn ref, void *ref_ctx, int vocab, const int *ids,
-                             size_t n, int ctx_len, size_t max_bytes, qd_cmp_result *self,
-                             qd_err *err);
+                             size_t n, int ctx_len, size_t max_bytes, qd_eval_tick tick,
+                             void *tick_ctx, qd_cmp_result *self, qd_err *err);
 void qd_eval_ref_free(qd_eval_ref *r);
 /* var against the kept reference on the same windows. QD_ERR with err set on failure. */
 int qd_eval_ref_compare(const qd_eval_ref *r, qd_logits_fn var, void *var_ctx,
-                        qd_cmp_result *res, qd_err *err);
+                        qd_eval_tick tick, void *tick_ctx, qd_cmp_result *res, qd_err *err);
 /* What the reference holds. */
 typedef struct qd_eval_ref_info {
     size_t bytes;          /* its memory */

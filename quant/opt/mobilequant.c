@@ -67,7 +67,7 @@ static void report(const qd_mq_opts *o, const char *phase, long step, long total
                    double lr, double phase_t0) {
     if (!o->progress) return;
     double now = qd_now();
-    qd_progress p = {phase, step, total, loss, lr, now - o->t0, NAN};
+    qd_progress p = {phase, step, total, loss, lr, now - o->t0, NAN, NULL, 0, 0, NAN};
     if (step > 0 && total > 0) p.eta_s = (now - phase_t0) / step * (double)(total - step);
     o->progress(o->progress_ctx, &p);
 }

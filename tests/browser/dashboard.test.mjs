@@ -195,7 +195,7 @@ try {
   check('long_job_submitted', r2.status() === 201, `HTTP ${r2.status()}`);
   const longId = (await r2.json()).id;
   await page.goto(`${URL}/#/jobs/${longId}`);
-  await page.waitForFunction(() => document.querySelector('#p-phase').textContent === 'optimize' &&
+  await page.waitForFunction(() => /^stage \d+ of \d+: mobilequant optimize$/.test(document.querySelector('#p-phase').textContent) &&
     /^\d+\/\d+$/.test(document.querySelector('#p-step').textContent) &&
     document.querySelector('#p-loss').textContent !== '-', null, { timeout: 60000 });
   check('live_progress_from_sse', true);
@@ -212,6 +212,8 @@ try {
   check('loss_smoothed', tv[1] <= tv[0] && /mean over \d+ steps/.test(await page.textContent('#loss-caption')),
         `variation raw ${tv[0]} smoothed ${tv[1]}; ${await page.textContent('#loss-caption')}`);
   check('eta_shown', (await page.textContent('#p-eta')) !== '-', await page.textContent('#p-eta'));
+  // the run's ETA, once a stage has finished (the FP32 evaluation)
+  check('run_eta_shown', /\d/.test(await page.textContent('#p-eta-total')), await page.textContent('#p-eta-total'));
   await page.click('#cancel-btn');
   await page.waitForFunction(() => document.querySelector('#job-state').textContent === 'cancelled',
                              null, { timeout: 60000 });
