@@ -230,9 +230,8 @@ static int ckpt_mutant(const char *path, const char *suffix, size_t off, const v
         memcpy(b + off, val, n);
         uint64_t h = qd_fnv64(QD_FNV_INIT, b, len - 8);
         memcpy(b + len - 8, &h, 8);
-        FILE *fo = fopen(out, "wb");
-        ok = fo && fwrite(b, 1, len, fo) == len;
-        if (fo) ok &= fclose(fo) == 0;
+        ok = qd_write_file_atomic(out, b, len, &err) == QD_OK;
+        CHECK(ok, "%s", err.msg);
     }
     free(b);
     return ok;
