@@ -72,7 +72,6 @@ typedef struct tracker {
     stage st[MAX_STAGES];
     int n, cur;            /* cur: the stage under way, -1 before the first */
     const char *variant;   /* what the pipeline runs now */
-    double phase_t0;       /* when the current stage began */
 } tracker;
 
 static void plan_add(tracker *tr, const char *phase, const char *variant, double cost) {
@@ -131,15 +130,16 @@ static void track_report(tracker *tr, qd_progress *p) {
             if (i != tr->cur) {
                 if (tr->cur >= 0) tr->st[tr->cur].t_end = now;
                 tr->cur = i;
-                tr->st[i].t_start = tr->phase_t0 = now;
+                tr->st[i].t_start = now;
             }
             break;
         }
     p->elapsed_s = now - tr->t0;
     p->variant = tr->cur >= 0 ? tr->st[tr->cur].variant : NULL;
     p->stage = tr->cur + 1, p->stages = tr->n;
-    if (isnan(p->eta_s) && p->step > 0 && p->total > 0)
-        p->eta_s = (now - tr->phase_t0) / (double)p->step * (double)(p->total - p->step);
+    if (isnan(p->eta_s) && tr->cur >= 0 && p->step > 0 && p->total > 0)
+        p->eta_s = (now - tr->st[tr->cur].t_start) / (double)p->step *
+                   (double)(p->total - p->step);
     p->eta_total_s = NAN;
     if (!isnan(rate(tr, NULL)) && tr->cur >= 0) {
         const stage *c = &tr->st[tr->cur];
