@@ -194,6 +194,43 @@ static cJSON *build_result(const char *jobdir) {
     return r;
 }
 
+/* The reason a worker gave for failing: the message of the last error event it wrote to
+ * events.jsonl (the pipeline's own words, which name the user's fields and files: the worker
+ * runs on its inputs laid out under those names). false when there is none, e.g. a worker
+ * that crashed before saying anything. Reads at most the file's last 64 KiB. */
+static bool worker_reason(const char *jobdir, char *out, size_t n) {
+    char p[PATH_MAX + 64];
+    snprintf(p, sizeof p, "%s/events.jsonl", jobdir);
+    int fd = open(p, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    enum { TAIL = 64 * 1024 };
+    char *buf = malloc(TAIL + 1);
+    off_t end = lseek(fd, 0, SEEK_END);
+    off_t start = end > TAIL ? end - TAIL : 0;
+    ssize_t k = buf ? pread(fd, buf, TAIL, start) : -1;
+    close(fd);
+    bool found = false;
+    if (k > 0) {
+        buf[k] = 0;
+        for (char *line = buf, *nl; line && *line; line = nl ? nl + 1 : NULL) {
+            nl = strchr(line, '\n');
+            if (nl) *nl = 0;
+            cJSON *o = cJSON_Parse(line);
+            const cJSON *t = cJSON_GetObjectItemCaseSensitive(o, "type"),
+                        *l = cJSON_GetObjectItemCaseSensitive(o, "level"),
+                        *m = cJSON_GetObjectItemCaseSensitive(o, "message");
+            if (cJSON_IsString(t) && !strcmp(t->valuestring, "log") && cJSON_IsString(l) &&
+                !strcmp(l->valuestring, "error") && cJSON_IsString(m) && m->valuestring[0]) {
+                snprintf(out, n, "%s", m->valuestring);
+                found = true;
+            }
+            cJSON_Delete(o);
+        }
+    }
+    free(buf);
+    return found;
+}
+
 static void read_log_tail(const char *jobdir, char *out, size_t n) {
     out[0] = 0;
     char p[PATH_MAX + 64];
@@ -409,7 +446,7 @@ static void finish_job(srv_jobs *j, srv_job *e, const wk_end *end) {
         snprintf(e->job.error, sizeof e->job.error, "worker killed by signal %d (%s)%s",
                  e->job.term_signal, strsignal(e->job.term_signal),
                  e->killed ? "" : " on its last attempt");
-    } else {
+    } else if (!worker_reason(dir, e->job.error, sizeof e->job.error)) {
         snprintf(e->job.error, sizeof e->job.error, "worker exited with status %d", code);
     }
     read_log_tail(dir, e->job.log_tail, sizeof e->job.log_tail);

@@ -44,6 +44,7 @@ check rtn_result_lists_artifacts '[ "$(jq "[.result.artifacts[].name] | index(\"
 check report_200_json '[ "$(code GET "/v1/jobs/$J/report")" = 200 ] && jq -e ".eval.fp32.ppl > 0" "$TMP/body" >/dev/null' "$(head -c 400 "$TMP/body")"
 check report_has_rtn 'jq -e "(.eval.rtn.ppl > 0) and (.size.ratio > 1)" "$TMP/body" >/dev/null'
 check report_has_int_runtime 'jq -e ".eval.int.ppl > 0" "$TMP/body" >/dev/null' "report.eval has $(jq -c '.eval | keys' "$TMP/body")"
+check report_inputs_named_as_fields 'jq -e "(.inputs.model == \"model\") and (.inputs.calibration == \"calibration\")" "$TMP/body" >/dev/null' "inputs: $(jq -c .inputs "$TMP/body")"
 etag=$(curl -s -D - -o /dev/null "$URL/v1/jobs/$J/report" | tr -d '\r' | sed -n 's/^[Ee][Tt]ag: //p')
 check report_etag_304 '[ -n "$etag" ] && [ "$(code GET "/v1/jobs/$J/report" -H "If-None-Match: $etag")" = 304 ]'
 art=$(jq -r '.result.artifacts | max_by(.size) | .name' "$TMP/job")
@@ -91,6 +92,23 @@ B=$(submit "{$IN,\"method\":\"rtn\",$SMALL}")
 check cancel_queued '[ "$(code POST "/v1/jobs/$B/cancel")" = 202 ] && [ "$(job_state "$B")" = cancelled ]'
 code POST "/v1/jobs/$A/cancel" >/dev/null
 wait_state "$A" "cancelled|failed" 30
+
+# --- a job that fails in the worker (its calibration blob damaged on disk after the door
+# accepted it): the job's error is the pipeline's own reason, naming the field as the user
+# knows it, never the server's path of the blob
+A=$(submit "{$IN,\"method\":\"mobilequant\",$LONG}")
+wait_optimizing "$A" 120
+{ cat "$TEXT"; echo "One more line that only this job's calibration has."; } >"$TMP/calib2.txt"
+C2=$(upload "$TMP/calib2.txt")
+B=$(submit "{\"model\":\"$MID\",\"calibration\":\"$C2\",\"method\":\"rtn\",$SMALL}")
+check damaged_job_accepted '[ -n "$B" ] && [ "$(job_state "$B")" = queued ]' "$(body)"
+head -c 30000 /dev/urandom >"$D/blobs/sha256/${C2#sha256:}"
+code POST "/v1/jobs/$A/cancel" >/dev/null
+wait_state "$B" "failed|succeeded" 90
+curl -s "$URL/v1/jobs/$B" >"$TMP/job"
+reason=$(jq -r .error "$TMP/job")
+check worker_reason_is_headline '[ "$(jq -r .state "$TMP/job")" = failed ] && [ "$(jq -r .worker.exit_code "$TMP/job")" != 0 ] && printf %s "$reason" | grep -q "^calibration" && ! printf %s "$reason" | grep -q "exited with status"' "$(jq -c '{state,error,worker}' "$TMP/job")"
+check worker_reason_no_server_path '! printf %s "$reason" | grep -q -e "$D" -e "blobs/sha256"' "$reason"
 
 # --- timeout
 J=$(submit "{$IN,\"method\":\"mobilequant\",$LONG,\"timeout_s\":3}")

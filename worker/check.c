@@ -33,17 +33,6 @@ static void answer(bool ok, const char *field, const char *message) {
     cJSON_Delete(o);
 }
 
-/* name -> the blob of id (a symlink); nothing when id is "" (a field left out). */
-static int link_blob(const char *datadir, const char *id, const wk_pending *p, int np,
-                     const char *name, qd_err *err) {
-    if (!id[0]) return QD_OK;
-    char target[PATH_MAX + 96];
-    if (wk_blob_path(datadir, id, p, np, target, sizeof target))
-        return qd_errf(err, "%s: path too long", name);
-    if (symlink(target, name) != 0) return qd_errf(err, "%s: %s", name, strerror(errno));
-    return QD_OK;
-}
-
 int wk_check_dir(const char *dir) {
     qd_err err = {{0}};
     char path[PATH_MAX + 32];
@@ -75,20 +64,8 @@ int wk_check_dir(const char *dir) {
         if (p && k < np && cJSON_IsString(it)) p[k].id = it->string, p[k++].path = it->valuestring;
     }
     /* the inputs under the names of their fields, so that messages name them as the user does */
-    char model[API_MAX_FILE_NAME + 16] = "model";
-    int rc = QD_OK;
-    if (spec.n_model_files) {
-        rc = wk_layout_model(datadir, &spec, p, k, "model", &err);
-        if (spec.n_model_files == 1)
-            snprintf(model, sizeof model, "model/%s", spec.model_files[0].name);
-    } else {
-        rc = link_blob(datadir, spec.model, p, k, "model", &err);
-    }
-    if (rc == QD_OK &&
-        (link_blob(datadir, spec.calibration, p, k, "calibration", &err) ||
-         link_blob(datadir, spec.eval, p, k, "eval", &err) ||
-         link_blob(datadir, spec.tokenizer, p, k, "tokenizer", &err)))
-        rc = QD_ERR;
+    wk_inputs in;
+    int rc = wk_layout_inputs(datadir, &spec, p, k, &in, &err);
     free(p);
     cJSON_Delete(root);
     if (rc != QD_OK) {
@@ -97,10 +74,10 @@ int wk_check_dir(const char *dir) {
     }
     qd_quant_opts o;
     wk_spec_opts(&spec, &o);
-    o.model_path = model;
-    o.calib_path = "calibration";
-    o.eval_path = spec.eval[0] ? "eval" : NULL;
-    o.tokenizer_path = spec.tokenizer[0] ? "tokenizer" : NULL;
+    o.model_path = in.model;
+    o.calib_path = in.calibration;
+    o.eval_path = in.eval;
+    o.tokenizer_path = in.tokenizer;
     o.out_dir = "artifacts"; /* never written: the check reads only */
     char field[QD_CHECK_FIELD];
     if (qd_quantize_check(&o, field, &err)) {

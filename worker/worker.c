@@ -87,10 +87,6 @@ int wk_blob_path(const char *datadir, const char *id, const wk_pending *pending,
     return k > 0 && (size_t)k < n ? 0 : -1;
 }
 
-static int blob_path(const char *datadir, const char *id, char *out, size_t n) {
-    return wk_blob_path(datadir, id, NULL, 0, out, n);
-}
-
 int wk_layout_model(const char *datadir, const api_spec *spec, const wk_pending *pending,
                     int n_pending, const char *dir, qd_err *err) {
     struct stat st;
@@ -145,22 +141,40 @@ void wk_spec_opts(const api_spec *spec, qd_quant_opts *o) {
     snprintf(o->encodings_version, sizeof o->encodings_version, "%s", spec->encodings_version);
 }
 
-/* The model path of a job: its blob, or the directory of its files laid out in the job
- * directory (the one file itself when there is only one, so its name tells its format). */
-static int model_path(const char *datadir, const char *jdir, const api_spec *spec, char *out,
-                      size_t n, qd_err *err) {
-    if (!spec->n_model_files) {
-        if (blob_path(datadir, spec->model, out, n)) return qd_errf(err, "path too long");
-        return QD_OK;
+/* name -> the blob of id (a symlink, replacing one an earlier attempt left); nothing when id
+ * is "" (a field left out). */
+static int link_blob(const char *datadir, const char *id, const wk_pending *p, int np,
+                     const char *name, qd_err *err) {
+    if (!id[0]) return QD_OK;
+    char target[PATH_MAX + 96];
+    if (wk_blob_path(datadir, id, p, np, target, sizeof target))
+        return qd_errf(err, "%s: path too long", name);
+    struct stat st;
+    if (lstat(name, &st) == 0 && S_ISLNK(st.st_mode) && unlink(name) != 0)
+        return qd_errf(err, "%s: %s", name, strerror(errno));
+    if (symlink(target, name) != 0) return qd_errf(err, "%s: %s", name, strerror(errno));
+    return QD_OK;
+}
+
+int wk_layout_inputs(const char *datadir, const api_spec *spec, const wk_pending *pending,
+                     int n_pending, wk_inputs *in, qd_err *err) {
+    memset(in, 0, sizeof *in);
+    snprintf(in->model, sizeof in->model, "model");
+    if (spec->n_model_files) {
+        if (wk_layout_model(datadir, spec, pending, n_pending, "model", err)) return QD_ERR;
+        if (spec->n_model_files == 1)
+            snprintf(in->model, sizeof in->model, "model/%s", spec->model_files[0].name);
+    } else if (link_blob(datadir, spec->model, pending, n_pending, "model", err)) {
+        return QD_ERR;
     }
-    char dir[PATH_MAX + 16];
-    if (snprintf(dir, sizeof dir, "%s/model", jdir) >= (int)sizeof dir)
-        return qd_errf(err, "path too long");
-    if (wk_layout_model(datadir, spec, NULL, 0, dir, err)) return QD_ERR;
-    int k = spec->n_model_files == 1
-                ? snprintf(out, n, "%s/%s", dir, spec->model_files[0].name)
-                : snprintf(out, n, "%s", dir);
-    return k > 0 && (size_t)k < n ? QD_OK : qd_errf(err, "path too long");
+    if (link_blob(datadir, spec->calibration, pending, n_pending, "calibration", err) ||
+        link_blob(datadir, spec->eval, pending, n_pending, "eval", err) ||
+        link_blob(datadir, spec->tokenizer, pending, n_pending, "tokenizer", err))
+        return QD_ERR;
+    in->calibration = "calibration";
+    in->eval = spec->eval[0] ? "eval" : NULL;
+    in->tokenizer = spec->tokenizer[0] ? "tokenizer" : NULL;
+    return QD_OK;
 }
 
 int wk_run(const char *jobdir, int events_fd) {
@@ -208,36 +222,33 @@ int wk_run(const char *jobdir, int events_fd) {
     if (em.file_fd < 0) fprintf(stderr, "worker: %s: %s\n", path, strerror(errno));
     if (events_fd >= 0) fcntl(events_fd, F_SETFL, fcntl(events_fd, F_GETFL) | O_NONBLOCK);
 
-    char model[PATH_MAX + 96], calib[PATH_MAX + 96], evalp[PATH_MAX + 96], tok[PATH_MAX + 96];
-    char out_dir[PATH_MAX + 32], ckpt[PATH_MAX + 32];
-    model[0] = calib[0] = evalp[0] = tok[0] = 0;
-    if (model_path(datadir, jdir, &job.spec, model, sizeof model, &err)) {
+    /* From here on the worker works inside its job directory, on its inputs laid out under
+     * the names of their fields: what the pipeline says about a file (and report.json's
+     * "inputs") names it as the user knows it, never a path of the server's. */
+    wk_inputs in;
+    if (chdir(jdir) != 0) {
+        fprintf(stderr, "worker: %s: %s\n", jdir, strerror(errno));
+        return WK_EXIT_USAGE;
+    }
+    if (wk_layout_inputs(datadir, &job.spec, NULL, 0, &in, &err)) {
         emit_line(&em, api_event_log("error", err.msg));
         fprintf(stderr, "worker: %s\n", err.msg);
         return WK_EXIT_FAILED;
     }
-    if (blob_path(datadir, job.spec.calibration, calib, sizeof calib) ||
-        blob_path(datadir, job.spec.eval, evalp, sizeof evalp) ||
-        blob_path(datadir, job.spec.tokenizer, tok, sizeof tok) ||
-        snprintf(out_dir, sizeof out_dir, "%s/artifacts", jdir) >= (int)sizeof out_dir ||
-        snprintf(ckpt, sizeof ckpt, "%s/checkpoint", jdir) >= (int)sizeof ckpt) {
-        fprintf(stderr, "worker: path too long\n");
-        return WK_EXIT_USAGE;
-    }
 
     qd_quant_opts o;
     wk_spec_opts(&job.spec, &o);
-    o.model_path = model;
-    o.calib_path = calib;
-    o.eval_path = evalp[0] ? evalp : NULL;
-    o.tokenizer_path = tok[0] ? tok : NULL;
-    o.out_dir = out_dir;
-    o.checkpoint_path = ckpt;
+    o.model_path = in.model;
+    o.calib_path = in.calibration;
+    o.eval_path = in.eval;
+    o.tokenizer_path = in.tokenizer;
+    o.out_dir = "artifacts";
+    o.checkpoint_path = "checkpoint";
     o.progress = on_progress;
     o.progress_ctx = &em;
 
     char msg[256];
-    bool resume = access(ckpt, F_OK) == 0;
+    bool resume = access(o.checkpoint_path, F_OK) == 0;
     snprintf(msg, sizeof msg, "worker %d started (%s), method %s", (int)getpid(),
              resume ? "resuming from checkpoint" : "fresh", job.spec.method);
     emit_line(&em, api_event_log("info", msg));

@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+#include "api/api.h"
 #include "base/err.h"
 
 /* Exit statuses of `quantd work`, read by the dispatchers. */
@@ -42,6 +43,19 @@ int wk_blob_path(const char *datadir, const char *id, const wk_pending *pending,
  * QD_ERR with err naming the file. */
 int wk_layout_model(const char *datadir, const struct api_spec *spec, const wk_pending *pending,
                     int n_pending, const char *dir, qd_err *err);
+
+/* The inputs of a job laid out in the current directory under the names of its fields, so
+ * that every message about them names them as the user does ("calibration: line 3: ...",
+ * "model/config.json: ..."), never DATA/blobs/sha256/<hash>: model (the blob, or the directory
+ * of model_files, wk_layout_model), calibration, eval and tokenizer (symlinks to their blobs;
+ * none for a field left out). A link left by an earlier attempt is replaced. The door's check
+ * and the worker both use it. */
+typedef struct wk_inputs {
+    char model[API_MAX_FILE_NAME + 16]; /* "model", or "model/<name>" for one model file */
+    const char *calibration, *eval, *tokenizer; /* static names; eval/tokenizer NULL when absent */
+} wk_inputs;
+int wk_layout_inputs(const char *datadir, const struct api_spec *spec, const wk_pending *pending,
+                     int n_pending, wk_inputs *in, qd_err *err);
 
 /* Runs the job in jobdir; events_fd >= 0 also receives every event line. Installs SIGTERM and
  * SIGINT handlers (a worker process's top level only). Returns one of WK_EXIT_*. */
