@@ -126,14 +126,14 @@ check mobilequant_progress_while_running '[ "$(curl -s "$URL/v1/jobs/$J" | jq -r
 wait_state "$J" "succeeded|failed|timed_out" 180
 check mobilequant_succeeded '[ "$(job_state "$J")" = succeeded ] && [ "$(code GET "/v1/jobs/$J/report")" = 200 ] && jq -e ".eval.mobilequant.ppl > 0" "$TMP/body" >/dev/null' "$(job_brief "$J")"
 
-# --- a worker that fails: its exit status and log tail reach the job
+# --- a worker that fails: its exit status, its reason (the job's error) and log tail reach the job
 # (a NaN weight: it passes the door's header checks and fails when the worker loads it)
 python3 tests/bad_inputs.py "$FX" "$TMP/bad"
 BAD=$(upload "$TMP/bad/nan.gguf")
 J=$(submit "{\"model\":\"$BAD\",\"calibration\":\"$CID\",\"method\":\"rtn\",$SMALL}")
 wait_state "$J" "failed|succeeded" 120
 curl -s "$URL/v1/jobs/$J" >"$TMP/job"
-check worker_exit_status_fails_job '[ "$(jq -r .state "$TMP/job")" = failed ] && [ "$(jq -r .worker.exit_code "$TMP/job")" = 1 ] && jq -r .error "$TMP/job" | grep -q "status 1" && [ -n "$(jq -r ".log_tail // empty" "$TMP/job")" ] && [ "$(jq -r .slurm.state "$TMP/job")" = FAILED ]' "$(jq -c '{state,error,worker,slurm}' "$TMP/job")"
+check worker_exit_status_fails_job '[ "$(jq -r .state "$TMP/job")" = failed ] && [ "$(jq -r .worker.exit_code "$TMP/job")" = 1 ] && jq -r .error "$TMP/job" | grep -q "^model: tensor token_embd.weight: .* NaN" && [ -n "$(jq -r ".log_tail // empty" "$TMP/job")" ] && [ "$(jq -r .slurm.state "$TMP/job")" = FAILED ]' "$(jq -c '{state,error,worker,slurm}' "$TMP/job")"
 
 # --- cancel: SIGTERM reaches the worker through scancel, it checkpoints; the Slurm job ends
 J=$(submit "{$IN,\"method\":\"mobilequant\",$LONG}")

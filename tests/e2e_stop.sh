@@ -4,7 +4,8 @@
 #    (bench_scale --write): SIGTERM or SIGINT sent in each phase (load, FP32 evaluation,
 #    calibration, optimization, GPTQ, a variant's evaluation, export), the phase told from the
 #    progress lines; the process exits 130 within STOP_S seconds of the signal, writes no
-#    report.json, and a rerun after the stop in GPTQ resumes past the training.
+#    report.json, and a rerun after the stop in GPTQ resumes past the training; a second
+#    SIGINT during the first one's stop ends the process at once and a rerun still completes.
 #  - the service: a cancelled job never keeps a report.json (one planted as if the worker had
 #    written it just before the cancel is removed, GET /report is 404); a worker killed from
 #    outside (SIGKILL) is retried from its checkpoint until max_attempts, then the job fails;
@@ -71,6 +72,32 @@ check stop_gptq_checkpoint '[ -s "$OUT/checkpoint" ]'
 "$Q" quantize "${ARGS[@]}" --out "$OUT" 2>"$TMP/resume.log" >/dev/null; rc=$?
 check resume_after_gptq_stop '[ $rc = 0 ] && [ -s "$OUT/report.json" ] && ! grep -q "optimize [0-9]" "$TMP/resume.log" && [ ! -e "$OUT/checkpoint" ]' "rc=$rc $(grep -c 'optimize [0-9]' "$TMP/resume.log") optimize lines; $(tail -3 "$TMP/resume.log")"
 check resume_report_resumed 'jq -e ".compute.resumed_at_step == .compute.optimizer_steps and .compute.optimizer_steps == 16" "$OUT/report.json" >/dev/null' "$(jq -c .compute "$OUT/report.json" 2>/dev/null)"
+# a second Ctrl-C while the first is being honoured ends the process at once (the default
+# action, no "state saved"); the atomic checkpoint write leaves the old checkpoint or none,
+# never a torn one, so a rerun still completes
+# The second signal must land while the first is being honoured (a stop takes milliseconds
+# to tens of them here: the loop's next poll, the checkpoint's write and fsync), so the
+# first is delivered on SIGCONT and the second follows after GAP; up to three tries with
+# shorter gaps, one that ends at once suffices, and every try must end one of the two ways.
+OUT=$TMP/out-double
+killed=0 odd=""
+for gap in 0.005 0.002 0.001; do
+    rm -rf "$OUT"
+    "$Q" quantize "${ARGS[@]}" --out "$OUT" 2>"$TMP/double.log" >/dev/null &
+    pid=$!
+    for _ in $(seq 3000); do grep -qE '\] mobilequant optimize [1-9]' "$TMP/double.log" && break; kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    kill -STOP "$pid"; kill -INT "$pid"; kill -CONT "$pid"; sleep "$gap"; kill -INT "$pid" 2>/dev/null
+    for _ in $(seq 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+    wait "$pid"; rc=$?
+    echo "# double Ctrl-C, gap ${gap}s: exit $rc, $(grep -c 'stopped; state saved' "$TMP/double.log") 'state saved' lines"
+    if [ "$rc" != 130 ] || [ -e "$OUT/report.json" ]; then odd="rc=$rc at gap $gap; $(tail -2 "$TMP/double.log")"; break; fi
+    grep -q "stopped; state saved" "$TMP/double.log" || { killed=1; break; }
+done
+check double_ctrl_c_ends_at_once '[ -z "$odd" ] && [ "$killed" = 1 ]' "${odd:-every try ended with the state of the first stop saved}"
+"$Q" quantize "${ARGS[@]}" --out "$OUT" 2>"$TMP/double2.log" >/dev/null; rc=$?
+check double_ctrl_c_rerun_completes '[ $rc = 0 ] && [ -s "$OUT/report.json" ]' "rc=$rc $(tail -3 "$TMP/double2.log")"
+
 # a variant's evaluation (rtn's) and export
 stop_in eval_variant TERM '\] rtn eval' 1 --method rtn
 check stop_eval_variant_landed '[ "$LANDED" = eval ]' "$LANDED"
