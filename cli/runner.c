@@ -3,6 +3,7 @@
 
 #include <string.h>
 
+#include "base/pool.h"
 #include "base/str.h"
 #include "quant/text/resolve.h"
 #include "quant/io/load.h"
@@ -13,7 +14,8 @@ int runner_open(runner *r, const char *path, int threads, qd_err *err) {
         r->kind = "int";
         qd_qrt_opts o;
         qd_qrt_defaults(&o);
-        o.threads = threads;
+        if (qd_pool_set_default(threads, err)) return QD_ERR;
+        o.threads = 0; /* the default pool, of threads (0: all CPUs) */
         if (!(r->rt = qd_qrt_load(path, &o, err))) return QD_ERR;
         r->vocab_size = qd_qrt_model(r->rt)->cfg.vocab_size;
         r->ctx = qd_qrt_model(r->rt)->cfg.max_seq_len;

@@ -30,6 +30,7 @@
 #include "base/fs.h"
 #include "base/hash.h"
 #include "base/limits.h"
+#include "base/pool.h"
 #include "base/stop.h"
 #include "base/str.h"
 #include "base/sys.h"
@@ -425,7 +426,7 @@ static int export_artifacts(const qd_quant_opts *o, const qd_model *m, const qd_
     track(tr, "export", 5, 5);
     qd_qrt_opts ro;
     qd_qrt_defaults(&ro);
-    ro.threads = o->threads;
+    ro.threads = 0; /* the default pool, of o->threads */
     if (!(rt = qd_qrt_load(qpath, &ro, err))) goto out;
     tr->variant = QD_RK_EVAL_INT;
     track(tr, "eval", 0, 0);
@@ -647,7 +648,9 @@ int qd_quantize_check(const qd_quant_opts *o, char field[QD_CHECK_FIELD], qd_err
 int qd_quantize(const qd_quant_opts *o, qd_err *err) {
     double t0 = qd_now();
     char field[QD_CHECK_FIELD];
-    if (validate(o, field, err) || qd_mkdir_p(o->out_dir, err)) return QD_ERR;
+    if (validate(o, field, err) || qd_mkdir_p(o->out_dir, err) ||
+        qd_pool_set_default(o->threads, err))
+        return QD_ERR;
     openblas_set_num_threads(o->threads);
 
     int rc = QD_ERR;

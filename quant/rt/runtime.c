@@ -9,7 +9,8 @@
  * for asymmetric weights, the row sum of a. The 16-bit LM-head input is split into a signed high
  * byte and an unsigned low byte (a = 256*hi + lo), two int8 matmuls, exact.
  *
- * Threads: a pool created with the runtime (qrt_pool) runs jobs of independent tasks. Within a
+ * Threads: the process-wide pool (base/pool.h), or one made for the runtime when opts.threads
+ * asks for a count of its own, runs jobs of independent tasks. Within a
  * forward, the linear layers and the LM head are split over output-channel panels, attention
  * over (head, block of query rows); the evaluation entry point (qd_qrt_logits_fn) runs whole
  * windows on different threads instead. A task writes only its own outputs, with the thread's
@@ -20,12 +21,10 @@
 #include <assert.h>
 #include <immintrin.h>
 #include <math.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
+#include "base/pool.h"
 #include "base/stop.h"
 #include "quant/rt/int_ops.h"
 
@@ -87,8 +86,6 @@ typedef struct qrt_ws {
     int64_t *acc64, *vsum;    /* (QB, hdp), hdp */
 } qrt_ws;
 
-typedef struct qrt_pool qrt_pool;
-
 struct qd_qrt {
     const qd_qint *q;
     qd_qint *owned;
@@ -97,7 +94,8 @@ struct qd_qrt {
     qd_isa visa;              /* everything else: qd_isa_vector(isa) */
     int nthr;                 /* threads, the caller included */
     long grain;               /* opts.par_grain */
-    qrt_pool *pool;           /* NULL when nthr == 1 */
+    qd_pool *pool;            /* NULL when nthr == 1 */
+    int own_pool;             /* pool made for this runtime (opts.threads > 1), else the default */
     qrt_ws *ws;               /* nthr */
     layer_rt *L;
     qd_qrope rope_master;     /* owns the cos/sin tables */
@@ -135,122 +133,6 @@ void qd_qrt_defaults(qd_qrt_opts *o) {
     o->par_grain = 1L << 18;
 }
 
-/* ---------------------------------------------------------------- thread pool */
-
-/* threads - 1 workers (the caller is thread 0) that sleep on a condition variable between
- * jobs. A job is ntasks tasks claimed one at a time from an atomic counter. pool_run returns
- * once every task is done and no worker is inside the job, so a worker that wakes late can
- * never claim a task of the next job with the old job's function. */
-typedef void (*pool_fn)(void *ctx, int task, int tid);
-
-typedef struct pool_arg {
-    qrt_pool *p;
-    int tid;
-} pool_arg;
-
-struct qrt_pool {
-    int n, started;
-    pthread_t *th;
-    pool_arg *args;
-    pthread_mutex_t mu;
-    pthread_cond_t go, done;
-    unsigned long gen;        /* bumped when a job is posted */
-    int stop;
-    pool_fn fn;               /* the current job */
-    void *ctx;
-    int ntasks, finished, inside;
-    atomic_int next;
-};
-
-static int pool_work(qrt_pool *p, pool_fn fn, void *ctx, int ntasks, int tid) {
-    int k = 0;
-    for (int t; (t = atomic_fetch_add(&p->next, 1)) < ntasks; k++) fn(ctx, t, tid);
-    return k;
-}
-
-static void *pool_main(void *arg) {
-    const pool_arg *a = arg;
-    qrt_pool *p = a->p;
-    unsigned long seen = 0;
-    pthread_mutex_lock(&p->mu);
-    for (;;) {
-        while (p->gen == seen && !p->stop) pthread_cond_wait(&p->go, &p->mu);
-        if (p->stop) break;
-        seen = p->gen;
-        pool_fn fn = p->fn;
-        void *ctx = p->ctx;
-        int nt = p->ntasks;
-        p->inside++;
-        pthread_mutex_unlock(&p->mu);
-        int k = pool_work(p, fn, ctx, nt, a->tid);
-        pthread_mutex_lock(&p->mu);
-        p->inside--;
-        p->finished += k;
-        if (p->finished == p->ntasks && !p->inside) pthread_cond_signal(&p->done);
-    }
-    pthread_mutex_unlock(&p->mu);
-    return NULL;
-}
-
-static void pool_free(qrt_pool *p) {
-    if (!p) return;
-    pthread_mutex_lock(&p->mu);
-    p->stop = 1;
-    pthread_cond_broadcast(&p->go);
-    pthread_mutex_unlock(&p->mu);
-    for (int i = 0; i < p->started; i++) pthread_join(p->th[i], NULL);
-    pthread_cond_destroy(&p->go);
-    pthread_cond_destroy(&p->done);
-    pthread_mutex_destroy(&p->mu);
-    free(p->th);
-    free(p->args);
-    free(p);
-}
-
-static qrt_pool *pool_new(int n, qd_err *err) {
-    qrt_pool *p = calloc(1, sizeof *p);
-    if (!p) return qd_errf(err, "%s: out of memory", __func__), NULL;
-    p->n = n;
-    p->th = calloc((size_t)n, sizeof *p->th);
-    p->args = calloc((size_t)n, sizeof *p->args);
-    atomic_init(&p->next, 0);
-    if (!p->th || !p->args || pthread_mutex_init(&p->mu, NULL)) {
-        free(p->th), free(p->args), free(p);
-        return qd_errf(err, "%s: out of memory", __func__), NULL;
-    }
-    pthread_cond_init(&p->go, NULL);
-    pthread_cond_init(&p->done, NULL);
-    for (int i = 1; i < n; i++) {
-        p->args[i] = (pool_arg){p, i};
-        int rc = pthread_create(&p->th[p->started], NULL, pool_main, &p->args[i]);
-        if (rc) {
-            pool_free(p);
-            return qd_errf(err, "%s: cannot start thread %d of %d: %s", __func__, i + 1, n,
-                           strerror(rc)), NULL;
-        }
-        p->started++;
-    }
-    return p;
-}
-
-static void pool_run(qrt_pool *p, int ntasks, pool_fn fn, void *ctx) {
-    pthread_mutex_lock(&p->mu);
-    while (p->inside) pthread_cond_wait(&p->done, &p->mu); /* late joiners of the last job */
-    p->fn = fn;
-    p->ctx = ctx;
-    p->ntasks = ntasks;
-    p->finished = 0;
-    atomic_store(&p->next, 0);
-    p->gen++;
-    pthread_cond_broadcast(&p->go);
-    pthread_mutex_unlock(&p->mu);
-    int k = pool_work(p, fn, ctx, ntasks, 0);
-    pthread_mutex_lock(&p->mu);
-    p->finished += k;
-    while (p->finished < ntasks || p->inside) pthread_cond_wait(&p->done, &p->mu);
-    pthread_mutex_unlock(&p->mu);
-}
-
 /* A task of the runtime: ctx, the task's index, the running thread's scratch. */
 typedef void (*par_fn)(void *ctx, int task, qrt_ws *ws);
 
@@ -283,7 +165,7 @@ static int par_parts(const qd_qrt *rt, int go, int n) {
 static void par_run(qd_qrt *rt, qrt_ws *ws, int go, int ntasks, par_fn fn, void *ctx) {
     if (go && ntasks > 1) {
         par_call c = {rt, fn, ctx};
-        pool_run(rt->pool, ntasks, par_tramp, &c);
+        qd_pool_run(rt->pool, ntasks, par_tramp, &c);
         return;
     }
     for (int t = 0; t < ntasks; t++) fn(ctx, t, ws);
@@ -704,7 +586,7 @@ void qd_qrt_free(qd_qrt *rt) {
     free(rt->emb_m);
     lin_free(&rt->head);
     qd_igemm_w_free(rt->head_pw);
-    pool_free(rt->pool);
+    if (rt->own_pool) qd_pool_free(rt->pool);
     for (int t = 0; rt->ws && t < rt->nthr; t++) ws_free(&rt->ws[t]);
     free(rt->ws);
     qd_qint_free(rt->owned);
@@ -726,9 +608,10 @@ qd_qrt *qd_qrt_new(const qd_qint *q, const qd_qrt_opts *o, qd_err *err) {
     rt->chunk = rt->o.chunk > 0 ? rt->o.chunk : 64;
     rt->grain = rt->o.par_grain >= 0 ? rt->o.par_grain : 0;
     rt->nthr = rt->o.threads;
-    if (rt->nthr <= 0) { /* all online CPUs */
-        long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-        rt->nthr = ncpu > 0 ? (int)(ncpu < QD_QRT_MAX_THREADS ? ncpu : QD_QRT_MAX_THREADS) : 1;
+    if (rt->nthr <= 0) { /* the default pool */
+        rt->pool = qd_pool_default();
+        rt->nthr = qd_pool_threads(rt->pool);
+        if (rt->nthr == 1) rt->pool = NULL;
     }
     if (rt->nthr > QD_QRT_MAX_THREADS) rt->nthr = QD_QRT_MAX_THREADS;
     rt->L = calloc((size_t)nl, sizeof *rt->L);
@@ -868,7 +751,10 @@ qd_qrt *qd_qrt_new(const qd_qint *q, const qd_qrt_opts *o, qd_err *err) {
     for (int t = 0; t < rt->nthr; t++)
         if (ws_alloc_attn(rt, &rt->ws[t], err)) goto fail;
     if (ws_alloc_act(rt, &rt->ws[0], err)) goto fail;
-    if (rt->nthr > 1 && !(rt->pool = pool_new(rt->nthr, err))) goto fail;
+    if (rt->nthr > 1 && !rt->pool) {
+        if (!(rt->pool = qd_pool_new(rt->nthr, err))) goto fail;
+        rt->own_pool = 1;
+    }
     return rt;
 oom:
     qd_errf(err, "%s: out of memory", __func__);
@@ -1346,7 +1232,7 @@ int qd_qrt_logits_fn(void *ctx, const int *tokens, int B, int T, float *logits, 
         } else {
             win_job J = {rt, kv, tokens, T, logits, rc, errs};
             par_call pc = {rt, win_task, &J};
-            pool_run(rt->pool, B, par_tramp, &pc);
+            qd_pool_run(rt->pool, B, par_tramp, &pc);
             for (int b = 0; b < B && ret == QD_OK; b++)
                 if (rc[b]) *err = errs[b], ret = QD_ERR;
         }

@@ -4,8 +4,9 @@
  * fixed-point RoPE, int8 KV cache (intops.h). Floats are used only in qd_qrt_new (tables and
  * multipliers) and to hand back logits as float at the API boundary (q_logit * scale).
  *
- * Threads: a qd_qrt owns a small pool (opts.threads, default all online CPUs) created with it
- * and joined by qd_qrt_free; idle workers sleep on a condition variable. A forward splits its
+ * Threads: a qd_qrt runs on the process-wide pool (base/pool.h: qd_pool_default, sized by the
+ * program's threads option) or, when opts.threads asks for a count, on a pool of its own made
+ * with it and joined by qd_qrt_free; idle workers sleep on a condition variable. A forward splits its
  * matmuls over output channels, attention over heads and query blocks, the LM head over
  * vocabulary rows; qd_qrt_logits_fn runs whole windows on different threads. The integers are
  * the same for every thread count and ISA-independent as before. One call at a time per
@@ -24,9 +25,10 @@ typedef struct qd_qrt_kv qd_qrt_kv;
 typedef struct qd_qrt_opts {
     qd_isa isa;        /* QD_ISA_AUTO: the best path the CPU supports */
     int chunk;         /* tokens processed per batch of matmuls (default 64) */
-    int threads;       /* threads, the caller's included; 0 (default): the number of online
-                        * CPUs; 1: no pool. At most QD_QRT_MAX_THREADS. Results never depend
-                        * on it. */
+    int threads;       /* threads, the caller's included; 0 (default): the default pool's
+                        * (qd_pool_default, which must outlive the runtime); 1: no pool; N:
+                        * a pool of N of its own. At most QD_QRT_MAX_THREADS. Results never
+                        * depend on it. */
     long par_grain;    /* an operation of fewer multiply-adds than this runs on the calling
                         * thread alone (waking the pool costs more); default 2^18, 0 splits
                         * everything (tests) */
