@@ -12,7 +12,13 @@
  * tensor|, RTOL = 1e-5, ATOL = 1e-6. Central differences in double with h = 1e-6*max(|x|,1e-3)
  * have truncation error ~h^2 and cancellation error ~1e-16/h ~ 1e-10 relative, so these bounds
  * leave four orders of magnitude of headroom while any missing or wrong term (the fault cases
- * below: gradients of O(1e-3..1) relative size) fails them. */
+ * below: gradients of O(1e-3..1) relative size) fails them.
+ *
+ * Threads: PAR_ELEMS (quant/sim/par.h) is made tiny here so that these small tensors span many
+ * chunks, and the default pool has three threads: every check runs the chunked loops and their
+ * per-chunk sums on the pool; model_threads_same_bits compares a whole model's gradients (and
+ * the recorded rounding residuals) at 1, 2 and 3 threads bit for bit. */
+#define PAR_ELEMS 8
 #define QD_REAL_DOUBLE
 #define QD_TEST_HOOKS /* the fault cases below: compiled into this test only (ops.h) */
 #include "quant/sim/ops.c"
@@ -594,7 +600,55 @@ static void model_stablelm_w4_gqa(void) {
     whole_model(cfg, 4, 0);
 }
 
+/* Gradients, output and recorded rounding of one forward/backward at each thread count. */
+static void threads_same_bits(qd_config cfg, int wbits) {
+    mctx c = {.B = 2, .T = 5};
+    qd_model *m = NULL;
+    if (!model_sim(cfg, wbits, &m, &c)) return;
+    qd_qsim *q = c.q;
+    size_t nd = (size_t)c.B * c.T * cfg.dim;
+    double *g1 = malloc(sizeof(double) * q->n_params), *o1 = malloc(sizeof(double) * nd);
+    double *r1 = NULL;
+    size_t nr = 0;
+    qd_err err = {{0}};
+    const int threads[] = {1, 2, 3};
+    for (int t = 0; t < 3; t++) {
+        CHECK(qd_pool_set_default(threads[t], &err) == QD_OK, "%s", err.msg);
+        g_rc.mode = QD_ROUND_RECORD;
+        m_G(&c);
+        g_rc.mode = QD_ROUND_OFF;
+        if (t == 0) {
+            memcpy(g1, q->g, sizeof(double) * q->n_params);
+            memcpy(o1, c.out, sizeof(double) * nd);
+            nr = q->rc.cursor;
+            r1 = malloc(sizeof(double) * (nr ? nr : 1));
+            memcpy(r1, g_rc.res, sizeof(double) * nr);
+            continue;
+        }
+        CHECK(!memcmp(g1, q->g, sizeof(double) * q->n_params),
+              "wbits %d: gradients differ at %d threads", wbits, threads[t]);
+        CHECK(!memcmp(o1, c.out, sizeof(double) * nd), "wbits %d: output differs at %d threads",
+              wbits, threads[t]);
+        CHECK(q->rc.cursor == nr && !memcmp(r1, g_rc.res, sizeof(double) * nr),
+              "wbits %d: recorded residuals differ at %d threads", wbits, threads[t]);
+    }
+    CHECK(qd_pool_set_default(3, &err) == QD_OK, "%s", err.msg);
+    free(g1), free(o1), free(r1);
+    free_mctx(&c, m);
+}
+
+static void model_threads_same_bits(void) {
+    qd_config cfg = synth_config(16, 40, 2, 4, 4, 32, 16);
+    cfg.qkv_bias = 1;
+    threads_same_bits(cfg, 8);
+    qd_config g = synth_config(16, 24, 2, 4, 2, 32, 16);
+    synth_family(&g, QD_FAMILY_STABLELM);
+    threads_same_bits(g, 4);
+}
+
 int main(void) {
+    qd_err perr = {{0}};
+    if (qd_pool_set_default(3, &perr)) fprintf(stderr, "%s\n", perr.msg);
     g_rc.cap = 1 << 22;
     g_rc.res = malloc(g_rc.cap * sizeof(double));
     g_rc.reg = malloc(g_rc.cap);
@@ -611,6 +665,7 @@ int main(void) {
     RUN(model_gemma_w8);
     RUN(model_stablelm_w8);
     RUN(model_stablelm_w4_gqa);
+    RUN(model_threads_same_bits);
     free(g_rc.res);
     free(g_rc.reg);
     return CHECK_DONE();

@@ -3,6 +3,7 @@
 
 #include "base/hash.h"
 #include "base/fs.h"
+#include "quant/sim/par.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -73,21 +74,37 @@ double qd_adam_lr(const qd_adam *a, int k) {
     return a->lr_min[k] + 0.5 * (a->lr_max[k] - a->lr_min[k]) * (1 + cos(M_PI * t));
 }
 
-void qd_adam_step(qd_adam *a, qd_real *p, const qd_real *g) {
+/* One group's elements [lo, hi) of an AdamW step (elementwise: any chunking gives the same). */
+typedef struct adam_job {
+    qd_adam *a;
+    qd_real *p;
+    const qd_real *g;
+    size_t off;
+    double lr, c1, c2;
+} adam_job;
+
+static void adam_r(const void *ctx, size_t lo, size_t hi) {
+    const adam_job *J = ctx;
+    qd_adam *a = J->a;
     double b1 = a->beta1, b2 = a->beta2;
+    for (size_t i = J->off + lo; i < J->off + hi; i++) {
+        double gi = J->g[i];
+        double m = b1 * a->m[i] + (1 - b1) * gi;
+        double v = b2 * a->v[i] + (1 - b2) * gi * gi;
+        a->m[i] = (float)m, a->v[i] = (float)v;
+        double upd = (m / J->c1) / (sqrt(v / J->c2) + a->eps) + a->weight_decay * J->p[i];
+        J->p[i] = (qd_real)(J->p[i] - J->lr * (a->lr_scale ? a->lr_scale[i] : 1.0) * upd);
+    }
+}
+
+void qd_adam_step(qd_adam *a, qd_real *p, const qd_real *g) {
     double t = (double)(a->step + 1);
-    double c1 = 1 - pow(b1, t), c2 = 1 - pow(b2, t);
+    double c1 = 1 - pow(a->beta1, t), c2 = 1 - pow(a->beta2, t);
     for (int k = 0; k < a->n_groups; k++) {
         double lr = qd_adam_lr(a, k);
         if (a->lr_max[k] == 0) continue;
-        for (size_t i = a->grp_off[k]; i < a->grp_off[k + 1]; i++) {
-            double gi = g[i];
-            double m = b1 * a->m[i] + (1 - b1) * gi;
-            double v = b2 * a->v[i] + (1 - b2) * gi * gi;
-            a->m[i] = (float)m, a->v[i] = (float)v;
-            double upd = (m / c1) / (sqrt(v / c2) + a->eps) + a->weight_decay * p[i];
-            p[i] = (qd_real)(p[i] - lr * (a->lr_scale ? a->lr_scale[i] : 1.0) * upd);
-        }
+        adam_job J = {a, p, g, a->grp_off[k], lr, c1, c2};
+        par_for(a->grp_off[k + 1] - a->grp_off[k], PAR_ELEMS, adam_r, &J);
     }
     a->step++;
 }

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "base/stop.h"
+#include "quant/sim/par.h"
 
 /* ---------------------------------------------------------------- tables */
 
@@ -153,30 +154,90 @@ QD_API void qd_qstats_free(qd_qstats *s) {
     free(s);
 }
 
-static void st_minmax(qd_qstats *s, size_t idx, const qd_real *x, size_t n) {
-    double mn = s->mn[idx], mx = s->mx[idx];
-    for (size_t i = 0; i < n; i++) {
-        if (x[i] < mn) mn = x[i];
-        if (x[i] > mx) mx = x[i];
+/* The observers run on the pool (quant/sim/par.h): min/max per chunk, combined afterwards (the
+ * same values in any order); the per-channel statistics per block of channels, each channel's
+ * rows in order. */
+typedef struct st_job {
+    const qd_real *x;
+    double *mn, *mx;   /* per chunk */
+    float *ch;
+    double *sq;
+    size_t N, chunk;
+    int C, T;
+} st_job;
+
+static void st_minmax_r(const void *p, size_t lo, size_t hi) {
+    const st_job *J = p;
+    size_t k = lo / PAR_ELEMS;
+    double mn = INFINITY, mx = -INFINITY;
+    for (size_t i = lo; i < hi; i++) {
+        if (J->x[i] < mn) mn = J->x[i];
+        if (J->x[i] > mx) mx = J->x[i];
     }
-    s->mn[idx] = mn, s->mx[idx] = mx;
+    J->mn[k] = mn, J->mx[k] = mx;
+}
+
+/* Folds per-chunk minima and maxima into statistic idx. */
+static void st_fold(qd_qstats *s, size_t idx, const double *mn, const double *mx, size_t nc) {
+    for (size_t k = 0; k < nc; k++) {
+        if (mn[k] < s->mn[idx]) s->mn[idx] = mn[k];
+        if (mx[k] > s->mx[idx]) s->mx[idx] = mx[k];
+    }
+}
+
+static void st_minmax(qd_qstats *s, size_t idx, const qd_real *x, size_t n) {
+    double small[2 * 64];
+    size_t nc = qd_pool_nchunks(n, PAR_ELEMS);
+    double *part = par_part(n, PAR_ELEMS, 2, small, 2 * 64);
+    st_job J = {.x = x, .mn = part, .mx = part + nc};
+    par_for(n, PAR_ELEMS, st_minmax_r, &J);
+    st_fold(s, idx, J.mn, J.mx, nc);
+    par_part_free(part, small);
+}
+
+static void st_chmax_r(const void *p, size_t lo, size_t hi) {
+    const st_job *J = p;
+    for (size_t n = 0; n < J->N; n++)
+        for (size_t c = lo; c < hi; c++) {
+            double v = (double)J->x[n * J->C + c];
+            float a = (float)fabs(v);
+            if (a > J->ch[c]) J->ch[c] = a;
+            J->sq[c] += v * v;
+        }
 }
 
 /* per-channel max|x| into ch and Σx² into sq */
 static void st_chmax(float *ch, double *sq, const qd_real *x, size_t N, int C) {
-    for (size_t n = 0; n < N; n++)
-        for (int c = 0; c < C; c++) {
-            double v = (double)x[n * C + c];
-            float a = (float)fabs(v);
-            if (a > ch[c]) ch[c] = a;
-            sq[c] += v * v;
+    st_job J = {.x = x, .ch = ch, .sq = sq, .N = N, .C = C};
+    size_t cols = par_rows(N);
+    par_for((size_t)C, cols < 64 ? 64 : cols, st_chmax_r, &J);
+}
+
+/* min/max over causal rows [lo, hi) of (B*nh*T) rows of T */
+static void st_tri_r(const void *p, size_t lo, size_t hi) {
+    const st_job *J = p;
+    size_t k = lo / J->chunk, T = (size_t)J->T;
+    double mn = INFINITY, mx = -INFINITY;
+    for (size_t r = lo; r < hi; r++) {
+        const qd_real *row = J->x + r * T;
+        for (size_t j = 0; j <= r % T; j++) {
+            if (row[j] < mn) mn = row[j];
+            if (row[j] > mx) mx = row[j];
         }
+    }
+    J->mn[k] = mn, J->mx[k] = mx;
 }
 
 /* min/max over the causal triangles of (B, nh, T, T) */
 static void st_tri(qd_qstats *s, size_t idx, const qd_real *S, int BH, int T) {
-    for (int b = 0; b < BH; b++)
-        for (int i = 0; i < T; i++) st_minmax(s, idx, S + ((size_t)b * T + i) * T, (size_t)i + 1);
+    size_t rows = (size_t)BH * T, chunk = par_rows((size_t)(T + 1) / 2);
+    size_t nc = qd_pool_nchunks(rows, chunk);
+    double small[2 * 64];
+    double *part = par_part(rows, chunk, 2, small, 2 * 64);
+    st_job J = {.x = S, .mn = part, .mx = part + nc, .chunk = chunk, .T = T};
+    par_for(rows, chunk, st_tri_r, &J);
+    st_fold(s, idx, J.mn, J.mx, nc);
+    par_part_free(part, small);
 }
 
 /* ---------------------------------------------------------------- construction */
@@ -762,6 +823,19 @@ static void ensure_hats(qd_qsim *q) {
     P->hat_valid = 1;
 }
 
+typedef struct emb_job {
+    qd_real *x0;
+    const qd_real *tab;
+    const int *tokens;
+    int D;
+} emb_job;
+
+static void emb_r(const void *p, size_t lo, size_t hi) {
+    const emb_job *J = p;
+    for (size_t i = lo; i < hi; i++)
+        memcpy(J->x0 + i * J->D, J->tab + (size_t)J->tokens[i] * J->D, sizeof(qd_real) * J->D);
+}
+
 QD_API void qd_qsim_embed(qd_qsim *q, const int *tokens, int B, int T, qd_real *x0) {
     struct qd_qsim_priv *P = q->priv;
     int D = q->cfg.dim;
@@ -771,8 +845,8 @@ QD_API void qd_qsim_embed(qd_qsim *q, const int *tokens, int B, int T, qd_real *
         ensure_hats(q);
         tab = P->emb_hat;
     }
-    for (size_t i = 0; i < N; i++)
-        memcpy(x0 + i * D, tab + (size_t)tokens[i] * D, sizeof(qd_real) * (size_t)D);
+    emb_job J = {x0, tab, tokens, D};
+    par_for(N, par_rows((size_t)D), emb_r, &J);
     if (q->cfg.emb_scale != 0) qd_scale_forward(x0, x0, (qd_real)q->cfg.emb_scale, N * D);
     size_t gi = (size_t)q->cfg.n_layers * QD_AQ_PER_LAYER + QD_AQG_EMB;
     if (q->stats) st_minmax(q->stats, gi, x0, N * D);

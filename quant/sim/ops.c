@@ -1,8 +1,13 @@
 /* Forward/backward pairs of the decoder-block ops and the fake quantizers (see ops.h). Every
- * matmul goes through BLAS gemm; everything else is a plain loop. Sums that feed a parameter
- * gradient (quantizer scale/offset, norm weights, LET scales) are accumulated in double: they
- * run over up to millions of elements and float accumulation would make them depend on the
- * order and lose the small terms. */
+ * matmul goes through BLAS gemm, called from the calling thread; everything else is a plain loop
+ * over elements or rows. Sums that feed a parameter gradient (quantizer scale/offset, norm
+ * weights, LET scales) are accumulated in double: they run over up to millions of elements and
+ * float accumulation would make them depend on the order and lose the small terms.
+ *
+ * Threads: every loop runs on the default pool in chunks of a fixed size with per-chunk sums
+ * added in chunk order (quant/sim/par.h), so the results are the same bits for any thread count;
+ * the norms' and LET's column sums and the quantizers' scale/offset sums are such sums. Attention
+ * runs its row loops on the pool between the per-head GEMMs. */
 #include "quant/sim/ops.h"
 
 #include <assert.h>
@@ -10,6 +15,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "quant/sim/par.h"
 
 #ifdef QD_GEMM_PROFILE
 /* Benchmarks compile this file with QD_GEMM_PROFILE to split step time into gemm and the rest
@@ -44,6 +51,17 @@ static void gemm_prof(enum CBLAS_ORDER o, enum CBLAS_TRANSPOSE ta, enum CBLAS_TR
 #define R_FABS fabsf
 #endif
 
+/* The arguments of the elementwise ops: outputs o, o2; inputs a, b, c; a scalar s. */
+typedef struct ew_args {
+    qd_real *o, *o2;
+    const qd_real *a, *b, *c;
+    qd_real s;
+    size_t C;        /* row ops: elements per row */
+    size_t N;        /* column ops: rows */
+    float eps;
+    qd_real *r1, *r2; /* row ops: per-row outputs (mean, rstd) */
+} ew_args;
+
 #define LET_MIN ((qd_real)1e-2)
 #define SCALE_MIN ((qd_real)1e-8)
 
@@ -76,47 +94,110 @@ static inline qd_real sigm(qd_real x) { return (qd_real)(1.0 / (1.0 + exp(-(doub
 
 /* ---------------------------------------------------------------- RMSNorm */
 
-QD_API void qd_rmsnorm_forward(qd_real *out, qd_real *rstd, const qd_real *x, const qd_real *w,
-                               int N, int C, float eps) {
-    qd_rmsnorm_rows(out, rstd, x, w, (size_t)N, C, eps);
+static void rms_fwd_r(const void *p, size_t lo, size_t hi) {
+    const ew_args *A = p;
+    qd_rmsnorm_rows(A->o + lo * A->C, A->r1 ? A->r1 + lo : NULL, A->a + lo * A->C, A->b, hi - lo,
+                    (int)A->C, A->eps);
 }
 
-QD_API void qd_rmsnorm_backward(qd_real *dx, qd_real *dw, const qd_real *dout, const qd_real *x,
-                                const qd_real *w, const qd_real *rstd, int N, int C) {
-    for (int n = 0; n < N; n++) {
-        const qd_real *xr = x + (size_t)n * C, *d = dout + (size_t)n * C;
-        qd_real r = rstd[n];
-        if (dw)
-            for (int i = 0; i < C; i++) dw[i] += d[i] * xr[i] * r;
-        if (dx) {
+QD_API void qd_rmsnorm_forward(qd_real *out, qd_real *rstd, const qd_real *x, const qd_real *w,
+                               int N, int C, float eps) {
+    ew_args A = {.o = out, .r1 = rstd, .a = x, .b = w, .C = (size_t)C, .eps = eps};
+    par_for((size_t)N, par_rows((size_t)C), rms_fwd_r, &A);
+}
+
+/* The norms' backward: rows [lo, hi) of dx, and their column sums for dw, db into the chunk's
+ * partials (C doubles each: dw's, then db's). */
+typedef struct norm_bjob {
+    qd_real *dx;
+    const qd_real *dout, *x, *w, *mean, *rstd;
+    int C, want_dw, want_db;
+    double *part;  /* per chunk: C (dw) + C (db) */
+    size_t chunk;
+} norm_bjob;
+
+static void rms_bwd_r(const void *p, size_t lo, size_t hi) {
+    const norm_bjob *J = p;
+    int C = J->C;
+    double *pw = J->part ? J->part + (lo / J->chunk) * 2 * (size_t)C : NULL;
+    for (size_t n = lo; n < hi; n++) {
+        const qd_real *xr = J->x + n * C, *d = J->dout + n * C, *w = J->w;
+        qd_real r = J->rstd[n];
+        if (pw)
+            for (int i = 0; i < C; i++) pw[i] += (double)(d[i] * xr[i] * r);
+        if (J->dx) {
             /* out_i = x_i r w_i with r = (mean x^2 + eps)^-1/2: dr/dx_j = -r^3 x_j / C */
             double dot = 0;
             for (int i = 0; i < C; i++) dot += (double)d[i] * w[i] * xr[i];
             qd_real k = (qd_real)(dot * r * r * r / C);
-            qd_real *dxr = dx + (size_t)n * C;
+            qd_real *dxr = J->dx + n * C;
             for (int i = 0; i < C; i++) dxr[i] += d[i] * w[i] * r - xr[i] * k;
         }
     }
 }
 
+/* Runs a norm backward over N rows and adds the column sums to dw, db (each may be NULL). */
+static void norm_bwd_run(norm_bjob *J, par_fn fn, size_t N, qd_real *dw, qd_real *db) {
+    size_t C = (size_t)J->C, chunk = par_rows(C);
+    double small[2 * 1024];
+    J->chunk = chunk;
+    J->part = dw || db ? par_part(N, chunk, 2 * C, small, sizeof small / sizeof *small) : NULL;
+    par_for(N, chunk, fn, J);
+    if (!J->part) return;
+    size_t nc = qd_pool_nchunks(N, chunk);
+    for (size_t i = 0; i < C; i++) {
+        double sw = 0, sb = 0;
+        for (size_t c = 0; c < nc; c++) {
+            sw += J->part[c * 2 * C + i];
+            sb += J->part[c * 2 * C + C + i];
+        }
+        if (dw) dw[i] += (qd_real)sw;
+        if (db) db[i] += (qd_real)sb;
+    }
+    par_part_free(J->part, small);
+}
+
+QD_API void qd_rmsnorm_backward(qd_real *dx, qd_real *dw, const qd_real *dout, const qd_real *x,
+                                const qd_real *w, const qd_real *rstd, int N, int C) {
+    norm_bjob J = {.dx = dx, .dout = dout, .x = x, .w = w, .rstd = rstd, .C = C};
+    norm_bwd_run(&J, rms_bwd_r, (size_t)N, dw, NULL);
+}
+
 /* ---------------------------------------------------------------- LayerNorm */
+
+typedef struct ln_args {
+    qd_real *out, *mean, *rstd;
+    const qd_real *x, *w, *b;
+    int C;
+    float eps;
+} ln_args;
+
+static void ln_fwd_r(const void *p, size_t lo, size_t hi) {
+    const ln_args *A = p;
+    size_t C = (size_t)A->C;
+    qd_layernorm_rows(A->out + lo * C, A->mean ? A->mean + lo : NULL, A->rstd ? A->rstd + lo : NULL,
+                      A->x + lo * C, A->w, A->b, hi - lo, A->C, A->eps);
+}
 
 QD_API void qd_layernorm_forward(qd_real *out, qd_real *mean, qd_real *rstd, const qd_real *x,
                                  const qd_real *w, const qd_real *b, int N, int C, float eps) {
-    qd_layernorm_rows(out, mean, rstd, x, w, b, (size_t)N, C, eps);
+    ln_args A = {out, mean, rstd, x, w, b, C, eps};
+    par_for((size_t)N, par_rows((size_t)C), ln_fwd_r, &A);
 }
 
-QD_API void qd_layernorm_backward(qd_real *dx, qd_real *dw, qd_real *db, const qd_real *dout,
-                                  const qd_real *x, const qd_real *w, const qd_real *mean,
-                                  const qd_real *rstd, int N, int C) {
-    for (int n = 0; n < N; n++) {
-        const qd_real *xr = x + (size_t)n * C, *d = dout + (size_t)n * C;
-        qd_real mu = mean[n], r = rstd[n];
-        if (dw)
-            for (int i = 0; i < C; i++) dw[i] += d[i] * (xr[i] - mu) * r;
-        if (db)
-            for (int i = 0; i < C; i++) db[i] += d[i];
-        if (dx) {
+static void ln_bwd_r(const void *p, size_t lo, size_t hi) {
+    const norm_bjob *J = p;
+    int C = J->C;
+    double *pw = J->part ? J->part + (lo / J->chunk) * 2 * (size_t)C : NULL;
+    for (size_t n = lo; n < hi; n++) {
+        const qd_real *xr = J->x + n * C, *d = J->dout + n * C, *w = J->w;
+        qd_real mu = J->mean[n], r = J->rstd[n];
+        if (pw)
+            for (int i = 0; i < C; i++) {
+                pw[i] += (double)(d[i] * (xr[i] - mu) * r);
+                pw[C + i] += (double)d[i];
+            }
+        if (J->dx) {
             /* x̂ = (x - μ) r: dx = r (dx̂ - mean(dx̂) - x̂ mean(dx̂ x̂)) with dx̂ = dout w */
             double s1 = 0, s2 = 0;
             for (int i = 0; i < C; i++) {
@@ -125,53 +206,89 @@ QD_API void qd_layernorm_backward(qd_real *dx, qd_real *dw, qd_real *db, const q
                 s2 += g * ((double)xr[i] - mu) * r;
             }
             qd_real m1 = (qd_real)(s1 / C), m2 = (qd_real)(s2 / C);
-            qd_real *dxr = dx + (size_t)n * C;
+            qd_real *dxr = J->dx + n * C;
             for (int i = 0; i < C; i++)
                 dxr[i] += r * (d[i] * w[i] - m1 - (xr[i] - mu) * r * m2);
         }
     }
 }
 
+QD_API void qd_layernorm_backward(qd_real *dx, qd_real *dw, qd_real *db, const qd_real *dout,
+                                  const qd_real *x, const qd_real *w, const qd_real *mean,
+                                  const qd_real *rstd, int N, int C) {
+    norm_bjob J = {.dx = dx, .dout = dout, .x = x, .w = w, .mean = mean, .rstd = rstd, .C = C};
+    norm_bwd_run(&J, ln_bwd_r, (size_t)N, dw, db);
+}
+
 /* ---------------------------------------------------------------- linear */
+
+static void bias_r(const void *p, size_t lo, size_t hi) {
+    const ew_args *A = p;
+    for (size_t n = lo; n < hi; n++)
+        for (size_t o = 0; o < A->C; o++) A->o[n * A->C + o] += A->b[o];
+}
+
+/* db[o] += Σ_n dout[n, o] for columns [lo, hi): each column summed in row order. */
+static void bias_bwd_r(const void *p, size_t lo, size_t hi) {
+    const ew_args *A = p;
+    size_t N = A->N;
+    for (size_t o = lo; o < hi; o++) {
+        double s = 0;
+        for (size_t n = 0; n < N; n++) s += A->a[n * A->C + o];
+        A->o[o] += (qd_real)s;
+    }
+}
 
 QD_API void qd_linear_forward(qd_real *out, const qd_real *x, const qd_real *W, const qd_real *b,
                               int N, int C, int OC) {
     GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, C, 1, x, C, W, C, 0, out, OC);
-    if (b)
-        for (int n = 0; n < N; n++)
-            for (int o = 0; o < OC; o++) out[(size_t)n * OC + o] += b[o];
+    if (b) {
+        ew_args A = {.o = out, .b = b, .C = (size_t)OC};
+        par_for((size_t)N, par_rows((size_t)OC), bias_r, &A);
+    }
 }
 
 QD_API void qd_linear_backward(qd_real *dx, qd_real *dW, qd_real *db, const qd_real *dout,
                                const qd_real *x, const qd_real *W, int N, int C, int OC) {
     if (dx) GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, OC, 1, dout, OC, W, C, 1, dx, C);
     if (dW) GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, N, 1, dout, OC, x, C, 1, dW, C);
-    if (db)
-        for (int o = 0; o < OC; o++) {
-            double s = 0;
-            for (int n = 0; n < N; n++) s += dout[(size_t)n * OC + o];
-            db[o] += (qd_real)s;
-        }
+    if (db) {
+        ew_args A = {.o = db, .a = dout, .C = (size_t)OC, .N = (size_t)N};
+        par_for((size_t)OC, par_rows((size_t)N), bias_bwd_r, &A);
+    }
 }
 
 /* ---------------------------------------------------------------- RoPE */
 
-QD_API void qd_rope_forward(qd_real *out, const qd_real *x, const qd_real *cos_t,
-                            const qd_real *sin_t, int B, int T, int nh, int hd, int rot) {
-    size_t W = (size_t)nh * hd;
-    for (size_t r = 0; r < (size_t)B * T; r++)
-        qd_rope_rotate(out + r * W, x + r * W, cos_t, sin_t, r % T, nh, hd, rot);
+typedef struct rope_args {
+    qd_real *out;
+    const qd_real *x, *cos_t, *sin_t;
+    int T, nh, hd, rot;
+} rope_args;
+
+static void rope_fwd_r(const void *p, size_t lo, size_t hi) {
+    const rope_args *A = p;
+    size_t W = (size_t)A->nh * A->hd;
+    for (size_t r = lo; r < hi; r++)
+        qd_rope_rotate(A->out + r * W, A->x + r * W, A->cos_t, A->sin_t, r % A->T, A->nh, A->hd,
+                       A->rot);
 }
 
-QD_API void qd_rope_backward(qd_real *dx, const qd_real *dout, const qd_real *cos_t,
-                             const qd_real *sin_t, int B, int T, int nh, int hd, int rot) {
-    int h2 = rot / 2;
+QD_API void qd_rope_forward(qd_real *out, const qd_real *x, const qd_real *cos_t,
+                            const qd_real *sin_t, int B, int T, int nh, int hd, int rot) {
+    rope_args A = {out, x, cos_t, sin_t, T, nh, hd, rot};
+    par_for((size_t)B * T, par_rows((size_t)nh * hd), rope_fwd_r, &A);
+}
+
+static void rope_bwd_r(const void *p, size_t lo, size_t hi) {
+    const rope_args *A = p;
+    int h2 = A->rot / 2, nh = A->nh, hd = A->hd, rot = A->rot;
     size_t W = (size_t)nh * hd;
-    for (size_t r = 0; r < (size_t)B * T; r++) {
-        const qd_real *c = cos_t + (r % T) * h2, *s = sin_t + (r % T) * h2;
+    for (size_t r = lo; r < hi; r++) {
+        const qd_real *c = A->cos_t + (r % A->T) * h2, *s = A->sin_t + (r % A->T) * h2;
         for (int h = 0; h < nh; h++) {
-            const qd_real *d = dout + r * W + (size_t)h * hd;
-            qd_real *o = dx + r * W + (size_t)h * hd;
+            const qd_real *d = A->x + r * W + (size_t)h * hd;
+            qd_real *o = A->out + r * W + (size_t)h * hd;
             for (int i = 0; i < h2; i++) {
                 o[i] += d[i] * c[i] + d[i + h2] * s[i];
                 o[i + h2] += d[i + h2] * c[i] - d[i] * s[i];
@@ -181,31 +298,61 @@ QD_API void qd_rope_backward(qd_real *dx, const qd_real *dout, const qd_real *co
     }
 }
 
+QD_API void qd_rope_backward(qd_real *dx, const qd_real *dout, const qd_real *cos_t,
+                             const qd_real *sin_t, int B, int T, int nh, int hd, int rot) {
+    rope_args A = {dx, dout, cos_t, sin_t, T, nh, hd, rot};
+    par_for((size_t)B * T, par_rows((size_t)nh * hd), rope_bwd_r, &A);
+}
+
 /* ---------------------------------------------------------------- gated MLP, residual */
 
+static void silu_fwd_r(const void *p, size_t lo, size_t hi) {
+    const ew_args *A = p;
+    for (size_t i = lo; i < hi; i++) A->o[i] = qd_silu_real(A->a[i]);
+}
+
 QD_API void qd_silu_forward(qd_real *out, const qd_real *g, size_t n) {
-    for (size_t i = 0; i < n; i++) out[i] = qd_silu_real(g[i]);
+    ew_args A = {.o = out, .a = g};
+    par_for(n, PAR_ELEMS, silu_fwd_r, &A);
+}
+
+static void silu_bwd_r(const void *p, size_t lo, size_t hi) {
+    const ew_args *A = p;
+    for (size_t i = lo; i < hi; i++) {
+        qd_real g = A->b[i], sg = 1 / (1 + R_EXP(-g));
+        A->o[i] += A->a[i] * sg * (1 + g * (1 - sg));
+    }
 }
 
 QD_API void qd_silu_backward(qd_real *dg, const qd_real *dout, const qd_real *g, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        qd_real sg = 1 / (1 + R_EXP(-g[i]));
-        dg[i] += dout[i] * sg * (1 + g[i] * (1 - sg));
-    }
+    ew_args A = {.o = dg, .a = dout, .b = g};
+    par_for(n, PAR_ELEMS, silu_bwd_r, &A);
+}
+
+static void gelu_fwd_r(const void *p, size_t lo, size_t hi) {
+    const ew_args *A = p;
+    for (size_t i = lo; i < hi; i++) A->o[i] = qd_gelu_tanh_real(A->a[i]);
 }
 
 QD_API void qd_gelu_forward(qd_real *out, const qd_real *g, size_t n) {
-    for (size_t i = 0; i < n; i++) out[i] = qd_gelu_tanh_real(g[i]);
+    ew_args A = {.o = out, .a = g};
+    par_for(n, PAR_ELEMS, gelu_fwd_r, &A);
+}
+
+static void gelu_bwd_r(const void *p, size_t lo, size_t hi) {
+    const ew_args *A = p;
+    const double k = 0.7978845608028654, a = 0.044715;
+    for (size_t i = lo; i < hi; i++) {
+        double x = A->b[i], t = tanh(k * (x + a * x * x * x));
+        /* d/dx 0.5 x (1 + t) = 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 a x^2) */
+        double d = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * a * x * x);
+        A->o[i] += A->a[i] * (qd_real)d;
+    }
 }
 
 QD_API void qd_gelu_backward(qd_real *dg, const qd_real *dout, const qd_real *g, size_t n) {
-    const double k = 0.7978845608028654, a = 0.044715;
-    for (size_t i = 0; i < n; i++) {
-        double x = g[i], t = tanh(k * (x + a * x * x * x));
-        /* d/dx 0.5 x (1 + t) = 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 a x^2) */
-        double d = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * a * x * x);
-        dg[i] += dout[i] * (qd_real)d;
-    }
+    ew_args A = {.o = dg, .a = dout, .b = g};
+    par_for(n, PAR_ELEMS, gelu_bwd_r, &A);
 }
 
 QD_API void qd_act_forward(int act, qd_real *out, const qd_real *g, size_t n) {
@@ -219,35 +366,71 @@ QD_API void qd_act_backward(int act, qd_real *dg, const qd_real *dout, const qd_
     else qd_silu_backward(dg, dout, g, n);
 }
 
+static void scale_fwd_r(const void *p, size_t lo, size_t hi) {
+    const ew_args *A = p;
+    for (size_t i = lo; i < hi; i++) A->o[i] = A->a[i] * A->s;
+}
+
 QD_API void qd_scale_forward(qd_real *out, const qd_real *x, qd_real s, size_t n) {
-    for (size_t i = 0; i < n; i++) out[i] = x[i] * s;
+    ew_args A = {.o = out, .a = x, .s = s};
+    par_for(n, PAR_ELEMS, scale_fwd_r, &A);
+}
+
+static void scale_bwd_r(const void *p, size_t lo, size_t hi) {
+    const ew_args *A = p;
+    for (size_t i = lo; i < hi; i++) A->o[i] += A->a[i] * A->s;
 }
 
 QD_API void qd_scale_backward(qd_real *dx, const qd_real *dout, qd_real s, size_t n) {
-    for (size_t i = 0; i < n; i++) dx[i] += dout[i] * s;
+    ew_args A = {.o = dx, .a = dout, .s = s};
+    par_for(n, PAR_ELEMS, scale_bwd_r, &A);
+}
+
+static void mul_fwd_r(const void *p, size_t lo, size_t hi) {
+    const ew_args *A = p;
+    for (size_t i = lo; i < hi; i++) A->o[i] = A->a[i] * A->b[i];
 }
 
 QD_API void qd_mul_forward(qd_real *out, const qd_real *a, const qd_real *b, size_t n) {
-    for (size_t i = 0; i < n; i++) out[i] = a[i] * b[i];
+    ew_args A = {.o = out, .a = a, .b = b};
+    par_for(n, PAR_ELEMS, mul_fwd_r, &A);
+}
+
+static void mul_bwd_r(const void *p, size_t lo, size_t hi) {
+    const ew_args *A = p;
+    if (A->o)
+        for (size_t i = lo; i < hi; i++) A->o[i] += A->a[i] * A->c[i];
+    if (A->o2)
+        for (size_t i = lo; i < hi; i++) A->o2[i] += A->a[i] * A->b[i];
 }
 
 QD_API void qd_mul_backward(qd_real *da, qd_real *db, const qd_real *dout, const qd_real *a,
                             const qd_real *b, size_t n) {
-    if (da)
-        for (size_t i = 0; i < n; i++) da[i] += dout[i] * b[i];
-    if (db)
-        for (size_t i = 0; i < n; i++) db[i] += dout[i] * a[i];
+    ew_args A = {.o = da, .o2 = db, .a = dout, .b = a, .c = b};
+    par_for(n, PAR_ELEMS, mul_bwd_r, &A);
+}
+
+static void add_fwd_r(const void *p, size_t lo, size_t hi) {
+    const ew_args *A = p;
+    for (size_t i = lo; i < hi; i++) A->o[i] = A->a[i] + A->b[i];
 }
 
 QD_API void qd_add_forward(qd_real *out, const qd_real *a, const qd_real *b, size_t n) {
-    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+    ew_args A = {.o = out, .a = a, .b = b};
+    par_for(n, PAR_ELEMS, add_fwd_r, &A);
+}
+
+static void add_bwd_r(const void *p, size_t lo, size_t hi) {
+    const ew_args *A = p;
+    if (A->o)
+        for (size_t i = lo; i < hi; i++) A->o[i] += A->a[i];
+    if (A->o2)
+        for (size_t i = lo; i < hi; i++) A->o2[i] += A->a[i];
 }
 
 QD_API void qd_add_backward(qd_real *da, qd_real *db, const qd_real *dout, size_t n) {
-    if (da)
-        for (size_t i = 0; i < n; i++) da[i] += dout[i];
-    if (db)
-        for (size_t i = 0; i < n; i++) db[i] += dout[i];
+    ew_args A = {.o = da, .o2 = db, .a = dout};
+    par_for(n, PAR_ELEMS, add_bwd_r, &A);
 }
 
 /* ---------------------------------------------------------------- activation quantizer */
@@ -339,10 +522,32 @@ static void aq_bwd_range(qd_real *dx, const qd_real *dout, const qd_real *x, siz
     *dz += az;
 }
 
+/* A quantizer's element loop on chunks: forward (out, x), or backward (dx, dout, x) with each
+ * chunk's sums of dL/ds and dL/dzr at part[2 k], part[2 k + 1]. rc: the forward's (may record);
+ * crc: the backward's. pos: the slot of element 0. */
+typedef struct aq_job {
+    qd_real *out;
+    const qd_real *x, *dout;
+    qd_real s, zr, Q;
+    qd_rctx *rc;
+    const qd_rctx *crc;
+    size_t pos;
+    int fault;
+    double *part;
+    size_t chunk;
+} aq_job;
+
+static void aq_fwd_r(const void *p, size_t lo, size_t hi) {
+    const aq_job *J = p;
+    aq_fwd_range(J->out + lo, J->x + lo, hi - lo, J->s, J->zr, J->Q, J->rc, J->pos + lo);
+}
+
 QD_API void qd_aq_forward(qd_real *out, const qd_real *x, size_t n, const qd_aq *q, qd_rctx *rc,
                           size_t pos) {
     qd_real s = qd_aq_scale(q), zr = rnd_fwd(rc, pos, qd_aq_zero(q));
-    aq_fwd_range(out, x, n, s, zr, aq_levels(q->bits), rc, pos + 1);
+    aq_job J = {.out = out, .x = x, .s = s, .zr = zr, .Q = aq_levels(q->bits), .rc = rc,
+                .pos = pos + 1};
+    par_for(n, PAR_ELEMS, aq_fwd_r, &J);
 }
 
 /* One attention row's gradient through its quantizer (on) or straight (off): dst (T) = the
@@ -355,12 +560,25 @@ static void row_bwd(qd_real *dst, const qd_real *src, const qd_real *x, int T, i
     else memcpy(dst, src, sizeof(qd_real) * (size_t)n);
 }
 
+static void aq_bwd_r(const void *p, size_t lo, size_t hi) {
+    const aq_job *J = p;
+    double *pt = J->part + 2 * (lo / J->chunk);
+    aq_bwd_range(J->out ? J->out + lo : NULL, J->dout + lo, J->x + lo, hi - lo, J->s, J->zr,
+                 J->Q, J->crc, J->pos + lo, &pt[0], &pt[1], J->fault);
+}
+
 QD_API void qd_aq_backward(qd_real *dx, const qd_real *dout, const qd_real *x, size_t n,
                            const qd_aq *q, const qd_rctx *rc, size_t pos, int fault) {
     qd_real s = qd_aq_scale(q), zc = qd_aq_zero(q);
     qd_real zr = (qd_real)((double)zc + rnd_res(rc, pos, zc));
-    double ds = 0, dz = 0;
-    aq_bwd_range(dx, dout, x, n, s, zr, aq_levels(q->bits), rc, pos + 1, &ds, &dz, fault);
+    double sums[2] = {0, 0}, small[512];
+    aq_job J = {.out = dx, .dout = dout, .x = x, .s = s, .zr = zr, .Q = aq_levels(q->bits),
+                .crc = rc, .pos = pos + 1, .fault = fault, .chunk = PAR_ELEMS};
+    J.part = par_part(n, PAR_ELEMS, 2, small, 512);
+    par_for(n, PAR_ELEMS, aq_bwd_r, &J);
+    par_part_add(J.part, n, PAR_ELEMS, 2, sums);
+    par_part_free(J.part, small);
+    double ds = sums[0], dz = sums[1];
     if (q->ds && *q->s >= SCALE_MIN) *q->ds += (qd_real)ds;
     if (q->dz && aq_zero_free(q)) *q->dz += (qd_real)dz;
 }
@@ -381,104 +599,256 @@ static void group_range(const qd_real *w, size_t n, int sym, qd_real *mx, qd_rea
     *mx = hi, *mn = lo, *amx = ah, *amn = al;
 }
 
+/* Range of a whole tensor on chunks: each chunk's group_range, combined in chunk order with the
+ * same strict comparisons as one pass, so the result (arg indices included) is group_range's. */
+typedef struct range_job {
+    const qd_real *w;
+    int sym;
+    qd_real *mx, *mn;   /* per chunk */
+    long *amx, *amn;    /* per chunk, indices into w */
+} range_job;
+
+static void range_r(const void *p, size_t lo, size_t hi) {
+    const range_job *J = p;
+    size_t k = lo / PAR_ELEMS;
+    group_range(J->w + lo, hi - lo, J->sym, &J->mx[k], &J->mn[k], &J->amx[k], &J->amn[k]);
+    if (J->amx[k] >= 0) J->amx[k] += (long)lo;
+    if (J->amn[k] >= 0) J->amn[k] += (long)lo;
+}
+
+static void range_par(const qd_real *w, size_t n, int sym, qd_real *mx, qd_real *mn, long *amx,
+                      long *amn) {
+    if (n <= PAR_ELEMS) {
+        group_range(w, n, sym, mx, mn, amx, amn);
+        return;
+    }
+    size_t nc = qd_pool_nchunks(n, PAR_ELEMS);
+    qd_real *v = malloc(sizeof(qd_real) * 2 * nc);
+    long *ix = malloc(sizeof(long) * 2 * nc);
+    assert(v && ix && "qd_wq: out of memory");
+    range_job J = {w, sym, v, v + nc, ix, ix + nc};
+    par_for(n, PAR_ELEMS, range_r, &J);
+    qd_real hi = 0, lo = 0;
+    long ah = -1, al = -1;
+    for (size_t k = 0; k < nc; k++) {
+        if (v[k] > hi) hi = v[k], ah = ix[k];
+        if (!sym && v[nc + k] < lo) lo = v[nc + k], al = ix[nc + k];
+    }
+    *mx = hi, *mn = lo, *amx = ah, *amn = al;
+    free(v), free(ix);
+}
+
+/* One weight quantizer call: a tensor's groups on the pool (one range per row), or a single
+ * range with its elements on the pool in chunks. */
+typedef struct wq_job {
+    qd_real *out, *dw, *scale, *zero, *dgam, *dbet;
+    const qd_real *w, *dout, *gam, *bet;
+    int rows, cols, fault;
+    qd_wq_spec sp;
+    qd_rctx *rc;        /* forward */
+    const qd_rctx *crc; /* backward */
+    size_t pos;
+    qd_real s, zr;      /* per tensor: the grid */
+    double *part;       /* per tensor backward: (ds, dz) per chunk */
+} wq_job;
+
+/* The forward grid of group g from its range: scale s and the rounded offset zr (asymmetric:
+ * -lo/s rounded in slot pos + g). */
+static void wq_grid_fwd(const wq_job *J, int g, qd_real mx, qd_real mn, qd_real *s, qd_real *zr) {
+    qd_real fh = J->gam ? sigm(J->gam[g]) : 1, fl = J->bet ? sigm(J->bet[g]) : 1;
+    if (J->sp.sym) {
+        qd_real qp = (qd_real)((1 << (J->sp.bits - 1)) - 1);
+        *s = fh * mx / qp;
+        if (*s < SCALE_MIN) *s = SCALE_MIN;
+        *zr = 0;
+    } else {
+        qd_real Q = aq_levels(J->sp.bits);
+        qd_real hi = fh * mx, lo = fl * mn;
+        *s = (hi - lo) / Q;
+        if (*s < SCALE_MIN) *s = SCALE_MIN;
+        *zr = rnd_fwd(J->rc, J->pos + g, -lo / *s);
+    }
+}
+
+/* Ŵ of the flat elements [e0, e0 + n) on the grid (s, zr); their slots follow the rows z slots. */
+static void wq_elems_fwd(const wq_job *J, size_t e0, size_t n, qd_real s, qd_real zr) {
+    qd_real *og = J->out + e0;
+    const qd_real *wg = J->w + e0;
+    size_t pe = J->pos + (size_t)J->rows + e0;
+    if (J->sp.sym) {
+        qd_real qp = (qd_real)((1 << (J->sp.bits - 1)) - 1), qn = -qp - 1;
+        if (!J->rc || J->rc->mode == QD_ROUND_OFF) {
+            for (size_t i = 0; i < n; i++) {
+                qd_real t = R_RINT(wg[i] / s);
+                og[i] = (t < qn ? qn : (t > qp ? qp : t)) * s;
+            }
+        } else {
+            for (size_t i = 0; i < n; i++) og[i] = fq_elem(J->rc, pe + i, wg[i] / s, 0, qn, qp) * s;
+        }
+    } else {
+        aq_fwd_range(og, wg, n, s, zr, aq_levels(J->sp.bits), J->rc, pe);
+    }
+}
+
+static void wq_fwd_rows_r(const void *p, size_t lo, size_t hi) {
+    const wq_job *J = p;
+    size_t cols = (size_t)J->cols;
+    for (size_t g = lo; g < hi; g++) {
+        qd_real mx, mn, s, zr;
+        long amx, amn;
+        group_range(J->w + g * cols, cols, J->sp.sym, &mx, &mn, &amx, &amn);
+        wq_grid_fwd(J, (int)g, mx, mn, &s, &zr);
+        wq_elems_fwd(J, g * cols, cols, s, zr);
+        if (J->scale) J->scale[g] = s;
+        if (J->zero) J->zero[g] = zr;
+    }
+}
+
+static void wq_fwd_elems_r(const void *p, size_t lo, size_t hi) {
+    const wq_job *J = p;
+    wq_elems_fwd(J, lo, hi - lo, J->s, J->zr);
+}
+
 QD_API void qd_wq_forward(qd_real *out, const qd_real *w, int rows, int cols, qd_wq_spec sp,
                           const qd_real *gam, const qd_real *bet, qd_real *scale, qd_real *zero,
                           qd_rctx *rc, size_t pos) {
-    int groups = sp.per_channel ? rows : 1;
-    size_t gsz = sp.per_channel ? (size_t)cols : (size_t)rows * cols;
-    for (int g = 0; g < groups; g++) {
-        const qd_real *wg = w + (size_t)g * gsz;
-        qd_real *og = out + (size_t)g * gsz;
-        size_t pe = pos + (size_t)rows + (size_t)g * gsz; /* element slots after the z slots */
-        qd_real mx, mn;
-        long amx, amn;
-        group_range(wg, gsz, sp.sym, &mx, &mn, &amx, &amn);
-        qd_real fh = gam ? sigm(gam[g]) : 1, fl = bet ? sigm(bet[g]) : 1;
-        if (sp.sym) {
-            qd_real qp = (qd_real)((1 << (sp.bits - 1)) - 1), qn = -qp - 1;
-            qd_real s = fh * mx / qp;
-            if (s < SCALE_MIN) s = SCALE_MIN;
-            if (!rc || rc->mode == QD_ROUND_OFF) {
-                for (size_t i = 0; i < gsz; i++) {
-                    qd_real t = R_RINT(wg[i] / s);
-                    og[i] = (t < qn ? qn : (t > qp ? qp : t)) * s;
-                }
-            } else {
-                for (size_t i = 0; i < gsz; i++) og[i] = fq_elem(rc, pe + i, wg[i] / s, 0, qn, qp) * s;
+    wq_job J = {.out = out, .w = w, .rows = rows, .cols = cols, .sp = sp, .gam = gam, .bet = bet,
+                .scale = scale, .zero = zero, .rc = rc, .pos = pos};
+    if (sp.per_channel) {
+        par_for((size_t)rows, par_rows((size_t)cols), wq_fwd_rows_r, &J);
+        return;
+    }
+    size_t n = (size_t)rows * cols;
+    qd_real mx, mn;
+    long amx, amn;
+    range_par(w, n, sp.sym, &mx, &mn, &amx, &amn);
+    wq_grid_fwd(&J, 0, mx, mn, &J.s, &J.zr);
+    par_for(n, PAR_ELEMS, wq_fwd_elems_r, &J);
+    if (scale) scale[0] = J.s;
+    if (zero) zero[0] = J.zr;
+}
+
+/* The backward grid of group g: s, zr as the forward had them, whether s sits on its clamp. */
+static void wq_grid_bwd(const wq_job *J, int g, qd_real mx, qd_real mn, qd_real *s, qd_real *zr,
+                        int *s_clamped) {
+    qd_real fh = J->gam ? sigm(J->gam[g]) : 1, fl = J->bet ? sigm(J->bet[g]) : 1;
+    if (J->sp.sym) {
+        qd_real qp = (qd_real)((1 << (J->sp.bits - 1)) - 1);
+        *s = fh * mx / qp;
+        *zr = 0;
+    } else {
+        qd_real Q = aq_levels(J->sp.bits);
+        qd_real hi = fh * mx, lo = fl * mn;
+        *s = (hi - lo) / Q;
+    }
+    *s_clamped = *s < SCALE_MIN;
+    if (*s_clamped) *s = SCALE_MIN;
+    if (!J->sp.sym) {
+        qd_real zc = -(fl * mn) / *s;
+        *zr = (qd_real)((double)zc + rnd_res(J->crc, J->pos + g, zc));
+    }
+}
+
+/* dw += the STE part over the flat elements [e0, e0 + n); their sums of dL/ds (and dL/dzr)
+ * into *ds, *dz. */
+static void wq_elems_bwd(const wq_job *J, size_t e0, size_t n, qd_real s, qd_real zr, double *ds,
+                         double *dz) {
+    const qd_real *wg = J->w + e0, *dg = J->dout + e0;
+    qd_real *dwg = J->dw ? J->dw + e0 : NULL;
+    size_t pe = J->pos + (size_t)J->rows + e0;
+    if (J->sp.sym) {
+        qd_real qp = (qd_real)((1 << (J->sp.bits - 1)) - 1), qn = -qp - 1;
+        double as = 0;
+        for (size_t i = 0; i < n; i++) {
+            double res, d = dg[i];
+            int rg = fq_region(J->crc, pe + i, wg[i] / s, 0, qn, qp, &res);
+            if (rg < 0) as += d * qn;
+            else if (rg > 0) as += d * qp;
+            else {
+                if (dwg) dwg[i] += dg[i];
+                as += d * res;
             }
-            if (scale) scale[g] = s;
-            if (zero) zero[g] = 0;
-        } else {
-            qd_real Q = aq_levels(sp.bits);
-            qd_real hi = fh * mx, lo = fl * mn;
-            qd_real s = (hi - lo) / Q;
-            if (s < SCALE_MIN) s = SCALE_MIN;
-            qd_real zr = rnd_fwd(rc, pos + g, -lo / s);
-            aq_fwd_range(og, wg, gsz, s, zr, Q, rc, pe);
-            if (scale) scale[g] = s;
-            if (zero) zero[g] = zr;
+        }
+        *ds += as;
+    } else {
+        aq_bwd_range(dwg, dg, wg, n, s, zr, aq_levels(J->sp.bits), J->crc, pe, ds, dz, 0);
+    }
+}
+
+/* The range's share of group g's gradient from the element sums: dgam, dbet, and dw at the
+ * arg-max/min (flat indices, -1: the included 0). */
+static void wq_finish_bwd(const wq_job *J, int g, qd_real mx, qd_real mn, long amx, long amn,
+                          qd_real s, int s_clamped, double ds, double dz) {
+    qd_real fh = J->gam ? sigm(J->gam[g]) : 1, fl = J->bet ? sigm(J->bet[g]) : 1;
+    double dhi = 0, dlo = 0;
+    if (J->sp.sym) {
+        qd_real qp = (qd_real)((1 << (J->sp.bits - 1)) - 1);
+        if (!s_clamped) dhi = ds / qp;
+    } else {
+        qd_real Q = aq_levels(J->sp.bits);
+        qd_real lo = fl * mn;
+        /* zr = round(-lo/s) with the STE: dz/dlo = -1/s, dz/ds = lo/s^2 */
+        double dst = ds + dz * (double)lo / ((double)s * s);
+        dlo = -dz / s;
+        if (!s_clamped) {
+            dhi += dst / Q;
+            dlo -= dst / Q;
         }
     }
+    /* hi = sigmoid(γ)·max, lo = sigmoid(β)·min */
+    if (J->gam && J->dgam) J->dgam[g] += (qd_real)(dhi * mx * fh * (1 - fh));
+    if (J->bet && J->dbet && !J->sp.sym) J->dbet[g] += (qd_real)(dlo * mn * fl * (1 - fl));
+    if (J->dw && !QD_FAULT(J->fault, 1)) {
+        if (amx >= 0) J->dw[amx] += (qd_real)(dhi * fh) * (J->sp.sym && J->w[amx] < 0 ? -1 : 1);
+        if (amn >= 0) J->dw[amn] += (qd_real)(dlo * fl);
+    }
+}
+
+static void wq_bwd_rows_r(const void *p, size_t lo, size_t hi) {
+    const wq_job *J = p;
+    size_t cols = (size_t)J->cols;
+    for (size_t g = lo; g < hi; g++) {
+        qd_real mx, mn, s, zr;
+        long amx, amn;
+        int s_clamped;
+        group_range(J->w + g * cols, cols, J->sp.sym, &mx, &mn, &amx, &amn);
+        wq_grid_bwd(J, (int)g, mx, mn, &s, &zr, &s_clamped);
+        double ds = 0, dz = 0;
+        wq_elems_bwd(J, g * cols, cols, s, zr, &ds, &dz);
+        wq_finish_bwd(J, (int)g, mx, mn, amx >= 0 ? (long)(g * cols) + amx : -1,
+                      amn >= 0 ? (long)(g * cols) + amn : -1, s, s_clamped, ds, dz);
+    }
+}
+
+static void wq_bwd_elems_r(const void *p, size_t lo, size_t hi) {
+    const wq_job *J = p;
+    double *pt = J->part + 2 * (lo / PAR_ELEMS);
+    wq_elems_bwd(J, lo, hi - lo, J->s, J->zr, &pt[0], &pt[1]);
 }
 
 QD_API void qd_wq_backward(qd_real *dw, qd_real *dgam, qd_real *dbet, const qd_real *dout,
                            const qd_real *w, int rows, int cols, qd_wq_spec sp,
                            const qd_real *gam, const qd_real *bet, const qd_rctx *rc, size_t pos,
                            int fault) {
-    int groups = sp.per_channel ? rows : 1;
-    size_t gsz = sp.per_channel ? (size_t)cols : (size_t)rows * cols;
-    for (int g = 0; g < groups; g++) {
-        const qd_real *wg = w + (size_t)g * gsz, *dg = dout + (size_t)g * gsz;
-        qd_real *dwg = dw ? dw + (size_t)g * gsz : NULL;
-        size_t pe = pos + (size_t)rows + (size_t)g * gsz;
-        qd_real mx, mn;
-        long amx, amn;
-        group_range(wg, gsz, sp.sym, &mx, &mn, &amx, &amn);
-        qd_real fh = gam ? sigm(gam[g]) : 1, fl = bet ? sigm(bet[g]) : 1;
-        double dhi = 0, dlo = 0;
-        if (sp.sym) {
-            qd_real qp = (qd_real)((1 << (sp.bits - 1)) - 1), qn = -qp - 1;
-            qd_real s = fh * mx / qp;
-            int s_clamped = s < SCALE_MIN;
-            if (s_clamped) s = SCALE_MIN;
-            double ds = 0;
-            for (size_t i = 0; i < gsz; i++) {
-                double res, d = dg[i];
-                int rg = fq_region(rc, pe + i, wg[i] / s, 0, qn, qp, &res);
-                if (rg < 0) ds += d * qn;
-                else if (rg > 0) ds += d * qp;
-                else {
-                    if (dwg) dwg[i] += dg[i];
-                    ds += d * res;
-                }
-            }
-            if (!s_clamped) dhi = ds / qp;
-        } else {
-            qd_real Q = aq_levels(sp.bits);
-            qd_real hi = fh * mx, lo = fl * mn;
-            qd_real s = (hi - lo) / Q;
-            int s_clamped = s < SCALE_MIN;
-            if (s_clamped) s = SCALE_MIN;
-            qd_real zc = -lo / s;
-            qd_real zr = (qd_real)((double)zc + rnd_res(rc, pos + g, zc));
-            double ds = 0, dz = 0;
-            aq_bwd_range(dwg, dg, wg, gsz, s, zr, Q, rc, pe, &ds, &dz, 0);
-            /* zr = round(-lo/s) with the STE: dz/dlo = -1/s, dz/ds = lo/s^2 */
-            double dst = ds + dz * (double)lo / ((double)s * s);
-            dlo = -dz / s;
-            if (!s_clamped) {
-                dhi += dst / Q;
-                dlo -= dst / Q;
-            }
-        }
-        /* hi = sigmoid(γ)·max, lo = sigmoid(β)·min */
-        if (gam && dgam) dgam[g] += (qd_real)(dhi * mx * fh * (1 - fh));
-        if (bet && dbet && !sp.sym) dbet[g] += (qd_real)(dlo * mn * fl * (1 - fl));
-        if (dwg && !QD_FAULT(fault, 1)) {
-            if (amx >= 0) dwg[amx] += (qd_real)(dhi * fh) * (sp.sym && wg[amx] < 0 ? -1 : 1);
-            if (amn >= 0) dwg[amn] += (qd_real)(dlo * fl);
-        }
+    wq_job J = {.dw = dw, .dgam = dgam, .dbet = dbet, .dout = dout, .w = w, .rows = rows,
+                .cols = cols, .sp = sp, .gam = gam, .bet = bet, .crc = rc, .pos = pos,
+                .fault = fault};
+    if (sp.per_channel) {
+        par_for((size_t)rows, par_rows((size_t)cols), wq_bwd_rows_r, &J);
+        return;
     }
+    size_t n = (size_t)rows * cols;
+    qd_real mx, mn;
+    long amx, amn;
+    int s_clamped;
+    range_par(w, n, sp.sym, &mx, &mn, &amx, &amn);
+    wq_grid_bwd(&J, 0, mx, mn, &J.s, &J.zr, &s_clamped);
+    double sums[2] = {0, 0}, small[512];
+    J.part = par_part(n, PAR_ELEMS, 2, small, 512);
+    par_for(n, PAR_ELEMS, wq_bwd_elems_r, &J);
+    par_part_add(J.part, n, PAR_ELEMS, 2, sums);
+    par_part_free(J.part, small);
+    wq_finish_bwd(&J, 0, mx, mn, amx, amn, J.s, s_clamped, sums[0], sums[1]);
 }
 
 /* ---------------------------------------------------------------- attention */
@@ -493,6 +863,39 @@ static void attn_fq(qd_real *out, const qd_real *x, size_t n, const qd_aq *q, qd
         memcpy(out, x, sizeof(qd_real) * n);
 }
 
+/* Rows of a (T, T) score matrix per chunk: about PAR_ELEMS causal entries (T/2 a row). */
+static size_t attn_rows(int T) { return par_rows((size_t)(T + 1) / 2); }
+
+/* The row loops of one (window, head) of the attention: the forward's quantizer-softmax-
+ * quantizer per row, the backward's recomputation of P̂ and its gradient through them. */
+typedef struct attn_job {
+    qd_real *Sb, *Pb, *scr, *dP;   /* forward: S, P, P̂ (scratch); backward: P̂, dP */
+    const qd_real *cSb, *cPb;
+    int T;
+    const qd_aq *sq, *pq;
+    qd_real ss, zs, sp, zp, Qs, Qp;
+    qd_rctx *rc;
+    const qd_rctx *crc;
+    size_t ps, pp;                /* the slots of this head's row 0, entry 0 */
+    int fault;
+    double *part;                 /* backward: (dss, dzs, dsp, dzp) per chunk */
+} attn_job;
+
+static void attn_fwd_r(const void *p, size_t lo, size_t hi) {
+    const attn_job *J = p;
+    int T = J->T;
+    for (size_t i = lo; i < hi; i++) {
+        qd_real *srow = J->Sb + i * T, *prow = J->Pb + i * T, *tmp = J->scr + i * T;
+        memset(srow + i + 1, 0, sizeof(qd_real) * (size_t)(T - 1 - (int)i));
+        attn_fq(tmp, srow, i + 1, J->sq, J->ss, J->zs, J->Qs, J->rc, J->ps + i * T);
+        qd_softmax_row(prow, tmp, (int)i + 1);
+        memset(prow + i + 1, 0, sizeof(qd_real) * (size_t)(T - 1 - (int)i));
+        /* P̂ goes into the scratch row (zeros above the diagonal) */
+        attn_fq(tmp, prow, i + 1, J->pq, J->sp, J->zp, J->Qp, J->rc, J->pp + i * T);
+        memset(tmp + i + 1, 0, sizeof(qd_real) * (size_t)(T - 1 - (int)i));
+    }
+}
+
 QD_API void qd_attn_forward(qd_real *out, qd_real *S, qd_real *P, const qd_real *q,
                             const qd_real *k, const qd_real *v, int B, int T, int nh, int nkv,
                             int hd, const qd_aq *sq, const qd_aq *pq, qd_rctx *rc, size_t pos_s,
@@ -500,34 +903,74 @@ QD_API void qd_attn_forward(qd_real *out, qd_real *S, qd_real *P, const qd_real 
     size_t QW = (size_t)nh * hd, KW = (size_t)nkv * hd, TT = (size_t)T * T;
     int grp = nh / nkv;
     qd_real scale = (qd_real)(1.0 / sqrt((double)hd));
-    qd_real ss = 0, zs = 0, sp = 0, zp = 0, Qs = 0, Qp = 0;
-    if (sq) ss = qd_aq_scale(sq), zs = rnd_fwd(rc, pos_s, qd_aq_zero(sq)), Qs = aq_levels(sq->bits);
-    if (pq) sp = qd_aq_scale(pq), zp = rnd_fwd(rc, pos_p, qd_aq_zero(pq)), Qp = aq_levels(pq->bits);
+    attn_job J = {.T = T, .sq = sq, .pq = pq, .rc = rc, .scr = scratch};
+    if (sq) {
+        J.ss = qd_aq_scale(sq), J.Qs = aq_levels(sq->bits);
+        J.zs = rnd_fwd(rc, pos_s, qd_aq_zero(sq));
+    }
+    if (pq) {
+        J.sp = qd_aq_scale(pq), J.Qp = aq_levels(pq->bits);
+        J.zp = rnd_fwd(rc, pos_p, qd_aq_zero(pq));
+    }
     for (int b = 0; b < B; b++)
         for (int h = 0; h < nh; h++) {
             size_t bh = (size_t)b * nh + h;
             const qd_real *qb = q + (size_t)b * T * QW + (size_t)h * hd;
             const qd_real *kb = k + (size_t)b * T * KW + (size_t)(h / grp) * hd;
             const qd_real *vb = v + (size_t)b * T * KW + (size_t)(h / grp) * hd;
-            qd_real *Sb = S + bh * TT, *Pb = P + bh * TT;
+            J.Sb = S + bh * TT, J.Pb = P + bh * TT;
+            J.ps = pos_s + 1 + bh * TT, J.pp = pos_p + 1 + bh * TT;
             GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, qb, (int)QW, kb,
-                 (int)KW, 0, Sb, T);
-            for (int i = 0; i < T; i++) {
-                qd_real *srow = Sb + (size_t)i * T, *prow = Pb + (size_t)i * T;
-                qd_real *tmp = scratch + (size_t)i * T;
-                memset(srow + i + 1, 0, sizeof(qd_real) * (size_t)(T - 1 - i));
-                attn_fq(tmp, srow, (size_t)i + 1, sq, ss, zs, Qs, rc,
-                        pos_s + 1 + bh * TT + (size_t)i * T);
-                qd_softmax_row(prow, tmp, i + 1);
-                memset(prow + i + 1, 0, sizeof(qd_real) * (size_t)(T - 1 - i));
-                /* P̂ goes into the scratch row (zeros above the diagonal) */
-                attn_fq(tmp, prow, (size_t)i + 1, pq, sp, zp, Qp, rc,
-                        pos_p + 1 + bh * TT + (size_t)i * T);
-                memset(tmp + i + 1, 0, sizeof(qd_real) * (size_t)(T - 1 - i));
-            }
+                 (int)KW, 0, J.Sb, T);
+            par_for((size_t)T, attn_rows(T), attn_fwd_r, &J);
             GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1, scratch, T, vb,
                  (int)KW, 0, out + (size_t)b * T * QW + (size_t)h * hd, (int)QW);
         }
+}
+
+/* P̂ rows again, with the same rounding residuals as the forward. */
+static void attn_phat_r(const void *p, size_t lo, size_t hi) {
+    const attn_job *J = p;
+    int T = J->T;
+    for (size_t i = lo; i < hi; i++) {
+        qd_real *tmp = J->scr + i * T;
+        const qd_real *prow = J->cPb + i * T;
+        if (J->pq) {
+            if (!J->crc || J->crc->mode == QD_ROUND_OFF) {
+                aq_fwd_range(tmp, prow, i + 1, J->sp, J->zp, J->Qp, NULL, 0);
+            } else {
+                /* replay what the forward recorded (rc is const here) */
+                qd_rctx rr = *J->crc;
+                rr.mode = QD_ROUND_REPLAY;
+                aq_fwd_range(tmp, prow, i + 1, J->sp, J->zp, J->Qp, &rr, J->pp + i * T);
+            }
+        } else {
+            memcpy(tmp, prow, sizeof(qd_real) * (i + 1));
+        }
+        memset(tmp + i + 1, 0, sizeof(qd_real) * (size_t)(T - 1 - (int)i));
+    }
+}
+
+static void attn_bwd_r(const void *p, size_t lo, size_t hi) {
+    const attn_job *J = p;
+    int T = J->T;
+    double *pt = J->part + 4 * (lo / attn_rows(T));
+    for (size_t i = lo; i < hi; i++) {
+        const qd_real *prow = J->cPb + i * T, *srow = J->cSb + i * T;
+        qd_real *drow = J->dP + i * T, *g = J->scr + i * T;
+        int n = (int)i + 1;
+        /* through the P quantizer: g = dL/dP */
+        row_bwd(g, drow, prow, T, n, J->pq != NULL, J->sp, J->zp, J->Qp, J->crc, J->pp + i * T,
+                &pt[2], &pt[3]);
+        /* softmax: dŜ_j = P_j (g_j - Σ_k P_k g_k) */
+        double dot = 0;
+        for (int j = 0; j < n; j++) dot += (double)prow[j] * g[j];
+        if (QD_FAULT(J->fault, 3)) dot = 0;
+        for (int j = 0; j < n; j++) g[j] = prow[j] * (g[j] - (qd_real)dot);
+        /* through the S quantizer into drow = dL/dS (zeros above the diagonal) */
+        row_bwd(drow, g, srow, T, n, J->sq != NULL, J->ss, J->zs, J->Qs, J->crc, J->ps + i * T,
+                &pt[0], &pt[1]);
+    }
 }
 
 QD_API void qd_attn_backward(qd_real *dq, qd_real *dk, qd_real *dv, const qd_real *dout,
@@ -538,70 +981,47 @@ QD_API void qd_attn_backward(qd_real *dq, qd_real *dk, qd_real *dv, const qd_rea
     size_t QW = (size_t)nh * hd, KW = (size_t)nkv * hd, TT = (size_t)T * T;
     int grp = nh / nkv;
     qd_real scale = (qd_real)(1.0 / sqrt((double)hd));
-    qd_real ss = 0, zs = 0, sp = 0, zp = 0, Qs = 0, Qp = 0;
+    attn_job J = {.T = T, .sq = sq, .pq = pq, .crc = rc, .fault = fault};
     if (sq) {
-        ss = qd_aq_scale(sq), Qs = aq_levels(sq->bits);
+        J.ss = qd_aq_scale(sq), J.Qs = aq_levels(sq->bits);
         qd_real zc = qd_aq_zero(sq);
-        zs = (qd_real)((double)zc + rnd_res(rc, pos_s, zc));
+        J.zs = (qd_real)((double)zc + rnd_res(rc, pos_s, zc));
     }
     if (pq) {
-        sp = qd_aq_scale(pq), Qp = aq_levels(pq->bits);
+        J.sp = qd_aq_scale(pq), J.Qp = aq_levels(pq->bits);
         qd_real zc = qd_aq_zero(pq);
-        zp = (qd_real)((double)zc + rnd_res(rc, pos_p, zc));
+        J.zp = (qd_real)((double)zc + rnd_res(rc, pos_p, zc));
     }
-    double dss = 0, dzs = 0, dsp = 0, dzp = 0;
+    double sums[4] = {0, 0, 0, 0}, small[4 * 64];
+    size_t rows = attn_rows(T);
+    J.part = par_part((size_t)T, rows, 4, small, sizeof small / sizeof *small);
     qd_real *phat = scratch, *dP = scratch + TT;
+    J.scr = phat, J.dP = dP;
     for (int b = 0; b < B; b++)
         for (int h = 0; h < nh; h++) {
             size_t bh = (size_t)b * nh + h;
             size_t qoff = (size_t)b * T * QW + (size_t)h * hd;
             size_t koff = (size_t)b * T * KW + (size_t)(h / grp) * hd;
-            const qd_real *Sb = S + bh * TT, *Pb = P + bh * TT, *dob = dout + qoff;
-            for (int i = 0; i < T; i++) {
-                qd_real *tmp = phat + (size_t)i * T;
-                const qd_real *prow = Pb + (size_t)i * T;
-                if (pq) {
-                    /* recompute P̂ with the same rounding residuals as the forward */
-                    if (!rc || rc->mode == QD_ROUND_OFF) {
-                        aq_fwd_range(tmp, prow, (size_t)i + 1, sp, zp, Qp, NULL, 0);
-                    } else {
-                        /* replay what the forward recorded (rc is const here) */
-                        qd_rctx rr = *rc;
-                        rr.mode = QD_ROUND_REPLAY;
-                        aq_fwd_range(tmp, prow, (size_t)i + 1, sp, zp, Qp, &rr,
-                                     pos_p + 1 + bh * TT + (size_t)i * T);
-                    }
-                } else {
-                    memcpy(tmp, prow, sizeof(qd_real) * (size_t)(i + 1));
-                }
-                memset(tmp + i + 1, 0, sizeof(qd_real) * (size_t)(T - 1 - i));
-            }
+            const qd_real *dob = dout + qoff;
+            J.cSb = S + bh * TT, J.cPb = P + bh * TT;
+            J.ps = pos_s + 1 + bh * TT, J.pp = pos_p + 1 + bh * TT;
+            par_for((size_t)T, rows, attn_phat_r, &J);
             /* dP̂ = dO v^T ; dv += P̂^T dO */
             GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1, dob, (int)QW, v + koff,
                  (int)KW, 0, dP, T);
             GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1, phat, T, dob, (int)QW, 1,
                  dv + koff, (int)KW);
-            for (int i = 0; i < T; i++) {
-                const qd_real *prow = Pb + (size_t)i * T, *srow = Sb + (size_t)i * T;
-                qd_real *drow = dP + (size_t)i * T, *g = phat + (size_t)i * T;
-                /* through the P quantizer: g = dL/dP */
-                row_bwd(g, drow, prow, T, i + 1, pq != NULL, sp, zp, Qp, rc,
-                        pos_p + 1 + bh * TT + (size_t)i * T, &dsp, &dzp);
-                /* softmax: dŜ_j = P_j (g_j - Σ_k P_k g_k) */
-                double dot = 0;
-                for (int j = 0; j <= i; j++) dot += (double)prow[j] * g[j];
-                if (QD_FAULT(fault, 3)) dot = 0;
-                for (int j = 0; j <= i; j++) g[j] = prow[j] * (g[j] - (qd_real)dot);
-                /* through the S quantizer into drow = dL/dS (zeros above the diagonal) */
-                row_bwd(drow, g, srow, T, i + 1, sq != NULL, ss, zs, Qs, rc,
-                        pos_s + 1 + bh * TT + (size_t)i * T, &dss, &dzs);
-            }
+            memset(J.part, 0, sizeof(double) * 4 * qd_pool_nchunks((size_t)T, rows));
+            par_for((size_t)T, rows, attn_bwd_r, &J);
+            par_part_add(J.part, (size_t)T, rows, 4, sums);
             /* S = scale q k^T: dq += scale dS k, dk += scale dS^T q */
             GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, scale, dP, T, k + koff,
                  (int)KW, 1, dq + qoff, (int)QW);
             GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, scale, dP, T, q + qoff,
                  (int)QW, 1, dk + koff, (int)KW);
         }
+    par_part_free(J.part, small);
+    double dss = sums[0], dzs = sums[1], dsp = sums[2], dzp = sums[3];
     if (sq) {
         if (sq->ds && *sq->s >= SCALE_MIN) *sq->ds += (qd_real)dss;
         if (sq->dz && aq_zero_free(sq)) *sq->dz += (qd_real)dzs;
@@ -619,47 +1039,72 @@ QD_API qd_real qd_let_eff(qd_real s) {
     return s < 0 ? -LET_MIN : LET_MIN;
 }
 
-QD_API void qd_let_weight_forward(qd_real *out, const qd_real *w, int rows, int cols,
-                                  const qd_real *c, const qd_real *r) {
-    for (int i = 0; i < rows; i++) {
-        qd_real ri = r ? 1 / qd_let_eff(r[i]) : 1;
-        const qd_real *wi = w + (size_t)i * cols;
-        qd_real *oi = out + (size_t)i * cols;
-        if (c)
-            for (int j = 0; j < cols; j++) oi[j] = wi[j] * qd_let_eff(c[j]) * ri;
+typedef struct let_job {
+    qd_real *out, *dr;
+    const qd_real *w, *dout, *c, *r;
+    int cols;
+    double *part;  /* backward: cols column sums per chunk of rows */
+    size_t chunk;
+} let_job;
+
+static void let_fwd_r(const void *p, size_t lo, size_t hi) {
+    const let_job *J = p;
+    int cols = J->cols;
+    for (size_t i = lo; i < hi; i++) {
+        qd_real ri = J->r ? 1 / qd_let_eff(J->r[i]) : 1;
+        const qd_real *wi = J->w + i * cols;
+        qd_real *oi = J->out + i * cols;
+        if (J->c)
+            for (int j = 0; j < cols; j++) oi[j] = wi[j] * qd_let_eff(J->c[j]) * ri;
         else
             for (int j = 0; j < cols; j++) oi[j] = wi[j] * ri;
+    }
+}
+
+QD_API void qd_let_weight_forward(qd_real *out, const qd_real *w, int rows, int cols,
+                                  const qd_real *c, const qd_real *r) {
+    let_job J = {.out = out, .w = w, .c = c, .r = r, .cols = cols};
+    par_for((size_t)rows, par_rows((size_t)cols), let_fwd_r, &J);
+}
+
+/* Rows [lo, hi): dr per row; the chunk's column sums for dc into its partials. */
+static void let_bwd_r(const void *p, size_t lo, size_t hi) {
+    const let_job *J = p;
+    int cols = J->cols;
+    double *dacc = J->part ? J->part + (lo / J->chunk) * (size_t)cols : NULL;
+    for (size_t i = lo; i < hi; i++) {
+        qd_real re = J->r ? qd_let_eff(J->r[i]) : 1;
+        qd_real ri = 1 / re;
+        const qd_real *wi = J->w + i * cols, *di = J->dout + i * cols;
+        double rowdot = 0;
+        for (int j = 0; j < cols; j++) {
+            qd_real cj = J->c ? qd_let_eff(J->c[j]) : 1;
+            double g = (double)di[j] * wi[j];
+            if (dacc) dacc[j] += g * ri;
+            rowdot += g * cj;
+        }
+        if (J->dr && J->r && R_FABS(J->r[i]) >= LET_MIN) J->dr[i] += (qd_real)(-rowdot * ri * ri);
     }
 }
 
 QD_API void qd_let_weight_backward(qd_real *dc, qd_real *dr, const qd_real *dout,
                                    const qd_real *w, int rows, int cols, const qd_real *c,
                                    const qd_real *r) {
-    /* Rows are walked once; the column sums for dc go into a double buffer. */
-    double dacc_small[256];
-    double *dacc = NULL;
-    if (dc && c) {
-        dacc = cols <= 256 ? dacc_small : malloc(sizeof(double) * (size_t)cols);
-        assert(dacc && "qd_let_weight_backward: out of memory");
-        memset(dacc, 0, sizeof(double) * (size_t)cols);
-    }
-    for (int i = 0; i < rows; i++) {
-        qd_real re = r ? qd_let_eff(r[i]) : 1;
-        qd_real ri = 1 / re;
-        const qd_real *wi = w + (size_t)i * cols, *di = dout + (size_t)i * cols;
-        double rowdot = 0;
+    /* Rows are walked once; each chunk of rows keeps its column sums for dc in double, added in
+     * chunk order. */
+    size_t chunk = par_rows((size_t)cols) * 4;
+    double small[1024];
+    let_job J = {.dr = dr, .w = w, .dout = dout, .c = c, .r = r, .cols = cols, .chunk = chunk};
+    if (dc && c) J.part = par_part((size_t)rows, chunk, (size_t)cols, small, 1024);
+    par_for((size_t)rows, chunk, let_bwd_r, &J);
+    if (J.part) {
+        size_t nc = qd_pool_nchunks((size_t)rows, chunk);
         for (int j = 0; j < cols; j++) {
-            qd_real cj = c ? qd_let_eff(c[j]) : 1;
-            double g = (double)di[j] * wi[j];
-            if (dacc) dacc[j] += g * ri;
-            rowdot += g * cj;
+            double s = 0;
+            for (size_t k = 0; k < nc; k++) s += J.part[k * (size_t)cols + j];
+            if (R_FABS(c[j]) >= LET_MIN) dc[j] += (qd_real)s;
         }
-        if (dr && r && R_FABS(r[i]) >= LET_MIN) dr[i] += (qd_real)(-rowdot * ri * ri);
-    }
-    if (dacc) {
-        for (int j = 0; j < cols; j++)
-            if (R_FABS(c[j]) >= LET_MIN) dc[j] += (qd_real)dacc[j];
-        if (dacc != dacc_small) free(dacc);
+        par_part_free(J.part, small);
     }
 }
 

@@ -1,0 +1,74 @@
+/* The numeric loops' use of the default pool (base/pool.h), shared by the simulation's ops
+ * (ops.c), the fake-quantized model (fakequant.c) and the optimizer (optim.c): a loop over n
+ * items runs in chunks of a fixed size, PAR_ELEMS elements or as many whole rows as hold that
+ * many, so the chunk boundaries depend on the sizes only. A sum over the chunks is kept per
+ * chunk (par_part) and the partial sums are added in chunk order afterwards (par_part_add), so
+ * every result is the same bits for any thread count; with one thread the chunks run in order
+ * on the caller, the reference. A loop of at most one chunk runs on the caller without touching
+ * the pool: waking it costs more than such a loop. Header-only (static inline): ops.c and
+ * fakequant.c are also compiled together into one file (tests/test_gradcheck.c, bench). */
+#ifndef QD_SIM_PAR_H
+#define QD_SIM_PAR_H
+
+#include <assert.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/pool.h"
+
+#ifndef PAR_ELEMS /* tests/test_gradcheck.c makes it tiny so its small tensors span many chunks */
+#define PAR_ELEMS 16384
+#endif
+
+/* A loop body over items [lo, hi) of the job a. */
+typedef void (*par_fn)(const void *a, size_t lo, size_t hi);
+
+typedef struct par_job {
+    par_fn fn;
+    const void *a;
+} par_job;
+
+static inline void par_tramp(void *ctx, size_t lo, size_t hi, int tid) {
+    (void)tid;
+    const par_job *J = ctx;
+    J->fn(J->a, lo, hi);
+}
+
+/* fn over [0, n) in chunks of chunk items (see the file comment). */
+static inline void par_for(size_t n, size_t chunk, par_fn fn, const void *a) {
+    if (n <= chunk) {
+        if (n) fn(a, 0, n);
+        return;
+    }
+    par_job J = {fn, a};
+    qd_pool_chunks(qd_pool_default(), n, chunk, par_tramp, &J);
+}
+
+/* Rows of cols elements per chunk: whole rows holding about PAR_ELEMS elements. */
+static inline size_t par_rows(size_t cols) {
+    return cols >= PAR_ELEMS ? 1 : PAR_ELEMS / (cols ? cols : 1);
+}
+
+/* Per-chunk partial sums: K doubles per chunk of a loop over n items in chunks of chunk, in
+ * small (cap doubles) when they fit, else allocated (free with par_part_free). Zeroed. */
+static inline double *par_part(size_t n, size_t chunk, size_t K, double *small, size_t cap) {
+    size_t m = qd_pool_nchunks(n, chunk) * K;
+    double *p = m <= cap ? small : malloc(sizeof(double) * (m ? m : 1));
+    assert(p && "par_part: out of memory for partial sums");
+    memset(p, 0, sizeof(double) * m);
+    return p;
+}
+
+static inline void par_part_free(double *p, const double *small) {
+    if (p != small) free(p);
+}
+
+/* sums[k] += the K partial sums of part added in chunk order. */
+static inline void par_part_add(const double *part, size_t n, size_t chunk, size_t K,
+                                double *sums) {
+    size_t nc = qd_pool_nchunks(n, chunk);
+    for (size_t c = 0; c < nc; c++)
+        for (size_t k = 0; k < K; k++) sums[k] += part[c * K + k];
+}
+
+#endif
