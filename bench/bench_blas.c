@@ -7,9 +7,7 @@
  * OpenBLAS fixes its kernel when it loads, so each variant runs in a child process (this binary
  * again with --child); oneDNN and BLIS are dlopen'ed there, so neither is a build dependency. */
 #include <dlfcn.h>
-#include <immintrin.h>
 #include <limits.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +18,7 @@
 
 #include "quant/fp/blas.h"
 #include "base/sys.h"
+#include "bench/bench_common.h"
 
 static const int shapes[][3] = {
     {1024, 1024, 1024}, /* square */
@@ -28,68 +27,7 @@ static const int shapes[][3] = {
 };
 #define NSHAPES ((int)(sizeof shapes / sizeof shapes[0]))
 
-/* ---------------------------------------------------------------- FMA peak */
-
-#define PEAK_ITERS 20000000L
-
-__attribute__((target("avx512f"))) static double peak512(long iters) {
-    __m512 a[16], m = _mm512_set1_ps(0.9999999f), c = _mm512_set1_ps(1e-7f);
-    for (int i = 0; i < 16; i++) a[i] = _mm512_set1_ps((float)i);
-    for (long it = 0; it < iters; it++) {
-#pragma GCC unroll 16
-        for (int i = 0; i < 16; i++) a[i] = _mm512_fmadd_ps(a[i], m, c);
-    }
-    float s = 0;
-    for (int i = 0; i < 16; i++) s += _mm512_reduce_add_ps(a[i]);
-    return s;
-}
-
-__attribute__((target("avx2,fma"))) static double peak256(long iters) {
-    __m256 a[12], m = _mm256_set1_ps(0.9999999f), c = _mm256_set1_ps(1e-7f);
-    for (int i = 0; i < 12; i++) a[i] = _mm256_set1_ps((float)i);
-    for (long it = 0; it < iters; it++) {
-#pragma GCC unroll 12
-        for (int i = 0; i < 12; i++) a[i] = _mm256_fmadd_ps(a[i], m, c);
-    }
-    float t[8], s = 0;
-    for (int i = 0; i < 12; i++) {
-        _mm256_storeu_ps(t, a[i]);
-        for (int j = 0; j < 8; j++) s += t[j];
-    }
-    return s;
-}
-
-static int use512;
-static volatile double sink;
-
-static void *peak_thread(void *arg) {
-    (void)arg;
-    sink += use512 ? peak512(PEAK_ITERS / 4) : peak256(PEAK_ITERS / 4);
-    return NULL;
-}
-
-/* GFLOP/s of independent FMA chains on nt threads at once: the best of 5 rounds after one
- * warm-up round. One round is ~15 ms on a core that sustains two 512-bit FMAs a cycle, so a
- * single cold round (thread start, the core's AVX-512 frequency transition) reads low: on a
- * Sapphire Rapids VM it gave 68 GFLOP/s while sgemm in the same run reached 93. */
-static double fma_peak(int nt) {
-    double flops_per_iter = use512 ? 16.0 * 16 * 2 : 12.0 * 8 * 2;
-    pthread_t th[64];
-    if (nt > 64) nt = 64;
-    double best = 0;
-    for (int round = 0; round < 6; round++) {
-        double t0 = qd_now();
-        for (int i = 0; i < nt; i++) pthread_create(&th[i], NULL, peak_thread, NULL);
-        for (int i = 0; i < nt; i++) pthread_join(th[i], NULL);
-        double g = flops_per_iter * (PEAK_ITERS / 4) * nt / (qd_now() - t0) / 1e9;
-        if (round > 0 && g > best) best = g;
-    }
-    return best;
-}
-
 /* ---------------------------------------------------------------- sgemm drivers */
-
-typedef void (*gemm_fn)(int M, int N, int K, const float *A, const float *B, float *C);
 
 static void run_openblas(int M, int N, int K, const float *A, const float *B, float *C) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, A, K, B, K, 0.0f, C, N);
@@ -112,29 +50,6 @@ static void run_blis(int M, int N, int K, const float *A, const float *B, float 
     bli_sgemm_p(0, 0, M, N, K, &one, (float *)A, K, 1, (float *)B, 1, K, &zero, C, N, 1);
 }
 
-/* Best GFLOP/s of three timed rounds of at least 0.2 s each. */
-static double time_gemm(gemm_fn f, int M, int N, int K) {
-    float *A = malloc(sizeof(float) * (size_t)M * K), *B = malloc(sizeof(float) * (size_t)N * K);
-    float *C = malloc(sizeof(float) * (size_t)M * N);
-    for (size_t i = 0; i < (size_t)M * K; i++) A[i] = (float)((i * 7919) % 1000) * 1e-3f - 0.5f;
-    for (size_t i = 0; i < (size_t)N * K; i++) B[i] = (float)((i * 104729) % 1000) * 1e-3f - 0.5f;
-    f(M, N, K, A, B, C); /* warm-up: thread pools, packing buffers */
-    double best = 0, flop = 2.0 * M * N * K;
-    for (int round = 0; round < 3; round++) {
-        int reps = 0;
-        double t0 = qd_now(), s;
-        do {
-            f(M, N, K, A, B, C);
-            reps++;
-            s = qd_now() - t0;
-        } while (s < 0.2);
-        double g = flop * reps / s / 1e9;
-        if (g > best) best = g;
-    }
-    free(A); free(B); free(C);
-    return best;
-}
-
 /* Child: one line "R <label> <threads> <shape index> <GFLOP/s>" per measurement. */
 static int child(const char *what) {
     int nproc = (int)sysconf(_SC_NPROCESSORS_ONLN);
@@ -146,7 +61,7 @@ static int child(const char *what) {
             for (int t = 0; t < (nproc > 1 ? 2 : 1); t++) {
                 openblas_set_num_threads(th[t]);
                 printf("R openblas %d %d %.1f\n", th[t], s,
-                       time_gemm(run_openblas, shapes[s][0], shapes[s][1], shapes[s][2]));
+                       bench_time_gemm(run_openblas, shapes[s][0], shapes[s][1], shapes[s][2]));
                 fflush(stdout);
             }
         }
@@ -158,7 +73,7 @@ static int child(const char *what) {
         const char *omp = getenv("OMP_NUM_THREADS");
         int t = omp ? atoi(omp) : nproc;
         for (int s = 0; s < NSHAPES; s++)
-            printf("R dnnl %d %d %.1f\n", t, s, time_gemm(run_dnnl, shapes[s][0], shapes[s][1], shapes[s][2]));
+            printf("R dnnl %d %d %.1f\n", t, s, bench_time_gemm(run_dnnl, shapes[s][0], shapes[s][1], shapes[s][2]));
         return 0;
     }
     if (!strcmp(what, "blis")) {
@@ -170,7 +85,7 @@ static int child(const char *what) {
         const char *bt = getenv("BLIS_NUM_THREADS");
         int t = bt ? atoi(bt) : 1;
         for (int s = 0; s < NSHAPES; s++)
-            printf("R blis %d %d %.1f\n", t, s, time_gemm(run_blis, shapes[s][0], shapes[s][1], shapes[s][2]));
+            printf("R blis %d %d %.1f\n", t, s, bench_time_gemm(run_blis, shapes[s][0], shapes[s][1], shapes[s][2]));
         return 0;
     }
     return 2;
@@ -208,11 +123,10 @@ int main(int argc, char **argv) {
     qd_blas_select(argv);
     if (argc > 2 && !strcmp(argv[1], "--child")) return child(argv[2]);
     __builtin_cpu_init();
-    use512 = __builtin_cpu_supports("avx512f");
     int nproc = (int)sysconf(_SC_NPROCESSORS_ONLN);
-    double pk1 = fma_peak(1), pkn = nproc > 1 ? fma_peak(nproc) : pk1;
+    double pk1 = bench_fma_peak(1), pkn = nproc > 1 ? bench_fma_peak(nproc) : pk1;
     printf("FMA peak (%s, short loop): %.0f GFLOP/s on 1 thread, %.0f on %d\n",
-           use512 ? "AVX-512" : "AVX2", pk1, pkn, nproc);
+           bench_fma_isa(), pk1, pkn, nproc);
 
     const char *clean = "-u OPENBLAS_CORETYPE -u QD_BLAS_CHOSEN -u QD_BLAS_SELECT";
     char env[256];

@@ -1,11 +1,14 @@
-/* Helpers the service benchmarks share (bench_server, bench_load): where the quantd binary is,
+/* Helpers the benchmarks share. Service (bench_server, bench_load): where the quantd binary is,
  * starting `quantd serve` on 127.0.0.1:0 and reading back its port, a loopback connection and
  * one HTTP response read from it, /proc figures of the server, and a double comparator for
- * percentiles. Header-only: each bench is one .c file. */
+ * percentiles. Compute (bench_blas, bench_optimizer): the machine's FMA peak measured by a short
+ * loop, and the best sgemm GFLOP/s of a shape. Header-only: each bench is one .c file. */
 #ifndef QD_BENCH_COMMON_H
 #define QD_BENCH_COMMON_H
 
 #include <arpa/inet.h>
+#include <immintrin.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <netinet/in.h>
@@ -16,6 +19,8 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <unistd.h>
+
+#include "base/sys.h"
 
 /* $QUANTD, or quantd in the build folder above this benchmark (build/bench -> build/quantd).
  * 0, or -1 when neither can be found. */
@@ -144,6 +149,106 @@ static inline long bench_proc_kb(pid_t pid, const char *key) {
 static inline int bench_cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
+}
+
+/* ---------------------------------------------------------------- compute */
+
+#define BENCH_PEAK_ITERS 20000000L
+
+__attribute__((target("avx512f"))) static inline double bench_peak512(long iters) {
+    __m512 a[16], m = _mm512_set1_ps(0.9999999f), c = _mm512_set1_ps(1e-7f);
+    for (int i = 0; i < 16; i++) a[i] = _mm512_set1_ps((float)i);
+    for (long it = 0; it < iters; it++) {
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++) a[i] = _mm512_fmadd_ps(a[i], m, c);
+    }
+    float s = 0;
+    for (int i = 0; i < 16; i++) s += _mm512_reduce_add_ps(a[i]);
+    return s;
+}
+
+__attribute__((target("avx2,fma"))) static inline double bench_peak256(long iters) {
+    __m256 a[12], m = _mm256_set1_ps(0.9999999f), c = _mm256_set1_ps(1e-7f);
+    for (int i = 0; i < 12; i++) a[i] = _mm256_set1_ps((float)i);
+    for (long it = 0; it < iters; it++) {
+#pragma GCC unroll 12
+        for (int i = 0; i < 12; i++) a[i] = _mm256_fmadd_ps(a[i], m, c);
+    }
+    float t[8], s = 0;
+    for (int i = 0; i < 12; i++) {
+        _mm256_storeu_ps(t, a[i]);
+        for (int j = 0; j < 8; j++) s += t[j];
+    }
+    return s;
+}
+
+/* Whether the peak loop uses AVX-512 (else AVX2 + FMA). */
+static inline int bench_fma_512(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f");
+}
+
+static inline const char *bench_fma_isa(void) { return bench_fma_512() ? "AVX-512" : "AVX2"; }
+
+typedef struct bench_peak_arg {
+    int use512;
+    double sink;
+} bench_peak_arg;
+
+static inline void *bench_peak_thread(void *arg) {
+    bench_peak_arg *a = arg;
+    a->sink += a->use512 ? bench_peak512(BENCH_PEAK_ITERS / 4) : bench_peak256(BENCH_PEAK_ITERS / 4);
+    return NULL;
+}
+
+/* GFLOP/s of independent FMA chains on nt threads at once: the best of 5 rounds after one
+ * warm-up round. One round is ~15 ms on a core that sustains two 512-bit FMAs a cycle, so a
+ * single cold round (thread start, the core's AVX-512 frequency transition) reads low: on a
+ * Sapphire Rapids VM it gave 68 GFLOP/s while sgemm in the same run reached 93. */
+static inline double bench_fma_peak(int nt) {
+    int use512 = bench_fma_512();
+    double flops_per_iter = use512 ? 16.0 * 16 * 2 : 12.0 * 8 * 2;
+    pthread_t th[64];
+    bench_peak_arg args[64];
+    if (nt > 64) nt = 64;
+    double best = 0;
+    for (int round = 0; round < 6; round++) {
+        double t0 = qd_now();
+        for (int i = 0; i < nt; i++) {
+            args[i] = (bench_peak_arg){use512, 0};
+            pthread_create(&th[i], NULL, bench_peak_thread, &args[i]);
+        }
+        for (int i = 0; i < nt; i++) pthread_join(th[i], NULL);
+        double g = flops_per_iter * (BENCH_PEAK_ITERS / 4) * nt / (qd_now() - t0) / 1e9;
+        if (round > 0 && g > best) best = g;
+    }
+    return best;
+}
+
+/* C (M,N) = A (M,K) x B^T, B stored (N,K), row-major. */
+typedef void (*bench_gemm_fn)(int M, int N, int K, const float *A, const float *B, float *C);
+
+/* Best GFLOP/s of f at M x N x K: three timed rounds of at least 0.2 s each, after a warm-up. */
+static inline double bench_time_gemm(bench_gemm_fn f, int M, int N, int K) {
+    float *A = malloc(sizeof(float) * (size_t)M * K), *B = malloc(sizeof(float) * (size_t)N * K);
+    float *C = malloc(sizeof(float) * (size_t)M * N);
+    for (size_t i = 0; i < (size_t)M * K; i++) A[i] = (float)((i * 7919) % 1000) * 1e-3f - 0.5f;
+    for (size_t i = 0; i < (size_t)N * K; i++) B[i] = (float)((i * 104729) % 1000) * 1e-3f - 0.5f;
+    f(M, N, K, A, B, C); /* warm-up: thread pools, packing buffers */
+    double best = 0, flop = 2.0 * M * N * K;
+    for (int round = 0; round < 3; round++) {
+        int reps = 0;
+        double t0 = qd_now(), s;
+        do {
+            f(M, N, K, A, B, C);
+            reps++;
+            s = qd_now() - t0;
+        } while (s < 0.2);
+        double g = flop * reps / s / 1e9;
+        if (g > best) best = g;
+    }
+    free(A), free(B), free(C);
+    return best;
 }
 
 #endif
