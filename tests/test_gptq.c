@@ -7,8 +7,10 @@
  *    ridge, W' = W when the inputs agree), and GPTQ on W' beats GPTQ on W on that error;
  *  - on a simulation, qd_gptq_qsim lowers the last block's error against FP, is deterministic,
  *    and the encodings reproduce its integers exactly (the runtime gets the same weights);
- *  - the inverse Hessian's factor from LAPACK equals the plain reference's;
- *  - the clipping search never does worse than no clipping on its own objective. */
+ *  - the inverse Hessian's factor from LAPACK equals the plain reference's, and the BLAS
+ *    Hessian accumulations the plain loops' within the summation-order bound;
+ *  - the clipping search never does worse than no clipping on its own objective, and its
+ *    row-wise fast path chooses exactly the brute-force reference's logits. */
 #include <math.h>
 
 #include "quant/sim/encodings.h"
@@ -101,6 +103,40 @@ static void inv_chol_lapack_matches_reference(void) {
               "n %d: indefinite H accepted", n);
         free(X), free(Xn), free(H), free(U), free(R);
     }
+}
+
+/* The BLAS accumulations against their plain references: the products are exact in double, so
+ * each entry differs only by the order of a sum of n terms: |Δ| <= 2·n·2⁻⁵³·Σ_r |x_ri·f_rj|
+ * (twice the textbook γ_n bound, for the two calls and BLAS's blocking). Two calls accumulate,
+ * and n is not a multiple of the chunk. */
+static void accum_matches_reference(void) {
+    int n = 300, cols = 37;
+    size_t nx = (size_t)n * cols, nn = (size_t)cols * cols;
+    float *X = corr_inputs(n, cols, 21), *F = corr_inputs(n, cols, 22);
+    float *Xa = malloc(sizeof(float) * nx), *Fa = malloc(sizeof(float) * nx);
+    double *H = calloc(nn, sizeof(double)), *Hr = calloc(nn, sizeof(double));
+    double *C = calloc(nn, sizeof(double)), *Cr = calloc(nn, sizeof(double));
+    double *Bh = calloc(nn, sizeof(double)), *Bc = calloc(nn, sizeof(double));
+    for (size_t i = 0; i < nx; i++) Xa[i] = fabsf(X[i]), Fa[i] = fabsf(F[i]);
+    int h1 = n / 3, h2 = n - h1;
+    CHECK(qd_gptq_accum(H, X, h1, cols) == QD_OK, "accum");
+    CHECK(qd_gptq_accum(H, X + (size_t)h1 * cols, h2, cols) == QD_OK, "accum");
+    CHECK(qd_gptq_accum_cross(C, X, F, h1, cols) == QD_OK, "accum_cross");
+    CHECK(qd_gptq_accum_cross(C, X + (size_t)h1 * cols, F + (size_t)h1 * cols, h2, cols) == QD_OK,
+          "accum_cross");
+    qd_gptq_accum_ref(Hr, X, n, cols);
+    qd_gptq_accum_cross_ref(Cr, X, F, n, cols);
+    qd_gptq_accum_ref(Bh, Xa, n, cols);
+    qd_gptq_accum_cross_ref(Bc, Xa, Fa, n, cols);
+    size_t bad = 0, asym = 0;
+    double u = 2 * n * ldexp(1, -53);
+    for (size_t i = 0; i < nn; i++) {
+        bad += fabs(H[i] - Hr[i]) > u * Bh[i] || fabs(C[i] - Cr[i]) > u * Bc[i];
+        asym += H[i] != H[(i % cols) * cols + i / cols];
+    }
+    CHECK(bad == 0, "%zu entries outside the summation-order bound", bad);
+    CHECK(asym == 0, "H not symmetric in %zu entries", asym);
+    free(X), free(F), free(Xa), free(Fa), free(H), free(Hr), free(C), free(Cr), free(Bh), free(Bc);
 }
 
 static void gptq_beats_rtn_on_grid(void) {
@@ -242,7 +278,7 @@ static void fp_target_fits(void) {
     qd_gptq_accum_cross(C, Xf, Xf, n, cols);
     double dc = 0;
     for (size_t i = 0; i < (size_t)cols * cols; i++) dc = fmax(dc, fabs(C[i] - H[i]));
-    CHECK(dc == 0, "XᵀX by accum_cross differs from accum by %g", dc);
+    CHECK(dc <= 1e-12 * fabs(H[0]), "XᵀX by accum_cross differs from accum by %g", dc);
     CHECK(qd_gptq_target(W, rows, cols, H, C, 0.2, W1, &err) == QD_OK, "%s", err.msg);
     double dw = 0;
     for (size_t i = 0; i < nw; i++) dw = fmax(dw, fabs((double)W1[i] - W[i]));
@@ -407,12 +443,82 @@ out:
     qd_model_free(m);
 }
 
+/* The row-wise search chooses exactly the brute force's logits (the reference), for every
+ * granularity and symmetry (asymmetric per tensor, per channel and the default mix; symmetric
+ * per channel and per tensor), with and without input statistics, on weights where clipping
+ * is chosen for some groups. */
+static void lwc_search_matches_brute_force(void) {
+    qd_config c = synth_config(32, 64, 2, 4, 2, 60, 32);
+    qd_err err = {{0}};
+    qd_model *m = synth_checked(&c, 9);
+    if (!m) return;
+    /* heavy tails (every 13th weight ×8) so that clipping pays at W8 too */
+    for (int l = 0; l < c.n_layers; l++) {
+        qd_layer *L = &m->layers[l];
+        float *ws[7] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
+        size_t n[7] = {32 * 32, 16 * 32, 16 * 32, 32 * 32, 64 * 32, 64 * 32, 32 * 64};
+        for (int w = 0; w < 7; w++)
+            for (size_t i = 0; i < n[w]; i += 13) ws[w][i] *= 8;
+    }
+    int T = 32, nw = 3;
+    int *tok = malloc(sizeof(int) * nw * T);
+    for (int i = 0; i < nw * T; i++) tok[i] = (i * 29 + 5) % c.vocab_size;
+    static const int cases[4][2] = {{8, QD_WGRAN_DEFAULT}, {8, QD_WGRAN_CHANNEL},
+                                    {4, QD_WGRAN_DEFAULT}, {4, QD_WGRAN_TENSOR}};
+    for (int k = 0; k < 4; k++) {
+        qd_qsim_opts o;
+        qd_qsim_defaults(&o);
+        o.wbits = cases[k][0], o.wgran = cases[k][1], o.Bmax = 1, o.Tmax = T, o.train = 0;
+        qd_qsim *q = qd_qsim_new(m, &o, &err);
+        qd_qstats *st = qd_qstats_new(&m->cfg);
+        CHECK(q && st, "%s", err.msg);
+        if (!q || !st) {
+            qd_qsim_free(q), qd_qstats_free(st);
+            continue;
+        }
+        /* the W8 grids (asymmetric) at 3 bits: clipping does not pay at 8 bits on 32 columns */
+        for (int l = 0; l < c.n_layers && cases[k][0] == 8; l++)
+            for (int w = 0; w < QD_W_PER_LAYER; w++) q->L[l].wspec[w].bits = 3;
+        CHECK(qd_qsim_collect(q, tok, nw, T, st, &err) == QD_OK, "%s", err.msg);
+        for (int use_st = 0; use_st < 2; use_st++) {
+            const qd_qstats *s = use_st ? st : NULL;
+            qd_qsim_set_lwc(q, 4);
+            double rr = qd_qsim_search_lwc_ref(q, s, 17, 0.5);
+            size_t np = q->n_params;
+            float *ref = malloc(sizeof(float) * np);
+            memcpy(ref, q->p, sizeof(float) * np);
+            qd_qsim_set_lwc(q, 4);
+            double rf = qd_qsim_search_lwc(q, s, 17, 0.5);
+            CHECK(rf == rr, "W%d gran %d stats %d: mean ratio %.17g vs reference %.17g",
+                  cases[k][0], cases[k][1], use_st, rf, rr);
+            size_t diff = 0, clipped = 0;
+            for (size_t i = 0; i < np; i++) diff += ref[i] != q->p[i];
+            for (int l = 0; l < c.n_layers; l++)
+                for (int w = 0; w < QD_W_PER_LAYER; w++) {
+                    int g = q->L[l].wspec[w].per_channel ? q->L[l].wrows[w] : 1;
+                    for (int i = 0; i < g; i++) clipped += q->L[l].gam[w][i] != 6;
+                }
+            CHECK(diff == 0, "W%d gran %d stats %d: %zu parameters differ from the brute force",
+                  cases[k][0], cases[k][1], use_st, diff);
+            CHECK(clipped > 0, "W%d gran %d: no group clipped (the test would not bite)",
+                  cases[k][0], cases[k][1]);
+            free(ref);
+        }
+        qd_qstats_free(st);
+        qd_qsim_free(q);
+    }
+    free(tok);
+    qd_model_free(m);
+}
+
 int main(void) {
     RUN(inv_chol_lapack_matches_reference);
+    RUN(accum_matches_reference);
     RUN(gptq_beats_rtn_on_grid);
     RUN(act_order_not_worse);
     RUN(fp_target_fits);
     RUN(gptq_on_simulation);
     RUN(lwc_search_not_worse);
+    RUN(lwc_search_matches_brute_force);
     return CHECK_DONE();
 }

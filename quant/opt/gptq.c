@@ -23,7 +23,7 @@ void qd_gptq_defaults(qd_gptq_opts *o) {
     o->target_damp = 0.2;
 }
 
-void qd_gptq_accum(double *H, const float *X, int n, int cols) {
+void qd_gptq_accum_ref(double *H, const float *X, int n, int cols) {
     /* row by row so no (n, cols) double copy is needed; H is symmetric, fill both halves */
     for (int r = 0; r < n; r++) {
         const float *x = X + (size_t)r * cols;
@@ -36,8 +36,8 @@ void qd_gptq_accum(double *H, const float *X, int n, int cols) {
     }
 }
 
-void qd_gptq_accum_cross(double *C, const float *X, const float *F, int n, int cols) {
-    /* as qd_gptq_accum, but C is not symmetric: every (i, j) pair */
+void qd_gptq_accum_cross_ref(double *C, const float *X, const float *F, int n, int cols) {
+    /* as qd_gptq_accum_ref, but C is not symmetric: every (i, j) pair */
     for (int r = 0; r < n; r++) {
         const float *x = X + (size_t)r * cols, *f = F + (size_t)r * cols;
         for (int i = 0; i < cols; i++) {
@@ -47,6 +47,51 @@ void qd_gptq_accum_cross(double *C, const float *X, const float *F, int n, int c
             for (int j = 0; j < cols; j++) c[j] += xi * f[j];
         }
     }
+}
+
+/* rows of X converted to double per chunk: the products are exact in double, so the BLAS
+ * results differ from the references only by the order of the double sums */
+enum { ACCUM_CHUNK = 256 };
+
+static void to_double(double *d, const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) d[i] = x[i];
+}
+
+int qd_gptq_accum(double *H, const float *X, int n, int cols) {
+    int nb0 = n < ACCUM_CHUNK ? n : ACCUM_CHUNK;
+    if (n < 1) return QD_OK;
+    double *Xd = malloc(sizeof(double) * (size_t)nb0 * cols);
+    if (!Xd) return QD_ERR;
+    for (int r0 = 0; r0 < n; r0 += nb0) {
+        int nb = n - r0 < nb0 ? n - r0 : nb0;
+        to_double(Xd, X + (size_t)r0 * cols, (size_t)nb * cols);
+        /* the upper triangle (row-major) of H += Xdᵀ Xd */
+        cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, cols, nb, 1, Xd, cols, 1, H, cols);
+    }
+    for (int i = 0; i < cols; i++) /* mirror into the lower half */
+        for (int j = i + 1; j < cols; j++) H[(size_t)j * cols + i] = H[(size_t)i * cols + j];
+    free(Xd);
+    return QD_OK;
+}
+
+int qd_gptq_accum_cross(double *C, const float *X, const float *F, int n, int cols) {
+    int nb0 = n < ACCUM_CHUNK ? n : ACCUM_CHUNK;
+    if (n < 1) return QD_OK;
+    double *Xd = malloc(sizeof(double) * (size_t)nb0 * cols);
+    double *Fd = malloc(sizeof(double) * (size_t)nb0 * cols);
+    if (!Xd || !Fd) {
+        free(Xd), free(Fd);
+        return QD_ERR;
+    }
+    for (int r0 = 0; r0 < n; r0 += nb0) {
+        int nb = n - r0 < nb0 ? n - r0 : nb0;
+        to_double(Xd, X + (size_t)r0 * cols, (size_t)nb * cols);
+        to_double(Fd, F + (size_t)r0 * cols, (size_t)nb * cols);
+        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cols, cols, nb, 1, Xd, cols, Fd,
+                    cols, 1, C, cols);
+    }
+    free(Xd), free(Fd);
+    return QD_OK;
 }
 
 /* In-place lower Cholesky factor of the (n, n) row-major A (upper triangle zeroed). QD_ERR when
@@ -386,8 +431,11 @@ int qd_gptq_qsim(qd_qsim *q, const int *tokens, int n_windows, int T, const qd_g
                 q->rc.cursor = 0;
                 qd_qsim_layer_forward(q, l, X + (size_t)w0 * per, Y, nb, T);
                 const qd_real *in = qd_qsim_weight_input(q, l, stage_w[st][0], &n);
-                qd_gptq_accum(H, in, n, cols);
-                if (fpt) qd_gptq_accum_cross(C, in, F, n, cols);
+                if (qd_gptq_accum(H, in, n, cols) ||
+                    (fpt && qd_gptq_accum_cross(C, in, F, n, cols))) {
+                    qd_errf(err, "%s: out of memory", __func__);
+                    goto out;
+                }
             }
             for (int k = 0; k < 3 && stage_w[st][k] >= 0; k++) {
                 int w = stage_w[st][k], rows = L->wrows[w];

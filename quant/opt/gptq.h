@@ -39,11 +39,19 @@ typedef struct qd_gptq_opts {
 
 void qd_gptq_defaults(qd_gptq_opts *o);
 
-/* H (cols, cols) += Xᵀ X for X (n, cols) row-major. Only accumulates; H starts zeroed. */
-void qd_gptq_accum(double *H, const float *X, int n, int cols);
+/* H (cols, cols) += Xᵀ X for X (n, cols) row-major, both halves. Only accumulates; H starts
+ * zeroed. In double by BLAS (dsyrk) over chunks of rows converted to double. QD_OK, or QD_ERR
+ * when out of memory (H then holds part of the sum). */
+int qd_gptq_accum(double *H, const float *X, int n, int cols);
+/* The same by plain loops: the reference qd_gptq_accum is tested against (the products are
+ * exact in double; the two differ only in the order of the sums). */
+void qd_gptq_accum_ref(double *H, const float *X, int n, int cols);
 
-/* C (cols, cols) += Xᵀ F for X, F (n, cols) row-major (the same tokens in two models). */
-void qd_gptq_accum_cross(double *C, const float *X, const float *F, int n, int cols);
+/* C (cols, cols) += Xᵀ F for X, F (n, cols) row-major (the same tokens in two models), by
+ * dgemm as qd_gptq_accum. QD_OK, or QD_ERR when out of memory. */
+int qd_gptq_accum_cross(double *C, const float *X, const float *F, int n, int cols);
+/* Its plain reference. */
+void qd_gptq_accum_cross_ref(double *C, const float *X, const float *F, int n, int cols);
 
 /* The weight W' (rows, cols into Wt) whose layer output on the quantized inputs best matches
  * the FP output: W' = W + (H + λI)⁻¹ (C - H) Wᵀ, transposed, with H = XqᵀXq, C = XqᵀXf (both

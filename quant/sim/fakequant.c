@@ -1165,53 +1165,172 @@ static const double *input_sq(const qd_qstats *st, int l, int w) {
     }
 }
 
-QD_API double qd_qsim_search_lwc(qd_qsim *q, const qd_qstats *st, int n, double r_min) {
+/* Σ_i sq[i]·(a_i - b_i)² over one row of n (sq NULL: weights 1), in four interleaved partial
+ * sums added in a fixed order (no serial dependency on one accumulator). Both searches below
+ * compute every error through this one function, so they compare bit-identical numbers. */
+static double lwc_row_err(const qd_real *a, const qd_real *b, const double *sq, size_t n) {
+    double e[4] = {0, 0, 0, 0};
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int k = 0; k < 4; k++) {
+            double d = (double)a[i + k] - b[i + k];
+            e[k] += (sq ? sq[i + k] : 1.0) * d * d;
+        }
+    for (; i < n; i++) {
+        double d = (double)a[i] - b[i];
+        e[0] += (sq ? sq[i] : 1.0) * d * d;
+    }
+    return (e[0] + e[1]) + (e[2] + e[3]);
+}
+
+/* the k-th logit of the search grid of n ratios from 1 (logit 6 = 0.9975) down to r_min */
+static qd_real lwc_grid_logit(int k, int n, double r_min) {
+    double r = 1 - (1 - r_min) * k / (n - 1);
+    return (qd_real)(k == 0 ? 6 : log(r / (1 - r)));
+}
+
+/* Sets γ = β = the chosen logits of weight w and adds their ratios to *rsum. */
+static void lwc_keep(qd_qlayer *L, int w, const qd_real *bl, int groups, double *rsum) {
+    for (int g = 0; g < groups; g++) {
+        L->gam[w][g] = bl[g];
+        L->bet[w][g] = bl[g];
+        *rsum += 1 / (1 + exp(-(double)bl[g]));
+    }
+}
+
+/* The brute force on weight w of layer l: a whole-tensor fake quantization per grid ratio, the
+ * error of every group from it; sets the chosen logits, adds their ratios to *rsum and returns
+ * the number of groups (0: out of memory, logits kept). */
+static long lwc_brute_weight(qd_qsim *q, int l, int w, const double *sq, int n, double r_min,
+                             double *rsum) {
     struct qd_qsim_priv *P = q->priv;
-    const double no_clip = 6; /* logit of 0.9975: the grid's r = 1 */
+    qd_qlayer *L = &q->L[l];
+    int rows = L->wrows[w], cols = L->wcols[w];
+    qd_wq_spec sp = L->wspec[w];
+    int groups = sp.per_channel ? rows : 1, gr = sp.per_channel ? 1 : rows;
+    qd_real *lg = malloc(sizeof(qd_real) * (size_t)groups);
+    double *best = malloc(sizeof(double) * (size_t)groups);
+    qd_real *bl = malloc(sizeof(qd_real) * (size_t)groups);
+    long rc = 0;
+    if (!lg || !best || !bl) goto out;
+    qd_qsim_weight_let(q, l, w, P->scrA);
+    for (int g = 0; g < groups; g++) best[g] = INFINITY, bl[g] = lwc_grid_logit(0, n, r_min);
+    for (int k = 0; k < n; k++) {
+        qd_real v = lwc_grid_logit(k, n, r_min);
+        for (int g = 0; g < groups; g++) lg[g] = v;
+        qd_wq_forward(P->scrB, P->scrA, rows, cols, sp, lg, lg, NULL, NULL, NULL, 0);
+        for (int g = 0; g < groups; g++) {
+            double e = 0;
+            for (int r = 0; r < gr; r++) {
+                size_t o = ((size_t)g * gr + r) * cols;
+                e += lwc_row_err(P->scrA + o, P->scrB + o, sq, (size_t)cols);
+            }
+            if (e < best[g]) best[g] = e, bl[g] = v;
+        }
+    }
+    lwc_keep(L, w, bl, groups, rsum);
+    rc = groups;
+out:
+    free(lg), free(best), free(bl);
+    return rc;
+}
+
+QD_API double qd_qsim_search_lwc_ref(qd_qsim *q, const qd_qstats *st, int n, double r_min) {
     double rsum = 0;
     long rcnt = 0;
     if (n < 2) n = 2;
-    for (int l = 0; l < q->cfg.n_layers; l++) {
-        qd_qlayer *L = &q->L[l];
+    for (int l = 0; l < q->cfg.n_layers; l++)
         for (int w = 0; w < QD_W_PER_LAYER; w++) {
             if (qd_stop_requested()) return 1; /* the caller polls it too */
-            int rows = L->wrows[w], cols = L->wcols[w];
-            qd_wq_spec sp = L->wspec[w];
-            int groups = sp.per_channel ? rows : 1;
-            size_t gsz = sp.per_channel ? (size_t)cols : (size_t)rows * cols;
             const double *sq = st && st->tokens ? input_sq(st, l, w) : NULL;
-            qd_real *lg = malloc(sizeof(qd_real) * (size_t)groups);
-            double *best = malloc(sizeof(double) * (size_t)groups);
-            qd_real *bl = malloc(sizeof(qd_real) * (size_t)groups);
-            if (!lg || !best || !bl) { /* keep the current logits */
-                free(lg), free(best), free(bl);
-                continue;
-            }
-            qd_qsim_weight_let(q, l, w, P->scrA);
-            for (int g = 0; g < groups; g++) best[g] = INFINITY, bl[g] = (qd_real)no_clip;
-            for (int k = 0; k < n; k++) {
-                double r = 1 - (1 - r_min) * k / (n - 1);
-                qd_real v = (qd_real)(k == 0 ? no_clip : log(r / (1 - r)));
-                for (int g = 0; g < groups; g++) lg[g] = v;
-                qd_wq_forward(P->scrB, P->scrA, rows, cols, sp, lg, lg, NULL, NULL, NULL, 0);
-                for (int g = 0; g < groups; g++) {
-                    double e = 0;
-                    for (size_t i = 0; i < gsz; i++) {
-                        size_t idx = (size_t)g * gsz + i;
-                        double d = (double)P->scrA[idx] - P->scrB[idx];
-                        e += (sq ? sq[idx % (size_t)cols] : 1.0) * d * d;
-                    }
-                    if (e < best[g]) best[g] = e, bl[g] = v;
-                }
-            }
-            for (int g = 0; g < groups; g++) {
-                L->gam[w][g] = bl[g];
-                L->bet[w][g] = bl[g];
-                rsum += 1 / (1 + exp(-(double)bl[g]));
-                rcnt++;
-            }
-            free(lg), free(best), free(bl);
+            rcnt += lwc_brute_weight(q, l, w, sq, n, r_min, &rsum);
+        }
+    return rcnt ? rsum / (double)rcnt : 1;
+}
+
+/* The fast search of one weight works row by row, each row's grid ratios while the row is in
+ * cache, and never writes a whole fake-quantized tensor. A row of a per-channel weight is its
+ * own group; a row of a per-tensor weight is fake-quantized on the tensor's grid by appending
+ * the tensor's extremes to it (its range is then the tensor's, and the elements are quantized
+ * independently), so each row's results are the ones the whole-tensor call gives. */
+typedef struct {
+    const qd_real *t;     /* the LET weight (rows, cols) */
+    int rows, cols, n, extra;
+    qd_wq_spec sp;
+    const double *sq;
+    double r_min;
+    qd_real ext[2];       /* the tensor's max and min (per tensor only) */
+    double *err;          /* (n, rows): each ratio's error of each row */
+} lwc_job;
+
+/* rows [r0, r1) of j; buf: 2 * (cols + 2) */
+static void lwc_rows(const lwc_job *j, int r0, int r1, qd_real *buf) {
+    size_t m = (size_t)j->cols + (size_t)j->extra;
+    qd_real *aug = buf, *out = buf + m;
+    for (int r = r0; r < r1; r++) {
+        const qd_real *row = j->t + (size_t)r * j->cols;
+        memcpy(aug, row, sizeof(qd_real) * (size_t)j->cols);
+        for (int e = 0; e < j->extra; e++) aug[j->cols + e] = j->ext[e];
+        for (int k = 0; k < j->n; k++) {
+            qd_real v = lwc_grid_logit(k, j->n, j->r_min);
+            qd_wq_forward(out, aug, 1, (int)m, j->sp, &v, &v, NULL, NULL, NULL, 0);
+            j->err[(size_t)k * j->rows + r] = lwc_row_err(row, out, j->sq, (size_t)j->cols);
         }
     }
+}
+
+/* qd_qsim_search_lwc on one weight, as lwc_brute_weight (same return, same choice). */
+static long lwc_fast_weight(qd_qsim *q, int l, int w, const double *sq, int n, double r_min,
+                            double *rsum) {
+    struct qd_qsim_priv *P = q->priv;
+    qd_qlayer *L = &q->L[l];
+    int rows = L->wrows[w], cols = L->wcols[w];
+    qd_wq_spec sp = L->wspec[w];
+    int groups = sp.per_channel ? rows : 1;
+    lwc_job j = {P->scrA, rows, cols, n, sp.per_channel ? 0 : 2, sp, sq, r_min, {0, 0}, NULL};
+    j.err = malloc(sizeof(double) * (size_t)n * rows);
+    qd_real *bl = malloc(sizeof(qd_real) * (size_t)groups);
+    qd_real *buf = malloc(sizeof(qd_real) * 2 * ((size_t)cols + 2));
+    long rc = 0;
+    if (!j.err || !bl || !buf) goto out;
+    qd_qsim_weight_let(q, l, w, P->scrA);
+    if (!sp.per_channel) {
+        qd_real mx = P->scrA[0], mn = P->scrA[0];
+        for (size_t i = 1; i < (size_t)rows * cols; i++) {
+            qd_real v = P->scrA[i];
+            if (v > mx) mx = v;
+            if (v < mn) mn = v;
+        }
+        j.ext[0] = mx, j.ext[1] = mn;
+    }
+    lwc_rows(&j, 0, rows, buf);
+    for (int g = 0; g < groups; g++) {
+        double best = INFINITY;
+        bl[g] = lwc_grid_logit(0, n, r_min);
+        for (int k = 0; k < n; k++) {
+            double e = 0; /* per tensor: the rows' errors summed in row order, as the reference */
+            if (sp.per_channel) e = j.err[(size_t)k * rows + g];
+            else
+                for (int r = 0; r < rows; r++) e += j.err[(size_t)k * rows + r];
+            if (e < best) best = e, bl[g] = lwc_grid_logit(k, n, r_min);
+        }
+    }
+    lwc_keep(L, w, bl, groups, rsum);
+    rc = groups;
+out:
+    free(j.err), free(bl), free(buf);
+    return rc;
+}
+
+QD_API double qd_qsim_search_lwc(qd_qsim *q, const qd_qstats *st, int n, double r_min) {
+    double rsum = 0;
+    long rcnt = 0;
+    if (n < 2) n = 2;
+    for (int l = 0; l < q->cfg.n_layers; l++)
+        for (int w = 0; w < QD_W_PER_LAYER; w++) {
+            if (qd_stop_requested()) return 1; /* the caller polls it too */
+            const double *sq = st && st->tokens ? input_sq(st, l, w) : NULL;
+            rcnt += lwc_fast_weight(q, l, w, sq, n, r_min, &rsum);
+        }
     return rcnt ? rsum / (double)rcnt : 1;
 }
