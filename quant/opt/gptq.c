@@ -278,40 +278,48 @@ void qd_gptq_rtn(const float *W, int rows, int cols, qd_wq_spec sp, const float 
     }
 }
 
-int qd_gptq_round(const float *W, int rows, int cols, qd_wq_spec sp, const float *scale,
-                  const float *zero, const double *H, const qd_gptq_opts *o, float *what,
-                  int32_t *iq, qd_err *err) {
-    size_t nn = (size_t)cols * cols, nw = (size_t)rows * cols;
-    int B = o->block > 0 ? o->block : 128;
-    if (B > cols) B = cols;
-    double *Hp = malloc(sizeof(double) * nn), *U = malloc(sizeof(double) * nn);
-    double *work = malloc(sizeof(double) * nn), *Wd = malloc(sizeof(double) * nw);
-    double *E = malloc(sizeof(double) * (size_t)rows * B);
+struct qd_gptq_fac {
+    int cols;
+    int *perm;   /* position a of the rounding order is input column perm[a] */
+    int *dead;   /* (cols) input never nonzero in the calibration data */
+    double *U;   /* (cols, cols) upper: (damped H, permuted)⁻¹ = Uᵀ U */
+};
+
+void qd_gptq_fac_free(qd_gptq_fac *f) {
+    if (!f) return;
+    free(f->perm), free(f->dead), free(f->U);
+    free(f);
+}
+
+qd_gptq_fac *qd_gptq_factor(const double *H, int cols, const qd_gptq_opts *o, qd_err *err) {
+    size_t nn = (size_t)cols * cols;
+    qd_gptq_fac *f = calloc(1, sizeof *f);
+    double *Hp = malloc(sizeof(double) * nn), *work = malloc(sizeof(double) * nn);
     colkey *ck = malloc(sizeof(colkey) * (size_t)cols);
-    int *dead = calloc((size_t)cols, sizeof(int));
-    int rc = QD_ERR;
-    if (!Hp || !U || !work || !Wd || !E || !ck || !dead) {
+    if (f) {
+        f->cols = cols;
+        f->perm = malloc(sizeof(int) * (size_t)cols);
+        f->dead = calloc((size_t)cols, sizeof(int));
+        f->U = malloc(sizeof(double) * nn);
+    }
+    if (!f || !f->perm || !f->dead || !f->U || !Hp || !work || !ck) {
         qd_errf(err, "%s: out of memory", __func__);
-        goto out;
+        goto fail;
     }
     /* column order and dead inputs (never nonzero in the calibration data) */
     double mean = 0;
     for (int i = 0; i < cols; i++) {
         double d = H[(size_t)i * cols + i];
-        dead[i] = !(d > 0);
-        mean += dead[i] ? 0 : d;
+        f->dead[i] = !(d > 0);
+        mean += f->dead[i] ? 0 : d;
         ck[i].key = o->act_order ? d : 0, ck[i].idx = i;
     }
     mean = mean > 0 ? mean / cols : 1;
     qsort(ck, (size_t)cols, sizeof *ck, by_key_desc);
+    for (int a = 0; a < cols; a++) f->perm[a] = ck[a].idx;
     for (int a = 0; a < cols; a++)
         for (int b = 0; b < cols; b++)
             Hp[(size_t)a * cols + b] = H[(size_t)ck[a].idx * cols + ck[b].idx];
-    for (int r = 0; r < rows; r++)
-        for (int a = 0; a < cols; a++) {
-            int c = ck[a].idx;
-            Wd[(size_t)r * cols + a] = dead[c] ? 0 : W[(size_t)r * cols + c];
-        }
     /* damping: relative to the mean diagonal, raised tenfold while H is still not definite */
     double damp = o->damp > 0 ? o->damp : 0.01;
     int ok = 0;
@@ -319,45 +327,99 @@ int qd_gptq_round(const float *W, int rows, int cols, qd_wq_spec sp, const float
         memcpy(work, Hp, sizeof(double) * nn);
         for (int a = 0; a < cols; a++) {
             double *d = &work[(size_t)a * cols + a];
-            if (dead[ck[a].idx]) *d = 1;
+            if (f->dead[ck[a].idx]) *d = 1;
             *d += damp * mean;
         }
         memcpy(Hp, work, sizeof(double) * nn); /* damped H: the factorisation's input */
-        ok = qd_gptq_inv_chol(Hp, U, cols) == QD_OK;
+        ok = qd_gptq_inv_chol(Hp, f->U, cols) == QD_OK;
         if (!ok) /* undo this try's damping before the next */
             for (int a = 0; a < cols; a++) Hp[(size_t)a * cols + a] -= damp * mean;
     }
     if (!ok) {
         qd_errf(err, "%s: input Hessian not positive definite after damping", __func__);
-        goto out;
+        goto fail;
     }
+    free(Hp), free(work), free(ck);
+    return f;
+fail:
+    free(Hp), free(work), free(ck);
+    qd_gptq_fac_free(f);
+    return NULL;
+}
+
+/* One block [i1, i2) of the column loop for rows [r0, r1): each row's columns rounded in order,
+ * each error pushed onto the row's later columns of the block (rows are independent: the row's
+ * block stays in cache while the block of U is shared). E (rows, i2 - i1) receives the scaled
+ * errors the trailing update needs. */
+typedef struct {
+    const qd_gptq_fac *f;
+    double *Wd, *E;
+    int rows, i1, i2;
+    qd_wq_spec sp;
+    const float *scale, *zero;
     float qmin, qmax;
-    grid_limits(sp, &qmin, &qmax);
+    float *what;
+    int32_t *iq;
+} round_job;
+
+static void round_rows(const round_job *j, int r0, int r1) {
+    int cols = j->f->cols, nb = j->i2 - j->i1;
+    for (int r = r0; r < r1; r++) {
+        int g = j->sp.per_channel ? r : 0;
+        float s = j->scale[g], z = j->sp.sym ? 0 : j->zero[g], qi;
+        double *wr = j->Wd + (size_t)r * cols, *er = j->E + (size_t)r * nb;
+        for (int i = j->i1; i < j->i2; i++) {
+            const double *ui = j->f->U + (size_t)i * cols;
+            int c = j->f->perm[i];
+            double w = wr[i];
+            float deq = grid_point(w, s, z, j->qmin, j->qmax, &qi);
+            j->what[(size_t)r * cols + c] = deq;
+            if (j->iq) j->iq[(size_t)r * cols + c] = (int32_t)qi;
+            double e = (w - (double)deq) / ui[i];
+            er[i - j->i1] = e;
+            for (int k = i + 1; k < j->i2; k++) wr[k] -= e * ui[k];
+        }
+    }
+}
+
+int qd_gptq_round_fac(const qd_gptq_fac *f, const float *W, int rows, qd_wq_spec sp,
+                      const float *scale, const float *zero, int block, float *what,
+                      int32_t *iq, qd_err *err) {
+    int cols = f->cols;
+    int B = block > 0 ? block : 128;
+    if (B > cols) B = cols;
+    double *Wd = malloc(sizeof(double) * (size_t)rows * cols);
+    double *E = malloc(sizeof(double) * (size_t)rows * B);
+    if (!Wd || !E) {
+        free(Wd), free(E);
+        return qd_errf(err, "%s: out of memory", __func__);
+    }
+    for (int r = 0; r < rows; r++)
+        for (int a = 0; a < cols; a++) {
+            int c = f->perm[a];
+            Wd[(size_t)r * cols + a] = f->dead[c] ? 0 : W[(size_t)r * cols + c];
+        }
+    round_job j = {f, Wd, E, rows, 0, 0, sp, scale, zero, 0, 0, what, iq};
+    grid_limits(sp, &j.qmin, &j.qmax);
     for (int i1 = 0; i1 < cols; i1 += B) {
         int i2 = i1 + B < cols ? i1 + B : cols, nb = i2 - i1;
-        for (int i = i1; i < i2; i++) {
-            const double *ui = U + (size_t)i * cols;
-            int c = ck[i].idx;
-            for (int r = 0; r < rows; r++) {
-                int g = sp.per_channel ? r : 0;
-                float s = scale[g], z = sp.sym ? 0 : zero[g], qi;
-                double *wr = Wd + (size_t)r * cols;
-                double w = wr[i];
-                float deq = grid_point(w, s, z, qmin, qmax, &qi);
-                what[(size_t)r * cols + c] = deq;
-                if (iq) iq[(size_t)r * cols + c] = (int32_t)qi;
-                double e = (w - (double)deq) / ui[i];
-                E[(size_t)r * nb + (i - i1)] = e;
-                for (int j = i + 1; j < i2; j++) wr[j] -= e * ui[j];
-            }
-        }
-        if (i2 < cols)
+        j.i1 = i1, j.i2 = i2;
+        round_rows(&j, 0, rows);
+        if (i2 < cols) /* the lazy update: every later column at once */
             cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, cols - i2, nb, -1, E, nb,
-                        U + (size_t)i1 * cols + i2, cols, 1, Wd + i2, cols);
+                        f->U + (size_t)i1 * cols + i2, cols, 1, Wd + i2, cols);
     }
-    rc = QD_OK;
-out:
-    free(Hp), free(U), free(work), free(Wd), free(E), free(ck), free(dead);
+    free(Wd), free(E);
+    return QD_OK;
+}
+
+int qd_gptq_round(const float *W, int rows, int cols, qd_wq_spec sp, const float *scale,
+                  const float *zero, const double *H, const qd_gptq_opts *o, float *what,
+                  int32_t *iq, qd_err *err) {
+    qd_gptq_fac *f = qd_gptq_factor(H, cols, o, err);
+    if (!f) return QD_ERR;
+    int rc = qd_gptq_round_fac(f, W, rows, sp, scale, zero, o->block, what, iq, err);
+    qd_gptq_fac_free(f);
     return rc;
 }
 
@@ -393,6 +455,7 @@ int qd_gptq_qsim(qd_qsim *q, const int *tokens, int n_windows, int T, const qd_g
     double *C = fpt ? malloc(sizeof(double) * cmax * cmax) : NULL;
     qd_real *tt = fpt ? malloc(sizeof(qd_real) * wmax) : NULL;
     int rc = QD_ERR, sw = q->wq_on, sa = q->aq_on;
+    qd_gptq_fac *fac = NULL;
     if (!X || !Y || !H || !t || !what || !sc || !zp || (fpt && (!Xf || !F || !C || !tt))) {
         qd_errf(err, "%s: out of memory", __func__);
         goto out;
@@ -437,6 +500,9 @@ int qd_gptq_qsim(qd_qsim *q, const int *tokens, int n_windows, int T, const qd_g
                     goto out;
                 }
             }
+            /* one factorisation for the weights that share this input */
+            fac = qd_gptq_factor(H, cols, o, err);
+            if (!fac) goto out;
             for (int k = 0; k < 3 && stage_w[st][k] >= 0; k++) {
                 int w = stage_w[st][k], rows = L->wrows[w];
                 if (qd_stop_requested()) {
@@ -450,13 +516,16 @@ int qd_gptq_qsim(qd_qsim *q, const int *tokens, int n_windows, int T, const qd_g
                     if (qd_gptq_target(t, rows, cols, H, C, o->target_damp, tt, err)) goto out;
                     src = tt;
                 }
-                if (qd_gptq_round(src, rows, cols, L->wspec[w], sc, zp, H, o, what, NULL, err))
+                if (qd_gptq_round_fac(fac, src, rows, L->wspec[w], sc, zp, o->block, what, NULL,
+                                      err))
                     goto out;
                 if (qd_qsim_set_wfix(q, l, w, what)) {
                     qd_errf(err, "%s: out of memory", __func__);
                     goto out;
                 }
             }
+            qd_gptq_fac_free(fac);
+            fac = NULL;
         }
         /* the next layer's inputs: this layer with its final integers (and the FP layer) */
         for (int w0 = 0; w0 < n_windows; w0 += Bm) {
@@ -478,5 +547,6 @@ out:
     q->wq_on = sw, q->aq_on = sa;
     free(X), free(Y), free(H), free(t), free(what), free(sc), free(zp);
     free(Xf), free(F), free(C), free(tt);
+    qd_gptq_fac_free(fac);
     return rc;
 }

@@ -70,6 +70,19 @@ int qd_gptq_round(const float *W, int rows, int cols, qd_wq_spec sp, const float
                   const float *zero, const double *H, const qd_gptq_opts *o, float *what,
                   int32_t *iq, qd_err *err);
 
+/* What GPTQ needs from H alone, shared by the weights that read the same input (q/k/v, gate/up):
+ * the column order (act_order), the dead inputs and the damped inverse Hessian's factor. */
+typedef struct qd_gptq_fac qd_gptq_fac;
+/* Factors H (cols, cols) as qd_gptq_round does. The caller frees it with qd_gptq_fac_free;
+ * NULL with err set (out of memory, H not positive definite after damping). */
+qd_gptq_fac *qd_gptq_factor(const double *H, int cols, const qd_gptq_opts *o, qd_err *err);
+void qd_gptq_fac_free(qd_gptq_fac *f);
+/* qd_gptq_round of W (rows, f's cols) from the factorisation f, columns in lazy blocks of
+ * block (<= 0: 128); the same results as qd_gptq_round with the options f was made with. */
+int qd_gptq_round_fac(const qd_gptq_fac *f, const float *W, int rows, qd_wq_spec sp,
+                      const float *scale, const float *zero, int block, float *what,
+                      int32_t *iq, qd_err *err);
+
 /* U (n, n, row-major upper triangular, lower part zero) with H⁻¹ = Uᵀ U for a symmetric
  * positive definite H (n, n): the factor that drives GPTQ's updates. LAPACK (dpotrf, dpotri,
  * dpotrf). QD_ERR when H is not positive definite. */
