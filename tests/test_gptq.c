@@ -487,12 +487,16 @@ static void lwc_search_matches_brute_force(void) {
             size_t np = q->n_params;
             float *ref = malloc(sizeof(float) * np);
             memcpy(ref, q->p, sizeof(float) * np);
-            qd_qsim_set_lwc(q, 4);
-            double rf = qd_qsim_search_lwc(q, s, 17, 0.5);
-            CHECK(rf == rr, "W%d gran %d stats %d: mean ratio %.17g vs reference %.17g",
-                  cases[k][0], cases[k][1], use_st, rf, rr);
             size_t diff = 0, clipped = 0;
-            for (size_t i = 0; i < np; i++) diff += ref[i] != q->p[i];
+            for (int scalar = 0; scalar < 2; scalar++) { /* the vector path, then the scalar one */
+                qd_qsim_lwc_scalar(scalar);
+                qd_qsim_set_lwc(q, 4);
+                double rf = qd_qsim_search_lwc(q, s, 17, 0.5);
+                CHECK(rf == rr, "W%d gran %d stats %d scalar %d: mean ratio %.17g vs reference "
+                      "%.17g", cases[k][0], cases[k][1], use_st, scalar, rf, rr);
+                for (size_t i = 0; i < np; i++) diff += ref[i] != q->p[i];
+            }
+            qd_qsim_lwc_scalar(0);
             for (int l = 0; l < c.n_layers; l++)
                 for (int w = 0; w < QD_W_PER_LAYER; w++) {
                     int g = q->L[l].wspec[w].per_channel ? q->L[l].wrows[w] : 1;

@@ -1165,14 +1165,20 @@ static const double *input_sq(const qd_qstats *st, int l, int w) {
     }
 }
 
-/* Σ_i sq[i]·(a_i - b_i)² over one row of n (sq NULL: weights 1), in four interleaved partial
- * sums added in a fixed order (no serial dependency on one accumulator). Both searches below
- * compute every error through this one function, so they compare bit-identical numbers. */
+/* Σ_i sq[i]·(a_i - b_i)² over one row of n (sq NULL: weights 1), in eight interleaved partial
+ * sums (lane i mod 8; the tail after the last full eight into lane 0) added in a fixed tree.
+ * Every error of both searches below is this sum (lwc_grid_err's vector path keeps the same
+ * lanes), so they compare bit-identical numbers. */
+#define LWC_LANES 8
+static double lwc_lanes_sum(const double *e) {
+    return ((e[0] + e[1]) + (e[2] + e[3])) + ((e[4] + e[5]) + (e[6] + e[7]));
+}
+
 static double lwc_row_err(const qd_real *a, const qd_real *b, const double *sq, size_t n) {
-    double e[4] = {0, 0, 0, 0};
+    double e[LWC_LANES] = {0};
     size_t i = 0;
-    for (; i + 4 <= n; i += 4)
-        for (int k = 0; k < 4; k++) {
+    for (; i + LWC_LANES <= n; i += LWC_LANES)
+        for (int k = 0; k < LWC_LANES; k++) {
             double d = (double)a[i + k] - b[i + k];
             e[k] += (sq ? sq[i + k] : 1.0) * d * d;
         }
@@ -1180,7 +1186,82 @@ static double lwc_row_err(const qd_real *a, const qd_real *b, const double *sq, 
         double d = (double)a[i] - b[i];
         e[0] += (sq ? sq[i] : 1.0) * d * d;
     }
-    return (e[0] + e[1]) + (e[2] + e[3]);
+    return lwc_lanes_sum(e);
+}
+
+/* lwc_row_err of x against its fake quantization on one grid, fused (nothing written): the
+ * element formula of qd_wq_forward without rounding context, t = clamp(rint(x/s) + zr, lo, hi),
+ * x̂ = (t - zr)·s (symmetric: zr = 0, which changes at most the sign of a zero x̂ and so no
+ * error), in the same float operations. Scalar, and AVX2 where the CPU has it (IEEE division,
+ * round-to-nearest-even, compares: the same bits). */
+#ifdef QD_REAL_DOUBLE
+#define LWC_RINT rint
+#else
+#define LWC_RINT rintf
+#endif
+static double lwc_grid_err_scalar(const qd_real *x, size_t n, const double *sq, qd_real s,
+                                  qd_real zr, qd_real lo, qd_real hi) {
+    double e[LWC_LANES] = {0};
+    size_t full = n - n % LWC_LANES;
+    for (size_t i = 0; i < n; i++) {
+        qd_real t = LWC_RINT(x[i] / s) + zr;
+        t = t < lo ? lo : (t > hi ? hi : t);
+        double d = (double)x[i] - (qd_real)((t - zr) * s);
+        e[i < full ? i % LWC_LANES : 0] += (sq ? sq[i] : 1.0) * d * d;
+    }
+    return lwc_lanes_sum(e);
+}
+
+static int lwc_scalar_only; /* qd_qsim_lwc_scalar: tests compare both paths */
+
+QD_API void qd_qsim_lwc_scalar(int on) { lwc_scalar_only = on; }
+
+#if defined(__x86_64__) && !defined(QD_REAL_DOUBLE)
+#include <immintrin.h>
+__attribute__((target("avx2"))) static double lwc_grid_err_avx2(const float *x, size_t n,
+                                                                 const double *sq, float s,
+                                                                 float zr, float lo, float hi) {
+    const __m256 vs = _mm256_set1_ps(s), vz = _mm256_set1_ps(zr);
+    const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
+    const __m256d one = _mm256_set1_pd(1.0);
+    __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+    size_t i = 0;
+    for (; i + LWC_LANES <= n; i += LWC_LANES) {
+        __m256 xv = _mm256_loadu_ps(x + i);
+        __m256 t = _mm256_round_ps(_mm256_div_ps(xv, vs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        t = _mm256_add_ps(t, vz);
+        t = _mm256_blendv_ps(t, vlo, _mm256_cmp_ps(t, vlo, _CMP_LT_OQ));
+        t = _mm256_blendv_ps(t, vhi, _mm256_cmp_ps(t, vhi, _CMP_GT_OQ));
+        __m256 b = _mm256_mul_ps(_mm256_sub_ps(t, vz), vs);
+        __m256d d0 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(xv)),
+                                   _mm256_cvtps_pd(_mm256_castps256_ps128(b)));
+        __m256d d1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(xv, 1)),
+                                   _mm256_cvtps_pd(_mm256_extractf128_ps(b, 1)));
+        __m256d w0 = sq ? _mm256_loadu_pd(sq + i) : one, w1 = sq ? _mm256_loadu_pd(sq + i + 4) : one;
+        a0 = _mm256_add_pd(a0, _mm256_mul_pd(_mm256_mul_pd(w0, d0), d0));
+        a1 = _mm256_add_pd(a1, _mm256_mul_pd(_mm256_mul_pd(w1, d1), d1));
+    }
+    double e[LWC_LANES];
+    _mm256_storeu_pd(e, a0);
+    _mm256_storeu_pd(e + 4, a1);
+    for (; i < n; i++) {
+        float t = rintf(x[i] / s) + zr;
+        t = t < lo ? lo : (t > hi ? hi : t);
+        double d = (double)x[i] - (float)((t - zr) * s);
+        e[0] += (sq ? sq[i] : 1.0) * d * d;
+    }
+    return lwc_lanes_sum(e);
+}
+#endif
+
+static double lwc_grid_err(const qd_real *x, size_t n, const double *sq, qd_real s, qd_real zr,
+                           qd_real lo, qd_real hi) {
+#if defined(__x86_64__) && !defined(QD_REAL_DOUBLE)
+    static int avx2 = -1;
+    if (avx2 < 0) __atomic_store_n(&avx2, __builtin_cpu_supports("avx2") ? 1 : 0, __ATOMIC_RELAXED);
+    if (avx2 && !lwc_scalar_only) return lwc_grid_err_avx2(x, n, sq, s, zr, lo, hi);
+#endif
+    return lwc_grid_err_scalar(x, n, sq, s, zr, lo, hi);
 }
 
 /* the k-th logit of the search grid of n ratios from 1 (logit 6 = 0.9975) down to r_min */
@@ -1248,33 +1329,49 @@ QD_API double qd_qsim_search_lwc_ref(qd_qsim *q, const qd_qstats *st, int n, dou
     return rcnt ? rsum / (double)rcnt : 1;
 }
 
-/* The fast search of one weight works row by row, each row's grid ratios while the row is in
- * cache, and never writes a whole fake-quantized tensor. A row of a per-channel weight is its
- * own group; a row of a per-tensor weight is fake-quantized on the tensor's grid by appending
- * the tensor's extremes to it (its range is then the tensor's, and the elements are quantized
- * independently), so each row's results are the ones the whole-tensor call gives. */
+/* The fast search of one weight works row by row, all grid ratios of a row while it is in
+ * cache, fused (lwc_grid_err: no fake-quantized tensor is written). Each ratio's grid (scale,
+ * rounded zero point) is qd_wq_forward's own, taken from a call on the group's two extremes
+ * (max and min with 0 included, as its range sees them): the same range, so the same grid. */
 typedef struct {
     const qd_real *t;     /* the LET weight (rows, cols) */
-    int rows, cols, n, extra;
+    int rows, cols, n;
     qd_wq_spec sp;
     const double *sq;
     double r_min;
-    qd_real ext[2];       /* the tensor's max and min (per tensor only) */
+    qd_real lo, hi;       /* the integer range */
+    const qd_real *gs, *gz; /* per tensor: each ratio's scale and zero point; NULL per channel */
     double *err;          /* (n, rows): each ratio's error of each row */
 } lwc_job;
 
-/* rows [r0, r1) of j; buf: 2 * (cols + 2) */
-static void lwc_rows(const lwc_job *j, int r0, int r1, qd_real *buf) {
-    size_t m = (size_t)j->cols + (size_t)j->extra;
-    qd_real *aug = buf, *out = buf + m;
+/* the grid of ratio logit v for a group with extremes ext[2] */
+static void lwc_grid(const qd_real *ext, qd_wq_spec sp, qd_real v, qd_real *s, qd_real *z) {
+    qd_real o[2];
+    qd_wq_forward(o, ext, 1, 2, sp, &v, &v, s, z, NULL, 0);
+}
+
+/* max and min of x with 0 included (NaN skipped): a group's range as qd_wq_forward sees it */
+static void lwc_extremes(const qd_real *x, size_t n, qd_real ext[2]) {
+    qd_real mx = 0, mn = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (x[i] > mx) mx = x[i];
+        if (x[i] < mn) mn = x[i];
+    }
+    ext[0] = mx, ext[1] = mn;
+}
+
+/* rows [r0, r1) of j */
+static void lwc_rows(const lwc_job *j, int r0, int r1) {
     for (int r = r0; r < r1; r++) {
         const qd_real *row = j->t + (size_t)r * j->cols;
-        memcpy(aug, row, sizeof(qd_real) * (size_t)j->cols);
-        for (int e = 0; e < j->extra; e++) aug[j->cols + e] = j->ext[e];
+        qd_real ext[2];
+        if (!j->gs) lwc_extremes(row, (size_t)j->cols, ext);
         for (int k = 0; k < j->n; k++) {
-            qd_real v = lwc_grid_logit(k, j->n, j->r_min);
-            qd_wq_forward(out, aug, 1, (int)m, j->sp, &v, &v, NULL, NULL, NULL, 0);
-            j->err[(size_t)k * j->rows + r] = lwc_row_err(row, out, j->sq, (size_t)j->cols);
+            qd_real s, z;
+            if (j->gs) s = j->gs[k], z = j->gz[k];
+            else lwc_grid(ext, j->sp, lwc_grid_logit(k, j->n, j->r_min), &s, &z);
+            j->err[(size_t)k * j->rows + r] =
+                lwc_grid_err(row, (size_t)j->cols, j->sq, s, z, j->lo, j->hi);
         }
     }
 }
@@ -1287,23 +1384,26 @@ static long lwc_fast_weight(qd_qsim *q, int l, int w, const double *sq, int n, d
     int rows = L->wrows[w], cols = L->wcols[w];
     qd_wq_spec sp = L->wspec[w];
     int groups = sp.per_channel ? rows : 1;
-    lwc_job j = {P->scrA, rows, cols, n, sp.per_channel ? 0 : 2, sp, sq, r_min, {0, 0}, NULL};
+    lwc_job j = {P->scrA, rows, cols, n, sp, sq, r_min, 0, 0, NULL, NULL, NULL};
+    if (sp.sym) {
+        j.hi = (qd_real)((1 << (sp.bits - 1)) - 1);
+        j.lo = -j.hi - 1;
+    } else {
+        j.lo = 0, j.hi = (qd_real)((1u << sp.bits) - 1);
+    }
     j.err = malloc(sizeof(double) * (size_t)n * rows);
     qd_real *bl = malloc(sizeof(qd_real) * (size_t)groups);
-    qd_real *buf = malloc(sizeof(qd_real) * 2 * ((size_t)cols + 2));
+    qd_real *gs = sp.per_channel ? NULL : malloc(sizeof(qd_real) * 2 * (size_t)n);
     long rc = 0;
-    if (!j.err || !bl || !buf) goto out;
+    if (!j.err || !bl || (!sp.per_channel && !gs)) goto out;
     qd_qsim_weight_let(q, l, w, P->scrA);
     if (!sp.per_channel) {
-        qd_real mx = P->scrA[0], mn = P->scrA[0];
-        for (size_t i = 1; i < (size_t)rows * cols; i++) {
-            qd_real v = P->scrA[i];
-            if (v > mx) mx = v;
-            if (v < mn) mn = v;
-        }
-        j.ext[0] = mx, j.ext[1] = mn;
+        qd_real ext[2];
+        lwc_extremes(P->scrA, (size_t)rows * cols, ext);
+        for (int k = 0; k < n; k++) lwc_grid(ext, sp, lwc_grid_logit(k, n, r_min), &gs[k], &gs[n + k]);
+        j.gs = gs, j.gz = gs + n;
     }
-    lwc_rows(&j, 0, rows, buf);
+    lwc_rows(&j, 0, rows);
     for (int g = 0; g < groups; g++) {
         double best = INFINITY;
         bl[g] = lwc_grid_logit(0, n, r_min);
@@ -1318,7 +1418,7 @@ static long lwc_fast_weight(qd_qsim *q, int l, int w, const double *sq, int n, d
     lwc_keep(L, w, bl, groups, rsum);
     rc = groups;
 out:
-    free(j.err), free(bl), free(buf);
+    free(j.err), free(bl), free(gs);
     return rc;
 }
 

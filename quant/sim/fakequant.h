@@ -197,13 +197,16 @@ QD_API void qd_qsim_set_lwc(qd_qsim *q, float v);
  * a grid of n ratios from 1 down to r_min that minimises Σ_j E[x_j²] (w_j - ŵ_j)², the weight's
  * quantization error weighted by the mean square of its input channel j (from st, measured with
  * the current LET: a proxy of the layer's output error), on the LET-transformed weight; then
- * γ = β = logit(r) (r = 1 is represented by logit 6). Returns the mean chosen ratio. Per-channel
- * weights are searched row by row (each row's grid in cache), per-tensor ones whole. */
+ * γ = β = logit(r) (r = 1 is represented by logit 6). Returns the mean chosen ratio. Row by row,
+ * each row's errors on all grids fused and vectorised (AVX2 where present), never writing a
+ * fake-quantized tensor. */
 QD_API double qd_qsim_search_lwc(qd_qsim *q, const qd_qstats *st, int n, double r_min);
 /* The same choice by brute force (a whole-tensor fake quantization per ratio): the reference
  * qd_qsim_search_lwc is tested against; both compute every error by the same summation, so
  * they choose the same logits bit for bit. */
 QD_API double qd_qsim_search_lwc_ref(qd_qsim *q, const qd_qstats *st, int n, double r_min);
+/* Test hook: 1 makes qd_qsim_search_lwc use its scalar path even where the CPU has AVX2. */
+QD_API void qd_qsim_lwc_scalar(int on);
 
 /* Runs the FP statistics pass (quantizers off, LET as set) over n windows of T tokens. */
 QD_API int qd_qsim_collect(qd_qsim *q, const int *tokens, int n_windows, int T, qd_qstats *st,
