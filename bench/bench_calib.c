@@ -8,12 +8,13 @@
  *   gptq       its "gptq" phase (one GPTQ run at W8; at W4 the FP-target λ search runs GPTQ
  *              up to 7 times): calibration tokens / seconds of the phase.
  * Each is printed with its ratio to the forward's tokens/s (>= 1: no slower per token). Prints
- * figures, asserts nothing about time. Usage: bench_calib [--w4] [--windows N]
- * (QD_BENCH_SMALL=1: a small config for a smoke run). */
+ * figures, asserts nothing about time. Usage: bench_calib [--w4] [--windows N] [--threads N]
+ * (the default pool's threads, 0: all CPUs; QD_BENCH_SMALL=1: a small config for a smoke run). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/pool.h"
 #include "base/sys.h"
 #include "quant/fp/blas.h"
 #include "quant/fp/forward.h"
@@ -44,24 +45,29 @@ static double phase_seconds(const phases *ph, const char *name, double t_end) {
 int main(int argc, char **argv) {
     qd_blas_select(NULL);
     int small = getenv("QD_BENCH_SMALL") != NULL, w4 = 0;
-    int nw = small ? 4 : 8;
+    int nw = small ? 4 : 8, threads = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--w4")) w4 = 1;
         else if (!strcmp(argv[i], "--windows") && i + 1 < argc) nw = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: %s [--w4] [--windows N]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--w4] [--windows N] [--threads N]\n", argv[0]);
             return 2;
         }
     }
     if (nw < 2) nw = 2;
+    qd_err err = {{0}};
+    if (qd_pool_set_default(threads, &err)) {
+        fprintf(stderr, "bench_calib: %s\n", err.msg);
+        return 1;
+    }
     int D = small ? 256 : 1024, F = small ? 704 : 2816, L = small ? 2 : 4, H = small ? 4 : 16;
     int KV = small ? 2 : 4, T = small ? 128 : 256, V = small ? 2048 : 8192;
     const char *thr = getenv("OPENBLAS_NUM_THREADS");
     printf("bench_calib: dim %d ffn %d layers %d heads %d/%d vocab %d, %d windows of T %d, %s, "
-           "OPENBLAS_NUM_THREADS=%s\n", D, F, L, H, KV, V, nw, T, w4 ? "W4A8" : "W8A8",
-           thr ? thr : "(unset)");
+           "OPENBLAS_NUM_THREADS=%s, pool %d threads\n", D, F, L, H, KV, V, nw, T,
+           w4 ? "W4A8" : "W8A8", thr ? thr : "(unset)", qd_pool_threads(qd_pool_default()));
     qd_config c = synth_config(D, F, L, H, KV, V, T);
-    qd_err err = {{0}};
     qd_model *m = synth_model(&c, 1, &err);
     int *tok = malloc(sizeof(int) * (size_t)nw * T);
     float *lg = malloc(sizeof(float) * (size_t)T * V);

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/pool.h"
 #include "base/stop.h"
 
 void qd_gptq_defaults(qd_gptq_opts *o) {
@@ -350,7 +351,7 @@ fail:
 /* One block [i1, i2) of the column loop for rows [r0, r1): each row's columns rounded in order,
  * each error pushed onto the row's later columns of the block (rows are independent: the row's
  * block stays in cache while the block of U is shared). E (rows, i2 - i1) receives the scaled
- * errors the trailing update needs. */
+ * errors the trailing update needs. The rows run in parallel on the default pool. */
 typedef struct {
     const qd_gptq_fac *f;
     double *Wd, *E;
@@ -362,9 +363,12 @@ typedef struct {
     int32_t *iq;
 } round_job;
 
-static void round_rows(const round_job *j, int r0, int r1) {
+/* a qd_pool_chunk_fn over rows of the round_job ctx */
+static void round_rows(void *ctx, size_t r0, size_t r1, int tid) {
+    const round_job *j = ctx;
+    (void)tid;
     int cols = j->f->cols, nb = j->i2 - j->i1;
-    for (int r = r0; r < r1; r++) {
+    for (size_t r = r0; r < r1; r++) {
         int g = j->sp.per_channel ? r : 0;
         float s = j->scale[g], z = j->sp.sym ? 0 : j->zero[g], qi;
         double *wr = j->Wd + (size_t)r * cols, *er = j->E + (size_t)r * nb;
@@ -404,7 +408,7 @@ int qd_gptq_round_fac(const qd_gptq_fac *f, const float *W, int rows, qd_wq_spec
     for (int i1 = 0; i1 < cols; i1 += B) {
         int i2 = i1 + B < cols ? i1 + B : cols, nb = i2 - i1;
         j.i1 = i1, j.i2 = i2;
-        round_rows(&j, 0, rows);
+        qd_pool_chunks(qd_pool_default(), (size_t)rows, 32, round_rows, &j);
         if (i2 < cols) /* the lazy update: every later column at once */
             cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, cols - i2, nb, -1, E, nb,
                         f->U + (size_t)i1 * cols + i2, cols, 1, Wd + i2, cols);

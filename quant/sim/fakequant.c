@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/pool.h"
 #include "base/stop.h"
 #include "quant/sim/par.h"
 
@@ -1332,7 +1333,8 @@ QD_API double qd_qsim_search_lwc_ref(qd_qsim *q, const qd_qstats *st, int n, dou
 /* The fast search of one weight works row by row, all grid ratios of a row while it is in
  * cache, fused (lwc_grid_err: no fake-quantized tensor is written). Each ratio's grid (scale,
  * rounded zero point) is qd_wq_forward's own, taken from a call on the group's two extremes
- * (max and min with 0 included, as its range sees them): the same range, so the same grid. */
+ * (max and min with 0 included, as its range sees them): the same range, so the same grid.
+ * Rows run in parallel on the default pool; the choice reads the errors in a fixed order. */
 typedef struct {
     const qd_real *t;     /* the LET weight (rows, cols) */
     int rows, cols, n;
@@ -1360,9 +1362,11 @@ static void lwc_extremes(const qd_real *x, size_t n, qd_real ext[2]) {
     ext[0] = mx, ext[1] = mn;
 }
 
-/* rows [r0, r1) of j */
-static void lwc_rows(const lwc_job *j, int r0, int r1) {
-    for (int r = r0; r < r1; r++) {
+/* rows [r0, r1) of the lwc_job ctx (a qd_pool_chunk_fn: each row's errors are its own) */
+static void lwc_rows(void *ctx, size_t r0, size_t r1, int tid) {
+    const lwc_job *j = ctx;
+    (void)tid;
+    for (size_t r = r0; r < r1; r++) {
         const qd_real *row = j->t + (size_t)r * j->cols;
         qd_real ext[2];
         if (!j->gs) lwc_extremes(row, (size_t)j->cols, ext);
@@ -1403,7 +1407,7 @@ static long lwc_fast_weight(qd_qsim *q, int l, int w, const double *sq, int n, d
         for (int k = 0; k < n; k++) lwc_grid(ext, sp, lwc_grid_logit(k, n, r_min), &gs[k], &gs[n + k]);
         j.gs = gs, j.gz = gs + n;
     }
-    lwc_rows(&j, 0, rows);
+    qd_pool_chunks(qd_pool_default(), (size_t)rows, 16, lwc_rows, &j);
     for (int g = 0; g < groups; g++) {
         double best = INFINITY;
         bl[g] = lwc_grid_logit(0, n, r_min);
