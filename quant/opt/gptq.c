@@ -1,11 +1,12 @@
 /* GPTQ rounding onto fixed grids (gptq.h). Linear algebra in double: the inverse Hessian's
  * Cholesky factor drives every update, and float would lose the small pivots of nearly
  * dependent input channels. The lazy block update (the trailing columns are corrected once per
- * block, by one gemm) is the paper's; the column loop inside a block is plain C. The inverse
- * Hessian's factor comes from LAPACK (dpotrf/dpotri, which OpenBLAS ships; Debian's
- * libopenblas-dev has no lapacke.h, so the Fortran symbols are declared here), with a plain C
- * reference beside it that the tests compare it with. The FP-target step (qd_gptq_target) is one
- * damped Cholesky solve (dpotrf/dpotrs) per weight. */
+ * block, by one gemm) is the paper's; the column loop inside a block is plain C, row by row on
+ * the default pool. The inverse Hessian's factor comes from LAPACK (dpotrf/dtrtri, which
+ * OpenBLAS ships; Debian's libopenblas-dev has no lapacke.h, so the Fortran symbols are declared
+ * here), once per input shared by several weights (qd_gptq_factor), with a plain C reference
+ * beside it that the tests compare it with; the Hessians accumulate by dsyrk/dgemm. The
+ * FP-target step (qd_gptq_target) is one damped Cholesky solve (dpotrf/dpotrs) per weight. */
 #include "quant/opt/gptq.h"
 
 #include <cblas.h>
@@ -123,24 +124,32 @@ extern void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, i
 /* solves A X = B from dpotrf's factor */
 extern void dpotrs_(const char *uplo, const int *n, const int *nrhs, const double *a,
                     const int *lda, double *b, const int *ldb, int *info, size_t uplo_len);
-extern void dpotri_(const char *uplo, const int *n, double *a, const int *lda, int *info,
-                    size_t uplo_len);
+/* inverse of a triangular matrix in place */
+extern void dtrtri_(const char *uplo, const char *diag, const int *n, double *a, const int *lda,
+                    int *info, size_t uplo_len, size_t diag_len);
 
 int qd_gptq_inv_chol(const double *H, double *U, int n) {
-    /* H is symmetric, so the row-major buffer is also H in column-major order, and the lower
-     * triangle in column-major order is the upper triangle in row-major order: factor
-     * H = L Lᵀ, invert from the factor, and factor H⁻¹ = L2 L2ᵀ; read row-major, L2 is
-     * U = L2ᵀ (upper) with Uᵀ U = H⁻¹. */
+    /* The factor of H⁻¹ from one factorisation of H in reversed order (2n³/3 flops instead of
+     * the 4n³/3 of factor, invert, factor again): with J the exchange matrix, J H J = L Lᵀ
+     * gives H = R Rᵀ with R = J L J upper, so H⁻¹ = R⁻ᵀ R⁻¹ and U = R⁻¹ = J L⁻¹ J is upper
+     * with Uᵀ U = H⁻¹ (the factor with a positive diagonal is unique, so it is the reference's
+     * U up to rounding). Column-major lower L is row-major upper storage; reading L⁻¹ through
+     * J..J is the in-place swap of element (r, c) with (n-1-c, n-1-r) of that storage. */
     int info = 0;
-    memcpy(U, H, sizeof(double) * (size_t)n * n);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < n; j++) U[(size_t)i * n + j] = H[(size_t)(n - 1 - i) * n + (n - 1 - j)];
     dpotrf_("L", &n, U, &n, &info, 1);
     if (info != 0) return QD_ERR;
-    dpotri_("L", &n, U, &n, &info, 1);
+    dtrtri_("L", "N", &n, U, &n, &info, 1, 1);
     if (info != 0) return QD_ERR;
-    for (int i = 0; i < n; i++) /* row-major upper -> lower: the full symmetric H⁻¹ */
-        for (int j = i + 1; j < n; j++) U[(size_t)j * n + i] = U[(size_t)i * n + j];
-    dpotrf_("L", &n, U, &n, &info, 1);
-    if (info != 0) return QD_ERR;
+    for (int r = 0; r < n; r++)
+        for (int c = 0; c < n; c++) {
+            size_t p = (size_t)r * n + c, q = (size_t)(n - 1 - c) * n + (n - 1 - r);
+            if (p < q) {
+                double t = U[p];
+                U[p] = U[q], U[q] = t;
+            }
+        }
     for (int i = 1; i < n; i++) memset(U + (size_t)i * n, 0, sizeof(double) * (size_t)i);
     return QD_OK;
 }

@@ -84,8 +84,8 @@ int qd_gptq_round_fac(const qd_gptq_fac *f, const float *W, int rows, qd_wq_spec
                       int32_t *iq, qd_err *err);
 
 /* U (n, n, row-major upper triangular, lower part zero) with H⁻¹ = Uᵀ U for a symmetric
- * positive definite H (n, n): the factor that drives GPTQ's updates. LAPACK (dpotrf, dpotri,
- * dpotrf). QD_ERR when H is not positive definite. */
+ * positive definite H (n, n): the factor that drives GPTQ's updates. LAPACK (dpotrf and dtrtri
+ * of H in reversed order). QD_ERR when H is not positive definite. */
 int qd_gptq_inv_chol(const double *H, double *U, int n);
 /* The same by plain O(n³) loops: the reference qd_gptq_inv_chol is tested against. QD_ERR also
  * when out of memory. */
