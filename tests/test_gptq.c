@@ -10,9 +10,11 @@
  *  - the inverse Hessian's factor from LAPACK equals the plain reference's, and the BLAS
  *    Hessian accumulations the plain loops' within the summation-order bound;
  *  - the clipping search never does worse than no clipping on its own objective, and its
- *    row-wise fast path chooses exactly the brute-force reference's logits. */
+ *    row-wise fast path chooses exactly the brute-force reference's logits;
+ *  - both GPTQ and the search give the same bits on 1 and 3 threads. */
 #include <math.h>
 
+#include "base/pool.h"
 #include "quant/sim/encodings.h"
 #include "quant/opt/gptq.h"
 #include "quant/sim/fakequant.h"
@@ -515,6 +517,56 @@ static void lwc_search_matches_brute_force(void) {
     qd_model_free(m);
 }
 
+/* GPTQ's rows and the clipping search's rows run on the default pool: the same bits on 1 and 3
+ * threads (several chunks each). */
+static void same_bits_at_any_thread_count(void) {
+    int n = 256, rows = 100, cols = 40;
+    float *X = corr_inputs(n, cols, 31), *W = malloc(sizeof(float) * rows * cols);
+    double *H = calloc((size_t)cols * cols, sizeof(double));
+    float *a[2] = {malloc(sizeof(float) * rows * cols), malloc(sizeof(float) * rows * cols)};
+    int32_t *iq[2] = {malloc(sizeof(int32_t) * rows * cols), malloc(sizeof(int32_t) * rows * cols)};
+    uint64_t s = 7;
+    for (int i = 0; i < rows * cols; i++) W[i] = (float)(0.1 * synth_u(&s));
+    qd_gptq_accum(H, X, n, cols);
+    qd_wq_spec sp = {4, 1, 1};
+    float sc[100], zp[100];
+    qd_wq_forward(a[0], W, rows, cols, sp, NULL, NULL, sc, zp, NULL, 0);
+    qd_gptq_opts o;
+    qd_gptq_defaults(&o);
+    o.block = 16;
+    qd_err err = {{0}};
+    qd_config c = synth_config(32, 64, 2, 4, 2, 60, 32);
+    qd_model *m = synth_checked(&c, 10);
+    int T = 32, nw = 2, *tok = malloc(sizeof(int) * nw * T);
+    for (int i = 0; i < nw * T; i++) tok[i] = (i * 13 + 1) % c.vocab_size;
+    float *lp[2] = {NULL, NULL};
+    size_t np = 0;
+    static const int thr[2] = {1, 3};
+    for (int k = 0; k < 2; k++) {
+        CHECK(qd_pool_set_default(thr[k], &err) == QD_OK, "%s", err.msg);
+        CHECK(qd_gptq_round(W, rows, cols, sp, sc, zp, H, &o, a[k], iq[k], &err) == QD_OK, "%s",
+              err.msg);
+        qd_qsim *q = m ? ready_sim(m, 4, tok, nw, T) : NULL;
+        qd_qstats *st = qd_qstats_new(&c);
+        if (q && st && qd_qsim_collect(q, tok, nw, T, st, &err) == QD_OK) {
+            qd_qsim_search_lwc(q, st, 21, 0.5);
+            np = q->n_params;
+            lp[k] = malloc(sizeof(float) * np);
+            memcpy(lp[k], q->p, sizeof(float) * np);
+        }
+        qd_qstats_free(st);
+        qd_qsim_free(q);
+    }
+    CHECK(!memcmp(a[0], a[1], sizeof(float) * rows * cols) &&
+          !memcmp(iq[0], iq[1], sizeof(int32_t) * rows * cols), "GPTQ differs on 3 threads");
+    CHECK(lp[0] && lp[1] && !memcmp(lp[0], lp[1], sizeof(float) * np),
+          "clipping search differs on 3 threads");
+    CHECK(qd_pool_set_default(0, &err) == QD_OK, "%s", err.msg);
+    free(X), free(W), free(H), free(a[0]), free(a[1]), free(iq[0]), free(iq[1]);
+    free(lp[0]), free(lp[1]), free(tok);
+    qd_model_free(m);
+}
+
 int main(void) {
     RUN(inv_chol_lapack_matches_reference);
     RUN(accum_matches_reference);
@@ -524,5 +576,6 @@ int main(void) {
     RUN(gptq_on_simulation);
     RUN(lwc_search_not_worse);
     RUN(lwc_search_matches_brute_force);
+    RUN(same_bits_at_any_thread_count);
     return CHECK_DONE();
 }
