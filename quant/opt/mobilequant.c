@@ -450,6 +450,40 @@ static int collect(qd_qsim *q, const int *win, int nw, int T, qd_qstats **st, qd
     return qd_qsim_collect(q, win, nw, T, *st, err);
 }
 
+/* SmoothQuant's statistics: collect's, through the decoder layers only. The same embedding and
+ * layer forwards as qd_qsim_collect (so the same statistics of every linear's input, which is
+ * all SmoothQuant reads); the vocabulary-sized LM head and its quantizers' statistics are not
+ * computed. */
+static int collect_layers(qd_qsim *q, const int *win, int nw, int T, qd_qstats **st,
+                          qd_mq_result *res, qd_err *err) {
+    int V = q->cfg.vocab_size, Bm = q->o.Bmax;
+    for (size_t i = 0; i < (size_t)nw * T; i++)
+        if (win[i] < 0 || win[i] >= V)
+            return qd_errf(err, "%s: token id %d out of range [0, %d)", __func__, win[i], V);
+    size_t nd = (size_t)Bm * T * q->cfg.dim;
+    *st = qd_qstats_new(&q->cfg);
+    qd_real *x0 = malloc(sizeof(qd_real) * nd), *out = malloc(sizeof(qd_real) * nd);
+    if (!*st || !x0 || !out) {
+        free(x0), free(out);
+        return qd_errf(err, "%s: out of memory", __func__);
+    }
+    int sa = q->aq_on, sw = q->wq_on;
+    q->aq_on = q->wq_on = 0;
+    q->stats = *st;
+    for (int w = 0; w < nw && !qd_stop_requested(); w += Bm) {
+        int nb = nw - w < Bm ? nw - w : Bm;
+        q->rc.cursor = 0;
+        qd_qsim_embed(q, win + (size_t)w * T, nb, T, x0);
+        qd_qsim_forward_blocks(q, x0, out, nb, T);
+        (*st)->tokens += (size_t)nb * T;
+    }
+    q->stats = NULL;
+    q->aq_on = sa, q->wq_on = sw;
+    free(x0), free(out);
+    res->tokens += (size_t)nw * T;
+    return qd_stop_requested() ? qd_stopped(err) : QD_OK;
+}
+
 int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_opts *o,
               qd_qsim **out, qd_mq_result *res, qd_err *err) {
     *out = NULL;
@@ -524,7 +558,7 @@ int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_o
     /* 1. statistics with identity LET -> SmoothQuant scales */
     report(o, "calibrate", 0, 2, NAN, NAN, ph0);
     q->let_on = 0;
-    if (collect(q, win, nw, T, &st, res, err)) goto out;
+    if (collect_layers(q, win, nw, T, &st, res, err)) goto out;
     q->let_on = method != QD_METHOD_RTN;
     if (method != QD_METHOD_RTN) qd_qsim_smoothquant(q, st, o->alpha);
     qd_qstats_free(st);
