@@ -502,6 +502,10 @@ int qd_gptq_qsim(qd_qsim *q, const int *tokens, int n_windows, int T, const qd_g
                     qd_qsim_layer_forward(q, l, Xf + (size_t)w0 * per, Y, nb, T);
                     const qd_real *in = qd_qsim_weight_input(q, l, stage_w[st][0], &n);
                     memcpy(F, in, sizeof(qd_real) * (size_t)n * cols);
+                    /* the FP layer reads no rounded weight: its output in the last stage is
+                     * already the next layer's FP input (this layer reads Xf no more) */
+                    if (st == 3)
+                        memcpy(Xf + (size_t)w0 * per, Y, sizeof(qd_real) * per * (size_t)nb);
                     q->wq_on = 1, q->aq_on = sa;
                 }
                 q->rc.cursor = 0;
@@ -540,19 +544,13 @@ int qd_gptq_qsim(qd_qsim *q, const int *tokens, int n_windows, int T, const qd_g
             qd_gptq_fac_free(fac);
             fac = NULL;
         }
-        /* the next layer's inputs: this layer with its final integers (and the FP layer) */
+        /* the next layer's inputs: this layer with its final integers (the FP layer's came
+         * with the last stage) */
         for (int w0 = 0; w0 < n_windows; w0 += Bm) {
             int nb = n_windows - w0 < Bm ? n_windows - w0 : Bm;
             q->rc.cursor = 0;
             qd_qsim_layer_forward(q, l, X + (size_t)w0 * per, Y, nb, T);
             memcpy(X + (size_t)w0 * per, Y, sizeof(qd_real) * per * (size_t)nb);
-            if (fpt) {
-                q->wq_on = q->aq_on = 0;
-                q->rc.cursor = 0;
-                qd_qsim_layer_forward(q, l, Xf + (size_t)w0 * per, Y, nb, T);
-                memcpy(Xf + (size_t)w0 * per, Y, sizeof(qd_real) * per * (size_t)nb);
-                q->wq_on = 1, q->aq_on = sa;
-            }
         }
     }
     rc = QD_OK;
