@@ -1258,9 +1258,13 @@ __attribute__((target("avx2"))) static double lwc_grid_err_avx2(const float *x, 
 static double lwc_grid_err(const qd_real *x, size_t n, const double *sq, qd_real s, qd_real zr,
                            qd_real lo, qd_real hi) {
 #if defined(__x86_64__) && !defined(QD_REAL_DOUBLE)
-    static int avx2 = -1;
-    if (avx2 < 0) __atomic_store_n(&avx2, __builtin_cpu_supports("avx2") ? 1 : 0, __ATOMIC_RELAXED);
-    if (avx2 && !lwc_scalar_only) return lwc_grid_err_avx2(x, n, sq, s, zr, lo, hi);
+    static int avx2 = -1; /* pool threads may ask at once: atomic, every answer the same */
+    int a = __atomic_load_n(&avx2, __ATOMIC_RELAXED);
+    if (a < 0) {
+        a = __builtin_cpu_supports("avx2") ? 1 : 0;
+        __atomic_store_n(&avx2, a, __ATOMIC_RELAXED);
+    }
+    if (a && !lwc_scalar_only) return lwc_grid_err_avx2(x, n, sq, s, zr, lo, hi);
 #endif
     return lwc_grid_err_scalar(x, n, sq, s, zr, lo, hi);
 }
