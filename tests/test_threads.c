@@ -2,8 +2,9 @@
  * simulation on tensors that span many chunks, a whole optimizer step (embedding, forward,
  * backward, AdamW) at W8A8 and W4A8, and the calibration statistics, each at 1, 2 and 3
  * threads of the default pool, compared with memcmp against the one-thread run (the
- * reference: its chunks run in order on the caller). The matrix products run on OpenBLAS's
- * threads, outside the pool, in every run alike. */
+ * reference: its chunks run in order on the caller); and the ops' SIMD element loops against
+ * their scalar loops. The matrix products run on OpenBLAS's threads, outside the pool, in every
+ * run alike. */
 #include "base/pool.h"
 #include "quant/opt/optim.h"
 #include "quant/sim/fakequant.h"
@@ -158,6 +159,19 @@ static void ops_same_bits(void) {
     run_free(&ref);
 }
 
+/* The SIMD element loops against the scalar ones (ops.h): the same bits. */
+static void ops_simd_same_bits(void) {
+    run ref = {0}, r = {0};
+    set_threads(1);
+    qd_ops_set_simd(0);
+    ops_once(&ref);
+    qd_ops_set_simd(1);
+    ops_once(&r);
+    same_bits(&ref, &r, 1, "ops, SIMD vs scalar");
+    run_free(&r);
+    run_free(&ref);
+}
+
 /* ---------------------------------------------------------------- whole step */
 
 /* Two optimizer steps of every parameter group on a synthetic model; keeps the output, the
@@ -219,6 +233,13 @@ static void step_same_bits_cfg(qd_config cfg, int wbits, int T, const char *what
         same_bits(&ref, &r, THREADS[t], what);
         run_free(&r);
     }
+    /* and with the scalar element loops instead of the SIMD ones */
+    set_threads(2);
+    qd_ops_set_simd(0);
+    step_once(m, wbits, T, &r);
+    qd_ops_set_simd(1);
+    same_bits(&ref, &r, 2, what);
+    run_free(&r);
     run_free(&ref);
     qd_model_free(m);
 }
@@ -235,6 +256,7 @@ static void step_w4a8_gqa_same_bits(void) {
 
 int main(void) {
     RUN(ops_same_bits);
+    RUN(ops_simd_same_bits);
     RUN(step_w8a8_same_bits);
     RUN(step_w4a8_gqa_same_bits);
     return CHECK_DONE();

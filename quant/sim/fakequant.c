@@ -531,11 +531,11 @@ static void lin_bwd(qd_qsim *q, int l, int w, const qd_real *x, const qd_real *d
     if (q->wq_on && L->wfix[w]) return; /* fixed integers: nothing upstream of Ŵ is trained */
     if (!need_let && !need_lwc) return;
     size_t n = (size_t)rows * cols;
-    memset(P->scrC, 0, n * sizeof(qd_real));
+    par_zero(P->scrC, n * sizeof(qd_real));
     qd_linear_backward(NULL, P->scrC, NULL, dy, x, NULL, N, cols, rows);
     const qd_real *dwt = P->scrC;
     if (q->wq_on) {
-        memset(P->scrD, 0, n * sizeof(qd_real));
+        par_zero(P->scrD, n * sizeof(qd_real));
         qd_wq_backward(P->scrD, q->lwc_on ? L->ggam[w] : NULL, q->lwc_on ? L->gbet[w] : NULL,
                        P->scrC, wt, rows, cols, L->wspec[w], q->lwc_on ? L->gam[w] : NULL,
                        q->lwc_on ? L->bet[w] : NULL, &q->rc, act_of(q, l)->pos_w[w],
@@ -559,7 +559,7 @@ static void aqf(qd_qsim *q, int l, int site, qd_real *out, const qd_real *x, siz
 /* dx = (zeroed here) STE backward of site's quantizer. */
 static void aqb(qd_qsim *q, int l, int site, qd_real *dx, const qd_real *dout, const qd_real *x,
                 size_t n) {
-    memset(dx, 0, n * sizeof(qd_real));
+    par_zero(dx, n * sizeof(qd_real));
     if (q->aq_on)
         qd_aq_backward(dx, dout, x, n, &q->L[l].aq[site], &q->rc, act_of(q, l)->pos_aq[site],
                        QD_QSIM_FAULT(q) == 2 ? 2 : 0);
@@ -713,18 +713,18 @@ QD_API void qd_qsim_layer_backward(qd_qsim *q, int l, const qd_real *dout, qd_re
     memcpy(t1, t0, ND * sizeof(qd_real));             /* t1 = dx2q (residual branch) */
     aqb(q, l, QD_AQ_DOWN, t2, t0, A->d, ND);          /* t2 = dd */
     qd_real *f0 = tb[3], *f1 = tb[4], *f2 = tb[5];
-    memset(f0, 0, NF * sizeof(qd_real));
+    par_zero(f0, NF * sizeof(qd_real));
     lin_bwd(q, l, QD_W_DOWN, A->mq, t2, f0, N);       /* f0 = dmq */
     aqb(q, l, QD_AQ_DOWN_IN, f1, f0, A->m, NF);       /* f1 = dm */
-    memset(f0, 0, NF * sizeof(qd_real));
-    memset(f2, 0, NF * sizeof(qd_real));
+    par_zero(f0, NF * sizeof(qd_real));
+    par_zero(f2, NF * sizeof(qd_real));
     qd_mul_backward(f0, f2, f1, A->slq, A->uq, NF);   /* f0 = dslq, f2 = duq */
     aqb(q, l, QD_AQ_SILU, f1, f0, A->sl, NF);         /* f1 = dsl */
-    memset(f0, 0, NF * sizeof(qd_real));
+    par_zero(f0, NF * sizeof(qd_real));
     qd_act_backward(c->act, f0, f1, A->gq, NF);       /* f0 = dgq */
     aqb(q, l, QD_AQ_GATE, f1, f0, A->g, NF);          /* f1 = dg */
     aqb(q, l, QD_AQ_UP, f0, f2, A->u, NF);            /* f0 = du */
-    memset(t2, 0, ND * sizeof(qd_real));
+    par_zero(t2, ND * sizeof(qd_real));
     lin_bwd(q, l, QD_W_GATE, A->h2q, f1, t2, N);      /* t2 = dh2q */
     lin_bwd(q, l, QD_W_UP, A->h2q, f0, t2, N);
     aqb(q, l, QD_AQ_FFN_NORM, t0, t2, A->h2, ND);     /* t0 = dh2 */
@@ -740,12 +740,12 @@ QD_API void qd_qsim_layer_backward(qd_qsim *q, int l, const qd_real *dout, qd_re
     if (dx) qd_add_backward(dx, NULL, t0, ND);
     aqb(q, l, QD_AQ_O, t1, t0, A->a, ND);             /* t1 = da */
     qd_real *q0 = tb[3], *q1 = tb[4], *k0 = tb[5], *k1 = tb[6], *k2 = tb[7];
-    memset(q0, 0, NQ * sizeof(qd_real));
+    par_zero(q0, NQ * sizeof(qd_real));
     lin_bwd(q, l, QD_W_O, A->oq, t1, q0, N);          /* q0 = doq */
     aqb(q, l, QD_AQ_PV, q1, q0, A->o, NQ);            /* q1 = do */
-    memset(q0, 0, NQ * sizeof(qd_real));
-    memset(k0, 0, NK * sizeof(qd_real));
-    memset(k1, 0, NK * sizeof(qd_real));
+    par_zero(q0, NQ * sizeof(qd_real));
+    par_zero(k0, NK * sizeof(qd_real));
+    par_zero(k1, NK * sizeof(qd_real));
     const qd_aq *sq = q->aq_on ? &L->aq[QD_AQ_SCORE] : NULL;
     const qd_aq *pq = q->aq_on ? &L->aq[QD_AQ_PROB] : NULL;
     qd_attn_backward(q0, k0, k1, q1, A->S, A->P, A->qrq, A->krq, A->vq, B, T, nh, nkv, hd, sq,
@@ -753,10 +753,10 @@ QD_API void qd_qsim_layer_backward(qd_qsim *q, int l, const qd_real *dout, qd_re
                      QD_QSIM_FAULT(q));                /* q0 = dqrq, k0 = dkrq, k1 = dvq */
     aqb(q, l, QD_AQ_QROPE, q1, q0, A->qr, NQ);        /* q1 = dqr */
     aqb(q, l, QD_AQ_KROPE, k2, k0, A->kr, NK);        /* k2 = dkr */
-    memset(q0, 0, NQ * sizeof(qd_real));
+    par_zero(q0, NQ * sizeof(qd_real));
     int rot = qd_rot_dim(c);
     qd_rope_backward(q0, q1, P->cos_t, P->sin_t, B, T, nh, hd, rot);   /* q0 = dqq */
-    memset(k0, 0, NK * sizeof(qd_real));
+    par_zero(k0, NK * sizeof(qd_real));
     qd_rope_backward(k0, k2, P->cos_t, P->sin_t, B, T, nkv, hd, rot);  /* k0 = dkq */
     aqb(q, l, QD_AQ_Q, q1, q0, A->q, NQ);             /* q1 = dq */
     aqb(q, l, QD_AQ_K, k2, k0, A->k, NK);             /* k2 = dk */
@@ -767,7 +767,7 @@ QD_API void qd_qsim_layer_backward(qd_qsim *q, int l, const qd_real *dout, qd_re
         qd_linear_backward(NULL, NULL, db, k0, NULL, NULL, N, D, KV);
         qd_let_div_backward(L->gs_vo, db, L->bv, L->s_vo, (size_t)KV);
     }
-    memset(t2, 0, ND * sizeof(qd_real));
+    par_zero(t2, ND * sizeof(qd_real));
     lin_bwd(q, l, QD_W_Q, A->h1q, q1, t2, N);         /* t2 = dh1q */
     lin_bwd(q, l, QD_W_K, A->h1q, k2, t2, N);
     lin_bwd(q, l, QD_W_V, A->h1q, k0, t2, N);
@@ -805,7 +805,7 @@ QD_API void qd_qsim_backward_blocks(qd_qsim *q, const qd_real *dout) {
         qd_real *dx = NULL;
         if (l > 0) {
             dx = (l % 2) ? P->xa : P->xb; /* ping-pong, never the buffer d points to */
-            memset(dx, 0, ND * sizeof(qd_real));
+            par_zero(dx, ND * sizeof(qd_real));
         }
         qd_qsim_layer_backward(q, l, d, dx);
         d = dx;

@@ -51,6 +51,190 @@ static void gemm_prof(enum CBLAS_ORDER o, enum CBLAS_TRANSPOSE ta, enum CBLAS_TR
 #define R_FABS fabsf
 #endif
 
+/* ---------------------------------------------------------------- SIMD element loops */
+
+/* AVX2 versions of the hottest element loops, for float on x86-64 CPUs that have it (chosen at
+ * run time; qd_ops_set_simd(0) turns them off). Each computes exactly what its scalar loop does,
+ * operation for operation: division (not a reciprocal), round-to-nearest-even (vroundps: rint),
+ * the clamps as compare-and-select in the scalar order (a NaN passes them as in C), products in
+ * the same order; the range's maximum and minimum do not depend on the order. So the results are
+ * the same bits as the scalar reference, which tests/test_threads checks. */
+static int simd_off;
+
+QD_API void qd_ops_set_simd(int on) { simd_off = !on; }
+
+#if !defined(QD_REAL_DOUBLE) && defined(__x86_64__)
+#include <immintrin.h>
+
+static int simd_ok(size_t n) { return !simd_off && n >= 8 && __builtin_cpu_supports("avx2"); }
+
+/* out = (clamp(rint(x / s) + zr, 0, Q) - zr) * s */
+__attribute__((target("avx2"))) static void aq_fwd_avx2(float *out, const float *x, size_t n,
+                                                        float s, float zr, float Q) {
+    __m256 vs = _mm256_set1_ps(s), vz = _mm256_set1_ps(zr), vq = _mm256_set1_ps(Q);
+    __m256 v0 = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 u = _mm256_div_ps(_mm256_loadu_ps(x + i), vs);
+        __m256 t = _mm256_round_ps(u, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        t = _mm256_add_ps(t, vz);
+        t = _mm256_blendv_ps(t, v0, _mm256_cmp_ps(t, v0, _CMP_LT_OQ));
+        t = _mm256_blendv_ps(t, vq, _mm256_cmp_ps(t, vq, _CMP_GT_OQ));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_sub_ps(t, vz), vs));
+    }
+    for (; i < n; i++) {
+        float t = rintf(x[i] / s) + zr;
+        t = t < 0 ? 0 : (t > Q ? Q : t);
+        out[i] = (t - zr) * s;
+    }
+}
+
+/* max (of |w| when sym) and min over w, both starting at 0 */
+__attribute__((target("avx2"))) static void range_avx2(const float *w, size_t n, int sym,
+                                                       float *mx, float *mn) {
+    __m256 hi = _mm256_setzero_ps(), lo = _mm256_setzero_ps();
+    __m256 abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(w + i);
+        if (sym) v = _mm256_and_ps(v, abs);
+        hi = _mm256_max_ps(v, hi); /* v > hi ? v : hi, as the scalar loop */
+        lo = _mm256_min_ps(v, lo);
+    }
+    float h[8], l[8], H = 0, L = 0;
+    _mm256_storeu_ps(h, hi);
+    _mm256_storeu_ps(l, lo);
+    for (int k = 0; k < 8; k++) {
+        if (h[k] > H) H = h[k];
+        if (l[k] < L) L = l[k];
+    }
+    for (; i < n; i++) {
+        float v = sym ? fabsf(w[i]) : w[i];
+        if (v > H) H = v;
+        if (v < L) L = v;
+    }
+    *mx = H, *mn = sym ? 0 : L;
+}
+
+/* oi = wi * ce * ri per row, ce the effective column scales (NULL: none) */
+__attribute__((target("avx2"))) static void let_row_avx2(float *oi, const float *wi,
+                                                         const float *ce, float ri, int cols) {
+    __m256 vr = _mm256_set1_ps(ri);
+    int j = 0;
+    for (; j + 8 <= cols; j += 8) {
+        __m256 v = _mm256_loadu_ps(wi + j);
+        if (ce) v = _mm256_mul_ps(v, _mm256_loadu_ps(ce + j));
+        _mm256_storeu_ps(oi + j, _mm256_mul_ps(v, vr));
+    }
+    for (; j < cols; j++) oi[j] = ce ? wi[j] * ce[j] * ri : wi[j] * ri;
+}
+
+/* The backward of aq_fwd_avx2: dx += dout inside the grid (dx may be NULL); u = x/s, its
+ * rounding and the region in vectors, the double sums element by element in the scalar order. */
+__attribute__((target("avx2"))) static void aq_bwd_avx2(float *dx, const float *dout,
+                                                        const float *x, size_t n, float s,
+                                                        float zr, float Q, double *ds,
+                                                        double *dz) {
+    __m256 vs = _mm256_set1_ps(s), vz = _mm256_set1_ps(zr), vq = _mm256_set1_ps(Q);
+    __m256 v0 = _mm256_setzero_ps();
+    double as = 0, az = 0;
+    float ub[8], rb[8];
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 u = _mm256_div_ps(_mm256_loadu_ps(x + i), vs);
+        __m256 r = _mm256_round_ps(u, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m256 t = _mm256_add_ps(r, vz);
+        __m256 lt = _mm256_cmp_ps(t, v0, _CMP_LT_OQ), gt = _mm256_cmp_ps(t, vq, _CMP_GT_OQ);
+        if (dx) {
+            __m256 old = _mm256_loadu_ps(dx + i);
+            __m256 sum = _mm256_add_ps(old, _mm256_loadu_ps(dout + i));
+            _mm256_storeu_ps(dx + i, _mm256_blendv_ps(sum, old, _mm256_or_ps(lt, gt)));
+        }
+        _mm256_storeu_ps(ub, u);
+        _mm256_storeu_ps(rb, r);
+        int ml = _mm256_movemask_ps(lt), mg = _mm256_movemask_ps(gt);
+        for (int k = 0; k < 8; k++) {
+            double d = dout[i + k];
+            if (ml >> k & 1) {
+                as += d * -(double)zr;
+                az -= d * s;
+            } else if (mg >> k & 1) {
+                as += d * ((double)Q - zr);
+                az -= d * s;
+            } else {
+                as += d * ((double)rb[k] - (double)ub[k]);
+            }
+        }
+    }
+    for (; i < n; i++) {
+        double d = dout[i];
+        float u = x[i] / s, r = rintf(u), t = r + zr;
+        if (t < 0) {
+            as += d * -(double)zr;
+            az -= d * s;
+        } else if (t > Q) {
+            as += d * ((double)Q - zr);
+            az -= d * s;
+        } else {
+            if (dx) dx[i] += dout[i];
+            as += d * ((double)r - (double)u);
+        }
+    }
+    *ds += as;
+    *dz += az;
+}
+
+static int simd_aq_fwd(qd_real *out, const qd_real *x, size_t n, qd_real s, qd_real zr,
+                       qd_real Q) {
+    if (!simd_ok(n)) return 0;
+    aq_fwd_avx2(out, x, n, s, zr, Q);
+    return 1;
+}
+
+static int simd_aq_bwd(qd_real *dx, const qd_real *dout, const qd_real *x, size_t n,
+                       qd_real s, qd_real zr, qd_real Q, double *ds, double *dz) {
+    if (!simd_ok(n)) return 0;
+    aq_bwd_avx2(dx, dout, x, n, s, zr, Q, ds, dz);
+    return 1;
+}
+
+static int simd_range(const qd_real *w, size_t n, int sym, qd_real *mx, qd_real *mn) {
+    if (!simd_ok(n)) return 0;
+    range_avx2(w, n, sym, mx, mn);
+    return 1;
+}
+
+static int simd_let_row(qd_real *oi, const qd_real *wi, const qd_real *ce, qd_real ri,
+                        int cols) {
+    if (!simd_ok((size_t)cols)) return 0;
+    let_row_avx2(oi, wi, ce, ri, cols);
+    return 1;
+}
+#else
+static int simd_aq_bwd(qd_real *dx, const qd_real *dout, const qd_real *x, size_t n,
+                       qd_real s, qd_real zr, qd_real Q, double *ds, double *dz) {
+    (void)dx, (void)dout, (void)x, (void)n, (void)s, (void)zr, (void)Q, (void)ds, (void)dz;
+    return 0;
+}
+
+static int simd_aq_fwd(qd_real *out, const qd_real *x, size_t n, qd_real s, qd_real zr,
+                       qd_real Q) {
+    (void)out, (void)x, (void)n, (void)s, (void)zr, (void)Q;
+    return 0;
+}
+
+static int simd_range(const qd_real *w, size_t n, int sym, qd_real *mx, qd_real *mn) {
+    (void)w, (void)n, (void)sym, (void)mx, (void)mn;
+    return 0;
+}
+
+static int simd_let_row(qd_real *oi, const qd_real *wi, const qd_real *ce, qd_real ri,
+                        int cols) {
+    (void)oi, (void)wi, (void)ce, (void)ri, (void)cols;
+    return 0;
+}
+#endif
+
 /* The arguments of the elementwise ops: outputs o, o2; inputs a, b, c; a scalar s. */
 typedef struct ew_args {
     qd_real *o, *o2;
@@ -487,6 +671,7 @@ static inline int fq_region(const qd_rctx *rc, size_t pos, qd_real u, qd_real zr
 static void aq_fwd_range(qd_real *out, const qd_real *x, size_t n, qd_real s, qd_real zr,
                          qd_real Q, qd_rctx *rc, size_t pos) {
     if (!rc || rc->mode == QD_ROUND_OFF) {
+        if (simd_aq_fwd(out, x, n, s, zr, Q)) return;
         for (size_t i = 0; i < n; i++) {
             qd_real t = R_RINT(x[i] / s) + zr;
             t = t < 0 ? 0 : (t > Q ? Q : t);
@@ -501,6 +686,9 @@ static void aq_fwd_range(qd_real *out, const qd_real *x, size_t n, qd_real s, qd
 static void aq_bwd_range(qd_real *dx, const qd_real *dout, const qd_real *x, size_t n, qd_real s,
                          qd_real zr, qd_real Q, const qd_rctx *rc, size_t pos, double *ds,
                          double *dz, int fault) {
+    if ((!rc || rc->mode == QD_ROUND_OFF) && !QD_FAULT(fault, 2) &&
+        simd_aq_bwd(dx, dout, x, n, s, zr, Q, ds, dz))
+        return;
     double as = 0, az = 0;
     for (size_t i = 0; i < n; i++) {
         double res, d = dout[i];
@@ -586,9 +774,9 @@ QD_API void qd_aq_backward(qd_real *dx, const qd_real *dout, const qd_real *x, s
 /* ---------------------------------------------------------------- weight quantizer */
 
 /* Range of one group: max and min including 0 (so the grid always represents zero exactly), or
- * max|w| for symmetric; arg indices (-1 when the bound is the included 0). */
-static void group_range(const qd_real *w, size_t n, int sym, qd_real *mx, qd_real *mn,
-                        long *amx, long *amn) {
+ * max|w| for symmetric; arg indices (-1 when the bound is the included 0). The reference. */
+static void group_range_ref(const qd_real *w, size_t n, int sym, qd_real *mx, qd_real *mn,
+                            long *amx, long *amn) {
     qd_real hi = 0, lo = 0;
     long ah = -1, al = -1;
     for (size_t i = 0; i < n; i++) {
@@ -596,14 +784,40 @@ static void group_range(const qd_real *w, size_t n, int sym, qd_real *mx, qd_rea
         if (v > hi) hi = v, ah = (long)i;
         if (!sym && v < lo) lo = v, al = (long)i;
     }
-    *mx = hi, *mn = lo, *amx = ah, *amn = al;
+    *mx = hi, *mn = lo;
+    if (amx) *amx = ah, *amn = al;
+}
+
+/* group_range_ref's result: the bounds from simd_range where it runs (the maximum and minimum
+ * do not depend on the order), then, when asked for (amx not NULL), the arg indices as the first
+ * element equal to each bound: where the reference's strict comparisons stop moving. */
+static void group_range(const qd_real *w, size_t n, int sym, qd_real *mx, qd_real *mn,
+                        long *amx, long *amn) {
+    if (!simd_range(w, n, sym, mx, mn)) {
+        group_range_ref(w, n, sym, mx, mn, amx, amn);
+        return;
+    }
+    if (!amx) return;
+    *amx = *amn = -1;
+    if (*mx > 0)
+        for (size_t i = 0; i < n; i++)
+            if ((sym ? R_FABS(w[i]) : w[i]) == *mx) {
+                *amx = (long)i;
+                break;
+            }
+    if (!sym && *mn < 0)
+        for (size_t i = 0; i < n; i++)
+            if (w[i] == *mn) {
+                *amn = (long)i;
+                break;
+            }
 }
 
 /* Range of a whole tensor on chunks: each chunk's group_range, combined in chunk order with the
  * same strict comparisons as one pass, so the result (arg indices included) is group_range's. */
 typedef struct range_job {
     const qd_real *w;
-    int sym;
+    int sym, args;      /* args: the arg indices are wanted (the backward) */
     qd_real *mx, *mn;   /* per chunk */
     long *amx, *amn;    /* per chunk, indices into w */
 } range_job;
@@ -611,11 +825,14 @@ typedef struct range_job {
 static void range_r(const void *p, size_t lo, size_t hi) {
     const range_job *J = p;
     size_t k = lo / PAR_ELEMS;
-    group_range(J->w + lo, hi - lo, J->sym, &J->mx[k], &J->mn[k], &J->amx[k], &J->amn[k]);
+    group_range(J->w + lo, hi - lo, J->sym, &J->mx[k], &J->mn[k], J->args ? &J->amx[k] : NULL,
+                &J->amn[k]);
+    if (!J->args) return;
     if (J->amx[k] >= 0) J->amx[k] += (long)lo;
     if (J->amn[k] >= 0) J->amn[k] += (long)lo;
 }
 
+/* amx, amn: NULL when the arg indices are not wanted. */
 static void range_par(const qd_real *w, size_t n, int sym, qd_real *mx, qd_real *mn, long *amx,
                       long *amn) {
     if (n <= PAR_ELEMS) {
@@ -626,7 +843,7 @@ static void range_par(const qd_real *w, size_t n, int sym, qd_real *mx, qd_real 
     qd_real *v = malloc(sizeof(qd_real) * 2 * nc);
     long *ix = malloc(sizeof(long) * 2 * nc);
     assert(v && ix && "qd_wq: out of memory");
-    range_job J = {w, sym, v, v + nc, ix, ix + nc};
+    range_job J = {w, sym, amx != NULL, v, v + nc, ix, ix + nc};
     par_for(n, PAR_ELEMS, range_r, &J);
     qd_real hi = 0, lo = 0;
     long ah = -1, al = -1;
@@ -634,7 +851,8 @@ static void range_par(const qd_real *w, size_t n, int sym, qd_real *mx, qd_real 
         if (v[k] > hi) hi = v[k], ah = ix[k];
         if (!sym && v[nc + k] < lo) lo = v[nc + k], al = ix[nc + k];
     }
-    *mx = hi, *mn = lo, *amx = ah, *amn = al;
+    *mx = hi, *mn = lo;
+    if (amx) *amx = ah, *amn = al;
     free(v), free(ix);
 }
 
@@ -695,8 +913,7 @@ static void wq_fwd_rows_r(const void *p, size_t lo, size_t hi) {
     size_t cols = (size_t)J->cols;
     for (size_t g = lo; g < hi; g++) {
         qd_real mx, mn, s, zr;
-        long amx, amn;
-        group_range(J->w + g * cols, cols, J->sp.sym, &mx, &mn, &amx, &amn);
+        group_range(J->w + g * cols, cols, J->sp.sym, &mx, &mn, NULL, NULL);
         wq_grid_fwd(J, (int)g, mx, mn, &s, &zr);
         wq_elems_fwd(J, g * cols, cols, s, zr);
         if (J->scale) J->scale[g] = s;
@@ -720,8 +937,7 @@ QD_API void qd_wq_forward(qd_real *out, const qd_real *w, int rows, int cols, qd
     }
     size_t n = (size_t)rows * cols;
     qd_real mx, mn;
-    long amx, amn;
-    range_par(w, n, sp.sym, &mx, &mn, &amx, &amn);
+    range_par(w, n, sp.sym, &mx, &mn, NULL, NULL);
     wq_grid_fwd(&J, 0, mx, mn, &J.s, &J.zr);
     par_for(n, PAR_ELEMS, wq_fwd_elems_r, &J);
     if (scale) scale[0] = J.s;
@@ -1042,6 +1258,7 @@ QD_API qd_real qd_let_eff(qd_real s) {
 typedef struct let_job {
     qd_real *out, *dr;
     const qd_real *w, *dout, *c, *r;
+    const qd_real *ce;  /* forward: qd_let_eff(c), when made */
     int cols;
     double *part;  /* backward: cols column sums per chunk of rows */
     size_t chunk;
@@ -1054,6 +1271,7 @@ static void let_fwd_r(const void *p, size_t lo, size_t hi) {
         qd_real ri = J->r ? 1 / qd_let_eff(J->r[i]) : 1;
         const qd_real *wi = J->w + i * cols;
         qd_real *oi = J->out + i * cols;
+        if ((J->ce || !J->c) && simd_let_row(oi, wi, J->ce, ri, cols)) continue;
         if (J->c)
             for (int j = 0; j < cols; j++) oi[j] = wi[j] * qd_let_eff(J->c[j]) * ri;
         else
@@ -1064,7 +1282,12 @@ static void let_fwd_r(const void *p, size_t lo, size_t hi) {
 QD_API void qd_let_weight_forward(qd_real *out, const qd_real *w, int rows, int cols,
                                   const qd_real *c, const qd_real *r) {
     let_job J = {.out = out, .w = w, .c = c, .r = r, .cols = cols};
+    qd_real *ce = c ? malloc(sizeof(qd_real) * (size_t)cols) : NULL;
+    if (ce)
+        for (int j = 0; j < cols; j++) ce[j] = qd_let_eff(c[j]);
+    J.ce = ce;
     par_for((size_t)rows, par_rows((size_t)cols), let_fwd_r, &J);
+    free(ce);
 }
 
 /* Rows [lo, hi): dr per row; the chunk's column sums for dc into its partials. */

@@ -41,6 +41,12 @@
 #define QD_FAULT(f, k) ((void)(f), 0)
 #endif
 
+/* ---- SIMD ----
+ * The hottest float element loops (the activation quantizer's forward and backward, the
+ * weight range, LET on weights) have AVX2 versions chosen at run time that give the same bits as the scalar
+ * loops. on = 0 turns them off for the whole process (tests compare the two); default on. */
+QD_API void qd_ops_set_simd(int on);
+
 /* ---- rounding context (see the file comment) ---- */
 enum { QD_ROUND_OFF = 0, QD_ROUND_RECORD = 1, QD_ROUND_REPLAY = 2 };
 typedef struct qd_rctx {

@@ -71,4 +71,19 @@ static inline void par_part_add(const double *part, size_t n, size_t chunk, size
         for (size_t k = 0; k < K; k++) sums[k] += part[c * K + k];
 }
 
+typedef struct par_zero_job {
+    char *p;
+} par_zero_job;
+
+static inline void par_zero_r(const void *a, size_t lo, size_t hi) {
+    memset(((const par_zero_job *)a)->p + lo, 0, hi - lo);
+}
+
+/* memset(p, 0, bytes) on the pool in chunks of 16 PAR_ELEMS bytes (the large gradient buffers a
+ * backward clears before accumulating into them). */
+static inline void par_zero(void *p, size_t bytes) {
+    par_zero_job J = {p};
+    par_for(bytes, 16 * PAR_ELEMS, par_zero_r, &J);
+}
+
 #endif
