@@ -14,7 +14,7 @@
  * leave four orders of magnitude of headroom while any missing or wrong term (the fault cases
  * below: gradients of O(1e-3..1) relative size) fails them.
  *
- * Threads: PAR_ELEMS (quant/sim/par.h) is made tiny here so that these small tensors span many
+ * Threads: PAR_ELEMS (base/par.h) is made tiny here so that these small tensors span many
  * chunks, and the default pool has three threads: every check runs the chunked loops and their
  * per-chunk sums on the pool; model_threads_same_bits compares a whole model's gradients (and
  * the recorded rounding residuals) at 1, 2 and 3 threads bit for bit. */

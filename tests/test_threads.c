@@ -1,11 +1,14 @@
-/* The numeric core gives the same bits for any thread count (quant/sim/par.h): every op of the
+/* The numeric core gives the same bits for any thread count (base/par.h): every op of the
  * simulation on tensors that span many chunks, a whole optimizer step (embedding, forward,
- * backward, AdamW) at W8A8 and W4A8, and the calibration statistics, each at 1, 2 and 3
+ * backward, AdamW) at W8A8 and W4A8, the calibration statistics, the FP32 forward's logits and
+ * an evaluation against the kept FP32 reference (nll, KL, top-1), each at 1, 2 and 3
  * threads of the default pool, compared with memcmp against the one-thread run (the
  * reference: its chunks run in order on the caller); and the ops' SIMD element loops against
  * their scalar loops. The matrix products run on OpenBLAS's threads, outside the pool, in every
  * run alike. */
 #include "base/pool.h"
+#include "quant/fp/eval.h"
+#include "quant/fp/forward.h"
 #include "quant/opt/optim.h"
 #include "quant/sim/fakequant.h"
 #include "quant/sim/ops.h"
@@ -254,10 +257,66 @@ static void step_w4a8_gqa_same_bits(void) {
     step_same_bits_cfg(synth_config(256, 704, 2, 4, 2, 512, 256), 4, 256, "W4A8 GQA step");
 }
 
+/* ---------------------------------------------------------------- FP32 forward, evaluation */
+
+/* The FP32 forward's logits, and a quantized simulation compared with it through the kept
+ * reference (its positions on the pool). */
+static void eval_once(const qd_model *m, const int *ids, size_t n, int T, run *r) {
+    qd_err err = {{0}};
+    int V = m->cfg.vocab_size;
+    float *lg = malloc(sizeof(float) * (size_t)2 * T * V);
+    CHECK(qd_forward(m, ids, 2, T, lg, &err) == QD_OK, "%s", err.msg);
+    keep(r, "fp32 logits", lg, sizeof(float) * (size_t)2 * T * V);
+    free(lg);
+    qd_cmp_result self, cmp;
+    qd_eval_ref *ref = qd_eval_ref_new(qd_fp32_logits_fn, (void *)m, V, ids, n, T, 0, NULL, NULL,
+                                       &self, &err);
+    CHECK(ref, "%s", err.msg);
+    if (!ref) return;
+    qd_qsim_opts o;
+    qd_qsim_defaults(&o);
+    o.wbits = 8, o.Bmax = 4, o.Tmax = T, o.train = 0;
+    qd_qsim *q = qd_qsim_new(m, &o, &err);
+    CHECK(q, "%s", err.msg);
+    qd_qstats *st = qd_qstats_new(&m->cfg);
+    CHECK(q && qd_qsim_collect(q, ids, 2, T, st, &err) == QD_OK, "%s", err.msg);
+    if (q) qd_qsim_init_ranges(q, st);
+    qd_qstats_free(st);
+    CHECK(q && qd_eval_ref_compare(ref, qd_qsim_logits_fn, q, NULL, NULL, &cmp, &err) == QD_OK,
+          "%s", err.msg);
+    double figs[4] = {self.nll, cmp.nll, cmp.kl, cmp.top1};
+    keep(r, "eval nll, kl, top-1", figs, sizeof figs);
+    qd_qsim_free(q);
+    qd_eval_ref_free(ref);
+}
+
+static void forward_eval_same_bits(void) {
+    qd_config cfg = synth_config(256, 704, 2, 4, 2, 2048, 256);
+    qd_model *m = synth_checked(&cfg, 13);
+    if (!m) return;
+    size_t n = 4 * 256 + 100;
+    int *ids = malloc(sizeof(int) * n);
+    uint64_t s = 9;
+    for (size_t i = 0; i < n; i++) ids[i] = (int)(synth_next(&s) % 2048);
+    run ref = {0}, r = {0};
+    set_threads(1);
+    eval_once(m, ids, n, 256, &ref);
+    for (int t = 1; t < NT; t++) {
+        set_threads(THREADS[t]);
+        eval_once(m, ids, n, 256, &r);
+        same_bits(&ref, &r, THREADS[t], "forward/eval");
+        run_free(&r);
+    }
+    run_free(&ref);
+    free(ids);
+    qd_model_free(m);
+}
+
 int main(void) {
     RUN(ops_same_bits);
     RUN(ops_simd_same_bits);
     RUN(step_w8a8_same_bits);
     RUN(step_w4a8_gqa_same_bits);
+    RUN(forward_eval_same_bits);
     return CHECK_DONE();
 }

@@ -1,6 +1,8 @@
 /* Variant-vs-FP32 comparison (eval.h). Log-softmax in double: KL of two close distributions is
- * a small difference of large sums. */
+ * a small difference of large sums. qd_eval_ref_compare runs the positions of a batch on the
+ * default pool and adds their terms in position order (the same sums for any thread count). */
 #include "quant/fp/eval.h"
+#include "base/pool.h"
 #include "base/stop.h"
 #include "base/sys.h"
 
@@ -281,54 +283,96 @@ out:
     return r;
 }
 
+/* One batch of qd_eval_ref_compare: position q of the batch (window q / (T-1), token q % (T-1))
+ * on whatever thread claims it, with that thread's scratch; its terms go to per-position slots
+ * that the caller adds up in position order, so the sums are the one-thread loop's. */
+typedef struct cmp_job {
+    const qd_eval_ref *r;
+    const float *lg;
+    const int *win;
+    int T;
+    size_t p0;            /* the batch's first position */
+    double **lq;          /* per thread: V */
+    unsigned char **mark; /* per thread: V, zero */
+    double *nll, *kl;     /* per position of the batch */
+    unsigned char *agree;
+} cmp_job;
+
+static void cmp_pos(void *ctx, int q, int tid) {
+    const cmp_job *J = ctx;
+    const qd_eval_ref *r = J->r;
+    int V = r->vocab, i = q / (J->T - 1), t = q % (J->T - 1);
+    size_t p = J->p0 + (size_t)q;
+    double *lq = J->lq[tid];
+    unsigned char *mark = J->mark[tid];
+    const float *x = J->lg + ((size_t)i * J->T + t) * V;
+    logsoftmax(x, V, lq);
+    J->nll[q] = lq[J->win[(size_t)i * J->T + t + 1]];
+    J->agree[q] = argmax(x, V) == r->top[p];
+    /* KL over the kept tokens, and the rest as one token of the two masses */
+    size_t o = r->off[p], e = r->off[p + 1];
+    double k = 0;
+    for (size_t j = o; j < e; j++) {
+        double lpr = r->lp[j];
+        k += exp(lpr) * (lpr - lq[r->tok[j]]);
+    }
+    if (r->tail[p] > 0) {
+        for (size_t j = o; j < e; j++) mark[r->tok[j]] = 1;
+        double qt = 0;
+        for (int j = 0; j < V; j++)
+            if (!mark[j]) qt += exp(lq[j]);
+        for (size_t j = o; j < e; j++) mark[r->tok[j]] = 0;
+        k += r->tail[p] * (log(r->tail[p]) - log(qt > 1e-300 ? qt : 1e-300));
+    }
+    J->kl[q] = k > 0 ? k : 0;
+}
+
 int qd_eval_ref_compare(const qd_eval_ref *r, qd_logits_fn var, void *ctx, qd_eval_tick tick,
                         void *tick_ctx, qd_cmp_result *res, qd_err *err) {
     memset(res, 0, sizeof *res);
     double t0 = qd_now();
     int V = r->vocab, B = eval_batch(r->ctx_len, V);
+    size_t npos = (size_t)B * (size_t)(r->ctx_len - 1);
+    qd_pool *pool = qd_pool_default();
+    int nt = qd_pool_threads(pool);
     float *lg = malloc(sizeof(float) * (size_t)B * r->ctx_len * V);
-    double *lq = malloc(sizeof(double) * (size_t)V);
-    unsigned char *mark = calloc((size_t)V, 1);
+    double **lq = calloc((size_t)nt, sizeof *lq);
+    unsigned char **mark = calloc((size_t)nt, sizeof *mark);
+    double *pnll = malloc(sizeof(double) * npos), *pkl = malloc(sizeof(double) * npos);
+    unsigned char *pag = malloc(npos);
     int rc = QD_ERR;
-    if (!lg || !lq || !mark) {
+    if (!lg || !lq || !mark || !pnll || !pkl || !pag) {
         qd_errf(err, "eval: out of memory");
         goto out;
     }
+    for (int k = 0; k < nt; k++)
+        if (!(lq[k] = malloc(sizeof(double) * (size_t)V)) || !(mark[k] = calloc((size_t)V, 1))) {
+            qd_errf(err, "eval: out of memory");
+            goto out;
+        }
     double nll = 0, kl = 0;
     size_t agree = 0, p = 0;
     int b, T;
     for (size_t w = 0; next_batch(r->n, r->ctx_len, B, w, &b, &T); w += (size_t)b) {
         const int *win = r->ids + w * (size_t)r->ctx_len;
         if (var(ctx, win, b, T, lg, err)) goto out;
-        for (int i = 0; i < b; i++)
-            for (int t = 0; t + 1 < T; t++, p++) {
-                const float *x = lg + ((size_t)i * T + t) * V;
-                logsoftmax(x, V, lq);
-                nll -= lq[win[(size_t)i * T + t + 1]];
-                agree += argmax(x, V) == r->top[p];
-                /* KL over the kept tokens, and the rest as one token of the two masses */
-                size_t o = r->off[p], e = r->off[p + 1];
-                double k = 0;
-                for (size_t j = o; j < e; j++) {
-                    double lpr = r->lp[j];
-                    k += exp(lpr) * (lpr - lq[r->tok[j]]);
-                }
-                if (r->tail[p] > 0) {
-                    for (size_t j = o; j < e; j++) mark[r->tok[j]] = 1;
-                    double qt = 0;
-                    for (int j = 0; j < V; j++)
-                        if (!mark[j]) qt += exp(lq[j]);
-                    for (size_t j = o; j < e; j++) mark[r->tok[j]] = 0;
-                    k += r->tail[p] * (log(r->tail[p]) - log(qt > 1e-300 ? qt : 1e-300));
-                }
-                kl += k > 0 ? k : 0;
-            }
+        int nq = b * (T - 1);
+        cmp_job J = {r, lg, win, T, p, lq, mark, pnll, pkl, pag};
+        /* a batch of fewer than ~2^16 logits is not worth waking the pool */
+        qd_pool_run((size_t)nq * V >= ((size_t)1 << 16) ? pool : NULL, nq, cmp_pos, &J);
+        for (int q = 0; q < nq; q++, p++) {
+            nll -= pnll[q];
+            agree += pag[q];
+            kl += pkl[q];
+        }
         if (tick) tick(tick_ctx, (long)(w + (size_t)b), n_windows(r->n, r->ctx_len));
     }
     finish(res, nll, kl, agree, p, t0);
     rc = QD_OK;
 out:
-    free(lg), free(lq), free(mark);
+    for (int k = 0; lq && k < nt; k++) free(lq[k]);
+    for (int k = 0; mark && k < nt; k++) free(mark[k]);
+    free(lg), free(lq), free(mark), free(pnll), free(pkl), free(pag);
     return rc;
 }
 

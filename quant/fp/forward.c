@@ -3,8 +3,12 @@
  * row-major (tokens, features); weights are [out][in] so y = x W^T. RoPE is rotate-half over
  * the first qd_rot_dim dims of a head. The family switches of the config choose the norm
  * (RMSNorm or LayerNorm with bias), the MLP activation (SiLU or tanh GELU) and the embedding
- * scale; the three paths below share them through norm(), embed() and qd_act_real. */
+ * scale; the three paths below share them through norm(), embed() and qd_act_real. The batched
+ * path runs its row and element loops (norms, embedding, bias, RoPE, residuals, the gated
+ * activation) on the default pool in fixed chunks (base/par.h): elementwise, so any thread
+ * count gives the same bits. */
 #include "quant/fp/forward.h"
+#include "base/par.h"
 #include "base/stop.h"
 #include "base/sys.h"
 #include "quant/fp/layers.h"
@@ -28,10 +32,28 @@ void qd_rope_tables(const qd_config *c, int T, float *cos_t, float *sin_t) {
         qd_rope_column(cos_t, sin_t, T, rot, i, qd_rope_inv_freq(c, i));
 }
 
+/* The batched path's row and element loops (one job type; the fields each loop reads). */
+typedef struct fw_job {
+    const qd_config *c;
+    const qd_model *m;
+    float *out, *out2;
+    const float *x, *w, *b, *u, *cs, *sn;
+    const int *tokens;
+    int T, cols;
+} fw_job;
+
+static void norm_r(const void *p, size_t lo, size_t hi) {
+    const fw_job *J = p;
+    size_t D = (size_t)J->c->dim;
+    qd_norm_rows(J->c->norm, J->out + lo * D, NULL, NULL, J->x + lo * D, J->w, J->b, hi - lo,
+                 J->c->dim, J->c->norm_eps);
+}
+
 /* out (N, dim) = the model's norm of x with weight w and bias b (NULL for RMSNorm) */
 static void norm(const qd_config *c, float *out, const float *x, const float *w, const float *b,
                  size_t N) {
-    qd_norm_rows(c->norm, out, NULL, NULL, x, w, b, N, c->dim, c->norm_eps);
+    fw_job J = {.c = c, .out = out, .x = x, .w = w, .b = b};
+    par_for(N, par_rows((size_t)c->dim), norm_r, &J);
 }
 
 /* x (dim) = the embedding row of token, times the family's embedding scale */
@@ -42,14 +64,52 @@ static void embed(const qd_model *m, float *x, int token) {
     for (int i = 0; i < D; i++) x[i] = e[i] * s;
 }
 
+static void embed_r(const void *p, size_t lo, size_t hi) {
+    const fw_job *J = p;
+    for (size_t n = lo; n < hi; n++) embed(J->m, J->out + n * J->m->cfg.dim, J->tokens[n]);
+}
+
+static void bias_r(const void *p, size_t lo, size_t hi) {
+    const fw_job *J = p;
+    for (size_t n = lo; n < hi; n++)
+        for (int o = 0; o < J->cols; o++) J->out[n * J->cols + o] += J->b[o];
+}
+
 /* y (N, out) = x (N, in) W^T (+ b) */
 static void linear(float *y, const float *x, const float *W, const float *b, int N, int out,
                    int in) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, in, 1.0f, x, in, W, in, 0.0f,
                 y, out);
-    if (b)
-        for (int n = 0; n < N; n++)
-            for (int o = 0; o < out; o++) y[(size_t)n * out + o] += b[o];
+    if (b) {
+        fw_job J = {.out = y, .b = b, .cols = out};
+        par_for((size_t)N, par_rows((size_t)out), bias_r, &J);
+    }
+}
+
+/* out += x */
+static void add_r(const void *p, size_t lo, size_t hi) {
+    const fw_job *J = p;
+    for (size_t i = lo; i < hi; i++) J->out[i] += J->x[i];
+}
+
+/* out = act(out) * u */
+static void glu_r(const void *p, size_t lo, size_t hi) {
+    const fw_job *J = p;
+    int act = J->c->act;
+    for (size_t i = lo; i < hi; i++) J->out[i] = qd_act_real(act, J->out[i]) * J->u[i];
+}
+
+/* RoPE of rows [lo, hi) of q (out) and k (out2), in place */
+static void rope_r(const void *p, size_t lo, size_t hi) {
+    const fw_job *J = p;
+    const qd_config *c = J->c;
+    int hd = c->head_dim, qd = c->n_heads * hd, kvd = c->n_kv_heads * hd, rot = qd_rot_dim(c);
+    float *k = J->out2;
+    for (size_t n = lo; n < hi; n++) {
+        int t = (int)(n % (size_t)J->T);
+        qd_rope_rotate(J->out + n * qd, J->out + n * qd, J->cs, J->sn, t, c->n_heads, hd, rot);
+        qd_rope_rotate(k + n * kvd, k + n * kvd, J->cs, J->sn, t, c->n_kv_heads, hd, rot);
+    }
 }
 
 /* Query rows per causal attention block in qd_forward_ws; bench/bench_forward.c counts
@@ -98,9 +158,9 @@ int qd_forward_ws(const qd_model *m, qd_fwd_ws *ws, const int *tokens, int B, in
     float *x = mem, *xn = x + N * D, *q = xn + N * D, *att = q + N * qd, *k = att + N * qd,
           *v = k + N * kvd, *g = v + N * kvd, *u = g + N * F, *P = u + N * F,
           *cs = P + (size_t)QB * T, *sn = cs + (size_t)T * hd / 2;
-    int rot = qd_rot_dim(c);
     qd_rope_tables(c, T, cs, sn);
-    for (size_t n = 0; n < N; n++) embed(m, x + n * D, tokens[n]);
+    fw_job E = {.m = m, .out = x, .tokens = tokens};
+    par_for(N, par_rows((size_t)D), embed_r, &E);
     float scale = 1.0f / sqrtf((float)hd);
     for (int l = 0; l < c->n_layers; l++) {
         if (qd_stop_requested()) return qd_stopped(err);
@@ -109,11 +169,8 @@ int qd_forward_ws(const qd_model *m, qd_fwd_ws *ws, const int *tokens, int B, in
         linear(q, xn, L->wq, L->bq, N, qd, D);
         linear(k, xn, L->wk, L->bk, N, kvd, D);
         linear(v, xn, L->wv, L->bv, N, kvd, D);
-        for (size_t n = 0; n < N; n++) {
-            int t = (int)(n % T);
-            qd_rope_rotate(q + n * qd, q + n * qd, cs, sn, t, H, hd, rot);
-            qd_rope_rotate(k + n * kvd, k + n * kvd, cs, sn, t, KV, hd, rot);
-        }
+        fw_job R = {.c = c, .out = q, .out2 = k, .cs = cs, .sn = sn, .T = T};
+        par_for(N, par_rows((size_t)(qd + kvd)), rope_r, &R);
         for (int b = 0; b < B; b++)
             for (int h = 0; h < H; h++) {
                 const float *qh = q + (size_t)b * T * qd + h * hd;
@@ -140,13 +197,15 @@ int qd_forward_ws(const qd_model *m, qd_fwd_ws *ws, const int *tokens, int B, in
                 }
             }
         linear(xn, att, L->wo, NULL, N, D, qd);
-        for (size_t i = 0; i < N * D; i++) x[i] += xn[i];
+        fw_job A = {.out = x, .x = xn};
+        par_for(N * D, PAR_ELEMS, add_r, &A);
         norm(c, xn, x, L->ffn_norm, L->ffn_norm_b, N);
         linear(g, xn, L->w_gate, NULL, N, F, D);
         linear(u, xn, L->w_up, NULL, N, F, D);
-        for (size_t i = 0; i < N * F; i++) g[i] = qd_act_real(c->act, g[i]) * u[i];
+        fw_job G = {.c = c, .out = g, .u = u};
+        par_for(N * F, PAR_ELEMS, glu_r, &G);
         linear(xn, g, L->w_down, NULL, N, D, F);
-        for (size_t i = 0; i < N * D; i++) x[i] += xn[i];
+        par_for(N * D, PAR_ELEMS, add_r, &A);
     }
     norm(c, xn, x, m->final_norm, m->final_norm_b, N);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, c->vocab_size, D, 1.0f, xn, D,

@@ -3,7 +3,7 @@
 
 #include "base/hash.h"
 #include "base/fs.h"
-#include "quant/sim/par.h"
+#include "base/par.h"
 
 #include <errno.h>
 #include <fcntl.h>

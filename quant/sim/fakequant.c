@@ -12,7 +12,7 @@
 
 #include "base/pool.h"
 #include "base/stop.h"
-#include "quant/sim/par.h"
+#include "base/par.h"
 
 /* ---------------------------------------------------------------- tables */
 
@@ -155,7 +155,7 @@ QD_API void qd_qstats_free(qd_qstats *s) {
     free(s);
 }
 
-/* The observers run on the pool (quant/sim/par.h): min/max per chunk, combined afterwards (the
+/* The observers run on the pool (base/par.h): min/max per chunk, combined afterwards (the
  * same values in any order); the per-channel statistics per block of channels, each channel's
  * rows in order. */
 typedef struct st_job {

@@ -5,7 +5,7 @@
  * float accumulation would make them depend on the order and lose the small terms.
  *
  * Threads: every loop runs on the default pool in chunks of a fixed size with per-chunk sums
- * added in chunk order (quant/sim/par.h), so the results are the same bits for any thread count;
+ * added in chunk order (base/par.h), so the results are the same bits for any thread count;
  * the norms' and LET's column sums and the quantizers' scale/offset sums are such sums. Attention
  * runs its row loops on the pool between the per-head GEMMs. */
 #include "quant/sim/ops.h"
@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "quant/sim/par.h"
+#include "base/par.h"
 
 #ifdef QD_GEMM_PROFILE
 /* Benchmarks compile this file with QD_GEMM_PROFILE to split step time into gemm and the rest

@@ -1,5 +1,6 @@
 /* The numeric loops' use of the default pool (base/pool.h), shared by the simulation's ops
- * (ops.c), the fake-quantized model (fakequant.c) and the optimizer (optim.c): a loop over n
+ * (quant/sim/ops.c), the fake-quantized model (fakequant.c), the optimizer (quant/opt/optim.c)
+ * and the FP32 forward (quant/fp/forward.c): a loop over n
  * items runs in chunks of a fixed size, PAR_ELEMS elements or as many whole rows as hold that
  * many, so the chunk boundaries depend on the sizes only. A sum over the chunks is kept per
  * chunk (par_part) and the partial sums are added in chunk order afterwards (par_part_add), so
@@ -7,8 +8,8 @@
  * on the caller, the reference. A loop of at most one chunk runs on the caller without touching
  * the pool: waking it costs more than such a loop. Header-only (static inline): ops.c and
  * fakequant.c are also compiled together into one file (tests/test_gradcheck.c, bench). */
-#ifndef QD_SIM_PAR_H
-#define QD_SIM_PAR_H
+#ifndef QD_BASE_PAR_H
+#define QD_BASE_PAR_H
 
 #include <assert.h>
 #include <stdlib.h>
