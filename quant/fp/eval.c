@@ -1,6 +1,7 @@
 /* Variant-vs-FP32 comparison (eval.h). Log-softmax in double: KL of two close distributions is
- * a small difference of large sums. qd_eval_ref_compare runs the positions of a batch on the
- * default pool and adds their terms in position order (the same sums for any thread count). */
+ * a small difference of large sums. qd_eval_ref_new and qd_eval_ref_compare run the positions of
+ * a batch on the default pool with per-thread scratch and add their terms (and append the kept
+ * tokens) in position order: the same results for any thread count. */
 #include "quant/fp/eval.h"
 #include "base/pool.h"
 #include "base/stop.h"
@@ -151,12 +152,12 @@ static void heap_down(kv_t *h, int n, int i) {
     }
 }
 
-/* Keeps one row's tokens (x: logits, lp: their log-softmax) whose probability is at least
- * QD_EVAL_TAIL / vocab, so the rest holds at most QD_EVAL_TAIL; when they are more than
- * k_cap, the k_cap most likely (a heap). h: k_cap entries; mark: vocab bytes, zero on entry and
- * on exit. */
-static int keep_row(qd_eval_ref *r, size_t p, const float *x, const double *lp, kv_t *h,
-                    unsigned char *mark) {
+/* One row's kept tokens (x: logits, lp: their log-softmax): those whose probability is at least
+ * QD_EVAL_TAIL / vocab, so the rest holds at most QD_EVAL_TAIL; when they are more than k_cap,
+ * the k_cap most likely (a heap). Writes them to tok/lpk (k_cap each) and returns their count;
+ * *rest gets the rest's mass. h: k_cap entries; mark: vocab bytes, zero on entry and on exit. */
+static int select_row(const qd_eval_ref *r, const float *x, const double *lp, kv_t *h,
+                      unsigned char *mark, int32_t *tok, float *lpk, double *rest) {
     int V = r->vocab, K = r->k_cap, n = 0;
     double floor_lp = log(QD_EVAL_TAIL) - log((double)V);
     for (int j = 0; j < V; j++) {
@@ -171,6 +172,23 @@ static int keep_row(qd_eval_ref *r, size_t p, const float *x, const double *lp, 
             heap_down(h, K, 0);
         }
     }
+    for (int i = 0; i < n; i++) {
+        tok[i] = h[i].id, lpk[i] = (float)lp[h[i].id];
+        mark[h[i].id] = 1;
+    }
+    /* the rest's mass summed over the rest, not as 1 - kept: it may be 1e-9 */
+    double s = 0;
+    if (n < V)
+        for (int j = 0; j < V; j++)
+            if (!mark[j]) s += exp(lp[j]);
+    for (int i = 0; i < n; i++) mark[h[i].id] = 0;
+    *rest = s;
+    return n;
+}
+
+/* Appends position p's kept tokens (n of them), its argmax and the rest's mass. */
+static int keep_row(qd_eval_ref *r, size_t p, const int32_t *tok, const float *lpk, int n,
+                    int top, double rest) {
     size_t o = r->off[p];
     if (o + (size_t)n > r->cap) {
         size_t nc = r->cap ? r->cap * 2 : (size_t)4096;
@@ -182,22 +200,43 @@ static int keep_row(qd_eval_ref *r, size_t p, const float *x, const double *lp, 
         if (!nl) return QD_ERR;
         r->lp = nl, r->cap = nc;
     }
-    for (int i = 0; i < n; i++) {
-        r->tok[o + i] = h[i].id, r->lp[o + i] = (float)lp[h[i].id];
-        mark[h[i].id] = 1;
-    }
-    /* the rest's mass summed over the rest, not as 1 - kept: it may be 1e-9 */
-    double rest = 0;
-    if (n < V)
-        for (int j = 0; j < V; j++)
-            if (!mark[j]) rest += exp(lp[j]);
-    for (int i = 0; i < n; i++) mark[h[i].id] = 0;
-    r->top[p] = argmax(x, V);
+    memcpy(r->tok + o, tok, sizeof *tok * (size_t)n);
+    memcpy(r->lp + o, lpk, sizeof *lpk * (size_t)n);
+    r->top[p] = top;
     r->tail[p] = rest;
     r->tail_sum += rest;
     if (rest > r->tail_max) r->tail_max = rest;
     r->off[p + 1] = o + (size_t)n;
     return QD_OK;
+}
+
+/* A group of positions of qd_eval_ref_new's batch on the pool: position q0 + g of the batch
+ * into slot g, with the running thread's scratch; the caller appends the slots in order. */
+typedef struct ref_job {
+    const qd_eval_ref *r;
+    const float *lg;
+    const int *win;
+    int T, q0;
+    double **lp;           /* per thread: V */
+    kv_t **h;              /* per thread: k_cap */
+    unsigned char **mark;  /* per thread: V, zero */
+    int32_t *tok;          /* per slot: k_cap */
+    float *lpk;            /* per slot: k_cap */
+    int *n, *top;          /* per slot */
+    double *rest, *nll;    /* per slot */
+} ref_job;
+
+static void ref_pos(void *ctx, int g, int tid) {
+    const ref_job *J = ctx;
+    const qd_eval_ref *r = J->r;
+    int V = r->vocab, q = J->q0 + g, i = q / (J->T - 1), t = q % (J->T - 1);
+    const float *x = J->lg + ((size_t)i * J->T + t) * V;
+    double *lp = J->lp[tid];
+    logsoftmax(x, V, lp);
+    J->nll[g] = lp[J->win[(size_t)i * J->T + t + 1]];
+    size_t k = (size_t)g * (size_t)r->k_cap;
+    J->n[g] = select_row(r, x, lp, J->h[tid], J->mark[tid], J->tok + k, J->lpk + k, &J->rest[g]);
+    J->top[g] = argmax(x, V);
 }
 
 void qd_eval_ref_free(qd_eval_ref *r) {
@@ -220,12 +259,18 @@ qd_eval_ref *qd_eval_ref_new(qd_logits_fn ref, void *ctx, int vocab, const int *
     double t0 = qd_now();
     qd_eval_ref *r = calloc(1, sizeof *r);
     int B = eval_batch(ctx_len, vocab);
+    qd_pool *pool = qd_pool_default();
+    int nt = qd_pool_threads(pool), G = 0;
     float *lg = malloc(sizeof(float) * (size_t)B * ctx_len * vocab);
-    double *lp = malloc(sizeof(double) * (size_t)vocab);
-    unsigned char *mark = calloc((size_t)vocab, 1);
-    kv_t *h = NULL;
+    double **lp = calloc((size_t)nt, sizeof *lp);
+    kv_t **h = calloc((size_t)nt, sizeof *h);
+    unsigned char **mark = calloc((size_t)nt, sizeof *mark);
+    int32_t *stok = NULL;
+    float *slpk = NULL;
+    int *sn = NULL, *stop = NULL;
+    double *srest = NULL, *snll = NULL;
     int ok = 0;
-    if (!r || !lg || !lp || !mark) {
+    if (!r || !lg || !lp || !h || !mark) {
         qd_errf(err, "eval: out of memory");
         goto out;
     }
@@ -240,42 +285,69 @@ qd_eval_ref *qd_eval_ref_new(qd_logits_fn ref, void *ctx, int vocab, const int *
     r->off = calloc(r->n_pos + 1, sizeof *r->off);
     r->top = malloc(sizeof *r->top * (r->n_pos ? r->n_pos : 1));
     r->tail = malloc(sizeof *r->tail * (r->n_pos ? r->n_pos : 1));
-    h = malloc(sizeof *h * (size_t)r->k_cap);
-    if (!r->off || !r->top || !r->tail || !h) {
+    /* positions per group of slots: four per thread, the slots' kept tokens within 32 MiB
+     * (at least one per thread) */
+    G = 4 * nt;
+    if ((size_t)G * (size_t)r->k_cap * 8 > ((size_t)32 << 20))
+        G = (int)(((size_t)32 << 20) / ((size_t)r->k_cap * 8));
+    if (G < nt) G = nt;
+    stok = malloc(sizeof *stok * (size_t)G * (size_t)r->k_cap);
+    slpk = malloc(sizeof *slpk * (size_t)G * (size_t)r->k_cap);
+    sn = malloc(sizeof(int) * (size_t)G), stop = malloc(sizeof(int) * (size_t)G);
+    srest = malloc(sizeof(double) * (size_t)G), snll = malloc(sizeof(double) * (size_t)G);
+    if (!r->off || !r->top || !r->tail || !stok || !slpk || !sn || !stop || !srest || !snll) {
         qd_errf(err, "eval: out of memory");
         goto out;
     }
+    for (int k = 0; k < nt; k++)
+        if (!(lp[k] = malloc(sizeof(double) * (size_t)vocab)) ||
+            !(h[k] = malloc(sizeof(kv_t) * (size_t)r->k_cap)) ||
+            !(mark[k] = calloc((size_t)vocab, 1))) {
+            qd_errf(err, "eval: out of memory");
+            goto out;
+        }
     double nll = 0;
     size_t p = 0;
     int b, T;
     for (size_t w = 0; next_batch(n, ctx_len, B, w, &b, &T); w += (size_t)b) {
         const int *win = ids + w * (size_t)ctx_len;
         if (ref(ctx, win, b, T, lg, err)) goto out;
-        for (int i = 0; i < b; i++)
-            for (int t = 0; t + 1 < T; t++, p++) {
-                const float *x = lg + ((size_t)i * T + t) * vocab;
-                logsoftmax(x, vocab, lp);
-                nll -= lp[win[(size_t)i * T + t + 1]];
-                if (keep_row(r, p, x, lp, h, mark)) {
+        int nq = b * (T - 1);
+        for (int q0 = 0; q0 < nq; q0 += G) {
+            int ng = nq - q0 < G ? nq - q0 : G;
+            ref_job J = {r, lg, win, T, q0, lp, h, mark, stok, slpk, sn, stop, srest, snll};
+            /* a group of fewer than ~2^16 logits is not worth waking the pool */
+            qd_pool_run((size_t)ng * vocab >= ((size_t)1 << 16) ? pool : NULL, ng, ref_pos, &J);
+            for (int g = 0; g < ng; g++, p++) {
+                nll -= snll[g];
+                size_t k = (size_t)g * (size_t)r->k_cap;
+                if (keep_row(r, p, stok + k, slpk + k, sn[g], stop[g], srest[g])) {
                     qd_errf(err, "eval: out of memory for the reference");
                     goto out;
                 }
             }
+        }
         if (tick) tick(tick_ctx, (long)(w + (size_t)b), n_windows(n, ctx_len));
     }
     finish(self, nll, 0, p, p, t0);
     /* what the growth by doubling left over goes back */
     size_t used = r->off[r->n_pos];
     if (used > 0 && used < r->cap) {
-        int32_t *nt = realloc(r->tok, sizeof *nt * used);
-        if (nt) r->tok = nt;
+        int32_t *ntk = realloc(r->tok, sizeof *ntk * used);
+        if (ntk) r->tok = ntk;
         float *nl = realloc(r->lp, sizeof *nl * used);
         if (nl) r->lp = nl;
-        if (nt && nl) r->cap = used;
+        if (ntk && nl) r->cap = used;
     }
     ok = 1;
 out:
-    free(lg), free(lp), free(h), free(mark);
+    for (int k = 0; k < nt; k++) {
+        if (lp) free(lp[k]);
+        if (h) free(h[k]);
+        if (mark) free(mark[k]);
+    }
+    free(lg), free(lp), free(h), free(mark), free(stok), free(slpk);
+    free(sn), free(stop), free(srest), free(snll);
     if (!ok) {
         qd_eval_ref_free(r);
         return NULL;
