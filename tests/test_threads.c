@@ -117,6 +117,9 @@ static void ops_once(run *r) {
     qd_let_weight_backward(dcs, drs, d, x, N, C, cs, rs);
     keep(r, "let out", y, sizeof(float) * n), keep(r, "let dc", dcs, sizeof dcs);
     keep(r, "let dr", drs, sizeof drs);
+    memset(dcs, 0, sizeof dcs);
+    qd_let_weight_backward(dcs, NULL, d, x, N, C, cs, NULL); /* column scales alone */
+    keep(r, "let dc (no r)", dcs, sizeof dcs);
     /* RoPE and attention with both quantizers, T = 256 rows of each head */
     size_t na = (size_t)T * NH * HD, TT = (size_t)NH * T * T;
     float *q = malloc(sizeof(float) * na), *kk = malloc(sizeof(float) * na);

@@ -184,6 +184,20 @@ __attribute__((target("avx2"))) static void aq_bwd_avx2(float *dx, const float *
     *dz += az;
 }
 
+/* dacc[j] += ((double)di[j] * wi[j]) * ri: one row of LET's column sums, in double */
+__attribute__((target("avx2"))) static void let_dacc_avx2(double *dacc, const float *di,
+                                                          const float *wi, float ri, int cols) {
+    __m256d vr = _mm256_set1_pd((double)ri);
+    int j = 0;
+    for (; j + 4 <= cols; j += 4) {
+        __m256d g = _mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(di + j)),
+                                  _mm256_cvtps_pd(_mm_loadu_ps(wi + j)));
+        __m256d a = _mm256_add_pd(_mm256_loadu_pd(dacc + j), _mm256_mul_pd(g, vr));
+        _mm256_storeu_pd(dacc + j, a);
+    }
+    for (; j < cols; j++) dacc[j] += (double)di[j] * wi[j] * ri;
+}
+
 static int simd_aq_fwd(qd_real *out, const qd_real *x, size_t n, qd_real s, qd_real zr,
                        qd_real Q) {
     if (!simd_ok(n)) return 0;
@@ -204,6 +218,13 @@ static int simd_range(const qd_real *w, size_t n, int sym, qd_real *mx, qd_real 
     return 1;
 }
 
+static int simd_let_dacc(double *dacc, const qd_real *di, const qd_real *wi, qd_real ri,
+                         int cols) {
+    if (!simd_ok((size_t)cols)) return 0;
+    let_dacc_avx2(dacc, di, wi, ri, cols);
+    return 1;
+}
+
 static int simd_let_row(qd_real *oi, const qd_real *wi, const qd_real *ce, qd_real ri,
                         int cols) {
     if (!simd_ok((size_t)cols)) return 0;
@@ -211,6 +232,12 @@ static int simd_let_row(qd_real *oi, const qd_real *wi, const qd_real *ce, qd_re
     return 1;
 }
 #else
+static int simd_let_dacc(double *dacc, const qd_real *di, const qd_real *wi, qd_real ri,
+                         int cols) {
+    (void)dacc, (void)di, (void)wi, (void)ri, (void)cols;
+    return 0;
+}
+
 static int simd_aq_bwd(qd_real *dx, const qd_real *dout, const qd_real *x, size_t n,
                        qd_real s, qd_real zr, qd_real Q, double *ds, double *dz) {
     (void)dx, (void)dout, (void)x, (void)n, (void)s, (void)zr, (void)Q, (void)ds, (void)dz;
@@ -1295,10 +1322,16 @@ static void let_bwd_r(const void *p, size_t lo, size_t hi) {
     const let_job *J = p;
     int cols = J->cols;
     double *dacc = J->part ? J->part + (lo / J->chunk) * (size_t)cols : NULL;
+    int want_dr = J->dr && J->r;
     for (size_t i = lo; i < hi; i++) {
         qd_real re = J->r ? qd_let_eff(J->r[i]) : 1;
         qd_real ri = 1 / re;
         const qd_real *wi = J->w + i * cols, *di = J->dout + i * cols;
+        if (!want_dr) { /* the column sums alone (the row sum feeds dr only) */
+            if (dacc && !simd_let_dacc(dacc, di, wi, ri, cols))
+                for (int j = 0; j < cols; j++) dacc[j] += (double)di[j] * wi[j] * ri;
+            continue;
+        }
         double rowdot = 0;
         for (int j = 0; j < cols; j++) {
             qd_real cj = J->c ? qd_let_eff(J->c[j]) : 1;
