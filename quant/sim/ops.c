@@ -198,6 +198,31 @@ __attribute__((target("avx2"))) static void let_dacc_avx2(double *dacc, const fl
     for (; j < cols; j++) dacc[j] += (double)di[j] * wi[j] * ri;
 }
 
+/* out = clamp(rint(w / s), qn, qp) * s: the symmetric weight grid */
+__attribute__((target("avx2"))) static void wq_sym_avx2(float *out, const float *w, size_t n,
+                                                        float s, float qn, float qp) {
+    __m256 vs = _mm256_set1_ps(s), vn = _mm256_set1_ps(qn), vp = _mm256_set1_ps(qp);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 t = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(w + i), vs),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        t = _mm256_blendv_ps(t, vn, _mm256_cmp_ps(t, vn, _CMP_LT_OQ));
+        t = _mm256_blendv_ps(t, vp, _mm256_cmp_ps(t, vp, _CMP_GT_OQ));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(t, vs));
+    }
+    for (; i < n; i++) {
+        float t = rintf(w[i] / s);
+        out[i] = (t < qn ? qn : (t > qp ? qp : t)) * s;
+    }
+}
+
+static int simd_wq_sym(qd_real *out, const qd_real *w, size_t n, qd_real s, qd_real qn,
+                       qd_real qp) {
+    if (!simd_ok(n)) return 0;
+    wq_sym_avx2(out, w, n, s, qn, qp);
+    return 1;
+}
+
 static int simd_aq_fwd(qd_real *out, const qd_real *x, size_t n, qd_real s, qd_real zr,
                        qd_real Q) {
     if (!simd_ok(n)) return 0;
@@ -232,6 +257,12 @@ static int simd_let_row(qd_real *oi, const qd_real *wi, const qd_real *ce, qd_re
     return 1;
 }
 #else
+static int simd_wq_sym(qd_real *out, const qd_real *w, size_t n, qd_real s, qd_real qn,
+                       qd_real qp) {
+    (void)out, (void)w, (void)n, (void)s, (void)qn, (void)qp;
+    return 0;
+}
+
 static int simd_let_dacc(double *dacc, const qd_real *di, const qd_real *wi, qd_real ri,
                          int cols) {
     (void)dacc, (void)di, (void)wi, (void)ri, (void)cols;
@@ -923,6 +954,7 @@ static void wq_elems_fwd(const wq_job *J, size_t e0, size_t n, qd_real s, qd_rea
     if (J->sp.sym) {
         qd_real qp = (qd_real)((1 << (J->sp.bits - 1)) - 1), qn = -qp - 1;
         if (!J->rc || J->rc->mode == QD_ROUND_OFF) {
+            if (simd_wq_sym(og, wg, n, s, qn, qp)) return;
             for (size_t i = 0; i < n; i++) {
                 qd_real t = R_RINT(wg[i] / s);
                 og[i] = (t < qn ? qn : (t > qp ? qp : t)) * s;

@@ -43,8 +43,9 @@
 
 /* ---- SIMD ----
  * The hottest float element loops (the activation quantizer's forward and backward, the
- * weight range, LET on weights) have AVX2 versions chosen at run time that give the same bits as the scalar
- * loops. on = 0 turns them off for the whole process (tests compare the two); default on. */
+ * weight range and symmetric grid, LET on weights and its column sums) have AVX2 versions
+ * chosen at run time that give the same bits as the scalar loops. on = 0 turns them off for
+ * the whole process (tests compare the two); default on. */
 QD_API void qd_ops_set_simd(int on);
 
 /* ---- rounding context (see the file comment) ---- */
