@@ -17,6 +17,8 @@
 #include "base/fs.h"
 #include "base/limits.h"
 #include "base/stop.h"
+#include "base/str.h"
+#include "quant/estimate.h"
 #include "quant/quantize.h"
 #include "quant/report.h"
 
@@ -81,8 +83,15 @@ static void on_progress(void *ctx, const qd_progress *p) {
 enum {
     O_MODEL = CLI_KEY, O_CALIB, O_EVAL, O_EVAL_SPLIT, O_TOKENIZER, O_OUT, O_METHOD, O_WBITS,
     O_SAMPLES, O_SEQ_LEN, O_EPOCHS, O_SEED, O_THREADS, O_ABITS, O_CHECKPOINT,
-    O_CHECKPOINT_EVERY, O_MAX_PPL, O_LR_LET, O_LR_LWC, O_LR_LRL, O_BATCH, O_ENC_VERSION, O_QUIET
+    O_CHECKPOINT_EVERY, O_MAX_PPL, O_LR_LET, O_LR_LWC, O_LR_LRL, O_BATCH, O_ENC_VERSION, O_QUIET,
+    O_DRY_RUN, O_JSON, O_MAX_MEM
 };
+
+/* What the command line asks besides the run's options. */
+typedef struct {
+    const char *ckpt;
+    int quiet, dry_run, json;
+} cli_extra;
 
 static const cli_opt opts[] = {
     {"model", O_MODEL, "M", "checkpoint: .gguf, Hugging Face directory, llama2.c .bin"},
@@ -129,6 +138,16 @@ static const cli_opt opts[] = {
                                               " (default 1.0.0)"},
     {"quiet", O_QUIET, NULL, "no progress bar or progress lines on stderr (errors are\n"
                              "still printed, and the exit status is the same)"},
+    {"dry-run", O_DRY_RUN, NULL, "check everything quantize checks first, then print the\n"
+                                 "predicted peak memory (per phase, and the parts of the\n"
+                                 "peak), the time per optimizer step and of the whole run\n"
+                                 "(from a short sgemm measured here); reads no weight,\n"
+                                 "writes nothing (--out may be left out)"},
+    {"json", O_JSON, NULL, "with --dry-run: the estimate as one JSON object on stdout"},
+    {"max-mem", O_MAX_MEM, "SIZE", "refuse to start (exit 1, before any work) when the\n"
+                                   "predicted address space at the peak exceeds SIZE\n"
+                                   "(512M, 10G, ...): what the server does with\n"
+                                   "worker_mem_bytes"},
     {0}};
 
 static const char synopsis[] =
@@ -138,7 +157,8 @@ static const char synopsis[] =
     "                       [--abits CLASS=BITS,...] [--tokenizer PATH] [--checkpoint PATH]\n"
     "                       [--checkpoint-every N] [--max-ppl-increase F] [--batch B]\n"
     "                       [--lr-let A,B] [--lr-lwc A,B] [--lr-lrl A,B]\n"
-    "                       [--encodings-version V] [--quiet]";
+    "                       [--encodings-version V] [--quiet] [--max-mem SIZE]\n"
+    "                       [--dry-run [--json]]";
 
 static const char epilog[] =
     "exit status: 0 done; 1 failed; 2 bad command line; 3 the --max-ppl-increase gate was\n"
@@ -177,7 +197,7 @@ static bool method_ok(const char *s) {
 }
 
 /* One option into o. 0, or CLI_BAD after saying why. */
-static int take_option(const cli_args *a, int c, qd_quant_opts *o, const char **ckpt, int *quiet) {
+static int take_option(const cli_args *a, int c, qd_quant_opts *o, cli_extra *x) {
     const char *v = a->val;
     long n;
     static const int wbits[] = {4, 8};
@@ -195,7 +215,7 @@ static int take_option(const cli_args *a, int c, qd_quant_opts *o, const char **
     case O_WBITS: return cli_int_choice(a, v, wbits, 2, QD_WBITS_NAMES, &o->wbits);
     case O_ABITS: return parse_abits(a, v, o->abits_override);
     case O_SEED: return cli_u64(a, v, &o->seed);
-    case O_CHECKPOINT: *ckpt = v; return 0;
+    case O_CHECKPOINT: x->ckpt = v; return 0;
     case O_MAX_PPL: return cli_double(a, v, 0, 1e6, &o->max_ppl_increase);
     case O_LR_LET: return parse_lr(a, v, o->lr_let);
     case O_LR_LWC: return parse_lr(a, v, o->lr_lwc);
@@ -204,7 +224,13 @@ static int take_option(const cli_args *a, int c, qd_quant_opts *o, const char **
         if (cli_word(a, v, qd_enc_version_ok, QD_ENC_VERSION_NAMES)) return CLI_BAD;
         snprintf(o->encodings_version, sizeof o->encodings_version, "%s", v);
         return 0;
-    case O_QUIET: *quiet = 1; return 0;
+    case O_QUIET: x->quiet = 1; return 0;
+    case O_DRY_RUN: x->dry_run = 1; return 0;
+    case O_JSON: x->json = 1; return 0;
+    case O_MAX_MEM:
+        if (qd_parse_size(v, &o->max_mem))
+            return cli_fail(a, "'%s' is not a size (digits with an optional K, M, G or T)", v);
+        return 0;
     }
     /* the integers of the budget and the run, bounded by base/limits.h's table */
     int *dst;
@@ -224,7 +250,7 @@ static int take_option(const cli_args *a, int c, qd_quant_opts *o, const char **
 }
 
 /* The command line into o: 0 to run, 1 after --help, 2 on a usage error (explained). */
-static int parse_args(int argc, char **argv, qd_quant_opts *o, const char **ckpt, int *quiet) {
+static int parse_args(int argc, char **argv, qd_quant_opts *o, cli_extra *x) {
     cli_args a;
     cli_args_init(&a, "quantd quantize", synopsis, opts, argc, argv);
     a.epilog = epilog;
@@ -233,13 +259,18 @@ static int parse_args(int argc, char **argv, qd_quant_opts *o, const char **ckpt
             cli_help(&a);
             return 1;
         }
-        if (c == CLI_BAD || take_option(&a, c, o, ckpt, quiet)) return 2;
+        if (c == CLI_BAD || take_option(&a, c, o, x)) return 2;
     }
     a.opt[0] = 0;
     if (a.optind < argc) {
         cli_fail(&a, "unexpected operand '%s'", argv[a.optind]);
         return 2;
     }
+    if (x->json && !x->dry_run) {
+        cli_fail(&a, "--json goes with --dry-run");
+        return 2;
+    }
+    if (x->dry_run && !o->out_dir) o->out_dir = "."; /* never written */
     if (!o->model_path || !o->calib_path || !o->out_dir) {
         cli_fail(&a, "--model, --calib and --out are required");
         cli_usage(&a, stderr);
@@ -292,13 +323,60 @@ static int outcome(const qd_quant_opts *o, int rc, const qd_err *run_err, int qu
     return 0;
 }
 
+/* --dry-run: the checks, then the estimate on stdout. 0, or 1 when a check fails. */
+static int dry_run(const qd_quant_opts *o, int json) {
+    qd_estimate e;
+    char field[QD_CHECK_FIELD];
+    qd_err err = {{0}};
+    if (qd_quantize_plan(o, 1, &e, field, &err)) {
+        fprintf(stderr, "quantd quantize: %s\n", err.msg);
+        return 1;
+    }
+    if (!json) {
+        char buf[8192];
+        qd_estimate_format(&e, buf, sizeof buf);
+        fputs(buf, stdout);
+        return 0;
+    }
+    cJSON *r = cJSON_CreateObject();
+    cJSON_AddNumberToObject(r, "peak_bytes", e.peak_bytes);
+    cJSON_AddStringToObject(r, "peak_phase", e.ph[e.peak].phase);
+    cJSON_AddNumberToObject(r, "address_space_bytes", e.vm_bytes);
+    cJSON *ph = cJSON_AddArrayToObject(r, "phases");
+    for (int i = 0; i < e.n_phases; i++) {
+        cJSON *p = cJSON_CreateObject();
+        cJSON_AddStringToObject(p, "phase", e.ph[i].phase);
+        cJSON_AddNumberToObject(p, "bytes", e.ph[i].bytes);
+        cJSON *parts = cJSON_AddArrayToObject(p, "parts");
+        for (int k = 0; k < e.ph[i].n_parts; k++) {
+            cJSON *q = cJSON_CreateObject();
+            cJSON_AddStringToObject(q, "name", e.ph[i].part[k].name);
+            cJSON_AddNumberToObject(q, "bytes", e.ph[i].part[k].bytes);
+            cJSON_AddItemToArray(parts, q);
+        }
+        cJSON_AddItemToArray(ph, p);
+    }
+    cJSON_AddNumberToObject(r, "sgemm_gflops", e.sgemm_gflops);
+    cJSON_AddNumberToObject(r, "optimizer_steps", (double)e.steps);
+    cJSON_AddNumberToObject(r, "step_gflop", e.step_flops / 1e9);
+    cJSON_AddNumberToObject(r, "step_s", e.step_s);
+    cJSON_AddNumberToObject(r, "total_s", e.total_s);
+    char *t = cJSON_Print(r);
+    if (t) puts(t);
+    free(t);
+    cJSON_Delete(r);
+    return 0;
+}
+
 int cmd_quantize(int argc, char **argv) {
     qd_quant_opts o;
     qd_quant_defaults(&o);
-    const char *ckpt = NULL;
-    int quiet = 0;
-    int pr = parse_args(argc, argv, &o, &ckpt, &quiet);
+    cli_extra x = {0};
+    int pr = parse_args(argc, argv, &o, &x);
     if (pr) return pr == 1 ? 0 : 2;
+    if (x.dry_run) return dry_run(&o, x.json);
+    const char *ckpt = x.ckpt;
+    int quiet = x.quiet;
     char ckbuf[4200];
     if (!ckpt) {
         snprintf(ckbuf, sizeof ckbuf, "%s/checkpoint", o.out_dir);

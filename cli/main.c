@@ -2,6 +2,7 @@
  * inspect, client). A new subcommand is a cli/cmd_NAME.c with `int cmd_NAME(int argc,
  * char **argv)` (argv[0] is its name; parse with cli/args.h), a line in cli/cli.h and one in the
  * table below. */
+#include <malloc.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -36,6 +37,11 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+    /* Buffers of 4 MiB and more come from mmap and go back to the system when freed: without
+     * a fixed threshold glibc raises it after the first large free (up to 32 MiB), and the
+     * pipeline's per-phase buffers would then stay resident after their phase (RSS above the
+     * live set, which quantize's memory estimate and RLIMIT_AS budget count). */
+    mallopt(M_MMAP_THRESHOLD, 4 << 20);
     qd_blas_select(argv); /* may execute quantd again with the right OpenBLAS kernel */
     if (argc < 2) {
         usage(stderr);

@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "quant/estimate.h"
 #include "quant/export/aimet.h"
 #include "quant/text/data.h"
 #include "quant/sim/encodings.h"
@@ -515,7 +516,16 @@ typedef struct {
     qd_tokens cal, evt;
     const int *calib, *ev; /* into cal / evt */
     size_t n_calib, n_ev;
+    qd_estimate est;       /* the run's cost, from the headers and the token counts */
 } inputs;
+
+/* The part of p with the most bytes: what a refusal names. */
+static int largest_part(const qd_est_phase *p) {
+    int k = 0;
+    for (int i = 1; i < p->n_parts; i++)
+        if (p->part[i].bytes > p->part[k].bytes) k = i;
+    return k;
+}
 
 static void inputs_free(inputs *in) {
     qd_tokens_free(&in->cal);
@@ -559,9 +569,21 @@ static int load_inputs(const qd_quant_opts *o, inputs *in, qd_report *rep, track
     if (in->n_ev < 2)
         return failf(field, o->eval_path ? "eval" : "eval_split", err,
                      "eval: %zu evaluation tokens, need at least 2", in->n_ev);
-    /* Further checks that need only the headers and the data (a memory estimate from the
-     * config, the budget and the thread count) go here, so that jobs and quantize refuse
-     * before any work. */
+    /* the run's peak memory from the config, the budget and the token counts */
+    qd_quantize_estimate(o, &m->cfg, (double)disk_bytes(o->model_path), in->n_calib, in->n_ev,
+                         0, &in->est);
+    if (o->max_mem > 0 && in->est.vm_bytes > (double)o->max_mem) {
+        char need[32], vm[32], lim[32];
+        const qd_est_phase *pk = &in->est.ph[in->est.peak];
+        qd_format_size(in->est.peak_bytes, need, sizeof need);
+        qd_format_size(in->est.vm_bytes, vm, sizeof vm);
+        qd_format_size((double)o->max_mem, lim, sizeof lim);
+        return failf(field, "budget", err,
+                     "budget: the run would need about %s of memory at its peak (%s of address "
+                     "space; phase %s, most of it %s), more than the %s a worker may use: lower "
+                     "budget.samples, budget.seq_len or budget.batch, or quantize a smaller model",
+                     need, vm, pk->phase, pk->part[largest_part(pk)].name, lim);
+    }
     if (!rep) return QD_OK; /* qd_quantize_check */
 
     field[0] = 0;
@@ -636,13 +658,26 @@ static int run_variants(const qd_quant_opts *o, const inputs *in, tracker *tr, q
     return QD_OK;
 }
 
-int qd_quantize_check(const qd_quant_opts *o, char field[QD_CHECK_FIELD], qd_err *err) {
+int qd_quantize_plan(const qd_quant_opts *o, int probe, qd_estimate *e,
+                     char field[QD_CHECK_FIELD], qd_err *err) {
     if (validate(o, field, err)) return QD_ERR;
     inputs in;
     memset(&in, 0, sizeof in);
     int rc = load_inputs(o, &in, NULL, NULL, field, err);
+    if (rc == QD_OK && e) {
+        if (probe) {
+            openblas_set_num_threads(o->threads);
+            qd_quantize_estimate(o, &in.m->cfg, (double)disk_bytes(o->model_path), in.n_calib,
+                                 in.n_ev, 1, &in.est);
+        }
+        *e = in.est;
+    }
     inputs_free(&in);
     return rc;
+}
+
+int qd_quantize_check(const qd_quant_opts *o, char field[QD_CHECK_FIELD], qd_err *err) {
+    return qd_quantize_plan(o, 0, NULL, field, err);
 }
 
 int qd_quantize(const qd_quant_opts *o, qd_err *err) {

@@ -46,6 +46,8 @@ typedef struct qd_quant_opts {
     double lr_let[2], lr_lwc[2], lr_lrl[2];
     int batch;                   /* windows per optimizer step (0: 1) */
     char encodings_version[8];   /* AIMET encodings.json format: "1.0.0" (default) or "0.6.1" */
+    size_t max_mem;              /* refuse (field "budget") when the estimated peak memory
+                                  * (estimate.h) exceeds this many bytes; 0: no limit */
 } qd_quant_opts;
 
 void qd_quant_defaults(qd_quant_opts *o);
@@ -59,6 +61,12 @@ void qd_quant_defaults(qd_quant_opts *o);
  * "eval_split", "budget.seq_len", "abits.qkv", "wbits", ...; "" when none fits). */
 #define QD_CHECK_FIELD 32
 int qd_quantize_check(const qd_quant_opts *o, char field[QD_CHECK_FIELD], qd_err *err);
+
+/* qd_quantize_check, then the run's cost into *e (estimate.h; probe != 0 also measures sgemm
+ * for the time figures): what `quantize --dry-run` prints. Nothing is written. */
+struct qd_estimate;
+int qd_quantize_plan(const qd_quant_opts *o, int probe, struct qd_estimate *e,
+                     char field[QD_CHECK_FIELD], qd_err *err);
 
 /* Runs the pipeline. QD_OK on success (report written), QD_ERR with err set on failure.
  * Returns QD_STOPPED when a stop is requested (base/stop.h: SIGTERM/SIGINT in quantd), which

@@ -2,6 +2,8 @@
  * or a container can template it without a YAML library. */
 #include "server/config.h"
 
+#include "base/str.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
@@ -17,6 +19,7 @@ void srv_config_defaults(srv_config *c) {
     c->min_free_bytes = (size_t)256 << 20;
     c->max_queue = 1000;
     c->worker_mem_bytes = (size_t)32 << 30;
+    c->worker_mem_check = 1;
     c->worker_max_threads = 64;
     c->max_timeout_s = 7 * 24 * 3600;
     c->cancel_grace_s = 10;
@@ -37,26 +40,6 @@ static int parse_seconds(const char *v, double lo, double hi, double *out) {
     double d = strtod(v, &end);
     if (end == v || *end || !(d >= lo && d <= hi)) return -1;
     *out = d;
-    return 0;
-}
-
-static int parse_size(const char *v, size_t *out) {
-    char *end;
-    errno = 0;
-    unsigned long long n = strtoull(v, &end, 10);
-    if (errno || end == v) return -1;
-    unsigned shift = 0;
-    switch (toupper((unsigned char)*end)) {
-    case 'K': shift = 10; end++; break;
-    case 'M': shift = 20; end++; break;
-    case 'G': shift = 30; end++; break;
-    case 'T': shift = 40; end++; break;
-    default: break;
-    }
-    if (*end == 'B' || *end == 'b') end++;
-    if (*end) return -1;
-    if (shift && n > (~0ULL >> shift)) return -1;
-    *out = (size_t)(n << shift);
     return 0;
 }
 
@@ -81,10 +64,11 @@ int srv_config_set(srv_config *c, const char *k, const char *v, qd_err *err) {
     else if (!strcmp(k, "data_dir") || !strcmp(k, "data")) bad = set_str(c->data_dir, sizeof c->data_dir, v);
     else if (!strcmp(k, "workers")) bad = parse_int(v, 1, 1024, &c->workers);
     else if (!strcmp(k, "token_file")) bad = set_str(c->token_file, sizeof c->token_file, v);
-    else if (!strcmp(k, "max_upload_bytes")) bad = parse_size(v, &c->max_upload_bytes);
-    else if (!strcmp(k, "min_free_bytes")) bad = parse_size(v, &c->min_free_bytes);
+    else if (!strcmp(k, "max_upload_bytes")) bad = qd_parse_size(v, &c->max_upload_bytes);
+    else if (!strcmp(k, "min_free_bytes")) bad = qd_parse_size(v, &c->min_free_bytes);
     else if (!strcmp(k, "max_queue")) bad = parse_int(v, 1, 1000000, &c->max_queue);
-    else if (!strcmp(k, "worker_mem_bytes")) bad = parse_size(v, &c->worker_mem_bytes);
+    else if (!strcmp(k, "worker_mem_bytes")) bad = qd_parse_size(v, &c->worker_mem_bytes);
+    else if (!strcmp(k, "worker_mem_check")) bad = parse_int(v, 0, 1, &c->worker_mem_check);
     else if (!strcmp(k, "worker_max_threads")) bad = parse_int(v, 1, 256, &c->worker_max_threads);
     else if (!strcmp(k, "max_timeout_s")) bad = parse_int(v, 1, 7 * 24 * 3600, &c->max_timeout_s);
     else if (!strcmp(k, "cancel_grace_s")) {
@@ -96,7 +80,7 @@ int srv_config_set(srv_config *c, const char *k, const char *v, qd_err *err) {
     else if (!strcmp(k, "per_ip_connections")) bad = parse_int(v, 0, 100000, &c->per_ip_connections);
     else if (!strcmp(k, "conn_timeout_s")) bad = parse_int(v, 0, 86400, &c->conn_timeout_s);
     else if (!strcmp(k, "header_timeout_s")) bad = parse_int(v, 0, 3600, &c->header_timeout_s);
-    else if (!strcmp(k, "body_min_rate")) bad = parse_size(v, &c->body_min_rate);
+    else if (!strcmp(k, "body_min_rate")) bad = qd_parse_size(v, &c->body_min_rate);
     else if (!strcmp(k, "body_grace_s")) bad = parse_int(v, 0, 3600, &c->body_grace_s);
     else if (!strcmp(k, "trusted_proxies")) bad = set_str(c->trusted_proxies, sizeof c->trusted_proxies, v);
     else if (!strcmp(k, "static_dir")) bad = set_str(c->static_dir, sizeof c->static_dir, v);

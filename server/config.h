@@ -15,7 +15,9 @@ typedef struct srv_config {
     size_t max_upload_bytes; /* one blob */
     size_t min_free_bytes;   /* uploads are refused (507) when the disk would drop below */
     int max_queue;           /* queued jobs before POST /v1/jobs answers 429 */
-    size_t worker_mem_bytes; /* RLIMIT_AS per worker, 0 for none */
+    size_t worker_mem_bytes; /* RLIMIT_AS per worker (Slurm: --mem), 0 for none */
+    int worker_mem_check;    /* refuse at submit (422, field budget) a job whose estimated
+                                address space (quant/estimate.h) exceeds worker_mem_bytes */
     int worker_max_threads;  /* a spec may ask for at most this many */
     int max_timeout_s;       /* a spec's timeout_s is capped to this */
     double cancel_grace_s;   /* SIGTERM -> SIGKILL */

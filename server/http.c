@@ -715,8 +715,9 @@ static enum MHD_Result submit_spec(srv *s, struct MHD_Connection *c, req *r, con
         if (r->parts[i].up) pend[np].id = r->parts[i].id, pend[np++].path = srv_upload_path(r->parts[i].up);
     api_field_err cfe;
     qd_err err;
-    int cr = wk_check_spec(s->exe, srv_store_dir(s->store), &spec, pend, np, CHECK_TIMEOUT_S, &cfe,
-                           &err);
+    size_t mem = s->cfg.worker_mem_check ? s->cfg.worker_mem_bytes : 0;
+    int cr = wk_check_spec(s->exe, srv_store_dir(s->store), &spec, pend, np, mem, CHECK_TIMEOUT_S,
+                           &cfe, &err);
     if (cr == 1) return send_err(c, r, 422, cfe.code, cfe.message, cfe.field[0] ? cfe.field : NULL);
     if (cr != 0) {
         fprintf(stderr, "quantd serve: POST /v1/jobs: %s\n", err.msg);

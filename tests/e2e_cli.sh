@@ -164,3 +164,23 @@ if printf '%s' "$h" | grep -q -- '--batch B .*per optimizer step' && printf '%s'
    printf '%s' "$h" | grep -q -- "--threads K .*OpenBLAS" && printf '%s' "$h" | grep -q "integer runtime's evaluation" &&
    printf '%s' "$h" | grep -q -- '--quiet .*no progress bar' && printf '%s' "$h" | grep -q 'errors are'; then
     ok quantize_help_explains; else bad quantize_help_explains "$(printf '%s' "$h" | grep -A2 -E -- '--(batch|threads|quiet)')"; fi
+# quantize --dry-run: the checks, then the estimate (no weight read, nothing written); --json parses;
+# a larger budget predicts more; --max-mem below the estimate refuses before any work, naming the budget
+TXT=$FX/text/tinystories-valid-excerpt.txt
+out=$("$Q" quantize --model "$M/stories260K.gguf" --calib "$TXT" --dry-run 2>&1); rc=$?
+if [ $rc = 0 ] && printf '%s' "$out" | grep -q '<- peak' && printf '%s' "$out" | grep -q 'model (F32)' &&
+   printf '%s' "$out" | grep -Eq 'optimizer: 640 steps, .* s per step' && printf '%s' "$out" | grep -q 'whole run: about'; then
+    ok dry_run_table; else bad dry_run_table "rc=$rc $out"; fi
+j1=$("$Q" quantize --model "$M/stories260K.gguf" --calib "$TXT" --dry-run --json --out "$tmp/dry" 2>/dev/null)
+j2=$("$Q" quantize --model "$M/stories260K.gguf" --calib "$TXT" --dry-run --json --batch 8 2>/dev/null)
+if printf '%s' "$j1" | jq -e '.peak_bytes > 1e6 and .address_space_bytes > .peak_bytes and (.phases | length) >= 6 and .step_s > 0 and .optimizer_steps == 640' >/dev/null &&
+   [ "$(jq -n --argjson a "$j1" --argjson b "$j2" '$b.phases[] | select(.phase=="optimize") | .bytes > ($a.phases[] | select(.phase=="optimize") | .bytes)')" = true ] &&
+   [ ! -e "$tmp/dry" ]; then ok dry_run_json; else bad dry_run_json "$j1 / $j2"; fi
+out=$("$Q" quantize --model "$M/stories260K.gguf" --calib "$TXT" --out "$tmp/mm" --max-mem 64M 2>&1); rc=$?
+if [ $rc = 1 ] && printf '%s' "$out" | grep -q 'quantd quantize: budget: the run would need about' &&
+   printf '%s' "$out" | grep -q 'more than the 64.0 MiB a worker may use' && [ ! -e "$tmp/mm/report.json" ]; then
+    ok max_mem_refuses; else bad max_mem_refuses "rc=$rc $out"; fi
+out=$("$Q" quantize --model "$M/stories260K.gguf" --calib "$TXT" --out "$tmp/mm" --json 2>&1); rc=$?
+if [ $rc = 2 ] && printf '%s' "$out" | grep -q -- '--json goes with --dry-run'; then ok json_needs_dry_run; else bad json_needs_dry_run "rc=$rc $out"; fi
+out=$("$Q" quantize --model "$M/stories260K.gguf" --calib "$TXT" --out "$tmp/mm" --max-mem 12X 2>&1); rc=$?
+if [ $rc = 2 ] && printf '%s' "$out" | grep -q "'12X' is not a size"; then ok max_mem_bad_size; else bad max_mem_bad_size "rc=$rc $out"; fi

@@ -180,6 +180,23 @@ door dir_one_file "\"model\":{\"weights.gguf\":\"$(upload "$BAD/iq.gguf")\"},\"c
 check door_accepts_what_runs '[ "$(jpost "{$GOOD,$TINY,\"abits\":{\"res\":8,\"score\":8}}")" = 201 ]' "$(body)"
 cancel_del
 check door_refusals_create_no_job '[ "$(curl -s "$URL/v1/jobs" | jq .total)" = 0 ] && [ $(ls "$D/jobs" | grep -vc "^\.tmp$") = 0 ] && [ -z "$(ls -A "$D/jobs/.tmp")" ]' "$(ls -A "$D/jobs" "$D/jobs/.tmp")"
+# the memory estimate at the door: worker_mem_bytes (the worker's RLIMIT_AS) below what the run
+# would need is a 422 naming the budget, before anything is stored; worker_mem_check=0 leaves it
+# to the limit
+start memdoor --set worker_mem_bytes=300M || bad memdoor_start "$(cat "$TMP/memdoor.err")"
+U0=$URL; URL=$SURL
+MM=$(upload "$MODEL"); MC=$(upload "$TEXT")
+c=$(jpost "{\"model\":\"$MM\",\"calibration\":\"$MC\"}")
+check door_memory_estimate_422 '[ "$c" = 422 ] && [ "$(err_code)" = over_memory_limit ] && [ "$(err_field)" = budget ] && jq -r .error.message "$TMP/body" | grep -Eq "^budget: the run would need about [0-9.]+ [KMG]iB of memory at its peak .*more than the 300 MiB a worker may use"' "HTTP $c $(body)"
+check door_memory_refusal_stores_no_job '[ "$(curl -s "$URL/v1/jobs" | jq .total)" = 0 ]'
+URL=$U0
+start memoff --set worker_mem_bytes=300M --set worker_mem_check=0 || bad memoff_start "$(cat "$TMP/memoff.err")"
+U0=$URL; URL=$SURL
+MM=$(upload "$MODEL"); MC=$(upload "$TEXT")
+c=$(jpost "{\"model\":\"$MM\",\"calibration\":\"$MC\"}")
+check door_memory_check_off_accepts '[ "$c" = 201 ]' "HTTP $c $(body)"
+[ "$c" = 201 ] && code POST "/v1/jobs/$(jq -r .id "$TMP/body")/cancel" >/dev/null
+URL=$U0
 
 # lookups and path tricks
 check job_not_uuid_404 '[ "$(code GET /v1/jobs/not-a-job)" = 404 ]'

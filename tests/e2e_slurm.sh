@@ -87,8 +87,9 @@ TURL=$SURL
 TJ=$(side_job "$TURL" "\"method\":\"mobilequant\",$LONG")
 check slurm_time_limit_job_submitted '[ -n "$TJ" ]'
 
-# --- and a third whose jobs get --mem=8M: Slurm kills its worker for its memory
-start oom "${SLURM_FLAGS[@]}" --set worker_mem_bytes=8M || bad oom_start "$(cat "$TMP/oom.err")"
+# --- and a third whose jobs get --mem=8M: Slurm kills its worker for its memory (the door's
+# memory estimate would refuse such a job at submit: worker_mem_check=0 lets it through)
+start oom "${SLURM_FLAGS[@]}" --set worker_mem_bytes=8M --set worker_mem_check=0 || bad oom_start "$(cat "$TMP/oom.err")"
 OURL=$SURL
 OJ=$(side_job "$OURL" "\"method\":\"mobilequant\",$LONG")
 check slurm_oom_job_submitted '[ -n "$OJ" ]'

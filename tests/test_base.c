@@ -244,6 +244,22 @@ static void string_tests(void) {
     CHECK(!qd_uuid_like("0f8fad5bd-9cb-469f-a165-70867728950e"), "dash misplaced");
     CHECK(!qd_uuid_like("../../../../etc/passwd-aaaaaaaaaaaaa"), "path of the right length");
     CHECK(!qd_uuid_like(""), "empty");
+
+    size_t z = 0;
+    CHECK(qd_parse_size("0", &z) == 0 && z == 0, "0");
+    CHECK(qd_parse_size("512M", &z) == 0 && z == (size_t)512 << 20, "512M: %zu", z);
+    CHECK(qd_parse_size("10G", &z) == 0 && z == (size_t)10 << 30, "10G");
+    CHECK(qd_parse_size("10gb", &z) == 0 && z == (size_t)10 << 30, "10gb");
+    CHECK(qd_parse_size("7", &z) == 0 && z == 7, "7 bytes");
+    CHECK(qd_parse_size("12X", &z) < 0 && qd_parse_size("", &z) < 0 && qd_parse_size("-1", &z) < 0 &&
+              qd_parse_size(" 5", &z) < 0 && qd_parse_size("5 G", &z) < 0, "not sizes");
+    CHECK(qd_parse_size("99999999999999999999", &z) < 0, "overflow");
+    CHECK(qd_parse_size("17179869184T", &z) < 0, "overflow by the suffix");
+    char b[32];
+    CHECK(!strcmp(qd_format_size(17, b, sizeof b), "17 B"), "%s", b);
+    CHECK(!strcmp(qd_format_size(1536, b, sizeof b), "1.50 KiB"), "%s", b);
+    CHECK(!strcmp(qd_format_size(300.0 * 1048576, b, sizeof b), "300 MiB"), "%s", b);
+    CHECK(!strcmp(qd_format_size(10.0 * 1073741824, b, sizeof b), "10.0 GiB"), "%s", b);
 }
 
 /* The stop request: raised by SIGTERM and SIGINT once the handlers are in, a failure while it

@@ -23,6 +23,9 @@ static void answer(bool ok, const char *field, const char *message) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddBoolToObject(o, "ok", ok);
     if (!ok) {
+        /* the estimate's refusal is the one check of field "budget" itself */
+        cJSON_AddStringToObject(o, "code", field && !strcmp(field, "budget") ? "over_memory_limit"
+                                                                             : "unsupported_input");
         cJSON_AddStringToObject(o, "field", field ? field : "");
         cJSON_AddStringToObject(o, "message", message ? message : "");
     }
@@ -44,6 +47,7 @@ int wk_check_dir(const char *dir) {
     free(text);
     const char *datadir = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(root, "data_dir"));
     const cJSON *pend = cJSON_GetObjectItemCaseSensitive(root, "pending");
+    double mem_limit = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(root, "mem_limit"));
     if (!datadir || chdir(dir) != 0) {
         fprintf(stderr, "quantd work --check: %s\n", read_ok ? "input.json: not a check input" : err.msg);
         cJSON_Delete(root);
@@ -79,6 +83,7 @@ int wk_check_dir(const char *dir) {
     o.eval_path = in.eval;
     o.tokenizer_path = in.tokenizer;
     o.out_dir = "artifacts"; /* never written: the check reads only */
+    if (mem_limit > 0) o.max_mem = (size_t)mem_limit;
     char field[QD_CHECK_FIELD];
     if (qd_quantize_check(&o, field, &err)) {
         answer(false, field, err.msg);
@@ -89,14 +94,15 @@ int wk_check_dir(const char *dir) {
 }
 
 int wk_check_spec(const char *exe, const char *datadir, const api_spec *spec,
-                  const wk_pending *pending, int n_pending, double timeout_s, api_field_err *fe,
-                  qd_err *err) {
+                  const wk_pending *pending, int n_pending, size_t mem_limit, double timeout_s,
+                  api_field_err *fe, qd_err *err) {
     char dir[PATH_MAX];
     if (snprintf(dir, sizeof dir, "%s/jobs/.tmp/check-XXXXXX", datadir) >= (int)sizeof dir)
         return qd_errf(err, "%s: path too long", __func__);
     if (!mkdtemp(dir)) return qd_errf(err, "%s: %s: %s", __func__, dir, strerror(errno));
     cJSON *in = cJSON_CreateObject();
     cJSON_AddStringToObject(in, "data_dir", datadir);
+    cJSON_AddNumberToObject(in, "mem_limit", (double)mem_limit);
     cJSON_AddItemToObject(in, "spec", api_spec_to_json(spec));
     cJSON *pj = cJSON_AddObjectToObject(in, "pending");
     for (int i = 0; i < n_pending; i++) cJSON_AddStringToObject(pj, pending[i].id, pending[i].path);
@@ -125,7 +131,8 @@ int wk_check_spec(const char *exe, const char *datadir, const api_spec *spec,
         ans = 0;
     } else if (cJSON_IsFalse(ok) && WIFEXITED(st) && WEXITSTATUS(st) == 1) {
         memset(fe, 0, sizeof *fe);
-        snprintf(fe->code, sizeof fe->code, "unsupported_input");
+        const char *code = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(a, "code"));
+        snprintf(fe->code, sizeof fe->code, "%s", code ? code : "unsupported_input");
         const char *f = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(a, "field"));
         const char *m = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(a, "message"));
         snprintf(fe->field, sizeof fe->field, "%s", f ? f : "");

@@ -16,12 +16,13 @@
 
 /* Checks spec against the inputs in data directory datadir (blobs under blobs/sha256, or the
  * pending ones) by running `exe work --check` for at most timeout_s in a scratch directory
- * under datadir/jobs/.tmp (removed again). 0 when the job can run; 1 when it cannot, with fe
- * naming the field and saying why (field "" when no spec field fits); QD_ERR when the check
- * itself could not run or answer (err says why). */
+ * under datadir/jobs/.tmp (removed again); mem_limit > 0 also refuses a run whose estimated
+ * address space exceeds it (code over_memory_limit, field budget). 0 when the job can run; 1
+ * when it cannot, with fe naming the field and saying why (field "" when no spec field fits);
+ * QD_ERR when the check itself could not run or answer (err says why). */
 int wk_check_spec(const char *exe, const char *datadir, const api_spec *spec,
-                  const wk_pending *pending, int n_pending, double timeout_s, api_field_err *fe,
-                  qd_err *err);
+                  const wk_pending *pending, int n_pending, size_t mem_limit, double timeout_s,
+                  api_field_err *fe, qd_err *err);
 
 /* The child's side, `quantd work --check DIR`: reads DIR/input.json (written by wk_check_spec),
  * lays the inputs out in DIR, runs qd_quantize_check there and prints one JSON line on stdout:

@@ -621,6 +621,12 @@ int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_o
     if (!ev) goto out;
     memcpy(ev->p, q->p, sizeof(qd_real) * q->n_params);
     ev->let_on = q->let_on, ev->lwc_on = q->lwc_on;
+    /* the training simulation (every layer's saved activations) is done with: not alive
+     * during GPTQ, the run's largest phase at scale */
+    qd_qsim_free(q);
+    q = NULL;
+    free(tr.tgt), free(tr.dout), free(tr.best);
+    tr.tgt = tr.dout = NULL, tr.best = NULL;
     /* 5. the final integers: error-compensating rounding onto the trained grids */
     if (o->gptq > 0 || (o->gptq < 0 && method == QD_METHOD_MOBILEQUANT)) {
         qd_gptq_opts go;

@@ -1133,14 +1133,15 @@ QD_API int qd_qsim_set_wfix(qd_qsim *q, int l, int w, const qd_real *what) {
     qd_qlayer *L = &q->L[l];
     size_t n = (size_t)L->wrows[w] * L->wcols[w];
     if (!what) {
-        L->wfix[w] = NULL; /* the buffer stays with the simulation's allocations */
+        L->wfix[w] = NULL; /* the buffer stays, for the next set (GPTQ reruns per ridge λ) */
         return QD_OK;
     }
-    if (!L->wfix[w]) {
+    if (!L->wfix_mem[w]) {
         int f = 0;
-        L->wfix[w] = ralloc(q->priv, n, &f);
+        L->wfix_mem[w] = ralloc(q->priv, n, &f);
         if (f) return QD_ERR;
     }
+    L->wfix[w] = L->wfix_mem[w];
     memcpy(L->wfix[w], what, sizeof(qd_real) * n);
     return QD_OK;
 }

@@ -121,6 +121,7 @@ typedef struct qd_qlayer {
     /* fixed dequantized weights (rows*cols, owned) replacing the fake-quantized LET/LWC weight
      * when set: the integers chosen by error-compensating rounding (gptq.h). NULL: none. */
     qd_real *wfix[QD_W_PER_LAYER];
+    qd_real *wfix_mem[QD_W_PER_LAYER]; /* wfix's buffer, kept across a NULL for reuse */
     /* source weights (float library: views of the model; double build: owned copies) */
     const qd_real *w[QD_W_PER_LAYER], *attn_norm, *ffn_norm, *bq, *bk, *bv;
     const qd_real *attn_norm_b, *ffn_norm_b;  /* LayerNorm biases (NULL for RMSNorm) */
