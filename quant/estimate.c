@@ -160,7 +160,6 @@ void qd_quantize_estimate(const qd_quant_opts *o, const qd_config *c, double fil
     double rows_at_cmax = s.cmax == s.F ? s.D : s.F;
     double gp_round = 3 * 8 * s.cmax * s.cmax + 8 * rows_at_cmax * s.cmax +
                       3 * s.R * s.wmax * (fpt ? 2 : 1) / 1.0;
-    double folded = model;                                    /* encodings.c folded clone */
     double qint = s.wlin * wbits / 8.0 + s.V * D * (c->tied_embeddings ? 1 : 2) +
                   16.0 * s.L * (s.D + s.F);                   /* int_model.c */
     double qint_tmp = 4 * fmax(s.wmax, s.V * D);              /* int_model.c hat */
@@ -172,13 +171,24 @@ void qd_quantize_estimate(const qd_quant_opts *o, const qd_config *c, double fil
     add(p, "checkpoint file, mapped while read", file_bytes);
     add(p, "token ids", tokens);
 
-    p = phase(e, "eval");
+    p = phase(e, "eval fp32");
     add(p, "process and libraries", base);
     add(p, "model (F32)", model);
     add(p, "token ids", tokens);
     add(p, "FP32 reference log-probabilities", ref);
     add(p, "logits of one eval batch", lg_eval);
     add(p, "forward workspace", fwd_ws);
+
+    /* the baselines (RTN, SmoothQuant) before the chosen method: a calibration simulation,
+     * then an evaluation one */
+    p = phase(e, "baselines");
+    add(p, "process and libraries", base);
+    add(p, "model (F32)", model);
+    add(p, "token ids", tokens);
+    add(p, "FP32 reference log-probabilities", ref);
+    add(p, "evaluation simulation", sim_e);
+    add(p, "calibration simulation", sim_bytes(&s, c, 1, 0, np));
+    add(p, "logits of one eval batch", lg_eval);
 
     p = phase(e, "calibrate");
     add(p, "process and libraries", base);
@@ -210,33 +220,33 @@ void qd_quantize_estimate(const qd_quant_opts *o, const qd_config *c, double fil
         add(p, "GPTQ factorisation of the widest weight", gp_round);
         add(p, "held-out targets and buffers", training ? 4 * (nh + 2 * B) * T * D : 0);
     }
+    /* the chosen method's evaluation and per-layer errors (quantize.c layer_errors: five
+     * activation buffers of the evaluation batch) */
+    p = phase(e, "eval");
+    add(p, "process and libraries", base);
+    add(p, "model (F32)", model);
+    add(p, "token ids", tokens);
+    add(p, "FP32 reference log-probabilities", ref);
+    add(p, "evaluation simulation", sim_e);
+    add(p, "GPTQ's final weights", gptq ? wfix : 0);
+    add(p, "logits of one eval batch", lg_eval);
+    add(p, "per-layer error buffers", 5 * s.R * Bev * T * D);
+
+    /* the fold writes into the model itself (encodings.h qd_encodings_build_into) */
     p = phase(e, "fold");
     add(p, "process and libraries", base);
-    add(p, "model (F32)", model);
+    add(p, "model (F32), folded in place", model);
     add(p, "token ids", tokens);
     add(p, "FP32 reference log-probabilities", ref);
-    add(p, "evaluation simulation", sim_e + (gptq ? wfix : 0));
-    add(p, "folded model (F32)", folded);
-    add(p, "logits of one eval batch", lg_eval);
-
-    /* the baselines after the chosen method: its encodings (with the folded model) are kept
-     * for the export */
-    p = phase(e, "baselines");
-    add(p, "process and libraries", base);
-    add(p, "model (F32)", model);
-    add(p, "token ids", tokens);
-    add(p, "FP32 reference log-probabilities", ref);
-    add(p, "folded model (F32), kept for export", folded);
     add(p, "evaluation simulation", sim_e);
-    add(p, "calibration simulation", sim_bytes(&s, c, 1, 0, np));
+    add(p, "GPTQ's final weights", gptq ? wfix : 0);
     add(p, "logits of one eval batch", lg_eval);
 
     p = phase(e, "export");
     add(p, "process and libraries", base);
-    add(p, "model (F32)", model);
+    add(p, "folded model (F32)", model);
     add(p, "token ids", tokens);
     add(p, "FP32 reference log-probabilities", ref);
-    add(p, "folded model (F32)", folded);
     add(p, "integer model, built and read back", 2 * qint + qint_tmp);
     add(p, "integer runtime buffers and logits", rt_bufs + lg_eval);
 
@@ -247,8 +257,11 @@ void qd_quantize_estimate(const qd_quant_opts *o, const qd_config *c, double fil
     e->vm_bytes = e->peak_bytes + VM_EXTRA + VM_PER_THREAD * (o->threads > 2 ? o->threads - 2 : 0);
 
     /* time: a forward costs 2 flops per weight per token plus attention; a training step
-     * forward and backward about 3 forwards, at the efficiency bench_optimizer measures (the
-     * step's flops over the best sgemm's, about a third here) */
+     * forward and backward about 3 forwards, its GEMMs at about 80% of the probed sgemm
+     * (bench_optimizer: a whole step at 64% of sgemm's GFLOP/s, with the non-GEMM work in it),
+     * plus the work per weight that does not depend on the tokens: every step fake-quantizes
+     * every weight and runs the LWC/LET backward through it, about 15 ns per weight on one
+     * core (bench_optimizer's non-GEMM 35% over its 51 M weights) */
     double attn = s.L * 2 * 2 * T / 2 * s.QD; /* QKᵀ and PV, causal: per token */
     double fwd_tok = 2 * s.wlin + attn + 2 * s.V * D;
     e->steps = training ? (long)(ceil(nw / B) * o->epochs) : 0;
@@ -256,8 +269,8 @@ void qd_quantize_estimate(const qd_quant_opts *o, const qd_config *c, double fil
     e->sgemm_gflops = e->step_s = e->total_s = NAN;
     if (probe) {
         e->sgemm_gflops = probe_gflops(&s);
-        double eff = 0.33, rate = e->sgemm_gflops * 1e9 * eff;
-        e->step_s = e->step_flops / rate;
+        double rate = e->sgemm_gflops * 1e9 * 0.8;
+        e->step_s = e->step_flops > 0 ? e->step_flops / rate + 15e-9 * s.wlin : 0;
         /* the run: the FP32 reference and three variants' evaluations, calibration passes
          * (two per variant), the optimizer, GPTQ (four layer passes per window, seven
          * factorisations per layer; at W4 twice and per ridge λ), the integer evaluation at

@@ -28,7 +28,8 @@ typedef struct {
 } qd_est_part;
 
 typedef struct {
-    const char *phase; /* "load", "eval", "calibrate", "optimize", "gptq", "fold", "export" */
+    const char *phase; /* "load", "eval fp32", "baselines", "calibrate", "optimize", "gptq", "eval",
+                        * "fold", "export" */
     double bytes;      /* the sum of its parts */
     int n_parts;
     qd_est_part part[QD_EST_PARTS];

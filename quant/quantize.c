@@ -91,10 +91,11 @@ static void plan(tracker *tr, size_t n_calib, size_t n_ev) {
     tr->n = 0;
     plan_add(tr, "load", NULL, 0);
     plan_add(tr, "eval", QD_RK_EVAL_FP32, ev);
-    const char *order[3] = {o->method, qd_method_name(QD_METHOD_RTN),
-                            qd_method_name(QD_METHOD_SMOOTHQUANT)};
+    /* run_variants' order: the baselines, then the chosen method */
+    const char *order[3] = {qd_method_name(QD_METHOD_RTN), qd_method_name(QD_METHOD_SMOOTHQUANT),
+                            o->method};
     for (int k = 0; k < 3; k++) {
-        if (k > 0 && !strcmp(order[k], o->method)) continue;
+        if (k < 2 && !strcmp(order[k], o->method)) continue;
         const char *v = order[k];
         int train = !strcmp(v, qd_method_name(QD_METHOD_MOBILEQUANT)) ||
                     !strcmp(v, qd_method_name(QD_METHOD_OMNIQUANT));
@@ -103,8 +104,8 @@ static void plan(tracker *tr, size_t n_calib, size_t n_ev) {
             plan_add(tr, "optimize", v, ceil(nw / B) * o->epochs * B * T * 6 + nw * T * 2);
         if (!strcmp(v, qd_method_name(QD_METHOD_MOBILEQUANT)))
             plan_add(tr, "gptq", v, nw * T * 4 * 2 * (o->wbits < 8 ? 14 : 1));
-        plan_add(tr, "eval", v, ev + (k == 0 ? 3 * fmin(8, ev / T) * T : 0));
-        if (k == 0) plan_add(tr, "fold", v, ev * 0.01);
+        plan_add(tr, "eval", v, ev + (k == 2 ? 3 * fmin(8, ev / T) * T : 0));
+        if (k == 2) plan_add(tr, "fold", v, ev * 0.01);
     }
     plan_add(tr, "export", NULL, ev * 0.1);
     plan_add(tr, "eval", QD_RK_EVAL_INT, ev);
@@ -260,10 +261,15 @@ static int layer_errors(qd_qsim *q, const int *ev, size_t n_ev, int T, qd_layer_
     return QD_OK;
 }
 
-static int run_variant(const qd_quant_opts *o, const qd_model *m, const int *calib,
+/* One variant: calibrate (and train) it, evaluate it against ref. For the chosen method (enc
+ * set) also its per-layer errors and its encodings, folded into *own itself: the model is
+ * handed over (*own = NULL, it is (*enc)->folded now), since nothing reads it after the last
+ * variant. */
+static int run_variant(const qd_quant_opts *o, qd_model **own, const int *calib,
                        size_t n_calib, const qd_eval_ref *ref, const int *ev, size_t n_ev,
                        const char *method, uint64_t fp, tracker *tr, qd_report_variant *v,
                        qd_encodings **enc, qd_layer_err *le, qd_err *err) {
+    const qd_model *m = *own;
     qd_mq_opts mo;
     qd_mq_defaults(&mo, o->wbits);
     snprintf(mo.method, sizeof mo.method, "%s", method);
@@ -292,7 +298,8 @@ static int run_variant(const qd_quant_opts *o, const qd_model *m, const int *cal
     if (rc == QD_OK && le && main_method) rc = layer_errors(q, ev, n_ev, o->seq_len, le, err);
     if (rc == QD_OK && enc && main_method) {
         track(tr, "fold", 0, 1);
-        *enc = qd_encodings_build(q, m, err);
+        *enc = qd_encodings_build_into(q, *own, err);
+        *own = NULL;
         if (!*enc) rc = QD_ERR;
         else track(tr, "fold", 1, 1);
     }
@@ -629,10 +636,12 @@ static uint64_t fingerprint(const qd_quant_opts *o, const inputs *in) {
 }
 
 /* FP32's figures and the reference every variant is compared with (*ref, computed once),
- * then the chosen method first (it is the one that can be stopped and resumed), then the
- * baselines that are not it. *enc gets the chosen method's encodings. QD_STOPPED when stopped
- * (the checkpoint holds the state). */
-static int run_variants(const qd_quant_opts *o, const inputs *in, tracker *tr, qd_report *rep,
+ * then the baselines that are not the chosen method, then the chosen method last: its fold
+ * takes the F32 model over (folded in place), so the model is held once however large. The
+ * report keeps the chosen method as its first variant. *enc gets the chosen method's
+ * encodings (and in->m moves into them). QD_STOPPED when stopped (the checkpoint holds the
+ * chosen method's state; the baselines are rerun on resume). */
+static int run_variants(const qd_quant_opts *o, inputs *in, tracker *tr, qd_report *rep,
                         qd_eval_ref **ref, qd_encodings **enc, qd_err *err) {
     const qd_model *m = in->m;
     tr->variant = QD_RK_EVAL_FP32;
@@ -641,16 +650,17 @@ static int run_variants(const qd_quant_opts *o, const inputs *in, tracker *tr, q
                            o->seq_len, 0, track_eval, tr, &rep->fp32, err);
     if (!*ref) return QD_ERR;
     qd_eval_ref_stats(*ref, &rep->ref);
-    const char *order[3] = {o->method, qd_method_name(QD_METHOD_RTN),
-                            qd_method_name(QD_METHOD_SMOOTHQUANT)};
-    for (int k = 0; k < 3; k++) {
-        if (k > 0 && !strcmp(order[k], o->method)) continue;
-        int r = run_variant(o, m, in->calib, in->n_calib, *ref, in->ev, in->n_ev, order[k],
-                            rep->fingerprint, tr, &rep->var[rep->n_variants],
-                            k == 0 ? enc : NULL, k == 0 ? &rep->layers : NULL, err);
-        rep->n_variants++;
+    const char *base[2] = {qd_method_name(QD_METHOD_RTN), qd_method_name(QD_METHOD_SMOOTHQUANT)};
+    rep->n_variants = 1; /* var[0]: the chosen method, run last */
+    for (int k = 0; k < 2; k++) {
+        if (!strcmp(base[k], o->method)) continue;
+        int r = run_variant(o, &in->m, in->calib, in->n_calib, *ref, in->ev, in->n_ev, base[k],
+                            rep->fingerprint, tr, &rep->var[rep->n_variants++], NULL, NULL, err);
         if (r != QD_OK) return r;
     }
+    int r = run_variant(o, &in->m, in->calib, in->n_calib, *ref, in->ev, in->n_ev, o->method,
+                        rep->fingerprint, tr, &rep->var[0], enc, &rep->layers, err);
+    if (r != QD_OK) return r;
     if (!*enc) return qd_errf(err, "export: no encodings from %s", o->method);
     rep->enc_model_bytes = qd_encodings_model_bytes(*enc);
     rep->enc_weights = (*enc)->n_w;
@@ -709,7 +719,7 @@ int qd_quantize(const qd_quant_opts *o, qd_err *err) {
     /* the deployable artifacts, and the integer runtime's figures on the written artifact */
     track(&tr, "export", 0, 5);
     /* no report once a stop is requested: a stopped run never looks finished */
-    if (export_artifacts(o, in.m, enc, rep.sha_model, ref, &tr, &rep.ex, err) ||
+    if (export_artifacts(o, enc->folded, enc, rep.sha_model, ref, &tr, &rep.ex, err) ||
         qd_stop_requested() || qd_report_write(&rep, o->out_dir, err))
         goto out;
     /* the run is complete: its checkpoint would only make a rerun skip the work */
@@ -717,8 +727,8 @@ int qd_quantize(const qd_quant_opts *o, qd_err *err) {
     rc = QD_OK;
 out:
     qd_report_clear(&rep);
-    qd_encodings_free(enc);
     qd_eval_ref_free(ref);
-    inputs_free(&in);
+    inputs_free(&in); /* the tokenizer may read the vocabulary the folded model now holds */
+    qd_encodings_free(enc);
     return qd_stop_status(rc);
 }

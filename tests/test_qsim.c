@@ -135,8 +135,30 @@ static void encodings_match_simulation(void) {
         CHECK(a && a->bits == 16 && a->scale == *q->L[1].aq[QD_AQ_SCORE].s, "score encoding");
         a = qd_enc_act(e, 0, QD_AQ_Q);
         CHECK(a && a->bits == 8 && a->min < a->max, "q encoding");
-        /* the folded model with LET folded: FP32 forward equals the simulation with LET on,
-         * weights clipped but not rounded is not simulated, so compare with LWC off */
+        /* folding in place (the simulation's own source model) gives the same folded model
+         * and encodings, bit for bit: every tensor is read whole before it is written */
+        qd_model *m2 = qd_model_clone(m, &err);
+        qd_qsim *q2 = m2 ? sim(m2, wbits, 1, 16, 0) : NULL;
+        if (q2) {
+            memcpy(q2->p, q->p, sizeof(qd_real) * q->n_params);
+            qd_encodings *e2 = qd_encodings_build_into(q2, m2, &err);
+            CHECK(e2 && e2->folded == m2, "%s", err.msg);
+            if (e2) {
+                CHECK(!memcmp(e2->folded->mem, e->folded->mem, sizeof(float) * e->folded->n_floats),
+                      "W%d: the model folded in place differs from the folded copy", wbits);
+                int same = e2->n_w == e->n_w && e2->n_a == e->n_a;
+                for (int i = 0; same && i < e->n_w; i++)
+                    same = !memcmp(e2->w[i].scale, e->w[i].scale, sizeof(float) * (size_t)e->w[i].n_ch) &&
+                           !memcmp(e2->w[i].zero, e->w[i].zero, sizeof(int32_t) * (size_t)e->w[i].n_ch);
+                for (int i = 0; same && i < e->n_a; i++)
+                    same = e2->a[i].scale == e->a[i].scale && e2->a[i].zero == e->a[i].zero;
+                CHECK(same, "W%d: in-place encodings differ", wbits);
+            }
+            qd_encodings_free(e2); /* frees m2 */
+            qd_qsim_free(q2);
+        } else {
+            qd_model_free(m2);
+        }
         qd_qsim_free(q);
         qd_encodings_free(e);
     }

@@ -54,31 +54,29 @@ static int add_w_minmax(qd_encodings *e, int layer, int site, const char *name, 
 }
 
 qd_encodings *qd_encodings_build(const qd_qsim *q, const qd_model *src, qd_err *err) {
+    qd_model *copy = qd_model_clone(src, err);
+    return copy ? qd_encodings_build_into(q, copy, err) : NULL;
+}
+
+qd_encodings *qd_encodings_build_into(const qd_qsim *q, qd_model *src, qd_err *err) {
     const qd_config *c = &q->cfg;
-    qd_encodings *e = calloc(1, sizeof *e);
-    if (!e) goto oom;
-    e->wbits = q->o.wbits;
-    e->folded = qd_model_clone(src, err);
-    if (!e->folded) {
-        free(e);
-        return NULL;
-    }
-    if (qd_qsim_fold(q, e->folded, err)) {
-        qd_encodings_free(e);
-        return NULL;
-    }
     int nl = c->n_layers, D = c->dim;
-    e->w = calloc((size_t)nl * (QD_W_PER_LAYER + 2) + 3, sizeof *e->w);
-    e->a = calloc((size_t)nl * QD_AQ_PER_LAYER + QD_AQG_COUNT, sizeof *e->a);
-    if (!e->w || !e->a) goto oom;
-    qd_real *sc = malloc(sizeof(qd_real) * (size_t)(c->hidden_dim + c->dim + c->n_heads * c->head_dim));
-    qd_real *zp = malloc(sizeof(qd_real) * (size_t)(c->hidden_dim + c->dim + c->n_heads * c->head_dim));
-    if (!sc || !zp) {
-        free(sc), free(zp);
+    qd_real *sc = NULL, *zp = NULL;
+    qd_encodings *e = calloc(1, sizeof *e);
+    if (!e) {
+        qd_model_free(src);
         goto oom;
     }
+    e->wbits = q->o.wbits;
+    e->folded = src;
+    e->w = calloc((size_t)nl * (QD_W_PER_LAYER + 2) + 3, sizeof *e->w);
+    e->a = calloc((size_t)nl * QD_AQ_PER_LAYER + QD_AQG_COUNT, sizeof *e->a);
+    size_t nch = (size_t)(c->hidden_dim + c->dim + c->n_heads * c->head_dim);
+    sc = malloc(sizeof(qd_real) * nch), zp = malloc(sizeof(qd_real) * nch);
+    if (!e->w || !e->a || !sc || !zp) goto oom;
     char name[96];
-    const qd_wq_spec nsp = {16, 0, 0};
+    /* the linear weights' grids first: the simulation computes them from its source weights,
+     * which the fold below overwrites when src is the simulation's own model */
     for (int l = 0; l < nl; l++) {
         const qd_qlayer *L = &q->L[l];
         const qd_layer *fl = &e->folded->layers[l];
@@ -86,19 +84,27 @@ qd_encodings *qd_encodings_build(const qd_qsim *q, const qd_model *src, qd_err *
                                            fl->w_gate, fl->w_up, fl->w_down};
         for (int w = 0; w < QD_W_PER_LAYER; w++) {
             snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, qd_wsite_name(w));
-            if (add_w(e, l, w, name, fw[w], L->wrows[w], L->wcols[w], L->wspec[w])) {
-                free(sc), free(zp);
-                goto oom;
-            }
+            if (add_w(e, l, w, name, fw[w], L->wrows[w], L->wcols[w], L->wspec[w])) goto oom;
             qd_wenc *x = &e->w[e->n_w - 1];
             qd_qsim_weight_enc(q, l, w, sc, zp);
             for (int g = 0; g < x->n_ch; g++)
                 x->scale[g] = (float)sc[g], x->zero[g] = (int32_t)zp[g];
         }
+    }
+    /* each tensor is read whole (into the simulation's scratch) before it is written */
+    if (qd_qsim_fold(q, e->folded, err)) {
+        free(sc), free(zp);
+        qd_encodings_free(e);
+        return NULL;
+    }
+    const qd_wq_spec nsp = {16, 0, 0};
+    for (int l = 0; l < nl; l++) {
+        const qd_qlayer *L = &q->L[l];
+        const qd_layer *fl = &e->folded->layers[l];
         snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
-        if (add_w_minmax(e, l, QD_WENC_ATTN_NORM, name, fl->attn_norm, 1, D, nsp)) goto oom2;
+        if (add_w_minmax(e, l, QD_WENC_ATTN_NORM, name, fl->attn_norm, 1, D, nsp)) goto oom;
         snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
-        if (add_w_minmax(e, l, QD_WENC_FFN_NORM, name, fl->ffn_norm, 1, D, nsp)) goto oom2;
+        if (add_w_minmax(e, l, QD_WENC_FFN_NORM, name, fl->ffn_norm, 1, D, nsp)) goto oom;
         for (int s = 0; s < QD_AQ_PER_LAYER; s++) {
             qd_aenc *a = &e->a[e->n_a++];
             snprintf(a->name, sizeof a->name, "model.layers.%d.%s", l, qd_aq_site_name(s));
@@ -108,6 +114,7 @@ qd_encodings *qd_encodings_build(const qd_qsim *q, const qd_model *src, qd_err *
         }
     }
     free(sc), free(zp);
+    sc = zp = NULL;
     qd_wq_spec hsp = {q->o.head_bits, 0, 1};
     if (add_w_minmax(e, -1, QD_WENC_EMB, "model.embed_tokens.weight", e->folded->tok_emb,
                      c->vocab_size, D, hsp))
@@ -132,8 +139,8 @@ qd_encodings *qd_encodings_build(const qd_qsim *q, const qd_model *src, qd_err *
         a->max = (float)(((double)((1u << a->bits) - 1) - a->zero) * a->scale);
     }
     return e;
-oom2:
 oom:
+    free(sc), free(zp);
     qd_encodings_free(e);
     qd_errf(err, "%s: out of memory", __func__);
     return NULL;

@@ -54,8 +54,14 @@ typedef struct qd_encodings {
     int wbits;
 } qd_encodings;
 
-/* Builds the encodings of q (whose source model is src). NULL on failure with err set. */
+/* Builds the encodings of q (whose source model is src) with a folded copy of src. NULL on
+ * failure with err set. */
 qd_encodings *qd_encodings_build(const qd_qsim *q, const qd_model *src, qd_err *err);
+
+/* The same, folding src itself: e->folded is src, which e now owns (freed with e, or at once
+ * on failure). The simulation q reads src's weights (its views), so q must not run again
+ * after this: only the F32 model is held once at the end of a run (quantize.c). */
+qd_encodings *qd_encodings_build_into(const qd_qsim *q, qd_model *src, qd_err *err);
 void qd_encodings_free(qd_encodings *e);
 
 /* Lookups; NULL when absent. layer -1 for globals. */
