@@ -152,7 +152,7 @@ void qd_quantize_estimate(const qd_quant_opts *o, const qd_config *c, double fil
     double sim_t = sim_bytes(&s, c, B, 1, np), sim_e = sim_bytes(&s, c, Bev, 0, np);
     double lg_collect = 4 * B * T * s.V;                      /* qd_qsim_collect logits */
     double trainer = 4 * (nw + nh + 4 * B) * T * D + 4 * 4 * np; /* targets, x0..dout, Adam */
-    double wfix = s.R * s.wlin;                               /* GPTQ's final weights */
+    double wfix = s.wlin + 8 * s.L * (s.QD + 2 * s.KV + s.D + 2 * s.F + s.D); /* GPTQ's codes */
     double gp_x = s.R * nw * T * D * (fpt ? 2 : 1) + s.R * Bev * T * D; /* X, Xf, Y */
     double gp_h = 8 * s.cmax * s.cmax * (fpt ? 2 : 1);        /* H (and C) */
     /* qd_gptq_round at the widest fan-in: Hp, U, work and the weight in double; at W4
@@ -214,7 +214,7 @@ void qd_quantize_estimate(const qd_quant_opts *o, const qd_config *c, double fil
         add(p, "token ids", tokens);
         add(p, "FP32 reference log-probabilities", ref);
         add(p, "evaluation simulation", sim_e);
-        add(p, "GPTQ's final weights", wfix);
+        add(p, "GPTQ's final weights (a byte each)", wfix);
         add(p, "GPTQ layer inputs", gp_x);
         add(p, "GPTQ Hessians", gp_h);
         add(p, "GPTQ factorisation of the widest weight", gp_round);
@@ -228,7 +228,7 @@ void qd_quantize_estimate(const qd_quant_opts *o, const qd_config *c, double fil
     add(p, "token ids", tokens);
     add(p, "FP32 reference log-probabilities", ref);
     add(p, "evaluation simulation", sim_e);
-    add(p, "GPTQ's final weights", gptq ? wfix : 0);
+    add(p, "GPTQ's final weights (a byte each)", gptq ? wfix : 0);
     add(p, "logits of one eval batch", lg_eval);
     add(p, "per-layer error buffers", 5 * s.R * Bev * T * D);
 
@@ -239,7 +239,7 @@ void qd_quantize_estimate(const qd_quant_opts *o, const qd_config *c, double fil
     add(p, "token ids", tokens);
     add(p, "FP32 reference log-probabilities", ref);
     add(p, "evaluation simulation", sim_e);
-    add(p, "GPTQ's final weights", gptq ? wfix : 0);
+    add(p, "GPTQ's final weights (a byte each)", gptq ? wfix : 0);
     add(p, "logits of one eval batch", lg_eval);
 
     p = phase(e, "export");

@@ -12,9 +12,11 @@
  *   report.json             figures for every variant, sizes, per-layer errors, input hashes:
  *                           written by quant/report.c, which documents its keys.
  *
- * The stages (quantize.c): validate the settings, load the model and data, fingerprint the
- * run (a checkpoint from other inputs is refused), run FP32 and the variants, export the
- * artifacts and evaluate the written integer model, write the report. */
+ * The stages (quantize.c): validate the settings, load the model and data, estimate the
+ * run's memory (estimate.h; refused over max_mem), fingerprint the run (a checkpoint from
+ * other inputs is refused), run FP32, the baselines and then the chosen method (its fold
+ * writes into the model itself), export the artifacts and evaluate the written integer
+ * model, write the report. */
 #ifndef QD_QUANTIZE_H
 #define QD_QUANTIZE_H
 

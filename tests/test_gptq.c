@@ -377,19 +377,21 @@ static void gptq_on_simulation(void) {
                 size_t n = (size_t)L->wrows[w] * L->wcols[w];
                 CHECK(L->wfix[w] && r->L[l].wfix[w], "layer %d weight %d not fixed", l, w);
                 if (!x || !L->wfix[w] || !r->L[l].wfix[w]) continue;
-                CHECK(!memcmp(L->wfix[w], r->L[l].wfix[w], sizeof(float) * n),
+                CHECK(!memcmp(L->wfix[w], r->L[l].wfix[w], n),
                       "layer %d weight %d: GPTQ not deterministic", l, w);
                 int32_t *iq = malloc(sizeof(int32_t) * n);
+                float *fix = malloc(sizeof(float) * n);
                 qd_wenc_quantize(x, iq);
+                CHECK(qd_qsim_get_wfix(q, l, w, fix) == 1, "layer %d weight %d", l, w);
                 size_t gsz = x->per_channel ? (size_t)x->cols : n, bad = 0;
                 for (size_t i = 0; i < n; i++) {
                     int g = (int)(i / gsz);
                     float deq = ((float)iq[i] - (float)x->zero[g]) * x->scale[g];
-                    bad += deq != L->wfix[w][i];
+                    bad += deq != fix[i];
                 }
                 CHECK(bad == 0, "%s: %zu encoded integers differ from the simulation's", x->name,
                       bad);
-                free(iq);
+                free(iq), free(fix);
             }
         qd_encodings_free(e);
         qd_qsim_free(q), qd_qsim_free(r);

@@ -491,6 +491,8 @@ static const qd_real *let_weight(qd_qsim *q, int l, int w) {
     return P->scrA;
 }
 
+static void wfix_dequant(const qd_qlayer *L, int w, qd_real *out);
+
 /* Ŵ of weight w into the scratch buffers (Wt: transformed, returned Ŵ). fwd: take new rounding
  * slots (forward) or reuse the forward's (backward). */
 static const qd_real *prep_weight(qd_qsim *q, int l, int w, const qd_real **wt, int fwd) {
@@ -501,7 +503,10 @@ static const qd_real *prep_weight(qd_qsim *q, int l, int w, const qd_real **wt, 
     const qd_real *t = let_weight(q, l, w);
     *wt = t;
     if (!q->wq_on) return t;
-    if (L->wfix[w]) return L->wfix[w];
+    if (L->wfix[w]) {
+        wfix_dequant(L, w, P->scrB);
+        return P->scrB;
+    }
     if (fwd) A->pos_w[w] = qd_rctx_take(&q->rc, (size_t)rows * cols + rows);
     qd_wq_forward(P->scrB, t, rows, cols, L->wspec[w], q->lwc_on ? L->gam[w] : NULL,
                   q->lwc_on ? L->bet[w] : NULL, NULL, NULL, &q->rc, A->pos_w[w]);
@@ -1058,7 +1063,8 @@ QD_API int qd_qsim_fold(const qd_qsim *qc, qd_model *out, qd_err *err) {
             qd_real *sc = P->nb0, *zp = P->nb1;
             if (q->wq_on && L->wfix[w]) {
                 /* already on the grid: the encodings' rounding reproduces the integers */
-                for (size_t i = 0; i < (size_t)rows * cols; i++) dst[w][i] = (float)L->wfix[w][i];
+                wfix_dequant(L, w, P->scrB);
+                for (size_t i = 0; i < (size_t)rows * cols; i++) dst[w][i] = (float)P->scrB[i];
                 continue;
             }
             if (q->wq_on) {
@@ -1129,21 +1135,67 @@ QD_API void qd_qsim_weight_let(const qd_qsim *qc, int l, int w, qd_real *t) {
     else memcpy(t, L->w[w], sizeof(qd_real) * (size_t)rows * cols);
 }
 
+/* The grid of weight (l, w): its groups and the stored code's offset. */
+static void wfix_grid(const qd_qlayer *L, int w, int *groups, size_t *gsz, int *off) {
+    qd_wq_spec sp = L->wspec[w];
+    *groups = sp.per_channel ? L->wrows[w] : 1;
+    *gsz = (size_t)L->wrows[w] * L->wcols[w] / (size_t)*groups;
+    *off = sp.sym ? 0 : 128;
+}
+
+/* (q - z)·s in float, as gptq.c's grid_point computes the rounded weight */
+static void wfix_dequant(const qd_qlayer *L, int w, qd_real *out) {
+    int groups, off;
+    size_t gsz;
+    wfix_grid(L, w, &groups, &gsz, &off);
+    const int8_t *c = L->wfix[w];
+    for (int g = 0; g < groups; g++) {
+        float s = L->wfix_sz[w][2 * g], z = L->wfix_sz[w][2 * g + 1];
+        for (size_t i = (size_t)g * gsz; i < (size_t)(g + 1) * gsz; i++)
+            out[i] = ((float)(c[i] + off) - z) * s;
+    }
+}
+
 QD_API int qd_qsim_set_wfix(qd_qsim *q, int l, int w, const qd_real *what) {
     qd_qlayer *L = &q->L[l];
+    struct qd_qsim_priv *P = q->priv;
     size_t n = (size_t)L->wrows[w] * L->wcols[w];
     if (!what) {
         L->wfix[w] = NULL; /* the buffer stays, for the next set (GPTQ reruns per ridge λ) */
         return QD_OK;
     }
+    int groups, off;
+    size_t gsz;
+    wfix_grid(L, w, &groups, &gsz, &off);
+    if (L->wspec[w].bits > 8) return QD_ERR; /* one byte a code */
     if (!L->wfix_mem[w]) {
-        int f = 0;
-        L->wfix_mem[w] = ralloc(q->priv, n, &f);
-        if (f) return QD_ERR;
+        L->wfix_mem[w] = palloc(P, n);
+        L->wfix_sz[w] = palloc(P, sizeof(float) * 2 * (size_t)groups);
+        if (!L->wfix_mem[w] || !L->wfix_sz[w]) return QD_ERR;
     }
-    L->wfix[w] = L->wfix_mem[w];
-    memcpy(L->wfix[w], what, sizeof(qd_real) * n);
+    /* the grid GPTQ rounded onto (the simulation's, as qd_qsim_weight_enc gives it) */
+    qd_qsim_weight_enc(q, l, w, P->nb0, P->nb1);
+    float *sz = L->wfix_sz[w];
+    int8_t *c = L->wfix_mem[w];
+    for (int g = 0; g < groups; g++) {
+        float s = (float)P->nb0[g], z = L->wspec[w].sym ? 0 : (float)P->nb1[g];
+        sz[2 * g] = s, sz[2 * g + 1] = z;
+        for (size_t i = (size_t)g * gsz; i < (size_t)(g + 1) * gsz; i++) {
+            float t = rintf((float)what[i] / s) + z;
+            c[i] = (int8_t)((int)t - off);
+            /* every value lies on the grid: the code gives it back exactly */
+            assert(((t - z) * s) == (float)what[i]);
+        }
+    }
+    L->wfix[w] = c;
     return QD_OK;
+}
+
+QD_API int qd_qsim_get_wfix(const qd_qsim *q, int l, int w, qd_real *out) {
+    const qd_qlayer *L = &q->L[l];
+    if (!L->wfix[w]) return 0;
+    wfix_dequant(L, w, out);
+    return 1;
 }
 
 QD_API const qd_real *qd_qsim_weight_input(const qd_qsim *q, int l, int w, int *n_rows) {

@@ -24,6 +24,8 @@
 #ifndef QD_QSIM_H
 #define QD_QSIM_H
 
+#include <stdint.h>
+
 #include "base/limits.h"
 #include "quant/model.h"
 #include "quant/sim/ops.h"
@@ -118,10 +120,13 @@ typedef struct qd_qlayer {
     int wrows[QD_W_PER_LAYER], wcols[QD_W_PER_LAYER];
     /* activation quantizers (s, z point into p; ds, dz into g) */
     qd_aq aq[QD_AQ_PER_LAYER];
-    /* fixed dequantized weights (rows*cols, owned) replacing the fake-quantized LET/LWC weight
-     * when set: the integers chosen by error-compensating rounding (gptq.h). NULL: none. */
-    qd_real *wfix[QD_W_PER_LAYER];
-    qd_real *wfix_mem[QD_W_PER_LAYER]; /* wfix's buffer, kept across a NULL for reuse */
+    /* fixed weights replacing the fake-quantized LET/LWC weight when set: the integers chosen
+     * by error-compensating rounding (gptq.h), held as one byte each (the code, minus 128 on
+     * an unsigned grid) with their groups' scale and zero point, dequantized at use exactly as
+     * the rounding computed them, (q - z)·s. NULL: none. qd_qsim_get_wfix reads them. */
+    int8_t *wfix[QD_W_PER_LAYER];
+    int8_t *wfix_mem[QD_W_PER_LAYER]; /* wfix's buffer, kept across a NULL for reuse */
+    float *wfix_sz[QD_W_PER_LAYER];   /* per group: scale, zero */
     /* source weights (float library: views of the model; double build: owned copies) */
     const qd_real *w[QD_W_PER_LAYER], *attn_norm, *ffn_norm, *bq, *bk, *bv;
     const qd_real *attn_norm_b, *ffn_norm_b;  /* LayerNorm biases (NULL for RMSNorm) */
@@ -230,6 +235,8 @@ QD_API void qd_qsim_weight_let(const qd_qsim *q, int l, int w, qd_real *t);
  * clears): forward, fold and encodings use them instead of rounding to nearest. Every value must
  * lie on the grid of qd_qsim_weight_enc. QD_OK, or QD_ERR when out of memory. */
 QD_API int qd_qsim_set_wfix(qd_qsim *q, int l, int w, const qd_real *what);
+/* The fixed weight (l, w) dequantized into out (rows*cols): 1, or 0 when none is set. */
+QD_API int qd_qsim_get_wfix(const qd_qsim *q, int l, int w, qd_real *out);
 
 /* The input of weight w (the quantized activation it multiplies: (rows N, cols) row-major,
  * *n_rows = B*T) in the last forward of layer l. Valid until the next layer forward of a
