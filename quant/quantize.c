@@ -720,8 +720,17 @@ int qd_quantize(const qd_quant_opts *o, qd_err *err) {
     track(&tr, "export", 0, 5);
     /* no report once a stop is requested: a stopped run never looks finished */
     if (export_artifacts(o, enc->folded, enc, rep.sha_model, ref, &tr, &rep.ex, err) ||
-        qd_stop_requested() || qd_report_write(&rep, o->out_dir, err))
+        qd_stop_requested())
         goto out;
+    double now = qd_now();
+    if (tr.cur >= 0 && tr.st[tr.cur].t_end == 0) tr.st[tr.cur].t_end = now;
+    for (int i = 0; i < tr.n && rep.n_stages < 24; i++)
+        if (tr.st[i].t_start > 0)
+            rep.stage[rep.n_stages].phase = tr.st[i].phase,
+            rep.stage[rep.n_stages].variant = tr.st[i].variant,
+            rep.stage[rep.n_stages++].seconds = tr.st[i].t_end - tr.st[i].t_start;
+    rep.est_peak_bytes = in.est.peak_bytes, rep.est_vm_bytes = in.est.vm_bytes;
+    if (qd_report_write(&rep, o->out_dir, err)) goto out;
     /* the run is complete: its checkpoint would only make a rerun skip the work */
     if (o->checkpoint_path) unlink(o->checkpoint_path);
     rc = QD_OK;

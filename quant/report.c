@@ -172,6 +172,17 @@ static void add_compute(cJSON *rep, const qd_report *r) {
     else cJSON_AddNullToObject(bj, "coretype_env");
     cJSON_AddStringToObject(bj, "chosen_by", bi.chosen_by);
     cJSON_AddNumberToObject(bj, "threads", bi.threads);
+    cJSON *sj = cJSON_AddArrayToObject(cp, "stages");
+    for (int i = 0; i < r->n_stages; i++) {
+        cJSON *e = cJSON_CreateObject();
+        cJSON_AddStringToObject(e, "phase", r->stage[i].phase);
+        if (r->stage[i].variant) cJSON_AddStringToObject(e, "variant", r->stage[i].variant);
+        else cJSON_AddNullToObject(e, "variant");
+        cJSON_AddNumberToObject(e, "seconds", r->stage[i].seconds);
+        cJSON_AddItemToArray(sj, e);
+    }
+    cJSON_AddNumberToObject(cp, "estimated_peak_bytes", r->est_peak_bytes);
+    cJSON_AddNumberToObject(cp, "estimated_address_space_bytes", r->est_vm_bytes);
 }
 
 static void add_size(cJSON *rep, const qd_report *r) {

@@ -25,7 +25,10 @@
  *            resumed_at_step, peak_rss_bytes, offsets_projected (activation offsets put back
  *            onto their range by the optimizer, summed over steps), blas {library, core (the
  *            kernel in use, e.g. "SkylakeX"), config, coretype_env ($OPENBLAS_CORETYPE or null),
- *            chosen_by ("quantd" from CPU features, "user", "library"), threads}};
+ *            chosen_by ("quantd" from CPU features, "user", "library"), threads},
+ *            stages [{phase, variant (null for load and export), seconds}] (the run's stages
+ *            in order, as the progress reports name them), estimated_peak_bytes,
+ *            estimated_address_space_bytes (estimate.h's prediction before the run)};
  *   size {fp32_bytes, quantized_bytes (the encodings' model bytes), bits_per_weight, ratio,
  *         weight_tensors, activation_quantizers, fp16_bytes, qint_bytes (model.qint.safetensors
  *         on disk), qint_payload_bytes (qd_qint_bytes), ratio_fp32, ratio_fp16 (FP bytes /
@@ -101,6 +104,13 @@ typedef struct qd_report {
     size_t enc_model_bytes;
     int enc_weights, enc_activations;
     qd_report_export ex;
+    /* the stages as run (quantize.c's tracker) and the estimate made before the run */
+    int n_stages;
+    struct {
+        const char *phase, *variant; /* static strings; variant NULL for load and export */
+        double seconds;
+    } stage[24];
+    double est_peak_bytes, est_vm_bytes;
 } qd_report;
 
 /* Zeroes r and ties it to the run's settings and start time. */
