@@ -367,6 +367,30 @@ static void pipeline_report(void) {
         CHECK(cJSON_GetNumberValue(get(r, "compute", "peak_rss_bytes")) > 0, "peak rss");
         CHECK(cJSON_GetNumberValue(get(r, "compute", "tokens_processed")) > tokens, "tokens");
         CHECK(cJSON_GetNumberValue(get(r, "compute", "wall_seconds")) > 0, "wall");
+        /* the stages in the order they ran: the baselines before the chosen method (whose fold
+         * takes the model over), export, then the integer model's evaluation */
+        {
+            static const char *want[][2] = {
+                {"load", NULL}, {"eval", "fp32"}, {"calibrate", "rtn"}, {"eval", "rtn"},
+                {"calibrate", "smoothquant"}, {"eval", "smoothquant"}, {"calibrate", "mobilequant"},
+                {"optimize", "mobilequant"}, {"gptq", "mobilequant"}, {"eval", "mobilequant"},
+                {"fold", "mobilequant"}, {"export", NULL}, {"eval", "int"}};
+            cJSON *st = get(r, "compute", "stages");
+            int n = cJSON_GetArraySize(st), ok = n == 13;
+            for (int i = 0; ok && i < n; i++) {
+                cJSON *e = cJSON_GetArrayItem(st, i);
+                const char *ph = cJSON_GetStringValue(get(e, "phase", NULL));
+                const char *va = cJSON_GetStringValue(get(e, "variant", NULL));
+                ok = ph && !strcmp(ph, want[i][0]) &&
+                     (want[i][1] ? va && !strcmp(va, want[i][1]) : cJSON_IsNull(get(e, "variant", NULL))) &&
+                     cJSON_GetNumberValue(get(e, "seconds", NULL)) >= 0;
+            }
+            CHECK(ok, "compute.stages: %d stages, not the run's order", n);
+            CHECK(cJSON_GetNumberValue(get(r, "compute", "estimated_peak_bytes")) > 1e6 &&
+                      cJSON_GetNumberValue(get(r, "compute", "estimated_address_space_bytes")) >
+                          cJSON_GetNumberValue(get(r, "compute", "estimated_peak_bytes")),
+                  "the estimate");
+        }
         /* the held-out selection: 1 window (an eighth of 4 samples, at least one), states at
          * steps 0 and 4, the kept one among them */
         cJSON *sel = get(r, "selection", NULL);
