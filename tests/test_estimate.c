@@ -49,7 +49,7 @@ static int write_case(const char *dir, qd_config c, const char *dtype, int n_tok
     uint32_t *ids = malloc(sizeof *ids * (size_t)n_tokens);
     uint64_t s = 99;
     for (int i = 0; i < n_tokens; i++) ids[i] = (uint32_t)(synth_next(&s) % (uint64_t)c.vocab_size);
-    char p[512];
+    char p[600];
     snprintf(p, sizeof p, "%s/tokens.u32.bin", dir);
     rc = qd_write_file_atomic(p, ids, sizeof *ids * (size_t)n_tokens, &err) == QD_OK;
     free(ids);
