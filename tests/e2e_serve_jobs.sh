@@ -147,7 +147,7 @@ TO=30
 J=$(submit "{$IN,\"method\":\"mobilequant\",$LONG,\"timeout_s\":$TO}")
 wait_optimizing "$J" 120
 for _ in $(seq 600); do
-    jq -e '.progress.step >= 1 and .run_s >= 4' "$D/jobs/$J/job.json" >/dev/null 2>&1 && break
+    jq -e '.progress.phase == "optimize" and .progress.step >= 1 and .run_s >= 4' "$D/jobs/$J/job.json" >/dev/null 2>&1 && break
     sleep 0.1
 done
 jq . "$D/jobs/$J/job.json" >"$TMP/ondisk"
