@@ -135,8 +135,8 @@ static double stage_s(const cJSON *r, const char *phase, const char *variant) {
 
 static int run_size(const size_case *z, const char *root, const char *exe) {
     if (strlen(root) > PATH_MAX - 64) return 1;
-    char dir[PATH_MAX], out[PATH_MAX + 8], calib[PATH_MAX + 32], est[PATH_MAX + 32],
-        rep[PATH_MAX + 32];
+    char dir[PATH_MAX + 32], out[PATH_MAX + 48], calib[PATH_MAX + 64], est[PATH_MAX + 64],
+        rep[PATH_MAX + 64];
     snprintf(dir, sizeof dir, "%s/%s", root, z->name);
     snprintf(out, sizeof out, "%s/out", dir);
     snprintf(calib, sizeof calib, "%s/tokens.u32.bin", dir);
