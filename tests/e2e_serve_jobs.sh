@@ -128,6 +128,9 @@ check killed_worker_log_tail '[ -n "$(jq -r ".log_tail // empty" "$TMP/job")" ]'
 # --- kill -9 of the server while a job runs; a restarted server finishes it
 J=$(submit "{$IN,\"method\":\"mobilequant\",$RESUME}")
 wait_optimizing "$J" 120
+# a checkpoint on disk first (every 20 steps): a stop that lands in the first held-out
+# selection pass, before any checkpoint, leaves nothing to resume from
+for _ in $(seq 600); do [ -s "$D/jobs/$J/checkpoint" ] && break; sleep 0.1; done
 kill -KILL "$SPID"; wait "$SPID" 2>/dev/null; SPID=
 start_server "$D" --workers 1 --set cancel_grace_s=3 --set max_attempts=1 || bad restart "$(cat "$D.err")"
 check restart_keeps_blobs '[ -f "$D/blobs/sha256/${MID#sha256:}" ] && [ -f "$D/blobs/sha256/${CID#sha256:}" ]'
