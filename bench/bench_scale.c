@@ -7,8 +7,8 @@
  * vocab 32000) and random token ids, runs `quantd quantize --dry-run --json` (the estimate) and
  * then the run itself (a child; W8A8 MobileQuant, 4 windows of 128 tokens, 1 epoch, 1024
  * evaluation tokens) and prints per size: seconds per phase (from report.json's
- * compute.stages), seconds per optimizer step, wall seconds, peak RSS (wait4) and the
- * estimate's peak. Without --sizes (as `make bench` runs it): tiny, 30m and 250m; 1.1b takes
+ * compute.stages), seconds per optimizer step (and the estimate's), wall seconds, peak RSS
+ * (wait4) and the estimate's peak. Without --sizes (as `make bench` runs it): tiny, 30m and 250m; 1.1b takes
  * hours on two cores.
  *
  *   bench_scale --write DIR [--dim D --hidden F --layers L --heads H --kv-heads K --vocab V
@@ -178,10 +178,11 @@ static int run_size(const size_case *z, const char *root, const char *exe) {
     double base = stage_s(r, "calibrate", "rtn") + stage_s(r, "eval", "rtn") +
                   stage_s(r, "calibrate", "smoothquant") + stage_s(r, "eval", "smoothquant");
     double peak_est = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(e, "peak_bytes"));
-    printf("%-5s %7.1fM %6.1f %6.1f %6.1f %6.1f %6.1f %7.2f %6.1f %6.1f %6.1f %6.1f %7.0f %8.0f "
-           "%8.0f %5.2f\n",
+    double step_est = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(e, "step_s"));
+    printf("%-5s %7.1fM %6.1f %6.1f %6.1f %6.1f %6.1f %7.2f %7.2f %6.1f %6.1f %6.1f %6.1f %7.0f "
+           "%8.0f %8.0f %5.2f\n",
            z->name, params / 1e6, stage_s(r, "load", NULL), stage_s(r, "eval", "fp32"), base,
-           stage_s(r, "calibrate", "mobilequant"), opt, steps > 0 ? opt / steps : NAN,
+           stage_s(r, "calibrate", "mobilequant"), opt, steps > 0 ? opt / steps : NAN, step_est,
            stage_s(r, "gptq", NULL), stage_s(r, "eval", "mobilequant"),
            stage_s(r, "export", NULL), stage_s(r, "eval", "int"), wall, rss / 1048576,
            peak_est / 1048576, rss / peak_est);
@@ -205,9 +206,9 @@ static int run_mode(const char *list, const char *keep) {
     printf("bench_scale: W8A8 MobileQuant, %d windows x %d tokens, 1 epoch, %d evaluation "
            "tokens, random BF16 weights; seconds per phase, peak RSS and the estimate "
            "(quantize --dry-run) in MiB\n", SAMPLES, SEQ, EVAL_TOKENS);
-    printf("%-5s %8s %6s %6s %6s %6s %6s %7s %6s %6s %6s %6s %7s %8s %8s %5s\n", "size",
-           "params", "load", "fp32", "base", "calib", "optim", "s/step", "gptq", "eval",
-           "export", "int", "wall", "peak", "estim", "ratio");
+    printf("%-5s %8s %6s %6s %6s %6s %6s %7s %7s %6s %6s %6s %6s %7s %8s %8s %5s\n", "size",
+           "params", "load", "fp32", "base", "calib", "optim", "s/step", "(est)", "gptq",
+           "eval", "export", "int", "wall", "peak", "estim", "ratio");
     int rc = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
         char key[16];

@@ -261,7 +261,7 @@ void qd_quantize_estimate(const qd_quant_opts *o, const qd_config *c, double fil
      * (bench_optimizer: a whole step at 64% of sgemm's GFLOP/s, with the non-GEMM work in it),
      * plus the work per weight that does not depend on the tokens: every step fake-quantizes
      * every weight and runs the LWC/LET backward through it, about 15 ns per weight on one
-     * core (bench_optimizer's non-GEMM 35% over its 51 M weights) */
+     * core (bench_optimizer's non-GEMM 35% over its 51 M weights), on the pool's threads */
     double attn = s.L * 2 * 2 * T / 2 * s.QD; /* QKᵀ and PV, causal: per token */
     double fwd_tok = 2 * s.wlin + attn + 2 * s.V * D;
     e->steps = training ? (long)(ceil(nw / B) * o->epochs) : 0;
@@ -270,7 +270,7 @@ void qd_quantize_estimate(const qd_quant_opts *o, const qd_config *c, double fil
     if (probe) {
         e->sgemm_gflops = probe_gflops(&s);
         double rate = e->sgemm_gflops * 1e9 * 0.8;
-        e->step_s = e->step_flops > 0 ? e->step_flops / rate + 15e-9 * s.wlin : 0;
+        e->step_s = e->step_flops > 0 ? e->step_flops / rate + 15e-9 * s.wlin / o->threads : 0;
         /* the run: the FP32 reference and three variants' evaluations, calibration passes
          * (two per variant), the optimizer, GPTQ (four layer passes per window, seven
          * factorisations per layer; at W4 twice and per ridge λ), the integer evaluation at
