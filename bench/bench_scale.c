@@ -1,12 +1,12 @@
 /* Scale: how time and memory grow with the model (issue 13), and the random-weight
  * checkpoints (tests/synth.h, written as Hugging Face directories) it runs on.
  *
- *   bench_scale [--sizes tiny,30m,250m,1.1b] [--keep DIR]
+ *   bench_scale [--sizes tiny,30m,250m,1.1b] [--threads K] [--keep DIR]
  * for each size writes a BF16 checkpoint (tiny: stories260K's shape; 30m: dim 512, 8 layers;
  * 250m: TinyLlama-1.1B's layer shapes with 4 of its 22 layers, tied; 1.1b: all 22, untied,
  * vocab 32000) and random token ids, runs `quantd quantize --dry-run --json` (the estimate) and
  * then the run itself (a child; W8A8 MobileQuant, 4 windows of 128 tokens, 1 epoch, 1024
- * evaluation tokens) and prints per size: seconds per phase (from report.json's
+ * evaluation tokens, --threads K, default all CPUs) and prints per size: seconds per phase (from report.json's
  * compute.stages), seconds per optimizer step (and the estimate's), wall seconds, peak RSS
  * (wait4) and the estimate's peak. Without --sizes (as `make bench` runs it): tiny, 30m and 250m; 1.1b takes
  * hours on two cores.
@@ -67,7 +67,7 @@ static int write_checkpoint(const char *dir, const shape *s, qd_err *err) {
 }
 
 static int usage(void) {
-    fprintf(stderr, "usage: bench_scale [--sizes tiny,30m,250m,1.1b] [--keep DIR]\n"
+    fprintf(stderr, "usage: bench_scale [--sizes tiny,30m,250m,1.1b] [--threads K] [--keep DIR]\n"
                     "       bench_scale --write DIR [--dim D] [--hidden F] [--layers L] "
                     "[--heads H] [--kv-heads K] [--vocab V] [--ctx C] [--dtype F32|BF16] "
                     "[--tokens N] [--seed S] [--tied 0|1]\n");
@@ -133,7 +133,7 @@ static double stage_s(const cJSON *r, const char *phase, const char *variant) {
     return t;
 }
 
-static int run_size(const size_case *z, const char *root, const char *exe) {
+static int run_size(const size_case *z, const char *root, const char *exe, int threads) {
     if (strlen(root) > PATH_MAX - 64) return 1;
     char dir[PATH_MAX + 32], out[PATH_MAX + 48], calib[PATH_MAX + 64], est[PATH_MAX + 64],
         rep[PATH_MAX + 64];
@@ -150,16 +150,17 @@ static int run_size(const size_case *z, const char *root, const char *exe) {
         fprintf(stderr, "bench_scale: %s\n", err.msg);
         return 1;
     }
-    char a_s[16], a_t[16];
+    char a_s[16], a_t[16], a_k[16];
     snprintf(a_s, sizeof a_s, "%d", SAMPLES), snprintf(a_t, sizeof a_t, "%d", SEQ);
+    snprintf(a_k, sizeof a_k, "%d", threads);
     char *args[] = {(char *)exe, "quantize", "--model", dir, "--calib", calib, "--out", out,
                     "--samples", a_s, "--seq-len", a_t, "--epochs", "1", "--eval-split", "0.5",
-                    "--quiet", "--dry-run", "--json", NULL};
+                    "--threads", a_k, "--quiet", "--dry-run", "--json", NULL};
     if (run_child(args, est, NULL) != 0) {
         fprintf(stderr, "bench_scale: %s: the dry run failed\n", z->name);
         return 1;
     }
-    args[17] = NULL; /* the run itself */
+    args[19] = NULL; /* the run itself */
     double rss = 0;
     double t0 = qd_now();
     int rc = run_child(args, NULL, &rss);
@@ -192,7 +193,7 @@ static int run_size(const size_case *z, const char *root, const char *exe) {
     return 0;
 }
 
-static int run_mode(const char *list, const char *keep) {
+static int run_mode(const char *list, const char *keep, int threads) {
     char exe[PATH_MAX], root[PATH_MAX];
     if (bench_quantd_exe(exe)) {
         fprintf(stderr, "bench_scale: quantd not found (set QUANTD)\n");
@@ -204,8 +205,8 @@ static int run_mode(const char *list, const char *keep) {
         if (!mkdtemp(root)) return 1;
     }
     printf("bench_scale: W8A8 MobileQuant, %d windows x %d tokens, 1 epoch, %d evaluation "
-           "tokens, random BF16 weights; seconds per phase, peak RSS and the estimate "
-           "(quantize --dry-run) in MiB\n", SAMPLES, SEQ, EVAL_TOKENS);
+           "tokens, random BF16 weights, %d threads; seconds per phase, peak RSS and the "
+           "estimate (quantize --dry-run) in MiB\n", SAMPLES, SEQ, EVAL_TOKENS, threads);
     printf("%-5s %8s %6s %6s %6s %6s %6s %7s %7s %6s %6s %6s %6s %7s %8s %8s %5s\n", "size",
            "params", "load", "fp32", "base", "calib", "optim", "s/step", "(est)", "gptq",
            "eval", "export", "int", "wall", "peak", "estim", "ratio");
@@ -215,7 +216,7 @@ static int run_mode(const char *list, const char *keep) {
         snprintf(key, sizeof key, ",%s,", sizes[i].name);
         char l[256];
         snprintf(l, sizeof l, ",%s,", list);
-        if (strstr(l, key)) rc |= run_size(&sizes[i], root, exe);
+        if (strstr(l, key)) rc |= run_size(&sizes[i], root, exe, threads);
     }
     if (!keep) rmdir(root);
     return rc;
@@ -224,6 +225,8 @@ static int run_mode(const char *list, const char *keep) {
 int main(int argc, char **argv) {
     shape s = {256, 704, 4, 8, 8, 4096, 512, "F32", 0, 1, 0};
     const char *dir = NULL, *list = "tiny,30m,250m", *keep = NULL;
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int threads = ncpu > 0 ? (int)ncpu : 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) return usage();
@@ -231,6 +234,7 @@ int main(int argc, char **argv) {
         if (!strcmp(a, "--write")) dir = v;
         else if (!strcmp(a, "--sizes")) list = v;
         else if (!strcmp(a, "--keep")) keep = v;
+        else if (!strcmp(a, "--threads")) threads = atoi(v);
         else if (!strcmp(a, "--dim")) s.dim = atoi(v);
         else if (!strcmp(a, "--hidden")) s.hidden = atoi(v);
         else if (!strcmp(a, "--layers")) s.layers = atoi(v);
@@ -244,7 +248,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--tied")) s.tied = atoi(v);
         else return usage();
     }
-    if (!dir) return run_mode(list, keep);
+    if (!dir) return run_mode(list, keep, threads < 1 ? 1 : threads);
     qd_err err = {{0}};
     if (write_checkpoint(dir, &s, &err)) {
         fprintf(stderr, "bench_scale: %s\n", err.msg);
