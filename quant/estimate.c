@@ -165,56 +165,48 @@ void qd_quantize_estimate(const qd_quant_opts *o, const qd_config *c, double fil
     double qint_tmp = 4 * fmax(s.wmax, s.V * D);              /* int_model.c hat */
     double rt_bufs = 4 * eval_batch((int)T, c->vocab_size) * T * (4 * D + 2 * s.F + 2 * s.QD);
 
+    /* what every phase after the load holds: the process, the model, the token ids and the
+     * FP32 reference; each phase then adds its own parts */
+    const char *model_name = "model (F32)";
+#define PHASE(name)                                                                        \
+    do {                                                                                   \
+        p = phase(e, name);                                                                \
+        add(p, "process and libraries", base);                                             \
+        add(p, model_name, model);                                                         \
+        add(p, "token ids", tokens);                                                       \
+        add(p, "FP32 reference log-probabilities", ref);                                   \
+    } while (0)
     qd_est_phase *p = phase(e, "load");
     add(p, "process and libraries", base);
-    add(p, "model (F32)", model);
+    add(p, model_name, model);
     add(p, "checkpoint file, mapped while read", file_bytes);
     add(p, "token ids", tokens);
 
-    p = phase(e, "eval fp32");
-    add(p, "process and libraries", base);
-    add(p, "model (F32)", model);
-    add(p, "token ids", tokens);
-    add(p, "FP32 reference log-probabilities", ref);
+    PHASE("eval fp32");
     add(p, "logits of one eval batch", lg_eval);
     add(p, "forward workspace", fwd_ws);
 
     /* the baselines (RTN, SmoothQuant) before the chosen method: a calibration simulation,
      * then an evaluation one */
-    p = phase(e, "baselines");
-    add(p, "process and libraries", base);
-    add(p, "model (F32)", model);
-    add(p, "token ids", tokens);
-    add(p, "FP32 reference log-probabilities", ref);
+    PHASE("baselines");
     add(p, "evaluation simulation", sim_e);
     add(p, "calibration simulation", sim_bytes(&s, c, 1, 0, np));
     add(p, "logits of one eval batch", lg_eval);
 
-    p = phase(e, "calibrate");
-    add(p, "process and libraries", base);
-    add(p, "model (F32)", model);
-    add(p, "token ids", tokens);
-    add(p, "FP32 reference log-probabilities", ref);
+    PHASE("calibrate");
     add(p, training ? "training simulation" : "simulation", sim_t);
     add(p, "statistics logits", lg_collect);
 
     if (training && o->epochs > 0) {
-        p = phase(e, "optimize");
-        add(p, "process and libraries", base);
-        add(p, "model (F32)", model);
-        add(p, "token ids", tokens);
-        add(p, "FP32 reference log-probabilities", ref);
+        PHASE("optimize");
         add(p, "training simulation", sim_t);
         add(p, "targets, batch buffers, optimizer state", trainer);
     }
+    const char *codes = "GPTQ's final weights (a byte each)";
     if (gptq) {
-        p = phase(e, "gptq");
-        add(p, "process and libraries", base);
-        add(p, "model (F32)", model);
-        add(p, "token ids", tokens);
-        add(p, "FP32 reference log-probabilities", ref);
+        PHASE("gptq");
         add(p, "evaluation simulation", sim_e);
-        add(p, "GPTQ's final weights (a byte each)", wfix);
+        add(p, codes, wfix);
         add(p, "GPTQ layer inputs", gp_x);
         add(p, "GPTQ Hessians", gp_h);
         add(p, "GPTQ factorisation of the widest weight", gp_round);
@@ -222,33 +214,24 @@ void qd_quantize_estimate(const qd_quant_opts *o, const qd_config *c, double fil
     }
     /* the chosen method's evaluation and per-layer errors (quantize.c layer_errors: five
      * activation buffers of the evaluation batch) */
-    p = phase(e, "eval");
-    add(p, "process and libraries", base);
-    add(p, "model (F32)", model);
-    add(p, "token ids", tokens);
-    add(p, "FP32 reference log-probabilities", ref);
+    PHASE("eval");
     add(p, "evaluation simulation", sim_e);
-    add(p, "GPTQ's final weights (a byte each)", gptq ? wfix : 0);
+    add(p, codes, gptq ? wfix : 0);
     add(p, "logits of one eval batch", lg_eval);
     add(p, "per-layer error buffers", 5 * s.R * Bev * T * D);
 
     /* the fold writes into the model itself (encodings.h qd_encodings_build_into) */
-    p = phase(e, "fold");
-    add(p, "process and libraries", base);
-    add(p, "model (F32), folded in place", model);
-    add(p, "token ids", tokens);
-    add(p, "FP32 reference log-probabilities", ref);
+    model_name = "model (F32), folded in place";
+    PHASE("fold");
     add(p, "evaluation simulation", sim_e);
-    add(p, "GPTQ's final weights (a byte each)", gptq ? wfix : 0);
+    add(p, codes, gptq ? wfix : 0);
     add(p, "logits of one eval batch", lg_eval);
 
-    p = phase(e, "export");
-    add(p, "process and libraries", base);
-    add(p, "folded model (F32)", model);
-    add(p, "token ids", tokens);
-    add(p, "FP32 reference log-probabilities", ref);
+    model_name = "folded model (F32)";
+    PHASE("export");
     add(p, "integer model, built and read back", 2 * qint + qint_tmp);
     add(p, "integer runtime buffers and logits", rt_bufs + lg_eval);
+#undef PHASE
 
     e->peak = 0;
     for (int i = 1; i < e->n_phases; i++)

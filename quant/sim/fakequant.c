@@ -1374,7 +1374,12 @@ out:
     return rc;
 }
 
-QD_API double qd_qsim_search_lwc_ref(qd_qsim *q, const qd_qstats *st, int n, double r_min) {
+/* Every weight of q through one search (brute force or fast): the mean chosen ratio. */
+typedef long (*lwc_weight_fn)(qd_qsim *q, int l, int w, const double *sq, int n, double r_min,
+                             double *rsum);
+
+static double lwc_search_all(qd_qsim *q, const qd_qstats *st, int n, double r_min,
+                             lwc_weight_fn one) {
     double rsum = 0;
     long rcnt = 0;
     if (n < 2) n = 2;
@@ -1382,9 +1387,13 @@ QD_API double qd_qsim_search_lwc_ref(qd_qsim *q, const qd_qstats *st, int n, dou
         for (int w = 0; w < QD_W_PER_LAYER; w++) {
             if (qd_stop_requested()) return 1; /* the caller polls it too */
             const double *sq = st && st->tokens ? input_sq(st, l, w) : NULL;
-            rcnt += lwc_brute_weight(q, l, w, sq, n, r_min, &rsum);
+            rcnt += one(q, l, w, sq, n, r_min, &rsum);
         }
     return rcnt ? rsum / (double)rcnt : 1;
+}
+
+QD_API double qd_qsim_search_lwc_ref(qd_qsim *q, const qd_qstats *st, int n, double r_min) {
+    return lwc_search_all(q, st, n, r_min, lwc_brute_weight);
 }
 
 /* The fast search of one weight works row by row, all grid ratios of a row while it is in
@@ -1484,14 +1493,5 @@ out:
 }
 
 QD_API double qd_qsim_search_lwc(qd_qsim *q, const qd_qstats *st, int n, double r_min) {
-    double rsum = 0;
-    long rcnt = 0;
-    if (n < 2) n = 2;
-    for (int l = 0; l < q->cfg.n_layers; l++)
-        for (int w = 0; w < QD_W_PER_LAYER; w++) {
-            if (qd_stop_requested()) return 1; /* the caller polls it too */
-            const double *sq = st && st->tokens ? input_sq(st, l, w) : NULL;
-            rcnt += lwc_fast_weight(q, l, w, sq, n, r_min, &rsum);
-        }
-    return rcnt ? rsum / (double)rcnt : 1;
+    return lwc_search_all(q, st, n, r_min, lwc_fast_weight);
 }
