@@ -22,6 +22,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -37,6 +38,7 @@
 #include "api/api.h"
 #include "server/auth.h"
 #include "server/dashboard.h"
+#include "server/intake.h"
 #include "server/guard.h"
 #include "server/jobs.h"
 #include "server/metrics.h"
@@ -69,6 +71,15 @@ struct srv {
     srv_metrics *metrics;
     srv_auth *auth;
     srv_guard *guard;
+    struct MHD_Daemon *d;
+    /* connections the intake has handed to libmicrohttpd whose start notification has not come
+     * yet: the guard's record of each, by fd */
+    pthread_mutex_t handoff_mu;
+    struct handoff {
+        int fd;
+        srv_guard_conn *gc;
+    } *handoff;
+    size_t n_handoff, cap_handoff;
 };
 
 /* One file part of a multipart POST /v1/jobs: streamed into the store like POST /v1/blobs,
@@ -126,6 +137,8 @@ static enum MHD_Result queue_resp(struct MHD_Connection *c, req *r, int status,
     if (!resp) return MHD_NO;
     r->status = status;
     r->answered = true;
+    /* one request per connection: the next request's head must pass the intake too (intake.h) */
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, resp);
     MHD_destroy_response(resp);
     return ret;
@@ -1169,10 +1182,13 @@ static int authorize(srv *s, struct MHD_Connection *c, srv_role need) {
     return have >= need ? 0 : 403;
 }
 
-/* Whether the request announces a body (a non-zero Content-Length, or chunked). */
+/* Whether the request announces a body: a Content-Length other than 0 (the intake refuses
+ * Transfer-Encoding and any Content-Length that is not a decimal number). */
 static bool has_body(struct MHD_Connection *c) {
     const char *cl = header(c, MHD_HTTP_HEADER_CONTENT_LENGTH);
-    return header(c, MHD_HTTP_HEADER_TRANSFER_ENCODING) || (cl && strcmp(cl, "0"));
+    if (!cl) return false;
+    while (*cl == ' ' || *cl == '\t' || *cl == '0') cl++;
+    return *cl >= '1' && *cl <= '9';
 }
 
 /* Routing, auth and the checks that need no body; answers body-less routes at once. */
@@ -1211,79 +1227,10 @@ static enum MHD_Result route_request(srv *s, struct MHD_Connection *c, req *r, c
     return MHD_YES;
 }
 
-/* Header counting for the framing checks: how many Host and Content-Length lines, whether the
- * Content-Length lines disagree, and the Transfer-Encoding lines (the first one's value). */
-typedef struct framing {
-    int hosts, lengths, te;
-    bool lengths_differ;
-    const char *first_length, *first_te;
-} framing;
-
-static enum MHD_Result count_header(void *cls, enum MHD_ValueKind kind, const char *key,
-                                    const char *value) {
-    (void)kind;
-    framing *f = cls;
-    if (!strcasecmp(key, MHD_HTTP_HEADER_HOST)) f->hosts++;
-    else if (!strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING)) {
-        if (f->te++ == 0) f->first_te = value;
-    }
-    else if (!strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH)) {
-        if (f->lengths++ == 0) f->first_length = value;
-        else if (strcmp(value ? value : "", f->first_length ? f->first_length : "")) f->lengths_differ = true;
-    }
-    return MHD_YES;
-}
-
-/* Whether a Transfer-Encoding value is what libmicrohttpd decodes: "chunked" in any case,
- * nothing after it (not even a space). For any other value it neither answers nor frames the
- * body, and the request hangs until the connection times out. *chunked_last: whether chunked is
- * the final coding (ignoring trailing blanks). */
-static bool te_chunked_only(const char *v, bool *chunked_last) {
-    const char *s = v ? v : "";
-    while (*s == ' ' || *s == '\t') s++;
-    size_t n = strlen(s);
-    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t')) n--;
-    const char *last = s + n;
-    while (last > s && last[-1] != ',' && last[-1] != ' ' && last[-1] != '\t') last--;
-    *chunked_last = (size_t)(s + n - last) == 7 && !strncasecmp(last, "chunked", 7);
-    return !strcasecmp(s, "chunked");
-}
-
-/* RFC 9112 §3.2 and §6.3: an HTTP/1.1 request without exactly one Host, Content-Length lines
- * that disagree, or Content-Length beside Transfer-Encoding (the request-smuggling shapes) is
- * answered 400 before its body is read, and the connection is closed; so is any
- * Transfer-Encoding but chunked alone (§6.1: a final coding other than chunked leaves the body's
- * length unknown; codings before chunked are not implemented). Returns the complaint, or NULL;
- * *field names the header. */
-static const char *framing_error(struct MHD_Connection *c, const char *version, framing *f,
-                                 const char **field) {
-    memset(f, 0, sizeof *f);
-    MHD_get_connection_values(c, MHD_HEADER_KIND, count_header, f);
-    *field = MHD_HTTP_HEADER_HOST;
-    if (f->hosts == 0 && !strcmp(version, MHD_HTTP_VERSION_1_1))
-        return "an HTTP/1.1 request needs a Host header";
-    if (f->hosts > 1) return "more than one Host header";
-    *field = MHD_HTTP_HEADER_CONTENT_LENGTH;
-    if (f->lengths_differ) return "Content-Length headers that disagree";
-    if (f->lengths && f->te) return "Content-Length together with Transfer-Encoding";
-    *field = MHD_HTTP_HEADER_TRANSFER_ENCODING;
-    bool chunked_last = false;
-    if (f->te > 1) return "more than one Transfer-Encoding header";
-    if (f->te && !te_chunked_only(f->first_te, &chunked_last))
-        return chunked_last ? "a Transfer-Encoding other than chunked alone (the only one supported)"
-                            : "a Transfer-Encoding whose final coding is not chunked";
-    return NULL;
-}
-
-/* The first call of a request: its headers are in. */
+/* The first call of a request: its headers are in, and the door has checked them already
+ * (request line, Host, framing: head.h). */
 static enum MHD_Result first_call(srv *s, struct MHD_Connection *c, req *r, const char *url,
-                                  const char *method, const char *version) {
-    framing f;
-    const char *field, *bad = framing_error(c, version, &f, &field);
-    if (bad) {
-        r->routed = true;
-        return send_err(c, r, 400, "bad_request", bad, field);
-    }
+                                  const char *method) {
     if (!srv_guard_request_begin(s->guard, r->gc, header(c, "X-Forwarded-For"))) {
         r->routed = true;
         char m[128];
@@ -1293,8 +1240,8 @@ static enum MHD_Result first_call(srv *s, struct MHD_Connection *c, req *r, cons
     }
     /* A request that may carry a body is judged on its headers alone, so that a refusal
      * (401, 413, 415) goes out before the body is sent. Other requests are answered on the
-     * next call: libmicrohttpd closes a connection whose answer was queued this early, and
-     * GETs should keep their connection alive. A GET or DELETE that does carry a body is
+     * next call, as libmicrohttpd treats an answer queued this early as a refusal of the
+     * body. A GET or DELETE that does carry a body is
      * routed now too; its body is dropped and it is answered once the body has ended
      * (libmicrohttpd cannot queue an answer while a body is still arriving). */
     if (!has_body(c) && strcmp(method, "POST") && strcmp(method, "PUT") && strcmp(method, "PATCH"))
@@ -1308,6 +1255,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                                   const char *method, const char *version,
                                   const char *upload_data, size_t *upload_data_size,
                                   void **req_cls) {
+    (void)version;
     srv *s = cls;
     req *r = *req_cls;
     if (!r) {
@@ -1320,7 +1268,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
         r->gc = ci ? ci->socket_context : NULL;
-        enum MHD_Result ret = first_call(s, c, r, url, method, version);
+        enum MHD_Result ret = first_call(s, c, r, url, method);
         if (r->answered || !has_body(c)) srv_guard_body_done(s->guard, r->gc);
         return ret;
     }
@@ -1393,7 +1341,7 @@ static int bind_listen(const char *spec, bool *loopback, char *bound, size_t bn,
     struct addrinfo *ai;
     int rc = getaddrinfo(*h ? h : NULL, port, &hints, &ai);
     if (rc) return qd_errf(err, "listen address '%s': %s", spec, gai_strerror(rc)), -1;
-    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0); /* the intake accepts until EAGAIN */
     int one = 1;
     if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (fd < 0 || bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 256) != 0) {
@@ -1420,19 +1368,59 @@ static int bind_listen(const char *spec, bool *loopback, char *bound, size_t bn,
     return fd;
 }
 
-static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen) {
-    (void)addrlen;
+/* The intake's hand-over: the guard's record waits in s->handoff until libmicrohttpd announces the
+ * connection (on_connection). */
+static bool handoff_put(srv *s, int fd, srv_guard_conn *gc) {
+    pthread_mutex_lock(&s->handoff_mu);
+    bool ok = true;
+    if (s->n_handoff == s->cap_handoff) {
+        size_t cap = s->cap_handoff ? 2 * s->cap_handoff : 16;
+        struct handoff *h = realloc(s->handoff, cap * sizeof *h);
+        if (h) s->handoff = h, s->cap_handoff = cap;
+        else ok = false;
+    }
+    if (ok) s->handoff[s->n_handoff++] = (struct handoff){fd, gc};
+    pthread_mutex_unlock(&s->handoff_mu);
+    return ok;
+}
+
+static srv_guard_conn *handoff_take(srv *s, int fd, bool *found) {
+    srv_guard_conn *gc = NULL;
+    *found = false;
+    pthread_mutex_lock(&s->handoff_mu);
+    for (size_t i = 0; i < s->n_handoff; i++)
+        if (s->handoff[i].fd == fd) {
+            gc = s->handoff[i].gc;
+            s->handoff[i] = s->handoff[--s->n_handoff];
+            *found = true;
+            break;
+        }
+    pthread_mutex_unlock(&s->handoff_mu);
+    return gc;
+}
+
+static bool intake_hand_on(void *cls, int fd, const struct sockaddr *sa, socklen_t salen,
+                         srv_guard_conn *gc) {
     srv *s = cls;
-    return srv_guard_admit(s->guard, addr) ? MHD_YES : MHD_NO;
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+    if (di && di->num_connections >= (unsigned)s->cfg.max_connections) return false;
+    if (!handoff_put(s, fd, gc)) return false;
+    if (MHD_add_connection(s->d, fd, sa, salen) != MHD_YES) {
+        /* the library has closed fd; the record is ours to free unless it was announced */
+        bool found;
+        srv_guard_conn *g = handoff_take(s, fd, &found);
+        if (found) srv_guard_close(s->guard, g);
+    }
+    return true;
 }
 
 static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
                           enum MHD_ConnectionNotificationCode code) {
     srv *s = cls;
     if (code == MHD_CONNECTION_NOTIFY_STARTED) {
-        const union MHD_ConnectionInfo *a = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
         const union MHD_ConnectionInfo *f = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
-        *socket_context = f ? srv_guard_open(s->guard, a ? a->client_addr : NULL, f->connect_fd) : NULL;
+        bool found = false;
+        *socket_context = f ? handoff_take(s, f->connect_fd, &found) : NULL;
     } else {
         srv_guard_close(s->guard, *socket_context);
         *socket_context = NULL;
@@ -1527,13 +1515,14 @@ int srv_main(const srv_config *cfg) {
         wk_disp_free(disp);
         return 1;
     }
+    /* Connections come from the intake (intake.h), which accepts them and checks each head before
+     * handing it on; per-address limits and the header/body deadlines are the guard's (intake,
+     * on_connection), not libmicrohttpd's per-IP limit. */
     unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
-                     MHD_USE_POLL | MHD_USE_ERROR_LOG;
-    /* per-address limits and the header/body deadlines are the guard's (on_accept,
-     * on_connection), not libmicrohttpd's per-IP limit */
+                     MHD_USE_POLL | MHD_USE_ITC | MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ERROR_LOG;
+    pthread_mutex_init(&s.handoff_mu, NULL);
     struct MHD_Daemon *d = MHD_start_daemon(
-        flags, 0, on_accept, &s, on_request, &s,
-        MHD_OPTION_LISTEN_SOCKET, (MHD_socket)lfd,
+        flags, 0, NULL, NULL, on_request, &s,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->conn_timeout_s,
         MHD_OPTION_NOTIFY_CONNECTION, on_connection, &s,
@@ -1544,6 +1533,18 @@ int srv_main(const srv_config *cfg) {
         MHD_OPTION_END);
     if (!d) {
         fprintf(stderr, "quantd serve: libmicrohttpd did not start on %s\n", bound);
+        srv_jobs_free(s.jobs);
+        wk_disp_free(disp);
+        return 1;
+    }
+    s.d = d;
+    srv_intake_opts intake_o = {.listen_fd = lfd, .max_pending = cfg->max_connections,
+                            .idle_timeout_s = cfg->conn_timeout_s, .guard = s.guard,
+                            .metrics = s.metrics, .hand_on = intake_hand_on, .cls = &s};
+    srv_intake *intake = srv_intake_start(&intake_o, &err);
+    if (!intake) {
+        fprintf(stderr, "quantd serve: %s\n", err.msg);
+        MHD_stop_daemon(d);
         srv_jobs_free(s.jobs);
         wk_disp_free(disp);
         return 1;
@@ -1569,8 +1570,11 @@ int srv_main(const srv_config *cfg) {
     sigwait(&sigs, &sig);
     fprintf(stderr, "quantd serve: %s: stopping\n", strsignal(sig));
     unlink(addrfile);
+    srv_intake_stop(intake); /* no new connections; closes the listening socket */
     srv_jobs_close_watchers(s.jobs);
     MHD_stop_daemon(d);
+    free(s.handoff);
+    pthread_mutex_destroy(&s.handoff_mu);
     srv_guard_stats gs = srv_guard_get_stats(s.guard);
     fprintf(stderr, "quantd serve: connections closed by the guard: %llu header deadlines, %llu "
                     "slow bodies, %llu idle displaced, %llu refused; %llu requests over the "
