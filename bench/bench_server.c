@@ -80,6 +80,32 @@ static void *load(void *arg) {
     return NULL;
 }
 
+/* POST /v1/blobs of the file at path; its id into id ("" when it failed, with a message). */
+static void upload_file(const char *path, char *id, size_t idn) {
+    size_t n = 0;
+    char *data = qd_read_file(path, SIZE_MAX, &n, NULL);
+    id[0] = 0;
+    if (!data) {
+        fprintf(stderr, "bench_server: cannot read %s (set QD_FIXTURES)\n", path);
+        return;
+    }
+    char head[256], resp[4096];
+    int hn = snprintf(head, sizeof head,
+                      "POST /v1/blobs HTTP/1.1\r\nHost: %s\r\nContent-Type: application/octet-stream"
+                      "\r\nContent-Length: %zu\r\n\r\n", host, n);
+    int fd = connect_server();
+    size_t boff = 0;
+    int st = fd >= 0 && qd_write_all(fd, head, (size_t)hn) == 0 && qd_write_all(fd, data, n) == 0
+                 ? bench_read_response(fd, resp, sizeof resp, &boff, NULL)
+                 : -1;
+    if (fd >= 0) close(fd);
+    free(data);
+    const char *idp = st >= 200 && st < 300 ? strstr(resp + boff, "\"id\":\"") : NULL;
+    if (idp) sscanf(idp + 6, "%79[^\"]", id);
+    else fprintf(stderr, "bench_server: upload of %s: status %d\n", path, st);
+    (void)idn;
+}
+
 static int rm_rf(const char *dir) {
     char cmd[PATH_MAX + 16];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
@@ -154,11 +180,18 @@ int main(int argc, char **argv) {
     printf("server peak RSS: %.1f MB before upload, %.1f MB after a %llu MB upload\n",
            rss0 / 1024.0, rss1 / 1024.0, (unsigned long long)(total >> 20));
 
-    /* 2. GET /v1/jobs/{id} under load: a job whose blob is not a model fails fast, which is
-     * fine, it only has to exist */
-    char body[512], req[1024], job[64] = "";
-    int bn = snprintf(body, sizeof body, "{\"model\":\"%s\",\"calibration\":\"%s\",\"method\":\"rtn\"}",
-                      blob, blob);
+    /* 2. GET /v1/jobs/{id} under load: a small RTN job of the stories260K fixture (the door
+     * refuses a job whose blobs are no model and text), which only has to exist */
+    char body[512], req[1024], job[64] = "", mid[80] = "", cid[80] = "";
+    const char *fx = getenv("QD_FIXTURES");
+    char fpath[PATH_MAX];
+    snprintf(fpath, sizeof fpath, "%s/models/stories260K.gguf", fx ? fx : "../shared/fixtures");
+    upload_file(fpath, mid, sizeof mid);
+    snprintf(fpath, sizeof fpath, "%s/text/tinystories-valid-excerpt.txt", fx ? fx : "../shared/fixtures");
+    upload_file(fpath, cid, sizeof cid);
+    int bn = snprintf(body, sizeof body,
+                      "{\"model\":\"%s\",\"calibration\":\"%s\",\"method\":\"rtn\","
+                      "\"budget\":{\"samples\":2,\"seq_len\":16,\"epochs\":0}}", mid, cid);
     int rn = snprintf(req, sizeof req,
                       "POST /v1/jobs HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
                       "Content-Length: %d\r\n\r\n%s", host, bn, body);
