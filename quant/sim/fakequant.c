@@ -500,13 +500,14 @@ static const qd_real *prep_weight(qd_qsim *q, int l, int w, const qd_real **wt, 
     qd_qlayer *L = &q->L[l];
     qd_qact *A = act_of(q, l);
     int rows = L->wrows[w], cols = L->wcols[w];
+    if (q->wq_on && L->wfix[w]) { /* fixed integers: the LET of the source weight is not read */
+        wfix_dequant(L, w, P->scrB);
+        *wt = P->scrB;
+        return P->scrB;
+    }
     const qd_real *t = let_weight(q, l, w);
     *wt = t;
     if (!q->wq_on) return t;
-    if (L->wfix[w]) {
-        wfix_dequant(L, w, P->scrB);
-        return P->scrB;
-    }
     if (fwd) A->pos_w[w] = qd_rctx_take(&q->rc, (size_t)rows * cols + rows);
     qd_wq_forward(P->scrB, t, rows, cols, L->wspec[w], q->lwc_on ? L->gam[w] : NULL,
                   q->lwc_on ? L->bet[w] : NULL, NULL, NULL, &q->rc, A->pos_w[w]);
@@ -1056,7 +1057,6 @@ QD_API int qd_qsim_fold(const qd_qsim *qc, qd_model *out, qd_err *err) {
                                       ol->w_gate, ol->w_up, ol->w_down};
         for (int w = 0; w < QD_W_PER_LAYER; w++) {
             int rows = L->wrows[w], cols = L->wcols[w];
-            const qd_real *t = let_weight(q, l, w);
             qd_wq_spec sp = L->wspec[w];
             int groups = sp.per_channel ? rows : 1;
             size_t gsz = sp.per_channel ? (size_t)cols : (size_t)rows * cols;
@@ -1067,6 +1067,7 @@ QD_API int qd_qsim_fold(const qd_qsim *qc, qd_model *out, qd_err *err) {
                 for (size_t i = 0; i < (size_t)rows * cols; i++) dst[w][i] = (float)P->scrB[i];
                 continue;
             }
+            const qd_real *t = let_weight(q, l, w);
             if (q->wq_on) {
                 qd_wq_forward(P->scrB, t, rows, cols, sp, q->lwc_on ? L->gam[w] : NULL,
                               q->lwc_on ? L->bet[w] : NULL, sc, zp, NULL, 0);
