@@ -255,8 +255,52 @@ static void w8a8_close_to_fp32(void) {
     qd_model_free(m);
 }
 
+static bool same_doubles(const double *a, const double *b, size_t n) { return !memcmp(a, b, n * sizeof *a); }
+static bool same_floats(const float *a, const float *b, size_t n) { return !memcmp(a, b, n * sizeof *a); }
+
+/* The statistics pass through the decoder layers alone (SmoothQuant's) records every layer
+ * site (and the embedding's output) bit for bit as the full pass does, over several batches;
+ * it leaves the LM head's sites as it found them; a token out of range is an error. */
+static void collect_layers_same_stats(void) {
+    qd_model *m = stories();
+    if (!m) return;
+    int T = 32, nw = 5, V = m->cfg.vocab_size, L = m->cfg.n_layers;
+    int *tok = malloc(sizeof(int) * nw * T);
+    for (int i = 0; i < nw * T; i++) tok[i] = (i * 11 + i / 7) % V;
+    qd_qsim *q = sim(m, 8, 2, T, 0); /* Bmax 2: three batches */
+    qd_err err = {{0}};
+    qd_qstats *a = qd_qstats_new(&m->cfg), *b = qd_qstats_new(&m->cfg), *fresh = qd_qstats_new(&m->cfg);
+    CHECK(qd_qsim_collect(q, tok, nw, T, a, &err) == 0, "%s", err.msg);
+    CHECK(qd_qsim_collect_layers(q, tok, nw, T, b, &err) == 0, "%s", err.msg);
+    size_t ns = (size_t)L * QD_AQ_PER_LAYER, D = (size_t)m->cfg.dim, H = (size_t)m->cfg.hidden_dim;
+    size_t Q = (size_t)a->qdim;
+    CHECK(a->tokens == b->tokens && b->tokens == (size_t)nw * T, "tokens %zu %zu", a->tokens, b->tokens);
+    CHECK(same_doubles(a->mn, b->mn, ns) && same_doubles(a->mx, b->mx, ns), "layer ranges differ");
+    CHECK(same_floats(a->ch_attn, b->ch_attn, L * D) && same_floats(a->ch_ffn, b->ch_ffn, L * D) &&
+              same_floats(a->ch_down, b->ch_down, L * H) && same_floats(a->ch_o, b->ch_o, L * Q),
+          "channel maxima differ");
+    CHECK(same_doubles(a->sq_attn, b->sq_attn, L * D) && same_doubles(a->sq_ffn, b->sq_ffn, L * D) &&
+              same_doubles(a->sq_down, b->sq_down, L * H) && same_doubles(a->sq_o, b->sq_o, L * Q),
+          "channel sums of squares differ");
+    /* the embedding's output is a site of both; the head's input and the logits only of the full pass */
+    CHECK(a->mn[ns + QD_AQG_EMB] == b->mn[ns + QD_AQG_EMB] && a->mx[ns + QD_AQG_EMB] == b->mx[ns + QD_AQG_EMB],
+          "embedding range differs");
+    for (int g = QD_AQG_HEAD_IN; g < QD_AQG_COUNT; g++) {
+        CHECK(b->mn[ns + g] == fresh->mn[ns + g] && b->mx[ns + g] == fresh->mx[ns + g],
+              "the layers-only pass touched head site %d", g);
+        CHECK(a->mx[ns + g] != fresh->mx[ns + g], "the full pass did not reach head site %d", g);
+    }
+    tok[3 * T + 1] = V;
+    CHECK(qd_qsim_collect_layers(q, tok, nw, T, b, &err) != 0 && strstr(err.msg, "out of range"), "%s", err.msg);
+    qd_qstats_free(a), qd_qstats_free(b), qd_qstats_free(fresh);
+    qd_qsim_free(q);
+    free(tok);
+    qd_model_free(m);
+}
+
 int main(void) {
     RUN(fp_path_matches_forward);
+    RUN(collect_layers_same_stats);
     RUN(encodings_match_simulation);
     RUN(fold_is_function_preserving);
     RUN(quantizer_error_bounds);

@@ -442,46 +442,15 @@ out:
     return rc;
 }
 
-static int collect(qd_qsim *q, const int *win, int nw, int T, qd_qstats **st, qd_mq_result *res,
-                   qd_err *err) {
+/* The statistics pass into a new *st: through the LM head (head) or, for SmoothQuant, which
+ * reads only the linears' inputs, through the decoder layers alone. */
+static int collect(qd_qsim *q, const int *win, int nw, int T, int head, qd_qstats **st,
+                   qd_mq_result *res, qd_err *err) {
     *st = qd_qstats_new(&q->cfg);
     if (!*st) return qd_errf(err, "%s: out of memory", __func__);
     res->tokens += (size_t)nw * T;
-    return qd_qsim_collect(q, win, nw, T, *st, err);
-}
-
-/* SmoothQuant's statistics: collect's, through the decoder layers only. The same embedding and
- * layer forwards as qd_qsim_collect (so the same statistics of every linear's input, which is
- * all SmoothQuant reads); the vocabulary-sized LM head and its quantizers' statistics are not
- * computed. */
-static int collect_layers(qd_qsim *q, const int *win, int nw, int T, qd_qstats **st,
-                          qd_mq_result *res, qd_err *err) {
-    int V = q->cfg.vocab_size, Bm = q->o.Bmax;
-    for (size_t i = 0; i < (size_t)nw * T; i++)
-        if (win[i] < 0 || win[i] >= V)
-            return qd_errf(err, "%s: token id %d out of range [0, %d)", __func__, win[i], V);
-    size_t nd = (size_t)Bm * T * q->cfg.dim;
-    *st = qd_qstats_new(&q->cfg);
-    qd_real *x0 = malloc(sizeof(qd_real) * nd), *out = malloc(sizeof(qd_real) * nd);
-    if (!*st || !x0 || !out) {
-        free(x0), free(out);
-        return qd_errf(err, "%s: out of memory", __func__);
-    }
-    int sa = q->aq_on, sw = q->wq_on;
-    q->aq_on = q->wq_on = 0;
-    q->stats = *st;
-    for (int w = 0; w < nw && !qd_stop_requested(); w += Bm) {
-        int nb = nw - w < Bm ? nw - w : Bm;
-        q->rc.cursor = 0;
-        qd_qsim_embed(q, win + (size_t)w * T, nb, T, x0);
-        qd_qsim_forward_blocks(q, x0, out, nb, T);
-        (*st)->tokens += (size_t)nb * T;
-    }
-    q->stats = NULL;
-    q->aq_on = sa, q->wq_on = sw;
-    free(x0), free(out);
-    res->tokens += (size_t)nw * T;
-    return qd_stop_requested() ? qd_stopped(err) : QD_OK;
+    return head ? qd_qsim_collect(q, win, nw, T, *st, err)
+                : qd_qsim_collect_layers(q, win, nw, T, *st, err);
 }
 
 int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_opts *o,
@@ -558,14 +527,14 @@ int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_o
     /* 1. statistics with identity LET -> SmoothQuant scales */
     report(o, "calibrate", 0, 2, NAN, NAN, ph0);
     q->let_on = 0;
-    if (collect_layers(q, win, nw, T, &st, res, err)) goto out;
+    if (collect(q, win, nw, T, 0, &st, res, err)) goto out;
     q->let_on = method != QD_METHOD_RTN;
     if (method != QD_METHOD_RTN) qd_qsim_smoothquant(q, st, o->alpha);
     qd_qstats_free(st);
     st = NULL;
     /* 2. activation ranges of the smoothed model */
     report(o, "calibrate", 1, 2, NAN, NAN, ph0);
-    if (collect(q, win, nw, T, &st, res, err)) goto out;
+    if (collect(q, win, nw, T, 1, &st, res, err)) goto out;
     qd_qsim_init_ranges(q, st);
     if (training && o->lwc_grid > 0) qd_qsim_search_lwc(q, st, o->lwc_grid, o->lwc_rmin);
     qd_qstats_free(st);
@@ -609,7 +578,7 @@ int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_o
         }
         if (method == QD_METHOD_OMNIQUANT) {
             /* block-wise training moved the LET scales: re-measure the static ranges */
-            if (collect(q, win, nw, T, &st, res, err)) goto out;
+            if (collect(q, win, nw, T, 1, &st, res, err)) goto out;
             qd_qsim_init_ranges(q, st);
         }
     }

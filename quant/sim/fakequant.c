@@ -941,23 +941,55 @@ QD_API int qd_qsim_logits_fn(void *ctx, const int *tokens, int B, int T, float *
     return qd_qsim_logits((qd_qsim *)ctx, tokens, B, T, logits, err);
 }
 
-QD_API int qd_qsim_collect(qd_qsim *q, const int *tokens, int n_windows, int T, qd_qstats *st,
-                           qd_err *err) {
-    float *lg = malloc(sizeof(float) * (size_t)q->o.Bmax * T * q->cfg.vocab_size);
-    if (!lg) return qd_errf(err, "%s: out of memory", __func__);
+/* The statistics pass of qd_qsim_collect (head: through the LM head) and
+ * qd_qsim_collect_layers (the decoder layers only): one loop, so that both record the same
+ * statistics of every site they share. */
+static int collect_pass(qd_qsim *q, const int *tokens, int n_windows, int T, qd_qstats *st,
+                        int head, qd_err *err) {
+    int V = q->cfg.vocab_size, Bm = q->o.Bmax;
+    size_t nd = (size_t)Bm * T * q->cfg.dim;
+    float *lg = head ? malloc(sizeof(float) * (size_t)Bm * T * V) : NULL;
+    qd_real *x0 = head ? NULL : malloc(sizeof(qd_real) * nd);
+    qd_real *out = head ? NULL : malloc(sizeof(qd_real) * nd);
+    if (head ? !lg : !x0 || !out) {
+        free(lg), free(x0), free(out);
+        return qd_errf(err, "%s: out of memory", __func__);
+    }
     int sa = q->aq_on, sw = q->wq_on;
     q->aq_on = q->wq_on = 0;
     q->stats = st;
     int rc = QD_OK;
-    for (int w = 0; w < n_windows && rc == QD_OK; w += q->o.Bmax) {
-        int nb = n_windows - w < q->o.Bmax ? n_windows - w : q->o.Bmax;
-        rc = qd_qsim_logits(q, tokens + (size_t)w * T, nb, T, lg, err);
-        st->tokens += (size_t)nb * T;
+    for (int w = 0; w < n_windows && rc == QD_OK; w += Bm) {
+        int nb = n_windows - w < Bm ? n_windows - w : Bm;
+        const int *tk = tokens + (size_t)w * T;
+        if (head) {
+            rc = qd_qsim_logits(q, tk, nb, T, lg, err);
+        } else {
+            for (size_t i = 0; i < (size_t)nb * T && rc == QD_OK; i++)
+                if (tk[i] < 0 || tk[i] >= V)
+                    rc = qd_errf(err, "%s: token id %d out of range [0, %d)", __func__, tk[i], V);
+            if (rc == QD_OK && qd_stop_requested()) rc = qd_stopped(err);
+            if (rc != QD_OK) break;
+            q->rc.cursor = 0;
+            qd_qsim_embed(q, tk, nb, T, x0);
+            qd_qsim_forward_blocks(q, x0, out, nb, T);
+        }
+        if (rc == QD_OK) st->tokens += (size_t)nb * T;
     }
     q->stats = NULL;
     q->aq_on = sa, q->wq_on = sw;
-    free(lg);
+    free(lg), free(x0), free(out);
     return rc;
+}
+
+QD_API int qd_qsim_collect(qd_qsim *q, const int *tokens, int n_windows, int T, qd_qstats *st,
+                           qd_err *err) {
+    return collect_pass(q, tokens, n_windows, T, st, 1, err);
+}
+
+QD_API int qd_qsim_collect_layers(qd_qsim *q, const int *tokens, int n_windows, int T,
+                                  qd_qstats *st, qd_err *err) {
+    return collect_pass(q, tokens, n_windows, T, st, 0, err);
 }
 
 /* ---------------------------------------------------------------- initialisation */

@@ -217,6 +217,11 @@ QD_API void qd_qsim_lwc_scalar(int on);
 /* Runs the FP statistics pass (quantizers off, LET as set) over n windows of T tokens. */
 QD_API int qd_qsim_collect(qd_qsim *q, const int *tokens, int n_windows, int T, qd_qstats *st,
                     qd_err *err);
+/* The same pass through the decoder layers only: every layer site's statistics (all that
+ * SmoothQuant reads) identical to qd_qsim_collect's, bit for bit; the vocabulary-sized LM head
+ * and its quantizers' statistics are not computed. */
+QD_API int qd_qsim_collect_layers(qd_qsim *q, const int *tokens, int n_windows, int T,
+                                  qd_qstats *st, qd_err *err);
 
 /* Writes into out (a model with the same config, e.g. a qd_model_clone of the source) the FP
  * model with LET folded into norms and weights, and every linear weight clipped to its LWC
