@@ -30,14 +30,6 @@
 #define VM_EXTRA (320.0 * 1048576)
 #define VM_PER_THREAD (192.0 * 1048576)
 
-/* The eval windows per forward (eval.c eval_batch): at most 1024 tokens, at most
- * QD_EVAL_BATCH_CELLS logits. */
-static double eval_batch(int T, int V) {
-    double B = T >= 1024 ? 1 : floor(1024.0 / T);
-    double most = floor((32.0 * 1048576) / ((double)T * V));
-    return B > most ? (most > 0 ? most : 1) : B;
-}
-
 typedef struct {
     double D, F, QD, KV, V, L, T;
     double wlin;  /* the linear weights of all layers, elements */
@@ -133,20 +125,22 @@ void qd_quantize_estimate(const qd_quant_opts *o, const qd_config *c, double fil
     int fpt = gptq && wbits < 8;
     double T = s.T, D = s.D;
     /* the windows qd_mq_run uses: the budget's samples, as overlapping windows on short data */
-    double avail = floor((double)n_calib / T);
     double nw = fmin(o->samples, fmax(1, 1 + floor(((double)n_calib - T) / fmax(1, floor(T / 8)))));
     if (nw < 1) nw = 1;
-    double nh = training && o->epochs > 0 ? fmax(1, fmin(floor(0.1 * n_calib / T), fmax(1, floor(o->samples / 8.0)))) : 0;
-    (void)avail;
+    qd_mq_opts mqd; /* the optimizer's own defaults: the held-out fraction, the eval windows */
+    qd_mq_defaults(&mqd, wbits);
+    double nh = training && o->epochs > 0
+                    ? fmax(1, fmin(floor(mqd.holdout * n_calib / T), fmax(1, floor(o->samples / 8.0))))
+                    : 0;
     double B = o->batch > 0 ? fmin(o->batch, nw) : 1;
-    double Bev = 8; /* qd_mq_defaults eval_batch */
+    double Bev = mqd.eval_batch;
 
     double base = BASE_BYTES + BASE_PER_THREAD * (o->threads > 2 ? o->threads - 2 : 0);
     double model = 4 * n_model;                               /* model.c: F32, one block */
     double tokens = 2 * 4.0 * (double)(n_calib + n_ev);       /* data.c ids, and a copy */
     double ref = fmin((double)QD_EVAL_REF_BYTES, (double)n_ev * s.V * 8) + 32.0 * n_ev;
-    double lg_eval = 4 * eval_batch((int)T, c->vocab_size) * T * s.V; /* eval.c logits */
-    double fwd_ws = 4 * eval_batch((int)T, c->vocab_size) * T *
+    double lg_eval = 4 * (double)qd_eval_batch((int)T, c->vocab_size) * T * s.V; /* eval.c logits */
+    double fwd_ws = 4 * (double)qd_eval_batch((int)T, c->vocab_size) * T *
                     (2 * D + 2 * s.QD + 2 * s.KV + 2 * s.F);      /* forward.c workspace */
     double np = sim_params(&s, c, wbits);
     double sim_t = sim_bytes(&s, c, B, 1, np), sim_e = sim_bytes(&s, c, Bev, 0, np);
@@ -163,7 +157,7 @@ void qd_quantize_estimate(const qd_quant_opts *o, const qd_config *c, double fil
     double qint = s.wlin * wbits / 8.0 + s.V * D * (c->tied_embeddings ? 1 : 2) +
                   16.0 * s.L * (s.D + s.F);                   /* int_model.c */
     double qint_tmp = 4 * fmax(s.wmax, s.V * D);              /* int_model.c hat */
-    double rt_bufs = 4 * eval_batch((int)T, c->vocab_size) * T * (4 * D + 2 * s.F + 2 * s.QD);
+    double rt_bufs = 4 * (double)qd_eval_batch((int)T, c->vocab_size) * T * (4 * D + 2 * s.F + 2 * s.QD);
 
     /* what every phase after the load holds: the process, the model, the token ids and the
      * FP32 reference; each phase then adds its own parts */

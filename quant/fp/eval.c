@@ -32,10 +32,7 @@ static int argmax(const float *x, int V) {
     return a;
 }
 
-/* Windows per forward call: at most 1024 tokens, and at most QD_EVAL_BATCH_CELLS logits so
- * that a large vocabulary does not hold a large buffer. */
-#define QD_EVAL_BATCH_CELLS ((size_t)32 << 20)
-static int eval_batch(int ctx_len, int vocab) {
+int qd_eval_batch(int ctx_len, int vocab) {
     int B = ctx_len >= 1024 ? 1 : 1024 / ctx_len;
     size_t most = QD_EVAL_BATCH_CELLS / ((size_t)ctx_len * (size_t)vocab);
     if ((size_t)B > most) B = most > 0 ? (int)most : 1;
@@ -74,7 +71,7 @@ int qd_eval_compare(qd_logits_fn ref, void *ref_ctx, qd_logits_fn var, void *var
     if (check_args(ctx_len, n, err)) return QD_ERR;
     double t0 = qd_now();
     int same = ref == var && ref_ctx == var_ctx;
-    int B = eval_batch(ctx_len, vocab);
+    int B = qd_eval_batch(ctx_len, vocab);
     size_t cells = (size_t)B * ctx_len * vocab;
     float *lr = malloc(sizeof(float) * cells);
     float *lv = same ? lr : malloc(sizeof(float) * cells);
@@ -258,7 +255,7 @@ qd_eval_ref *qd_eval_ref_new(qd_logits_fn ref, void *ctx, int vocab, const int *
     if (check_args(ctx_len, n, err)) return NULL;
     double t0 = qd_now();
     qd_eval_ref *r = calloc(1, sizeof *r);
-    int B = eval_batch(ctx_len, vocab);
+    int B = qd_eval_batch(ctx_len, vocab);
     qd_pool *pool = qd_pool_default();
     int nt = qd_pool_threads(pool), G = 0;
     float *lg = malloc(sizeof(float) * (size_t)B * ctx_len * vocab);
@@ -403,7 +400,7 @@ int qd_eval_ref_compare(const qd_eval_ref *r, qd_logits_fn var, void *ctx, qd_ev
                         void *tick_ctx, qd_cmp_result *res, qd_err *err) {
     memset(res, 0, sizeof *res);
     double t0 = qd_now();
-    int V = r->vocab, B = eval_batch(r->ctx_len, V);
+    int V = r->vocab, B = qd_eval_batch(r->ctx_len, V);
     size_t npos = (size_t)B * (size_t)(r->ctx_len - 1);
     qd_pool *pool = qd_pool_default();
     int nt = qd_pool_threads(pool);

@@ -74,4 +74,10 @@ void qd_eval_ref_stats(const qd_eval_ref *r, qd_eval_ref_info *info);
 /* qd_forward as a qd_logits_fn (ctx = const qd_model*). */
 int qd_fp32_logits_fn(void *ctx, const int *tokens, int B, int T, float *logits, qd_err *err);
 
+/* Windows per forward call of the evaluation loops: at most 1024 tokens, and at most
+ * QD_EVAL_BATCH_CELLS logits, so that a large vocabulary does not hold a large buffer (the
+ * cost estimate counts the same). */
+#define QD_EVAL_BATCH_CELLS ((size_t)32 << 20)
+int qd_eval_batch(int ctx_len, int vocab);
+
 #endif
