@@ -61,7 +61,7 @@ void qd_quant_defaults(qd_quant_opts *o) {
  * variant, and given the overall ETA: what is left of this stage plus the later stages' costs,
  * each at the seconds per cost unit that finished stages of its phase took (of any phase before
  * one has finished). An estimate: it sharpens as the run goes. */
-#define MAX_STAGES 24
+
 typedef struct {
     const char *phase, *variant;
     double cost;           /* predicted; 0: not counted in the rate (load) */
@@ -71,13 +71,13 @@ typedef struct {
 typedef struct tracker {
     const qd_quant_opts *o;
     double t0;
-    stage st[MAX_STAGES];
+    stage st[QD_REPORT_MAX_STAGES];
     int n, cur;            /* cur: the stage under way, -1 before the first */
     const char *variant;   /* what the pipeline runs now */
 } tracker;
 
 static void plan_add(tracker *tr, const char *phase, const char *variant, double cost) {
-    if (tr->n < MAX_STAGES) tr->st[tr->n++] = (stage){phase, variant, cost, 0, 0};
+    if (tr->n < QD_REPORT_MAX_STAGES) tr->st[tr->n++] = (stage){phase, variant, cost, 0, 0};
 }
 
 /* The stages of a run of o over n_calib calibration and n_ev evaluation tokens (the windows
@@ -524,6 +524,7 @@ typedef struct {
     const int *calib, *ev; /* into cal / evt */
     size_t n_calib, n_ev;
     qd_estimate est;       /* the run's cost, from the headers and the token counts */
+    int probe;             /* the estimate probes this machine's sgemm rate (its time part) */
 } inputs;
 
 /* The part of p with the most bytes: what a refusal names. */
@@ -578,7 +579,7 @@ static int load_inputs(const qd_quant_opts *o, inputs *in, qd_report *rep, track
                      "eval: %zu evaluation tokens, need at least 2", in->n_ev);
     /* the run's peak memory from the config, the budget and the token counts */
     qd_quantize_estimate(o, &m->cfg, (double)disk_bytes(o->model_path), in->n_calib, in->n_ev,
-                         0, &in->est);
+                         in->probe, &in->est);
     if (o->max_mem > 0 && in->est.vm_bytes > (double)o->max_mem) {
         char need[32], vm[32], lim[32];
         const qd_est_phase *pk = &in->est.ph[in->est.peak];
@@ -673,15 +674,10 @@ int qd_quantize_plan(const qd_quant_opts *o, int probe, qd_estimate *e,
     if (validate(o, field, err)) return QD_ERR;
     inputs in;
     memset(&in, 0, sizeof in);
+    in.probe = probe && e;
+    if (in.probe) openblas_set_num_threads(o->threads); /* the rate at the run's threads */
     int rc = load_inputs(o, &in, NULL, NULL, field, err);
-    if (rc == QD_OK && e) {
-        if (probe) {
-            openblas_set_num_threads(o->threads);
-            qd_quantize_estimate(o, &in.m->cfg, (double)disk_bytes(o->model_path), in.n_calib,
-                                 in.n_ev, 1, &in.est);
-        }
-        *e = in.est;
-    }
+    if (rc == QD_OK && e) *e = in.est;
     inputs_free(&in);
     return rc;
 }
@@ -724,7 +720,7 @@ int qd_quantize(const qd_quant_opts *o, qd_err *err) {
         goto out;
     double now = qd_now();
     if (tr.cur >= 0 && tr.st[tr.cur].t_end == 0) tr.st[tr.cur].t_end = now;
-    for (int i = 0; i < tr.n && rep.n_stages < 24; i++)
+    for (int i = 0; i < tr.n && rep.n_stages < QD_REPORT_MAX_STAGES; i++)
         if (tr.st[i].t_start > 0)
             rep.stage[rep.n_stages].phase = tr.st[i].phase,
             rep.stage[rep.n_stages].variant = tr.st[i].variant,

@@ -48,8 +48,9 @@ typedef struct qd_quant_opts {
     double lr_let[2], lr_lwc[2], lr_lrl[2];
     int batch;                   /* windows per optimizer step (0: 1) */
     char encodings_version[8];   /* AIMET encodings.json format: "1.0.0" (default) or "0.6.1" */
-    size_t max_mem;              /* refuse (field "budget") when the estimated peak memory
-                                  * (estimate.h) exceeds this many bytes; 0: no limit */
+    size_t max_mem;              /* refuse (field "budget") when the estimated address space
+                                  * at the peak (estimate.h vm_bytes: what RLIMIT_AS counts)
+                                  * exceeds this many bytes; 0: no limit */
 } qd_quant_opts;
 
 void qd_quant_defaults(qd_quant_opts *o);

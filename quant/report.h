@@ -53,6 +53,8 @@
 
 /* One method run: its figures against FP32 and its optimizer's record (owned: the report's
  * clear frees res). */
+#define QD_REPORT_MAX_STAGES 24 /* compute.stages: load, eval, 3 variants x 5 phases, export */
+
 typedef struct qd_report_variant {
     const char *name; /* method name; static storage */
     qd_cmp_result cmp;
@@ -109,7 +111,7 @@ typedef struct qd_report {
     struct {
         const char *phase, *variant; /* static strings; variant NULL for load and export */
         double seconds;
-    } stage[24];
+    } stage[QD_REPORT_MAX_STAGES];
     double est_peak_bytes, est_vm_bytes;
 } qd_report;
 
