@@ -6,6 +6,7 @@
 
 #include <assert.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,7 +36,10 @@ struct qd_pool {
 static _Thread_local int tl_in_task;
 
 int qd_pool_online_cpus(void) {
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    /* the CPUs this process may run on (taskset, a Slurm or container cpuset), else online */
+    cpu_set_t set;
+    long n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 0;
+    if (n < 1) n = sysconf(_SC_NPROCESSORS_ONLN);
     if (n < 1) return 1;
     return n < QD_POOL_MAX_THREADS ? (int)n : QD_POOL_MAX_THREADS;
 }

@@ -28,7 +28,8 @@ typedef struct qd_pool qd_pool;
  * among the tasks of one job that run at the same time (for per-thread scratch). */
 typedef void (*qd_pool_fn)(void *ctx, int task, int tid);
 
-/* The number of online CPUs, at least 1 and at most QD_POOL_MAX_THREADS. */
+/* The CPUs this process may run on (its affinity mask; else the online CPUs), at least 1 and at
+ * most QD_POOL_MAX_THREADS. */
 int qd_pool_online_cpus(void);
 
 /* A pool of threads threads, the caller's included (0: qd_pool_online_cpus(); above

@@ -16,6 +16,7 @@
 #include "cli/cli.h"
 #include "base/fs.h"
 #include "base/limits.h"
+#include "base/pool.h"
 #include "base/stop.h"
 #include "base/str.h"
 #include "quant/estimate.h"
@@ -110,8 +111,10 @@ static const cli_opt opts[] = {
     {"epochs", O_EPOCHS, "E", "passes over the windows (default 10)"},
     {"seed", O_SEED, "S", "seed (default 0)"},
     {"threads", O_THREADS, "K", "threads of OpenBLAS (the FP32 passes and the optimizer's\n"
-                                "matrix products) and of the integer runtime's evaluation\n"
-                                "(default 1, as for a job)"},
+                                "matrix products), of the program's pool (every other loop)\n"
+                                "and of the integer runtime's evaluation (default 0: all the\n"
+                                "CPUs this process may run on; the results are the same bits\n"
+                                "at any count)"},
     {"abits", O_ABITS, "CLASS=BITS,...", "activation bits (" QD_ABITS_NAMES ") per class, e.g.\n"
                                           "res=16,norm=8; the classes:\n" QD_ACLASS_NAMES},
     {"tokenizer", O_TOKENIZER, "PATH", "tokenizer.bin / tokenizer.json / .gguf (default: the model's)"},
@@ -239,7 +242,7 @@ static int take_option(const cli_args *a, int c, qd_quant_opts *o, cli_extra *x)
     case O_SAMPLES: dst = &o->samples, lo = QD_SAMPLES_MIN, hi = QD_SAMPLES_MAX; break;
     case O_SEQ_LEN: dst = &o->seq_len, lo = QD_SEQ_LEN_MIN, hi = QD_SEQ_LEN_MAX; break;
     case O_EPOCHS: dst = &o->epochs, lo = QD_EPOCHS_MIN, hi = QD_EPOCHS_MAX; break;
-    case O_THREADS: dst = &o->threads, lo = QD_THREADS_MIN, hi = QD_THREADS_MAX; break;
+    case O_THREADS: dst = &o->threads, lo = 0, hi = QD_THREADS_MAX; break;
     case O_BATCH: dst = &o->batch, lo = 1, hi = QD_BATCH_MAX; break;
     case O_CHECKPOINT_EVERY: dst = &o->checkpoint_every, lo = 0, hi = QD_CHECKPOINT_EVERY_MAX; break;
     default: return CLI_BAD;
@@ -271,6 +274,10 @@ static int parse_args(int argc, char **argv, qd_quant_opts *o, cli_extra *x) {
         return 2;
     }
     if (x->dry_run && !o->out_dir) o->out_dir = "."; /* never written */
+    if (o->threads == 0) { /* all CPUs: counted here, so that the report names the number */
+        int n = qd_pool_online_cpus();
+        o->threads = n < QD_THREADS_MIN ? QD_THREADS_MIN : n > QD_THREADS_MAX ? QD_THREADS_MAX : n;
+    }
     if (!o->model_path || !o->calib_path || !o->out_dir) {
         cli_fail(&a, "--model, --calib and --out are required");
         cli_usage(&a, stderr);
@@ -371,6 +378,7 @@ static int dry_run(const qd_quant_opts *o, int json) {
 int cmd_quantize(int argc, char **argv) {
     qd_quant_opts o;
     qd_quant_defaults(&o);
+    o.threads = 0; /* unlike a job's default (1: a server runs several workers), all CPUs */
     cli_extra x = {0};
     int pr = parse_args(argc, argv, &o, &x);
     if (pr) return pr == 1 ? 0 : 2;
