@@ -172,6 +172,34 @@ static void resume_same_trajectory(void) {
         for (long i = 0; i < ra.n_loss && i < rc2.n_loss; i++)
             CHECK(ra.loss[i] == rc2.loss[i], "loss[%ld] %g vs %g", i, ra.loss[i], rc2.loss[i]);
     }
+    /* stopped inside a held-out pass (the states of steps 6 and 9, the last): the checkpoint
+     * holds the state after that step with its pass pending; the rerun runs the pass, goes on,
+     * and ends as the uninterrupted run did (before, the stop lost every step since the last
+     * checkpoint, all of them when there was none) */
+    for (long at = 6; at <= 9; at += 3) {
+        unlink(ck);
+        qd_mq_result rs = {0}, rt = {0};
+        qd_mq_test_stop_in_select(at);
+        qd_qsim *sq = run_mq(m, tok, n, ck, 0, &rc, &rs);
+        qd_mq_test_stop_in_select(-1);
+        CHECK(rc == QD_STOPPED && !sq && rs.stopped && access(ck, F_OK) == 0,
+              "stop in the pass of step %ld: rc %d", at, rc);
+        qd_qsim *tq = run_mq(m, tok, n, ck, 0, &rc, &rt);
+        CHECK(rc == QD_OK && rt.resumed_at == at && rt.steps == 9 - at,
+              "resume from the pass of step %ld: rc %d at %ld steps %ld", at, rc, rt.resumed_at, rt.steps);
+        if (a && tq) {
+            CHECK(!memcmp(a->p, tq->p, sizeof(qd_real) * a->n_params),
+                  "parameters differ after resuming the pass of step %ld", at);
+            CHECK(rt.n_sel == ra.n_sel && rt.kept_step == ra.kept_step && rt.kept_loss == ra.kept_loss,
+                  "selection after resuming the pass of step %ld: %ld states, kept %ld/%ld", at,
+                  rt.n_sel, rt.kept_step, ra.kept_step);
+            for (long i = 0; i < ra.n_sel && i < rt.n_sel; i++)
+                CHECK(ra.sel_step[i] == rt.sel_step[i] && ra.sel_loss[i] == rt.sel_loss[i],
+                      "state %ld after resuming the pass of step %ld", i, at);
+        }
+        qd_qsim_free(sq), qd_qsim_free(tq);
+        qd_mq_result_free(&rs), qd_mq_result_free(&rt);
+    }
     /* stopped after training (in GPTQ): the checkpoint holds the finished training, and the
      * rerun trains no further step and ends with the same parameters and selection */
     unlink(ck);

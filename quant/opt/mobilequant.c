@@ -169,10 +169,16 @@ static int push_sel(qd_mq_result *r, long step, float loss) {
     return QD_OK;
 }
 
+/* Test hook (qd_mq_test_stop_in_select): the held-out pass of this step raises the stop
+ * request as it begins, as a SIGTERM arriving there would. */
+static long test_stop_select = -1;
+void qd_mq_test_stop_in_select(long step) { test_stop_select = step; }
+
 /* One candidate state: its held-out loss joins the record, and it becomes the kept state when
  * strictly better (ties keep the earlier state). */
 static int select_state(trainer *t, qd_mq_result *res, long step, qd_err *err) {
     qd_qsim *q = t->q;
+    if (step == test_stop_select) qd_stop_request();
     float l = holdout_loss(q, t->hwin, t->nh, t->T, t->htgt, t->x0, t->out);
     if (qd_stop_requested()) return qd_stopped(err); /* l is not a loss */
     res->tokens += (size_t)t->nh * t->T;
@@ -185,24 +191,27 @@ static int select_state(trainer *t, qd_mq_result *res, long step, qd_err *err) {
 }
 
 /* The selection's state in a checkpoint's extra block: kept step, kept loss, n, the n steps,
- * the n losses, the kept parameters. */
-static qd_real *sel_pack(const trainer *t, const qd_mq_result *r, long *n) {
+ * the n losses, the kept parameters, and (pending) one more element, 1: the checkpoint's own
+ * state is a candidate whose held-out pass was stopped (a checkpoint without it has none). */
+static qd_real *sel_pack(const trainer *t, const qd_mq_result *r, int pending, long *n) {
     size_t np = t->q->n_params;
-    *n = 3 + 2 * r->n_sel + (long)np;
+    *n = 3 + 2 * r->n_sel + (long)np + (pending ? 1 : 0);
     qd_real *x = malloc(sizeof(qd_real) * (size_t)*n);
     if (!x) return NULL;
     x[0] = (qd_real)r->kept_step, x[1] = (qd_real)r->kept_loss, x[2] = (qd_real)r->n_sel;
     for (long i = 0; i < r->n_sel; i++)
         x[3 + i] = (qd_real)r->sel_step[i], x[3 + r->n_sel + i] = r->sel_loss[i];
     memcpy(x + 3 + 2 * r->n_sel, t->best, sizeof(qd_real) * np);
+    if (pending) x[*n - 1] = 1;
     return x;
 }
 
-static int sel_unpack(trainer *t, qd_mq_result *r, const qd_real *x, long n) {
+static int sel_unpack(trainer *t, qd_mq_result *r, const qd_real *x, long n, int *pending) {
     size_t np = t->q->n_params;
     if (n < 3) return QD_ERR;
-    long ns = (long)x[2];
-    if (ns < 0 || n != 3 + 2 * ns + (long)np) return QD_ERR;
+    long ns = (long)x[2], base = 3 + 2 * ns + (long)np;
+    *pending = ns >= 0 && n == base + 1 && x[n - 1] == 1;
+    if (ns < 0 || (n != base && !*pending)) return QD_ERR;
     r->n_sel = 0;
     for (long i = 0; i < ns; i++)
         if (push_sel(r, (long)x[3 + i], (float)x[3 + ns + i])) return QD_ERR;
@@ -226,11 +235,12 @@ static void lrl_lr_scale(const qd_qsim *q, float *f) {
     }
 }
 
-/* The trainer's state after `done` steps into the checkpoint (with the selection's record). */
+/* The trainer's state after `done` steps into the checkpoint (with the selection's record;
+ * pending: the held-out pass of this state is still to run). */
 static int save_state(const trainer *t, const qd_mq_result *res, const qd_adam *a, uint64_t fprint,
-                      long done, uint64_t rng_state, qd_err *err) {
+                      long done, uint64_t rng_state, int pending, qd_err *err) {
     qd_ckpt ck = {fprint, done, a->total_steps, rng_state, res->loss, res->n_loss, NULL, 0};
-    if (t->nh && !(ck.extra = sel_pack(t, res, &ck.n_extra)))
+    if (t->nh && !(ck.extra = sel_pack(t, res, pending, &ck.n_extra)))
         return qd_errf(err, "%s: out of memory", __func__);
     int rc = qd_ckpt_save(t->o->checkpoint_path, &ck, a, t->q->p, err);
     free(ck.extra);
@@ -260,6 +270,7 @@ static int train_e2e(trainer *t, qd_mq_result *res, qd_err *err) {
     uint64_t fprint = qd_mq_fingerprint(o, o->fingerprint);
     long start = 0;
     long every = o->select_every > 0 ? o->select_every : spe;
+    int pending = 0; /* the checkpoint's state still needs its held-out pass */
     if (o->checkpoint_path) {
         qd_ckpt ck = {0};
         int lr = qd_ckpt_load(o->checkpoint_path, fprint, &ck, a, q->p, err);
@@ -269,7 +280,7 @@ static int train_e2e(trainer *t, qd_mq_result *res, qd_err *err) {
             free(res->loss);
             res->loss = ck.loss, res->n_loss = ck.n_loss, cap = ck.n_loss;
             res->resumed_at = start;
-            int bad = t->nh ? sel_unpack(t, res, ck.extra, ck.n_extra) : ck.n_extra != 0;
+            int bad = t->nh ? sel_unpack(t, res, ck.extra, ck.n_extra, &pending) : ck.n_extra != 0;
             free(ck.extra);
             if (bad) {
                 qd_errf(err, "%s: checkpoint's model-selection state does not match this run",
@@ -288,6 +299,10 @@ static int train_e2e(trainer *t, qd_mq_result *res, qd_err *err) {
         goto out;
     }
     if (t->nh && start == 0 && select_state(t, res, 0, err)) goto out;
+    if (pending && select_state(t, res, start, err)) {
+        rc = qd_stop_status(QD_ERR); /* stopped again: the checkpoint on disk still says pending */
+        goto out;
+    }
     double ph0 = qd_now();
     long cur_epoch = -1;
     uint64_t rng_state = 0;
@@ -314,7 +329,7 @@ static int train_e2e(trainer *t, qd_mq_result *res, qd_err *err) {
         if (qd_stop_requested()) {
             /* stopped within the step: the parameters are still those after `step` steps */
             if (o->checkpoint_path && step > start &&
-                save_state(t, res, a, fprint, step, rng_state, err))
+                save_state(t, res, a, fprint, step, rng_state, 0, err))
                 goto out;
             res->stopped = 1;
             rc = QD_STOPPED;
@@ -330,16 +345,22 @@ static int train_e2e(trainer *t, qd_mq_result *res, qd_err *err) {
         }
         res->steps++;
         res->tokens += (size_t)b * T;
-        /* a stop within the held-out pass leaves the last checkpoint as it is: this step's
-         * candidate is not in the record, so the step cannot be saved */
+        /* a stop within the held-out pass saves the state after this step with its pass
+         * pending: the rerun runs the pass first, then goes on */
         if (t->nh && ((step + 1) % every == 0 || step + 1 == a->total_steps) &&
-            select_state(t, res, step + 1, err))
+            select_state(t, res, step + 1, err)) {
+            if (!qd_stop_requested()) goto out;
+            if (o->checkpoint_path && save_state(t, res, a, fprint, step + 1, rng_state, 1, err))
+                goto out;
+            res->stopped = 1;
+            rc = QD_STOPPED;
             goto out;
+        }
         report(o, "optimize", step + 1 - start, a->total_steps - start, loss, lr, ph0);
         int stop = qd_stop_requested();
         int due = o->checkpoint_every > 0 && (step + 1) % o->checkpoint_every == 0;
         if (o->checkpoint_path && (stop || due) && step + 1 < a->total_steps &&
-            save_state(t, res, a, fprint, step + 1, rng_state, err))
+            save_state(t, res, a, fprint, step + 1, rng_state, 0, err))
             goto out;
         if (stop && step + 1 < a->total_steps) {
             res->stopped = 1;
@@ -349,8 +370,8 @@ static int train_e2e(trainer *t, qd_mq_result *res, qd_err *err) {
     }
     /* the finished training, so that a stop in a later phase (GPTQ, evaluation, export)
      * resumes without training again; the pipeline removes it when the run completes */
-    if (o->checkpoint_path && start < a->total_steps &&
-        save_state(t, res, a, fprint, a->total_steps, rng_state, err))
+    if (o->checkpoint_path && (start < a->total_steps || pending) &&
+        save_state(t, res, a, fprint, a->total_steps, rng_state, 0, err))
         goto out;
     /* the kept state replaces the last one */
     if (t->nh) memcpy(q->p, t->best, sizeof(qd_real) * q->n_params);

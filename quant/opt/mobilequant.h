@@ -56,6 +56,9 @@ typedef struct qd_mq_opts {
  * rounding for mobilequant; overlapping windows on short data; budget 64 x 256 x 10, batch 1,
  * α 0.5, method mobilequant. */
 void qd_mq_defaults(qd_mq_opts *o, int wbits);
+/* Test hook: the held-out selection pass of this optimizer step (-1: none) raises the stop
+ * request as it begins. */
+void qd_mq_test_stop_in_select(long step);
 
 #define QD_MQ_MAX_LAMBDA 8
 
