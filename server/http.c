@@ -1530,6 +1530,9 @@ int srv_main(const srv_config *cfg) {
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(1u << 20),
         MHD_OPTION_THREAD_STACK_SIZE, (size_t)(512u << 10),
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, &s,
+        /* the library's own strict mode too (Host on HTTP/1.1, no spaces in the target): the
+         * intake refuses all of that first, in JSON, so the library never has to */
+        MHD_OPTION_STRICT_FOR_CLIENT, (int)1,
         MHD_OPTION_END);
     if (!d) {
         fprintf(stderr, "quantd serve: libmicrohttpd did not start on %s\n", bound);
