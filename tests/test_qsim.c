@@ -298,8 +298,67 @@ static void collect_layers_same_stats(void) {
     qd_model_free(m);
 }
 
+/* A layer forward stopped at a weight's input gives that input bit for bit as the whole forward
+ * does (quantizers on, ranges from a statistics pass), for every stop GPTQ uses; the whole
+ * forward's output is untouched by the partial ones that ran before it. */
+static void partial_layer_forward_same_inputs(void) {
+    qd_model *m = stories();
+    if (!m) return;
+    int T = 32, V = m->cfg.vocab_size, D = m->cfg.dim;
+    int *tok = malloc(sizeof(int) * 2 * T);
+    for (int i = 0; i < 2 * T; i++) tok[i] = (i * 5 + 3) % V;
+    qd_qsim *q = sim(m, 8, 2, T, 0);
+    qd_err err = {{0}};
+    qd_qstats *st = qd_qstats_new(&m->cfg);
+    CHECK(qd_qsim_collect(q, tok, 2, T, st, &err) == 0, "%s", err.msg);
+    qd_qsim_init_ranges(q, st);
+    size_t nd = (size_t)2 * T * D;
+    qd_real *x = malloc(sizeof(qd_real) * nd), *y = malloc(sizeof(qd_real) * nd);
+    qd_real *y2 = malloc(sizeof(qd_real) * nd);
+    qd_real *xalt = malloc(sizeof(qd_real) * nd);
+    for (int i = 0; i < 2 * T; i++) tok[i] = (i * 13 + 1) % V;
+    q->rc.cursor = 0;
+    qd_qsim_embed(q, tok, 2, T, xalt);
+    for (int i = 0; i < 2 * T; i++) tok[i] = (i * 5 + 3) % V;
+    q->rc.cursor = 0;
+    qd_qsim_embed(q, tok, 2, T, x);
+    const int stops[] = {QD_W_Q, QD_W_K, QD_W_V, QD_W_O, QD_W_GATE, QD_W_UP, QD_W_DOWN};
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        for (size_t k = 0; k < sizeof stops / sizeof *stops; k++) {
+            int w = stops[k], n, n2;
+            q->rc.cursor = 0;
+            qd_qsim_layer_forward(q, l, x, y, 2, T);
+            const qd_real *in = qd_qsim_weight_input(q, l, w, &n);
+            size_t cols = (size_t)q->L[l].wcols[w];
+            qd_real *full = malloc(sizeof(qd_real) * (size_t)n * cols);
+            memcpy(full, in, sizeof(qd_real) * (size_t)n * cols);
+            /* other values in every buffer first, so that a stale one cannot pass */
+            q->rc.cursor = 0;
+            qd_qsim_layer_forward(q, l, xalt, y2, 2, T);
+            q->rc.cursor = 0;
+            qd_qsim_layer_forward_to(q, l, x, y2, 2, T, w);
+            in = qd_qsim_weight_input(q, l, w, &n2);
+            CHECK(n == n2 && !memcmp(full, in, sizeof(qd_real) * (size_t)n * cols),
+                  "layer %d: the input of weight %d differs after a partial forward", l, w);
+            free(full);
+        }
+        q->rc.cursor = 0;
+        qd_qsim_layer_forward(q, l, x, y2, 2, T);
+        CHECK(!memcmp(y, y2, sizeof(qd_real) * nd), "layer %d: the whole forward changed", l);
+        memcpy(x, y, sizeof(qd_real) * nd);
+        q->rc.cursor = 0;
+        qd_qsim_layer_forward(q, l, xalt, y2, 2, T);
+        memcpy(xalt, y2, sizeof(qd_real) * nd);
+    }
+    free(x), free(xalt), free(y), free(y2), free(tok);
+    qd_qstats_free(st);
+    qd_qsim_free(q);
+    qd_model_free(m);
+}
+
 int main(void) {
     RUN(fp_path_matches_forward);
+    RUN(partial_layer_forward_same_inputs);
     RUN(collect_layers_same_stats);
     RUN(encodings_match_simulation);
     RUN(fold_is_function_preserving);

@@ -499,7 +499,9 @@ int qd_gptq_qsim(qd_qsim *q, const int *tokens, int n_windows, int T, const qd_g
                 if (fpt) {
                     q->wq_on = q->aq_on = 0;
                     q->rc.cursor = 0;
-                    qd_qsim_layer_forward(q, l, Xf + (size_t)w0 * per, Y, nb, T);
+                    /* the last stage's FP forward is whole: its output is the next layer's */
+                    qd_qsim_layer_forward_to(q, l, Xf + (size_t)w0 * per, Y, nb, T,
+                                             st == 3 ? -1 : stage_w[st][0]);
                     const qd_real *in = qd_qsim_weight_input(q, l, stage_w[st][0], &n);
                     memcpy(F, in, sizeof(qd_real) * (size_t)n * cols);
                     /* the FP layer reads no rounded weight: its output in the last stage is
@@ -508,8 +510,9 @@ int qd_gptq_qsim(qd_qsim *q, const int *tokens, int n_windows, int T, const qd_g
                         memcpy(Xf + (size_t)w0 * per, Y, sizeof(qd_real) * per * (size_t)nb);
                     q->wq_on = 1, q->aq_on = sa;
                 }
+                /* no more of the layer than this stage's input */
                 q->rc.cursor = 0;
-                qd_qsim_layer_forward(q, l, X + (size_t)w0 * per, Y, nb, T);
+                qd_qsim_layer_forward_to(q, l, X + (size_t)w0 * per, Y, nb, T, stage_w[st][0]);
                 const qd_real *in = qd_qsim_weight_input(q, l, stage_w[st][0], &n);
                 if (qd_gptq_accum(H, in, n, cols) ||
                     (fpt && qd_gptq_accum_cross(C, in, F, n, cols))) {

@@ -625,6 +625,11 @@ static void norm_bwd(const qd_qsim *q, qd_real *dx, qd_real *dw, qd_real *db,
 
 QD_API void qd_qsim_layer_forward(qd_qsim *q, int l, const qd_real *x, qd_real *out, int B,
                                   int T) {
+    qd_qsim_layer_forward_to(q, l, x, out, B, T, -1);
+}
+
+QD_API void qd_qsim_layer_forward_to(qd_qsim *q, int l, const qd_real *x, qd_real *out, int B,
+                                     int T, int upto) {
     assert(B <= q->o.Bmax && T <= q->o.Tmax);
     const qd_config *c = &q->cfg;
     struct qd_qsim_priv *P = q->priv;
@@ -644,6 +649,7 @@ QD_API void qd_qsim_layer_forward(qd_qsim *q, int l, const qd_real *x, qd_real *
     norm_fwd(q, A->h1, A->mean1, A->rstd1, A->x, A->g1h, A->b1h, N);
     if (st) st_chmax(st->ch_attn + (size_t)l * D, st->sq_attn + (size_t)l * D, A->h1, N, D);
     aqf(q, l, QD_AQ_ATTN_NORM, A->h1q, A->h1, (size_t)N * D);
+    if (upto == QD_W_Q || upto == QD_W_K || upto == QD_W_V) return;
     lin_fwd(q, l, QD_W_Q, A->h1q, L->bq, A->q, N);
     aqf(q, l, QD_AQ_Q, A->qq, A->q, (size_t)N * QD);
     lin_fwd(q, l, QD_W_K, A->h1q, L->bk, A->k, N);
@@ -675,6 +681,7 @@ QD_API void qd_qsim_layer_forward(qd_qsim *q, int l, const qd_real *x, qd_real *
         st_chmax(st->ch_o + (size_t)l * QD, st->sq_o + (size_t)l * QD, A->o, N, QD);
     }
     aqf(q, l, QD_AQ_PV, A->oq, A->o, (size_t)N * QD);
+    if (upto == QD_W_O) return;
     lin_fwd(q, l, QD_W_O, A->oq, NULL, A->a, N);
     aqf(q, l, QD_AQ_O, A->aqq, A->a, (size_t)N * D);
     qd_add_forward(A->x2, A->x, A->aqq, (size_t)N * D);
@@ -685,6 +692,7 @@ QD_API void qd_qsim_layer_forward(qd_qsim *q, int l, const qd_real *x, qd_real *
     norm_fwd(q, A->h2, A->mean2, A->rstd2, A->x2q, A->g2h, A->b2h, N);
     if (st) st_chmax(st->ch_ffn + (size_t)l * D, st->sq_ffn + (size_t)l * D, A->h2, N, D);
     aqf(q, l, QD_AQ_FFN_NORM, A->h2q, A->h2, (size_t)N * D);
+    if (upto == QD_W_GATE || upto == QD_W_UP) return;
     lin_fwd(q, l, QD_W_GATE, A->h2q, NULL, A->g, N);
     aqf(q, l, QD_AQ_GATE, A->gq, A->g, (size_t)N * F);
     lin_fwd(q, l, QD_W_UP, A->h2q, NULL, A->u, N);
@@ -694,6 +702,7 @@ QD_API void qd_qsim_layer_forward(qd_qsim *q, int l, const qd_real *x, qd_real *
     qd_mul_forward(A->m, A->slq, A->uq, (size_t)N * F);
     if (st) st_chmax(st->ch_down + (size_t)l * F, st->sq_down + (size_t)l * F, A->m, N, F);
     aqf(q, l, QD_AQ_DOWN_IN, A->mq, A->m, (size_t)N * F);
+    if (upto == QD_W_DOWN) return;
     lin_fwd(q, l, QD_W_DOWN, A->mq, NULL, A->d, N);
     aqf(q, l, QD_AQ_DOWN, A->dqq, A->d, (size_t)N * D);
     qd_add_forward(A->x3, A->x2q, A->dqq, (size_t)N * D);

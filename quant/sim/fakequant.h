@@ -171,6 +171,11 @@ QD_API void qd_qsim_embed(qd_qsim *q, const int *tokens, int B, int T, qd_real *
 
 /* One layer: out (B*T, dim) from x (B*T, dim); saves activations when training. */
 QD_API void qd_qsim_layer_forward(qd_qsim *q, int l, const qd_real *x, qd_real *out, int B, int T);
+/* The same forward up to the input of weight upto (QD_W_*; -1: the whole layer, as above): what
+ * qd_qsim_weight_input then reads is what the whole forward gives, bit for bit; out is written
+ * only by a whole forward. GPTQ's stages need no more of the layer than their input. */
+QD_API void qd_qsim_layer_forward_to(qd_qsim *q, int l, const qd_real *x, qd_real *out, int B,
+                                     int T, int upto);
 /* Backward of the last forward of layer l: gradients += into q->g; dx += (NULL to skip). */
 QD_API void qd_qsim_layer_backward(qd_qsim *q, int l, const qd_real *dout, qd_real *dx);
 
