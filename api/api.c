@@ -48,7 +48,7 @@ void api_spec_defaults(api_spec *s) {
     s->samples = QD_SAMPLES_DEFAULT;
     s->seq_len = QD_SEQ_LEN_DEFAULT;
     s->epochs = QD_EPOCHS_DEFAULT;
-    s->threads = 1;
+    s->threads = 0; /* not given: the server's job_threads */
     s->timeout_s = 3600;
     s->max_ppl_increase = -1;
     snprintf(s->encodings_version, sizeof s->encodings_version, "%s", QD_ENC_VERSION_DEFAULT);

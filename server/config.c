@@ -21,6 +21,7 @@ void srv_config_defaults(srv_config *c) {
     c->worker_mem_bytes = (size_t)32 << 30;
     c->worker_mem_check = 1;
     c->worker_max_threads = 64;
+    c->job_threads = 0;
     c->max_timeout_s = 7 * 24 * 3600;
     c->cancel_grace_s = 10;
     c->max_attempts = 3;
@@ -70,6 +71,7 @@ int srv_config_set(srv_config *c, const char *k, const char *v, qd_err *err) {
     else if (!strcmp(k, "worker_mem_bytes")) bad = qd_parse_size(v, &c->worker_mem_bytes);
     else if (!strcmp(k, "worker_mem_check")) bad = parse_int(v, 0, 1, &c->worker_mem_check);
     else if (!strcmp(k, "worker_max_threads")) bad = parse_int(v, 1, 256, &c->worker_max_threads);
+    else if (!strcmp(k, "job_threads")) bad = parse_int(v, 0, 256, &c->job_threads);
     else if (!strcmp(k, "max_timeout_s")) bad = parse_int(v, 1, 7 * 24 * 3600, &c->max_timeout_s);
     else if (!strcmp(k, "cancel_grace_s")) {
         char *end;

@@ -19,6 +19,8 @@ typedef struct srv_config {
     int worker_mem_check;    /* refuse at submit (422, field budget) a job whose estimated
                                 address space (quant/estimate.h) exceeds worker_mem_bytes */
     int worker_max_threads;  /* a spec may ask for at most this many */
+    int job_threads;         /* a spec's threads when it names none; 0: the server's CPUs (its
+                                affinity mask) over workers with local workers, 1 on Slurm */
     int max_timeout_s;       /* a spec's timeout_s is capped to this */
     double cancel_grace_s;   /* SIGTERM -> SIGKILL */
     int max_attempts;        /* attempts of one job whose worker was killed from outside (a

@@ -45,6 +45,7 @@
 #include "server/store.h"
 #include "worker/check.h"
 #include "base/fs.h"
+#include "base/pool.h"
 #include "base/str.h"
 #include "base/sys.h"
 
@@ -71,6 +72,7 @@ struct srv {
     srv_metrics *metrics;
     srv_auth *auth;
     srv_guard *guard;
+    int job_threads; /* a spec's threads when it names none (config job_threads, resolved) */
     struct MHD_Daemon *d;
     /* connections the intake has handed to libmicrohttpd whose start notification has not come
      * yet: the guard's record of each, by fd */
@@ -689,6 +691,7 @@ static enum MHD_Result submit_spec(srv *s, struct MHD_Connection *c, req *r, con
     api_spec spec;
     api_field_err fe;
     if (api_spec_from_json(root, &spec, &fe)) return send_err(c, r, 422, fe.code, fe.message, fe.field);
+    if (spec.threads == 0) spec.threads = s->job_threads; /* stored, run and reported as chosen */
     if (spec.threads > s->cfg.worker_max_threads) {
         char m[96];
         snprintf(m, sizeof m, "threads must be at most %d on this server", s->cfg.worker_max_threads);
@@ -1479,6 +1482,13 @@ int srv_main(const srv_config *cfg) {
     }
     exe[el] = 0;
     snprintf(s.exe, sizeof s.exe, "%s", exe);
+    /* job_threads 0: the CPUs this server may use shared by its local workers; a Slurm job's
+     * node is unknown here, so 1 there */
+    s.job_threads = cfg->job_threads;
+    if (s.job_threads <= 0) {
+        int n = strcmp(cfg->dispatcher, "slurm") ? qd_pool_online_cpus() / (cfg->workers > 0 ? cfg->workers : 1) : 1;
+        s.job_threads = n < 1 ? 1 : n > cfg->worker_max_threads ? cfg->worker_max_threads : n;
+    }
     const char *names[N_ROUTES];
     for (int i = 0; i < N_ROUTES; i++) names[i] = routes[i].name;
     s.metrics = srv_metrics_new(N_ROUTES, names);

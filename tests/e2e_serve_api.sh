@@ -305,6 +305,10 @@ check label_invalid_utf8_422 '[ "$(code POST /v1/jobs -H "Content-Type: applicat
 printf '{%s,"lab\xc0\xafels":{}}' "$GOOD" >"$TMP/badkey.json"
 check key_invalid_utf8_422_json '[ "$(code POST /v1/jobs -H "Content-Type: application/json" --data-binary @"$TMP/badkey.json")" = 422 ] && jq -e . "$TMP/body" >/dev/null' "$(body)"
 check label_utf8_accepted '[ "$(jpost "{$GOOD,\"method\":\"rtn\",\"budget\":{\"samples\":2,\"seq_len\":16,\"epochs\":0},\"labels\":{\"team\":\"caf\u00e9 \u20ac\"}}")" = 201 ] && [ "$(jq -r .spec.labels.team "$TMP/body")" = "café €" ]' "$(body)"
+# that spec names no threads: it gets the server's job_threads, here (local workers, 1 of them)
+# every CPU the server may use, stored and echoed as chosen
+ncpu=$(nproc); [ "$ncpu" -gt 64 ] && ncpu=64
+check job_threads_default_all_cpus '[ "$(jq .spec.threads "$TMP/body")" = "$ncpu" ] && [ "$(curl -s "$URL/v1/jobs/$(jq -r .id "$TMP/body")" | jq .spec.threads)" = "$ncpu" ]' "$(body)"
 code POST "/v1/jobs/$(jq -r .id "$TMP/body")/cancel" >/dev/null
 check job_list_strict_json '[ "$(code GET "/v1/jobs?limit=500")" = 200 ] && python3 -c "import json,sys; json.load(open(sys.argv[1], encoding=\"utf-8\", errors=\"strict\"))" "$TMP/body"'
 wait_state "$L" "cancelled|failed|succeeded" 60

@@ -134,7 +134,7 @@ void wk_spec_opts(const api_spec *spec, qd_quant_opts *o) {
     o->seq_len = spec->seq_len;
     o->epochs = spec->epochs;
     o->seed = spec->seed;
-    o->threads = spec->threads;
+    o->threads = spec->threads > 0 ? spec->threads : 1; /* a server sets it; `work` on a bare spec: 1 */
     o->max_ppl_increase = spec->max_ppl_increase;
     _Static_assert(sizeof o->encodings_version >= sizeof spec->encodings_version,
                    "spec encodings_version fits qd_quant_opts");
