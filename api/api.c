@@ -412,7 +412,8 @@ cJSON *api_spec_to_json(const api_spec *s) {
     cJSON_AddNumberToObject(b, "seq_len", s->seq_len);
     cJSON_AddNumberToObject(b, "epochs", s->epochs);
     cJSON_AddNumberToObject(o, "seed", (double)s->seed);
-    cJSON_AddNumberToObject(o, "threads", s->threads);
+    /* 0: not chosen yet (a server fills it in at submit); left out, so that it reads back */
+    if (s->threads > 0) cJSON_AddNumberToObject(o, "threads", s->threads);
     cJSON_AddNumberToObject(o, "timeout_s", s->timeout_s);
     cJSON *g = cJSON_AddObjectToObject(o, "gates");
     if (s->max_ppl_increase >= 0) cJSON_AddNumberToObject(g, "max_ppl_increase", s->max_ppl_increase);
