@@ -81,7 +81,7 @@ static void *load(void *arg) {
 }
 
 /* POST /v1/blobs of the file at path; its id into id ("" when it failed, with a message). */
-static void upload_file(const char *path, char *id, size_t idn) {
+static void upload_file(const char *path, char id[80]) {
     size_t n = 0;
     char *data = qd_read_file(path, SIZE_MAX, &n, NULL);
     id[0] = 0;
@@ -103,7 +103,6 @@ static void upload_file(const char *path, char *id, size_t idn) {
     const char *idp = st >= 200 && st < 300 ? strstr(resp + boff, "\"id\":\"") : NULL;
     if (idp) sscanf(idp + 6, "%79[^\"]", id);
     else fprintf(stderr, "bench_server: upload of %s: status %d\n", path, st);
-    (void)idn;
 }
 
 static int rm_rf(const char *dir) {
@@ -186,9 +185,9 @@ int main(int argc, char **argv) {
     const char *fx = getenv("QD_FIXTURES");
     char fpath[PATH_MAX];
     snprintf(fpath, sizeof fpath, "%s/models/stories260K.gguf", fx ? fx : "../shared/fixtures");
-    upload_file(fpath, mid, sizeof mid);
+    upload_file(fpath, mid);
     snprintf(fpath, sizeof fpath, "%s/text/tinystories-valid-excerpt.txt", fx ? fx : "../shared/fixtures");
-    upload_file(fpath, cid, sizeof cid);
+    upload_file(fpath, cid);
     int bn = snprintf(body, sizeof body,
                       "{\"model\":\"%s\",\"calibration\":\"%s\",\"method\":\"rtn\","
                       "\"budget\":{\"samples\":2,\"seq_len\":16,\"epochs\":0}}", mid, cid);

@@ -1186,12 +1186,11 @@ static int authorize(srv *s, struct MHD_Connection *c, srv_role need) {
 }
 
 /* Whether the request announces a body: a Content-Length other than 0 (the intake refuses
- * Transfer-Encoding and any Content-Length that is not a decimal number). */
+ * Transfer-Encoding and any Content-Length that is not a decimal number; read as admit_body
+ * reads it). */
 static bool has_body(struct MHD_Connection *c) {
     const char *cl = header(c, MHD_HTTP_HEADER_CONTENT_LENGTH);
-    if (!cl) return false;
-    while (*cl == ' ' || *cl == '\t' || *cl == '0') cl++;
-    return *cl >= '1' && *cl <= '9';
+    return cl && strtoull(cl, NULL, 10) != 0;
 }
 
 /* Routing, auth and the checks that need no body; answers body-less routes at once. */
@@ -1230,7 +1229,7 @@ static enum MHD_Result route_request(srv *s, struct MHD_Connection *c, req *r, c
     return MHD_YES;
 }
 
-/* The first call of a request: its headers are in, and the door has checked them already
+/* The first call of a request: its headers are in, and the intake has checked them already
  * (request line, Host, framing: head.h). */
 static enum MHD_Result first_call(srv *s, struct MHD_Connection *c, req *r, const char *url,
                                   const char *method) {

@@ -300,7 +300,9 @@ static int train_e2e(trainer *t, qd_mq_result *res, qd_err *err) {
     }
     if (t->nh && start == 0 && select_state(t, res, 0, err)) goto out;
     if (pending && select_state(t, res, start, err)) {
-        rc = qd_stop_status(QD_ERR); /* stopped again: the checkpoint on disk still says pending */
+        if (!qd_stop_requested()) goto out;
+        res->stopped = 1; /* stopped again: the checkpoint on disk still says pending */
+        rc = QD_STOPPED;
         goto out;
     }
     double ph0 = qd_now();
