@@ -28,7 +28,7 @@ ifdef SANITIZE
 CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 LDFLAGS += -fsanitize=address,undefined
 endif
-LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -pthread
+LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lmvec -lm -pthread
 
 LIB_SRC  := $(wildcard base/*.c quant/*.c quant/*/*.c api/*.c worker/*.c server/*.c)
 CLI_SRC  := $(wildcard cli/*.c)

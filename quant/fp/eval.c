@@ -1,11 +1,13 @@
-/* Variant-vs-FP32 comparison (eval.h). Log-softmax in double: KL of two close distributions is
- * a small difference of large sums. qd_eval_ref_new and qd_eval_ref_compare run the positions of
+/* Variant-vs-FP32 comparison (eval.h). Log-probabilities in double, x - lz with the row's
+ * log-normaliser lz from quant/fp/lse.h (vector exp, double sums): KL of two close
+ * distributions is a small difference of large sums. qd_eval_ref_new and qd_eval_ref_compare run the positions of
  * a batch on the default pool with per-thread scratch and add their terms (and append the kept
  * tokens) in position order: the same results for any thread count. */
 #include "quant/fp/eval.h"
 #include "base/pool.h"
 #include "base/stop.h"
 #include "base/sys.h"
+#include "quant/fp/lse.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -17,19 +19,8 @@ int qd_fp32_logits_fn(void *ctx, const int *tokens, int B, int T, float *logits,
 
 /* log-softmax of one row into lp (double) */
 static void logsoftmax(const float *x, int V, double *lp) {
-    double mx = x[0];
-    for (int i = 1; i < V; i++) mx = x[i] > mx ? x[i] : mx;
-    double s = 0;
-    for (int i = 0; i < V; i++) s += exp((double)x[i] - mx);
-    double lz = mx + log(s);
+    double lz = qd_lse(x, V, NULL);
     for (int i = 0; i < V; i++) lp[i] = (double)x[i] - lz;
-}
-
-static int argmax(const float *x, int V) {
-    int a = 0;
-    for (int i = 1; i < V; i++)
-        if (x[i] > x[a]) a = i;
-    return a;
 }
 
 int qd_eval_batch(int ctx_len, int vocab) {
@@ -99,7 +90,7 @@ int qd_eval_compare(qd_logits_fn ref, void *ref_ctx, qd_logits_fn var, void *var
                     double k = 0;
                     for (int j = 0; j < vocab; j++) k += exp(pr[j]) * (pr[j] - pv[j]);
                     kl += k > 0 ? k : 0;
-                    agree += argmax(lr + row, vocab) == argmax(lv + row, vocab);
+                    agree += qd_argmax(lr + row, vocab) == qd_argmax(lv + row, vocab);
                 } else {
                     agree++;
                 }
@@ -149,16 +140,17 @@ static void heap_down(kv_t *h, int n, int i) {
     }
 }
 
-/* One row's kept tokens (x: logits, lp: their log-softmax): those whose probability is at least
- * QD_EVAL_TAIL / vocab, so the rest holds at most QD_EVAL_TAIL; when they are more than k_cap,
- * the k_cap most likely (a heap). Writes them to tok/lpk (k_cap each) and returns their count;
- * *rest gets the rest's mass. h: k_cap entries; mark: vocab bytes, zero on entry and on exit. */
-static int select_row(const qd_eval_ref *r, const float *x, const double *lp, kv_t *h,
+/* One row's kept tokens (x: logits, lz = qd_lse(x), mx its max): those whose probability is at
+ * least QD_EVAL_TAIL / vocab, so the rest holds at most QD_EVAL_TAIL; when they are more than
+ * k_cap, the k_cap most likely (a heap). Writes them to tok/lpk (k_cap each) and returns their
+ * count; *rest gets the rest's mass. h: k_cap entries; mark: vocab bytes, zero on entry and on
+ * exit. */
+static int select_row(const qd_eval_ref *r, const float *x, double lz, float mx, kv_t *h,
                       unsigned char *mark, int32_t *tok, float *lpk, double *rest) {
     int V = r->vocab, K = r->k_cap, n = 0;
     double floor_lp = log(QD_EVAL_TAIL) - log((double)V);
     for (int j = 0; j < V; j++) {
-        if (lp[j] < floor_lp) continue;
+        if ((double)x[j] - lz < floor_lp) continue;
         float v = x[j];
         if (n < K) {
             h[n++] = (kv_t){v, j};
@@ -170,14 +162,11 @@ static int select_row(const qd_eval_ref *r, const float *x, const double *lp, kv
         }
     }
     for (int i = 0; i < n; i++) {
-        tok[i] = h[i].id, lpk[i] = (float)lp[h[i].id];
+        tok[i] = h[i].id, lpk[i] = (float)((double)x[h[i].id] - lz);
         mark[h[i].id] = 1;
     }
     /* the rest's mass summed over the rest, not as 1 - kept: it may be 1e-9 */
-    double s = 0;
-    if (n < V)
-        for (int j = 0; j < V; j++)
-            if (!mark[j]) s += exp(lp[j]);
+    double s = n < V ? qd_sumexp_unmarked(x, V, mx, mark) * exp((double)mx - lz) : 0;
     for (int i = 0; i < n; i++) mark[h[i].id] = 0;
     *rest = s;
     return n;
@@ -214,7 +203,6 @@ typedef struct ref_job {
     const float *lg;
     const int *win;
     int T, q0;
-    double **lp;           /* per thread: V */
     kv_t **h;              /* per thread: k_cap */
     unsigned char **mark;  /* per thread: V, zero */
     int32_t *tok;          /* per slot: k_cap */
@@ -228,12 +216,12 @@ static void ref_pos(void *ctx, int g, int tid) {
     const qd_eval_ref *r = J->r;
     int V = r->vocab, q = J->q0 + g, i = q / (J->T - 1), t = q % (J->T - 1);
     const float *x = J->lg + ((size_t)i * J->T + t) * V;
-    double *lp = J->lp[tid];
-    logsoftmax(x, V, lp);
-    J->nll[g] = lp[J->win[(size_t)i * J->T + t + 1]];
+    float mx;
+    double lz = qd_lse(x, V, &mx);
+    J->nll[g] = (double)x[J->win[(size_t)i * J->T + t + 1]] - lz;
     size_t k = (size_t)g * (size_t)r->k_cap;
-    J->n[g] = select_row(r, x, lp, J->h[tid], J->mark[tid], J->tok + k, J->lpk + k, &J->rest[g]);
-    J->top[g] = argmax(x, V);
+    J->n[g] = select_row(r, x, lz, mx, J->h[tid], J->mark[tid], J->tok + k, J->lpk + k, &J->rest[g]);
+    J->top[g] = qd_argmax(x, V);
 }
 
 void qd_eval_ref_free(qd_eval_ref *r) {
@@ -259,7 +247,6 @@ qd_eval_ref *qd_eval_ref_new(qd_logits_fn ref, void *ctx, int vocab, const int *
     qd_pool *pool = qd_pool_default();
     int nt = qd_pool_threads(pool), G = 0;
     float *lg = malloc(sizeof(float) * (size_t)B * ctx_len * vocab);
-    double **lp = calloc((size_t)nt, sizeof *lp);
     kv_t **h = calloc((size_t)nt, sizeof *h);
     unsigned char **mark = calloc((size_t)nt, sizeof *mark);
     int32_t *stok = NULL;
@@ -267,7 +254,7 @@ qd_eval_ref *qd_eval_ref_new(qd_logits_fn ref, void *ctx, int vocab, const int *
     int *sn = NULL, *stop = NULL;
     double *srest = NULL, *snll = NULL;
     int ok = 0;
-    if (!r || !lg || !lp || !h || !mark) {
+    if (!r || !lg || !h || !mark) {
         qd_errf(err, "eval: out of memory");
         goto out;
     }
@@ -297,8 +284,7 @@ qd_eval_ref *qd_eval_ref_new(qd_logits_fn ref, void *ctx, int vocab, const int *
         goto out;
     }
     for (int k = 0; k < nt; k++)
-        if (!(lp[k] = malloc(sizeof(double) * (size_t)vocab)) ||
-            !(h[k] = malloc(sizeof(kv_t) * (size_t)r->k_cap)) ||
+        if (!(h[k] = malloc(sizeof(kv_t) * (size_t)r->k_cap)) ||
             !(mark[k] = calloc((size_t)vocab, 1))) {
             qd_errf(err, "eval: out of memory");
             goto out;
@@ -312,7 +298,7 @@ qd_eval_ref *qd_eval_ref_new(qd_logits_fn ref, void *ctx, int vocab, const int *
         int nq = b * (T - 1);
         for (int q0 = 0; q0 < nq; q0 += G) {
             int ng = nq - q0 < G ? nq - q0 : G;
-            ref_job J = {r, lg, win, T, q0, lp, h, mark, stok, slpk, sn, stop, srest, snll};
+            ref_job J = {r, lg, win, T, q0, h, mark, stok, slpk, sn, stop, srest, snll};
             /* a group of fewer than ~2^16 logits is not worth waking the pool */
             qd_pool_run((size_t)ng * vocab >= ((size_t)1 << 16) ? pool : NULL, ng, ref_pos, &J);
             for (int g = 0; g < ng; g++, p++) {
@@ -339,11 +325,10 @@ qd_eval_ref *qd_eval_ref_new(qd_logits_fn ref, void *ctx, int vocab, const int *
     ok = 1;
 out:
     for (int k = 0; k < nt; k++) {
-        if (lp) free(lp[k]);
         if (h) free(h[k]);
         if (mark) free(mark[k]);
     }
-    free(lg), free(lp), free(h), free(mark), free(stok), free(slpk);
+    free(lg), free(h), free(mark), free(stok), free(slpk);
     free(sn), free(stop), free(srest), free(snll);
     if (!ok) {
         qd_eval_ref_free(r);
@@ -361,7 +346,6 @@ typedef struct cmp_job {
     const int *win;
     int T;
     size_t p0;            /* the batch's first position */
-    double **lq;          /* per thread: V */
     unsigned char **mark; /* per thread: V, zero */
     double *nll, *kl;     /* per position of the batch */
     unsigned char *agree;
@@ -372,24 +356,22 @@ static void cmp_pos(void *ctx, int q, int tid) {
     const qd_eval_ref *r = J->r;
     int V = r->vocab, i = q / (J->T - 1), t = q % (J->T - 1);
     size_t p = J->p0 + (size_t)q;
-    double *lq = J->lq[tid];
     unsigned char *mark = J->mark[tid];
     const float *x = J->lg + ((size_t)i * J->T + t) * V;
-    logsoftmax(x, V, lq);
-    J->nll[q] = lq[J->win[(size_t)i * J->T + t + 1]];
-    J->agree[q] = argmax(x, V) == r->top[p];
+    float mx;
+    double lz = qd_lse(x, V, &mx);
+    J->nll[q] = (double)x[J->win[(size_t)i * J->T + t + 1]] - lz;
+    J->agree[q] = qd_argmax(x, V) == r->top[p];
     /* KL over the kept tokens, and the rest as one token of the two masses */
     size_t o = r->off[p], e = r->off[p + 1];
     double k = 0;
     for (size_t j = o; j < e; j++) {
         double lpr = r->lp[j];
-        k += exp(lpr) * (lpr - lq[r->tok[j]]);
+        k += exp(lpr) * (lpr - ((double)x[r->tok[j]] - lz));
     }
     if (r->tail[p] > 0) {
         for (size_t j = o; j < e; j++) mark[r->tok[j]] = 1;
-        double qt = 0;
-        for (int j = 0; j < V; j++)
-            if (!mark[j]) qt += exp(lq[j]);
+        double qt = qd_sumexp_unmarked(x, V, mx, mark) * exp((double)mx - lz);
         for (size_t j = o; j < e; j++) mark[r->tok[j]] = 0;
         k += r->tail[p] * (log(r->tail[p]) - log(qt > 1e-300 ? qt : 1e-300));
     }
@@ -405,17 +387,16 @@ int qd_eval_ref_compare(const qd_eval_ref *r, qd_logits_fn var, void *ctx, qd_ev
     qd_pool *pool = qd_pool_default();
     int nt = qd_pool_threads(pool);
     float *lg = malloc(sizeof(float) * (size_t)B * r->ctx_len * V);
-    double **lq = calloc((size_t)nt, sizeof *lq);
     unsigned char **mark = calloc((size_t)nt, sizeof *mark);
     double *pnll = malloc(sizeof(double) * npos), *pkl = malloc(sizeof(double) * npos);
     unsigned char *pag = malloc(npos);
     int rc = QD_ERR;
-    if (!lg || !lq || !mark || !pnll || !pkl || !pag) {
+    if (!lg || !mark || !pnll || !pkl || !pag) {
         qd_errf(err, "eval: out of memory");
         goto out;
     }
     for (int k = 0; k < nt; k++)
-        if (!(lq[k] = malloc(sizeof(double) * (size_t)V)) || !(mark[k] = calloc((size_t)V, 1))) {
+        if (!(mark[k] = calloc((size_t)V, 1))) {
             qd_errf(err, "eval: out of memory");
             goto out;
         }
@@ -426,7 +407,7 @@ int qd_eval_ref_compare(const qd_eval_ref *r, qd_logits_fn var, void *ctx, qd_ev
         const int *win = r->ids + w * (size_t)r->ctx_len;
         if (var(ctx, win, b, T, lg, err)) goto out;
         int nq = b * (T - 1);
-        cmp_job J = {r, lg, win, T, p, lq, mark, pnll, pkl, pag};
+        cmp_job J = {r, lg, win, T, p, mark, pnll, pkl, pag};
         /* a batch of fewer than ~2^16 logits is not worth waking the pool */
         qd_pool_run((size_t)nq * V >= ((size_t)1 << 16) ? pool : NULL, nq, cmp_pos, &J);
         for (int q = 0; q < nq; q++, p++) {
@@ -439,9 +420,8 @@ int qd_eval_ref_compare(const qd_eval_ref *r, qd_logits_fn var, void *ctx, qd_ev
     finish(res, nll, kl, agree, p, t0);
     rc = QD_OK;
 out:
-    for (int k = 0; lq && k < nt; k++) free(lq[k]);
     for (int k = 0; mark && k < nt; k++) free(mark[k]);
-    free(lg), free(lq), free(mark), free(pnll), free(pkl), free(pag);
+    free(lg), free(mark), free(pnll), free(pkl), free(pag);
     return rc;
 }
 

@@ -12,6 +12,7 @@
 #include "base/stop.h"
 #include "base/sys.h"
 #include "quant/fp/layers.h"
+#include "quant/fp/lse.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -382,11 +383,34 @@ int qd_decode_step(const qd_model *m, qd_kv *kv, int token, int pos, float *logi
 
 /* Adds -log softmax(row)[target] in double. */
 static double nll_of(const float *row, int V, int target) {
-    float mx = row[0];
-    for (int i = 1; i < V; i++) mx = row[i] > mx ? row[i] : mx;
+    return qd_lse(row, V, NULL) - row[target];
+}
+
+/* The NLL of every predicting position of b windows of T tokens (logits lg) into nll, on the
+ * pool: one position per item, so any thread count gives the same values. */
+typedef struct nll_job {
+    const float *lg;
+    const int *win;
+    int T, V;
+    double *nll;
+} nll_job;
+
+static void nll_r(const void *p, size_t lo, size_t hi) {
+    const nll_job *J = p;
+    for (size_t q = lo; q < hi; q++) {
+        size_t i = q / (size_t)(J->T - 1), t = q % (size_t)(J->T - 1);
+        J->nll[q] = nll_of(J->lg + (i * (size_t)J->T + t) * (size_t)J->V, J->V,
+                           J->win[i * (size_t)J->T + t + 1]);
+    }
+}
+
+static double nll_sum(const float *lg, const int *win, int b, int T, int V, double *nll) {
+    nll_job J = {lg, win, T, V, nll};
+    size_t n = (size_t)b * (size_t)(T - 1);
+    par_for(n, par_rows((size_t)V), nll_r, &J);
     double s = 0;
-    for (int i = 0; i < V; i++) s += exp((double)row[i] - mx);
-    return log(s) + mx - row[target];
+    for (size_t q = 0; q < n; q++) s += nll[q];
+    return s;
 }
 
 int qd_eval_ppl(qd_logits_fn fn, void *ctx, int vocab, const int *ids, size_t n, int ctx_len,
@@ -399,30 +423,29 @@ int qd_eval_ppl(qd_logits_fn fn, void *ctx, int vocab, const int *ids, size_t n,
     int B = ctx_len >= 2048 ? 1 : 2048 / ctx_len;
     size_t full = n / ctx_len;
     float *logits = malloc(sizeof(float) * (size_t)B * ctx_len * vocab);
-    if (!logits) return qd_errf(err, "eval: out of memory");
+    double *nll = malloc(sizeof(double) * (size_t)B * ctx_len);
+    if (!logits || !nll) {
+        free(logits), free(nll);
+        return qd_errf(err, "eval: out of memory");
+    }
     double sum = 0;
     size_t count = 0;
     for (size_t w = 0; w < full; w += B) {
         int b = (int)(full - w < (size_t)B ? full - w : (size_t)B);
         const int *win = ids + w * ctx_len;
         if (fn(ctx, win, b, ctx_len, logits, err)) goto fail;
-        for (int i = 0; i < b; i++)
-            for (int t = 0; t + 1 < ctx_len; t++) {
-                sum += nll_of(logits + ((size_t)i * ctx_len + t) * vocab, vocab,
-                              win[i * ctx_len + t + 1]);
-                count++;
-            }
+        sum += nll_sum(logits, win, b, ctx_len, vocab, nll);
+        count += (size_t)b * (size_t)(ctx_len - 1);
     }
     size_t rest = n - full * ctx_len;
     if (rest >= 2) {
         const int *win = ids + full * ctx_len;
         if (fn(ctx, win, 1, (int)rest, logits, err)) goto fail;
-        for (size_t t = 0; t + 1 < rest; t++) {
-            sum += nll_of(logits + t * vocab, vocab, win[t + 1]);
-            count++;
-        }
+        sum += nll_sum(logits, win, 1, (int)rest, vocab, nll);
+        count += rest - 1;
     }
     free(logits);
+    free(nll);
     res->tokens = count;
     res->nll = sum / (double)count;
     res->ppl = exp(res->nll);
@@ -430,5 +453,6 @@ int qd_eval_ppl(qd_logits_fn fn, void *ctx, int vocab, const int *ids, size_t n,
     return QD_OK;
 fail:
     free(logits);
+    free(nll);
     return QD_ERR;
 }
