@@ -64,8 +64,8 @@ int qd_eval_compare(qd_logits_fn ref, void *ref_ctx, qd_logits_fn var, void *var
     int same = ref == var && ref_ctx == var_ctx;
     int B = qd_eval_batch(ctx_len, vocab);
     size_t cells = (size_t)B * ctx_len * vocab;
-    float *lr = malloc(sizeof(float) * cells);
-    float *lv = same ? lr : malloc(sizeof(float) * cells);
+    float *lr = qd_alloc_large(sizeof(float) * cells);
+    float *lv = same ? lr : qd_alloc_large(sizeof(float) * cells);
     double *pr = malloc(sizeof(double) * (size_t)vocab), *pv = malloc(sizeof(double) * (size_t)vocab);
     int rc = QD_ERR;
     if (!lr || !lv || !pr || !pv) {
@@ -246,7 +246,7 @@ qd_eval_ref *qd_eval_ref_new(qd_logits_fn ref, void *ctx, int vocab, const int *
     int B = qd_eval_batch(ctx_len, vocab);
     qd_pool *pool = qd_pool_default();
     int nt = qd_pool_threads(pool), G = 0;
-    float *lg = malloc(sizeof(float) * (size_t)B * ctx_len * vocab);
+    float *lg = qd_alloc_large(sizeof(float) * (size_t)B * ctx_len * vocab);
     kv_t **h = calloc((size_t)nt, sizeof *h);
     unsigned char **mark = calloc((size_t)nt, sizeof *mark);
     int32_t *stok = NULL;
@@ -386,7 +386,7 @@ int qd_eval_ref_compare(const qd_eval_ref *r, qd_logits_fn var, void *ctx, qd_ev
     size_t npos = (size_t)B * (size_t)(r->ctx_len - 1);
     qd_pool *pool = qd_pool_default();
     int nt = qd_pool_threads(pool);
-    float *lg = malloc(sizeof(float) * (size_t)B * r->ctx_len * V);
+    float *lg = qd_alloc_large(sizeof(float) * (size_t)B * r->ctx_len * V);
     unsigned char **mark = calloc((size_t)nt, sizeof *mark);
     double *pnll = malloc(sizeof(double) * npos), *pkl = malloc(sizeof(double) * npos);
     unsigned char *pag = malloc(npos);

@@ -422,7 +422,9 @@ int qd_eval_ppl(qd_logits_fn fn, void *ctx, int vocab, const int *ids, size_t n,
     /* Several windows per call so the matmuls are wide enough to be efficient. */
     int B = ctx_len >= 2048 ? 1 : 2048 / ctx_len;
     size_t full = n / ctx_len;
-    float *logits = malloc(sizeof(float) * (size_t)B * ctx_len * vocab);
+    /* no more logits than the windows there are (the buffer is vocab floats per token) */
+    if (full >= 1 && (size_t)B > full) B = (int)full;
+    float *logits = qd_alloc_large(sizeof(float) * (size_t)B * ctx_len * vocab);
     double *nll = malloc(sizeof(double) * (size_t)B * ctx_len);
     if (!logits || !nll) {
         free(logits), free(nll);
