@@ -85,7 +85,7 @@ enum {
     O_MODEL = CLI_KEY, O_CALIB, O_EVAL, O_EVAL_SPLIT, O_TOKENIZER, O_OUT, O_METHOD, O_WBITS,
     O_SAMPLES, O_SEQ_LEN, O_EPOCHS, O_SEED, O_THREADS, O_ABITS, O_CHECKPOINT,
     O_CHECKPOINT_EVERY, O_MAX_PPL, O_LR_LET, O_LR_LWC, O_LR_LRL, O_BATCH, O_ENC_VERSION, O_QUIET,
-    O_DRY_RUN, O_JSON, O_MAX_MEM
+    O_DRY_RUN, O_JSON, O_MAX_MEM, O_RECOMPUTE
 };
 
 /* What the command line asks besides the run's options. */
@@ -151,6 +151,11 @@ static const cli_opt opts[] = {
                                    "predicted address space at the peak exceeds SIZE\n"
                                    "(512M, 10G, ...): what the server does with\n"
                                    "worker_mem_bytes"},
+    {"recompute", O_RECOMPUTE, "auto|on|off", "keep one layer's activations in training and run\n"
+                                              "each layer's forward again in the backward: the\n"
+                                              "same results, one more forward per step (auto,\n"
+                                              "the default: when the run would not fit in\n"
+                                              "--max-mem, or 90% of memory, and fits with it)"},
     {0}};
 
 static const char synopsis[] =
@@ -161,7 +166,7 @@ static const char synopsis[] =
     "                       [--checkpoint-every N] [--max-ppl-increase F] [--batch B]\n"
     "                       [--lr-let A,B] [--lr-lwc A,B] [--lr-lrl A,B]\n"
     "                       [--encodings-version V] [--quiet] [--max-mem SIZE]\n"
-    "                       [--dry-run [--json]]";
+    "                       [--recompute auto|on|off] [--dry-run [--json]]";
 
 static const char epilog[] =
     "exit status: 0 done; 1 failed; 2 bad command line; 3 the --max-ppl-increase gate was\n"
@@ -230,6 +235,12 @@ static int take_option(const cli_args *a, int c, qd_quant_opts *o, cli_extra *x)
     case O_QUIET: x->quiet = 1; return 0;
     case O_DRY_RUN: x->dry_run = 1; return 0;
     case O_JSON: x->json = 1; return 0;
+    case O_RECOMPUTE:
+        if (!strcmp(v, "auto")) o->recompute = QD_RECOMPUTE_AUTO;
+        else if (!strcmp(v, "on")) o->recompute = 1;
+        else if (!strcmp(v, "off")) o->recompute = 0;
+        else return cli_fail(a, "--recompute: '%s' is not auto, on or off", v);
+        return 0;
     case O_MAX_MEM:
         if (qd_parse_size(v, &o->max_mem))
             return cli_fail(a, "'%s' is not a size (digits with an optional K, M, G or T)", v);
@@ -349,6 +360,7 @@ static int dry_run(const qd_quant_opts *o, int json) {
     cJSON_AddNumberToObject(r, "peak_bytes", e.peak_bytes);
     cJSON_AddStringToObject(r, "peak_phase", e.ph[e.peak].phase);
     cJSON_AddNumberToObject(r, "address_space_bytes", e.vm_bytes);
+    cJSON_AddBoolToObject(r, "recompute", e.recompute);
     cJSON *ph = cJSON_AddArrayToObject(r, "phases");
     for (int i = 0; i < e.n_phases; i++) {
         cJSON *p = cJSON_CreateObject();

@@ -41,9 +41,12 @@ typedef struct {
 /* The simulation qd_qsim_new(train, B windows) allocates (fakequant.c): the quantized
  * embedding and head, saved activations (every layer when training, one otherwise), scratch,
  * the parameters and their gradients. */
+/* train 2: the training simulation with recompute (one layer's activations, every layer's
+ * input and one more output buffer; fakequant.c) */
 static double sim_bytes(const shape *s, const qd_config *c, double B, int train,
                         double n_params) {
     double N = B * s->T, R = s->R;
+    int recompute = train == 2;
     double heads = c->n_heads;
     double act = R * (12 * N * s->D + 6 * N * s->QD + 6 * N * s->KV + 8 * N * s->F + 4 * N +
                       2 * B * heads * s->T * s->T);
@@ -52,7 +55,9 @@ static double sim_bytes(const shape *s, const qd_config *c, double B, int train,
     double scr = R * ((train ? 4 : 2) * s->wmax + (train ? 8 * N * mw + 2 * s->T * s->T
                                                          : s->T * s->T) +
                       4 * N * s->D);
-    return vd + act * (train ? s->L : 1) + scr + 2 * R * n_params;
+    double layers = train && !recompute ? s->L : 1;
+    double saved = recompute ? R * N * s->D * (s->L + 1) : 0;
+    return vd + act * layers + saved + scr + 2 * R * n_params;
 }
 
 static void add(qd_est_phase *p, const char *name, double bytes) {
@@ -143,7 +148,9 @@ void qd_quantize_estimate(const qd_quant_opts *o, const qd_config *c, double fil
     double fwd_ws = 4 * (double)qd_eval_batch((int)T, c->vocab_size) * T *
                     (2 * D + 2 * s.QD + 2 * s.KV + 2 * s.F);      /* forward.c workspace */
     double np = sim_params(&s, c, wbits);
-    double sim_t = sim_bytes(&s, c, B, 1, np), sim_e = sim_bytes(&s, c, Bev, 0, np);
+    int recompute = o->recompute == 1;
+    e->recompute = recompute;
+    double sim_t = sim_bytes(&s, c, B, recompute ? 2 : 1, np), sim_e = sim_bytes(&s, c, Bev, 0, np);
     double lg_collect = 4 * B * T * s.V;                      /* qd_qsim_collect logits */
     double trainer = 4 * (nw + nh + 4 * B) * T * D + 4 * 4 * np; /* targets, x0..dout, Adam */
     double wfix = s.wlin + 8 * s.L * (s.QD + 2 * s.KV + s.D + 2 * s.F + s.D); /* GPTQ's codes */
@@ -188,12 +195,14 @@ void qd_quantize_estimate(const qd_quant_opts *o, const qd_config *c, double fil
     add(p, "logits of one eval batch", lg_eval);
 
     PHASE("calibrate");
-    add(p, training ? "training simulation" : "simulation", sim_t);
+    const char *tsim = recompute ? "training simulation (one layer's activations)"
+                                 : "training simulation";
+    add(p, training ? tsim : "simulation", sim_t);
     add(p, "statistics logits", lg_collect);
 
     if (training && o->epochs > 0) {
         PHASE("optimize");
-        add(p, "training simulation", sim_t);
+        add(p, tsim, sim_t);
         add(p, "targets, batch buffers, optimizer state", trainer);
     }
     const char *codes = "GPTQ's final weights (a byte each)";
@@ -242,7 +251,8 @@ void qd_quantize_estimate(const qd_quant_opts *o, const qd_config *c, double fil
     double attn = s.L * 2 * 2 * T / 2 * s.QD; /* QKᵀ and PV, causal: per token */
     double fwd_tok = 2 * s.wlin + attn + 2 * s.V * D;
     e->steps = training ? (long)(ceil(nw / B) * o->epochs) : 0;
-    e->step_flops = training && o->epochs > 0 ? 3 * (2 * s.wlin + attn) * B * T : 0;
+    /* with recompute every layer's forward runs twice: 4 forwards */
+    e->step_flops = training && o->epochs > 0 ? (recompute ? 4 : 3) * (2 * s.wlin + attn) * B * T : 0;
     e->sgemm_gflops = e->step_s = e->total_s = NAN;
     if (probe) {
         e->sgemm_gflops = probe_gflops(&s);
@@ -279,6 +289,8 @@ void qd_estimate_format(const qd_estimate *e, char *buf, size_t n) {
     const qd_est_phase *p = &e->ph[e->peak];
     qd_format_size(e->vm_bytes, sz, sizeof sz);
     PUT("address space at the peak: %s (what RLIMIT_AS and --max-mem limit)\n", sz);
+    if (e->recompute)
+        PUT("activations: one layer's kept, each layer recomputed in the backward (--recompute)\n");
     PUT("\nat the peak (%s):\n", p->phase);
     for (int i = 0; i < p->n_parts; i++) {
         if (p->part[i].bytes <= 0) continue;
@@ -288,8 +300,9 @@ void qd_estimate_format(const qd_estimate *e, char *buf, size_t n) {
     if (!isnan(e->step_s)) {
         PUT("\nsgemm here: %.0f GFLOP/s\n", e->sgemm_gflops);
         if (e->steps > 0)
-            PUT("optimizer: %ld steps, %.3g GFLOP each, about %.3g s per step\n", e->steps,
-                e->step_flops / 1e9, e->step_s);
+            PUT("optimizer: %ld steps, %.3g GFLOP each, about %.3g s per step%s\n", e->steps,
+                e->step_flops / 1e9, e->step_s,
+                e->recompute ? " (activations recomputed per layer)" : "");
         PUT("whole run: about %.0f s (%.1f h)\n", e->total_s, e->total_s / 3600);
     }
 #undef PUT

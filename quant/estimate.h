@@ -47,6 +47,8 @@ typedef struct qd_estimate {
     double step_flops;       /* one optimizer step (forward and backward), 0 without training */
     double step_s, total_s;  /* predicted seconds per optimizer step and for the whole run */
     long steps;              /* optimizer steps of the run */
+    int recompute;           /* the training simulation recomputes its activations (the
+                              * options' recompute, 1) */
 } qd_estimate;
 
 /* Fills e for options o on a model of config c whose checkpoint occupies file_bytes, with

@@ -50,6 +50,7 @@ void qd_quant_defaults(qd_quant_opts *o) {
     o->threads = 1;
     o->checkpoint_every = QD_CHECKPOINT_EVERY_DEFAULT;
     o->max_ppl_increase = -1;
+    o->recompute = QD_RECOMPUTE_AUTO;
     snprintf(o->encodings_version, sizeof o->encodings_version, "%s", QD_ENC_VERSION_DEFAULT);
 }
 
@@ -267,8 +268,9 @@ static int layer_errors(qd_qsim *q, const int *ev, size_t n_ev, int T, qd_layer_
  * variant. */
 static int run_variant(const qd_quant_opts *o, qd_model **own, const int *calib,
                        size_t n_calib, const qd_eval_ref *ref, const int *ev, size_t n_ev,
-                       const char *method, uint64_t fp, tracker *tr, qd_report_variant *v,
-                       qd_encodings **enc, qd_layer_err *le, qd_err *err) {
+                       const char *method, uint64_t fp, int recompute, tracker *tr,
+                       qd_report_variant *v, qd_encodings **enc, qd_layer_err *le,
+                       qd_err *err) {
     const qd_model *m = *own;
     qd_mq_opts mo;
     qd_mq_defaults(&mo, o->wbits);
@@ -276,6 +278,7 @@ static int run_variant(const qd_quant_opts *o, qd_model **own, const int *calib,
     memcpy(mo.abits, o->abits_override, sizeof mo.abits);
     mo.samples = o->samples, mo.seq_len = o->seq_len, mo.epochs = o->epochs;
     mo.seed = o->seed;
+    mo.recompute = recompute;
     if (o->batch > 0) mo.batch = o->batch;
     if (o->lr_let[0] > 0) memcpy(mo.lr_let, o->lr_let, sizeof mo.lr_let);
     if (o->lr_lwc[0] > 0) memcpy(mo.lr_lwc, o->lr_lwc, sizeof mo.lr_lwc);
@@ -524,6 +527,7 @@ typedef struct {
     const int *calib, *ev; /* into cal / evt */
     size_t n_calib, n_ev;
     qd_estimate est;       /* the run's cost, from the headers and the token counts */
+    int recompute;         /* the training simulation recomputes (quantize.h; resolved) */
     int probe;             /* the estimate probes this machine's sgemm rate (its time part) */
 } inputs;
 
@@ -577,9 +581,29 @@ static int load_inputs(const qd_quant_opts *o, inputs *in, qd_report *rep, track
     if (in->n_ev < 2)
         return failf(field, o->eval_path ? "eval" : "eval_split", err,
                      "eval: %zu evaluation tokens, need at least 2", in->n_ev);
-    /* the run's peak memory from the config, the budget and the token counts */
-    qd_quantize_estimate(o, &m->cfg, (double)disk_bytes(o->model_path), in->n_calib, in->n_ev,
-                         in->probe, &in->est);
+    /* the run's peak memory from the config, the budget and the token counts; recompute (auto)
+     * when the training simulation's activations would not fit and recomputing them lowers
+     * the peak */
+    double fbytes = (double)disk_bytes(o->model_path);
+    qd_quant_opts oe = *o;
+    oe.recompute = o->recompute == 1;
+    qd_quantize_estimate(&oe, &m->cfg, fbytes, in->n_calib, in->n_ev, 0, &in->est);
+    if (o->recompute == QD_RECOMPUTE_AUTO) {
+        long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+        double phys = pages > 0 && psz > 0 ? (double)pages * (double)psz : 0;
+        double limit = o->max_mem > 0 ? (double)o->max_mem : 0.9 * phys;
+        double need = o->max_mem > 0 ? in->est.vm_bytes : in->est.peak_bytes;
+        if (limit > 0 && need > limit) {
+            qd_estimate e1;
+            oe.recompute = 1;
+            qd_quantize_estimate(&oe, &m->cfg, fbytes, in->n_calib, in->n_ev, 0, &e1);
+            if ((o->max_mem > 0 ? e1.vm_bytes : e1.peak_bytes) < need) in->est = e1;
+            else oe.recompute = 0;
+        }
+    }
+    in->recompute = oe.recompute;
+    if (in->probe)
+        qd_quantize_estimate(&oe, &m->cfg, fbytes, in->n_calib, in->n_ev, 1, &in->est);
     if (o->max_mem > 0 && in->est.vm_bytes > (double)o->max_mem) {
         char need[32], vm[32], lim[32];
         const qd_est_phase *pk = &in->est.ph[in->est.peak];
@@ -588,9 +612,11 @@ static int load_inputs(const qd_quant_opts *o, inputs *in, qd_report *rep, track
         qd_format_size((double)o->max_mem, lim, sizeof lim);
         return failf(field, "budget", err,
                      "budget: the run would need about %s of memory at its peak (%s of address "
-                     "space; phase %s, most of it %s), more than the %s a worker may use: lower "
-                     "budget.samples, budget.seq_len or budget.batch, or quantize a smaller model",
-                     need, vm, pk->phase, pk->part[largest_part(pk)].name, lim);
+                     "space; phase %s, most of it %s%s), more than the %s a worker may use: "
+                     "lower budget.samples, budget.seq_len or budget.batch, or quantize a "
+                     "smaller model",
+                     need, vm, pk->phase, pk->part[largest_part(pk)].name,
+                     in->recompute ? ", activations recomputed per layer" : "", lim);
     }
     if (!rep) return QD_OK; /* qd_quantize_check */
 
@@ -616,6 +642,7 @@ static int load_inputs(const qd_quant_opts *o, inputs *in, qd_report *rep, track
         return QD_ERR;
     track(tr, "load", 2, 3);
     rep->n_calib = in->n_calib;
+    rep->recompute = in->recompute;
     rep->model_params = qd_model_n_params(m);
     track(tr, "load", 3, 3);
     return QD_OK;
@@ -656,11 +683,12 @@ static int run_variants(const qd_quant_opts *o, inputs *in, tracker *tr, qd_repo
     for (int k = 0; k < 2; k++) {
         if (!strcmp(base[k], o->method)) continue;
         int r = run_variant(o, &in->m, in->calib, in->n_calib, *ref, in->ev, in->n_ev, base[k],
-                            rep->fingerprint, tr, &rep->var[rep->n_variants++], NULL, NULL, err);
+                            rep->fingerprint, in->recompute, tr, &rep->var[rep->n_variants++],
+                            NULL, NULL, err);
         if (r != QD_OK) return r;
     }
     int r = run_variant(o, &in->m, in->calib, in->n_calib, *ref, in->ev, in->n_ev, o->method,
-                        rep->fingerprint, tr, &rep->var[0], enc, &rep->layers, err);
+                        rep->fingerprint, in->recompute, tr, &rep->var[0], enc, &rep->layers, err);
     if (r != QD_OK) return r;
     if (!*enc) return qd_errf(err, "export: no encodings from %s", o->method);
     rep->enc_model_bytes = qd_encodings_model_bytes(*enc);

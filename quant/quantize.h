@@ -51,7 +51,14 @@ typedef struct qd_quant_opts {
     size_t max_mem;              /* refuse (field "budget") when the estimated address space
                                   * at the peak (estimate.h vm_bytes: what RLIMIT_AS counts)
                                   * exceeds this many bytes; 0: no limit */
+    int recompute;               /* the training simulation keeps one layer's activations and
+                                  * recomputes each layer in the backward (the same results, one
+                                  * more forward per step): QD_RECOMPUTE_AUTO (the default: on
+                                  * when the run would not fit in max_mem, or without one in
+                                  * 90% of the machine's memory, and fits with it), 0 off, 1 on */
 } qd_quant_opts;
+
+#define QD_RECOMPUTE_AUTO (-1)
 
 void qd_quant_defaults(qd_quant_opts *o);
 

@@ -62,6 +62,7 @@ static void add_settings(cJSON *rep, const qd_report *r) {
     cJSON_AddNumberToObject(bud, "epochs", o->epochs);
     cJSON_AddNumberToObject(bud, "windows_used", r->var[0].res.windows);
     cJSON_AddNumberToObject(bud, "batch", o->batch > 0 ? o->batch : 1);
+    cJSON_AddBoolToObject(bud, "recompute", r->recompute);
     cJSON_AddNumberToObject(rep, "seed", (double)o->seed);
     cJSON_AddNumberToObject(rep, "threads", o->threads);
 }

@@ -94,6 +94,7 @@ typedef struct qd_report {
     double t0;              /* qd_now() at the start of the run: compute.wall_seconds */
     /* inputs */
     size_t model_params, n_calib;
+    int recompute;                /* the training simulation recomputed its activations */
     uint64_t fingerprint;
     char sha_model[65], sha_calib[65], sha_eval[65];
     /* evaluation */

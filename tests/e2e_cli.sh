@@ -180,6 +180,20 @@ out=$("$Q" quantize --model "$M/stories260K.gguf" --calib "$TXT" --out "$tmp/mm"
 if [ $rc = 1 ] && printf '%s' "$out" | grep -q 'quantd quantize: budget: the run would need about' &&
    printf '%s' "$out" | grep -q 'more than the 64.0 MiB a worker may use' && [ ! -e "$tmp/mm/report.json" ]; then
     ok max_mem_refuses; else bad max_mem_refuses "rc=$rc $out"; fi
+# recompute: fewer bytes for one more forward per step; auto turns it on when the run would not
+# fit in --max-mem and does with it; off then refuses; auto without a limit leaves it off here
+ro=$("$Q" quantize --model "$M/stories260K.gguf" --calib "$TXT" --dry-run --json --batch 32 --recompute off 2>/dev/null)
+rn=$("$Q" quantize --model "$M/stories260K.gguf" --calib "$TXT" --dry-run --json --batch 32 --recompute on 2>/dev/null)
+ra=$("$Q" quantize --model "$M/stories260K.gguf" --calib "$TXT" --dry-run --json --batch 32 2>/dev/null)
+mid=$(jq -n --argjson a "$ro" --argjson b "$rn" '(($a.address_space_bytes + $b.address_space_bytes) / 2) | floor')
+rm_=$("$Q" quantize --model "$M/stories260K.gguf" --calib "$TXT" --dry-run --json --batch 32 --max-mem "$mid" 2>/dev/null)
+out=$("$Q" quantize --model "$M/stories260K.gguf" --calib "$TXT" --out "$tmp/mm" --batch 32 --max-mem "$mid" --recompute off 2>&1); rc=$?
+if jq -n -e --argjson o "$ro" --argjson n "$rn" --argjson a "$ra" --argjson m "$rm_" \
+     '($o.recompute | not) and $n.recompute and ($n.address_space_bytes < $o.address_space_bytes) and
+      (($n.step_gflop / $o.step_gflop) > 1.3) and (($n.step_gflop / $o.step_gflop) < 1.36) and
+      ($a.recompute | not) and $m.recompute and ($m.address_space_bytes == $n.address_space_bytes)' >/dev/null &&
+   [ $rc = 1 ] && printf '%s' "$out" | grep -q 'budget: the run would need'; then
+    ok recompute_auto; else bad recompute_auto "off $ro / on $rn / auto $ra / max-mem $mid: $rm_ / refused: rc=$rc $out"; fi
 out=$("$Q" quantize --model "$M/stories260K.gguf" --calib "$TXT" --out "$tmp/mm" --json 2>&1); rc=$?
 if [ $rc = 2 ] && printf '%s' "$out" | grep -q -- '--json goes with --dry-run'; then ok json_needs_dry_run; else bad json_needs_dry_run "rc=$rc $out"; fi
 out=$("$Q" quantize --model "$M/stories260K.gguf" --calib "$TXT" --out "$tmp/mm" --max-mem 12X 2>&1); rc=$?

@@ -4,7 +4,8 @@
 # tokenizer, report.json) is complete and self-contained: `quantd eval` and `quantd generate`
 # run the integer artifact with no --tokenizer, from a copy of the directory moved elsewhere;
 # fp-folded/ loads as a Hugging Face checkpoint; the report's sizes and hashes are the files';
-# --encodings-version 0.6.1 switches the AIMET format and a bad value is refused.
+# --encodings-version 0.6.1 switches the AIMET format and a bad value is refused; --recompute on
+# writes the same integer model.
 set -u
 . "$(dirname "$0")/e2e_common.inc" # Q, FX, MODEL, TEXT, TMP (removed at exit), ok, bad, check
 
@@ -42,6 +43,15 @@ check generate_int_artifact '[ $rc = 0 ] && [[ "$out" == "Once upon a time"* ]] 
 out=$("$Q" eval --model "$A/fp-folded" --data "$TEXT" --json 2>&1); rc=$?
 pff=$(printf '%s' "$out" | jq -r 'select(.runtime == "fp32") | .ppl' 2>/dev/null)
 check eval_fp_folded 'awk -v a="$pff" -v b="$pf" "BEGIN { exit !(a > 0.99 * b && a < 1.01 * b) }"' "rc=$rc fp-folded $out vs fp32 $pf"
+
+# recomputing the activations in the backward changes nothing but memory: the same integer model
+# and encodings, the report saying which ran
+"$Q" quantize --model "$MODEL" --calib "$TEXT" --eval-split 0.5 --samples 4 --seq-len 64 \
+    --epochs 1 --recompute on --out "$TMP/rc" --quiet >/dev/null 2>"$TMP/rc.err"
+check recompute_same_model 'cmp -s "$A/model.qint.safetensors" "$TMP/rc/model.qint.safetensors" && cmp -s "$A/encodings.json" "$TMP/rc/encodings.json"' "$(tail -c 300 "$TMP/rc.err")"
+check recompute_reported '[ "$(jq .budget.recompute "$TMP/rc/report.json")" = true ] && [ "$(jq .budget.recompute "$A/report.json")" = false ]' "$(jq -c .budget "$TMP/rc/report.json" "$A/report.json" 2>&1)"
+out=$("$Q" quantize --model "$MODEL" --calib "$TEXT" --out "$TMP/never" --recompute maybe 2>&1); rc=$?
+check recompute_bad_value '[ $rc = 2 ] && printf "%s" "$out" | grep -q "is not auto, on or off"' "rc=$rc $out"
 
 # AIMET 0.6.1 on request; a bad version is refused before any work
 "$Q" quantize --model "$MODEL" --calib "$TEXT" --method rtn --samples 2 --seq-len 32 --epochs 1 \

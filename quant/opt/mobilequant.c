@@ -46,7 +46,8 @@ void qd_mq_result_free(qd_mq_result *r) {
 }
 
 uint64_t qd_mq_fingerprint(const qd_mq_opts *o, uint64_t h) {
-    /* field by field into fixed-width arrays: no struct padding in the hash */
+    /* field by field into fixed-width arrays: no struct padding in the hash; recompute is not
+     * in it (the same results either way: a rerun with another memory limit resumes) */
     static const char tag[] = "mq-settings-4"; /* 3: offsets projected; 4: held-out selection */
     h = qd_fnv64(h, tag, sizeof tag);
     h = qd_fnv64(h, o->method, strlen(o->method));
@@ -540,6 +541,7 @@ int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_o
     so.wbits = o->wbits, so.wgran = o->wgran;
     memcpy(so.abits, o->abits, sizeof so.abits);
     so.Bmax = B, so.Tmax = T, so.train = training;
+    so.recompute = training && o->recompute;
     qd_qsim *q = qd_qsim_new(m, &so, err);
     if (!q) return QD_ERR;
     qd_qstats *st = NULL;

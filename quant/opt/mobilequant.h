@@ -48,6 +48,9 @@ typedef struct qd_mq_opts {
     void *progress_ctx;
     double t0;                         /* qd_now() at the start of the pipeline */
     int eval_batch;                    /* windows the returned simulation holds at once */
+    int recompute;                     /* the training simulation recomputes each layer in the
+                                          backward instead of keeping every layer's activations
+                                          (qd_qsim_opts.recompute; the same results) */
 } qd_mq_opts;
 
 /* Defaults for a weight width (holdout 0.1, one candidate state per epoch, and): LET 1e-3 -> 1e-4 and LWC 1e-2 -> 1e-3 (DESIGN.md's W8A8

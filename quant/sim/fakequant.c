@@ -70,6 +70,12 @@ struct qd_qsim_priv {
     qd_real *xa, *xb, *fn_h, *fn_bh, *fn_mean, *fn_rstd, *hf, *hfq;
     qd_real *lg;                          /* (N, vocab) logits in qd_real */
     size_t pos_g[QD_AQG_COUNT], pos_fn, pos_fnb;
+    /* recompute (qd_qsim_opts): every layer's input (n_layers, N, D), the rounding cursor at
+     * each layer's start (so that a recomputed forward takes the same slots), the recomputed
+     * layer's output */
+    qd_real **xin;
+    size_t *cur0;
+    qd_real *xc;
 };
 
 static void *palloc(struct qd_qsim_priv *P, size_t n_bytes) {
@@ -395,7 +401,7 @@ QD_API qd_qsim *qd_qsim_new(const qd_model *m, const qd_qsim_opts *o, qd_err *er
     /* activations and scratch */
     int B = o->Bmax, T = o->Tmax;
     size_t N = (size_t)B * T;
-    P->n_acts = o->train ? nl : 1;
+    P->n_acts = o->train && !o->recompute ? nl : 1;
     P->acts = palloc(P, sizeof(qd_qact) * (size_t)P->n_acts);
     if (!P->acts) goto fail;
     for (int i = 0; i < P->n_acts; i++)
@@ -421,6 +427,13 @@ QD_API qd_qsim *qd_qsim_new(const qd_model *m, const qd_qsim_opts *o, qd_err *er
     P->cos_t = ralloc(P, (size_t)T * rot / 2, &f);
     P->sin_t = ralloc(P, (size_t)T * rot / 2, &f);
     P->xa = ralloc(P, N * D, &f), P->xb = ralloc(P, N * D, &f);
+    if (o->train && o->recompute) {
+        P->xin = palloc(P, sizeof(qd_real *) * (size_t)nl);
+        P->cur0 = palloc(P, sizeof(size_t) * (size_t)nl);
+        if (!P->xin || !P->cur0) goto fail;
+        for (int l = 0; l < nl; l++) P->xin[l] = ralloc(P, N * D, &f);
+        P->xc = ralloc(P, N * D, &f);
+    }
     P->fn_h = ralloc(P, D, &f), P->fn_bh = ralloc(P, D, &f), P->fn_rstd = ralloc(P, N, &f);
     P->fn_mean = ralloc(P, N, &f);
     P->hf = ralloc(P, N * D, &f), P->hfq = ralloc(P, N * D, &f);
@@ -804,10 +817,13 @@ QD_API void qd_qsim_forward_blocks(qd_qsim *q, const qd_real *x0, qd_real *out, 
     for (int l = 0; l < q->cfg.n_layers; l++) {
         if (qd_stop_requested()) return; /* the caller polls it too: out is not used */
         qd_real *o = l == q->cfg.n_layers - 1 ? out : (l % 2 ? P->xb : P->xa);
+        if (P->xin) { /* recompute: what the backward needs to run this layer again */
+            memcpy(P->xin[l], in, sizeof(qd_real) * ND);
+            P->cur0[l] = q->rc.cursor;
+        }
         qd_qsim_layer_forward(q, l, in, o, B, T);
         in = o;
     }
-    (void)ND;
 }
 
 QD_API void qd_qsim_backward_blocks(qd_qsim *q, const qd_real *dout) {
@@ -821,6 +837,14 @@ QD_API void qd_qsim_backward_blocks(qd_qsim *q, const qd_real *dout) {
         if (l > 0) {
             dx = (l % 2) ? P->xa : P->xb; /* ping-pong, never the buffer d points to */
             par_zero(dx, ND * sizeof(qd_real));
+        }
+        if (P->xin && l < q->cfg.n_layers - 1) {
+            /* recompute: the one activation set holds the last layer run; run layer l again
+             * from its saved input, on the same rounding slots (the same values) */
+            size_t end = q->rc.cursor;
+            q->rc.cursor = P->cur0[l];
+            qd_qsim_layer_forward(q, l, P->xin[l], P->xc, A->B, A->T);
+            q->rc.cursor = end;
         }
         qd_qsim_layer_backward(q, l, d, dx);
         d = dx;

@@ -85,6 +85,10 @@ typedef struct qd_qsim_opts {
     int head_bits;             /* LM head / embedding table bits (default 8) */
     int Bmax, Tmax;            /* largest batch and window the buffers hold */
     int train;                 /* keep every layer's activations for backward */
+    int recompute;             /* with train: keep one layer's activations and every layer's
+                                  input; qd_qsim_backward_blocks runs each layer's forward again
+                                  before its backward (one more forward per step, the same
+                                  gradients to the bit) */
 } qd_qsim_opts;
 
 QD_API void qd_qsim_defaults(qd_qsim_opts *o);
