@@ -100,7 +100,9 @@ static void plan(tracker *tr, size_t n_calib, size_t n_ev) {
         const char *v = order[k];
         int train = !strcmp(v, qd_method_name(QD_METHOD_MOBILEQUANT)) ||
                     !strcmp(v, qd_method_name(QD_METHOD_OMNIQUANT));
-        plan_add(tr, "calibrate", v, 2 * nw * T * 2);
+        /* two statistics passes (RTN one: no SmoothQuant scales), a forward each */
+        int passes = !strcmp(v, qd_method_name(QD_METHOD_RTN)) ? 1 : 2;
+        plan_add(tr, "calibrate", v, passes * nw * T * 2);
         if (train && o->epochs > 0)
             plan_add(tr, "optimize", v, ceil(nw / B) * o->epochs * B * T * 6 + nw * T * 2);
         if (!strcmp(v, qd_method_name(QD_METHOD_MOBILEQUANT)))

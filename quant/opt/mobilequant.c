@@ -549,16 +549,20 @@ int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_o
     int rc = QD_ERR;
     double ph0 = qd_now();
 
-    /* 1. statistics with identity LET -> SmoothQuant scales */
-    report(o, "calibrate", 0, 2, NAN, NAN, ph0);
+    /* 1. statistics with identity LET -> SmoothQuant scales (not for RTN, which has no LET:
+     * its ranges come from the one pass below, on the same untransformed model) */
+    int rtn = method == QD_METHOD_RTN, passes = rtn ? 1 : 2;
+    report(o, "calibrate", 0, passes, NAN, NAN, ph0);
     q->let_on = 0;
-    if (collect(q, win, nw, T, 0, &st, res, err)) goto out;
-    q->let_on = method != QD_METHOD_RTN;
-    if (method != QD_METHOD_RTN) qd_qsim_smoothquant(q, st, o->alpha);
-    qd_qstats_free(st);
-    st = NULL;
+    if (!rtn) {
+        if (collect(q, win, nw, T, 0, &st, res, err)) goto out;
+        q->let_on = 1;
+        qd_qsim_smoothquant(q, st, o->alpha);
+        qd_qstats_free(st);
+        st = NULL;
+        report(o, "calibrate", 1, passes, NAN, NAN, ph0);
+    }
     /* 2. activation ranges of the smoothed model */
-    report(o, "calibrate", 1, 2, NAN, NAN, ph0);
     if (collect(q, win, nw, T, 1, &st, res, err)) goto out;
     qd_qsim_init_ranges(q, st);
     if (training && o->lwc_grid > 0) qd_qsim_search_lwc(q, st, o->lwc_grid, o->lwc_rmin);
@@ -568,7 +572,7 @@ int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_o
         qd_stopped(err);
         goto out;
     }
-    report(o, "calibrate", 2, 2, NAN, NAN, ph0);
+    report(o, "calibrate", passes, passes, NAN, NAN, ph0);
     q->lwc_on = training;
 
     /* 3. training */
