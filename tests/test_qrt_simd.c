@@ -105,7 +105,7 @@ static void test_elementwise(void) {
 
 static void test_rope(void) {
     qd_err err;
-    static const int hds[] = {2, 4, 8, 10, 16, 32, 34, 64, 128};
+    static const int hds[] = {2, 4, 8, 10, 16, 32, 34, 48, 64, 80, 128, 256};
     for (int isa = 0; isa < QD_ISA_COUNT; isa++)
         for (size_t t = 0; t < sizeof hds / sizeof hds[0]; t++) {
             int hd = hds[t], T = 37, nh = 1 + (int)(rnd() % 7);

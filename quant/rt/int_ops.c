@@ -314,7 +314,7 @@ int qd_qrope_init_freq(qd_qrope *p, int max_T, int head_dim, int rot, const doub
     p->cx = p->sx = NULL;
     /* the SIMD layout rotates whole heads: partial rotary takes the scalar path */
     p->W = rot != head_dim ? 0
-         : head_dim <= 16 && 16 % head_dim == 0 ? 16 : head_dim % 32 == 0 ? head_dim : 0;
+         : head_dim <= 16 && 16 % head_dim == 0 ? 16 : head_dim % 16 == 0 ? head_dim : 0;
     if (p->W) {
         p->cx = malloc((size_t)max_T * p->W * sizeof(int16_t));
         p->sx = malloc((size_t)max_T * p->W * sizeof(int16_t));
@@ -871,11 +871,42 @@ static T512 void rope_512(const qd_qrope *p, const int8_t *x, int8_t *out, int n
     }
 }
 
+/* rope_512's blocks on 8 lanes: head_dim a multiple of 16, so that every block of 8 and its
+ * partner h away lie in the same half of the head. */
+static T256 void rope_256(const qd_qrope *p, const int8_t *x, int8_t *out, int n_heads, int pos) {
+    const int hd = p->head_dim, half = hd / 2;
+    const int16_t *C = p->cx + (size_t)pos * p->W, *S = p->sx + (size_t)pos * p->W;
+    RQ_CONSTS_256(p->m, p->zy, -128, 127);
+    const __m256i zx = _mm256_set1_epi32(p->zx);
+    for (int hh = 0; hh < n_heads; hh++) {
+        const int8_t *xh = x + (size_t)hh * hd;
+        int8_t *oh = out + (size_t)hh * hd;
+        __m256i y[128];
+        int nb = hd / 8;
+        for (int b = 0; b < nb && b < 128; b++) {
+            int i0 = 8 * b, pi = i0 < half ? i0 + half : i0 - half;
+            __m256i xv = _mm256_sub_epi32(
+                _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(xh + i0))), zx);
+            __m256i xp = _mm256_sub_epi32(
+                _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(xh + pi))), zx);
+            __m256i vc = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(C + i0)));
+            __m256i vs = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(S + i0)));
+            y[b] = _mm256_add_epi32(_mm256_mullo_epi32(xv, vc), _mm256_mullo_epi32(xp, vs));
+        }
+        /* stores after all loads: out may alias x */
+        for (int b = 0; b < nb && b < 128; b++)
+            store8_256(oh + 8 * b, rq8_256(y[b], m, sh, hm1, z, l, h, 1));
+    }
+}
+
 void qd_qrope_apply_isa(const qd_qrope *p, const int8_t *x, int8_t *out, int n_heads, int pos,
                         qd_isa isa) {
-    if (use512(isa) && p->cx && p->head_dim <= 1024 &&
-        p->m.shift >= 1 && p->m.shift <= 62 && small_zp(p->zx))
+    int fits = p->cx && p->head_dim <= 1024 && p->m.shift >= 1 && p->m.shift <= 62 &&
+               small_zp(p->zx);
+    if (use512(isa) && fits && (p->W == 16 || p->head_dim % 32 == 0))
         rope_512(p, x, out, n_heads, pos);
+    else if (use256(isa) && fits && p->W == p->head_dim && p->head_dim % 16 == 0)
+        rope_256(p, x, out, n_heads, pos);
     else
         qd_qrope_apply(p, x, out, n_heads, pos);
 }

@@ -199,7 +199,7 @@ typedef struct qd_qrope {
                              * requantized as with cos 1, sin 0) */
     int16_t *cos_t, *sin_t; /* (max_T, rot/2) */
     /* for the SIMD path: per position, W lanes of cos and of +-sin laid out along a head
-     * (W = 16 when head_dim divides 16, head_dim when it is a multiple of 32; else NULL) */
+     * (W = 16 when head_dim divides 16, head_dim when it is a multiple of 16; else NULL) */
     int16_t *cx, *sx;
     int W;
     qd_qmul m;              /* sx / sy * 2^-14 */
@@ -215,7 +215,8 @@ int qd_qrope_init_freq(qd_qrope *p, int max_T, int head_dim, int rot, const doub
 void qd_qrope_free(qd_qrope *p);
 /* n_heads heads of head_dim values at position pos: x -> out (may alias). */
 void qd_qrope_apply(const qd_qrope *p, const int8_t *x, int8_t *out, int n_heads, int pos);
-/* The same integers; AVX-512 with QD_ISA_AVX512_VNNI where the tables allow. */
+/* The same integers; AVX-512 (QD_ISA_AVX512_VNNI, AMX) where head_dim is a multiple of 32 or
+ * divides 16, AVX2 (QD_ISA_AVX2, AVX-VNNI) where it is a multiple of 16; else the scalar loop. */
 void qd_qrope_apply_isa(const qd_qrope *p, const int8_t *x, int8_t *out, int n_heads, int pos,
                         qd_isa isa);
 
