@@ -199,6 +199,8 @@ void qd_quantize_estimate(const qd_quant_opts *o, const qd_config *c, double fil
                                  : "training simulation";
     add(p, training ? tsim : "simulation", sim_t);
     add(p, "statistics logits", lg_collect);
+    /* MobileQuant keeps the first statistics pass's outputs as its end-to-end targets */
+    if (meth == QD_METHOD_MOBILEQUANT && o->epochs > 0) add(p, "end-to-end targets", s.R * nw * T * D);
 
     if (training && o->epochs > 0) {
         PHASE("optimize");

@@ -271,7 +271,7 @@ static void collect_layers_same_stats(void) {
     qd_err err = {{0}};
     qd_qstats *a = qd_qstats_new(&m->cfg), *b = qd_qstats_new(&m->cfg), *fresh = qd_qstats_new(&m->cfg);
     CHECK(qd_qsim_collect(q, tok, nw, T, a, &err) == 0, "%s", err.msg);
-    CHECK(qd_qsim_collect_layers(q, tok, nw, T, b, &err) == 0, "%s", err.msg);
+    CHECK(qd_qsim_collect_layers(q, tok, nw, T, b, NULL, &err) == 0, "%s", err.msg);
     size_t ns = (size_t)L * QD_AQ_PER_LAYER, D = (size_t)m->cfg.dim, H = (size_t)m->cfg.hidden_dim;
     size_t Q = (size_t)a->qdim;
     CHECK(a->tokens == b->tokens && b->tokens == (size_t)nw * T, "tokens %zu %zu", a->tokens, b->tokens);
@@ -291,7 +291,7 @@ static void collect_layers_same_stats(void) {
         CHECK(a->mx[ns + g] != fresh->mx[ns + g], "the full pass did not reach head site %d", g);
     }
     tok[3 * T + 1] = V;
-    CHECK(qd_qsim_collect_layers(q, tok, nw, T, b, &err) != 0 && strstr(err.msg, "out of range"), "%s", err.msg);
+    CHECK(qd_qsim_collect_layers(q, tok, nw, T, b, NULL, &err) != 0 && strstr(err.msg, "out of range"), "%s", err.msg);
     qd_qstats_free(a), qd_qstats_free(b), qd_qstats_free(fresh);
     qd_qsim_free(q);
     free(tok);

@@ -555,6 +555,7 @@ int qd_gptq_qsim(qd_qsim *q, const int *tokens, int n_windows, int T, const qd_g
             qd_qsim_layer_forward(q, l, X + (size_t)w0 * per, Y, nb, T);
             memcpy(X + (size_t)w0 * per, Y, sizeof(qd_real) * per * (size_t)nb);
         }
+        if (o->layer_done) o->layer_done(o->layer_ctx, l + 1, c->n_layers);
     }
     rc = QD_OK;
 out:

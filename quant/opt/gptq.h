@@ -35,6 +35,9 @@ typedef struct qd_gptq_opts {
     int fp_target;    /* qd_gptq_qsim: round W' towards the FP model's outputs (default 1) */
     double target_damp; /* ridge of that step towards W, relative to H's mean diagonal
                            (default 0.2: measured on stories260K W4A8, 0.01..2 tried) */
+    /* qd_gptq_qsim: called after each layer (done of n_layers) for progress, or NULL */
+    void (*layer_done)(void *ctx, int done, int n_layers);
+    void *layer_ctx;
 } qd_gptq_opts;
 
 void qd_gptq_defaults(qd_gptq_opts *o);

@@ -122,6 +122,8 @@ typedef struct {
     int nh;
     qd_real *htgt;         /* their FP targets (nh * T * D) */
     qd_real *best;         /* parameters of the best state so far (n_params) */
+    qd_real *targets;      /* the training windows' FP targets (nw * T * D), from the first
+                            * statistics pass (LET off: the FP model's outputs), owned here */
 } trainer;
 
 static void gather(const qd_real *src, const int *idx, int b, size_t per, qd_real *dst) {
@@ -236,6 +238,18 @@ static void lrl_lr_scale(const qd_qsim *q, float *f) {
     }
 }
 
+/* GPTQ's progress: run k of the λ search (of runs), layer by layer. */
+typedef struct gptq_tick {
+    const qd_mq_opts *o;
+    int k, runs;
+    double ph0;
+} gptq_tick;
+
+static void gptq_layer_done(void *ctx, int done, int n_layers) {
+    const gptq_tick *g = ctx;
+    report(g->o, "gptq", (long)g->k * n_layers + done, (long)g->runs * n_layers, NAN, NAN, g->ph0);
+}
+
 /* The trainer's state after `done` steps into the checkpoint (with the selection's record;
  * pending: the held-out pass of this state is still to run). */
 static int save_state(const trainer *t, const qd_mq_result *res, const qd_adam *a, uint64_t fprint,
@@ -254,7 +268,7 @@ static int train_e2e(trainer *t, qd_mq_result *res, qd_err *err) {
     int T = t->T, B = o->batch;
     size_t per = (size_t)T * t->D;
     int rc = QD_ERR;
-    qd_real *targets = malloc(sizeof(qd_real) * per * (size_t)t->nw);
+    qd_real *targets = t->targets;
     int *perm = malloc(sizeof(int) * (size_t)t->nw);
     float *lrf = malloc(sizeof(float) * q->n_params);
     qd_adam *a = qd_adam_new(q->n_params, q->grp_off, QD_GRP_COUNT, err);
@@ -290,11 +304,7 @@ static int train_e2e(trainer *t, qd_mq_result *res, qd_err *err) {
             }
         }
     }
-    /* a checkpoint of the finished training (stopped in a later phase) skips the targets too */
-    if (start < a->total_steps) {
-        fp_targets(q, t->win, t->nw, T, t->x0, targets);
-        res->tokens += (size_t)t->nw * T;
-    }
+    /* the targets came with the first statistics pass (qd_mq_run) */
     if (qd_stop_requested()) {
         qd_stopped(err);
         goto out;
@@ -380,7 +390,7 @@ static int train_e2e(trainer *t, qd_mq_result *res, qd_err *err) {
     if (t->nh) memcpy(q->p, t->best, sizeof(qd_real) * q->n_params);
     rc = QD_OK;
 out:
-    free(targets), free(perm), free(lrf);
+    free(perm), free(lrf);
     qd_adam_free(a);
     return rc;
 }
@@ -469,12 +479,12 @@ out:
 /* The statistics pass into a new *st: through the LM head (head) or, for SmoothQuant, which
  * reads only the linears' inputs, through the decoder layers alone. */
 static int collect(qd_qsim *q, const int *win, int nw, int T, int head, qd_qstats **st,
-                   qd_mq_result *res, qd_err *err) {
+                   qd_real *outs, qd_mq_result *res, qd_err *err) {
     *st = qd_qstats_new(&q->cfg);
     if (!*st) return qd_errf(err, "%s: out of memory", __func__);
     res->tokens += (size_t)nw * T;
     return head ? qd_qsim_collect(q, win, nw, T, *st, err)
-                : qd_qsim_collect_layers(q, win, nw, T, *st, err);
+                : qd_qsim_collect_layers(q, win, nw, T, *st, outs, err);
 }
 
 int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_opts *o,
@@ -555,7 +565,15 @@ int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_o
     report(o, "calibrate", 0, passes, NAN, NAN, ph0);
     q->let_on = 0;
     if (!rtn) {
-        if (collect(q, win, nw, T, 0, &st, res, err)) goto out;
+        /* MobileQuant's end-to-end targets are this pass's outputs (LET and quantizers off) */
+        if (method == QD_METHOD_MOBILEQUANT && o->epochs > 0) {
+            tr.targets = malloc(sizeof(qd_real) * (size_t)nw * T * m->cfg.dim);
+            if (!tr.targets) {
+                qd_errf(err, "%s: out of memory", __func__);
+                goto out;
+            }
+        }
+        if (collect(q, win, nw, T, 0, &st, tr.targets, res, err)) goto out;
         q->let_on = 1;
         qd_qsim_smoothquant(q, st, o->alpha);
         qd_qstats_free(st);
@@ -563,7 +581,7 @@ int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_o
         report(o, "calibrate", 1, passes, NAN, NAN, ph0);
     }
     /* 2. activation ranges of the smoothed model */
-    if (collect(q, win, nw, T, 1, &st, res, err)) goto out;
+    if (collect(q, win, nw, T, 1, &st, NULL, res, err)) goto out;
     qd_qsim_init_ranges(q, st);
     if (training && o->lwc_grid > 0) qd_qsim_search_lwc(q, st, o->lwc_grid, o->lwc_rmin);
     qd_qstats_free(st);
@@ -607,7 +625,7 @@ int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_o
         }
         if (method == QD_METHOD_OMNIQUANT) {
             /* block-wise training moved the LET scales: re-measure the static ranges */
-            if (collect(q, win, nw, T, 1, &st, res, err)) goto out;
+            if (collect(q, win, nw, T, 1, &st, NULL, res, err)) goto out;
             qd_qsim_init_ranges(q, st);
         }
     }
@@ -623,8 +641,8 @@ int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_o
      * during GPTQ, the run's largest phase at scale */
     qd_qsim_free(q);
     q = NULL;
-    free(tr.tgt), free(tr.dout), free(tr.best);
-    tr.tgt = tr.dout = NULL, tr.best = NULL;
+    free(tr.tgt), free(tr.dout), free(tr.best), free(tr.targets);
+    tr.tgt = tr.dout = NULL, tr.best = NULL, tr.targets = NULL;
     /* 5. the final integers: error-compensating rounding onto the trained grids */
     if (o->gptq > 0 || (o->gptq < 0 && method == QD_METHOD_MOBILEQUANT)) {
         qd_gptq_opts go;
@@ -636,12 +654,16 @@ int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_o
         static const double lambdas[] = {0.05, 0.1, 0.2, 0.5, 1, 2};
         int nl = go.fp_target && tr.nh ? (int)(sizeof lambdas / sizeof *lambdas) : 0;
         int best = -1;
+        gptq_tick gt = {o, 0, nl + 1, ph0};
+        go.layer_done = gptq_layer_done, go.layer_ctx = &gt;
         for (int k = 0; k <= nl; k++) {
             if (k == nl && nl && best == nl - 1) break; /* the best was the last one run */
             if (nl) go.target_damp = k < nl ? lambdas[k] : lambdas[best];
             for (int l = 0; l < m->cfg.n_layers; l++)
                 for (int w = 0; w < QD_W_PER_LAYER; w++) qd_qsim_set_wfix(ev, l, w, NULL);
-            report(o, "gptq", k, nl + 1, NAN, NAN, ph0);
+            gt.k = k;
+            report(o, "gptq", (long)k * m->cfg.n_layers, (long)(nl + 1) * m->cfg.n_layers, NAN, NAN,
+                   ph0);
             if (qd_gptq_qsim(ev, win, nw, T, &go, err)) {
                 qd_qsim_free(ev);
                 goto out;
@@ -664,7 +686,7 @@ out:
     qd_qstats_free(st);
     free(own);
     free(tr.x0), free(tr.out), free(tr.tgt), free(tr.dout), free(tr.tok);
-    free(tr.htgt), free(tr.best);
+    free(tr.htgt), free(tr.best), free(tr.targets);
     qd_qsim_free(q);
     return qd_stop_status(rc);
 }

@@ -978,7 +978,7 @@ QD_API int qd_qsim_logits_fn(void *ctx, const int *tokens, int B, int T, float *
  * qd_qsim_collect_layers (the decoder layers only): one loop, so that both record the same
  * statistics of every site they share. */
 static int collect_pass(qd_qsim *q, const int *tokens, int n_windows, int T, qd_qstats *st,
-                        int head, qd_err *err) {
+                        int head, qd_real *outs, qd_err *err) {
     int V = q->cfg.vocab_size, Bm = q->o.Bmax;
     size_t nd = (size_t)Bm * T * q->cfg.dim;
     float *lg = head ? malloc(sizeof(float) * (size_t)Bm * T * V) : NULL;
@@ -1005,7 +1005,7 @@ static int collect_pass(qd_qsim *q, const int *tokens, int n_windows, int T, qd_
             if (rc != QD_OK) break;
             q->rc.cursor = 0;
             qd_qsim_embed(q, tk, nb, T, x0);
-            qd_qsim_forward_blocks(q, x0, out, nb, T);
+            qd_qsim_forward_blocks(q, x0, outs ? outs + (size_t)w * T * q->cfg.dim : out, nb, T);
         }
         if (rc == QD_OK) st->tokens += (size_t)nb * T;
     }
@@ -1017,12 +1017,12 @@ static int collect_pass(qd_qsim *q, const int *tokens, int n_windows, int T, qd_
 
 QD_API int qd_qsim_collect(qd_qsim *q, const int *tokens, int n_windows, int T, qd_qstats *st,
                            qd_err *err) {
-    return collect_pass(q, tokens, n_windows, T, st, 1, err);
+    return collect_pass(q, tokens, n_windows, T, st, 1, NULL, err);
 }
 
 QD_API int qd_qsim_collect_layers(qd_qsim *q, const int *tokens, int n_windows, int T,
-                                  qd_qstats *st, qd_err *err) {
-    return collect_pass(q, tokens, n_windows, T, st, 0, err);
+                                  qd_qstats *st, qd_real *outs, qd_err *err) {
+    return collect_pass(q, tokens, n_windows, T, st, 0, outs, err);
 }
 
 /* ---------------------------------------------------------------- initialisation */

@@ -228,9 +228,11 @@ QD_API int qd_qsim_collect(qd_qsim *q, const int *tokens, int n_windows, int T, 
                     qd_err *err);
 /* The same pass through the decoder layers only: every layer site's statistics (all that
  * SmoothQuant reads) identical to qd_qsim_collect's, bit for bit; the vocabulary-sized LM head
- * and its quantizers' statistics are not computed. */
+ * and its quantizers' statistics are not computed. outs (n_windows * T * dim, or NULL) gets the
+ * last block's output of every window: with LET off, the FP model's (the end-to-end loss's
+ * targets, without a pass of their own). */
 QD_API int qd_qsim_collect_layers(qd_qsim *q, const int *tokens, int n_windows, int T,
-                                  qd_qstats *st, qd_err *err);
+                                  qd_qstats *st, qd_real *outs, qd_err *err);
 
 /* Writes into out (a model with the same config, e.g. a qd_model_clone of the source) the FP
  * model with LET folded into norms and weights, and every linear weight clipped to its LWC
