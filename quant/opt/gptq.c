@@ -18,6 +18,7 @@
 #include "base/stop.h"
 
 void qd_gptq_defaults(qd_gptq_opts *o) {
+    memset(o, 0, sizeof *o); /* no progress callback */
     o->damp = 0.01;
     o->act_order = 1;
     o->block = 128;
