@@ -348,6 +348,16 @@ static qd_qsim *ready_sim(const qd_model *m, int wbits, const int *tok, int nw, 
     return q;
 }
 
+/* GPTQ's progress callback: once per layer, in order, with the layer count */
+typedef struct ticks {
+    int n, last, bad;
+} ticks;
+static void tick_layer(void *ctx, int done, int n_layers) {
+    ticks *t = ctx;
+    t->bad += done != t->last + 1 || n_layers != 2;
+    t->last = done, t->n++;
+}
+
 static void gptq_on_simulation(void) {
     qd_config c = synth_config(32, 64, 2, 4, 2, 60, 32);
     qd_err err = {{0}};
@@ -363,8 +373,13 @@ static void gptq_on_simulation(void) {
         double e_rtn = block_err(q, tok, nw, T);
         qd_gptq_opts o;
         qd_gptq_defaults(&o);
+        CHECK(o.layer_done == NULL, "the defaults set a progress callback");
         CHECK(qd_gptq_qsim(q, tok, nw, T, &o, &err) == QD_OK, "%s", err.msg);
+        ticks tk = {0, 0, 0};
+        o.layer_done = tick_layer, o.layer_ctx = &tk;
         CHECK(qd_gptq_qsim(r, tok, nw, T, &o, &err) == QD_OK, "%s", err.msg);
+        CHECK(tk.n == c.n_layers && tk.bad == 0, "W%d: %d progress calls (%d out of order)", wbits,
+              tk.n, tk.bad);
         double e_gptq = block_err(q, tok, nw, T);
         /* on the calibration windows the compensated rounding must do better */
         CHECK(e_gptq < e_rtn, "W%d: block error GPTQ %g vs RTN %g", wbits, e_gptq, e_rtn);
