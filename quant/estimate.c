@@ -261,13 +261,14 @@ void qd_quantize_estimate(const qd_quant_opts *o, const qd_config *c, double fil
         double rate = e->sgemm_gflops * 1e9 * 0.8;
         e->step_s = e->step_flops > 0 ? e->step_flops / rate + 15e-9 * s.wlin / o->threads : 0;
         /* the run: the FP32 reference and three variants' evaluations, calibration passes
-         * (two per variant, RTN's one), the optimizer, GPTQ (per window and layer, each of its four
+         * (two per variant, RTN's and SmoothQuant's one), the optimizer, GPTQ (per window and layer, each of its four
          * stages runs the layer up to its input and a last pass runs it whole: q/k/v's
          * products 4 times, o's 3, gate/up's 2, down's once, attention 4 times; seven
          * factorisations per layer; at W4 twice and per ridge λ), the integer evaluation at
          * about the FP32 forward's speed */
-        /* calibration: two statistics passes per variant, RTN's one */
-        double evt = (double)n_ev * fwd_tok * 5, cal = 5 * nw * T * fwd_tok;
+        /* calibration: two statistics passes per variant, RTN's one, SmoothQuant's one (it
+         * shares RTN's) */
+        double evt = (double)n_ev * fwd_tok * 5, cal = 4 * nw * T * fwd_tok;
         double w_qkv = (s.QD + 2 * s.KV) * s.D, w_o = s.QD * s.D, w_gu = 2 * s.F * s.D, w_dn = s.F * s.D;
         double gq_tok = 2 * s.L * (4 * w_qkv + 3 * w_o + 2 * w_gu + w_dn) + 4 * attn;
         double gq = gptq ? nw * T * gq_tok * (fpt ? 2 * 7 : 1) +

@@ -100,8 +100,12 @@ static void plan(tracker *tr, size_t n_calib, size_t n_ev) {
         const char *v = order[k];
         int train = !strcmp(v, qd_method_name(QD_METHOD_MOBILEQUANT)) ||
                     !strcmp(v, qd_method_name(QD_METHOD_OMNIQUANT));
-        /* two statistics passes (RTN one: no SmoothQuant scales), a forward each */
+        /* two statistics passes (RTN one: no SmoothQuant scales; SmoothQuant one after RTN,
+         * whose pass it shares), a forward each */
         int passes = !strcmp(v, qd_method_name(QD_METHOD_RTN)) ? 1 : 2;
+        if (!strcmp(v, qd_method_name(QD_METHOD_SMOOTHQUANT)) &&
+            strcmp(o->method, qd_method_name(QD_METHOD_RTN)))
+            passes = 1;
         plan_add(tr, "calibrate", v, passes * nw * T * 2);
         if (train && o->epochs > 0)
             plan_add(tr, "optimize", v, ceil(nw / B) * o->epochs * B * T * 6 + nw * T * 2);
@@ -270,8 +274,8 @@ static int layer_errors(qd_qsim *q, const int *ev, size_t n_ev, int T, qd_layer_
  * variant. */
 static int run_variant(const qd_quant_opts *o, qd_model **own, const int *calib,
                        size_t n_calib, const qd_eval_ref *ref, const int *ev, size_t n_ev,
-                       const char *method, uint64_t fp, int recompute, tracker *tr,
-                       qd_report_variant *v, qd_encodings **enc, qd_layer_err *le,
+                       const char *method, uint64_t fp, int recompute, qd_qstats **shared,
+                       tracker *tr, qd_report_variant *v, qd_encodings **enc, qd_layer_err *le,
                        qd_err *err) {
     const qd_model *m = *own;
     qd_mq_opts mo;
@@ -281,6 +285,7 @@ static int run_variant(const qd_quant_opts *o, qd_model **own, const int *calib,
     mo.samples = o->samples, mo.seq_len = o->seq_len, mo.epochs = o->epochs;
     mo.seed = o->seed;
     mo.recompute = recompute;
+    mo.share_stats = shared;
     if (o->batch > 0) mo.batch = o->batch;
     if (o->lr_let[0] > 0) memcpy(mo.lr_let, o->lr_let, sizeof mo.lr_let);
     if (o->lr_lwc[0] > 0) memcpy(mo.lr_lwc, o->lr_lwc, sizeof mo.lr_lwc);
@@ -682,15 +687,22 @@ static int run_variants(const qd_quant_opts *o, inputs *in, tracker *tr, qd_repo
     qd_eval_ref_stats(*ref, &rep->ref);
     const char *base[2] = {qd_method_name(QD_METHOD_RTN), qd_method_name(QD_METHOD_SMOOTHQUANT)};
     rep->n_variants = 1; /* var[0]: the chosen method, run last */
+    /* RTN's statistics pass serves SmoothQuant's first one (the same windows, LET off) */
+    qd_qstats *shared = NULL;
     for (int k = 0; k < 2; k++) {
         if (!strcmp(base[k], o->method)) continue;
         int r = run_variant(o, &in->m, in->calib, in->n_calib, *ref, in->ev, in->n_ev, base[k],
-                            rep->fingerprint, in->recompute, tr, &rep->var[rep->n_variants++],
-                            NULL, NULL, err);
-        if (r != QD_OK) return r;
+                            rep->fingerprint, in->recompute, &shared, tr,
+                            &rep->var[rep->n_variants++], NULL, NULL, err);
+        if (r != QD_OK) {
+            qd_qstats_free(shared);
+            return r;
+        }
     }
     int r = run_variant(o, &in->m, in->calib, in->n_calib, *ref, in->ev, in->n_ev, o->method,
-                        rep->fingerprint, in->recompute, tr, &rep->var[0], enc, &rep->layers, err);
+                        rep->fingerprint, in->recompute, &shared, tr, &rep->var[0], enc,
+                        &rep->layers, err);
+    qd_qstats_free(shared);
     if (r != QD_OK) return r;
     if (!*enc) return qd_errf(err, "export: no encodings from %s", o->method);
     rep->enc_model_bytes = qd_encodings_model_bytes(*enc);

@@ -680,6 +680,41 @@ done:
 
 /* Short data: the budget's samples become overlapping windows (spread over the data), or only
  * the disjoint windows when overlap is off. */
+/* SmoothQuant with the RTN run's statistics (share_stats) instead of its own first pass: the
+ * same parameters to the bit (overlapping windows, two layers with GQA); the RTN run leaves
+ * its statistics exactly when asked, and a run without sharing never touches them. */
+static void smoothquant_shares_rtn_pass(void) {
+    qd_config c = synth_config(32, 48, 2, 4, 2, 40, 32);
+    qd_err err = {{0}};
+    qd_model *m = synth_checked(&c, 4);
+    if (!m) return;
+    size_t n = 100;
+    int *tok = rand_tokens(n, c.vocab_size, 9);
+    qd_qstats *shared = NULL;
+    qd_qsim *q[3] = {NULL, NULL, NULL};
+    const char *meth[3] = {"rtn", "smoothquant", "smoothquant"};
+    for (int k = 0; k < 3; k++) {
+        qd_mq_opts o;
+        qd_mq_defaults(&o, 8);
+        strcpy(o.method, meth[k]);
+        o.samples = 6, o.seq_len = 32, o.epochs = 0;
+        o.share_stats = k < 2 ? &shared : NULL; /* k 1 shares, k 2 makes its own pass */
+        qd_mq_result r = {0};
+        CHECK(qd_mq_run(m, tok, n, &o, &q[k], &r, &err) == QD_OK, "%s: %s", meth[k], err.msg);
+        CHECK(k > 0 || (shared && shared->tokens == (size_t)r.windows * 32),
+              "the RTN run left no statistics of its windows");
+        qd_mq_result_free(&r);
+    }
+    if (q[1] && q[2])
+        CHECK(q[1]->n_params == q[2]->n_params &&
+                  !memcmp(q[1]->p, q[2]->p, sizeof(qd_real) * q[1]->n_params),
+              "SmoothQuant with the shared pass differs from its own");
+    for (int k = 0; k < 3; k++) qd_qsim_free(q[k]);
+    qd_qstats_free(shared);
+    free(tok);
+    qd_model_free(m);
+}
+
 static void overlapping_windows(void) {
     qd_config c = synth_config(16, 24, 1, 2, 2, 30, 32);
     qd_err err = {{0}};
@@ -707,6 +742,7 @@ static void overlapping_windows(void) {
 int main(void) {
     RUN(adam_lr_scale);
     RUN(overlapping_windows);
+    RUN(smoothquant_shares_rtn_pass);
     RUN(holdout_selection);
     RUN(checkpoint_refuses_bad_files);
     RUN(resume_same_trajectory);

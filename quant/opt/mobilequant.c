@@ -561,10 +561,16 @@ int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_o
 
     /* 1. statistics with identity LET -> SmoothQuant scales (not for RTN, which has no LET:
      * its ranges come from the one pass below, on the same untransformed model) */
-    int rtn = method == QD_METHOD_RTN, passes = rtn ? 1 : 2;
+    int rtn = method == QD_METHOD_RTN;
+    const qd_qstats *shared = method == QD_METHOD_SMOOTHQUANT && o->share_stats ? *o->share_stats
+                                                                                : NULL;
+    int passes = rtn || shared ? 1 : 2;
     report(o, "calibrate", 0, passes, NAN, NAN, ph0);
     q->let_on = 0;
-    if (!rtn) {
+    if (shared) { /* the RTN baseline's pass over the same windows */
+        q->let_on = 1;
+        qd_qsim_smoothquant(q, shared, o->alpha);
+    } else if (!rtn) {
         /* MobileQuant's end-to-end targets are this pass's outputs (LET and quantizers off) */
         if (method == QD_METHOD_MOBILEQUANT && o->epochs > 0) {
             tr.targets = malloc(sizeof(qd_real) * (size_t)nw * T * m->cfg.dim);
@@ -584,7 +590,8 @@ int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_o
     if (collect(q, win, nw, T, 1, &st, NULL, res, err)) goto out;
     qd_qsim_init_ranges(q, st);
     if (training && o->lwc_grid > 0) qd_qsim_search_lwc(q, st, o->lwc_grid, o->lwc_rmin);
-    qd_qstats_free(st);
+    if (rtn && o->share_stats && !*o->share_stats) *o->share_stats = st; /* the caller's now */
+    else qd_qstats_free(st);
     st = NULL;
     if (qd_stop_requested()) {
         qd_stopped(err);

@@ -51,6 +51,13 @@ typedef struct qd_mq_opts {
     int recompute;                     /* the training simulation recomputes each layer in the
                                           backward instead of keeping every layer's activations
                                           (qd_qsim_opts.recompute; the same results) */
+    /* Statistics of the untransformed model (LET and quantizers off) over the windows a run
+     * without held-out data uses, shared between the baselines: an RTN run leaves its one pass
+     * here when *share_stats is NULL (the caller frees it, qd_qstats_free), a SmoothQuant run
+     * takes its SmoothQuant scales from *share_stats instead of a first pass of its own (the
+     * same statistics of every layer site: qd_qsim_collect_layers). NULL: no sharing. Only with
+     * the same model, budget and calibration tokens. */
+    qd_qstats **share_stats;
 } qd_mq_opts;
 
 /* Defaults for a weight width (holdout 0.1, one candidate state per epoch, and): LET 1e-3 -> 1e-4 and LWC 1e-2 -> 1e-3 (DESIGN.md's W8A8
