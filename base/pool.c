@@ -132,12 +132,18 @@ void qd_pool_run(qd_pool *p, int ntasks, qd_pool_fn fn, void *ctx) {
         return;
     }
     pthread_mutex_lock(&p->mu);
-    if (p->busy) { /* another thread's job: do not wait for it */
-        pthread_mutex_unlock(&p->mu);
-        run_serial(ntasks, fn, ctx);
-        return;
+    /* Wait for the late joiners of the last job, and check for another thread's job after
+     * every wait: the wait releases the lock, so a second caller can post meanwhile (both
+     * posting overwrote each other's job: tasks ran twice or never, test_pool two_posters). */
+    for (;;) {
+        if (p->busy) { /* another thread's job: do not wait for it */
+            pthread_mutex_unlock(&p->mu);
+            run_serial(ntasks, fn, ctx);
+            return;
+        }
+        if (!p->inside) break;
+        pthread_cond_wait(&p->done, &p->mu);
     }
-    while (p->inside) pthread_cond_wait(&p->done, &p->mu); /* late joiners of the last job */
     p->busy = 1;
     p->fn = fn;
     p->ctx = ctx;
