@@ -39,10 +39,9 @@ typedef struct {
 } shape;
 
 /* The simulation qd_qsim_new(train, B windows) allocates (fakequant.c): the quantized
- * embedding and head, saved activations (every layer when training, one otherwise), scratch,
- * the parameters and their gradients. */
-/* train 2: the training simulation with recompute (one layer's activations, every layer's
- * input and one more output buffer; fakequant.c) */
+ * embedding and head, saved activations (every layer when training, one otherwise; train 2:
+ * training with recompute, one layer's, every layer's input and one more output buffer),
+ * scratch, the parameters and their gradients. */
 static double sim_bytes(const shape *s, const qd_config *c, double B, int train,
                         double n_params) {
     double N = B * s->T, R = s->R;

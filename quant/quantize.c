@@ -538,6 +538,12 @@ typedef struct {
     int probe;             /* the estimate probes this machine's sgemm rate (its time part) */
 } inputs;
 
+/* What a memory limit is held against: the address space with a limit (max_mem, RLIMIT_AS),
+ * else the resident peak (against the machine's memory). */
+static double limited_bytes(const qd_estimate *e, size_t max_mem) {
+    return max_mem > 0 ? e->vm_bytes : e->peak_bytes;
+}
+
 /* The part of p with the most bytes: what a refusal names. */
 static int largest_part(const qd_est_phase *p) {
     int k = 0;
@@ -599,12 +605,12 @@ static int load_inputs(const qd_quant_opts *o, inputs *in, qd_report *rep, track
         long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
         double phys = pages > 0 && psz > 0 ? (double)pages * (double)psz : 0;
         double limit = o->max_mem > 0 ? (double)o->max_mem : 0.9 * phys;
-        double need = o->max_mem > 0 ? in->est.vm_bytes : in->est.peak_bytes;
+        double need = limited_bytes(&in->est, o->max_mem);
         if (limit > 0 && need > limit) {
             qd_estimate e1;
             oe.recompute = 1;
             qd_quantize_estimate(&oe, &m->cfg, fbytes, in->n_calib, in->n_ev, 0, &e1);
-            if ((o->max_mem > 0 ? e1.vm_bytes : e1.peak_bytes) < need) in->est = e1;
+            if (limited_bytes(&e1, o->max_mem) < need) in->est = e1;
             else oe.recompute = 0;
         }
     }

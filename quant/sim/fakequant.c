@@ -983,8 +983,8 @@ static int collect_pass(qd_qsim *q, const int *tokens, int n_windows, int T, qd_
     size_t nd = (size_t)Bm * T * q->cfg.dim;
     float *lg = head ? malloc(sizeof(float) * (size_t)Bm * T * V) : NULL;
     qd_real *x0 = head ? NULL : malloc(sizeof(qd_real) * nd);
-    qd_real *out = head ? NULL : malloc(sizeof(qd_real) * nd);
-    if (head ? !lg : !x0 || !out) {
+    qd_real *out = head || outs ? NULL : malloc(sizeof(qd_real) * nd); /* outs: written there */
+    if (head ? !lg : !x0 || (!outs && !out)) {
         free(lg), free(x0), free(out);
         return qd_errf(err, "%s: out of memory", __func__);
     }
