@@ -153,7 +153,11 @@ void qd_quantize_estimate(const qd_quant_opts *o, const qd_config *c, double fil
     double lg_collect = 4 * B * T * s.V;                      /* qd_qsim_collect logits */
     double trainer = 4 * (nw + nh + 4 * B) * T * D + 4 * 4 * np; /* targets, x0..dout, Adam */
     double wfix = s.wlin + 8 * s.L * (s.QD + 2 * s.KV + s.D + 2 * s.F + s.D); /* GPTQ's codes */
-    double gp_x = s.R * nw * T * D * (fpt ? 2 : 1) + s.R * Bev * T * D; /* X, Xf, Y */
+    /* X (and Xf), Y, and where each stage ended per window: o's or gate/up's input, the
+     * residual, down's input (and the FP stream's first two) */
+    double gp_x = s.R * nw * T * D * (fpt ? 2 : 1) + s.R * Bev * T * D +
+                  s.R * nw * T * (fmax(s.QD, D) + D + s.F) +
+                  (fpt ? s.R * nw * T * (fmax(s.QD, D) + D) : 0);
     double gp_h = 8 * s.cmax * s.cmax * (fpt ? 2 : 1);        /* H (and C) */
     /* qd_gptq_round at the widest fan-in: Hp, U, work and the weight in double; at W4
      * qd_gptq_target's A, Z, Wd first (not at once with round's) */
@@ -260,17 +264,20 @@ void qd_quantize_estimate(const qd_quant_opts *o, const qd_config *c, double fil
         double rate = e->sgemm_gflops * 1e9 * 0.8;
         e->step_s = e->step_flops > 0 ? e->step_flops / rate + 15e-9 * s.wlin / o->threads : 0;
         /* the run: the FP32 reference and three variants' evaluations, calibration passes
-         * (two per variant, RTN's and SmoothQuant's one), the optimizer, GPTQ (per window and layer, each of its four
-         * stages runs the layer up to its input and a last pass runs it whole: q/k/v's
-         * products 4 times, o's 3, gate/up's 2, down's once, attention 4 times; seven
-         * factorisations per layer; at W4 twice and per ridge λ), the integer evaluation at
-         * about the FP32 forward's speed */
+         * (two per variant, RTN's and SmoothQuant's one), the optimizer, GPTQ (per window and
+         * layer one forward, its stages resuming where the last ended; the four inputs'
+         * Hessians by dsyrk, n·cols² flops at about half sgemm's rate in double; seven
+         * factorisations per layer; at W4 the FP stream's forward and the cross products
+         * Xqᵀ·Xfp by dgemm, 2·n·cols², too, and all of it per ridge λ), the integer
+         * evaluation at about the FP32 forward's speed */
         /* calibration: two statistics passes per variant, RTN's one, SmoothQuant's one (it
          * shares RTN's) */
         double evt = (double)n_ev * fwd_tok * 5, cal = 4 * nw * T * fwd_tok;
         double w_qkv = (s.QD + 2 * s.KV) * s.D, w_o = s.QD * s.D, w_gu = 2 * s.F * s.D, w_dn = s.F * s.D;
-        double gq_tok = 2 * s.L * (4 * w_qkv + 3 * w_o + 2 * w_gu + w_dn) + 4 * attn;
-        double gq = gptq ? nw * T * gq_tok * (fpt ? 2 * 7 : 1) +
+        double cols2 = 2 * s.D * s.D + s.QD * s.QD + s.F * s.F; /* Σ cols² of the 4 inputs */
+        double gq_tok = (2 * s.L * (w_qkv + w_o + w_gu + w_dn) + attn) * (fpt ? 2 : 1) +
+                        s.L * cols2 * 2 * (fpt ? 3 : 1);
+        double gq = gptq ? nw * T * gq_tok * (fpt ? 7 : 1) +
                     s.L * 7 * 2 * s.cmax * s.cmax * s.cmax / 3 * (fpt ? 7 : 1) : 0;
         e->total_s = (evt + cal + gq) / rate + e->step_s * (double)e->steps;
     }

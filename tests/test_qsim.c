@@ -420,10 +420,85 @@ static void partial_layer_forward_same_inputs(void) {
     qd_model_free(m);
 }
 
+/* A forward resumed at o's, gate/up's or down's input, from the inputs and the residual a whole
+ * forward gave there, gives that forward's later inputs and its output bit for bit, on every
+ * layer; the buffers hold another batch's values first, so a stale one cannot pass, and a wrong
+ * residual must change the output. */
+static void resumed_layer_forward_same_outputs(void) {
+    qd_model *m = stories();
+    if (!m) return;
+    int T = 32, V = m->cfg.vocab_size, D = m->cfg.dim, F = m->cfg.hidden_dim;
+    int *tok = malloc(sizeof(int) * 2 * T);
+    qd_qsim *q = sim(m, 8, 2, T, 0);
+    qd_err err = {{0}};
+    qd_qstats *st = qd_qstats_new(&m->cfg);
+    for (int i = 0; i < 2 * T; i++) tok[i] = (i * 5 + 3) % V;
+    CHECK(qd_qsim_collect(q, tok, 2, T, st, &err) == 0, "%s", err.msg);
+    qd_qsim_init_ranges(q, st);
+    size_t N = (size_t)2 * T, nd = N * D;
+    qd_real *x = malloc(sizeof(qd_real) * nd), *xalt = malloc(sizeof(qd_real) * nd);
+    qd_real *y = malloc(sizeof(qd_real) * nd), *y2 = malloc(sizeof(qd_real) * nd);
+    qd_real *oin = malloc(sizeof(qd_real) * N * m->cfg.n_heads * m->cfg.head_dim);
+    qd_real *gin = malloc(sizeof(qd_real) * nd), *res = malloc(sizeof(qd_real) * nd);
+    qd_real *din = malloc(sizeof(qd_real) * N * F);
+    q->rc.cursor = 0;
+    qd_qsim_embed(q, tok, 2, T, x);
+    for (int i = 0; i < 2 * T; i++) tok[i] = (i * 13 + 1) % V;
+    q->rc.cursor = 0;
+    qd_qsim_embed(q, tok, 2, T, xalt);
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        int n, co = q->L[l].wcols[QD_W_O];
+        q->rc.cursor = 0;
+        qd_qsim_layer_forward(q, l, x, y, 2, T);
+        memcpy(oin, qd_qsim_weight_input(q, l, QD_W_O, &n), sizeof(qd_real) * N * co);
+        memcpy(gin, qd_qsim_weight_input(q, l, QD_W_GATE, &n), sizeof(qd_real) * nd);
+        memcpy(din, qd_qsim_weight_input(q, l, QD_W_DOWN, &n), sizeof(qd_real) * N * F);
+        memcpy(res, qd_qsim_residual(q, l, &n), sizeof(qd_real) * nd);
+        const int from[] = {QD_W_O, QD_W_O, QD_W_O, QD_W_GATE, QD_W_UP, QD_W_GATE, QD_W_DOWN};
+        const int upto[] = {QD_W_GATE, QD_W_DOWN, -1, QD_W_DOWN, -1, -1, -1};
+        for (int k = 0; k < 7; k++) {
+            q->rc.cursor = 0;
+            qd_qsim_layer_forward(q, l, xalt, y2, 2, T);
+            int f = from[k];
+            const qd_real *in = f == QD_W_O ? oin : f == QD_W_DOWN ? din : gin;
+            qd_qsim_layer_resume(q, l, f, in, f == QD_W_O ? x : res, y2, 2, T, upto[k]);
+            const qd_real *got;
+            if (upto[k] == QD_W_GATE) {
+                got = qd_qsim_weight_input(q, l, QD_W_GATE, &n);
+                CHECK(n == (int)N && !memcmp(got, gin, sizeof(qd_real) * nd),
+                      "layer %d: gate's input differs resumed at o", l);
+                got = qd_qsim_residual(q, l, &n);
+                CHECK(!memcmp(got, res, sizeof(qd_real) * nd),
+                      "layer %d: the residual differs resumed at o", l);
+            } else if (upto[k] == QD_W_DOWN) {
+                got = qd_qsim_weight_input(q, l, QD_W_DOWN, &n);
+                CHECK(!memcmp(got, din, sizeof(qd_real) * N * F),
+                      "layer %d: down's input differs resumed at weight %d", l, f);
+            } else {
+                CHECK(!memcmp(y, y2, sizeof(qd_real) * nd),
+                      "layer %d: the output differs resumed at weight %d", l, f);
+            }
+        }
+        /* the residual is read: another one changes the output */
+        q->rc.cursor = 0;
+        qd_qsim_layer_resume(q, l, QD_W_DOWN, din, xalt, y2, 2, T, -1);
+        CHECK(memcmp(y, y2, sizeof(qd_real) * nd) != 0, "layer %d: the residual is not read", l);
+        memcpy(x, y, sizeof(qd_real) * nd);
+        q->rc.cursor = 0;
+        qd_qsim_layer_forward(q, l, xalt, y2, 2, T);
+        memcpy(xalt, y2, sizeof(qd_real) * nd);
+    }
+    free(tok), free(x), free(xalt), free(y), free(y2), free(oin), free(gin), free(res), free(din);
+    qd_qstats_free(st);
+    qd_qsim_free(q);
+    qd_model_free(m);
+}
+
 int main(void) {
     RUN(fp_path_matches_forward);
     RUN(recompute_same_gradients);
     RUN(partial_layer_forward_same_inputs);
+    RUN(resumed_layer_forward_same_outputs);
     RUN(collect_layers_same_stats);
     RUN(encodings_match_simulation);
     RUN(fold_is_function_preserving);

@@ -457,20 +457,29 @@ int qd_gptq_qsim(qd_qsim *q, const int *tokens, int n_windows, int T, const qd_g
         if ((size_t)q->L[0].wcols[w] > cmax) cmax = (size_t)q->L[0].wcols[w];
         if ((size_t)q->L[0].wrows[w] > gmax) gmax = (size_t)q->L[0].wrows[w];
     }
-    size_t all = per * (size_t)n_windows;
+    size_t all = per * (size_t)n_windows, ntok = (size_t)T * n_windows;
+    size_t cmid = (size_t)q->L[0].wcols[QD_W_O] > (size_t)D ? (size_t)q->L[0].wcols[QD_W_O] : (size_t)D;
     qd_real *X = malloc(sizeof(qd_real) * all);
     qd_real *Y = malloc(sizeof(qd_real) * per * (size_t)Bm);
+    /* where the last stage ended, per window: o's then gate/up's input, the residual stream
+     * into the FFN, down's input (the next stage resumes there, qd_qsim_layer_resume) */
+    qd_real *Kin = malloc(sizeof(qd_real) * ntok * cmid), *Kres = malloc(sizeof(qd_real) * all);
+    qd_real *Kdn = malloc(sizeof(qd_real) * ntok * (size_t)q->L[0].wcols[QD_W_DOWN]);
     double *H = malloc(sizeof(double) * cmax * cmax);
     qd_real *t = malloc(sizeof(qd_real) * wmax), *what = malloc(sizeof(qd_real) * wmax);
     qd_real *sc = malloc(sizeof(qd_real) * gmax), *zp = malloc(sizeof(qd_real) * gmax);
-    /* FP target: the FP stream, its linear inputs, and C = Xqᵀ Xfp */
+    /* FP target: the FP stream, its linear inputs, and C = Xqᵀ Xfp; the FP stream's stages
+     * resume too (its own o/gate-up inputs and residual) */
     qd_real *Xf = fpt ? malloc(sizeof(qd_real) * all) : NULL;
     qd_real *F = fpt ? malloc(sizeof(qd_real) * (size_t)T * Bm * cmax) : NULL;
     double *C = fpt ? malloc(sizeof(double) * cmax * cmax) : NULL;
     qd_real *tt = fpt ? malloc(sizeof(qd_real) * wmax) : NULL;
+    qd_real *Kfin = fpt ? malloc(sizeof(qd_real) * ntok * cmid) : NULL;
+    qd_real *Kfres = fpt ? malloc(sizeof(qd_real) * all) : NULL;
     int rc = QD_ERR, sw = q->wq_on, sa = q->aq_on;
     qd_gptq_fac *fac = NULL;
-    if (!X || !Y || !H || !t || !what || !sc || !zp || (fpt && (!Xf || !F || !C || !tt))) {
+    if (!X || !Y || !Kin || !Kres || !Kdn || !H || !t || !what || !sc || !zp ||
+        (fpt && (!Xf || !F || !C || !tt || !Kfin || !Kfres))) {
         qd_errf(err, "%s: out of memory", __func__);
         goto out;
     }
@@ -487,40 +496,67 @@ int qd_gptq_qsim(qd_qsim *q, const int *tokens, int n_windows, int T, const qd_g
     }
     for (int l = 0; l < c->n_layers; l++) {
         const qd_qlayer *L = &q->L[l];
-        for (int st = 0; st < 4; st++) {
-            int cols = L->wcols[stage_w[st][0]];
-            memset(H, 0, sizeof(double) * (size_t)cols * cols);
-            if (fpt) memset(C, 0, sizeof(double) * (size_t)cols * cols);
+        for (int st = 0; st <= 4; st++) {
+            /* stage st's input, from where stage st - 1 ended (its weights now rounded); stage
+             * 4 is the whole layer with its final integers: the next layer's input */
+            int w_in = st < 4 ? stage_w[st][0] : -1, w_prev = st > 0 ? stage_w[st - 1][0] : -1;
+            int cols = st < 4 ? L->wcols[w_in] : 0;
+            if (st < 4) {
+                memset(H, 0, sizeof(double) * (size_t)cols * cols);
+                if (fpt) memset(C, 0, sizeof(double) * (size_t)cols * cols);
+            }
             for (int w0 = 0; w0 < n_windows; w0 += Bm) {
                 int nb = n_windows - w0 < Bm ? n_windows - w0 : Bm, n;
+                size_t r0 = (size_t)w0 * T; /* the batch's first token */
                 if (qd_stop_requested()) {
                     qd_stopped(err);
                     goto out;
                 }
-                if (fpt) {
+                /* the FP stream reads no rounded weight: its stage 3 runs the layer whole, and
+                 * its output is the next layer's FP input (this layer reads Xf no more) */
+                if (fpt && st < 4) {
                     q->wq_on = q->aq_on = 0;
                     q->rc.cursor = 0;
-                    /* the last stage's FP forward is whole: its output is the next layer's */
-                    qd_qsim_layer_forward_to(q, l, Xf + (size_t)w0 * per, Y, nb, T,
-                                             st == 3 ? -1 : stage_w[st][0]);
-                    const qd_real *in = qd_qsim_weight_input(q, l, stage_w[st][0], &n);
+                    int up = st == 3 ? -1 : w_in;
+                    if (st < 2)
+                        qd_qsim_layer_forward_to(q, l, Xf + r0 * D, Y, nb, T, up);
+                    else
+                        qd_qsim_layer_resume(q, l, w_prev, Kfin + r0 * cmid,
+                                             st == 2 ? Xf + r0 * D : Kfres + r0 * D, Y, nb, T, up);
+                    const qd_real *in = qd_qsim_weight_input(q, l, w_in, &n);
                     memcpy(F, in, sizeof(qd_real) * (size_t)n * cols);
-                    /* the FP layer reads no rounded weight: its output in the last stage is
-                     * already the next layer's FP input (this layer reads Xf no more) */
-                    if (st == 3)
-                        memcpy(Xf + (size_t)w0 * per, Y, sizeof(qd_real) * per * (size_t)nb);
+                    if (st == 1 || st == 2) memcpy(Kfin + r0 * cmid, in, sizeof(qd_real) * (size_t)n * cols);
+                    if (st == 2)
+                        memcpy(Kfres + r0 * D, qd_qsim_residual(q, l, &n), sizeof(qd_real) * (size_t)n * D);
+                    if (st == 3) memcpy(Xf + r0 * D, Y, sizeof(qd_real) * per * (size_t)nb);
                     q->wq_on = 1, q->aq_on = sa;
                 }
-                /* no more of the layer than this stage's input */
                 q->rc.cursor = 0;
-                qd_qsim_layer_forward_to(q, l, X + (size_t)w0 * per, Y, nb, T, stage_w[st][0]);
-                const qd_real *in = qd_qsim_weight_input(q, l, stage_w[st][0], &n);
+                if (st < 2)
+                    qd_qsim_layer_forward_to(q, l, X + r0 * D, Y, nb, T, w_in);
+                else if (st < 4)
+                    qd_qsim_layer_resume(q, l, w_prev, Kin + r0 * cmid,
+                                         st == 2 ? X + r0 * D : Kres + r0 * D, Y, nb, T, w_in);
+                else
+                    qd_qsim_layer_resume(q, l, QD_W_DOWN, Kdn + r0 * L->wcols[QD_W_DOWN],
+                                         Kres + r0 * D, Y, nb, T, -1);
+                if (st == 4) {
+                    memcpy(X + r0 * D, Y, sizeof(qd_real) * per * (size_t)nb);
+                    continue;
+                }
+                const qd_real *in = qd_qsim_weight_input(q, l, w_in, &n);
+                /* where the next stage resumes */
+                if (st == 1 || st == 2) memcpy(Kin + r0 * cmid, in, sizeof(qd_real) * (size_t)n * cols);
+                if (st == 2)
+                    memcpy(Kres + r0 * D, qd_qsim_residual(q, l, &n), sizeof(qd_real) * (size_t)n * D);
+                if (st == 3) memcpy(Kdn + r0 * cols, in, sizeof(qd_real) * (size_t)n * cols);
                 if (qd_gptq_accum(H, in, n, cols) ||
                     (fpt && qd_gptq_accum_cross(C, in, F, n, cols))) {
                     qd_errf(err, "%s: out of memory", __func__);
                     goto out;
                 }
             }
+            if (st == 4) break;
             /* one factorisation for the weights that share this input */
             fac = qd_gptq_factor(H, cols, o, err);
             if (!fac) goto out;
@@ -548,21 +584,13 @@ int qd_gptq_qsim(qd_qsim *q, const int *tokens, int n_windows, int T, const qd_g
             qd_gptq_fac_free(fac);
             fac = NULL;
         }
-        /* the next layer's inputs: this layer with its final integers (the FP layer's came
-         * with the last stage) */
-        for (int w0 = 0; w0 < n_windows; w0 += Bm) {
-            int nb = n_windows - w0 < Bm ? n_windows - w0 : Bm;
-            q->rc.cursor = 0;
-            qd_qsim_layer_forward(q, l, X + (size_t)w0 * per, Y, nb, T);
-            memcpy(X + (size_t)w0 * per, Y, sizeof(qd_real) * per * (size_t)nb);
-        }
         if (o->layer_done) o->layer_done(o->layer_ctx, l + 1, c->n_layers);
     }
     rc = QD_OK;
 out:
     q->wq_on = sw, q->aq_on = sa;
-    free(X), free(Y), free(H), free(t), free(what), free(sc), free(zp);
-    free(Xf), free(F), free(C), free(tt);
+    free(X), free(Y), free(Kin), free(Kres), free(Kdn), free(H), free(t), free(what), free(sc);
+    free(zp), free(Xf), free(F), free(C), free(tt), free(Kfin), free(Kfres);
     qd_gptq_fac_free(fac);
     return rc;
 }

@@ -641,21 +641,19 @@ QD_API void qd_qsim_layer_forward(qd_qsim *q, int l, const qd_real *x, qd_real *
     qd_qsim_layer_forward_to(q, l, x, out, B, T, -1);
 }
 
-QD_API void qd_qsim_layer_forward_to(qd_qsim *q, int l, const qd_real *x, qd_real *out, int B,
-                                     int T, int upto) {
-    assert(B <= q->o.Bmax && T <= q->o.Tmax);
+/* The layer forward in four parts, each ending at the input of the next weight group: the
+ * attention (to o's input A->oq), o and the FFN norm (to gate/up's input A->h2q, with the
+ * residual A->x2q), gate/up (to down's input A->mq) and down (to out). */
+static void fwd_attn(qd_qsim *q, int l, int upto) {
     const qd_config *c = &q->cfg;
     struct qd_qsim_priv *P = q->priv;
     qd_qlayer *L = &q->L[l];
     qd_qact *A = act_of(q, l);
-    int N = B * T, D = c->dim, F = c->hidden_dim, hd = c->head_dim;
+    int B = A->B, T = A->T, N = B * T, D = c->dim, hd = c->head_dim;
     int nh = c->n_heads, nkv = c->n_kv_heads, QD = nh * hd, KV = nkv * hd;
-    A->B = B, A->T = T;
     qd_qstats *st = q->stats;
     size_t sbase = (size_t)l * QD_AQ_PER_LAYER;
 
-    memcpy(A->x, x, sizeof(qd_real) * (size_t)N * D);
-    /* attention */
     /* a LayerNorm's bias is divided by the same LET scale as its weight: both feed q/k/v */
     norm_w_fwd(q, L->attn_norm, L->s_qkv, A->g1t, A->g1h, &A->pos_n1, D);
     if (L->attn_norm_b) norm_w_fwd(q, L->attn_norm_b, L->s_qkv, A->b1t, A->b1h, &A->pos_b1, D);
@@ -694,18 +692,29 @@ QD_API void qd_qsim_layer_forward_to(qd_qsim *q, int l, const qd_real *x, qd_rea
         st_chmax(st->ch_o + (size_t)l * QD, st->sq_o + (size_t)l * QD, A->o, N, QD);
     }
     aqf(q, l, QD_AQ_PV, A->oq, A->o, (size_t)N * QD);
-    if (upto == QD_W_O) return;
+}
+
+static void fwd_o(qd_qsim *q, int l) {
+    qd_qlayer *L = &q->L[l];
+    qd_qact *A = act_of(q, l);
+    int N = A->B * A->T, D = q->cfg.dim;
+    qd_qstats *st = q->stats;
     lin_fwd(q, l, QD_W_O, A->oq, NULL, A->a, N);
     aqf(q, l, QD_AQ_O, A->aqq, A->a, (size_t)N * D);
     qd_add_forward(A->x2, A->x, A->aqq, (size_t)N * D);
     aqf(q, l, QD_AQ_RES1, A->x2q, A->x2, (size_t)N * D);
-    /* MLP */
     norm_w_fwd(q, L->ffn_norm, L->s_gu, A->g2t, A->g2h, &A->pos_n2, D);
     if (L->ffn_norm_b) norm_w_fwd(q, L->ffn_norm_b, L->s_gu, A->b2t, A->b2h, &A->pos_b2, D);
     norm_fwd(q, A->h2, A->mean2, A->rstd2, A->x2q, A->g2h, A->b2h, N);
     if (st) st_chmax(st->ch_ffn + (size_t)l * D, st->sq_ffn + (size_t)l * D, A->h2, N, D);
     aqf(q, l, QD_AQ_FFN_NORM, A->h2q, A->h2, (size_t)N * D);
-    if (upto == QD_W_GATE || upto == QD_W_UP) return;
+}
+
+static void fwd_gate_up(qd_qsim *q, int l) {
+    const qd_config *c = &q->cfg;
+    qd_qact *A = act_of(q, l);
+    int N = A->B * A->T, F = c->hidden_dim;
+    qd_qstats *st = q->stats;
     lin_fwd(q, l, QD_W_GATE, A->h2q, NULL, A->g, N);
     aqf(q, l, QD_AQ_GATE, A->gq, A->g, (size_t)N * F);
     lin_fwd(q, l, QD_W_UP, A->h2q, NULL, A->u, N);
@@ -715,11 +724,59 @@ QD_API void qd_qsim_layer_forward_to(qd_qsim *q, int l, const qd_real *x, qd_rea
     qd_mul_forward(A->m, A->slq, A->uq, (size_t)N * F);
     if (st) st_chmax(st->ch_down + (size_t)l * F, st->sq_down + (size_t)l * F, A->m, N, F);
     aqf(q, l, QD_AQ_DOWN_IN, A->mq, A->m, (size_t)N * F);
-    if (upto == QD_W_DOWN) return;
+}
+
+static void fwd_down(qd_qsim *q, int l, qd_real *out) {
+    qd_qact *A = act_of(q, l);
+    int N = A->B * A->T, D = q->cfg.dim;
     lin_fwd(q, l, QD_W_DOWN, A->mq, NULL, A->d, N);
     aqf(q, l, QD_AQ_DOWN, A->dqq, A->d, (size_t)N * D);
     qd_add_forward(A->x3, A->x2q, A->dqq, (size_t)N * D);
     aqf(q, l, QD_AQ_RES2, out, A->x3, (size_t)N * D);
+}
+
+/* The parts from weight group from's input (-1: the layer's input in A->x) up to upto's input
+ * (-1: the whole layer into out). */
+static void fwd_parts(qd_qsim *q, int l, qd_real *out, int from, int upto) {
+    int part = from < 0 ? 0 : from == QD_W_O ? 1 : from == QD_W_DOWN ? 3 : 2;
+    int last = upto < 0 ? 4 : upto == QD_W_O ? 1 : upto == QD_W_DOWN ? 3 : upto >= QD_W_GATE ? 2 : 0;
+    if (part == 0) fwd_attn(q, l, upto);
+    if (last == 0 || (part <= 1 && last == 1)) return;
+    if (part <= 1) fwd_o(q, l);
+    if (last == 2) return;
+    if (part <= 2) fwd_gate_up(q, l);
+    if (last == 3) return;
+    fwd_down(q, l, out);
+}
+
+QD_API void qd_qsim_layer_forward_to(qd_qsim *q, int l, const qd_real *x, qd_real *out, int B,
+                                     int T, int upto) {
+    assert(B <= q->o.Bmax && T <= q->o.Tmax);
+    qd_qact *A = act_of(q, l);
+    A->B = B, A->T = T;
+    memcpy(A->x, x, sizeof(qd_real) * (size_t)B * T * q->cfg.dim);
+    fwd_parts(q, l, out, -1, upto);
+}
+
+QD_API void qd_qsim_layer_resume(qd_qsim *q, int l, int from, const qd_real *in,
+                                 const qd_real *res, qd_real *out, int B, int T, int upto) {
+    assert(B <= q->o.Bmax && T <= q->o.Tmax && from >= 0);
+    assert(!q->o.train && !q->stats && q->rc.mode == QD_ROUND_OFF);
+    const qd_config *c = &q->cfg;
+    qd_qact *A = act_of(q, l);
+    size_t N = (size_t)B * T;
+    A->B = B, A->T = T;
+    qd_real *ain = from == QD_W_O ? A->oq : from == QD_W_DOWN ? A->mq : A->h2q;
+    int cols = q->L[l].wcols[from];
+    memcpy(ain, in, sizeof(qd_real) * N * (size_t)cols);
+    memcpy(from == QD_W_O ? A->x : A->x2q, res, sizeof(qd_real) * N * (size_t)c->dim);
+    fwd_parts(q, l, out, from, upto);
+}
+
+QD_API const qd_real *qd_qsim_residual(const qd_qsim *q, int l, int *n_rows) {
+    const qd_qact *A = act_of((qd_qsim *)q, l);
+    *n_rows = A->B * A->T;
+    return A->x2q;
 }
 
 /* ---------------------------------------------------------------- layer backward */

@@ -180,6 +180,19 @@ QD_API void qd_qsim_layer_forward(qd_qsim *q, int l, const qd_real *x, qd_real *
  * only by a whole forward. GPTQ's stages need no more of the layer than their input. */
 QD_API void qd_qsim_layer_forward_to(qd_qsim *q, int l, const qd_real *x, qd_real *out, int B,
                                      int T, int upto);
+/* The same forward resumed at weight from's input (QD_W_O, QD_W_GATE/UP or QD_W_DOWN), up to
+ * upto's input (-1: the whole layer into out): in is that input ((B*T, cols of from), what
+ * qd_qsim_weight_input gave), res the residual stream there (the layer's input x for QD_W_O;
+ * for the later ones the attention block's output, qd_qsim_residual). What it computes is what
+ * a whole forward gives, bit for bit, when in and res are what that forward would have produced
+ * with the weights as they are now. Only for simulations that keep no activations (train = 0),
+ * take no statistics and record no rounding: GPTQ's stages continue where the last one ended
+ * instead of rerunning the layer from its input. */
+QD_API void qd_qsim_layer_resume(qd_qsim *q, int l, int from, const qd_real *in,
+                                 const qd_real *res, qd_real *out, int B, int T, int upto);
+/* The attention block's output (the residual stream into the FFN, (B*T, dim)) in the last
+ * forward of layer l that reached gate/up's input; valid as qd_qsim_weight_input's. */
+QD_API const qd_real *qd_qsim_residual(const qd_qsim *q, int l, int *n_rows);
 /* Backward of the last forward of layer l: gradients += into q->g; dx += (NULL to skip). */
 QD_API void qd_qsim_layer_backward(qd_qsim *q, int l, const qd_real *dout, qd_real *dx);
 
