@@ -158,7 +158,7 @@ void qd_quantize_estimate(const qd_quant_opts *o, const qd_config *c, double fil
     double gp_x = s.R * nw * T * D * (fpt ? 2 : 1) + s.R * Bev * T * D +
                   s.R * nw * T * (fmax(s.QD, D) + D + s.F) +
                   (fpt ? s.R * nw * T * (fmax(s.QD, D) + D) : 0);
-    double gp_h = 8 * s.cmax * s.cmax * (fpt ? 2 : 1);        /* H (and C) */
+    double gp_h = 8 * s.cmax * s.cmax * (fpt ? 2 : 1) + 4 * s.cmax * s.cmax; /* H (and C), scratch */
     /* qd_gptq_round at the widest fan-in: Hp, U, work and the weight in double; at W4
      * qd_gptq_target's A, Z, Wd first (not at once with round's) */
     double rows_at_cmax = s.cmax == s.F ? s.D : s.F;
@@ -266,9 +266,9 @@ void qd_quantize_estimate(const qd_quant_opts *o, const qd_config *c, double fil
         /* the run: the FP32 reference and three variants' evaluations, calibration passes
          * (two per variant, RTN's and SmoothQuant's one), the optimizer, GPTQ (per window and
          * layer one forward, its stages resuming where the last ended; the four inputs'
-         * Hessians by dsyrk, n·cols² flops at about half sgemm's rate in double; seven
-         * factorisations per layer; at W4 the FP stream's forward and the cross products
-         * Xqᵀ·Xfp by dgemm, 2·n·cols², too, and all of it per ridge λ), the integer
+         * Hessians by ssyrk, n·cols² flops; seven factorisations per layer; at W4 the FP
+         * stream's forward and the cross products Xqᵀ·Xfp by sgemm, 2·n·cols², too, and all
+         * of it per ridge λ), the integer
          * evaluation at about the FP32 forward's speed */
         /* calibration: two statistics passes per variant, RTN's one, SmoothQuant's one (it
          * shares RTN's) */
@@ -276,7 +276,7 @@ void qd_quantize_estimate(const qd_quant_opts *o, const qd_config *c, double fil
         double w_qkv = (s.QD + 2 * s.KV) * s.D, w_o = s.QD * s.D, w_gu = 2 * s.F * s.D, w_dn = s.F * s.D;
         double cols2 = 2 * s.D * s.D + s.QD * s.QD + s.F * s.F; /* Σ cols² of the 4 inputs */
         double gq_tok = (2 * s.L * (w_qkv + w_o + w_gu + w_dn) + attn) * (fpt ? 2 : 1) +
-                        s.L * cols2 * 2 * (fpt ? 3 : 1);
+                        s.L * cols2 * (fpt ? 3 : 1);
         double gq = gptq ? nw * T * gq_tok * (fpt ? 7 : 1) +
                     s.L * 7 * 2 * s.cmax * s.cmax * s.cmax / 3 * (fpt ? 7 : 1) : 0;
         e->total_s = (evt + cal + gq) / rate + e->step_s * (double)e->steps;

@@ -5,8 +5,9 @@
  * the default pool. The inverse Hessian's factor comes from LAPACK (dpotrf/dtrtri, which
  * OpenBLAS ships; Debian's libopenblas-dev has no lapacke.h, so the Fortran symbols are declared
  * here), once per input shared by several weights (qd_gptq_factor), with a plain C reference
- * beside it that the tests compare it with; the Hessians accumulate by dsyrk/dgemm. The
- * FP-target step (qd_gptq_target) is one damped Cholesky solve (dpotrf/dpotrs) per weight. */
+ * beside it that the tests compare it with; the Hessians accumulate by ssyrk/sgemm per chunk of
+ * rows into double. The FP-target step (qd_gptq_target) is one damped Cholesky solve
+ * (dpotrf/dpotrs) per weight. */
 #include "quant/opt/gptq.h"
 
 #include <cblas.h>
@@ -52,48 +53,55 @@ void qd_gptq_accum_cross_ref(double *C, const float *X, const float *F, int n, i
     }
 }
 
-/* rows of X converted to double per chunk: the products are exact in double, so the BLAS
- * results differ from the references only by the order of the double sums */
-enum { ACCUM_CHUNK = 256 };
+/* Each call's product is taken by sgemm/ssyrk in float, over chunks of ACCUM_CHUNK rows, and
+ * each chunk's sum is added into the double accumulator: a float sum of at most ACCUM_CHUNK
+ * products per entry (relative error ≲ ACCUM_CHUNK·2⁻²⁴ at worst, ~√ACCUM_CHUNK·2⁻²⁴ typical:
+ * far below the damping's 1% of the mean diagonal), at sgemm's rate instead of dgemm's half. */
+enum { ACCUM_CHUNK = 2048, ACCUM_TILE = 64 };
 
-static void to_double(double *d, const float *x, size_t n) {
-    for (size_t i = 0; i < n; i++) d[i] = x[i];
+/* H += the upper triangle of t into both halves, by tiles (the lower half's writes stride) */
+static void add_sym(double *H, const float *t, int cols) {
+    for (int i0 = 0; i0 < cols; i0 += ACCUM_TILE)
+        for (int j0 = i0; j0 < cols; j0 += ACCUM_TILE) {
+            int i1 = i0 + ACCUM_TILE < cols ? i0 + ACCUM_TILE : cols;
+            int j1 = j0 + ACCUM_TILE < cols ? j0 + ACCUM_TILE : cols;
+            for (int i = i0; i < i1; i++)
+                for (int j = j0 > i ? j0 : i; j < j1; j++) {
+                    double v = t[(size_t)i * cols + j];
+                    H[(size_t)i * cols + j] += v;
+                    if (j != i) H[(size_t)j * cols + i] += v;
+                }
+        }
 }
 
-int qd_gptq_accum(double *H, const float *X, int n, int cols) {
-    int nb0 = n < ACCUM_CHUNK ? n : ACCUM_CHUNK;
+int qd_gptq_accum(double *H, const float *X, int n, int cols, float *work) {
     if (n < 1) return QD_OK;
-    double *Xd = malloc(sizeof(double) * (size_t)nb0 * cols);
-    if (!Xd) return QD_ERR;
-    for (int r0 = 0; r0 < n; r0 += nb0) {
-        int nb = n - r0 < nb0 ? n - r0 : nb0;
-        to_double(Xd, X + (size_t)r0 * cols, (size_t)nb * cols);
-        /* the upper triangle (row-major) of H += Xdᵀ Xd */
-        cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, cols, nb, 1, Xd, cols, 1, H, cols);
+    float *t = work ? work : malloc(sizeof(float) * (size_t)cols * cols);
+    if (!t) return QD_ERR;
+    for (int r0 = 0; r0 < n; r0 += ACCUM_CHUNK) {
+        int nb = n - r0 < ACCUM_CHUNK ? n - r0 : ACCUM_CHUNK;
+        /* the upper triangle (row-major) of t = Xᵀ X over the chunk */
+        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, cols, nb, 1, X + (size_t)r0 * cols,
+                    cols, 0, t, cols);
+        add_sym(H, t, cols);
     }
-    for (int i = 0; i < cols; i++) /* mirror into the lower half */
-        for (int j = i + 1; j < cols; j++) H[(size_t)j * cols + i] = H[(size_t)i * cols + j];
-    free(Xd);
+    if (!work) free(t);
     return QD_OK;
 }
 
-int qd_gptq_accum_cross(double *C, const float *X, const float *F, int n, int cols) {
-    int nb0 = n < ACCUM_CHUNK ? n : ACCUM_CHUNK;
+int qd_gptq_accum_cross(double *C, const float *X, const float *F, int n, int cols,
+                        float *work) {
     if (n < 1) return QD_OK;
-    double *Xd = malloc(sizeof(double) * (size_t)nb0 * cols);
-    double *Fd = malloc(sizeof(double) * (size_t)nb0 * cols);
-    if (!Xd || !Fd) {
-        free(Xd), free(Fd);
-        return QD_ERR;
+    size_t nn = (size_t)cols * cols;
+    float *t = work ? work : malloc(sizeof(float) * nn);
+    if (!t) return QD_ERR;
+    for (int r0 = 0; r0 < n; r0 += ACCUM_CHUNK) {
+        int nb = n - r0 < ACCUM_CHUNK ? n - r0 : ACCUM_CHUNK;
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cols, cols, nb, 1,
+                    X + (size_t)r0 * cols, cols, F + (size_t)r0 * cols, cols, 0, t, cols);
+        for (size_t i = 0; i < nn; i++) C[i] += t[i];
     }
-    for (int r0 = 0; r0 < n; r0 += nb0) {
-        int nb = n - r0 < nb0 ? n - r0 : nb0;
-        to_double(Xd, X + (size_t)r0 * cols, (size_t)nb * cols);
-        to_double(Fd, F + (size_t)r0 * cols, (size_t)nb * cols);
-        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cols, cols, nb, 1, Xd, cols, Fd,
-                    cols, 1, C, cols);
-    }
-    free(Xd), free(Fd);
+    if (!work) free(t);
     return QD_OK;
 }
 
@@ -466,6 +474,7 @@ int qd_gptq_qsim(qd_qsim *q, const int *tokens, int n_windows, int T, const qd_g
     qd_real *Kin = malloc(sizeof(qd_real) * ntok * cmid), *Kres = malloc(sizeof(qd_real) * all);
     qd_real *Kdn = malloc(sizeof(qd_real) * ntok * (size_t)q->L[0].wcols[QD_W_DOWN]);
     double *H = malloc(sizeof(double) * cmax * cmax);
+    float *wk = malloc(sizeof(float) * cmax * cmax); /* the accumulations' float products */
     qd_real *t = malloc(sizeof(qd_real) * wmax), *what = malloc(sizeof(qd_real) * wmax);
     qd_real *sc = malloc(sizeof(qd_real) * gmax), *zp = malloc(sizeof(qd_real) * gmax);
     /* FP target: the FP stream, its linear inputs, and C = Xqᵀ Xfp; the FP stream's stages
@@ -478,7 +487,7 @@ int qd_gptq_qsim(qd_qsim *q, const int *tokens, int n_windows, int T, const qd_g
     qd_real *Kfres = fpt ? malloc(sizeof(qd_real) * all) : NULL;
     int rc = QD_ERR, sw = q->wq_on, sa = q->aq_on;
     qd_gptq_fac *fac = NULL;
-    if (!X || !Y || !Kin || !Kres || !Kdn || !H || !t || !what || !sc || !zp ||
+    if (!X || !Y || !Kin || !Kres || !Kdn || !H || !wk || !t || !what || !sc || !zp ||
         (fpt && (!Xf || !F || !C || !tt || !Kfin || !Kfres))) {
         qd_errf(err, "%s: out of memory", __func__);
         goto out;
@@ -550,11 +559,8 @@ int qd_gptq_qsim(qd_qsim *q, const int *tokens, int n_windows, int T, const qd_g
                 if (st == 2)
                     memcpy(Kres + r0 * D, qd_qsim_residual(q, l, &n), sizeof(qd_real) * (size_t)n * D);
                 if (st == 3) memcpy(Kdn + r0 * cols, in, sizeof(qd_real) * (size_t)n * cols);
-                if (qd_gptq_accum(H, in, n, cols) ||
-                    (fpt && qd_gptq_accum_cross(C, in, F, n, cols))) {
-                    qd_errf(err, "%s: out of memory", __func__);
-                    goto out;
-                }
+                qd_gptq_accum(H, in, n, cols, wk);
+                if (fpt) qd_gptq_accum_cross(C, in, F, n, cols, wk);
             }
             if (st == 4) break;
             /* one factorisation for the weights that share this input */
@@ -589,7 +595,7 @@ int qd_gptq_qsim(qd_qsim *q, const int *tokens, int n_windows, int T, const qd_g
     rc = QD_OK;
 out:
     q->wq_on = sw, q->aq_on = sa;
-    free(X), free(Y), free(Kin), free(Kres), free(Kdn), free(H), free(t), free(what), free(sc);
+    free(X), free(Y), free(Kin), free(Kres), free(Kdn), free(H), free(wk), free(t), free(what), free(sc);
     free(zp), free(Xf), free(F), free(C), free(tt), free(Kfin), free(Kfres);
     qd_gptq_fac_free(fac);
     return rc;

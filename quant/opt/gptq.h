@@ -43,16 +43,18 @@ typedef struct qd_gptq_opts {
 void qd_gptq_defaults(qd_gptq_opts *o);
 
 /* H (cols, cols) += Xᵀ X for X (n, cols) row-major, both halves. Only accumulates; H starts
- * zeroed. In double by BLAS (dsyrk) over chunks of rows converted to double. QD_OK, or QD_ERR
- * when out of memory (H then holds part of the sum). */
-int qd_gptq_accum(double *H, const float *X, int n, int cols);
-/* The same by plain loops: the reference qd_gptq_accum is tested against (the products are
- * exact in double; the two differ only in the order of the sums). */
+ * zeroed. By ssyrk in float over chunks of at most 2048 rows, each chunk's sum added into H in
+ * double. work: cols² floats of scratch (NULL: allocated here). QD_OK, or QD_ERR when out of
+ * memory (only with work NULL; H then holds part of the sum). */
+int qd_gptq_accum(double *H, const float *X, int n, int cols, float *work);
+/* The same by plain loops in double: the reference qd_gptq_accum is tested against (its
+ * products exact; qd_gptq_accum's within the float sums' bound). */
 void qd_gptq_accum_ref(double *H, const float *X, int n, int cols);
 
 /* C (cols, cols) += Xᵀ F for X, F (n, cols) row-major (the same tokens in two models), by
- * dgemm as qd_gptq_accum. QD_OK, or QD_ERR when out of memory. */
-int qd_gptq_accum_cross(double *C, const float *X, const float *F, int n, int cols);
+ * sgemm as qd_gptq_accum. QD_OK, or QD_ERR when out of memory. */
+int qd_gptq_accum_cross(double *C, const float *X, const float *F, int n, int cols,
+                        float *work);
 /* Its plain reference. */
 void qd_gptq_accum_cross_ref(double *C, const float *X, const float *F, int n, int cols);
 
