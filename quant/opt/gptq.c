@@ -17,6 +17,7 @@
 
 #include "base/pool.h"
 #include "base/stop.h"
+#include "quant/sim/ops.h"
 
 void qd_gptq_defaults(qd_gptq_opts *o) {
     memset(o, 0, sizeof *o); /* no progress callback */
@@ -381,11 +382,56 @@ typedef struct {
     int32_t *iq;
 } round_job;
 
+/* w[k] -= e·u[k] for k < n: the error pushed onto a row's later columns, the column loop's
+ * inner loop. The vector versions do the same product and difference per element (no fused
+ * multiply-add: C11 does not contract the scalar one), so they give the scalar loop's bits;
+ * chosen at run time, off with qd_ops_set_simd(0). */
+static void push_scalar(double *restrict w, const double *restrict u, double e, int n) {
+    for (int k = 0; k < n; k++) w[k] -= e * u[k];
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+__attribute__((target("avx512f"))) static void push_avx512(double *restrict w,
+                                                           const double *restrict u, double e,
+                                                           int n) {
+    __m512d ve = _mm512_set1_pd(e);
+    int k = 0;
+    for (; k + 8 <= n; k += 8)
+        _mm512_storeu_pd(w + k, _mm512_sub_pd(_mm512_loadu_pd(w + k),
+                                              _mm512_mul_pd(ve, _mm512_loadu_pd(u + k))));
+    for (; k < n; k++) w[k] -= e * u[k];
+}
+
+__attribute__((target("avx2"))) static void push_avx2(double *restrict w, const double *restrict u,
+                                                      double e, int n) {
+    __m256d ve = _mm256_set1_pd(e);
+    int k = 0;
+    for (; k + 4 <= n; k += 4)
+        _mm256_storeu_pd(w + k, _mm256_sub_pd(_mm256_loadu_pd(w + k),
+                                              _mm256_mul_pd(ve, _mm256_loadu_pd(u + k))));
+    for (; k < n; k++) w[k] -= e * u[k];
+}
+#endif
+
+typedef void (*push_fn)(double *restrict, const double *restrict, double, int);
+
+static push_fn push_pick(void) {
+#if defined(__x86_64__)
+    if (qd_ops_simd()) {
+        if (__builtin_cpu_supports("avx512f")) return push_avx512;
+        if (__builtin_cpu_supports("avx2")) return push_avx2;
+    }
+#endif
+    return push_scalar;
+}
+
 /* a qd_pool_chunk_fn over rows of the round_job ctx */
 static void round_rows(void *ctx, size_t r0, size_t r1, int tid) {
     const round_job *j = ctx;
     (void)tid;
     int cols = j->f->cols, nb = j->i2 - j->i1;
+    push_fn push = push_pick();
     for (size_t r = r0; r < r1; r++) {
         int g = j->sp.per_channel ? r : 0;
         float s = j->scale[g], z = j->sp.sym ? 0 : j->zero[g], qi;
@@ -399,7 +445,7 @@ static void round_rows(void *ctx, size_t r0, size_t r1, int tid) {
             if (j->iq) j->iq[(size_t)r * cols + c] = (int32_t)qi;
             double e = (w - (double)deq) / ui[i];
             er[i - j->i1] = e;
-            for (int k = i + 1; k < j->i2; k++) wr[k] -= e * ui[k];
+            push(wr + i + 1, ui + i + 1, e, j->i2 - i - 1);
         }
     }
 }

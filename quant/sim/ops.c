@@ -63,6 +63,8 @@ static int simd_off;
 
 QD_API void qd_ops_set_simd(int on) { simd_off = !on; }
 
+QD_API int qd_ops_simd(void) { return !simd_off; }
+
 #if !defined(QD_REAL_DOUBLE) && defined(__x86_64__)
 #include <immintrin.h>
 

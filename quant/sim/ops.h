@@ -47,6 +47,8 @@
  * chosen at run time that give the same bits as the scalar loops. on = 0 turns them off for
  * the whole process (tests compare the two); default on. */
 QD_API void qd_ops_set_simd(int on);
+/* Whether they are on (other vector loops that keep the scalar bits, GPTQ's, follow it too). */
+QD_API int qd_ops_simd(void);
 
 /* ---- rounding context (see the file comment) ---- */
 enum { QD_ROUND_OFF = 0, QD_ROUND_RECORD = 1, QD_ROUND_REPLAY = 2 };
