@@ -9,7 +9,9 @@
  *              up to 7 times): calibration tokens / seconds of the phase.
  * Each is printed with its ratio to the forward's tokens/s (>= 1: no slower per token). Prints
  * figures, asserts nothing about time. Usage: bench_calib [--w4] [--windows N] [--threads N]
- * (the default pool's threads, 0: all CPUs; QD_BENCH_SMALL=1: a small config for a smoke run). */
+ * [--tinyllama L] (the default pool's threads, 0: all CPUs; --tinyllama: TinyLlama-1.1B's
+ * shapes, dim 2048, FFN 5632, 32/4 heads, vocab 32000, with L of its 22 layers;
+ * QD_BENCH_SMALL=1: a small config for a smoke run). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,13 +47,15 @@ static double phase_seconds(const phases *ph, const char *name, double t_end) {
 int main(int argc, char **argv) {
     qd_blas_select(NULL);
     int small = getenv("QD_BENCH_SMALL") != NULL, w4 = 0;
-    int nw = small ? 4 : 8, threads = 0;
+    int nw = small ? 4 : 8, threads = 0, tl = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--w4")) w4 = 1;
         else if (!strcmp(argv[i], "--windows") && i + 1 < argc) nw = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--tinyllama") && i + 1 < argc) tl = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: %s [--w4] [--windows N] [--threads N]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--w4] [--windows N] [--threads N] [--tinyllama L]\n",
+                    argv[0]);
             return 2;
         }
     }
@@ -63,6 +67,7 @@ int main(int argc, char **argv) {
     }
     int D = small ? 256 : 1024, F = small ? 704 : 2816, L = small ? 2 : 4, H = small ? 4 : 16;
     int KV = small ? 2 : 4, T = small ? 128 : 256, V = small ? 2048 : 8192;
+    if (tl > 0) D = 2048, F = 5632, L = tl, H = 32, KV = 4, V = 32000;
     const char *thr = getenv("OPENBLAS_NUM_THREADS");
     printf("bench_calib: dim %d ffn %d layers %d heads %d/%d vocab %d, %d windows of T %d, %s, "
            "OPENBLAS_NUM_THREADS=%s, pool %d threads\n", D, F, L, H, KV, V, nw, T,

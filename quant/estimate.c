@@ -159,10 +159,10 @@ void qd_quantize_estimate(const qd_quant_opts *o, const qd_config *c, double fil
                   s.R * nw * T * (fmax(s.QD, D) + D + s.F) +
                   (fpt ? s.R * nw * T * (fmax(s.QD, D) + D) : 0);
     double gp_h = 8 * s.cmax * s.cmax * (fpt ? 2 : 1) + 4 * s.cmax * s.cmax; /* H (and C), scratch */
-    /* qd_gptq_round at the widest fan-in: Hp, U, work and the weight in double; at W4
+    /* qd_gptq_round at the widest fan-in: Hp, U and the weight in double; at W4
      * qd_gptq_target's A, Z, Wd first (not at once with round's) */
     double rows_at_cmax = s.cmax == s.F ? s.D : s.F;
-    double gp_round = 3 * 8 * s.cmax * s.cmax + 8 * rows_at_cmax * s.cmax +
+    double gp_round = 2 * 8 * s.cmax * s.cmax + 8 * rows_at_cmax * s.cmax +
                       3 * s.R * s.wmax * (fpt ? 2 : 1) / 1.0;
     double qint = s.wlin * wbits / 8.0 + s.V * D * (c->tied_embeddings ? 1 : 2) +
                   16.0 * s.L * (s.D + s.F);                   /* int_model.c */

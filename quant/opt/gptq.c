@@ -314,7 +314,7 @@ void qd_gptq_fac_free(qd_gptq_fac *f) {
 qd_gptq_fac *qd_gptq_factor(const double *H, int cols, const qd_gptq_opts *o, qd_err *err) {
     size_t nn = (size_t)cols * cols;
     qd_gptq_fac *f = calloc(1, sizeof *f);
-    double *Hp = malloc(sizeof(double) * nn), *work = malloc(sizeof(double) * nn);
+    double *Hp = malloc(sizeof(double) * nn);
     colkey *ck = malloc(sizeof(colkey) * (size_t)cols);
     if (f) {
         f->cols = cols;
@@ -322,7 +322,7 @@ qd_gptq_fac *qd_gptq_factor(const double *H, int cols, const qd_gptq_opts *o, qd
         f->dead = calloc((size_t)cols, sizeof(int));
         f->U = malloc(sizeof(double) * nn);
     }
-    if (!f || !f->perm || !f->dead || !f->U || !Hp || !work || !ck) {
+    if (!f || !f->perm || !f->dead || !f->U || !Hp || !ck) {
         qd_errf(err, "%s: out of memory", __func__);
         goto fail;
     }
@@ -344,13 +344,11 @@ qd_gptq_fac *qd_gptq_factor(const double *H, int cols, const qd_gptq_opts *o, qd
     double damp = o->damp > 0 ? o->damp : 0.01;
     int ok = 0;
     for (int tries = 0; tries < 4 && !ok; tries++, damp *= 10) {
-        memcpy(work, Hp, sizeof(double) * nn);
-        for (int a = 0; a < cols; a++) {
-            double *d = &work[(size_t)a * cols + a];
+        for (int a = 0; a < cols; a++) { /* damped H in place: the factorisation's input */
+            double *d = &Hp[(size_t)a * cols + a];
             if (f->dead[ck[a].idx]) *d = 1;
             *d += damp * mean;
         }
-        memcpy(Hp, work, sizeof(double) * nn); /* damped H: the factorisation's input */
         ok = qd_gptq_inv_chol(Hp, f->U, cols) == QD_OK;
         if (!ok) /* undo this try's damping before the next */
             for (int a = 0; a < cols; a++) Hp[(size_t)a * cols + a] -= damp * mean;
@@ -359,10 +357,10 @@ qd_gptq_fac *qd_gptq_factor(const double *H, int cols, const qd_gptq_opts *o, qd
         qd_errf(err, "%s: input Hessian not positive definite after damping", __func__);
         goto fail;
     }
-    free(Hp), free(work), free(ck);
+    free(Hp), free(ck);
     return f;
 fail:
-    free(Hp), free(work), free(ck);
+    free(Hp), free(ck);
     qd_gptq_fac_free(f);
     return NULL;
 }
