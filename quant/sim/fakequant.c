@@ -173,14 +173,54 @@ typedef struct st_job {
     int C, T;
 } st_job;
 
+/* *mn, *mx = the minimum and maximum of x[0..n) and their values on entry (NaNs skipped). The
+ * AVX2 version (chosen at run time, off with qd_ops_set_simd(0)) finds the same two values:
+ * min and max do not depend on the order, and vminps/vmaxps return the running value when x is
+ * a NaN, as the scalar comparisons skip it. */
+static void minmax_scalar(const qd_real *x, size_t n, double *mn, double *mx) {
+    double a = *mn, b = *mx;
+    for (size_t i = 0; i < n; i++) {
+        if (x[i] < a) a = x[i];
+        if (x[i] > b) b = x[i];
+    }
+    *mn = a, *mx = b;
+}
+
+#if defined(__x86_64__) && !defined(QD_REAL_DOUBLE)
+#include <immintrin.h>
+__attribute__((target("avx2"))) static void minmax_avx2(const float *x, size_t n, double *mn,
+                                                        double *mx) {
+    __m256 a = _mm256_set1_ps(INFINITY), b = _mm256_set1_ps(-INFINITY);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        a = _mm256_min_ps(v, a), b = _mm256_max_ps(v, b);
+    }
+    float la[8], lb[8];
+    _mm256_storeu_ps(la, a), _mm256_storeu_ps(lb, b);
+    for (int k = 0; k < 8; k++) {
+        if (la[k] < *mn) *mn = la[k];
+        if (lb[k] > *mx) *mx = lb[k];
+    }
+    minmax_scalar(x + i, n - i, mn, mx);
+}
+#endif
+
+static void minmax(const qd_real *x, size_t n, double *mn, double *mx) {
+#if defined(__x86_64__) && !defined(QD_REAL_DOUBLE)
+    if (n >= 8 && qd_ops_simd() && __builtin_cpu_supports("avx2")) {
+        minmax_avx2(x, n, mn, mx);
+        return;
+    }
+#endif
+    minmax_scalar(x, n, mn, mx);
+}
+
 static void st_minmax_r(const void *p, size_t lo, size_t hi) {
     const st_job *J = p;
     size_t k = lo / PAR_ELEMS;
     double mn = INFINITY, mx = -INFINITY;
-    for (size_t i = lo; i < hi; i++) {
-        if (J->x[i] < mn) mn = J->x[i];
-        if (J->x[i] > mx) mx = J->x[i];
-    }
+    minmax(J->x + lo, hi - lo, &mn, &mx);
     J->mn[k] = mn, J->mx[k] = mx;
 }
 
@@ -226,11 +266,7 @@ static void st_tri_r(const void *p, size_t lo, size_t hi) {
     size_t k = lo / J->chunk, T = (size_t)J->T;
     double mn = INFINITY, mx = -INFINITY;
     for (size_t r = lo; r < hi; r++) {
-        const qd_real *row = J->x + r * T;
-        for (size_t j = 0; j <= r % T; j++) {
-            if (row[j] < mn) mn = row[j];
-            if (row[j] > mx) mx = row[j];
-        }
+        minmax(J->x + r * T, r % T + 1, &mn, &mx);
     }
     J->mn[k] = mn, J->mx[k] = mx;
 }
