@@ -541,23 +541,54 @@ static void lwc_search_matches_brute_force(void) {
     qd_model_free(m);
 }
 
+/* One weight for the bit-identity checks below: inputs X (n, cols), its Hessian, a weight with
+ * its 4-bit per-row grid, and two results to compare (a: grid values, iq: integers). */
+typedef struct {
+    int rows, cols;
+    float *W, *sc, *zp, *a[2];
+    int32_t *iq[2];
+    double *H;
+} round_case;
+
+static round_case case_new(int n, int rows, int cols, uint64_t sx, uint64_t sw) {
+    round_case c = {rows, cols, malloc(sizeof(float) * rows * cols), malloc(sizeof(float) * rows),
+                    malloc(sizeof(float) * rows),
+                    {malloc(sizeof(float) * rows * cols), malloc(sizeof(float) * rows * cols)},
+                    {malloc(sizeof(int32_t) * rows * cols), malloc(sizeof(int32_t) * rows * cols)},
+                    calloc((size_t)cols * cols, sizeof(double))};
+    float *X = corr_inputs(n, cols, sx);
+    for (int i = 0; i < rows * cols; i++) c.W[i] = (float)(0.1 * synth_u(&sw));
+    qd_gptq_accum(c.H, X, n, cols, NULL);
+    qd_wq_forward(c.a[0], c.W, rows, cols, (qd_wq_spec){4, 1, 1}, NULL, NULL, c.sc, c.zp, NULL, 0);
+    free(X);
+    return c;
+}
+
+/* result k: GPTQ at block size block */
+static void case_round(round_case *c, int k, int block) {
+    qd_gptq_opts o;
+    qd_gptq_defaults(&o);
+    o.block = block;
+    qd_err err = {{0}};
+    CHECK(qd_gptq_round(c->W, c->rows, c->cols, (qd_wq_spec){4, 1, 1}, c->sc, c->zp, c->H, &o,
+                        c->a[k], c->iq[k], &err) == QD_OK, "%s", err.msg);
+}
+
+static int case_same(const round_case *c) {
+    size_t n = (size_t)c->rows * c->cols;
+    return !memcmp(c->a[0], c->a[1], sizeof(float) * n) &&
+           !memcmp(c->iq[0], c->iq[1], sizeof(int32_t) * n);
+}
+
+static void case_free(round_case *c) {
+    free(c->W), free(c->sc), free(c->zp), free(c->H);
+    for (int k = 0; k < 2; k++) free(c->a[k]), free(c->iq[k]);
+}
+
 /* GPTQ's rows and the clipping search's rows run on the default pool: the same bits on 1 and 3
  * threads (several chunks each). */
 static void same_bits_at_any_thread_count(void) {
-    int n = 256, rows = 100, cols = 40;
-    float *X = corr_inputs(n, cols, 31), *W = malloc(sizeof(float) * rows * cols);
-    double *H = calloc((size_t)cols * cols, sizeof(double));
-    float *a[2] = {malloc(sizeof(float) * rows * cols), malloc(sizeof(float) * rows * cols)};
-    int32_t *iq[2] = {malloc(sizeof(int32_t) * rows * cols), malloc(sizeof(int32_t) * rows * cols)};
-    uint64_t s = 7;
-    for (int i = 0; i < rows * cols; i++) W[i] = (float)(0.1 * synth_u(&s));
-    qd_gptq_accum(H, X, n, cols, NULL);
-    qd_wq_spec sp = {4, 1, 1};
-    float sc[100], zp[100];
-    qd_wq_forward(a[0], W, rows, cols, sp, NULL, NULL, sc, zp, NULL, 0);
-    qd_gptq_opts o;
-    qd_gptq_defaults(&o);
-    o.block = 16;
+    round_case rc = case_new(256, 100, 40, 31, 7);
     qd_err err = {{0}};
     qd_config c = synth_config(32, 64, 2, 4, 2, 60, 32);
     qd_model *m = synth_checked(&c, 10);
@@ -568,8 +599,7 @@ static void same_bits_at_any_thread_count(void) {
     static const int thr[2] = {1, 3};
     for (int k = 0; k < 2; k++) {
         CHECK(qd_pool_set_default(thr[k], &err) == QD_OK, "%s", err.msg);
-        CHECK(qd_gptq_round(W, rows, cols, sp, sc, zp, H, &o, a[k], iq[k], &err) == QD_OK, "%s",
-              err.msg);
+        case_round(&rc, k, 16);
         qd_qsim *q = m ? ready_sim(m, 4, tok, nw, T) : NULL;
         qd_qstats *st = qd_qstats_new(&c);
         if (q && st && qd_qsim_collect(q, tok, nw, T, st, &err) == QD_OK) {
@@ -581,12 +611,11 @@ static void same_bits_at_any_thread_count(void) {
         qd_qstats_free(st);
         qd_qsim_free(q);
     }
-    CHECK(!memcmp(a[0], a[1], sizeof(float) * rows * cols) &&
-          !memcmp(iq[0], iq[1], sizeof(int32_t) * rows * cols), "GPTQ differs on 3 threads");
+    CHECK(case_same(&rc), "GPTQ differs on 3 threads");
     CHECK(lp[0] && lp[1] && !memcmp(lp[0], lp[1], sizeof(float) * np),
           "clipping search differs on 3 threads");
     CHECK(qd_pool_set_default(0, &err) == QD_OK, "%s", err.msg);
-    free(X), free(W), free(H), free(a[0]), free(a[1]), free(iq[0]), free(iq[1]);
+    case_free(&rc);
     free(lp[0]), free(lp[1]), free(tok);
     qd_model_free(m);
 }
@@ -595,30 +624,14 @@ static void same_bits_at_any_thread_count(void) {
  * of 64 with their tails, 150 columns: a wrong index or a dropped tail changes them; a fused
  * multiply-add's last bit in the running weights, seen here, does not). */
 static void same_bits_with_and_without_simd(void) {
-    int n = 400, rows = 37, cols = 150;
-    float *X = corr_inputs(n, cols, 33), *W = malloc(sizeof(float) * rows * cols);
-    double *H = calloc((size_t)cols * cols, sizeof(double));
-    float *a[2] = {malloc(sizeof(float) * rows * cols), malloc(sizeof(float) * rows * cols)};
-    int32_t *iq[2] = {malloc(sizeof(int32_t) * rows * cols), malloc(sizeof(int32_t) * rows * cols)};
-    uint64_t s = 17;
-    for (int i = 0; i < rows * cols; i++) W[i] = (float)(0.1 * synth_u(&s));
-    qd_gptq_accum(H, X, n, cols, NULL);
-    qd_wq_spec sp = {4, 1, 1};
-    float sc[37], zp[37];
-    qd_wq_forward(a[0], W, rows, cols, sp, NULL, NULL, sc, zp, NULL, 0);
-    qd_gptq_opts o;
-    qd_gptq_defaults(&o);
-    o.block = 64;
-    qd_err err = {{0}};
+    round_case rc = case_new(400, 37, 150, 33, 17);
     for (int k = 0; k < 2; k++) {
         qd_ops_set_simd(k);
-        CHECK(qd_gptq_round(W, rows, cols, sp, sc, zp, H, &o, a[k], iq[k], &err) == QD_OK, "%s",
-              err.msg);
+        case_round(&rc, k, 64);
     }
     qd_ops_set_simd(1);
-    CHECK(!memcmp(a[0], a[1], sizeof(float) * rows * cols) &&
-          !memcmp(iq[0], iq[1], sizeof(int32_t) * rows * cols), "GPTQ differs with SIMD");
-    free(X), free(W), free(H), free(a[0]), free(a[1]), free(iq[0]), free(iq[1]);
+    CHECK(case_same(&rc), "GPTQ differs with SIMD");
+    case_free(&rc);
 }
 
 int main(void) {
