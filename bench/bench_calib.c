@@ -6,7 +6,7 @@
  *   calibrate  qd_mq_run's "calibrate" phase (two statistics passes, SmoothQuant, the LWC
  *              clipping-ratio search): calibration tokens / seconds of the phase;
  *   gptq       its "gptq" phase (one GPTQ run at W8; at W4 the FP-target λ search runs GPTQ
- *              up to 7 times): calibration tokens / seconds of the phase.
+ *              6 times, once per ridge λ): calibration tokens / seconds of the phase.
  * Each is printed with its ratio to the forward's tokens/s (>= 1: no slower per token). Prints
  * figures, asserts nothing about time. Usage: bench_calib [--w4] [--windows N] [--threads N]
  * [--tinyllama L] (the default pool's threads, 0: all CPUs; --tinyllama: TinyLlama-1.1B's
@@ -119,8 +119,8 @@ int main(int argc, char **argv) {
     printf("calibrate: %8.1f tokens/s (%.2f s for %d calibration tokens, two statistics passes "
            "+ LWC search) = %.2fx the forward's tokens/s\n", cal, tc, ncal, cal / fwd);
     printf("gptq:      %8.1f tokens/s (%.2f s for %d calibration tokens, %d GPTQ run%s) = %.2fx "
-           "the forward's tokens/s\n", gq, tg, ncal, res.n_lambda ? res.n_lambda + 1 : 1,
-           res.n_lambda ? "s" : "", gq / fwd);
+           "the forward's tokens/s\n", gq, tg, ncal, res.n_lambda ? res.n_lambda : 1,
+           res.n_lambda > 1 ? "s" : "", gq / fwd);
     printf("target (no slower per token than a forward): calibrate %s, gptq %s\n",
            cal >= fwd ? "met" : "NOT met", gq >= fwd ? "met" : "NOT met");
     qd_mq_result_free(&res);

@@ -218,6 +218,8 @@ void qd_quantize_estimate(const qd_quant_opts *o, const qd_config *c, double fil
         add(p, "GPTQ layer inputs", gp_x);
         add(p, "GPTQ Hessians", gp_h);
         add(p, "GPTQ factorisation of the widest weight", gp_round);
+        /* at W4 the best ridge λ's integers, kept while the others run */
+        add(p, "the best ridge λ's integers", fpt && nh > 0 ? wfix : 0);
         add(p, "held-out targets and buffers", training ? 4 * (nh + 2 * B) * T * D : 0);
     }
     /* the chosen method's evaluation and per-layer errors (quantize.c layer_errors: five
@@ -277,8 +279,8 @@ void qd_quantize_estimate(const qd_quant_opts *o, const qd_config *c, double fil
         double cols2 = 2 * s.D * s.D + s.QD * s.QD + s.F * s.F; /* Σ cols² of the 4 inputs */
         double gq_tok = (2 * s.L * (w_qkv + w_o + w_gu + w_dn) + attn) * (fpt ? 2 : 1) +
                         s.L * cols2 * (fpt ? 3 : 1);
-        double gq = gptq ? nw * T * gq_tok * (fpt ? 7 : 1) +
-                    s.L * 7 * 2 * s.cmax * s.cmax * s.cmax / 3 * (fpt ? 7 : 1) : 0;
+        double gq = gptq ? nw * T * gq_tok * (fpt ? 6 : 1) +
+                    s.L * 7 * 2 * s.cmax * s.cmax * s.cmax / 3 * (fpt ? 6 : 1) : 0;
         e->total_s = (evt + cal + gq) / rate + e->step_s * (double)e->steps;
     }
 }

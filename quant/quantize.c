@@ -110,7 +110,9 @@ static void plan(tracker *tr, size_t n_calib, size_t n_ev) {
         if (train && o->epochs > 0)
             plan_add(tr, "optimize", v, ceil(nw / B) * o->epochs * B * T * 6 + nw * T * 2);
         if (!strcmp(v, qd_method_name(QD_METHOD_MOBILEQUANT)))
-            plan_add(tr, "gptq", v, nw * T * 4 * 2 * (o->wbits < 8 ? 14 : 1));
+            /* a GPTQ run about two statistics passes' time (bench_calib), twice at W4 with
+             * the FP stream, and there once per ridge λ (six) */
+            plan_add(tr, "gptq", v, nw * T * 4 * (o->wbits < 8 ? 12 : 1));
         plan_add(tr, "eval", v, ev + (k == 2 ? 3 * fmin(8, ev / T) * T : 0));
         if (k == 2) plan_add(tr, "fold", v, ev * 0.01);
     }

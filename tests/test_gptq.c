@@ -634,6 +634,39 @@ static void same_bits_with_and_without_simd(void) {
     case_free(&rc);
 }
 
+/* The fixed integers saved after one GPTQ run come back bit for bit after a run with another
+ * ridge λ (W4, FP target) changed them; a simulation never fixed cannot be restored into. */
+static void wfix_save_restore(void) {
+    qd_config c = synth_config(32, 64, 2, 4, 2, 60, 32);
+    qd_err err = {{0}};
+    qd_model *m = synth_checked(&c, 6);
+    if (!m) return;
+    int T = 32, nw = 6, *tok = malloc(sizeof(int) * nw * T);
+    uint64_t s = 8;
+    for (int i = 0; i < nw * T; i++) tok[i] = (int)(synth_next(&s) % (uint64_t)c.vocab_size);
+    qd_qsim *q = ready_sim(m, 4, tok, nw, T), *fresh = ready_sim(m, 4, tok, nw, T);
+    if (!q || !fresh) return;
+    size_t nb = qd_qsim_wfix_bytes(q);
+    unsigned char *kept = malloc(nb), *again = malloc(nb), *other = malloc(nb);
+    CHECK(qd_qsim_wfix_save(q, kept) == QD_ERR, "saved a simulation with no fixed weight");
+    CHECK(qd_qsim_wfix_restore(fresh, kept) == QD_ERR, "restored into a simulation never fixed");
+    qd_gptq_opts o;
+    qd_gptq_defaults(&o);
+    o.fp_target = 1, o.target_damp = 0.05;
+    CHECK(qd_gptq_qsim(q, tok, nw, T, &o, &err) == QD_OK, "%s", err.msg);
+    CHECK(qd_qsim_wfix_save(q, kept) == QD_OK, "save");
+    o.target_damp = 2;
+    CHECK(qd_gptq_qsim(q, tok, nw, T, &o, &err) == QD_OK, "%s", err.msg);
+    CHECK(qd_qsim_wfix_save(q, other) == QD_OK, "save");
+    CHECK(memcmp(kept, other, nb) != 0, "another λ changed no integer: the check cannot fail");
+    CHECK(qd_qsim_wfix_restore(q, kept) == QD_OK, "restore");
+    CHECK(qd_qsim_wfix_save(q, again) == QD_OK && !memcmp(kept, again, nb),
+          "the restored integers differ from those saved");
+    free(kept), free(again), free(other), free(tok);
+    qd_qsim_free(q), qd_qsim_free(fresh);
+    qd_model_free(m);
+}
+
 int main(void) {
     RUN(inv_chol_lapack_matches_reference);
     RUN(accum_matches_reference);
@@ -641,6 +674,7 @@ int main(void) {
     RUN(act_order_not_worse);
     RUN(fp_target_fits);
     RUN(gptq_on_simulation);
+    RUN(wfix_save_restore);
     RUN(lwc_search_not_worse);
     RUN(lwc_search_matches_brute_force);
     RUN(same_bits_at_any_thread_count);

@@ -660,30 +660,42 @@ int qd_mq_run(const qd_model *m, const int *calib, size_t n_calib, const qd_mq_o
         /* the FP target's ridge λ: the one whose rounding gives the lowest held-out loss */
         static const double lambdas[] = {0.05, 0.1, 0.2, 0.5, 1, 2};
         int nl = go.fp_target && tr.nh ? (int)(sizeof lambdas / sizeof *lambdas) : 0;
-        int best = -1;
-        gptq_tick gt = {o, 0, nl + 1, ph0};
+        int best = -1, runs = nl ? nl : 1;
+        /* the best run's integers, kept as they come instead of rerunning GPTQ at its λ */
+        unsigned char *kept = nl ? malloc(qd_qsim_wfix_bytes(ev)) : NULL;
+        if (nl && !kept) {
+            qd_errf(err, "%s: out of memory", __func__);
+            qd_qsim_free(ev);
+            goto out;
+        }
+        gptq_tick gt = {o, 0, runs, ph0};
         go.layer_done = gptq_layer_done, go.layer_ctx = &gt;
-        for (int k = 0; k <= nl; k++) {
-            if (k == nl && nl && best == nl - 1) break; /* the best was the last one run */
-            if (nl) go.target_damp = k < nl ? lambdas[k] : lambdas[best];
+        for (int k = 0; k < runs; k++) {
+            if (nl) go.target_damp = lambdas[k];
             for (int l = 0; l < m->cfg.n_layers; l++)
                 for (int w = 0; w < QD_W_PER_LAYER; w++) qd_qsim_set_wfix(ev, l, w, NULL);
             gt.k = k;
-            report(o, "gptq", (long)k * m->cfg.n_layers, (long)(nl + 1) * m->cfg.n_layers, NAN, NAN,
+            report(o, "gptq", (long)k * m->cfg.n_layers, (long)runs * m->cfg.n_layers, NAN, NAN,
                    ph0);
             if (qd_gptq_qsim(ev, win, nw, T, &go, err)) {
+                free(kept);
                 qd_qsim_free(ev);
                 goto out;
             }
             /* the calibration passes, twice with the FP stream */
             res->tokens += (size_t)nw * T * 4 * (size_t)m->cfg.n_layers * (go.fp_target ? 2 : 1);
-            if (k == nl) break;
+            if (!nl) break;
             float l = holdout_loss(ev, tr.hwin, tr.nh, T, tr.htgt, tr.x0, tr.out);
             res->tokens += (size_t)tr.nh * T;
             res->lambda[k] = lambdas[k], res->lambda_loss[k] = l;
             res->n_lambda = k + 1;
-            if (best < 0 || l < res->lambda_loss[best]) best = k;
+            if (best < 0 || l < res->lambda_loss[best]) {
+                best = k;
+                if (k < nl - 1) qd_qsim_wfix_save(ev, kept); /* the last run stays in place */
+            }
         }
+        if (nl && best != nl - 1) qd_qsim_wfix_restore(ev, kept);
+        free(kept);
         if (nl) res->kept_lambda = lambdas[best];
         else if (go.fp_target) res->kept_lambda = go.target_damp;
     }

@@ -1350,6 +1350,53 @@ QD_API int qd_qsim_set_wfix(qd_qsim *q, int l, int w, const qd_real *what) {
     return QD_OK;
 }
 
+/* Every weight's fixed codes with their grids, one after another in layer and weight order. */
+QD_API size_t qd_qsim_wfix_bytes(const qd_qsim *q) {
+    size_t n = 0;
+    for (int l = 0; l < q->cfg.n_layers; l++)
+        for (int w = 0; w < QD_W_PER_LAYER; w++) {
+            const qd_qlayer *L = &q->L[l];
+            int groups, off;
+            size_t gsz;
+            wfix_grid(L, w, &groups, &gsz, &off);
+            n += (size_t)L->wrows[w] * L->wcols[w] + sizeof(float) * 2 * (size_t)groups;
+        }
+    return n;
+}
+
+QD_API int qd_qsim_wfix_save(const qd_qsim *q, void *buf) {
+    unsigned char *b = buf;
+    for (int l = 0; l < q->cfg.n_layers; l++)
+        for (int w = 0; w < QD_W_PER_LAYER; w++) {
+            const qd_qlayer *L = &q->L[l];
+            if (!L->wfix[w]) return QD_ERR;
+            int groups, off;
+            size_t gsz, n = (size_t)L->wrows[w] * L->wcols[w];
+            wfix_grid(L, w, &groups, &gsz, &off);
+            memcpy(b, L->wfix[w], n), b += n;
+            memcpy(b, L->wfix_sz[w], sizeof(float) * 2 * (size_t)groups);
+            b += sizeof(float) * 2 * (size_t)groups;
+        }
+    return QD_OK;
+}
+
+QD_API int qd_qsim_wfix_restore(qd_qsim *q, const void *buf) {
+    const unsigned char *b = buf;
+    for (int l = 0; l < q->cfg.n_layers; l++)
+        for (int w = 0; w < QD_W_PER_LAYER; w++) {
+            qd_qlayer *L = &q->L[l];
+            if (!L->wfix_mem[w]) return QD_ERR; /* never set: no buffer to restore into */
+            int groups, off;
+            size_t gsz, n = (size_t)L->wrows[w] * L->wcols[w];
+            wfix_grid(L, w, &groups, &gsz, &off);
+            memcpy(L->wfix_mem[w], b, n), b += n;
+            memcpy(L->wfix_sz[w], b, sizeof(float) * 2 * (size_t)groups);
+            b += sizeof(float) * 2 * (size_t)groups;
+            L->wfix[w] = L->wfix_mem[w];
+        }
+    return QD_OK;
+}
+
 QD_API int qd_qsim_get_wfix(const qd_qsim *q, int l, int w, qd_real *out) {
     const qd_qlayer *L = &q->L[l];
     if (!L->wfix[w]) return 0;

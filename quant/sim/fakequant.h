@@ -266,6 +266,13 @@ QD_API void qd_qsim_weight_let(const qd_qsim *q, int l, int w, qd_real *t);
 QD_API int qd_qsim_set_wfix(qd_qsim *q, int l, int w, const qd_real *what);
 /* The fixed weight (l, w) dequantized into out (rows*cols): 1, or 0 when none is set. */
 QD_API int qd_qsim_get_wfix(const qd_qsim *q, int l, int w, qd_real *out);
+/* Every weight's fixed codes and grids (GPTQ's result) copied out and back in: the bytes they
+ * take; save (QD_ERR when a weight has none) into buf of that size; restore from it (QD_ERR when
+ * a weight was never fixed) makes every weight's fixed integers those saved, bit for bit. The
+ * ridge-λ search keeps its best run this way instead of rerunning GPTQ. */
+QD_API size_t qd_qsim_wfix_bytes(const qd_qsim *q);
+QD_API int qd_qsim_wfix_save(const qd_qsim *q, void *buf);
+QD_API int qd_qsim_wfix_restore(qd_qsim *q, const void *buf);
 
 /* The input of weight w (the quantized activation it multiplies: (rows N, cols) row-major,
  * *n_rows = B*T) in the last forward of layer l. Valid until the next layer forward of a
