@@ -270,8 +270,7 @@ void qd_quantize_estimate(const qd_quant_opts *o, const qd_config *c, double fil
          * layer one forward, its stages resuming where the last ended; the four inputs'
          * Hessians by ssyrk, n·cols² flops; seven factorisations per layer; at W4 the FP
          * stream's forward and the cross products Xqᵀ·Xfp by sgemm, 2·n·cols², too, and all
-         * of it per ridge λ), the integer
-         * evaluation at about the FP32 forward's speed */
+         * of it per ridge λ), the integer evaluation at about the FP32 forward's speed */
         /* calibration: two statistics passes per variant, RTN's one, SmoothQuant's one (it
          * shares RTN's) */
         double evt = (double)n_ev * fwd_tok * 5, cal = 4 * nw * T * fwd_tok;

@@ -494,6 +494,41 @@ int qd_gptq_round(const float *W, int rows, int cols, qd_wq_spec sp, const float
 static const int stage_w[4][3] = {{QD_W_Q, QD_W_K, QD_W_V}, {QD_W_O, -1, -1},
                                   {QD_W_GATE, QD_W_UP, -1}, {QD_W_DOWN, -1, -1}};
 
+/* One stream through a layer's stages: its layer inputs per window (X), and where its last
+ * stage ended, per token: o's then gate/up's input (in, cmid wide), the residual stream into
+ * the FFN (res), down's input (dn; NULL for the FP stream, whose stage 3 runs the layer whole:
+ * it reads no rounded weight). */
+typedef struct {
+    qd_real *X, *in, *res, *dn;
+    size_t cmid;
+} gq_stream;
+
+/* Stage st of layer l for the nb windows from token r0: from the layer's input (stages 0 and
+ * 1) or where stage st - 1 ended (qd_qsim_layer_resume), up to stage st's input, which it
+ * returns, keeping where the next stage resumes; the last stage (4, or 3 for a stream without
+ * dn) runs to the layer's end, its output the batch's next X. */
+static const qd_real *run_stage(qd_qsim *q, int l, int st, gq_stream *s, size_t r0, int nb,
+                                int T, qd_real *Y) {
+    size_t D = (size_t)q->cfg.dim, N = (size_t)nb * T;
+    int w_in = st < 4 ? stage_w[st][0] : QD_W_DOWN, n;
+    int whole = st == 4 || (st == 3 && !s->dn), up = whole ? -1 : w_in;
+    size_t cols = (size_t)q->L[l].wcols[w_in];
+    q->rc.cursor = 0;
+    if (st < 2)
+        qd_qsim_layer_forward_to(q, l, s->X + r0 * D, Y, nb, T, up);
+    else if (st == 4)
+        qd_qsim_layer_resume(q, l, QD_W_DOWN, s->dn + r0 * cols, s->res + r0 * D, Y, nb, T, -1);
+    else
+        qd_qsim_layer_resume(q, l, stage_w[st - 1][0], s->in + r0 * s->cmid,
+                             st == 2 ? s->X + r0 * D : s->res + r0 * D, Y, nb, T, up);
+    const qd_real *in = st < 4 ? qd_qsim_weight_input(q, l, w_in, &n) : NULL;
+    if (st == 1 || st == 2) memcpy(s->in + r0 * s->cmid, in, sizeof(qd_real) * N * cols);
+    if (st == 2) memcpy(s->res + r0 * D, qd_qsim_residual(q, l, &n), sizeof(qd_real) * N * D);
+    if (st == 3 && s->dn) memcpy(s->dn + r0 * cols, in, sizeof(qd_real) * N * cols);
+    if (whole) memcpy(s->X + r0 * D, Y, sizeof(qd_real) * N * D);
+    return in;
+}
+
 int qd_gptq_qsim(qd_qsim *q, const int *tokens, int n_windows, int T, const qd_gptq_opts *o,
                  qd_err *err) {
     const qd_config *c = &q->cfg;
@@ -547,62 +582,32 @@ int qd_gptq_qsim(qd_qsim *q, const int *tokens, int n_windows, int T, const qd_g
             q->wq_on = 1, q->aq_on = sa;
         }
     }
+    gq_stream qs = {X, Kin, Kres, Kdn, cmid}, fs = {Xf, Kfin, Kfres, NULL, cmid};
     for (int l = 0; l < c->n_layers; l++) {
         const qd_qlayer *L = &q->L[l];
+        /* stage st's input, from where stage st - 1 ended (its weights now rounded); stage 4
+         * is the whole layer with its final integers: the next layer's input */
         for (int st = 0; st <= 4; st++) {
-            /* stage st's input, from where stage st - 1 ended (its weights now rounded); stage
-             * 4 is the whole layer with its final integers: the next layer's input */
-            int w_in = st < 4 ? stage_w[st][0] : -1, w_prev = st > 0 ? stage_w[st - 1][0] : -1;
-            int cols = st < 4 ? L->wcols[w_in] : 0;
+            int cols = st < 4 ? L->wcols[stage_w[st][0]] : 0;
             if (st < 4) {
                 memset(H, 0, sizeof(double) * (size_t)cols * cols);
                 if (fpt) memset(C, 0, sizeof(double) * (size_t)cols * cols);
             }
             for (int w0 = 0; w0 < n_windows; w0 += Bm) {
-                int nb = n_windows - w0 < Bm ? n_windows - w0 : Bm, n;
+                int nb = n_windows - w0 < Bm ? n_windows - w0 : Bm, n = nb * T;
                 size_t r0 = (size_t)w0 * T; /* the batch's first token */
                 if (qd_stop_requested()) {
                     qd_stopped(err);
                     goto out;
                 }
-                /* the FP stream reads no rounded weight: its stage 3 runs the layer whole, and
-                 * its output is the next layer's FP input (this layer reads Xf no more) */
                 if (fpt && st < 4) {
                     q->wq_on = q->aq_on = 0;
-                    q->rc.cursor = 0;
-                    int up = st == 3 ? -1 : w_in;
-                    if (st < 2)
-                        qd_qsim_layer_forward_to(q, l, Xf + r0 * D, Y, nb, T, up);
-                    else
-                        qd_qsim_layer_resume(q, l, w_prev, Kfin + r0 * cmid,
-                                             st == 2 ? Xf + r0 * D : Kfres + r0 * D, Y, nb, T, up);
-                    const qd_real *in = qd_qsim_weight_input(q, l, w_in, &n);
-                    memcpy(F, in, sizeof(qd_real) * (size_t)n * cols);
-                    if (st == 1 || st == 2) memcpy(Kfin + r0 * cmid, in, sizeof(qd_real) * (size_t)n * cols);
-                    if (st == 2)
-                        memcpy(Kfres + r0 * D, qd_qsim_residual(q, l, &n), sizeof(qd_real) * (size_t)n * D);
-                    if (st == 3) memcpy(Xf + r0 * D, Y, sizeof(qd_real) * per * (size_t)nb);
+                    memcpy(F, run_stage(q, l, st, &fs, r0, nb, T, Y),
+                           sizeof(qd_real) * (size_t)n * cols);
                     q->wq_on = 1, q->aq_on = sa;
                 }
-                q->rc.cursor = 0;
-                if (st < 2)
-                    qd_qsim_layer_forward_to(q, l, X + r0 * D, Y, nb, T, w_in);
-                else if (st < 4)
-                    qd_qsim_layer_resume(q, l, w_prev, Kin + r0 * cmid,
-                                         st == 2 ? X + r0 * D : Kres + r0 * D, Y, nb, T, w_in);
-                else
-                    qd_qsim_layer_resume(q, l, QD_W_DOWN, Kdn + r0 * L->wcols[QD_W_DOWN],
-                                         Kres + r0 * D, Y, nb, T, -1);
-                if (st == 4) {
-                    memcpy(X + r0 * D, Y, sizeof(qd_real) * per * (size_t)nb);
-                    continue;
-                }
-                const qd_real *in = qd_qsim_weight_input(q, l, w_in, &n);
-                /* where the next stage resumes */
-                if (st == 1 || st == 2) memcpy(Kin + r0 * cmid, in, sizeof(qd_real) * (size_t)n * cols);
-                if (st == 2)
-                    memcpy(Kres + r0 * D, qd_qsim_residual(q, l, &n), sizeof(qd_real) * (size_t)n * D);
-                if (st == 3) memcpy(Kdn + r0 * cols, in, sizeof(qd_real) * (size_t)n * cols);
+                const qd_real *in = run_stage(q, l, st, &qs, r0, nb, T, Y);
+                if (st == 4) continue;
                 qd_gptq_accum(H, in, n, cols, wk);
                 if (fpt) qd_gptq_accum_cross(C, in, F, n, cols, wk);
             }
