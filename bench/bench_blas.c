@@ -128,7 +128,7 @@ int main(int argc, char **argv) {
     printf("FMA peak (%s, short loop): %.0f GFLOP/s on 1 thread, %.0f on %d\n",
            bench_fma_isa(), pk1, pkn, nproc);
 
-    const char *clean = "-u OPENBLAS_CORETYPE -u QD_BLAS_CHOSEN -u QD_BLAS_SELECT";
+    const char *clean = "-u OPENBLAS_CORETYPE -u OPENBLAS_THREAD_TIMEOUT -u QD_BLAS_CHOSEN -u QD_BLAS_SELECT";
     char env[256];
     snprintf(env, sizeof env, "%s QD_BLAS_SELECT=0", clean);
     spawn(V_DEFAULT, env, "openblas");

@@ -173,6 +173,9 @@ static void add_compute(cJSON *rep, const qd_report *r) {
     else cJSON_AddNullToObject(bj, "coretype_env");
     cJSON_AddStringToObject(bj, "chosen_by", bi.chosen_by);
     cJSON_AddNumberToObject(bj, "threads", bi.threads);
+    if (bi.thread_timeout[0]) cJSON_AddStringToObject(bj, "thread_timeout", bi.thread_timeout);
+    else cJSON_AddNullToObject(bj, "thread_timeout");
+    cJSON_AddStringToObject(bj, "thread_timeout_by", bi.timeout_by);
     cJSON *sj = cJSON_AddArrayToObject(cp, "stages");
     for (int i = 0; i < r->n_stages; i++) {
         cJSON *e = cJSON_CreateObject();

@@ -25,7 +25,9 @@
  *            resumed_at_step, peak_rss_bytes, offsets_projected (activation offsets put back
  *            onto their range by the optimizer, summed over steps), blas {library, core (the
  *            kernel in use, e.g. "SkylakeX"), config, coretype_env ($OPENBLAS_CORETYPE or null),
- *            chosen_by ("quantd" from CPU features, "user", "library"), threads},
+ *            chosen_by ("quantd" from CPU features, "user", "library"), threads,
+ *            thread_timeout ($OPENBLAS_THREAD_TIMEOUT or null), thread_timeout_by (as
+ *            chosen_by)},
  *            stages [{phase, variant (null for load and export), seconds}] (the run's stages
  *            in order, as the progress reports name them), estimated_peak_bytes,
  *            estimated_address_space_bytes (estimate.h's prediction before the run)};

@@ -8,27 +8,34 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cblas.h>
+
 #include "quant/fp/blas.h"
 #include "tests/check.h"
 
 extern char **environ;
 
-/* Child: writes "pid chosen_by kernel marker argv1 argv2" to fd (argv[2]). */
+/* Child: writes "pid chosen_by kernel timeout_by timeout marker argv1|argv2" to fd (argv[2]),
+ * the marker's spaces as commas. */
 static int child(int argc, char **argv) {
     if (argc < 5) return 2;
     int fd = atoi(argv[2]);
     qd_blas_info i;
     qd_blas_info_get(&i);
     const char *mark = getenv("QD_BLAS_CHOSEN");
-    dprintf(fd, "%ld %s %s %s %s|%s\n", (long)getpid(), i.chosen_by, i.core, mark ? mark : "-",
-            argv[3], argv[4]);
+    char m[128];
+    snprintf(m, sizeof m, "%s", mark && mark[0] ? mark : "-");
+    for (char *c = m; *c; c++)
+        if (*c == ' ') *c = ',';
+    dprintf(fd, "%ld %s %s %s %s %s %s|%s\n", (long)getpid(), i.chosen_by, i.core, i.timeout_by,
+            i.thread_timeout[0] ? i.thread_timeout : "-", m, argv[3], argv[4]);
     close(fd);
     return 0;
 }
 
 typedef struct {
     long pid;
-    char chosen[16], kernel[32], mark[32], args[128];
+    char chosen[16], kernel[32], tby[16], timeout[16], mark[128], args[128];
 } report;
 
 /* Runs this binary as a child with env edits: unset[] removed, set "K=V" added. */
@@ -56,7 +63,8 @@ static int run_child(const char *const *unset, const char *set, report *r) {
     int st = 0;
     waitpid(pid, &st, 0);
     memset(r, 0, sizeof *r);
-    if (sscanf(buf, "%ld %15s %31s %31s %127[^\n]", &r->pid, r->chosen, r->kernel, r->mark, r->args) != 5)
+    if (sscanf(buf, "%ld %15s %31s %15s %15s %127s %127[^\n]", &r->pid, r->chosen, r->kernel,
+               r->tby, r->timeout, r->mark, r->args) != 7)
         return -1;
     return r->pid == (long)pid && WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
 }
@@ -76,31 +84,53 @@ static void test_info(void) {
         CHECK(!strcasecmp(i.core, i.wanted), "chose %s, runs %s", i.wanted, i.core);
 }
 
+/* What quantd sets on this machine when nothing is set: the timeout wherever OpenBLAS runs
+ * pthreads with more than one thread, the kernel when the library's own is of a lower class. */
+static int timeout_expected(void) {
+    return openblas_get_parallel() == 1 && openblas_get_num_threads() > 1;
+}
+
+static const char *const all[] = {"OPENBLAS_CORETYPE", "OPENBLAS_THREAD_TIMEOUT",
+                                  "GOTO_THREAD_TIMEOUT", "QD_BLAS_CHOSEN", "QD_BLAS_SELECT",
+                                  NULL};
+
 static void test_reexec(void) {
-    static const char *const all[] = {"OPENBLAS_CORETYPE", "QD_BLAS_CHOSEN", "QD_BLAS_SELECT", NULL};
     report r;
     CHECK(run_child(all, NULL, &r) == 0, "child failed");
     /* same pid (checked in run_child), argv and descriptor kept */
     CHECK(!strcmp(r.args, "one arg|two"), "argv '%s'", r.args);
     const char *want = qd_blas_wanted_kernel();
-    printf("# unset: kernel %s chosen by %s (CPU features suggest %s)\n", r.kernel, r.chosen, want ? want : "none");
+    printf("# unset: kernel %s chosen by %s (CPU features suggest %s); timeout %s by %s; "
+           "marker %s\n", r.kernel, r.chosen, want ? want : "none", r.timeout, r.tby, r.mark);
+    char m[96];
     if (!strcmp(r.chosen, "quantd")) {
-        CHECK(want && !strcasecmp(r.kernel, want) && !strcmp(r.mark, want), "%s / %s", r.kernel, r.mark);
+        snprintf(m, sizeof m, "OPENBLAS_CORETYPE=%s", want ? want : "?");
+        CHECK(want && !strcasecmp(r.kernel, want) && strstr(r.mark, m), "%s / %s", r.kernel, r.mark);
     } else {
-        CHECK(!strcmp(r.chosen, "library") && !strcmp(r.mark, "-"), "%s %s", r.chosen, r.mark);
+        CHECK(!strcmp(r.chosen, "library") && !strstr(r.mark, "CORETYPE"), "%s %s", r.chosen, r.mark);
+    }
+    if (timeout_expected()) {
+        CHECK(!strcmp(r.tby, "quantd") && !strcmp(r.timeout, "4") &&
+              strstr(r.mark, "OPENBLAS_THREAD_TIMEOUT=4"), "%s %s %s", r.tby, r.timeout, r.mark);
+    } else {
+        CHECK(!strcmp(r.tby, "library") && !strcmp(r.timeout, "-"), "%s %s", r.tby, r.timeout);
     }
 }
 
 static void test_user_respected(void) {
-    static const char *const all[] = {"OPENBLAS_CORETYPE", "QD_BLAS_CHOSEN", "QD_BLAS_SELECT", NULL};
     report r;
     /* Prescott runs on every x86-64; a user's choice wins even when it is slower */
     CHECK(run_child(all, "OPENBLAS_CORETYPE=Prescott", &r) == 0, "child failed");
-    CHECK(!strcmp(r.chosen, "user") && !strcmp(r.mark, "-"), "%s %s", r.chosen, r.mark);
+    CHECK(!strcmp(r.chosen, "user") && !strstr(r.mark, "CORETYPE"), "%s %s", r.chosen, r.mark);
     CHECK(!strcasecmp(r.kernel, "Prescott"), "kernel %s", r.kernel);
-    /* QD_BLAS_SELECT=0 leaves the library's own choice */
+    /* a user's timeout likewise */
+    CHECK(run_child(all, "OPENBLAS_THREAD_TIMEOUT=20", &r) == 0, "child failed");
+    CHECK(!strcmp(r.tby, "user") && !strcmp(r.timeout, "20") && !strstr(r.mark, "TIMEOUT"),
+          "%s %s %s", r.tby, r.timeout, r.mark);
+    /* QD_BLAS_SELECT=0 leaves the library's own choices */
     CHECK(run_child(all, "QD_BLAS_SELECT=0", &r) == 0, "child failed");
-    CHECK(!strcmp(r.chosen, "library") && !strcmp(r.mark, "-"), "%s %s", r.chosen, r.mark);
+    CHECK(!strcmp(r.chosen, "library") && !strcmp(r.tby, "library") && !strcmp(r.mark, "-"),
+          "%s %s %s", r.chosen, r.tby, r.mark);
 }
 
 int main(int argc, char **argv) {

@@ -438,6 +438,14 @@ static void pipeline_report(void) {
                   cJSON_GetNumberValue(get(bl, "threads", NULL)) >= 1,
               "compute.blas: library %s core %s config %s", lib ? lib : "-", core ? core : "-",
               cfg ? cfg : "-");
+        /* the idle threads' spin as this process has it, and who set it */
+        const char *tmo = getenv("OPENBLAS_THREAD_TIMEOUT");
+        cJSON *tj = get(bl, "thread_timeout", NULL);
+        const char *tby = cJSON_GetStringValue(get(bl, "thread_timeout_by", NULL));
+        CHECK(tmo ? cJSON_IsString(tj) && !strcmp(cJSON_GetStringValue(tj), tmo) : cJSON_IsNull(tj),
+              "compute.blas.thread_timeout against $OPENBLAS_THREAD_TIMEOUT %s", tmo ? tmo : "unset");
+        CHECK(tby && (tmo ? !strcmp(tby, "quantd") || !strcmp(tby, "user") : !strcmp(tby, "library")),
+              "compute.blas.thread_timeout_by %s", tby ? tby : "-");
         CHECK(cJSON_IsBool(get(r, "gates", "passed")), "gate outcome");
         /* the gate measures what ships: the integer runtime's figure on the written artifact */
         double pi = cJSON_GetNumberValue(get(get(r, "eval", "int"), "ppl", NULL));

@@ -15,8 +15,14 @@
 #endif
 
 #define ENV_CORE "OPENBLAS_CORETYPE"
+#define ENV_TIMEOUT "OPENBLAS_THREAD_TIMEOUT"
 #define ENV_MARK "QD_BLAS_CHOSEN"
 #define ENV_OFF "QD_BLAS_SELECT"
+
+/* log2 of the cycles OpenBLAS's idle threads spin (sched_yield) before they sleep; the library's
+ * default is 28 (about 0.1 s). quantd's own pool runs between the GEMMs, on the same cores, and
+ * spinning threads take them from it: blas.h. */
+#define QD_THREAD_TIMEOUT "4"
 
 /* ---------------------------------------------------------------- CPU features */
 
@@ -106,40 +112,79 @@ static char **read_cmdline(void) {
     return argv; /* buf leaks on purpose: the process is replaced or argv stays in use */
 }
 
+/* the value quantd set for var, from the marker ("VAR=VALUE ..."), or NULL */
+static const char *marked(const char *var, char *buf, size_t n) {
+    const char *mark = getenv(ENV_MARK);
+    size_t l = strlen(var);
+    for (const char *p = mark; p && *p;) {
+        const char *end = strchr(p, ' ');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        if (len > l && !strncmp(p, var, l) && p[l] == '=') {
+            snprintf(buf, n, "%.*s", (int)(len - l - 1), p + l + 1);
+            return buf;
+        }
+        p = end ? end + 1 : p + len;
+    }
+    return NULL;
+}
+
 void qd_blas_select(char **argv) {
-    if (getenv(ENV_CORE)) return;   /* the user's (or an earlier selection's) choice */
     if (getenv(ENV_MARK)) return;   /* already re-executed once: never loop */
     const char *off = getenv(ENV_OFF);
     if (off && !strcmp(off, "0")) return;
-    const char *cfg = openblas_get_config();
-    if (!cfg || !strstr(cfg, "DYNAMIC_ARCH")) return; /* a fixed-kernel build ignores the variable */
-    const char *want = qd_blas_wanted_kernel();
-    int have = kernel_level(openblas_get_corename()), need = kernel_level(want);
-    if (!want || have < 0 || have >= need) return;
+    /* the kernel: a user's (or an earlier selection's) choice stands; a fixed-kernel build
+     * ignores the variable */
+    const char *want = NULL, *cfg = openblas_get_config();
+    if (!getenv(ENV_CORE) && cfg && strstr(cfg, "DYNAMIC_ARCH")) {
+        want = qd_blas_wanted_kernel();
+        int have = kernel_level(openblas_get_corename()), need = kernel_level(want);
+        if (have < 0 || have >= need) want = NULL;
+    }
+    /* the idle threads' spin, for the pthreads build with threads (an OpenMP build ignores it) */
+    int timeout = !getenv(ENV_TIMEOUT) && !getenv("GOTO_THREAD_TIMEOUT") &&
+                  openblas_get_parallel() == 1 && openblas_get_num_threads() > 1;
+    if (!want && !timeout) return;
     char **av = argv ? argv : read_cmdline();
     if (!av || !av[0]) return;
-    if (setenv(ENV_CORE, want, 1) || setenv(ENV_MARK, want, 1)) return;
+    char mark[96];
+    snprintf(mark, sizeof mark, "%s%s%s%s%s", want ? ENV_CORE "=" : "", want ? want : "",
+             want && timeout ? " " : "", timeout ? ENV_TIMEOUT "=" : "",
+             timeout ? QD_THREAD_TIMEOUT : "");
+    if ((want && setenv(ENV_CORE, want, 1)) || (timeout && setenv(ENV_TIMEOUT, QD_THREAD_TIMEOUT, 1)) ||
+        setenv(ENV_MARK, mark, 1))
+        goto failed;
     fflush(NULL);
     execv("/proc/self/exe", av);
-    /* exec failed (no /proc, say): run on with the library's own kernel, and say so honestly */
-    unsetenv(ENV_CORE);
+failed: /* exec failed (no /proc, say): run on with the library's own choices, and say so */
+    if (want) unsetenv(ENV_CORE);
+    if (timeout) unsetenv(ENV_TIMEOUT);
+    unsetenv(ENV_MARK);
 }
 
 /* ---------------------------------------------------------------- description */
 
+/* who set var: "quantd" (the marker names its value), "user", "library" (unset) */
+static const char *who_set(const char *var) {
+    char buf[48];
+    const char *env = getenv(var), *m = marked(var, buf, sizeof buf);
+    return !env ? "library" : m && !strcmp(env, m) ? "quantd" : "user";
+}
+
 void qd_blas_info_get(qd_blas_info *b) {
     memset(b, 0, sizeof *b);
     const char *cfg = openblas_get_config(), *core = openblas_get_corename();
-    const char *env = getenv(ENV_CORE), *mark = getenv(ENV_MARK), *want = qd_blas_wanted_kernel();
+    const char *env = getenv(ENV_CORE), *want = qd_blas_wanted_kernel();
+    const char *tmo = getenv(ENV_TIMEOUT);
     snprintf(b->library, sizeof b->library, "OpenBLAS");
     snprintf(b->config, sizeof b->config, "%s", cfg ? cfg : "");
     snprintf(b->core, sizeof b->core, "%s", core ? core : "");
     snprintf(b->coretype_env, sizeof b->coretype_env, "%s", env ? env : "");
     /* "OpenBLAS 0.3.21 NO_LAPACKE DYNAMIC_ARCH ...": the version is the second word */
     if (cfg && sscanf(cfg, "OpenBLAS %15s", b->version) != 1) b->version[0] = 0;
-    snprintf(b->chosen_by, sizeof b->chosen_by, "%s",
-             !env ? "library" : mark && !strcmp(env, mark) ? "quantd" : "user");
+    snprintf(b->chosen_by, sizeof b->chosen_by, "%s", who_set(ENV_CORE));
     snprintf(b->wanted, sizeof b->wanted, "%s", want ? want : "");
+    snprintf(b->thread_timeout, sizeof b->thread_timeout, "%s", tmo ? tmo : "");
+    snprintf(b->timeout_by, sizeof b->timeout_by, "%s", who_set(ENV_TIMEOUT));
     b->threads = openblas_get_num_threads();
 }
 
@@ -149,7 +194,11 @@ int qd_blas_describe(char *buf, size_t n) {
     const char *why = !strcmp(i.chosen_by, "quantd") ? "chosen by quantd from CPU features"
                       : !strcmp(i.chosen_by, "user") ? "OPENBLAS_CORETYPE set by the user"
                                                      : "the library's own detection";
-    return snprintf(buf, n, "%s %s, kernel %s (%s; CPU features suggest %s), %d threads; %s",
-                    i.library, i.version, i.core, why,
-                    i.wanted[0] ? i.wanted : "none", i.threads, i.config);
+    return snprintf(buf, n, "%s %s, kernel %s (%s; CPU features suggest %s), %d threads, "
+                    "idle threads spin 2^%s cycles (%s); %s",
+                    i.library, i.version, i.core, why, i.wanted[0] ? i.wanted : "none",
+                    i.threads, i.thread_timeout[0] ? i.thread_timeout : "28",
+                    !strcmp(i.timeout_by, "quantd") ? "set by quantd"
+                    : !strcmp(i.timeout_by, "user") ? "OPENBLAS_THREAD_TIMEOUT set by the user"
+                                                    : "the library's default", i.config);
 }

@@ -12,9 +12,18 @@
  *
  * Rules: a user's own OPENBLAS_CORETYPE is always respected; QD_BLAS_SELECT=0 turns the choice
  * off; a build without DYNAMIC_ARCH, a kernel name quantd does not know, or a kernel already at
- * the CPU's level is left alone. The re-execution keeps argv, the environment (plus
- * OPENBLAS_CORETYPE and the marker QD_BLAS_CHOSEN, which also stops any loop), every open file
- * descriptor and the process id. */
+ * the CPU's level is left alone.
+ *
+ * The same re-execution sets OPENBLAS_THREAD_TIMEOUT=4 when it is unset (pthreads build, more
+ * than one thread): after a call OpenBLAS's threads spin in sched_yield for 2^28 cycles (about
+ * 0.1 s) before they sleep, on the cores where quantd's pool runs the work between the GEMMs.
+ * With 2^4 they sleep at once (bench_optimizer, 2 vCPUs: a step 1.14 -> 1.00 s, the pool's
+ * share of the work 0.58 -> 0.41 s; bench_calib GPTQ 6.0 -> 5.0 s; the forward within 2%).
+ * A user's own value is respected, and QD_BLAS_SELECT=0 turns this off too.
+ *
+ * The re-execution keeps argv, the environment (plus what it set and the marker QD_BLAS_CHOSEN,
+ * "VAR=VALUE ..." of what quantd set, which also stops any loop), every open file descriptor
+ * and the process id. */
 #ifndef QD_BLAS_H
 #define QD_BLAS_H
 
@@ -29,6 +38,8 @@ typedef struct qd_blas_info {
     char chosen_by[16];   /* who chose the kernel: "quantd" (CPU features, qd_blas_select),
                            * "user" ($OPENBLAS_CORETYPE), "library" (its own detection) */
     char wanted[32];      /* qd_blas_wanted_kernel(), "" when none */
+    char thread_timeout[16]; /* $OPENBLAS_THREAD_TIMEOUT, "" when unset (the library's 28) */
+    char timeout_by[16];  /* who set it: "quantd", "user", "library" (unset) */
     int threads;          /* openblas_get_num_threads() */
 } qd_blas_info;
 
@@ -44,7 +55,7 @@ void qd_blas_select(char **argv);
 const char *qd_blas_wanted_kernel(void);
 
 /* One line for --version: "OpenBLAS 0.3.21, kernel SkylakeX (chosen by quantd from CPU
- * features; ...), 2 threads; <config>". Returns what snprintf returns. */
+ * features; ...), 2 threads, idle threads spin 2^4 cycles (set by quantd); <config>". Returns what snprintf returns. */
 int qd_blas_describe(char *buf, size_t n);
 
 #endif
