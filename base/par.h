@@ -12,6 +12,7 @@
 #define QD_BASE_PAR_H
 
 #include <assert.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -50,18 +51,38 @@ static inline size_t par_rows(size_t cols) {
     return cols >= PAR_ELEMS ? 1 : PAR_ELEMS / (cols ? cols : 1);
 }
 
+/* The last large block of partial sums par_part_free released (one per file that includes this
+ * header), reused by the next par_part it holds: the LET and norm backwards' partial sums are
+ * 0.3-1 MB per call, and a fresh malloc of that size is a fresh mmap whose pages the kernel
+ * clears on every call (bench_optimizer: 3% of a step in clear_page). Taken and put back by
+ * atomic exchange, so concurrent callers never share a block. A block holds its capacity in
+ * doubles in the element before the one par_part returns. */
+static _Atomic(double *) par_cache;
+
 /* Per-chunk partial sums: K doubles per chunk of a loop over n items in chunks of chunk, in
  * small (cap doubles) when they fit, else allocated (free with par_part_free). Zeroed. */
 static inline double *par_part(size_t n, size_t chunk, size_t K, double *small, size_t cap) {
     size_t m = qd_pool_nchunks(n, chunk) * K;
-    double *p = m <= cap ? small : malloc(sizeof(double) * (m ? m : 1));
-    assert(p && "par_part: out of memory for partial sums");
+    double *p = small;
+    if (m > cap) {
+        double *b = atomic_exchange(&par_cache, NULL);
+        if (b && (size_t)b[-1] < m) free(b - 1), b = NULL;
+        if (!b) {
+            b = malloc(sizeof(double) * (m + 1));
+            assert(b && "par_part: out of memory for partial sums");
+            b[0] = (double)m;
+            b++;
+        }
+        p = b;
+    }
     memset(p, 0, sizeof(double) * m);
     return p;
 }
 
 static inline void par_part_free(double *p, const double *small) {
-    if (p != small) free(p);
+    if (p == small) return;
+    double *old = atomic_exchange(&par_cache, p);
+    if (old) free(old - 1);
 }
 
 /* sums[k] += the K partial sums of part added in chunk order. */

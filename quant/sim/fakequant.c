@@ -590,7 +590,6 @@ static void lin_bwd(qd_qsim *q, int l, int w, const qd_real *x, const qd_real *d
     qd_linear_backward(NULL, P->scrC, NULL, dy, x, NULL, N, cols, rows);
     const qd_real *dwt = P->scrC;
     if (q->wq_on) {
-        par_zero(P->scrD, n * sizeof(qd_real));
         qd_wq_backward(P->scrD, q->lwc_on ? L->ggam[w] : NULL, q->lwc_on ? L->gbet[w] : NULL,
                        P->scrC, wt, rows, cols, L->wspec[w], q->lwc_on ? L->gam[w] : NULL,
                        q->lwc_on ? L->bet[w] : NULL, &q->rc, act_of(q, l)->pos_w[w],
@@ -611,10 +610,9 @@ static void aqf(qd_qsim *q, int l, int site, qd_real *out, const qd_real *x, siz
     }
 }
 
-/* dx = (zeroed here) STE backward of site's quantizer. */
+/* dx = the STE backward of site's quantizer (written, not added). */
 static void aqb(qd_qsim *q, int l, int site, qd_real *dx, const qd_real *dout, const qd_real *x,
                 size_t n) {
-    par_zero(dx, n * sizeof(qd_real));
     if (q->aq_on)
         qd_aq_backward(dx, dout, x, n, &q->L[l].aq[site], &q->rc, act_of(q, l)->pos_aq[site],
                        QD_QSIM_FAULT(q) == 2 ? 2 : 0);
@@ -641,7 +639,6 @@ static void norm_w_bwd(qd_qsim *q, const qd_real *g, qd_real *s, qd_real *gs, co
                        const qd_real *dh, size_t pos, int D) {
     if (!(q->let_on && s)) return;
     qd_real *dt = q->priv->nb1;
-    memset(dt, 0, sizeof(qd_real) * (size_t)D);
     if (q->wq_on)
         qd_wq_backward(dt, NULL, NULL, dh, t, 1, D, norm_spec, NULL, NULL, &q->rc, pos,
                        QD_QSIM_FAULT(q) == 1);

@@ -131,59 +131,62 @@ __attribute__((target("avx2"))) static void let_row_avx2(float *oi, const float 
     for (; j < cols; j++) oi[j] = ce ? wi[j] * ce[j] * ri : wi[j] * ri;
 }
 
-/* The backward of aq_fwd_avx2: dx += dout inside the grid (dx may be NULL); u = x/s, its
- * rounding and the region in vectors, the double sums element by element in the scalar order. */
-__attribute__((target("avx2"))) static void aq_bwd_avx2(float *dx, const float *dout,
+/* The backward of a clamped grid t = clamp(rint(x / s) + zr, lo, hi) (aq_fwd_avx2's with lo 0,
+ * hi Q; the symmetric weight grid's with zr 0, lo qn, hi qp): dx = 0 + dout inside the grid and
+ * 0 outside (dx may be NULL); the sums of dL/ds and dL/dzr (dz may be NULL) in QLANES double
+ * lanes, element i in lane i % QLANES, as fq_bwd_range's scalar loop keeps them. */
+__attribute__((target("avx2"))) static void fq_bwd_avx2(float *dx, const float *dout,
                                                         const float *x, size_t n, float s,
-                                                        float zr, float Q, double *ds,
-                                                        double *dz) {
-    __m256 vs = _mm256_set1_ps(s), vz = _mm256_set1_ps(zr), vq = _mm256_set1_ps(Q);
-    __m256 v0 = _mm256_setzero_ps();
-    double as = 0, az = 0;
-    float ub[8], rb[8];
+                                                        float zr, float lo, float hi,
+                                                        double *as, double *az) {
+    __m256 vs = _mm256_set1_ps(s), vz = _mm256_set1_ps(zr), vlo = _mm256_set1_ps(lo);
+    __m256 vhi = _mm256_set1_ps(hi), v0 = _mm256_setzero_ps();
+    __m256d cl = _mm256_set1_pd((double)lo - zr), cg = _mm256_set1_pd((double)hi - zr);
+    __m256d sd = _mm256_set1_pd((double)s);
+    __m256d a[2] = {_mm256_setzero_pd(), _mm256_setzero_pd()}, z[2] = {a[0], a[0]};
     size_t i = 0;
     for (; i + 8 <= n; i += 8) {
         __m256 u = _mm256_div_ps(_mm256_loadu_ps(x + i), vs);
         __m256 r = _mm256_round_ps(u, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         __m256 t = _mm256_add_ps(r, vz);
-        __m256 lt = _mm256_cmp_ps(t, v0, _CMP_LT_OQ), gt = _mm256_cmp_ps(t, vq, _CMP_GT_OQ);
-        if (dx) {
-            __m256 old = _mm256_loadu_ps(dx + i);
-            __m256 sum = _mm256_add_ps(old, _mm256_loadu_ps(dout + i));
-            _mm256_storeu_ps(dx + i, _mm256_blendv_ps(sum, old, _mm256_or_ps(lt, gt)));
-        }
-        _mm256_storeu_ps(ub, u);
-        _mm256_storeu_ps(rb, r);
-        int ml = _mm256_movemask_ps(lt), mg = _mm256_movemask_ps(gt);
-        for (int k = 0; k < 8; k++) {
-            double d = dout[i + k];
-            if (ml >> k & 1) {
-                as += d * -(double)zr;
-                az -= d * s;
-            } else if (mg >> k & 1) {
-                as += d * ((double)Q - zr);
-                az -= d * s;
-            } else {
-                as += d * ((double)rb[k] - (double)ub[k]);
-            }
+        __m256 lt = _mm256_cmp_ps(t, vlo, _CMP_LT_OQ), gt = _mm256_cmp_ps(t, vhi, _CMP_GT_OQ);
+        __m256 d = _mm256_loadu_ps(dout + i);
+        if (dx) _mm256_storeu_ps(dx + i, _mm256_blendv_ps(_mm256_add_ps(v0, d), v0,
+                                                          _mm256_or_ps(lt, gt)));
+        for (int h = 0; h < 2; h++) { /* lanes 4h .. 4h + 3 */
+            __m128 dh = h ? _mm256_extractf128_ps(d, 1) : _mm256_castps256_ps128(d);
+            __m128 rh = h ? _mm256_extractf128_ps(r, 1) : _mm256_castps256_ps128(r);
+            __m128 uh = h ? _mm256_extractf128_ps(u, 1) : _mm256_castps256_ps128(u);
+            __m128 lh = h ? _mm256_extractf128_ps(lt, 1) : _mm256_castps256_ps128(lt);
+            __m128 gh = h ? _mm256_extractf128_ps(gt, 1) : _mm256_castps256_ps128(gt);
+            __m256d dd = _mm256_cvtps_pd(dh);
+            __m256d ml = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm_castps_si128(lh)));
+            __m256d mg = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm_castps_si128(gh)));
+            __m256d term = _mm256_sub_pd(_mm256_cvtps_pd(rh), _mm256_cvtps_pd(uh));
+            term = _mm256_blendv_pd(_mm256_blendv_pd(term, cg, mg), cl, ml);
+            a[h] = _mm256_add_pd(a[h], _mm256_mul_pd(dd, term));
+            __m256d ds = _mm256_and_pd(_mm256_mul_pd(dd, sd), _mm256_or_pd(ml, mg));
+            z[h] = _mm256_sub_pd(z[h], ds);
         }
     }
-    for (; i < n; i++) {
+    _mm256_storeu_pd(as, a[0]), _mm256_storeu_pd(as + 4, a[1]);
+    _mm256_storeu_pd(az, z[0]), _mm256_storeu_pd(az + 4, z[1]);
+    for (size_t k = 0; i < n; i++, k++) { /* the tail: element i in lane k = i % 8 */
         double d = dout[i];
         float u = x[i] / s, r = rintf(u), t = r + zr;
-        if (t < 0) {
-            as += d * -(double)zr;
-            az -= d * s;
-        } else if (t > Q) {
-            as += d * ((double)Q - zr);
-            az -= d * s;
+        if (t < lo) {
+            as[k] += d * ((double)lo - zr);
+            az[k] -= d * s;
+            if (dx) dx[i] = 0;
+        } else if (t > hi) {
+            as[k] += d * ((double)hi - zr);
+            az[k] -= d * s;
+            if (dx) dx[i] = 0;
         } else {
-            if (dx) dx[i] += dout[i];
-            as += d * ((double)r - (double)u);
+            if (dx) dx[i] = 0.0f + dout[i];
+            as[k] += d * ((double)r - (double)u);
         }
     }
-    *ds += as;
-    *dz += az;
 }
 
 /* dacc[j] += ((double)di[j] * wi[j]) * ri: one row of LET's column sums, in double */
@@ -232,10 +235,10 @@ static int simd_aq_fwd(qd_real *out, const qd_real *x, size_t n, qd_real s, qd_r
     return 1;
 }
 
-static int simd_aq_bwd(qd_real *dx, const qd_real *dout, const qd_real *x, size_t n,
-                       qd_real s, qd_real zr, qd_real Q, double *ds, double *dz) {
+static int simd_fq_bwd(qd_real *dx, const qd_real *dout, const qd_real *x, size_t n,
+                       qd_real s, qd_real zr, qd_real lo, qd_real hi, double *as, double *az) {
     if (!simd_ok(n)) return 0;
-    aq_bwd_avx2(dx, dout, x, n, s, zr, Q, ds, dz);
+    fq_bwd_avx2(dx, dout, x, n, s, zr, lo, hi, as, az);
     return 1;
 }
 
@@ -271,9 +274,10 @@ static int simd_let_dacc(double *dacc, const qd_real *di, const qd_real *wi, qd_
     return 0;
 }
 
-static int simd_aq_bwd(qd_real *dx, const qd_real *dout, const qd_real *x, size_t n,
-                       qd_real s, qd_real zr, qd_real Q, double *ds, double *dz) {
-    (void)dx, (void)dout, (void)x, (void)n, (void)s, (void)zr, (void)Q, (void)ds, (void)dz;
+static int simd_fq_bwd(qd_real *dx, const qd_real *dout, const qd_real *x, size_t n,
+                       qd_real s, qd_real zr, qd_real lo, qd_real hi, double *as, double *az) {
+    (void)dx, (void)dout, (void)x, (void)n, (void)s, (void)zr, (void)lo, (void)hi, (void)as;
+    (void)az;
     return 0;
 }
 
@@ -742,32 +746,47 @@ static void aq_fwd_range(qd_real *out, const qd_real *x, size_t n, qd_real s, qd
     for (size_t i = 0; i < n; i++) out[i] = (fq_elem(rc, pos + i, x[i] / s, zr, 0, Q) - zr) * s;
 }
 
-/* Backward of aq_fwd_range: dx +=, and the sums of dL/ds and dL/dzr into *ds, *dz. */
+/* The backward of a clamped grid t = clamp(round(x / s) + zr, lo, hi) over n elements: dx = dout
+ * inside the grid and 0 outside (dx may be NULL; written as 0 + dout, the bits of a zeroed dx
+ * accumulated), and the sums of dL/ds and dL/dzr added into *ds, *dz (dz may be NULL). The sums
+ * are kept in QLANES double lanes, element i in lane i % QLANES, and the lanes are added in
+ * order at the end: the SIMD loop's order (fq_bwd_avx2), so both give the same bits, and four
+ * times shorter dependency chains than one running sum. fault 2 (test hook): the STE mask
+ * ignored. */
+#define QLANES 8
+static void fq_bwd_range(qd_real *dx, const qd_real *dout, const qd_real *x, size_t n,
+                         qd_real s, qd_real zr, qd_real lo, qd_real hi, const qd_rctx *rc,
+                         size_t pos, double *ds, double *dz, int fault) {
+    double as[QLANES] = {0}, az[QLANES] = {0};
+    if (!((!rc || rc->mode == QD_ROUND_OFF) && !QD_FAULT(fault, 2) &&
+          simd_fq_bwd(dx, dout, x, n, s, zr, lo, hi, as, az))) {
+        for (size_t i = 0; i < n; i++) {
+            double res, d = dout[i];
+            int k = (int)(i % QLANES);
+            int g = fq_region(rc, pos + i, x[i] / s, zr, lo, hi, &res);
+            if (g < 0) {
+                as[k] += d * ((double)lo - zr);
+                az[k] -= d * s;
+            } else if (g > 0) {
+                as[k] += d * ((double)hi - zr);
+                az[k] -= d * s;
+            } else {
+                as[k] += d * res;
+            }
+            if (dx) dx[i] = g == 0 || QD_FAULT(fault, 2) ? (qd_real)0 + dout[i] : 0;
+        }
+    }
+    double ts = 0, tz = 0;
+    for (int k = 0; k < QLANES; k++) ts += as[k], tz += az[k];
+    *ds += ts;
+    if (dz) *dz += tz;
+}
+
+/* Backward of aq_fwd_range (the grid [0, Q]): fq_bwd_range. */
 static void aq_bwd_range(qd_real *dx, const qd_real *dout, const qd_real *x, size_t n, qd_real s,
                          qd_real zr, qd_real Q, const qd_rctx *rc, size_t pos, double *ds,
                          double *dz, int fault) {
-    if ((!rc || rc->mode == QD_ROUND_OFF) && !QD_FAULT(fault, 2) &&
-        simd_aq_bwd(dx, dout, x, n, s, zr, Q, ds, dz))
-        return;
-    double as = 0, az = 0;
-    for (size_t i = 0; i < n; i++) {
-        double res, d = dout[i];
-        int g = fq_region(rc, pos + i, x[i] / s, zr, 0, Q, &res);
-        if (g < 0) {
-            as += d * -(double)zr;
-            az -= d * s;
-            if (QD_FAULT(fault, 2) && dx) dx[i] += dout[i]; /* test hook: STE mask ignored */
-        } else if (g > 0) {
-            as += d * ((double)Q - zr);
-            az -= d * s;
-            if (QD_FAULT(fault, 2) && dx) dx[i] += dout[i];
-        } else {
-            if (dx) dx[i] += dout[i];
-            as += d * res;
-        }
-    }
-    *ds += as;
-    *dz += az;
+    fq_bwd_range(dx, dout, x, n, s, zr, 0, Q, rc, pos, ds, dz, fault);
 }
 
 /* A quantizer's element loop on chunks: forward (out, x), or backward (dx, dout, x) with each
@@ -803,7 +822,7 @@ QD_API void qd_aq_forward(qd_real *out, const qd_real *x, size_t n, const qd_aq 
 static void row_bwd(qd_real *dst, const qd_real *src, const qd_real *x, int T, int n, int on,
                     qd_real s, qd_real zr, qd_real Q, const qd_rctx *rc, size_t pos, double *ds,
                     double *dz) {
-    memset(dst, 0, sizeof(qd_real) * (size_t)T);
+    memset(dst + n, 0, sizeof(qd_real) * (size_t)(T - n));
     if (on) aq_bwd_range(dst, src, x, (size_t)n, s, zr, Q, rc, pos, ds, dz, 0);
     else memcpy(dst, src, sizeof(qd_real) * (size_t)n);
 }
@@ -1026,7 +1045,7 @@ static void wq_grid_bwd(const wq_job *J, int g, qd_real mx, qd_real mn, qd_real 
     }
 }
 
-/* dw += the STE part over the flat elements [e0, e0 + n); their sums of dL/ds (and dL/dzr)
+/* dw = the STE part over the flat elements [e0, e0 + n); their sums of dL/ds (and dL/dzr)
  * into *ds, *dz. */
 static void wq_elems_bwd(const wq_job *J, size_t e0, size_t n, qd_real s, qd_real zr, double *ds,
                          double *dz) {
@@ -1035,18 +1054,7 @@ static void wq_elems_bwd(const wq_job *J, size_t e0, size_t n, qd_real s, qd_rea
     size_t pe = J->pos + (size_t)J->rows + e0;
     if (J->sp.sym) {
         qd_real qp = (qd_real)((1 << (J->sp.bits - 1)) - 1), qn = -qp - 1;
-        double as = 0;
-        for (size_t i = 0; i < n; i++) {
-            double res, d = dg[i];
-            int rg = fq_region(J->crc, pe + i, wg[i] / s, 0, qn, qp, &res);
-            if (rg < 0) as += d * qn;
-            else if (rg > 0) as += d * qp;
-            else {
-                if (dwg) dwg[i] += dg[i];
-                as += d * res;
-            }
-        }
-        *ds += as;
+        fq_bwd_range(dwg, dg, wg, n, s, 0, qn, qp, J->crc, pe, ds, NULL, 0);
     } else {
         aq_bwd_range(dwg, dg, wg, n, s, zr, aq_levels(J->sp.bits), J->crc, pe, ds, dz, 0);
     }

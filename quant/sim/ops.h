@@ -147,7 +147,8 @@ QD_API qd_real qd_aq_zero(const qd_aq *q);
 /* out (n) = x̂ (out may equal x). pos: rounding slots (qd_rctx_take(rc, n + 1)). */
 QD_API void qd_aq_forward(qd_real *out, const qd_real *x, size_t n, const qd_aq *q,
                           qd_rctx *rc, size_t pos);
-/* dx += dout * dx̂/dx (dx may be NULL); *q->ds, *q->dz += their sums. x is the pre-quant input. */
+/* dx = dout * dx̂/dx (written, not added; dx may be NULL); *q->ds, *q->dz += their sums. x is
+ * the pre-quant input. */
 QD_API void qd_aq_backward(qd_real *dx, const qd_real *dout, const qd_real *x, size_t n,
                            const qd_aq *q, const qd_rctx *rc, size_t pos, int fault);
 
@@ -169,7 +170,7 @@ typedef struct qd_wq_spec {
 QD_API void qd_wq_forward(qd_real *out, const qd_real *w, int rows, int cols, qd_wq_spec sp,
                           const qd_real *gam, const qd_real *bet, qd_real *scale, qd_real *zero,
                           qd_rctx *rc, size_t pos);
-/* dw (rows, cols) += dL/dW given dout = dL/dŴ; dgam/dbet += (NULL to skip). fault 1 (test hook)
+/* dw (rows, cols) = dL/dW (written, not added) given dout = dL/dŴ; dgam/dbet += (NULL to skip). fault 1 (test hook)
  * drops the gradient through the range. */
 QD_API void qd_wq_backward(qd_real *dw, qd_real *dgam, qd_real *dbet, const qd_real *dout,
                            const qd_real *w, int rows, int cols, qd_wq_spec sp,
