@@ -542,31 +542,36 @@ static const qd_real *let_weight(qd_qsim *q, int l, int w) {
 
 static void wfix_dequant(const qd_qlayer *L, int w, qd_real *out);
 
-/* Ŵ of weight w into the scratch buffers (Wt: transformed, returned Ŵ). fwd: take new rounding
- * slots (forward) or reuse the forward's (backward). */
-static const qd_real *prep_weight(qd_qsim *q, int l, int w, const qd_real **wt, int fwd) {
+/* Ŵ of weight w (into scratch B; with the quantizer off, the LET-transformed weight or the
+ * stored one). The LET transform is made inside the quantizer's passes and never stored. fwd:
+ * take new rounding slots and the range of the transformed weight (forward), or reuse the
+ * forward's (backward). */
+static const qd_real *prep_weight(qd_qsim *q, int l, int w, int fwd) {
     struct qd_qsim_priv *P = q->priv;
     qd_qlayer *L = &q->L[l];
     qd_qact *A = act_of(q, l);
     int rows = L->wrows[w], cols = L->wcols[w];
     if (q->wq_on && L->wfix[w]) { /* fixed integers: the LET of the source weight is not read */
         wfix_dequant(L, w, P->scrB);
-        *wt = P->scrB;
         return P->scrB;
     }
-    const qd_real *t = let_weight(q, l, w);
-    *wt = t;
-    if (!q->wq_on) return t;
-    if (fwd) A->pos_w[w] = qd_rctx_take(&q->rc, (size_t)rows * cols + rows);
-    qd_wq_forward(P->scrB, t, rows, cols, L->wspec[w], q->lwc_on ? L->gam[w] : NULL,
-                  q->lwc_on ? L->bet[w] : NULL, NULL, NULL, &q->rc, A->pos_w[w]);
+    if (!q->wq_on) return let_weight(q, l, w);
+    qd_real *c, *r, *gc, *gr;
+    let_cr(L, w, &c, &r, &gc, &gr);
+    if (!q->let_on) c = r = NULL;
+    if (fwd) {
+        A->pos_w[w] = qd_rctx_take(&q->rc, (size_t)rows * cols + rows);
+        L->wrng[w].known = 0;
+    }
+    qd_wq_let_forward(P->scrB, L->w[w], rows, cols, c, r, L->wspec[w],
+                      q->lwc_on ? L->gam[w] : NULL, q->lwc_on ? L->bet[w] : NULL, NULL, NULL,
+                      &q->rc, A->pos_w[w], &L->wrng[w]);
     return P->scrB;
 }
 
 static void lin_fwd(qd_qsim *q, int l, int w, const qd_real *x, const qd_real *b, qd_real *y,
                     int N) {
-    const qd_real *wt;
-    const qd_real *wh = prep_weight(q, l, w, &wt, 1);
+    const qd_real *wh = prep_weight(q, l, w, 1);
     qd_linear_forward(y, x, wh, b, N, q->L[l].wcols[w], q->L[l].wrows[w]);
 }
 
@@ -576,8 +581,7 @@ static void lin_bwd(qd_qsim *q, int l, int w, const qd_real *x, const qd_real *d
     struct qd_qsim_priv *P = q->priv;
     qd_qlayer *L = &q->L[l];
     int rows = L->wrows[w], cols = L->wcols[w];
-    const qd_real *wt;
-    const qd_real *wh = prep_weight(q, l, w, &wt, 0);
+    const qd_real *wh = prep_weight(q, l, w, 0);
     if (dx) qd_linear_backward(dx, NULL, NULL, dy, x, wh, N, cols, rows);
     qd_real *c, *r, *gc, *gr;
     let_cr(L, w, &c, &r, &gc, &gr);
@@ -590,10 +594,11 @@ static void lin_bwd(qd_qsim *q, int l, int w, const qd_real *x, const qd_real *d
     qd_linear_backward(NULL, P->scrC, NULL, dy, x, NULL, N, cols, rows);
     const qd_real *dwt = P->scrC;
     if (q->wq_on) {
-        qd_wq_backward(P->scrD, q->lwc_on ? L->ggam[w] : NULL, q->lwc_on ? L->gbet[w] : NULL,
-                       P->scrC, wt, rows, cols, L->wspec[w], q->lwc_on ? L->gam[w] : NULL,
-                       q->lwc_on ? L->bet[w] : NULL, &q->rc, act_of(q, l)->pos_w[w],
-                       QD_QSIM_FAULT(q) == 1);
+        qd_wq_let_backward(P->scrD, q->lwc_on ? L->ggam[w] : NULL,
+                           q->lwc_on ? L->gbet[w] : NULL, P->scrC, L->w[w], rows, cols,
+                           need_let ? c : NULL, need_let ? r : NULL, L->wspec[w],
+                           q->lwc_on ? L->gam[w] : NULL, q->lwc_on ? L->bet[w] : NULL, &q->rc,
+                           act_of(q, l)->pos_w[w], &L->wrng[w], QD_QSIM_FAULT(q) == 1);
         dwt = P->scrD;
     }
     if (need_let) qd_let_weight_backward(gc, gr, dwt, L->w[w], rows, cols, c, r);

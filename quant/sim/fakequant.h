@@ -122,6 +122,9 @@ typedef struct qd_qlayer {
     qd_real *ggam[QD_W_PER_LAYER], *gbet[QD_W_PER_LAYER];
     qd_wq_spec wspec[QD_W_PER_LAYER];
     int wrows[QD_W_PER_LAYER], wcols[QD_W_PER_LAYER];
+    /* the last forward's range of each per-tensor weight's LET-transformed values, which the
+     * backward's recomputation of Ŵ and its gradient reuse (the parameters have not moved) */
+    qd_wrange wrng[QD_W_PER_LAYER];
     /* activation quantizers (s, z point into p; ds, dz into g) */
     qd_aq aq[QD_AQ_PER_LAYER];
     /* fixed weights replacing the fake-quantized LET/LWC weight when set: the integers chosen

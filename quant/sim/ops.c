@@ -867,79 +867,44 @@ static void group_range_ref(const qd_real *w, size_t n, int sym, qd_real *mx, qd
     if (amx) *amx = ah, *amn = al;
 }
 
+/* The arg indices of the bounds mx, mn of w: the first element equal to each (-1 when the
+ * bound is the included 0): where group_range_ref's strict comparisons stop moving. */
+static void group_args(const qd_real *w, size_t n, int sym, qd_real mx, qd_real mn, long *amx,
+                       long *amn) {
+    *amx = *amn = -1;
+    if (mx > 0)
+        for (size_t i = 0; i < n; i++)
+            if ((sym ? R_FABS(w[i]) : w[i]) == mx) {
+                *amx = (long)i;
+                break;
+            }
+    if (!sym && mn < 0)
+        for (size_t i = 0; i < n; i++)
+            if (w[i] == mn) {
+                *amn = (long)i;
+                break;
+            }
+}
+
 /* group_range_ref's result: the bounds from simd_range where it runs (the maximum and minimum
- * do not depend on the order), then, when asked for (amx not NULL), the arg indices as the first
- * element equal to each bound: where the reference's strict comparisons stop moving. */
+ * do not depend on the order), then, when asked for (amx not NULL), group_args. */
 static void group_range(const qd_real *w, size_t n, int sym, qd_real *mx, qd_real *mn,
                         long *amx, long *amn) {
     if (!simd_range(w, n, sym, mx, mn)) {
         group_range_ref(w, n, sym, mx, mn, amx, amn);
         return;
     }
-    if (!amx) return;
-    *amx = *amn = -1;
-    if (*mx > 0)
-        for (size_t i = 0; i < n; i++)
-            if ((sym ? R_FABS(w[i]) : w[i]) == *mx) {
-                *amx = (long)i;
-                break;
-            }
-    if (!sym && *mn < 0)
-        for (size_t i = 0; i < n; i++)
-            if (w[i] == *mn) {
-                *amn = (long)i;
-                break;
-            }
-}
-
-/* Range of a whole tensor on chunks: each chunk's group_range, combined in chunk order with the
- * same strict comparisons as one pass, so the result (arg indices included) is group_range's. */
-typedef struct range_job {
-    const qd_real *w;
-    int sym, args;      /* args: the arg indices are wanted (the backward) */
-    qd_real *mx, *mn;   /* per chunk */
-    long *amx, *amn;    /* per chunk, indices into w */
-} range_job;
-
-static void range_r(const void *p, size_t lo, size_t hi) {
-    const range_job *J = p;
-    size_t k = lo / PAR_ELEMS;
-    group_range(J->w + lo, hi - lo, J->sym, &J->mx[k], &J->mn[k], J->args ? &J->amx[k] : NULL,
-                &J->amn[k]);
-    if (!J->args) return;
-    if (J->amx[k] >= 0) J->amx[k] += (long)lo;
-    if (J->amn[k] >= 0) J->amn[k] += (long)lo;
-}
-
-/* amx, amn: NULL when the arg indices are not wanted. */
-static void range_par(const qd_real *w, size_t n, int sym, qd_real *mx, qd_real *mn, long *amx,
-                      long *amn) {
-    if (n <= PAR_ELEMS) {
-        group_range(w, n, sym, mx, mn, amx, amn);
-        return;
-    }
-    size_t nc = qd_pool_nchunks(n, PAR_ELEMS);
-    qd_real *v = malloc(sizeof(qd_real) * 2 * nc);
-    long *ix = malloc(sizeof(long) * 2 * nc);
-    assert(v && ix && "qd_wq: out of memory");
-    range_job J = {w, sym, amx != NULL, v, v + nc, ix, ix + nc};
-    par_for(n, PAR_ELEMS, range_r, &J);
-    qd_real hi = 0, lo = 0;
-    long ah = -1, al = -1;
-    for (size_t k = 0; k < nc; k++) {
-        if (v[k] > hi) hi = v[k], ah = ix[k];
-        if (!sym && v[nc + k] < lo) lo = v[nc + k], al = ix[nc + k];
-    }
-    *mx = hi, *mn = lo;
-    if (amx) *amx = ah, *amn = al;
-    free(v), free(ix);
+    if (amx) group_args(w, n, sym, *mx, *mn, amx, amn);
 }
 
 /* One weight quantizer call: a tensor's groups on the pool (one range per row), or a single
- * range with its elements on the pool in chunks. */
+ * range with its elements on the pool in chunks. The quantized tensor is t = LET(W) when ce or
+ * rr is set (t_ij = w_ij · ce_j / eff(rr_i), qd_let_weight_forward's values), made row by row
+ * or chunk by chunk where it is read (tbuf) and never stored; else t = W. */
 typedef struct wq_job {
     qd_real *out, *dw, *scale, *zero, *dgam, *dbet;
     const qd_real *w, *dout, *gam, *bet;
+    const qd_real *ce, *rr; /* LET: effective column scales, row scales (NULL: none) */
     int rows, cols, fault;
     qd_wq_spec sp;
     qd_rctx *rc;        /* forward */
@@ -947,7 +912,86 @@ typedef struct wq_job {
     size_t pos;
     qd_real s, zr;      /* per tensor: the grid */
     double *part;       /* per tensor backward: (ds, dz) per chunk */
+    qd_real *cmx, *cmn; /* per tensor range: per chunk */
 } wq_job;
+
+static int wq_let(const wq_job *J) { return J->ce || J->rr; }
+
+/* t over the flat elements [e0, e0 + n): W itself, or LET's values made into buf (n). */
+static const qd_real *wq_src(const wq_job *J, size_t e0, size_t n, qd_real *buf) {
+    if (!wq_let(J)) return J->w + e0;
+    size_t cols = (size_t)J->cols;
+    for (size_t e = e0; e < e0 + n;) {
+        size_t i = e / cols, j = e % cols, m = cols - j;
+        if (m > e0 + n - e) m = e0 + n - e;
+        qd_real ri = J->rr ? 1 / qd_let_eff(J->rr[i]) : 1;
+        const qd_real *wi = J->w + i * cols + j;
+        qd_real *o = buf + (e - e0);
+        const qd_real *cj = J->ce ? J->ce + j : NULL;
+        if (!simd_let_row(o, wi, cj, ri, (int)m)) {
+            if (cj)
+                for (size_t k = 0; k < m; k++) o[k] = wi[k] * cj[k] * ri;
+            else
+                for (size_t k = 0; k < m; k++) o[k] = wi[k] * ri;
+        }
+        e += m;
+    }
+    return buf;
+}
+
+/* A chunk's scratch for t: n values, or NULL when t is W itself. */
+static qd_real *wq_buf(const wq_job *J, size_t n) {
+    if (!wq_let(J)) return NULL;
+    qd_real *b = malloc(sizeof(qd_real) * (n ? n : 1));
+    assert(b && "qd_wq: out of memory");
+    return b;
+}
+
+/* Range of a whole tensor on chunks of PAR_ELEMS: each chunk's bounds, combined in chunk order
+ * with the strict comparisons of one pass; the arg indices (amx not NULL) as the first element
+ * equal to each bound, searched in the first chunk that holds it. group_range's result. */
+static void range_r(const void *p, size_t lo, size_t hi) {
+    const wq_job *J = p;
+    qd_real *buf = wq_buf(J, hi - lo);
+    size_t k = lo / PAR_ELEMS;
+    group_range(wq_src(J, lo, hi - lo, buf), hi - lo, J->sp.sym, &J->cmx[k], &J->cmn[k], NULL,
+                NULL);
+    free(buf);
+}
+
+/* The arg index of bound b (max: mx 1) in chunk k, as a flat index, with t there (*tv). */
+static long range_arg(const wq_job *J, size_t n, size_t k, int mx, qd_real b, qd_real *tv) {
+    size_t lo = k * PAR_ELEMS, m = n - lo < PAR_ELEMS ? n - lo : PAR_ELEMS;
+    qd_real *buf = wq_buf(J, m);
+    const qd_real *t = wq_src(J, lo, m, buf);
+    long amx, amn;
+    group_args(t, m, J->sp.sym, mx ? b : 0, mx ? 0 : b, &amx, &amn);
+    long a = mx ? amx : amn;
+    *tv = a >= 0 ? t[a] : 0;
+    free(buf);
+    return a >= 0 ? (long)lo + a : -1;
+}
+
+static void range_par(wq_job *J, qd_wrange *rg) {
+    size_t n = (size_t)J->rows * J->cols, nc = qd_pool_nchunks(n, PAR_ELEMS);
+    qd_real v[2 * 64], *vp = nc <= 64 ? v : malloc(sizeof(qd_real) * 2 * nc);
+    assert(vp && "qd_wq: out of memory");
+    J->cmx = vp, J->cmn = vp + nc;
+    par_for(n, PAR_ELEMS, range_r, J);
+    qd_real hi = 0, lo = 0;
+    size_t kh = 0, kl = 0;
+    for (size_t k = 0; k < nc; k++) {
+        if (J->cmx[k] > hi) hi = J->cmx[k], kh = k;
+        if (!J->sp.sym && J->cmn[k] < lo) lo = J->cmn[k], kl = k;
+    }
+    if (vp != v) free(vp);
+    J->cmx = J->cmn = NULL;
+    rg->mx = hi, rg->mn = J->sp.sym ? 0 : lo;
+    rg->amx = hi > 0 ? range_arg(J, n, kh, 1, hi, &rg->tmx) : -1;
+    qd_real tmn;
+    rg->amn = !J->sp.sym && lo < 0 ? range_arg(J, n, kl, 0, lo, &tmn) : -1;
+    if (rg->amx < 0) rg->tmx = 0;
+}
 
 /* The forward grid of group g from its range: scale s and the rounded offset zr (asymmetric:
  * -lo/s rounded in slot pos + g). */
@@ -967,10 +1011,11 @@ static void wq_grid_fwd(const wq_job *J, int g, qd_real mx, qd_real mn, qd_real 
     }
 }
 
-/* Ŵ of the flat elements [e0, e0 + n) on the grid (s, zr); their slots follow the rows z slots. */
-static void wq_elems_fwd(const wq_job *J, size_t e0, size_t n, qd_real s, qd_real zr) {
+/* Ŵ of the flat elements [e0, e0 + n) (their t in wg) on the grid (s, zr); their slots follow
+ * the rows z slots. */
+static void wq_elems_fwd(const wq_job *J, const qd_real *wg, size_t e0, size_t n, qd_real s,
+                         qd_real zr) {
     qd_real *og = J->out + e0;
-    const qd_real *wg = J->w + e0;
     size_t pe = J->pos + (size_t)J->rows + e0;
     if (J->sp.sym) {
         qd_real qp = (qd_real)((1 << (J->sp.bits - 1)) - 1), qn = -qp - 1;
@@ -991,37 +1036,60 @@ static void wq_elems_fwd(const wq_job *J, size_t e0, size_t n, qd_real s, qd_rea
 static void wq_fwd_rows_r(const void *p, size_t lo, size_t hi) {
     const wq_job *J = p;
     size_t cols = (size_t)J->cols;
+    qd_real *buf = wq_buf(J, cols);
     for (size_t g = lo; g < hi; g++) {
         qd_real mx, mn, s, zr;
-        group_range(J->w + g * cols, cols, J->sp.sym, &mx, &mn, NULL, NULL);
+        const qd_real *t = wq_src(J, g * cols, cols, buf);
+        group_range(t, cols, J->sp.sym, &mx, &mn, NULL, NULL);
         wq_grid_fwd(J, (int)g, mx, mn, &s, &zr);
-        wq_elems_fwd(J, g * cols, cols, s, zr);
+        wq_elems_fwd(J, t, g * cols, cols, s, zr);
         if (J->scale) J->scale[g] = s;
         if (J->zero) J->zero[g] = zr;
     }
+    free(buf);
 }
 
 static void wq_fwd_elems_r(const void *p, size_t lo, size_t hi) {
     const wq_job *J = p;
-    wq_elems_fwd(J, lo, hi - lo, J->s, J->zr);
+    qd_real *buf = wq_buf(J, hi - lo);
+    wq_elems_fwd(J, wq_src(J, lo, hi - lo, buf), lo, hi - lo, J->s, J->zr);
+    free(buf);
+}
+
+/* The effective LET column scales of c (cols), or NULL (c NULL). Free with free. */
+static qd_real *let_ce(const qd_real *c, int cols) {
+    if (!c) return NULL;
+    qd_real *ce = malloc(sizeof(qd_real) * (size_t)cols);
+    assert(ce && "qd_wq: out of memory");
+    for (int j = 0; j < cols; j++) ce[j] = qd_let_eff(c[j]);
+    return ce;
+}
+
+QD_API void qd_wq_let_forward(qd_real *out, const qd_real *w, int rows, int cols,
+                              const qd_real *c, const qd_real *r, qd_wq_spec sp,
+                              const qd_real *gam, const qd_real *bet, qd_real *scale,
+                              qd_real *zero, qd_rctx *rc, size_t pos, qd_wrange *rg) {
+    qd_real *ce = let_ce(c, cols);
+    wq_job J = {.out = out, .w = w, .ce = ce, .rr = r, .rows = rows, .cols = cols, .sp = sp,
+                .gam = gam, .bet = bet, .scale = scale, .zero = zero, .rc = rc, .pos = pos};
+    if (sp.per_channel) {
+        par_for((size_t)rows, par_rows((size_t)cols), wq_fwd_rows_r, &J);
+    } else {
+        qd_wrange own = {0};
+        if (!rg) rg = &own;
+        if (!rg->known) range_par(&J, rg), rg->known = 1;
+        wq_grid_fwd(&J, 0, rg->mx, rg->mn, &J.s, &J.zr);
+        par_for((size_t)rows * cols, PAR_ELEMS, wq_fwd_elems_r, &J);
+        if (scale) scale[0] = J.s;
+        if (zero) zero[0] = J.zr;
+    }
+    free(ce);
 }
 
 QD_API void qd_wq_forward(qd_real *out, const qd_real *w, int rows, int cols, qd_wq_spec sp,
                           const qd_real *gam, const qd_real *bet, qd_real *scale, qd_real *zero,
                           qd_rctx *rc, size_t pos) {
-    wq_job J = {.out = out, .w = w, .rows = rows, .cols = cols, .sp = sp, .gam = gam, .bet = bet,
-                .scale = scale, .zero = zero, .rc = rc, .pos = pos};
-    if (sp.per_channel) {
-        par_for((size_t)rows, par_rows((size_t)cols), wq_fwd_rows_r, &J);
-        return;
-    }
-    size_t n = (size_t)rows * cols;
-    qd_real mx, mn;
-    range_par(w, n, sp.sym, &mx, &mn, NULL, NULL);
-    wq_grid_fwd(&J, 0, mx, mn, &J.s, &J.zr);
-    par_for(n, PAR_ELEMS, wq_fwd_elems_r, &J);
-    if (scale) scale[0] = J.s;
-    if (zero) zero[0] = J.zr;
+    qd_wq_let_forward(out, w, rows, cols, NULL, NULL, sp, gam, bet, scale, zero, rc, pos, NULL);
 }
 
 /* The backward grid of group g: s, zr as the forward had them, whether s sits on its clamp. */
@@ -1045,11 +1113,11 @@ static void wq_grid_bwd(const wq_job *J, int g, qd_real mx, qd_real mn, qd_real 
     }
 }
 
-/* dw = the STE part over the flat elements [e0, e0 + n); their sums of dL/ds (and dL/dzr)
- * into *ds, *dz. */
-static void wq_elems_bwd(const wq_job *J, size_t e0, size_t n, qd_real s, qd_real zr, double *ds,
-                         double *dz) {
-    const qd_real *wg = J->w + e0, *dg = J->dout + e0;
+/* dw = the STE part over the flat elements [e0, e0 + n) (their t in wg); their sums of dL/ds
+ * (and dL/dzr) into *ds, *dz. */
+static void wq_elems_bwd(const wq_job *J, const qd_real *wg, size_t e0, size_t n, qd_real s,
+                         qd_real zr, double *ds, double *dz) {
+    const qd_real *dg = J->dout + e0;
     qd_real *dwg = J->dw ? J->dw + e0 : NULL;
     size_t pe = J->pos + (size_t)J->rows + e0;
     if (J->sp.sym) {
@@ -1061,9 +1129,9 @@ static void wq_elems_bwd(const wq_job *J, size_t e0, size_t n, qd_real s, qd_rea
 }
 
 /* The range's share of group g's gradient from the element sums: dgam, dbet, and dw at the
- * arg-max/min (flat indices, -1: the included 0). */
+ * arg-max/min (flat indices, -1: the included 0; neg: t at the arg-max is negative). */
 static void wq_finish_bwd(const wq_job *J, int g, qd_real mx, qd_real mn, long amx, long amn,
-                          qd_real s, int s_clamped, double ds, double dz) {
+                          int neg, qd_real s, int s_clamped, double ds, double dz) {
     qd_real fh = J->gam ? sigm(J->gam[g]) : 1, fl = J->bet ? sigm(J->bet[g]) : 1;
     double dhi = 0, dlo = 0;
     if (J->sp.sym) {
@@ -1084,7 +1152,7 @@ static void wq_finish_bwd(const wq_job *J, int g, qd_real mx, qd_real mn, long a
     if (J->gam && J->dgam) J->dgam[g] += (qd_real)(dhi * mx * fh * (1 - fh));
     if (J->bet && J->dbet && !J->sp.sym) J->dbet[g] += (qd_real)(dlo * mn * fl * (1 - fl));
     if (J->dw && !QD_FAULT(J->fault, 1)) {
-        if (amx >= 0) J->dw[amx] += (qd_real)(dhi * fh) * (J->sp.sym && J->w[amx] < 0 ? -1 : 1);
+        if (amx >= 0) J->dw[amx] += (qd_real)(dhi * fh) * (J->sp.sym && neg ? -1 : 1);
         if (amn >= 0) J->dw[amn] += (qd_real)(dlo * fl);
     }
 }
@@ -1092,48 +1160,69 @@ static void wq_finish_bwd(const wq_job *J, int g, qd_real mx, qd_real mn, long a
 static void wq_bwd_rows_r(const void *p, size_t lo, size_t hi) {
     const wq_job *J = p;
     size_t cols = (size_t)J->cols;
+    qd_real *buf = wq_buf(J, cols);
     for (size_t g = lo; g < hi; g++) {
         qd_real mx, mn, s, zr;
         long amx, amn;
         int s_clamped;
-        group_range(J->w + g * cols, cols, J->sp.sym, &mx, &mn, &amx, &amn);
+        const qd_real *t = wq_src(J, g * cols, cols, buf);
+        group_range(t, cols, J->sp.sym, &mx, &mn, &amx, &amn);
         wq_grid_bwd(J, (int)g, mx, mn, &s, &zr, &s_clamped);
         double ds = 0, dz = 0;
-        wq_elems_bwd(J, g * cols, cols, s, zr, &ds, &dz);
+        wq_elems_bwd(J, t, g * cols, cols, s, zr, &ds, &dz);
         wq_finish_bwd(J, (int)g, mx, mn, amx >= 0 ? (long)(g * cols) + amx : -1,
-                      amn >= 0 ? (long)(g * cols) + amn : -1, s, s_clamped, ds, dz);
+                      amn >= 0 ? (long)(g * cols) + amn : -1, amx >= 0 && t[amx] < 0, s,
+                      s_clamped, ds, dz);
     }
+    free(buf);
 }
 
 static void wq_bwd_elems_r(const void *p, size_t lo, size_t hi) {
     const wq_job *J = p;
     double *pt = J->part + 2 * (lo / PAR_ELEMS);
-    wq_elems_bwd(J, lo, hi - lo, J->s, J->zr, &pt[0], &pt[1]);
+    qd_real *buf = wq_buf(J, hi - lo);
+    wq_elems_bwd(J, wq_src(J, lo, hi - lo, buf), lo, hi - lo, J->s, J->zr, &pt[0], &pt[1]);
+    free(buf);
+}
+
+QD_API void qd_wq_let_backward(qd_real *dw, qd_real *dgam, qd_real *dbet, const qd_real *dout,
+                               const qd_real *w, int rows, int cols, const qd_real *c,
+                               const qd_real *r, qd_wq_spec sp, const qd_real *gam,
+                               const qd_real *bet, const qd_rctx *rc, size_t pos,
+                               const qd_wrange *rg, int fault) {
+    qd_real *ce = let_ce(c, cols);
+    wq_job J = {.dw = dw, .dgam = dgam, .dbet = dbet, .dout = dout, .w = w, .ce = ce, .rr = r,
+                .rows = rows, .cols = cols, .sp = sp, .gam = gam, .bet = bet, .crc = rc,
+                .pos = pos, .fault = fault};
+    if (sp.per_channel) {
+        par_for((size_t)rows, par_rows((size_t)cols), wq_bwd_rows_r, &J);
+        free(ce);
+        return;
+    }
+    size_t n = (size_t)rows * cols;
+    qd_wrange own = {0};
+    if (!rg || !rg->known) {
+        range_par(&J, &own);
+        rg = &own;
+    }
+    int s_clamped;
+    wq_grid_bwd(&J, 0, rg->mx, rg->mn, &J.s, &J.zr, &s_clamped);
+    double sums[2] = {0, 0}, small[512];
+    J.part = par_part(n, PAR_ELEMS, 2, small, 512);
+    par_for(n, PAR_ELEMS, wq_bwd_elems_r, &J);
+    par_part_add(J.part, n, PAR_ELEMS, 2, sums);
+    par_part_free(J.part, small);
+    wq_finish_bwd(&J, 0, rg->mx, rg->mn, rg->amx, rg->amn, rg->tmx < 0, J.s, s_clamped,
+                  sums[0], sums[1]);
+    free(ce);
 }
 
 QD_API void qd_wq_backward(qd_real *dw, qd_real *dgam, qd_real *dbet, const qd_real *dout,
                            const qd_real *w, int rows, int cols, qd_wq_spec sp,
                            const qd_real *gam, const qd_real *bet, const qd_rctx *rc, size_t pos,
                            int fault) {
-    wq_job J = {.dw = dw, .dgam = dgam, .dbet = dbet, .dout = dout, .w = w, .rows = rows,
-                .cols = cols, .sp = sp, .gam = gam, .bet = bet, .crc = rc, .pos = pos,
-                .fault = fault};
-    if (sp.per_channel) {
-        par_for((size_t)rows, par_rows((size_t)cols), wq_bwd_rows_r, &J);
-        return;
-    }
-    size_t n = (size_t)rows * cols;
-    qd_real mx, mn;
-    long amx, amn;
-    int s_clamped;
-    range_par(w, n, sp.sym, &mx, &mn, &amx, &amn);
-    wq_grid_bwd(&J, 0, mx, mn, &J.s, &J.zr, &s_clamped);
-    double sums[2] = {0, 0}, small[512];
-    J.part = par_part(n, PAR_ELEMS, 2, small, 512);
-    par_for(n, PAR_ELEMS, wq_bwd_elems_r, &J);
-    par_part_add(J.part, n, PAR_ELEMS, 2, sums);
-    par_part_free(J.part, small);
-    wq_finish_bwd(&J, 0, mx, mn, amx, amn, J.s, s_clamped, sums[0], sums[1]);
+    qd_wq_let_backward(dw, dgam, dbet, dout, w, rows, cols, NULL, NULL, sp, gam, bet, rc, pos,
+                       NULL, fault);
 }
 
 /* ---------------------------------------------------------------- attention */

@@ -177,6 +177,30 @@ QD_API void qd_wq_backward(qd_real *dw, qd_real *dgam, qd_real *dbet, const qd_r
                            const qd_real *gam, const qd_real *bet, const qd_rctx *rc, size_t pos,
                            int fault);
 
+/* A per-tensor weight range: the bounds of t (max|t| when symmetric; mn 0 then), the flat
+ * indices of their first occurrences (-1: the included 0) and t at the max's. known: filled. */
+typedef struct qd_wrange {
+    int known;
+    qd_real mx, mn, tmx;
+    long amx, amn;
+} qd_wrange;
+
+/* qd_wq_forward of t = LET(W) (qd_let_weight_forward's values: c, r as there, both NULL: t = W)
+ * without writing t: it is made row by row or chunk by chunk where it is read. rg (per tensor;
+ * NULL: none): when rg->known, t's range is taken from there (a backward's recomputation of Ŵ,
+ * given its forward's range), else computed and stored there with known set. */
+QD_API void qd_wq_let_forward(qd_real *out, const qd_real *w, int rows, int cols,
+                              const qd_real *c, const qd_real *r, qd_wq_spec sp,
+                              const qd_real *gam, const qd_real *bet, qd_real *scale,
+                              qd_real *zero, qd_rctx *rc, size_t pos, qd_wrange *rg);
+/* qd_wq_backward with respect to t = LET(W) (dw = dL/dt), t made as in qd_wq_let_forward; rg:
+ * the forward's range of t when known (per tensor), else it is computed. */
+QD_API void qd_wq_let_backward(qd_real *dw, qd_real *dgam, qd_real *dbet, const qd_real *dout,
+                               const qd_real *w, int rows, int cols, const qd_real *c,
+                               const qd_real *r, qd_wq_spec sp, const qd_real *gam,
+                               const qd_real *bet, const qd_rctx *rc, size_t pos,
+                               const qd_wrange *rg, int fault);
+
 /* ---- causal self-attention with GQA and quantizers inside ----
  * Per window b and head h (kv head h / (nh/nkv)):
  *   S = q_h k_kv^T / sqrt(hd) (causal: j <= i),  Ŝ = fq(S; sq),  P = softmax(Ŝ),
