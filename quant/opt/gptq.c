@@ -303,29 +303,55 @@ struct qd_gptq_fac {
     int *perm;   /* position a of the rounding order is input column perm[a] */
     int *dead;   /* (cols) input never nonzero in the calibration data */
     double *U;   /* (cols, cols) upper: (damped H, permuted)⁻¹ = Uᵀ U */
+    /* kept for the next factorisation (qd_gptq_refactor) at their capacities: a fresh
+     * allocation of U and the work buffer per input was a fresh mmap whose pages the kernel
+     * cleared each time (3% of bench_calib) */
+    double *ws;  /* the permuted damped H while factoring, the permuted weights while rounding */
+    double *E;   /* the rounding's scaled errors of one block (rows, block) */
+    size_t cap_cols, cap_nn, cap_ws, cap_e;
 };
 
 void qd_gptq_fac_free(qd_gptq_fac *f) {
     if (!f) return;
-    free(f->perm), free(f->dead), free(f->U);
+    free(f->perm), free(f->dead), free(f->U), free(f->ws), free(f->E);
     free(f);
 }
 
+/* *p holds at least n doubles (its contents are not kept when it grows); 0, or -1. */
+static int grow(double **p, size_t *cap, size_t n) {
+    if (*cap >= n) return 0;
+    free(*p);
+    *p = malloc(sizeof(double) * (n ? n : 1));
+    *cap = *p ? n : 0;
+    return *p ? 0 : -1;
+}
+
 qd_gptq_fac *qd_gptq_factor(const double *H, int cols, const qd_gptq_opts *o, qd_err *err) {
+    return qd_gptq_refactor(NULL, H, cols, o, err);
+}
+
+qd_gptq_fac *qd_gptq_refactor(qd_gptq_fac *f, const double *H, int cols, const qd_gptq_opts *o,
+                              qd_err *err) {
     size_t nn = (size_t)cols * cols;
-    qd_gptq_fac *f = calloc(1, sizeof *f);
-    double *Hp = malloc(sizeof(double) * nn);
+    if (!f) f = calloc(1, sizeof *f);
     colkey *ck = malloc(sizeof(colkey) * (size_t)cols);
+    double *Hp = NULL;
     if (f) {
         f->cols = cols;
-        f->perm = malloc(sizeof(int) * (size_t)cols);
-        f->dead = calloc((size_t)cols, sizeof(int));
-        f->U = malloc(sizeof(double) * nn);
+        if (f->cap_cols < (size_t)cols) {
+            free(f->perm), free(f->dead);
+            f->perm = malloc(sizeof(int) * (size_t)cols);
+            f->dead = malloc(sizeof(int) * (size_t)cols);
+            f->cap_cols = f->perm && f->dead ? (size_t)cols : 0;
+        }
+        if (f->cap_cols && grow(&f->U, &f->cap_nn, nn) == 0 && grow(&f->ws, &f->cap_ws, nn) == 0)
+            Hp = f->ws;
     }
-    if (!f || !f->perm || !f->dead || !f->U || !Hp || !ck) {
+    if (!f || !f->cap_cols || !Hp || !ck) {
         qd_errf(err, "%s: out of memory", __func__);
         goto fail;
     }
+    memset(f->dead, 0, sizeof(int) * (size_t)cols);
     /* column order and dead inputs (never nonzero in the calibration data) */
     double mean = 0;
     for (int i = 0; i < cols; i++) {
@@ -357,10 +383,10 @@ qd_gptq_fac *qd_gptq_factor(const double *H, int cols, const qd_gptq_opts *o, qd
         qd_errf(err, "%s: input Hessian not positive definite after damping", __func__);
         goto fail;
     }
-    free(Hp), free(ck);
+    free(ck);
     return f;
 fail:
-    free(Hp), free(ck);
+    free(ck);
     qd_gptq_fac_free(f);
     return NULL;
 }
@@ -448,18 +474,15 @@ static void round_rows(void *ctx, size_t r0, size_t r1, int tid) {
     }
 }
 
-int qd_gptq_round_fac(const qd_gptq_fac *f, const float *W, int rows, qd_wq_spec sp,
+int qd_gptq_round_fac(qd_gptq_fac *f, const float *W, int rows, qd_wq_spec sp,
                       const float *scale, const float *zero, int block, float *what,
                       int32_t *iq, qd_err *err) {
     int cols = f->cols;
     int B = block > 0 ? block : 128;
     if (B > cols) B = cols;
-    double *Wd = malloc(sizeof(double) * (size_t)rows * cols);
-    double *E = malloc(sizeof(double) * (size_t)rows * B);
-    if (!Wd || !E) {
-        free(Wd), free(E);
+    if (grow(&f->ws, &f->cap_ws, (size_t)rows * cols) || grow(&f->E, &f->cap_e, (size_t)rows * B))
         return qd_errf(err, "%s: out of memory", __func__);
-    }
+    double *Wd = f->ws, *E = f->E;
     for (int r = 0; r < rows; r++)
         for (int a = 0; a < cols; a++) {
             int c = f->perm[a];
@@ -475,7 +498,6 @@ int qd_gptq_round_fac(const qd_gptq_fac *f, const float *W, int rows, qd_wq_spec
             cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, cols - i2, nb, -1, E, nb,
                         f->U + (size_t)i1 * cols + i2, cols, 1, Wd + i2, cols);
     }
-    free(Wd), free(E);
     return QD_OK;
 }
 
@@ -613,7 +635,7 @@ int qd_gptq_qsim(qd_qsim *q, const int *tokens, int n_windows, int T, const qd_g
             }
             if (st == 4) break;
             /* one factorisation for the weights that share this input */
-            fac = qd_gptq_factor(H, cols, o, err);
+            fac = qd_gptq_refactor(fac, H, cols, o, err); /* its buffers kept for the next */
             if (!fac) goto out;
             for (int k = 0; k < 3 && stage_w[st][k] >= 0; k++) {
                 int w = stage_w[st][k], rows = L->wrows[w];
@@ -636,8 +658,6 @@ int qd_gptq_qsim(qd_qsim *q, const int *tokens, int n_windows, int T, const qd_g
                     goto out;
                 }
             }
-            qd_gptq_fac_free(fac);
-            fac = NULL;
         }
         if (o->layer_done) o->layer_done(o->layer_ctx, l + 1, c->n_layers);
     }

@@ -81,10 +81,15 @@ typedef struct qd_gptq_fac qd_gptq_fac;
 /* Factors H (cols, cols) as qd_gptq_round does. The caller frees it with qd_gptq_fac_free;
  * NULL with err set (out of memory, H not positive definite after damping). */
 qd_gptq_fac *qd_gptq_factor(const double *H, int cols, const qd_gptq_opts *o, qd_err *err);
+/* The same into f (NULL: a new one), reusing its buffers where they are large enough: f for
+ * this H, or NULL with err set and f freed. */
+qd_gptq_fac *qd_gptq_refactor(qd_gptq_fac *f, const double *H, int cols, const qd_gptq_opts *o,
+                              qd_err *err);
 void qd_gptq_fac_free(qd_gptq_fac *f);
 /* qd_gptq_round of W (rows, f's cols) from the factorisation f, columns in lazy blocks of
- * block (<= 0: 128); the same results as qd_gptq_round with the options f was made with. */
-int qd_gptq_round_fac(const qd_gptq_fac *f, const float *W, int rows, qd_wq_spec sp,
+ * block (<= 0: 128); the same results as qd_gptq_round with the options f was made with.
+ * Its work buffers are f's (kept for the next call). */
+int qd_gptq_round_fac(qd_gptq_fac *f, const float *W, int rows, qd_wq_spec sp,
                       const float *scale, const float *zero, int block, float *what,
                       int32_t *iq, qd_err *err);
 
