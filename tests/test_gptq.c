@@ -272,6 +272,8 @@ static void fp_target_fits(void) {
     float *b = malloc(sizeof(float) * nw);
     double *H = calloc((size_t)cols * cols, sizeof(double));
     double *C = calloc((size_t)cols * cols, sizeof(double));
+    double *ws = malloc(sizeof(double) * (size_t)cols * cols); /* caller's scratch, stale */
+    for (size_t i = 0; i < (size_t)cols * cols; i++) ws[i] = 1e30;
     uint64_t s = 5;
     for (size_t i = 0; i < nw; i++) W[i] = (float)(0.1 * synth_u(&s));
     /* quantized inputs: a channel-wise gain error plus rounding-like noise, dead channel kept */
@@ -288,7 +290,7 @@ static void fp_target_fits(void) {
     double hmax = 0; /* the largest diagonal bounds every entry of a Gram matrix */
     for (int i = 0; i < cols; i++) hmax = fmax(hmax, H[(size_t)i * cols + i]);
     CHECK(dc <= 2 * n * ldexp(1, -24) * hmax, "XᵀX by accum_cross differs from accum by %g", dc);
-    CHECK(qd_gptq_target(W, rows, cols, H, C, 0.2, W1, &err) == QD_OK, "%s", err.msg);
+    CHECK(qd_gptq_target(W, rows, cols, H, C, 0.2, W1, NULL, &err) == QD_OK, "%s", err.msg);
     double dw = 0;
     for (size_t i = 0; i < nw; i++) dw = fmax(dw, fabs((double)W1[i] - W[i]));
     CHECK(dw < 1e-6, "C = H: W' differs from W by %g", dw);
@@ -296,8 +298,11 @@ static void fp_target_fits(void) {
     memset(C, 0, sizeof(double) * (size_t)cols * cols);
     qd_gptq_accum(H, Xq, n, cols, NULL);
     qd_gptq_accum_cross(C, Xq, Xf, n, cols, NULL);
-    CHECK(qd_gptq_target(W, rows, cols, H, C, 1e-6, W1, &err) == QD_OK, "%s", err.msg);
-    CHECK(qd_gptq_target(W, rows, cols, H, C, 0.2, W2, &err) == QD_OK, "%s", err.msg);
+    CHECK(qd_gptq_target(W, rows, cols, H, C, 1e-6, W1, NULL, &err) == QD_OK, "%s", err.msg);
+    CHECK(qd_gptq_target(W, rows, cols, H, C, 0.2, W2, ws, &err) == QD_OK, "%s", err.msg);
+    /* the caller's scratch, whatever it held, gives what the target's own buffer gives */
+    CHECK(qd_gptq_target(W, rows, cols, H, C, 0.2, a, NULL, &err) == QD_OK, "%s", err.msg);
+    CHECK(!memcmp(a, W2, sizeof(float) * nw), "W' with the caller's scratch differs");
     double e0 = cross_err(Xq, Xf, W, W, n, rows, cols);
     double e1 = cross_err(Xq, Xf, W, W1, n, rows, cols);
     double e2 = cross_err(Xq, Xf, W, W2, n, rows, cols);
@@ -314,7 +319,7 @@ static void fp_target_fits(void) {
           err.msg);
     double ra = cross_err(Xq, Xf, W, a, n, rows, cols), rb = cross_err(Xq, Xf, W, b, n, rows, cols);
     CHECK(rb < ra, "rounded: FP-target error %g with W' vs %g with W", rb, ra);
-    free(Xf), free(Xq), free(W), free(W1), free(W2), free(a), free(b), free(H), free(C);
+    free(Xf), free(Xq), free(W), free(W1), free(W2), free(a), free(b), free(H), free(C), free(ws);
 }
 
 /* FP outputs of the last block vs the quantized simulation's, summed squared error. */

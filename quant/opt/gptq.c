@@ -201,9 +201,9 @@ static int inv_chol_upper(const double *H, double *U, double *work, int n) {
 }
 
 int qd_gptq_target(const float *W, int rows, int cols, const double *H, const double *C,
-                   double damp, float *Wt, qd_err *err) {
+                   double damp, float *Wt, double *work, qd_err *err) {
     size_t nn = (size_t)cols * cols, nw = (size_t)rows * cols;
-    double *A = malloc(sizeof(double) * nn), *Z = malloc(sizeof(double) * nw);
+    double *A = work ? work : malloc(sizeof(double) * nn), *Z = malloc(sizeof(double) * nw);
     double *Wd = malloc(sizeof(double) * nw);
     int rc = QD_ERR;
     if (!A || !Z || !Wd) {
@@ -247,7 +247,8 @@ int qd_gptq_target(const float *W, int rows, int cols, const double *H, const do
     for (size_t i = 0; i < nw; i++) Wt[i] = (float)(Wd[i] + Z[i]);
     rc = QD_OK;
 out:
-    free(A), free(Z), free(Wd);
+    if (A != work) free(A);
+    free(Z), free(Wd);
     return rc;
 }
 
@@ -328,6 +329,10 @@ static int grow(double **p, size_t *cap, size_t n) {
 
 qd_gptq_fac *qd_gptq_factor(const double *H, int cols, const qd_gptq_opts *o, qd_err *err) {
     return qd_gptq_refactor(NULL, H, cols, o, err);
+}
+
+double *qd_gptq_fac_work(qd_gptq_fac *f, size_t n) {
+    return grow(&f->ws, &f->cap_ws, n) ? NULL : f->ws;
 }
 
 qd_gptq_fac *qd_gptq_refactor(qd_gptq_fac *f, const double *H, int cols, const qd_gptq_opts *o,
@@ -647,7 +652,11 @@ int qd_gptq_qsim(qd_qsim *q, const int *tokens, int n_windows, int T, const qd_g
                 qd_qsim_weight_enc(q, l, w, sc, zp);
                 const qd_real *src = t;
                 if (fpt) {
-                    if (qd_gptq_target(t, rows, cols, H, C, o->target_damp, tt, err)) goto out;
+                    /* its cols² scratch: the factorisation's work buffer, free until the
+                     * rounding (NULL when it cannot grow: the target allocates its own) */
+                    double *tw = qd_gptq_fac_work(fac, (size_t)cols * cols);
+                    if (qd_gptq_target(t, rows, cols, H, C, o->target_damp, tt, tw, err))
+                        goto out;
                     src = tt;
                 }
                 if (qd_gptq_round_fac(fac, src, rows, L->wspec[w], sc, zp, o->block, what, NULL,

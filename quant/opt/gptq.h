@@ -61,10 +61,11 @@ void qd_gptq_accum_cross_ref(double *C, const float *X, const float *F, int n, i
 /* The weight W' (rows, cols into Wt) whose layer output on the quantized inputs best matches
  * the FP output: W' = W + (H + λI)⁻¹ (C - H) Wᵀ, transposed, with H = XqᵀXq, C = XqᵀXf (both
  * (cols, cols)) and λ = damp·mean(diag H) (dead inputs get H_ii = 1 as in qd_gptq_round).
- * damp -> 0 (<= 0 means 0.01) is the exact least-squares fit, damp -> ∞ leaves W. QD_OK, or QD_ERR with err set
- * (out of memory, H not positive definite). */
+ * damp -> 0 (<= 0 means 0.01) is the exact least-squares fit, damp -> ∞ leaves W. work: cols²
+ * doubles of scratch, or NULL (allocated here). QD_OK, or QD_ERR with err set (out of memory,
+ * H not positive definite). */
 int qd_gptq_target(const float *W, int rows, int cols, const double *H, const double *C,
-                   double damp, float *Wt, qd_err *err);
+                   double damp, float *Wt, double *work, qd_err *err);
 
 /* Rounds W (rows, cols) onto the grid of sp with the given scale and zero point per group
  * (rows when sp.per_channel, else 1; zero is the grid's rounded zero point, 0 when symmetric),
@@ -86,6 +87,9 @@ qd_gptq_fac *qd_gptq_factor(const double *H, int cols, const qd_gptq_opts *o, qd
 qd_gptq_fac *qd_gptq_refactor(qd_gptq_fac *f, const double *H, int cols, const qd_gptq_opts *o,
                               qd_err *err);
 void qd_gptq_fac_free(qd_gptq_fac *f);
+/* f's work buffer grown to n doubles (NULL when it cannot grow): scratch free between a
+ * factorisation and the next rounding, which overwrite it. */
+double *qd_gptq_fac_work(qd_gptq_fac *f, size_t n);
 /* qd_gptq_round of W (rows, f's cols) from the factorisation f, columns in lazy blocks of
  * block (<= 0: 128); the same results as qd_gptq_round with the options f was made with.
  * Its work buffers are f's (kept for the next call). */
