@@ -150,8 +150,8 @@ void qd_blas_select(char **argv) {
     snprintf(mark, sizeof mark, "%s%s%s%s%s", want ? ENV_CORE "=" : "", want ? want : "",
              want && timeout ? " " : "", timeout ? ENV_TIMEOUT "=" : "",
              timeout ? QD_THREAD_TIMEOUT : "");
-    if ((want && setenv(ENV_CORE, want, 1)) || (timeout && setenv(ENV_TIMEOUT, QD_THREAD_TIMEOUT, 1)) ||
-        setenv(ENV_MARK, mark, 1))
+    if ((want && setenv(ENV_CORE, want, 1)) ||
+        (timeout && setenv(ENV_TIMEOUT, QD_THREAD_TIMEOUT, 1)) || setenv(ENV_MARK, mark, 1))
         goto failed;
     fflush(NULL);
     execv("/proc/self/exe", av);

@@ -904,7 +904,8 @@ static void group_range(const qd_real *w, size_t n, int sym, qd_real *mx, qd_rea
 typedef struct wq_job {
     qd_real *out, *dw, *scale, *zero, *dgam, *dbet;
     const qd_real *w, *dout, *gam, *bet;
-    const qd_real *ce, *rr; /* LET: effective column scales, row scales (NULL: none) */
+    const qd_real *c, *rr;  /* LET: column scales, row scales (NULL: none) */
+    const qd_real *ce;      /* qd_let_eff(c), when made (let_ce) */
     int rows, cols, fault;
     qd_wq_spec sp;
     qd_rctx *rc;        /* forward */
@@ -915,7 +916,30 @@ typedef struct wq_job {
     qd_real *cmx, *cmn; /* per tensor range: per chunk */
 } wq_job;
 
-static int wq_let(const wq_job *J) { return J->ce || J->rr; }
+static int wq_let(const wq_job *J) { return J->c || J->rr; }
+
+/* The effective LET column scales qd_let_eff(c) (cols), or NULL when c is NULL or they cannot
+ * be allocated (then let_seg takes qd_let_eff per element). Free with free. */
+static qd_real *let_ce(const qd_real *c, int cols) {
+    qd_real *ce = c ? malloc(sizeof(qd_real) * (size_t)cols) : NULL;
+    if (ce)
+        for (int j = 0; j < cols; j++) ce[j] = qd_let_eff(c[j]);
+    return ce;
+}
+
+/* m elements of a LET row from column j0 on: o = w · eff(c) · ri, with the effective column
+ * scales ce (from column j0) when made, else qd_let_eff(c) per element (c from column j0; both
+ * NULL: no column scales). The one loop of qd_let_weight_forward and the weight quantizer. */
+static void let_seg(qd_real *o, const qd_real *wi, const qd_real *ce, const qd_real *c,
+                    qd_real ri, int m) {
+    if ((ce || !c) && simd_let_row(o, wi, ce, ri, m)) return;
+    if (ce)
+        for (int j = 0; j < m; j++) o[j] = wi[j] * ce[j] * ri;
+    else if (c)
+        for (int j = 0; j < m; j++) o[j] = wi[j] * qd_let_eff(c[j]) * ri;
+    else
+        for (int j = 0; j < m; j++) o[j] = wi[j] * ri;
+}
 
 /* t over the flat elements [e0, e0 + n): W itself, or LET's values made into buf (n). */
 static const qd_real *wq_src(const wq_job *J, size_t e0, size_t n, qd_real *buf) {
@@ -925,15 +949,8 @@ static const qd_real *wq_src(const wq_job *J, size_t e0, size_t n, qd_real *buf)
         size_t i = e / cols, j = e % cols, m = cols - j;
         if (m > e0 + n - e) m = e0 + n - e;
         qd_real ri = J->rr ? 1 / qd_let_eff(J->rr[i]) : 1;
-        const qd_real *wi = J->w + i * cols + j;
-        qd_real *o = buf + (e - e0);
-        const qd_real *cj = J->ce ? J->ce + j : NULL;
-        if (!simd_let_row(o, wi, cj, ri, (int)m)) {
-            if (cj)
-                for (size_t k = 0; k < m; k++) o[k] = wi[k] * cj[k] * ri;
-            else
-                for (size_t k = 0; k < m; k++) o[k] = wi[k] * ri;
-        }
+        let_seg(buf + (e - e0), J->w + i * cols + j, J->ce ? J->ce + j : NULL,
+                J->c ? J->c + j : NULL, ri, (int)m);
         e += m;
     }
     return buf;
@@ -966,7 +983,8 @@ static void range_r(const void *p, size_t lo, size_t hi) {
     wq_buf_free(buf, sb);
 }
 
-/* The arg index of bound b (max: mx 1) in chunk k, as a flat index, with t there (*tv). */
+/* The arg index of bound b (max: mx 1) in chunk k, as a flat index, with t there (*tv; tv may
+ * be NULL). */
 static long range_arg(const wq_job *J, size_t n, size_t k, int mx, qd_real b, qd_real *tv) {
     size_t lo = k * PAR_ELEMS, m = n - lo < PAR_ELEMS ? n - lo : PAR_ELEMS;
     qd_real sb[PAR_ELEMS], *buf = wq_buf(J, m, sb);
@@ -974,7 +992,7 @@ static long range_arg(const wq_job *J, size_t n, size_t k, int mx, qd_real b, qd
     long amx, amn;
     group_args(t, m, J->sp.sym, mx ? b : 0, mx ? 0 : b, &amx, &amn);
     long a = mx ? amx : amn;
-    *tv = a >= 0 ? t[a] : 0;
+    if (tv) *tv = a >= 0 ? t[a] : 0;
     wq_buf_free(buf, sb);
     return a >= 0 ? (long)lo + a : -1;
 }
@@ -995,8 +1013,7 @@ static void range_par(wq_job *J, qd_wrange *rg) {
     J->cmx = J->cmn = NULL;
     rg->mx = hi, rg->mn = J->sp.sym ? 0 : lo;
     rg->amx = hi > 0 ? range_arg(J, n, kh, 1, hi, &rg->tmx) : -1;
-    qd_real tmn;
-    rg->amn = !J->sp.sym && lo < 0 ? range_arg(J, n, kl, 0, lo, &tmn) : -1;
+    rg->amn = !J->sp.sym && lo < 0 ? range_arg(J, n, kl, 0, lo, NULL) : -1;
     if (rg->amx < 0) rg->tmx = 0;
 }
 
@@ -1063,22 +1080,14 @@ static void wq_fwd_elems_r(const void *p, size_t lo, size_t hi) {
     wq_buf_free(buf, sb);
 }
 
-/* The effective LET column scales of c (cols), or NULL (c NULL). Free with free. */
-static qd_real *let_ce(const qd_real *c, int cols) {
-    if (!c) return NULL;
-    qd_real *ce = malloc(sizeof(qd_real) * (size_t)cols);
-    assert(ce && "qd_wq: out of memory");
-    for (int j = 0; j < cols; j++) ce[j] = qd_let_eff(c[j]);
-    return ce;
-}
-
 QD_API void qd_wq_let_forward(qd_real *out, const qd_real *w, int rows, int cols,
                               const qd_real *c, const qd_real *r, qd_wq_spec sp,
                               const qd_real *gam, const qd_real *bet, qd_real *scale,
                               qd_real *zero, qd_rctx *rc, size_t pos, qd_wrange *rg) {
     qd_real *ce = let_ce(c, cols);
-    wq_job J = {.out = out, .w = w, .ce = ce, .rr = r, .rows = rows, .cols = cols, .sp = sp,
-                .gam = gam, .bet = bet, .scale = scale, .zero = zero, .rc = rc, .pos = pos};
+    wq_job J = {.out = out, .w = w, .c = c, .ce = ce, .rr = r, .rows = rows, .cols = cols,
+                .sp = sp, .gam = gam, .bet = bet, .scale = scale, .zero = zero, .rc = rc,
+                .pos = pos};
     if (sp.per_channel) {
         par_for((size_t)rows, par_rows((size_t)cols), wq_fwd_rows_r, &J);
     } else {
@@ -1198,7 +1207,8 @@ QD_API void qd_wq_let_backward(qd_real *dw, qd_real *dgam, qd_real *dbet, const 
                                const qd_real *bet, const qd_rctx *rc, size_t pos,
                                const qd_wrange *rg, int fault) {
     qd_real *ce = let_ce(c, cols);
-    wq_job J = {.dw = dw, .dgam = dgam, .dbet = dbet, .dout = dout, .w = w, .ce = ce, .rr = r,
+    wq_job J = {.dw = dw, .dgam = dgam, .dbet = dbet, .dout = dout, .w = w, .c = c, .ce = ce,
+                .rr = r,
                 .rows = rows, .cols = cols, .sp = sp, .gam = gam, .bet = bet, .crc = rc,
                 .pos = pos, .fault = fault};
     if (sp.per_channel) {
@@ -1435,22 +1445,14 @@ static void let_fwd_r(const void *p, size_t lo, size_t hi) {
     for (size_t i = lo; i < hi; i++) {
         qd_real ri = J->r ? 1 / qd_let_eff(J->r[i]) : 1;
         const qd_real *wi = J->w + i * cols;
-        qd_real *oi = J->out + i * cols;
-        if ((J->ce || !J->c) && simd_let_row(oi, wi, J->ce, ri, cols)) continue;
-        if (J->c)
-            for (int j = 0; j < cols; j++) oi[j] = wi[j] * qd_let_eff(J->c[j]) * ri;
-        else
-            for (int j = 0; j < cols; j++) oi[j] = wi[j] * ri;
+        let_seg(J->out + i * cols, wi, J->ce, J->c, ri, cols);
     }
 }
 
 QD_API void qd_let_weight_forward(qd_real *out, const qd_real *w, int rows, int cols,
                                   const qd_real *c, const qd_real *r) {
-    let_job J = {.out = out, .w = w, .c = c, .r = r, .cols = cols};
-    qd_real *ce = c ? malloc(sizeof(qd_real) * (size_t)cols) : NULL;
-    if (ce)
-        for (int j = 0; j < cols; j++) ce[j] = qd_let_eff(c[j]);
-    J.ce = ce;
+    qd_real *ce = let_ce(c, cols);
+    let_job J = {.out = out, .w = w, .c = c, .r = r, .cols = cols, .ce = ce};
     par_for((size_t)rows, par_rows((size_t)cols), let_fwd_r, &J);
     free(ce);
 }
